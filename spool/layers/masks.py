@@ -1,0 +1,154 @@
+"""The temporal attention mask of SPEC §3, in the forms each implementation needs.
+
+Frames of the extended sequence are ``0 .. F-1`` with ``F = T + 2``; ``w`` is
+``local_frame_range``. Lookback heads: ``i == 0 or j == 0 or i - w <= j <= i``. Lookahead
+heads mirror that around the end context frame ``F - 1``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+
+def frame_mask(num_frames: int, local_frame_range: int, lookahead: bool,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """Frame-level ``allowed(i, j)`` as a bool ``[F, F]`` tensor (small: frames, not tokens)."""
+    i = torch.arange(num_frames, device=device)[:, None]
+    j = torch.arange(num_frames, device=device)[None, :]
+    w = local_frame_range
+    if lookahead:
+        last = num_frames - 1
+        return (i == last) | (j == last) | ((j >= i) & (j <= i + w))
+    return (i == 0) | (j == 0) | ((j <= i) & (j >= i - w))
+
+
+def dense_token_mask(num_frames: int, num_tokens: int, local_frame_range: int,
+                     num_lookback_heads: int, num_heads: int,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """Reference only: bool ``[H, F*L, F*L]``, quadratic in ``T``."""
+    back = frame_mask(num_frames, local_frame_range, lookahead=False, device=device)
+    ahead = frame_mask(num_frames, local_frame_range, lookahead=True, device=device)
+    is_back = (torch.arange(num_heads, device=device) < num_lookback_heads)[:, None, None]
+    per_head = torch.where(is_back, back, ahead)
+    return per_head.repeat_interleave(num_tokens, 1).repeat_interleave(num_tokens, 2)
+
+
+def _cached_mask(fn):
+    """lru_cache that always stores normal tensors: a mask first built under
+    ``torch.inference_mode`` would otherwise be unusable in a later training step."""
+    cached = lru_cache(maxsize=64)(fn)
+
+    def wrapper(*args):
+        with torch.inference_mode(False):
+            return cached(*args)
+
+    wrapper.cache_clear = cached.cache_clear
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@_cached_mask
+def prefix_token_mask(num_query_frames: int, num_tokens: int, device: torch.device
+                      ) -> torch.Tensor:
+    """Lookback mask of query frames ``1..P`` (``P <= w``) over key frames ``0..P``.
+
+    Their windows reach back past frame 1, so each sees every earlier frame and itself:
+    bool ``[P*L, (P+1)*L]``. Its size depends on ``w``, not on ``T``.
+    """
+    i = torch.arange(1, num_query_frames + 1, device=device)[:, None]
+    j = torch.arange(num_query_frames + 1, device=device)[None, :]
+    allowed = j <= i
+    return allowed.repeat_interleave(num_tokens, 0).repeat_interleave(num_tokens, 1)
+
+
+@_cached_mask
+def band_token_mask(chunk_frames: int, local_frame_range: int, num_tokens: int,
+                    device: torch.device) -> torch.Tensor:
+    """Lookback mask of one block of ``c`` query frames over its keys.
+
+    Keys are the start context frame followed by the ``c + w`` frames ending at the block's
+    last query frame; query ``q`` sees key window position ``p`` iff ``q <= p <= q + w``.
+    The same for every block, so one bool ``[c*L, (1 + c + w)*L]`` serves the whole video.
+    """
+    c, w = chunk_frames, local_frame_range
+    q = torch.arange(c, device=device)[:, None]
+    p = torch.arange(c + w, device=device)[None, :]
+    window = (p >= q) & (p <= q + w)
+    allowed = torch.cat((torch.ones(c, 1, dtype=torch.bool, device=device), window), dim=1)
+    return allowed.repeat_interleave(num_tokens, 0).repeat_interleave(num_tokens, 1)
+
+
+def flex_mask_mod(num_frames: int, num_tokens: int, local_frame_range: int,
+                  num_lookback_heads: int):
+    """``mask_mod(b, h, q_idx, kv_idx)`` for ``flex_attention`` over flattened tokens."""
+    last, w, L = num_frames - 1, local_frame_range, num_tokens
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        i = q_idx // L
+        j = kv_idx // L
+        back = (i == 0) | (j == 0) | ((j <= i) & (j >= i - w))
+        ahead = (i == last) | (j == last) | ((j >= i) & (j <= i + w))
+        return torch.where(h < num_lookback_heads, back, ahead)
+
+    return mask_mod
+
+
+def _block_frame_ranges(num_frames: int, num_tokens: int, block_size: int, device
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = num_frames * num_tokens
+    starts = torch.arange(0, n, block_size, device=device)
+    ends = torch.clamp(starts + block_size, max=n) - 1
+    ragged = (starts + block_size) > n
+    return starts // num_tokens, ends // num_tokens, ragged
+
+
+@_cached_mask
+def flex_block_mask(num_frames: int, num_tokens: int, local_frame_range: int,
+                    num_lookback_heads: int, num_heads: int, device: torch.device,
+                    block_size: int = 128):
+    """A ``BlockMask`` built from block-level frame intervals, never from a dense token mask.
+
+    Cached per ``(F, L, w, head split, device)``. A block pair is skipped when no frame pair
+    in it is allowed, marked full when every pair is, and partial (``mask_mod`` decides)
+    otherwise.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    w, last = local_frame_range, num_frames - 1
+    a0, a1, q_ragged = _block_frame_ranges(num_frames, num_tokens, block_size, device)
+    b0, b1, k_ragged = _block_frame_ranges(num_frames, num_tokens, block_size, device)
+    a0, a1, q_ragged = a0[:, None], a1[:, None], q_ragged[:, None]
+    b0, b1, k_ragged = b0[None, :], b1[None, :], k_ragged[None, :]
+    # Some i in [a0, a1], j in [b0, b1] with 0 <= i - j <= w (lookback) exists iff the
+    # range of i - j, [a0 - b1, a1 - b0], meets [0, w].
+    band_any_back = (a1 - b0 >= 0) & (a0 - b1 <= w)
+    band_all_back = (a0 - b1 >= 0) & (a1 - b0 <= w)
+    any_back = (a0 == 0) | (b0 == 0) | band_any_back
+    all_back = (a1 == 0) | (b1 == 0) | band_all_back
+    band_any_ahead = (b1 - a0 >= 0) & (b0 - a1 <= w)
+    band_all_ahead = (b0 - a1 >= 0) & (b1 - a0 <= w)
+    any_ahead = (a1 == last) | (b1 == last) | band_any_ahead
+    all_ahead = (a0 == last) | (b0 == last) | band_all_ahead
+    ragged = q_ragged | k_ragged
+    all_back = all_back & ~ragged
+    all_ahead = all_ahead & ~ragged
+
+    is_back = (torch.arange(num_heads, device=device) < num_lookback_heads)[:, None, None]
+    any_ = torch.where(is_back, any_back, any_ahead)[None]
+    full = torch.where(is_back, all_back, all_ahead)[None]
+    partial = any_ & ~full
+
+    def to_indices(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = sel.sum(-1, dtype=torch.int32)
+        order = torch.argsort((~sel).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return counts, order
+
+    kv_num, kv_idx = to_indices(partial)
+    full_num, full_idx = to_indices(full)
+    n = num_frames * num_tokens
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size,
+        mask_mod=flex_mask_mod(num_frames, num_tokens, w, num_lookback_heads),
+        seq_lengths=(n, n))

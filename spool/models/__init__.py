@@ -1,0 +1,3 @@
+from spool.models.spool import Spool, SpoolOutput
+
+__all__ = ["Spool", "SpoolOutput"]

@@ -1,0 +1,104 @@
+"""The Spool model: frame encoder, context frames, bidirectional temporal transformer."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from spool.config import SpoolConfig
+from spool.layers.backbone import FrameEncoder, read_image_normalisation
+from spool.layers.context import ContextFrames, pool_context
+from spool.layers.transformer import TemporalTransformer
+from spool.models.pretrained import PretrainedMixin
+from spool.validation import check_tokens, check_video
+
+
+class SpoolOutput(NamedTuple):
+    """``features: [B, T + 2, L, D]`` (frame 0 start context, T+1 end context);
+    ``context: [B, 2D]`` (pooled start and end context frames). Tuple-unpackable."""
+
+    features: torch.Tensor
+    context: torch.Tensor
+
+
+def _init_weights(module: nn.Module, std: float) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class Spool(PretrainedMixin, nn.Module):
+    """Bidirectional temporal transformer over a foundation image model.
+
+    ``Spool(num_hidden_layers=12, num_attention_heads=12, num_lookahead_heads=6,
+    num_lookback_heads=6, image_size=224, local_frame_range=16,
+    backbone_name="facebook/dinov2-base")`` or ``Spool(config)``.
+
+    ``model(video)`` with ``video: [B, T, H, W, 3]`` (uint8, or float in [0, 1]) and
+    ``model.forward_tokens(tokens)`` with cached backbone tokens ``[B, T, L, D]`` both
+    return a :class:`SpoolOutput`. With ``with_backbone=False`` no backbone is built (for
+    training on cached tokens); ``config.hidden_size`` and ``config.num_spatial_tokens``
+    must then be set.
+    """
+
+    def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = SpoolConfig(**kwargs)
+        elif kwargs:
+            config = config.replace(**kwargs)
+        else:
+            config = dataclasses.replace(config)
+        self.backbone: FrameEncoder | None = None
+        if with_backbone:
+            if config.backbone_config is None:
+                norm = read_image_normalisation(config.backbone_name)
+                if norm is not None:
+                    config = config.replace(image_mean=norm[0], image_std=norm[1])
+            self.backbone = FrameEncoder(config)
+            config = config.replace(hidden_size=self.backbone.hidden_size,
+                                    num_spatial_tokens=self.backbone.count_tokens())
+        elif config.hidden_size is None or config.num_spatial_tokens is None:
+            raise ValueError("with_backbone=False: config.hidden_size and "
+                             "config.num_spatial_tokens must be set (they describe the cached "
+                             f"tokens), got {config.hidden_size} and {config.num_spatial_tokens}")
+        self.config = config
+        self.context_frames = ContextFrames(config.num_spatial_tokens, config.hidden_size,
+                                            config.initializer_range)
+        self.temporal = TemporalTransformer(config)
+        self.temporal.apply(lambda m: _init_weights(m, config.initializer_range))
+
+    def config_for_saving(self) -> SpoolConfig:
+        if self.backbone is not None and self.config.backbone_config is None:
+            # Saved weights include the backbone, so loading needs its architecture only.
+            return self.config.replace(backbone_config=self.backbone.model.config.to_dict())
+        return self.config
+
+    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
+        """``video: [B, T, H, W, 3]`` -> backbone tokens ``[B, T, L, D]`` (what to cache)."""
+        if self.backbone is None:
+            raise ValueError("video: this model was built with with_backbone=False; pass "
+                             "cached backbone tokens to forward_tokens instead")
+        check_video(video)
+        return self.backbone(video)
+
+    def forward(self, video: torch.Tensor) -> SpoolOutput:
+        """``video: [B, T, H, W, 3]`` -> ``SpoolOutput(features [B, T+2, L, D], context [B, 2D])``.
+        """
+        return self._temporal_forward(self.encode_frames(video))
+
+    def forward_tokens(self, tokens: torch.Tensor) -> SpoolOutput:
+        """Cached backbone ``tokens: [B, T, L, D]`` -> :class:`SpoolOutput`."""
+        check_tokens(tokens, self.config.num_spatial_tokens, self.config.hidden_size)
+        return self._temporal_forward(tokens)
+
+    def _temporal_forward(self, tokens: torch.Tensor) -> SpoolOutput:
+        features = self.temporal(self.context_frames(tokens))
+        return SpoolOutput(features, pool_context(features))

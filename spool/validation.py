@@ -1,0 +1,58 @@
+"""Input checks: bad input raises a ``ValueError`` naming the argument, never a deep torch error."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _shape(x: torch.Tensor) -> str:
+    return str(tuple(x.shape))
+
+
+def check_video(video: torch.Tensor) -> None:
+    """``video: [B, T, H, W, 3]``, uint8 or floating point in [0, 1], finite."""
+    if not isinstance(video, torch.Tensor):
+        raise ValueError(f"video: expected a torch.Tensor [B, T, H, W, 3], got {type(video)}")
+    if video.ndim != 5:
+        raise ValueError(f"video: expected a 5-D tensor [B, T, H, W, 3], got {video.ndim}-D "
+                         f"with shape {_shape(video)}")
+    if video.shape[-1] != 3:
+        raise ValueError(f"video: expected 3 (RGB) channels in the last dimension of "
+                         f"[B, T, H, W, C], got C={video.shape[-1]} (shape {_shape(video)})")
+    B, T, H, W, _ = video.shape
+    if B == 0 or T == 0 or H == 0 or W == 0:
+        raise ValueError(f"video: expected B, T, H, W >= 1, got shape {_shape(video)} "
+                         "(T is the number of frames)")
+    if video.dtype == torch.uint8:
+        return
+    if not video.is_floating_point():
+        raise ValueError(f"video: expected dtype uint8 (0..255) or floating point in [0, 1], "
+                         f"got {video.dtype}")
+    if not torch.isfinite(video).all():
+        raise ValueError("video: expected finite values, got NaN or Inf")
+    lo, hi = video.min().item(), video.max().item()
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"video: expected floating point values in [0, 1], got range "
+                         f"[{lo:.4g}, {hi:.4g}] (pass uint8 for 0..255 pixels)")
+
+
+def check_tokens(tokens: torch.Tensor, num_tokens: int, hidden_size: int) -> None:
+    """``tokens: [B, T, L, D]`` precomputed backbone tokens, floating point and finite."""
+    if not isinstance(tokens, torch.Tensor):
+        raise ValueError(f"tokens: expected a torch.Tensor [B, T, L, D], got {type(tokens)}")
+    if tokens.ndim != 4:
+        raise ValueError(f"tokens: expected a 4-D tensor [B, T, L, D], got {tokens.ndim}-D "
+                         f"with shape {_shape(tokens)}")
+    B, T, L, D = tokens.shape
+    if B == 0 or T == 0:
+        raise ValueError(f"tokens: expected B, T >= 1, got shape {_shape(tokens)}")
+    if D != hidden_size:
+        raise ValueError(f"tokens: expected D={hidden_size} (the backbone's hidden size) in "
+                         f"[B, T, L, D], got D={D} (shape {_shape(tokens)})")
+    if L != num_tokens:
+        raise ValueError(f"tokens: expected L={num_tokens} tokens per frame in [B, T, L, D], "
+                         f"got L={L} (shape {_shape(tokens)})")
+    if not tokens.is_floating_point():
+        raise ValueError(f"tokens: expected a floating point dtype, got {tokens.dtype}")
+    if not torch.isfinite(tokens).all():
+        raise ValueError("tokens: expected finite values, got NaN or Inf")

@@ -1,0 +1,36 @@
+import os
+
+# Tests never touch the network: the hub is offline before transformers is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from spool import Spool, SpoolConfig  # noqa: E402
+
+
+def tiny_backbone(hidden_size: int = 24, patch_size: int = 8, image_size: int = 32,
+                  **extra) -> dict:
+    """A randomly initialised DINOv2 small enough for CPU tests."""
+    return dict(model_type="dinov2", hidden_size=hidden_size, num_hidden_layers=1,
+                num_attention_heads=2, intermediate_size=2 * hidden_size, patch_size=patch_size,
+                image_size=image_size, **extra)
+
+
+def tiny_config(**overrides) -> SpoolConfig:
+    base = dict(num_hidden_layers=1, num_attention_heads=4, num_lookahead_heads=2,
+                num_lookback_heads=2, image_size=32, local_frame_range=2,
+                backbone_config=tiny_backbone())
+    base.update(overrides)
+    return SpoolConfig(**base)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_model() -> Spool:
+    return Spool(tiny_config(num_hidden_layers=2)).eval()

@@ -1,0 +1,70 @@
+"""The frame encoder equals a direct call of the HF model; loading errors are clear."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_backbone, tiny_config
+from transformers import AutoConfig, AutoModel
+
+from spool import Spool
+from spool.layers.backbone import FrameEncoder
+
+
+def test_tokens_equal_direct_hf_call():
+    config = tiny_config(backbone_chunk_size=3)
+    encoder = FrameEncoder(config)
+    video = torch.randint(0, 256, (2, 4, 45, 61, 3), dtype=torch.uint8)
+    tokens = encoder(video)
+    pixels = encoder.preprocess(video.reshape(8, 45, 61, 3))
+    assert pixels.shape == (8, 3, 32, 32)
+    with torch.no_grad():
+        direct = encoder.model(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(tokens, direct.view(2, 4, *direct.shape[1:]), atol=0, rtol=0)
+
+
+def test_preprocess_uses_backbone_normalisation():
+    encoder = FrameEncoder(tiny_config(image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.5, 1.0]))
+    white = torch.full((1, 32, 32, 3), 255, dtype=torch.uint8)
+    pixels = encoder.preprocess(white)
+    torch.testing.assert_close(pixels[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
+
+
+def test_registers_backbone_token_count():
+    backbone = tiny_backbone(num_register_tokens=4)
+    backbone["model_type"] = "dinov2_with_registers"
+    model = Spool(tiny_config(backbone_config=backbone))
+    assert model.config.num_spatial_tokens == 1 + 4 + 16
+    out = model(torch.rand(1, 2, 32, 32, 3))
+    assert out.features.shape == (1, 4, 21, 24)
+
+
+def test_loads_local_hf_directory_with_its_normalisation(tmp_path):
+    hf_config = AutoConfig.for_model(**tiny_backbone())
+    AutoModel.from_config(hf_config).save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}))
+    model = Spool(num_hidden_layers=1, num_attention_heads=2, num_lookahead_heads=1,
+                  num_lookback_heads=1, image_size=32, backbone_name=str(tmp_path))
+    assert model.config.image_mean == [0.1, 0.2, 0.3]
+    direct = AutoModel.from_pretrained(tmp_path)
+    for (name, a), b in zip(model.backbone.model.state_dict().items(),
+                            direct.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_missing_weights_error_names_the_id_and_the_fix(tmp_path):
+    with pytest.raises(OSError, match=r"facebook/dinov2-base.*local-dir.*backbone_name=DIR"):
+        Spool(num_hidden_layers=1, num_attention_heads=2, num_lookahead_heads=1,
+              num_lookback_heads=1, backbone_name="facebook/dinov2-base")
+    with pytest.raises(OSError, match="local directory"):
+        Spool(num_hidden_layers=1, num_attention_heads=2, num_lookahead_heads=1,
+              num_lookback_heads=1, backbone_name=str(tmp_path))
+
+
+def test_backbone_chunking_does_not_change_tokens():
+    a = FrameEncoder(tiny_config(backbone_chunk_size=1))
+    b = FrameEncoder(tiny_config(backbone_chunk_size=100))
+    b.load_state_dict(a.state_dict())
+    video = torch.rand(2, 3, 32, 32, 3)
+    torch.testing.assert_close(a(video), b(video))

@@ -1,0 +1,83 @@
+"""Every bad configuration and input of SPEC §2 is a ValueError naming the argument."""
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from spool import Spool, SpoolConfig
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(num_lookahead_heads=3, num_lookback_heads=2),
+     r"num_lookback_heads \+ num_lookahead_heads.*4"),
+    (dict(local_frame_range=-1), "local_frame_range"),
+    (dict(num_attention_heads=0, num_lookahead_heads=0, num_lookback_heads=0),
+     "num_attention_heads"),
+    (dict(image_size=0), "image_size"),
+    (dict(attn_implementation="fast"), "attn_implementation"),
+    (dict(hidden_dropout=1.5), "hidden_dropout"),
+    (dict(backbone_chunk_size=0), "backbone_chunk_size"),
+    (dict(num_hidden_layers=-2), "num_hidden_layers"),
+])
+def test_bad_configuration(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**overrides)
+
+
+def test_hidden_size_not_divisible_by_heads():
+    # tiny backbone: D = 24, 5 heads do not divide it
+    match = r"hidden_size.*divisible by num_attention_heads \(5\).*24"
+    with pytest.raises(ValueError, match=match):
+        Spool(tiny_config(num_attention_heads=5, num_lookahead_heads=2, num_lookback_heads=3))
+
+
+def test_odd_head_dim_rejected():
+    with pytest.raises(ValueError, match="even head dimension"):
+        SpoolConfig(num_attention_heads=8, num_lookback_heads=4, num_lookahead_heads=4,
+                    hidden_size=24)
+
+
+def test_unknown_config_key():
+    with pytest.raises(ValueError, match="unknown keys.*num_layers"):
+        SpoolConfig.from_dict({"num_layers": 3})
+
+
+@pytest.mark.parametrize("video,match", [
+    (torch.rand(3, 32, 32, 3), r"video: expected a 5-D tensor.*got 4-D"),
+    (torch.rand(1, 2, 32, 32, 4), r"video: expected 3 \(RGB\) channels.*C=4"),
+    (torch.rand(1, 0, 32, 32, 3), r"video: expected B, T, H, W >= 1.*T is the number of frames"),
+    (torch.full((1, 2, 32, 32, 3), float("nan")), "video: expected finite values"),
+    (torch.full((1, 2, 32, 32, 3), float("inf")), "video: expected finite values"),
+    (torch.rand(1, 2, 32, 32, 3) * 255, r"video: expected floating point values in \[0, 1\]"),
+    (torch.zeros(1, 2, 32, 32, 3, dtype=torch.int64), "video: expected dtype uint8"),
+    ([[1, 2]], "video: expected a torch.Tensor"),
+])
+def test_bad_video(tiny_model, video, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_model(video)
+
+
+@pytest.mark.parametrize("shape,match", [
+    ((1, 2, 17), "tokens: expected a 4-D tensor"),
+    ((1, 2, 17, 25), r"tokens: expected D=24.*got D=25"),
+    ((1, 2, 16, 24), r"tokens: expected L=17.*got L=16"),
+    ((1, 0, 17, 24), "tokens: expected B, T >= 1"),
+])
+def test_bad_tokens(tiny_model, shape, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_model.forward_tokens(torch.zeros(shape))
+
+
+def test_non_finite_tokens(tiny_model):
+    tokens = torch.zeros(1, 2, 17, 24)
+    tokens[0, 1, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="tokens: expected finite values"):
+        tiny_model.forward_tokens(tokens)
+
+
+def test_model_without_backbone_needs_sizes_and_rejects_video():
+    with pytest.raises(ValueError, match="with_backbone=False.*hidden_size"):
+        Spool(tiny_config(), with_backbone=False)
+    model = Spool(tiny_config(hidden_size=24, num_spatial_tokens=17), with_backbone=False)
+    with pytest.raises(ValueError, match="forward_tokens"):
+        model(torch.rand(1, 2, 32, 32, 3))
