@@ -1,44 +1,36 @@
-"""The ``spool`` command line."""
+"""The ``spool`` command line: ``spool demo | extract | cache | train | eval``.
+
+Each subcommand lives in ``spool/commands/<name>.py`` with a ``register(subparsers)``
+function that adds its parser and sets ``func``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
-import time
 
-import torch
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from spool import Spool
-
-    backbone = dict(model_type="dinov2", hidden_size=96, num_hidden_layers=2,
-                    num_attention_heads=4, intermediate_size=192, patch_size=14, image_size=112)
-    model = Spool(num_hidden_layers=2, num_attention_heads=4, num_lookahead_heads=2,
-                  num_lookback_heads=2, image_size=112, local_frame_range=4,
-                  backbone_config=backbone).eval()
-    video = torch.randint(0, 256, (2, args.frames, 120, 160, 3), dtype=torch.uint8)
-    start = time.perf_counter()
-    with torch.no_grad():
-        features, context = model(video)
-    took = time.perf_counter() - start
-    print(f"video {tuple(video.shape)} -> features {tuple(features.shape)}, "
-          f"context {tuple(context.shape)} in {took:.2f}s")
-    return 0
+COMMANDS = ("demo", "extract", "cache", "train", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spool", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run Spool offline on an embedded tiny model")
-    demo.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
-    demo.set_defaults(func=_demo)
+    parser = argparse.ArgumentParser(
+        prog="spool",
+        description="Spool: video features, training and evaluation with a bidirectional "
+                    "temporal transformer over a foundation image model.",
+        epilog="Run 'spool COMMAND --help' for a command's options.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module_name = f"spool.commands.{name}"
+        if importlib.util.find_spec(module_name) is not None:
+            importlib.import_module(module_name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

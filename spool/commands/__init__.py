@@ -1,0 +1,1 @@
+"""Subcommands of the ``spool`` command line, one module each."""
