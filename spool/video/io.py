@@ -1,0 +1,378 @@
+"""Read frames from video files with PyAV, decoding only what the requested frames need.
+
+Frame ``k`` is the frame with the k-th smallest presentation timestamp (pts). The pts of every
+frame come from demuxing the packets (no decoding), so the index is exact for variable frame rate
+and B-frame reordering alike. Sparse requests seek to the keyframe before each needed frame;
+dense ones decode straight through. Both give bit-identical frames.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+import av
+import numpy as np
+
+from spool.video.writer import SUPPORTED_CODECS, write_video
+
+__all__ = [
+    "SUPPORTED_CODECS",
+    "VideoDecodeError",
+    "VideoInfo",
+    "VideoReader",
+    "apply_rotation",
+    "clear_index_cache",
+    "probe_video",
+    "read_video_frames",
+    "write_video",
+]
+
+Strategy = Literal["auto", "seek", "sequential"]
+# A seek plus decoder flush costs about as much as decoding a few frames.
+_SEEK_COST_FRAMES = 4
+_INDEX_CACHE_SIZE = 64
+
+
+class VideoDecodeError(ValueError):
+    """A file that is not a readable video, or a frame that cannot be decoded from it."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What ``probe_video`` finds. ``width``/``height`` are those of the upright output frames."""
+
+    path: str
+    num_frames: int
+    num_frames_exact: bool  # False: estimated from container headers, not counted
+    fps: float  # average frame rate
+    duration: float  # seconds
+    width: int
+    height: int
+    rotation: int  # display rotation in degrees counter-clockwise, applied by the readers
+    codec: str
+    pix_fmt: str | None
+    start_time: float  # pts of frame 0 in seconds
+
+
+@dataclass(frozen=True)
+class _FrameIndex:
+    """Per frame, in presentation order: pts, decode position, and where to seek from."""
+
+    pts: np.ndarray  # [N] int64, increasing
+    decode_pos: np.ndarray  # [N] packet number in file order
+    seek_pos: np.ndarray  # [N] packet number of the keyframe to start decoding from
+    seek_pts: np.ndarray  # [N] pts of that keyframe (the seek target)
+    time_base: Fraction
+    last_duration: int  # pts units; 0 if unknown
+    exact: bool  # False: pts missing/duplicated, frames are counted in decode output order
+
+
+_index_cache: OrderedDict[tuple, _FrameIndex] = OrderedDict()
+
+
+def _open(path: str | os.PathLike[str]) -> tuple[av.container.InputContainer, av.VideoStream]:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "No such video file", path)
+    try:
+        container = av.open(path, mode="r")
+    except av.FFmpegError as e:
+        raise VideoDecodeError(f"{path}: cannot open as a video file: {e}") from e
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError(f"{path}: no video stream in the file")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
+def _build_index(container: av.container.InputContainer, stream: av.VideoStream) -> _FrameIndex:
+    pts: list[int | None] = []
+    keys: list[bool] = []
+    last_duration = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.is_discard:
+                continue
+            pts.append(packet.pts)
+            keys.append(packet.is_keyframe)
+            last_duration = packet.duration or 0
+    except av.FFmpegError:
+        pass  # truncated or corrupt tail: index what could be read
+    n = len(pts)
+    tb = stream.time_base or Fraction(1, 1)
+    exact = n > 0 and None not in pts and len(set(pts)) == n
+    if not exact:
+        idx = np.arange(n, dtype=np.int64)
+        return _FrameIndex(idx, idx, idx * 0, idx * 0, tb, last_duration, False)
+    file_pts = np.asarray(pts, dtype=np.int64)
+    order = np.argsort(file_pts, kind="stable")
+    # The keyframe to start from: the last one in file order at or before the frame's packet
+    # whose pts is not after the frame's (leading pictures of an open GOP precede their I-frame).
+    key_pos = np.flatnonzero(np.asarray(keys))
+    if key_pos.size == 0 or key_pos[0] != 0:
+        key_pos = np.concatenate([[0], key_pos])  # decoding from the start is always valid
+    k = np.searchsorted(key_pos, order, side="right") - 1
+    while True:
+        bad = (k > 0) & (file_pts[key_pos[k]] > file_pts[order])
+        if not bad.any():
+            break
+        k[bad] -= 1
+    return _FrameIndex(
+        pts=file_pts[order], decode_pos=order, seek_pos=key_pos[k],
+        seek_pts=file_pts[key_pos[k]], time_base=tb, last_duration=last_duration, exact=True,
+    )
+
+
+def _cached_index(path: str) -> _FrameIndex:
+    """The frame index of ``path``, demuxed once per file version (size and mtime)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    index = _index_cache.get(key)
+    if index is None:
+        container, stream = _open(path)
+        with container:
+            index = _build_index(container, stream)
+        _index_cache[key] = index
+        if len(_index_cache) > _INDEX_CACHE_SIZE:
+            _index_cache.popitem(last=False)
+    _index_cache.move_to_end(key)
+    return index
+
+
+def clear_index_cache() -> None:
+    """Forget cached frame indices (benchmarks use it to time cold reads)."""
+    _index_cache.clear()
+
+
+def _rotation_of(frame: av.VideoFrame) -> int:
+    return int(round(frame.rotation / 90.0)) * 90 % 360
+
+
+def apply_rotation(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Rotate ``image`` [H, W, C] counter-clockwise by ``rotation`` (a multiple of 90) degrees.
+
+    That is how a player shows a frame whose display matrix says ``rotation``.
+    """
+    k = int(round(rotation / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(image, k=k)) if k else image
+
+
+class VideoReader:
+    """An open video file; ``get(indices)`` returns frames, decoding as little as it can.
+
+    Keeps the decoder position between calls, so reading consecutive windows of a long video
+    one after the other decodes each frame once. Use as a context manager or call ``close()``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.index = _cached_index(self.path)
+        if len(self.index.pts) == 0:
+            raise VideoDecodeError(f"{self.path}: the video stream has no frames")
+        self._pts_to_idx = {p: i for i, p in enumerate(self.index.pts.tolist())}
+        self._container, self._stream = _open(self.path)
+        self.rotation = 0  # from the display matrix of the frames decoded so far
+        self.num_seeks = 0
+        self._start()
+
+    def __len__(self) -> int:
+        return len(self.index.pts)
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._container.close()
+
+    # Decoding state: a frame generator, the file position of the last packet fed to the
+    # decoder, the last frame that came out, and the pts from which output is trustworthy.
+    def _start(self) -> None:
+        self._pos, self._last_out = -1, -1
+        self._valid_from: int | None = -(2**62)  # decoding from packet 0 is valid throughout
+        self._frames: Iterator[tuple[int, av.VideoFrame]] | None = self._decode()
+
+    def _restart(self) -> None:
+        # Reopening is the one way back to packet 0 that works for every demuxer.
+        self._container.close()
+        self._container, self._stream = _open(self.path)
+        self._start()
+
+    def _seek(self, t: int) -> bool:
+        try:
+            self._container.seek(int(self.index.seek_pts[t]), stream=self._stream,
+                                 backward=True, any_frame=False)
+        except av.FFmpegError:
+            return False
+        self._pos, self._last_out = int(self.index.seek_pos[t]) - 1, -1
+        self.num_seeks += 1
+        self._valid_from = None  # frames are trustworthy from the first keyframe fed on
+        self._frames = self._decode()
+        return True
+
+    def _decode(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Yield (frame index, frame) for correctly decodable frames, in output order."""
+        packets = self._container.demux(self._stream)
+        count = 0
+        while True:
+            try:
+                packet = next(packets, None)
+            except av.FFmpegError:
+                packet = None  # unreadable tail: flush what the decoder holds
+            if packet is not None and packet.size and packet.pts is not None:
+                i = self._pts_to_idx.get(packet.pts) if self.index.exact else None
+                if i is not None:
+                    self._pos = int(self.index.decode_pos[i])
+                if self._valid_from is None and packet.is_keyframe:
+                    self._valid_from = packet.pts
+            try:
+                frames = self._stream.decode(packet)
+            except av.FFmpegError:
+                frames = []  # a corrupt packet: skip it, as players do
+            for frame in frames:
+                if not self.index.exact:
+                    i, count = count, count + 1
+                elif (frame.pts is None or self._valid_from is None
+                      or frame.pts < self._valid_from):
+                    continue
+                else:
+                    i = self._pts_to_idx.get(frame.pts)
+                    if i is None:
+                        continue
+                self._last_out = i
+                yield i, frame
+            if packet is None or packet.size == 0:
+                return
+
+    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        self.rotation = _rotation_of(frame)
+        return apply_rotation(frame.to_ndarray(format="rgb24"), self.rotation)
+
+    def _should_seek(self, t: int, strategy: Strategy) -> bool:
+        if strategy == "sequential" or not self.index.exact:
+            return False
+        key, target = int(self.index.seek_pos[t]), int(self.index.decode_pos[t])
+        if target <= self._pos or key <= self._pos:
+            return False  # already fed, or in the GOP ahead: going on is never slower
+        if strategy == "seek":
+            return True
+        return target - key + _SEEK_COST_FRAMES < target - self._pos
+
+    def _collect(self, wanted: list[int], strategy: Strategy, got: dict[int, np.ndarray]) -> None:
+        """Decode the sorted frame indices ``wanted`` into ``got``; leaves out what it missed."""
+        need = set(wanted)
+        for t in wanted:
+            if t in got:
+                continue
+            if self._frames is None or t <= self._last_out:  # behind us: go back
+                if strategy == "sequential" or not self.index.exact or not self._seek(t):
+                    self._restart()
+            elif self._should_seek(t, strategy) and not self._seek(t):
+                self._restart()
+            for i, frame in self._frames:
+                if i in need and i not in got:
+                    got[i] = self._to_rgb(frame)
+                if i >= t:
+                    break
+            else:
+                self._frames = None  # end of file: nothing further can come out
+
+    def get(self, indices: Sequence[int] | None = None,
+            strategy: Strategy = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """Frames ``[T, H, W, 3]`` uint8 RGB and timestamps ``[T]`` (seconds) for ``indices``.
+
+        ``indices`` are frame numbers in presentation order, any order, repeats allowed;
+        ``None`` reads every decodable frame. ``strategy``: "auto" seeks where that saves
+        work, "seek" seeks to every keyframe it can, "sequential" never seeks.
+        """
+        if strategy not in ("auto", "seek", "sequential"):
+            raise ValueError(f"strategy: expected 'auto', 'seek' or 'sequential', "
+                             f"got {strategy!r}")
+        n = len(self)
+        if indices is None:
+            wanted, strict = list(range(n)), False
+        else:
+            wanted, strict = [int(i) for i in indices], True
+            for i in wanted:
+                if i < 0:
+                    raise ValueError(f"indices: expected frame numbers >= 0, got {i}")
+                if i >= n:
+                    raise VideoDecodeError(f"{self.path}: frame index {i} is past the last "
+                                           f"frame in the file ({n} frames)")
+        unique = sorted(set(wanted))
+        got: dict[int, np.ndarray] = {}
+        plain = self._pos == -1 and self._last_out == -1 and self._valid_from is not None
+        seeks = self.num_seeks
+        self._collect(unique, strategy, got)
+        missed = [i for i in unique if i not in got]
+        if missed and not (plain and self.num_seeks == seeks):
+            # A seek can overshoot on some demuxers: decode plainly from the start.
+            self._restart()
+            self._collect(missed, "sequential", got)
+            missed = [i for i in unique if i not in got]
+        if missed and (strict or not got):
+            more = f" (and {len(missed) - 1} more)" if len(missed) > 1 else ""
+            raise VideoDecodeError(f"{self.path}: could not decode frame index {missed[0]}"
+                                   f"{more} of {n}; the file may be truncated or corrupt")
+        out = [i for i in wanted if i in got]
+        if not out:
+            h, w = self._stream.codec_context.height, self._stream.codec_context.width
+            return np.zeros((0, h, w, 3), np.uint8), np.zeros((0,), np.float64)
+        if self.index.exact:
+            times = self.index.pts[out] * float(self.index.time_base)
+        else:
+            times = np.asarray(out, np.float64) / self._fps()
+        return np.stack([got[i] for i in out]), np.asarray(times, np.float64)
+
+    def _fps(self) -> float:
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        return float(rate) if rate else 1.0
+
+    def info(self) -> VideoInfo:
+        """Probe results; decodes frame 0 to learn the rotation and the upright size."""
+        first, _ = self.get([0])
+        n, tb, pts = len(self), float(self.index.time_base), self.index.pts
+        if self.index.exact and n > 1:
+            span = float(pts[-1] - pts[0]) * tb
+            fps = (n - 1) / span if span > 0 else self._fps()
+            last = self.index.last_duration * tb or span / (n - 1)
+            duration, start = span + last, float(pts[0]) * tb
+        else:
+            fps = self._fps()
+            duration, start = n / fps, float(pts[0]) * tb if self.index.exact else 0.0
+        ctx = self._stream.codec_context
+        return VideoInfo(
+            path=self.path, num_frames=n, num_frames_exact=self.index.exact, fps=fps,
+            duration=duration, width=first.shape[2], height=first.shape[1],
+            rotation=self.rotation, codec=ctx.name, pix_fmt=ctx.pix_fmt, start_time=start,
+        )
+
+
+def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
+    """Frame count (exact: counted from packets), fps, duration, upright size, rotation, codec."""
+    with VideoReader(path) as reader:
+        return reader.info()
+
+
+def read_video_frames(
+    path: str | os.PathLike[str],
+    indices: Sequence[int] | None = None,
+    strategy: Strategy = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode frames ``indices`` (presentation order; ``None`` = all) from ``path``.
+
+    Returns ``frames`` uint8 ``[T, H, W, 3]`` RGB, upright (display rotation applied), and
+    ``timestamps`` float64 ``[T]`` in seconds (pts * time_base). Raises ``FileNotFoundError``
+    for a missing file and ``VideoDecodeError`` for an unreadable one or a frame that cannot
+    be decoded (with ``indices=None`` a truncated file gives the frames that decode).
+    """
+    with VideoReader(path) as reader:
+        return reader.get(indices, strategy=strategy)

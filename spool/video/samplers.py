@@ -1,0 +1,194 @@
+"""Frame samplers: which frame indices to read from a video of ``num_frames`` frames.
+
+Each sampler is a small callable object, ``sampler(num_frames, fps=None) -> list[list[int]]``:
+a list of clips, each a list of frame indices in presentation order (the input of
+``read_video_frames``). ``to_dict()`` gives its settings, and ``make_sampler(**d)`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+__all__ = [
+    "SAMPLERS",
+    "FpsSampler",
+    "FrameSampler",
+    "SlidingWindowSampler",
+    "StrideSampler",
+    "UniformSampler",
+    "make_sampler",
+]
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}") from None
+    if v <= 0:
+        raise ValueError(f"{name}: expected a positive integer, got {v}")
+    return v
+
+
+def _positive_float(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a positive number, got {value!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return v
+
+
+class FrameSampler(ABC):
+    """Base class: validates ``num_frames`` and returns clips of frame indices."""
+
+    name: ClassVar[str]
+
+    def __call__(self, num_frames: int, fps: float | None = None) -> list[list[int]]:
+        """Clips (lists of frame indices) for a video of ``num_frames`` frames at ``fps``."""
+        n = _positive_int("num_frames", num_frames)
+        return self._sample(n, fps)
+
+    @abstractmethod
+    def _sample(self, num_frames: int, fps: float | None) -> list[list[int]]: ...
+
+    @abstractmethod
+    def _settings(self) -> dict[str, Any]: ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """Settings, with the factory ``name``: ``make_sampler(**s.to_dict())`` rebuilds ``s``."""
+        return {"name": self.name, **self._settings()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FrameSampler) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.to_dict().items())))
+
+
+def _cap(indices: list[int], max_frames: int | None) -> list[int]:
+    return indices if max_frames is None else indices[:max_frames]
+
+
+class UniformSampler(FrameSampler):
+    """One clip of exactly ``num_frames`` frames: the centres of equal segments of the video.
+
+    A video with fewer frames repeats frames (in order), so the clip length never changes.
+    """
+
+    name = "uniform"
+
+    def __init__(self, num_frames: int) -> None:
+        self.num_frames = _positive_int("num_frames", num_frames)
+
+    def _sample(self, num_frames: int, fps: float | None) -> list[list[int]]:
+        # Integer arithmetic: floor((2i + 1) * T / 2N), the centre of segment i, exactly.
+        n = self.num_frames
+        return [[(2 * i + 1) * num_frames // (2 * n) for i in range(n)]]
+
+    def _settings(self) -> dict[str, Any]:
+        return {"num_frames": self.num_frames}
+
+
+class FpsSampler(FrameSampler):
+    """One clip: frames at ``target_fps`` from the start (needs the video's ``fps``).
+
+    Frame ``k`` of the clip is the source frame shown at time ``k / target_fps``. A target
+    above the source rate repeats frames. ``max_frames`` keeps only the first frames.
+    """
+
+    name = "fps"
+
+    def __init__(self, target_fps: float, max_frames: int | None = None) -> None:
+        self.target_fps = _positive_float("target_fps", target_fps)
+        self.max_frames = _positive_int("max_frames", max_frames, allow_none=True)
+
+    def _sample(self, num_frames: int, fps: float | None) -> list[list[int]]:
+        if fps is None:
+            raise ValueError("fps: FpsSampler needs the video's frame rate, got None")
+        step = _positive_float("fps", fps) / self.target_fps  # source frames per output frame
+        count = math.ceil(num_frames / step - 1e-9)
+        # The epsilon keeps 30 -> 10 fps at 0, 3, 6, ... despite 3 * k not being exact in floats.
+        indices = [min(int(math.floor(k * step + 1e-6)), num_frames - 1) for k in range(count)]
+        return [_cap(indices, self.max_frames)]
+
+    def _settings(self) -> dict[str, Any]:
+        return {"target_fps": self.target_fps, "max_frames": self.max_frames}
+
+
+class StrideSampler(FrameSampler):
+    """One clip: every ``stride``-th frame from frame 0; ``max_frames`` keeps the first ones."""
+
+    name = "stride"
+
+    def __init__(self, stride: int, max_frames: int | None = None) -> None:
+        self.stride = _positive_int("stride", stride)
+        self.max_frames = _positive_int("max_frames", max_frames, allow_none=True)
+
+    def _sample(self, num_frames: int, fps: float | None) -> list[list[int]]:
+        return [_cap(list(range(0, num_frames, self.stride)), self.max_frames)]
+
+    def _settings(self) -> dict[str, Any]:
+        return {"stride": self.stride, "max_frames": self.max_frames}
+
+
+class SlidingWindowSampler(FrameSampler):
+    """Clips of ``clip_len`` consecutive frames starting every ``stride`` frames.
+
+    The clips cover the whole video (with ``stride <= clip_len``, every frame): when the
+    windows do not end on the last frame, one more clip covers the end, either aligned to
+    end on the last frame (``tail="align"``) or starting at the next stride and padded by
+    repeating the last frame (``tail="pad"``). A video shorter than ``clip_len`` gives one
+    clip padded with its last frame.
+    """
+
+    name = "sliding"
+
+    def __init__(self, clip_len: int, stride: int | None = None,
+                 tail: Literal["align", "pad"] = "align") -> None:
+        self.clip_len = _positive_int("clip_len", clip_len)
+        self.stride = _positive_int("stride", clip_len if stride is None else stride)
+        if tail not in ("align", "pad"):
+            raise ValueError(f"tail: expected 'align' or 'pad', got {tail!r}")
+        self.tail = tail
+
+    def _sample(self, num_frames: int, fps: float | None) -> list[list[int]]:
+        L, last = self.clip_len, num_frames - 1
+        if num_frames <= L:
+            return [[min(i, last) for i in range(L)]]
+        starts = list(range(0, num_frames - L + 1, self.stride))
+        if starts[-1] + L < num_frames:
+            pad_start = min(starts[-1] + self.stride, last)
+            starts.append(num_frames - L if self.tail == "align" else pad_start)
+        return [[min(s + i, last) for i in range(L)] for s in starts]
+
+    def _settings(self) -> dict[str, Any]:
+        return {"clip_len": self.clip_len, "stride": self.stride, "tail": self.tail}
+
+
+SAMPLERS: dict[str, type[FrameSampler]] = {
+    cls.name: cls for cls in (UniformSampler, FpsSampler, StrideSampler, SlidingWindowSampler)
+}
+
+
+def make_sampler(name: str, **kwargs: Any) -> FrameSampler:
+    """Build a sampler by name: "uniform", "fps", "stride" or "sliding" (kwargs: its settings)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"name: expected one of {sorted(SAMPLERS)}, got {name!r}")
+    cls = SAMPLERS[name]
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # an unknown or missing keyword: say which, as a ValueError
+        raise ValueError(f"make_sampler({name!r}): {e}") from None

@@ -1,0 +1,284 @@
+"""Reading video files: bit-exact lossless round trips, seek == full decode, formats, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from spool.video.io import (
+    VideoDecodeError,
+    VideoReader,
+    apply_rotation,
+    probe_video,
+    read_video_frames,
+    write_video,
+)
+
+
+def _noise(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+
+
+def _smooth(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Moving gradients and a moving block: lossy codecs keep it close to the source."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    frames = np.empty((t, h, w, 3), np.uint8)
+    phase = rng.uniform(0, 6, 3)
+    for i in range(t):
+        for c in range(3):
+            frames[i, ..., c] = 128 + 100 * np.sin(xx / 9 + yy / 13 + phase[c] + i * 0.3)
+        x = (3 * i) % max(w - 8, 1)
+        frames[i, 4:12, x:x + 8] = (255, 255, 255)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def h264_short_gop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """200 frames of H.264 with B-frames and a keyframe every 8 frames."""
+    path = tmp_path_factory.mktemp("vid") / "gop8.mp4"
+    frames = _smooth(200, 48, 64)
+    write_video(path, frames, fps=25, codec="libx264", gop_size=8, max_b_frames=2)
+    return path, frames
+
+
+# --- lossless round trips and timestamps -------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "codec", "pix_fmt"), [
+    ("ffv1.mkv", "ffv1", "bgr0"),
+    ("raw.avi", "rawvideo", "bgr24"),
+    ("raw.nut", "rawvideo", "rgb24"),
+])
+def test_lossless_frames_are_bit_exact(tmp_path: Path, name: str, codec: str,
+                                       pix_fmt: str) -> None:
+    frames = _noise(12, 24, 40)
+    path = write_video(tmp_path / name, frames, fps=30, codec=codec, pix_fmt=pix_fmt)
+    got, ts = read_video_frames(path)
+    assert got.dtype == np.uint8 and got.shape == frames.shape
+    np.testing.assert_array_equal(got, frames)
+    np.testing.assert_allclose(ts, np.arange(12) / 30, atol=1e-3)
+
+
+@pytest.mark.parametrize(("name", "codec"), [
+    ("vfr.mkv", "ffv1"), ("vfr.mp4", "libx264"), ("vfr.webm", "libvpx-vp9"),
+])
+def test_variable_frame_rate_timestamps(tmp_path: Path, name: str, codec: str) -> None:
+    times = [0.0, 0.04, 0.1, 0.11, 0.5, 0.52, 1.0, 1.25]
+    frames = _noise(len(times), 32, 32) if codec == "ffv1" else _smooth(len(times), 32, 32)
+    path = write_video(tmp_path / name, frames, fps=25, codec=codec, timestamps=times)
+    got, ts = read_video_frames(path)
+    np.testing.assert_allclose(ts, times, atol=1e-6)
+    # Sparse reads map frame index -> pts exactly, also with uneven spacing.
+    sub, sub_ts = read_video_frames(path, [6, 2, 4], strategy="seek")
+    np.testing.assert_allclose(sub_ts, [times[6], times[2], times[4]], atol=1e-6)
+    np.testing.assert_array_equal(sub, got[[6, 2, 4]])
+    if codec == "ffv1":
+        np.testing.assert_array_equal(got, frames)
+    info = probe_video(path)
+    assert info.num_frames == len(times) and info.num_frames_exact
+    assert info.fps == pytest.approx((len(times) - 1) / 1.25)
+
+
+# --- seeking gives the same frames as decoding everything ----------------------------------------
+
+def test_seek_equals_full_decode_h264(h264_short_gop: tuple[Path, np.ndarray]) -> None:
+    path, _ = h264_short_gop
+    full, full_ts = read_video_frames(path, strategy="sequential")
+    assert full.shape == (200, 48, 64, 3)
+    rng = np.random.default_rng(1)
+    picks = [[0, 199], [7, 8, 9], [190, 3, 100, 100, 57], rng.integers(0, 200, 20).tolist(),
+             list(range(5, 200, 25))]
+    for idx in picks:
+        for strategy in ("seek", "auto"):
+            with VideoReader(path) as reader:
+                got, ts = reader.get(idx, strategy=strategy)
+                seeks = reader.num_seeks
+            np.testing.assert_array_equal(got, full[idx])
+            np.testing.assert_array_equal(ts, full_ts[idx])
+    with VideoReader(path) as reader:  # sparse frames: the seek path is really taken
+        reader.get(list(range(5, 200, 25)), strategy="seek")
+        assert reader.num_seeks >= 7
+    assert seeks >= 1
+
+
+def test_reader_keeps_position_and_goes_back(h264_short_gop: tuple[Path, np.ndarray]) -> None:
+    path, _ = h264_short_gop
+    full, _ = read_video_frames(path)
+    with VideoReader(path) as reader:
+        for start in (0, 16, 32, 150, 20, 0):  # forward windows, then back
+            got, _ = reader.get(range(start, start + 16))
+            np.testing.assert_array_equal(got, full[start:start + 16])
+
+
+@pytest.mark.parametrize(("name", "codec"), [
+    ("vp9.webm", "libvpx-vp9"), ("mpeg4.avi", "mpeg4"), ("h264.mkv", "libx264"),
+])
+def test_seek_equals_full_decode_other_formats(tmp_path: Path, name: str, codec: str) -> None:
+    path = write_video(tmp_path / name, _smooth(60, 32, 48), fps=25, codec=codec, gop_size=6)
+    full, _ = read_video_frames(path, strategy="sequential")
+    idx = [59, 1, 30, 13, 44]
+    got, _ = read_video_frames(path, idx, strategy="seek")
+    np.testing.assert_array_equal(got, full[idx])
+
+
+# --- formats ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "codec", "pix_fmt", "tol"), [
+    ("h264.mp4", "libx264", None, 12),
+    ("vp9.webm", "libvpx-vp9", None, 12),
+    ("h264.mkv", "libx264", None, 12),
+    ("mjpeg.avi", "mjpeg", None, 12),
+    ("mpeg4.avi", "mpeg4", None, 12),
+    ("yuv444.mp4", "libx264", "yuv444p", 4),
+])
+def test_formats_decode_close_to_source(tmp_path: Path, name: str, codec: str,
+                                        pix_fmt: str | None, tol: float) -> None:
+    frames = _smooth(10, 48, 64)
+    opts = {"crf": "0"} if pix_fmt == "yuv444p" else None
+    path = write_video(tmp_path / name, frames, fps=25, codec=codec, pix_fmt=pix_fmt,
+                       options=opts)
+    got, ts = read_video_frames(path)
+    assert got.shape == frames.shape and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - frames).mean() < tol
+    np.testing.assert_allclose(ts, np.arange(10) / 25, atol=1e-3)
+    info = probe_video(path)
+    expected_codec = {"libx264": "h264", "libvpx-vp9": "vp9"}.get(codec, codec)
+    assert (info.num_frames, info.width, info.height, info.codec) == (10, 64, 48, expected_codec)
+    assert info.fps == pytest.approx(25) and info.duration == pytest.approx(0.4, abs=1e-3)
+
+
+def test_gray_and_odd_size(tmp_path: Path) -> None:
+    gray = np.random.default_rng(0).integers(0, 256, (4, 61, 97), dtype=np.uint8)
+    got, _ = read_video_frames(write_video(tmp_path / "gray.mkv", gray, codec="ffv1",
+                                           pix_fmt="gray"))
+    assert got.shape == (4, 61, 97, 3)
+    np.testing.assert_array_equal(got, np.repeat(gray[..., None], 3, axis=-1))
+
+    odd = _noise(4, 61, 97)
+    got, _ = read_video_frames(write_video(tmp_path / "odd.mkv", odd, codec="ffv1"))
+    np.testing.assert_array_equal(got, odd)
+    got, _ = read_video_frames(write_video(tmp_path / "odd.mp4", odd, codec="libx264",
+                                           pix_fmt="yuv444p", options={"crf": "0"}))
+    assert got.shape == odd.shape and np.abs(got.astype(int) - odd).max() <= 3
+    with pytest.raises(ValueError, match="even width and height"):
+        write_video(tmp_path / "odd420.mp4", odd, codec="libx264")
+
+
+def test_apply_rotation_is_counter_clockwise() -> None:
+    img = np.arange(6).reshape(2, 3, 1)  # [[0, 1, 2], [3, 4, 5]]
+    # Counter-clockwise by 90: the right column becomes the top row.
+    np.testing.assert_array_equal(apply_rotation(img, 90)[..., 0], [[2, 5], [1, 4], [0, 3]])
+    np.testing.assert_array_equal(apply_rotation(img, 180)[..., 0], [[5, 4, 3], [2, 1, 0]])
+    np.testing.assert_array_equal(apply_rotation(img, -90), apply_rotation(img, 270))
+    assert apply_rotation(img, 360) is img
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotation_metadata_is_applied(tmp_path: Path, ext: str, rotation: int) -> None:
+    frames = np.zeros((3, 32, 64, 3), np.uint8)
+    frames[:, :8, :16] = 255  # a white top-left corner
+    path = write_video(tmp_path / f"rot.{ext}", frames, codec="libx264", pix_fmt="yuv444p",
+                       rotation=rotation, options={"crf": "0"})
+    got, _ = read_video_frames(path)
+    expected = np.stack([np.rot90(f, rotation // 90) for f in frames])
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected).max() <= 3
+    info = probe_video(path)
+    assert info.rotation == rotation
+    assert (info.height, info.width) == got.shape[1:3]
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.mp4"
+    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+        read_video_frames(path)
+    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+        probe_video(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"this is a text file, not a video\n" * 20])
+def test_not_a_video(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "fake.mp4"
+    path.write_bytes(content)
+    with pytest.raises(VideoDecodeError, match="fake.mp4"):
+        read_video_frames(path)
+    with pytest.raises(VideoDecodeError, match="fake.mp4"):
+        probe_video(path)
+
+
+def test_audio_only_file(tmp_path: Path) -> None:
+    path = tmp_path / "tone.wav"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16",
+                                           layout="mono")
+        frame.sample_rate = 8000
+        c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    with pytest.raises(VideoDecodeError, match="no video stream"):
+        read_video_frames(path)
+
+
+@pytest.mark.parametrize(("name", "codec", "copts"), [
+    ("moov_at_end.mp4", "libx264", None),
+    ("faststart.mp4", "libx264", {"movflags": "+faststart"}),
+    ("cut.mkv", "libx264", None),
+    ("cut.webm", "libvpx-vp9", None),
+    ("cut.avi", "mjpeg", None),
+])
+def test_truncated_file(tmp_path: Path, name: str, codec: str, copts: dict | None) -> None:
+    src = write_video(tmp_path / f"src_{name}", _smooth(60, 32, 48), codec=codec, gop_size=8,
+                      container_options=copts)
+    data = src.read_bytes()
+    path = tmp_path / name
+    path.write_bytes(data[: len(data) // 2])
+    try:
+        prefix, ts = read_video_frames(path)
+    except VideoDecodeError as e:
+        assert name in str(e)
+        return
+    # A prefix decoded: the frames are the first ones of the full file.
+    n = len(prefix)
+    assert 0 < n < 60
+    full, _ = read_video_frames(src, range(n))
+    np.testing.assert_array_equal(prefix, full)
+    with pytest.raises(VideoDecodeError, match="frame index 59"):
+        read_video_frames(path, [0, 59])
+
+
+def test_index_errors(h264_short_gop: tuple[Path, np.ndarray]) -> None:
+    path, _ = h264_short_gop
+    with pytest.raises(VideoDecodeError, match="frame index 200"):
+        read_video_frames(path, [3, 200])
+    with pytest.raises(ValueError, match="indices"):
+        read_video_frames(path, [-1])
+    with pytest.raises(ValueError, match="strategy"):
+        read_video_frames(path, [1], strategy="fast")  # type: ignore[arg-type]
+    frames, ts = read_video_frames(path, [])
+    assert frames.shape == (0, 48, 64, 3) and ts.shape == (0,)
+
+
+def test_probe(h264_short_gop: tuple[Path, np.ndarray]) -> None:
+    path, _ = h264_short_gop
+    info = probe_video(path)
+    assert info.num_frames == 200 and info.num_frames_exact
+    assert (info.width, info.height, info.rotation, info.codec) == (64, 48, 0, "h264")
+    assert info.fps == pytest.approx(25) and info.duration == pytest.approx(8.0, abs=1e-3)
+    assert info.start_time == pytest.approx(0.0)
+
+
+def test_write_video_validates(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="codec"):
+        write_video(tmp_path / "a.mp4", _noise(2, 8, 8), codec="h265")
+    with pytest.raises(ValueError, match="uint8"):
+        write_video(tmp_path / "a.mkv", _noise(2, 8, 8).astype(np.float32), codec="ffv1")
+    with pytest.raises(ValueError, match="timestamps"):
+        write_video(tmp_path / "a.mkv", _noise(2, 8, 8), codec="ffv1", timestamps=[0.0, 0.0])
+    with pytest.raises(ValueError, match="at least one frame"):
+        write_video(tmp_path / "a.mkv", [], codec="ffv1")
