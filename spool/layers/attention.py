@@ -43,73 +43,101 @@ def default_chunk_frames(local_frame_range: int) -> int:
     return max(1, (local_frame_range + 1) // 2)
 
 
-def _lookback_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: int,
-                      chunk_frames: int, dropout_p: float) -> torch.Tensor:
-    """Lookback attention for all heads. Three SDPA calls, each linear in ``T``:
-    the start context frame (sees everything), the first ``P <= w`` frames (whose windows
-    are cut by the start of the video), and the rest in blocks of ``chunk_frames`` frames.
+def _direction_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                         w: int, chunk_frames: int, lookahead: bool, dropout_p: float) -> None:
+    """One head group, all in one direction; writes ``out: [Hg, B, F, L, hd]`` in place.
+
+    ``q, k, v: [Hg, B, F, L, hd]``. Written for lookback; lookahead is its mirror image in
+    time (``frames(a, b)`` maps a lookback frame range onto memory). Four SDPA calls, each
+    linear in ``T``: the context frame (sees everything), the ``P <= w`` frames whose windows
+    are cut by the context frame, full blocks of ``c`` frames, and the last ``r < c`` frames.
     """
-    B, H, nF, L, hd = q.shape
-    sdpa = F.scaled_dot_product_attention
-    out_context = sdpa(q[:, :, 0], k.flatten(2, 3), v.flatten(2, 3), dropout_p=dropout_p)
-    pieces = [out_context.unsqueeze(2)]
+    Hg, B, nF, L, hd = q.shape
+    N = Hg * B
+    q, k, v = (x.view(N, nF, L, hd) for x in (q, k, v))
+
+    def frames(a: int, b: int) -> slice:
+        return slice(nF - b, nF - a) if lookahead else slice(a, b)
+
+    def store(sl: slice, result: torch.Tensor) -> None:
+        out[:, :, sl] = result.view(Hg, B, -1, L, hd)
+
+    def sdpa(query, key, value, mask=None):
+        if query.ndim == 3:  # the CPU flash kernel takes 4-D inputs only
+            query, key, value = query[None], key[None], value[None]
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask,
+                                              dropout_p=dropout_p)
+
+    def with_context(window: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        return torch.cat((window, ctx) if lookahead else (ctx, window), dim=-3)
+
+    ctx = nF - 1 if lookahead else 0
+    store(slice(ctx, ctx + 1), sdpa(q[:, ctx], k.flatten(1, 2), v.flatten(1, 2)))
 
     num_prefix = min(w, nF - 1)
-    if num_prefix > 0:
-        mask = prefix_token_mask(num_prefix, L, q.device)
-        out = sdpa(q[:, :, 1:num_prefix + 1].flatten(2, 3), k[:, :, :num_prefix + 1].flatten(2, 3),
-                   v[:, :, :num_prefix + 1].flatten(2, 3), attn_mask=mask, dropout_p=dropout_p)
-        pieces.append(out.view(B, H, num_prefix, L, hd))
+    if num_prefix:
+        sl, keys = frames(1, num_prefix + 1), frames(0, num_prefix + 1)
+        mask = prefix_token_mask(num_prefix, L, lookahead, q.device)
+        store(sl, sdpa(q[:, sl].flatten(1, 2), k[:, keys].flatten(1, 2),
+                       v[:, keys].flatten(1, 2), mask))
 
-    first = num_prefix + 1  # first frame whose window lies wholly after the start context
+    first = num_prefix + 1  # first frame whose window lies wholly inside the real frames
     num_rest = nF - first
-    if num_rest > 0:
-        c = min(chunk_frames, num_rest)
-        num_blocks = math.ceil(num_rest / c)
-        pad = num_blocks * c - num_rest
-        # Block b holds query frames s .. s+c-1 (s = first + b*c) and reads key frames
-        # s-w .. s+c-1 (all >= 1 since first > w) plus the start context frame.
-        queries = q[:, :, first:]
-        keys, values = k[:, :, first - w:], v[:, :, first - w:]
-        if pad:
-            queries = F.pad(queries, (0, 0, 0, 0, 0, pad))
-            keys = F.pad(keys, (0, 0, 0, 0, 0, pad))
-            values = F.pad(values, (0, 0, 0, 0, 0, pad))
-        queries = queries.reshape(B, H * num_blocks, c * L, hd)
+    if num_rest <= 0:
+        return
+    c = min(chunk_frames, num_rest)
+    num_blocks, num_tail = divmod(num_rest, c)
+    end = first + num_blocks * c
+    sl, keys = frames(first, end), frames(first - w, end)
+    ctx_k, ctx_v = k[:, ctx:ctx + 1, None], v[:, ctx:ctx + 1, None]
 
-        def windows(x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-            win = x.unfold(2, c + w, c).permute(0, 1, 2, 5, 3, 4)  # [B, H, nb, c+w, L, hd]
-            ctx = ctx[:, :, None].expand(B, H, num_blocks, 1, L, hd)
-            return torch.cat((ctx, win), dim=3).view(B, H * num_blocks, (1 + c + w) * L, hd)
+    def windows(x: torch.Tensor, ctx_x: torch.Tensor) -> torch.Tensor:
+        # Overlapping windows of c + w frames every c frames: [N, nb, c + w, L, hd].
+        win = x[:, keys].unfold(1, c + w, c).permute(0, 1, 4, 2, 3)
+        ctx_x = ctx_x.expand(N, num_blocks, 1, L, hd)
+        return with_context(win, ctx_x).view(N, num_blocks, (1 + c + w) * L, hd)
 
-        mask = None if c == 1 else band_token_mask(c, w, L, q.device)
-        out = sdpa(queries, windows(keys, k[:, :, :1]), windows(values, v[:, :, :1]),
-                   attn_mask=mask, dropout_p=dropout_p)
-        out = out.view(B, H, num_blocks * c, L, hd)
-        pieces.append(out[:, :, :num_rest] if pad else out)
-    return torch.cat(pieces, dim=2)
+    mask = None if c == 1 else band_token_mask(c, w, L, lookahead, q.device)
+    result = sdpa(q[:, sl].reshape(N, num_blocks, c * L, hd), windows(k, ctx_k),
+                  windows(v, ctx_v), mask)
+    store(sl, result)
+    if num_tail:
+        sl, keys = frames(end, nF), frames(end - w, nF)
+        mask = band_token_mask(num_tail, w, L, lookahead, q.device)
+        tail_k = with_context(k[:, keys], k[:, ctx:ctx + 1]).flatten(1, 2)
+        tail_v = with_context(v[:, keys], v[:, ctx:ctx + 1]).flatten(1, 2)
+        store(sl, sdpa(q[:, sl].flatten(1, 2), tail_k, tail_v, mask))
 
 
-def _to_lookback_form(x: torch.Tensor, num_lookback_heads: int) -> torch.Tensor:
-    """Reverse time for the lookahead heads: lookahead attention over frames ``0..F-1`` is
-    lookback attention over the reversed frames, so one kernel serves both groups."""
-    H = x.shape[1]
-    if num_lookback_heads == H:
-        return x
-    if num_lookback_heads == 0:
-        return x.flip(2)
-    return torch.cat((x[:, :num_lookback_heads], x[:, num_lookback_heads:].flip(2)), dim=1)
+def blocked_attention_heads_first(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                  num_lookback_heads: int, local_frame_range: int,
+                                  chunk_frames: int | None = None, dropout_p: float = 0.0
+                                  ) -> torch.Tensor:
+    """``q, k, v: [H, B, F, L, hd]`` (contiguous) -> ``[B, F, L, H, hd]``.
+
+    Heads-first inputs make each head group a contiguous ``[Hg * B, ...]`` batch; the output
+    is written straight into the layout the output projection reads.
+    """
+    H, B, nF, L, hd = q.shape
+    c = chunk_frames or default_chunk_frames(local_frame_range)
+    out = q.new_empty(B, nF, L, H, hd)
+    out_heads_first = out.permute(3, 0, 1, 2, 4)
+    for lookahead, heads in ((False, slice(0, num_lookback_heads)),
+                             (True, slice(num_lookback_heads, H))):
+        if heads.stop > heads.start:
+            _direction_attention(q[heads], k[heads], v[heads], out_heads_first[heads],
+                                 local_frame_range, c, lookahead, dropout_p)
+    return out
 
 
 def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       num_lookback_heads: int, local_frame_range: int,
                       chunk_frames: int | None = None, dropout_p: float = 0.0) -> torch.Tensor:
-    """Linear-cost attention; never builds a ``F*L x F*L`` tensor."""
-    if chunk_frames is None:
-        chunk_frames = default_chunk_frames(local_frame_range)
-    q, k, v = (_to_lookback_form(x, num_lookback_heads) for x in (q, k, v))
-    out = _lookback_blocked(q, k, v, local_frame_range, chunk_frames, dropout_p)
-    return _to_lookback_form(out, num_lookback_heads)
+    """Linear-cost attention on ``[B, H, F, L, hd]``; never builds a ``F*L x F*L`` tensor."""
+    q, k, v = (x.transpose(0, 1).contiguous() for x in (q, k, v))
+    out = blocked_attention_heads_first(q, k, v, num_lookback_heads, local_frame_range,
+                                        chunk_frames, dropout_p)
+    return out.permute(0, 3, 1, 2, 4)
 
 
 _compiled_flex = None
@@ -156,18 +184,22 @@ class TemporalAttention(nn.Module):
         """``x: [B, F, L, D] -> [B, F, L, D]``."""
         B, nF, L, D = x.shape
         qkv = self.qkv(x).view(B, nF, L, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)  # each [B, H, F, L, hd]
-        cos, sin = self.rotary.cos_sin(nF, x.device, x.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        v = v.contiguous()
+        # Heads first, [3, H, B, F, L, hd]: one copy, after which every head group is a
+        # contiguous batch for SDPA.
+        q, k, v = qkv.permute(3, 4, 0, 1, 2, 5).contiguous().unbind(0)
+        freqs = self.rotary.freqs(nF, x.device)
+        q, k = apply_rotary(q, freqs), apply_rotary(k, freqs)
         dropout_p = self.dropout if self.training else 0.0
         impl = resolve_implementation(self.implementation, x.device)
+        if impl == "blocked":
+            out = blocked_attention_heads_first(q, k, v, self.num_lookback_heads,
+                                                self.local_frame_range, self.chunk_frames,
+                                                dropout_p)
+            return self.proj(out.view(B, nF, L, D))
+        q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # [B, H, F, L, hd]
         if impl == "reference":
             out = reference_attention(q, k, v, self.num_lookback_heads, self.local_frame_range,
                                       dropout_p)
-        elif impl == "blocked":
-            out = blocked_attention(q, k, v, self.num_lookback_heads, self.local_frame_range,
-                                    self.chunk_frames, dropout_p)
         else:
             if x.device.type == "cpu" and torch.is_grad_enabled() and x.requires_grad:
                 raise ValueError("attn_implementation='flex': torch has no flex_attention "

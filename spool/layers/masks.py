@@ -49,35 +49,43 @@ def _cached_mask(fn):
     return wrapper
 
 
-@_cached_mask
-def prefix_token_mask(num_query_frames: int, num_tokens: int, device: torch.device
-                      ) -> torch.Tensor:
-    """Lookback mask of query frames ``1..P`` (``P <= w``) over key frames ``0..P``.
-
-    Their windows reach back past frame 1, so each sees every earlier frame and itself:
-    bool ``[P*L, (P+1)*L]``. Its size depends on ``w``, not on ``T``.
-    """
-    i = torch.arange(1, num_query_frames + 1, device=device)[:, None]
-    j = torch.arange(num_query_frames + 1, device=device)[None, :]
-    allowed = j <= i
+def _to_tokens(allowed: torch.Tensor, num_tokens: int, lookahead: bool) -> torch.Tensor:
+    """Frame-level mask -> token-level; lookahead mirrors frame order (not token order)."""
+    if lookahead:
+        allowed = allowed.flip(0, 1)
     return allowed.repeat_interleave(num_tokens, 0).repeat_interleave(num_tokens, 1)
 
 
 @_cached_mask
+def prefix_token_mask(num_query_frames: int, num_tokens: int, lookahead: bool,
+                      device: torch.device) -> torch.Tensor:
+    """Query frames ``1..P`` (``P <= w``) over key frames ``0..P``, in lookback terms.
+
+    Their windows are cut by the start context frame, so each sees every earlier frame and
+    itself: bool ``[P*L, (P+1)*L]``, independent of ``T``. Lookahead mirrors it: query frames
+    ``F-1-P..F-2`` over key frames ``F-1-P..F-1``.
+    """
+    i = torch.arange(1, num_query_frames + 1, device=device)[:, None]
+    j = torch.arange(num_query_frames + 1, device=device)[None, :]
+    return _to_tokens(j <= i, num_tokens, lookahead)
+
+
+@_cached_mask
 def band_token_mask(chunk_frames: int, local_frame_range: int, num_tokens: int,
-                    device: torch.device) -> torch.Tensor:
-    """Lookback mask of one block of ``c`` query frames over its keys.
+                    lookahead: bool, device: torch.device) -> torch.Tensor:
+    """One block of ``c`` query frames over its keys, in lookback terms.
 
     Keys are the start context frame followed by the ``c + w`` frames ending at the block's
-    last query frame; query ``q`` sees key window position ``p`` iff ``q <= p <= q + w``.
-    The same for every block, so one bool ``[c*L, (1 + c + w)*L]`` serves the whole video.
+    last query frame; query ``q`` sees window position ``p`` iff ``q <= p <= q + w``. The same
+    for every block, so one bool ``[c*L, (1 + c + w)*L]`` serves the whole video. Lookahead
+    mirrors it (keys: the ``c + w`` frames from the block's first frame, then the end context).
     """
     c, w = chunk_frames, local_frame_range
     q = torch.arange(c, device=device)[:, None]
     p = torch.arange(c + w, device=device)[None, :]
     window = (p >= q) & (p <= q + w)
     allowed = torch.cat((torch.ones(c, 1, dtype=torch.bool, device=device), window), dim=1)
-    return allowed.repeat_interleave(num_tokens, 0).repeat_interleave(num_tokens, 1)
+    return _to_tokens(allowed, num_tokens, lookahead)
 
 
 def flex_mask_mod(num_frames: int, num_tokens: int, local_frame_range: int,

@@ -19,18 +19,17 @@ class FrameRotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def cos_sin(self, num_frames: int, device: torch.device, dtype: torch.dtype
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin: ``[F, 1, head_dim]``, to broadcast over ``[B, H, F, L, head_dim]``."""
+    def freqs(self, num_frames: int, device: torch.device) -> torch.Tensor:
+        """Complex rotations ``[F, 1, head_dim / 2]``, to broadcast over ``[..., F, L, hd/2]``."""
         positions = torch.arange(num_frames, device=device, dtype=torch.float32)
-        freqs = torch.outer(positions, self.inv_freq.to(device))
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        angles = torch.outer(positions, self.inv_freq.to(device))
+        return torch.polar(torch.ones_like(angles), angles)[:, None, :]
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x: [B, H, F, L, head_dim]`` by its frame position."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return x * cos + rotated * sin
+def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of ``x: [..., F, L, head_dim]`` by their frame's angles.
+
+    One complex multiply: a single pass over ``x``, which matters on the hot path.
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * freqs).flatten(-2).to(x.dtype)
