@@ -88,3 +88,18 @@ def test_blocked_never_builds_a_quadratic_tensor():
     assert large / small < 1.2 * 130 / 18  # grows like T, not T^2
     # The probe itself is sound: the reference does build the quadratic tensor.
     assert _largest_intermediate(reference_attention, 128) >= dense_scores
+
+
+def test_reference_equals_explicit_softmax():
+    """The reference itself against attention written out by hand, frame pair by pair."""
+    T, w, nb, H, L, hd = 4, 1, 1, 2, 3, 4
+    q, k, v = _qkv(T, H, L=L, hd=hd, B=1)
+    out = reference_attention(q, k, v, nb, w)
+    nF = T + 2
+    for h in range(H):
+        allowed = frame_mask(nF, w, lookahead=h >= nb)
+        for i in range(nF):
+            keys = torch.cat([k[0, h, j] for j in range(nF) if allowed[i, j]])
+            values = torch.cat([v[0, h, j] for j in range(nF) if allowed[i, j]])
+            probs = (q[0, h, i] @ keys.T / hd**0.5).softmax(-1)
+            torch.testing.assert_close(out[0, h, i], probs @ values, atol=1e-6, rtol=1e-5)

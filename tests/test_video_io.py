@@ -271,6 +271,20 @@ def test_probe(h264_short_gop: tuple[Path, np.ndarray]) -> None:
     assert (info.width, info.height, info.rotation, info.codec) == (64, 48, 0, "h264")
     assert info.fps == pytest.approx(25) and info.duration == pytest.approx(8.0, abs=1e-3)
     assert info.start_time == pytest.approx(0.0)
+    quick = probe_video(path, exact=False)  # headers and one frame only
+    assert not quick.num_frames_exact
+    assert (quick.width, quick.height, quick.codec) == (64, 48, "h264")
+    assert quick.num_frames == pytest.approx(200, abs=2)
+    assert quick.fps == pytest.approx(25) and quick.duration == pytest.approx(8.0, abs=0.1)
+
+
+def test_dense_indices_decode_without_seeking(h264_short_gop: tuple[Path, np.ndarray]) -> None:
+    path, _ = h264_short_gop
+    with VideoReader(path) as reader:
+        reader.get(range(0, 200, 2))
+        assert reader.num_seeks == 0
+        reader.get([199, 3])  # behind the decoder: must go back, and still be right
+        assert len(reader) == 200
 
 
 def test_write_video_validates(tmp_path: Path) -> None:

@@ -48,7 +48,9 @@ class VideoInfo:
 
     path: str
     num_frames: int
-    num_frames_exact: bool  # False: estimated from container headers, not counted
+    # True: counted from packets with distinct timestamps, one per frame (a damaged file may
+    # still decode fewer). False: an estimate (headers, or packets without usable timestamps).
+    num_frames_exact: bool
     fps: float  # average frame rate
     duration: float  # seconds
     width: int
@@ -154,6 +156,11 @@ def _rotation_of(frame: av.VideoFrame) -> int:
     return int(round(frame.rotation / 90.0)) * 90 % 360
 
 
+def _stream_fps(stream: av.VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else 1.0
+
+
 def apply_rotation(image: np.ndarray, rotation: int) -> np.ndarray:
     """Rotate ``image`` [H, W, C] counter-clockwise by ``rotation`` (a multiple of 90) degrees.
 
@@ -207,6 +214,9 @@ class VideoReader:
         self._start()
 
     def _seek(self, t: int) -> bool:
+        if self.index.seek_pos[t] == 0:
+            self._restart()  # packet 0 need not be a keyframe: start over rather than seek
+            return True
         try:
             self._container.seek(int(self.index.seek_pts[t]), stream=self._stream,
                                  backward=True, any_frame=False)
@@ -260,7 +270,7 @@ class VideoReader:
         if strategy == "sequential" or not self.index.exact:
             return False
         key, target = int(self.index.seek_pos[t]), int(self.index.decode_pos[t])
-        if target <= self._pos or key <= self._pos:
+        if target <= self._pos or key <= self._pos + 1:
             return False  # already fed, or in the GOP ahead: going on is never slower
         if strategy == "seek":
             return True
@@ -283,7 +293,8 @@ class VideoReader:
                 if i >= t:
                     break
             else:
-                self._frames = None  # end of file: nothing further can come out
+                self._frames = None  # end of file: the later targets do not decode either
+                return
 
     def get(self, indices: Sequence[int] | None = None,
             strategy: Strategy = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -329,12 +340,8 @@ class VideoReader:
         if self.index.exact:
             times = self.index.pts[out] * float(self.index.time_base)
         else:
-            times = np.asarray(out, np.float64) / self._fps()
+            times = np.asarray(out, np.float64) / _stream_fps(self._stream)
         return np.stack([got[i] for i in out]), np.asarray(times, np.float64)
-
-    def _fps(self) -> float:
-        rate = self._stream.average_rate or self._stream.guessed_rate
-        return float(rate) if rate else 1.0
 
     def info(self) -> VideoInfo:
         """Probe results; decodes frame 0 to learn the rotation and the upright size."""
@@ -342,11 +349,11 @@ class VideoReader:
         n, tb, pts = len(self), float(self.index.time_base), self.index.pts
         if self.index.exact and n > 1:
             span = float(pts[-1] - pts[0]) * tb
-            fps = (n - 1) / span if span > 0 else self._fps()
+            fps = (n - 1) / span if span > 0 else _stream_fps(self._stream)
             last = self.index.last_duration * tb or span / (n - 1)
             duration, start = span + last, float(pts[0]) * tb
         else:
-            fps = self._fps()
+            fps = _stream_fps(self._stream)
             duration, start = n / fps, float(pts[0]) * tb if self.index.exact else 0.0
         ctx = self._stream.codec_context
         return VideoInfo(
@@ -356,10 +363,38 @@ class VideoReader:
         )
 
 
-def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
-    """Frame count (exact: counted from packets), fps, duration, upright size, rotation, codec."""
-    with VideoReader(path) as reader:
-        return reader.info()
+def probe_video(path: str | os.PathLike[str], exact: bool = True) -> VideoInfo:
+    """Frame count, fps, duration, upright size, rotation and codec of a video file.
+
+    ``exact=True`` counts the frames by demuxing every packet (cheap: no decoding; cached for
+    the readers). ``exact=False`` reads only the headers and the first frame, so
+    ``num_frames`` and ``duration`` are estimates (``num_frames_exact`` is False).
+    """
+    if exact:
+        with VideoReader(path) as reader:
+            return reader.info()
+    container, stream = _open(path)
+    with container:
+        try:
+            frame = next(container.decode(stream), None)
+        except av.FFmpegError as e:
+            raise VideoDecodeError(f"{path}: cannot decode the first frame: {e}") from e
+        if frame is None:
+            raise VideoDecodeError(f"{path}: the video stream has no decodable frame")
+        rotation, tb = _rotation_of(frame), stream.time_base or Fraction(1, 1)
+        h, w = (frame.width, frame.height) if rotation in (90, 270) else (frame.height, frame.width)
+        fps = _stream_fps(stream)
+        if stream.duration:
+            duration = float(stream.duration * tb)
+        else:
+            duration = container.duration / av.time_base if container.duration else 0.0
+        return VideoInfo(
+            path=os.fspath(path), num_frames=stream.frames or round(duration * fps),
+            num_frames_exact=False, fps=fps, duration=duration, width=w, height=h,
+            rotation=rotation, codec=stream.codec_context.name,
+            pix_fmt=stream.codec_context.pix_fmt,
+            start_time=float(stream.start_time * tb) if stream.start_time is not None else 0.0,
+        )
 
 
 def read_video_frames(
