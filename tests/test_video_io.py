@@ -124,6 +124,18 @@ def test_seek_equals_full_decode_other_formats(tmp_path: Path, name: str, codec:
     np.testing.assert_array_equal(got, full[idx])
 
 
+def test_stream_without_timestamps_is_read_by_count(tmp_path: Path) -> None:
+    """A raw H.264 elementary stream has no pts: frames are numbered in decode output order."""
+    path = write_video(tmp_path / "raw.h264", _smooth(30, 32, 48), fps=25, gop_size=8)
+    full, ts = read_video_frames(path)
+    assert full.shape == (30, 32, 48, 3)
+    np.testing.assert_allclose(ts, np.arange(30) / 25)
+    got, _ = read_video_frames(path, [29, 3, 10], strategy="seek")
+    np.testing.assert_array_equal(got, full[[29, 3, 10]])
+    info = probe_video(path)
+    assert info.num_frames == 30 and not info.num_frames_exact
+
+
 # --- formats ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("name", "codec", "pix_fmt", "tol"), [

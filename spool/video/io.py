@@ -186,6 +186,7 @@ class VideoReader:
         self._container, self._stream = _open(self.path)
         self.rotation = 0  # from the display matrix of the frames decoded so far
         self.num_seeks = 0
+        self._can_seek = self.index.exact  # turned off if the demuxer refuses a seek
         self._start()
 
     def __len__(self) -> int:
@@ -213,20 +214,22 @@ class VideoReader:
         self._container, self._stream = _open(self.path)
         self._start()
 
-    def _seek(self, t: int) -> bool:
+    def _seek(self, t: int) -> None:
+        """Go to the keyframe frame ``t`` decodes from (or to the start, if seeking fails)."""
         if self.index.seek_pos[t] == 0:
             self._restart()  # packet 0 need not be a keyframe: start over rather than seek
-            return True
+            return
         try:
             self._container.seek(int(self.index.seek_pts[t]), stream=self._stream,
                                  backward=True, any_frame=False)
         except av.FFmpegError:
-            return False
+            self._can_seek = False  # the demuxer's position is unknown now: start over
+            self._restart()
+            return
         self._pos, self._last_out = int(self.index.seek_pos[t]) - 1, -1
         self.num_seeks += 1
         self._valid_from = None  # frames are trustworthy from the first keyframe fed on
         self._frames = self._decode()
-        return True
 
     def _decode(self) -> Iterator[tuple[int, av.VideoFrame]]:
         """Yield (frame index, frame) for correctly decodable frames, in output order."""
@@ -267,7 +270,7 @@ class VideoReader:
         return apply_rotation(frame.to_ndarray(format="rgb24"), self.rotation)
 
     def _should_seek(self, t: int, strategy: Strategy) -> bool:
-        if strategy == "sequential" or not self.index.exact:
+        if strategy == "sequential" or not self._can_seek:
             return False
         key, target = int(self.index.seek_pos[t]), int(self.index.decode_pos[t])
         if target <= self._pos or key <= self._pos + 1:
@@ -283,10 +286,12 @@ class VideoReader:
             if t in got:
                 continue
             if self._frames is None or t <= self._last_out:  # behind us: go back
-                if strategy == "sequential" or not self.index.exact or not self._seek(t):
+                if strategy != "sequential" and self._can_seek:
+                    self._seek(t)
+                else:
                     self._restart()
-            elif self._should_seek(t, strategy) and not self._seek(t):
-                self._restart()
+            elif self._should_seek(t, strategy):
+                self._seek(t)
             for i, frame in self._frames:
                 if i in need and i not in got:
                     got[i] = self._to_rgb(frame)
@@ -368,7 +373,8 @@ def probe_video(path: str | os.PathLike[str], exact: bool = True) -> VideoInfo:
 
     ``exact=True`` counts the frames by demuxing every packet (cheap: no decoding; cached for
     the readers). ``exact=False`` reads only the headers and the first frame, so
-    ``num_frames`` and ``duration`` are estimates (``num_frames_exact`` is False).
+    ``num_frames`` and ``duration`` are estimates (``num_frames_exact`` is False; 0 where the
+    headers do not say, as in raw elementary streams).
     """
     if exact:
         with VideoReader(path) as reader:
