@@ -22,11 +22,14 @@ import av
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import machine, update_section  # noqa: E402
 
 from spool.video.io import VideoReader, clear_index_cache, read_video_frames, write_video  # noqa: E402
 from spool.video.samplers import UniformSampler  # noqa: E402
 
-HEADING = "## Video decoding: seeking vs. decoding everything"
+HEADING = "Video decoding: seeking vs. decoding everything"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
@@ -57,16 +60,6 @@ def make_video(workdir: Path, gop: int, seconds: int, fps: int, width: int, heig
         tmp.rename(path)
         print(f"generated {path.name} in {time.perf_counter() - start:.1f} s", flush=True)
     return path
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def median_times(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
@@ -117,22 +110,6 @@ def bench_one(path: Path, num: int, runs: int, convert_all: bool) -> dict[str, f
     return {"frames": n, "keyframes": keys, "seeks": seeks, **median_times(fns, runs)}
 
 
-def write_section(doc: Path, body: str) -> None:
-    """Replace this benchmark's section of ``doc`` (or append it), leaving the rest alone."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == HEADING), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + body + ("\n" + tail if tail else "")
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=None, help="cache dir for the videos")
@@ -157,10 +134,10 @@ def main() -> None:
         print(gop, {k: round(v, 3) for k, v in row.items()}, flush=True)
 
     cmd = "python bench/video_seek.py " + " ".join(sys.argv[1:])
-    machine = (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs "
-               f"({cpu_name()}), Python {platform.python_version()}, "
-               f"PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info}); load average at the end "
-               f"{os.getloadavg()[0]:.1f} (the machine may be shared)")
+    where = (f"{platform.system()} {platform.machine()}, {machine()}, Python "
+             f"{platform.python_version()}, PyAV {av.__version__} (FFmpeg "
+             f"{av.ffmpeg_version_info}); load average at the end {os.getloadavg()[0]:.1f} "
+             "(the machine may be shared)")
     has_rgb = not args.no_convert_all
     head = ("| keyframe every | seeks | seek, cold index (s) | seek, cached index (s) "
             "| decode all (s) |" + (" decode all + RGB all (s) |" if has_rgb else "")
@@ -176,14 +153,13 @@ def main() -> None:
     n = rows[0][1]["frames"]
     meets = [g for g, r in rows if r["full"] / r["seek"] >= 5]
     misses = [g for g, r in rows if r["full"] / r["seek"] < 5]
-    verdict = (f"Bar (seeking >= 5x faster than decoding everything): met with a keyframe every "
-               f"{', '.join(map(str, meets)) or '-'} frames; not met with a keyframe every "
-               f"{', '.join(map(str, misses)) or '-'} frames.")
-    body = f"""{HEADING}
-
-Taking {args.frames} uniformly spaced frames (`UniformSampler({args.frames})`, the centres of
-{args.frames} equal segments) from a {args.seconds} s {width}x{height} {args.fps} fps H.264 video
-({n} frames; libx264 ultrafast, crf 23, no B-frames, fixed keyframe interval).
+    verdict = "Bar (seeking >= 5x faster than decoding everything): " + "; ".join(
+        f"{what} with a keyframe every {', '.join(map(str, gops))} frames"
+        for what, gops in (("met", meets), ("not met", misses)) if gops) + "."
+    body = f"""Taking {args.frames} uniformly spaced frames (`UniformSampler({args.frames})`, the
+centres of {args.frames} equal segments) from a {args.seconds} s {width}x{height}
+{args.fps} fps H.264 video ({n} frames; libx264 ultrafast, crf 23, no B-frames, fixed
+keyframe interval).
 "seek" is `read_video_frames(path, indices)` (strategy "auto": seek to the keyframe before a
 needed frame where that saves decoding); "cold index" counts the packet demux that builds the
 frame index, "cached" reuses it (the same file read again, e.g. in a later epoch). "decode all"
@@ -192,7 +168,7 @@ to RGB; "+ RGB all" converts every frame, as a read-everything loader does. Medi
 {args.runs} runs; seek and decode-all return identical frames (checked).
 
 - Command: `{cmd}`
-- Machine: {machine}
+- Machine: {where}
 
 {chr(10).join(table)}
 
@@ -203,9 +179,9 @@ Seeking decodes from the keyframe before each wanted frame, so its cost is about
 speed-up is bounded by roughly {n} / ({args.frames} x interval / 2), i.e. it depends on the
 keyframe interval of the file, not on the reader.
 """
-    print("\n" + body)
+    print(f"\n## {HEADING}\n\n{body}")
     if not args.no_docs:
-        write_section(DOCS, body)
+        update_section(DOCS, HEADING, body)
         print(f"wrote {DOCS}")
 
 
