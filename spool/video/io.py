@@ -186,6 +186,7 @@ class VideoReader:
         self._container, self._stream = _open(self.path)
         self.rotation = 0  # from the display matrix of the frames decoded so far
         self.num_seeks = 0
+        self.num_fallbacks = 0  # passes redone from the start because a seek missed frames
         self._can_seek = self.index.exact  # turned off if the demuxer refuses a seek
         self._start()
 
@@ -331,6 +332,7 @@ class VideoReader:
         missed = [i for i in unique if i not in got]
         if missed and not (plain and self.num_seeks == seeks):
             # A seek can overshoot on some demuxers: decode plainly from the start.
+            self.num_fallbacks += 1
             self._restart()
             self._collect(missed, "sequential", got)
             missed = [i for i in unique if i not in got]
