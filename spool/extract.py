@@ -1,0 +1,213 @@
+"""Feature extraction over many videos: one ``.safetensors`` per video, resumable, fault-tolerant.
+
+Each output holds ``context [n_clips, 2D]`` (fp32), optionally ``features [n_clips, T+2, L, D]``
+(fp16), ``frame_indices [n_clips, T]`` and ``timestamps [n_clips, T]`` (seconds), with
+metadata: source path, sampler settings, model config hash. Outputs are written atomically, so
+a re-run skips finished videos and redoes any that a killed run left half-written. Under
+``torchrun`` the sorted inputs are dealt out round-robin over the ranks.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from safetensors import safe_open
+from tqdm import tqdm
+
+from spool import __version__
+from spool.io_utils import atomic_path, atomic_save_safetensors
+from spool.models.spool import Spool
+from spool.video import FrameSampler, VideoDecodeError, VideoReader
+
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
+                    ".flv", ".wmv", ".3gp", ".ogv"}
+LIST_EXTENSIONS = {".txt", ".lst", ".list"}
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One input video and where its features go."""
+
+    source: Path
+    output: Path
+
+
+@dataclass
+class ExtractSummary:
+    done: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # path, error, message
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
+    """``(video, name relative to the output directory without suffix)`` for every input.
+
+    An input is a video file, a directory (searched recursively for video extensions; names
+    keep the sub-folders) or a text file listing one path per line (``#`` comments; relative
+    paths are relative to the list). A named path that does not exist is kept, so that it is
+    reported as a failure rather than silently dropped.
+    """
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for video in sorted(p for p in path.rglob("*")
+                                if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS):
+                found.append((video, video.relative_to(path).with_suffix("")))
+        elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
+            for line in path.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    entry = Path(line) if Path(line).is_absolute() else path.parent / line
+                    found.append((entry, Path(Path(line).stem)))
+        else:
+            found.append((path, Path(path.stem)))
+    return found
+
+
+def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+              rank: int = 0, world_size: int = 1) -> list[VideoJob]:
+    """This rank's share of the videos: sorted by absolute path, every ``world_size``-th one
+    from ``rank``, so ranks never overlap and together cover every input."""
+    out_dir = Path(out_dir)
+    pairs = sorted({(src.resolve(), name) for src, name in collect_inputs(inputs)})
+    names: dict[Path, int] = {}
+    for _, name in pairs:
+        names[name] = names.get(name, 0) + 1
+    jobs = []
+    for src, name in pairs:
+        if names[name] > 1:  # same file name from different places: keep both, distinctly
+            digest = hashlib.sha1(str(src).encode()).hexdigest()[:8]
+            name = name.with_name(f"{name.name}-{digest}")
+        jobs.append(VideoJob(src, out_dir / name.with_suffix(".safetensors")))
+    return jobs[rank::world_size]
+
+
+def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool
+                       ) -> dict[str, str]:
+    return {"format": "pt", "spool_version": __version__,
+            "model_config_hash": model.config.config_hash(),
+            "sampler": json.dumps(sampler.to_dict(), sort_keys=True),
+            "save_features": str(save_features)}
+
+
+def is_done(output: Path, settings: dict[str, str]) -> bool:
+    """An output that opens and was made with the same model and sampler settings."""
+    if not output.is_file():
+        return False
+    try:
+        with safe_open(str(output), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # a damaged file is simply redone
+        return False
+    return all(meta.get(k) == v for k, v in settings.items() if k != "spool_version")
+
+
+def check_complete(source: Path, num_frames: int) -> None:
+    """Raise ``VideoDecodeError`` for a file cut short: its header announces more frames than
+    its packets hold. Containers whose header gives no frame count (0) are taken as they are."""
+    with av.open(str(source)) as container:
+        announced = container.streams.video[0].frames
+    if announced and num_frames < announced - 1:
+        raise VideoDecodeError(f"{source}: truncated: the header announces {announced} frames "
+                               f"but only {num_frames} are in the file")
+
+
+class FeatureExtractor:
+    """Runs ``model`` over sampled clips of each video and writes one file per video."""
+
+    def __init__(self, model: Spool, sampler: FrameSampler, *, batch_size: int = 4,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 save_features: bool = False) -> None:
+        self.model = model.eval().to(device)
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.save_features = save_features
+        self.settings = _settings_metadata(model, sampler, save_features)
+
+    @torch.no_grad()
+    def features(self, source: Path) -> dict[str, torch.Tensor]:
+        """Decode the sampled clips of ``source`` and run the model on them."""
+        with VideoReader(source) as reader:
+            info = reader.info()
+            check_complete(source, info.num_frames)
+            clips = self.sampler(info.num_frames, info.fps)
+            wanted = sorted({i for clip in clips for i in clip})
+            frames, times = reader.get(wanted)
+        row = {idx: n for n, idx in enumerate(wanted)}
+        order = np.array([[row[i] for i in clip] for clip in clips])
+        video = torch.from_numpy(frames)
+        contexts, features = [], []
+        autocast = torch.autocast(self.device.type, dtype=self.dtype,
+                                  enabled=self.dtype != torch.float32)
+        for start in range(0, len(clips), self.batch_size):
+            batch = video[torch.from_numpy(order[start:start + self.batch_size])]
+            with autocast:
+                out = self.model(batch.to(self.device))
+            contexts.append(out.context.float().cpu())
+            if self.save_features:
+                features.append(out.features.to(torch.float16).cpu())
+        result = {"context": torch.cat(contexts),
+                  "frame_indices": torch.tensor(clips, dtype=torch.int64),
+                  "timestamps": torch.from_numpy(times[order])}
+        if self.save_features:
+            result["features"] = torch.cat(features)
+        return result
+
+    def run(self, jobs: list[VideoJob], *, progress: bool = True, position: int = 0,
+            failure_log: Path | None = None) -> ExtractSummary:
+        summary = ExtractSummary()
+        bar = tqdm(jobs, unit="video", disable=not progress, position=position,
+                   dynamic_ncols=True, desc="extract")
+        for job in bar:
+            if is_done(job.output, self.settings):
+                summary.skipped += 1
+                continue
+            try:
+                tensors = self.features(job.source)
+            except Exception as err:  # one bad video must not stop the job
+                message = str(err).replace("\n", " ")
+                summary.failures.append((str(job.source), type(err).__name__, message))
+                tqdm.write(f"FAILED {job.source}: {type(err).__name__}: {message}")
+                continue
+            metadata = dict(self.settings, source=str(job.source),
+                            num_clips=str(len(tensors["context"])))
+            atomic_save_safetensors(tensors, job.output, metadata=metadata)
+            summary.done += 1
+        if failure_log is not None:
+            write_failures(failure_log, summary.failures)
+        return summary
+
+
+def write_failures(path: Path, failures: list[tuple[str, str, str]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "error", "message"])
+        writer.writerows(failures)
+
+
+def remove_stale_temporaries(out_dir: Path, older_than_s: float = 0.0) -> int:
+    """Delete temporary files a killed run left behind (``.NAME.XXXX.tmp``)."""
+    removed = 0
+    now = time.time()
+    for tmp in out_dir.rglob(".*.tmp"):
+        if now - tmp.stat().st_mtime >= older_than_s:
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -1,0 +1,124 @@
+"""``spool extract`` end to end on generated videos with a tiny backbone."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_backbone
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from spool.cli import main
+from spool.extract import plan_jobs
+from spool.video import write_video
+
+MODEL_ARGS = ["--layers", "1", "--heads", "2", "--lookahead-heads", "1", "--image-size", "32",
+              "--local-frame-range", "2", "--no-progress"]
+D, L = 24, 17
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir()
+    for name, n in (("a.mp4", 12), ("sub/b.mkv", 9), ("c.avi", 20)):
+        frames = rng.integers(0, 256, (n, 32, 48, 3), dtype=np.uint8)
+        write_video(root / name, frames, fps=10, codec="mjpeg" if name.endswith("avi")
+                    else "libx264")
+    (root / "notes.mp4").write_text("this is not a video\n")
+    (root / "empty.webm").write_bytes(b"")
+    data = (root / "c.avi").read_bytes()
+    (root / "cut.avi").write_bytes(data[: len(data) // 3])
+    config = root.parent / "backbone.json"
+    config.write_text(json.dumps(tiny_backbone()))
+    return root, config
+
+
+def _extract(inputs, out, config, *extra):
+    return main(["extract", *map(str, inputs), "--out", str(out), "--backbone-config",
+                 str(config), *MODEL_ARGS, *extra])
+
+
+def test_extract_outputs_shapes_metadata_and_failures(videos, tmp_path, capsys):
+    root, config = videos
+    missing = root / "missing.mp4"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# one path per line\n{root / 'a.mp4'}\n{missing}\n")
+    out = tmp_path / "out"
+    code = _extract([root, listing], out, config, "--num-frames", "4", "--save-features")
+    assert code == 1  # some inputs are bad
+    a = load_file(out / "a.safetensors")
+    assert a["context"].shape == (1, 2 * D) and a["context"].dtype == torch.float32
+    assert a["features"].shape == (1, 6, L, D) and a["features"].dtype == torch.float16
+    assert a["frame_indices"].tolist() == [[1, 4, 7, 10]]
+    torch.testing.assert_close(a["timestamps"], torch.tensor([[0.1, 0.4, 0.7, 1.0]],
+                                                             dtype=torch.float64))
+    with safe_open(str(out / "a.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["source"] == str((root / "a.mp4").resolve())
+    assert json.loads(meta["sampler"]) == {"name": "uniform", "num_frames": 4}
+    assert len(meta["model_config_hash"]) == 16
+    assert (out / "sub" / "b.safetensors").is_file() and (out / "c.safetensors").is_file()
+    with open(out / "failures.csv") as f:
+        failed = {os.path.basename(row["path"]) for row in csv.DictReader(f)}
+    assert failed == {"notes.mp4", "empty.webm", "cut.avi", "missing.mp4"}
+    printed = capsys.readouterr()
+    assert "FAILED" in printed.err + printed.out
+    assert "3 extracted, 0 already done, 4 failed of 7 videos" in printed.out
+
+
+def test_extract_resumes_and_redoes_half_written(videos, tmp_path, capsys):
+    root, config = videos
+    good = [root / "a.mp4", root / "sub" / "b.mkv", root / "c.avi"]
+    out = tmp_path / "out"
+    assert _extract(good, out, config, "--sampler", "sliding", "--clip-len", "8",
+                    "--stride", "6") == 0
+    c = load_file(out / "c.safetensors")
+    assert c["frame_indices"].shape == (3, 8)  # 20 frames: clips at 0, 6 and the end
+    assert c["frame_indices"][-1, -1] == 19
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    (out / "b.safetensors").write_bytes(b"half a file")  # as a non-atomic writer would leave
+    (out / ".a.safetensors.x1y2.tmp").write_bytes(b"left by a killed run")
+    capsys.readouterr()
+    assert _extract(good, out, config, "--sampler", "sliding", "--clip-len", "8",
+                    "--stride", "6") == 0
+    assert "1 extracted, 2 already done, 0 failed of 3 videos" in capsys.readouterr().out
+    assert not list(out.glob(".*.tmp"))
+    for path, stamp in stamps.items():
+        if path.name != "b.safetensors":
+            assert path.stat().st_mtime_ns == stamp, f"{path} was redone"
+    assert load_file(out / "b.safetensors")["context"].shape == (2, 2 * D)  # 9 frames
+    # Other settings are other outputs: everything is redone.
+    capsys.readouterr()
+    assert _extract(good, out, config, "--num-frames", "3") == 0
+    assert "3 extracted, 0 already done" in capsys.readouterr().out
+
+
+def test_ranks_split_inputs_without_gaps_or_overlap(videos, tmp_path):
+    root, _ = videos
+    every = plan_jobs([root], tmp_path)
+    shares = [plan_jobs([root], tmp_path, rank, 3) for rank in range(3)]
+    flat = [job for share in shares for job in share]
+    assert sorted(flat, key=str) == sorted(every, key=str) and len(flat) == len(every)
+    assert plan_jobs([root], tmp_path, 1, 3) == shares[1]  # stable
+
+
+def test_extract_under_torchrun_two_processes(videos, tmp_path):
+    root, config = videos
+    good = [root / "a.mp4", root / "sub" / "b.mkv", root / "c.avi"]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "spool.cli", "extract", *map(str, good), "--out", str(out),
+           "--backbone-config", str(config), *MODEL_ARGS, "--num-frames", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 extracted, 0 already done, 0 failed of 3 videos" in proc.stdout
+    assert "(2 processes)" in proc.stdout
+    assert len(list(out.rglob("*.safetensors"))) == 3
