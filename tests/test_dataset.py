@@ -1,0 +1,104 @@
+"""Annotation files, class folders, clip sampling and augmentation of VideoClipDataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_helpers import tiny_video_dataset
+
+from spool.data.dataset import (
+    VideoClipDataset,
+    clip_indices,
+    read_annotation_file,
+    read_annotations,
+    scan_class_folders,
+)
+from spool.video.samplers import make_sampler
+
+
+def test_annotation_file_with_class_names() -> None:
+    root = tiny_video_dataset()
+    samples, names = read_annotation_file(root / "train.txt")
+    assert names == (root / "classes.txt").read_text().split()  # classes.txt beside the file
+    assert len(samples) == 16
+    first = (root / "train.txt").read_text().splitlines()[0].split()
+    assert samples[0].path == str(root / first[0]) and names[samples[0].label] == first[1]
+
+
+def test_annotation_file_with_integer_labels(tmp_path: Path) -> None:
+    root = tiny_video_dataset()
+    named, names = read_annotation_file(root / "train.txt")
+    lines = [f"{s.path} {s.label}" for s in named]  # absolute paths, integer labels
+    (tmp_path / "ints.txt").write_text("# a comment\n\n" + "\n".join(lines) + "\n")
+    samples, int_names = read_annotation_file(tmp_path / "ints.txt")
+    assert samples == named
+    assert int_names == [str(i) for i in range(len(names))]
+    samples, given = read_annotation_file(tmp_path / "ints.txt", class_names=names)
+    assert given == names and samples == named
+
+
+def test_class_folders_match_annotation_file() -> None:
+    root = tiny_video_dataset()
+    samples, names = scan_class_folders(root / "videos")
+    assert names == sorted(names) and len(names) == 4
+    from_file, file_names = read_annotations(root / "train.txt", names)
+    from_val, _ = read_annotations(root / "val.txt", names)
+    assert sorted(samples, key=lambda s: s.path) == sorted(from_file + from_val,
+                                                           key=lambda s: s.path)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("lonely_path_without_label", "line 3: expected 'path label'"),
+    ("videos/x.mkv not_a_class", "line 3: unknown class 'not_a_class'"),
+    ("videos/x.mkv 9", "line 3: label 9 is out of range"),
+    ("videos/missing.mkv left_to_right", "line 3: video file not found"),
+])
+def test_bad_line_reports_its_line_number(tmp_path: Path, bad: str, message: str) -> None:
+    root = tiny_video_dataset()
+    good = (root / "train.txt").read_text().splitlines()[:2]
+    good = [f"{root / p} {label}" for p, label in (line.split() for line in good)]
+    path = tmp_path / "ann.txt"
+    path.write_text("\n".join([*good, bad]) + "\n")
+    (tmp_path / "classes.txt").write_text((root / "classes.txt").read_text())
+    with pytest.raises(ValueError, match=message) as err:
+        read_annotation_file(path)
+    assert str(path) in str(err.value)
+
+
+def test_clip_indices_centres_equal_uniform_sampler() -> None:
+    for n in (5, 8, 16, 37):
+        expected = make_sampler("uniform", num_frames=8)(n)[0]
+        assert clip_indices(n, 8, np.full(8, 0.5)) == expected
+    assert clip_indices(20, 4, np.array([0.0]), frame_stride=3) == [0, 3, 6, 9]
+    assert clip_indices(20, 4, np.array([1.0]), frame_stride=3) == [10, 13, 16, 19]
+    assert clip_indices(5, 4, np.array([0.5]), frame_stride=3) == [0, 3, 4, 4]  # short video
+
+
+def test_dataset_items_and_augmentation_are_reproducible() -> None:
+    samples, names = read_annotations(tiny_video_dataset() / "train.txt")
+    eval_ds = VideoClipDataset(samples, names, num_frames=4, image_size=24)
+    item = eval_ds[3]
+    assert item["video"].shape == (4, 24, 24, 3) and item["video"].dtype == torch.uint8
+    assert item["label"] == samples[3].label and item["index"] == 3
+    multi = VideoClipDataset(samples, names, num_frames=4, image_size=24, num_clips=3)[3]
+    assert multi["video"].shape == (3, 4, 24, 24, 3)
+
+    train_ds = VideoClipDataset(samples, names, num_frames=4, image_size=24, train=True,
+                                hflip=True, seed=5)
+    a = train_ds[3]["video"]
+    assert torch.equal(a, train_ds[3]["video"])  # a function of (seed, epoch, index)
+    train_ds.set_epoch(1)
+    assert not torch.equal(a, train_ds[3]["video"])  # another epoch, another crop
+    train_ds.set_epoch(0)
+    assert torch.equal(a, train_ds[3]["video"])
+
+
+def test_dataset_rejects_bad_settings() -> None:
+    samples, names = read_annotations(tiny_video_dataset() / "train.txt")
+    with pytest.raises(ValueError, match="num_frames"):
+        VideoClipDataset(samples, names, num_frames=0)
+    with pytest.raises(ValueError, match="crop_scale"):
+        VideoClipDataset(samples, names, crop_scale=(0.0, 1.0))

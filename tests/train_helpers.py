@@ -1,0 +1,44 @@
+"""Shared tiny fixtures for the training tests: a lossless synthetic dataset, tiny configs."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from spool.data.synthetic import make_synthetic_dataset
+
+TINY_BACKBONE = dict(model_type="dinov2", hidden_size=24, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=48, patch_size=8, image_size=32)
+TINY_MODEL = dict(num_hidden_layers=1, num_attention_heads=4, num_lookback_heads=2,
+                  num_lookahead_heads=2, local_frame_range=2, image_size=32,
+                  backbone_config=TINY_BACKBONE)
+TEMPORAL_FIELDS = ("num_hidden_layers", "num_attention_heads", "num_lookback_heads",
+                   "num_lookahead_heads", "local_frame_range")
+
+
+@functools.cache
+def tiny_video_dataset() -> Path:
+    """16 train + 8 val lossless 8-frame 32x32 videos of 4 time-reversal classes (made once)."""
+    root = Path(tempfile.mkdtemp(prefix="spool-test-data-"))
+    make_synthetic_dataset(root, num_videos_per_class=6, num_frames=8, size=32, codec="ffv1",
+                           val_fraction=1 / 3, seed=1)
+    return root
+
+
+def read_steps(run_dir: Path) -> list[tuple[int, float]]:
+    with open(run_dir / "steps.csv", newline="") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def read_epochs(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model" / "model.safetensors")
