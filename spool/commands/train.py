@@ -1,0 +1,38 @@
+"""``spool train``: train a video classifier, on one process or many (``torchrun``)."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  spool train --train data/train.txt --val data/val.txt --model num_hidden_layers=4 \\
+      --model backbone_name=/models/dinov2-base --epochs 20 --out-dir runs/a
+  spool cache --data data/train.txt --out cache/train --model backbone_name=/models/dinov2-base
+  spool train --train-cache cache/train --val-cache cache/val --model num_hidden_layers=4 ...
+  torchrun --nproc_per_node=4 -m spool.train --config run.json     # DDP (spool train works too)
+  spool train --config run.json --resume auto                      # continue exactly
+"""
+
+
+def run(args: argparse.Namespace) -> int:
+    from spool.train.config import config_from_args
+    from spool.train.distributed import cleanup_distributed
+    from spool.train.trainer import train
+
+    try:
+        train(config_from_args(args))
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from spool.train.config import add_train_arguments
+
+    parser = sub.add_parser(
+        "train", help="train a video classifier (CPU, GPU, torchrun)",
+        description="Train SpoolForVideoClassification (or the frame-pooling baseline) on "
+                    "labelled videos or on a token cache. Flags override --config.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_arguments(parser)
+    parser.set_defaults(func=run)

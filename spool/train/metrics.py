@@ -1,0 +1,153 @@
+"""Classification metrics (top-k, per-class accuracy, confusion matrix) and their plots."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+
+from spool.io_utils import atomic_path
+
+
+def topk_correct(scores: torch.Tensor, labels: torch.Tensor,
+                 ks: Sequence[int] = (1, 5)) -> dict[int, int]:
+    """``scores: [N, C]``, ``labels: [N]`` -> {k: number of rows whose label is in the top k}.
+
+    ``k`` larger than ``C`` counts every row (the label is always among all classes).
+    """
+    if scores.ndim != 2 or labels.shape != scores.shape[:1]:
+        raise ValueError(f"scores/labels: expected [N, C] and [N], got "
+                         f"{tuple(scores.shape)} and {tuple(labels.shape)}")
+    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hits = top == labels.view(-1, 1)
+    return {k: int(hits[:, :k].any(dim=1).sum()) for k in ks}
+
+
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor,
+                     num_classes: int) -> torch.Tensor:
+    """``[C, C]`` int64 counts: row = true class, column = predicted class."""
+    flat = labels.long() * num_classes + preds.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes,
+                                                                          num_classes)
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
+    """Recall of each class from a confusion matrix (NaN for a class with no samples)."""
+    totals = confusion.sum(dim=1)
+    return [float(confusion[i, i] / totals[i]) if totals[i] > 0 else math.nan
+            for i in range(confusion.shape[0])]
+
+
+def average_clip_scores(logits: torch.Tensor) -> torch.Tensor:
+    """Test-time averaging: per-clip ``logits: [N, K, C]`` -> mean probabilities ``[N, C]``."""
+    return logits.float().softmax(dim=-1).mean(dim=1)
+
+
+class MetricTracker:
+    """Running loss / top-1 / top-5 / confusion matrix; a flat state for all-reduce and resume.
+
+    ``update(scores, labels, loss_sum)`` with ``scores: [N, C]`` (logits or probabilities)
+    and the *sum* of the per-sample losses of the batch.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.totals = torch.zeros(4, dtype=torch.float64)  # loss sum, count, top-1, top-5
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor, loss_sum: float) -> None:
+        scores, labels = scores.detach().float().cpu(), labels.detach().cpu()
+        hits = topk_correct(scores, labels, (1, 5))
+        self.totals += torch.tensor([loss_sum, len(labels), hits[1], hits[5]],
+                                    dtype=torch.float64)
+        self.confusion += confusion_matrix(scores.argmax(dim=1), labels, self.num_classes)
+
+    def all_reduce(self) -> None:
+        """Sum the state over ranks (a no-op without torch.distributed)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            for name in ("totals", "confusion"):
+                t = getattr(self, name).to(device)
+                dist.all_reduce(t)
+                setattr(self, name, t.cpu())
+
+    def compute(self) -> dict[str, float]:
+        """``loss`` (mean), ``top1``, ``top5`` (fractions) and ``count``."""
+        loss_sum, n, c1, c5 = self.totals.tolist()
+        if n == 0:
+            return {"loss": math.nan, "top1": math.nan, "top5": math.nan, "count": 0}
+        return {"loss": loss_sum / n, "top1": c1 / n, "top5": c5 / n, "count": int(n)}
+
+    def state_dict(self) -> dict[str, list]:
+        return {"totals": self.totals.tolist(), "confusion": self.confusion.tolist()}
+
+    def load_state_dict(self, state: dict[str, list]) -> None:
+        self.totals = torch.tensor(state["totals"], dtype=torch.float64)
+        self.confusion = torch.tensor(state["confusion"], dtype=torch.int64)
+
+
+def plot_confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str],
+                          path: str | os.PathLike, title: str = "Confusion matrix") -> None:
+    """Row-normalised confusion matrix with counts, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    C = confusion.shape[0]
+    rates = confusion.double() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
+    size = max(4.0, 0.45 * C + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ticks = range(C)
+    ax.set_xticks(ticks, list(class_names), rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, list(class_names), fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if C <= 30:  # counts stop being legible beyond that
+        for i in range(C):
+            for j in range(C):
+                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.PathLike) -> None:
+    """Loss and top-1 per epoch for one or several runs (``{run name: epoch rows}``), as a PNG.
+
+    Rows hold ``epoch``, ``train_loss``, ``train_top1`` and optionally ``val_loss``,
+    ``val_top1``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (name, rows) in enumerate(histories.items()):
+        colour = f"C{i}"
+        epochs = [r["epoch"] for r in rows]
+        for split, style in (("train", "--"), ("val", "-")):
+            if rows and f"{split}_loss" in rows[0]:
+                ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, color=colour,
+                             label=f"{name} {split}")
+                ax_acc.plot(epochs, [100 * r[f"{split}_top1"] for r in rows], style,
+                            color=colour, label=f"{name} {split}")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="Top-1 accuracy", ylim=(0, 100))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,304 @@
+"""The training loop: AdamW, warm-up + cosine, clipping, bf16 on GPU, DDP, exact resume.
+
+Exactness: batch ``k`` of epoch ``e`` is a function of ``(seed, e)`` only, every augmentation
+of ``(seed, e, sample)``, and the global torch RNG (dropout) is re-seeded from
+``(seed, step, rank)`` before every step. So a run resumed from any checkpoint repeats the
+uninterrupted run's steps, and N ranks with batch B/N each see the same samples per step as
+one rank with batch B.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from spool.data.cache import CachedTokenDataset
+from spool.data.dataset import worker_init_fn
+from spool.io_utils import atomic_write
+from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
+from spool.train import checkpoint as ckpt
+from spool.train.builders import (
+    build_datasets,
+    build_model,
+    epoch_batches,
+    model_config,
+    parameter_groups,
+    warmup_cosine,
+)
+from spool.train.config import TrainConfig
+from spool.train.distributed import all_gather_objects, barrier, setup_distributed
+from spool.train.evaluate import EvalResult, autocast_context, evaluate, model_inputs
+from spool.train.metrics import MetricTracker, plot_curves
+
+STEP_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm")
+EPOCH_FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "train_top5", "val_loss",
+                "val_top1", "val_top5", "epoch_seconds")
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def _rewrite_csv(path: Path, fields: tuple[str, ...], keep: Any) -> None:
+    """Start ``path`` with a header, keeping the rows of a resumed run for which ``keep``."""
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if keep(r)]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _append_csv(path: Path, fields: tuple[str, ...], row: dict[str, Any]) -> None:
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerow(row)
+
+
+class Trainer:
+    """Builds everything a :class:`TrainConfig` describes; :meth:`fit` trains.
+
+    Rank 0 writes ``out_dir``: ``steps.csv`` (loss per step), ``metrics.csv`` (per epoch),
+    ``tb/`` (TensorBoard), ``curves.png``, ``checkpoints/step_*`` and, at the end, ``model/``
+    (``load_classifier``-able) and ``results.json``.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.info = setup_distributed(cfg.device)
+        self.device = self.info.device
+        world, rank = self.info.world_size, self.info.rank
+        if cfg.batch_size % world:
+            raise ValueError(f"batch_size: the global batch ({cfg.batch_size}) must be "
+                             f"divisible by the number of processes ({world})")
+        self.local_batch = cfg.batch_size // world
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        config = model_config(cfg)
+        self.train_set, self.val_set, self.class_names = build_datasets(cfg, config.image_size)
+        self.cached = isinstance(self.train_set, CachedTokenDataset)
+        self.model = build_model(cfg, config, self.class_names).to(self.device)
+        clip = ({"num_frames": self.train_set.num_frames,
+                 "frame_stride": self.train_set.meta["frame_stride"]} if self.cached else
+                {"num_frames": cfg.num_frames, "frame_stride": cfg.frame_stride})
+        self.model.clip_settings = clip
+        self.module: torch.nn.Module = self.model
+        if self.info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.module = DistributedDataParallel(self.model, device_ids=ids,
+                                                  broadcast_buffers=False)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay),
+                                           lr=cfg.lr)
+        self.steps_per_epoch = len(epoch_batches(len(self.train_set), self.local_batch, world,
+                                                 rank, cfg.seed, 0))
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"batch_size: {cfg.batch_size} is larger than the training set "
+                             f"({len(self.train_set)} videos over {world} processes)")
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        warmup = min(round(cfg.warmup_epochs * self.steps_per_epoch), self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(warmup, self.total_steps, cfg.min_lr_ratio))
+        self.step = self.epoch = self.step_in_epoch = 0
+        self.tracker = MetricTracker(len(self.class_names))
+        self.history: list[dict[str, Any]] = []
+        self.out = Path(cfg.out_dir)
+        self.tb = None
+        resume = ckpt.resolve_resume(cfg.resume, cfg.out_dir) if cfg.resume else None
+        if resume is not None:
+            self._resume(resume)
+        if self.info.is_main:
+            self._open_logs()
+
+    # ----------------------------------------------------------------------------- output
+    def log(self, message: str) -> None:
+        if self.info.is_main and not self.cfg.quiet:
+            print(message, flush=True)
+
+    def _open_logs(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.cfg.to_dict(), indent=1)
+        atomic_write(self.out / "train_config.json", lambda p: Path(p).write_text(text))
+        _rewrite_csv(self.out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= self.step)
+        _rewrite_csv(self.out / "metrics.csv", EPOCH_FIELDS,
+                     lambda r: int(r["epoch"]) <= self.epoch)
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1)
+
+    def _resume(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path, self.info.rank)
+        weights = load_file(path / WEIGHTS_NAME)
+        check_and_load_state_dict(self.model, weights, str(path / WEIGHTS_NAME))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.history = state["history"]
+        if self.info.is_main:  # the checkpoint holds the sum over ranks
+            self.tracker.load_state_dict(state["tracker"])
+        if state["rng"] is not None:
+            ckpt.restore_rng(state["rng"]["tensors"], state["rng"]["python"],
+                             state["rng"]["numpy"])
+        old = state["config"]
+        changed = [k for k in ("batch_size", "epochs", "lr", "seed", "warmup_epochs")
+                   if old.get(k) != getattr(self.cfg, k)]
+        if changed or state["world_size"] != self.info.world_size:
+            self.log(f"note: resuming with different {changed or ['world_size']}; the run "
+                     "continues but will not repeat an uninterrupted one exactly")
+        self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch + 1})")
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step_<step>`` (rank 0 writes; every rank gives its RNG)."""
+        summed = MetricTracker(len(self.class_names))
+        summed.load_state_dict(self.tracker.state_dict())
+        summed.all_reduce()
+        rngs = all_gather_objects(ckpt.capture_rng())
+        path = None
+        if self.info.is_main:
+            state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                     "scheduler": self.scheduler.state_dict(), "tracker": summed.state_dict(),
+                     "history": self.history, "config": self.cfg.to_dict(),
+                     "world_size": self.info.world_size, "class_names": self.class_names}
+            path = self.out / ckpt.CHECKPOINT_DIR / f"step_{self.step:08d}"
+            ckpt.save_checkpoint(path, self.model, self.optimizer, state, rngs)
+            ckpt.prune_checkpoints(self.out, self.cfg.keep_checkpoints)
+        barrier()
+        return path
+
+    # ----------------------------------------------------------------------------- training
+    def _loader(self) -> DataLoader:
+        batches = epoch_batches(len(self.train_set), self.local_batch, self.info.world_size,
+                                self.info.rank, self.cfg.seed, self.epoch)
+        self.train_set.set_epoch(self.epoch)
+        # Token batches are slices of a memory map: worker processes would only add overhead.
+        workers = 0 if self.cached else self.cfg.num_workers
+        return DataLoader(self.train_set, batch_sampler=batches[self.step_in_epoch:],
+                          num_workers=workers, worker_init_fn=worker_init_fn,
+                          pin_memory=self.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(self.cfg.seed + self.epoch))
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimizer step on a local batch; returns the global batch's mean loss."""
+        torch.manual_seed(step_seed(self.cfg.seed, self.step, self.info.rank))
+        inputs = model_inputs(batch, self.device)
+        labels = batch["label"].to(self.device)
+        self.module.train()
+        with autocast_context(self.device, self.cfg.amp):
+            logits = self.module(**inputs).logits
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.step_in_epoch += 1
+        self.tracker.update(logits, labels, float(loss.detach()) * len(labels))
+        mean_loss = loss.detach().clone()
+        if self.info.distributed:
+            dist.all_reduce(mean_loss)
+            mean_loss /= self.info.world_size
+        return {"loss": float(mean_loss), "lr": lr, "grad_norm": float(norm)}
+
+    def _end_epoch(self, seconds: float) -> dict[str, Any]:
+        self.tracker.all_reduce()
+        train = self.tracker.compute()
+        row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step,
+                               "lr": self.optimizer.param_groups[0]["lr"],
+                               "train_loss": train["loss"], "train_top1": train["top1"],
+                               "train_top5": train["top5"], "epoch_seconds": seconds}
+        last = self.epoch + 1 == self.cfg.epochs
+        if self.val_set is not None and ((self.epoch + 1) % self.cfg.eval_every == 0 or last):
+            val = self.evaluate().metrics
+            row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+        self.history.append(row)
+        if self.info.is_main:
+            _append_csv(self.out / "metrics.csv", EPOCH_FIELDS, row)
+            if self.tb is not None:
+                for key, value in row.items():
+                    if key not in ("epoch", "step"):
+                        self.tb.add_scalar(key.replace("_", "/", 1), value, self.epoch + 1)
+                self.tb.flush()
+            plot_curves({"run": self.history}, self.out / "curves.png")
+        val_text = (f", val loss {row['val_loss']:.4f} top-1 {100 * row['val_top1']:.1f}%"
+                    if "val_loss" in row else "")
+        self.log(f"epoch {self.epoch + 1}/{self.cfg.epochs}: train loss {row['train_loss']:.4f} "
+                 f"top-1 {100 * row['train_top1']:.1f}%{val_text} ({seconds:.1f}s)")
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.tracker = MetricTracker(len(self.class_names))
+        return row
+
+    def evaluate(self) -> EvalResult:
+        """Metrics of the current model on the validation set (all ranks take part)."""
+        return evaluate(self.model, self.val_set, len(self.class_names),
+                        batch_size=self.cfg.eval_batch_size or self.local_batch,
+                        num_workers=0 if self.cached else self.cfg.num_workers,
+                        device=self.device, amp=self.cfg.amp)
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train to the last epoch (or ``stop_after_steps``); returns the per-epoch rows."""
+        cfg = self.cfg
+        self.log(f"training {type(self.model).__name__} on {len(self.train_set)} "
+                 f"{'cached token' if self.cached else 'video'} samples, "
+                 f"{self.info.world_size} process(es) on {self.device}, "
+                 f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+        while self.epoch < cfg.epochs:
+            start = time.perf_counter()
+            for batch in self._loader():
+                out = self.train_step(batch)
+                if self.info.is_main:
+                    row = {"step": self.step, "epoch": self.epoch + 1, **out}
+                    _append_csv(self.out / "steps.csv", STEP_FIELDS, row)
+                    if self.tb is not None:
+                        self.tb.add_scalar("train/step_loss", out["loss"], self.step)
+                        self.tb.add_scalar("train/lr", out["lr"], self.step)
+                if self.step % cfg.log_every == 0:
+                    self.log(f"  step {self.step}/{self.total_steps} loss {out['loss']:.4f} "
+                             f"lr {out['lr']:.2e}")
+                stop = cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps
+                if (cfg.save_every and self.step % cfg.save_every == 0) or stop:
+                    self.save_checkpoint()
+                if stop:
+                    self.log(f"stopped after step {self.step}; resume with --resume auto")
+                    return self.history
+            self._end_epoch(time.perf_counter() - start)
+        self.finish()
+        return self.history
+
+    def finish(self) -> None:
+        """Final checkpoint, ``model/`` and ``results.json``."""
+        self.save_checkpoint()  # replaces a step checkpoint taken before the epoch's end
+        if self.info.is_main:
+            self.model.save_pretrained(self.out / "model")
+            results = {"final": self.history[-1] if self.history else {},
+                       "class_names": self.class_names, "steps": self.step}
+            text = json.dumps(results, indent=1)
+            atomic_write(self.out / "results.json", lambda p: Path(p).write_text(text))
+            if self.tb is not None:
+                self.tb.close()
+        barrier()
+
+
+def train(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Run :class:`Trainer` for ``cfg``; returns the per-epoch metric rows."""
+    return Trainer(cfg).fit()
