@@ -1,0 +1,97 @@
+"""Metrics against a hand-computed example, test-time averaging, and `spool eval` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import TINY_MODEL, tiny_video_dataset
+
+from spool.cli import main
+from spool.data.dataset import read_annotations
+from spool.models.classification import SpoolForVideoClassification
+from spool.train.metrics import (
+    MetricTracker,
+    average_clip_scores,
+    confusion_matrix,
+    per_class_accuracy,
+    plot_confusion_matrix,
+    plot_curves,
+    topk_correct,
+)
+
+# Six samples, three classes. By hand:
+#   labels      0  0  1  1  2  2
+#   argmax      0  1  1  1  0  2      -> top-1 correct: s0, s2, s3, s5 = 4/6
+#   2nd best    2  0  2  0  1  1      -> top-2 adds s1 (label 0 is 2nd)  = 5/6
+#   confusion (row true, col pred): [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+#   per class: 1/2, 2/2, 1/2
+LOGITS = torch.tensor([[3.0, 1.0, 2.0], [2.0, 3.0, 1.0], [0.0, 3.0, 1.0],
+                       [2.0, 3.0, 1.0], [3.0, 2.0, 1.0], [0.0, 1.0, 5.0]])
+LABELS = torch.tensor([0, 0, 1, 1, 2, 2])
+
+
+def test_hand_computed_metrics() -> None:
+    assert topk_correct(LOGITS, LABELS, (1, 2, 3, 5)) == {1: 4, 2: 5, 3: 6, 5: 6}
+    confusion = confusion_matrix(LOGITS.argmax(1), LABELS, 3)
+    assert confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert per_class_accuracy(confusion) == [0.5, 1.0, 0.5]
+    assert math.isnan(per_class_accuracy(torch.zeros(2, 2, dtype=torch.int64))[0])
+
+    tracker = MetricTracker(3)
+    losses = torch.nn.functional.cross_entropy(LOGITS, LABELS, reduction="none")
+    tracker.update(LOGITS[:4], LABELS[:4], float(losses[:4].sum()))
+    tracker.update(LOGITS[4:], LABELS[4:], float(losses[4:].sum()))
+    m = tracker.compute()
+    assert m["count"] == 6 and m["top1"] == pytest.approx(4 / 6) and m["top5"] == 1.0
+    assert m["loss"] == pytest.approx(float(losses.mean()))
+    assert tracker.confusion.tolist() == confusion.tolist()
+
+
+def test_clip_averaging_uses_mean_probabilities() -> None:
+    # Two clips of one video: clip 0 says class 0 mildly, clip 1 says class 1 strongly.
+    logits = torch.tensor([[[1.0, 0.0], [0.0, 4.0]]])
+    p0 = torch.tensor([math.e, 1.0]) / (math.e + 1)
+    p1 = torch.tensor([1.0, math.e ** 4]) / (1 + math.e ** 4)
+    torch.testing.assert_close(average_clip_scores(logits)[0], (p0 + p1) / 2)
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    plot_confusion_matrix(confusion_matrix(LOGITS.argmax(1), LABELS, 3), list("abc"),
+                          tmp_path / "cm.png")
+    rows = [{"epoch": e, "train_loss": 1 / e, "train_top1": 0.1 * e, "val_loss": 1.1 / e,
+             "val_top1": 0.09 * e} for e in (1, 2, 3)]
+    plot_curves({"spool": rows, "baseline": rows}, tmp_path / "curves.png")
+    for name in ("cm.png", "curves.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_spool_eval_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tiny_video_dataset()
+    _, names = read_annotations(root / "train.txt")
+    model = SpoolForVideoClassification(**TINY_MODEL, class_names=names)
+    model.clip_settings = {"num_frames": 4, "frame_stride": None}
+    model.save_pretrained(tmp_path / "model")
+    assert main(["eval", "--model", str(tmp_path / "model"), "--data", str(root / "val.txt"),
+                 "--num-clips", "2", "--num-workers", "0", "--out", str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1" in printed and "top-5" in printed and names[0] in printed
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert report["count"] == 8 and set(report["per_class"]) == set(names)
+    assert sum(map(sum, report["confusion"])) == 8
+    assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
+    assert len((tmp_path / "ev" / "predictions.csv").read_text().splitlines()) == 9
+
+    # The same numbers from a token cache made with the model's backbone (one clip).
+    assert main(["cache", "--data", str(root / "val.txt"), "--out", str(tmp_path / "cache"),
+                 "--init", str(tmp_path / "model"), "--num-frames", "4", "--num-workers", "0",
+                 "--quiet"]) == 0
+    from spool.commands.eval import evaluate_checkpoint
+    on_videos = evaluate_checkpoint(str(tmp_path / "model"), str(root / "val.txt"),
+                                    num_workers=0)
+    on_cache = evaluate_checkpoint(str(tmp_path / "model"), cache=str(tmp_path / "cache"))
+    assert on_cache["confusion"] == on_videos["confusion"]
+    assert on_cache["loss"] == pytest.approx(on_videos["loss"], rel=1e-5)
