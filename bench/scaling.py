@@ -1,8 +1,9 @@
 """Forward time and peak memory of Spool's temporal stack against video length T.
 
 Base size (D=768, 12 heads split 6/6, L=257, w=4, 2 layers), batch 1, fp32 on CPU, for the
-``blocked``, ``flex`` (compiled; forward only on CPU) and ``reference`` (dense mask) attention. Each (implementation, T) runs in its own
-process so its peak RSS is its own. Writes a table to docs/benchmarks.md and a PNG plot.
+``blocked``, ``flex`` (compiled; forward only on CPU) and ``reference`` (dense mask)
+attention. Each (implementation, T) runs in its own process so its peak RSS is its own.
+Writes a table to docs/benchmarks.md and a PNG plot.
 
     python bench/scaling.py
 """
