@@ -17,6 +17,7 @@ from typing import Literal
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from spool.video.writer import SUPPORTED_CODECS, write_video
 
@@ -185,6 +186,7 @@ class VideoReader:
         self._pts_to_idx = {p: i for i, p in enumerate(self.index.pts.tolist())}
         self._container, self._stream = _open(self.path)
         self.rotation = 0  # from the display matrix of the frames decoded so far
+        self._reformatter = VideoReformatter()
         self.num_seeks = 0
         self.num_fallbacks = 0  # passes redone from the start because a seek missed frames
         self._can_seek = self.index.exact  # turned off if the demuxer refuses a seek
@@ -268,7 +270,9 @@ class VideoReader:
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
         self.rotation = _rotation_of(frame)
-        return apply_rotation(frame.to_ndarray(format="rgb24"), self.rotation)
+        # One reformatter per reader: frame.to_ndarray builds a new swscale context per frame.
+        rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+        return apply_rotation(rgb, self.rotation)
 
     def _should_seek(self, t: int, strategy: Strategy) -> bool:
         if strategy == "sequential" or not self._can_seek:
