@@ -115,3 +115,17 @@ class FrameEncoder(nn.Module):
         num = self.encode_pixels(dummy).shape[1]
         self.model.train(was_training)
         return num
+
+
+def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]:
+    """The frame encoder for ``config``, and ``config`` completed from the backbone: its own
+    normalisation (from a local ``preprocessor_config.json``), ``hidden_size`` and
+    ``num_spatial_tokens``."""
+    if config.backbone_config is None:
+        norm = read_image_normalisation(config.backbone_name)
+        if norm is not None:
+            config = config.replace(image_mean=norm[0], image_std=norm[1])
+    encoder = FrameEncoder(config)
+    return encoder, config.replace(hidden_size=encoder.hidden_size,
+                                   num_spatial_tokens=encoder.count_tokens())
+

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spool.config import SpoolConfig
-from spool.layers.backbone import FrameEncoder, read_image_normalisation
+from spool.layers.backbone import FrameEncoder, build_frame_encoder
 from spool.models.pretrained import PretrainedMixin
 from spool.models.spool import Spool
 from spool.validation import check_tokens, check_video
@@ -144,14 +144,7 @@ class FramePoolingForVideoClassification(_ClassifierBase):
         config = SpoolConfig(**kwargs) if config is None else config.replace(**kwargs)
         self.backbone: FrameEncoder | None = None
         if with_backbone:
-            # The same backbone set-up as Spool, so the two see identical tokens.
-            if config.backbone_config is None:
-                norm = read_image_normalisation(config.backbone_name)
-                if norm is not None:
-                    config = config.replace(image_mean=norm[0], image_std=norm[1])
-            self.backbone = FrameEncoder(config)
-            config = config.replace(hidden_size=self.backbone.hidden_size,
-                                    num_spatial_tokens=self.backbone.count_tokens())
+            self.backbone, config = build_frame_encoder(config)
         elif config.hidden_size is None or config.num_spatial_tokens is None:
             raise ValueError("with_backbone=False: config.hidden_size and "
                              "config.num_spatial_tokens must be set, got "
