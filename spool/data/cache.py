@@ -10,7 +10,7 @@ A cache is a directory:
   the clip settings.
 
 View 0 is the deterministic evaluation clip; views 1.. (``views > 1``) are training-augmented
-clips, and training on the cache picks one view per video and epoch.
+clips, and training on the cache picks one of a video's views per epoch.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def build_cache(model: torch.nn.Module, dataset: VideoClipDataset, out_dir: str 
     """Encode every video of ``dataset`` with ``model``'s backbone into ``out_dir``.
 
     ``dataset`` must yield single clips (``num_clips=1``); its ``train`` flag is ignored:
-    view 0 is always the evaluation clip, views ``1 .. views-1`` training-augmented ones.
+    view 0 is always the evaluation clip, views ``1 .. views-1`` training-augmented ones
+    (each video is decoded once for all its views).
     Returns ``out_dir``.
     """
     if dtype not in _DTYPES:
@@ -87,22 +88,21 @@ def build_cache(model: torch.nn.Module, dataset: VideoClipDataset, out_dir: str 
     config = _backbone_config(model)
     L, D = config.num_spatial_tokens, config.hidden_size
     shape = (len(dataset), views, dataset.num_frames, L, D)
+    stacked = _ViewStack(dataset, views)
     with atomic_path(out / TOKENS_NAME) as tmp:
         tokens = np.lib.format.open_memmap(tmp, mode="w+", dtype=_DTYPES[dtype], shape=shape)
-        for view in range(views):
-            dataset.train = view > 0
-            dataset.set_epoch(view)
-            loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                worker_init_fn=worker_init_fn)
-            if progress:
-                from tqdm import tqdm
-                loader = tqdm(loader, desc=f"cache view {view + 1}/{views}", unit="batch")
-            for batch in loader:
-                out_tokens = encoder(batch["video"].to(device)).float().cpu().numpy()
-                tokens[batch["index"].numpy(), view] = out_tokens
+        loader = DataLoader(stacked, batch_size=batch_size, num_workers=num_workers,
+                            worker_init_fn=worker_init_fn)
+        if progress:
+            from tqdm import tqdm
+            loader = tqdm(loader, desc=f"caching {views} view(s)", unit="batch")
+        for batch in loader:
+            video = batch["video"].to(device)  # [B, V, T, H, W, 3]
+            out_tokens = encoder(video.flatten(0, 1)).float().cpu()
+            tokens[batch["index"].numpy()] = out_tokens.view(len(video), views,
+                                                             *shape[2:]).numpy()
         tokens.flush()
         del tokens
-    dataset.train = False
     backbone = Spool(config, with_backbone=False)
     state = {f"backbone.{k}": v for k, v in encoder.state_dict().items()}
     state.update(backbone.state_dict())
@@ -168,11 +168,26 @@ def load_cache_backbone(model: torch.nn.Module, cache_dir: str | os.PathLike) ->
     check_and_load_state_dict(find_backbone(model), state, str(path))
 
 
+class _ViewStack(Dataset):
+    """Items ``{"video": [V, T, S, S, 3], "index": i}``: view 0 the evaluation clip, views
+    ``1 ..`` training-augmented (epoch = view), decoded once per video."""
+
+    def __init__(self, dataset: VideoClipDataset, views: int) -> None:
+        self.dataset = dataset
+        self.plan = [(0, False)] + [(v, True) for v in range(1, views)]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        return {"video": torch.stack(self.dataset.views(index, self.plan)), "index": index}
+
+
 class CachedTokenDataset(Dataset):
     """Items ``{"tokens": [T, L, D] float32, "label": int, "index": int}`` from a cache.
 
-    ``train=True`` with a multi-view cache picks a view from ``(seed, epoch, index)``;
-    otherwise view 0 (the evaluation clip).
+    ``train=True`` with a multi-view cache picks one of its views (the clean one included)
+    from ``(seed, epoch, index)``; otherwise view 0 (the evaluation clip).
     """
 
     def __init__(self, cache_dir: str | os.PathLike, train: bool = False, seed: int = 0) -> None:
@@ -205,7 +220,7 @@ class CachedTokenDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, object]:
         view = 0
         if self.train and self.views > 1:
-            view = 1 + int(np.random.default_rng([self.seed, self.epoch, index])
-                           .integers(self.views - 1))
+            view = int(np.random.default_rng([self.seed, self.epoch, index])
+                       .integers(self.views))
         tokens = torch.from_numpy(np.array(self.tokens[index, view], dtype=np.float32))
         return {"tokens": tokens, "label": self.samples[index].label, "index": index}

@@ -218,9 +218,9 @@ class VideoClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _clips(self, n: int, rng: np.random.Generator) -> list[list[int]]:
+    def _clips(self, n: int, rng: np.random.Generator, train: bool) -> list[list[int]]:
         T, K = self.num_frames, self.num_clips
-        if self.train:
+        if train:
             offsets = rng.random(T if self.frame_stride is None else 1)
             return [clip_indices(n, T, offsets, self.frame_stride)]
         if K == 1 and self.frame_stride is None:
@@ -230,30 +230,42 @@ class VideoClipDataset(Dataset):
         starts = [0.5] if K == 1 else [k / (K - 1) for k in range(K)]
         return [clip_indices(n, T, np.array([s]), self.frame_stride) for s in starts]
 
-    def _spatial(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def _spatial(self, frames: torch.Tensor, rng: np.random.Generator,
+                 train: bool) -> torch.Tensor:
         _, H, W, _ = frames.shape
-        if self.train:
+        if train:
             top, left, h, w = random_resized_crop_box(H, W, rng, self.crop_scale)
         else:
             side = min(H, W)
             top, left, h, w = (H - side) // 2, (W - side) // 2, side, side
         frames = resize_frames(frames[:, top:top + h, left:left + w], self.image_size)
-        if self.train and self.hflip and rng.random() < 0.5:
+        if train and self.hflip and rng.random() < 0.5:
             frames = frames.flip(2)
         return frames
 
-    def __getitem__(self, index: int) -> dict[str, object]:
+    def views(self, index: int, views: Sequence[tuple[int, bool]]) -> list[torch.Tensor]:
+        """For each ``(epoch, train)``, the video ``self[index]`` would give at that epoch in
+        that mode, all from one decode of the file (what a multi-view token cache needs)."""
         sample = self.samples[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rngs = [np.random.default_rng([self.seed, epoch, index]) for epoch, _ in views]
         with VideoReader(sample.path) as reader:
-            clips = self._clips(len(reader), rng)
-            wanted = sorted({i for clip in clips for i in clip})
+            n = len(reader)
+            plans = [self._clips(n, rng, train) for rng, (_, train) in zip(rngs, views,
+                                                                           strict=True)]
+            wanted = sorted({i for clips in plans for clip in clips for i in clip})
             frames, _ = reader.get(wanted)
         where = {i: k for k, i in enumerate(wanted)}
         all_frames = torch.from_numpy(frames)
-        videos = [self._spatial(all_frames[[where[i] for i in clip]], rng) for clip in clips]
-        video = videos[0] if self.num_clips == 1 else torch.stack(videos)
-        return {"video": video, "label": sample.label, "index": index}
+        out = []
+        for rng, (_, train), clips in zip(rngs, views, plans, strict=True):
+            videos = [self._spatial(all_frames[[where[i] for i in clip]], rng, train)
+                      for clip in clips]
+            out.append(videos[0] if len(videos) == 1 else torch.stack(videos))
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        video = self.views(index, [(self.epoch, self.train)])[0]
+        return {"video": video, "label": self.samples[index].label, "index": index}
 
 
 def worker_init_fn(worker_id: int) -> None:

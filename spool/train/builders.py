@@ -21,6 +21,10 @@ from spool.train.config import BACKBONE_FIELDS, TrainConfig
 def model_config(cfg: TrainConfig) -> SpoolConfig:
     """The SpoolConfig of the run without class names: from the cache, ``init`` or ``model``."""
     overrides = dict(cfg.model)
+    if cfg.architecture == "frame_pooling":
+        # No temporal stack: one nominal head, so any hidden size passes validation.
+        overrides = {"num_hidden_layers": 0, "num_attention_heads": 1, "num_lookback_heads": 1,
+                     "num_lookahead_heads": 0, **overrides}
     if cfg.gradient_checkpointing:
         overrides["gradient_checkpointing"] = True
     if cfg.train_cache is not None:

@@ -62,6 +62,7 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = True
     quiet: bool = False
+    name: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -180,6 +181,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--log-every", type=int, default=S, help="print every N steps (10)")
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=S)
     g.add_argument("--quiet", action="store_true", default=S)
+    g.add_argument("--name", default=S, help="prefix of the printed lines (several runs at once)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -124,8 +124,8 @@ def plot_confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str],
 def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.PathLike) -> None:
     """Loss and top-1 per epoch for one or several runs (``{run name: epoch rows}``), as a PNG.
 
-    Rows hold ``epoch``, ``train_loss``, ``train_top1`` and optionally ``val_loss``,
-    ``val_top1``.
+    Rows hold ``epoch``, ``train_loss``, ``train_top1`` and, on the epochs that were
+    evaluated, ``val_loss``, ``val_top1``.
     """
     import matplotlib
 
@@ -135,13 +135,14 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (name, rows) in enumerate(histories.items()):
         colour = f"C{i}"
-        epochs = [r["epoch"] for r in rows]
-        for split, style in (("train", "--"), ("val", "-")):
-            if rows and f"{split}_loss" in rows[0]:
-                ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, color=colour,
-                             label=f"{name} {split}")
-                ax_acc.plot(epochs, [100 * r[f"{split}_top1"] for r in rows], style,
-                            color=colour, label=f"{name} {split}")
+        for split, style in (("train", "--"), ("val", "o-")):
+            have = [r for r in rows if r.get(f"{split}_loss") is not None]  # val: some epochs
+            if have:
+                epochs = [r["epoch"] for r in have]
+                ax_loss.plot(epochs, [r[f"{split}_loss"] for r in have], style, color=colour,
+                             label=f"{name} {split}", markersize=3)
+                ax_acc.plot(epochs, [100 * r[f"{split}_top1"] for r in have], style,
+                            color=colour, label=f"{name} {split}", markersize=3)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="Top-1 accuracy", ylim=(0, 100))
     for ax in (ax_loss, ax_acc):

@@ -125,7 +125,7 @@ class Trainer:
     # ----------------------------------------------------------------------------- output
     def log(self, message: str) -> None:
         if self.info.is_main and not self.cfg.quiet:
-            print(message, flush=True)
+            print(f"[{self.cfg.name}] {message}" if self.cfg.name else message, flush=True)
 
     def _open_logs(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)

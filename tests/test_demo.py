@@ -1,0 +1,37 @@
+"""`spool demo` end to end at toy size (the full demo's numbers are in the README)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from spool.commands.demo import POOLING, SPOOL, DemoSettings, demo_backbone, format_table, run_demo
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    settings = DemoSettings(per_class=4, video_frames=8, num_frames=4, epochs=2, views=2,
+                            batch_size=4, val_fraction=0.5)
+    results = run_demo(tmp_path, settings, jobs=1, verbose=False)
+    assert set(results) == {SPOOL, "Spool, lookback heads only", POOLING}
+    for r in results.values():
+        assert 0 <= r["val_top1"] <= 1 and r["trainable_params"] > 0
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["settings"]["per_class"] == 4
+    assert (tmp_path / "runs" / "spool" / "model" / "model.safetensors").is_file()
+    table = format_table(results)
+    assert table.count("\n") == 4 and "Frame pooling" in table
+
+
+def test_demo_backbone_positions_are_scaled() -> None:
+    torch.manual_seed(0)
+    plain = demo_backbone(DemoSettings().backbone, 64)
+    torch.manual_seed(0)
+    scaled = demo_backbone(DemoSettings().backbone, 64, 10.0)
+    pos = "backbone.model.embeddings.position_embeddings"
+    a, b = plain.state_dict(), scaled.state_dict()
+    torch.testing.assert_close(b[pos], 10 * a[pos])
+    assert all(torch.equal(a[k], b[k]) for k in a if k != pos)
+    assert scaled.config.num_spatial_tokens == 17  # class token + 4 x 4 patches
