@@ -37,8 +37,9 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def default_chunk_frames(local_frame_range: int) -> int:
     """Query frames per block: a block of ``c`` frames reads ``c + w + 1`` key frames, so
-    larger ``c`` copies K/V fewer times and smaller ``c`` wastes fewer masked scores."""
-    return max(1, (local_frame_range + 1) // 2)
+    larger ``c`` copies K/V fewer times and smaller ``c`` wastes fewer masked scores
+    (measured flat for c in 3..6 at w=16, and best at c=2 for w=4)."""
+    return max(1, min((local_frame_range + 1) // 2, 4))
 
 
 def _direction_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
@@ -75,7 +76,7 @@ def _direction_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out:
     num_prefix = min(w, nF - 1)
     if num_prefix:
         sl, keys = frames(1, num_prefix + 1), frames(0, num_prefix + 1)
-        mask = prefix_token_mask(num_prefix, L, lookahead, q.device)
+        mask = prefix_token_mask(num_prefix, L, lookahead, q.device, q.dtype)
         store(sl, sdpa(q[:, sl].flatten(1, 2), k[:, keys].flatten(1, 2),
                        v[:, keys].flatten(1, 2), mask))
 
@@ -95,13 +96,13 @@ def _direction_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out:
         ctx_x = ctx_x.expand(N, num_blocks, 1, L, hd)
         return with_context(win, ctx_x).view(N, num_blocks, (1 + c + w) * L, hd)
 
-    mask = None if c == 1 else band_token_mask(c, w, L, lookahead, q.device)
+    mask = None if c == 1 else band_token_mask(c, w, L, lookahead, q.device, q.dtype)
     result = sdpa(q[:, sl].reshape(N, num_blocks, c * L, hd), windows(k, ctx_k),
                   windows(v, ctx_v), mask)
     store(sl, result)
     if num_tail:
         sl, keys = frames(end, nF), frames(end - w, nF)
-        mask = band_token_mask(num_tail, w, L, lookahead, q.device)
+        mask = band_token_mask(num_tail, w, L, lookahead, q.device, q.dtype)
         tail_k = with_context(k[:, keys], k[:, ctx:ctx + 1]).flatten(1, 2)
         tail_v = with_context(v[:, keys], v[:, ctx:ctx + 1]).flatten(1, 2)
         store(sl, sdpa(q[:, sl].flatten(1, 2), tail_k, tail_v, mask))

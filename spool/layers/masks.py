@@ -38,7 +38,7 @@ def dense_token_mask(num_frames: int, num_tokens: int, local_frame_range: int,
 def _cached_mask(fn):
     """lru_cache that always stores normal tensors: a mask first built under
     ``torch.inference_mode`` would otherwise be unusable in a later training step."""
-    cached = lru_cache(maxsize=64)(fn)
+    cached = lru_cache(maxsize=32)(fn)
 
     def wrapper(*args):
         with torch.inference_mode(False):
@@ -49,35 +49,45 @@ def _cached_mask(fn):
     return wrapper
 
 
-def _to_tokens(allowed: torch.Tensor, num_tokens: int, lookahead: bool) -> torch.Tensor:
-    """Frame-level mask -> token-level; lookahead mirrors frame order (not token order)."""
+def _to_tokens(allowed: torch.Tensor, num_tokens: int, lookahead: bool,
+               dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """Frame-level mask -> token-level; lookahead mirrors frame order (not token order).
+
+    A floating ``dtype`` gives the additive form (0 allowed, -inf not): SDPA turns a bool
+    mask into that on every call, which costs about 10% of the attention time at w=16.
+    """
     if lookahead:
         allowed = allowed.flip(0, 1)
-    return allowed.repeat_interleave(num_tokens, 0).repeat_interleave(num_tokens, 1)
+    allowed = allowed.repeat_interleave(num_tokens, 0).repeat_interleave(num_tokens, 1)
+    if dtype == torch.bool:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, float("-inf"))
 
 
 @_cached_mask
 def prefix_token_mask(num_query_frames: int, num_tokens: int, lookahead: bool,
-                      device: torch.device) -> torch.Tensor:
+                      device: torch.device, dtype: torch.dtype = torch.bool) -> torch.Tensor:
     """Query frames ``1..P`` (``P <= w``) over key frames ``0..P``, in lookback terms.
 
     Their windows are cut by the start context frame, so each sees every earlier frame and
-    itself: bool ``[P*L, (P+1)*L]``, independent of ``T``. Lookahead mirrors it: query frames
+    itself: ``[P*L, (P+1)*L]``, independent of ``T``. Lookahead mirrors it: query frames
     ``F-1-P..F-2`` over key frames ``F-1-P..F-1``.
     """
     i = torch.arange(1, num_query_frames + 1, device=device)[:, None]
     j = torch.arange(num_query_frames + 1, device=device)[None, :]
-    return _to_tokens(j <= i, num_tokens, lookahead)
+    return _to_tokens(j <= i, num_tokens, lookahead, dtype)
 
 
 @_cached_mask
 def band_token_mask(chunk_frames: int, local_frame_range: int, num_tokens: int,
-                    lookahead: bool, device: torch.device) -> torch.Tensor:
+                    lookahead: bool, device: torch.device, dtype: torch.dtype = torch.bool
+                    ) -> torch.Tensor:
     """One block of ``c`` query frames over its keys, in lookback terms.
 
     Keys are the start context frame followed by the ``c + w`` frames ending at the block's
     last query frame; query ``q`` sees window position ``p`` iff ``q <= p <= q + w``. The same
-    for every block, so one bool ``[c*L, (1 + c + w)*L]`` serves the whole video. Lookahead
+    for every block, so one ``[c*L, (1 + c + w)*L]`` mask serves the whole video. Lookahead
     mirrors it (keys: the ``c + w`` frames from the block's first frame, then the end context).
     """
     c, w = chunk_frames, local_frame_range
@@ -85,7 +95,7 @@ def band_token_mask(chunk_frames: int, local_frame_range: int, num_tokens: int,
     p = torch.arange(c + w, device=device)[None, :]
     window = (p >= q) & (p <= q + w)
     allowed = torch.cat((torch.ones(c, 1, dtype=torch.bool, device=device), window), dim=1)
-    return _to_tokens(allowed, num_tokens, lookahead)
+    return _to_tokens(allowed, num_tokens, lookahead, dtype)
 
 
 def flex_mask_mod(num_frames: int, num_tokens: int, local_frame_range: int,
