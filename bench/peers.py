@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     print(section)
     if args.json:
         raw = dict(res, rows={f"{k}@{T}": v for (k, T), v in res["rows"].items()},
-                   skipped={f"{k}@{T}": v for (k, T), v in res["skipped"].items()})
+                   skipped={f"{k}@{T}": v for (k, T), v in res["skipped"].items()},
+                   loads={f"{k}@{T}": v for (k, T), v in res["loads"].items()})
         args.json.write_text(json.dumps(raw, indent=1, default=str))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
