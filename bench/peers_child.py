@@ -245,6 +245,9 @@ def matmul_peak(repeats: int, n: int = 4096) -> float:
 
 
 def child_main(job: dict) -> None:
+    from spool.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # what the spool CLI does; applies to every model alike
     torch.set_num_threads(job["threads"])
     kind = job["kind"]
     try:

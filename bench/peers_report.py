@@ -65,6 +65,9 @@ METHOD = """\
 - **Matmul peak**: best of {peak_repeats} fp32 `torch.mm` of 4096 x 4096 matrices, measured at
   the start, in each Spool child right before its timed runs, and at the end; the best of all
   is the peak (the machine is shared, so this gives the lowest percentage).
+- **Allocator**: every child calls `spool.runtime.tune_cpu_allocator()` first, as the `spool`
+  CLI does (glibc keeps large freed blocks instead of mapping fresh pages per tensor); it
+  applies to all models alike, the peers and the matmul peak included.
 """
 
 

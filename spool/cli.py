@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from spool.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # before the first large tensor (see its docstring)
     return int(args.func(args) or 0)
 
 

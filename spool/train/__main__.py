@@ -13,7 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spool.train",
                                      description="Train a video classifier (see spool train).")
     add_train_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    from spool.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""The CLI's allocator setting: applied on glibc, skipped when opted out."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+CODE = ("import ctypes; from spool.runtime import tune_cpu_allocator; "
+        "ok = tune_cpu_allocator(); libc = ctypes.CDLL('libc.so.6'); "
+        "libc.malloc.restype = libc.sbrk.restype = ctypes.c_void_p; "
+        # Where a 64 MiB block comes from: below the program break = the reusable heap;
+        # above it = a fresh mmap (glibc's default for blocks over its mmap threshold).
+        "a = libc.malloc(64 << 20); print(ok, a < libc.sbrk(0))")
+
+
+def _run(env_value: str | None) -> str:
+    env = dict(os.environ)
+    env.pop("SPOOL_MALLOC_TUNING", None)
+    if env_value is not None:
+        env["SPOOL_MALLOC_TUNING"] = env_value
+    return subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True,
+                          text=True, check=True).stdout.split()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_allocator_tuning_applies_and_can_be_turned_off() -> None:
+    assert _run(None) == ["True", "True"]
+    assert _run("0") == ["False", "False"]
