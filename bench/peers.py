@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also when not run as a script
+from _report import cpu_name, update_section  # noqa: E402
 from peers_child import child_main, matmul_peak  # noqa: E402
 from peers_memory import GIB, estimate_memory, mem_available  # noqa: E402
 from peers_models import (  # noqa: E402
@@ -73,13 +74,7 @@ def run_child(job: dict, timeout: float) -> dict:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "mem_total_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB,
             "load": os.getloadavg()}
@@ -268,7 +263,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         plot(res, args.out.parent)
-        from _report import update_section  # shared with the other bench scripts
         update_section(args.out, SECTION[3:], section.split("\n", 1)[1])
         print(f"wrote {args.out} and plots in {args.out.parent}", file=sys.stderr)
 

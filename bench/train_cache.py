@@ -23,6 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine, update_section  # noqa: E402
+
 SECTION = "## Training: cached tokens vs. frozen backbone"
 BACKBONES = {  # random DINOv2-sized backbones at 224 px (patch 14)
     "small": dict(model_type="dinov2", hidden_size=384, num_hidden_layers=12,
@@ -140,16 +142,14 @@ def main() -> None:
     parser.add_argument("--out", help="markdown file to write this benchmark's section into")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from _report import machine, update_section
-
     result = measure(args)
     text = render(args, result, machine())
     print(text)
     if args.out:
-        update_subsection(args.out, text, update_section)
+        update_subsection(args.out, text)
 
 
-def update_subsection(path: str, text: str, update_section) -> None:
+def update_subsection(path: str, text: str) -> None:
     """Keep the other backbone's sub-section when rewriting this one."""
     current = Path(path).read_text() if Path(path).exists() else ""
     heading = text.split("\n", 1)[0]

@@ -17,7 +17,7 @@ CODE = ("import ctypes; from spool.runtime import tune_cpu_allocator; "
         "a = libc.malloc(64 << 20); print(ok, a < libc.sbrk(0))")
 
 
-def _run(env_value: str | None) -> str:
+def _run(env_value: str | None) -> list[str]:
     env = dict(os.environ)
     env.pop("SPOOL_MALLOC_TUNING", None)
     if env_value is not None:

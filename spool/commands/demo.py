@@ -96,8 +96,6 @@ def _models(s: DemoSettings) -> list[tuple[str, str, str, dict[str, Any]]]:
 
 def _train_one(job: tuple[str, dict[str, Any], int]) -> tuple[str, dict[str, Any], list]:
     """Train one model of the demo (runs in a worker process when jobs > 1)."""
-    import os
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 

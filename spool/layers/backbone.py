@@ -128,4 +128,3 @@ def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]
     encoder = FrameEncoder(config)
     return encoder, config.replace(hidden_size=encoder.hidden_size,
                                    num_spatial_tokens=encoder.count_tokens())
-
