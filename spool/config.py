@@ -9,7 +9,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-ATTN_IMPLEMENTATIONS = ("auto", "reference", "blocked", "flex")
 CONFIG_NAME = "config.json"
 
 
@@ -92,8 +91,9 @@ class SpoolConfig:
                "a positive integer", self.image_size)
         _check(isinstance(self.backbone_chunk_size, int) and self.backbone_chunk_size > 0,
                "backbone_chunk_size", "a positive integer", self.backbone_chunk_size)
-        _check(self.attn_implementation in ATTN_IMPLEMENTATIONS, "attn_implementation",
-               f"one of {ATTN_IMPLEMENTATIONS}", self.attn_implementation)
+        from spool.layers.attention_backends import select_backend  # the registry's rules
+
+        select_backend(self.attn_implementation, dropout=self.attention_dropout)
         _check(self.attention_chunk_frames is None or (
             isinstance(self.attention_chunk_frames, int) and self.attention_chunk_frames > 0),
             "attention_chunk_frames", "None or a positive integer", self.attention_chunk_frames)

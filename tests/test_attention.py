@@ -4,13 +4,28 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from spool.layers.attention import blocked_attention, flex_temporal_attention, reference_attention
+from spool.layers import attention_blocked, attention_flex, attention_reference
 from spool.layers.masks import flex_block_mask, frame_mask
 
 CASES = [  # (T, w, lookback heads, total heads)
     (1, 0, 2, 4), (1, 3, 4, 4), (5, 0, 2, 4), (5, 2, 0, 3), (6, 2, 3, 3), (7, 3, 1, 4),
     (8, 8, 2, 4), (9, 20, 2, 2), (13, 4, 3, 5),
 ]
+
+
+def _backend(fn):
+    """The backend ``fn`` on ``[B, H, F, L, hd]`` tensors, positional (lookback heads, w)."""
+    def call(q, k, v, num_lookback_heads, local_frame_range, **kwargs):
+        q, k, v = (x.transpose(0, 1).contiguous() for x in (q, k, v))
+        out = fn(q, k, v, num_lookback_heads=num_lookback_heads,
+                 local_frame_range=local_frame_range, **kwargs)
+        return out.permute(0, 3, 1, 2, 4)  # [B, F, L, H, hd] -> [B, H, F, L, hd]
+    return call
+
+
+reference_attention = _backend(attention_reference.reference_attention)
+blocked_attention = _backend(attention_blocked.blocked_attention)
+flex_temporal_attention = _backend(attention_flex.flex_attention)
 
 
 def _qkv(T, H, L=5, hd=8, B=2, requires_grad=False):

@@ -35,10 +35,10 @@ def dense_token_mask(num_frames: int, num_tokens: int, local_frame_range: int,
     return per_head.repeat_interleave(num_tokens, 1).repeat_interleave(num_tokens, 2)
 
 
-def _cached_mask(fn):
+def cached_mask(fn):
     """lru_cache that always stores normal tensors: a mask first built under
     ``torch.inference_mode`` would otherwise be unusable in a later training step."""
-    cached = lru_cache(maxsize=32)(fn)
+    cached = lru_cache(maxsize=64)(fn)
 
     def wrapper(*args):
         with torch.inference_mode(False):
@@ -49,12 +49,12 @@ def _cached_mask(fn):
     return wrapper
 
 
-def _to_tokens(allowed: torch.Tensor, num_tokens: int, lookahead: bool,
-               dtype: torch.dtype = torch.bool) -> torch.Tensor:
+def frames_to_tokens(allowed: torch.Tensor, num_tokens: int, lookahead: bool,
+                     dtype: torch.dtype = torch.bool) -> torch.Tensor:
     """Frame-level mask -> token-level; lookahead mirrors frame order (not token order).
 
-    A floating ``dtype`` gives the additive form (0 allowed, -inf not): SDPA turns a bool
-    mask into that on every call, which costs about 10% of the attention time at w=16.
+    A floating ``dtype`` gives the additive form (0 allowed, -inf not), which SDPA would
+    otherwise build from a bool mask on every call.
     """
     if lookahead:
         allowed = allowed.flip(0, 1)
@@ -65,43 +65,15 @@ def _to_tokens(allowed: torch.Tensor, num_tokens: int, lookahead: bool,
         ~allowed, float("-inf"))
 
 
-@_cached_mask
-def prefix_token_mask(num_query_frames: int, num_tokens: int, lookahead: bool,
-                      device: torch.device, dtype: torch.dtype = torch.bool) -> torch.Tensor:
-    """Query frames ``1..P`` (``P <= w``) over key frames ``0..P``, in lookback terms.
-
-    Their windows are cut by the start context frame, so each sees every earlier frame and
-    itself: ``[P*L, (P+1)*L]``, independent of ``T``. Lookahead mirrors it: query frames
-    ``F-1-P..F-2`` over key frames ``F-1-P..F-1``.
-    """
-    i = torch.arange(1, num_query_frames + 1, device=device)[:, None]
-    j = torch.arange(num_query_frames + 1, device=device)[None, :]
-    return _to_tokens(j <= i, num_tokens, lookahead, dtype)
-
-
-@_cached_mask
-def band_token_mask(chunk_frames: int, local_frame_range: int, num_tokens: int,
-                    lookahead: bool, device: torch.device, dtype: torch.dtype = torch.bool
-                    ) -> torch.Tensor:
-    """One block of ``c`` query frames over its keys, in lookback terms.
-
-    Keys are the start context frame followed by the ``c + w`` frames ending at the block's
-    last query frame; query ``q`` sees window position ``p`` iff ``q <= p <= q + w``. The same
-    for every block, so one ``[c*L, (1 + c + w)*L]`` mask serves the whole video. Lookahead
-    mirrors it (keys: the ``c + w`` frames from the block's first frame, then the end context).
-    """
-    c, w = chunk_frames, local_frame_range
-    q = torch.arange(c, device=device)[:, None]
-    p = torch.arange(c + w, device=device)[None, :]
-    window = (p >= q) & (p <= q + w)
-    allowed = torch.cat((torch.ones(c, 1, dtype=torch.bool, device=device), window), dim=1)
-    return _to_tokens(allowed, num_tokens, lookahead, dtype)
-
-
 def flex_mask_mod(num_frames: int, num_tokens: int, local_frame_range: int,
-                  num_lookback_heads: int):
-    """``mask_mod(b, h, q_idx, kv_idx)`` for ``flex_attention`` over flattened tokens."""
-    last, w, L = num_frames - 1, local_frame_range, num_tokens
+                  num_lookback_heads: int, device: torch.device | str = "cpu"):
+    """``mask_mod(b, h, q_idx, kv_idx)`` for ``flex_attention`` over flattened tokens.
+
+    The sizes are captured as tensors, not Python ints: a compiled flex function guards on
+    captured ints, so every new frame count would compile again.
+    """
+    last, w, L, num_lookback_heads = (torch.tensor(x, device=device) for x in (
+        num_frames - 1, local_frame_range, num_tokens, num_lookback_heads))
 
     def mask_mod(b, h, q_idx, kv_idx):
         i = q_idx // L
@@ -122,7 +94,7 @@ def _block_frame_ranges(num_frames: int, num_tokens: int, block_size: int, devic
     return starts // num_tokens, ends // num_tokens, ragged
 
 
-@_cached_mask
+@cached_mask
 def flex_block_mask(num_frames: int, num_tokens: int, local_frame_range: int,
                     num_lookback_heads: int, num_heads: int, device: torch.device,
                     block_size: int = 128):
@@ -168,5 +140,5 @@ def flex_block_mask(num_frames: int, num_tokens: int, local_frame_range: int,
     n = num_frames * num_tokens
     return BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size,
-        mask_mod=flex_mask_mod(num_frames, num_tokens, w, num_lookback_heads),
+        mask_mod=flex_mask_mod(num_frames, num_tokens, w, num_lookback_heads, device),
         seq_lengths=(n, n))

@@ -19,10 +19,10 @@ class FrameRotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def freqs(self, num_frames: int, device: torch.device) -> torch.Tensor:
-        """Complex rotations ``[F, 1, head_dim / 2]``, to broadcast over ``[..., F, L, hd/2]``."""
-        positions = torch.arange(num_frames, device=device, dtype=torch.float32)
-        angles = torch.outer(positions, self.inv_freq.to(device))
+    def freqs_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """Complex rotations ``[F, 1, head_dim / 2]`` for frame ``positions: [F]``, to
+        broadcast over ``[..., F, L, hd/2]``."""
+        angles = torch.outer(positions.to(torch.float32), self.inv_freq.to(positions.device))
         return torch.polar(torch.ones_like(angles), angles)[:, None, :]
 
 

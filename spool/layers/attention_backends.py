@@ -1,0 +1,101 @@
+"""Registry of temporal attention backends: lookback and lookahead heads in a local window.
+
+Backends compute exactly the same function (SPEC §3) and share one signature and layout::
+
+    backend(q, k, v, *, num_lookback_heads, local_frame_range, chunk_frames, dropout_p)
+    q, k, v: [H, B, F, L, head_dim] (contiguous, rotary applied) -> [B, F, L, H, head_dim]
+
+Heads ``0 .. num_lookback_heads - 1`` are the lookback heads. Each backend declares what it can
+do (:class:`AttentionBackend`); ``auto`` and the config validation choose from those
+declarations, as transformers' ``ALL_ATTENTION_FUNCTIONS`` registry does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from spool.layers.attention_blocked import blocked_attention
+from spool.layers.attention_flex import flex_attention
+from spool.layers.attention_reference import reference_attention
+
+AttentionFunction = Callable[..., torch.Tensor]
+_FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    """An attention implementation and what it can do.
+
+    ``devices``: device types it runs on; ``backward_devices``: those with a backward pass;
+    ``dropout``: whether it applies attention dropout; ``linear``: memory and time linear in
+    the number of frames (only the reference is not).
+    """
+
+    name: str
+    function: AttentionFunction
+    devices: frozenset[str]
+    backward_devices: frozenset[str]
+    dropout: bool
+    dtypes: frozenset[torch.dtype] = _FLOATS
+    linear: bool = True
+
+    def unsupported(self, device: str | None = None, *, backward: bool = False,
+                    dropout: float = 0.0, dtype: torch.dtype | None = None) -> str | None:
+        """Why this backend cannot serve the request, or None if it can."""
+        if device is not None and device not in self.devices:
+            return f"it does not run on {device}"
+        if backward and device is not None and device not in self.backward_devices:
+            return f"torch has no backward pass for it on {device} (no training there)"
+        if dropout and not self.dropout:
+            return f"it supports attention_dropout=0.0 only, got {dropout}"
+        if dtype is not None and dtype not in self.dtypes:
+            return f"it does not take {dtype}"
+        return None
+
+
+ATTENTION_BACKENDS: dict[str, AttentionBackend] = {}
+# What ``auto`` tries, in order, per device type. CPU: blocked measured faster than flex
+# (docs/benchmarks.md). CUDA: flex first, not yet measured against blocked on a GPU.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("blocked",), "cuda": ("flex", "blocked")}
+
+
+def register_backend(backend: AttentionBackend) -> None:
+    """Add (or replace) a backend; ``attn_implementation=backend.name`` then selects it."""
+    ATTENTION_BACKENDS[backend.name] = backend
+
+
+_ALL = frozenset({"cpu", "cuda", "mps", "xpu"})
+register_backend(AttentionBackend("reference", reference_attention, _ALL, _ALL, dropout=True,
+                                  linear=False))
+register_backend(AttentionBackend("blocked", blocked_attention, _ALL, _ALL, dropout=True))
+register_backend(AttentionBackend("flex", flex_attention, frozenset({"cpu", "cuda"}),
+                                  frozenset({"cuda"}), dropout=False))
+
+
+def select_backend(name: str, device: torch.device | str | None = None, *,
+                   backward: bool = False, dropout: float = 0.0,
+                   dtype: torch.dtype | None = None) -> AttentionBackend:
+    """The backend for ``attn_implementation=name`` under these conditions.
+
+    ``auto`` takes the first backend of :data:`AUTO_ORDER` that can serve them; a named one
+    that cannot raises ``ValueError`` saying why.
+    """
+    device_type = None if device is None else torch.device(device).type
+    if name == "auto":
+        order = AUTO_ORDER.get(device_type or "cpu", ("blocked",))
+        for candidate in (*order, "blocked"):
+            backend = ATTENTION_BACKENDS[candidate]
+            if backend.unsupported(device_type, backward=backward, dropout=dropout,
+                                   dtype=dtype) is None:
+                return backend
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"attn_implementation: expected 'auto' or one of "
+                         f"{sorted(ATTENTION_BACKENDS)}, got {name!r}")
+    backend = ATTENTION_BACKENDS[name]
+    why = backend.unsupported(device_type, backward=backward, dropout=dropout, dtype=dtype)
+    if why is not None:
+        raise ValueError(f"attn_implementation={name!r}: {why}; use 'blocked' (or 'auto')")
+    return backend

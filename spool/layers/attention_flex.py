@@ -1,0 +1,35 @@
+"""Flex temporal attention: one compiled ``flex_attention`` call with a cached block mask.
+
+Shape policy: the function is compiled once with dynamic shapes, and the mask's sizes are
+captured as tensors (see ``flex_mask_mod``), so a new clip length reuses the compiled code
+instead of compiling again. Past dynamo's recompile limit torch would run flex uncompiled, which
+builds the full score matrix: a quadratic fallback that must never happen silently.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spool.layers.masks import flex_block_mask
+
+_compiled_flex = None
+
+
+def compiled_flex_attention():
+    """The process-wide compiled ``flex_attention`` (compiled on first use)."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+    return _compiled_flex
+
+
+def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                   num_lookback_heads: int, local_frame_range: int, **_: object) -> torch.Tensor:
+    """The ``flex`` backend: ``q, k, v: [H, B, F, L, hd]`` -> ``[B, F, L, H, hd]``."""
+    H, B, nF, L, hd = q.shape
+    block_mask = flex_block_mask(nF, L, local_frame_range, num_lookback_heads, H, q.device)
+    q, k, v = (x.transpose(0, 1).flatten(2, 3) for x in (q, k, v))  # [B, H, F*L, hd]
+    out = compiled_flex_attention()(q, k, v, block_mask=block_mask)
+    return out.view(B, H, nF, L, hd).permute(0, 2, 3, 1, 4)

@@ -1,0 +1,80 @@
+"""The backend registry (capabilities, ``auto``), the blocked plan as data, flex's shape policy."""
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from spool import Spool, SpoolConfig
+from spool.layers.attention_backends import ATTENTION_BACKENDS, select_backend
+from spool.layers.attention_blocked import blocked_plan
+from spool.layers.attention_flex import flex_attention
+from spool.layers.attention_reference import reference_attention
+from spool.layers.masks import frame_mask
+
+
+def test_blocked_plan_covers_exactly_the_mask():
+    """Each query frame of the suffix is computed by exactly one call, which lets it see
+    exactly the frames SPEC §3 allows (lookback terms; lookahead is the mirror image)."""
+    for num_frames in (2, 3, 5, 8, 13, 30):
+        for w in (0, 1, 2, 4, 9):
+            allowed = frame_mask(num_frames, w, lookahead=False)
+            for chunk in (1, 2, 3, 4):
+                for query_start in (q for q in (0, 1, 3, 7) if q < num_frames):
+                    case = (num_frames, w, chunk, query_start)
+                    plan = blocked_plan(*case)
+                    owners = [i for call in plan
+                              for i in range(call.query_start, call.query_stop)]
+                    assert sorted(owners) == list(range(query_start, num_frames)), case
+                    pairs = set().union(*(call.allowed_pairs() for call in plan))
+                    expected = {(i, j) for i in range(query_start, num_frames)
+                                for j in range(num_frames) if allowed[i, j]}
+                    assert pairs == expected, case
+
+
+def test_auto_respects_capabilities():
+    assert select_backend("auto", "cpu").name == "blocked"
+    assert select_backend("auto", "cuda").name == "flex"
+    # Dropout or a training step that flex cannot serve falls back instead of failing later.
+    assert select_backend("auto", "cuda", dropout=0.1).name == "blocked"
+    assert select_backend("auto", "cuda", dtype=torch.float16).name == "flex"
+    with pytest.raises(ValueError, match="attn_implementation='flex'.*backward"):
+        select_backend("flex", "cpu", backward=True)
+    with pytest.raises(ValueError, match="attn_implementation='flex'.*attention_dropout"):
+        select_backend("flex", "cuda", dropout=0.1)
+    assert not ATTENTION_BACKENDS["reference"].linear
+
+
+def test_config_rejects_a_backend_that_cannot_do_what_it_asks():
+    with pytest.raises(ValueError, match="attn_implementation='flex'.*attention_dropout"):
+        SpoolConfig(attn_implementation="flex", attention_dropout=0.1)
+    SpoolConfig(attn_implementation="auto", attention_dropout=0.1)  # auto picks blocked
+
+
+def test_auto_with_attention_dropout_trains():
+    """Defect: auto + dropout raised mid-forward on a GPU; it now selects a backend that can."""
+    model = Spool(tiny_config(attention_dropout=0.2)).train()
+    model(torch.rand(1, 3, 32, 32, 3)).context.sum().backward()
+
+
+def _qkv(T, H=3, B=1, L=9, hd=8):
+    return [torch.randn(H, B, T + 2, L, hd) for _ in range(3)]
+
+
+def test_flex_stays_compiled_over_many_lengths():
+    """Twelve clip lengths in one process: flex compiles a bounded number of graphs (dynamic
+    shapes, sizes captured as tensors) and never falls back to an uncompiled dense path."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    lengths = [3, 4, 6, 7, 9, 12, 15, 20, 26, 31, 40, 47]
+    with torch.no_grad():
+        for T in lengths:
+            q, k, v = _qkv(T)
+            out = flex_attention(q, k, v, num_lookback_heads=1, local_frame_range=3)
+            ref = reference_attention(q, k, v, num_lookback_heads=1, local_frame_range=3)
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    graphs = counters["stats"]["unique_graphs"]
+    # One graph per length (the old global compiled with dynamic=False and int-capturing
+    # mask closures) would hit dynamo's recompile limit (8) and run flex uncompiled.
+    assert 1 <= graphs <= 3, f"{graphs} graphs compiled for {len(lengths)} lengths"
