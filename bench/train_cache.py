@@ -35,12 +35,13 @@ BACKBONES = {  # random DINOv2-sized backbones at 224 px (patch 14)
 
 
 def measure(args: argparse.Namespace) -> dict:
-    from spool.commands.demo import DemoSettings, demo_backbone
     from spool.data.cache import build_cache
     from spool.data.dataset import VideoClipDataset, read_annotations
     from spool.data.synthetic import make_synthetic_dataset
+    from spool.demo.synthetic import DemoSettings, demo_backbone
     from spool.train.config import TrainConfig
     from spool.train.trainer import Trainer
+    from spool.video.samplers import clip_sampler
 
     s = DemoSettings()
     image_size = s.image_size if args.backbone == "demo" else 224
@@ -53,7 +54,8 @@ def measure(args: argparse.Namespace) -> dict:
     # As a local Hugging Face directory, so the video run loads the very same weights.
     encoder.backbone.model.save_pretrained(root / "hf_backbone")
     samples, names = read_annotations(root / "data" / "train.txt")
-    clips = VideoClipDataset(samples, names, num_frames=s.num_frames, image_size=image_size)
+    clips = VideoClipDataset(samples, names, clip_sampler(s.num_frames),
+                             encoder.config.preprocessing())
     start = time.perf_counter()
     build_cache(encoder, clips, root / "cache", batch_size=16, num_workers=args.workers)
     cache_seconds = time.perf_counter() - start
@@ -65,9 +67,10 @@ def measure(args: argparse.Namespace) -> dict:
     common = dict(augment=False, epochs=args.epochs, batch_size=s.batch_size, lr=s.lr,
                   num_frames=s.num_frames, num_workers=args.workers, device="cpu",
                   tensorboard=False, quiet=True, warmup_epochs=0.0)
-    video = TrainConfig(out_dir=str(root / "run_video"), train=str(root / "data" / "train.txt"),
+    video = TrainConfig(out_dir=str(root / "run_video"),
+                        train_data=str(root / "data" / "train.txt"),
                         model={**model, "backbone_name": str(root / "hf_backbone"),
-                               "image_size": image_size}, **common)
+                               "image_size": image_size, "crop_pct": 1.0}, **common)
     cached = TrainConfig(out_dir=str(root / "run_cache"), train_cache=str(root / "cache"),
                          model=model, **common)
     seconds = {}

@@ -1,7 +1,9 @@
-"""The ``spool`` command line: ``spool demo | extract | cache | train | eval``.
+"""The ``spool`` command line: ``spool demo | extract | cache | train | eval | backbone``.
 
 Each subcommand lives in ``spool/commands/<name>.py`` with a ``register(subparsers)``
-function that adds its parser and sets ``func``.
+function that adds its parser and sets ``func``; command modules import torch only when they
+run, so ``spool --help`` is quick. A user mistake ends with one line on stderr and exit code 2;
+``--debug`` (or ``SPOOL_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 COMMANDS = ("demo", "extract", "cache", "train", "eval")
@@ -20,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Spool: video features, training and evaluation with a bidirectional "
                     "temporal transformer over a foundation image model.",
         epilog="Run 'spool COMMAND --help' for a command's options.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks (also SPOOL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module_name = f"spool.commands.{name}"
@@ -30,10 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from spool.runtime import tune_cpu_allocator
+    debug = args.debug or os.environ.get("SPOOL_DEBUG", "") not in ("", "0")
+    from spool.runtime import configure_logging, tune_cpu_allocator
 
+    configure_logging()
     tune_cpu_allocator()  # before the first large tensor (see its docstring)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"spool {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:  # user mistakes and unloadable inputs
+        if debug:
+            raise
+        print(f"spool {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

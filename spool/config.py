@@ -5,16 +5,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from spool.errors import CheckpointNotFoundError, SpoolLoadError
+
 CONFIG_NAME = "config.json"
+RESIZE_MODES = ("center_crop", "squash", "pad")
+DEFAULT_CROP_PCT = 224 / 256  # DINOv2's image processor: shortest edge 256, centre crop 224
 
 
 def _check(condition: bool, argument: str, expected: str, given: Any) -> None:
     if not condition:
         raise ValueError(f"{argument}: expected {expected}, got {given!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -26,20 +35,28 @@ class SpoolConfig:
         num_attention_heads: total heads per block (lookback + lookahead).
         num_lookahead_heads: heads whose local window looks forward in time.
         num_lookback_heads: heads whose local window looks backward in time.
-        image_size: frames are resized to ``image_size x image_size``.
+        image_size: frames are brought to ``image_size x image_size``.
         local_frame_range: ``w`` of SPEC §3, the frames each frame sees on its side.
         backbone_name: hub id or local directory of an HF vision model.
         backbone_config: an HF config as a dict (with ``model_type``); when given, the
             backbone is built from it with random weights instead of being downloaded.
+        resize_mode, crop_pct: the preprocessing policy of every path
+            (:class:`~spool.video.transforms.FramePreprocessing`): ``center_crop`` of
+            ``crop_pct`` of the shorter side (DINOv2's convention), ``squash`` or ``pad``.
+            ``crop_pct=None``: the backbone's own (its ``preprocessor_config.json``), else
+            224/256.
         freeze_backbone: no gradients into the backbone, which stays in eval mode.
         backbone_chunk_size: frames passed through the backbone at once.
-        attn_implementation: ``auto``, ``reference`` (dense mask, tests only), ``blocked``
-            or ``flex``.
+        attn_implementation: ``auto`` or a registered backend (``reference``, ``blocked``,
+            ``flex``; see :mod:`spool.layers.attention_backends`).
         attention_chunk_frames: query frames per block in ``blocked`` attention
             (``None``: chosen from ``local_frame_range``).
         gradient_checkpointing: recompute each block in the backward pass to save memory.
-        class_names: labels of :class:`~spool.models.classification.SpoolForVideoClassification`.
-        classifier_dropout: dropout before the classification head.
+        class_names: labels of the classification heads.
+        classifier_dropout: dropout before a classification head.
+        sampling: the frame sampler of training clips (``FrameSampler.to_dict()``), the
+            default of evaluation and extraction.
+        architectures: what a saved checkpoint holds (set by ``save_pretrained``).
         hidden_size, num_spatial_tokens: ``D`` and ``L``, filled in from the backbone.
         image_mean, image_std: the backbone's normalisation, filled in from the backbone.
     """
@@ -52,6 +69,8 @@ class SpoolConfig:
     local_frame_range: int = 16
     backbone_name: str = "facebook/dinov2-base"
     backbone_config: dict | None = None
+    resize_mode: str = "center_crop"
+    crop_pct: float | None = None
     freeze_backbone: bool = True
     backbone_chunk_size: int = 32
     attn_implementation: str = "auto"
@@ -65,10 +84,18 @@ class SpoolConfig:
     gradient_checkpointing: bool = False
     class_names: list[str] | None = None
     classifier_dropout: float = 0.0
+    sampling: dict | None = None
+    architectures: list[str] | None = None
     hidden_size: int | None = None
     num_spatial_tokens: int | None = None
     image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+    # Fields that describe the frame encoder (backbone and preprocessing): a token cache fixes
+    # them, and two models with equal values see the same tokens.
+    FRAME_ENCODER_FIELDS = ("backbone_name", "backbone_config", "image_size", "resize_mode",
+                            "crop_pct", "image_mean", "image_std", "hidden_size",
+                            "num_spatial_tokens")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,8 +105,7 @@ class SpoolConfig:
         for name in ("num_hidden_layers", "num_attention_heads", "num_lookahead_heads",
                      "num_lookback_heads", "local_frame_range"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                   name, "an integer >= 0", value)
+            _check(_is_int(value) and value >= 0, name, "an integer >= 0", value)
         _check(self.num_attention_heads > 0, "num_attention_heads", "at least 1 head",
                self.num_attention_heads)
         heads = self.num_lookback_heads + self.num_lookahead_heads
@@ -87,23 +113,31 @@ class SpoolConfig:
                "num_lookback_heads + num_lookahead_heads",
                f"== num_attention_heads ({self.num_attention_heads})",
                f"{self.num_lookback_heads} + {self.num_lookahead_heads} = {heads}")
-        _check(isinstance(self.image_size, int) and self.image_size > 0, "image_size",
-               "a positive integer", self.image_size)
-        _check(isinstance(self.backbone_chunk_size, int) and self.backbone_chunk_size > 0,
-               "backbone_chunk_size", "a positive integer", self.backbone_chunk_size)
-        from spool.layers.attention_backends import select_backend  # the registry's rules
-
-        select_backend(self.attn_implementation, dropout=self.attention_dropout)
+        for name in ("image_size", "backbone_chunk_size"):
+            _check(_is_int(getattr(self, name)) and getattr(self, name) > 0, name,
+                   "a positive integer", getattr(self, name))
+        _check(self.resize_mode in RESIZE_MODES, "resize_mode", f"one of {RESIZE_MODES}",
+               self.resize_mode)
+        _check(self.crop_pct is None or (isinstance(self.crop_pct, (int, float))
+                                         and 0 < self.crop_pct <= 1), "crop_pct",
+               "None or a fraction in (0, 1]", self.crop_pct)
         _check(self.attention_chunk_frames is None or (
-            isinstance(self.attention_chunk_frames, int) and self.attention_chunk_frames > 0),
+            _is_int(self.attention_chunk_frames) and self.attention_chunk_frames > 0),
             "attention_chunk_frames", "None or a positive integer", self.attention_chunk_frames)
         for name in ("hidden_dropout", "attention_dropout", "classifier_dropout"):
             _check(0.0 <= getattr(self, name) < 1.0, name, "a probability in [0, 1)",
                    getattr(self, name))
-        _check(self.mlp_ratio > 0, "mlp_ratio", "> 0", self.mlp_ratio)
+        for name in ("mlp_ratio", "layer_norm_eps", "rope_theta", "initializer_range"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name,
+                   "a finite number > 0", value)
         _check(len(self.image_mean) == 3 and len(self.image_std) == 3, "image_mean/image_std",
                "3 values each (RGB)", (self.image_mean, self.image_std))
-        if self.hidden_size is not None:
+        _check(all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0
+                   for s in self.image_std), "image_std", "3 finite values > 0",
+               self.image_std)
+        if self.hidden_size is not None and self.num_hidden_layers > 0:
+            # Heads split the hidden size only where there are temporal layers.
             _check(self.hidden_size % self.num_attention_heads == 0, "hidden_size",
                    f"divisible by num_attention_heads ({self.num_attention_heads})",
                    self.hidden_size)
@@ -113,12 +147,27 @@ class SpoolConfig:
         if self.num_spatial_tokens is not None:
             _check(self.num_spatial_tokens > 0, "num_spatial_tokens", "> 0",
                    self.num_spatial_tokens)
+        # The attention registry's rules (a backend that cannot do what is asked).
+        from spool.layers.attention_backends import select_backend
+
+        select_backend(self.attn_implementation, dropout=self.attention_dropout)
 
     @property
     def head_dim(self) -> int:
         if self.hidden_size is None:
             raise ValueError("hidden_size: not known yet (it is read from the backbone)")
         return self.hidden_size // self.num_attention_heads
+
+    def preprocessing(self):
+        """The :class:`~spool.video.transforms.FramePreprocessing` of this config."""
+        from spool.video.transforms import FramePreprocessing
+
+        crop_pct = DEFAULT_CROP_PCT if self.crop_pct is None else self.crop_pct
+        return FramePreprocessing(self.image_size, self.resize_mode, crop_pct)
+
+    def frame_encoder_fields(self) -> dict[str, Any]:
+        """The fields that describe the frame encoder (see ``FRAME_ENCODER_FIELDS``)."""
+        return {k: getattr(self, k) for k in self.FRAME_ENCODER_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,18 +188,61 @@ class SpoolConfig:
         return cls(**data)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-            f.write(self.to_json_string() + "\n")
+        from spool.io_utils import atomic_write_text
+
+        atomic_write_text(os.path.join(directory, CONFIG_NAME), self.to_json_string() + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> SpoolConfig:
         path = os.path.join(directory, CONFIG_NAME)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no {CONFIG_NAME}; is {directory} a Spool checkpoint "
-                                    "written by save_pretrained?")
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+            raise CheckpointNotFoundError(
+                f"{path}: no {CONFIG_NAME}; is {directory} a Spool checkpoint written by "
+                "save_pretrained?")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise SpoolLoadError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise SpoolLoadError(f"{path}: expected a JSON object of SpoolConfig fields")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise SpoolLoadError(f"{path}: {err}") from err
 
     def replace(self, **changes: Any) -> SpoolConfig:
         return dataclasses.replace(self, **changes)
+
+
+def parse_config_value(text: str) -> Any:
+    """A ``--model KEY=VALUE`` value: JSON where it parses (numbers, lists, objects, true),
+    ``@FILE`` for the JSON in a file (e.g. a backbone config), else the plain string (a
+    backbone name or path)."""
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"--model: cannot read JSON from {text[1:]!r}: {err}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["num_hidden_layers=4", "backbone_name=/models/dinov2"]`` -> SpoolConfig fields; a
+    ``ValueError`` names a pair without ``=`` or an unknown field."""
+    known = {f.name for f in dataclasses.fields(SpoolConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ValueError(f"--model: expected KEY=VALUE, got {pair!r}")
+        if key not in known:
+            raise ValueError(f"--model: unknown SpoolConfig field {key!r}; known fields: "
+                             f"{sorted(known)}")
+        out[key] = parse_config_value(value)
+    return out

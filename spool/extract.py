@@ -10,8 +10,10 @@ a re-run skips finished videos and redoes any that a killed run left half-writte
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -26,9 +28,11 @@ from tqdm import tqdm
 
 from spool import __version__
 from spool.io_utils import atomic_path, atomic_save_safetensors
+from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
 from spool.video import FrameSampler, VideoDecodeError, VideoReader
 
+logger = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
                     ".flv", ".wmv", ".3gp", ".ogv"}
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
@@ -97,16 +101,44 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
     return jobs[rank::world_size]
 
 
-def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool
-                       ) -> dict[str, str]:
+def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool,
+                       dtype: torch.dtype) -> dict[str, str]:
+    """What an output depends on: the weights (a digest of every tensor), the config (which
+    holds the preprocessing policy), the sampler, the compute dtype and what is saved."""
     return {"format": "pt", "spool_version": __version__,
             "model_config_hash": model.config.config_hash(),
+            "weights_digest": weights_digest(model.state_dict()),
+            "preprocessing": json.dumps(dataclasses.asdict(model.config.preprocessing()),
+                                        sort_keys=True),
             "sampler": json.dumps(sampler.to_dict(), sort_keys=True),
+            "dtype": str(dtype).removeprefix("torch."),
             "save_features": str(save_features)}
 
 
+def load_feature_model(checkpoint: str | None, overrides: dict | None = None) -> Spool:
+    """The Spool whose features to extract: a Spool checkpoint, the Spool inside a Spool
+    classifier, or without ``checkpoint`` an untrained temporal stack on the backbone that
+    ``overrides`` (SpoolConfig fields) name."""
+    from spool.config import SpoolConfig
+    from spool.models.pretrained import load_pretrained
+
+    overrides = dict(overrides or {})
+    if checkpoint is not None:
+        model = load_pretrained(checkpoint, **overrides)
+        spool = model if isinstance(model, Spool) else getattr(model, "spool", None)
+        if not isinstance(spool, Spool):
+            raise ValueError(f"--checkpoint: {checkpoint} holds a {type(model).__name__}, "
+                             "which has no Spool features")
+        return spool
+    torch.manual_seed(0)  # untrained temporal layers: at least the same ones every run
+    logger.warning("no --checkpoint, so the temporal layers are untrained (seed 0); the "
+                   "backbone tokens in 'features' are still meaningful")
+    return Spool(SpoolConfig(**overrides))
+
+
 def is_done(output: Path, settings: dict[str, str]) -> bool:
-    """An output that opens and was made with the same model and sampler settings."""
+    """An output that opens and was made with the same weights and settings (an output missing
+    any of today's keys was made by an older version and is redone)."""
     if not output.is_file():
         return False
     try:
@@ -139,7 +171,8 @@ class FeatureExtractor:
         self.device = torch.device(device)
         self.dtype = dtype
         self.save_features = save_features
-        self.settings = _settings_metadata(model, sampler, save_features)
+        self.settings = _settings_metadata(model, sampler, save_features, dtype)
+        self.preprocessing = model.config.preprocessing()
 
     @torch.no_grad()
     def features(self, source: Path) -> dict[str, torch.Tensor]:
@@ -152,7 +185,8 @@ class FeatureExtractor:
             frames, times = reader.get(wanted)
         row = {idx: n for n, idx in enumerate(wanted)}
         order = np.array([[row[i] for i in clip] for clip in clips])
-        video = torch.from_numpy(frames)
+        # The preprocessing policy on the decoding side, as the datasets apply it.
+        video = self.preprocessing(torch.from_numpy(frames))
         contexts, features = [], []
         autocast = torch.autocast(self.device.type, dtype=self.dtype,
                                   enabled=self.dtype != torch.float32)

@@ -1,12 +1,49 @@
-"""Process-wide CPU settings that Spool's command-line jobs apply at start-up."""
+"""Process-wide settings: the device and dtype a job runs with, and glibc's allocator."""
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
+import sys
+from typing import TYPE_CHECKING
 
-__all__ = ["tune_cpu_allocator"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEVICES", "DTYPES", "configure_logging", "resolve_device", "resolve_dtype",
+           "tune_cpu_allocator"]
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(name: str = "auto", index: int | None = None) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda`` -> a ``torch.device``; ``index``
+    picks the GPU (a torchrun process's local rank)."""
+    import torch
+
+    if name not in DEVICES:
+        raise ValueError(f"device: expected one of {DEVICES}, got {name!r}")
+    use_cuda = torch.cuda.is_available() if name == "auto" else name == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' asked for but torch.cuda.is_available() is False")
+    if not use_cuda:
+        return torch.device("cpu")
+    return torch.device("cuda", index if index is not None else torch.cuda.current_device())
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The compute dtype: ``auto`` is bfloat16 on GPU and float32 on CPU (where bf16 matmuls
+    are slow)."""
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"dtype: expected one of {DTYPES}, got {name!r}")
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
@@ -18,12 +55,10 @@ def tune_cpu_allocator() -> bool:
 
     glibc serves every allocation above 32 MiB (its largest mmap threshold) with new mmap'd
     pages that the kernel faults in and zeroes on first touch, and unmaps them on free. A
-    temporal layer at base size makes several such tensors per call (at T=32, 26 MiB per
-    [F, L, D] activation, 4x that in the MLP), so it pays that again every layer. With mmap
-    off (``M_MMAP_MAX=0``) and no trimming the heap keeps and reuses them: 2 temporal layers,
-    D=768, L=257, w=4 went from 51.6 to 42.9 ms/frame at T=32 and from 53.0 to 44.6 at
-    T=64 (2-core Xeon). The cost: freed memory stays with the process and is reused only
-    where it fits, so peak RSS grows (full Spool w=4 at T=128: 1.7 -> 2.2 GiB).
+    temporal layer at base size makes several such tensors per call, so it pays that again
+    every layer. With mmap off (``M_MMAP_MAX=0``) and no trimming the heap keeps and reuses
+    them. The cost: freed memory stays with the process and is reused only where it fits, so
+    peak RSS grows (docs/benchmarks.md has both sides measured).
 
     Called by the ``spool`` CLI; call it first thing in your own scripts for the same
     effect. Does nothing off Linux/glibc or with ``SPOOL_MALLOC_TUNING=0``. Returns whether
@@ -44,3 +79,16 @@ def tune_cpu_allocator() -> bool:
     _applied = bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
                     and libc.mallopt(_M_MMAP_MAX, 0))
     return _applied
+
+
+def configure_logging() -> None:
+    """Spool's library messages as terse lines on stdout; transformers' loading chatter off."""
+    logger = logging.getLogger("spool")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -11,12 +11,12 @@ from train_helpers import tiny_video_dataset
 
 from spool.data.dataset import (
     VideoClipDataset,
-    clip_indices,
     read_annotation_file,
     read_annotations,
     scan_class_folders,
 )
-from spool.video.samplers import make_sampler
+from spool.video.samplers import ClipSampler, UniformSampler, clip_sampler, make_sampler
+from spool.video.transforms import FramePreprocessing, RandomResizedCrop
 
 
 def test_annotation_file_with_class_names() -> None:
@@ -68,26 +68,35 @@ def test_bad_line_reports_its_line_number(tmp_path: Path, bad: str, message: str
     assert str(path) in str(err.value)
 
 
-def test_clip_indices_centres_equal_uniform_sampler() -> None:
+def test_training_clips_come_from_the_samplers() -> None:
+    """The dataset's clips are the video module's samplers: uniform centres, strided clips at
+    a start in [0, 1] of the free range (short videos repeat the last frame), and one
+    randomly placed clip when given an rng."""
     for n in (5, 8, 16, 37):
-        expected = make_sampler("uniform", num_frames=8)(n)[0]
-        assert clip_indices(n, 8, np.full(8, 0.5)) == expected
-    assert clip_indices(20, 4, np.array([0.0]), frame_stride=3) == [0, 3, 6, 9]
-    assert clip_indices(20, 4, np.array([1.0]), frame_stride=3) == [10, 13, 16, 19]
-    assert clip_indices(5, 4, np.array([0.5]), frame_stride=3) == [0, 3, 4, 4]  # short video
+        assert UniformSampler(8)(n) == make_sampler("uniform", num_frames=8)(n)
+    strided = ClipSampler(4, frame_stride=3)
+    assert strided.clip_at(20, 0.0) == [0, 3, 6, 9]
+    assert strided.clip_at(20, 1.0) == [10, 13, 16, 19]
+    assert strided(5) == [[0, 3, 4, 4]]  # short video, centred start
+    assert clip_sampler(4, 3, num_clips=3)(20) == [[0, 3, 6, 9], [5, 8, 11, 14],
+                                                   [10, 13, 16, 19]]
+    rng = np.random.default_rng(0)
+    jittered = UniformSampler(4)(40, rng=rng)[0]
+    assert [i // 10 for i in jittered] == [0, 1, 2, 3]  # one frame per segment
 
 
 def test_dataset_items_and_augmentation_are_reproducible() -> None:
     samples, names = read_annotations(tiny_video_dataset() / "train.txt")
-    eval_ds = VideoClipDataset(samples, names, num_frames=4, image_size=24)
+    eval_ds = VideoClipDataset(samples, names, clip_sampler(4), FramePreprocessing(24))
     item = eval_ds[3]
     assert item["video"].shape == (4, 24, 24, 3) and item["video"].dtype == torch.uint8
     assert item["label"] == samples[3].label and item["index"] == 3
-    multi = VideoClipDataset(samples, names, num_frames=4, image_size=24, num_clips=3)[3]
+    multi = VideoClipDataset(samples, names, clip_sampler(4, num_clips=3),
+                             FramePreprocessing(24))[3]
     assert multi["video"].shape == (3, 4, 24, 24, 3)
 
-    train_ds = VideoClipDataset(samples, names, num_frames=4, image_size=24, train=True,
-                                hflip=True, seed=5)
+    train_ds = VideoClipDataset(samples, names, clip_sampler(4), FramePreprocessing(24),
+                                RandomResizedCrop(hflip=True), seed=5)
     a = train_ds[3]["video"]
     assert torch.equal(a, train_ds[3]["video"])  # a function of (seed, epoch, index)
     train_ds.set_epoch(1)
@@ -97,8 +106,9 @@ def test_dataset_items_and_augmentation_are_reproducible() -> None:
 
 
 def test_dataset_rejects_bad_settings() -> None:
-    samples, names = read_annotations(tiny_video_dataset() / "train.txt")
     with pytest.raises(ValueError, match="num_frames"):
-        VideoClipDataset(samples, names, num_frames=0)
+        clip_sampler(0)
     with pytest.raises(ValueError, match="crop_scale"):
-        VideoClipDataset(samples, names, crop_scale=(0.0, 1.0))
+        RandomResizedCrop(crop_scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="resize_mode"):
+        FramePreprocessing(24, resize_mode="stretch")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from spool.commands.demo import POOLING, SPOOL, DemoSettings, demo_backbone, format_table, run_demo
+from spool.demo.synthetic import POOLING, SPOOL, DemoSettings, demo_backbone, format_table, run_demo
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:

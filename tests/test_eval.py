@@ -73,9 +73,9 @@ def test_spool_eval_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     root = tiny_video_dataset()
     _, names = read_annotations(root / "train.txt")
     model = SpoolForVideoClassification(**TINY_MODEL, class_names=names)
-    model.clip_settings = {"num_frames": 4, "frame_stride": None}
+    model.config.sampling = {"name": "uniform", "num_frames": 4}
     model.save_pretrained(tmp_path / "model")
-    assert main(["eval", "--model", str(tmp_path / "model"), "--data", str(root / "val.txt"),
+    assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(root / "val.txt"),
                  "--num-clips", "2", "--num-workers", "0", "--out", str(tmp_path / "ev")]) == 0
     printed = capsys.readouterr().out
     assert "top-1" in printed and "top-5" in printed and names[0] in printed
@@ -89,7 +89,7 @@ def test_spool_eval_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert main(["cache", "--data", str(root / "val.txt"), "--out", str(tmp_path / "cache"),
                  "--init", str(tmp_path / "model"), "--num-frames", "4", "--num-workers", "0",
                  "--quiet"]) == 0
-    from spool.commands.eval import evaluate_checkpoint
+    from spool.train.evaluate import evaluate_checkpoint
     on_videos = evaluate_checkpoint(str(tmp_path / "model"), str(root / "val.txt"),
                                     num_workers=0)
     on_cache = evaluate_checkpoint(str(tmp_path / "model"), cache=str(tmp_path / "cache"))

@@ -17,8 +17,10 @@ from spool.cli import main
 from spool.extract import plan_jobs
 from spool.video import write_video
 
-MODEL_ARGS = ["--layers", "1", "--heads", "2", "--lookahead-heads", "1", "--image-size", "32",
-              "--local-frame-range", "2", "--no-progress"]
+MODEL_ARGS = [*("--model", "num_hidden_layers=1"), *("--model", "num_attention_heads=2"),
+              *("--model", "num_lookahead_heads=1"), *("--model", "num_lookback_heads=1"),
+              *("--model", "image_size=32"), *("--model", "local_frame_range=2"),
+              "--no-progress"]
 D, L = 24, 17
 
 
@@ -41,8 +43,8 @@ def videos(tmp_path_factory):
 
 
 def _extract(inputs, out, config, *extra):
-    return main(["extract", *map(str, inputs), "--out", str(out), "--backbone-config",
-                 str(config), *MODEL_ARGS, *extra])
+    return main(["extract", *map(str, inputs), "--out", str(out), "--model",
+                 f"backbone_config=@{config}", *MODEL_ARGS, *extra])
 
 
 def test_extract_outputs_shapes_metadata_and_failures(videos, tmp_path, capsys):
@@ -115,7 +117,7 @@ def test_extract_under_torchrun_two_processes(videos, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "spool.cli", "extract", *map(str, good), "--out", str(out),
-           "--backbone-config", str(config), *MODEL_ARGS, "--num-frames", "4"]
+           "--model", f"backbone_config=@{config}", *MODEL_ARGS, "--num-frames", "4"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -22,11 +22,13 @@ from spool.models.classification import SpoolForVideoClassification, load_classi
 from spool.train.builders import epoch_batches, warmup_cosine
 from spool.train.config import TrainConfig
 from spool.train.trainer import train
+from spool.video.samplers import clip_sampler
 
 
 def _config(out: Path, **changes) -> TrainConfig:
     root = tiny_video_dataset()
-    base = dict(out_dir=str(out), train=str(root / "train.txt"), val=str(root / "val.txt"),
+    base = dict(out_dir=str(out), train_data=str(root / "train.txt"),
+                val_data=str(root / "val.txt"),
                 model=dict(TINY_MODEL), num_frames=4, epochs=2, batch_size=4, lr=3e-3,
                 warmup_epochs=0.5, num_workers=0, tensorboard=False, quiet=True, seed=3)
     base.update(changes)
@@ -42,13 +44,14 @@ def test_cached_tokens_train_like_the_frozen_backbone(tmp_path: Path) -> None:
     samples, names = read_annotations(root / "train.txt")
     torch.manual_seed(video_cfg.seed)
     model = SpoolForVideoClassification(**TINY_MODEL, class_names=names)
-    build_cache(model, VideoClipDataset(samples, names, num_frames=4, image_size=32),
+    clips = clip_sampler(4)
+    build_cache(model, VideoClipDataset(samples, names, clips, model.config.preprocessing()),
                 tmp_path / "cache", batch_size=5)
     val_samples, _ = read_annotations(root / "val.txt", names)
-    build_cache(model, VideoClipDataset(val_samples, names, num_frames=4, image_size=32),
-                tmp_path / "val_cache")
+    build_cache(model, VideoClipDataset(val_samples, names, clips,
+                                        model.config.preprocessing()), tmp_path / "val_cache")
     temporal = {k: TINY_MODEL[k] for k in TEMPORAL_FIELDS}
-    cache_cfg = _config(tmp_path / "cached", train=None, val=None,
+    cache_cfg = _config(tmp_path / "cached", train_data=None, val_data=None,
                         train_cache=str(tmp_path / "cache"),
                         val_cache=str(tmp_path / "val_cache"), model=temporal)
     train(cache_cfg)
@@ -108,7 +111,7 @@ def test_outputs_checkpoints_and_model(tmp_path: Path) -> None:
     assert not any(name.endswith((".pt", ".pth", ".bin", ".pkl")) for name in files)
     model = load_classifier(tmp_path / "model")
     assert model.class_names == read_annotations(tiny_video_dataset() / "train.txt")[1]
-    assert model.clip_settings == {"num_frames": 4, "frame_stride": None}
+    assert model.config.sampling == {"name": "uniform", "num_frames": 4}
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["steps"] == 8 and 0 <= results["final"]["val_top1"] <= 1
 
@@ -137,11 +140,11 @@ def test_warmup_cosine_schedule() -> None:
 
 
 def test_config_errors() -> None:
-    with pytest.raises(ValueError, match="train/train_cache"):
+    with pytest.raises(ValueError, match="train_data/train_cache"):
         TrainConfig()
     with pytest.raises(ValueError, match="batch_size"):
-        TrainConfig(train="x.txt", batch_size=0)
+        TrainConfig(train_data="x.txt", batch_size=0)
     with pytest.raises(ValueError, match="unknown SpoolConfig fields"):
-        TrainConfig(train="x.txt", model={"num_layers": 2})
+        TrainConfig(train_data="x.txt", model={"num_layers": 2})
     with pytest.raises(ValueError, match="unknown keys"):
         TrainConfig.from_dict({"train": "x.txt", "learning_rate": 1})

@@ -25,7 +25,7 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     root = tiny_video_dataset()
     # Augmentation on (it is seeded per sample); dropout off: its masks depend on how the
     # batch is split over ranks, so only dropout-free runs can agree bit for bit.
-    config = dict(train=str(root / "train.txt"), val=str(root / "val.txt"),
+    config = dict(train_data=str(root / "train.txt"), val_data=str(root / "val.txt"),
                   model=dict(TINY_MODEL), num_frames=4, epochs=2, batch_size=4, lr=3e-3,
                   warmup_epochs=0.5, num_workers=1, tensorboard=False, quiet=True, seed=7,
                   device="cpu")

@@ -3,53 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 from pathlib import Path
 
-import torch
+from spool.cli_args import add_model_argument, positive_float, positive_int
 
 EPILOG = """\
 examples:
-  spool extract videos/ --out feats/ --checkpoint runs/k400/final
+  spool extract videos/ --out feats/ --checkpoint runs/k400/model
   spool extract list.txt --out feats/ --sampler sliding --clip-len 16 --stride 8 --save-features
+  spool extract videos/ --out feats/ --model backbone_name=/models/dinov2-small
   torchrun --nproc_per_node=8 -m spool.cli extract videos/ --out feats/ --checkpoint ckpt/
 
 Each video gives OUT/NAME.safetensors with 'context' [n_clips, 2D] (fp32),
 'frame_indices' and 'timestamps' [n_clips, T], and with --save-features 'features'
-[n_clips, T+2, L, D] (fp16). Re-running the same command skips finished videos. Videos that
+[n_clips, T+2, L, D] (fp16). Re-running the same command skips finished videos (outputs are
+redone when the weights, the sampler, the preprocessing or the dtype change). Videos that
 cannot be read are listed in OUT/failures.csv; the exit code is 1 if any failed.
 """
-
-
-def build_model(args: argparse.Namespace):
-    from spool import Spool, SpoolConfig
-
-    if args.checkpoint:
-        marker = Path(args.checkpoint) / "classifier.json"
-        if marker.is_file():
-            from spool.models.classification import SpoolForVideoClassification, load_classifier
-
-            classifier = load_classifier(args.checkpoint)
-            if not isinstance(classifier, SpoolForVideoClassification):
-                raise ValueError(f"--checkpoint: {args.checkpoint} holds a "
-                                 f"{type(classifier).__name__}, which has no Spool features")
-            return classifier.spool
-        return Spool.from_pretrained(args.checkpoint)
-    backbone_config = None
-    if args.backbone_config:
-        backbone_config = json.loads(Path(args.backbone_config).read_text())
-    torch.manual_seed(0)  # untrained temporal layers: at least the same ones every run
-    config = SpoolConfig(num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_lookback_heads=args.heads - args.lookahead_heads,
-                         num_lookahead_heads=args.lookahead_heads, image_size=args.image_size,
-                         local_frame_range=args.local_frame_range,
-                         backbone_name=args.backbone, backbone_config=backbone_config)
-    print("note: no --checkpoint, so the temporal layers are untrained (seed 0); the backbone "
-          "tokens in 'features' are still meaningful", file=sys.stderr)
-    return Spool(config)
 
 
 def build_sampler(args: argparse.Namespace):
@@ -64,21 +36,21 @@ def build_sampler(args: argparse.Namespace):
     return make_sampler("sliding", clip_len=args.clip_len, stride=args.stride)
 
 
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-            "float16": torch.float16}[name]
-
-
 def run(args: argparse.Namespace) -> int:
-    from spool.extract import FeatureExtractor, plan_jobs, remove_stale_temporaries, write_failures
-    from spool.train.distributed import (
+    from spool.distributed import (
         all_gather_objects,
         barrier,
         cleanup_distributed,
         setup_distributed,
     )
+    from spool.extract import (
+        FeatureExtractor,
+        load_feature_model,
+        plan_jobs,
+        remove_stale_temporaries,
+        write_failures,
+    )
+    from spool.runtime import resolve_dtype
 
     dist = setup_distributed(args.device)
     out_dir = Path(args.out)
@@ -87,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
         if dist.is_main:
             remove_stale_temporaries(out_dir, older_than_s=0 if not dist.distributed else 60)
         jobs = plan_jobs(args.inputs, out_dir, dist.rank, dist.world_size)
-        model = build_model(args)
+        model = load_feature_model(args.checkpoint, dict(args.model or []))
         extractor = FeatureExtractor(model, build_sampler(args), batch_size=args.batch_size,
-                                     device=dist.device, dtype=_dtype(args.dtype, dist.device),
+                                     device=dist.device,
+                                     dtype=resolve_dtype(args.dtype, dist.device),
                                      save_features=args.save_features)
         start = time.perf_counter()
         summary = extractor.run(jobs, progress=not args.no_progress, position=dist.local_rank)
@@ -123,30 +96,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", metavar="DIR",
-                   help="a Spool or SpoolForVideoClassification checkpoint (save_pretrained)")
-    m.add_argument("--backbone", default="facebook/dinov2-base", metavar="NAME",
-                   help="without --checkpoint: backbone hub id or local directory "
-                        "(default: %(default)s)")
-    m.add_argument("--backbone-config", metavar="JSON",
-                   help="without --checkpoint: build a randomly initialised backbone from this "
-                        "HF config file (offline tests and demos)")
-    m.add_argument("--layers", type=int, default=12, help="temporal layers (default: 12)")
-    m.add_argument("--heads", type=int, default=12, help="attention heads (default: 12)")
-    m.add_argument("--lookahead-heads", type=int, default=6, help="of --heads (default: 6)")
-    m.add_argument("--local-frame-range", type=int, default=16, help="w (default: 16)")
-    m.add_argument("--image-size", type=int, default=224, help="frame size (default: 224)")
+                   help="a Spool or classifier checkpoint (save_pretrained), or a hub id")
+    add_model_argument(m, "a SpoolConfig field (repeatable): overrides the checkpoint's, or "
+                          "without --checkpoint builds an untrained temporal stack on "
+                          "backbone_name (default facebook/dinov2-base); e.g. "
+                          "backbone_name=DIR, backbone_config=@hf_config.json")
     s = p.add_argument_group("frame sampling")
     s.add_argument("--sampler", choices=["uniform", "fps", "stride", "sliding"],
                    default="uniform", help="how clips are taken (default: %(default)s)")
-    s.add_argument("--num-frames", type=int, default=16,
+    s.add_argument("--num-frames", type=positive_int, default=16,
                    help="uniform: frames spread over the video (default: 16)")
-    s.add_argument("--fps", type=float, default=2.0, help="fps: target rate (default: 2)")
-    s.add_argument("--stride", type=int, default=8,
+    s.add_argument("--fps", type=positive_float, default=2.0,
+                   help="fps: target rate (default: 2)")
+    s.add_argument("--stride", type=positive_int, default=8,
                    help="stride: every k-th frame; sliding: clip start step (default: 8)")
-    s.add_argument("--clip-len", type=int, default=16, help="sliding: frames per clip")
-    s.add_argument("--max-frames", type=int, help="fps/stride: cap on frames per clip")
+    s.add_argument("--clip-len", type=positive_int, default=16, help="sliding: frames per clip")
+    s.add_argument("--max-frames", type=positive_int, help="fps/stride: cap on frames per clip")
     r = p.add_argument_group("running")
-    r.add_argument("--batch-size", type=int, default=4, help="clips per forward (default: 4)")
+    r.add_argument("--batch-size", type=positive_int, default=4,
+                   help="clips per forward (default: 4)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when available, one GPU per torchrun process")
     r.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],

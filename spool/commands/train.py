@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from spool.train.cli import add_train_arguments, config_from_args
+
 EPILOG = """examples:
-  spool train --train data/train.txt --val data/val.txt --model num_hidden_layers=4 \\
+  spool train --train-data data/train.txt --val-data data/val.txt --model num_hidden_layers=4 \\
       --model backbone_name=/models/dinov2-base --epochs 20 --out-dir runs/a
   spool cache --data data/train.txt --out cache/train --model backbone_name=/models/dinov2-base
   spool train --train-cache cache/train --val-cache cache/val --model num_hidden_layers=4 ...
@@ -15,20 +17,13 @@ EPILOG = """examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spool.train.config import config_from_args
-    from spool.train.distributed import cleanup_distributed
-    from spool.train.trainer import train
+    from spool.train.trainer import run_training
 
-    try:
-        train(config_from_args(args))
-    finally:
-        cleanup_distributed()
+    run_training(config_from_args(args))
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from spool.train.config import add_train_arguments
-
     parser = sub.add_parser(
         "train", help="train a video classifier (CPU, GPU, torchrun)",
         description="Train SpoolForVideoClassification (or the frame-pooling baseline) on "

@@ -9,19 +9,21 @@ the worker, the rank or the point a run was resumed from.
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import multiprocessing
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spool.video.io import VideoReader
-from spool.video.samplers import make_sampler
+from spool.video.samplers import FrameSampler
+from spool.video.transforms import FramePreprocessing, RandomResizedCrop
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
 
@@ -125,84 +127,27 @@ def read_annotations(source: str | os.PathLike, class_names: Sequence[str] | Non
     return read_annotation_file(source, class_names)
 
 
-def clip_indices(num_video_frames: int, num_frames: int, offsets: np.ndarray,
-                 frame_stride: int | None = None) -> list[int]:
-    """Frame indices of one clip.
-
-    ``frame_stride=None``: the video is cut into ``num_frames`` equal segments and frame
-    ``i`` is at ``offsets[i]`` (in [0, 1)) inside segment ``i`` (0.5: the centre, as the
-    uniform sampler). Else ``num_frames`` frames ``frame_stride`` apart from a start at
-    ``offsets[0]`` of the free range; short videos repeat their last frame.
-    """
-    n = num_video_frames
-    if frame_stride is None:
-        return [min(int(math.floor((i + float(o)) * n / num_frames)), n - 1)
-                for i, o in enumerate(offsets)]
-    span = (num_frames - 1) * frame_stride + 1
-    start = int(round(float(offsets[0]) * max(n - span, 0)))
-    return [min(start + i * frame_stride, n - 1) for i in range(num_frames)]
-
-
-def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
-                            scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)
-                            ) -> tuple[int, int, int, int]:
-    """(top, left, h, w) covering ``scale`` of the area at aspect ``ratio`` (torchvision's
-    RandomResizedCrop, with a centre crop as fallback)."""
-    area = height * width
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    side = min(height, width)
-    return (height - side) // 2, (width - side) // 2, side, side
-
-
-def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """``frames: [T, h, w, 3]`` uint8 -> ``[T, size, size, 3]`` uint8 (antialiased bilinear)."""
-    if frames.shape[1:3] == (size, size):
-        return frames
-    x = frames.permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-
-
 class VideoClipDataset(Dataset):
-    """Decodes clips of ``num_frames`` frames resized to ``image_size`` (uint8).
+    """Decoded clips of labelled videos, at the model's input size (uint8).
 
-    ``train=True``: random temporal jitter, a random resized crop (``crop_scale``, the same
-    box for all frames of a clip) and, only if ``hflip`` (it swaps left and right motion), a
-    random horizontal flip. ``train=False``: centred frames, a centre square crop, and
-    ``num_clips`` clips spread over the video for test-time averaging.
-    Items: ``{"video": [T, S, S, 3]`` (or ``[K, T, S, S, 3]`` when ``num_clips > 1``),
-    ``"label": int, "index": int}``.
+    ``sampler`` (from :mod:`spool.video.samplers`) chooses the frames and ``preprocessing``
+    brings them to ``S x S``: the same objects serve evaluation, caching and extraction.
+    With an ``augmentation`` hook (e.g. :class:`~spool.video.transforms.RandomResizedCrop`)
+    items are augmented: the sampler draws a randomly placed clip and the hook replaces the
+    preprocessing. Items: ``{"video": [T, S, S, 3]`` (``[K, T, S, S, 3]`` when the sampler
+    gives ``K > 1`` clips), ``"label": int, "index": int}``.
     """
 
     def __init__(self, samples: Sequence[VideoSample], class_names: Sequence[str],
-                 num_frames: int = 16, image_size: int = 224, train: bool = False,
-                 num_clips: int = 1, frame_stride: int | None = None,
-                 crop_scale: tuple[float, float] = (0.4, 1.0), hflip: bool = False,
-                 seed: int = 0) -> None:
-        if num_frames < 1 or num_clips < 1 or image_size < 1:
-            raise ValueError(f"num_frames, num_clips, image_size: expected >= 1, got "
-                             f"{num_frames}, {num_clips}, {image_size}")
-        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-            raise ValueError(f"crop_scale: expected 0 < min <= max <= 1, got {crop_scale}")
+                 sampler: FrameSampler, preprocessing: FramePreprocessing,
+                 augmentation: RandomResizedCrop | None = None, seed: int = 0) -> None:
         self.samples = list(samples)
         self.class_names = list(class_names)
-        self.num_frames = num_frames
-        self.image_size = image_size
-        self.train = train
-        self.num_clips = num_clips
-        self.frame_stride = frame_stride
-        self.crop_scale = tuple(crop_scale)
-        self.hflip = hflip
+        self.sampler = sampler
+        self.preprocessing = preprocessing
+        self.augmentation = augmentation
         self.seed = seed
         self.epoch = 0
-        # The deterministic single clip is the video module's uniform sampler.
-        self._uniform = make_sampler("uniform", num_frames=num_frames)
 
     @classmethod
     def from_source(cls, source: str | os.PathLike, class_names: Sequence[str] | None = None,
@@ -211,6 +156,22 @@ class VideoClipDataset(Dataset):
         samples, names = read_annotations(source, class_names)
         return cls(samples, names, **kwargs)
 
+    @property
+    def num_frames(self) -> int:
+        return self.sampler.num_frames
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
+
+    def settings(self) -> dict[str, object]:
+        """What the items depend on (recorded with a token cache)."""
+        return {"sampler": self.sampler.to_dict(),
+                "preprocessing": dataclasses.asdict(self.preprocessing),
+                "augmentation": (None if self.augmentation is None
+                                 else dataclasses.asdict(self.augmentation)),
+                "seed": self.seed}
+
     def set_epoch(self, epoch: int) -> None:
         """Random choices depend on the epoch: call before each epoch's loader is iterated."""
         self.epoch = epoch
@@ -218,54 +179,52 @@ class VideoClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _clips(self, n: int, rng: np.random.Generator, train: bool) -> list[list[int]]:
-        T, K = self.num_frames, self.num_clips
-        if train:
-            offsets = rng.random(T if self.frame_stride is None else 1)
-            return [clip_indices(n, T, offsets, self.frame_stride)]
-        if K == 1 and self.frame_stride is None:
-            return self._uniform(n)
-        if self.frame_stride is None:
-            return [clip_indices(n, T, np.full(T, (k + 0.5) / K)) for k in range(K)]
-        starts = [0.5] if K == 1 else [k / (K - 1) for k in range(K)]
-        return [clip_indices(n, T, np.array([s]), self.frame_stride) for s in starts]
-
-    def _spatial(self, frames: torch.Tensor, rng: np.random.Generator,
-                 train: bool) -> torch.Tensor:
-        _, H, W, _ = frames.shape
-        if train:
-            top, left, h, w = random_resized_crop_box(H, W, rng, self.crop_scale)
-        else:
-            side = min(H, W)
-            top, left, h, w = (H - side) // 2, (W - side) // 2, side, side
-        frames = resize_frames(frames[:, top:top + h, left:left + w], self.image_size)
-        if train and self.hflip and rng.random() < 0.5:
-            frames = frames.flip(2)
-        return frames
-
     def views(self, index: int, views: Sequence[tuple[int, bool]]) -> list[torch.Tensor]:
-        """For each ``(epoch, train)``, the video ``self[index]`` would give at that epoch in
-        that mode, all from one decode of the file (what a multi-view token cache needs)."""
-        sample = self.samples[index]
+        """For each ``(epoch, augmented)``, the video ``self[index]`` would give at that epoch
+        with or without augmentation, all from one decode of the file (what a multi-view token
+        cache needs). Random choices are drawn from ``(seed, epoch, index)``."""
+        if any(aug for _, aug in views) and self.augmentation is None:
+            raise ValueError("views: augmented views need an augmentation hook")
         rngs = [np.random.default_rng([self.seed, epoch, index]) for epoch, _ in views]
-        with VideoReader(sample.path) as reader:
+        with VideoReader(self.samples[index].path) as reader:
             n = len(reader)
-            plans = [self._clips(n, rng, train) for rng, (_, train) in zip(rngs, views,
-                                                                           strict=True)]
+            fps = reader.info().fps if self.sampler.needs_fps else None
+            plans = [self.sampler(n, fps, rng if aug else None)
+                     for rng, (_, aug) in zip(rngs, views, strict=True)]
             wanted = sorted({i for clips in plans for clip in clips for i in clip})
             frames, _ = reader.get(wanted)
         where = {i: k for k, i in enumerate(wanted)}
         all_frames = torch.from_numpy(frames)
         out = []
-        for rng, (_, train), clips in zip(rngs, views, plans, strict=True):
-            videos = [self._spatial(all_frames[[where[i] for i in clip]], rng, train)
-                      for clip in clips]
+        for rng, (_, aug), clips in zip(rngs, views, plans, strict=True):
+            videos = []
+            for clip in clips:
+                frames = all_frames[[where[i] for i in clip]]
+                videos.append(self.augmentation(frames, self.image_size, rng) if aug
+                              else self.preprocessing(frames))
             out.append(videos[0] if len(videos) == 1 else torch.stack(videos))
         return out
 
     def __getitem__(self, index: int) -> dict[str, object]:
-        video = self.views(index, [(self.epoch, self.train)])[0]
+        video = self.views(index, [(self.epoch, self.augmentation is not None)])[0]
         return {"video": video, "label": self.samples[index].label, "index": index}
+
+
+def worker_context(num_workers: int) -> str | None:
+    """The multiprocessing start method of Spool's DataLoader workers: ``forkserver`` on
+    Linux. Forking a process that runs other threads (tqdm's monitor, torch.compile's, a
+    loader's feeder) can leave a lock held forever in the child, which then hangs."""
+    if num_workers == 0 or sys.platform != "linux":
+        return None
+    global _preloaded
+    if not _preloaded:  # the server imports these once; each worker is forked from it
+        multiprocessing.set_forkserver_preload(["torch", "spool.data.dataset",
+                                                "spool.data.cache"])
+        _preloaded = True
+    return "forkserver"
+
+
+_preloaded = False
 
 
 def worker_init_fn(worker_id: int) -> None:

@@ -6,16 +6,22 @@ import json
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from spool.config import SpoolConfig
+from spool.config import DEFAULT_CROP_PCT, SpoolConfig
+from spool.errors import SpoolLoadError
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else with a slash is a path."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
 
 
 def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
     """Build the HF model from ``config_dict`` (random weights) or load ``name`` (hub id or
-    local directory) with ``from_pretrained``; a clear ``OSError`` when weights are missing."""
+    local directory) with ``from_pretrained``; a :class:`SpoolLoadError` when weights are
+    missing, with a hint that fits what ``name`` is."""
     if config_dict is not None:
         config_dict = dict(config_dict)
         model_type = config_dict.pop("model_type", None)
@@ -23,41 +29,60 @@ def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
             raise ValueError("backbone_config: expected a dict with a 'model_type' key "
                              f"(e.g. 'dinov2'), got keys {sorted(config_dict)}")
         return AutoModel.from_config(AutoConfig.for_model(model_type, **config_dict))
+    if os.path.isdir(name):
+        where, fix = ("a local directory without loadable weights",
+                      "Point backbone_name at a directory holding config.json and "
+                      "model.safetensors (e.g. from `spool backbone import` or `hf download`)")
+    elif _looks_like_path(name):
+        where, fix = ("a local path that does not exist",
+                      "Check the path, or give a hub id such as facebook/dinov2-base")
+    else:
+        where, fix = ("the Hugging Face cache and the hub (offline or not found)",
+                      f"Download the weights where there is network (`hf download {name} "
+                      "--local-dir DIR`) and pass backbone_name=DIR, or run `spool backbone "
+                      "import dinov2-small --out DIR` for DINOv2-S offline")
     try:
         return AutoModel.from_pretrained(name)
     except (OSError, ValueError) as err:
-        where = ("a local directory without loadable weights" if os.path.isdir(name)
-                 else "the Hugging Face cache and the hub (offline or not found)")
-        raise OSError(
-            f"backbone_name={name!r}: could not load backbone weights from {where}. "
-            f"Download them where there is network (`hf download {name} --local-dir DIR`) and "
-            "pass backbone_name=DIR, or pass backbone_config={'model_type': ..., ...} for a "
-            f"randomly initialised backbone. Cause: {err}") from err
+        raise SpoolLoadError(
+            f"backbone_name={name!r}: could not load backbone weights from {where}. {fix}; or "
+            "pass backbone_config={'model_type': ..., ...} for a randomly initialised "
+            f"backbone. Cause: {err}") from err
 
 
-def read_image_normalisation(name: str) -> tuple[list[float], list[float]] | None:
-    """The backbone's own mean/std from a local ``preprocessor_config.json``, if there is one."""
+def read_backbone_preprocessing(name: str) -> dict[str, object]:
+    """The backbone's own normalisation and crop from a local ``preprocessor_config.json``:
+    ``image_mean``, ``image_std`` and ``crop_pct`` (crop size / shortest edge), where given."""
     path = os.path.join(name, "preprocessor_config.json")
     if not os.path.isfile(path):
-        return None
-    with open(path) as f:
+        return {}
+    with open(path, encoding="utf-8") as f:
         data = json.load(f)
+    found: dict[str, object] = {}
     if "image_mean" in data and "image_std" in data:
-        return list(data["image_mean"]), list(data["image_std"])
-    return None
+        found.update(image_mean=list(data["image_mean"]), image_std=list(data["image_std"]))
+    size, crop = data.get("size"), data.get("crop_size")
+    if data.get("do_center_crop") and isinstance(size, dict) and isinstance(crop, dict):
+        edge, side = size.get("shortest_edge"), crop.get("height")
+        if edge and side and side <= edge:
+            found["crop_pct"] = side / edge
+    return found
 
 
 class FrameEncoder(nn.Module):
     """Turns ``video: [B, T, H, W, 3]`` into backbone tokens ``[B, T, L, D]``.
 
-    Frames are resized to ``image_size`` and normalised with the backbone's mean/std here,
-    and go through the backbone ``backbone_chunk_size`` frames at a time so memory stays
-    bounded for long videos. Frozen by default: no gradients, always in eval mode.
+    Frames not yet at ``image_size x image_size`` are brought there by the config's
+    preprocessing policy (frames at that size are taken as already preprocessed, which is what
+    every Spool pipeline hands over), then normalised with the backbone's mean/std, and go
+    through the backbone ``backbone_chunk_size`` frames at a time so memory stays bounded.
+    Frozen by default: no gradients, always in eval mode.
     """
 
     def __init__(self, config: SpoolConfig) -> None:
         super().__init__()
         self.model = load_backbone(config.backbone_name, config.backbone_config)
+        self.preprocessing = config.preprocessing()
         self.image_size = config.image_size
         self.chunk_size = config.backbone_chunk_size
         self.frozen = config.freeze_backbone
@@ -81,12 +106,11 @@ class FrameEncoder(nn.Module):
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """``frames: [N, H, W, 3]`` uint8 or float in [0, 1] -> pixels ``[N, 3, S, S]``."""
+        if frames.shape[1:3] != (self.image_size, self.image_size):
+            frames = self.preprocessing(frames)
         pixels = frames.permute(0, 3, 1, 2).to(self.mean.dtype)
         if frames.dtype == torch.uint8:
             pixels = pixels / 255.0
-        if pixels.shape[-2:] != (self.image_size, self.image_size):
-            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size),
-                                   mode="bilinear", antialias=True, align_corners=False)
         return (pixels - self.mean) / self.std
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -122,9 +146,12 @@ def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]
     normalisation (from a local ``preprocessor_config.json``), ``hidden_size`` and
     ``num_spatial_tokens``."""
     if config.backbone_config is None:
-        norm = read_image_normalisation(config.backbone_name)
-        if norm is not None:
-            config = config.replace(image_mean=norm[0], image_std=norm[1])
+        found = read_backbone_preprocessing(config.backbone_name)
+        if config.crop_pct is not None:  # an explicit choice wins over the backbone's
+            found.pop("crop_pct", None)
+        config = config.replace(**found)
+    if config.crop_pct is None:
+        config = config.replace(crop_pct=DEFAULT_CROP_PCT)
     encoder = FrameEncoder(config)
     return encoder, config.replace(hidden_size=encoder.hidden_size,
                                    num_spatial_tokens=encoder.count_tokens())

@@ -1,3 +1,21 @@
+"""Spool models; importing this package registers every architecture for ``load_pretrained``."""
+
+from spool.models.classification import (
+    FramePoolingForVideoClassification,
+    SpoolForVideoClassification,
+    load_classifier,
+)
+from spool.models.frame_encoder import FrameEncoderModel
+from spool.models.pretrained import SpoolPreTrainedModel, load_pretrained
 from spool.models.spool import Spool, SpoolOutput
 
-__all__ = ["Spool", "SpoolOutput"]
+__all__ = [
+    "FrameEncoderModel",
+    "FramePoolingForVideoClassification",
+    "Spool",
+    "SpoolForVideoClassification",
+    "SpoolOutput",
+    "SpoolPreTrainedModel",
+    "load_classifier",
+    "load_pretrained",
+]

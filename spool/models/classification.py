@@ -2,13 +2,12 @@
 
 Both take either decoded video ``[B, T, H, W, 3]`` or cached backbone tokens ``[B, T, L, D]``
 (``model(tokens=...)``), so a frozen backbone's tokens can be cached once and the rest trained
-on the cache. Both are saved as ``config.json`` + ``model.safetensors`` + ``classifier.json``
-(which class to rebuild); :func:`load_classifier` reads any of them back.
+on the cache. Both are saved as ``config.json`` (which names the class) + ``model.safetensors``;
+:func:`load_classifier` reads either back.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, NamedTuple
 
@@ -17,12 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from spool.config import SpoolConfig
-from spool.layers.backbone import FrameEncoder, build_frame_encoder
-from spool.models.pretrained import PretrainedMixin
+from spool.layers.backbone import FrameEncoder
+from spool.models.frame_encoder import config_and_frame_encoder
+from spool.models.pretrained import SpoolPreTrainedModel, load_pretrained
 from spool.models.spool import Spool
 from spool.validation import check_tokens, check_video
-
-CLASSIFIER_NAME = "classifier.json"
 
 
 class ClassifierOutput(NamedTuple):
@@ -48,13 +46,20 @@ def _check_labels(labels: torch.Tensor, batch: int, num_labels: int) -> None:
                          f"[{labels.min().item()}, {labels.max().item()}]")
 
 
-class _ClassifierBase(PretrainedMixin, nn.Module):
-    """Shared ``forward(video | tokens, labels)`` and saving with an architecture marker."""
+def clip_classification_loss(logits: torch.Tensor, labels: torch.Tensor,
+                             label_smoothing: float = 0.0, reduction: str = "mean"
+                             ) -> torch.Tensor:
+    """The clip classifiers' loss: cross-entropy of ``logits [B, C]`` against ``labels [B]``
+    (computed in fp32 whatever the autocast dtype)."""
+    return F.cross_entropy(logits.float(), labels.long(), label_smoothing=label_smoothing,
+                           reduction=reduction)
+
+
+class VideoClassifier(SpoolPreTrainedModel):
+    """Shared ``forward(video | tokens, labels)`` of the clip classifiers."""
 
     config: SpoolConfig
-    architecture: str = ""
-    # How clips were sampled in training (num_frames, frame_stride): eval's defaults.
-    clip_settings: dict[str, Any] = {}
+    loss_function = staticmethod(clip_classification_loss)
 
     def logits_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -77,7 +82,7 @@ class _ClassifierBase(PretrainedMixin, nn.Module):
         loss = None
         if labels is not None:
             _check_labels(labels, logits.shape[0], logits.shape[1])
-            loss = F.cross_entropy(logits.float(), labels.long())
+            loss = self.loss_function(logits, labels)
         return ClassifierOutput(logits, loss)
 
     def forward_tokens(self, tokens: torch.Tensor,
@@ -89,21 +94,13 @@ class _ClassifierBase(PretrainedMixin, nn.Module):
     def class_names(self) -> list[str]:
         return list(self.config.class_names or [])
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        super().save_pretrained(directory)
-        with open(os.path.join(directory, CLASSIFIER_NAME), "w") as f:
-            json.dump({"architecture": self.architecture, "clip": self.clip_settings}, f)
-            f.write("\n")
 
-
-class SpoolForVideoClassification(_ClassifierBase):
+class SpoolForVideoClassification(VideoClassifier):
     """Spool + ``dropout -> Linear(2D, C)`` on the clip context ``[B, 2D]``.
 
     ``SpoolForVideoClassification(config, class_names=[...])``; ``with_backbone=False``
     builds only the temporal part (for training on cached tokens).
     """
-
-    architecture = "SpoolForVideoClassification"
 
     def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
                  **kwargs: Any) -> None:
@@ -115,8 +112,12 @@ class SpoolForVideoClassification(_ClassifierBase):
         nn.init.trunc_normal_(self.classifier.weight, std=self.config.initializer_range)
         nn.init.zeros_(self.classifier.bias)
 
-    def config_for_saving(self) -> SpoolConfig:
-        return self.spool.config_for_saving()
+    @property
+    def frame_encoder(self) -> FrameEncoder | None:
+        return self.spool.backbone
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"spool.{name}" for name in self.spool.no_weight_decay()}
 
     def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
         """``video: [B, T, H, W, 3]`` -> backbone tokens ``[B, T, L, D]``."""
@@ -128,7 +129,7 @@ class SpoolForVideoClassification(_ClassifierBase):
         return self.classifier(self.dropout(context))
 
 
-class FramePoolingForVideoClassification(_ClassifierBase):
+class FramePoolingForVideoClassification(VideoClassifier):
     """Baseline: the same backbone with the temporal stack removed.
 
     ``logits = Linear(D, C)(dropout(LayerNorm(mean over T and L of the backbone tokens)))``.
@@ -136,30 +137,17 @@ class FramePoolingForVideoClassification(_ClassifierBase):
     in a different order get the same logits. Temporal fields of the config are ignored.
     """
 
-    architecture = "FramePoolingForVideoClassification"
-
     def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
                  **kwargs: Any) -> None:
         super().__init__()
-        config = SpoolConfig(**kwargs) if config is None else config.replace(**kwargs)
-        self.backbone: FrameEncoder | None = None
-        if with_backbone:
-            self.backbone, config = build_frame_encoder(config)
-        elif config.hidden_size is None or config.num_spatial_tokens is None:
-            raise ValueError("with_backbone=False: config.hidden_size and "
-                             "config.num_spatial_tokens must be set, got "
-                             f"{config.hidden_size} and {config.num_spatial_tokens}")
+        self.backbone: FrameEncoder | None
+        config, self.backbone = config_and_frame_encoder(config, kwargs, with_backbone)
         self.config = config
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, _num_labels(config))
         nn.init.trunc_normal_(self.classifier.weight, std=config.initializer_range)
         nn.init.zeros_(self.classifier.bias)
-
-    def config_for_saving(self) -> SpoolConfig:
-        if self.backbone is not None and self.config.backbone_config is None:
-            return self.config.replace(backbone_config=self.backbone.model.config.to_dict())
-        return self.config
 
     def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
         """``video: [B, T, H, W, 3]`` -> backbone tokens ``[B, T, L, D]``."""
@@ -174,32 +162,24 @@ class FramePoolingForVideoClassification(_ClassifierBase):
         return self.classifier(self.dropout(self.norm(tokens.mean(dim=(1, 2)))))
 
 
-ARCHITECTURES: dict[str, type[_ClassifierBase]] = {
-    cls.architecture: cls
-    for cls in (SpoolForVideoClassification, FramePoolingForVideoClassification)
-}
+ARCHITECTURE_ALIASES = {"spool": SpoolForVideoClassification,
+                        "frame_pooling": FramePoolingForVideoClassification}
 
 
-def classifier_class(name: str) -> type[_ClassifierBase]:
+def classifier_class(name: str) -> type[VideoClassifier]:
     """The classifier class for an architecture name (``spool`` / ``frame_pooling`` too)."""
-    aliases = {"spool": SpoolForVideoClassification.architecture,
-               "frame_pooling": FramePoolingForVideoClassification.architecture}
-    name = aliases.get(name, name)
-    if name not in ARCHITECTURES:
-        raise ValueError(f"architecture: expected one of {sorted(aliases)} or "
-                         f"{sorted(ARCHITECTURES)}, got {name!r}")
-    return ARCHITECTURES[name]
+    known = {cls.__name__: cls for cls in ARCHITECTURE_ALIASES.values()}
+    cls = ARCHITECTURE_ALIASES.get(name) or known.get(name)
+    if cls is None:
+        raise ValueError(f"architecture: expected one of {sorted(ARCHITECTURE_ALIASES)} or "
+                         f"{sorted(known)}, got {name!r}")
+    return cls
 
 
-def load_classifier(directory: str | os.PathLike, **kwargs: Any) -> _ClassifierBase:
-    """Load any classifier written by ``save_pretrained`` (reads ``classifier.json``)."""
-    path = os.path.join(directory, CLASSIFIER_NAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: not found; is {directory} a classifier checkpoint "
-                                "(written by SpoolForVideoClassification.save_pretrained)?")
-    with open(path) as f:
-        meta = json.load(f)
-    model = classifier_class(meta.get("architecture", "")).from_pretrained(directory, **kwargs)
-    model.clip_settings = dict(meta.get("clip") or {})
+def load_classifier(directory: str | os.PathLike, **kwargs: Any) -> VideoClassifier:
+    """Load a clip classifier written by ``save_pretrained`` (``load_pretrained``, checked)."""
+    model = load_pretrained(directory, **kwargs)
+    if not isinstance(model, VideoClassifier):
+        raise ValueError(f"{directory}: holds a {type(model).__name__}, not a video "
+                         "classifier")
     return model
-

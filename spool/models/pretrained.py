@@ -1,69 +1,219 @@
-"""``save_pretrained`` / ``from_pretrained`` shared by the Spool models."""
+"""Saving and loading Spool models: ``config.json`` + ``model.safetensors``, local or on the hub.
+
+Every artifact (Spool, the classifiers, the frame encoder of a token cache) names its class in
+``config.json``'s ``architectures``, as transformers does, and :func:`load_pretrained` rebuilds
+whichever it is. Loading is strict: every tensor must be present with its shape. Hub ids go
+through ``huggingface_hub`` (``PyTorchModelHubMixin``), which also gives ``push_to_hub`` with a
+model card.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from typing import Any
+import re
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
+from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch import nn
 
-from spool.config import SpoolConfig
+from spool.config import CONFIG_NAME, SpoolConfig
+from spool.errors import CheckpointMismatchError, CheckpointNotFoundError, SpoolLoadError
 from spool.io_utils import atomic_save_safetensors
 
 WEIGHTS_NAME = "model.safetensors"
+LEGACY_CLASSIFIER_NAME = "classifier.json"  # written before config.json named architectures
+MODEL_CLASSES: dict[str, type[SpoolPreTrainedModel]] = {}
+_BACKBONE_KEY = re.compile(r"(^|\.)backbone\.")
 
 
-def check_and_load_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor],
-                              source: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
-    """Load ``state`` strictly; any missing, unexpected or mis-shaped tensor is a
-    ``ValueError`` naming the tensor."""
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a :class:`SpoolLoadError` naming a damaged file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(f"{path}: missing weights file")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SpoolLoadError(f"{path}: not a readable safetensors file ({err}); it may be "
+                             "damaged or half-written") from err
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """Short hash of tensor names and values: equal only for identical weights."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_backbone_digest(directory: str | os.PathLike) -> str | None:
+    """:func:`weights_digest` of the frame encoder inside a saved checkpoint (keys below its
+    ``backbone.``), comparable with the live module's ``frame_encoder.state_dict()``."""
+    state = read_weights(Path(directory) / WEIGHTS_NAME)
+    found = {}
+    for key, value in state.items():
+        match = _BACKBONE_KEY.search(key)
+        if match is not None:
+            found[key[match.end():]] = value
+    return weights_digest(found) if found else None
+
+
+def check_and_load_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
+                              ignore_backbone: bool = False) -> None:
+    """Load ``state`` strictly; a missing, unexpected or mis-shaped tensor is a
+    :class:`CheckpointMismatchError` naming it."""
     own = module.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefixes)}
+    if ignore_backbone:
+        state = {k: v for k, v in state.items() if not _BACKBONE_KEY.search(k)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{source}: checkpoint does not match the model built from its config: "
-                         f"missing tensors {missing[:10]}, unexpected tensors {unexpected[:10]}")
+        raise CheckpointMismatchError(
+            f"{source}: checkpoint does not match the model built from its config: missing "
+            f"tensors {missing[:10]}, unexpected tensors {unexpected[:10]}")
     mismatched = [f"{name!r} has shape {tuple(value.shape)} in the checkpoint but "
                   f"{tuple(own[name].shape)} in the model"
                   for name, value in state.items() if value.shape != own[name].shape]
     if mismatched:
-        raise ValueError(f"{source}: tensors do not match the model built from its config: "
-                         + "; ".join(mismatched[:10]))
+        raise CheckpointMismatchError(f"{source}: tensors do not match the model built from "
+                                      "its config: " + "; ".join(mismatched[:10]))
     module.load_state_dict(state)
 
 
-class PretrainedMixin:
-    """``config.json`` + ``model.safetensors``, in the style of HF transformers."""
+def resolve_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Path:
+    """A local checkpoint directory, or the snapshot of hub id ``name_or_path``."""
+    name = os.fspath(name_or_path)
+    if os.path.isdir(name):
+        return Path(name)
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 \
+            or os.path.exists(name):
+        raise CheckpointNotFoundError(
+            f"{name!r}: not a directory. Spool checkpoints are directories with {CONFIG_NAME} "
+            f"and {WEIGHTS_NAME}, written by save_pretrained")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=["*.json", WEIGHTS_NAME],
+                                      **hub_kwargs))
+    except Exception as err:  # offline, unknown id, no access: one message for all
+        raise CheckpointNotFoundError(
+            f"{name!r}: no local directory of that name, and the hub could not provide it "
+            f"(offline or not found). Download it where there is network (`hf download {name} "
+            f"--local-dir DIR`) and pass DIR. Cause: {type(err).__name__}: {err}") from err
+
+
+def checkpoint_architecture(config: SpoolConfig, directory: Path) -> str | None:
+    """The class a checkpoint holds: ``architectures[0]``, or the legacy marker file's."""
+    if config.architectures:
+        return config.architectures[0]
+    legacy = directory / LEGACY_CLASSIFIER_NAME
+    if legacy.is_file():
+        return json.loads(legacy.read_text()).get("architecture")
+    return None
+
+
+class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool",
+                           tags=["video", "video-classification", "spool"]):
+    """Base of every saveable Spool model: a :class:`SpoolConfig` and strict safetensors.
+
+    Subclasses register themselves by class name, which ``save_pretrained`` writes into
+    ``config.json``'s ``architectures`` and :func:`load_pretrained` reads back.
+    """
 
     config: SpoolConfig
+    # Constructor keywords that are not config fields (``from_pretrained`` passes them on).
+    init_keywords: ClassVar[tuple[str, ...]] = ("with_backbone",)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        MODEL_CLASSES[cls.__name__] = cls
+
+    @property
+    def frame_encoder(self) -> nn.Module | None:
+        """The backbone module (``FrameEncoder``), or None for a temporal-only model."""
+        return getattr(self, "backbone", None)
 
     def config_for_saving(self) -> SpoolConfig:
-        return self.config
+        """The config written with the weights: it names the class and, since the weights
+        hold the backbone, its architecture (so loading never needs the hub)."""
+        config = self.config.replace(architectures=[type(self).__name__])
+        encoder = self.frame_encoder
+        if encoder is not None and config.backbone_config is None:
+            config = config.replace(backbone_config=encoder.model.config.to_dict())
+        return config
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (atomically) to ``directory``."""
-        os.makedirs(directory, exist_ok=True)
-        atomic_save_safetensors(self.state_dict(), os.path.join(directory, WEIGHTS_NAME),
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters the optimizer must not decay (biases and norms aside)."""
+        return set()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *,
+                        model_card_kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (each atomically); a model card
+        (``README.md``) only on the way to the hub."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_save_safetensors(self.state_dict(), directory / WEIGHTS_NAME,
                                 metadata={"format": "pt"})
         self.config_for_saving().save_pretrained(directory)
+        if model_card_kwargs is not None:
+            self.generate_model_card(**model_card_kwargs).save(directory / "README.md")
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload ``save_pretrained``'s files and a model card to the hub."""
+        kwargs["model_card_kwargs"] = kwargs.get("model_card_kwargs") or {}
+        return super().push_to_hub(repo_id, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any):
-        """Load a directory written by ``save_pretrained``; ``kwargs`` override config fields
-        (e.g. ``attn_implementation``) or are passed to the constructor (``with_backbone``)."""
-        directory = os.fspath(directory)
-        if not os.path.isdir(directory):
-            raise OSError(f"{directory!r}: not a directory. Spool checkpoints are directories "
-                          "with config.json and model.safetensors, written by save_pretrained")
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
+                        revision: str | None = None, cache_dir: str | None = None,
+                        local_files_only: bool = False, token: str | bool | None = None,
+                        force_download: bool = False, **kwargs: Any):
+        """Load a local directory or hub id written by ``save_pretrained``.
+
+        ``kwargs`` override config fields (e.g. ``attn_implementation``) or are constructor
+        keywords (``with_backbone=False``: the temporal part only, for cached tokens).
+        """
+        directory = resolve_checkpoint(
+            pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+            local_files_only=local_files_only, token=token, force_download=force_download)
         config = SpoolConfig.from_pretrained(directory)
-        init_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k == "with_backbone"}
-        config = config.replace(**kwargs)
-        model = cls(config, **init_kwargs)
-        path = os.path.join(directory, WEIGHTS_NAME)
-        if not os.path.isfile(path):
-            raise OSError(f"{path}: missing weights file ({WEIGHTS_NAME})")
-        ignore = () if init_kwargs.get("with_backbone", True) else ("backbone.", "spool.backbone.")
-        check_and_load_state_dict(model, load_file(path), path, ignore)
+        held = checkpoint_architecture(config, directory)
+        if held is not None and held != cls.__name__:
+            raise CheckpointMismatchError(
+                f"{directory}: holds a {held}, not a {cls.__name__}; load it with "
+                f"spool.models.load_pretrained (or {held}.from_pretrained)")
+        init = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.init_keywords}
+        with_backbone = init.get("with_backbone", True)
+        if with_backbone and config.backbone_config is None:
+            raise SpoolLoadError(
+                f"{directory / CONFIG_NAME}: no backbone_config, so building the backbone would "
+                f"fetch {config.backbone_name!r} although {WEIGHTS_NAME} holds its weights; "
+                "save the model with save_pretrained, which records it")
+        model = cls(config.replace(**kwargs), **init)
+        weights = directory / WEIGHTS_NAME
+        check_and_load_state_dict(model, read_weights(weights), str(weights),
+                                  ignore_backbone=not with_backbone)
         return model
+
+
+def load_pretrained(pretrained_model_name_or_path: str | os.PathLike,
+                    **kwargs: Any) -> SpoolPreTrainedModel:
+    """Load any Spool artifact: the class named by its ``config.json`` (``Spool`` when a
+    legacy checkpoint names none)."""
+    import spool.models  # noqa: F401  (registers every model class)
+
+    directory = resolve_checkpoint(pretrained_model_name_or_path, **{
+        k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only", "token",
+                                   "force_download") if k in kwargs})
+    held = checkpoint_architecture(SpoolConfig.from_pretrained(directory), directory) or "Spool"
+    if held not in MODEL_CLASSES:
+        raise SpoolLoadError(f"{directory / CONFIG_NAME}: unknown architecture {held!r}; known: "
+                             f"{sorted(MODEL_CLASSES)}")
+    return MODEL_CLASSES[held].from_pretrained(directory, **kwargs)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from spool.config import SpoolConfig
-from spool.layers.backbone import FrameEncoder, build_frame_encoder
+from spool.layers.backbone import FrameEncoder
 from spool.layers.context import ContextFrames, pool_context
 from spool.layers.transformer import TemporalTransformer
-from spool.models.pretrained import PretrainedMixin
+from spool.models.frame_encoder import config_and_frame_encoder
+from spool.models.pretrained import SpoolPreTrainedModel
 from spool.validation import check_tokens, check_video
 
 
@@ -33,7 +33,7 @@ def _init_weights(module: nn.Module, std: float) -> None:
         nn.init.zeros_(module.bias)
 
 
-class Spool(PretrainedMixin, nn.Module):
+class Spool(SpoolPreTrainedModel):
     """Bidirectional temporal transformer over a foundation image model.
 
     ``Spool(num_hidden_layers=12, num_attention_heads=12, num_lookahead_heads=6,
@@ -50,30 +50,16 @@ class Spool(PretrainedMixin, nn.Module):
     def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
                  **kwargs: Any) -> None:
         super().__init__()
-        if config is None:
-            config = SpoolConfig(**kwargs)
-        elif kwargs:
-            config = config.replace(**kwargs)
-        else:
-            config = dataclasses.replace(config)
-        self.backbone: FrameEncoder | None = None
-        if with_backbone:
-            self.backbone, config = build_frame_encoder(config)
-        elif config.hidden_size is None or config.num_spatial_tokens is None:
-            raise ValueError("with_backbone=False: config.hidden_size and "
-                             "config.num_spatial_tokens must be set (they describe the cached "
-                             f"tokens), got {config.hidden_size} and {config.num_spatial_tokens}")
+        self.backbone: FrameEncoder | None
+        config, self.backbone = config_and_frame_encoder(config, kwargs, with_backbone)
         self.config = config
         self.context_frames = ContextFrames(config.num_spatial_tokens, config.hidden_size,
                                             config.initializer_range)
         self.temporal = TemporalTransformer(config)
         self.temporal.apply(lambda m: _init_weights(m, config.initializer_range))
 
-    def config_for_saving(self) -> SpoolConfig:
-        if self.backbone is not None and self.config.backbone_config is None:
-            # Saved weights include the backbone, so loading needs its architecture only.
-            return self.config.replace(backbone_config=self.backbone.model.config.to_dict())
-        return self.config
+    def no_weight_decay(self) -> set[str]:
+        return {"context_frames.start", "context_frames.end"}
 
     def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
         """``video: [B, T, H, W, 3]`` -> backbone tokens ``[B, T, L, D]`` (what to cache)."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spool.commands.train import run
-from spool.train.config import add_train_arguments
+from spool.train.cli import add_train_arguments, config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,9 +14,11 @@ def main(argv: list[str] | None = None) -> int:
     add_train_arguments(parser)
     args = parser.parse_args(argv)
     from spool.runtime import tune_cpu_allocator
+    from spool.train.trainer import run_training
 
     tune_cpu_allocator()
-    return run(args)
+    run_training(config_from_args(args))
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,57 +4,58 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from spool.config import SpoolConfig
 from spool.data.cache import CachedTokenDataset, cache_backbone_config, load_cache_backbone
 from spool.data.dataset import VideoClipDataset, read_annotations
-from spool.models.classification import CLASSIFIER_NAME, classifier_class, load_classifier
-from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
-from spool.train.config import BACKBONE_FIELDS, TrainConfig
+from spool.models.classification import VideoClassifier, classifier_class
+from spool.models.pretrained import load_pretrained
+from spool.models.spool import Spool
+from spool.train.config import TrainConfig
+from spool.video.samplers import clip_sampler
+from spool.video.transforms import RandomResizedCrop
 
 
 def model_config(cfg: TrainConfig) -> SpoolConfig:
     """The SpoolConfig of the run without class names: from the cache, ``init`` or ``model``."""
     overrides = dict(cfg.model)
     if cfg.architecture == "frame_pooling":
-        # No temporal stack: one nominal head, so any hidden size passes validation.
-        overrides = {"num_hidden_layers": 0, "num_attention_heads": 1, "num_lookback_heads": 1,
-                     "num_lookahead_heads": 0, **overrides}
+        overrides = {"num_hidden_layers": 0, **overrides}  # no temporal stack
     if cfg.gradient_checkpointing:
         overrides["gradient_checkpointing"] = True
     if cfg.train_cache is not None:
         cached = cache_backbone_config(cfg.train_cache)
-        clash = {k: v for k, v in overrides.items()
-                 if k in BACKBONE_FIELDS and v != getattr(cached, k)}
+        fixed = SpoolConfig.FRAME_ENCODER_FIELDS
+        clash = {k: v for k, v in overrides.items() if k in fixed and v != getattr(cached, k)}
         if clash:
             raise ValueError(f"model: {sorted(clash)} differ from the backbone the token cache "
                              f"{cfg.train_cache} was made with; rebuild the cache instead")
-        # Only the backbone comes from the cache; the temporal part is this run's choice.
-        keep = (*BACKBONE_FIELDS, "freeze_backbone", "backbone_chunk_size")
+        # Only the frame encoder comes from the cache; the temporal part is this run's choice.
+        keep = (*fixed, "freeze_backbone", "backbone_chunk_size")
         return SpoolConfig(**{**{k: getattr(cached, k) for k in keep}, **overrides})
     if cfg.init is not None:
-        return SpoolConfig.from_pretrained(cfg.init).replace(**overrides)
+        return load_pretrained(cfg.init, with_backbone=False).config.replace(
+            architectures=None, **overrides)
     return SpoolConfig(**overrides)
 
 
-def build_datasets(cfg: TrainConfig, image_size: int | None = None
+def build_datasets(cfg: TrainConfig, config: SpoolConfig
                    ) -> tuple[Dataset, Dataset | None, list[str]]:
-    """(train, val or None, class names); the val set uses the train set's class names."""
+    """(train, val or None, class names); the val set uses the train set's class names. Video
+    datasets use ``config``'s preprocessing policy."""
     if cfg.train_cache is not None:
-        train: Dataset = CachedTokenDataset(cfg.train_cache, train=cfg.augment, seed=cfg.seed)
+        train: Dataset = CachedTokenDataset(cfg.train_cache, augment=cfg.augment,
+                                            seed=cfg.seed)
         names = train.class_names
     else:
-        samples, names = read_annotations(cfg.train)
-        train = VideoClipDataset(samples, names, num_frames=cfg.num_frames,
-                                 image_size=image_size or 224, train=cfg.augment,
-                                 frame_stride=cfg.frame_stride,
-                                 crop_scale=tuple(cfg.crop_scale), hflip=cfg.hflip,
-                                 seed=cfg.seed)
+        samples, names = read_annotations(cfg.train_data)
+        augmentation = (RandomResizedCrop(tuple(cfg.crop_scale), cfg.hflip) if cfg.augment
+                        else None)
+        train = VideoClipDataset(samples, names, clip_sampler(cfg.num_frames, cfg.frame_stride),
+                                 config.preprocessing(), augmentation, seed=cfg.seed)
     val: Dataset | None = None
     if cfg.val_cache is not None:
         val = CachedTokenDataset(cfg.val_cache)
@@ -66,47 +67,46 @@ def build_datasets(cfg: TrainConfig, image_size: int | None = None
             raise ValueError(f"val_cache: {cfg.val_cache} was made by other backbone weights "
                              f"than {cfg.train_cache}; cache both with the same backbone "
                              f"(spool cache --init {cfg.train_cache}/backbone)")
-    elif cfg.val is not None:
-        samples, _ = read_annotations(cfg.val, names)
-        val = VideoClipDataset(samples, names, num_frames=cfg.num_frames,
-                               image_size=image_size or 224, num_clips=cfg.num_clips,
-                               frame_stride=cfg.frame_stride, seed=cfg.seed)
+    elif cfg.val_data is not None:
+        samples, _ = read_annotations(cfg.val_data, names)
+        sampler = clip_sampler(cfg.num_frames, cfg.frame_stride, cfg.num_clips)
+        val = VideoClipDataset(samples, names, sampler, config.preprocessing(), seed=cfg.seed)
     return train, val, names
 
 
-def build_model(cfg: TrainConfig, config: SpoolConfig, class_names: list[str]) -> nn.Module:
+def build_model(cfg: TrainConfig, config: SpoolConfig, class_names: list[str]
+                ) -> VideoClassifier:
     """The classifier, seeded; backbone weights from the cache, or ``init``'s weights."""
     cls = classifier_class(cfg.architecture)
-    init = Path(cfg.init) if cfg.init is not None else None
-    if init is not None and (init / CLASSIFIER_NAME).is_file():
-        model = load_classifier(init, **cfg.model)
-        if not isinstance(model, cls) or model.class_names != class_names:
-            raise ValueError(f"init: {init} is a {type(model).__name__} for classes "
-                             f"{model.class_names}; this run trains {cls.__name__} on "
-                             f"{class_names}")
-        return model
+    if cfg.init is not None:
+        init = load_pretrained(cfg.init, **cfg.model)
+        if isinstance(init, VideoClassifier):
+            if not isinstance(init, cls) or init.class_names != class_names:
+                raise ValueError(f"init: {cfg.init} is a {type(init).__name__} for classes "
+                                 f"{init.class_names}; this run trains {cls.__name__} on "
+                                 f"{class_names}")
+            return init
+        if not isinstance(init, Spool) or cls is not classifier_class("spool"):
+            raise ValueError(f"init: {cfg.init} holds a {type(init).__name__}; it can start "
+                             "a 'spool' classifier only from a Spool or classifier checkpoint")
     torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
     model = cls(config.replace(class_names=list(class_names)))
     if cfg.train_cache is not None:
         load_cache_backbone(model, cfg.train_cache)
-    elif init is not None:  # a Spool checkpoint: its weights, a new head
-        from safetensors.torch import load_file
-
-        state = load_file(init / WEIGHTS_NAME)
-        target = getattr(model, "spool", None)
-        if target is None:
-            raise ValueError(f"init: {init} is a Spool checkpoint; use architecture 'spool'")
-        check_and_load_state_dict(target, state, str(init / WEIGHTS_NAME))
+    elif cfg.init is not None:  # a Spool checkpoint: its weights, a new head
+        model.spool.load_state_dict(init.state_dict())
     return model
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on biases, norms or the learned context frames."""
+def parameter_groups(model: VideoClassifier, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: not on biases, norms, or what the model declares in
+    ``no_weight_decay()`` (the learned context frames)."""
+    skip = model.no_weight_decay()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "context_frames" in name else decay).append(p)
+        (no_decay if p.ndim < 2 or name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 

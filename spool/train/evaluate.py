@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from spool.data.dataset import worker_init_fn
+from spool.data.dataset import worker_context, worker_init_fn
+from spool.io_utils import atomic_write_text
+from spool.models.classification import VideoClassifier
 from spool.train.metrics import MetricTracker, average_clip_scores
 
 
 @dataclass
 class EvalResult:
-    """Metrics over every rank and, for the samples this rank saw, the scores ``[n, C]``."""
+    """Metrics over every rank and, for the samples this rank saw, the class probabilities
+    ``[n, C]`` (softmax, averaged over a video's clips)."""
 
     tracker: MetricTracker
     indices: list[int] = field(default_factory=list)
@@ -41,7 +50,7 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[s
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: Dataset, num_classes: int, *,
+def evaluate(model: VideoClassifier, dataset: Dataset, num_classes: int, *,
              batch_size: int = 8, num_workers: int = 0, device: torch.device | str = "cpu",
              amp: bool = True, keep_scores: bool = False) -> EvalResult:
     """Loss, top-1/top-5 and confusion matrix of ``model`` on ``dataset``.
@@ -58,6 +67,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, num_classes: int, *,
     indices = list(range(rank, len(dataset), world))
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                        multiprocessing_context=worker_context(num_workers),
                         worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
@@ -79,13 +89,80 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, num_classes: int, *,
             loss_sum = F.nll_loss(scores.clamp_min(1e-12).log(), labels, reduction="sum")
         else:
             scores = logits
-            loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+            loss_sum = model.loss_function(logits, labels, reduction="sum")
         tracker.update(scores, labels, float(loss_sum))
         if keep_scores:
             result.indices.extend(batch["index"].tolist())
-            all_scores.append(scores.cpu())
+            all_scores.append(scores.cpu() if multi else scores.softmax(-1).cpu())
     tracker.all_reduce()
     if keep_scores:
         result.scores = torch.cat(all_scores) if all_scores else torch.zeros(0, num_classes)
     model.train(was_training)
     return result
+
+
+def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
+                        cache: str | None = None, *, overrides: dict[str, Any] | None = None,
+                        num_clips: int = 1,
+                        num_frames: int | None = None, frame_stride: int | None = None,
+                        batch_size: int = 8, num_workers: int = 2, device: str = "auto",
+                        out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Evaluate a saved classifier on videos (``data``) or a token ``cache``.
+
+    Videos are sampled as in training (the checkpoint's ``config.sampling``) unless
+    ``num_frames`` / ``frame_stride`` say otherwise. Returns ``{"top1", "top5", "loss",
+    "count", "per_class": {name: accuracy}, "confusion": [[...]], "class_names"}``; with
+    ``out_dir``, also writes ``metrics.json``, ``confusion_matrix.png`` and
+    ``predictions.csv`` (``score``: the predicted class's probability) there.
+    """
+    from spool.data.cache import CachedTokenDataset
+    from spool.data.dataset import VideoClipDataset, read_annotations
+    from spool.models.classification import load_classifier
+    from spool.models.pretrained import checkpoint_backbone_digest
+    from spool.runtime import resolve_device
+    from spool.train.metrics import per_class_accuracy, plot_confusion_matrix
+    from spool.video.samplers import clip_sampler
+
+    if (data is None) == (cache is None):
+        raise ValueError("data/cache: give exactly one of --data and --cache")
+    if cache is not None and num_clips != 1:
+        raise ValueError(f"num_clips: a token cache holds one evaluation clip per video, so "
+                         f"--num-clips {num_clips} cannot apply; evaluate videos (--data)")
+    dev = resolve_device(device)
+    model = load_classifier(model_dir, with_backbone=cache is None, **(overrides or {})).to(dev)
+    names = model.class_names
+    if cache is not None:
+        dataset: Dataset = CachedTokenDataset(cache)
+        if dataset.class_names != names:
+            raise ValueError(f"cache: classes {dataset.class_names} differ from the model's "
+                             f"{names}")
+        if checkpoint_backbone_digest(model_dir) != dataset.meta["backbone_digest"]:
+            raise ValueError(f"cache: {cache} was made by another backbone than the one in "
+                             f"{model_dir}; evaluate on videos (--data) or re-cache with "
+                             f"`spool cache --init {model_dir}`")
+    else:
+        trained = dict(model.config.sampling or {})
+        frames = num_frames or trained.get("num_frames", 16)
+        stride = frame_stride if frame_stride is not None else trained.get("frame_stride")
+        samples, _ = read_annotations(data, names)
+        dataset = VideoClipDataset(samples, names, clip_sampler(frames, stride, num_clips),
+                                   model.config.preprocessing())
+    result = evaluate(model, dataset, len(names), batch_size=batch_size,
+                      num_workers=num_workers if cache is None else 0, device=dev,
+                      keep_scores=True)
+    metrics, confusion = result.metrics, result.tracker.confusion
+    report = {**metrics, "per_class": dict(zip(names, per_class_accuracy(confusion),
+                                               strict=True)),
+              "confusion": confusion.tolist(), "class_names": names}
+    if out_dir is not None:
+        out = Path(out_dir)
+        atomic_write_text(out / "metrics.json", json.dumps(report, indent=1))
+        plot_confusion_matrix(confusion, names, out / "confusion_matrix.png",
+                              title=f"{Path(model_dir).name}: top-1 {100 * metrics['top1']:.1f}%")
+        rows = [[dataset.samples[i].path, names[dataset.samples[i].label],
+                 names[int(p.argmax())], f"{float(p.max()):.4f}"]
+                for i, p in zip(result.indices, result.scores, strict=True)]
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([["path", "label", "prediction", "score"], *rows])
+        atomic_write_text(out / "predictions.csv", buffer.getvalue())
+    return report

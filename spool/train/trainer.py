@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -19,15 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from spool.data.cache import CachedTokenDataset
-from spool.data.dataset import worker_init_fn
+from spool.data.dataset import worker_context, worker_init_fn
+from spool.distributed import (
+    all_gather_objects,
+    barrier,
+    cleanup_distributed,
+    setup_distributed,
+)
 from spool.io_utils import atomic_write
-from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
+from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict, read_weights
 from spool.train import checkpoint as ckpt
 from spool.train.builders import (
     build_datasets,
@@ -38,10 +43,10 @@ from spool.train.builders import (
     warmup_cosine,
 )
 from spool.train.config import TrainConfig
-from spool.train.distributed import all_gather_objects, barrier, setup_distributed
 from spool.train.evaluate import EvalResult, autocast_context, evaluate, model_inputs
 from spool.train.metrics import MetricTracker, plot_curves
 
+logger = logging.getLogger(__name__)
 STEP_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm")
 EPOCH_FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "train_top5", "val_loss",
                 "val_top1", "val_top5", "epoch_seconds")
@@ -88,13 +93,12 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         config = model_config(cfg)
-        self.train_set, self.val_set, self.class_names = build_datasets(cfg, config.image_size)
+        self.train_set, self.val_set, self.class_names = build_datasets(cfg, config)
         self.cached = isinstance(self.train_set, CachedTokenDataset)
         self.model = build_model(cfg, config, self.class_names).to(self.device)
-        clip = ({"num_frames": self.train_set.num_frames,
-                 "frame_stride": self.train_set.meta["frame_stride"]} if self.cached else
-                {"num_frames": cfg.num_frames, "frame_stride": cfg.frame_stride})
-        self.model.clip_settings = clip
+        # How training clips were sampled: the default of evaluation and extraction.
+        self.model.config.sampling = (self.train_set.sampling if self.cached
+                                      else self.train_set.sampler.to_dict())
         self.module: torch.nn.Module = self.model
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -125,11 +129,11 @@ class Trainer:
     # ----------------------------------------------------------------------------- output
     def log(self, message: str) -> None:
         if self.info.is_main and not self.cfg.quiet:
-            print(f"[{self.cfg.name}] {message}" if self.cfg.name else message, flush=True)
+            logger.info(f"[{self.cfg.name}] {message}" if self.cfg.name else message)
 
     def _open_logs(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.cfg.to_dict(), indent=1)
+        text = json.dumps(self.cfg.to_saved_dict(), indent=1)
         atomic_write(self.out / "train_config.json", lambda p: Path(p).write_text(text))
         _rewrite_csv(self.out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= self.step)
         _rewrite_csv(self.out / "metrics.csv", EPOCH_FIELDS,
@@ -141,7 +145,7 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, self.info.rank)
-        weights = load_file(path / WEIGHTS_NAME)
+        weights = read_weights(path / WEIGHTS_NAME)
         check_and_load_state_dict(self.model, weights, str(path / WEIGHTS_NAME))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -188,6 +192,7 @@ class Trainer:
         workers = 0 if self.cached else self.cfg.num_workers
         return DataLoader(self.train_set, batch_sampler=batches[self.step_in_epoch:],
                           num_workers=workers, worker_init_fn=worker_init_fn,
+                          multiprocessing_context=worker_context(workers),
                           pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(self.cfg.seed + self.epoch))
 
@@ -199,7 +204,7 @@ class Trainer:
         self.module.train()
         with autocast_context(self.device, self.cfg.amp):
             logits = self.module(**inputs).logits
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.cfg.label_smoothing)
+        loss = self.model.loss_function(logits, labels, self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -302,3 +307,11 @@ class Trainer:
 def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     """Run :class:`Trainer` for ``cfg``; returns the per-epoch metric rows."""
     return Trainer(cfg).fit()
+
+
+def run_training(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """:func:`train`, then leave the torch.distributed process group (``torchrun`` jobs)."""
+    try:
+        return train(cfg)
+    finally:
+        cleanup_distributed()

@@ -1,8 +1,11 @@
 """Frame samplers: which frame indices to read from a video of ``num_frames`` frames.
 
-Each sampler is a small callable object, ``sampler(num_frames, fps=None) -> list[list[int]]``:
-a list of clips, each a list of frame indices in presentation order (the input of
-``read_video_frames``). ``to_dict()`` gives its settings, and ``make_sampler(**d)`` rebuilds it.
+Each sampler is a small callable object, ``sampler(num_frames, fps=None, rng=None) ->
+list[list[int]]``: a list of clips, each a list of frame indices in presentation order (the
+input of ``read_video_frames``). The same samplers serve training, evaluation, token caches and
+extraction. Given an ``rng``, the clip samplers draw one randomly placed clip (temporal jitter
+for training); without one they are deterministic. ``to_dict()`` gives a sampler's settings,
+and ``make_sampler(**d)`` rebuilds it.
 """
 
 from __future__ import annotations
@@ -12,13 +15,17 @@ import operator
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
+import numpy as np
+
 __all__ = [
     "SAMPLERS",
+    "ClipSampler",
     "FpsSampler",
     "FrameSampler",
     "SlidingWindowSampler",
     "StrideSampler",
     "UniformSampler",
+    "clip_sampler",
     "make_sampler",
 ]
 
@@ -51,14 +58,18 @@ class FrameSampler(ABC):
     """Base class: validates ``num_frames`` and returns clips of frame indices."""
 
     name: ClassVar[str]
+    needs_fps: ClassVar[bool] = False
 
-    def __call__(self, num_frames: int, fps: float | None = None) -> list[list[int]]:
-        """Clips (lists of frame indices) for a video of ``num_frames`` frames at ``fps``."""
+    def __call__(self, num_frames: int, fps: float | None = None,
+                 rng: np.random.Generator | None = None) -> list[list[int]]:
+        """Clips (lists of frame indices) for a video of ``num_frames`` frames at ``fps``;
+        with ``rng``, one randomly placed clip where the sampler supports it."""
         n = _positive_int("num_frames", num_frames)
-        return self._sample(n, fps)
+        return self._sample(n, fps, rng)
 
     @abstractmethod
-    def _sample(self, num_frames: int, fps: float | None) -> list[list[int]]: ...
+    def _sample(self, num_frames: int, fps: float | None,
+                rng: np.random.Generator | None) -> list[list[int]]: ...
 
     @abstractmethod
     def _settings(self) -> dict[str, Any]: ...
@@ -83,23 +94,68 @@ def _cap(indices: list[int], max_frames: int | None) -> list[int]:
 
 
 class UniformSampler(FrameSampler):
-    """One clip of exactly ``num_frames`` frames: the centres of equal segments of the video.
+    """Clips of exactly ``num_frames`` frames, one per equal segment of the video.
 
-    A video with fewer frames repeats frames (in order), so the clip length never changes.
+    Clip ``k`` of ``num_clips`` takes the frame at ``(k + 0.5) / num_clips`` of each segment
+    (one clip: the centres). With an ``rng``: one clip, a random frame of each segment (TSN's
+    sampling). A video with fewer frames repeats frames (in order), so the length never changes.
     """
 
     name = "uniform"
 
-    def __init__(self, num_frames: int) -> None:
+    def __init__(self, num_frames: int, num_clips: int = 1) -> None:
         self.num_frames = _positive_int("num_frames", num_frames)
+        self.num_clips = _positive_int("num_clips", num_clips)
 
-    def _sample(self, num_frames: int, fps: float | None) -> list[list[int]]:
-        # Integer arithmetic: floor((2i + 1) * T / 2N), the centre of segment i, exactly.
-        n = self.num_frames
-        return [[(2 * i + 1) * num_frames // (2 * n) for i in range(n)]]
+    def _sample(self, num_frames: int, fps: float | None,
+                rng: np.random.Generator | None) -> list[list[int]]:
+        n, K = self.num_frames, self.num_clips
+        if rng is not None:
+            offsets = rng.random(n)
+            return [[min(int(math.floor((i + float(o)) * num_frames / n)), num_frames - 1)
+                     for i, o in enumerate(offsets)]]
+        # Integer arithmetic: floor((2Ki + 2k + 1) * T / 2KN), exactly (k = 0, K = 1: centres).
+        return [[((2 * i + 1) * K + 2 * k - K + 1) * num_frames // (2 * K * n) for i in range(n)]
+                for k in range(K)]
 
     def _settings(self) -> dict[str, Any]:
-        return {"num_frames": self.num_frames}
+        # num_clips only when it matters: one-clip settings read as they always have.
+        extra = {"num_clips": self.num_clips} if self.num_clips != 1 else {}
+        return {"num_frames": self.num_frames, **extra}
+
+
+class ClipSampler(FrameSampler):
+    """Clips of ``num_frames`` frames ``frame_stride`` apart (a dilated clip).
+
+    ``num_clips`` clips start evenly over the free range (one clip: in the middle); with an
+    ``rng``, one clip at a random start. Short videos repeat their last frame.
+    """
+
+    name = "clip"
+
+    def __init__(self, num_frames: int, frame_stride: int = 1, num_clips: int = 1) -> None:
+        self.num_frames = _positive_int("num_frames", num_frames)
+        self.frame_stride = _positive_int("frame_stride", frame_stride)
+        self.num_clips = _positive_int("num_clips", num_clips)
+
+    def clip_at(self, num_frames: int, position: float) -> list[int]:
+        """The clip starting at ``position`` in [0, 1] of the free range."""
+        span = (self.num_frames - 1) * self.frame_stride + 1
+        start = int(round(position * max(num_frames - span, 0)))
+        return [min(start + i * self.frame_stride, num_frames - 1)
+                for i in range(self.num_frames)]
+
+    def _sample(self, num_frames: int, fps: float | None,
+                rng: np.random.Generator | None) -> list[list[int]]:
+        if rng is not None:
+            return [self.clip_at(num_frames, float(rng.random(1)[0]))]
+        K = self.num_clips
+        starts = [0.5] if K == 1 else [k / (K - 1) for k in range(K)]
+        return [self.clip_at(num_frames, s) for s in starts]
+
+    def _settings(self) -> dict[str, Any]:
+        return {"num_frames": self.num_frames, "frame_stride": self.frame_stride,
+                "num_clips": self.num_clips}
 
 
 class FpsSampler(FrameSampler):
@@ -110,12 +166,14 @@ class FpsSampler(FrameSampler):
     """
 
     name = "fps"
+    needs_fps = True
 
     def __init__(self, target_fps: float, max_frames: int | None = None) -> None:
         self.target_fps = _positive_float("target_fps", target_fps)
         self.max_frames = _positive_int("max_frames", max_frames, allow_none=True)
 
-    def _sample(self, num_frames: int, fps: float | None) -> list[list[int]]:
+    def _sample(self, num_frames: int, fps: float | None,
+                rng: np.random.Generator | None) -> list[list[int]]:
         if fps is None:
             raise ValueError("fps: FpsSampler needs the video's frame rate, got None")
         step = _positive_float("fps", fps) / self.target_fps  # source frames per output frame
@@ -137,7 +195,8 @@ class StrideSampler(FrameSampler):
         self.stride = _positive_int("stride", stride)
         self.max_frames = _positive_int("max_frames", max_frames, allow_none=True)
 
-    def _sample(self, num_frames: int, fps: float | None) -> list[list[int]]:
+    def _sample(self, num_frames: int, fps: float | None,
+                rng: np.random.Generator | None) -> list[list[int]]:
         return [_cap(list(range(0, num_frames, self.stride)), self.max_frames)]
 
     def _settings(self) -> dict[str, Any]:
@@ -164,7 +223,8 @@ class SlidingWindowSampler(FrameSampler):
             raise ValueError(f"tail: expected 'align' or 'pad', got {tail!r}")
         self.tail = tail
 
-    def _sample(self, num_frames: int, fps: float | None) -> list[list[int]]:
+    def _sample(self, num_frames: int, fps: float | None,
+                rng: np.random.Generator | None) -> list[list[int]]:
         L, last = self.clip_len, num_frames - 1
         if num_frames <= L:
             return [[min(i, last) for i in range(L)]]
@@ -179,8 +239,18 @@ class SlidingWindowSampler(FrameSampler):
 
 
 SAMPLERS: dict[str, type[FrameSampler]] = {
-    cls.name: cls for cls in (UniformSampler, FpsSampler, StrideSampler, SlidingWindowSampler)
+    cls.name: cls for cls in (UniformSampler, ClipSampler, FpsSampler, StrideSampler,
+                              SlidingWindowSampler)
 }
+
+
+def clip_sampler(num_frames: int, frame_stride: int | None = None,
+                 num_clips: int = 1) -> FrameSampler:
+    """The classifier's clip sampler: ``num_frames`` spread over the video (``frame_stride``
+    None) or ``frame_stride`` apart; ``num_clips`` clips for test-time averaging."""
+    if frame_stride is None:
+        return UniformSampler(num_frames, num_clips)
+    return ClipSampler(num_frames, frame_stride, num_clips)
 
 
 def make_sampler(name: str, **kwargs: Any) -> FrameSampler:

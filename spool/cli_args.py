@@ -1,0 +1,55 @@
+"""argparse pieces shared by every command line (``spool ...`` and ``python -m spool.train``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from spool.config import parse_overrides
+
+
+def model_override(text: str) -> tuple[str, Any]:
+    """``--model KEY=VALUE``: a SpoolConfig field and its value (JSON, else a string)."""
+    try:
+        ((key, value),) = parse_overrides([text]).items()
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--model: ")) from None
+    return key, value
+
+
+def add_model_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                       help: str, **kwargs: Any) -> None:
+    """The ``--model KEY=VALUE`` flag (repeatable); its values collect as (key, value)."""
+    parser.add_argument("--model", type=model_override, action="append", metavar="KEY=VALUE",
+                        help=help, **kwargs)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value

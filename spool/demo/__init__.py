@@ -1,0 +1,1 @@
+"""The demos behind ``spool demo``: library code, so they run from Python too."""

@@ -1,0 +1,200 @@
+"""The synthetic demo (``spool demo --synthetic``). Offline, on CPU, in a few minutes.
+
+1. Writes a synthetic dataset whose classes are time-reversed twins (``spool.data.synthetic``):
+   every video of one class has a twin in the other class with the same frames reversed.
+2. Builds a tiny randomly initialised DINOv2 (defined here, nothing is downloaded) and caches
+   its tokens for every video once (``spool cache``).
+3. Trains, on the cache, Spool (lookback + lookahead heads), a lookback-only Spool and the
+   frame-pooling baseline (same backbone, no temporal stack), and evaluates them on held-out
+   videos. Frame pooling sees a video and its twin as the same set of frames, so it cannot
+   beat chance within a pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The random backbone: DINOv2's embeddings and final LayerNorm at toy size, no blocks (a
+# random block mostly scrambles what the patches say; see demo_backbone for the positions).
+DEMO_BACKBONE = dict(model_type="dinov2", hidden_size=64, num_hidden_layers=0,
+                     num_attention_heads=4, intermediate_size=128, patch_size=16, image_size=64)
+
+
+def demo_backbone(backbone: dict[str, Any], image_size: int,
+                  position_scale: float | None = None) -> Any:
+    """A :class:`FrameEncoderModel` around a randomly initialised HF backbone (seed torch
+    first); frames are square, so the preprocessing keeps all of each (``crop_pct=1``).
+
+    ``position_scale``: multiply the position embeddings by this. A random init draws them
+    with the std of the patch projection's *weights*, so they come out about
+    ``sqrt(3 * patch**2)`` times smaller than the patch embeddings (28x at patch 16) and the
+    tokens barely say where they are; a trained DINOv2's tokens do. Scaling them by that
+    factor restores the balance; without it nothing that reads tokens as a set (Spool's
+    temporal attention included: its positions are over time only) can tell left from right.
+    """
+    import torch
+
+    from spool.models.frame_encoder import FrameEncoderModel
+
+    encoder = FrameEncoderModel(backbone_config=backbone, image_size=image_size, crop_pct=1.0)
+    encoder.eval()
+    if position_scale is not None:
+        with torch.no_grad():
+            encoder.backbone.model.embeddings.position_embeddings.mul_(position_scale)
+    return encoder
+
+
+SPOOL = "Spool (lookback + lookahead heads)"
+POOLING = "Frame pooling (same backbone, no temporal stack)"
+
+
+@dataclass
+class DemoSettings:
+    """Everything the demo's numbers depend on (the README table is for these defaults)."""
+
+    per_class: int = 800
+    val_fraction: float = 0.25
+    classes: tuple[str, ...] = ("left_to_right", "right_to_left", "grow", "shrink")
+    video_frames: int = 16
+    video_size: int = 64
+    num_frames: int = 8
+    image_size: int = 64
+    backbone: dict[str, Any] = field(default_factory=lambda: dict(DEMO_BACKBONE))
+    position_scale: float = (3 * 16 * 16) ** 0.5  # see demo_backbone
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    local_frame_range: int = 4
+    views: int = 3
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    epochs: int = 16
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    hidden_dropout: float = 0.1
+    dropout: float = 0.0
+    seed: int = 0
+
+
+def _models(s: DemoSettings) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(run folder, display name, architecture, SpoolConfig fields) of the three models."""
+    heads = s.num_attention_heads
+    temporal = dict(num_hidden_layers=s.num_hidden_layers, num_attention_heads=heads,
+                    local_frame_range=s.local_frame_range, hidden_dropout=s.hidden_dropout,
+                    classifier_dropout=s.dropout)
+    return [
+        ("spool", SPOOL, "spool", {**temporal, "num_lookback_heads": heads // 2,
+                                   "num_lookahead_heads": heads - heads // 2}),
+        ("spool_lookback", "Spool, lookback heads only", "spool",
+         {**temporal, "num_lookback_heads": heads, "num_lookahead_heads": 0}),
+        ("frame_pooling", POOLING, "frame_pooling", {"classifier_dropout": s.dropout}),
+    ]
+
+
+def _train_one(job: tuple[str, dict[str, Any], int]) -> tuple[str, dict[str, Any], list]:
+    """Train one model of the demo (runs in a worker process when jobs > 1)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from spool.runtime import configure_logging
+    from spool.train.config import TrainConfig
+    from spool.train.trainer import Trainer
+
+    configure_logging()
+    name, config, threads = job
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    trainer = Trainer(TrainConfig(**config))
+    history = trainer.fit()
+    final = history[-1]
+    params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    return name, {"val_top1": final["val_top1"], "train_top1": final["train_top1"],
+                  "val_loss": final["val_loss"], "trainable_params": params,
+                  "train_seconds": time.perf_counter() - start,
+                  "run_dir": config["out_dir"]}, history
+
+
+def run_demo(out: Path, s: DemoSettings, jobs: int = 1, threads: int = 1,
+             verbose: bool = True) -> dict[str, dict[str, Any]]:
+    """Run the whole demo under ``out`` (``jobs`` models trained at once); returns
+    ``{model name: results}`` and writes ``results.json`` and ``curves.png``."""
+    import torch
+
+    from spool.data.cache import build_cache
+    from spool.data.dataset import VideoClipDataset, read_annotations
+    from spool.data.synthetic import make_synthetic_dataset
+    from spool.train.metrics import plot_curves
+    from spool.video.samplers import clip_sampler
+    from spool.video.transforms import RandomResizedCrop
+
+    def say(text: str) -> None:
+        if verbose:
+            print(f"[{time.perf_counter() - t0:5.0f}s] {text}", flush=True)
+
+    t0 = time.perf_counter()
+    data = out / "data"
+    ds = make_synthetic_dataset(data, s.per_class, s.classes, num_frames=s.video_frames,
+                                size=s.video_size, seed=s.seed, val_fraction=s.val_fraction)
+    say(f"wrote {len(ds.train)} training and {len(ds.val)} held-out videos "
+        f"({', '.join(s.classes)}) to {data}")
+
+    torch.manual_seed(s.seed)
+    encoder = demo_backbone(s.backbone, s.image_size, s.position_scale)
+    for split, views in (("train", s.views), ("val", 1)):
+        samples, names = read_annotations(data / f"{split}.txt")
+        clips = VideoClipDataset(samples, names, clip_sampler(s.num_frames),
+                                 encoder.config.preprocessing(),
+                                 RandomResizedCrop(tuple(s.crop_scale)), seed=s.seed)
+        build_cache(encoder, clips, out / "cache" / split, views=views, batch_size=16,
+                    num_workers=1)
+    L, D = encoder.config.num_spatial_tokens, encoder.config.hidden_size
+    say(f"cached backbone tokens [{s.num_frames} frames, {L} tokens, D={D}] of every video "
+        f"({s.views} views of each training video) in {out / 'cache'}")
+
+    todo = []
+    for folder, name, arch, model in _models(s):
+        config = dict(out_dir=str(out / "runs" / folder), train_cache=str(out / "cache" / "train"),
+                      val_cache=str(out / "cache" / "val"), architecture=arch, model=model,
+                      epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
+                      weight_decay=s.weight_decay, eval_every=2,
+                      seed=s.seed, num_workers=0, device="cpu", tensorboard=False,
+                      quiet=not verbose, log_every=10**9, name=name)
+        todo.append((name, config, threads))
+    say(f"training {len(todo)} models on the cache, {jobs} at a time")
+    if jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a fresh interpreter per worker, no inherited thread pools.
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            done = list(pool.map(_train_one, todo))
+    else:
+        done = [_train_one(job) for job in todo]
+    results = {name: r for name, r, _ in done}
+    histories = {name: h for name, _, h in done}
+    plot_curves(histories, out / "curves.png")
+    summary = {"settings": asdict(s), "results": results,
+               "total_seconds": time.perf_counter() - t0}
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    say(f"done; curves in {out / 'curves.png'}")
+    return results
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["| model | held-out top-1 | train top-1 | trainable params | train time |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {100 * r['val_top1']:.1f}% | {100 * r['train_top1']:.1f}% | "
+                     f"{r['trainable_params']:,} | {r['train_seconds']:.0f}s |")
+    return "\n".join(lines)
+
+
+
+
+def bar_met(results: dict[str, dict[str, Any]]) -> bool:
+    """The demo's bar: Spool >= 90% held-out top-1 and frame pooling <= 60%."""
+    return results[SPOOL]["val_top1"] >= 0.9 and results[POOLING]["val_top1"] <= 0.6

@@ -1,0 +1,89 @@
+"""Command-line flags of a training run (``spool train`` and ``python -m spool.train``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
+from spool.train.config import TrainConfig
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``spool train`` / ``python -m spool.train``; each overrides ``--config``."""
+    S = argparse.SUPPRESS  # unset flags stay absent, so the config file's value holds
+    parser.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
+    g = parser.add_argument_group("data")
+    g.add_argument("--train-data", "--train", dest="train_data", default=S,
+                   help="annotation file ('path label' lines) or a directory with one "
+                        "sub-folder per class")
+    g.add_argument("--val-data", "--val", dest="val_data", default=S,
+                   help="held-out videos, same forms as --train-data")
+    g.add_argument("--train-cache", default=S, help="token cache from `spool cache` (the "
+                   "backbone is not run)")
+    g.add_argument("--val-cache", default=S, help="token cache of the held-out videos")
+    g.add_argument("--num-frames", type=positive_int, default=S, help="frames per clip (16)")
+    g.add_argument("--frame-stride", type=positive_int, default=S,
+                   help="frames between sampled frames (default: spread over the video)")
+    g.add_argument("--no-augment", dest="augment", action="store_false", default=S,
+                   help="no random crop / temporal jitter")
+    g.add_argument("--crop-scale", type=positive_float, nargs=2, default=S,
+                   metavar=("MIN", "MAX"), help="area range of the random crop (0.4 1.0)")
+    g.add_argument("--hflip", action="store_true", default=S,
+                   help="random horizontal flips (off by default: they swap left/right motion)")
+    g.add_argument("--num-clips", type=positive_int, default=S,
+                   help="clips per video at evaluation")
+    g.add_argument("--num-workers", type=nonnegative_int, default=S,
+                   help="DataLoader workers (2)")
+    g = parser.add_argument_group("model")
+    g.add_argument("--architecture", choices=("spool", "frame_pooling"), default=S)
+    g.add_argument("--init", default=S, help="start from this Spool or classifier checkpoint")
+    add_model_argument(g, "a SpoolConfig field, value as JSON (repeatable), e.g. "
+                          "--model num_hidden_layers=2 --model backbone_name=/path/dinov2",
+                       default=S)
+    g.add_argument("--gradient-checkpointing", action="store_true", default=S)
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=positive_int, default=S, help="epochs (10)")
+    g.add_argument("--batch-size", type=positive_int, default=S, help="global batch (8)")
+    g.add_argument("--eval-batch-size", type=positive_int, default=S, help="evaluation batch")
+    g.add_argument("--lr", type=positive_float, default=S, help="peak lr (5e-4)")
+    for flag, kind, text in (
+            ("--weight-decay", float, "AdamW weight decay (0.05)"),
+            ("--warmup-epochs", float, "linear warm-up (1.0)"),
+            ("--min-lr-ratio", float, "final lr / peak lr of the cosine (0.01)"),
+            ("--grad-clip", float, "max gradient norm (1.0)"),
+            ("--label-smoothing", float, "(0.0)"), ("--seed", int, "(0)")):
+        g.add_argument(flag, type=kind, default=S, help=text)
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S)
+    g.add_argument("--no-amp", dest="amp", action="store_false", default=S,
+                   help="no bf16 autocast on GPU")
+    g = parser.add_argument_group("output")
+    g.add_argument("--out-dir", default=S, help="run directory (runs/spool)")
+    g.add_argument("--save-every", type=nonnegative_int, default=S,
+                   help="checkpoint every N steps (0: at the end only)")
+    g.add_argument("--keep-checkpoints", type=positive_int, default=S,
+                   help="step checkpoints kept (2)")
+    g.add_argument("--eval-every", type=positive_int, default=S,
+                   help="evaluate every N epochs (1)")
+    g.add_argument("--resume", default=S, help="a checkpoint directory, or 'auto' for the "
+                   "newest one in --out-dir")
+    g.add_argument("--stop-after-steps", type=positive_int, default=S,
+                   help="checkpoint and stop after this step (a time-boxed or preempted run; "
+                        "not saved with the run)")
+    g.add_argument("--log-every", type=positive_int, default=S, help="print every N steps (10)")
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=S)
+    g.add_argument("--quiet", action="store_true", default=S)
+    g.add_argument("--name", default=S, help="prefix of the printed lines (several runs at once)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The ``--config`` file (if any) with every flag that was given on top."""
+    data: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        data = TrainConfig.from_json(args.config).to_dict()
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("config", "func", "command", "debug")}
+    if "model" in flags:
+        flags["model"] = {**data.get("model", {}), **dict(flags["model"])}
+    data.update(flags)
+    return TrainConfig.from_dict(data)

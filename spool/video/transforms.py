@@ -1,0 +1,140 @@
+"""Bringing frames to the model's square input: one preprocessing policy, one augmentation hook.
+
+Every path that feeds a model (training, evaluation, caching, extraction, long videos) turns
+decoded frames ``[T, H, W, 3]`` into ``[T, S, S, 3]`` with :class:`FramePreprocessing`, so the
+same video gives the same backbone input wherever it comes from. A transform picks a box in the
+frame and resizes it (antialiased bilinear); uint8 frames stay uint8 (rounded), as an image
+processor's resize does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+RESIZE_MODES = ("center_crop", "squash", "pad")
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle of a frame, in pixels."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def center_crop_box(height: int, width: int, crop_pct: float) -> Box:
+    """The centred square of side ``crop_pct * min(height, width)`` (DINOv2's processor:
+    resize the shorter side to ``S / crop_pct``, then centre-crop ``S``)."""
+    side = max(1, min(height, width, round(min(height, width) * crop_pct)))
+    return Box((height - side) // 2, (width - side) // 2, side, side)
+
+
+def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
+                            scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)
+                            ) -> Box:
+    """A box covering ``scale`` of the area at aspect ``ratio`` (torchvision's
+    RandomResizedCrop, with a centred square as fallback)."""
+    area = height * width
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return Box(int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)),
+                       h, w)
+    return center_crop_box(height, width, 1.0)
+
+
+def _resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[T, h, w, 3]`` -> ``[T, height, width, 3]``, same dtype (uint8 rounded)."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    x = frames.permute(0, 3, 1, 2)
+    x = x.float() if frames.dtype == torch.uint8 else x
+    x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True,
+                      align_corners=False)
+    if frames.dtype == torch.uint8:
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    else:
+        x = x.clamp(0, 1).to(frames.dtype)
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def resize_box(frames: torch.Tensor, box: Box, size: int, pad: bool = False) -> torch.Tensor:
+    """``frames [T, H, W, 3]`` (uint8 or float) cropped to ``box`` -> ``[T, size, size, 3]``.
+
+    ``pad``: keep the box's aspect ratio (longer side ``size``) and centre it on black.
+    """
+    crop = frames[:, box.top:box.top + box.height, box.left:box.left + box.width]
+    if not pad:
+        return _resize(crop, size, size)
+    scale = size / max(box.height, box.width)
+    h, w = max(1, round(box.height * scale)), max(1, round(box.width * scale))
+    out = frames.new_zeros(frames.shape[0], size, size, 3)
+    top, left = (size - h) // 2, (size - w) // 2
+    out[:, top:top + h, left:left + w] = _resize(crop, h, w)
+    return out
+
+
+@dataclass(frozen=True)
+class FramePreprocessing:
+    """The policy that brings frames to ``image_size x image_size``.
+
+    ``resize_mode``: ``center_crop`` (the centred square of ``crop_pct`` of the shorter side,
+    as DINOv2's image processor does), ``squash`` (the whole frame, aspect ratio changed) or
+    ``pad`` (the whole frame, longer side fitted, centred on black).
+    """
+
+    image_size: int
+    resize_mode: str = "center_crop"
+    crop_pct: float = 0.875
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode: expected one of {RESIZE_MODES}, got "
+                             f"{self.resize_mode!r}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct: expected a fraction in (0, 1], got {self.crop_pct}")
+
+    def box(self, height: int, width: int) -> Box:
+        if self.resize_mode == "center_crop":
+            return center_crop_box(height, width, self.crop_pct)
+        return Box(0, 0, height, width)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """``frames: [T, H, W, 3]`` uint8 or float in [0, 1] -> ``[T, S, S, 3]``, same dtype."""
+        box = self.box(frames.shape[1], frames.shape[2])
+        return resize_box(frames, box, self.image_size, pad=self.resize_mode == "pad")
+
+
+@dataclass(frozen=True)
+class RandomResizedCrop:
+    """Training augmentation: one random box (and, with ``hflip``, one coin flip) for every
+    frame of a clip. Flips are off by default: they turn left-to-right motion into
+    right-to-left."""
+
+    crop_scale: tuple[float, float] = (0.4, 1.0)
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale: expected 0 < min <= max <= 1, got {self.crop_scale}")
+
+    def __call__(self, frames: torch.Tensor, size: int, rng: np.random.Generator
+                 ) -> torch.Tensor:
+        """``frames: [T, H, W, 3]`` -> ``[T, size, size, 3]``, drawing from ``rng``."""
+        box = random_resized_crop_box(frames.shape[1], frames.shape[2], rng,
+                                      tuple(self.crop_scale))
+        frames = resize_box(frames, box, size)
+        if self.hflip and rng.random() < 0.5:
+            frames = frames.flip(2)
+        return frames
