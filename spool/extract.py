@@ -28,6 +28,7 @@ from spool import __version__
 from spool.io_utils import atomic_path, atomic_save_safetensors
 from spool.models.spool import Spool
 from spool.video import FrameSampler, VideoDecodeError, VideoReader
+from spool.video.limits import DEFAULT_MAX_PIXELS, pixel_budget
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
                     ".flv", ".wmv", ".3gp", ".ogv"}
@@ -132,13 +133,14 @@ class FeatureExtractor:
 
     def __init__(self, model: Spool, sampler: FrameSampler, *, batch_size: int = 4,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 save_features: bool = False) -> None:
+                 save_features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.model = model.eval().to(device)
         self.sampler = sampler
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.dtype = dtype
         self.save_features = save_features
+        self.max_pixels = max_pixels  # larger frames are refused from the header (0: no limit)
         self.settings = _settings_metadata(model, sampler, save_features)
 
     @torch.no_grad()
@@ -180,7 +182,8 @@ class FeatureExtractor:
                 summary.skipped += 1
                 continue
             try:
-                tensors = self.features(job.source)
+                with pixel_budget(self.max_pixels):
+                    tensors = self.features(job.source)
             except Exception as err:  # one bad video must not stop the job
                 message = str(err).replace("\n", " ")
                 summary.failures.append((str(job.source), type(err).__name__, message))

@@ -122,3 +122,15 @@ def test_extract_under_torchrun_two_processes(videos, tmp_path):
     assert "3 extracted, 0 already done, 0 failed of 3 videos" in proc.stdout
     assert "(2 processes)" in proc.stdout
     assert len(list(out.rglob("*.safetensors"))) == 3
+
+
+def test_extract_max_pixels_flag(videos, tmp_path, capsys):
+    root, config = videos
+    assert _extract([root / "a.mp4"], tmp_path / "o", config, "--max-pixels", "40x30") == 1
+    assert "48x32" in capsys.readouterr().out + "".join((tmp_path / "o" / "failures.csv")
+                                                        .read_text())
+    assert _extract([root / "a.mp4"], tmp_path / "o", config, "--max-pixels", "48x32") == 0
+    with pytest.raises(SystemExit) as exit_info:
+        _extract([root / "a.mp4"], tmp_path / "o", config, "--max-pixels", "4k")
+    assert exit_info.value.code == 2
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err

@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         model = build_model(args)
         extractor = FeatureExtractor(model, build_sampler(args), batch_size=args.batch_size,
                                      device=dist.device, dtype=_dtype(args.dtype, dist.device),
-                                     save_features=args.save_features)
+                                     save_features=args.save_features,
+                                     max_pixels=args.max_pixels)
         start = time.perf_counter()
         summary = extractor.run(jobs, progress=not args.no_progress, position=dist.local_rank)
         summaries = all_gather_objects((summary.done, summary.skipped, summary.failures))
@@ -110,6 +111,15 @@ def run(args: argparse.Namespace) -> int:
           f"{os.fspath(out_dir)}" + (f"; failures listed in {out_dir / 'failures.csv'}"
                                      if failures else ""))
     return 1 if failures else 0
+
+
+def _max_pixels(text: str) -> int:
+    from spool.video.limits import parse_max_pixels
+
+    try:
+        return parse_max_pixels(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -153,5 +163,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default="auto", help="autocast dtype; auto: bfloat16 on GPU, float32 on CPU")
     r.add_argument("--save-features", action="store_true",
                    help="also save frame features [n_clips, T+2, L, D] in fp16")
+    r.add_argument("--max-pixels", type=_max_pixels, default="4096x2160", metavar="WxH",
+                   help="largest frame to decode, as WIDTHxHEIGHT or a pixel count (0: no "
+                        "limit); a video with larger frames (from its header, before decoding) "
+                        "is reported as failed instead of exhausting memory (default: "
+                        "%(default)s)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
