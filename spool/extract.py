@@ -58,8 +58,9 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
     """``(video, name relative to the output directory without suffix)`` for every input.
 
     An input is a video file, a directory (searched recursively for video extensions; names
-    keep the sub-folders) or a text file listing one path per line (``#`` comments; relative
-    paths are relative to the list). A named path that does not exist is kept, so that it is
+    keep the sub-folders) or a text file listing one path per line (relative paths are relative
+    to the list; a line whose first non-blank character is ``#`` is a comment, so a file named
+    ``#x.mp4`` is listed as ``./#x.mp4``). A named path that does not exist is kept, so that it is
     reported as a failure rather than silently dropped.
     """
     found: list[tuple[Path, Path]] = []
@@ -70,9 +71,10 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
                                 if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS):
                 found.append((video, video.relative_to(path).with_suffix("")))
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
-            for line in path.read_text().splitlines():
-                line = line.split("#", 1)[0].strip()
-                if line:
+            # utf-8-sig: a byte-order mark would otherwise become part of the first path.
+            for line in path.read_text(encoding="utf-8-sig").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
                     entry = Path(line) if Path(line).is_absolute() else path.parent / line
                     found.append((entry, Path(Path(line).stem)))
         else:

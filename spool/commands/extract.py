@@ -21,6 +21,10 @@ Each video gives OUT/NAME.safetensors with 'context' [n_clips, 2D] (fp32),
 'frame_indices' and 'timestamps' [n_clips, T], and with --save-features 'features'
 [n_clips, T+2, L, D] (fp16). Re-running the same command skips finished videos. Videos that
 cannot be read are listed in OUT/failures.csv; the exit code is 1 if any failed.
+
+List files (.txt, .lst, .list): one path per line, relative to the list's folder. A line
+whose first non-blank character is '#' is a comment; '#' elsewhere is part of the path, and
+a file whose name starts with '#' is listed as ./#name.mp4.
 """
 
 
@@ -129,7 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "files, one .safetensors file per video.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="video files, directories (searched recursively) or .txt lists of paths")
+                   help="video files, directories (searched recursively) or .txt lists of "
+                        "paths (see below)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", metavar="DIR",
