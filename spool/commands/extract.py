@@ -24,7 +24,8 @@ cannot be read are listed in OUT/failures.csv; the exit code is 1 if any failed.
 
 List files (.txt, .lst, .list): one path per line, relative to the list's folder. A line
 whose first non-blank character is '#' is a comment; '#' elsewhere is part of the path, and
-a file whose name starts with '#' is listed as ./#name.mp4.
+a file whose name starts with '#' is listed as ./#name.mp4. FIFOs, devices and broken links
+are reported as failures without being opened.
 """
 
 
@@ -133,8 +134,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "files, one .safetensors file per video.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="video files, directories (searched recursively) or .txt lists of "
-                        "paths (see below)")
+                   help="video files, directories (searched recursively, following links) or "
+                        ".txt lists of paths (see below)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", metavar="DIR",

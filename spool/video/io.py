@@ -10,6 +10,7 @@ budget (``spool.video.limits``) are refused from the stream header, before any d
 from __future__ import annotations
 
 import os
+import stat
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -84,12 +85,36 @@ class _FrameIndex:
 _index_cache: OrderedDict[tuple, _FrameIndex] = OrderedDict()
 
 
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular_file(path: str) -> os.stat_result:
+    """Raise unless ``path`` is a regular file or a link to one; never opens it.
+
+    Opening a FIFO blocks until something writes to it, and a device can be read forever.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise FileNotFoundError(2, f"Broken symbolic link (missing target "
+                                       f"{os.readlink(path)!r})", path) from None
+        raise FileNotFoundError(2, "No such video file", path) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a file")
+        if stat.S_ISDIR(st.st_mode) and not os.access(path, os.R_OK | os.X_OK):
+            kind += " that cannot be read, so the videos in it could not be listed"
+        raise VideoDecodeError(f"{path}: not a video file: {kind}")
+    return st
+
+
 def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool = False
           ) -> tuple[av.container.InputContainer, av.VideoStream]:
     """Open the first video stream; refuse frames over ``max_pixels`` (0: no limit)."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "No such video file", path)
+    _check_regular_file(path)
     try:
         container = av.open(path, mode="r", options=_HEADERS_ONLY if headers_only else None)
     except av.FFmpegError as e:
@@ -148,7 +173,7 @@ def _build_index(container: av.container.InputContainer, stream: av.VideoStream)
 
 def _cached_index(path: str, max_pixels: int = 0) -> _FrameIndex:
     """The frame index of ``path``, demuxed once per file version (size and mtime)."""
-    st = os.stat(path)
+    st = _check_regular_file(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
     index = _index_cache.get(key)
     if index is None:
