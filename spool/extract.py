@@ -13,7 +13,6 @@ import csv
 import hashlib
 import json
 import os
-import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,7 +25,16 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from spool import __version__
-from spool.io_utils import atomic_path, atomic_save_safetensors
+from spool.io_utils import (
+    CLAIM_SUFFIX,
+    STALE_AFTER_S,
+    atomic_path,
+    atomic_save_safetensors,
+    is_stale_temporary,
+    release_claim,
+    remove_stale_claim,
+    try_claim,
+)
 from spool.models.spool import Spool
 from spool.video import FrameSampler, VideoDecodeError, VideoReader
 from spool.video.limits import DEFAULT_MAX_PIXELS, pixel_budget
@@ -48,6 +56,7 @@ class VideoJob:
 class ExtractSummary:
     done: int = 0
     skipped: int = 0
+    elsewhere: int = 0  # claimed by another job writing to the same folder
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # path, error, message
 
     @property
@@ -231,18 +240,29 @@ class FeatureExtractor:
             if is_done(job.output, self.settings):
                 summary.skipped += 1
                 continue
-            try:
-                with pixel_budget(self.max_pixels):
-                    tensors = self.features(job.source)
-            except Exception as err:  # one bad video must not stop the job
-                message = str(err).replace("\n", " ")
-                summary.failures.append((str(job.source), type(err).__name__, message))
-                tqdm.write(f"FAILED {job.source}: {type(err).__name__}: {message}")
+            # Jobs sharing the output folder split the videos: one claim file per output.
+            claim = try_claim(job.output)
+            if claim is None:
+                summary.elsewhere += 1
                 continue
-            metadata = dict(self.settings, source=str(job.source),
-                            num_clips=str(len(tensors["context"])))
-            atomic_save_safetensors(tensors, job.output, metadata=metadata)
-            summary.done += 1
+            try:
+                if is_done(job.output, self.settings):  # finished since the first look
+                    summary.skipped += 1
+                    continue
+                try:
+                    with pixel_budget(self.max_pixels):
+                        tensors = self.features(job.source)
+                except Exception as err:  # one bad video must not stop the job
+                    message = str(err).replace("\n", " ")
+                    summary.failures.append((str(job.source), type(err).__name__, message))
+                    tqdm.write(f"FAILED {job.source}: {type(err).__name__}: {message}")
+                    continue
+                metadata = dict(self.settings, source=str(job.source),
+                                num_clips=str(len(tensors["context"])))
+                atomic_save_safetensors(tensors, job.output, metadata=metadata)
+                summary.done += 1
+            finally:
+                release_claim(claim)
         if failure_log is not None:
             write_failures(failure_log, summary.failures)
         return summary
@@ -255,12 +275,19 @@ def write_failures(path: Path, failures: list[tuple[str, str, str]]) -> None:
         writer.writerows(failures)
 
 
-def remove_stale_temporaries(out_dir: Path, older_than_s: float = 0.0) -> int:
-    """Delete temporary files a killed run left behind (``.NAME.XXXX.tmp``)."""
+def remove_stale_temporaries(out_dir: Path, older_than_s: float = STALE_AFTER_S) -> int:
+    """Delete the temporaries and claims that killed runs left behind; return their number.
+
+    Only Spool's own files (``.NAME.spool-HOST-PID-RANDOM.tmp``, ``.NAME.spool-claim``) whose
+    process is gone: exited on this machine, or older than ``older_than_s`` from another. The
+    in-flight files of a job running beside this one, and a user's ``.notes.tmp``, stay.
+    """
     removed = 0
-    now = time.time()
-    for tmp in out_dir.rglob(".*.tmp"):
-        if now - tmp.stat().st_mtime >= older_than_s:
-            tmp.unlink(missing_ok=True)
+    for path in out_dir.rglob(".*.spool-*"):
+        if path.name.endswith(".tmp") and path.is_file() and is_stale_temporary(path,
+                                                                               older_than_s):
+            path.unlink(missing_ok=True)
+            removed += 1
+        elif path.name.endswith(CLAIM_SUFFIX) and remove_stale_claim(path, older_than_s):
             removed += 1
     return removed

@@ -84,12 +84,17 @@ def test_extract_resumes_and_redoes_half_written(videos, tmp_path, capsys):
     assert c["frame_indices"][-1, -1] == 19
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     (out / "b.safetensors").write_bytes(b"half a file")  # as a non-atomic writer would leave
-    (out / ".a.safetensors.x1y2.tmp").write_bytes(b"left by a killed run")
+    # Left by a killed run: a temporary of a process that has exited. A user's file stays.
+    script = "import os, sys\nfrom spool.io_utils import atomic_path\n" \
+             "writing = atomic_path(sys.argv[1])\nwriting.__enter__()\nos._exit(0)\n"
+    subprocess.run([sys.executable, "-c", script, str(out / "a.safetensors")], check=True)
+    assert len(list(out.glob(".a.safetensors.spool-*.tmp"))) == 1
+    (out / ".notes.tmp").write_bytes(b"not Spool's")
     capsys.readouterr()
     assert _extract(good, out, config, "--sampler", "sliding", "--clip-len", "8",
                     "--stride", "6") == 0
     assert "1 extracted, 2 already done, 0 failed of 3 videos" in capsys.readouterr().out
-    assert not list(out.glob(".*.tmp"))
+    assert [p.name for p in out.glob(".*")] == [".notes.tmp"]
     for path, stamp in stamps.items():
         if path.name != "b.safetensors":
             assert path.stat().st_mtime_ns == stamp, f"{path} was redone"

@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        if dist.is_main:
-            remove_stale_temporaries(out_dir, older_than_s=0 if not dist.distributed else 60)
+        if dist.is_main:  # only files of processes that are gone: other jobs may share OUT
+            remove_stale_temporaries(out_dir)
         jobs = plan_jobs(args.inputs, out_dir, dist.rank, dist.world_size)
         model = build_model(args)
         extractor = FeatureExtractor(model, build_sampler(args), batch_size=args.batch_size,
@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                                      max_pixels=args.max_pixels)
         start = time.perf_counter()
         summary = extractor.run(jobs, progress=not args.no_progress, position=dist.local_rank)
-        summaries = all_gather_objects((summary.done, summary.skipped, summary.failures))
+        summaries = all_gather_objects((summary.done, summary.skipped, summary.failures,
+                                        summary.elsewhere))
         barrier()
     finally:
         cleanup_distributed()
@@ -108,9 +109,11 @@ def run(args: argparse.Namespace) -> int:
     done = sum(s[0] for s in summaries)
     skipped = sum(s[1] for s in summaries)
     failures = [f for s in summaries for f in s[2]]
+    elsewhere = sum(s[3] for s in summaries)
     write_failures(out_dir / "failures.csv", failures)
-    total = done + skipped + len(failures)
-    print(f"spool extract: {done} extracted, {skipped} already done, {len(failures)} failed "
+    total = done + skipped + elsewhere + len(failures)
+    busy = f"{elsewhere} being extracted by another job, " if elsewhere else ""
+    print(f"spool extract: {done} extracted, {skipped} already done, {busy}{len(failures)} failed "
           f"of {total} videos in {time.perf_counter() - start:.1f}s "
           f"({dist.world_size} process{'es' if dist.world_size > 1 else ''}); outputs in "
           f"{os.fspath(out_dir)}" + (f"; failures listed in {out_dir / 'failures.csv'}"
