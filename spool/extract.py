@@ -193,6 +193,8 @@ class FeatureExtractor:
     def __init__(self, model: Spool, sampler: FrameSampler, *, batch_size: int = 4,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  save_features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         self.model = model.eval().to(device)
         self.sampler = sampler
         self.batch_size = batch_size

@@ -139,3 +139,33 @@ def test_extract_max_pixels_flag(videos, tmp_path, capsys):
         _extract([root / "a.mp4"], tmp_path / "o", config, "--max-pixels", "4k")
     assert exit_info.value.code == 2
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_no_videos_is_an_error(videos, tmp_path, capsys):
+    _, config = videos
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no videos here")
+    assert _extract([tmp_path / "empty"], tmp_path / "o", config) == 2
+    assert "no videos in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--batch-size", "0"), ("--num-frames", "0"), ("--stride", "-1"), ("--clip-len", "0"),
+    ("--max-frames", "0"), ("--fps", "0"), ("--fps", "nan"), ("--heads", "0"),
+    ("--image-size", "0"), ("--layers", "-1"), ("--local-frame-range", "x"),
+])
+def test_counts_are_checked_when_parsing(videos, tmp_path, capsys, flag, value):
+    root, config = videos
+    with pytest.raises(SystemExit) as exit_info:
+        _extract([root / "a.mp4"], tmp_path / "o", config, flag, value)
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing ran
+
+
+def test_extractor_rejects_batch_size_zero(tiny_model):
+    from spool.extract import FeatureExtractor
+    from spool.video import make_sampler
+
+    with pytest.raises(ValueError, match="batch_size: expected a positive integer, got 0"):
+        FeatureExtractor(tiny_model, make_sampler("uniform", num_frames=2), batch_size=0)

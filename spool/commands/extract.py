@@ -77,7 +77,13 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spool.extract import FeatureExtractor, plan_jobs, remove_stale_temporaries, write_failures
+    from spool.extract import (
+        VIDEO_EXTENSIONS,
+        FeatureExtractor,
+        plan_jobs,
+        remove_stale_temporaries,
+        write_failures,
+    )
     from spool.train.distributed import (
         all_gather_objects,
         barrier,
@@ -91,7 +97,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         if dist.is_main:  # only files of processes that are gone: other jobs may share OUT
             remove_stale_temporaries(out_dir)
-        jobs = plan_jobs(args.inputs, out_dir, dist.rank, dist.world_size)
+        every = plan_jobs(args.inputs, out_dir)
+        if not every:  # the same on every rank: all return here
+            print(f"spool extract: no videos in {' '.join(args.inputs)}: folders are searched "
+                  f"for {' '.join(sorted(VIDEO_EXTENSIONS))} files and list files name one "
+                  f"video per line; nothing to do", file=sys.stderr)
+            return 2
+        jobs = every[dist.rank::dist.world_size]  # what plan_jobs(..., rank, world_size) gives
         model = build_model(args)
         extractor = FeatureExtractor(model, build_sampler(args), batch_size=args.batch_size,
                                      device=dist.device, dtype=_dtype(args.dtype, dist.device),
@@ -119,6 +131,29 @@ def run(args: argparse.Namespace) -> int:
           f"{os.fspath(out_dir)}" + (f"; failures listed in {out_dir / 'failures.csv'}"
                                      if failures else ""))
     return 1 if failures else 0
+
+
+def _count(minimum: int):
+    """An argparse type: an integer >= ``minimum``, rejected at parse time with the flag."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _max_pixels(text: str) -> int:
@@ -149,23 +184,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--backbone-config", metavar="JSON",
                    help="without --checkpoint: build a randomly initialised backbone from this "
                         "HF config file (offline tests and demos)")
-    m.add_argument("--layers", type=int, default=12, help="temporal layers (default: 12)")
-    m.add_argument("--heads", type=int, default=12, help="attention heads (default: 12)")
-    m.add_argument("--lookahead-heads", type=int, default=6, help="of --heads (default: 6)")
-    m.add_argument("--local-frame-range", type=int, default=16, help="w (default: 16)")
-    m.add_argument("--image-size", type=int, default=224, help="frame size (default: 224)")
+    m.add_argument("--layers", type=_count(0), default=12, help="temporal layers (default: 12)")
+    m.add_argument("--heads", type=_count(1), default=12, help="attention heads (default: 12)")
+    m.add_argument("--lookahead-heads", type=_count(0), default=6, help="of --heads (default: 6)")
+    m.add_argument("--local-frame-range", type=_count(0), default=16, help="w (default: 16)")
+    m.add_argument("--image-size", type=_count(1), default=224, help="frame size (default: 224)")
     s = p.add_argument_group("frame sampling")
     s.add_argument("--sampler", choices=["uniform", "fps", "stride", "sliding"],
                    default="uniform", help="how clips are taken (default: %(default)s)")
-    s.add_argument("--num-frames", type=int, default=16,
+    s.add_argument("--num-frames", type=_count(1), default=16,
                    help="uniform: frames spread over the video (default: 16)")
-    s.add_argument("--fps", type=float, default=2.0, help="fps: target rate (default: 2)")
-    s.add_argument("--stride", type=int, default=8,
+    s.add_argument("--fps", type=_positive_float, default=2.0, help="fps: target rate (default: 2)")
+    s.add_argument("--stride", type=_count(1), default=8,
                    help="stride: every k-th frame; sliding: clip start step (default: 8)")
-    s.add_argument("--clip-len", type=int, default=16, help="sliding: frames per clip")
-    s.add_argument("--max-frames", type=int, help="fps/stride: cap on frames per clip")
+    s.add_argument("--clip-len", type=_count(1), default=16, help="sliding: frames per clip")
+    s.add_argument("--max-frames", type=_count(1), help="fps/stride: cap on frames per clip")
     r = p.add_argument_group("running")
-    r.add_argument("--batch-size", type=int, default=4, help="clips per forward (default: 4)")
+    r.add_argument("--batch-size", type=_count(1), default=4, help="clips per forward (default: 4)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when available, one GPU per torchrun process")
     r.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
