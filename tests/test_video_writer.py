@@ -70,5 +70,14 @@ def test_non_deterministic_mode_still_writes_readable_files(tmp_path: Path) -> N
 def test_synthetic_dataset_same_bytes_twice(tmp_path: Path, codec: str) -> None:
     a = make_synthetic_dataset(tmp_path / "a", 3, num_frames=8, size=64, codec=codec, seed=5)
     b = make_synthetic_dataset(tmp_path / "b", 3, num_frames=8, size=64, codec=codec, seed=5)
+    # And once more in another process, with other garbage in its heap.
+    env = dict(os.environ, MALLOC_PERTURB_="85", OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "spool.data.synthetic", str(tmp_path / "c"),
+                    "--per-class", "3", "--num-frames", "8", "--size", "64", "--codec", codec,
+                    "--seed", "5"], env=env, check=True, capture_output=True, timeout=120)
     for (pa, _), (pb, _) in zip(a.train + a.val, b.train + b.val, strict=True):
         assert pa.read_bytes() == pb.read_bytes(), pa.name
+        pc = tmp_path / "c" / pa.relative_to(tmp_path / "a")
+        assert pa.read_bytes() == pc.read_bytes(), pa.name
+    for name in ("train.txt", "val.txt", "classes.txt"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "c" / name).read_bytes()
