@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +27,20 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from spool import __version__
-from spool.io_utils import atomic_path, atomic_save_safetensors
+from spool.io_utils import (
+    CLAIM_SUFFIX,
+    STALE_AFTER_S,
+    atomic_path,
+    atomic_save_safetensors,
+    is_stale_temporary,
+    release_claim,
+    remove_stale_claim,
+    try_claim,
+)
 from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
 from spool.video import FrameSampler, VideoDecodeError, VideoReader
+from spool.video.limits import DEFAULT_MAX_PIXELS, pixel_budget
 
 logger = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
@@ -50,6 +60,7 @@ class VideoJob:
 class ExtractSummary:
     done: int = 0
     skipped: int = 0
+    elsewhere: int = 0  # claimed by another job writing to the same folder
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # path, error, message
 
     @property
@@ -60,22 +71,24 @@ class ExtractSummary:
 def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
     """``(video, name relative to the output directory without suffix)`` for every input.
 
-    An input is a video file, a directory (searched recursively for video extensions; names
-    keep the sub-folders) or a text file listing one path per line (``#`` comments; relative
-    paths are relative to the list). A named path that does not exist is kept, so that it is
-    reported as a failure rather than silently dropped.
+    An input is a video file, a directory (searched recursively for video extensions,
+    following links to directories; names keep the sub-folders) or a text file listing one
+    path per line (relative paths are relative to the list; a line whose first non-blank
+    character is ``#`` is a comment, so a file named ``#x.mp4`` is listed as ``./#x.mp4``).
+    A named path that does not exist or is not a regular file (a FIFO, a device, a broken
+    link) is kept, so that it is reported as a failure rather than silently dropped.
     """
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for video in sorted(p for p in path.rglob("*")
-                                if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS):
+            for video in _scan_directory(path):
                 found.append((video, video.relative_to(path).with_suffix("")))
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
-            for line in path.read_text().splitlines():
-                line = line.split("#", 1)[0].strip()
-                if line:
+            # utf-8-sig: a byte-order mark would otherwise become part of the first path.
+            for line in path.read_text(encoding="utf-8-sig").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
                     entry = Path(line) if Path(line).is_absolute() else path.parent / line
                     found.append((entry, Path(Path(line).stem)))
         else:
@@ -83,12 +96,59 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
     return found
 
 
+def _scan_directory(root: Path) -> list[Path]:
+    """Entries with a video extension under ``root``, whatever their file type.
+
+    Links to directories are followed (``Path.rglob`` skipped them silently), each real
+    directory once, so a link loop ends; the plain tree is walked before any link, so a folder
+    that is also linked keeps its real name. FIFOs, devices and broken links are listed too:
+    they are reported as failures, never opened.
+    """
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    links: deque[Path] = deque()
+
+    def walk(folder: Path) -> None:
+        try:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            found.append(folder)  # unreadable: reported as a failure, not skipped
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if _is_dir(entry):
+                if entry.is_symlink():
+                    links.append(path)
+                else:
+                    walk(path)
+            elif path.suffix.lower() in VIDEO_EXTENSIONS:
+                found.append(path)
+
+    walk(root)
+    while links:
+        walk(links.popleft())
+    return sorted(found)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:
+        return False
+
+
 def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
               rank: int = 0, world_size: int = 1) -> list[VideoJob]:
     """This rank's share of the videos: sorted by absolute path, every ``world_size``-th one
     from ``rank``, so ranks never overlap and together cover every input."""
     out_dir = Path(out_dir)
-    pairs = sorted({(src.resolve(), name) for src, name in collect_inputs(inputs)})
+    # A broken link stays itself (resolving it would report its target instead).
+    pairs = sorted({(src.resolve() if src.exists() else src.absolute(), name)
+                    for src, name in collect_inputs(inputs)})
     names: dict[Path, int] = {}
     for _, name in pairs:
         names[name] = names.get(name, 0) + 1
@@ -164,13 +224,16 @@ class FeatureExtractor:
 
     def __init__(self, model: Spool, sampler: FrameSampler, *, batch_size: int = 4,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 save_features: bool = False) -> None:
+                 save_features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         self.model = model.eval().to(device)
         self.sampler = sampler
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.dtype = dtype
         self.save_features = save_features
+        self.max_pixels = max_pixels  # larger frames are refused from the header (0: no limit)
         self.settings = _settings_metadata(model, sampler, save_features, dtype)
         self.preprocessing = model.config.preprocessing()
 
@@ -213,17 +276,29 @@ class FeatureExtractor:
             if is_done(job.output, self.settings):
                 summary.skipped += 1
                 continue
-            try:
-                tensors = self.features(job.source)
-            except Exception as err:  # one bad video must not stop the job
-                message = str(err).replace("\n", " ")
-                summary.failures.append((str(job.source), type(err).__name__, message))
-                tqdm.write(f"FAILED {job.source}: {type(err).__name__}: {message}")
+            # Jobs sharing the output folder split the videos: one claim file per output.
+            claim = try_claim(job.output)
+            if claim is None:
+                summary.elsewhere += 1
                 continue
-            metadata = dict(self.settings, source=str(job.source),
-                            num_clips=str(len(tensors["context"])))
-            atomic_save_safetensors(tensors, job.output, metadata=metadata)
-            summary.done += 1
+            try:
+                if is_done(job.output, self.settings):  # finished since the first look
+                    summary.skipped += 1
+                    continue
+                try:
+                    with pixel_budget(self.max_pixels):
+                        tensors = self.features(job.source)
+                except Exception as err:  # one bad video must not stop the job
+                    message = str(err).replace("\n", " ")
+                    summary.failures.append((str(job.source), type(err).__name__, message))
+                    tqdm.write(f"FAILED {job.source}: {type(err).__name__}: {message}")
+                    continue
+                metadata = dict(self.settings, source=str(job.source),
+                                num_clips=str(len(tensors["context"])))
+                atomic_save_safetensors(tensors, job.output, metadata=metadata)
+                summary.done += 1
+            finally:
+                release_claim(claim)
         if failure_log is not None:
             write_failures(failure_log, summary.failures)
         return summary
@@ -236,12 +311,19 @@ def write_failures(path: Path, failures: list[tuple[str, str, str]]) -> None:
         writer.writerows(failures)
 
 
-def remove_stale_temporaries(out_dir: Path, older_than_s: float = 0.0) -> int:
-    """Delete temporary files a killed run left behind (``.NAME.XXXX.tmp``)."""
+def remove_stale_temporaries(out_dir: Path, older_than_s: float = STALE_AFTER_S) -> int:
+    """Delete the temporaries and claims that killed runs left behind; return their number.
+
+    Only Spool's own files (``.NAME.spool-HOST-PID-RANDOM.tmp``, ``.NAME.spool-claim``) whose
+    process is gone: exited on this machine, or older than ``older_than_s`` from another. The
+    in-flight files of a job running beside this one, and a user's ``.notes.tmp``, stay.
+    """
     removed = 0
-    now = time.time()
-    for tmp in out_dir.rglob(".*.tmp"):
-        if now - tmp.stat().st_mtime >= older_than_s:
-            tmp.unlink(missing_ok=True)
+    for path in out_dir.rglob(".*.spool-*"):
+        if path.name.endswith(".tmp") and path.is_file() and is_stale_temporary(path,
+                                                                               older_than_s):
+            path.unlink(missing_ok=True)
+            removed += 1
+        elif path.name.endswith(CLAIM_SUFFIX) and remove_stale_claim(path, older_than_s):
             removed += 1
     return removed

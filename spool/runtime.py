@@ -81,11 +81,24 @@ def tune_cpu_allocator() -> bool:
     return _applied
 
 
+class _ConsoleHandler(logging.Handler):
+    """Plain lines: INFO to stdout, warnings and errors to stderr, whichever streams are
+    current when a message is emitted (test runners and notebooks replace them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # a closed stream must not end the job
+            self.handleError(record)
+
+
 def configure_logging() -> None:
-    """Spool's library messages as terse lines on stdout; transformers' loading chatter off."""
+    """Spool's library messages as terse lines; transformers' loading chatter off."""
     logger = logging.getLogger("spool")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        handler = _ConsoleHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

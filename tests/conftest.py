@@ -18,6 +18,15 @@ def tiny_backbone(hidden_size: int = 24, patch_size: int = 8, image_size: int = 
                 image_size=image_size, **extra)
 
 
+def tiny_model_args(backbone_json) -> list[str]:
+    """``--model`` flags of a CLI run with the tiny model; ``backbone_json``: a file holding
+    ``tiny_backbone()``."""
+    fields = dict(num_hidden_layers=1, num_attention_heads=2, num_lookahead_heads=1,
+                  num_lookback_heads=1, image_size=32, local_frame_range=2)
+    pairs = [f"{k}={v}" for k, v in fields.items()] + [f"backbone_config=@{backbone_json}"]
+    return [arg for pair in pairs for arg in ("--model", pair)]
+
+
 def tiny_config(**overrides) -> SpoolConfig:
     base = dict(num_hidden_layers=1, num_attention_heads=4, num_lookahead_heads=2,
                 num_lookback_heads=2, image_size=32, local_frame_range=2,

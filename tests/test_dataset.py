@@ -68,6 +68,25 @@ def test_bad_line_reports_its_line_number(tmp_path: Path, bad: str, message: str
     assert str(path) in str(err.value)
 
 
+def test_byte_order_mark_is_ignored(tmp_path: Path) -> None:
+    root = tiny_video_dataset()
+    named, names = read_annotation_file(root / "train.txt")
+    lines = "".join(f"{s.path} {names[s.label]}\n" for s in named)
+    (tmp_path / "ann.txt").write_text(lines, encoding="utf-8-sig")  # as Windows editors save
+    (tmp_path / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8-sig")
+    samples, got = read_annotation_file(tmp_path / "ann.txt")
+    assert got == names and samples == named
+
+
+def test_negative_label_without_class_names_is_an_error(tmp_path: Path) -> None:
+    root = tiny_video_dataset()
+    named, _ = read_annotation_file(root / "train.txt")
+    path = tmp_path / "ints.txt"
+    path.write_text(f"{named[0].path} 0\n{named[1].path} -1\n")
+    with pytest.raises(ValueError, match=r"ints.txt, line 2: label -1 is negative"):
+        read_annotation_file(path)
+
+
 def test_training_clips_come_from_the_samplers() -> None:
     """The dataset's clips are the video module's samplers: uniform centres, strided clips at
     a start in [0, 1] of the free range (short videos repeat the last frame), and one

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_backbone
+from conftest import tiny_backbone, tiny_model_args
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -17,10 +17,6 @@ from spool.cli import main
 from spool.extract import plan_jobs
 from spool.video import write_video
 
-MODEL_ARGS = [*("--model", "num_hidden_layers=1"), *("--model", "num_attention_heads=2"),
-              *("--model", "num_lookahead_heads=1"), *("--model", "num_lookback_heads=1"),
-              *("--model", "image_size=32"), *("--model", "local_frame_range=2"),
-              "--no-progress"]
 D, L = 24, 17
 
 
@@ -43,8 +39,8 @@ def videos(tmp_path_factory):
 
 
 def _extract(inputs, out, config, *extra):
-    return main(["extract", *map(str, inputs), "--out", str(out), "--model",
-                 f"backbone_config=@{config}", *MODEL_ARGS, *extra])
+    return main(["extract", *map(str, inputs), "--out", str(out), *tiny_model_args(config),
+                 "--no-progress", *extra])
 
 
 def test_extract_outputs_shapes_metadata_and_failures(videos, tmp_path, capsys):
@@ -86,12 +82,17 @@ def test_extract_resumes_and_redoes_half_written(videos, tmp_path, capsys):
     assert c["frame_indices"][-1, -1] == 19
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     (out / "b.safetensors").write_bytes(b"half a file")  # as a non-atomic writer would leave
-    (out / ".a.safetensors.x1y2.tmp").write_bytes(b"left by a killed run")
+    # Left by a killed run: a temporary of a process that has exited. A user's file stays.
+    script = "import os, sys\nfrom spool.io_utils import atomic_path\n" \
+             "writing = atomic_path(sys.argv[1])\nwriting.__enter__()\nos._exit(0)\n"
+    subprocess.run([sys.executable, "-c", script, str(out / "a.safetensors")], check=True)
+    assert len(list(out.glob(".a.safetensors.spool-*.tmp"))) == 1
+    (out / ".notes.tmp").write_bytes(b"not Spool's")
     capsys.readouterr()
     assert _extract(good, out, config, "--sampler", "sliding", "--clip-len", "8",
                     "--stride", "6") == 0
     assert "1 extracted, 2 already done, 0 failed of 3 videos" in capsys.readouterr().out
-    assert not list(out.glob(".*.tmp"))
+    assert [p.name for p in out.glob(".*")] == [".notes.tmp"]
     for path, stamp in stamps.items():
         if path.name != "b.safetensors":
             assert path.stat().st_mtime_ns == stamp, f"{path} was redone"
@@ -117,10 +118,67 @@ def test_extract_under_torchrun_two_processes(videos, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "spool.cli", "extract", *map(str, good), "--out", str(out),
-           "--model", f"backbone_config=@{config}", *MODEL_ARGS, "--num-frames", "4"]
+           *tiny_model_args(config), "--no-progress", "--num-frames", "4"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "3 extracted, 0 already done, 0 failed of 3 videos" in proc.stdout
     assert "(2 processes)" in proc.stdout
     assert len(list(out.rglob("*.safetensors"))) == 3
+
+
+def test_extract_max_pixels_flag(videos, tmp_path, capsys):
+    root, config = videos
+    assert _extract([root / "a.mp4"], tmp_path / "o", config, "--max-pixels", "40x30") == 1
+    assert "48x32" in capsys.readouterr().out + "".join((tmp_path / "o" / "failures.csv")
+                                                        .read_text())
+    assert _extract([root / "a.mp4"], tmp_path / "o", config, "--max-pixels", "48x32") == 0
+    with pytest.raises(SystemExit) as exit_info:
+        _extract([root / "a.mp4"], tmp_path / "o", config, "--max-pixels", "4k")
+    assert exit_info.value.code == 2
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+def test_no_videos_is_an_error(videos, tmp_path, capsys):
+    _, config = videos
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no videos here")
+    assert _extract([tmp_path / "empty"], tmp_path / "o", config) == 2
+    assert "no videos in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--batch-size", "0"), ("--num-frames", "0"), ("--stride", "-1"), ("--clip-len", "0"),
+    ("--max-frames", "0"), ("--fps", "0"), ("--fps", "nan"),
+])
+def test_counts_are_checked_when_parsing(videos, tmp_path, capsys, flag, value):
+    root, config = videos
+    with pytest.raises(SystemExit) as exit_info:
+        _extract([root / "a.mp4"], tmp_path / "o", config, flag, value)
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(("pair", "message"), [
+    ("num_attention_heads=0", "num_attention_heads"), ("image_size=0", "image_size"),
+    ("num_hidden_layers=-1", "num_hidden_layers"), ("local_frame_range=x", "local_frame_range"),
+    ("num_layers=2", "unknown SpoolConfig field 'num_layers'"),
+])
+def test_bad_model_fields_are_one_line_errors(videos, tmp_path, capsys, pair, message):
+    root, config = videos
+    try:
+        code = _extract([root / "a.mp4"], tmp_path / "o", config, "--model", pair)
+    except SystemExit as exit_info:  # rejected while parsing
+        code = exit_info.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_extractor_rejects_batch_size_zero(tiny_model):
+    from spool.extract import FeatureExtractor
+    from spool.video import make_sampler
+
+    with pytest.raises(ValueError, match="batch_size: expected a positive integer, got 0"):
+        FeatureExtractor(tiny_model, make_sampler("uniform", num_frames=2), batch_size=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,13 @@ Each video gives OUT/NAME.safetensors with 'context' [n_clips, 2D] (fp32),
 'frame_indices' and 'timestamps' [n_clips, T], and with --save-features 'features'
 [n_clips, T+2, L, D] (fp16). Re-running the same command skips finished videos (outputs are
 redone when the weights, the sampler, the preprocessing or the dtype change). Videos that
-cannot be read are listed in OUT/failures.csv; the exit code is 1 if any failed.
+cannot be read are listed in OUT/failures.csv; the exit code is 1 if any failed. Several
+jobs may share OUT: each video is claimed by one of them.
+
+List files (.txt, .lst, .list): one path per line, relative to the list's folder. A line
+whose first non-blank character is '#' is a comment; '#' elsewhere is part of the path, and
+a file whose name starts with '#' is listed as ./#name.mp4. FIFOs, devices and broken links
+are reported as failures without being opened.
 """
 
 
@@ -44,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         setup_distributed,
     )
     from spool.extract import (
+        VIDEO_EXTENSIONS,
         FeatureExtractor,
         load_feature_model,
         plan_jobs,
@@ -56,17 +64,25 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        if dist.is_main:
-            remove_stale_temporaries(out_dir, older_than_s=0 if not dist.distributed else 60)
-        jobs = plan_jobs(args.inputs, out_dir, dist.rank, dist.world_size)
+        if dist.is_main:  # only files of processes that are gone: other jobs may share OUT
+            remove_stale_temporaries(out_dir)
+        every = plan_jobs(args.inputs, out_dir)
+        if not every:  # the same on every rank: all return here
+            print(f"spool extract: no videos in {' '.join(args.inputs)}: folders are searched "
+                  f"for {' '.join(sorted(VIDEO_EXTENSIONS))} files and list files name one "
+                  f"video per line; nothing to do", file=sys.stderr)
+            return 2
+        jobs = every[dist.rank::dist.world_size]  # what plan_jobs(..., rank, world_size) gives
         model = load_feature_model(args.checkpoint, dict(args.model or []))
         extractor = FeatureExtractor(model, build_sampler(args), batch_size=args.batch_size,
                                      device=dist.device,
                                      dtype=resolve_dtype(args.dtype, dist.device),
-                                     save_features=args.save_features)
+                                     save_features=args.save_features,
+                                     max_pixels=args.max_pixels)
         start = time.perf_counter()
         summary = extractor.run(jobs, progress=not args.no_progress, position=dist.local_rank)
-        summaries = all_gather_objects((summary.done, summary.skipped, summary.failures))
+        summaries = all_gather_objects((summary.done, summary.skipped, summary.failures,
+                                        summary.elsewhere))
         barrier()
     finally:
         cleanup_distributed()
@@ -75,14 +91,25 @@ def run(args: argparse.Namespace) -> int:
     done = sum(s[0] for s in summaries)
     skipped = sum(s[1] for s in summaries)
     failures = [f for s in summaries for f in s[2]]
+    elsewhere = sum(s[3] for s in summaries)
     write_failures(out_dir / "failures.csv", failures)
-    total = done + skipped + len(failures)
-    print(f"spool extract: {done} extracted, {skipped} already done, {len(failures)} failed "
+    total = done + skipped + elsewhere + len(failures)
+    busy = f"{elsewhere} being extracted by another job, " if elsewhere else ""
+    print(f"spool extract: {done} extracted, {skipped} already done, {busy}{len(failures)} failed "
           f"of {total} videos in {time.perf_counter() - start:.1f}s "
           f"({dist.world_size} process{'es' if dist.world_size > 1 else ''}); outputs in "
           f"{os.fspath(out_dir)}" + (f"; failures listed in {out_dir / 'failures.csv'}"
                                      if failures else ""))
     return 1 if failures else 0
+
+
+def _max_pixels(text: str) -> int:
+    from spool.video.limits import parse_max_pixels
+
+    try:
+        return parse_max_pixels(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -92,7 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "files, one .safetensors file per video.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="video files, directories (searched recursively) or .txt lists of paths")
+                   help="video files, directories (searched recursively, following links) or "
+                        ".txt lists of paths")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", metavar="DIR",
@@ -121,5 +149,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default="auto", help="autocast dtype; auto: bfloat16 on GPU, float32 on CPU")
     r.add_argument("--save-features", action="store_true",
                    help="also save frame features [n_clips, T+2, L, D] in fp16")
+    r.add_argument("--max-pixels", type=_max_pixels, default="4096x2160", metavar="WxH",
+                   help="largest frame to decode, as WIDTHxHEIGHT or a pixel count (0: no "
+                        "limit); a video with larger frames (from its header, before decoding) "
+                        "is reported as failed instead of exhausting memory (default: "
+                        "%(default)s)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -37,7 +37,8 @@ class VideoSample:
 
 
 def _read_class_names(path: Path) -> list[str]:
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()
+             if line.strip()]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: duplicate class names in {names}")
     return names
@@ -50,8 +51,9 @@ def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | N
 
     Class names come from ``class_names``, else a ``classes.txt`` beside the file, else the
     sorted label names (integer labels: ``"0" .. "max"``). Blank lines and lines starting with
-    ``#`` are skipped. A malformed line, an unknown class, an out-of-range index or a missing
-    video raises ``ValueError`` naming the file and the line number.
+    ``#`` are skipped; a byte-order mark is ignored. A malformed line, an unknown class, a
+    negative or out-of-range index or a missing video raises ``ValueError`` naming the file
+    and the line number.
     """
     path = Path(path)
     if not path.is_file():
@@ -60,7 +62,8 @@ def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | N
     if class_names is None and (path.parent / "classes.txt").is_file():
         class_names = _read_class_names(path.parent / "classes.txt")
     rows: list[tuple[int, str, str]] = []
-    for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+    # utf-8-sig: a byte-order mark (Windows editors) would otherwise end up in line 1's path.
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -71,6 +74,11 @@ def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | N
     if not rows:
         raise ValueError(f"{path}: no 'path label' lines")
     if class_names is None:
+        for lineno, _, label in rows:
+            # Without class names "-1" would become a class of its own, silently.
+            if label.startswith("-") and label[1:].isdigit():
+                raise ValueError(f"{path}, line {lineno}: label {label} is negative; labels "
+                                 f"are class indices from 0 or class names")
         labels = [label for _, _, label in rows]
         if all(label.isdigit() for label in labels):
             class_names = [str(i) for i in range(max(int(x) for x in labels) + 1)]

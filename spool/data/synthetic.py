@@ -139,6 +139,7 @@ def make_synthetic_dataset(
     ``train.txt`` / ``val.txt`` with lines ``videos/<class>/<file> <class>``. Video ``i`` of a
     class and video ``i`` of its time-reversed twin class hold the same frames in opposite
     order and go to the same split. Use ``codec="ffv1"`` for bit-exact (lossless) frames.
+    The files are a pure function of the arguments: the same seed gives the same bytes.
     """
     classes = list(classes)
     if num_videos_per_class < 1:
@@ -171,7 +172,8 @@ def make_synthetic_dataset(
             frames = render_synthetic_clip(fwd, rng, num_frames, size)
             for label, clip in ((fwd, frames), (rev, frames[::-1])):
                 rel = Path("videos", label, f"{label}_{i:04d}{_EXT[codec]}")
-                write_video(root / rel, clip, fps=fps, codec=codec)
+                # deterministic: the same seed gives the same bytes in every run and process
+                write_video(root / rel, clip, fps=fps, codec=codec, deterministic=True)
                 (ds.val if i in val_ids else ds.train).append((root / rel, label))
     (root / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     for split, items in (("train", ds.train), ("val", ds.val)):

@@ -3,12 +3,14 @@
 Frame ``k`` is the frame with the k-th smallest presentation timestamp (pts). The pts of every
 frame come from demuxing the packets (no decoding), so the index is exact for variable frame rate
 and B-frame reordering alike. Sparse requests seek to the keyframe before each needed frame;
-dense ones decode straight through. Both give bit-identical frames.
+dense ones decode straight through. Both give bit-identical frames. Frames over the pixel
+budget (``spool.video.limits``) are refused from the stream header, before any decoding.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,9 +21,11 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from spool.video.limits import DEFAULT_MAX_PIXELS, check_frame_size, current_max_pixels
 from spool.video.writer import SUPPORTED_CODECS, write_video
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "SUPPORTED_CODECS",
     "VideoDecodeError",
     "VideoInfo",
@@ -37,6 +41,9 @@ Strategy = Literal["auto", "seek", "sequential"]
 # A seek plus decoder flush costs about as much as decoding a few frames.
 _SEEK_COST_FRAMES = 4
 _INDEX_CACHE_SIZE = 64
+# Codec options for opens that only read headers and packets: stream probing decodes nothing
+# (it would decode a frame of a forged 8192x8192 header before the size could be checked).
+_HEADERS_ONLY = {"skip_frame": "all"}
 
 
 class VideoDecodeError(ValueError):
@@ -78,18 +85,50 @@ class _FrameIndex:
 _index_cache: OrderedDict[tuple, _FrameIndex] = OrderedDict()
 
 
-def _open(path: str | os.PathLike[str]) -> tuple[av.container.InputContainer, av.VideoStream]:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "No such video file", path)
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular_file(path: str) -> os.stat_result:
+    """Raise unless ``path`` is a regular file or a link to one; never opens it.
+
+    Opening a FIFO blocks until something writes to it, and a device can be read forever.
+    """
     try:
-        container = av.open(path, mode="r")
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise FileNotFoundError(2, f"Broken symbolic link (missing target "
+                                       f"{os.readlink(path)!r})", path) from None
+        raise FileNotFoundError(2, "No such video file", path) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a file")
+        if stat.S_ISDIR(st.st_mode) and not os.access(path, os.R_OK | os.X_OK):
+            kind += " that cannot be read, so the videos in it could not be listed"
+        raise VideoDecodeError(f"{path}: not a video file: {kind}")
+    return st
+
+
+def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool = False
+          ) -> tuple[av.container.InputContainer, av.VideoStream]:
+    """Open the first video stream; refuse frames over ``max_pixels`` (0: no limit)."""
+    path = os.fspath(path)
+    _check_regular_file(path)
+    try:
+        container = av.open(path, mode="r", options=_HEADERS_ONLY if headers_only else None)
     except av.FFmpegError as e:
         raise VideoDecodeError(f"{path}: cannot open as a video file: {e}") from e
     if not container.streams.video:
         container.close()
         raise VideoDecodeError(f"{path}: no video stream in the file")
     stream = container.streams.video[0]
+    try:
+        check_frame_size(path, stream.codec_context.width, stream.codec_context.height,
+                         max_pixels)
+    except VideoDecodeError:
+        container.close()
+        raise
     stream.thread_type = "AUTO"
     return container, stream
 
@@ -132,13 +171,13 @@ def _build_index(container: av.container.InputContainer, stream: av.VideoStream)
     )
 
 
-def _cached_index(path: str) -> _FrameIndex:
+def _cached_index(path: str, max_pixels: int = 0) -> _FrameIndex:
     """The frame index of ``path``, demuxed once per file version (size and mtime)."""
-    st = os.stat(path)
+    st = _check_regular_file(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
     index = _index_cache.get(key)
     if index is None:
-        container, stream = _open(path)
+        container, stream = _open(path, max_pixels, headers_only=True)
         with container:
             index = _build_index(container, stream)
         _index_cache[key] = index
@@ -176,15 +215,19 @@ class VideoReader:
 
     Keeps the decoder position between calls, so reading consecutive windows of a long video
     one after the other decodes each frame once. Use as a context manager or call ``close()``.
+    ``max_pixels``: the largest frame (width x height) it decodes, checked from the header
+    first; None: the budget in force (``spool.video.limits.pixel_budget``, 4096x2160 unless
+    set); 0: no limit. A larger frame raises ``VideoDecodeError``.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], max_pixels: int | None = None) -> None:
         self.path = os.fspath(path)
-        self.index = _cached_index(self.path)
+        self.max_pixels = current_max_pixels(max_pixels)
+        self.index = _cached_index(self.path, self.max_pixels)
         if len(self.index.pts) == 0:
             raise VideoDecodeError(f"{self.path}: the video stream has no frames")
         self._pts_to_idx = {p: i for i, p in enumerate(self.index.pts.tolist())}
-        self._container, self._stream = _open(self.path)
+        self._container, self._stream = _open(self.path, self.max_pixels)
         self.rotation = 0  # from the display matrix of the frames decoded so far
         self._reformatter = VideoReformatter()
         self.num_seeks = 0
@@ -214,7 +257,7 @@ class VideoReader:
     def _restart(self) -> None:
         # Reopening is the one way back to packet 0 that works for every demuxer.
         self._container.close()
-        self._container, self._stream = _open(self.path)
+        self._container, self._stream = _open(self.path, self.max_pixels)
         self._start()
 
     def _seek(self, t: int) -> None:
@@ -268,10 +311,19 @@ class VideoReader:
             if packet is None or packet.size == 0:
                 return
 
-    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+    def _to_rgb(self, frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+        # The header passed, but the size may change mid-stream.
+        check_frame_size(self.path, frame.width, frame.height, self.max_pixels)
         self.rotation = _rotation_of(frame)
         # One reformatter per reader: frame.to_ndarray builds a new swscale context per frame.
-        rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+        if size is None:
+            rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+        else:
+            # Scaled in the same swscale call as the RGB conversion: a large frame is never
+            # held at full size in RGB. ``size`` is that of the upright frame.
+            height, width = size[::-1] if self.rotation in (90, 270) else size
+            rgb = self._reformatter.reformat(frame, width=width, height=height, format="rgb24",
+                                             interpolation="AREA").to_ndarray()
         return apply_rotation(rgb, self.rotation)
 
     def _should_seek(self, t: int, strategy: Strategy) -> bool:
@@ -284,7 +336,8 @@ class VideoReader:
             return True
         return target - key + _SEEK_COST_FRAMES < target - self._pos
 
-    def _collect(self, wanted: list[int], strategy: Strategy, got: dict[int, np.ndarray]) -> None:
+    def _collect(self, wanted: list[int], strategy: Strategy, got: dict[int, np.ndarray],
+                 size: tuple[int, int] | None = None) -> None:
         """Decode the sorted frame indices ``wanted`` into ``got``; leaves out what it missed."""
         need = set(wanted)
         for t in wanted:
@@ -299,21 +352,25 @@ class VideoReader:
                 self._seek(t)
             for i, frame in self._frames:
                 if i in need and i not in got:
-                    got[i] = self._to_rgb(frame)
+                    got[i] = self._to_rgb(frame, size)
                 if i >= t:
                     break
             else:
                 self._frames = None  # end of file: the later targets do not decode either
                 return
 
-    def get(self, indices: Sequence[int] | None = None,
-            strategy: Strategy = "auto") -> tuple[np.ndarray, np.ndarray]:
+    def get(self, indices: Sequence[int] | None = None, strategy: Strategy = "auto",
+            size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Frames ``[T, H, W, 3]`` uint8 RGB and timestamps ``[T]`` (seconds) for ``indices``.
 
         ``indices`` are frame numbers in presentation order, any order, repeats allowed;
         ``None`` reads every decodable frame. ``strategy``: "auto" seeks where that saves
-        work, "seek" seeks to every keyframe it can, "sequential" never seeks.
+        work, "seek" seeks to every keyframe it can, "sequential" never seeks. ``size``
+        ``(H, W)``: scale the upright frames to it while converting them to RGB (area
+        averaging), cheaper in time and memory than resizing full frames afterwards.
         """
+        if size is not None and (len(size) != 2 or min(size) < 1):
+            raise ValueError(f"size: expected (height, width) >= 1, got {size}")
         if strategy not in ("auto", "seek", "sequential"):
             raise ValueError(f"strategy: expected 'auto', 'seek' or 'sequential', "
                              f"got {strategy!r}")
@@ -332,13 +389,13 @@ class VideoReader:
         got: dict[int, np.ndarray] = {}
         plain = self._pos == -1 and self._last_out == -1 and self._valid_from is not None
         seeks = self.num_seeks
-        self._collect(unique, strategy, got)
+        self._collect(unique, strategy, got, size)
         missed = [i for i in unique if i not in got]
         if missed and not (plain and self.num_seeks == seeks):
             # A seek can overshoot on some demuxers: decode plainly from the start.
             self.num_fallbacks += 1
             self._restart()
-            self._collect(missed, "sequential", got)
+            self._collect(missed, "sequential", got, size)
             missed = [i for i in unique if i not in got]
         if missed and (strict or not got):
             more = f" (and {len(missed) - 1} more)" if len(missed) > 1 else ""
@@ -346,12 +403,17 @@ class VideoReader:
                                    f"{more} of {n}; the file may be truncated or corrupt")
         out = [i for i in wanted if i in got]
         if not out:
-            h, w = self._stream.codec_context.height, self._stream.codec_context.width
+            h, w = size or (self._stream.codec_context.height, self._stream.codec_context.width)
             return np.zeros((0, h, w, 3), np.uint8), np.zeros((0,), np.float64)
         if self.index.exact:
             times = self.index.pts[out] * float(self.index.time_base)
         else:
             times = np.asarray(out, np.float64) / _stream_fps(self._stream)
+        shapes = {got[i].shape for i in out}
+        if len(shapes) > 1:
+            raise VideoDecodeError(f"{self.path}: the frame size changes within the video "
+                                   f"({', '.join(sorted(f'{w}x{h}' for h, w, _ in shapes))}); "
+                                   f"pass size=(height, width) to scale every frame to one")
         return np.stack([got[i] for i in out]), np.asarray(times, np.float64)
 
     def info(self) -> VideoInfo:
@@ -374,18 +436,21 @@ class VideoReader:
         )
 
 
-def probe_video(path: str | os.PathLike[str], exact: bool = True) -> VideoInfo:
+def probe_video(path: str | os.PathLike[str], exact: bool = True,
+                max_pixels: int | None = None) -> VideoInfo:
     """Frame count, fps, duration, upright size, rotation and codec of a video file.
 
     ``exact=True`` counts the frames by demuxing every packet (cheap: no decoding; cached for
     the readers). ``exact=False`` reads only the headers and the first frame, so
     ``num_frames`` and ``duration`` are estimates (``num_frames_exact`` is False; 0 where the
-    headers do not say, as in raw elementary streams).
+    headers do not say, as in raw elementary streams). ``max_pixels``: as for ``VideoReader``.
     """
+    max_pixels = current_max_pixels(max_pixels)
     if exact:
-        with VideoReader(path) as reader:
+        with VideoReader(path, max_pixels) as reader:
             return reader.info()
-    container, stream = _open(path)
+    _open(path, max_pixels, headers_only=True)[0].close()  # the size, before decoding a frame
+    container, stream = _open(path, max_pixels)
     with container:
         try:
             frame = next(container.decode(stream), None)
@@ -393,6 +458,7 @@ def probe_video(path: str | os.PathLike[str], exact: bool = True) -> VideoInfo:
             raise VideoDecodeError(f"{path}: cannot decode the first frame: {e}") from e
         if frame is None:
             raise VideoDecodeError(f"{path}: the video stream has no decodable frame")
+        check_frame_size(os.fspath(path), frame.width, frame.height, max_pixels)
         rotation, tb = _rotation_of(frame), stream.time_base or Fraction(1, 1)
         h, w = (frame.width, frame.height) if rotation in (90, 270) else (frame.height, frame.width)
         fps = _stream_fps(stream)
@@ -413,13 +479,16 @@ def read_video_frames(
     path: str | os.PathLike[str],
     indices: Sequence[int] | None = None,
     strategy: Strategy = "auto",
+    size: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode frames ``indices`` (presentation order; ``None`` = all) from ``path``.
 
     Returns ``frames`` uint8 ``[T, H, W, 3]`` RGB, upright (display rotation applied), and
     ``timestamps`` float64 ``[T]`` in seconds (pts * time_base). Raises ``FileNotFoundError``
     for a missing file and ``VideoDecodeError`` for an unreadable one or a frame that cannot
-    be decoded (with ``indices=None`` a truncated file gives the frames that decode).
+    be decoded (with ``indices=None`` a truncated file gives the frames that decode), or
+    frames over ``max_pixels``. ``size`` and ``max_pixels``: see ``VideoReader``.
     """
-    with VideoReader(path) as reader:
-        return reader.get(indices, strategy=strategy)
+    with VideoReader(path, max_pixels) as reader:
+        return reader.get(indices, strategy=strategy, size=size)

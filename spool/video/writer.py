@@ -33,6 +33,25 @@ _DEFAULT_OPTIONS: dict[str, dict[str, str]] = {
 }
 
 
+def _deterministic_options(codec: str, opts: dict[str, str]) -> dict[str, str]:
+    """``opts`` plus what makes the bytes a function of the frames alone."""
+    opts = {**opts}
+    # Without it muxers and encoders write random UIDs (Matroska/WebM) and version strings.
+    opts["flags"] = _add_flag(opts.get("flags"), "+bitexact")
+    if codec == "libx264":
+        # x264's macroblock-tree rate control reads uninitialised heap memory when B-frames are
+        # on (core 165: the bytes change with MALLOC_PERTURB_, even with threads=1), so the
+        # same frames gave different files from run to run. Off, unless the caller sets it.
+        params = opts.get("x264-params", "")
+        if "mbtree" not in params:
+            opts["x264-params"] = f"{params}:mbtree=0" if params else "mbtree=0"
+    return opts
+
+
+def _add_flag(flags: str | None, flag: str) -> str:
+    return flag if not flags else flags if flag in flags else f"{flags}{flag}"
+
+
 def _as_frame_array(frame: Any) -> np.ndarray:
     arr = np.asarray(frame.numpy() if hasattr(frame, "numpy") else frame)
     if arr.dtype != np.uint8:
@@ -65,6 +84,7 @@ def write_video(
     rotation: int = 0,
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
+    deterministic: bool = True,
 ) -> Path:
     """Encode frames (uint8, [T, H, W, 3] RGB or [T, H, W] gray) into ``path``.
 
@@ -74,7 +94,11 @@ def write_video(
     file; they are rounded to ``time_base`` (default 1/1000 s). ``rotation`` stores a display
     rotation (degrees counter-clockwise) in the container. ``options`` are encoder options
     (e.g. ``{"crf": "0"}``) merged over speed-oriented defaults; ``container_options`` go to
-    the muxer (e.g. ``{"movflags": "+faststart"}``). Returns the path.
+    the muxer (e.g. ``{"movflags": "+faststart"}``). ``deterministic`` (the default) makes
+    the file's bytes a function of the frames and arguments alone, the same in every run and
+    process: one encoder thread (the output of a threaded encoder depends on the core count),
+    bit-exact muxing (no random UIDs or version strings) and, for libx264, no macroblock-tree
+    rate control; pass False to encode large videos faster. Returns the path.
     """
     if codec not in _DEFAULT_PIX_FMT:
         raise ValueError(f"codec: expected one of {SUPPORTED_CODECS}, got {codec!r}")
@@ -92,9 +116,13 @@ def write_video(
         time_base = time_base or 1 / rate
         pts_list = None
     opts = {**_DEFAULT_OPTIONS.get(codec, {}), **(options or {})}
+    muxer_opts = dict(container_options or {})
+    if deterministic:
+        opts = _deterministic_options(codec, opts)
+        muxer_opts["fflags"] = _add_flag(muxer_opts.get("fflags"), "+bitexact")
 
     written = 0
-    with av.open(str(path), mode="w", options=container_options or {}) as container:
+    with av.open(str(path), mode="w", options=muxer_opts) as container:
         stream = None
         for i, frame in enumerate(frames):
             arr = _as_frame_array(frame)
@@ -106,6 +134,8 @@ def write_video(
                     "gray" if arr.ndim == 2 and codec == "ffv1" else _DEFAULT_PIX_FMT[codec]
                 )
                 stream.codec_context.time_base = time_base
+                if deterministic:  # also the threads of the RGB -> YUV conversion
+                    stream.codec_context.thread_count = 1
                 if gop_size is not None:
                     stream.codec_context.gop_size = gop_size
                 if max_b_frames is not None:

@@ -1,0 +1,84 @@
+"""What ``spool extract`` takes as input: links, FIFOs, list files; nothing hangs or is skipped."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import tiny_backbone, tiny_model_args
+
+from spool.extract import collect_inputs
+from spool.video import write_video
+
+EXTRA_ARGS = ["--no-progress", "--num-frames", "2"]
+
+
+def _names(inputs: list[Path]) -> list[str]:
+    return [name.as_posix() for _, name in collect_inputs(inputs)]
+
+
+def test_directory_links_are_followed_once(tmp_path: Path) -> None:
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "real").mkdir(parents=True)
+    (elsewhere / "deep").mkdir(parents=True)
+    for path in (root / "a.mp4", root / "real" / "b.mkv", elsewhere / "c.mp4",
+                 elsewhere / "deep" / "d.webm", root / "notes.txt"):
+        path.write_bytes(b"")
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "real" / "loop").symlink_to(root, target_is_directory=True)  # a cycle
+    (elsewhere / "back").symlink_to(root / "real", target_is_directory=True)  # seen already
+    assert _names([root]) == ["a", "linked/c", "linked/deep/d", "real/b"]
+
+
+def test_fifos_and_broken_links_are_listed_to_be_reported(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.mp4")
+    (tmp_path / "broken.mp4").symlink_to(tmp_path / "gone.mp4")
+    (tmp_path / "unrelated_broken").symlink_to(tmp_path / "gone")
+    assert _names([tmp_path]) == ["broken", "pipe"]
+
+
+def test_list_file_comments_hashes_and_byte_order_mark(tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    lines = ["first.mp4", "# a comment", "   # an indented comment", "#leading.mp4",
+             "./#leading.mp4", "hash#1.mp4", "  spaced.mp4  ", ""]
+    listing.write_text("\n".join(lines), encoding="utf-8-sig")
+    found = collect_inputs([listing])
+    assert [name.as_posix() for _, name in found] == ["first", "#leading", "hash#1", "spaced"]
+    assert [src for src, _ in found] == [tmp_path / n for n in
+                                         ("first.mp4", "#leading.mp4", "hash#1.mp4",
+                                          "spaced.mp4")]
+
+
+def test_extract_reports_fifo_and_broken_link_without_hanging(tmp_path: Path) -> None:
+    videos, elsewhere = tmp_path / "videos", tmp_path / "elsewhere"
+    videos.mkdir()
+    frames = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    for path in (videos / "good.mp4", elsewhere / "linked.mp4", tmp_path / "hash#1.mp4",
+                 tmp_path / "#leading.mp4"):
+        write_video(path, frames, fps=10)
+    (videos / "sub").symlink_to(elsewhere, target_is_directory=True)
+    os.mkfifo(videos / "pipe.mp4")  # opening it for reading would block forever
+    (videos / "broken.mp4").symlink_to(tmp_path / "deleted.mp4")
+    listing = tmp_path / "list.txt"
+    listing.write_text("# made by hand\nhash#1.mp4\n./#leading.mp4\n", encoding="utf-8-sig")
+    config = tmp_path / "backbone.json"
+    config.write_text(json.dumps(tiny_backbone()))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "spool.cli", "extract", str(videos), str(listing),
+           "--out", str(out), *tiny_model_args(config), *EXTRA_ARGS]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "4 extracted, 0 already done, 2 failed of 6 videos" in proc.stdout
+    with open(out / "failures.csv") as f:
+        failed = {Path(row["path"]).name: row["message"] for row in csv.DictReader(f)}
+    assert failed.keys() == {"pipe.mp4", "broken.mp4"}
+    assert "not a video file: a FIFO" in failed["pipe.mp4"]
+    assert "missing target" in failed["broken.mp4"]
+    for name in ("good", "sub/linked", "hash#1", "#leading"):
+        assert (out / f"{name}.safetensors").is_file(), name

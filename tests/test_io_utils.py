@@ -1,0 +1,66 @@
+"""Atomic writes: the mode ``open()`` would give, data synced before the rename."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from spool.extract import write_failures
+from spool.io_utils import atomic_path, atomic_save_safetensors, atomic_write
+
+
+def _writers(tmp_path: Path) -> dict[str, Path]:
+    out = {"text": tmp_path / "a.json", "tensors": tmp_path / "b.safetensors",
+           "csv": tmp_path / "failures.csv"}
+    atomic_write(out["text"], lambda p: Path(p).write_text("{}"))
+    atomic_save_safetensors({"x": torch.zeros(2)}, out["tensors"])
+    write_failures(out["csv"], [("a.mp4", "VideoDecodeError", "bad")])
+    return out
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_mode_the_umask_gives(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        written = _writers(tmp_path)
+        (tmp_path / "plain").write_text("as open() makes it")
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == want
+    for kind, path in written.items():
+        assert stat.S_IMODE(path.stat().st_mode) == want, kind
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_file_is_synced_before_the_rename_and_the_folder_after(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def spy_replace(src, dst) -> None:
+        events.append(("replace", os.fspath(src)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    target = tmp_path / "out.bin"
+    with atomic_path(target) as tmp:
+        Path(tmp).write_bytes(b"payload")
+    assert events == [("fsync", tmp), ("replace", tmp), ("fsync", str(tmp_path))]
+    assert target.read_bytes() == b"payload"
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "x.bin") as tmp:
+        Path(tmp).write_bytes(b"half")
+        raise RuntimeError("writer died")
+    assert list(tmp_path.iterdir()) == []
