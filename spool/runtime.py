@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEVICES", "DTYPES", "configure_logging", "resolve_device", "resolve_dtype",
-           "tune_cpu_allocator"]
+__all__ = ["DEVICES", "DTYPES", "available_memory_bytes", "configure_logging",
+           "resolve_device", "resolve_dtype", "tune_cpu_allocator"]
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -32,6 +32,29 @@ def resolve_device(name: str = "auto", index: int | None = None) -> torch.device
     if not use_cuda:
         return torch.device("cpu")
     return torch.device("cuda", index if index is not None else torch.cuda.current_device())
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process can still take: the kernel's ``MemAvailable``, capped by a cgroup
+    limit where there is one; None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            found.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import os
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -14,6 +15,9 @@ from spool.layers.transformer import TemporalTransformer
 from spool.models.frame_encoder import config_and_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel
 from spool.validation import check_tokens, check_video
+
+if TYPE_CHECKING:
+    from spool.models.long_video import LongVideoOutput
 
 
 class SpoolOutput(NamedTuple):
@@ -78,6 +82,15 @@ class Spool(SpoolPreTrainedModel):
         """Cached backbone ``tokens: [B, T, L, D]`` -> :class:`SpoolOutput`."""
         check_tokens(tokens, self.config.num_spatial_tokens, self.config.hidden_size)
         return self._temporal_forward(tokens)
+
+    def forward_long(self, video: str | os.PathLike | torch.Tensor, **kwargs: Any
+                     ) -> LongVideoOutput:
+        """A whole video in one pass with memory linear in its length: a file path (decoded
+        in chunks with ``sampler=``, default 1 fps) or tokens ``[T, L, D]``. The same result as
+        ``forward`` to fp32 round-off; see :func:`spool.models.long_video.forward_long`."""
+        from spool.models.long_video import forward_long
+
+        return forward_long(self, video, **kwargs)
 
     def _temporal_forward(self, tokens: torch.Tensor) -> SpoolOutput:
         features = self.temporal(self.context_frames(tokens))

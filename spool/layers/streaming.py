@@ -1,0 +1,172 @@
+"""The temporal stack over a long video, chunk by chunk, with memory linear in its length.
+
+The same function as ``TemporalTransformer.forward`` (inference only), computed layer by
+layer over chunks of frames: each chunk's queries read the keys and values of their own window
+(kept in a rolling cache, so every frame is projected once per layer) plus the context frames,
+and the context frames' global attention over every frame is accumulated chunk by chunk with an
+online softmax (running max and sum), which is exact. The hidden state ``[T + 2, L, D]`` is the
+one large tensor: each layer updates it in place, since a chunk's frames are read for the last
+time (into the cache) before the chunk is written. Nothing of size ``[T, L, 4D]`` or q/k/v for
+all frames ever exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from spool.layers.attention_blocked import blocked_plan, default_chunk_frames, run_plan
+from spool.layers.transformer import TemporalBlock, TemporalTransformer
+
+
+class _GlobalRow:
+    """Attention of one context frame's queries over every frame, accumulated over chunks."""
+
+    def __init__(self, q: torch.Tensor) -> None:  # q: [G, L, hd]
+        self.q = q * q.shape[-1] ** -0.5
+        self.max = q.new_full(q.shape[:2], float("-inf"))
+        self.sum = q.new_zeros(q.shape[:2])
+        self.acc = torch.zeros_like(q)
+
+    def add(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Fold in keys and values ``[G, n, L, hd]`` of ``n`` more frames."""
+        if self.q.shape[0] == 0:
+            return
+        k, v = k.flatten(1, 2), v.flatten(1, 2)
+        scores = self.q @ k.transpose(-1, -2)  # [G, L, n * L]
+        new_max = torch.maximum(self.max, scores.amax(-1))
+        p = torch.exp(scores - new_max[..., None])
+        rescale = torch.exp(self.max - new_max)
+        self.sum = self.sum * rescale + p.sum(-1)
+        self.acc = self.acc * rescale[..., None] + p @ v
+        self.max = new_max
+
+    def result(self) -> torch.Tensor:
+        return self.acc / self.sum[..., None]
+
+
+class _QKVCache:
+    """q, k, v ``[H, n, L, hd]`` of frames ``[lo, hi)``, each frame projected once per layer
+    (in order, from frame 0); ``on_new`` sees the keys and values of every frame once."""
+
+    def __init__(self, block: TemporalBlock, x: torch.Tensor,
+                 on_new: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
+        self.block, self.x, self.on_new = block, x, on_new
+        self.lo = self.hi = 0
+        self.qkv: list[torch.Tensor] | None = None
+
+    def frames(self, f0: int, f1: int) -> list[torch.Tensor]:
+        """q, k, v of frames ``[f0, f1)``, ``[H, f1 - f0, L, hd]`` each."""
+        self.compute_to(f1)
+        if f0 < self.lo:
+            raise AssertionError(f"frames {f0}..{self.lo} were dropped from the cache")
+        return [t[:, f0 - self.lo:f1 - self.lo] for t in self.qkv]
+
+    def compute_to(self, f1: int) -> None:
+        """Project every frame before ``f1`` not yet projected."""
+        if f1 > self.hi:
+            h = self.block.norm1(self.x[self.hi:f1])[None]
+            positions = torch.arange(self.hi, f1, device=self.x.device)
+            new = [t[:, 0] for t in self.block.attn.project_qkv(h, positions)]
+            self.on_new(new[1], new[2])
+            self.qkv = new if self.qkv is None else [torch.cat(pair, 1) for pair in
+                                                     zip(self.qkv, new, strict=True)]
+            self.hi = f1
+
+    def drop_before(self, frame: int) -> None:
+        if self.qkv is not None and frame > self.lo:
+            self.qkv = [t[:, frame - self.lo:] for t in self.qkv]
+            self.lo = frame
+
+
+def _project(block: TemporalBlock, x: torch.Tensor, frame: int) -> list[torch.Tensor]:
+    """q, k, v ``[H, 1, L, hd]`` of one frame at its position."""
+    h = block.norm1(x[frame:frame + 1])[None]
+    positions = torch.tensor([frame], device=x.device)
+    return [t[:, 0] for t in block.attn.project_qkv(h, positions)]
+
+
+def _finish(block: TemporalBlock, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    """Residual, output projection and MLP of frames ``x: [n, L, D]`` given their attention
+    output ``[n, L, H, hd]``."""
+    n, L, D = x.shape
+    y = x + block.attn.proj(attn_out.reshape(n, L, D))
+    return y + block.mlp(block.norm2(y))
+
+
+def _stream_layer(block: TemporalBlock, x: torch.Tensor, chunk: int) -> None:
+    """One block over ``x: [F, L, D]`` in place, ``chunk`` query frames at a time."""
+    attn = block.attn
+    nF, L, _ = x.shape
+    H, Hb, w = attn.num_heads, attn.num_lookback_heads, attn.local_frame_range
+    c = attn.chunk_frames or default_chunk_frames(w)
+    last = nF - 1
+    ctx_first = _project(block, x, 0)
+    ctx_last = _project(block, x, last)
+    back = _GlobalRow(ctx_first[0][:Hb, 0])  # frame 0 in the lookback heads
+    ahead = _GlobalRow(ctx_last[0][Hb:, 0])  # frame F-1 in the lookahead heads
+
+    def fold(k: torch.Tensor, v: torch.Tensor) -> None:
+        back.add(k[:Hb], v[:Hb])
+        ahead.add(k[Hb:], v[Hb:])
+
+    cache = _QKVCache(block, x, fold)
+    first_out = x.new_zeros(1, L, H, attn.head_dim)  # attention outputs of the context frames
+    last_out = x.new_zeros(1, L, H, attn.head_dim)
+    for a in range(0, nF, chunk):
+        b = min(a + chunk, nF)
+        out = x.new_empty(b - a, L, H, attn.head_dim)
+        qs = max(a, 1)  # lookback queries [qs, b): frame 0's are global
+        if Hb and qs < b:
+            lo = max(1, qs - w)
+            q, k, v = cache.frames(lo, b)
+            local = [torch.cat((ctx[:Hb], t[:Hb]), 1)
+                     for ctx, t in zip(ctx_first, (q, k, v), strict=True)]
+            start = 1 + qs - lo
+            result = x.new_empty(Hb, 1, local[0].shape[1], L, attn.head_dim)
+            run_plan(blocked_plan(local[0].shape[1], w, c, start), *local, result, False)
+            out[qs - a:, :, :Hb] = result[:, 0, start:].permute(1, 2, 0, 3)
+        qe = min(b, last)  # lookahead queries [a, qe): frame F-1's are global
+        if H - Hb and a < qe:
+            hi = min(last, qe + w)
+            q, k, v = cache.frames(a, hi)
+            local = [torch.cat((t[Hb:], ctx[Hb:]), 1)
+                     for ctx, t in zip(ctx_last, (q, k, v), strict=True)]
+            n_local = local[0].shape[1]
+            result = x.new_empty(H - Hb, 1, n_local, L, attn.head_dim)
+            run_plan(blocked_plan(n_local, w, c, n_local - (qe - a)), *local, result, True)
+            out[:qe - a, :, Hb:] = result[:, 0, :qe - a].permute(1, 2, 0, 3)
+        cache.drop_before(max(0, b - w))  # what the next chunk's windows still read
+        if a == 0:
+            first_out[0, :, Hb:] = out[0, :, Hb:]
+        if b == nF:
+            last_out[0, :, :Hb] = out[-1, :, :Hb]
+        f0, f1 = max(a, 1), min(b, last)
+        if f0 < f1:
+            x[f0:f1] = _finish(block, x[f0:f1], out[f0 - a:f1 - a])
+    cache.compute_to(nF)  # the global rows need every frame's keys
+    first_out[0, :, :Hb] = back.result().transpose(0, 1)
+    last_out[0, :, Hb:] = ahead.result().transpose(0, 1)
+    x[0:1] = _finish(block, x[0:1], first_out)  # the loop never writes frames 0 and F-1
+    x[last:nF] = _finish(block, x[last:nF], last_out)
+
+
+@torch.no_grad()
+def stream_temporal_stack(stack: TemporalTransformer, hidden: torch.Tensor,
+                          chunk_frames: int = 32,
+                          progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """``stack(hidden[None])[0]`` computed in place on ``hidden: [T + 2, L, D]`` (context
+    frames included), ``chunk_frames`` frames at a time; returns ``hidden``. ``progress`` is
+    called with 1 after each layer."""
+    if stack.training:
+        raise ValueError("stream_temporal_stack: inference only; call model.eval() first")
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames: expected an integer >= 1, got {chunk_frames}")
+    for block in stack.layers:
+        _stream_layer(block, hidden, chunk_frames)
+        if progress is not None:
+            progress(1)
+    for f0 in range(0, hidden.shape[0], chunk_frames):
+        hidden[f0:f0 + chunk_frames] = stack.norm(hidden[f0:f0 + chunk_frames])
+    return hidden

@@ -1,0 +1,169 @@
+"""Whole long videos through Spool in one pass, with memory linear in their length.
+
+Frames are decoded, preprocessed and encoded by the backbone in chunks as the file is read, so
+decoded pixels never accumulate; their tokens go straight into the hidden state ``[T + 2, L,
+D]`` (in RAM, or in a file under ``offload_dir``), which the temporal stack then updates in
+place, chunk by chunk (:mod:`spool.layers.streaming`). The result is the plain forward's, to
+fp32 round-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from spool.layers.streaming import stream_temporal_stack
+from spool.runtime import available_memory_bytes
+from spool.validation import check_tokens
+from spool.video.io import VideoReader
+from spool.video.samplers import FpsSampler, FrameSampler
+
+logger = logging.getLogger(__name__)
+GiB = 2**30
+
+
+@dataclass
+class LongVideoOutput:
+    """``frame_features [T, D]`` (each frame's final features averaged over its tokens),
+    ``context [2D]`` (the clip representation), and, for a video file, ``frame_indices [T]``
+    and ``timestamps [T]`` (seconds) of the sampled frames. ``features [T + 2, L, D]`` (the
+    hidden state itself, no copy) only with ``keep_features=True``."""
+
+    frame_features: torch.Tensor
+    context: torch.Tensor
+    frame_indices: torch.Tensor | None = None
+    timestamps: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+
+def memory_estimate(num_frames: int, num_tokens: int, hidden_size: int, chunk_frames: int,
+                    local_frame_range: int, offload: bool = False) -> int:
+    """Bytes of RAM a long forward needs beyond the model's weights: the fp32 hidden state
+    ``[T + 2, L, D]`` (unless offloaded to disk) and a per-chunk workspace that does not grow
+    with ``T`` (about 25 frames' worth of hidden state per frame of chunk and window)."""
+    frame = num_tokens * hidden_size * 4
+    hidden = 0 if offload else (num_frames + 2) * frame
+    return hidden + 25 * (chunk_frames + 2 * local_frame_range) * frame
+
+
+def check_memory(needed: int, what: str) -> None:
+    """A ``MemoryError`` before any work when ``needed`` bytes exceed what is available."""
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise MemoryError(
+            f"{what} needs about {needed / GiB:.1f} GiB but {available / GiB:.1f} GiB are "
+            "available. Sample fewer frames (a lower fps), pool the patch tokens "
+            "(token_pooling), use a smaller chunk_frames, or keep the hidden state on disk "
+            "(offload_dir=..., spool extract --offload-dir)")
+
+
+def _hidden_buffer(shape: tuple[int, ...], offload_dir: str | os.PathLike | None
+                   ) -> torch.Tensor:
+    if offload_dir is None:
+        return torch.empty(shape)
+    Path(offload_dir).mkdir(parents=True, exist_ok=True)
+    # An unlinked temporary: the kernel pages it out under pressure and frees it on exit.
+    with tempfile.TemporaryFile(dir=offload_dir) as f:
+        f.truncate(int(np.prod(shape)) * 4)
+        array = np.memmap(f, dtype=np.float32, mode="r+", shape=shape)
+    return torch.from_numpy(array)
+
+
+def _encode_video(model, reader: VideoReader, indices: list[int], hidden: torch.Tensor,
+                  bar: tqdm | None) -> np.ndarray:
+    """Decode, preprocess and encode ``indices`` chunk by chunk into ``hidden[1:-1]``;
+    returns their timestamps."""
+    chunk = model.config.backbone_chunk_size
+    preprocessing = model.config.preprocessing()
+    device = model.context_frames.start.device
+    times = []
+    for start in range(0, len(indices), chunk):
+        frames, stamps = reader.get(indices[start:start + chunk])
+        pixels = preprocessing(torch.from_numpy(frames)).to(device)
+        tokens = model.backbone(pixels[None])[0]
+        hidden[1 + start:1 + start + len(tokens)] = tokens.to(hidden.device, torch.float32)
+        times.append(stamps)
+        if bar is not None:
+            bar.update(len(tokens))
+    return np.concatenate(times)
+
+
+def _chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, x.shape[0], size):
+        yield x[start:start + size]
+
+
+@torch.no_grad()
+def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
+                 sampler: FrameSampler | None = None, chunk_frames: int = 32,
+                 keep_features: bool = False, offload_dir: str | os.PathLike | None = None,
+                 progress: bool = False) -> LongVideoOutput:
+    """Run ``model`` (a :class:`~spool.models.spool.Spool`) over a whole video in one pass.
+
+    ``video``: a file path (decoded with ``sampler``, default 1 fps; one clip), or backbone
+    tokens ``[T, L, D]`` (``[1, T, L, D]`` too). ``chunk_frames`` frames go through each
+    temporal layer at a time; ``offload_dir`` keeps the hidden state in a file there instead
+    of RAM. A ``MemoryError`` comes before any work when the estimate exceeds what is free.
+    """
+    if model.training:
+        raise ValueError("forward_long: inference only; call model.eval() first")
+    config = model.config
+    L, D = config.num_spatial_tokens, config.hidden_size
+    reader, indices = None, None
+    if isinstance(video, torch.Tensor):
+        tokens = video[0] if video.ndim == 4 and video.shape[0] == 1 else video
+        check_tokens(tokens[None] if tokens.ndim == 3 else tokens, L, D)
+        num_frames = tokens.shape[0]
+    else:
+        if model.backbone is None:
+            raise ValueError("video: this model has no backbone (with_backbone=False); pass "
+                             "its cached tokens [T, L, D] instead of a file")
+        sampler = sampler or FpsSampler(1.0)
+        reader = VideoReader(video)
+        info = reader.info()
+        clips = sampler(info.num_frames, info.fps)
+        if len(clips) != 1:
+            reader.close()
+            raise ValueError(f"sampler: forward_long takes one clip per video, {sampler!r} "
+                             f"gave {len(clips)}; use an fps, stride or uniform sampler")
+        indices = clips[0]
+        num_frames = len(indices)
+    needed = memory_estimate(num_frames, L, D, chunk_frames, config.local_frame_range,
+                             offload=offload_dir is not None)
+    try:
+        check_memory(needed, f"forward_long over {num_frames} frames ([{num_frames + 2}, {L}, "
+                             f"{D}] fp32 hidden state)")
+        hidden = _hidden_buffer((num_frames + 2, L, D), offload_dir)
+        hidden[0] = model.context_frames.start.detach().float().cpu()
+        hidden[-1] = model.context_frames.end.detach().float().cpu()
+        bar = tqdm(total=num_frames, unit="frame", desc="encode", disable=not progress)
+        timestamps = None
+        if reader is not None:
+            timestamps = _encode_video(model, reader, indices, hidden, bar)
+        else:
+            hidden[1:-1] = tokens.to("cpu", torch.float32)
+        bar.close()
+    finally:
+        if reader is not None:
+            reader.close()
+    device = model.context_frames.start.device
+    work = hidden if device.type == "cpu" else hidden.to(device)
+    layers = tqdm(total=config.num_hidden_layers, unit="layer", desc="temporal",
+                  disable=not progress)
+    stream_temporal_stack(model.temporal, work, chunk_frames, layers.update)
+    layers.close()
+    frame_features = torch.cat([c.mean(1).cpu() for c in _chunks(work[1:-1], chunk_frames)])
+    context = torch.cat((work[0].mean(0), work[-1].mean(0))).cpu()
+    return LongVideoOutput(
+        frame_features, context,
+        None if indices is None else torch.tensor(indices, dtype=torch.int64),
+        None if timestamps is None else torch.from_numpy(timestamps),
+        work.cpu() if keep_features else None)
