@@ -39,6 +39,7 @@ from spool.io_utils import (
 )
 from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
+from spool.tensor_files import StreamedTensor, write_streamed_safetensors
 from spool.video import FrameSampler, VideoDecodeError, VideoReader
 from spool.video.limits import DEFAULT_MAX_PIXELS, pixel_budget
 
@@ -220,11 +221,21 @@ def check_complete(source: Path, num_frames: int) -> None:
 
 
 class FeatureExtractor:
-    """Runs ``model`` over sampled clips of each video and writes one file per video."""
+    """Runs ``model`` over each video and writes one file per video.
+
+    Clip mode (default): the sampler's clips, ``batch_size`` at a time -> ``context [n_clips,
+    2D]``, ``frame_indices`` / ``timestamps [n_clips, T]``, with ``save_features`` also
+    ``features [n_clips, T + 2, L, D]`` (fp16). ``per_frame=True``: the whole video in one pass
+    (:meth:`Spool.forward_long`, the sampler's one clip) -> ``frame_features [T, D]``,
+    ``context [2D]``, ``frame_indices`` / ``timestamps [T]``, with ``save_features`` also
+    ``features [T + 2, L, D]`` (fp16, streamed to the file).
+    """
 
     def __init__(self, model: Spool, sampler: FrameSampler, *, batch_size: int = 4,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 save_features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 save_features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 per_frame: bool = False, chunk_frames: int = 32,
+                 offload_dir: str | os.PathLike | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         self.model = model.eval().to(device)
@@ -234,38 +245,89 @@ class FeatureExtractor:
         self.dtype = dtype
         self.save_features = save_features
         self.max_pixels = max_pixels  # larger frames are refused from the header (0: no limit)
+        self.per_frame = per_frame
+        self.chunk_frames = chunk_frames
+        self.offload_dir = offload_dir
         self.settings = _settings_metadata(model, sampler, save_features, dtype)
+        self.settings["mode"] = "per_frame" if per_frame else "clips"
         self.preprocessing = model.config.preprocessing()
 
     @torch.no_grad()
     def features(self, source: Path) -> dict[str, torch.Tensor]:
-        """Decode the sampled clips of ``source`` and run the model on them."""
+        """Decode the sampled clips of ``source`` and run the model on them, batch by batch.
+
+        Frames are preprocessed as soon as they are decoded and dropped once no remaining
+        clip needs them, so sliding windows over a long video hold a window's worth of
+        frames at the model's size, not the decoded video.
+        """
         with VideoReader(source) as reader:
             info = reader.info()
             check_complete(source, info.num_frames)
             clips = self.sampler(info.num_frames, info.fps)
-            wanted = sorted({i for clip in clips for i in clip})
-            frames, times = reader.get(wanted)
-        row = {idx: n for n, idx in enumerate(wanted)}
-        order = np.array([[row[i] for i in clip] for clip in clips])
-        # The preprocessing policy on the decoding side, as the datasets apply it.
-        video = self.preprocessing(torch.from_numpy(frames))
-        contexts, features = [], []
-        autocast = torch.autocast(self.device.type, dtype=self.dtype,
-                                  enabled=self.dtype != torch.float32)
-        for start in range(0, len(clips), self.batch_size):
-            batch = video[torch.from_numpy(order[start:start + self.batch_size])]
-            with autocast:
-                out = self.model(batch.to(self.device))
-            contexts.append(out.context.float().cpu())
-            if self.save_features:
-                features.append(out.features.to(torch.float16).cpu())
+            # first_needed[k]: the lowest frame any clip from k on reads.
+            first_needed = np.minimum.accumulate([min(c) for c in clips][::-1])[::-1]
+            frames: dict[int, torch.Tensor] = {}
+            times: dict[int, float] = {}
+            contexts, features = [], []
+            autocast = torch.autocast(self.device.type, dtype=self.dtype,
+                                      enabled=self.dtype != torch.float32)
+            for start in range(0, len(clips), self.batch_size):
+                batch = clips[start:start + self.batch_size]
+                missing = sorted({i for clip in batch for i in clip} - set(frames))
+                if missing:
+                    decoded, stamps = reader.get(missing)
+                    # The preprocessing policy on the decoding side, as the datasets apply it.
+                    for i, frame, t in zip(missing, self.preprocessing(
+                            torch.from_numpy(decoded)), stamps, strict=True):
+                        frames[i], times[i] = frame, float(t)
+                video = torch.stack([torch.stack([frames[i] for i in clip]) for clip in batch])
+                with autocast:
+                    out = self.model(video.to(self.device))
+                contexts.append(out.context.float().cpu())
+                if self.save_features:
+                    features.append(out.features.to(torch.float16).cpu())
+                rest = start + self.batch_size
+                needed = first_needed[rest] if rest < len(clips) else info.num_frames
+                for i in [i for i in frames if i < needed]:
+                    del frames[i]
         result = {"context": torch.cat(contexts),
                   "frame_indices": torch.tensor(clips, dtype=torch.int64),
-                  "timestamps": torch.from_numpy(times[order])}
+                  "timestamps": torch.tensor([[times[i] for i in clip] for clip in clips],
+                                             dtype=torch.float64)}
         if self.save_features:
             result["features"] = torch.cat(features)
         return result
+
+    def _write_per_frame(self, source: Path, output: Path, metadata: dict[str, str]) -> None:
+        """The whole video in one pass, written chunk by chunk (the full features too)."""
+        with VideoReader(source) as reader:
+            check_complete(source, reader.info().num_frames)
+        out = self.model.forward_long(source, sampler=self.sampler,
+                                      chunk_frames=self.chunk_frames,
+                                      keep_features=self.save_features,
+                                      offload_dir=self.offload_dir)
+        T, D = out.frame_features.shape
+        tensors = [StreamedTensor("frame_features", torch.float32, (T, D), [out.frame_features]),
+                   StreamedTensor("context", torch.float32, (2 * D,), [out.context]),
+                   StreamedTensor("frame_indices", torch.int64, (T,), [out.frame_indices]),
+                   StreamedTensor("timestamps", torch.float64, (T,), [out.timestamps])]
+        if self.save_features:
+            feats = out.features
+            tensors.append(StreamedTensor(
+                "features", torch.float16, tuple(feats.shape),
+                (feats[i:i + self.chunk_frames] for i in range(0, len(feats),
+                                                               self.chunk_frames))))
+        write_streamed_safetensors(output, tensors, dict(metadata, num_frames=str(T)))
+
+    def _extract(self, job: VideoJob) -> None:
+        metadata = dict(self.settings, source=str(job.source))
+        with pixel_budget(self.max_pixels):
+            if self.per_frame:
+                self._write_per_frame(job.source, job.output, metadata)
+                return
+            tensors = self.features(job.source)
+        metadata["num_clips"] = str(len(tensors["context"]))
+        atomic_save_safetensors(tensors, job.output, metadata=metadata)
 
     def run(self, jobs: list[VideoJob], *, progress: bool = True, position: int = 0,
             failure_log: Path | None = None) -> ExtractSummary:
@@ -286,16 +348,12 @@ class FeatureExtractor:
                     summary.skipped += 1
                     continue
                 try:
-                    with pixel_budget(self.max_pixels):
-                        tensors = self.features(job.source)
+                    self._extract(job)
                 except Exception as err:  # one bad video must not stop the job
                     message = str(err).replace("\n", " ")
                     summary.failures.append((str(job.source), type(err).__name__, message))
                     tqdm.write(f"FAILED {job.source}: {type(err).__name__}: {message}")
                     continue
-                metadata = dict(self.settings, source=str(job.source),
-                                num_clips=str(len(tensors["context"])))
-                atomic_save_safetensors(tensors, job.output, metadata=metadata)
                 summary.done += 1
             finally:
                 release_claim(claim)

@@ -98,3 +98,61 @@ def test_errors_name_the_argument():
         model.forward_long("video.mp4")
     with pytest.raises(ValueError, match="inference only"):
         model.train().forward_long(torch.randn(3, L, D))
+
+
+def test_extract_per_frame_writes_the_long_forward(tmp_path):
+    from conftest import tiny_backbone, tiny_model_args
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from spool.cli import main
+
+    frames = np.random.default_rng(1).integers(0, 256, (60, 36, 48, 3), dtype=np.uint8)
+    write_video(tmp_path / "v.mkv", frames, fps=10, codec="ffv1")
+    (tmp_path / "bb.json").write_text(__import__("json").dumps(tiny_backbone()))
+    args = ["extract", str(tmp_path / "v.mkv"), "--out", str(tmp_path / "out"),
+            *tiny_model_args(tmp_path / "bb.json"), "--per-frame", "--fps", "5",
+            "--save-features", "--chunk-frames", "7", "--no-progress"]
+    assert main(args) == 0
+    saved = load_file(tmp_path / "out" / "v.safetensors")
+    with safe_open(str(tmp_path / "out" / "v.safetensors"), "pt") as f:
+        assert f.metadata()["mode"] == "per_frame"
+    assert saved["frame_indices"].tolist() == list(range(0, 60, 2))
+    torch.manual_seed(0)  # the untrained temporal stack spool extract builds
+    from spool.extract import load_feature_model
+    model = load_feature_model(None, dict(
+        num_hidden_layers=1, num_attention_heads=2, num_lookahead_heads=1, num_lookback_heads=1,
+        image_size=32, local_frame_range=2, backbone_config=tiny_backbone())).eval()
+    with torch.no_grad():
+        plain = model(torch.from_numpy(frames[::2])[None])
+    torch.testing.assert_close(saved["context"], plain.context[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(saved["frame_features"], plain.features[0, 1:-1].mean(1),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(saved["features"].float(), plain.features[0], atol=2e-3,
+                               rtol=2e-3)  # fp16 on disk
+
+
+def test_sliding_clips_hold_a_window_not_the_video(tmp_path, monkeypatch):
+    """Issue 14: --sampler sliding decoded and held every frame of a long video at once."""
+    from spool.extract import FeatureExtractor
+    from spool.video import make_sampler
+    from spool.video.io import VideoReader
+
+    model = Spool(tiny_config(num_hidden_layers=1)).eval()
+    frames = np.random.default_rng(2).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "v.mkv", frames, fps=10, codec="ffv1")
+    requests = []
+    original = VideoReader.get
+
+    def recording_get(self, indices=None, *args, **kwargs):
+        requests.append(len(indices))
+        return original(self, indices, *args, **kwargs)
+
+    monkeypatch.setattr(VideoReader, "get", recording_get)
+    sampler = make_sampler("sliding", clip_len=8, stride=4)
+    out = FeatureExtractor(model, sampler, batch_size=2).features(path)
+    # requests[0] is reader.info() reading frame 0; then each frame once, a batch at a time.
+    assert max(requests) <= 2 * 8 and sum(requests[1:]) == 64
+    clips = torch.from_numpy(frames)[torch.tensor(sampler(64))]
+    with torch.no_grad():
+        torch.testing.assert_close(out["context"], model(clips).context, atol=1e-5, rtol=1e-5)

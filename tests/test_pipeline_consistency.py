@@ -73,9 +73,9 @@ def test_preprocessing_modes():
     # DINOv2's convention by default: the centred 224/256 of the shorter side.
     box = FramePreprocessing(20).box(256, 512)
     assert (box.height, box.width, box.top, box.left) == (224, 224, 16, 144)
-    # Frames already at the model's size are taken as preprocessed.
+    # Frames already at the model's size are used as they are, on every path.
     floats = torch.rand(1, 20, 20, 3)
-    assert torch.equal(FramePreprocessing(20, "squash")(floats), floats)
+    assert torch.equal(FramePreprocessing(20, "center_crop")(floats), floats)
 
 
 def test_re_extraction_follows_weights_and_dtype(wide_video, tmp_path, capsys):

@@ -15,14 +15,17 @@ examples:
   spool extract videos/ --out feats/ --checkpoint runs/k400/model
   spool extract list.txt --out feats/ --sampler sliding --clip-len 16 --stride 8 --save-features
   spool extract videos/ --out feats/ --model backbone_name=/models/dinov2-small
+  spool extract lecture.mp4 --out feats/ --checkpoint ckpt/ --per-frame --fps 1   # an hour
   torchrun --nproc_per_node=8 -m spool.cli extract videos/ --out feats/ --checkpoint ckpt/
 
 Each video gives OUT/NAME.safetensors with 'context' [n_clips, 2D] (fp32),
 'frame_indices' and 'timestamps' [n_clips, T], and with --save-features 'features'
-[n_clips, T+2, L, D] (fp16). Re-running the same command skips finished videos (outputs are
-redone when the weights, the sampler, the preprocessing or the dtype change). Videos that
-cannot be read are listed in OUT/failures.csv; the exit code is 1 if any failed. Several
-jobs may share OUT: each video is claimed by one of them.
+[n_clips, T+2, L, D] (fp16). With --per-frame, one pass over each whole video:
+'frame_features' [T, D], 'context' [2D], 'frame_indices' and 'timestamps' [T]. Re-running
+the same command skips finished videos (outputs are redone when the weights, the sampler,
+the preprocessing or the dtype change). Videos that cannot be read are listed in
+OUT/failures.csv; the exit code is 1 if any failed. Several jobs may share OUT: each video
+is claimed by one of them.
 
 List files (.txt, .lst, .list): one path per line, relative to the list's folder. A line
 whose first non-blank character is '#' is a comment; '#' elsewhere is part of the path, and
@@ -34,11 +37,15 @@ are reported as failures without being opened.
 def build_sampler(args: argparse.Namespace):
     from spool.video import make_sampler
 
-    if args.sampler == "uniform":
+    name = args.sampler or ("fps" if args.per_frame else "uniform")
+    if args.per_frame and name == "sliding":
+        raise ValueError("--sampler: --per-frame runs each whole video in one pass, so it takes "
+                         "one clip: uniform, fps or stride, not sliding")
+    if name == "uniform":
         return make_sampler("uniform", num_frames=args.num_frames)
-    if args.sampler == "fps":
+    if name == "fps":
         return make_sampler("fps", target_fps=args.fps, max_frames=args.max_frames)
-    if args.sampler == "stride":
+    if name == "stride":
         return make_sampler("stride", stride=args.stride, max_frames=args.max_frames)
     return make_sampler("sliding", clip_len=args.clip_len, stride=args.stride)
 
@@ -78,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
                                      device=dist.device,
                                      dtype=resolve_dtype(args.dtype, dist.device),
                                      save_features=args.save_features,
-                                     max_pixels=args.max_pixels)
+                                     max_pixels=args.max_pixels, per_frame=args.per_frame,
+                                     chunk_frames=args.chunk_frames,
+                                     offload_dir=args.offload_dir)
         start = time.perf_counter()
         summary = extractor.run(jobs, progress=not args.no_progress, position=dist.local_rank)
         summaries = all_gather_objects((summary.done, summary.skipped, summary.failures,
@@ -131,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "backbone_name=DIR, backbone_config=@hf_config.json")
     s = p.add_argument_group("frame sampling")
     s.add_argument("--sampler", choices=["uniform", "fps", "stride", "sliding"],
-                   default="uniform", help="how clips are taken (default: %(default)s)")
+                   help="how clips are taken (default: uniform; fps with --per-frame)")
     s.add_argument("--num-frames", type=positive_int, default=16,
                    help="uniform: frames spread over the video (default: 16)")
     s.add_argument("--fps", type=positive_float, default=2.0,
@@ -155,4 +164,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "is reported as failed instead of exhausting memory (default: "
                         "%(default)s)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("long videos")
+    g.add_argument("--per-frame", action="store_true",
+                   help="each whole video in one pass (memory linear in its length): "
+                        "frame_features [T, D], context [2D], frame_indices and timestamps "
+                        "[T]; with --save-features also features [T+2, L, D] (fp16)")
+    g.add_argument("--chunk-frames", type=positive_int, default=32,
+                   help="--per-frame: frames per temporal chunk (default: 32)")
+    g.add_argument("--offload-dir", metavar="DIR",
+                   help="--per-frame: keep the hidden state [T+2, L, D] in a file under DIR "
+                        "instead of RAM")
     p.set_defaults(func=run)

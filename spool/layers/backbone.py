@@ -106,8 +106,7 @@ class FrameEncoder(nn.Module):
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """``frames: [N, H, W, 3]`` uint8 or float in [0, 1] -> pixels ``[N, 3, S, S]``."""
-        if frames.shape[1:3] != (self.image_size, self.image_size):
-            frames = self.preprocessing(frames)
+        frames = self.preprocessing(frames)  # a no-op for frames already at image_size
         pixels = frames.permute(0, 3, 1, 2).to(self.mean.dtype)
         if frames.dtype == torch.uint8:
             pixels = pixels / 255.0

@@ -2,7 +2,8 @@
 
 Every path that feeds a model (training, evaluation, caching, extraction, long videos) turns
 decoded frames ``[T, H, W, 3]`` into ``[T, S, S, 3]`` with :class:`FramePreprocessing`, so the
-same video gives the same backbone input wherever it comes from. A transform picks a box in the
+same video gives the same backbone input wherever it comes from; frames already ``S x S`` are
+used as they are, on every path. A transform picks a box in the
 frame and resizes it (antialiased bilinear); uint8 frames stay uint8 (rounded), as an image
 processor's resize does.
 """
@@ -110,7 +111,12 @@ class FramePreprocessing:
         return Box(0, 0, height, width)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        """``frames: [T, H, W, 3]`` uint8 or float in [0, 1] -> ``[T, S, S, 3]``, same dtype."""
+        """``frames: [T, H, W, 3]`` uint8 or float in [0, 1] -> ``[T, S, S, 3]``, same dtype.
+
+        Frames already ``S x S`` are returned as they are: the model's own entry points take
+        such frames as preprocessed, and every path must agree with them."""
+        if frames.shape[1:3] == (self.image_size, self.image_size):
+            return frames
         box = self.box(frames.shape[1], frames.shape[2])
         return resize_box(frames, box, self.image_size, pad=self.resize_mode == "pad")
 
