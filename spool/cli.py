@@ -1,4 +1,4 @@
-"""The ``spool`` command line: ``spool demo | extract | cache | train | eval``.
+"""The ``spool`` command line: ``spool demo | extract | cache | train | eval | backbone``.
 
 Each subcommand lives in ``spool/commands/<name>.py`` with a ``register(subparsers)``
 function that adds its parser and sets ``func``.
@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 import sys
 
-COMMANDS = ("demo", "extract", "cache", "train", "eval")
+COMMANDS = ("demo", "extract", "cache", "train", "eval", "backbone")
 
 
 def build_parser() -> argparse.ArgumentParser:
