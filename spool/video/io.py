@@ -3,7 +3,8 @@
 Frame ``k`` is the frame with the k-th smallest presentation timestamp (pts). The pts of every
 frame come from demuxing the packets (no decoding), so the index is exact for variable frame rate
 and B-frame reordering alike. Sparse requests seek to the keyframe before each needed frame;
-dense ones decode straight through. Both give bit-identical frames.
+dense ones decode straight through. Both give bit-identical frames. Files whose pts are missing
+or do not follow display order (checked when indexing) are read by counting decoded frames.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ Strategy = Literal["auto", "seek", "sequential"]
 # A seek plus decoder flush costs about as much as decoding a few frames.
 _SEEK_COST_FRAMES = 4
 _INDEX_CACHE_SIZE = 64
+# Packets decoded at indexing time (B-frame streams only) to check the pts order.
+_ORDER_CHECK_PACKETS = 16
 
 
 class VideoDecodeError(ValueError):
@@ -72,7 +75,9 @@ class _FrameIndex:
     seek_pts: np.ndarray  # [N] pts of that keyframe (the seek target)
     time_base: Fraction
     last_duration: int  # pts units; 0 if unknown
-    exact: bool  # False: pts missing/duplicated, frames are counted in decode output order
+    # False: pts missing, duplicated or not in display order; frames are then counted in the
+    # decoder's output order (always display order) and read without seeking.
+    exact: bool
 
 
 _index_cache: OrderedDict[tuple, _FrameIndex] = OrderedDict()
@@ -94,9 +99,30 @@ def _open(path: str | os.PathLike[str]) -> tuple[av.container.InputContainer, av
     return container, stream
 
 
+def _pts_give_display_order(stream: av.VideoStream, pts: list[int],
+                            packets: list[av.Packet]) -> bool:
+    """Whether sorting frames by pts puts them in display order (the decoder's output order).
+
+    Not so where a muxer wrote decode times as pts (VLC 2.1's MP4 output; H.264 in AVI) or an
+    AVI demuxer guessed them wrongly (packed MPEG-4 B-frames). Without B-frames, display order
+    is file order; with them, the first ``packets`` are decoded and their frames' pts checked.
+    """
+    if not stream.codec_context.has_b_frames:
+        return bool(np.all(np.diff(np.asarray(pts, np.int64)) > 0))
+    stream.thread_type = "SLICE"  # frame threads would hold back the few frames decoded here
+    out: list[int] = []
+    for packet in packets:
+        try:
+            out += [f.pts for f in stream.decode(packet) if f.pts is not None]
+        except av.FFmpegError:
+            pass  # a damaged packet: judge from the frames that did come out
+    return bool(np.all(np.diff(np.asarray(out, np.int64)) > 0))
+
+
 def _build_index(container: av.container.InputContainer, stream: av.VideoStream) -> _FrameIndex:
     pts: list[int | None] = []
     keys: list[bool] = []
+    first: list[av.Packet] = []  # to check the pts against the decoder's output order
     last_duration = 0
     try:
         for packet in container.demux(stream):
@@ -105,11 +131,14 @@ def _build_index(container: av.container.InputContainer, stream: av.VideoStream)
             pts.append(packet.pts)
             keys.append(packet.is_keyframe)
             last_duration = packet.duration or 0
+            if len(first) < _ORDER_CHECK_PACKETS:
+                first.append(packet)
     except av.FFmpegError:
         pass  # truncated or corrupt tail: index what could be read
     n = len(pts)
     tb = stream.time_base or Fraction(1, 1)
-    exact = n > 0 and None not in pts and len(set(pts)) == n
+    exact = (n > 0 and None not in pts and len(set(pts)) == n
+             and _pts_give_display_order(stream, pts, first))
     if not exact:
         idx = np.arange(n, dtype=np.int64)
         return _FrameIndex(idx, idx, idx * 0, idx * 0, tb, last_duration, False)
