@@ -14,7 +14,7 @@ import importlib.util
 import os
 import sys
 
-COMMANDS = ("demo", "extract", "cache", "train", "eval")
+COMMANDS = ("demo", "extract", "cache", "train", "eval", "backbone")
 
 
 def build_parser() -> argparse.ArgumentParser:

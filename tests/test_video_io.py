@@ -139,6 +139,23 @@ def test_stream_without_timestamps_is_read_by_count(tmp_path: Path) -> None:
     assert info.num_frames == 30 and not info.num_frames_exact
 
 
+def test_pts_out_of_display_order_are_read_by_count(tmp_path: Path) -> None:
+    """H.264 with B-frames in AVI: the demuxer's pts follow decode order, so sorting frames by
+    them would swap neighbours; the reader numbers decoded frames instead (as with box.mp4, a
+    VLC-muxed MP4, and packed MPEG-4 B-frames in Megamind.avi: tests/test_real_footage.py)."""
+    frames = _smooth(40, 48, 64)
+    path = write_video(tmp_path / "h264.avi", frames, fps=25, codec="libx264", gop_size=8,
+                       max_b_frames=2)
+    got, ts = read_video_frames(path)
+    assert got.shape == frames.shape
+    per_frame = np.abs(got.astype(int) - frames).mean(axis=(1, 2, 3))
+    assert per_frame.max() < 8, per_frame.round(1)  # a swapped frame is off by ~20
+    np.testing.assert_allclose(ts, np.arange(40) / 25, atol=1e-3)
+    assert not probe_video(path).num_frames_exact
+    sub, _ = read_video_frames(path, [30, 5, 17])
+    np.testing.assert_array_equal(sub, got[[30, 5, 17]])
+
+
 # --- formats ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("name", "codec", "pix_fmt", "tol"), [

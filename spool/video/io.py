@@ -1,17 +1,17 @@
 """Read frames from video files with PyAV, decoding only what the requested frames need.
 
 Frame ``k`` is the frame with the k-th smallest presentation timestamp (pts). The pts of every
-frame come from demuxing the packets (no decoding), so the index is exact for variable frame rate
-and B-frame reordering alike. Sparse requests seek to the keyframe before each needed frame;
-dense ones decode straight through. Both give bit-identical frames. Frames over the pixel
-budget (``spool.video.limits``) are refused from the stream header, before any decoding.
+frame come from demuxing the packets (``spool.video.index``), so the index is exact for variable
+frame rate and B-frame reordering alike. Sparse requests seek to the keyframe before each needed
+frame; dense ones decode straight through. Both give bit-identical frames. Files whose pts are
+missing or do not follow display order (checked when indexing) are read by counting decoded
+frames. Frames over the pixel budget (``spool.video.limits``) are refused from the stream
+header, before any decoding.
 """
 
 from __future__ import annotations
 
 import os
-import stat
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,6 +21,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from spool.video.index import VideoDecodeError, _cached_index, _open, clear_index_cache
 from spool.video.limits import DEFAULT_MAX_PIXELS, check_frame_size, current_max_pixels
 from spool.video.writer import SUPPORTED_CODECS, write_video
 
@@ -40,14 +41,7 @@ __all__ = [
 Strategy = Literal["auto", "seek", "sequential"]
 # A seek plus decoder flush costs about as much as decoding a few frames.
 _SEEK_COST_FRAMES = 4
-_INDEX_CACHE_SIZE = 64
-# Codec options for opens that only read headers and packets: stream probing decodes nothing
-# (it would decode a frame of a forged 8192x8192 header before the size could be checked).
-_HEADERS_ONLY = {"skip_frame": "all"}
 
-
-class VideoDecodeError(ValueError):
-    """A file that is not a readable video, or a frame that cannot be decoded from it."""
 
 
 @dataclass(frozen=True)
@@ -67,129 +61,6 @@ class VideoInfo:
     codec: str
     pix_fmt: str | None
     start_time: float  # pts of frame 0 in seconds
-
-
-@dataclass(frozen=True)
-class _FrameIndex:
-    """Per frame, in presentation order: pts, decode position, and where to seek from."""
-
-    pts: np.ndarray  # [N] int64, increasing
-    decode_pos: np.ndarray  # [N] packet number in file order
-    seek_pos: np.ndarray  # [N] packet number of the keyframe to start decoding from
-    seek_pts: np.ndarray  # [N] pts of that keyframe (the seek target)
-    time_base: Fraction
-    last_duration: int  # pts units; 0 if unknown
-    exact: bool  # False: pts missing/duplicated, frames are counted in decode output order
-
-
-_index_cache: OrderedDict[tuple, _FrameIndex] = OrderedDict()
-
-
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISSOCK, "a socket"))
-
-
-def _check_regular_file(path: str) -> os.stat_result:
-    """Raise unless ``path`` is a regular file or a link to one; never opens it.
-
-    Opening a FIFO blocks until something writes to it, and a device can be read forever.
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise FileNotFoundError(2, f"Broken symbolic link (missing target "
-                                       f"{os.readlink(path)!r})", path) from None
-        raise FileNotFoundError(2, "No such video file", path) from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a file")
-        if stat.S_ISDIR(st.st_mode) and not os.access(path, os.R_OK | os.X_OK):
-            kind += " that cannot be read, so the videos in it could not be listed"
-        raise VideoDecodeError(f"{path}: not a video file: {kind}")
-    return st
-
-
-def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool = False
-          ) -> tuple[av.container.InputContainer, av.VideoStream]:
-    """Open the first video stream; refuse frames over ``max_pixels`` (0: no limit)."""
-    path = os.fspath(path)
-    _check_regular_file(path)
-    try:
-        container = av.open(path, mode="r", options=_HEADERS_ONLY if headers_only else None)
-    except av.FFmpegError as e:
-        raise VideoDecodeError(f"{path}: cannot open as a video file: {e}") from e
-    if not container.streams.video:
-        container.close()
-        raise VideoDecodeError(f"{path}: no video stream in the file")
-    stream = container.streams.video[0]
-    try:
-        check_frame_size(path, stream.codec_context.width, stream.codec_context.height,
-                         max_pixels)
-    except VideoDecodeError:
-        container.close()
-        raise
-    stream.thread_type = "AUTO"
-    return container, stream
-
-
-def _build_index(container: av.container.InputContainer, stream: av.VideoStream) -> _FrameIndex:
-    pts: list[int | None] = []
-    keys: list[bool] = []
-    last_duration = 0
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0 or packet.is_discard:
-                continue
-            pts.append(packet.pts)
-            keys.append(packet.is_keyframe)
-            last_duration = packet.duration or 0
-    except av.FFmpegError:
-        pass  # truncated or corrupt tail: index what could be read
-    n = len(pts)
-    tb = stream.time_base or Fraction(1, 1)
-    exact = n > 0 and None not in pts and len(set(pts)) == n
-    if not exact:
-        idx = np.arange(n, dtype=np.int64)
-        return _FrameIndex(idx, idx, idx * 0, idx * 0, tb, last_duration, False)
-    file_pts = np.asarray(pts, dtype=np.int64)
-    order = np.argsort(file_pts, kind="stable")
-    # The keyframe to start from: the last one in file order at or before the frame's packet
-    # whose pts is not after the frame's (leading pictures of an open GOP precede their I-frame).
-    key_pos = np.flatnonzero(np.asarray(keys))
-    if key_pos.size == 0 or key_pos[0] != 0:
-        key_pos = np.concatenate([[0], key_pos])  # decoding from the start is always valid
-    k = np.searchsorted(key_pos, order, side="right") - 1
-    while True:
-        bad = (k > 0) & (file_pts[key_pos[k]] > file_pts[order])
-        if not bad.any():
-            break
-        k[bad] -= 1
-    return _FrameIndex(
-        pts=file_pts[order], decode_pos=order, seek_pos=key_pos[k],
-        seek_pts=file_pts[key_pos[k]], time_base=tb, last_duration=last_duration, exact=True,
-    )
-
-
-def _cached_index(path: str, max_pixels: int = 0) -> _FrameIndex:
-    """The frame index of ``path``, demuxed once per file version (size and mtime)."""
-    st = _check_regular_file(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    index = _index_cache.get(key)
-    if index is None:
-        container, stream = _open(path, max_pixels, headers_only=True)
-        with container:
-            index = _build_index(container, stream)
-        _index_cache[key] = index
-        if len(_index_cache) > _INDEX_CACHE_SIZE:
-            _index_cache.popitem(last=False)
-    _index_cache.move_to_end(key)
-    return index
-
-
-def clear_index_cache() -> None:
-    """Forget cached frame indices (benchmarks use it to time cold reads)."""
-    _index_cache.clear()
 
 
 def _rotation_of(frame: av.VideoFrame) -> int:
