@@ -45,6 +45,9 @@ class SpoolConfig:
             ``crop_pct`` of the shorter side (DINOv2's convention), ``squash`` or ``pad``.
             ``crop_pct=None``: the backbone's own (its ``preprocessor_config.json``), else
             224/256.
+        token_pooling: ``k``: the patch grid is average-pooled ``k x k`` for the temporal
+            stack (class and register tokens kept), so ``L`` is the pooled count
+            (224 px, /14: ``k=2`` -> 1 + 64, ``k=4`` -> 1 + 16); 1 (default): every token.
         freeze_backbone: no gradients into the backbone, which stays in eval mode.
         backbone_chunk_size: frames passed through the backbone at once.
         attn_implementation: ``auto`` or a registered backend (``reference``, ``blocked``,
@@ -71,6 +74,7 @@ class SpoolConfig:
     backbone_config: dict | None = None
     resize_mode: str = "center_crop"
     crop_pct: float | None = None
+    token_pooling: int = 1
     freeze_backbone: bool = True
     backbone_chunk_size: int = 32
     attn_implementation: str = "auto"
@@ -94,8 +98,8 @@ class SpoolConfig:
     # Fields that describe the frame encoder (backbone and preprocessing): a token cache fixes
     # them, and two models with equal values see the same tokens.
     FRAME_ENCODER_FIELDS = ("backbone_name", "backbone_config", "image_size", "resize_mode",
-                            "crop_pct", "image_mean", "image_std", "hidden_size",
-                            "num_spatial_tokens")
+                            "crop_pct", "image_mean", "image_std", "token_pooling",
+                            "hidden_size", "num_spatial_tokens")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,7 +117,7 @@ class SpoolConfig:
                "num_lookback_heads + num_lookahead_heads",
                f"== num_attention_heads ({self.num_attention_heads})",
                f"{self.num_lookback_heads} + {self.num_lookahead_heads} = {heads}")
-        for name in ("image_size", "backbone_chunk_size"):
+        for name in ("image_size", "backbone_chunk_size", "token_pooling"):
             _check(_is_int(getattr(self, name)) and getattr(self, name) > 0, name,
                    "a positive integer", getattr(self, name))
         _check(self.resize_mode in RESIZE_MODES, "resize_mode", f"one of {RESIZE_MODES}",

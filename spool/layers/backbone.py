@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel
 
 from spool.config import DEFAULT_CROP_PCT, SpoolConfig
 from spool.errors import SpoolLoadError
+from spool.layers.pooling import SpatialTokenPooling
 
 
 def _looks_like_path(name: str) -> bool:
@@ -93,6 +94,20 @@ class FrameEncoder(nn.Module):
         if self.frozen:
             self.model.requires_grad_(False)
             self.model.eval()
+        self.pooling = self._token_pooling(config.token_pooling)
+
+    def _token_pooling(self, k: int) -> SpatialTokenPooling:
+        """Pooling of the patch grid; the tokens before it (class, registers) are kept."""
+        total = self._count_backbone_tokens()
+        patch = getattr(self.model.config, "patch_size", None)
+        grid = self.image_size // patch if patch else 0
+        if k > 1 and (not grid or total - grid * grid < 0):
+            raise ValueError(f"token_pooling: the backbone's {total} tokens per frame are not "
+                             "a class/register prefix plus a square patch grid, so they cannot "
+                             f"be pooled {k}x{k}")
+        if k == 1:
+            return SpatialTokenPooling(total, 0, 1)  # every token is kept
+        return SpatialTokenPooling(total - grid * grid, grid, k)
 
     @property
     def hidden_size(self) -> int:
@@ -113,9 +128,11 @@ class FrameEncoder(nn.Module):
         return (pixels - self.mean) / self.std
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``pixels: [N, 3, S, S]`` -> every token of each frame ``[N, L, D]``."""
+        """``pixels: [N, 3, S, S]`` -> the tokens of each frame ``[N, L, D]`` (every token
+        the backbone returns, or fewer with ``token_pooling``)."""
         dtype = next(self.model.parameters()).dtype
-        return self.model(pixel_values=pixels.to(dtype)).last_hidden_state
+        tokens = self.model(pixel_values=pixels.to(dtype)).last_hidden_state
+        return self.pooling(tokens)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """``video: [B, T, H, W, 3]`` -> tokens ``[B, T, L, D]``."""
@@ -129,13 +146,18 @@ class FrameEncoder(nn.Module):
         tokens = torch.cat(chunks, dim=0)
         return tokens.view(B, T, *tokens.shape[1:])
 
-    @torch.no_grad()
     def count_tokens(self) -> int:
-        """``L``: tokens per frame at ``image_size`` (class, registers and patches)."""
+        """``L``: tokens per frame at ``image_size`` after pooling."""
+        return self.pooling.num_tokens
+
+    @torch.no_grad()
+    def _count_backbone_tokens(self) -> int:
+        """Tokens per frame the backbone returns at ``image_size`` (class, registers and
+        patches)."""
         was_training = self.model.training
         self.model.eval()
         dummy = torch.zeros(1, 3, self.image_size, self.image_size, device=self.mean.device)
-        num = self.encode_pixels(dummy).shape[1]
+        num = self.model(pixel_values=dummy).last_hidden_state.shape[1]
         self.model.train(was_training)
         return num
 
