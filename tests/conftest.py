@@ -6,6 +6,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from spool import Spool, SpoolConfig  # noqa: E402
 
@@ -75,3 +76,18 @@ def dinov2_onnx():
 
     pytest.importorskip("onnx")
     return fetch_or_skip(find_onnx)
+
+
+class LargestOutput(TorchDispatchMode):
+    """Records the element count of the largest tensor any op produces (memory probes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out

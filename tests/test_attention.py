@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import LargestOutput
 
 from spool.layers import attention_blocked, attention_flex, attention_reference
 from spool.layers.masks import flex_block_mask, frame_mask
@@ -74,24 +74,9 @@ def test_flex_block_mask_agrees_with_dense_mask_blockwise():
                     assert dense[h, qb, kb], (h, qb, kb)
 
 
-class _LargestOutput(TorchDispatchMode):
-    """Records the element count of the largest tensor any op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def _largest_intermediate(fn, T, L=8):
     q, k, v = _qkv(T, 2, L=L, hd=8, B=1)
-    with _LargestOutput() as probe:
+    with LargestOutput() as probe:
         fn(q, k, v, 1, 2)
     return probe.largest
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import LargestOutput, tiny_config
 
 import spool.models.long_video as long_video
 from spool import Spool
@@ -57,28 +56,15 @@ def test_video_file_streams_through_backbone_and_stack(tmp_path):
     torch.testing.assert_close(offloaded.context, plain.context[0], atol=1e-5, rtol=1e-5)
 
 
-class _LargestOutput(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_no_tensor_beyond_the_hidden_state():
     """In-place chunks: nothing of size [T, L, 4D] or q/k/v for all frames; the hidden state
     [T + 2, L, D] is the largest tensor, while the plain forward's MLP makes [T + 2, L, 4D]."""
     model, T = _temporal(4, 2), 120
     hidden = torch.randn(T + 2, L, D)
-    with _LargestOutput() as probe:
+    with LargestOutput() as probe:
         stream_temporal_stack(model.temporal, hidden, chunk_frames=8)
     assert probe.largest <= hidden.numel()
-    with _LargestOutput() as plain, torch.no_grad():
+    with LargestOutput() as plain, torch.no_grad():
         model.temporal(hidden[None])
     assert plain.largest >= 4 * hidden.numel()
 
