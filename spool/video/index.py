@@ -73,9 +73,10 @@ def _check_regular_file(path: str) -> os.stat_result:
     return st
 
 
-def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool = False
-          ) -> tuple[av.container.InputContainer, av.VideoStream]:
-    """Open the first video stream; refuse frames over ``max_pixels`` (0: no limit)."""
+def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool = False,
+          thread_type: str = "AUTO") -> tuple[av.container.InputContainer, av.VideoStream]:
+    """Open the first video stream; refuse frames over ``max_pixels`` (0: no limit).
+    ``thread_type``: the decoder's threading (FFmpeg's ``AUTO``: frame and slice threads)."""
     path = os.fspath(path)
     _check_regular_file(path)
     try:
@@ -92,7 +93,7 @@ def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool 
     except VideoDecodeError:
         container.close()
         raise
-    stream.thread_type = "AUTO"
+    stream.thread_type = thread_type
     return container, stream
 
 

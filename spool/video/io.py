@@ -88,17 +88,21 @@ class VideoReader:
     one after the other decodes each frame once. Use as a context manager or call ``close()``.
     ``max_pixels``: the largest frame (width x height) it decodes, checked from the header
     first; None: the budget in force (``spool.video.limits.pixel_budget``, 4096x2160 unless
-    set); 0: no limit. A larger frame raises ``VideoDecodeError``.
+    set); 0: no limit. A larger frame raises ``VideoDecodeError``. ``thread_type``: the
+    decoder's threads (``AUTO``: FFmpeg's choice of frame and slice threads; ``NONE``,
+    ``SLICE``, ``FRAME``); frames are the same whatever it is (bench/decode_threads.py).
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_pixels: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], max_pixels: int | None = None,
+                 thread_type: str = "AUTO") -> None:
         self.path = os.fspath(path)
+        self.thread_type = thread_type
         self.max_pixels = current_max_pixels(max_pixels)
         self.index = _cached_index(self.path, self.max_pixels)
         if len(self.index.pts) == 0:
             raise VideoDecodeError(f"{self.path}: the video stream has no frames")
         self._pts_to_idx = {p: i for i, p in enumerate(self.index.pts.tolist())}
-        self._container, self._stream = _open(self.path, self.max_pixels)
+        self._container, self._stream = _open(self.path, self.max_pixels, thread_type=thread_type)
         self.rotation = 0  # from the display matrix of the frames decoded so far
         self._reformatter = VideoReformatter()
         self.num_seeks = 0
@@ -128,7 +132,8 @@ class VideoReader:
     def _restart(self) -> None:
         # Reopening is the one way back to packet 0 that works for every demuxer.
         self._container.close()
-        self._container, self._stream = _open(self.path, self.max_pixels)
+        self._container, self._stream = _open(self.path, self.max_pixels,
+                                              thread_type=self.thread_type)
         self._start()
 
     def _seek(self, t: int) -> None:
