@@ -77,19 +77,28 @@ def _hidden_buffer(shape: tuple[int, ...], offload_dir: str | os.PathLike | None
     return torch.from_numpy(array)
 
 
-def _encode_video(model, reader: VideoReader, indices: list[int], hidden: torch.Tensor,
-                  bar: tqdm | None) -> np.ndarray:
-    """Decode, preprocess and encode ``indices`` chunk by chunk into ``hidden[1:-1]``;
-    returns their timestamps."""
+def stream_tokens(model, reader: VideoReader, indices: list[int]
+                  ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Decode, preprocess and encode frames ``indices`` of ``reader`` ``backbone_chunk_size``
+    at a time: yields (tokens ``[n, L, D]``, timestamps ``[n]``) per chunk, so decoded pixels
+    never accumulate. ``model``: anything with a frame encoder (``model.backbone``)."""
     chunk = model.config.backbone_chunk_size
     preprocessing = model.config.preprocessing()
-    device = model.context_frames.start.device
-    times = []
+    device = next(model.backbone.parameters()).device
     for start in range(0, len(indices), chunk):
         frames, stamps = reader.get(indices[start:start + chunk])
         pixels = preprocessing(torch.from_numpy(frames)).to(device)
-        tokens = model.backbone(pixels[None])[0]
-        hidden[1 + start:1 + start + len(tokens)] = tokens.to(hidden.device, torch.float32)
+        with torch.no_grad():
+            yield model.backbone(pixels[None])[0], stamps
+
+
+def _encode_video(model, reader: VideoReader, indices: list[int], hidden: torch.Tensor,
+                  bar: tqdm | None) -> np.ndarray:
+    """Encode ``indices`` chunk by chunk into ``hidden[1:-1]``; returns their timestamps."""
+    times, done = [], 0
+    for tokens, stamps in stream_tokens(model, reader, indices):
+        hidden[1 + done:1 + done + len(tokens)] = tokens.to(hidden.device, torch.float32)
+        done += len(tokens)
         times.append(stamps)
         if bar is not None:
             bar.update(len(tokens))

@@ -1,0 +1,191 @@
+"""Per-frame datasets for segmentation: variable-length token caches and decoded crops.
+
+A frame cache holds every sampled frame of each video (any length, at the sampler's rate):
+
+- ``videos/<name>.safetensors``: ``tokens [T, L, D]``, ``labels [T]`` (class indices,
+  ``-100`` unlabelled), ``frame_indices [T]`` and ``timestamps [T]`` (seconds); one file per
+  video, written atomically, so an interrupted ``build_frame_cache`` resumes where it stopped;
+- ``backbone/``: the :class:`~spool.models.frame_encoder.FrameEncoderModel` that made them;
+- ``cache.json`` (written last): class names, the videos, the sampler, the weights' digest.
+
+Training takes random temporal crops of up to ``crop_frames`` frames (drawn from ``(seed,
+epoch, index)``); evaluation takes whole videos.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from spool.data.segmentation import SegmentationSample
+from spool.errors import CheckpointNotFoundError, SpoolLoadError
+from spool.io_utils import atomic_save_safetensors, atomic_write_text
+from spool.models.frame_encoder import save_frame_encoder
+from spool.models.long_video import stream_tokens
+from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
+from spool.video.io import VideoReader
+from spool.video.samplers import FrameSampler
+from spool.video.transforms import FramePreprocessing
+
+CACHE_META = "cache.json"
+BACKBONE_DIR = "backbone"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def _video_file(out: Path, name: str) -> Path:
+    return out / "videos" / f"{name}.safetensors"
+
+
+def _is_cached(path: Path, settings: str) -> bool:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("settings") == settings
+    except Exception:  # missing or damaged: redo
+        return False
+
+
+@torch.no_grad()
+def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSample],
+                      class_names: list[str], out_dir: str | os.PathLike,
+                      sampler: FrameSampler, *, dtype: str = "float16",
+                      progress: bool = False) -> Path:
+    """Encode every sampled frame of each video with ``model``'s frame encoder, with its
+    label at its own time. Videos already cached with the same settings are kept."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
+    if model.frame_encoder is None:
+        raise ValueError("model: has no frame encoder (built with with_backbone=False?)")
+    out = Path(out_dir)
+    (out / CACHE_META).unlink(missing_ok=True)  # incomplete until rewritten
+    model.eval()
+    digest = weights_digest(model.frame_encoder.state_dict())
+    settings = json.dumps({"sampler": sampler.to_dict(), "dtype": dtype, "digest": digest,
+                           "frame_encoder": model.config.frame_encoder_fields(),
+                           "classes": class_names}, sort_keys=True)
+    videos = []
+    for sample in tqdm(samples, desc="frame cache", unit="video", disable=not progress):
+        path = _video_file(out, sample.name)
+        if not _is_cached(path, settings):
+            with VideoReader(sample.video) as reader:
+                info = reader.info()
+                indices = sampler(info.num_frames, info.fps)[0]
+                chunks = list(stream_tokens(model, reader, indices))
+            tokens = torch.cat([t for t, _ in chunks]).to("cpu", _DTYPES[dtype])
+            timestamps = np.concatenate([s for _, s in chunks])
+            labels = sample.labels_at(indices, timestamps, info.start_time)
+            atomic_save_safetensors(
+                {"tokens": tokens, "labels": torch.from_numpy(labels),
+                 "frame_indices": torch.tensor(indices, dtype=torch.int64),
+                 "timestamps": torch.from_numpy(timestamps)},
+                path, metadata={"settings": settings, "video": sample.video})
+        with safe_open(str(path), framework="pt") as f:
+            num = f.get_slice("labels").get_shape()[0]
+        videos.append({"name": sample.name, "video": sample.video, "num_frames": num})
+    save_frame_encoder(model, out / BACKBONE_DIR)
+    meta = {"kind": "frames", "class_names": list(class_names), "videos": videos,
+            "sampler": sampler.to_dict(), "dtype": dtype, "backbone_digest": digest}
+    atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
+    return out
+
+
+def read_frame_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(cache_dir) / CACHE_META
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{path}: not found; {cache_dir} is not a complete frame "
+                                      "cache (write one with `spool cache --task frames`)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SpoolLoadError(f"{path}: not valid JSON ({err})") from err
+    if meta.get("kind") != "frames":
+        raise SpoolLoadError(f"{path}: a clip cache, not a frame cache")
+    return meta
+
+
+def _crop(num_frames: int, crop_frames: int | None, rng: np.random.Generator | None) -> slice:
+    """Frames of one item: a random window of ``crop_frames`` when training, else all."""
+    if rng is None or crop_frames is None or num_frames <= crop_frames:
+        return slice(0, num_frames)
+    start = int(rng.integers(0, num_frames - crop_frames + 1))
+    return slice(start, start + crop_frames)
+
+
+class FrameTokenDataset(Dataset):
+    """Items ``{"tokens": [T, L, D] float32, "labels": [T], "index": i}`` from a frame cache;
+    with ``augment``, a random crop of up to ``crop_frames`` frames per epoch."""
+
+    def __init__(self, cache_dir: str | os.PathLike, crop_frames: int | None = None,
+                 augment: bool = False, seed: int = 0) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.meta = read_frame_cache_meta(cache_dir)
+        self.class_names: list[str] = list(self.meta["class_names"])
+        self.videos = self.meta["videos"]
+        self.crop_frames, self.augment, self.seed, self.epoch = crop_frames, augment, seed, 0
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        return self.meta["sampler"]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry = self.videos[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augment else None
+        rows = _crop(entry["num_frames"], self.crop_frames, rng)
+        with safe_open(str(_video_file(self.cache_dir, entry["name"])), framework="pt") as f:
+            tokens = f.get_slice("tokens")[rows].float()
+            labels = f.get_slice("labels")[rows]
+        return {"tokens": tokens, "labels": labels, "index": index}
+
+
+class VideoFrameDataset(Dataset):
+    """Items ``{"video": [T, S, S, 3] uint8, "labels": [T], "index": i}``: the sampled frames
+    of each video (a random crop of up to ``crop_frames`` with ``augment``), decoded and
+    preprocessed, with their labels at their own times. The same crops as
+    :class:`FrameTokenDataset` for the same seed."""
+
+    def __init__(self, samples: list[SegmentationSample], class_names: list[str],
+                 sampler: FrameSampler, preprocessing: FramePreprocessing,
+                 crop_frames: int | None = None, augment: bool = False, seed: int = 0) -> None:
+        self.samples, self.class_names = list(samples), list(class_names)
+        self.sampler, self.preprocessing = sampler, preprocessing
+        self.crop_frames, self.augment, self.seed, self.epoch = crop_frames, augment, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augment else None
+        with VideoReader(sample.video) as reader:
+            info = reader.info()
+            indices = self.sampler(info.num_frames, info.fps)[0]
+            indices = indices[_crop(len(indices), self.crop_frames, rng)]
+            frames, stamps = reader.get(indices)
+        labels = sample.labels_at(indices, stamps, info.start_time)
+        return {"video": self.preprocessing(torch.from_numpy(frames)),
+                "labels": torch.from_numpy(labels), "index": index}
+
+
+def collate_frames(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack per-frame items, cut to the shortest (no padding: attention has no mask)."""
+    n = min(len(item["labels"]) for item in items)
+    key = "tokens" if "tokens" in items[0] else "video"
+    return {key: torch.stack([item[key][:n] for item in items]),
+            "labels": torch.stack([item["labels"][:n] for item in items]),
+            "index": torch.tensor([item["index"] for item in items])}

@@ -1,0 +1,151 @@
+"""Per-frame labels of videos (temporal action segmentation), aligned by timestamp.
+
+Two annotation forms are read:
+
+- the MS-TCN layout: ``mapping.txt`` (``index name`` lines), ``groundTruth/<video>.txt`` (one
+  class name per line, per frame of the video at its own frame rate), split bundles
+  (``splits/train.split1.bundle``: ``<video>.txt`` per line) and the videos themselves
+  (``videos/<video>.<ext>``);
+- a CSV of segments, ``video,start_s,end_s,label`` (seconds from the video's first frame, end
+  exclusive).
+
+Sampled frames get labels by their own time: a ground-truth line belongs to the decoded frame
+of that number (its pts), a segment to the frames whose timestamps fall inside it. Nothing
+assumes a frame rate, so a 29.97 fps video sampled at 5 fps gets each sampled frame's label.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IGNORE_INDEX = -100
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
+
+
+@dataclass(frozen=True)
+class SegmentationSample:
+    """A video and its labels: per native frame (``frame_labels [N]`` class indices) or as
+    ``segments`` ``(start_s, end_s, class index)``."""
+
+    name: str
+    video: str
+    frame_labels: np.ndarray | None = None
+    segments: tuple[tuple[float, float, int], ...] | None = None
+
+    def labels_at(self, frame_indices: Sequence[int], timestamps: Sequence[float],
+                  start_time: float = 0.0) -> np.ndarray:
+        """Class indices ``[T]`` of sampled frames (``IGNORE_INDEX`` where nothing applies):
+        a ground-truth line by its frame number, a segment by the frame's time minus
+        ``start_time`` (the first frame's timestamp)."""
+        if self.frame_labels is not None:
+            idx = np.asarray(frame_indices, np.int64)
+            out = np.full(len(idx), IGNORE_INDEX, np.int64)
+            inside = idx < len(self.frame_labels)
+            out[inside] = self.frame_labels[idx[inside]]
+            return out
+        t = np.asarray(timestamps, np.float64) - start_time
+        out = np.full(len(t), IGNORE_INDEX, np.int64)
+        for start, end, label in self.segments or ():
+            out[(t >= start - 1e-6) & (t < end - 1e-6)] = label
+        return out
+
+
+def read_mapping(path: str | os.PathLike) -> list[str]:
+    """MS-TCN's ``mapping.txt`` (``index name`` lines) -> class names in index order."""
+    rows = [line.split() for line in Path(path).read_text(encoding="utf-8-sig").splitlines()
+            if line.strip()]
+    for i, row in enumerate(rows):
+        if len(row) != 2 or row[0] != str(i):
+            raise ValueError(f"{path}, line {i + 1}: expected '{i} <name>', got "
+                             f"{' '.join(row)!r}")
+    return [name for _, name in rows]
+
+
+def read_ground_truth(path: str | os.PathLike, classes: Sequence[str]) -> np.ndarray:
+    """An MS-TCN ground-truth file (one class name per frame) -> ``[N]`` class indices."""
+    index = {name: i for i, name in enumerate(classes)}
+    names = Path(path).read_text(encoding="utf-8-sig").split()
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise ValueError(f"{path}: class names {unknown[:5]} are not in the mapping "
+                         f"{list(classes)[:10]}")
+    return np.array([index[n] for n in names], dtype=np.int64)
+
+
+def _find_video(folder: Path, stem: str) -> Path:
+    for ext in VIDEO_EXTENSIONS:
+        if (folder / f"{stem}{ext}").is_file():
+            return folder / f"{stem}{ext}"
+    raise ValueError(f"{folder}: no video named {stem} with an extension in "
+                     f"{VIDEO_EXTENSIONS} for groundTruth/{stem}.txt")
+
+
+def read_ms_tcn(root: str | os.PathLike, split: str = "train.split1",
+                videos_dir: str = "videos") -> tuple[list[SegmentationSample], list[str]]:
+    """An MS-TCN layout under ``root``: the videos of ``splits/<split>.bundle`` -> (samples,
+    class names from ``mapping.txt``). ``split`` may also be a bundle file's path."""
+    root = Path(root)
+    classes = read_mapping(root / "mapping.txt")
+    bundle = Path(split) if Path(split).is_file() else root / "splits" / f"{split}.bundle"
+    if not bundle.is_file():
+        raise ValueError(f"split: no bundle {bundle} (expected splits/<split>.bundle under "
+                         f"{root})")
+    samples = []
+    for line in bundle.read_text(encoding="utf-8-sig").splitlines():
+        entry = line.strip()
+        if not entry:
+            continue
+        stem = Path(entry).stem
+        labels = read_ground_truth(root / "groundTruth" / f"{stem}.txt", classes)
+        samples.append(SegmentationSample(stem, str(_find_video(root / videos_dir, stem)),
+                                          frame_labels=labels))
+    if not samples:
+        raise ValueError(f"{bundle}: lists no videos")
+    return samples, classes
+
+
+def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None = None
+                      ) -> tuple[list[SegmentationSample], list[str]]:
+    """A ``video,start_s,end_s,label`` CSV (video paths relative to the file) -> (samples,
+    class names: ``class_names``, else the sorted labels)."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or set(rows[0]) != {"video", "start_s", "end_s", "label"}:
+        raise ValueError(f"{path}: expected a header 'video,start_s,end_s,label' and rows")
+    names = list(class_names) if class_names is not None else sorted({r["label"] for r in rows})
+    index = {n: i for i, n in enumerate(names)}
+    per_video: dict[str, list[tuple[float, float, int]]] = {}
+    for lineno, row in enumerate(rows, start=2):
+        try:
+            start, end = float(row["start_s"]), float(row["end_s"])
+        except ValueError:
+            raise ValueError(f"{path}, line {lineno}: start_s/end_s must be numbers, got "
+                             f"{row['start_s']!r}, {row['end_s']!r}") from None
+        if not 0 <= start < end:
+            raise ValueError(f"{path}, line {lineno}: expected 0 <= start_s < end_s, got "
+                             f"{start}, {end}")
+        if row["label"] not in index:
+            raise ValueError(f"{path}, line {lineno}: unknown class {row['label']!r}")
+        per_video.setdefault(row["video"], []).append((start, end, index[row["label"]]))
+    samples = []
+    for video, segments in per_video.items():
+        full = Path(video) if Path(video).is_absolute() else path.parent / video
+        samples.append(SegmentationSample(Path(video).stem, str(full),
+                                          segments=tuple(sorted(segments))))
+    return samples, names
+
+
+def read_segmentation(source: str | os.PathLike, split: str = "train.split1",
+                      class_names: Sequence[str] | None = None
+                      ) -> tuple[list[SegmentationSample], list[str]]:
+    """A segments CSV, or an MS-TCN root (with ``split``) -> (samples, class names)."""
+    if Path(source).is_dir():
+        return read_ms_tcn(source, split)
+    return read_segments_csv(source, class_names)

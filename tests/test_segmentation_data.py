@@ -1,0 +1,105 @@
+"""Per-frame labels by timestamp, the MS-TCN layout, segment CSVs and the frame cache."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from spool.data.frame_cache import (
+    FrameTokenDataset,
+    VideoFrameDataset,
+    build_frame_cache,
+    collate_frames,
+)
+from spool.data.segmentation import IGNORE_INDEX, read_ms_tcn, read_segments_csv
+from spool.models.frame_encoder import FrameEncoderModel
+from spool.video import VideoReader, write_video
+from spool.video.samplers import FpsSampler
+
+
+@pytest.fixture(scope="module")
+def ntsc_video(tmp_path_factory):
+    """3 s at 29.97 fps (30000/1001), frames numbered in their pixels."""
+    root = tmp_path_factory.mktemp("ntsc")
+    frames = np.zeros((90, 32, 32, 3), np.uint8)
+    frames[:, :, :, 0] = np.arange(90, dtype=np.uint8)[:, None, None]
+    path = write_video(root / "clip.mkv", frames, fps=Fraction(30000, 1001), codec="ffv1")
+    (root / "segments.csv").write_text("video,start_s,end_s,label\nclip.mkv,0,1.0,a\n"
+                                       "clip.mkv,1.0,2.0,b\nclip.mkv,2.0,3.1,c\n")
+    return root, path
+
+
+def test_labels_follow_each_sampled_frames_own_time(ntsc_video):
+    root, path = ntsc_video
+    (sample,), names = read_segments_csv(root / "segments.csv")
+    assert names == ["a", "b", "c"]
+    with VideoReader(path) as reader:
+        info = reader.info()
+        indices = FpsSampler(5)(info.num_frames, info.fps)[0]
+        _, stamps = reader.get(indices)
+    labels = sample.labels_at(indices, stamps, info.start_time)
+    expected = np.searchsorted([1.0, 2.0], stamps - info.start_time, side="right")
+    assert labels.tolist() == expected.tolist()
+    # Frame 5 at 5 fps is source frame 29, shown at 0.968 s: still 'a'. Assuming the target
+    # rate (5 / 5 fps = 1.0 s) would say 'b'.
+    assert indices[5] == 29 and labels[5] == 0
+    naive = np.searchsorted([1.0, 2.0], np.arange(len(indices)) / 5, side="right")
+    assert labels.tolist() != naive.tolist()
+
+
+def test_ms_tcn_layout(tmp_path, ntsc_video):
+    _, path = ntsc_video
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "clip.mkv").write_bytes(path.read_bytes())
+    (tmp_path / "mapping.txt").write_text("0 bg\n1 pour\n")
+    (tmp_path / "groundTruth").mkdir()
+    gt = ["bg"] * 40 + ["pour"] * 45  # 5 frames short: those stay unlabelled
+    (tmp_path / "groundTruth" / "clip.txt").write_text("\n".join(gt) + "\n")
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "train.split1.bundle").write_text("clip.txt\n")
+    (sample,), names = read_ms_tcn(tmp_path, "train.split1")
+    assert names == ["bg", "pour"] and sample.name == "clip"
+    labels = sample.labels_at([0, 39, 40, 84, 85, 89], [0] * 6)
+    assert labels.tolist() == [0, 0, 1, 1, IGNORE_INDEX, IGNORE_INDEX]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("video,start,end,label\nclip.mkv,0,1,a\n", "header"),
+    ("video,start_s,end_s,label\nclip.mkv,2,1,a\n", r"line 2: expected 0 <= start_s < end_s"),
+    ("video,start_s,end_s,label\nclip.mkv,x,1,a\n", "line 2: start_s/end_s must be numbers"),
+])
+def test_bad_segment_csv(tmp_path, text, message):
+    (tmp_path / "s.csv").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_segments_csv(tmp_path / "s.csv")
+
+
+def test_frame_cache_and_video_crops_agree(tmp_path, ntsc_video):
+    root, _ = ntsc_video
+    samples, names = read_segments_csv(root / "segments.csv")
+    encoder = FrameEncoderModel(tiny_config()).eval()
+    sampler = FpsSampler(10)
+    cache = build_frame_cache(encoder, samples, names, tmp_path / "cache", sampler,
+                              dtype="float32")
+    tokens_ds = FrameTokenDataset(cache, crop_frames=12, augment=True, seed=3)
+    video_ds = VideoFrameDataset(samples, names, sampler, encoder.config.preprocessing(),
+                                 crop_frames=12, augment=True, seed=3)
+    cached, decoded = tokens_ds[0], video_ds[0]
+    assert cached["tokens"].shape == (12, 17, 24) and torch.equal(cached["labels"],
+                                                                  decoded["labels"])
+    with torch.no_grad():
+        torch.testing.assert_close(cached["tokens"], encoder(decoded["video"][None])[0])
+    tokens_ds.set_epoch(1)
+    assert not torch.equal(tokens_ds[0]["tokens"], cached["tokens"])  # another crop
+    whole = FrameTokenDataset(cache)[0]  # evaluation: the whole video
+    assert whole["tokens"].shape[0] == 31 and (whole["labels"] >= 0).all()  # 3.003 s at 10 fps
+    stamp = cache / "videos" / "clip.safetensors"
+    before = stamp.stat().st_mtime_ns
+    build_frame_cache(encoder, samples, names, cache, sampler, dtype="float32")
+    assert stamp.stat().st_mtime_ns == before  # resumed: nothing redone
+    batch = collate_frames([whole, cached])
+    assert batch["tokens"].shape == (2, 12, 17, 24) and batch["labels"].shape == (2, 12)
