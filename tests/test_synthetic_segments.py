@@ -33,10 +33,19 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
     assert _tree(a.root) == _tree(b.root)
     assert _tree(a.root).keys() == _tree(c.root).keys() and _tree(a.root) != _tree(c.root)
     assert a.train == ["train_0000", "train_0001"] and a.test == ["test_0000"]
+    # Twins (the default): videos 0 and 1 differ in the cue and the delayed label only.
+    (x, _), (y, _) = (read_video_frames(a.video_path(n)) for n in a.train)
+    lx, ly = (a.labels(n) for n in a.train)
+    cue = lx == SEGMENT_CLASSES.index("cue_a")
+    assert cue.any() and (ly[cue] == SEGMENT_CLASSES.index("cue_b")).all()
+    np.testing.assert_array_equal(x[~cue], y[~cue])
+    after = lx == SEGMENT_CLASSES.index("after_a")
+    assert (ly[after] == SEGMENT_CLASSES.index("after_b")).all()
+    np.testing.assert_array_equal(lx[~cue & ~after], ly[~cue & ~after])
 
 
 def test_labels_align_with_the_decoded_frames(tmp_path: Path) -> None:
-    ds = make_segmentation_dataset(tmp_path, 2, 0, seed=0, **SMALL)
+    ds = make_segmentation_dataset(tmp_path, 2, 0, seed=0, twins=False, **SMALL)
     checked = set()
     assert read_mapping(tmp_path / "mapping.txt") == list(SEGMENT_CLASSES)
     assert (tmp_path / "splits" / "train.split1.bundle").read_text().split() == [

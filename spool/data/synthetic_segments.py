@@ -8,7 +8,7 @@ Every video (1,000-4,000 frames at 15 fps, small frames) is a sequence of segmen
   frame tells them apart: only motion does.
 - ``cue_a`` / ``cue_b``: a red or a blue flash near the start of the video.
 - ``after_a`` / ``after_b``: much later (more than ``min_cue_distance`` frames after the last
-  cue frame), a static ring. It is drawn the same way whichever the cue was; its label says
+  cue frame), static grey stripes. They are drawn the same way whichever the cue was; its label says
   which cue came first. A model that sees less than ``min_cue_distance`` frames around a
   frame (one MS-TCN stage sees +-1,023) cannot know it.
 - ``background``: empty scene (lead-in and short gaps); index 0, MS-TCN's ``bg_class``.
@@ -72,18 +72,16 @@ def _smooth(rng: np.random.Generator, size: int, grid: int = 4) -> np.ndarray:
 
 
 def _scene(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A video's backdrop ``[S, S, 3]`` (float): a colour gradient plus smooth texture."""
-    c0, c1 = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
-    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
-    angle = rng.uniform(0, 2 * np.pi)
-    t = ((np.cos(angle) * xx + np.sin(angle) * yy + 1) / 2)[..., None]
-    return np.clip((1 - t) * c0 + t * c1 + 12 * _smooth(rng, size), 0, 255)
+    """A video's backdrop ``[S, S, 3]`` (float): dark, with a faint smooth texture. Dark and
+    plain on purpose: what a frame shows (empty, a shape, a flash, stripes) should be plain
+    to any frame encoder; only the order of frames is meant to be hard."""
+    return np.clip(rng.uniform(15, 60, 3) + 4 * _smooth(rng, size), 0, 255)
 
 
-def _colour(rng: np.random.Generator, backdrop: np.ndarray) -> np.ndarray:
-    colour = rng.uniform(0, 255, 3)
-    if np.abs(colour - backdrop.mean((0, 1))).sum() < 200:  # keep the shape visible
-        colour = np.where(backdrop.mean((0, 1)) > 127, 0.2 * colour, 255 - 0.2 * colour)
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    """A bright colour: every channel >= 100, one of them >= 220."""
+    colour = rng.uniform(100, 255, 3)
+    colour[rng.integers(3)] = rng.uniform(220, 255)
     return colour
 
 
@@ -108,19 +106,19 @@ def render_motion(kind: str, num_frames: int, size: int, rng: np.random.Generato
     if kind not in MOTIONS:
         raise ValueError(f"kind: expected one of {MOTIONS}, got {kind!r}")
     shape = str(rng.choice(["disk", "square"]))
-    colour = _colour(rng, backdrop)
+    colour = _colour(rng)
     t = np.arange(num_frames, dtype=np.float64)
     scale = size / 32
     if kind in ("left_to_right", "right_to_left"):
         r = rng.uniform(0.12, 0.2) * size
-        speed = rng.uniform(0.8, 1.5) * scale  # pixels per frame
+        speed = rng.uniform(1.5, 2.5) * scale  # pixels per frame: a crossing takes ~1 s
         loop = size + 2 * r  # out on one side, back in on the other
         cx = (rng.uniform(0, loop) + speed * t) % loop - r
         cy = np.full(num_frames, rng.uniform(r, size - r))
         radius = np.full(num_frames, r)
     else:
         lo, hi = 0.06 * size, rng.uniform(0.28, 0.4) * size
-        period = rng.uniform(24, 48)  # frames per swell
+        period = rng.uniform(16, 32)  # frames per swell (1-2 s)
         radius = lo + (hi - lo) * ((rng.uniform() + t / period) % 1.0)
         cx = np.full(num_frames, rng.uniform(hi, size - hi))
         cy = np.full(num_frames, rng.uniform(hi, size - hi))
@@ -129,13 +127,12 @@ def render_motion(kind: str, num_frames: int, size: int, rng: np.random.Generato
     return frames[::-1] if kind in ("right_to_left", "shrink") else frames
 
 
-def _render_static_ring(num_frames: int, size: int, rng: np.random.Generator,
-                        backdrop: np.ndarray) -> np.ndarray:
-    r = rng.uniform(0.2, 0.3) * size
-    cx, cy = (np.full(1, rng.uniform(r, size - r)) for _ in range(2))
-    ring = (_coverage("disk", size, cx, cy, np.full(1, r))
-            - _coverage("disk", size, cx, cy, np.full(1, 0.55 * r)))[0, ..., None]
-    frame = ring * _colour(rng, backdrop) + (1 - ring) * backdrop
+def _render_stripes(num_frames: int, size: int, rng: np.random.Generator,
+                    backdrop: np.ndarray) -> np.ndarray:
+    """Static vertical grey stripes over the backdrop: the delayed segment's look."""
+    period = rng.uniform(6, 10) * size / 32
+    on = (np.sin(2 * np.pi * (np.arange(size) + 0.5) / period + rng.uniform(0, 2 * np.pi)) > 0)
+    frame = np.where(on[None, :, None], 0.4 * backdrop + 0.6 * rng.uniform(150, 200), backdrop)
     return np.broadcast_to(frame, (num_frames, size, size, 3))
 
 
@@ -201,7 +198,7 @@ def render_segmentation_video(rng: np.random.Generator, num_frames: int, cue: st
             image = np.broadcast_to(0.25 * backdrop + 0.75 * np.array(_CUE_COLOURS[cue]),
                                     (n, size, size, 3))
         elif label.startswith("after_"):
-            image = _render_static_ring(n, size, rng, backdrop)
+            image = _render_stripes(n, size, rng, backdrop)
         else:
             image = np.broadcast_to(backdrop, (n, size, size, 3))
         frames[start:end] = np.clip(image, 0, 255).round().astype(np.uint8)
@@ -257,7 +254,7 @@ def make_segmentation_dataset(
     out_dir: str | os.PathLike, num_train: int, num_test: int, *,
     frames: tuple[int, int] = (2000, 3000), size: int = 32, fps: float = 15.0,
     min_cue_distance: int = 1600, segment_frames: tuple[int, int] = (60, 240),
-    seed: int = 0, codec: str = "ffv1",
+    twins: bool = True, seed: int = 0, codec: str = "ffv1",
 ) -> SegmentationDataset:
     """Write ``num_train`` + ``num_test`` videos of ``frames`` = (min, max) frames.
 
@@ -266,6 +263,10 @@ def make_segmentation_dataset(
     ``splits/{train,test}.split1.bundle`` (``<name>.txt`` per line, as MS-TCN's loaders
     expect), and ``{train,test}.csv`` with ``video,start_s,end_s,label`` segment rows (video
     path relative to ``out_dir``, ends exclusive). Cues alternate a, b, a, ... in each split.
+
+    ``twins``: videos ``2k`` and ``2k + 1`` of a split are the same video but for the cue (and
+    so for the delayed segment's label). Then nothing but the cue can tell a model which
+    label the delayed segment has: memorising the rest of a training video does not help.
     """
     if codec not in _EXT:
         raise ValueError(f"codec: expected one of {sorted(_EXT)}, got {codec!r}")
@@ -283,7 +284,7 @@ def make_segmentation_dataset(
         table.writerow(["video", "start_s", "end_s", "label"])
         names = getattr(ds, split)
         for i in range(count):
-            rng = np.random.default_rng([seed, split_id, i])
+            rng = np.random.default_rng([seed, split_id, i // 2 if twins else i])
             length = int(rng.integers(frames[0], frames[1] + 1))
             video = render_segmentation_video(rng, length, "ab"[i % 2], size,
                                               min_cue_distance, segment_frames)
@@ -312,11 +313,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--fps", type=float, default=15.0)
     ap.add_argument("--min-cue-distance", type=int, default=1600)
+    ap.add_argument("--no-twins", dest="twins", action="store_false",
+                    help="every video its own (no pairs that differ only in the cue)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     ds = make_segmentation_dataset(args.out_dir, args.train, args.test,
                                    frames=tuple(args.frames), size=args.size, fps=args.fps,
-                                   min_cue_distance=args.min_cue_distance, seed=args.seed)
+                                   min_cue_distance=args.min_cue_distance, twins=args.twins,
+                                   seed=args.seed)
     print(f"wrote {len(ds.train)} train and {len(ds.test)} test videos to {ds.root}")
 
 
