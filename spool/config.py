@@ -59,6 +59,8 @@ class SpoolConfig:
         classifier_dropout: dropout before a classification head.
         sampling: the frame sampler of training clips (``FrameSampler.to_dict()``), the
             default of evaluation and extraction.
+        head_config: settings of a task head or baseline beyond the fields here (e.g.
+            MS-TCN's ``num_stages``); None: its defaults.
         architectures: what a saved checkpoint holds (set by ``save_pretrained``).
         hidden_size, num_spatial_tokens: ``D`` and ``L``, filled in from the backbone.
         image_mean, image_std: the backbone's normalisation, filled in from the backbone.
@@ -89,6 +91,7 @@ class SpoolConfig:
     class_names: list[str] | None = None
     classifier_dropout: float = 0.0
     sampling: dict | None = None
+    head_config: dict | None = None
     architectures: list[str] | None = None
     hidden_size: int | None = None
     num_spatial_tokens: int | None = None

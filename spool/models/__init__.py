@@ -5,14 +5,22 @@ from spool.models.classification import (
     SpoolForVideoClassification,
     load_classifier,
 )
+from spool.models.frame_classification import (
+    FrameProbeForFrameClassification,
+    MSTCNForFrameClassification,
+    SpoolForFrameClassification,
+)
 from spool.models.frame_encoder import FrameEncoderModel
 from spool.models.pretrained import SpoolPreTrainedModel, load_pretrained
 from spool.models.spool import Spool, SpoolOutput
 
 __all__ = [
     "FrameEncoderModel",
+    "FrameProbeForFrameClassification",
+    "MSTCNForFrameClassification",
     "FramePoolingForVideoClassification",
     "Spool",
+    "SpoolForFrameClassification",
     "SpoolForVideoClassification",
     "SpoolOutput",
     "SpoolPreTrainedModel",

@@ -1,0 +1,1 @@
+"""Metrics and plots for per-frame predictions (temporal action segmentation)."""

@@ -1,0 +1,287 @@
+"""Per-frame classification (temporal action segmentation): Spool and two baselines.
+
+Every frame classifier takes decoded video ``[B, T, H, W, 3]`` or cached backbone tokens
+``[B, T, L, D]``, optional ``labels [B, T]`` (``-100``: no label) and a padding ``mask [B, T]``,
+and returns per-frame logits ``[B, T, C]`` and a loss. ``predict_long`` runs a whole video (a
+file or its tokens) in one pass. Saved and loaded like every Spool model (``load_pretrained``).
+
+- :class:`SpoolForFrameClassification`: ``dropout -> Linear(D, C)`` on each real frame's Spool
+  feature (averaged over its tokens), so a frame is classified with what the temporal stack
+  gathered around it and, through the context frames, from the whole video.
+- :class:`FrameProbeForFrameClassification`: a linear probe on each frame's backbone tokens
+  (averaged): no temporal model.
+- :class:`MSTCNForFrameClassification`: MS-TCN at the field's standard size on the same
+  per-frame features.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spool.config import SpoolConfig
+from spool.layers.backbone import FrameEncoder
+from spool.models.frame_encoder import config_and_frame_encoder
+from spool.models.long_video import stream_tokens
+from spool.models.pretrained import SpoolPreTrainedModel
+from spool.models.spool import Spool
+from spool.models.temporal_conv import LinearProbe, MultiStageTCN, ms_tcn_loss
+from spool.validation import check_tokens, check_video
+from spool.video.io import VideoReader
+from spool.video.samplers import FpsSampler, FrameSampler
+
+IGNORE_INDEX = -100
+
+
+class FrameClassifierOutput(NamedTuple):
+    """``logits: [B, T, C]`` (0 on padded frames); ``loss``: when labels were given."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None
+
+
+class LongPrediction(NamedTuple):
+    """A whole video's ``logits [T, C]`` and, for a file, its ``frame_indices`` and
+    ``timestamps [T]`` (seconds)."""
+
+    logits: torch.Tensor
+    frame_indices: torch.Tensor | None
+    timestamps: torch.Tensor | None
+
+
+def frame_classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled frames (``-100`` ignored; 0, not NaN, when no
+    frame is labelled). ``logits [B, T, C]``, ``labels [B, T]``."""
+    B, T, C = logits.shape
+    total = F.cross_entropy(logits.float().reshape(B * T, C), labels.reshape(-1).long(),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def _check_mask(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``mask [B, T]`` (True: a real frame, padding at the end) -> lengths ``[B]``."""
+    if mask.shape != shape or mask.dtype != torch.bool:
+        raise ValueError(f"mask: expected a bool tensor of shape {shape} ([B, T], True for "
+                         f"real frames), got {mask.dtype} {tuple(mask.shape)}")
+    lengths = mask.sum(dim=1)
+    if not torch.equal(torch.arange(shape[1], device=mask.device) < lengths[:, None], mask):
+        raise ValueError("mask: expected each video's real frames first and its padding at "
+                         "the end (True...True False...False per row)")
+    return lengths
+
+
+def _check_labels(labels: torch.Tensor, shape: tuple[int, int], num_classes: int) -> None:
+    if labels.shape != shape or labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"labels: expected an integer tensor of shape {shape}, got "
+                         f"{labels.dtype} {tuple(labels.shape)}")
+    labelled = labels[labels != IGNORE_INDEX]
+    if labelled.numel() and (labelled.min() < 0 or labelled.max() >= num_classes):
+        raise ValueError(f"labels: expected class indices in [0, {num_classes}) or "
+                         f"{IGNORE_INDEX} (no label), got range [{labelled.min().item()}, "
+                         f"{labelled.max().item()}]")
+
+
+class FrameClassifier(SpoolPreTrainedModel):
+    """Shared ``forward`` / ``predict_long`` of the frame classifiers."""
+
+    config: SpoolConfig
+    backbone: FrameEncoder | None
+
+    def _build(self, config: SpoolConfig | None, kwargs: dict[str, Any],
+               with_backbone: bool) -> None:
+        self.config, self.backbone = config_and_frame_encoder(config, kwargs, with_backbone)
+        if not self.config.class_names:
+            raise ValueError("class_names: a frame classifier needs the list of class names "
+                             f"(config.class_names), got {self.config.class_names!r}")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.class_names or [])
+
+    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
+        """``video: [B, T, H, W, 3]`` -> backbone tokens ``[B, T, L, D]``."""
+        if self.frame_encoder is None:
+            raise ValueError("video: this model was built with with_backbone=False; pass "
+                             "cached backbone tokens instead (tokens=...)")
+        check_video(video)
+        return self.frame_encoder(video)
+
+    def frame_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``tokens [B, T, L, D]`` (no padding) -> logits ``[B, T, C]`` and, for models
+        trained on several outputs (MS-TCN's stages), all of them for the loss."""
+        raise NotImplementedError
+
+    def loss_function(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return frame_classification_loss(logits, labels)
+
+    def forward(self, video: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                *, tokens: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> FrameClassifierOutput:
+        """``video [B, T, H, W, 3]`` or ``tokens [B, T, L, D]`` (exactly one), optional
+        ``labels [B, T]`` and ``mask [B, T]`` -> :class:`FrameClassifierOutput`.
+
+        Attention has no padding mask and the context frames see every frame, so padded
+        videos run at their own lengths (one pass per distinct length): padding never reaches
+        a real frame's logits.
+        """
+        if (video is None) == (tokens is None):
+            raise ValueError("video/tokens: pass exactly one of video [B, T, H, W, 3] or "
+                             "tokens [B, T, L, D]")
+        if tokens is None:
+            tokens = self.encode_frames(video)
+        else:
+            check_tokens(tokens, self.config.num_spatial_tokens, self.config.hidden_size)
+        B, T = tokens.shape[:2]
+        lengths = None if mask is None else _check_mask(mask, (B, T))
+        if lengths is None or bool((lengths == T).all()):
+            logits, extra = self.frame_logits(tokens)
+        else:
+            logits, extra = tokens.new_zeros(B, T, len(self.class_names)), None
+            for n in lengths.unique().tolist():
+                if n:
+                    rows = (lengths == n).nonzero().flatten()
+                    logits[rows, :n] = self.frame_logits(tokens[rows, :n])[0].to(logits.dtype)
+        loss = None
+        if labels is not None:
+            _check_labels(labels, (B, T), len(self.class_names))
+            if mask is not None:
+                labels = labels.long().masked_fill(~mask, IGNORE_INDEX)
+            loss = (self.loss_function(logits, labels) if extra is None
+                    else ms_tcn_loss(extra, labels))
+        return FrameClassifierOutput(logits, loss)
+
+    def forward_tokens(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
+                       mask: torch.Tensor | None = None) -> FrameClassifierOutput:
+        return self(tokens=tokens, labels=labels, mask=mask)
+
+    def _long_features(self, tokens: torch.Tensor | None, video: str | None,
+                       sampler: FrameSampler, chunk_frames: int
+                       ) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
+        """Per-frame backbone features ``[T, D]`` (tokens averaged), chunk by chunk."""
+        if tokens is not None:
+            return torch.cat([c.float().mean(1) for c in tokens.split(chunk_frames)]), None, None
+        with VideoReader(video) as reader:
+            info = reader.info()
+            indices = sampler(info.num_frames, info.fps)[0]
+            parts = list(stream_tokens(self, reader, indices))
+        return (torch.cat([t.float().mean(1).cpu() for t, _ in parts]), np.asarray(indices),
+                np.concatenate([s for _, s in parts]))
+
+    @torch.no_grad()
+    def predict_long(self, video: str | os.PathLike | torch.Tensor, *,
+                     sampler: FrameSampler | None = None, chunk_frames: int = 32,
+                     offload_dir: str | os.PathLike | None = None) -> LongPrediction:
+        """Logits of every frame of a whole video (a file, decoded with ``sampler``, default
+        1 fps, or its tokens ``[T, L, D]``) in one pass, memory linear in its length."""
+        tokens = video if isinstance(video, torch.Tensor) else None
+        features, indices, stamps = self._long_features(
+            tokens, None if tokens is not None else os.fspath(video), sampler or FpsSampler(1.0),
+            chunk_frames)
+        logits = self.head(features[None])[0]
+        return LongPrediction(logits,
+                              None if indices is None else torch.from_numpy(indices),
+                              None if stamps is None else torch.from_numpy(stamps))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-frame backbone features ``[B, T, D]`` -> logits ``[B, T, C]`` (the baselines)."""
+        raise NotImplementedError
+
+
+class SpoolForFrameClassification(FrameClassifier):
+    """Spool + ``dropout -> Linear(D, C)`` on each real frame's token-averaged feature."""
+
+    def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__()
+        self.spool = Spool(config, with_backbone=with_backbone, **kwargs)
+        self.config = self.spool.config
+        if not self.config.class_names:
+            raise ValueError("class_names: a frame classifier needs the list of class names "
+                             f"(config.class_names), got {self.config.class_names!r}")
+        self.dropout = nn.Dropout(self.config.classifier_dropout)
+        self.classifier = nn.Linear(self.config.hidden_size, len(self.config.class_names))
+        nn.init.trunc_normal_(self.classifier.weight, std=self.config.initializer_range)
+        nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def frame_encoder(self) -> FrameEncoder | None:
+        return self.spool.backbone
+
+    @property
+    def backbone(self) -> FrameEncoder | None:  # stream_tokens reads model.backbone
+        return self.spool.backbone
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"spool.{name}" for name in self.spool.no_weight_decay()}
+
+    def frame_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+        features = self.spool.forward_tokens(tokens).features[:, 1:-1].mean(dim=2)
+        return self.classifier(self.dropout(features)), None
+
+    @torch.no_grad()
+    def predict_long(self, video: str | os.PathLike | torch.Tensor, *,
+                     sampler: FrameSampler | None = None, chunk_frames: int = 32,
+                     offload_dir: str | os.PathLike | None = None) -> LongPrediction:
+        out = self.spool.forward_long(video, sampler=sampler, chunk_frames=chunk_frames,
+                                      offload_dir=offload_dir)
+        return LongPrediction(self.classifier(out.frame_features), out.frame_indices,
+                              out.timestamps)
+
+
+class FrameProbeForFrameClassification(FrameClassifier):
+    """Baseline: a linear probe on each frame's backbone tokens (averaged); no temporal model,
+    so a frame is classified from what it shows alone."""
+
+    def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__()
+        self._build(config, {"num_hidden_layers": 0, **kwargs}, with_backbone)
+        self.probe = LinearProbe(self.config.hidden_size, len(self.class_names),
+                                 self.config.classifier_dropout)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.probe(features)
+
+    def frame_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.head(tokens.mean(dim=2)), None
+
+
+class MSTCNForFrameClassification(FrameClassifier):
+    """Baseline: MS-TCN (4 stages x 10 dilated residual layers, 64 channels, dropout 0.5 by
+    default; ``config.head_config`` may set ``num_stages``, ``num_layers``, ``num_channels``,
+    ``dropout``) on each frame's backbone tokens (averaged), trained with MS-TCN's loss."""
+
+    def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__()
+        self._build(config, {"num_hidden_layers": 0, **kwargs}, with_backbone)
+        self.tcn = MultiStageTCN(self.config.hidden_size, len(self.class_names),
+                                 **(self.config.head_config or {}))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.tcn(features)[-1]
+
+    def frame_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stages = self.tcn(tokens.mean(dim=2))
+        return stages[-1], stages
+
+
+FRAME_ARCHITECTURES: dict[str, type[FrameClassifier]] = {
+    "spool": SpoolForFrameClassification, "linear_probe": FrameProbeForFrameClassification,
+    "ms_tcn": MSTCNForFrameClassification}
+
+
+def frame_classifier_class(name: str) -> type[FrameClassifier]:
+    """The frame classifier for an architecture name (``spool``, ``linear_probe``,
+    ``ms_tcn``, or a class name)."""
+    known = {cls.__name__: cls for cls in FRAME_ARCHITECTURES.values()}
+    cls = FRAME_ARCHITECTURES.get(name) or known.get(name)
+    if cls is None:
+        raise ValueError(f"architecture: expected one of {sorted(FRAME_ARCHITECTURES)} for "
+                         f"frame classification, got {name!r}")
+    return cls
