@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from spool.errors import CheckpointNotFoundError
 from spool.io_utils import atomic_save_safetensors
 
 STATE_NAME = "trainer_state.json"
@@ -135,7 +136,9 @@ def resolve_resume(resume: str, out_dir: str) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"resume: {path} is not a training checkpoint (no {STATE_NAME})")
+        raise CheckpointNotFoundError(f"resume: {path} is not a training checkpoint (no "
+                                      f"{STATE_NAME}); pass a checkpoints/step_N directory "
+                                      "or 'auto'")
     return path
 
 

@@ -123,13 +123,17 @@ class Trainer:
         resume = ckpt.resolve_resume(cfg.resume, cfg.out_dir) if cfg.resume else None
         if resume is not None:
             self._resume(resume)
+        elif cfg.resume == "auto":  # a typo in --out-dir would otherwise go unnoticed
+            self.log(f"no checkpoint in {self.out / ckpt.CHECKPOINT_DIR}: starting from "
+                     "scratch", logging.WARNING, always=True)
         if self.info.is_main:
             self._open_logs()
 
     # ----------------------------------------------------------------------------- output
-    def log(self, message: str) -> None:
-        if self.info.is_main and not self.cfg.quiet:
-            logger.info(f"[{self.cfg.name}] {message}" if self.cfg.name else message)
+    def log(self, message: str, level: int = logging.INFO, always: bool = False) -> None:
+        """Rank 0 logs ``message``; progress (not ``always``) is silenced by ``quiet``."""
+        if self.info.is_main and (always or not self.cfg.quiet):
+            logger.log(level, f"[{self.cfg.name}] {message}" if self.cfg.name else message)
 
     def _open_logs(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -267,6 +271,11 @@ class Trainer:
                  f"{'cached token' if self.cached else 'video'} samples, "
                  f"{self.info.world_size} process(es) on {self.device}, "
                  f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+        if self.epoch >= cfg.epochs:
+            self.log(f"run already finished at step {self.step}; nothing to do", always=True)
+            if not (self.out / "results.json").is_file():  # stopped before its last outputs
+                self.finish(checkpoint=False)
+            return self.history
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             for batch in self._loader():
@@ -290,9 +299,10 @@ class Trainer:
         self.finish()
         return self.history
 
-    def finish(self) -> None:
+    def finish(self, checkpoint: bool = True) -> None:
         """Final checkpoint, ``model/`` and ``results.json``."""
-        self.save_checkpoint()  # replaces a step checkpoint taken before the epoch's end
+        if checkpoint:
+            self.save_checkpoint()  # replaces a step checkpoint taken before the epoch's end
         if self.info.is_main:
             self.model.save_pretrained(self.out / "model")
             results = {"final": self.history[-1] if self.history else {},
