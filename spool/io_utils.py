@@ -55,8 +55,7 @@ def _create_temporary(path: Path) -> tuple[str, int]:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
-        tag = f"spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
-        tmp = path.parent / f".{path.name}.{tag}.tmp"
+        tmp = temporary_sibling(path)
         try:
             fd = os.open(tmp, flags, 0o666)
         except FileExistsError:
@@ -67,6 +66,15 @@ def _create_temporary(path: Path) -> tuple[str, int]:
             os.close(fd)
         return str(tmp), mode
     raise FileExistsError(f"{path.parent}: could not create a temporary file for {path.name}")
+
+
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """A fresh hidden name beside ``path`` for a file or folder being written by this process
+    (``.NAME.spool-HOST-PID-RANDOM.tmp``: :func:`is_stale_temporary` can tell when the writer
+    is gone)."""
+    path = Path(path)
+    tag = f"spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
+    return path.parent / f".{path.name}.{tag}.tmp"
 
 
 def fsync_path(path: str | os.PathLike) -> None:

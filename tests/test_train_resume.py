@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
+import torch
 from train_helpers import final_weights, read_steps, train_config_dict
 
 from spool.cli import main
+from spool.train.config import TrainConfig
+from spool.train.trainer import train
 
 
 def _write_config(path: Path, **fields) -> Path:
@@ -83,3 +87,19 @@ def test_resume_from_a_path_that_is_no_checkpoint_is_one_line(tmp_path: Path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert f"{tmp_path / 'empty'} is not a training checkpoint" in err
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(logging.getLogger("spool"), "propagate", True)  # for caplog
+    caplog.set_level(logging.WARNING)
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(TrainConfig(**train_config_dict(full, save_every=2)))
+    train(TrainConfig(**train_config_dict(part, save_every=2, stop_after_steps=6)))
+    newest = part / "checkpoints" / "step_00000006"
+    (newest / "optimizer.safetensors").write_bytes(b"")  # e.g. the disk filled up
+    train(TrainConfig(**train_config_dict(part, save_every=2, resume="auto")))
+    assert f"skipping checkpoint {newest}" in caplog.text
+    assert read_steps(part) == read_steps(full)
+    a, b = final_weights(full), final_weights(part)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -28,11 +28,13 @@ from spool.data.dataset import worker_context, worker_init_fn
 from spool.distributed import (
     all_gather_objects,
     barrier,
+    broadcast_object,
     cleanup_distributed,
     setup_distributed,
 )
+from spool.errors import SpoolLoadError
 from spool.io_utils import atomic_write
-from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict, read_weights
+from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
 from spool.train import checkpoint as ckpt
 from spool.train.builders import (
     build_datasets,
@@ -120,9 +122,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.out = Path(cfg.out_dir)
         self.tb = None
-        resume = ckpt.resolve_resume(cfg.resume, cfg.out_dir) if cfg.resume else None
+        resume = self._find_resume()
         if resume is not None:
-            self._resume(resume)
+            self._resume(*resume)
         elif cfg.resume == "auto":  # a typo in --out-dir would otherwise go unnoticed
             self.log(f"no checkpoint in {self.out / ckpt.CHECKPOINT_DIR}: starting from "
                      "scratch", logging.WARNING, always=True)
@@ -147,10 +149,31 @@ class Trainer:
 
             self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1)
 
-    def _resume(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path, self.info.rank)
-        weights = read_weights(path / WEIGHTS_NAME)
-        check_and_load_state_dict(self.model, weights, str(path / WEIGHTS_NAME))
+    def _find_resume(self) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint ``cfg.resume`` names and its state. Rank 0 chooses (and tidies up
+        after a crash); the other ranks load its choice, so all resume from the same step."""
+        cfg = self.cfg
+        if not cfg.resume:
+            return None
+        found, error = None, None
+        if self.info.is_main:
+            try:
+                if cfg.resume == "auto":
+                    ckpt.recover_checkpoints(self.out)
+                found = ckpt.resolve_resume(cfg.resume, cfg.out_dir)
+            except (ValueError, OSError) as err:
+                error = err
+        choice, message = broadcast_object((found and str(found[0]), error and str(error)))
+        if error is not None:
+            raise error
+        if message is not None:  # rank 0 failed: every rank stops with its message
+            raise SpoolLoadError(message)
+        if self.info.is_main or choice is None:
+            return found
+        return Path(choice), ckpt.load_checkpoint(Path(choice), self.info.rank)
+
+    def _resume(self, path: Path, state: dict[str, Any]) -> None:
+        check_and_load_state_dict(self.model, state["weights"], str(path / WEIGHTS_NAME))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch = state["step"], state["epoch"]
