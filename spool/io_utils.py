@@ -189,7 +189,10 @@ def try_claim(output: str | os.PathLike, stale_after_s: float = STALE_AFTER_S
     time. A claim whose process is gone (this machine) or older than ``stale_after_s`` (another
     machine) is taken over.
     """
-    path = claim_path(output)
+    return _claim_file(claim_path(output), stale_after_s)
+
+
+def _claim_file(path: Path, stale_after_s: float) -> Claim | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     claim = _create_claim(path)
     if claim is not None:
@@ -200,6 +203,31 @@ def try_claim(output: str | os.PathLike, stale_after_s: float = STALE_AFTER_S
     if not _claim_is_stale(path, raw, stale_after_s):
         return None
     return _take_over(path, raw)
+
+
+def lock_directory(directory: str | os.PathLike, what: str,
+                   name: str = ".spool.lock") -> Claim:
+    """Hold ``directory`` for this process (``what`` it is doing there, for the message):
+    an exclusive lock file ``name`` inside it, a claim as :func:`try_claim` makes (taken over
+    when its process is gone). Raises :class:`~spool.errors.SpoolBusyError` naming the holder
+    while a live one has it; release with :func:`release_claim`."""
+    from spool.errors import SpoolBusyError
+
+    path = Path(directory) / name
+    claim = _claim_file(path, STALE_AFTER_S)
+    if claim is None:
+        raise SpoolBusyError(f"{directory}: another {what} is using it ({claim_holder(path)}); "
+                             "wait for it to end or choose another directory")
+    return claim
+
+
+def claim_holder(path: str | os.PathLike) -> str:
+    """Who holds the claim or lock file ``path``, in words."""
+    record = _parse(_read_bytes(Path(path)) or b"")
+    if not {"host", "pid", "time"} <= record.keys():
+        return f"lock file {path}"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(record["time"])))
+    return f"process {record['pid']} on {record['host']} since {since}; lock file {path}"
 
 
 def release_claim(claim: Claim) -> None:

@@ -14,8 +14,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,8 +33,7 @@ from spool.distributed import (
     cleanup_distributed,
     setup_distributed,
 )
-from spool.errors import SpoolLoadError
-from spool.io_utils import atomic_write
+from spool.io_utils import Claim, atomic_write, lock_directory, release_claim
 from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
 from spool.train import checkpoint as ckpt
 from spool.train.builders import (
@@ -49,6 +49,8 @@ from spool.train.evaluate import EvalResult, autocast_context, evaluate, model_i
 from spool.train.metrics import MetricTracker, plot_curves
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+LOCK_NAME = ".spool-train.lock"
 STEP_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm")
 EPOCH_FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "train_top5", "val_loss",
                 "val_top1", "val_top5", "epoch_seconds")
@@ -122,14 +124,51 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.out = Path(cfg.out_dir)
         self.tb = None
-        resume = self._find_resume()
-        if resume is not None:
-            self._resume(*resume)
-        elif cfg.resume == "auto":  # a typo in --out-dir would otherwise go unnoticed
-            self.log(f"no checkpoint in {self.out / ckpt.CHECKPOINT_DIR}: starting from "
-                     "scratch", logging.WARNING, always=True)
+        self._lock: Claim | None = None
+        try:
+            self._on_rank0(self._lock_out_dir)
+            resume = self._find_resume()
+            if resume is not None:
+                self._resume(*resume)
+            elif cfg.resume == "auto":  # a typo in --out-dir would otherwise go unnoticed
+                self.log(f"no checkpoint in {self.out / ckpt.CHECKPOINT_DIR}: starting from "
+                         "scratch", logging.WARNING, always=True)
+            if self.info.is_main:
+                self._open_logs()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory (``fit`` does this when it ends) and TensorBoard."""
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        if self._lock is not None:
+            release_claim(self._lock)
+            self._lock = None
+
+    def _on_rank0(self, fn: Callable[[], T]) -> T | None:
+        """``fn()`` on rank 0 only; if it fails, every rank stops (the others would wait for
+        rank 0 forever)."""
+        result, error = None, None
         if self.info.is_main:
-            self._open_logs()
+            try:
+                result = fn()
+            except (ValueError, OSError) as err:
+                error = err
+        message = broadcast_object(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise OSError(f"rank 0 stopped: {message}")
+        return result
+
+    def _lock_out_dir(self) -> None:
+        """Hold ``out_dir`` for this run: a second run into it would interleave its steps
+        with ours in steps.csv and overwrite our model."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_directory(self.out, "training run", LOCK_NAME)
 
     # ----------------------------------------------------------------------------- output
     def log(self, message: str, level: int = logging.INFO, always: bool = False) -> None:
@@ -155,19 +194,13 @@ class Trainer:
         cfg = self.cfg
         if not cfg.resume:
             return None
-        found, error = None, None
-        if self.info.is_main:
-            try:
-                if cfg.resume == "auto":
-                    ckpt.recover_checkpoints(self.out)
-                found = ckpt.resolve_resume(cfg.resume, cfg.out_dir)
-            except (ValueError, OSError) as err:
-                error = err
-        choice, message = broadcast_object((found and str(found[0]), error and str(error)))
-        if error is not None:
-            raise error
-        if message is not None:  # rank 0 failed: every rank stops with its message
-            raise SpoolLoadError(message)
+        def choose() -> tuple[Path, dict[str, Any]] | None:
+            if cfg.resume == "auto":
+                ckpt.recover_checkpoints(self.out)  # safe: this run holds the directory
+            return ckpt.resolve_resume(cfg.resume, cfg.out_dir)
+
+        found = self._on_rank0(choose)
+        choice = broadcast_object(None if found is None else str(found[0]))
         if self.info.is_main or choice is None:
             return found
         return Path(choice), ckpt.load_checkpoint(Path(choice), self.info.rank)
@@ -288,7 +321,14 @@ class Trainer:
                         device=self.device, amp=self.cfg.amp)
 
     def fit(self) -> list[dict[str, Any]]:
-        """Train to the last epoch (or ``stop_after_steps``); returns the per-epoch rows."""
+        """Train to the last epoch (or ``stop_after_steps``); returns the per-epoch rows.
+        Releases the run directory when it ends."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
         self.log(f"training {type(self.model).__name__} on {len(self.train_set)} "
                  f"{'cached token' if self.cached else 'video'} samples, "
@@ -332,8 +372,6 @@ class Trainer:
                        "class_names": self.class_names, "steps": self.step}
             text = json.dumps(results, indent=1)
             atomic_write(self.out / "results.json", lambda p: Path(p).write_text(text))
-            if self.tb is not None:
-                self.tb.close()
         barrier()
 
 
