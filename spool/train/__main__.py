@@ -15,12 +15,18 @@ def main(argv: list[str] | None = None) -> int:
     add_train_arguments(parser)
     args = parser.parse_args(argv)
     from spool.runtime import configure_logging, tune_cpu_allocator
+    from spool.train.signals import TrainingInterrupted
     from spool.train.trainer import run_training
 
     configure_logging()
     tune_cpu_allocator()
     try:
         run_training(config_from_args(args))
+    except TrainingInterrupted as stopped:  # saved and said so: 130 (SIGINT) / 143 (SIGTERM)
+        return stopped.exit_code
+    except KeyboardInterrupt:
+        print("python -m spool.train: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, OSError) as err:  # as `spool train`: one line, unless debugging
         if os.environ.get("SPOOL_DEBUG", "") not in ("", "0"):
             raise

@@ -9,7 +9,6 @@ one rank with batch B.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import random
@@ -46,35 +45,21 @@ from spool.train.builders import (
 )
 from spool.train.config import TrainConfig
 from spool.train.evaluate import EvalResult, autocast_context, evaluate, model_inputs
-from spool.train.metrics import MetricTracker, plot_curves
+from spool.train.metrics import (
+    EPOCH_FIELDS,
+    STEP_FIELDS,
+    MetricTracker,
+    append_csv,
+    plot_curves,
+    rewrite_csv,
+)
+from spool.train.signals import StopSignals, TrainingInterrupted, agreed_stop
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_NAME = ".spool-train.lock"
-STEP_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm")
-EPOCH_FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "train_top5", "val_loss",
-                "val_top1", "val_top5", "epoch_seconds")
-
-
 def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-def _rewrite_csv(path: Path, fields: tuple[str, ...], keep: Any) -> None:
-    """Start ``path`` with a header, keeping the rows of a resumed run for which ``keep``."""
-    rows = []
-    if path.is_file():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if keep(r)]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _append_csv(path: Path, fields: tuple[str, ...], row: dict[str, Any]) -> None:
-    with open(path, "a", newline="") as f:
-        csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerow(row)
 
 
 class Trainer:
@@ -180,8 +165,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.cfg.to_saved_dict(), indent=1)
         atomic_write(self.out / "train_config.json", lambda p: Path(p).write_text(text))
-        _rewrite_csv(self.out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= self.step)
-        _rewrite_csv(self.out / "metrics.csv", EPOCH_FIELDS,
+        rewrite_csv(self.out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= self.step)
+        rewrite_csv(self.out / "metrics.csv", EPOCH_FIELDS,
                      lambda r: int(r["epoch"]) <= self.epoch)
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -225,6 +210,10 @@ class Trainer:
                      "continues but will not repeat an uninterrupted one exactly")
         self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch + 1})")
 
+    def checkpoint_path(self) -> Path:
+        """Where the checkpoint of the current step goes."""
+        return self.out / ckpt.CHECKPOINT_DIR / f"step_{self.step:08d}"
+
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/step_<step>`` (rank 0 writes; every rank gives its RNG)."""
         summed = MetricTracker(len(self.class_names))
@@ -237,7 +226,7 @@ class Trainer:
                      "scheduler": self.scheduler.state_dict(), "tracker": summed.state_dict(),
                      "history": self.history, "config": self.cfg.to_dict(),
                      "world_size": self.info.world_size, "class_names": self.class_names}
-            path = self.out / ckpt.CHECKPOINT_DIR / f"step_{self.step:08d}"
+            path = self.checkpoint_path()
             ckpt.save_checkpoint(path, self.model, self.optimizer, state, rngs)
             ckpt.prune_checkpoints(self.out, self.cfg.keep_checkpoints)
         barrier()
@@ -297,7 +286,7 @@ class Trainer:
             row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
         self.history.append(row)
         if self.info.is_main:
-            _append_csv(self.out / "metrics.csv", EPOCH_FIELDS, row)
+            append_csv(self.out / "metrics.csv", EPOCH_FIELDS, row)
             if self.tb is not None:
                 for key, value in row.items():
                     if key not in ("epoch", "step"):
@@ -339,28 +328,44 @@ class Trainer:
             if not (self.out / "results.json").is_file():  # stopped before its last outputs
                 self.finish(checkpoint=False)
             return self.history
-        while self.epoch < cfg.epochs:
-            start = time.perf_counter()
-            for batch in self._loader():
-                out = self.train_step(batch)
-                if self.info.is_main:
-                    row = {"step": self.step, "epoch": self.epoch + 1, **out}
-                    _append_csv(self.out / "steps.csv", STEP_FIELDS, row)
-                    if self.tb is not None:
-                        self.tb.add_scalar("train/step_loss", out["loss"], self.step)
-                        self.tb.add_scalar("train/lr", out["lr"], self.step)
-                if self.step % cfg.log_every == 0:
-                    self.log(f"  step {self.step}/{self.total_steps} loss {out['loss']:.4f} "
-                             f"lr {out['lr']:.2e}")
-                stop = cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps
-                if (cfg.save_every and self.step % cfg.save_every == 0) or stop:
-                    self.save_checkpoint()
-                if stop:
-                    self.log(f"stopped after step {self.step}; resume with --resume auto")
-                    return self.history
-            self._end_epoch(time.perf_counter() - start)
-        self.finish()
+        with StopSignals() as signals:
+            while self.epoch < cfg.epochs:
+                start = time.perf_counter()
+                for batch in self._loader():
+                    self._record_step(self.train_step(batch))
+                    if self._checkpoint_or_stop(agreed_stop(signals.received, self.device)):
+                        return self.history
+                self._end_epoch(time.perf_counter() - start)
+            self.finish()
         return self.history
+
+    def _record_step(self, out: dict[str, float]) -> None:
+        if self.info.is_main:
+            row = {"step": self.step, "epoch": self.epoch + 1, **out}
+            append_csv(self.out / "steps.csv", STEP_FIELDS, row)
+            if self.tb is not None:
+                self.tb.add_scalar("train/step_loss", out["loss"], self.step)
+                self.tb.add_scalar("train/lr", out["lr"], self.step)
+        if self.step % self.cfg.log_every == 0:
+            self.log(f"  step {self.step}/{self.total_steps} loss {out['loss']:.4f} "
+                     f"lr {out['lr']:.2e}")
+
+    def _checkpoint_or_stop(self, signum: int | None) -> bool:
+        """Checkpoint when one is due; True when the run stops here (``stop_after_steps``).
+        After a stop signal (``signum``): checkpoint, then raise :class:`TrainingInterrupted`.
+        """
+        cfg = self.cfg
+        stop = cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps
+        if (cfg.save_every and self.step % cfg.save_every == 0) or stop or signum:
+            self.save_checkpoint()
+        if signum:
+            message = (f"interrupted at step {self.step}; checkpoint saved to "
+                       f"{self.checkpoint_path()}; resume with --resume auto")
+            self.log(message, logging.WARNING, always=True)
+            raise TrainingInterrupted(signum, message)
+        if stop:
+            self.log(f"stopped after step {self.step}; resume with --resume auto")
+        return stop
 
     def finish(self, checkpoint: bool = True) -> None:
         """Final checkpoint, ``model/`` and ``results.json``."""
