@@ -21,3 +21,7 @@ class CheckpointMismatchError(SpoolLoadError, ValueError):
 
 class SpoolBusyError(OSError):
     """A directory that another live Spool process is writing (a training run, a cache)."""
+
+
+class InsufficientSpaceError(OSError):
+    """Not enough free disk space for an output, found before writing it."""

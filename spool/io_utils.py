@@ -8,6 +8,8 @@ work: whoever creates the claim file first writes that output.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -98,6 +100,28 @@ def fsync_directory(path: str | os.PathLike) -> None:
         pass  # some file systems refuse fsync on directories; the data is synced already
     finally:
         os.close(fd)
+
+
+def reserve_space(path: str | os.PathLike, size: int) -> bool:
+    """Allocate the first ``size`` bytes of file ``path`` on disk (Linux ``fallocate``), so
+    that writing them later through a memory map cannot fail for want of space (which is
+    SIGBUS, without a message). False where the file system or platform cannot do it (no
+    emulation by writing zeros); ``OSError`` (ENOSPC) when the disk is too full."""
+    try:
+        fallocate = ctypes.CDLL(None, use_errno=True).fallocate64
+    except (OSError, AttributeError):
+        return False
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if fallocate(fd, 0, 0, size) == 0:
+            return True
+        code = ctypes.get_errno()
+    finally:
+        os.close(fd)
+    if code == errno.ENOSPC:
+        raise OSError(code, f"no space left on the device for {size} bytes", str(path))
+    return False
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
