@@ -167,7 +167,7 @@ class Trainer:
         atomic_write(self.out / "train_config.json", lambda p: Path(p).write_text(text))
         rewrite_csv(self.out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= self.step)
         rewrite_csv(self.out / "metrics.csv", EPOCH_FIELDS,
-                     lambda r: int(r["epoch"]) <= self.epoch)
+                    lambda r: int(r["epoch"]) <= self.epoch)
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -179,6 +179,7 @@ class Trainer:
         cfg = self.cfg
         if not cfg.resume:
             return None
+
         def choose() -> tuple[Path, dict[str, Any]] | None:
             if cfg.resume == "auto":
                 ckpt.recover_checkpoints(self.out)  # safe: this run holds the directory
