@@ -15,6 +15,7 @@ from spool.errors import CheckpointNotFoundError, SpoolLoadError
 CONFIG_NAME = "config.json"
 RESIZE_MODES = ("center_crop", "squash", "pad")
 DEFAULT_CROP_PCT = 224 / 256  # DINOv2's image processor: shortest edge 256, centre crop 224
+_FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
 
 
 def _check(condition: bool, argument: str, expected: str, given: Any) -> None:
@@ -24,6 +25,11 @@ def _check(condition: bool, argument: str, expected: str, given: Any) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool (``True`` is an int to Python, never a setting)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -123,26 +129,51 @@ class SpoolConfig:
         for name in ("image_size", "backbone_chunk_size", "token_pooling"):
             _check(_is_int(getattr(self, name)) and getattr(self, name) > 0, name,
                    "a positive integer", getattr(self, name))
-        _check(self.resize_mode in RESIZE_MODES, "resize_mode", f"one of {RESIZE_MODES}",
-               self.resize_mode)
-        _check(self.crop_pct is None or (isinstance(self.crop_pct, (int, float))
-                                         and 0 < self.crop_pct <= 1), "crop_pct",
-               "None or a fraction in (0, 1]", self.crop_pct)
+        _check(isinstance(self.backbone_name, str) and self.backbone_name != "",
+               "backbone_name", "a hub id or a directory (a non-empty string)",
+               self.backbone_name)
+        _check(self.backbone_config is None or (
+            isinstance(self.backbone_config, dict)
+            and isinstance(self.backbone_config.get("model_type"), str)),
+            "backbone_config", "None or a dict with a 'model_type' key (e.g. 'dinov2')",
+            self.backbone_config)
+        _check(isinstance(self.resize_mode, str) and self.resize_mode in RESIZE_MODES,
+               "resize_mode", f"one of {RESIZE_MODES}", self.resize_mode)
+        _check(self.crop_pct is None or (_is_number(self.crop_pct) and 0 < self.crop_pct <= 1),
+               "crop_pct", "None or a fraction in (0, 1]", self.crop_pct)
+        for name in ("freeze_backbone", "gradient_checkpointing"):
+            _check(isinstance(getattr(self, name), bool), name, "true or false",
+                   getattr(self, name))
+        _check(isinstance(self.attn_implementation, str), "attn_implementation",
+               "a backend name (a string)", self.attn_implementation)
         _check(self.attention_chunk_frames is None or (
             _is_int(self.attention_chunk_frames) and self.attention_chunk_frames > 0),
             "attention_chunk_frames", "None or a positive integer", self.attention_chunk_frames)
         for name in ("hidden_dropout", "attention_dropout", "classifier_dropout"):
-            _check(0.0 <= getattr(self, name) < 1.0, name, "a probability in [0, 1)",
-                   getattr(self, name))
+            value = getattr(self, name)
+            _check(_is_number(value) and 0.0 <= value < 1.0, name, "a probability in [0, 1)",
+                   value)
         for name in ("mlp_ratio", "layer_norm_eps", "rope_theta", "initializer_range"):
             value = getattr(self, name)
-            _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name,
+            _check(_is_number(value) and math.isfinite(value) and value > 0, name,
                    "a finite number > 0", value)
-        _check(len(self.image_mean) == 3 and len(self.image_std) == 3, "image_mean/image_std",
-               "3 values each (RGB)", (self.image_mean, self.image_std))
-        _check(all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0
-                   for s in self.image_std), "image_std", "3 finite values > 0",
-               self.image_std)
+        # Values that pass the above but give NaN/Inf outputs: an eps that is 0 in float32
+        # (0/0 on a constant frame), a RoPE base whose inverse overflows, weights whose
+        # products overflow.
+        _check(self.layer_norm_eps >= _FLOAT32_TINY, "layer_norm_eps",
+               f"a number >= {_FLOAT32_TINY:.3g} (float32 rounds smaller ones to 0)",
+               self.layer_norm_eps)
+        _check(self.rope_theta >= 1, "rope_theta", "a RoPE base >= 1 (10000 is usual)",
+               self.rope_theta)
+        _check(self.initializer_range <= 1, "initializer_range",
+               "a standard deviation in (0, 1] (0.02 is usual)", self.initializer_range)
+        _check(self.mlp_ratio <= 64, "mlp_ratio", "a ratio in (0, 64] (4 is usual)",
+               self.mlp_ratio)
+        self._validate_lists()
+        for name in ("hidden_size", "num_spatial_tokens"):
+            value = getattr(self, name)
+            _check(value is None or (_is_int(value) and value > 0), name,
+                   "None (read from the backbone) or a positive integer", value)
         if self.hidden_size is not None and self.num_hidden_layers > 0:
             # Heads split the hidden size only where there are temporal layers.
             _check(self.hidden_size % self.num_attention_heads == 0, "hidden_size",
@@ -151,13 +182,39 @@ class SpoolConfig:
             head_dim = self.hidden_size // self.num_attention_heads
             _check(head_dim % 2 == 0, "hidden_size / num_attention_heads",
                    "an even head dimension (rotary embeddings rotate pairs)", head_dim)
-        if self.num_spatial_tokens is not None:
-            _check(self.num_spatial_tokens > 0, "num_spatial_tokens", "> 0",
-                   self.num_spatial_tokens)
+            _check(int(self.hidden_size * self.mlp_ratio) > 0, "mlp_ratio",
+                   f"a ratio giving the MLP at least one unit (hidden_size {self.hidden_size})",
+                   self.mlp_ratio)
         # The attention registry's rules (a backend that cannot do what is asked).
         from spool.layers.attention_backends import select_backend
 
         select_backend(self.attn_implementation, dropout=self.attention_dropout)
+
+    def _validate_lists(self) -> None:
+        """The list- and dict-valued fields (they come from JSON files as often as code)."""
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            _check(isinstance(value, (list, tuple)) and len(value) == 3
+                   and all(_is_number(v) and math.isfinite(v) for v in value), name,
+                   "3 finite numbers (RGB)", value)
+        # Pixels are in [0, 1]: a mean outside it, or a std so small that the normalised
+        # pixels overflow in the backbone, is a mistake (e.g. 0..255 values).
+        _check(all(0 <= m <= 1 for m in self.image_mean), "image_mean",
+               "3 values in [0, 1] (pixels are scaled to [0, 1])", self.image_mean)
+        _check(all(1e-3 <= s <= 1 for s in self.image_std), "image_std",
+               "3 values in [0.001, 1] (pixels are scaled to [0, 1])", self.image_std)
+        for name in ("class_names", "architectures"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, (list, tuple))
+                                     and all(isinstance(v, str) for v in value)),
+                   name, "None or a list of strings", value)
+        if self.class_names is not None:
+            _check(len(set(self.class_names)) == len(self.class_names), "class_names",
+                   "distinct names", self.class_names)
+        _check(self.sampling is None or isinstance(self.sampling, dict), "sampling",
+               "None or a dict of sampler settings", self.sampling)
+        _check(self.head_config is None or isinstance(self.head_config, dict), "head_config",
+               "None or a dict of head settings", self.head_config)
 
     @property
     def head_dim(self) -> int:

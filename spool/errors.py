@@ -17,3 +17,11 @@ class CheckpointNotFoundError(SpoolLoadError, FileNotFoundError):
 
 class CheckpointMismatchError(SpoolLoadError, ValueError):
     """A checkpoint whose tensors do not fit the model its config describes."""
+
+
+class SpoolBusyError(OSError):
+    """A directory that another live Spool process is writing (a training run, a cache)."""
+
+
+class InsufficientSpaceError(OSError):
+    """Not enough free disk space for an output, found before writing it."""

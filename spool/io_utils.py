@@ -8,6 +8,8 @@ work: whoever creates the claim file first writes that output.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -55,8 +57,7 @@ def _create_temporary(path: Path) -> tuple[str, int]:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
-        tag = f"spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
-        tmp = path.parent / f".{path.name}.{tag}.tmp"
+        tmp = temporary_sibling(path)
         try:
             fd = os.open(tmp, flags, 0o666)
         except FileExistsError:
@@ -67,6 +68,15 @@ def _create_temporary(path: Path) -> tuple[str, int]:
             os.close(fd)
         return str(tmp), mode
     raise FileExistsError(f"{path.parent}: could not create a temporary file for {path.name}")
+
+
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """A fresh hidden name beside ``path`` for a file or folder being written by this process
+    (``.NAME.spool-HOST-PID-RANDOM.tmp``: :func:`is_stale_temporary` can tell when the writer
+    is gone)."""
+    path = Path(path)
+    tag = f"spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
+    return path.parent / f".{path.name}.{tag}.tmp"
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -90,6 +100,28 @@ def fsync_directory(path: str | os.PathLike) -> None:
         pass  # some file systems refuse fsync on directories; the data is synced already
     finally:
         os.close(fd)
+
+
+def reserve_space(path: str | os.PathLike, size: int) -> bool:
+    """Allocate the first ``size`` bytes of file ``path`` on disk (Linux ``fallocate``), so
+    that writing them later through a memory map cannot fail for want of space (which is
+    SIGBUS, without a message). False where the file system or platform cannot do it (no
+    emulation by writing zeros); ``OSError`` (ENOSPC) when the disk is too full."""
+    try:
+        fallocate = ctypes.CDLL(None, use_errno=True).fallocate64
+    except (OSError, AttributeError):
+        return False
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if fallocate(fd, 0, 0, size) == 0:
+            return True
+        code = ctypes.get_errno()
+    finally:
+        os.close(fd)
+    if code == errno.ENOSPC:
+        raise OSError(code, f"no space left on the device for {size} bytes", str(path))
+    return False
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
@@ -181,7 +213,10 @@ def try_claim(output: str | os.PathLike, stale_after_s: float = STALE_AFTER_S
     time. A claim whose process is gone (this machine) or older than ``stale_after_s`` (another
     machine) is taken over.
     """
-    path = claim_path(output)
+    return _claim_file(claim_path(output), stale_after_s)
+
+
+def _claim_file(path: Path, stale_after_s: float) -> Claim | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     claim = _create_claim(path)
     if claim is not None:
@@ -192,6 +227,31 @@ def try_claim(output: str | os.PathLike, stale_after_s: float = STALE_AFTER_S
     if not _claim_is_stale(path, raw, stale_after_s):
         return None
     return _take_over(path, raw)
+
+
+def lock_directory(directory: str | os.PathLike, what: str,
+                   name: str = ".spool.lock") -> Claim:
+    """Hold ``directory`` for this process (``what`` it is doing there, for the message):
+    an exclusive lock file ``name`` inside it, a claim as :func:`try_claim` makes (taken over
+    when its process is gone). Raises :class:`~spool.errors.SpoolBusyError` naming the holder
+    while a live one has it; release with :func:`release_claim`."""
+    from spool.errors import SpoolBusyError
+
+    path = Path(directory) / name
+    claim = _claim_file(path, STALE_AFTER_S)
+    if claim is None:
+        raise SpoolBusyError(f"{directory}: another {what} is using it ({claim_holder(path)}); "
+                             "wait for it to end or choose another directory")
+    return claim
+
+
+def claim_holder(path: str | os.PathLike) -> str:
+    """Who holds the claim or lock file ``path``, in words."""
+    record = _parse(_read_bytes(Path(path)) or b"")
+    if not {"host", "pid", "time"} <= record.keys():
+        return f"lock file {path}"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(record["time"])))
+    return f"process {record['pid']} on {record['host']} since {since}; lock file {path}"
 
 
 def release_claim(claim: Claim) -> None:

@@ -56,3 +56,14 @@ def check_tokens(tokens: torch.Tensor, num_tokens: int, hidden_size: int) -> Non
         raise ValueError(f"tokens: expected a floating point dtype, got {tokens.dtype}")
     if not torch.isfinite(tokens).all():
         raise ValueError("tokens: expected finite values, got NaN or Inf")
+
+
+def parameter_dtype(*modules: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of the first parameter of ``modules`` (float32 if they have none):
+    what input tokens are cast to, since a matmul of float16 tokens with float32 weights
+    fails deep inside torch."""
+    for module in modules:
+        for p in module.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return torch.float32

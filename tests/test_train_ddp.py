@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 from train_helpers import TINY_MODEL, final_weights, read_epochs, read_steps, tiny_video_dataset
 
@@ -47,3 +50,55 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     for ra, rb in zip(read_epochs(one), read_epochs(two), strict=True):
         for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5"):
             assert abs(float(ra[key]) - float(rb[key])) < 1e-5, key
+
+
+def _rank_pids(parent: int) -> dict[int, int]:
+    """{rank: pid} of the worker processes torchrun ``parent`` started (Linux /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) == parent:  # the parent pid
+            for item in environ:
+                if item.startswith(b"RANK="):
+                    found[int(item[5:])] = int(stat.parent.name)
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="finds the ranks through /proc")
+def test_a_signal_to_one_rank_stops_all_at_the_same_step(tmp_path: Path) -> None:
+    root = tiny_video_dataset()
+    config = dict(train_data=str(root / "train.txt"), model=dict(TINY_MODEL), num_frames=4,
+                  epochs=4, batch_size=4, lr=3e-3, warmup_epochs=0.5, num_workers=0,
+                  tensorboard=False, quiet=True, seed=7, device="cpu")
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "spool.train", "--config", "run.json",
+                "--out-dir", str(run)]
+    proc = subprocess.Popen(torchrun, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "steps.csv").is_file() or len(
+                (run / "steps.csv").read_text().splitlines()) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        os.kill(_rank_pids(proc.pid)[1], signal.SIGTERM)  # rank 1 only
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = read_steps(run)[-1][0]
+    assert stopped < 16, out
+    assert f"interrupted at step {stopped}; checkpoint saved to" in out
+    state = json.loads((run / "checkpoints" / f"step_{stopped:08d}" /
+                        "trainer_state.json").read_text())
+    assert state["step"] == stopped and len(state["rng"]) == 2  # both ranks saved there
+    _run([*torchrun, "--resume", "auto"], tmp_path)
+    assert [s for s, _ in read_steps(run)] == list(range(1, 17))

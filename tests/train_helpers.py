@@ -42,3 +42,15 @@ def read_epochs(run_dir: Path) -> list[dict[str, str]]:
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "model" / "model.safetensors")
+
+
+def train_config_dict(out: Path, **changes) -> dict:
+    """The fields of a tiny, quick training run on :func:`tiny_video_dataset` into ``out``
+    (8 steps: 2 epochs of 4 batches of 4)."""
+    root = tiny_video_dataset()
+    base = dict(out_dir=str(out), train_data=str(root / "train.txt"),
+                val_data=str(root / "val.txt"), model=dict(TINY_MODEL), num_frames=4,
+                epochs=2, batch_size=4, lr=3e-3, warmup_epochs=0.5, num_workers=0,
+                tensorboard=False, quiet=True, seed=3)
+    base.update(changes)
+    return base

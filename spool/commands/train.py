@@ -17,9 +17,13 @@ EPILOG = """examples:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spool.train.signals import TrainingInterrupted
     from spool.train.trainer import run_training
 
-    run_training(config_from_args(args))
+    try:
+        run_training(config_from_args(args))
+    except TrainingInterrupted as stopped:  # saved and said so: 130 (SIGINT) / 143 (SIGTERM)
+        return stopped.exit_code
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -236,5 +237,12 @@ _preloaded = False
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """One intra-op thread per DataLoader worker: the workers are the parallelism."""
+    """One intra-op thread per DataLoader worker: the workers are the parallelism.
+
+    Workers ignore Ctrl-C, which the terminal sends to every process of the job: the main
+    process decides when to stop (a training run first saves a checkpoint), and a worker
+    that died of it would fail the batch being loaded. Workers still end with the main
+    process (DataLoader shuts them down, or their watchdog sees it gone).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)

@@ -57,8 +57,13 @@ def read_backbone_preprocessing(name: str) -> dict[str, object]:
     path = os.path.join(name, "preprocessor_config.json")
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SpoolLoadError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise SpoolLoadError(f"{path}: expected a JSON object of image processor settings")
     found: dict[str, object] = {}
     if "image_mean" in data and "image_std" in data:
         found.update(image_mean=list(data["image_mean"]), image_std=list(data["image_std"]))

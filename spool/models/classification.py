@@ -20,7 +20,7 @@ from spool.layers.backbone import FrameEncoder
 from spool.models.frame_encoder import config_and_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel, load_pretrained
 from spool.models.spool import Spool
-from spool.validation import check_tokens, check_video
+from spool.validation import check_tokens, check_video, parameter_dtype
 
 
 class ClassifierOutput(NamedTuple):
@@ -38,6 +38,9 @@ def _num_labels(config: SpoolConfig) -> int:
 
 
 def _check_labels(labels: torch.Tensor, batch: int, num_labels: int) -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels: expected an integer tensor of shape ({batch},), got "
+                         f"{type(labels).__name__}")
     if labels.shape != (batch,) or labels.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"labels: expected an integer tensor of shape ({batch},), got "
                          f"{labels.dtype} {tuple(labels.shape)}")
@@ -78,6 +81,7 @@ class VideoClassifier(SpoolPreTrainedModel):
             tokens = self.encode_frames(video)
         else:
             check_tokens(tokens, self.config.num_spatial_tokens, self.config.hidden_size)
+            tokens = tokens.to(parameter_dtype(self.classifier))  # e.g. a float16 token cache
         logits = self.logits_from_tokens(tokens)
         loss = None
         if labels is not None:

@@ -21,6 +21,11 @@ def config_and_frame_encoder(config: SpoolConfig | None, overrides: dict[str, An
     frame encoder, and that encoder; ``with_backbone=False`` builds none, and then the config
     must already say ``hidden_size`` and ``num_spatial_tokens`` (they describe the tokens the
     model will be given)."""
+    if config is not None and not isinstance(config, SpoolConfig):
+        raise TypeError(f"config: expected a SpoolConfig or None (or keyword arguments), got "
+                        f"{type(config).__name__}")
+    if not isinstance(with_backbone, bool):
+        raise TypeError(f"with_backbone: expected True or False, got {with_backbone!r}")
     config = SpoolConfig(**overrides) if config is None else config.replace(**overrides)
     if with_backbone:
         encoder, config = build_frame_encoder(config)

@@ -115,7 +115,13 @@ def checkpoint_architecture(config: SpoolConfig, directory: Path) -> str | None:
         return config.architectures[0]
     legacy = directory / LEGACY_CLASSIFIER_NAME
     if legacy.is_file():
-        return json.loads(legacy.read_text()).get("architecture")
+        try:
+            data = json.loads(legacy.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise SpoolLoadError(f"{legacy}: not valid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise SpoolLoadError(f"{legacy}: expected a JSON object with 'architecture'")
+        return data.get("architecture")
     return None
 
 

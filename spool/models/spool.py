@@ -14,7 +14,7 @@ from spool.layers.context import ContextFrames, pool_context
 from spool.layers.transformer import TemporalTransformer
 from spool.models.frame_encoder import config_and_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel
-from spool.validation import check_tokens, check_video
+from spool.validation import check_tokens, check_video, parameter_dtype
 
 if TYPE_CHECKING:
     from spool.models.long_video import LongVideoOutput
@@ -79,7 +79,8 @@ class Spool(SpoolPreTrainedModel):
         return self._temporal_forward(self.encode_frames(video))
 
     def forward_tokens(self, tokens: torch.Tensor) -> SpoolOutput:
-        """Cached backbone ``tokens: [B, T, L, D]`` -> :class:`SpoolOutput`."""
+        """Cached backbone ``tokens: [B, T, L, D]`` (any floating dtype: they are cast to the
+        model's, as a float16 token cache needs) -> :class:`SpoolOutput`."""
         check_tokens(tokens, self.config.num_spatial_tokens, self.config.hidden_size)
         return self._temporal_forward(tokens)
 
@@ -93,5 +94,7 @@ class Spool(SpoolPreTrainedModel):
         return forward_long(self, video, **kwargs)
 
     def _temporal_forward(self, tokens: torch.Tensor) -> SpoolOutput:
+        # Tokens in the temporal stack's dtype (a float16 cache, a backbone of its own dtype).
+        tokens = tokens.to(parameter_dtype(self.temporal, self.context_frames))
         features = self.temporal(self.context_frames(tokens))
         return SpoolOutput(features, pool_context(features))

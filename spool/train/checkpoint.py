@@ -3,28 +3,51 @@
 ``checkpoints/step_00000120/`` holds the model as ``save_pretrained`` writes it (loadable with
 ``load_classifier``), ``optimizer.safetensors``, ``rng.safetensors`` (every rank's torch / CUDA
 generator) and ``trainer_state.json`` (step, epoch, optimizer param groups, scheduler, running
-metrics, Python / NumPy RNG, the run's config). A checkpoint is written to a hidden folder and
-renamed into place, so a directory named ``step_*`` is always complete.
+metrics, Python / NumPy RNG, the run's config).
+
+Crash safety: a checkpoint is written in full to a hidden folder, synced, and renamed into
+place before any older one is touched; an older one is deleted by renaming it to a hidden
+trash name first, so a ``step_N`` folder is never half-deleted. Resuming takes the newest
+checkpoint that loads in full, skipping damaged ones, and ignores folders not named
+``step_<digits>``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
+import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from spool.io_utils import atomic_save_safetensors
+from spool.config import CONFIG_NAME
+from spool.errors import CheckpointNotFoundError, SpoolLoadError
+from spool.io_utils import (
+    atomic_save_safetensors,
+    atomic_write_text,
+    fsync_directory,
+    is_stale_temporary,
+    temporary_sibling,
+)
+from spool.models.pretrained import WEIGHTS_NAME, read_weights
+
+logger = logging.getLogger(__name__)
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 RNG_NAME = "rng.safetensors"
 CHECKPOINT_DIR = "checkpoints"
+FILES = (CONFIG_NAME, WEIGHTS_NAME, OPTIMIZER_NAME, RNG_NAME, STATE_NAME)
+_STEP_DIR = re.compile(r"step_(\d+)")
+_ASIDE = ".replaced"  # suffix of a checkpoint moved aside while one of its step replaces it
+_TRASH = re.compile(r"\..+\.trash-[0-9a-f]+")
 
 
 def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor],
@@ -78,68 +101,197 @@ def restore_rng(tensors: dict[str, torch.Tensor], python: list, numpy_state: lis
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], rng_per_rank: list[dict[str, Any]]) -> Path:
-    """Write a complete checkpoint to ``directory`` (atomically: via a hidden sibling)."""
+    """Write a complete checkpoint to ``directory``: every file to a hidden sibling folder,
+    synced, then renamed into place (an existing ``directory`` is moved aside first and
+    deleted only once the new one is in place)."""
     directory = Path(directory)
-    tmp = directory.parent / f".{directory.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    opt_tensors, opt_data = optimizer_to_files(optimizer)
-    atomic_save_safetensors(opt_tensors, tmp / OPTIMIZER_NAME)
-    rng_tensors = {f"rank{r}.{k}": v for r, rng in enumerate(rng_per_rank)
-                   for k, v in rng["tensors"].items()}
-    atomic_save_safetensors(rng_tensors, tmp / RNG_NAME)
-    full = {**state, "optimizer": opt_data,
-            "rng": [{"python": rng["python"], "numpy": rng["numpy"]} for rng in rng_per_rank]}
-    (tmp / STATE_NAME).write_text(json.dumps(full, indent=1))
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.rename(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(directory)
+    tmp.mkdir()
+    try:
+        model.save_pretrained(tmp)
+        opt_tensors, opt_data = optimizer_to_files(optimizer)
+        atomic_save_safetensors(opt_tensors, tmp / OPTIMIZER_NAME)
+        rng_tensors = {f"rank{r}.{k}": v for r, rng in enumerate(rng_per_rank)
+                       for k, v in rng["tensors"].items()}
+        atomic_save_safetensors(rng_tensors, tmp / RNG_NAME)
+        full = {**state, "optimizer": opt_data,
+                "rng": [{"python": r["python"], "numpy": r["numpy"]} for r in rng_per_rank]}
+        atomic_write_text(tmp / STATE_NAME, json.dumps(full, indent=1))
+        fsync_directory(tmp)
+        _put_in_place(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return directory
 
 
+def _move(src: Path, dst: Path) -> None:
+    """One rename (a separate function so tests can interrupt a sequence of them)."""
+    os.rename(src, dst)
+
+
+def _put_in_place(new: Path, target: Path) -> None:
+    """Rename the complete folder ``new`` onto ``target``. An existing ``target`` is renamed
+    to ``.NAME.replaced`` first (:func:`recover_checkpoints` puts it back if the process dies
+    before ``new`` is in place) and deleted last."""
+    aside = target.with_name(f".{target.name}{_ASIDE}")
+    if target.exists():
+        if aside.exists():
+            discard(aside)
+        _move(target, aside)
+    _move(new, target)
+    fsync_directory(target.parent)
+    if aside.exists():
+        discard(aside)
+
+
+def discard(path: Path) -> None:
+    """Delete a folder without ever leaving it half-deleted under its name: rename it to a
+    hidden trash name, then delete that."""
+    trash = path.with_name(f".{path.name.lstrip('.')}.trash-{secrets.token_hex(4)}")
+    _move(path, trash)
+    fsync_directory(path.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def recover_checkpoints(out_dir: Path) -> None:
+    """Tidy ``checkpoints/`` after a crash: put back a checkpoint moved aside for a
+    replacement that never arrived, and delete trash and temporaries of exited processes.
+    Only the process that owns the run (the run directory's lock) may call this."""
+    root = Path(out_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return
+    for path in sorted(root.iterdir()):
+        if path.name.endswith(_ASIDE):
+            target = root / path.name[1:-len(_ASIDE)]
+            if target.exists():
+                discard(path)
+            else:
+                _move(path, target)
+                logger.warning(f"{target}: restored (a replacement of it was interrupted)")
+        elif _TRASH.fullmatch(path.name) or is_stale_temporary(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """Why ``directory`` is not a complete checkpoint (a missing or unreadable file), or None.
+    Quick: reads the JSON state and the safetensors headers, not the tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in FILES:
+        if not (directory / name).is_file():
+            return f"{name} is missing"
+    try:
+        state = json.loads((directory / STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"{STATE_NAME} is not valid JSON ({err})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return f"{STATE_NAME} holds no step"
+    for name in (WEIGHTS_NAME, OPTIMIZER_NAME, RNG_NAME):
+        try:
+            with safe_open(directory / name, "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            return f"{name} is damaged ({err})"
+    return None
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise CheckpointNotFoundError(f"{path}: not found; {path.parent} is not a complete "
+                                      "training checkpoint") from err
+    except (OSError, ValueError) as err:
+        raise SpoolLoadError(f"{path}: not valid JSON ({err}); the checkpoint is damaged, "
+                             "resume from another one") from err
+    keys = ("step", "epoch", "step_in_epoch", "optimizer", "rng", "scheduler", "config")
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise SpoolLoadError(f"{path}: no {missing} in it; the checkpoint is damaged, resume "
+                             "from another one")
+    return state
+
+
 def load_checkpoint(directory: Path, rank: int = 0) -> dict[str, Any]:
-    """Read a checkpoint: the JSON state plus ``optimizer`` (a state dict) and this rank's
-    ``rng`` (or ``None`` when the checkpoint was written by fewer ranks)."""
+    """Read a whole checkpoint: the JSON state plus ``weights`` (the model's state dict),
+    ``optimizer`` (a state dict) and this rank's ``rng`` (or ``None`` when the checkpoint was
+    written by fewer ranks). A missing or damaged file is a ``SpoolLoadError`` naming it."""
     directory = Path(directory)
-    path = directory / STATE_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; {directory} is not a training checkpoint")
-    state = json.loads(path.read_text())
-    state["optimizer"] = optimizer_from_files(load_file(directory / OPTIMIZER_NAME),
-                                              state["optimizer"])
+    state = _read_state(directory / STATE_NAME)
+    state["weights"] = read_weights(directory / WEIGHTS_NAME)
+    try:
+        state["optimizer"] = optimizer_from_files(read_weights(directory / OPTIMIZER_NAME),
+                                                  state["optimizer"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise SpoolLoadError(f"{directory / STATE_NAME}: optimizer state does not match "
+                             f"{OPTIMIZER_NAME} ({err})") from err
     rngs = state.pop("rng")
     state["rng"] = None
+    rng_tensors = read_weights(directory / RNG_NAME)
     if rank < len(rngs):
         prefix = f"rank{rank}."
-        tensors = {k[len(prefix):]: v for k, v in load_file(directory / RNG_NAME).items()
-                   if k.startswith(prefix)}
+        tensors = {k[len(prefix):]: v for k, v in rng_tensors.items() if k.startswith(prefix)}
+        if "torch" not in tensors:
+            raise SpoolLoadError(f"{directory / RNG_NAME}: no RNG state of rank {rank}")
         state["rng"] = {"tensors": tensors, **rngs[rank]}
     return state
 
 
 def list_checkpoints(out_dir: Path) -> list[Path]:
-    """Complete step checkpoints of a run, oldest first."""
+    """The ``step_<digits>`` folders of a run, oldest first (complete or not: see
+    :func:`checkpoint_problem`); other folders are not checkpoints."""
     root = Path(out_dir) / CHECKPOINT_DIR
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step_*") if (p / STATE_NAME).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    found = [(int(m[1]), p) for p in root.iterdir()
+             if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
 
 
-def resolve_resume(resume: str, out_dir: str) -> Path | None:
-    """``auto``: the newest checkpoint in ``out_dir`` (None if there is none); else a path."""
-    if resume == "auto":
-        found = list_checkpoints(Path(out_dir))
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"resume: {path} is not a training checkpoint (no {STATE_NAME})")
-    return path
+def resolve_resume(resume: str, out_dir: str, rank: int = 0
+                   ) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint to resume from and its :func:`load_checkpoint` state.
+
+    ``auto``: the newest checkpoint in ``out_dir`` that loads in full (None if there is none;
+    damaged ones are skipped, saying why, and if all are damaged that is an error); else the
+    path of a checkpoint, which must load.
+    """
+    if resume != "auto":
+        path = Path(resume)
+        if not (path / STATE_NAME).is_file():
+            raise CheckpointNotFoundError(f"resume: {path} is not a training checkpoint (no "
+                                          f"{STATE_NAME}); pass a checkpoints/step_N "
+                                          "directory or 'auto'")
+        return path, load_checkpoint(path, rank)
+    skipped = []
+    for path in reversed(list_checkpoints(Path(out_dir))):
+        try:
+            state = load_checkpoint(path, rank)
+        except SpoolLoadError as err:
+            logger.warning(f"skipping checkpoint {path}: {err}")
+            skipped.append(path.name)
+            continue
+        if skipped:
+            logger.warning(f"resuming from {path.name}, the newest intact checkpoint (newer "
+                           f"ones are damaged: {', '.join(skipped)})")
+        return path, state
+    if skipped:
+        raise SpoolLoadError(f"{Path(out_dir) / CHECKPOINT_DIR}: every checkpoint is damaged "
+                             f"({', '.join(skipped)}); delete them to start from scratch")
+    return None
 
 
 def prune_checkpoints(out_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` step checkpoints."""
-    for old in list_checkpoints(out_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    """Keep the newest ``keep`` complete checkpoints; delete the others and damaged ones
+    (and what earlier crashes left: :func:`recover_checkpoints`)."""
+    recover_checkpoints(out_dir)
+    checkpoints = list_checkpoints(out_dir)
+    intact = [p for p in checkpoints if checkpoint_problem(p) is None]
+    kept = set(intact[-keep:])
+    for old in checkpoints:
+        if old not in kept:
+            if old not in intact:
+                logger.warning(f"deleting damaged checkpoint {old}: {checkpoint_problem(old)}")
+            discard(old)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
-from spool.train.config import TrainConfig
+from spool.train.config import TrainConfig, read_config_file
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,11 +79,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The ``--config`` file (if any) with every flag that was given on top."""
     data: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        data = TrainConfig.from_json(args.config).to_dict()
+    if getattr(args, "config", None):  # may be partial: the flags complete it
+        data = read_config_file(args.config)
     flags = {k: v for k, v in vars(args).items()
              if k not in ("config", "func", "command", "debug")}
-    if "model" in flags:
-        flags["model"] = {**data.get("model", {}), **dict(flags["model"])}
+    if "model" in flags:  # --model KEY=VALUE pairs add to the file's model fields
+        base = data.get("model", {})
+        flags["model"] = {**(base if isinstance(base, dict) else {}), **dict(flags["model"])}
     data.update(flags)
-    return TrainConfig.from_dict(data)
+    try:
+        return TrainConfig.from_dict(data)
+    except ValueError as err:
+        where = f" (in {args.config} or the flags)" if getattr(args, "config", None) else ""
+        raise ValueError(f"{err}{where}") from err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,8 +16,26 @@ from spool.errors import SpoolLoadError
 # saved config does not repeat them.
 RUN_CONTROL_FIELDS = ("resume", "stop_after_steps")
 PATH_FIELDS = ("out_dir", "train_data", "val_data", "train_cache", "val_cache", "init")
+# What ``architecture`` may name (spool.models.classification.classifier_class's names).
+ARCHITECTURES = ("spool", "frame_pooling", "SpoolForVideoClassification",
+                 "FramePoolingForVideoClassification")
 # Names of earlier versions, still read from JSON files.
 _LEGACY_KEYS = {"train": "train_data", "val": "val_data"}
+
+
+def _check(condition: bool, argument: str, expected: str, given: Any) -> None:
+    if not condition:
+        raise ValueError(f"{argument}: expected {expected}, got {given!r}")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float, not a bool."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 @dataclass
@@ -73,6 +92,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """``ValueError`` naming the first bad setting."""
+        for name in (*PATH_FIELDS, "resume", "name"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, str) and value != ""), name,
+                   "a non-empty string" + ("" if name == "out_dir" else " or None"), value)
+        _check(self.out_dir is not None, "out_dir", "a directory", self.out_dir)
         if (self.train_data is None) == (self.train_cache is None):
             raise ValueError("train_data/train_cache: give exactly one of an annotation file or "
                              "class folder (train_data) and a token cache (train_cache), got "
@@ -81,21 +105,38 @@ class TrainConfig:
             raise ValueError("val_data/val_cache: give at most one")
         for name in ("num_frames", "num_clips", "epochs", "batch_size", "keep_checkpoints",
                      "eval_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {getattr(self, name)}")
+            _check(_is_int(getattr(self, name), 1), name, "an integer >= 1", getattr(self, name))
+        for name in ("frame_stride", "eval_batch_size", "stop_after_steps"):
+            value = getattr(self, name)
+            _check(value is None or _is_int(value, 1), name, "None or an integer >= 1", value)
         for name in ("num_workers", "save_every"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name}: expected an integer >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ValueError(f"lr > 0, weight_decay >= 0, warmup_epochs >= 0 expected, got "
-                             f"{self.lr}, {self.weight_decay}, {self.warmup_epochs}")
-        if not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"min_lr_ratio in [0, 1] and label_smoothing in [0, 1) expected, "
-                             f"got {self.min_lr_ratio}, {self.label_smoothing}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip: expected > 0 or None, got {self.grad_clip}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {self.device!r}")
+            _check(_is_int(getattr(self, name), 0), name, "an integer >= 0", getattr(self, name))
+        _check(_is_int(self.seed, 0) and self.seed < 2**32, "seed",
+               "an integer in [0, 2**32)", self.seed)
+        _check(_is_number(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
+        for name in ("weight_decay", "warmup_epochs"):
+            _check(_is_number(getattr(self, name)) and getattr(self, name) >= 0, name,
+                   "a finite number >= 0", getattr(self, name))
+        _check(_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio",
+               "a number in [0, 1]", self.min_lr_ratio)
+        _check(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+               "label_smoothing", "a number in [0, 1)", self.label_smoothing)
+        _check(self.grad_clip is None or (_is_number(self.grad_clip) and self.grad_clip > 0),
+               "grad_clip", "None or a finite number > 0", self.grad_clip)
+        scale = self.crop_scale
+        _check(isinstance(scale, (list, tuple)) and len(scale) == 2
+               and all(_is_number(v) for v in scale) and 0 < scale[0] <= scale[1] <= 1,
+               "crop_scale", "[min, max] with 0 < min <= max <= 1", scale)
+        for name in ("augment", "hflip", "amp", "gradient_checkpointing", "tensorboard",
+                     "quiet"):
+            _check(isinstance(getattr(self, name), bool), name, "true or false",
+                   getattr(self, name))
+        _check(self.device in ("auto", "cpu", "cuda"), "device", "'auto', 'cpu' or 'cuda'",
+               self.device)
+        _check(self.architecture in ARCHITECTURES, "architecture", f"one of {ARCHITECTURES}",
+               self.architecture)
+        _check(isinstance(self.model, dict), "model", "a dict of SpoolConfig fields",
+               self.model)
         known = {f.name for f in dataclasses.fields(SpoolConfig)}
         unknown = sorted(set(self.model) - known)
         if unknown:
@@ -117,6 +158,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"train config: expected a dict of fields, got {type(data).__name__}")
         data = {_LEGACY_KEYS.get(k, k): v for k, v in data.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -127,16 +170,30 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> TrainConfig:
         """A JSON file of fields; relative paths in it are relative to the file's folder."""
+        data = read_config_file(path)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError as err:
-            raise SpoolLoadError(f"{path}: training config not found") from err
-        except json.JSONDecodeError as err:
-            raise SpoolLoadError(f"{path}: not valid JSON ({err})") from err
-        base = os.path.dirname(os.path.abspath(path))
-        for name in (*PATH_FIELDS, *_LEGACY_KEYS):
-            value = data.get(name)
-            if isinstance(value, str) and not os.path.isabs(value):
-                data[name] = os.path.join(base, value)
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from err
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The fields in a JSON config file (not checked: flags may complete them), its relative
+    paths made relative to the file's folder; a ``SpoolLoadError`` naming an unreadable one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError as err:
+        raise SpoolLoadError(f"{path}: training config not found") from err
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SpoolLoadError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise SpoolLoadError(f"{path}: expected a JSON object of TrainConfig fields, got "
+                             f"{type(data).__name__}")
+    data = {_LEGACY_KEYS.get(k, k): v for k, v in data.items()}
+    base = os.path.dirname(os.path.abspath(path))
+    for name in PATH_FIELDS:
+        value = data.get(name)
+        if isinstance(value, str) and not os.path.isabs(value):
+            data[name] = os.path.join(base, value)
+    return data

@@ -1,14 +1,22 @@
-"""Classification metrics (top-k, per-class accuracy, confusion matrix) and their plots."""
+"""Classification metrics (top-k, per-class accuracy, confusion matrix), their plots, and the
+per-step / per-epoch CSV logs of a training run."""
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from spool.io_utils import atomic_path
+
+STEP_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm")
+EPOCH_FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "train_top5", "val_loss",
+                "val_top1", "val_top5", "epoch_seconds")
 
 
 def topk_correct(scores: torch.Tensor, labels: torch.Tensor,
@@ -152,3 +160,20 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def rewrite_csv(path: Path, fields: tuple[str, ...], keep: Any) -> None:
+    """Start ``path`` with a header, keeping the rows of a resumed run for which ``keep``."""
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if keep(r)]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def append_csv(path: Path, fields: tuple[str, ...], row: dict[str, Any]) -> None:
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerow(row)

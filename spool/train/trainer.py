@@ -9,13 +9,13 @@ one rank with batch B.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -28,11 +28,12 @@ from spool.data.dataset import worker_context, worker_init_fn
 from spool.distributed import (
     all_gather_objects,
     barrier,
+    broadcast_object,
     cleanup_distributed,
     setup_distributed,
 )
-from spool.io_utils import atomic_write
-from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict, read_weights
+from spool.io_utils import Claim, atomic_write, lock_directory, release_claim
+from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
 from spool.train import checkpoint as ckpt
 from spool.train.builders import (
     build_datasets,
@@ -44,33 +45,21 @@ from spool.train.builders import (
 )
 from spool.train.config import TrainConfig
 from spool.train.evaluate import EvalResult, autocast_context, evaluate, model_inputs
-from spool.train.metrics import MetricTracker, plot_curves
+from spool.train.metrics import (
+    EPOCH_FIELDS,
+    STEP_FIELDS,
+    MetricTracker,
+    append_csv,
+    plot_curves,
+    rewrite_csv,
+)
+from spool.train.signals import StopSignals, TrainingInterrupted, agreed_stop
 
 logger = logging.getLogger(__name__)
-STEP_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm")
-EPOCH_FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "train_top5", "val_loss",
-                "val_top1", "val_top5", "epoch_seconds")
-
-
+T = TypeVar("T")
+LOCK_NAME = ".spool-train.lock"
 def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-def _rewrite_csv(path: Path, fields: tuple[str, ...], keep: Any) -> None:
-    """Start ``path`` with a header, keeping the rows of a resumed run for which ``keep``."""
-    rows = []
-    if path.is_file():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if keep(r)]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _append_csv(path: Path, fields: tuple[str, ...], row: dict[str, Any]) -> None:
-    with open(path, "a", newline="") as f:
-        csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerow(row)
 
 
 class Trainer:
@@ -120,33 +109,90 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.out = Path(cfg.out_dir)
         self.tb = None
-        resume = ckpt.resolve_resume(cfg.resume, cfg.out_dir) if cfg.resume else None
-        if resume is not None:
-            self._resume(resume)
+        self._lock: Claim | None = None
+        try:
+            self._on_rank0(self._lock_out_dir)
+            resume = self._find_resume()
+            if resume is not None:
+                self._resume(*resume)
+            elif cfg.resume == "auto":  # a typo in --out-dir would otherwise go unnoticed
+                self.log(f"no checkpoint in {self.out / ckpt.CHECKPOINT_DIR}: starting from "
+                         "scratch", logging.WARNING, always=True)
+            if self.info.is_main:
+                self._open_logs()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory (``fit`` does this when it ends) and TensorBoard."""
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        if self._lock is not None:
+            release_claim(self._lock)
+            self._lock = None
+
+    def _on_rank0(self, fn: Callable[[], T]) -> T | None:
+        """``fn()`` on rank 0 only; if it fails, every rank stops (the others would wait for
+        rank 0 forever)."""
+        result, error = None, None
         if self.info.is_main:
-            self._open_logs()
+            try:
+                result = fn()
+            except (ValueError, OSError) as err:
+                error = err
+        message = broadcast_object(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise OSError(f"rank 0 stopped: {message}")
+        return result
+
+    def _lock_out_dir(self) -> None:
+        """Hold ``out_dir`` for this run: a second run into it would interleave its steps
+        with ours in steps.csv and overwrite our model."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_directory(self.out, "training run", LOCK_NAME)
 
     # ----------------------------------------------------------------------------- output
-    def log(self, message: str) -> None:
-        if self.info.is_main and not self.cfg.quiet:
-            logger.info(f"[{self.cfg.name}] {message}" if self.cfg.name else message)
+    def log(self, message: str, level: int = logging.INFO, always: bool = False) -> None:
+        """Rank 0 logs ``message``; progress (not ``always``) is silenced by ``quiet``."""
+        if self.info.is_main and (always or not self.cfg.quiet):
+            logger.log(level, f"[{self.cfg.name}] {message}" if self.cfg.name else message)
 
     def _open_logs(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.cfg.to_saved_dict(), indent=1)
         atomic_write(self.out / "train_config.json", lambda p: Path(p).write_text(text))
-        _rewrite_csv(self.out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= self.step)
-        _rewrite_csv(self.out / "metrics.csv", EPOCH_FIELDS,
-                     lambda r: int(r["epoch"]) <= self.epoch)
+        rewrite_csv(self.out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= self.step)
+        rewrite_csv(self.out / "metrics.csv", EPOCH_FIELDS,
+                    lambda r: int(r["epoch"]) <= self.epoch)
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1)
 
-    def _resume(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path, self.info.rank)
-        weights = read_weights(path / WEIGHTS_NAME)
-        check_and_load_state_dict(self.model, weights, str(path / WEIGHTS_NAME))
+    def _find_resume(self) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint ``cfg.resume`` names and its state. Rank 0 chooses (and tidies up
+        after a crash); the other ranks load its choice, so all resume from the same step."""
+        cfg = self.cfg
+        if not cfg.resume:
+            return None
+
+        def choose() -> tuple[Path, dict[str, Any]] | None:
+            if cfg.resume == "auto":
+                ckpt.recover_checkpoints(self.out)  # safe: this run holds the directory
+            return ckpt.resolve_resume(cfg.resume, cfg.out_dir)
+
+        found = self._on_rank0(choose)
+        choice = broadcast_object(None if found is None else str(found[0]))
+        if self.info.is_main or choice is None:
+            return found
+        return Path(choice), ckpt.load_checkpoint(Path(choice), self.info.rank)
+
+    def _resume(self, path: Path, state: dict[str, Any]) -> None:
+        check_and_load_state_dict(self.model, state["weights"], str(path / WEIGHTS_NAME))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch = state["step"], state["epoch"]
@@ -165,6 +211,10 @@ class Trainer:
                      "continues but will not repeat an uninterrupted one exactly")
         self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch + 1})")
 
+    def checkpoint_path(self) -> Path:
+        """Where the checkpoint of the current step goes."""
+        return self.out / ckpt.CHECKPOINT_DIR / f"step_{self.step:08d}"
+
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/step_<step>`` (rank 0 writes; every rank gives its RNG)."""
         summed = MetricTracker(len(self.class_names))
@@ -177,7 +227,7 @@ class Trainer:
                      "scheduler": self.scheduler.state_dict(), "tracker": summed.state_dict(),
                      "history": self.history, "config": self.cfg.to_dict(),
                      "world_size": self.info.world_size, "class_names": self.class_names}
-            path = self.out / ckpt.CHECKPOINT_DIR / f"step_{self.step:08d}"
+            path = self.checkpoint_path()
             ckpt.save_checkpoint(path, self.model, self.optimizer, state, rngs)
             ckpt.prune_checkpoints(self.out, self.cfg.keep_checkpoints)
         barrier()
@@ -237,7 +287,7 @@ class Trainer:
             row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
         self.history.append(row)
         if self.info.is_main:
-            _append_csv(self.out / "metrics.csv", EPOCH_FIELDS, row)
+            append_csv(self.out / "metrics.csv", EPOCH_FIELDS, row)
             if self.tb is not None:
                 for key, value in row.items():
                     if key not in ("epoch", "step"):
@@ -261,46 +311,73 @@ class Trainer:
                         device=self.device, amp=self.cfg.amp)
 
     def fit(self) -> list[dict[str, Any]]:
-        """Train to the last epoch (or ``stop_after_steps``); returns the per-epoch rows."""
+        """Train to the last epoch (or ``stop_after_steps``); returns the per-epoch rows.
+        Releases the run directory when it ends."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
         self.log(f"training {type(self.model).__name__} on {len(self.train_set)} "
                  f"{'cached token' if self.cached else 'video'} samples, "
                  f"{self.info.world_size} process(es) on {self.device}, "
                  f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
-        while self.epoch < cfg.epochs:
-            start = time.perf_counter()
-            for batch in self._loader():
-                out = self.train_step(batch)
-                if self.info.is_main:
-                    row = {"step": self.step, "epoch": self.epoch + 1, **out}
-                    _append_csv(self.out / "steps.csv", STEP_FIELDS, row)
-                    if self.tb is not None:
-                        self.tb.add_scalar("train/step_loss", out["loss"], self.step)
-                        self.tb.add_scalar("train/lr", out["lr"], self.step)
-                if self.step % cfg.log_every == 0:
-                    self.log(f"  step {self.step}/{self.total_steps} loss {out['loss']:.4f} "
-                             f"lr {out['lr']:.2e}")
-                stop = cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps
-                if (cfg.save_every and self.step % cfg.save_every == 0) or stop:
-                    self.save_checkpoint()
-                if stop:
-                    self.log(f"stopped after step {self.step}; resume with --resume auto")
-                    return self.history
-            self._end_epoch(time.perf_counter() - start)
-        self.finish()
+        if self.epoch >= cfg.epochs:
+            self.log(f"run already finished at step {self.step}; nothing to do", always=True)
+            if not (self.out / "results.json").is_file():  # stopped before its last outputs
+                self.finish(checkpoint=False)
+            return self.history
+        with StopSignals() as signals:
+            while self.epoch < cfg.epochs:
+                start = time.perf_counter()
+                for batch in self._loader():
+                    self._record_step(self.train_step(batch))
+                    if self._checkpoint_or_stop(agreed_stop(signals.received, self.device)):
+                        return self.history
+                self._end_epoch(time.perf_counter() - start)
+            self.finish()
         return self.history
 
-    def finish(self) -> None:
+    def _record_step(self, out: dict[str, float]) -> None:
+        if self.info.is_main:
+            row = {"step": self.step, "epoch": self.epoch + 1, **out}
+            append_csv(self.out / "steps.csv", STEP_FIELDS, row)
+            if self.tb is not None:
+                self.tb.add_scalar("train/step_loss", out["loss"], self.step)
+                self.tb.add_scalar("train/lr", out["lr"], self.step)
+        if self.step % self.cfg.log_every == 0:
+            self.log(f"  step {self.step}/{self.total_steps} loss {out['loss']:.4f} "
+                     f"lr {out['lr']:.2e}")
+
+    def _checkpoint_or_stop(self, signum: int | None) -> bool:
+        """Checkpoint when one is due; True when the run stops here (``stop_after_steps``).
+        After a stop signal (``signum``): checkpoint, then raise :class:`TrainingInterrupted`.
+        """
+        cfg = self.cfg
+        stop = cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps
+        if (cfg.save_every and self.step % cfg.save_every == 0) or stop or signum:
+            self.save_checkpoint()
+        if signum:
+            message = (f"interrupted at step {self.step}; checkpoint saved to "
+                       f"{self.checkpoint_path()}; resume with --resume auto")
+            self.log(message, logging.WARNING, always=True)
+            raise TrainingInterrupted(signum, message)
+        if stop:
+            self.log(f"stopped after step {self.step}; resume with --resume auto")
+        return stop
+
+    def finish(self, checkpoint: bool = True) -> None:
         """Final checkpoint, ``model/`` and ``results.json``."""
-        self.save_checkpoint()  # replaces a step checkpoint taken before the epoch's end
+        if checkpoint:
+            self.save_checkpoint()  # replaces a step checkpoint taken before the epoch's end
         if self.info.is_main:
             self.model.save_pretrained(self.out / "model")
             results = {"final": self.history[-1] if self.history else {},
                        "class_names": self.class_names, "steps": self.step}
             text = json.dumps(results, indent=1)
             atomic_write(self.out / "results.json", lambda p: Path(p).write_text(text))
-            if self.tb is not None:
-                self.tb.close()
         barrier()
 
 

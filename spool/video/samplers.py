@@ -46,6 +46,8 @@ def _positive_int(name: str, value: Any, allow_none: bool = False) -> int | None
 
 def _positive_float(name: str, value: Any) -> float:
     try:
+        if isinstance(value, (bool, str)):
+            raise TypeError  # True is 1.0 and "30" a number to float(): neither is a rate
         v = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name}: expected a positive number, got {value!r}") from None
@@ -65,6 +67,8 @@ class FrameSampler(ABC):
         """Clips (lists of frame indices) for a video of ``num_frames`` frames at ``fps``;
         with ``rng``, one randomly placed clip where the sampler supports it."""
         n = _positive_int("num_frames", num_frames)
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng: expected None or a numpy.random.Generator, got {rng!r}")
         return self._sample(n, fps, rng)
 
     @abstractmethod
@@ -219,7 +223,7 @@ class SlidingWindowSampler(FrameSampler):
                  tail: Literal["align", "pad"] = "align") -> None:
         self.clip_len = _positive_int("clip_len", clip_len)
         self.stride = _positive_int("stride", clip_len if stride is None else stride)
-        if tail not in ("align", "pad"):
+        if not isinstance(tail, str) or tail not in ("align", "pad"):
             raise ValueError(f"tail: expected 'align' or 'pad', got {tail!r}")
         self.tail = tail
 
@@ -255,7 +259,7 @@ def clip_sampler(num_frames: int, frame_stride: int | None = None,
 
 def make_sampler(name: str, **kwargs: Any) -> FrameSampler:
     """Build a sampler by name: "uniform", "fps", "stride" or "sliding" (kwargs: its settings)."""
-    if name not in SAMPLERS:
+    if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"name: expected one of {sorted(SAMPLERS)}, got {name!r}")
     cls = SAMPLERS[name]
     try:

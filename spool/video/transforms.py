@@ -20,6 +20,26 @@ import torch.nn.functional as F
 RESIZE_MODES = ("center_crop", "squash", "pad")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def check_frames(frames: torch.Tensor) -> None:
+    """``frames: [T, H, W, 3]``, uint8 or floating point, with T, H, W >= 1."""
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] != 3:
+        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames)
+        raise ValueError(f"frames: expected a tensor [T, H, W, 3], got {shape}")
+    if 0 in frames.shape:
+        raise ValueError(f"frames: expected T, H, W >= 1, got shape {tuple(frames.shape)}")
+    if frames.dtype != torch.uint8 and not frames.is_floating_point():
+        raise ValueError(f"frames: expected uint8 or floating point, got {frames.dtype}")
+
+
 @dataclass(frozen=True)
 class Box:
     """A rectangle of a frame, in pixels."""
@@ -99,11 +119,13 @@ class FramePreprocessing:
     crop_pct: float = 0.875
 
     def __post_init__(self) -> None:
-        if self.resize_mode not in RESIZE_MODES:
+        if not _is_int(self.image_size) or self.image_size < 1:
+            raise ValueError(f"image_size: expected a positive integer, got {self.image_size!r}")
+        if not isinstance(self.resize_mode, str) or self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode: expected one of {RESIZE_MODES}, got "
                              f"{self.resize_mode!r}")
-        if not 0 < self.crop_pct <= 1:
-            raise ValueError(f"crop_pct: expected a fraction in (0, 1], got {self.crop_pct}")
+        if not _is_number(self.crop_pct) or not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct: expected a fraction in (0, 1], got {self.crop_pct!r}")
 
     def box(self, height: int, width: int) -> Box:
         if self.resize_mode == "center_crop":
@@ -115,6 +137,7 @@ class FramePreprocessing:
 
         Frames already ``S x S`` are returned as they are: the model's own entry points take
         such frames as preprocessed, and every path must agree with them."""
+        check_frames(frames)
         if frames.shape[1:3] == (self.image_size, self.image_size):
             return frames
         box = self.box(frames.shape[1], frames.shape[2])
@@ -131,13 +154,22 @@ class RandomResizedCrop:
     hflip: bool = False
 
     def __post_init__(self) -> None:
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"crop_scale: expected 0 < min <= max <= 1, got {self.crop_scale}")
+        scale = self.crop_scale
+        if (not isinstance(scale, (tuple, list)) or len(scale) != 2
+                or not all(_is_number(v) for v in scale) or not 0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"crop_scale: expected (min, max) with 0 < min <= max <= 1, got "
+                             f"{scale!r}")
+        if not isinstance(self.hflip, bool):
+            raise ValueError(f"hflip: expected true or false, got {self.hflip!r}")
 
     def __call__(self, frames: torch.Tensor, size: int, rng: np.random.Generator
                  ) -> torch.Tensor:
         """``frames: [T, H, W, 3]`` -> ``[T, size, size, 3]``, drawing from ``rng``."""
+        check_frames(frames)
+        if not _is_int(size) or size < 1:
+            raise ValueError(f"size: expected a positive integer, got {size!r}")
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng: expected a numpy.random.Generator, got {rng!r}")
         box = random_resized_crop_box(frames.shape[1], frames.shape[2], rng,
                                       tuple(self.crop_scale))
         frames = resize_box(frames, box, size)

@@ -1,0 +1,75 @@
+"""Stopping a training run on SIGINT / SIGTERM: finish the step, save a checkpoint, exit.
+
+While :class:`StopSignals` is active the two signals only set a flag; the trainer checks it
+after every step (under DDP every rank takes the maximum over all ranks, so they all stop
+after the same step), saves a checkpoint and raises :class:`TrainingInterrupted`, which the
+command line turns into exit code 130 (SIGINT) or 143 (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType, TracebackType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# torchrun passes a signal on to its workers, which may have had it already from the
+# terminal: a repeat this soon is the same request, not a second Ctrl-C.
+_REPEAT_S = 2.0
+
+
+class TrainingInterrupted(Exception):
+    """A run stopped by a signal after saving a checkpoint; ``exit_code`` is 128 + signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """Context manager: SIGINT / SIGTERM set :attr:`received` (the first signal's number)
+    instead of ending the process; a second Ctrl-C later on quits at once
+    (``KeyboardInterrupt``). Outside the main thread it does nothing."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._at = 0.0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received, self._at = signum, time.monotonic()
+            logger.warning(f"{signal.Signals(signum).name}: stopping after this step and "
+                           "saving a checkpoint (Ctrl-C again to quit at once)")
+        elif signum == signal.SIGINT and time.monotonic() - self._at > _REPEAT_S:
+            raise KeyboardInterrupt
+
+
+def agreed_stop(received: int | None, device: torch.device) -> int | None:
+    """The signal every rank stops for: the largest any rank has received (None: go on).
+    One tiny all-reduce per step under torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return received
+    flag = torch.tensor([received or 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None

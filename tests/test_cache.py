@@ -1,0 +1,148 @@
+"""Token caches: a killed `spool cache` continues, a full disk is refused up front, and a cache
+whose tokens do not match its cache.json is refused when opened."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+from train_helpers import TINY_MODEL, tiny_video_dataset
+
+from spool.data import cache
+from spool.data.cache import CachedTokenDataset, build_cache
+from spool.data.dataset import VideoClipDataset, read_annotations
+from spool.errors import (
+    CheckpointNotFoundError,
+    InsufficientSpaceError,
+    SpoolBusyError,
+    SpoolLoadError,
+)
+from spool.io_utils import lock_directory, release_claim, temporary_sibling
+from spool.models.frame_encoder import FrameEncoderModel
+from spool.video.samplers import clip_sampler
+
+
+class Killed(Exception):
+    """Stands for the process dying at this point."""
+
+
+@pytest.fixture(scope="module")
+def model() -> FrameEncoderModel:
+    return FrameEncoderModel(image_size=32, backbone_config=TINY_MODEL["backbone_config"])
+
+
+def _dataset(model: FrameEncoderModel, num_frames: int = 4) -> VideoClipDataset:
+    samples, names = read_annotations(tiny_video_dataset() / "train.txt")
+    return VideoClipDataset(samples, names, clip_sampler(num_frames),
+                            model.config.preprocessing())
+
+
+@pytest.fixture(scope="module")
+def full(model, tmp_path_factory) -> Path:
+    return build_cache(model, _dataset(model), tmp_path_factory.mktemp("full"), batch_size=4)
+
+
+def _decoded(monkeypatch, die_at: int | None = None) -> list[int]:
+    """Record the videos decoded; with ``die_at``, the process dies on that video."""
+    seen: list[int] = []
+    real = cache._ViewStack.__getitem__
+
+    def getitem(self, index: int):
+        if index == die_at:
+            raise Killed
+        seen.append(index)
+        return real(self, index)
+
+    monkeypatch.setattr(cache._ViewStack, "__getitem__", getitem)
+    return seen
+
+
+def test_a_killed_cache_run_continues_where_it_stopped(model, full, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    out = tmp_path / "cache"
+    monkeypatch.setattr(cache, "PROGRESS_EVERY_S", 0.0)  # progress saved after every batch
+    monkeypatch.setattr(cache._PartialTokens, "close", lambda self: None)  # killed: no clean-up
+    _decoded(monkeypatch, die_at=9)
+    with pytest.raises(Killed):
+        build_cache(model, _dataset(model), out, batch_size=4)
+    monkeypatch.undo()
+    assert (out / cache.PARTIAL_NAME).is_file() and not (out / "cache.json").exists()
+
+    seen = _decoded(monkeypatch)
+    build_cache(model, _dataset(model), out, batch_size=4)
+    assert seen == list(range(8, 16))  # batches 1-2 were saved; the rest is done now
+    assert np.array_equal(np.load(out / "tokens.npy"), np.load(full / "tokens.npy"))
+    assert json.loads((out / "cache.json").read_text()) == json.loads(
+        (full / "cache.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["backbone", "cache.json", "tokens.npy"]
+
+
+def test_other_settings_start_over(model, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "cache"
+    _decoded(monkeypatch, die_at=9)
+    with pytest.raises(Killed):
+        build_cache(model, _dataset(model), out, batch_size=4)
+    monkeypatch.undo()
+    seen = _decoded(monkeypatch)
+    build_cache(model, _dataset(model, num_frames=2), out, batch_size=4)
+    assert seen == list(range(16))
+    assert CachedTokenDataset(out)[0]["tokens"].shape[0] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["backbone", "cache.json", "tokens.npy"]
+
+
+def test_temporaries_of_killed_runs_are_removed(model, tmp_path: Path) -> None:
+    out = tmp_path / "cache"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    name = temporary_sibling(out / "tokens.npy").name.replace(f"-{os.getpid()}-",
+                                                              f"-{dead.pid}-")
+    (out / name).write_bytes(b"\0" * 4096)  # what an older version left when killed
+    build_cache(model, _dataset(model), out, batch_size=8)
+    assert not (out / name).exists()
+
+
+def test_not_enough_disk_space_is_refused_before_writing(model, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: usage(10**6, 10**6, 1000))
+    need = 16 * 1 * 4 * 17 * 24 * 4  # videos x views x frames x tokens x dims x bytes
+    with pytest.raises(InsufficientSpaceError,
+                       match=rf"needs {need / 1024:.1f} KiB \(16 videos x 1 views x 4 frames "
+                             rf"x 17 tokens x 24 dims x 4 bytes.*but 1000 bytes is free"):
+        build_cache(model, _dataset(model), tmp_path / "cache")
+    assert not (tmp_path / "cache" / cache.PARTIAL_NAME).exists()
+
+
+def test_a_cache_being_written_is_locked(model, tmp_path: Path) -> None:
+    lock = lock_directory(tmp_path, "spool cache", cache.LOCK_NAME)
+    with pytest.raises(SpoolBusyError, match=f"process {os.getpid()}"):
+        build_cache(model, _dataset(model), tmp_path)
+    release_claim(lock)
+
+
+@pytest.mark.parametrize("damage,error,match", [
+    (lambda d: np.save(d / "tokens.npy", np.zeros((16, 1, 3, 17, 24), np.float32)),
+     SpoolLoadError, r"tokens.npy: holds float32 tokens of shape \(16, 1, 3, 17, 24\), but "
+                     r".*cache.json describes float32 tokens of shape \(16, 1, 4, 17, 24\)"),
+    (lambda d: np.save(d / "tokens.npy", np.zeros((16, 1, 4, 17, 24), np.float16)),
+     SpoolLoadError, "holds float16 tokens"),
+    (lambda d: (d / "tokens.npy").write_bytes((d / "tokens.npy").read_bytes()[:5000]),
+     SpoolLoadError, "tokens.npy: not a readable .npy file"),
+    (lambda d: (d / "tokens.npy").unlink(), CheckpointNotFoundError, "tokens.npy: missing"),
+    (lambda d: (d / "cache.json").write_text("{"), SpoolLoadError, "cache.json: not valid JSON"),
+    (lambda d: (d / "cache.json").write_text("[]"), SpoolLoadError, "cache.json: no "),
+])
+def test_tokens_must_match_cache_json(full, tmp_path: Path, damage, error, match) -> None:
+    copy = tmp_path / "cache"
+    shutil.copytree(full, copy)
+    damage(copy)
+    with pytest.raises(error, match=match):
+        CachedTokenDataset(copy)

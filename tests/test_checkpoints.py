@@ -1,0 +1,161 @@
+"""Training checkpoints survive a kill at any point: forced interleavings of save and prune."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from spool import io_utils
+from spool.errors import SpoolLoadError
+from spool.models.classification import SpoolForVideoClassification
+from spool.train import checkpoint as ckpt
+
+
+class Killed(Exception):
+    """Stands for the process dying at this point."""
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch, caplog):
+    model = SpoolForVideoClassification(
+        tiny_config(hidden_size=24, num_spatial_tokens=17, class_names=["a", "b"]),
+        with_backbone=False)
+    optimizer = torch.optim.AdamW(model.parameters())
+    sum(p.sum() for p in model.parameters()).backward()
+    optimizer.step()
+    monkeypatch.setattr(logging.getLogger("spool"), "propagate", True)  # for caplog
+    caplog.set_level(logging.WARNING)
+
+    def save(step: int, keep: int = 1) -> Path:
+        state = {"step": step, "epoch": 0, "step_in_epoch": step, "scheduler": {},
+                 "config": {}, "history": [], "tracker": {}, "world_size": 1}
+        path = tmp_path / ckpt.CHECKPOINT_DIR / f"step_{step:08d}"
+        ckpt.save_checkpoint(path, model, optimizer, state, [ckpt.capture_rng()])
+        ckpt.prune_checkpoints(tmp_path, keep)
+        return path
+
+    def resume() -> int | None:
+        with pytest.MonkeyPatch.context() as m:  # the killed process is gone
+            m.setattr(io_utils, "process_alive", lambda pid: False)
+            ckpt.recover_checkpoints(tmp_path)
+        found = ckpt.resolve_resume("auto", str(tmp_path))
+        return None if found is None else found[1]["step"]
+
+    return SimpleNamespace(out=tmp_path, root=tmp_path / ckpt.CHECKPOINT_DIR, save=save,
+                           resume=resume)
+
+
+def _die_at_move(monkeypatch, number: int) -> None:
+    """The process dies at the ``number``-th rename (1-based) and cleans nothing up."""
+    calls = []
+    real = ckpt._move
+
+    def move(src: Path, dst: Path) -> None:
+        calls.append((src, dst))
+        if len(calls) == number:
+            raise Killed
+        real(src, dst)
+
+    monkeypatch.setattr(ckpt, "_move", move)
+    monkeypatch.setattr(ckpt, "shutil", SimpleNamespace(rmtree=lambda *a, **k: None))
+
+
+def _names(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir())
+
+
+def test_killed_before_the_new_checkpoint_is_in_place(run, monkeypatch) -> None:
+    run.save(2)
+    _die_at_move(monkeypatch, 1)
+    with pytest.raises(Killed):
+        run.save(4)
+    monkeypatch.undo()
+    assert run.resume() == 2  # the old one was not touched; the new one's folder is hidden
+    assert _names(run.root) == ["step_00000002"]
+
+
+def test_killed_while_replacing_a_checkpoint_of_the_same_step(run, monkeypatch) -> None:
+    # The final checkpoint replaces one taken at the same step (--save-every): the old code
+    # deleted it first, and a kill before the rename left no checkpoint at all.
+    run.save(8)
+    _die_at_move(monkeypatch, 2)  # moved aside, the new one not yet renamed into place
+    with pytest.raises(Killed):
+        run.save(8)
+    monkeypatch.undo()
+    assert "step_00000008" not in _names(run.root)
+    assert run.resume() == 8
+    assert _names(run.root) == ["step_00000008"]
+
+
+def test_killed_after_replacing_before_deleting_the_old_one(run, monkeypatch) -> None:
+    run.save(8)
+    _die_at_move(monkeypatch, 3)  # the old one's move to the trash
+    with pytest.raises(Killed):
+        run.save(8)
+    monkeypatch.undo()
+    assert run.resume() == 8
+    assert _names(run.root) == ["step_00000008"]
+
+
+def test_killed_while_pruning(run, monkeypatch) -> None:
+    run.save(2)
+
+    def rmtree_part(path, ignore_errors=False):  # deletes one file, then the process dies
+        next(Path(path).glob("*.safetensors")).unlink()
+        raise Killed
+
+    monkeypatch.setattr(ckpt, "shutil", SimpleNamespace(rmtree=rmtree_part))
+    with pytest.raises(Killed):
+        run.save(4)
+    monkeypatch.undo()
+    assert [p.name for p in ckpt.list_checkpoints(run.out)] == ["step_00000004"]
+    assert run.resume() == 4
+    assert _names(run.root) == ["step_00000004"]  # the half-deleted trash is gone
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda p: p.joinpath("model.safetensors").write_bytes(
+        p.joinpath("model.safetensors").read_bytes()[:-40]), "model.safetensors"),
+    (lambda p: p.joinpath("trainer_state.json").write_text("{\"step\": 4,"),
+     "trainer_state.json: not valid JSON"),
+    (lambda p: p.joinpath("rng.safetensors").unlink(), "rng.safetensors: missing"),
+    (lambda p: p.joinpath("optimizer.safetensors").write_bytes(b"\0" * 16),
+     "optimizer.safetensors: not a readable safetensors file"),
+])
+def test_a_damaged_newest_checkpoint_falls_back_to_an_intact_one(run, caplog, damage,
+                                                                  reason) -> None:
+    run.save(2, keep=2)
+    damage(run.save(4, keep=2))
+    (run.root / "step_abc").mkdir()  # not checkpoints: ignored
+    (run.root / "step_00000009.bak").mkdir()
+    (run.root / "notes").mkdir()
+    assert run.resume() == 2
+    assert f"skipping checkpoint {run.root / 'step_00000004'}" in caplog.text
+    assert reason in caplog.text
+    assert "resuming from step_00000002" in caplog.text
+    # The next save keeps the newest intact checkpoints and deletes the damaged one.
+    run.save(6, keep=2)
+    assert [p.name for p in ckpt.list_checkpoints(run.out)] == ["step_00000002",
+                                                                "step_00000006"]
+
+
+def test_every_checkpoint_damaged_or_an_explicit_damaged_one_is_an_error(run) -> None:
+    path = run.save(2)
+    (path / "trainer_state.json").write_text("[")
+    with pytest.raises(SpoolLoadError, match="every checkpoint is damaged"):
+        run.resume()
+    with pytest.raises(SpoolLoadError, match=f"{path / 'trainer_state.json'}: not valid JSON"):
+        ckpt.resolve_resume(str(path), str(run.out))
+
+
+def test_no_checkpoints_and_stray_folders_only(run) -> None:
+    assert run.resume() is None
+    (run.root / "step_abc").mkdir(parents=True)
+    shutil.copytree(run.root / "step_abc", run.root / "step_12x")
+    assert run.resume() is None

@@ -1,0 +1,89 @@
+"""Files that cannot be read (invalid JSON, damaged safetensors) are errors naming the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+from train_helpers import train_config_dict
+
+from spool.cli import main
+from spool.errors import SpoolLoadError
+from spool.layers.backbone import read_backbone_preprocessing
+from spool.models import load_pretrained
+from spool.models.classification import SpoolForVideoClassification
+from spool.train.cli import add_train_arguments, config_from_args
+from spool.train.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    SpoolForVideoClassification(tiny_config(class_names=["a", "b"])).save_pretrained(out)
+    return out
+
+
+def _copy(saved: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for f in saved.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    return copy
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("config.json", "{\"num_hidden_layers\": ", "config.json: not valid JSON"),
+    ("config.json", "[1, 2]", "config.json: expected a JSON object"),
+    ("config.json", "{\"image_mean\": \"abc\"}", "config.json: image_mean: expected"),
+    ("config.json", b"\xff\xfe{}", "config.json: not valid JSON"),
+    ("model.safetensors", b"\x00" * 8, "model.safetensors: not a readable safetensors file"),
+    ("classifier.json", "{", "classifier.json: not valid JSON"),
+])
+def test_damaged_model_files_are_named(saved: Path, tmp_path: Path, name: str, content,
+                                       match: str) -> None:
+    copy = _copy(saved, tmp_path)
+    if name == "classifier.json":  # a legacy checkpoint: its class in classifier.json
+        config = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps({**config, "architectures": None}))
+    path = copy / name
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    with pytest.raises(SpoolLoadError, match=match):
+        load_pretrained(copy)
+
+
+def test_damaged_preprocessor_config_is_named(tmp_path: Path) -> None:
+    (tmp_path / "preprocessor_config.json").write_text("{\"image_mean\": [0.5,")
+    with pytest.raises(SpoolLoadError, match="preprocessor_config.json: not valid JSON"):
+        read_backbone_preprocessing(str(tmp_path))
+
+
+@pytest.mark.parametrize("content,error,match", [
+    ("{\"lr\": 0.1,", SpoolLoadError, "run.json: not valid JSON"),
+    ("[\"lr\", 0.1]", SpoolLoadError, "run.json: expected a JSON object"),
+    ("{\"train_data\": \"t.txt\", \"lr\": \"fast\"}", ValueError, "run.json: lr: expected"),
+])
+def test_damaged_train_config_is_named(tmp_path: Path, capsys, content: str, error,
+                                       match: str) -> None:
+    (tmp_path / "run.json").write_text(content)
+    with pytest.raises(error, match=match):
+        TrainConfig.from_json(tmp_path / "run.json")
+    assert main(["train", "--config", str(tmp_path / "run.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run.json" in err
+
+
+def test_flags_complete_a_partial_config_file(tmp_path: Path) -> None:
+    import argparse
+
+    fields = train_config_dict(tmp_path / "run")
+    del fields["train_data"]
+    (tmp_path / "hparams.json").write_text(json.dumps(fields))
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--config", str(tmp_path / "hparams.json"), "--train-data", "t.txt",
+                              "--model", "num_hidden_layers=2"])
+    cfg = config_from_args(args)
+    assert cfg.train_data == "t.txt" and cfg.lr == fields["lr"]
+    assert cfg.model == {**fields["model"], "num_hidden_layers": 2}

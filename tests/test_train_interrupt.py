@@ -1,0 +1,109 @@
+"""One run per training directory, and a run stopped by a signal saves and resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import final_weights, read_steps, train_config_dict
+
+from spool.cli import main
+from spool.errors import SpoolBusyError
+from spool.train.config import TrainConfig
+from spool.train.trainer import LOCK_NAME, Trainer, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_a_second_run_into_the_same_directory_fails(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    first = Trainer(TrainConfig(**train_config_dict(run)))  # holds run/ until it ends
+    try:
+        with pytest.raises(SpoolBusyError, match=f"process {os.getpid()} on "):
+            Trainer(TrainConfig(**train_config_dict(run)))
+        config = tmp_path / "run.json"
+        config.write_text(json.dumps(train_config_dict(run)))
+        assert main(["train", "--config", str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert f"{run}: another training run is using it (process {os.getpid()}" in err
+    finally:
+        first.close()
+    assert not (run / "steps.csv").read_text().strip().count("\n")  # the header alone
+    # A lock whose process is gone (a crash) is taken over.
+    crash = (f"import os; from spool.io_utils import lock_directory; "
+             f"lock_directory({str(run)!r}, 'run', {LOCK_NAME!r}); os._exit(9)")
+    assert subprocess.run([sys.executable, "-c", crash], env=_env()).returncode == 9
+    assert (run / LOCK_NAME).is_file()
+    Trainer(TrainConfig(**train_config_dict(run, epochs=1))).fit()
+    assert [s for s, _ in read_steps(run)] == [1, 2, 3, 4]
+    assert not (run / LOCK_NAME).exists()
+
+
+FIELDS = dict(epochs=4, num_workers=1, device="cpu")  # 16 steps, a DataLoader worker
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    train(TrainConfig(**train_config_dict(out, **FIELDS)))
+    return out
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+@pytest.mark.parametrize("signum,to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_a_signal_saves_a_checkpoint_and_the_run_resumes(tmp_path: Path, uninterrupted: Path,
+                                                         signum: int, to_group: bool) -> None:
+    # Ctrl-C in a terminal reaches the whole process group (the DataLoader worker too), a
+    # scheduler's SIGTERM the main process.
+    run = tmp_path / "run"
+    (tmp_path / "run.json").write_text(json.dumps(train_config_dict(run, **FIELDS)))
+    proc = subprocess.Popen([sys.executable, "-m", "spool.cli", "train", "--config", "run.json"],
+                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _lines(run / "steps.csv") < 3:  # header + 2 steps
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        if to_group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, out + err
+    stopped = read_steps(run)[-1][0]
+    assert 2 <= stopped < 16
+    checkpoint = run / "checkpoints" / f"step_{stopped:08d}"
+    assert (f"interrupted at step {stopped}; checkpoint saved to {checkpoint}; resume with "
+            "--resume auto") in err
+    assert "Traceback" not in err and not (run / LOCK_NAME).exists()
+
+    assert main(["train", "--config", str(run / "train_config.json"), "--resume", "auto"]) == 0
+    assert [s for s, _ in read_steps(run)] == list(range(1, 17))
+    # As the uninterrupted run, up to the round-off by which processes differ (README).
+    steps, full_steps = read_steps(run), read_steps(uninterrupted)
+    assert [s for s, _ in steps] == [s for s, _ in full_steps]
+    torch.testing.assert_close([x for _, x in steps], [x for _, x in full_steps],
+                               rtol=1e-5, atol=1e-6)
+    a, b = final_weights(uninterrupted), final_weights(run)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,105 @@
+"""Resuming a training run: from the saved config, from any directory, and what it says."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from train_helpers import final_weights, read_steps, train_config_dict
+
+from spool.cli import main
+from spool.train.config import TrainConfig
+from spool.train.trainer import train
+
+
+def _write_config(path: Path, **fields) -> Path:
+    path.write_text(json.dumps(fields))
+    return path
+
+
+def test_saved_config_finishes_a_time_boxed_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = _write_config(tmp_path / "run.json", **train_config_dict(run))
+    assert main(["train", "--config", str(config), "--stop-after-steps", "3"]) == 0
+    assert read_steps(run)[-1][0] == 3 and not (run / "model").exists()
+    saved = json.loads((run / "train_config.json").read_text())
+    assert "stop_after_steps" not in saved and "resume" not in saved
+    # The saved config carries no stop: resuming from it runs to the end.
+    assert main(["train", "--config", str(run / "train_config.json"), "--resume", "auto"]) == 0
+    assert [s for s, _ in read_steps(run)] == list(range(1, 9))
+    assert final_weights(run)  # model/ was written: the run finished
+
+
+def _flags(fields: dict) -> list[str]:
+    """``spool train`` flags for :func:`train_config_dict`'s fields (quiet, no TensorBoard)."""
+    out = ["--quiet", "--no-tensorboard"]
+    for key, value in fields.items():
+        if key == "model":
+            out += [a for k, v in value.items() for a in ("--model", f"{k}={json.dumps(v)}")]
+        elif key not in ("quiet", "tensorboard"):
+            out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
+
+
+def test_relative_paths_resume_from_another_directory(tmp_path: Path, monkeypatch,
+                                                      capsys) -> None:
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    fields = train_config_dict(Path("run"))
+    monkeypatch.chdir(start)
+    for key in ("train_data", "val_data"):  # relative to the working directory
+        fields[key] = os.path.relpath(fields[key], start)
+    assert main(["train", *_flags(fields), "--stop-after-steps", "3"]) == 0
+    assert read_steps(start / "run")[-1][0] == 3
+
+    monkeypatch.chdir(elsewhere)
+    saved = "../start/run/train_config.json"
+    assert main(["train", "--config", saved, "--resume", "auto"]) == 0
+    assert [s for s, _ in read_steps(start / "run")] == list(range(1, 9))
+    assert final_weights(start / "run") and not (elsewhere / "run").exists()
+
+    # Resuming a finished run says so and changes nothing.
+    state = next((start / "run" / "checkpoints").iterdir()) / "trainer_state.json"
+    stamp = state.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["train", "--config", saved, "--resume", "auto"]) == 0
+    assert "run already finished at step 8; nothing to do" in capsys.readouterr().out
+    assert state.stat().st_mtime_ns == stamp
+    assert [s for s, _ in read_steps(start / "run")] == list(range(1, 9))
+
+
+def test_resume_auto_without_checkpoint_says_so(tmp_path: Path, capsys) -> None:
+    config = _write_config(tmp_path / "run.json", **train_config_dict(tmp_path / "typo"))
+    assert main(["train", "--config", str(config), "--resume", "auto",
+                 "--stop-after-steps", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"no checkpoint in {tmp_path / 'typo' / 'checkpoints'}: starting from scratch" in err
+
+
+def test_resume_from_a_path_that_is_no_checkpoint_is_one_line(tmp_path: Path, capsys) -> None:
+    config = _write_config(tmp_path / "run.json", **train_config_dict(tmp_path / "run"))
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--config", str(config), "--resume", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{tmp_path / 'empty'} is not a training checkpoint" in err
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(logging.getLogger("spool"), "propagate", True)  # for caplog
+    caplog.set_level(logging.WARNING)
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(TrainConfig(**train_config_dict(full, save_every=2)))
+    train(TrainConfig(**train_config_dict(part, save_every=2, stop_after_steps=6)))
+    newest = part / "checkpoints" / "step_00000006"
+    (newest / "optimizer.safetensors").write_bytes(b"")  # e.g. the disk filled up
+    train(TrainConfig(**train_config_dict(part, save_every=2, resume="auto")))
+    assert f"skipping checkpoint {newest}" in caplog.text
+    assert read_steps(part) == read_steps(full)
+    a, b = final_weights(full), final_weights(part)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
