@@ -37,6 +37,7 @@ from spool.io_utils import (
     remove_stale_claim,
     try_claim,
 )
+from spool.models.frame_classification import FrameClassifier
 from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
 from spool.tensor_files import StreamedTensor, write_streamed_safetensors
@@ -176,16 +177,19 @@ def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool,
             "save_features": str(save_features)}
 
 
-def load_feature_model(checkpoint: str | None, overrides: dict | None = None) -> Spool:
-    """The Spool whose features to extract: a Spool checkpoint, the Spool inside a Spool
-    classifier, or without ``checkpoint`` an untrained temporal stack on the backbone that
-    ``overrides`` (SpoolConfig fields) name."""
+def load_feature_model(checkpoint: str | None, overrides: dict | None = None
+                       ) -> Spool | FrameClassifier:
+    """What to run over the videos: a Spool checkpoint, the Spool inside a clip classifier, a
+    frame classifier (its per-frame predictions), or without ``checkpoint`` an untrained
+    temporal stack on the backbone that ``overrides`` (SpoolConfig fields) name."""
     from spool.config import SpoolConfig
     from spool.models.pretrained import load_pretrained
 
     overrides = dict(overrides or {})
     if checkpoint is not None:
         model = load_pretrained(checkpoint, **overrides)
+        if isinstance(model, FrameClassifier):
+            return model
         spool = model if isinstance(model, Spool) else getattr(model, "spool", None)
         if not isinstance(spool, Spool):
             raise ValueError(f"--checkpoint: {checkpoint} holds a {type(model).__name__}, "
@@ -228,10 +232,12 @@ class FeatureExtractor:
     ``features [n_clips, T + 2, L, D]`` (fp16). ``per_frame=True``: the whole video in one pass
     (:meth:`Spool.forward_long`, the sampler's one clip) -> ``frame_features [T, D]``,
     ``context [2D]``, ``frame_indices`` / ``timestamps [T]``, with ``save_features`` also
-    ``features [T + 2, L, D]`` (fp16, streamed to the file).
+    ``features [T + 2, L, D]`` (fp16, streamed to the file). A frame classifier as ``model``:
+    its per-frame predictions and segments (:mod:`spool.extract_frames`).
     """
 
-    def __init__(self, model: Spool, sampler: FrameSampler, *, batch_size: int = 4,
+    def __init__(self, model: Spool | FrameClassifier, sampler: FrameSampler, *,
+                 batch_size: int = 4,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  save_features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                  per_frame: bool = False, chunk_frames: int = 32,
@@ -249,7 +255,9 @@ class FeatureExtractor:
         self.chunk_frames = chunk_frames
         self.offload_dir = offload_dir
         self.settings = _settings_metadata(model, sampler, save_features, dtype)
-        self.settings["mode"] = "per_frame" if per_frame else "clips"
+        predictions = isinstance(model, FrameClassifier)
+        self.settings["mode"] = ("frame_predictions" if predictions else
+                                 "per_frame" if per_frame else "clips")
         self.preprocessing = model.config.preprocessing()
 
     @torch.no_grad()
@@ -322,6 +330,13 @@ class FeatureExtractor:
     def _extract(self, job: VideoJob) -> None:
         metadata = dict(self.settings, source=str(job.source))
         with pixel_budget(self.max_pixels):
+            if isinstance(self.model, FrameClassifier):
+                from spool.extract_frames import write_frame_predictions
+
+                write_frame_predictions(self.model, job.source, job.output, self.sampler,
+                                        metadata, chunk_frames=self.chunk_frames,
+                                        offload_dir=self.offload_dir)
+                return
             if self.per_frame:
                 self._write_per_frame(job.source, job.output, metadata)
                 return

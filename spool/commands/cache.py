@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_pretrained(args.init, **overrides)
     else:
         model = FrameEncoderModel(**overrides)
+    if args.task == "frames":
+        return _cache_frames(args, model)
     class_names = None
     if args.classes_from is not None:
         _, class_names = read_annotations(args.classes_from)
@@ -42,14 +44,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_frames(args: argparse.Namespace, model) -> int:
+    """Every frame of each video at ``--fps``, with its label: a variable-length cache."""
+    from spool.data.frame_cache import build_frame_cache
+    from spool.data.segmentation import read_segmentation
+    from spool.video.samplers import FpsSampler
+
+    class_names = None
+    if args.classes_from is not None:
+        _, class_names = read_segmentation(args.classes_from, args.split)
+    samples, names = read_segmentation(args.data, args.split, class_names)
+    start = time.perf_counter()
+    out = build_frame_cache(model, samples, names, args.out, FpsSampler(args.fps),
+                            dtype=args.dtype, progress=not args.quiet)
+    print(f"cached every frame at {args.fps:g} fps of {len(samples)} videos to {out} in "
+          f"{time.perf_counter() - start:.1f}s")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "cache", help="store frozen-backbone tokens of a dataset for fast training",
         description="Run the frozen backbone once over labelled videos and store the tokens "
                     "[N, views, T, L, D] (memory-mapped .npy) with the backbone's weights; "
                     "`spool train --train-cache DIR` then never runs the backbone.")
+    parser.add_argument("--task", choices=("clips", "frames"), default="clips",
+                        help="clips: clips of labelled videos [N, views, T, L, D]; frames: "
+                             "every frame at --fps with per-frame labels (segmentation)")
     parser.add_argument("--data", required=True,
-                        help="annotation file ('path label' lines) or class-folder directory")
+                        help="clips: annotation file ('path label' lines) or class-folder "
+                             "directory; frames: a segments CSV (video,start_s,end_s,label) or "
+                             "an MS-TCN root (mapping.txt, groundTruth/, splits/, videos/)")
+    parser.add_argument("--split", default="train.split1",
+                        help="frames, MS-TCN root: the split bundle (train.split1)")
+    parser.add_argument("--fps", type=positive_float, default=15.0,
+                        help="frames: the rate frames are sampled at (15)")
     parser.add_argument("--out", required=True, help="cache directory")
     parser.add_argument("--init", help="take the backbone from this checkpoint (a Spool, a "
                         "classifier or another cache's backbone/ directory)")

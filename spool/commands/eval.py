@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any
 
-from spool.cli_args import add_model_argument, nonnegative_int, positive_int
+from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -21,8 +21,11 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spool.models.pretrained import peek_architecture
     from spool.train.evaluate import evaluate_checkpoint
 
+    if peek_architecture(args.checkpoint).endswith("ForFrameClassification"):
+        return _run_frames(args)
     report = evaluate_checkpoint(args.checkpoint, args.data, args.cache,
                                  overrides=dict(args.model or []), num_clips=args.num_clips,
                                  num_frames=args.num_frames, frame_stride=args.frame_stride,
@@ -34,17 +37,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_frames(args: argparse.Namespace) -> int:
+    from spool.train.segmentation_eval import evaluate_frame_checkpoint, format_segmentation
+
+    scores = evaluate_frame_checkpoint(
+        args.checkpoint, args.data, args.cache, split=args.split, fps=args.fps,
+        background=tuple(args.background or ()), overrides=dict(args.model or []),
+        device=args.device, out_dir=args.out)
+    print(format_segmentation(scores))
+    if args.out:
+        print(f"\nwrote {args.out}/metrics.json, ribbons.png, predictions/<video>.csv")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "eval", help="evaluate a trained classifier (top-1, top-5, per class, confusion)",
         description="Evaluate a classifier saved by `spool train` (its model/ directory) on "
-                    "labelled videos or on a token cache made with the same backbone.")
+                    "labelled videos or on a token cache made with the same backbone. A frame "
+                    "classifier runs every video whole and reports frame accuracy, edit and "
+                    "F1@{10,25,50}, with ribbon plots.")
     parser.add_argument("--checkpoint", required=True,
                         help="classifier directory (a run's model/) or hub id")
     add_model_argument(parser, "a SpoolConfig field to override (repeatable), e.g. "
                                "attn_implementation=blocked")
-    parser.add_argument("--data", help="annotation file or class-folder directory")
+    parser.add_argument("--data", help="clips: annotation file or class-folder directory; "
+                        "frame classifiers: segments CSV or MS-TCN root")
     parser.add_argument("--cache", help="token cache from `spool cache` instead of videos")
+    parser.add_argument("--split", default="test.split1",
+                        help="frame classifiers, MS-TCN root: the split bundle (test.split1)")
+    parser.add_argument("--fps", type=positive_float, default=None,
+                        help="frame classifiers: sampling rate (default: as in training)")
+    parser.add_argument("--background", nargs="+", metavar="CLASS",
+                        help="frame classifiers: classes that are not segments")
     parser.add_argument("--num-clips", type=positive_int, default=1,
                         help="clips per video, softmax scores averaged (videos only)")
     parser.add_argument("--num-frames", type=positive_int, default=None,

@@ -209,6 +209,12 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
         return model
 
 
+def peek_architecture(pretrained_model_name_or_path: str | os.PathLike) -> str:
+    """The class name a checkpoint holds, from its ``config.json`` alone."""
+    directory = resolve_checkpoint(pretrained_model_name_or_path)
+    return checkpoint_architecture(SpoolConfig.from_pretrained(directory), directory) or "Spool"
+
+
 def load_pretrained(pretrained_model_name_or_path: str | os.PathLike,
                     **kwargs: Any) -> SpoolPreTrainedModel:
     """Load any Spool artifact: the class named by its ``config.json`` (``Spool`` when a

@@ -86,16 +86,26 @@ def build_model(cfg: TrainConfig, config: SpoolConfig, class_names: list[str]
                                  f"{init.class_names}; this run trains {cls.__name__} on "
                                  f"{class_names}")
             return init
-        if not isinstance(init, Spool) or cls is not classifier_class("spool"):
-            raise ValueError(f"init: {cfg.init} holds a {type(init).__name__}; it can start "
-                             "a 'spool' classifier only from a Spool or classifier checkpoint")
     torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
     model = cls(config.replace(class_names=list(class_names)))
+    load_initial_weights(model, cfg)
+    return model
+
+
+def load_initial_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """A new model's starting weights: the token cache's frame encoder, or the Spool of
+    ``init`` (a Spool checkpoint, or the Spool inside another model) under a new head."""
     if cfg.train_cache is not None:
         load_cache_backbone(model, cfg.train_cache)
-    elif cfg.init is not None:  # a Spool checkpoint: its weights, a new head
-        model.spool.load_state_dict(init.state_dict())
-    return model
+    elif cfg.init is not None:
+        init = load_pretrained(cfg.init, **cfg.model)
+        source = init if isinstance(init, Spool) else getattr(init, "spool", None)
+        target = getattr(model, "spool", None)
+        if not isinstance(source, Spool) or target is None:
+            raise ValueError(f"init: {cfg.init} holds a {type(init).__name__}; a new "
+                             f"{type(model).__name__} can start only from the Spool of a "
+                             "Spool or Spool-classifier checkpoint")
+        target.load_state_dict(source.state_dict())
 
 
 def parameter_groups(model: VideoClassifier, weight_decay: float) -> list[dict]:

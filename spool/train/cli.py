@@ -13,6 +13,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``spool train`` / ``python -m spool.train``; each overrides ``--config``."""
     S = argparse.SUPPRESS  # unset flags stay absent, so the config file's value holds
     parser.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
+    parser.add_argument("--task", choices=("clips", "frames"), default=S,
+                        help="clips: clip classification (default); frames: per-frame "
+                             "classification (temporal action segmentation)")
     g = parser.add_argument_group("data")
     g.add_argument("--train-data", "--train", dest="train_data", default=S,
                    help="annotation file ('path label' lines) or a directory with one "
@@ -35,8 +38,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="clips per video at evaluation")
     g.add_argument("--num-workers", type=nonnegative_int, default=S,
                    help="DataLoader workers (2)")
+    g = parser.add_argument_group("frames task")
+    g.add_argument("--crop-frames", type=positive_int, default=S,
+                   help="training crops of up to this many frames (512)")
+    g.add_argument("--fps", type=positive_float, default=S,
+                   help="rate frames are sampled at from videos (15; a cache has its own)")
+    g.add_argument("--background", nargs="+", default=S, metavar="CLASS",
+                   help="classes that are not segments in edit and F1 (MS-TCN's bg_class)")
+    g.add_argument("--train-split", default=S, help="MS-TCN root: training bundle "
+                   "(train.split1)")
+    g.add_argument("--val-split", default=S, help="MS-TCN root: held-out bundle (test.split1)")
     g = parser.add_argument_group("model")
-    g.add_argument("--architecture", choices=("spool", "frame_pooling"), default=S)
+    g.add_argument("--architecture", choices=("spool", "frame_pooling", "linear_probe",
+                                              "ms_tcn"), default=S,
+                   help="clips: spool, frame_pooling; frames: spool, linear_probe, ms_tcn")
     g.add_argument("--init", default=S, help="start from this Spool or classifier checkpoint")
     add_model_argument(g, "a SpoolConfig field, value as JSON (repeatable), e.g. "
                           "--model num_hidden_layers=2 --model backbone_name=/path/dinov2",

@@ -17,8 +17,12 @@ from spool.errors import SpoolLoadError
 RUN_CONTROL_FIELDS = ("resume", "stop_after_steps")
 PATH_FIELDS = ("out_dir", "train_data", "val_data", "train_cache", "val_cache", "init")
 # What ``architecture`` may name (spool.models.classification.classifier_class's names).
-ARCHITECTURES = ("spool", "frame_pooling", "SpoolForVideoClassification",
-                 "FramePoolingForVideoClassification")
+ARCHITECTURES = {  # per task; class names work too
+    "clips": ("spool", "frame_pooling", "SpoolForVideoClassification",
+              "FramePoolingForVideoClassification"),
+    "frames": ("spool", "linear_probe", "ms_tcn", "SpoolForFrameClassification",
+               "FrameProbeForFrameClassification", "MSTCNForFrameClassification"),
+}
 # Names of earlier versions, still read from JSON files.
 _LEGACY_KEYS = {"train": "train_data", "val": "val_data"}
 
@@ -42,14 +46,20 @@ def _is_int(value: Any, low: int) -> bool:
 class TrainConfig:
     """Settings of ``spool train``; ``batch_size`` is the global batch over all ranks.
 
-    Data: ``train_data``/``val_data`` are annotation files (``path label`` lines) or
-    class-folder directories; ``train_cache``/``val_cache`` are token caches from ``spool
-    cache`` (the backbone is then never run). Model: ``architecture`` (``spool`` or
-    ``frame_pooling``), ``model`` (SpoolConfig fields) and/or ``init`` (a Spool or classifier
-    checkpoint).
+    ``task``: ``clips`` (clip classification) or ``frames`` (per-frame classification,
+    temporal action segmentation). Data: ``train_data``/``val_data`` are annotation files
+    (``path label`` lines) or class-folder directories for clips; a segments CSV or an MS-TCN
+    root (with ``train_split``/``val_split``) for frames, sampled at ``fps``;
+    ``train_cache``/``val_cache`` are token caches from ``spool cache`` (the backbone is then
+    never run). Frames train on random crops of up to ``crop_frames`` frames and validate on
+    whole videos (``background`` classes are not segments in edit and F1). Model:
+    ``architecture`` (clips: ``spool``, ``frame_pooling``; frames: ``spool``,
+    ``linear_probe``, ``ms_tcn``), ``model`` (SpoolConfig fields) and/or ``init`` (a Spool or
+    classifier checkpoint).
     """
 
     out_dir: str = "runs/spool"
+    task: str = "clips"
     train_data: str | None = None
     val_data: str | None = None
     train_cache: str | None = None
@@ -63,6 +73,11 @@ class TrainConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
     hflip: bool = False
     num_clips: int = 1
+    crop_frames: int | None = 512
+    fps: float = 15.0
+    background: list[str] = field(default_factory=list)
+    train_split: str = "train.split1"
+    val_split: str = "test.split1"
     epochs: int = 10
     batch_size: int = 8
     eval_batch_size: int | None = None
@@ -106,7 +121,16 @@ class TrainConfig:
         for name in ("num_frames", "num_clips", "epochs", "batch_size", "keep_checkpoints",
                      "eval_every", "log_every"):
             _check(_is_int(getattr(self, name), 1), name, "an integer >= 1", getattr(self, name))
-        for name in ("frame_stride", "eval_batch_size", "stop_after_steps"):
+        _check(isinstance(self.task, str) and self.task in ARCHITECTURES, "task",
+               f"one of {tuple(ARCHITECTURES)}", self.task)
+        _check(_is_number(self.fps) and self.fps > 0, "fps", "a finite number > 0", self.fps)
+        _check(isinstance(self.background, list) and all(isinstance(b, str)
+                                                         for b in self.background),
+               "background", "a list of class names", self.background)
+        for name in ("train_split", "val_split"):
+            _check(isinstance(getattr(self, name), str), name, "a split name",
+                   getattr(self, name))
+        for name in ("frame_stride", "eval_batch_size", "stop_after_steps", "crop_frames"):
             value = getattr(self, name)
             _check(value is None or _is_int(value, 1), name, "None or an integer >= 1", value)
         for name in ("num_workers", "save_every"):
@@ -133,7 +157,8 @@ class TrainConfig:
                    getattr(self, name))
         _check(self.device in ("auto", "cpu", "cuda"), "device", "'auto', 'cpu' or 'cuda'",
                self.device)
-        _check(self.architecture in ARCHITECTURES, "architecture", f"one of {ARCHITECTURES}",
+        _check(self.architecture in ARCHITECTURES.get(self.task, ()), "architecture",
+               f"one of {ARCHITECTURES.get(self.task)} for task {self.task!r}",
                self.architecture)
         _check(isinstance(self.model, dict), "model", "a dict of SpoolConfig fields",
                self.model)

@@ -129,12 +129,12 @@ def plot_confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str],
     plt.close(fig)
 
 
-def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.PathLike) -> None:
-    """Loss and top-1 per epoch for one or several runs (``{run name: epoch rows}``), as a PNG.
-
-    Rows hold ``epoch``, ``train_loss``, ``train_top1`` and, on the epochs that were
-    evaluated, ``val_loss``, ``val_top1``.
-    """
+def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.PathLike,
+                metric: str = "top1", label: str = "top-1") -> None:
+    """Loss and an accuracy per epoch for one or several runs (``{run name: epoch rows}``), as
+    a PNG. Rows hold ``epoch``, ``train_loss``, ``train_<metric>`` and, on the epochs that were
+    evaluated, ``val_<metric>`` (and ``val_loss`` where there is one); accuracies are
+    fractions."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,15 +144,14 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
     for i, (name, rows) in enumerate(histories.items()):
         colour = f"C{i}"
         for split, style in (("train", "--"), ("val", "o-")):
-            have = [r for r in rows if r.get(f"{split}_loss") is not None]  # val: some epochs
-            if have:
-                epochs = [r["epoch"] for r in have]
-                ax_loss.plot(epochs, [r[f"{split}_loss"] for r in have], style, color=colour,
-                             label=f"{name} {split}", markersize=3)
-                ax_acc.plot(epochs, [100 * r[f"{split}_top1"] for r in have], style,
-                            color=colour, label=f"{name} {split}", markersize=3)
+            for key, ax, scale in ((f"{split}_loss", ax_loss, 1), (f"{split}_{metric}", ax_acc,
+                                                                   100)):
+                have = [r for r in rows if r.get(key) not in (None, "")]  # val: some epochs
+                if have:
+                    ax.plot([r["epoch"] for r in have], [scale * float(r[key]) for r in have],
+                            style, color=colour, label=f"{name} {split}", markersize=3)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="Top-1 accuracy", ylim=(0, 100))
+    ax_acc.set(xlabel="epoch", ylabel=f"{label} (%)", title=label.capitalize(), ylim=(0, 100))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from spool.data.cache import CachedTokenDataset
 from spool.data.dataset import worker_context, worker_init_fn
+from spool.data.frame_cache import FrameTokenDataset
 from spool.distributed import (
     all_gather_objects,
     barrier,
@@ -35,25 +36,12 @@ from spool.distributed import (
 from spool.io_utils import Claim, atomic_write, lock_directory, release_claim
 from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
 from spool.train import checkpoint as ckpt
-from spool.train.builders import (
-    build_datasets,
-    build_model,
-    epoch_batches,
-    model_config,
-    parameter_groups,
-    warmup_cosine,
-)
+from spool.train.builders import epoch_batches, model_config, parameter_groups, warmup_cosine
 from spool.train.config import TrainConfig
-from spool.train.evaluate import EvalResult, autocast_context, evaluate, model_inputs
-from spool.train.metrics import (
-    EPOCH_FIELDS,
-    STEP_FIELDS,
-    MetricTracker,
-    append_csv,
-    plot_curves,
-    rewrite_csv,
-)
+from spool.train.evaluate import autocast_context, model_inputs
+from spool.train.metrics import STEP_FIELDS, append_csv, plot_curves, rewrite_csv
 from spool.train.signals import StopSignals, TrainingInterrupted, agreed_stop
+from spool.train.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,13 +69,13 @@ class Trainer:
         self.local_batch = cfg.batch_size // world
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
+        self.task = TASKS[cfg.task]
         config = model_config(cfg)
-        self.train_set, self.val_set, self.class_names = build_datasets(cfg, config)
-        self.cached = isinstance(self.train_set, CachedTokenDataset)
-        self.model = build_model(cfg, config, self.class_names).to(self.device)
-        # How training clips were sampled: the default of evaluation and extraction.
-        self.model.config.sampling = (self.train_set.sampling if self.cached
-                                      else self.train_set.sampler.to_dict())
+        self.train_set, self.val_set, self.class_names = self.task.build(cfg, config)
+        self.cached = isinstance(self.train_set, (CachedTokenDataset, FrameTokenDataset))
+        self.model = self.task.model(cfg, config, self.class_names).to(self.device)
+        # How training frames were sampled: the default of evaluation and extraction.
+        self.model.config.sampling = self.task.sampling(self.train_set)
         self.module: torch.nn.Module = self.model
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -105,7 +93,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(warmup, self.total_steps, cfg.min_lr_ratio))
         self.step = self.epoch = self.step_in_epoch = 0
-        self.tracker = MetricTracker(len(self.class_names))
+        self.tracker = self.task.tracker(len(self.class_names))
         self.history: list[dict[str, Any]] = []
         self.out = Path(cfg.out_dir)
         self.tb = None
@@ -166,7 +154,7 @@ class Trainer:
         text = json.dumps(self.cfg.to_saved_dict(), indent=1)
         atomic_write(self.out / "train_config.json", lambda p: Path(p).write_text(text))
         rewrite_csv(self.out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= self.step)
-        rewrite_csv(self.out / "metrics.csv", EPOCH_FIELDS,
+        rewrite_csv(self.out / "metrics.csv", self.task.epoch_fields,
                     lambda r: int(r["epoch"]) <= self.epoch)
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -217,7 +205,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/step_<step>`` (rank 0 writes; every rank gives its RNG)."""
-        summed = MetricTracker(len(self.class_names))
+        summed = self.task.tracker(len(self.class_names))
         summed.load_state_dict(self.tracker.state_dict())
         summed.all_reduce()
         rngs = all_gather_objects(ckpt.capture_rng())
@@ -241,6 +229,7 @@ class Trainer:
         # Token batches are slices of a memory map: worker processes would only add overhead.
         workers = 0 if self.cached else self.cfg.num_workers
         return DataLoader(self.train_set, batch_sampler=batches[self.step_in_epoch:],
+                          collate_fn=self.task.collate,
                           num_workers=workers, worker_init_fn=worker_init_fn,
                           multiprocessing_context=worker_context(workers),
                           pin_memory=self.device.type == "cuda",
@@ -250,11 +239,10 @@ class Trainer:
         """One optimizer step on a local batch; returns the global batch's mean loss."""
         torch.manual_seed(step_seed(self.cfg.seed, self.step, self.info.rank))
         inputs = model_inputs(batch, self.device)
-        labels = batch["label"].to(self.device)
+        labels = batch["label" if "label" in batch else "labels"].to(self.device)
         self.module.train()
         with autocast_context(self.device, self.cfg.amp):
-            logits = self.module(**inputs).logits
-        loss = self.model.loss_function(logits, labels, self.cfg.label_smoothing)
+            loss, logits, count = self.task.loss(self, inputs, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -267,7 +255,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.step_in_epoch += 1
-        self.tracker.update(logits, labels, float(loss.detach()) * len(labels))
+        self.tracker.update(logits, labels, float(loss.detach()) * count)
         mean_loss = loss.detach().clone()
         if self.info.distributed:
             dist.all_reduce(mean_loss)
@@ -276,39 +264,32 @@ class Trainer:
 
     def _end_epoch(self, seconds: float) -> dict[str, Any]:
         self.tracker.all_reduce()
-        train = self.tracker.compute()
         row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step,
                                "lr": self.optimizer.param_groups[0]["lr"],
-                               "train_loss": train["loss"], "train_top1": train["top1"],
-                               "train_top5": train["top5"], "epoch_seconds": seconds}
+                               **self.task.train_row(self.tracker), "epoch_seconds": seconds}
         last = self.epoch + 1 == self.cfg.epochs
         if self.val_set is not None and ((self.epoch + 1) % self.cfg.eval_every == 0 or last):
-            val = self.evaluate().metrics
-            row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+            row.update(self.evaluate())
         self.history.append(row)
+        metric, label = self.task.accuracy
         if self.info.is_main:
-            append_csv(self.out / "metrics.csv", EPOCH_FIELDS, row)
+            append_csv(self.out / "metrics.csv", self.task.epoch_fields, row)
             if self.tb is not None:
                 for key, value in row.items():
                     if key not in ("epoch", "step"):
                         self.tb.add_scalar(key.replace("_", "/", 1), value, self.epoch + 1)
                 self.tb.flush()
-            plot_curves({"run": self.history}, self.out / "curves.png")
-        val_text = (f", val loss {row['val_loss']:.4f} top-1 {100 * row['val_top1']:.1f}%"
-                    if "val_loss" in row else "")
-        self.log(f"epoch {self.epoch + 1}/{self.cfg.epochs}: train loss {row['train_loss']:.4f} "
-                 f"top-1 {100 * row['train_top1']:.1f}%{val_text} ({seconds:.1f}s)")
+            plot_curves({"run": self.history}, self.out / "curves.png", metric, label)
+        self.log(f"epoch {self.epoch + 1}/{self.cfg.epochs}: {self.task.describe(row)} "
+                 f"({seconds:.1f}s)")
         self.epoch += 1
         self.step_in_epoch = 0
-        self.tracker = MetricTracker(len(self.class_names))
+        self.tracker = self.task.tracker(len(self.class_names))
         return row
 
-    def evaluate(self) -> EvalResult:
-        """Metrics of the current model on the validation set (all ranks take part)."""
-        return evaluate(self.model, self.val_set, len(self.class_names),
-                        batch_size=self.cfg.eval_batch_size or self.local_batch,
-                        num_workers=0 if self.cached else self.cfg.num_workers,
-                        device=self.device, amp=self.cfg.amp)
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics of the current model (all ranks take part), as ``val_*``."""
+        return self.task.evaluate(self)
 
     def fit(self) -> list[dict[str, Any]]:
         """Train to the last epoch (or ``stop_after_steps``); returns the per-epoch rows.

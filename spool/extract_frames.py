@@ -1,0 +1,51 @@
+"""Per-frame predictions of a frame classifier, for ``spool extract --checkpoint <frame model>``.
+
+Each video gives ``NAME.safetensors`` with ``labels [T]`` (class indices), ``scores [T, C]``
+(class probabilities), ``frame_indices`` and ``timestamps [T]`` (seconds), the class names in
+its metadata, and ``NAME.segments.csv``: one row per run of equal labels (``start_s,end_s,
+label,score``, the end exclusive: the next frame's time, or the video's last frame's time plus
+one sampling step).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from spool.io_utils import atomic_save_safetensors, atomic_write_text
+from spool.metrics.segmentation import to_segments
+from spool.models.frame_classification import FrameClassifier
+from spool.video.samplers import FrameSampler
+
+
+def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
+                            output: Path, sampler: FrameSampler, metadata: dict[str, str], *,
+                            chunk_frames: int = 32,
+                            offload_dir: str | os.PathLike | None = None) -> None:
+    """Predict every sampled frame of ``source`` in one pass and write both files."""
+    out = model.predict_long(source, sampler=sampler, chunk_frames=chunk_frames,
+                             offload_dir=offload_dir)
+    probs = out.logits.float().softmax(-1).cpu()
+    score, labels = probs.max(-1)
+    times = out.timestamps.double()
+    names = model.class_names
+    atomic_save_safetensors(
+        {"labels": labels, "scores": probs, "frame_indices": out.frame_indices,
+         "timestamps": times}, output,
+        metadata={**metadata, "class_names": json.dumps(names), "num_frames": str(len(labels))})
+    step = float(times[1] - times[0]) if len(times) > 1 else 0.0
+    ends = torch.cat((times[1:], times[-1:] + step))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["start_s", "end_s", "label", "score"])
+    segments = to_segments(labels.numpy())
+    for label, a, b in zip(segments.labels, segments.starts, segments.ends, strict=True):
+        writer.writerow([f"{times[a]:.4f}", f"{ends[b - 1]:.4f}", names[int(label)],
+                         f"{float(score[a:b].mean()):.4f}"])
+    atomic_write_text(output.with_name(output.name.removesuffix(".safetensors")
+                                       + ".segments.csv"), buffer.getvalue())

@@ -1,0 +1,171 @@
+"""Evaluating frame classifiers: every held-out video whole, in one pass, scored as MS-TCN does.
+
+Each video goes through :meth:`FrameClassifier.predict_long` (memory linear in its length),
+its predictions against its labels at the sampled frames' own times; frame accuracy, edit and
+F1@{10,25,50} are those of :mod:`spool.metrics.segmentation`. Under torch.distributed each rank
+takes every ``world``-th video and the sums are all-reduced.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from spool.data.frame_cache import FrameTokenDataset
+from spool.data.segmentation import SegmentationSample
+from spool.io_utils import atomic_write_text
+from spool.metrics.ribbons import plot_ribbons
+from spool.metrics.segmentation import SegmentationMetrics
+from spool.models.frame_classification import FrameClassifier
+from spool.video.io import probe_video
+from spool.video.samplers import FrameSampler
+
+
+@dataclass
+class VideoPrediction:
+    """One video: predicted and true class indices ``[T]``, the predicted class's probability,
+    and the sampled frames' indices and timestamps (seconds) where known."""
+
+    pred: np.ndarray
+    target: np.ndarray
+    score: np.ndarray
+    frame_indices: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
+
+
+@dataclass
+class SegmentationResult:
+    metrics: SegmentationMetrics
+    videos: dict[str, VideoPrediction] = field(default_factory=dict)
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return self.metrics.compute()
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: FrameClassifier,
+                          data: FrameTokenDataset | list[SegmentationSample], *,
+                          sampler: FrameSampler | None = None, background: tuple[int, ...] = (),
+                          chunk_frames: int = 32, device: torch.device | str = "cpu",
+                          keep: bool = True) -> SegmentationResult:
+    """Score ``model`` on whole videos: a frame cache's, or video files (``sampler`` picks
+    their frames). ``keep``: also return every video's predictions (this rank's)."""
+    was_training = model.training
+    model.eval().to(device)
+    metrics = SegmentationMetrics(background=background)
+    result = SegmentationResult(metrics)
+    rank, world = _rank_world()
+    for i in range(rank, len(data), world):
+        if isinstance(data, FrameTokenDataset):
+            item, name = data[i], data.videos[i]["name"]
+            out = model.predict_long(item["tokens"].to(device), chunk_frames=chunk_frames)
+            target = item["labels"].numpy()
+        else:
+            sample, name = data[i], data[i].name
+            out = model.predict_long(sample.video, sampler=sampler, chunk_frames=chunk_frames)
+            target = sample.labels_at(out.frame_indices.numpy(), out.timestamps.numpy(),
+                                      probe_video(sample.video).start_time)
+        probs = out.logits.float().softmax(-1).cpu()
+        score, pred = probs.max(-1)
+        metrics.update(pred.numpy(), target)
+        if keep:
+            result.videos[name] = VideoPrediction(
+                pred.numpy(), target, score.numpy(),
+                None if out.frame_indices is None else out.frame_indices.numpy(),
+                None if out.timestamps is None else out.timestamps.numpy())
+    metrics.all_reduce()
+    model.train(was_training)
+    return result
+
+
+def write_segmentation_report(result: SegmentationResult, class_names: list[str],
+                              out_dir: str | os.PathLike, title: str,
+                              max_ribbons: int = 8) -> None:
+    """``metrics.json``, ``ribbons.png`` (the first ``max_ribbons`` videos) and
+    ``predictions/<video>.csv`` (frame index, time, label, prediction, probability)."""
+    out = Path(out_dir)
+    scores = result.scores
+    atomic_write_text(out / "metrics.json", json.dumps(
+        {**scores, "class_names": class_names}, indent=1))
+    shown = dict(list(result.videos.items())[:max_ribbons])
+    if shown:
+        plot_ribbons(out / "ribbons.png", {k: v.target for k, v in shown.items()},
+                     {title: {k: v.pred for k, v in shown.items()}}, class_names)
+    for name, video in result.videos.items():
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["frame_index", "time_s", "label", "prediction", "score"])
+        for t in range(len(video.pred)):
+            writer.writerow([
+                "" if video.frame_indices is None else int(video.frame_indices[t]),
+                "" if video.timestamps is None else f"{video.timestamps[t]:.4f}",
+                class_names[video.target[t]] if video.target[t] >= 0 else "",
+                class_names[video.pred[t]], f"{video.score[t]:.4f}"])
+        atomic_write_text(out / "predictions" / f"{name}.csv", buffer.getvalue())
+
+
+def format_segmentation(scores: dict[str, Any]) -> str:
+    """One line: videos, frame accuracy, edit, F1@{10,25,50}."""
+    return (f"videos: {scores['videos']}   frame accuracy: {scores['accuracy']:.1f}   "
+            f"edit: {scores['edit']:.1f}   F1@10: {scores['f1@10']:.1f}   "
+            f"F1@25: {scores['f1@25']:.1f}   F1@50: {scores['f1@50']:.1f}")
+
+
+def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
+                              cache: str | None = None, *, split: str = "test.split1",
+                              fps: float | None = None, background: tuple[str, ...] = (),
+                              overrides: dict[str, Any] | None = None, device: str = "auto",
+                              chunk_frames: int = 32, out_dir: str | os.PathLike | None = None
+                              ) -> dict[str, Any]:
+    """Score a saved frame classifier on whole videos: ``data`` (a segments CSV or an MS-TCN
+    root with ``split``, sampled at ``fps`` or as in training) or a frame ``cache``. With
+    ``out_dir``: ``metrics.json``, ``ribbons.png`` and ``predictions/<video>.csv``."""
+    from spool.data.segmentation import read_segmentation
+    from spool.models.pretrained import checkpoint_backbone_digest, load_pretrained
+    from spool.runtime import resolve_device
+    from spool.video.samplers import make_sampler
+
+    if (data is None) == (cache is None):
+        raise ValueError("data/cache: give exactly one of --data and --cache")
+    model = load_pretrained(model_dir, with_backbone=cache is None, **(overrides or {}))
+    if not isinstance(model, FrameClassifier):
+        raise ValueError(f"{model_dir}: holds a {type(model).__name__}, not a frame classifier")
+    names = model.class_names
+    unknown = sorted(set(background) - set(names))
+    if unknown:
+        raise ValueError(f"background: {unknown} are not classes of the model ({names})")
+    if cache is not None:
+        dataset: FrameTokenDataset | list[SegmentationSample] = FrameTokenDataset(cache)
+        if dataset.class_names != names:
+            raise ValueError(f"cache: classes {dataset.class_names} differ from the model's "
+                             f"{names}")
+        if checkpoint_backbone_digest(model_dir) != dataset.meta["backbone_digest"]:
+            raise ValueError(f"cache: {cache} was made by another backbone than the one in "
+                             f"{model_dir}; evaluate the videos (--data) instead")
+        sampler = None
+    else:
+        dataset, _ = read_segmentation(data, split, names)
+        trained = model.config.sampling or {"name": "fps", "target_fps": 1.0}
+        sampler = make_sampler("fps", target_fps=fps) if fps else make_sampler(**trained)
+    result = evaluate_segmentation(model, dataset, sampler=sampler,
+                                   background=tuple(names.index(b) for b in background),
+                                   chunk_frames=chunk_frames, device=resolve_device(device))
+    if out_dir is not None:
+        write_segmentation_report(result, names, out_dir, Path(model_dir).name)
+    return {**result.scores, "class_names": names}

@@ -1,0 +1,183 @@
+"""What a training run learns: clip classification or per-frame classification (segmentation).
+
+A task owns everything the training loop does not: the datasets and model it builds, how a
+batch becomes a loss, the running training metrics, the validation metrics and the columns of
+``metrics.csv``. The loop itself (:class:`~spool.train.trainer.Trainer`: optimizer, schedule,
+DDP, checkpoints, resume, signals) is the same for both.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch.utils.data import Dataset
+
+from spool.config import SpoolConfig
+from spool.data.frame_cache import FrameTokenDataset, VideoFrameDataset, collate_frames
+from spool.data.segmentation import read_segmentation
+from spool.models.frame_classification import frame_classifier_class
+from spool.train.builders import build_datasets, build_model, load_initial_weights
+from spool.train.config import TrainConfig
+from spool.train.evaluate import evaluate
+from spool.train.metrics import EPOCH_FIELDS, MetricTracker
+from spool.train.segmentation_eval import evaluate_segmentation
+from spool.video.samplers import FpsSampler
+
+
+class ClipTask:
+    """Clip classification: ``[B, C]`` logits per clip, top-1 / top-5."""
+
+    name: ClassVar[str] = "clips"
+    epoch_fields: ClassVar[tuple[str, ...]] = EPOCH_FIELDS
+    accuracy: ClassVar[tuple[str, str]] = ("top1", "top-1")  # row key suffix, label
+    collate = None
+
+    def build(self, cfg: TrainConfig, config: SpoolConfig) -> tuple[Dataset, Any, list[str]]:
+        return build_datasets(cfg, config)
+
+    def model(self, cfg: TrainConfig, config: SpoolConfig, names: list[str]) -> torch.nn.Module:
+        return build_model(cfg, config, names)
+
+    def sampling(self, train_set: Dataset) -> dict[str, Any]:
+        return train_set.sampling if hasattr(train_set, "sampling") else \
+            train_set.sampler.to_dict()
+
+    def tracker(self, num_classes: int) -> MetricTracker:
+        return MetricTracker(num_classes)
+
+    def loss(self, trainer, inputs: dict[str, torch.Tensor], labels: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(mean loss, logits, samples counted) of one local batch."""
+        logits = trainer.module(**inputs).logits
+        return trainer.model.loss_function(logits, labels, trainer.cfg.label_smoothing), \
+            logits, len(labels)
+
+    def train_row(self, tracker: MetricTracker) -> dict[str, float]:
+        m = tracker.compute()
+        return {"train_loss": m["loss"], "train_top1": m["top1"], "train_top5": m["top5"]}
+
+    def describe(self, row: dict[str, Any]) -> str:
+        text = f"train loss {row['train_loss']:.4f} top-1 {100 * row['train_top1']:.1f}%"
+        if "val_loss" in row:
+            text += f", val loss {row['val_loss']:.4f} top-1 {100 * row['val_top1']:.1f}%"
+        return text
+
+    def evaluate(self, trainer) -> dict[str, float]:
+        cfg = trainer.cfg
+        m = evaluate(trainer.model, trainer.val_set, len(trainer.class_names),
+                     batch_size=cfg.eval_batch_size or trainer.local_batch,
+                     num_workers=0 if trainer.cached else cfg.num_workers,
+                     device=trainer.device, amp=cfg.amp).metrics
+        return {"val_loss": m["loss"], "val_top1": m["top1"], "val_top5": m["top5"]}
+
+
+class FrameAccuracyTracker:
+    """Running loss and frame accuracy over labelled frames; a flat state for all-reduce and
+    resume (the same interface as :class:`MetricTracker`)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.totals = torch.zeros(3, dtype=torch.float64)  # loss sum, labelled, correct
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, loss_sum: float) -> None:
+        labelled = labels != -100
+        correct = (logits.detach().argmax(-1) == labels) & labelled
+        self.totals += torch.tensor([loss_sum, float(labelled.sum()), float(correct.sum())],
+                                    dtype=torch.float64)
+
+    def all_reduce(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            totals = self.totals.to(device)
+            dist.all_reduce(totals)
+            self.totals = totals.cpu()
+
+    def compute(self) -> dict[str, float]:
+        loss_sum, frames, correct = self.totals.tolist()
+        frames = max(frames, 1.0)
+        return {"loss": loss_sum / frames, "acc": correct / frames}
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {"totals": self.totals.tolist()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.totals = torch.tensor(state["totals"], dtype=torch.float64)
+
+
+class FrameTask:
+    """Per-frame classification: ``[B, T, C]`` logits on crops of up to ``crop_frames``
+    frames for training; validation runs every held-out video whole and scores frame
+    accuracy, edit and F1@{10,25,50} as MS-TCN does."""
+
+    name: ClassVar[str] = "frames"
+    epoch_fields: ClassVar[tuple[str, ...]] = (
+        "epoch", "step", "lr", "train_loss", "train_acc", "val_acc", "val_edit", "val_f1@10",
+        "val_f1@25", "val_f1@50", "epoch_seconds")
+    accuracy: ClassVar[tuple[str, str]] = ("acc", "frame accuracy")
+    collate = staticmethod(collate_frames)
+
+    def build(self, cfg: TrainConfig, config: SpoolConfig) -> tuple[Dataset, Any, list[str]]:
+        if cfg.train_cache is not None:
+            train = FrameTokenDataset(cfg.train_cache, cfg.crop_frames, cfg.augment, cfg.seed)
+            names = train.class_names
+            val = None if cfg.val_cache is None else FrameTokenDataset(cfg.val_cache)
+            if val is not None and val.class_names != names:
+                raise ValueError(f"val_cache: classes {val.class_names} differ from the "
+                                 f"training classes {names}")
+            return train, val, names
+        samples, names = read_segmentation(cfg.train_data, cfg.train_split)
+        train = VideoFrameDataset(samples, names, FpsSampler(cfg.fps), config.preprocessing(),
+                                  cfg.crop_frames, cfg.augment, cfg.seed)
+        val = None
+        if cfg.val_data is not None:
+            val, val_names = read_segmentation(cfg.val_data, cfg.val_split, names)
+            if val_names != names:
+                raise ValueError(f"val_data: classes {val_names} differ from the training "
+                                 f"classes {names}")
+        return train, val, names
+
+    def model(self, cfg: TrainConfig, config: SpoolConfig, names: list[str]) -> torch.nn.Module:
+        cls = frame_classifier_class(cfg.architecture)
+        torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
+        model = cls(config.replace(class_names=list(names)))
+        load_initial_weights(model, cfg)
+        return model
+
+    def sampling(self, train_set: Dataset) -> dict[str, Any]:
+        return train_set.sampling if hasattr(train_set, "sampling") else \
+            train_set.sampler.to_dict()
+
+    def tracker(self, num_classes: int) -> FrameAccuracyTracker:
+        return FrameAccuracyTracker(num_classes)
+
+    def loss(self, trainer, inputs: dict[str, torch.Tensor], labels: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        out = trainer.module(**inputs, labels=labels)
+        return out.loss, out.logits, int((labels != -100).sum())
+
+    def train_row(self, tracker: FrameAccuracyTracker) -> dict[str, float]:
+        m = tracker.compute()
+        return {"train_loss": m["loss"], "train_acc": m["acc"]}
+
+    def describe(self, row: dict[str, Any]) -> str:
+        text = (f"train loss {row['train_loss']:.4f} frame accuracy "
+                f"{100 * row['train_acc']:.1f}%")
+        if "val_acc" in row:
+            text += (f", val frame accuracy {100 * row['val_acc']:.1f}% edit "
+                     f"{row['val_edit']:.1f} F1@10/25/50 {row['val_f1@10']:.1f}/"
+                     f"{row['val_f1@25']:.1f}/{row['val_f1@50']:.1f}")
+        return text
+
+    def evaluate(self, trainer) -> dict[str, float]:
+        cfg, names = trainer.cfg, trainer.class_names
+        background = tuple(names.index(b) for b in cfg.background)
+        scores = evaluate_segmentation(
+            trainer.model, trainer.val_set, sampler=FpsSampler(cfg.fps), background=background,
+            device=trainer.device, keep=False).scores
+        return {"val_acc": scores["accuracy"] / 100, "val_edit": scores["edit"],
+                **{f"val_{k}": scores[k] for k in ("f1@10", "f1@25", "f1@50")}}
+
+
+TASKS = {task.name: task for task in (ClipTask(), FrameTask())}

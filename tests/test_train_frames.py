@@ -1,0 +1,102 @@
+"""The frames task end to end: cache, train, evaluate, extract predictions."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from train_helpers import TEMPORAL_FIELDS, TINY_MODEL, read_steps
+
+from spool.cli import main
+from spool.data.frame_cache import build_frame_cache
+from spool.data.segmentation import read_segments_csv
+from spool.data.synthetic_segments import make_segmentation_dataset
+from spool.models.frame_classification import SpoolForFrameClassification
+from spool.train.config import TrainConfig
+from spool.train.trainer import train
+from spool.video.samplers import FpsSampler
+
+
+@functools.cache
+def segmentation_data() -> Path:
+    """4 + 2 lossless 32x32 videos of 320-360 frames at 15 fps (made once)."""
+    root = Path(tempfile.mkdtemp(prefix="spool-test-seg-"))
+    make_segmentation_dataset(root, 4, 2, frames=(320, 360), size=32, fps=15.0,
+                              min_cue_distance=20, segment_frames=(15, 30), seed=2)
+    return root
+
+
+def _config(out: Path, **changes) -> TrainConfig:
+    root = segmentation_data()
+    base = dict(task="frames", out_dir=str(out), train_data=str(root / "train.csv"),
+                val_data=str(root / "test.csv"), fps=15.0, crop_frames=64,
+                model=dict(TINY_MODEL), epochs=2, batch_size=2, lr=3e-3, warmup_epochs=0.5,
+                num_workers=0, tensorboard=False, quiet=True, seed=3)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def test_cached_tokens_train_like_the_video_frames(tmp_path: Path) -> None:
+    root = segmentation_data()
+    video_cfg = _config(tmp_path / "video")
+    train(video_cfg)
+
+    # The cache is made with the backbone the video run starts from (same seed and config).
+    samples, names = read_segments_csv(root / "train.csv")
+    test_samples, _ = read_segments_csv(root / "test.csv", names)
+    torch.manual_seed(video_cfg.seed)
+    model = SpoolForFrameClassification(**TINY_MODEL, class_names=names)
+    for split, items in (("train", samples), ("val", test_samples)):
+        build_frame_cache(model, items, names, tmp_path / f"cache_{split}", FpsSampler(15.0),
+                          dtype="float32")
+    temporal = {k: TINY_MODEL[k] for k in TEMPORAL_FIELDS}
+    cached_cfg = _config(tmp_path / "cached", train_data=None, val_data=None,
+                         train_cache=str(tmp_path / "cache_train"),
+                         val_cache=str(tmp_path / "cache_val"), model=temporal)
+    train(cached_cfg)
+    video_steps, cached_steps = read_steps(tmp_path / "video"), read_steps(tmp_path / "cached")
+    assert len(video_steps) == 4 and [s for s, _ in video_steps] == [s for s, _ in cached_steps]
+    torch.testing.assert_close([loss for _, loss in cached_steps],
+                               [loss for _, loss in video_steps], rtol=1e-5, atol=1e-6)
+    with open(tmp_path / "video" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {"train_acc", "val_acc", "val_edit", "val_f1@50"} <= set(rows[-1])
+    assert 0 <= float(rows[-1]["val_f1@50"]) <= 100
+
+
+def test_baselines_train_and_spool_eval_and_extract(tmp_path: Path, capsys) -> None:
+    root = segmentation_data()
+    for arch in ("ms_tcn", "linear_probe"):
+        train(_config(tmp_path / arch, architecture=arch, epochs=1))
+    run = tmp_path / "spool"
+    train(_config(run, epochs=1))
+    assert main(["eval", "--checkpoint", str(run / "model"), "--data",
+                 str(root / "test.csv"), "--background", "background", "--out",
+                 str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr().out
+    assert "frame accuracy" in printed and "F1@50" in printed
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert report["videos"] == 2 and 0 <= report["f1@50"] <= 100
+    assert (tmp_path / "ev" / "ribbons.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((tmp_path / "ev" / "predictions").glob("*.csv"))) == 2
+
+    video = root / "videos" / "test_0000.mkv"
+    assert main(["extract", str(video), "--out", str(tmp_path / "pred"), "--checkpoint",
+                 str(run / "model"), "--per-frame", "--fps", "15", "--no-progress"]) == 0
+    saved = load_file(tmp_path / "pred" / "test_0000.safetensors")
+    with safe_open(str(tmp_path / "pred" / "test_0000.safetensors"), "pt") as f:
+        names = json.loads(f.metadata()["class_names"])
+    T = saved["labels"].shape[0]
+    assert saved["scores"].shape == (T, len(names)) and saved["timestamps"].shape == (T,)
+    torch.testing.assert_close(saved["scores"].sum(-1), torch.ones(T))
+    with open(tmp_path / "pred" / "test_0000.segments.csv", newline="") as f:
+        segments = list(csv.DictReader(f))
+    assert segments and float(segments[0]["start_s"]) == 0.0
+    assert all(float(a["end_s"]) == float(b["start_s"])
+               for a, b in zip(segments, segments[1:], strict=False))
