@@ -73,3 +73,14 @@ def broadcast_object(obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over ranks (itself without torch.distributed); NCCL reduces on the
+    GPU, so the sum travels through it and comes back to ``tensor``'s device."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    moved = tensor.to(device)
+    dist.all_reduce(moved)
+    return moved.to(tensor.device)

@@ -22,9 +22,12 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
+
+from spool.errors import CheckpointNotFoundError, SpoolLoadError
 
 
 @contextmanager
@@ -330,3 +333,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """The JSON in ``path``; a missing file is a :class:`CheckpointNotFoundError`, an unreadable
+    one a :class:`SpoolLoadError`, both naming the file and ``fix`` (what to do about it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{path}: not found; {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SpoolLoadError(f"{path}: not valid JSON ({err}); {fix}") from err

@@ -38,6 +38,7 @@ from spool.io_utils import (
     fsync_path,
     is_stale_temporary,
     lock_directory,
+    read_json,
     release_claim,
     reserve_space,
 )
@@ -258,14 +259,8 @@ def _remove_stale_temporaries(out: Path) -> None:
 def read_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
     """``cache.json`` of a complete cache; a clear error for anything else."""
     path = Path(cache_dir) / CACHE_META
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"{path}: not found; {cache_dir} is not a complete token "
-                                      "cache (write one with `spool cache`)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise SpoolLoadError(f"{path}: not valid JSON ({err}); rebuild the cache with "
-                             "`spool cache`") from err
+    meta = read_json(path, f"{cache_dir} is not a complete token cache (write one with "
+                           "`spool cache`)")
     missing = [k for k in _META_KEYS if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise SpoolLoadError(f"{path}: no {missing} in it; rebuild the cache with `spool cache`")

@@ -26,8 +26,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from spool.data.segmentation import SegmentationSample
-from spool.errors import CheckpointNotFoundError, SpoolLoadError
-from spool.io_utils import atomic_save_safetensors, atomic_write_text
+from spool.errors import SpoolLoadError
+from spool.io_utils import atomic_save_safetensors, atomic_write_text, read_json
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.long_video import stream_tokens
 from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
@@ -98,14 +98,9 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
 
 def read_frame_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(cache_dir) / CACHE_META
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"{path}: not found; {cache_dir} is not a complete frame "
-                                      "cache (write one with `spool cache --task frames`)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise SpoolLoadError(f"{path}: not valid JSON ({err})") from err
-    if meta.get("kind") != "frames":
+    meta = read_json(path, f"{cache_dir} is not a complete frame cache (write one with `spool "
+                           "cache --task frames`)")
+    if not isinstance(meta, dict) or meta.get("kind") != "frames":
         raise SpoolLoadError(f"{path}: a clip cache, not a frame cache")
     return meta
 

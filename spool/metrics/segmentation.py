@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from spool.distributed import all_reduce_sum
+
 __all__ = [
     "DEFAULT_OVERLAPS",
     "Segments",
@@ -234,13 +236,7 @@ class SegmentationMetrics:
 
     def all_reduce(self) -> None:
         """Sum the state over ranks (a no-op without torch.distributed)."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            totals = self.totals.to(device)
-            dist.all_reduce(totals)
-            self.totals = totals.cpu()
+        self.totals = all_reduce_sum(self.totals)
 
     def state_dict(self) -> dict[str, list[float]]:
         return {"totals": self.totals.tolist()}

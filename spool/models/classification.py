@@ -20,7 +20,6 @@ from spool.layers.backbone import FrameEncoder
 from spool.models.frame_encoder import config_and_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel, load_pretrained
 from spool.models.spool import Spool
-from spool.validation import check_tokens, check_video, parameter_dtype
 
 
 class ClassifierOutput(NamedTuple):
@@ -67,22 +66,11 @@ class VideoClassifier(SpoolPreTrainedModel):
     def logits_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
     def forward(self, video: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 *, tokens: torch.Tensor | None = None) -> ClassifierOutput:
         """``video: [B, T, H, W, 3]`` or cached ``tokens: [B, T, L, D]`` (exactly one),
         optional ``labels: [B]`` -> :class:`ClassifierOutput` (logits ``[B, C]``, loss)."""
-        if (video is None) == (tokens is None):
-            raise ValueError("video/tokens: pass exactly one of video [B, T, H, W, 3] or "
-                             "tokens [B, T, L, D]")
-        if tokens is None:
-            tokens = self.encode_frames(video)
-        else:
-            check_tokens(tokens, self.config.num_spatial_tokens, self.config.hidden_size)
-            tokens = tokens.to(parameter_dtype(self.classifier))  # e.g. a float16 token cache
-        logits = self.logits_from_tokens(tokens)
+        logits = self.logits_from_tokens(self.tokens_from(video, tokens))
         loss = None
         if labels is not None:
             _check_labels(labels, logits.shape[0], logits.shape[1])
@@ -123,10 +111,6 @@ class SpoolForVideoClassification(VideoClassifier):
     def no_weight_decay(self) -> set[str]:
         return {f"spool.{name}" for name in self.spool.no_weight_decay()}
 
-    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
-        """``video: [B, T, H, W, 3]`` -> backbone tokens ``[B, T, L, D]``."""
-        return self.spool.encode_frames(video)
-
     def logits_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens: [B, T, L, D]`` -> logits ``[B, C]`` (head on the pooled context frames)."""
         context = self.spool.forward_tokens(tokens).context
@@ -152,14 +136,6 @@ class FramePoolingForVideoClassification(VideoClassifier):
         self.classifier = nn.Linear(config.hidden_size, _num_labels(config))
         nn.init.trunc_normal_(self.classifier.weight, std=config.initializer_range)
         nn.init.zeros_(self.classifier.bias)
-
-    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
-        """``video: [B, T, H, W, 3]`` -> backbone tokens ``[B, T, L, D]``."""
-        if self.backbone is None:
-            raise ValueError("video: this model was built with with_backbone=False; pass "
-                             "cached backbone tokens instead (tokens=...)")
-        check_video(video)
-        return self.backbone(video)
 
     def logits_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens: [B, T, L, D]`` -> logits ``[B, C]`` (order-blind mean pooling)."""

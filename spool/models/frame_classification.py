@@ -31,7 +31,6 @@ from spool.models.long_video import stream_tokens
 from spool.models.pretrained import SpoolPreTrainedModel
 from spool.models.spool import Spool
 from spool.models.temporal_conv import LinearProbe, MultiStageTCN, ms_tcn_loss
-from spool.validation import check_tokens, check_video
 from spool.video.io import VideoReader
 from spool.video.samplers import FpsSampler, FrameSampler
 
@@ -103,14 +102,6 @@ class FrameClassifier(SpoolPreTrainedModel):
     def class_names(self) -> list[str]:
         return list(self.config.class_names or [])
 
-    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
-        """``video: [B, T, H, W, 3]`` -> backbone tokens ``[B, T, L, D]``."""
-        if self.frame_encoder is None:
-            raise ValueError("video: this model was built with with_backbone=False; pass "
-                             "cached backbone tokens instead (tokens=...)")
-        check_video(video)
-        return self.frame_encoder(video)
-
     def frame_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``tokens [B, T, L, D]`` (no padding) -> logits ``[B, T, C]`` and, for models
         trained on several outputs (MS-TCN's stages), all of them for the loss."""
@@ -129,13 +120,7 @@ class FrameClassifier(SpoolPreTrainedModel):
         videos run at their own lengths (one pass per distinct length): padding never reaches
         a real frame's logits.
         """
-        if (video is None) == (tokens is None):
-            raise ValueError("video/tokens: pass exactly one of video [B, T, H, W, 3] or "
-                             "tokens [B, T, L, D]")
-        if tokens is None:
-            tokens = self.encode_frames(video)
-        else:
-            check_tokens(tokens, self.config.num_spatial_tokens, self.config.hidden_size)
+        tokens = self.tokens_from(video, tokens)
         B, T = tokens.shape[:2]
         lengths = None if mask is None else _check_mask(mask, (B, T))
         if lengths is None or bool((lengths == T).all()):

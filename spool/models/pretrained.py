@@ -25,6 +25,7 @@ from torch import nn
 from spool.config import CONFIG_NAME, SpoolConfig
 from spool.errors import CheckpointMismatchError, CheckpointNotFoundError, SpoolLoadError
 from spool.io_utils import atomic_save_safetensors
+from spool.validation import check_tokens, check_video
 
 WEIGHTS_NAME = "model.safetensors"
 LEGACY_CLASSIFIER_NAME = "classifier.json"  # written before config.json named architectures
@@ -158,6 +159,31 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
     def no_weight_decay(self) -> set[str]:
         """Names of parameters the optimizer must not decay (biases and norms aside)."""
         return set()
+
+    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
+        """``video: [B, T, H, W, 3]`` -> backbone tokens ``[B, T, L, D]``."""
+        encoder = self.frame_encoder
+        if encoder is None:
+            raise ValueError("video: this model was built with with_backbone=False; pass "
+                             "cached backbone tokens instead (tokens=...)")
+        check_video(video)
+        return encoder(video)
+
+    def tokens_from(self, video: torch.Tensor | None, tokens: torch.Tensor | None
+                    ) -> torch.Tensor:
+        """The backbone tokens ``[B, T, L, D]`` of exactly one of ``video [B, T, H, W, 3]`` and
+        cached ``tokens`` (checked, and cast to the parameters' dtype: a float16 cache)."""
+        if (video is None) == (tokens is None):
+            raise ValueError("video/tokens: pass exactly one of video [B, T, H, W, 3] or "
+                             "tokens [B, T, L, D]")
+        if tokens is None:
+            return self.encode_frames(video)
+        check_tokens(tokens, self.config.num_spatial_tokens, self.config.hidden_size)
+        encoder = self.frame_encoder
+        own = set() if encoder is None else {id(p) for p in encoder.parameters()}
+        dtype = next((p.dtype for p in self.parameters()
+                      if id(p) not in own and p.is_floating_point()), torch.float32)
+        return tokens.to(dtype)  # the head's dtype, whatever the cache's (float16)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *,
                         model_card_kwargs: dict[str, Any] | None = None, **_: Any) -> None:

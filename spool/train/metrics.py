@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from spool.distributed import all_reduce_sum
 from spool.io_utils import atomic_path
 
 STEP_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm")
@@ -74,14 +75,8 @@ class MetricTracker:
 
     def all_reduce(self) -> None:
         """Sum the state over ranks (a no-op without torch.distributed)."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            for name in ("totals", "confusion"):
-                t = getattr(self, name).to(device)
-                dist.all_reduce(t)
-                setattr(self, name, t.cpu())
+        self.totals = all_reduce_sum(self.totals)
+        self.confusion = all_reduce_sum(self.confusion)
 
     def compute(self) -> dict[str, float]:
         """``loss`` (mean), ``top1``, ``top5`` (fractions) and ``count``."""

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from spool.config import SpoolConfig
 from spool.data.frame_cache import FrameTokenDataset, VideoFrameDataset, collate_frames
 from spool.data.segmentation import read_segmentation
+from spool.distributed import all_reduce_sum
 from spool.models.frame_classification import frame_classifier_class
 from spool.train.builders import build_datasets, build_model, load_initial_weights
 from spool.train.config import TrainConfig
@@ -86,13 +87,7 @@ class FrameAccuracyTracker:
                                     dtype=torch.float64)
 
     def all_reduce(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            totals = self.totals.to(device)
-            dist.all_reduce(totals)
-            self.totals = totals.cpu()
+        self.totals = all_reduce_sum(self.totals)
 
     def compute(self) -> dict[str, float]:
         loss_sum, frames, correct = self.totals.tolist()
