@@ -270,6 +270,11 @@ class SpoolConfig:
             raise SpoolLoadError(f"{path}: not valid JSON ({err})") from err
         if not isinstance(data, dict):
             raise SpoolLoadError(f"{path}: expected a JSON object of SpoolConfig fields")
+        if "model_type" in data and "num_lookback_heads" not in data:
+            raise SpoolLoadError(
+                f"{directory}: a Hugging Face {data['model_type']} model, not a Spool checkpoint; "
+                f"use it as a backbone: --model backbone_name={directory} (Python: "
+                f"Spool(backbone_name={str(directory)!r}, ...))")
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:

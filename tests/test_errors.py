@@ -81,3 +81,18 @@ def test_model_without_backbone_needs_sizes_and_rejects_video():
     model = Spool(tiny_config(hidden_size=24, num_spatial_tokens=17), with_backbone=False)
     with pytest.raises(ValueError, match="forward_tokens"):
         model(torch.rand(1, 2, 32, 32, 3))
+
+
+def test_a_plain_hf_backbone_directory_is_not_taken_for_a_checkpoint(tmp_path):
+    """Issue 14: --checkpoint pointed at a DINOv2 directory listed 20 unknown config keys."""
+    from conftest import tiny_backbone
+    from transformers import AutoConfig, AutoModel
+
+    from spool.errors import SpoolLoadError
+    from spool.models import load_pretrained
+
+    AutoModel.from_config(AutoConfig.for_model(**tiny_backbone())).save_pretrained(tmp_path)
+    with pytest.raises(SpoolLoadError, match=r"a Hugging Face dinov2 model, not a Spool "
+                                             r"checkpoint; use it as a backbone: --model "
+                                             r"backbone_name="):
+        load_pretrained(tmp_path)
