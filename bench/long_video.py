@@ -1,7 +1,7 @@
 """Benchmark: whole long videos through Spool in one pass (``Spool.forward_long``).
 
     python bench/long_video.py [--frames 900 1800 3600 7200] [--sizes small base]
-                               [--workdir DIR] [--no-docs]
+                               [--workdir DIR] [--no-docs] [--again]
 
 For each model size and video length, a fresh process decodes a synthetic 224x224 video of that
 many frames, encodes every frame with a randomly initialised DINOv2-S- or B-sized backbone and
@@ -65,9 +65,10 @@ def child(size: str, num_frames: int, video: str) -> dict:
     tune_cpu_allocator()  # as the spool CLI runs
     torch.manual_seed(0)
     backbone = dict(model_type="dinov2", patch_size=14, image_size=224, **SIZES[size])
-    model = Spool(num_hidden_layers=LAYERS, num_attention_heads=12, num_lookback_heads=6,
-                  num_lookahead_heads=6, local_frame_range=W, image_size=224,
-                  backbone_config=backbone).eval()
+    heads = SIZES[size]["hidden_size"] // 64  # head_dim 64, as the backbone's own heads
+    model = Spool(num_hidden_layers=LAYERS, num_attention_heads=heads,
+                  num_lookback_heads=heads // 2, num_lookahead_heads=heads - heads // 2,
+                  local_frame_range=W, image_size=224, backbone_config=backbone).eval()
     encode = {"seconds": 0.0}
     forward = model.backbone.forward
 
@@ -85,7 +86,8 @@ def child(size: str, num_frames: int, video: str) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     assert out.frame_features.shape[0] == num_frames
     L, D = model.config.num_spatial_tokens, model.config.hidden_size
-    return {"size": size, "frames": num_frames, "L": L, "D": D, "seconds": seconds,
+    return {"size": size, "frames": num_frames, "L": L, "D": D, "heads": heads,
+            "seconds": seconds,
             "encode_seconds": encode["seconds"], "peak_rss": peak, "rss_before": rss_before,
             "threads": torch.get_num_threads()}
 
@@ -135,8 +137,9 @@ def report(rows: list[dict], command: str) -> str:
     return (f"Command: `{command}`\n\nMachine: {machine()}. Each row is a fresh process: a "
             f"synthetic 224x224 H.264 video of that many frames, every frame sampled, decoded "
             f"and encoded in chunks by a random DINOv2-sized backbone, then {LAYERS} temporal "
-            f"layers (w = {W}, 12 heads) over {CHUNK}-frame chunks, in place "
-            f"(`Spool.forward_long`). Peak RSS is the process's (model weights included).\n\n"
+            f"layers (w = {W}, D / 64 heads: 6 for S, 12 for B) over {CHUNK}-frame chunks, "
+            f"in place (`Spool.forward_long`). Peak RSS is the process's (model weights "
+            f"included).\n\n"
             + "\n".join(lines) + "\n\n" + "\n".join(notes)
             + "\n\n![long videos](long_video.png)\n")
 
@@ -175,14 +178,22 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--workdir", default=os.path.join("/tmp", "spool-bench-long"))
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--again", action="store_true", help="measure again what is stored")
     args = ap.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    # Results accumulate in the workdir, so the sizes can be measured in separate runs (each
+    # takes a while) and the report shows them all; a measured (size, frames) is kept.
+    store = workdir / "results.json"
+    done = {(r["size"], r["frames"]): r for r in
+            (json.loads(store.read_text()) if store.is_file() else [])}
     for size in args.sizes:
         for n in args.frames:
-            rows.append(measure(size, n, workdir))
-            print(json.dumps(rows[-1]), flush=True)
+            if (size, n) not in done or "error" in done[(size, n)] or args.again:
+                done[(size, n)] = measure(size, n, workdir)
+                store.write_text(json.dumps(list(done.values()), indent=1))
+            print(json.dumps(done[(size, n)]), flush=True)
+    rows = sorted(done.values(), key=lambda r: (list(SIZES).index(r["size"]), r["frames"]))
     command = "python bench/long_video.py " + " ".join(sys.argv[1:])
     text = report(rows, command.strip())
     print(text)
