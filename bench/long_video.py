@@ -175,7 +175,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax_mem.plot(n, [r["peak_rss"] / 2**30 for r in done], "o-", label=size)
         ax_time.plot(n, [1000 * r["cpu_seconds"] / r["frames"] for r in done], "o-",
                      label=size)
-    ax_mem.set(xlabel="frames in one pass", ylabel="peak RSS (GiB)", title="Memory")
+    ax_mem.set(xlabel="frames in one pass", ylabel="peak RSS (GiB)", title="Memory",
+               ylim=(0, None))
     ax_time.set(xlabel="frames in one pass", ylabel="CPU ms per frame", title="Time per frame",
                 ylim=(0, None))
     for ax in (ax_mem, ax_time):

@@ -18,7 +18,7 @@ from torch import nn
 from spool.config import SpoolConfig
 from spool.layers.backbone import FrameEncoder
 from spool.models.frame_encoder import config_and_frame_encoder
-from spool.models.pretrained import SpoolPreTrainedModel, load_pretrained
+from spool.models.pretrained import SpoolPreTrainedModel, load_pretrained, lookup_architecture
 from spool.models.spool import Spool
 
 
@@ -148,12 +148,7 @@ ARCHITECTURE_ALIASES = {"spool": SpoolForVideoClassification,
 
 def classifier_class(name: str) -> type[VideoClassifier]:
     """The classifier class for an architecture name (``spool`` / ``frame_pooling`` too)."""
-    known = {cls.__name__: cls for cls in ARCHITECTURE_ALIASES.values()}
-    cls = ARCHITECTURE_ALIASES.get(name) or known.get(name)
-    if cls is None:
-        raise ValueError(f"architecture: expected one of {sorted(ARCHITECTURE_ALIASES)} or "
-                         f"{sorted(known)}, got {name!r}")
-    return cls
+    return lookup_architecture(ARCHITECTURE_ALIASES, name, "video classification")
 
 
 def load_classifier(directory: str | os.PathLike, **kwargs: Any) -> VideoClassifier:

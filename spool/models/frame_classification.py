@@ -28,7 +28,7 @@ from spool.config import SpoolConfig
 from spool.layers.backbone import FrameEncoder
 from spool.models.frame_encoder import config_and_frame_encoder
 from spool.models.long_video import stream_tokens
-from spool.models.pretrained import SpoolPreTrainedModel
+from spool.models.pretrained import SpoolPreTrainedModel, lookup_architecture
 from spool.models.spool import Spool
 from spool.models.temporal_conv import LinearProbe, MultiStageTCN, ms_tcn_loss
 from spool.video.io import VideoReader
@@ -264,9 +264,4 @@ FRAME_ARCHITECTURES: dict[str, type[FrameClassifier]] = {
 def frame_classifier_class(name: str) -> type[FrameClassifier]:
     """The frame classifier for an architecture name (``spool``, ``linear_probe``,
     ``ms_tcn``, or a class name)."""
-    known = {cls.__name__: cls for cls in FRAME_ARCHITECTURES.values()}
-    cls = FRAME_ARCHITECTURES.get(name) or known.get(name)
-    if cls is None:
-        raise ValueError(f"architecture: expected one of {sorted(FRAME_ARCHITECTURES)} for "
-                         f"frame classification, got {name!r}")
-    return cls
+    return lookup_architecture(FRAME_ARCHITECTURES, name, "frame classification")

@@ -235,6 +235,16 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
         return model
 
 
+def lookup_architecture(aliases: dict[str, type], name: str, task: str) -> type:
+    """The class for ``name``: a short alias (``spool``) or a class name of ``aliases``."""
+    known = {cls.__name__: cls for cls in aliases.values()}
+    cls = aliases.get(name) or known.get(name)
+    if cls is None:
+        raise ValueError(f"architecture: expected one of {sorted(aliases)} or {sorted(known)} "
+                         f"for {task}, got {name!r}")
+    return cls
+
+
 def peek_architecture(pretrained_model_name_or_path: str | os.PathLike) -> str:
     """The class name a checkpoint holds, from its ``config.json`` alone."""
     directory = resolve_checkpoint(pretrained_model_name_or_path)
