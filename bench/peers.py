@@ -155,6 +155,8 @@ class Part:
 def run(args: argparse.Namespace) -> dict:
     p = Part(args)
     res, t0 = p.res, p.t0
+    part = {"command": args.command, "machine": machine(), "source": source_state(),
+            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     store.forget(res, p.models, p.frames, args.again)
     res["ts"] = sorted(set(res["ts"]) | set(p.frames))
     res["runs"].update({T: p.runs(T) for T in p.frames})
@@ -172,8 +174,6 @@ def run(args: argparse.Namespace) -> dict:
                          for key, (w, k, _) in VARIANTS.items()} for T in res["ts"]}
     log(f"parameters and FLOPs counted (meta device); models {', '.join(p.models)}; "
         f"T = {', '.join(map(str, p.frames))}", t0)
-    part = {"command": args.command, "machine": machine(), "source": source_state(),
-            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if not args.plan:
         res["peaks"].append(matmul_peak(args.peak_repeats, p.peak_n))
         log(f"matmul peak {res['peaks'][-1] / 1e9:.1f} GFLOP/s", t0)

@@ -23,6 +23,10 @@ PEAK_S = 4.0  # matmul peak: 9 fp32 4096^2 products at ~340 GFLOP/s
 WARMUP_T = 4
 
 
+def _s(seconds: float) -> str:
+    return f"{seconds:,.0f} s" if seconds >= 10 else f"{seconds:.2g} s"
+
+
 def rate(res: dict, key: str) -> float:
     """FLOP/s of ``key`` ("backbone", a Spool variant's stack, or a peer) at its largest
     measured T, else the nominal rate."""
@@ -59,7 +63,7 @@ def fit_spool(res: dict, T: int, runs: int, keys: list[str], cap: float | None
         return runs, list(keys), {}
     bb = forward_s(res, "backbone", T)
     full = {k: bb + forward_s(res, k, T) for k in keys}
-    dropped = {k: f"over the time cap: estimated {s:,.0f} s per forward > {cap:,.0f} s"
+    dropped = {k: f"over the time cap: estimated {_s(s)} per forward > {_s(cap)}"
                for k, s in full.items() if s > cap}
     keys = [k for k in keys if k not in dropped]
     if not keys:
@@ -73,7 +77,7 @@ def fit_peer(res: dict, name: str, T: int, runs: int, cap: float | None) -> tupl
     if cap is None:
         return runs, ""
     if one > cap:
-        return 0, f"over the time cap: estimated {one:,.0f} s per forward > {cap:,.0f} s"
+        return 0, f"over the time cap: estimated {_s(one)} per forward > {_s(cap)}"
     return max(1, min(runs, int(cap // one))), ""
 
 
