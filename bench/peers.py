@@ -15,9 +15,12 @@ Measured: forward latency (median of the timed runs after a warm-up), clips/s, f
 memory, parameter count, FLOPs (``torch.utils.flop_counter.FlopCounterMode``), the achieved
 FLOP/s of Spool's temporal stack against this machine's fp32 matmul peak, and issue 12's bars.
 
-    python bench/peers.py --plan                        # estimated duration, nothing run
-    python bench/peers.py --out docs/benchmarks.md --interleave --profile-ts 32
-    python bench/peers.py --tiny --workdir /tmp/peers-tiny --out /tmp/peers.md   # smoke test
+    python bench/peers.py --plan --interleave --profile-ts 32 --time-cap 300   # estimate only
+    python bench/peers.py --out docs/benchmarks.md --interleave --profile-ts 32 --time-cap 300
+        # ~27 min on 2 quiet cores; VideoMAE stops at T=256 (T=512 is over the time cap)
+    python bench/peers.py --out docs/benchmarks.md --models videomae --frames 512
+        # optional second part, ~9 min: VideoMAE at T=512 measured, added to the same table
+    python bench/peers.py --tiny --out /tmp/peers-tiny/peers.md   # smoke test, toy models
 
 Results accumulate in ``--workdir`` (``peers_store``): a run measures only what is not stored
 yet (``--again``: measure again), so ``--models`` / ``--frames`` split the run into parts that
