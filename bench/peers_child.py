@@ -11,17 +11,17 @@ import json
 import statistics
 import time
 
+import peers_models as pm
 import torch
 from peers_memory import GIB, Memory, is_oom, limit_memory
 from peers_models import (
-    DINOV2_BASE,
-    HEADS,
-    HIDDEN,
-    L_TOKENS,
-    LAYERS,
-    LOOKBACK,
+    VARIANTS,
     build_peer,
     build_spool_group,
+    pool_tokens,
+    tokens_per_frame,
+    use_dims,
+    variant_config,
 )
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -33,64 +33,43 @@ def _median(xs: list[float]) -> float:
 
 
 def child_spool(job: dict) -> dict:
-    """Each iteration: Spool w=16 end to end on the video (hooks split backbone / temporal
-    time and memory), then Spool w=4's and the dense-masked Spool's temporal stacks on the same
-    backbone tokens (``forward_tokens``)."""
+    """Each iteration: the shared backbone on the video once, then every variant's token
+    pooling and temporal stack (``forward_tokens``) on its output; a variant's full-model time
+    is backbone + its pooling + its stack from the same iteration."""
     T, runs, mem = job["T"], job["runs"], Memory()
-    models = build_spool_group(T, dense=job["dense"])
-    m16 = models["spool_w16"]
-    stacks = [k for k in ("spool_w4", "dense") if k in models]
+    models = build_spool_group(job["variants"])
+    backbone = models["backbone"]
+    stacks = list(job["variants"])
     torch.manual_seed(1)
-    video = torch.randint(0, 256, (1, T, 224, 224, 3), dtype=torch.uint8)
+    video = torch.randint(0, 256, (1, T, pm.DIMS.image, pm.DIMS.image, 3), dtype=torch.uint8)
     limit_memory(job["budget"], mem)
-
-    state: dict = {}
-
-    def pre_hook(module, args):
-        state["t_b0"] = time.perf_counter()
-
-    def post_hook(module, args, output):
-        state["t_b1"] = time.perf_counter()
-        state["tokens"] = output
-        if state.get("measure"):
-            state["hwm_backbone"] = mem.peak()
-            state["rss_tokens"] = mem.begin()
-        state["t_b1_end"] = time.perf_counter()
-
-    m16.backbone.register_forward_pre_hook(pre_hook)
-    m16.backbone.register_forward_hook(post_hook)
 
     def iteration(clip: torch.Tensor, measure: bool, dense: bool = True) -> dict:
         r: dict = {}
-        state.clear()
-        state["measure"] = measure
         rss0 = mem.begin() if measure else 0
-        t0 = time.perf_counter()
-        m16(clip)
-        t1 = time.perf_counter()
-        hook_cost = state["t_b1_end"] - state["t_b1"]
-        r["backbone"] = state["t_b1"] - state["t_b0"]
-        r["spool_w16_cached"] = t1 - state["t_b1_end"]
-        r["spool_w16"] = t1 - t0 - hook_cost
-        tokens = state.pop("tokens")
+        t = time.perf_counter()
+        tokens = backbone(clip)
+        r["backbone"] = time.perf_counter() - t
         if measure:
-            r["mem_backbone"] = state["hwm_backbone"] - rss0
-            r["mem_spool_w16_cached"] = mem.peak() - state["rss_tokens"]
-            tokens_bytes = state["rss_tokens"] - rss0
-            r["mem_spool_w16"] = max(r["mem_backbone"],
-                                     tokens_bytes + r["mem_spool_w16_cached"])
+            r["mem_backbone"] = mem.peak() - rss0
         for key in [k for k in stacks if dense or k != "dense"]:
             try:
+                t = time.perf_counter()
+                pooled = pool_tokens(models, key, tokens)
+                r[key + "_pool"] = time.perf_counter() - t
                 start = mem.begin() if measure else 0
                 t = time.perf_counter()
-                m = models[key]
-                m.forward_tokens(tokens)
+                models[key].forward_tokens(pooled)
                 r[key + "_cached"] = time.perf_counter() - t
-                r[key] = r["backbone"] + r[key + "_cached"]
+                r[key] = r["backbone"] + r[key + "_pool"] + r[key + "_cached"]
                 if measure:
+                    # Full model: its backbone phase, or its own tokens + its stack's peak.
+                    # The backbone phase is the unpooled one; a pooled model pools each
+                    # chunk of frames as it goes, so this is an upper bound for it.
                     r["mem_" + key + "_cached"] = mem.peak() - start
-                    r["mem_" + key] = max(r["mem_backbone"],
-                                          tokens_bytes + r["mem_" + key + "_cached"])
+                    r["mem_" + key] = max(r["mem_backbone"], pooled.numel() * 4
+                                          + r["mem_" + key + "_cached"])
+                del pooled
             except RuntimeError as err:
                 if not is_oom(err):
                     raise
@@ -99,41 +78,58 @@ def child_spool(job: dict) -> dict:
                 stacks.remove(key)
         return r
 
-    out: dict = {"T": T, "first_vs_median": {}}
+    out: dict = {"T": T}
     with torch.no_grad():
         if job["flop_check"]:  # warm-up on real tensors under the FLOP counter
             flops = {}
             with FlopCounterMode(display=False) as fc:
-                tokens = m16.backbone(video)
+                tokens = backbone(video)
             flops["backbone"] = fc.get_total_flops()
-            for key in ["spool_w16"] + stacks:
+            for key in stacks:
+                pooled = pool_tokens(models, key, tokens)
                 with FlopCounterMode(display=False) as fc:
-                    models[key].forward_tokens(tokens)
+                    models[key].forward_tokens(pooled)
                 flops[key + "_cached"] = fc.get_total_flops()
             out["flop_check"] = flops
-            del tokens
+            del tokens, pooled
         warm_t = T if T <= 8 else min(WARMUP_T, T)
         iteration(video[:, :warm_t].contiguous(), measure=False)
         if job.get("peak"):
-            out["peak"] = matmul_peak(job["peak"])
+            out["peak"] = matmul_peak(job["peak"], job.get("peak_n", 4096))
         cpu0, wall0 = time.process_time(), time.perf_counter()
         results = [iteration(video, measure=(i == 0), dense=i < job.get("dense_runs", runs))
                    for i in range(runs)]
         out["cpu_share"] = _cpu_share(cpu0, wall0, job["threads"])
         if job.get("end_to_end_check"):
-            t = time.perf_counter()
-            models["spool_w4"](video)
-            out["end_to_end_w4"] = time.perf_counter() - t
-    keys = ["backbone", "spool_w16", "spool_w16_cached"] + [
-        k + s for k in ("spool_w4", "dense") for s in ("", "_cached")]
+            out["end_to_end"] = _end_to_end(models, video)
     times = {}
-    for key in keys:
+    for key in ["backbone"] + [k + s for k in VARIANTS for s in ("", "_cached", "_pool")]:
         xs = [r[key] for r in results if key in r]
         if xs:
             times[key] = {"median": _median(xs), "runs": xs}
     out["times"] = times
     out["memory"] = {k[4:]: v for k, v in results[0].items() if k.startswith("mem_")}
     out["errors"] = {k[:-6]: v for r in results for k, v in r.items() if k.endswith("_error")}
+    return out
+
+
+def _end_to_end(models: dict, video: torch.Tensor) -> dict:
+    """A check of the group's shortcut: each w=4 variant built as a plain ``Spool`` with its
+    own frame encoder (``token_pooling=k``) and the group's weights, timed on ``model(video)``
+    once, its features compared with backbone -> pooling -> stack."""
+    from spool import Spool
+    tokens = models["backbone"](video)
+    backbone_state = {f"backbone.{k}": v for k, v in models["backbone"].state_dict().items()}
+    out = {}
+    for key in [k for k in ("spool_w4", "spool_w4_k2", "spool_w4_k4") if k in models]:
+        model = Spool(variant_config(key, with_backbone=True)).eval()
+        model.load_state_dict({**backbone_state, **models[key].state_dict()})
+        t = time.perf_counter()
+        features = model(video).features
+        seconds = time.perf_counter() - t
+        expected = models[key].forward_tokens(pool_tokens(models, key, tokens)).features
+        out[key] = {"seconds": seconds, "max_abs_diff": (features - expected).abs().max().item()}
+        del model
     return out
 
 
@@ -149,7 +145,7 @@ def child_peer(job: dict) -> dict:
     model = build_peer(name, T)
     warm = model if T <= 8 else build_peer(name, WARMUP_T)
     torch.manual_seed(1)
-    pixels = torch.randn(1, T, 3, 224, 224)
+    pixels = torch.randn(1, T, 3, pm.DIMS.image, pm.DIMS.image)
     limit_memory(job["budget"], mem)
     out: dict = {"T": T}
     with torch.no_grad():
@@ -175,15 +171,11 @@ def child_peer(job: dict) -> dict:
 
 
 def child_profile(job: dict) -> dict:
-    """torch.profiler over ``forward_tokens`` of Spool's temporal stack (w, T)."""
-    from spool import Spool, SpoolConfig
-    T, w = job["T"], job["w"]
-    cfg = SpoolConfig(num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                      num_lookback_heads=LOOKBACK, num_lookahead_heads=HEADS - LOOKBACK,
-                      image_size=224, local_frame_range=w, attn_implementation="blocked",
-                      hidden_size=HIDDEN, num_spatial_tokens=L_TOKENS)
-    model = Spool(cfg, with_backbone=False).eval()
-    tokens = torch.randn(1, T, L_TOKENS, HIDDEN)
+    """torch.profiler over ``forward_tokens`` of one variant's temporal stack at T."""
+    from spool import Spool
+    T, key = job["T"], job["key"]
+    model = Spool(variant_config(key), with_backbone=False).eval()
+    tokens = torch.randn(1, T, tokens_per_frame(VARIANTS[key][1]), pm.DIMS.hidden)
     with torch.no_grad():
         model.forward_tokens(tokens[:, :WARMUP_T].contiguous())
         from torch.profiler import ProfilerActivity, profile
@@ -195,7 +187,7 @@ def child_profile(job: dict) -> dict:
     total = sum(e.self_cpu_time_total for e in events)
     ops = sorted(((e.key, e.self_cpu_time_total, e.count) for e in events),
                  key=lambda x: -x[1])
-    return {"T": T, "w": w, "profiled_s": profiled,
+    return {"T": T, "key": key, "profiled_s": profiled,
             "self_total_us": total, "ops": ops[:25],
             "table": events.table(sort_by="self_cpu_time_total", row_limit=20)}
 
@@ -207,14 +199,11 @@ def child_interleave(job: dict) -> dict:
     from spool import Spool
     short, long_, threads = job["short"], job["long"], job["threads"]
     torch.manual_seed(1)
-    video = torch.randint(0, 256, (1, long_, 224, 224, 3), dtype=torch.uint8)
+    video = torch.randint(0, 256, (1, long_, pm.DIMS.image, pm.DIMS.image, 3), dtype=torch.uint8)
     out: dict = {}
-    for w in job["ws"]:
+    for key in job["variants"]:
         torch.manual_seed(0)
-        model = Spool(num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                      num_lookback_heads=LOOKBACK, num_lookahead_heads=HEADS - LOOKBACK,
-                      image_size=224, local_frame_range=w, backbone_config=DINOV2_BASE,
-                      attn_implementation="blocked").eval()
+        model = Spool(variant_config(key, with_backbone=True)).eval()
         runs = []
         with torch.no_grad():
             model(video[:, :WARMUP_T].contiguous())
@@ -227,7 +216,7 @@ def child_interleave(job: dict) -> dict:
                 t2 = time.perf_counter()
                 runs.append({"T": T, "s": t2 - wall0, "backbone": t1 - wall0, "stack": t2 - t1,
                              "share": _cpu_share(cpu0, wall0, threads)})
-        out[str(w)] = runs
+        out[key] = runs
         del model
     return {"short": short, "long": long_, "runs": out}
 
@@ -249,6 +238,7 @@ def child_main(job: dict) -> None:
 
     tune_cpu_allocator()  # what the spool CLI does; applies to every model alike
     torch.set_num_threads(job["threads"])
+    use_dims(job.get("tiny", False))
     kind = job["kind"]
     try:
         if kind == "spool":

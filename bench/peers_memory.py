@@ -7,7 +7,7 @@ import ctypes
 import os
 import resource
 
-from peers_models import HEADS, HIDDEN, L_TOKENS
+import peers_models as pm  # pm.DIMS: switched by use_dims, so read at call time
 
 GIB = 1024 ** 3
 MIB = 1024 ** 2
@@ -20,8 +20,9 @@ class Memory:
     and resets the kernel's RSS high-water mark (``echo 5 > /proc/self/clear_refs``, Linux;
     this also resets ``getrusage().ru_maxrss``). ``peak()`` reads the high-water mark
     (``VmHWM``); peak - RSS at ``begin()`` is what the phase needed on top of what was already
-    resident (weights, inputs). Large tensors are ``mmap``ed by glibc and come back to the OS
-    when freed, so the high-water mark sees every allocation that was live at once.
+    resident (weights, inputs). The high-water mark sees every allocation that was live at
+    once; with ``tune_cpu_allocator`` (mmap off) it also sees the heap's fragmentation, which
+    is part of what that allocator setting costs.
     """
 
     def __init__(self) -> None:
@@ -72,27 +73,49 @@ def limit_memory(budget: int, mem: Memory) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def estimate_memory(key: str, T: int, dense_per_n2: float = 240.0) -> int:
-    """Rough upper estimate of a child's peak RSS in bytes, checked before it is started.
-    ``dense_per_n2``: bytes per (F L)^2 of the dense attention, fitted from the smaller T's
-    measured in the same run when there are any (``run``)."""
-    base = int(0.8 * GIB)  # python + torch + transformers
-    act = (T + 2) * L_TOKENS * HIDDEN * 4  # one [T+2, L, D] fp32 activation
+def forward_bytes(key: str, T: int, dense_per_n2: float = 240.0) -> int:
+    """Rough estimate of what one forward needs on top of the weights and the input, in bytes
+    (what the tables report as peak memory). ``dense_per_n2``: bytes per (F L)^2 of the dense
+    attention, fitted from the smaller T's measured in the same run when there are any."""
+    d = pm.DIMS
+    L = pm.tokens_per_frame(1)
+    act = (T + 2) * L * d.hidden * 4  # one [T+2, L, D] fp32 activation
     if key == "spool":
-        params = (86_600_000 + 3 * 85_600_000) * 4
-        return base + params + 20 * act + 600 * MIB  # blocked stack + backbone chunk of 32
+        # The w=16 blocked stack (the largest of the group) measured ~26 activations at
+        # T = 8 .. 128, plus a backbone chunk of 32 frames (~600 MiB at base size).
+        return 28 * act + 24 * 32 * L * d.hidden * 4
     if key == "dense":
-        N = (T + 2) * L_TOKENS
+        N = (T + 2) * L
         # reference attention: the bool [H, N, N] mask and fp32 [H, N, N] scores/probabilities
-        return int(dense_per_n2 * N * N) + 12 * act
+        return int(dense_per_n2 * N * N)
+    P = (d.image // d.peer_patch) ** 2  # patches per frame
     if key == "timesformer":
-        n = 196 * T + 1
-        scores = 3 * 4 * HEADS * (T * 197 * 197 + 196 * T * T)  # eager spatial + temporal
-        return base + 121_300_000 * 4 + 20 * n * HIDDEN * 4 + scores
+        n = P * T + 1
+        # eager attention: spatial [T, H, P+1, P+1] and temporal [P, H, T, T] scores, ~3 live
+        scores = 3 * 4 * d.peer_heads * (T * (P + 1) ** 2 + P * T * T)
+        return 20 * n * d.peer_hidden * 4 + scores
     if key == "videomae":
-        n = 196 * T // 2
-        return base + 86_300_000 * 4 + 20 * n * HIDDEN * 4  # SDPA (CPU flash): no N^2 buffer
+        return 20 * (P * T // 2) * d.peer_hidden * 4  # SDPA (CPU flash): no N^2 buffer
     raise KeyError(key)
+
+
+def estimate_memory(key: str, T: int, params: int, dense_per_n2: float = 240.0) -> int:
+    """Rough estimate of a child's peak RSS in bytes, checked before it is started: Python +
+    torch + transformers, the fp32 weights of the child's ``params`` and one forward. A child
+    started anyway that goes past the cap fails an allocation (``limit_memory``), and that is
+    reported as its OOM."""
+    return int(0.8 * GIB) + 4 * params + forward_bytes(key, T, dense_per_n2)
+
+
+def dense_bytes_per_n2(res: dict) -> float:
+    """Bytes per (F L)^2 of the dense-masked temporal stack, from its largest measured T
+    (240 before any is measured: a bool and four fp32 [H, N, N] tensors, H = 12)."""
+    done = [(T, r["memory"]) for (k, T), r in res["rows"].items()
+            if k == "dense_cached" and r["memory"]]
+    if not done:
+        return 240.0
+    T, mem = max(done)
+    return 1.1 * mem / ((T + 2) * pm.tokens_per_frame(1)) ** 2
 
 
 def mem_available() -> int:

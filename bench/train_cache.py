@@ -8,6 +8,11 @@ random backbone at 224 px (``--backbone small|base``) to show what a realistic b
     python bench/train_cache.py --out docs/benchmarks.md
     python bench/train_cache.py --backbone small --per-class 8 --out docs/benchmarks.md
     python bench/train_cache.py --backbone base --per-class 8 --out docs/benchmarks.md
+    python bench/train_cache.py --backbone base --per-class 8 --token-pooling 4 --out ...
+
+``--token-pooling k`` pools each frame's patch grid k x k before the temporal stack
+(``SpoolConfig.token_pooling``): the cache holds the pooled tokens and the video run pools the
+backbone's output the same way, so both train the same model on the same inputs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # this checkout's spool
 from _report import machine, update_section  # noqa: E402
 
 SECTION = "## Training: cached tokens vs. frozen backbone"
@@ -51,6 +57,8 @@ def measure(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     encoder = demo_backbone(BACKBONES.get(args.backbone, s.backbone), image_size,
                             s.position_scale if args.backbone == "demo" else None)
+    if args.token_pooling > 1:
+        encoder = with_token_pooling(encoder, args.token_pooling)
     # As a local Hugging Face directory, so the video run loads the very same weights.
     encoder.backbone.model.save_pretrained(root / "hf_backbone")
     samples, names = read_annotations(root / "data" / "train.txt")
@@ -70,7 +78,8 @@ def measure(args: argparse.Namespace) -> dict:
     video = TrainConfig(out_dir=str(root / "run_video"),
                         train_data=str(root / "data" / "train.txt"),
                         model={**model, "backbone_name": str(root / "hf_backbone"),
-                               "image_size": image_size, "crop_pct": 1.0}, **common)
+                               "image_size": image_size, "crop_pct": 1.0,
+                               "token_pooling": args.token_pooling}, **common)
     cached = TrainConfig(out_dir=str(root / "run_cache"), train_cache=str(root / "cache"),
                          model=model, **common)
     seconds = {}
@@ -85,6 +94,15 @@ def measure(args: argparse.Namespace) -> dict:
             "tokens": tuple(encoder.config.__dict__[k] for k in ("num_spatial_tokens",
                                                                  "hidden_size")),
             "image_size": image_size, "frames": s.num_frames}
+
+
+def with_token_pooling(encoder: torch.nn.Module, k: int) -> torch.nn.Module:
+    """The same frame encoder (same weights) with ``token_pooling=k``."""
+    from spool.models.frame_encoder import FrameEncoderModel
+
+    pooled = FrameEncoderModel(encoder.config.replace(token_pooling=k)).eval()
+    pooled.load_state_dict(encoder.state_dict())
+    return pooled
 
 
 def count_flops(encoder: torch.nn.Module, classifier: torch.nn.Module, num_frames: int,
@@ -108,12 +126,16 @@ def render(args: argparse.Namespace, r: dict, machine: str) -> str:
     label = ("demo backbone (random DINOv2, 0 blocks, 64 px, patch 16)" if args.backbone == "demo"
              else f"DINOv2-{args.backbone}-sized random backbone (12 blocks, "
                   f"D={BACKBONES[args.backbone]['hidden_size']}, 224 px, patch 14)")
+    pooling = ""
+    if args.token_pooling > 1:
+        label += f", token pooling k={args.token_pooling}"
+        pooling = f" --token-pooling {args.token_pooling}"
     speedup = r["video"] / r["cache"]
     return "\n".join([
         f"### {label}",
         "",
         f"`python bench/train_cache.py --backbone {args.backbone} --per-class {args.per_class} "
-        f"--epochs {args.epochs} --workers {args.workers}` on {machine}.",
+        f"--epochs {args.epochs} --workers {args.workers}{pooling}` on {machine}.",
         "",
         "| training data | epoch time | videos/s | speed-up |",
         "| --- | ---: | ---: | ---: |",
@@ -142,6 +164,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--token-pooling", type=int, default=1, metavar="K",
+                        help="pool each frame's patch grid K x K for the temporal stack "
+                             "(SpoolConfig.token_pooling; default 1: every token)")
     parser.add_argument("--out", help="markdown file to write this benchmark's section into")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -153,14 +178,15 @@ def main() -> None:
 
 
 def update_subsection(path: str, text: str) -> None:
-    """Keep the other backbone's sub-section when rewriting this one."""
+    """Keep the other sub-sections (other backbones, other token pooling) when rewriting this
+    one; a sub-section is this one if its heading line is the same (not merely a prefix)."""
     current = Path(path).read_text() if Path(path).exists() else ""
     heading = text.split("\n", 1)[0]
     body = ""
     if SECTION in current:
         body = current.split(SECTION, 1)[1].split("\n## ", 1)[0]
     parts = [p for p in ("### " + b for b in body.split("### ")[1:])
-             if not p.startswith(heading)]
+             if p.split("\n", 1)[0] != heading]
     intro = ("Epoch time of `spool train` on the demo's videos: through the frozen backbone "
              "vs. from `spool cache`'s tokens (same model, same clips, CPU).\n\n"
              "The cache saves the decoding and the backbone's forward pass, not the temporal "
@@ -173,7 +199,12 @@ def update_subsection(path: str, text: str) -> None:
              "backbone blocks per temporal layer (one temporal layer on a 40-block "
              "DINOv2-giant, say); the cache pays off because it is built "
              "once (0.4 of an epoch through the backbone) and then every epoch, every "
-             "hyper-parameter trial and every head trained on it skips the backbone.")
+             "hyper-parameter trial and every head trained on it skips the backbone.\n\n"
+             "With token pooling (`--token-pooling k`, `SpoolConfig.token_pooling`) the "
+             "temporal stack trains on 1 + (g/k)^2 tokens per frame instead of 1 + g^2 (a g x g "
+             "patch grid), so its step costs roughly k^2 times less while the backbone's "
+             "forward stays the same: the FLOP bound rises accordingly (counted in each "
+             "sub-section).")
     update_section(path, SECTION[3:], "\n\n".join([intro, *(p.strip() for p in parts), text]))
 
 
