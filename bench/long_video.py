@@ -110,7 +110,7 @@ def measure(size: str, num_frames: int, workdir: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def report(rows: list[dict], command: str) -> str:
+def report(rows: list[dict]) -> str:
     from _report import machine
 
     GiB = 2**30
@@ -129,6 +129,12 @@ def report(rows: list[dict], command: str) -> str:
                      f"{1000 * (r['cpu_seconds'] - r['encode_cpu_seconds']) / n:.0f} | "
                      f"{1000 * r['seconds'] / n:.0f} | {r['load'][0]}, {r['load'][1]} |")
     notes = []
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for r in rows:
+        if r["size"] == "base" and r["frames"] >= 3600 and "error" not in r:
+            notes.append(f"- base, {r['frames']} frames in one pass: peak RSS "
+                         f"{r['peak_rss'] / GiB:.2f} GiB of this machine's {total / GiB:.1f} GiB "
+                         f"(bar: runs in one pass on this machine: met).")
     for size in SIZES:
         done = sorted((r for r in rows if r["size"] == size and "error" not in r),
                       key=lambda r: r["frames"])
@@ -147,7 +153,10 @@ def report(rows: list[dict], command: str) -> str:
             f"{bar / 2**20:.2f} MiB/frame: {'met' if slope <= bar else 'NOT met'}. "
             f"CPU time per frame at {hi['frames']} / at {lo['frames']}: {ratio:.2f} (bar <= "
             f"1.2: {'met' if ratio <= 1.2 else 'NOT met'}; wall time: {wall:.2f}).")
-    return (f"Command: `{command}`\n\nMachine: {machine()}. Each row is a fresh process: a "
+    commands = list(dict.fromkeys(r.get("command", "?") for r in rows))
+    return ("Commands (results accumulate in the workdir): "
+            + ", then ".join(f"`{c}`" for c in commands)
+            + f"\n\nMachine: {machine()}. Each row is a fresh process: a "
             f"synthetic 224x224 H.264 video of that many frames, every frame sampled, decoded "
             f"and encoded in chunks by a random DINOv2-sized backbone, then {LAYERS} temporal "
             f"layers (w = {W}, D / 64 heads: 6 for S, 12 for B) over {CHUNK}-frame chunks, "
@@ -204,15 +213,15 @@ def main() -> None:
     store = workdir / "results.json"
     done = {(r["size"], r["frames"]): r for r in
             (json.loads(store.read_text()) if store.is_file() else [])}
+    command = "python bench/long_video.py " + " ".join(sys.argv[1:])
     for size in args.sizes:
         for n in args.frames:
             if (size, n) not in done or "error" in done[(size, n)] or args.again:
-                done[(size, n)] = measure(size, n, workdir)
+                done[(size, n)] = dict(measure(size, n, workdir), command=command.strip())
                 store.write_text(json.dumps(list(done.values()), indent=1))
             print(json.dumps(done[(size, n)]), flush=True)
     rows = sorted(done.values(), key=lambda r: (list(SIZES).index(r["size"]), r["frames"]))
-    command = "python bench/long_video.py " + " ".join(sys.argv[1:])
-    text = report(rows, command.strip())
+    text = report(rows)
     print(text)
     if not args.no_docs:
         from _report import update_section
