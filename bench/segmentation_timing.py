@@ -35,7 +35,8 @@ MODELS = {"spool": ("spool", {"head_config": {"context_in_head": True,
           "ms_tcn4": ("ms_tcn", {"head_config": {"num_stages": 4}})}
 
 
-def child(model_key: str, size: str, frames: int, steps: int, threads: int) -> dict:
+def child(model_key: str, size: str, frames: int, steps: int, threads: int,
+          window: int | None) -> dict:
     """One measurement, in this process (run by :func:`main` in a fresh one)."""
     import torch
 
@@ -46,7 +47,8 @@ def child(model_key: str, size: str, frames: int, steps: int, threads: int) -> d
     torch.manual_seed(0)
     arch, extra = MODELS[model_key]
     names = [f"c{i}" for i in range(9)]
-    config = SpoolConfig(**SIZES[size], **extra, class_names=names)
+    shape = dict(SIZES[size], **({} if window is None else {"local_frame_range": window}))
+    config = SpoolConfig(**shape, **extra, class_names=names)
     model = frame_classifier_class(arch)(config, with_backbone=False)
     D, L = config.hidden_size, config.num_spatial_tokens
     tokens = torch.randn(1, frames, L, D)
@@ -69,6 +71,7 @@ def child(model_key: str, size: str, frames: int, steps: int, threads: int) -> d
         model.predict_long(tokens[0], chunk_frames=32)
         evals.append(time.perf_counter() - start)
     return {"model": model_key, "size": size, "frames": frames, "tokens": [L, D],
+            "local_frame_range": config.local_frame_range,
             "params": sum(p.numel() for p in model.parameters()),
             "train_s": min(times[1:]), "train_s_all": times,
             "eval_s": min(evals[1:]), "eval_s_all": evals,
@@ -83,11 +86,12 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--window", type=int, default=None, help="Spool's local_frame_range")
     ap.add_argument("--out", default="segmentation_timing.json")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        result = child(*args.child, args.frames, args.steps, args.threads)
+        result = child(*args.child, args.frames, args.steps, args.threads, args.window)
         print(json.dumps(result))
         return
     results = []
@@ -96,7 +100,8 @@ def main() -> None:
             load_before = os.getloadavg()
             out = subprocess.run(
                 [sys.executable, __file__, "--child", key, size, "--frames", str(args.frames),
-                 "--steps", str(args.steps), "--threads", str(args.threads)],
+                 "--steps", str(args.steps), "--threads", str(args.threads),
+                 *([] if args.window is None else ["--window", str(args.window)])],
                 capture_output=True, text=True, check=True)
             result = json.loads(out.stdout.strip().splitlines()[-1])
             result["loadavg_1min"] = [load_before[0], os.getloadavg()[0]]
