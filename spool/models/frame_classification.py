@@ -189,8 +189,9 @@ class SpoolForFrameClassification(FrameClassifier):
     The context in the head: a frame reads the context frames through attention anyway, but
     only after two diluted hops (the context's attention over all frames, then the frame's
     over its window); with the pooled context beside each frame's feature, a label that
-    depends on a cue 1,600 frames back was learnt in ~200 steps instead of not at all in
-    2,400 (bench/segmentation.py's data).
+    depends on a cue 1,600 frames back was learnt in ~200 steps, and not in 2,400 without
+    it (branch ``segment``, ``research/segmentation_benchmark.py``, on the synthetic
+    segmentation data).
     """
 
     HEAD_KEYS = ("context_in_head", "smoothing_weight")
