@@ -139,3 +139,36 @@ def test_ms_tcn_is_trained_with_its_own_loss() -> None:
     stages = model.tcn(tokens.mean(dim=2))
     assert stages.shape[0] == 2
     torch.testing.assert_close(out.loss, ms_tcn_loss(stages, labels))
+
+
+def test_context_in_head_and_smoothing_loss(tmp_path: Path) -> None:
+    """head_config: the head reads [frame feature, pooled context] (Linear(3D, C)), the loss
+    adds MS-TCN's smoothing term; both survive save/load and reach predict_long."""
+    from spool.models.temporal_conv import ms_tcn_loss
+
+    head = {"context_in_head": True, "smoothing_weight": 0.15}
+    model = SpoolForFrameClassification(
+        tiny_config(hidden_size=24, num_spatial_tokens=5, head_config=head),
+        with_backbone=False, class_names=NAMES).eval()
+    assert model.classifier.in_features == 3 * 24
+    tokens = torch.randn(2, 6, 5, 24)
+    labels = torch.tensor([[0, 1, 2, -100, 1, 1], [2, 2, 2, 2, 0, 0]])
+    out = model(tokens=tokens, labels=labels)
+    spool_out = model.spool.forward_tokens(tokens)
+    frames = spool_out.features[:, 1:-1].mean(dim=2)
+    context = spool_out.context[:, None].expand(-1, 6, -1)
+    torch.testing.assert_close(out.logits, model.classifier(torch.cat((frames, context), -1)))
+    torch.testing.assert_close(out.loss, ms_tcn_loss(out.logits, labels, smoothing_weight=0.15))
+    assert out.loss > F.cross_entropy(out.logits[labels != -100], labels[labels != -100])
+    torch.testing.assert_close(model.predict_long(tokens[0], chunk_frames=4).logits,
+                               out.logits[0], atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = load_pretrained(tmp_path, with_backbone=False).eval()
+    assert loaded.context_in_head and loaded.smoothing_weight == 0.15
+    torch.testing.assert_close(loaded(tokens=tokens).logits, out.logits)
+    with pytest.raises(ValueError, match=r"head_config: expected keys among"):
+        SpoolForFrameClassification(tiny_config(head_config={"num_stages": 2}),
+                                    class_names=NAMES)
+    with pytest.raises(ValueError, match="smoothing_weight a number >= 0"):
+        SpoolForFrameClassification(tiny_config(head_config={"smoothing_weight": -1}),
+                                    class_names=NAMES)

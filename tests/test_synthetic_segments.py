@@ -18,7 +18,7 @@ from spool.data.synthetic_segments import (
 )
 from spool.video.io import probe_video, read_video_frames
 
-SMALL = dict(frames=(520, 600), min_cue_distance=200, segment_frames=(40, 120))
+SMALL = dict(frames=(560, 640), min_cue_distance=200, segment_frames=(40, 120))
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -74,12 +74,15 @@ def test_labels_align_with_the_decoded_frames(tmp_path: Path) -> None:
         shape = np.abs(f - backdrop[0]).sum(-1) > 30
         area = shape.sum(axis=(1, 2))
         x = (shape * np.arange(shape.shape[2])).sum(axis=(1, 2)) / np.maximum(area, 1)
-        for label, sign, signal in (("left_to_right", 1, x), ("right_to_left", -1, x),
-                                    ("grow", 1, area), ("shrink", -1, area)):
+        # x moves every frame (median: wrap-arounds are rare jumps); the area grows in steps.
+        for label, sign, signal, stat in (("left_to_right", 1, x, np.median),
+                                          ("right_to_left", -1, x, np.median),
+                                          ("grow", 1, area, np.mean),
+                                          ("shrink", -1, area, np.mean)):
             at = np.flatnonzero(labels[1:] == SEGMENT_CLASSES.index(label))
             at = at[labels[at] == labels[at + 1]]  # steps inside the segment
             if len(at):
-                assert sign * np.median(np.diff(signal)[at]) > 0, label
+                assert sign * stat(np.diff(signal)[at]) > 0, label
                 checked.add(label)
     assert len(checked) == 4  # seed 0 has every motion class
 
@@ -102,7 +105,7 @@ def test_one_frame_cannot_tell_the_twins_apart() -> None:
                                   vb.labels)
 
 
-@pytest.mark.parametrize("num_frames", [1900, 2600, 4000])
+@pytest.mark.parametrize("num_frames", [1875, 2600, 4000])
 def test_the_cue_is_more_than_1500_frames_back(num_frames: int) -> None:
     for seed in range(3):
         video = render_segmentation_video(np.random.default_rng([seed, num_frames]),
@@ -112,7 +115,7 @@ def test_the_cue_is_more_than_1500_frames_back(num_frames: int) -> None:
                                                     SEGMENT_CLASSES.index("cue_b")]))
         after = np.flatnonzero(np.isin(video.labels, [SEGMENT_CLASSES.index("after_a"),
                                                       SEGMENT_CLASSES.index("after_b")]))
-        assert len(cue) >= 30 and len(after) >= 90
+        assert len(cue) >= 80 and len(after) >= 60
         assert after.min() - cue.max() > 1500  # beyond one TCN stage's +-1023 frames
         starts = [s for _, s, _ in video.segments]
         assert starts == sorted(starts) and video.segments[-1][2] == num_frames
@@ -125,7 +128,7 @@ def test_errors_name_the_argument(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="cue"):
         render_segmentation_video(rng, 2000, "c")
-    with pytest.raises(ValueError, match="num_frames: expected >= 1870"):
+    with pytest.raises(ValueError, match="num_frames: expected >= 1875"):
         render_segmentation_video(rng, 1000, "a")
     with pytest.raises(ValueError, match="kind"):
         render_motion("spin", 5, 32, rng, np.zeros((32, 32, 3)))

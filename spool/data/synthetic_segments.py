@@ -1,16 +1,16 @@
 """Synthetic long videos for temporal action segmentation, whose labels need time.
 
-Every video (1,000-4,000 frames at 15 fps, small frames) is a sequence of segments:
+Every video (2,000-4,000 frames at 15 fps, small frames) is a sequence of segments:
 
 - ``left_to_right`` / ``right_to_left``: a shape crossing the frame (leaving on one side,
-  coming back on the other); ``grow`` / ``shrink``: a shape swelling or shrinking in a
-  sawtooth. The two classes of a pair are the same frames in opposite order, so no single
-  frame tells them apart: only motion does.
-- ``cue_a`` / ``cue_b``: a red or a blue flash near the start of the video.
-- ``after_a`` / ``after_b``: much later (more than ``min_cue_distance`` frames after the last
-  cue frame), static grey stripes. They are drawn the same way whichever the cue was; its label says
-  which cue came first. A model that sees less than ``min_cue_distance`` frames around a
-  frame (one MS-TCN stage sees +-1,023) cannot know it.
+  coming back on the other, about once a second); ``grow`` / ``shrink``: a shape swelling
+  from small to large over the segment, or the reverse. The two classes of a pair are the
+  same frames in opposite order, so no single frame tells them apart: only motion does.
+- ``cue_a`` / ``cue_b``: a red or a blue flash (5-7 s) near the start of the video.
+- ``after_a`` / ``after_b``: from ``min_cue_distance`` frames after the last cue frame on,
+  delayed segments (static grey stripes, 4-8 s) alternate with motions. They look the same
+  whichever the cue was; their label says which cue came first. A model that sees less than
+  ``min_cue_distance`` frames around a frame (one MS-TCN stage sees +-1,023) cannot know it.
 - ``background``: empty scene (lead-in and short gaps); index 0, MS-TCN's ``bg_class``.
 
 Frames are rendered as uint8 arrays and written with :func:`spool.video.write_video`
@@ -47,6 +47,10 @@ SEGMENT_CLASSES = ("background", "left_to_right", "right_to_left", "grow", "shri
                    "cue_a", "cue_b", "after_a", "after_b")
 MOTIONS = ("left_to_right", "right_to_left", "grow", "shrink")
 _CUE_COLOURS = {"a": (230.0, 30.0, 30.0), "b": (30.0, 60.0, 230.0)}
+# 5-7 s at 15 fps: short beside a 2-minute video, yet long enough to be found. A model learns
+# to fetch it from 1,600 frames away in ~600 steps at 90 frames, ~2,800 at 30-45 (research/).
+_CUE_FRAMES = (80, 110)
+_DELAYED_FRAMES = (60, 120)
 _EXT = {"ffv1": ".mkv", "libx264": ".mp4", "mjpeg": ".avi", "rawvideo": ".avi"}
 
 
@@ -106,19 +110,19 @@ def render_motion(kind: str, num_frames: int, size: int, rng: np.random.Generato
         raise ValueError(f"kind: expected one of {MOTIONS}, got {kind!r}")
     shape = str(rng.choice(["disk", "square"]))
     colour = _colour(rng)
-    t = np.arange(num_frames, dtype=np.float64)
     scale = size / 32
     if kind in ("left_to_right", "right_to_left"):
         r = rng.uniform(0.12, 0.2) * size
         speed = rng.uniform(1.5, 2.5) * scale  # pixels per frame: a crossing takes ~1 s
         loop = size + 2 * r  # out on one side, back in on the other
-        cx = (rng.uniform(0, loop) + speed * t) % loop - r
+        cx = (rng.uniform(0, loop) + speed * np.arange(num_frames)) % loop - r
         cy = np.full(num_frames, rng.uniform(r, size - r))
         radius = np.full(num_frames, r)
     else:
-        lo, hi = 0.06 * size, rng.uniform(0.28, 0.4) * size
-        period = rng.uniform(16, 32)  # frames per swell (1-2 s)
-        radius = lo + (hi - lo) * ((rng.uniform() + t / period) % 1.0)
+        # One slow swell over the whole segment. (A sawtooth of 1-2 s swells was tried: at
+        # every reset a short window sees the shape shrink, and Spool flickered there.)
+        lo, hi = rng.uniform(0.1, 0.14) * size, rng.uniform(0.35, 0.45) * size  # lo: visible
+        radius = lo + (hi - lo) * np.linspace(0.0, 1.0, num_frames)
         cx = np.full(num_frames, rng.uniform(hi, size - hi))
         cy = np.full(num_frames, rng.uniform(hi, size - hi))
     cover = _coverage(shape, size, cx, cy, radius)[..., None]
@@ -126,51 +130,63 @@ def render_motion(kind: str, num_frames: int, size: int, rng: np.random.Generato
     return frames[::-1] if kind in ("right_to_left", "shrink") else frames
 
 
-def _render_stripes(num_frames: int, size: int, rng: np.random.Generator,
-                    backdrop: np.ndarray) -> np.ndarray:
-    """Static vertical grey stripes over the backdrop: the delayed segment's look."""
-    period = rng.uniform(6, 10) * size / 32
-    on = (np.sin(2 * np.pi * (np.arange(size) + 0.5) / period + rng.uniform(0, 2 * np.pi)) > 0)
-    frame = np.where(on[None, :, None], 0.4 * backdrop + 0.6 * rng.uniform(150, 200), backdrop)
+def _render_stripes(num_frames: int, size: int, backdrop: np.ndarray) -> np.ndarray:
+    """Static vertical grey stripes over the backdrop: the delayed segment's look, the same
+    pattern in every video (a look that varied from video to video would leave the model
+    nothing consistent to ask the cue from)."""
+    on = (np.arange(size) * 4 // size) % 2 == 0  # four stripes
+    frame = np.where(on[None, :, None], 0.3 * backdrop + 0.7 * 180.0, backdrop)
     return np.broadcast_to(frame, (num_frames, size, size, 3))
 
 
 def _timeline(rng: np.random.Generator, num_frames: int, cue: str, min_cue_distance: int,
               segment_frames: tuple[int, int]) -> list[tuple[str, int, int]]:
-    """Segments ``(label, start, end)``: background lead-in, cue, motions, the delayed
-    segment, motions (or nothing) to the end."""
+    """Segments ``(label, start, end)``: background lead-in, cue, motions (``segment_frames``
+    long) for at least ``min_cue_distance`` frames, then delayed segments and motions of
+    ``_DELAYED_FRAMES`` in turn to the end."""
     seg_min, seg_max = segment_frames
-    lead, cue_len, after_len = (int(rng.integers(a, b + 1)) for a, b in
-                                ((15, 45), (30, 45), (90, 180)))
+    lead, cue_len = int(rng.integers(15, 46)), int(rng.integers(_CUE_FRAMES[0],
+                                                                 _CUE_FRAMES[1] + 1))
     cue_end = lead + cue_len
-    room = num_frames - (cue_end + min_cue_distance + after_len)  # what the tail may take
-    tail = int(rng.integers(seg_min, room + 1)) if room >= seg_min and rng.random() < 0.8 else 0
-    after_start = num_frames - tail - after_len
+    first_delayed = cue_end + min_cue_distance + int(rng.integers(0, 61))
     segments = [("background", 0, lead), (f"cue_{cue}", lead, cue_end)]
+    previous = None
 
-    def fill(start: int, end: int) -> None:
-        previous = None
-        while start < end:
-            remaining = end - start
-            n = remaining if remaining <= seg_max else int(
-                rng.integers(seg_min, min(seg_max, remaining - seg_min) + 1))
-            gap = int(rng.integers(8, 31)) if rng.random() < 0.35 and n >= 60 else 0
-            if gap:
-                segments.append(("background", start, start + gap))
-            choices = [m for m in MOTIONS if gap or m != previous]  # runs must not merge
-            previous = str(rng.choice(choices))
-            segments.append((previous, start + gap, start + n))
-            start += n
+    def motion(start: int, end: int) -> None:
+        nonlocal previous
+        gap = int(rng.integers(8, 31)) if rng.random() < 0.35 and end - start >= 60 else 0
+        if gap:
+            segments.append(("background", start, start + gap))
+        choices = [m for m in MOTIONS if gap or m != previous]  # runs must not merge
+        previous = str(rng.choice(choices))
+        segments.append((previous, start + gap, end))
 
-    fill(cue_end, after_start)
-    segments.append((f"after_{cue}", after_start, after_start + after_len))
-    fill(after_start + after_len, num_frames)
+    start = cue_end
+    while start < first_delayed:
+        remaining = first_delayed - start
+        n = remaining if remaining <= seg_max else int(
+            rng.integers(seg_min, min(seg_max, remaining - seg_min) + 1))
+        motion(start, start + n)
+        start += n
+    delayed = True
+    while start < num_frames:
+        # Motions here are as short as delayed segments: more of them turn on the cue.
+        n = int(rng.integers(_DELAYED_FRAMES[0], _DELAYED_FRAMES[1] + 1))
+        if num_frames - (start + n) < _DELAYED_FRAMES[0]:  # no stub at the end
+            n = num_frames - start
+        if delayed:
+            segments.append((f"after_{cue}", start, start + n))
+            previous = None
+        else:
+            motion(start, start + n)
+        start += n
+        delayed = not delayed
     return segments
 
 
 def render_segmentation_video(rng: np.random.Generator, num_frames: int, cue: str,
                               size: int = 32, min_cue_distance: int = 1600,
-                              segment_frames: tuple[int, int] = (60, 240)) -> SegmentVideo:
+                              segment_frames: tuple[int, int] = (150, 300)) -> SegmentVideo:
     """One video of ``num_frames`` frames ``[S, S]`` whose delayed segment follows ``cue``
     (``"a"`` or ``"b"``). Nothing but the cue and the two labels depends on ``cue``."""
     if cue not in _CUE_COLOURS:
@@ -181,7 +197,8 @@ def render_segmentation_video(rng: np.random.Generator, num_frames: int, cue: st
     if not 1 <= 2 * seg_min <= seg_max:
         raise ValueError(f"segment_frames: expected (min, max) with 1 <= 2 * min <= max, got "
                          f"{segment_frames}")
-    shortest = 90 + min_cue_distance + 180
+    # Longest lead-in and cue, the distance and its jitter, one delayed segment.
+    shortest = 45 + _CUE_FRAMES[1] + min_cue_distance + 60 + _DELAYED_FRAMES[0]
     if num_frames < shortest or min_cue_distance < seg_min:
         raise ValueError(f"num_frames: expected >= {shortest} for min_cue_distance="
                          f"{min_cue_distance} (>= segment_frames[0]), got {num_frames}")
@@ -197,7 +214,7 @@ def render_segmentation_video(rng: np.random.Generator, num_frames: int, cue: st
             image = np.broadcast_to(0.25 * backdrop + 0.75 * np.array(_CUE_COLOURS[cue]),
                                     (n, size, size, 3))
         elif label.startswith("after_"):
-            image = _render_stripes(n, size, rng, backdrop)
+            image = _render_stripes(n, size, backdrop)
         else:
             image = np.broadcast_to(backdrop, (n, size, size, 3))
         frames[start:end] = np.clip(image, 0, 255).round().astype(np.uint8)
@@ -232,8 +249,8 @@ def _write(path: Path, text: str) -> None:
 
 def make_segmentation_dataset(
     out_dir: str | os.PathLike, num_train: int, num_test: int, *,
-    frames: tuple[int, int] = (2000, 3000), size: int = 32, fps: float = 15.0,
-    min_cue_distance: int = 1600, segment_frames: tuple[int, int] = (60, 240),
+    frames: tuple[int, int] = (2400, 3000), size: int = 32, fps: float = 15.0,
+    min_cue_distance: int = 1600, segment_frames: tuple[int, int] = (150, 300),
     twins: bool = True, seed: int = 0, codec: str = "ffv1",
 ) -> SegmentationDataset:
     """Write ``num_train`` + ``num_test`` videos of ``frames`` = (min, max) frames.
@@ -289,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("out_dir")
     ap.add_argument("--train", type=int, default=40)
     ap.add_argument("--test", type=int, default=12)
-    ap.add_argument("--frames", type=int, nargs=2, default=(2000, 3000), metavar=("MIN", "MAX"))
+    ap.add_argument("--frames", type=int, nargs=2, default=(2400, 3000), metavar=("MIN", "MAX"))
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--fps", type=float, default=15.0)
     ap.add_argument("--min-cue-distance", type=int, default=1600)

@@ -8,6 +8,9 @@ file or its tokens) in one pass. Saved and loaded like every Spool model (``load
 - :class:`SpoolForFrameClassification`: ``dropout -> Linear(D, C)`` on each real frame's Spool
   feature (averaged over its tokens), so a frame is classified with what the temporal stack
   gathered around it and, through the context frames, from the whole video.
+  ``config.head_config`` may set ``context_in_head`` (the head also reads the pooled context
+  ``[2D]``: ``Linear(3D, C)``) and ``smoothing_weight`` (MS-TCN's truncated-MSE smoothing term
+  added to the cross-entropy, as the MS-TCN baseline is trained).
 - :class:`FrameProbeForFrameClassification`: a linear probe on each frame's backbone tokens
   (averaged): no temporal model.
 - :class:`MSTCNForFrameClassification`: MS-TCN at the field's standard size on the same
@@ -107,7 +110,9 @@ class FrameClassifier(SpoolPreTrainedModel):
         trained on several outputs (MS-TCN's stages), all of them for the loss."""
         raise NotImplementedError
 
-    def loss_function(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss_function(self, logits: torch.Tensor, labels: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``labels`` are ``-100`` on padding already; ``mask`` marks the real frames."""
         return frame_classification_loss(logits, labels)
 
     def forward(self, video: torch.Tensor | None = None, labels: torch.Tensor | None = None,
@@ -136,7 +141,7 @@ class FrameClassifier(SpoolPreTrainedModel):
             _check_labels(labels, (B, T), len(self.class_names))
             if mask is not None:
                 labels = labels.long().masked_fill(~mask, IGNORE_INDEX)
-            loss = (self.loss_function(logits, labels) if extra is None
+            loss = (self.loss_function(logits, labels, mask) if extra is None
                     else ms_tcn_loss(extra, labels))
         return FrameClassifierOutput(logits, loss)
 
@@ -178,7 +183,18 @@ class FrameClassifier(SpoolPreTrainedModel):
 
 
 class SpoolForFrameClassification(FrameClassifier):
-    """Spool + ``dropout -> Linear(D, C)`` on each real frame's token-averaged feature."""
+    """Spool + ``dropout -> Linear(D, C)`` on each real frame's token-averaged feature
+    (``Linear(3D, C)`` on it and the pooled context with ``head_config["context_in_head"]``).
+
+    The context in the head: a frame reads the context frames through attention anyway, but
+    only after two diluted hops (the context's attention over all frames, then the frame's
+    over its window); with the pooled context beside each frame's feature, a label that
+    depends on a cue 1,600 frames back was learnt in ~200 steps, and not in 2,400 without
+    it (branch ``segment``, ``research/segmentation_benchmark.py``, on the synthetic
+    segmentation data).
+    """
+
+    HEAD_KEYS = ("context_in_head", "smoothing_weight")
 
     def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
                  **kwargs: Any) -> None:
@@ -188,8 +204,22 @@ class SpoolForFrameClassification(FrameClassifier):
         if not self.config.class_names:
             raise ValueError("class_names: a frame classifier needs the list of class names "
                              f"(config.class_names), got {self.config.class_names!r}")
+        head = dict(self.config.head_config or {})
+        unknown = sorted(set(head) - set(self.HEAD_KEYS))
+        if unknown:
+            raise ValueError(f"head_config: expected keys among {list(self.HEAD_KEYS)} for "
+                             f"SpoolForFrameClassification, got {unknown}")
+        self.context_in_head = head.get("context_in_head", False)
+        self.smoothing_weight = head.get("smoothing_weight", 0.0)
+        if not isinstance(self.context_in_head, bool):
+            raise ValueError(f"head_config: expected context_in_head true or false, got "
+                             f"{self.context_in_head!r}")
+        if not isinstance(self.smoothing_weight, (int, float)) or self.smoothing_weight < 0:
+            raise ValueError(f"head_config: expected smoothing_weight a number >= 0, got "
+                             f"{self.smoothing_weight!r}")
+        width = (3 if self.context_in_head else 1) * self.config.hidden_size
         self.dropout = nn.Dropout(self.config.classifier_dropout)
-        self.classifier = nn.Linear(self.config.hidden_size, len(self.config.class_names))
+        self.classifier = nn.Linear(width, len(self.config.class_names))
         nn.init.trunc_normal_(self.classifier.weight, std=self.config.initializer_range)
         nn.init.zeros_(self.classifier.bias)
 
@@ -204,9 +234,22 @@ class SpoolForFrameClassification(FrameClassifier):
     def no_weight_decay(self) -> set[str]:
         return {f"spool.{name}" for name in self.spool.no_weight_decay()}
 
+    def _head_input(self, frames: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``frames [B, T, D]``, ``context [B, 2D]`` -> what the head reads per frame."""
+        if not self.context_in_head:
+            return frames
+        return torch.cat((frames, context[:, None].expand(-1, frames.shape[1], -1)), dim=-1)
+
     def frame_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
-        features = self.spool.forward_tokens(tokens).features[:, 1:-1].mean(dim=2)
+        out = self.spool.forward_tokens(tokens)
+        features = self._head_input(out.features[:, 1:-1].mean(dim=2), out.context)
         return self.classifier(self.dropout(features)), None
+
+    def loss_function(self, logits: torch.Tensor, labels: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.smoothing_weight:
+            return frame_classification_loss(logits, labels)
+        return ms_tcn_loss(logits, labels, mask, smoothing_weight=self.smoothing_weight)
 
     @torch.no_grad()
     def predict_long(self, video: str | os.PathLike | torch.Tensor, *,
@@ -214,8 +257,8 @@ class SpoolForFrameClassification(FrameClassifier):
                      offload_dir: str | os.PathLike | None = None) -> LongPrediction:
         out = self.spool.forward_long(video, sampler=sampler, chunk_frames=chunk_frames,
                                       offload_dir=offload_dir)
-        return LongPrediction(self.classifier(out.frame_features), out.frame_indices,
-                              out.timestamps)
+        features = self._head_input(out.frame_features[None], out.context[None])[0]
+        return LongPrediction(self.classifier(features), out.frame_indices, out.timestamps)
 
 
 class FrameProbeForFrameClassification(FrameClassifier):
