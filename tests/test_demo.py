@@ -35,3 +35,31 @@ def test_demo_backbone_positions_are_scaled() -> None:
     torch.testing.assert_close(b[pos], 10 * a[pos])
     assert all(torch.equal(a[k], b[k]) for k in a if k != pos)
     assert scaled.config.num_spatial_tokens == 17  # class token + 4 x 4 patches
+
+
+def _attention_logit_std(hidden_size: int, heads: int, initializer_range: float) -> float:
+    """Spread of the first temporal block's attention logits at init, on unit-variance tokens
+    (what the backbone's final LayerNorm gives)."""
+    from spool.models.spool import Spool
+
+    torch.manual_seed(0)
+    model = Spool(num_hidden_layers=2, num_attention_heads=heads, num_lookback_heads=heads // 2,
+                  num_lookahead_heads=heads - heads // 2, local_frame_range=4,
+                  hidden_size=hidden_size, num_spatial_tokens=17,
+                  initializer_range=initializer_range, with_backbone=False).eval()
+    x = model.context_frames(torch.randn(4, 8, 17, hidden_size))
+    block = model.temporal.layers[0]
+    q, k, _ = block.attn.project_qkv(block.norm1(x), torch.arange(x.shape[1]))
+    return float((q @ k.transpose(-1, -2)).std() / block.attn.head_dim ** 0.5)
+
+
+def test_demo_init_starts_attention_where_spool_default_does() -> None:
+    # Issue 14: at the demo's width (64) the default std 0.02 left attention ~12x flatter than
+    # at width 768, and the order-reading attention was a seed-dependent plateau to escape.
+    settings = DemoSettings()
+    width = settings.backbone["hidden_size"]
+    reference = _attention_logit_std(768, 12, 0.02)
+    demo = _attention_logit_std(width, settings.num_attention_heads, settings.initializer_range)
+    flat = _attention_logit_std(width, settings.num_attention_heads, 0.02)
+    assert 0.8 < demo / reference < 1.25
+    assert flat / reference < 0.2

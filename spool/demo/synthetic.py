@@ -49,6 +49,24 @@ def demo_backbone(backbone: dict[str, Any], image_size: int,
     return encoder
 
 
+def demo_initializer_range(hidden_size: int, reference: float = 0.02,
+                           reference_size: int = 768) -> float:
+    """The init std that puts a temporal stack of width ``hidden_size`` where Spool's default
+    (``reference`` = 0.02, chosen at ``reference_size`` = 768) puts a ViT-B-wide one.
+
+    A Linear's outputs scale with ``std * sqrt(width)`` and an attention logit (q . k) with its
+    square, so at the demo's width (64) 0.02 starts the attention logits 12x flatter than at
+    768 (std 0.02 instead of 0.24) and the MLP's pre-activations 3.4x smaller: attention is
+    uniform and GELU linear, and a uniform attention pools a window of frames as a set, blind
+    to where the square is. At init a linear probe on the pooled context tells ``grow`` from
+    ``shrink`` (92%) but hardly ``left_to_right`` from ``right_to_left`` (60%); that needs the
+    attention to turn position-selective, which grows from the product of two near-zero
+    matrices (Wq, Wk), slowly and by a seed-dependent amount. So runs sat at chance for 2 to 4
+    epochs and some missed the bar (issue 14; ``bench/demo_plateau.py``).
+    """
+    return reference * (reference_size / hidden_size) ** 0.5
+
+
 SPOOL = "Spool (lookback + lookahead heads)"
 POOLING = "Frame pooling (same backbone, no temporal stack)"
 
@@ -68,6 +86,7 @@ class DemoSettings:
     position_scale: float = (3 * 16 * 16) ** 0.5  # see demo_backbone
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
+    initializer_range: float = demo_initializer_range(DEMO_BACKBONE["hidden_size"])
     local_frame_range: int = 4
     views: int = 3
     crop_scale: tuple[float, float] = (0.6, 1.0)
@@ -85,7 +104,7 @@ def _models(s: DemoSettings) -> list[tuple[str, str, str, dict[str, Any]]]:
     heads = s.num_attention_heads
     temporal = dict(num_hidden_layers=s.num_hidden_layers, num_attention_heads=heads,
                     local_frame_range=s.local_frame_range, hidden_dropout=s.hidden_dropout,
-                    classifier_dropout=s.dropout)
+                    classifier_dropout=s.dropout, initializer_range=s.initializer_range)
     return [
         ("spool", SPOOL, "spool", {**temporal, "num_lookback_heads": heads // 2,
                                    "num_lookahead_heads": heads - heads // 2}),
