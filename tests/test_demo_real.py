@@ -82,7 +82,7 @@ def test_real_demo_runs_end_to_end(tmp_path: Path) -> None:
     cached = sorted((out / "tokens").glob("*.safetensors"))
     stamps = [p.stat().st_mtime_ns for p in cached]
     again = run_real_demo(out, _settings(epochs=1), videos=videos, encoder=_encoder(),
-                          verbose=False, download=False)
+                          verbose=False, download=False, figures=False)
     assert [p.stat().st_mtime_ns for p in cached] == stamps
     assert again["results"]["order"][POOLING]["test_top1"] == 0.5
 
@@ -90,7 +90,8 @@ def test_real_demo_runs_end_to_end(tmp_path: Path) -> None:
 def test_real_demo_is_deterministic(tmp_path: Path) -> None:
     videos = _videos(tmp_path)
     runs = [run_real_demo(tmp_path / f"d{i}", _settings(tasks=("arrow",), epochs=1),
-                          videos=videos, encoder=_encoder(), verbose=False, download=False)
+                          videos=videos, encoder=_encoder(), verbose=False, download=False,
+                          figures=False)
             for i in range(2)]
     a, b = (r["results"]["arrow"][SPOOL] for r in runs)
     assert a["history"] == b["history"] and a["test_top1"] == b["test_top1"]

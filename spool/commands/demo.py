@@ -57,11 +57,12 @@ def run_real(args: argparse.Namespace) -> int:
     from spool.demo.real_footage import RealDemoSettings, bar_report, format_table, run_real_demo
     from spool.downloads import FetchError
 
-    torch.set_num_threads(args.threads)
     settings = RealDemoSettings(seed=args.seed)
     if args.epochs is not None:
         settings.epochs = args.epochs
     jobs = args.jobs if args.jobs is not None else min(2, os.cpu_count() or 1)
+    # The backbone runs here, before the training processes start: give it their threads.
+    torch.set_num_threads(min(os.cpu_count() or 1, jobs * args.threads))
     out = Path(args.out)
     try:
         summary = run_real_demo(out, settings, jobs=jobs, threads=args.threads,
@@ -81,6 +82,8 @@ def run_real(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is None:
+        args.out = "spool-demo-synthetic" if args.synthetic else "spool-demo"
     return run_synthetic(args) if args.synthetic else run_real(args)
 
 
@@ -94,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "synthetic time-reversal videos and a tiny random DINOv2.")
     parser.add_argument("--synthetic", action="store_true",
                         help="run the synthetic demo instead (offline, nothing to fetch)")
-    parser.add_argument("--out", default="spool-demo", help="output directory (spool-demo)")
+    parser.add_argument("--out", default=None,
+                        help="output directory (spool-demo; --synthetic: spool-demo-synthetic)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="training epochs per model")
