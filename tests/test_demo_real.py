@@ -165,3 +165,32 @@ def test_reduce_tokens() -> None:
     torch.testing.assert_close(pooled[:, 1], tokens[:, [1, 2, 5, 6]].mean(1))
     with pytest.raises(ValueError, match="pooling"):
         reduce_tokens(tokens, 3)
+
+
+def test_missing_onnx_is_a_clear_error(monkeypatch, capsys) -> None:
+    from spool.cli import main
+    from spool.demo import real_footage
+
+    def fake(out, s, **kwargs):
+        raise ImportError("reading the ONNX file needs the onnx package: pip install "
+                          "'spool-video[offline]'")
+
+    monkeypatch.setattr(real_footage, "run_real_demo", fake)
+    assert main(["demo", "--out", "unused"]) == 2
+    assert "[offline]" in capsys.readouterr().out
+
+
+def test_synthetic_flag_routes_to_the_synthetic_demo(monkeypatch) -> None:
+    from spool.cli import main
+    from spool.demo import synthetic
+
+    seen = {}
+
+    def fake(out, settings, **kwargs):
+        seen["out"] = out
+        return {synthetic.SPOOL: {"val_top1": 0.95}, synthetic.POOLING: {"val_top1": 0.3}}
+
+    monkeypatch.setattr(synthetic, "run_demo", fake)
+    monkeypatch.setattr(synthetic, "format_table", lambda results: "table")
+    assert main(["demo", "--synthetic"]) == 0
+    assert seen["out"] == Path("spool-demo-synthetic")

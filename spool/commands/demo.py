@@ -72,6 +72,9 @@ def run_real(args: argparse.Namespace) -> int:
             "fetching the demo's weights or footage failed"
         print(f"spool demo: {where}.\n{err}\n(`spool demo --synthetic` needs no downloads.)")
         return 2
+    except ImportError as err:  # onnx, to convert the weights: the `offline` extra
+        print(f"spool demo: {err}")
+        return 2
     print()
     print(format_table(summary["results"]))
     print(f"\n{bar_report(summary['results'], settings.bars)}")
