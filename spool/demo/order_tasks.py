@@ -64,11 +64,18 @@ def altered(clips: torch.Tensor, task: str, rng: np.random.Generator) -> torch.T
 
 
 def normalise_clips(x: torch.Tensor) -> torch.Tensor:
-    """Subtract each clip's mean token over time and scale the clip to unit RMS. Both are the
-    same for a clip in any order (frame pooling stays blind); what is left is how the frames
-    differ, on one scale for slow and fast footage."""
+    """Subtract each clip's mean token over time and scale the clip to unit RMS: what is left
+    is how the frames differ, on one scale for slow and fast footage."""
     x = x - x.mean(dim=1, keepdim=True)
     return x / x.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-6)
+
+
+def model_input(model, x: torch.Tensor) -> torch.Tensor:
+    """Spool's input is the normalised clip; frame pooling gets the tokens as they are (the
+    clip's mean over time, all it reads, would be zero after normalising)."""
+    from spool.models.classification import FramePoolingForVideoClassification
+
+    return x if isinstance(model, FramePoolingForVideoClassification) else normalise_clips(x)
 
 
 def make_batch(frames: torch.Tensor, clips: torch.Tensor, task: str, rng: np.random.Generator,
@@ -81,8 +88,7 @@ def make_batch(frames: torch.Tensor, clips: torch.Tensor, task: str, rng: np.ran
         flip = torch.from_numpy(rng.random(len(clips)) < 0.5)
         first = torch.where(flip[:, None], clips.flip(1), clips)
     labels = torch.cat([torch.zeros(len(clips)), torch.ones(len(clips))]).long()
-    x = frames[torch.cat([first, altered(clips, task, rng)])].float()
-    return normalise_clips(x), labels
+    return frames[torch.cat([first, altered(clips, task, rng)])].float(), labels
 
 
 def random_rotation(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -127,7 +133,7 @@ def evaluate(model, frames: torch.Tensor, clips: torch.Tensor, task: str, seed: 
     right, loss = [], 0.0
     for s in range(0, len(clips), batch):
         x, y = make_batch(frames, clips[s:s + batch], task, rng)
-        out = model(tokens=x, labels=y)
+        out = model(tokens=model_input(model, x), labels=y)
         right.append((out.logits.argmax(-1) == y).view(2, -1))
         loss += float(out.loss) * len(y)
     correct = torch.cat(right, dim=1).flatten() if right else torch.zeros(0, dtype=torch.bool)
@@ -140,7 +146,7 @@ def altered_probability(model, x: torch.Tensor) -> torch.Tensor:
     """The model's probability that each clip in ``x [B, T, L, D]`` (raw tokens) is altered
     (shuffled / backwards)."""
     model.eval()
-    return model(tokens=normalise_clips(x.float())).logits.softmax(-1)[:, 1]
+    return model(tokens=model_input(model, x.float())).logits.softmax(-1)[:, 1]
 
 
 def train_model(job: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +197,7 @@ def _fit(model, frames: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
         loss_sum, right, seen = 0.0, 0, 0
         for b in range(0, len(order), bs):
             x, y = make_batch(frames, train[order[b:b + bs]], task, rng, s["flip_natural"])
+            x = model_input(model, x)
             if s["rotate"]:
                 x = random_rotation(x, gen)
             out = model(tokens=x, labels=y)
