@@ -3,7 +3,8 @@
 The backbone is the converted DINOv2-S (``spool backbone import dinov2-small``) when it is in
 Spool's cache, else a randomly initialised model of the same size (the time is the same). The
 temporal stack runs on that backbone's tokens (D = 384): on all 257 tokens per frame, and on
-the class token alone as ``spool demo`` does, in the demo's configuration and in a deeper one.
+the class token alone as ``spool demo --real`` does, in the demo's configuration and in a
+deeper one.
 
     python bench/backbone_vs_stack.py --out docs/benchmarks.md     # ~2 minutes on 2 cores
     python bench/backbone_vs_stack.py --tiny                       # smoke test, seconds
@@ -128,7 +129,7 @@ def main() -> None:
                 f"call, median of {args.repeat} calls.\n\n{text}\n\n"
                 "The backbone runs once per frame and its tokens can be cached (`spool "
                 "cache`); the temporal stack runs on every frame's tokens at the backbone's "
-                "width: on all of them, or on the class token alone as `spool demo` does. "
+                "width: on all of them, or on the class token alone as `spool demo --real` does. "
                 "\"vs backbone\" is the stack's time per frame over the backbone's.")
         update_section(args.out, HEADING, body)
         print(f"wrote the table under '## {HEADING}' in {args.out}")

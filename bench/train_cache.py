@@ -2,7 +2,7 @@
 
 Both runs train the same classifier on the same clips (no augmentation, so the cache holds
 exactly what the backbone would produce); the cached run never decodes a video nor runs the
-backbone. Data and backbone are the synthetic demo's (``spool demo --synthetic``), or a
+backbone. Data and backbone are the synthetic demo's (``spool demo``), or a
 DINOv2-small/base-sized random backbone at 224 px (``--backbone small|base``) to show what a
 realistic backbone costs.
 

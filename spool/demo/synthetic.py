@@ -1,4 +1,4 @@
-"""The synthetic demo (``spool demo --synthetic``). Offline, on CPU, in a few minutes.
+"""The synthetic demo (``spool demo``, the main job). Offline, on CPU, in a few minutes.
 
 1. Writes a synthetic dataset whose classes are time-reversed twins (``spool.data.synthetic``):
    every video of one class has a twin in the other class with the same frames reversed.
