@@ -63,3 +63,11 @@ def test_demo_init_starts_attention_where_spool_default_does() -> None:
     flat = _attention_logit_std(width, settings.num_attention_heads, 0.02)
     assert 0.8 < demo / reference < 1.25
     assert flat / reference < 0.2
+
+
+def test_map_in_processes_keeps_the_order():
+    from spool.demo.processes import map_in_processes
+
+    jobs = [-3, 1, -2, 4]
+    assert map_in_processes(abs, jobs, 2) == [3, 1, 2, 4]
+    assert map_in_processes(abs, jobs, 1) == [3, 1, 2, 4]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from spool.demo.order_tasks import TASKS, altered, split_clips, train_model
+from spool.demo.processes import map_in_processes
 
 logger = logging.getLogger(__name__)
 
@@ -143,15 +144,7 @@ def run_real_demo(out: Path, s: RealDemoSettings, jobs: int = 1, threads: int = 
                              out_dir=str(out / "runs" / f"{task}_{kind}" / "model")))
     todo.sort(key=lambda j: j["kind"] == "frame_pooling")  # the long jobs first
     say(f"training {len(todo)} models ({len(s.tasks)} tasks x {len(MODELS)}), {jobs} at a time")
-    if jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: a fresh interpreter per worker, no inherited thread pools.
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            done = list(pool.map(train_model, todo))
-    else:
-        done = [train_model(job) for job in todo]
+    done = map_in_processes(train_model, todo, jobs)
     results: dict[str, dict[str, Any]] = {t: {} for t in s.tasks}
     for r in done:
         results[r["task"]][MODELS[r["kind"]]] = r

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spool.demo.processes import map_in_processes
+
 # The random backbone: DINOv2's embeddings and final LayerNorm at toy size, no blocks (a
 # random block mostly scrambles what the patches say; see demo_backbone for the positions).
 DEMO_BACKBONE = dict(model_type="dinov2", hidden_size=64, num_hidden_layers=0,
@@ -184,15 +186,7 @@ def run_demo(out: Path, s: DemoSettings, jobs: int = 1, threads: int = 1,
                       quiet=not verbose, log_every=10**9, name=name)
         todo.append((name, config, threads))
     say(f"training {len(todo)} models on the cache, {jobs} at a time")
-    if jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: a fresh interpreter per worker, no inherited thread pools.
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            done = list(pool.map(_train_one, todo))
-    else:
-        done = [_train_one(job) for job in todo]
+    done = map_in_processes(_train_one, todo, jobs)
     results = {name: r for name, r, _ in done}
     histories = {name: h for name, _, h in done}
     plot_curves(histories, out / "curves.png")
