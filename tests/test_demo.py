@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from spool.demo.synthetic import POOLING, SPOOL, DemoSettings, demo_backbone, format_table, run_demo
@@ -35,6 +36,29 @@ def test_demo_backbone_positions_are_scaled() -> None:
     torch.testing.assert_close(b[pos], 10 * a[pos])
     assert all(torch.equal(a[k], b[k]) for k in a if k != pos)
     assert scaled.config.num_spatial_tokens == 17  # class token + 4 x 4 patches
+
+
+def test_demo_token_pooling_pools_the_patch_grid() -> None:
+    """k = 2: the same weights, the class token kept, each 2x2 block of patches averaged."""
+    torch.manual_seed(0)
+    plain = demo_backbone(DemoSettings().backbone, 64, 3.0)
+    torch.manual_seed(0)
+    pooled = demo_backbone(DemoSettings().backbone, 64, 3.0, token_pooling=2)
+    assert pooled.config.num_spatial_tokens == 5 and pooled.config.token_pooling == 2
+    video = torch.rand(1, 2, 64, 64, 3)
+    with torch.no_grad():
+        a, b = plain(video), pooled(video)
+    torch.testing.assert_close(b[:, :, 0], a[:, :, 0])
+    grid = a[:, :, 1:].reshape(1, 2, 4, 4, -1)
+    top_left = grid[:, :, :2, :2].mean(dim=(2, 3))
+    torch.testing.assert_close(b[:, :, 1], top_left)
+
+
+def test_demo_command_refuses_token_pooling_with_real() -> None:
+    from spool.cli import main
+
+    with pytest.raises(SystemExit, match="token-pooling"):
+        main(["demo", "--real", "--token-pooling", "2", "--no-download"])
 
 
 def _attention_logit_std(hidden_size: int, heads: int, initializer_range: float) -> float:

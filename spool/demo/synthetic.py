@@ -28,9 +28,10 @@ DEMO_BACKBONE = dict(model_type="dinov2", hidden_size=64, num_hidden_layers=0,
 
 
 def demo_backbone(backbone: dict[str, Any], image_size: int,
-                  position_scale: float | None = None) -> Any:
+                  position_scale: float | None = None, token_pooling: int = 1) -> Any:
     """A :class:`FrameEncoderModel` around a randomly initialised HF backbone (seed torch
     first); frames are square, so the preprocessing keeps all of each (``crop_pct=1``).
+    ``token_pooling``: ``SpoolConfig.token_pooling`` (its patch grid pooled ``k x k``).
 
     ``position_scale``: multiply the position embeddings by this. A random init draws them
     with the std of the patch projection's *weights*, so they come out about
@@ -43,7 +44,8 @@ def demo_backbone(backbone: dict[str, Any], image_size: int,
 
     from spool.models.frame_encoder import FrameEncoderModel
 
-    encoder = FrameEncoderModel(backbone_config=backbone, image_size=image_size, crop_pct=1.0)
+    encoder = FrameEncoderModel(backbone_config=backbone, image_size=image_size, crop_pct=1.0,
+                                token_pooling=token_pooling)
     encoder.eval()
     if position_scale is not None:
         with torch.no_grad():
@@ -90,6 +92,7 @@ class DemoSettings:
     num_attention_heads: int = 4
     initializer_range: float = demo_initializer_range(DEMO_BACKBONE["hidden_size"])
     local_frame_range: int = 4
+    token_pooling: int = 1  # k: the 4x4 patch grid pooled k x k (1 + 16 / k**2 tokens)
     views: int = 3
     crop_scale: tuple[float, float] = (0.6, 1.0)
     epochs: int = 16
@@ -164,7 +167,7 @@ def run_demo(out: Path, s: DemoSettings, jobs: int = 1, threads: int = 1,
         f"({', '.join(s.classes)}) to {data}")
 
     torch.manual_seed(s.seed)
-    encoder = demo_backbone(s.backbone, s.image_size, s.position_scale)
+    encoder = demo_backbone(s.backbone, s.image_size, s.position_scale, s.token_pooling)
     for split, views in (("train", s.views), ("val", 1)):
         samples, names = read_annotations(data / f"{split}.txt")
         clips = VideoClipDataset(samples, names, clip_sampler(s.num_frames),
