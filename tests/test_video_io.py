@@ -105,6 +105,21 @@ def test_seek_equals_full_decode_h264(h264_short_gop: tuple[Path, np.ndarray]) -
     assert seeks >= 1
 
 
+@pytest.mark.parametrize("thread_type", ["NONE", "SLICE", "FRAME"])
+def test_decoder_threading_gives_the_same_frames(h264_short_gop: tuple[Path, np.ndarray],
+                                                 thread_type: str) -> None:
+    """The clip datasets read with slice threads, long videos with AUTO: same frames."""
+    path, _ = h264_short_gop
+    idx = [5, 60, 61, 130, 199, 3]
+    with VideoReader(path) as reader:  # AUTO
+        want, want_ts = reader.get(idx, strategy="seek")
+    with VideoReader(path, thread_type=thread_type) as reader:
+        got, ts = reader.get(idx, strategy="seek")
+        assert reader.num_seeks >= 2
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(ts, want_ts)
+
+
 def test_reader_keeps_position_and_goes_back(h264_short_gop: tuple[Path, np.ndarray]) -> None:
     path, _ = h264_short_gop
     full, _ = read_video_frames(path)

@@ -195,7 +195,10 @@ class VideoClipDataset(Dataset):
         if any(aug for _, aug in views) and self.augmentation is None:
             raise ValueError("views: augmented views need an augmentation hook")
         rngs = [np.random.default_rng([self.seed, epoch, index]) for epoch, _ in views]
-        with VideoReader(self.samples[index].path) as reader:
+        # A clip is a few frames far apart, read by seeking: after each seek a frame-threaded
+        # decoder refills its pipeline, which made these reads 2-4x slower than with slice
+        # threads (bench/decode_threads.py); sequential reads keep FFmpeg's AUTO.
+        with VideoReader(self.samples[index].path, thread_type="SLICE") as reader:
             n = len(reader)
             fps = reader.info().fps if self.sampler.needs_fps else None
             plans = [self.sampler(n, fps, rng if aug else None)
