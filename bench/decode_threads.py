@@ -101,9 +101,12 @@ def main() -> None:
             f"{machine()}. Median of {args.runs} interleaved runs; every mode returned "
             "bit-identical frames (sha256 of all frames read). 'all frames': every frame "
             "decoded and converted to RGB in order; '16 frames': the uniform sampler's 16 "
-            "frames (keyframe seeks). `AUTO` is what `VideoReader` uses today (FFmpeg's "
-            "choice of frame and slice threads); keyframe intervals are read from the files' "
-            "packets. The 2-minute files are the seek benchmark's (`bench/video_seek.py`, "
+            "frames (keyframe seeks). `AUTO` (FFmpeg's choice of frame and slice threads) was "
+            "`VideoReader`'s one mode when this was measured; since, clip datasets "
+            "(`VideoClipDataset`: few frames far apart, read by seeking) decode with `SLICE`, "
+            "and sequential passes (long videos, extraction, frame caches) keep `AUTO`, as no "
+            "mode beats it there by more than the noise. Keyframe intervals are read from the "
+            "files' packets. The 2-minute files are the seek benchmark's (`bench/video_seek.py`, "
             "same names in the same workdir).\n\n" + "\n".join(lines) + "\n")
     print(text)
     if not args.no_docs and not args.tiny:  # a smoke test never overwrites the docs
