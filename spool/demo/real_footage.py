@@ -62,6 +62,7 @@ class RealDemoSettings:
     warmup_epochs: float = 1.0
     eval_every: int = 2
     rotate: bool = True
+    test_rotations: int = 16  # with rotate: final answers averaged over this many rotations
     flip_natural: bool = True
     train_frame_pooling: bool = True
     tasks: tuple[str, ...] = ("order", "arrow")
