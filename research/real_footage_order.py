@@ -56,10 +56,13 @@ def frame_times(reader: VideoReader) -> np.ndarray:
 def compute_tokens(out: Path, fps: float, names: list[str] | None, batch: int,
                    bf16: bool) -> dict[str, float]:
     """DINOv2-S tokens ``[N, 257, 384]`` (fp16) of every clip at ``fps``, cached as .npy."""
-    from spool.data.cache import frame_encoder_model
+    from spool.models.frame_encoder import FrameEncoderModel
 
     model_dir = import_backbone("dinov2-small", cache_dir("backbones", "dinov2-small"))
-    encoder = frame_encoder_model(backbone_name=str(model_dir), image_size=224).eval()
+    # The whole frame squashed to 224 x 224: what the encoder did when these caches were made
+    # (before the centre crop became the default); the demo does the same.
+    encoder = FrameEncoderModel(backbone_name=str(model_dir), image_size=224,
+                                resize_mode="squash").eval()
     if bf16:
         encoder = encoder.to(torch.bfloat16)
     timings = {}

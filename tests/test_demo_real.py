@@ -53,7 +53,8 @@ def _encoder():
 
 def _settings(**changes) -> RealDemoSettings:
     return RealDemoSettings(**{**dict(clip_len=6, epochs=2, batch_size=8, num_attention_heads=2,
-                                      local_frame_range=2, eval_every=1, figure_clips=2),
+                                      local_frame_range=2, eval_every=1, figure_clips=2,
+                                      test_rotations=2),
                                **changes})
 
 
@@ -70,6 +71,10 @@ def test_real_demo_runs_end_to_end(tmp_path: Path) -> None:
         for r in rs.values():
             assert 0 <= r["test_top1"] <= 1 and r["trainable_params"] > 0
         assert len(rs[SPOOL]["history"]) == 2
+        # Trained under random rotations (order), Spool's final answers average over them.
+        rotated = 2 if task == "order" else 0
+        assert rs[SPOOL]["test_rotations"] == rs[LOOKBACK]["test_rotations"] == rotated
+        assert rs[POOLING]["test_rotations"] == 0
         assert (out / "runs" / f"{task}_spool" / "model" / "model.safetensors").is_file()
     for png in ("curves.png", "clips.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
@@ -95,6 +100,20 @@ def test_real_demo_is_deterministic(tmp_path: Path) -> None:
             for i in range(2)]
     a, b = (r["results"]["arrow"][SPOOL] for r in runs)
     assert a["history"] == b["history"] and a["test_top1"] == b["test_top1"]
+
+
+def test_rotation_averaged_answers_are_fixed_by_the_seed() -> None:
+    from spool.demo.order_tasks import altered_probability, build_model
+
+    torch.manual_seed(0)
+    settings = {**_settings().for_task("order")}
+    model = build_model("spool", settings, 1, 8)
+    x = torch.randn(3, 6, 1, 8)
+    once = altered_probability(model, x, rotations=3, seed=5)
+    assert once.shape == (3,) and ((once >= 0) & (once <= 1)).all()
+    torch.testing.assert_close(altered_probability(model, x, rotations=3, seed=5), once)
+    assert not torch.equal(altered_probability(model, x, rotations=3, seed=6), once)
+    assert not torch.equal(altered_probability(model, x), once)
 
 
 @pytest.mark.parametrize("spool_acc, pool_acc, ok", [(0.95, 0.5, True), (0.85, 0.5, False),

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -123,30 +124,46 @@ def build_model(kind: str, settings: dict[str, Any], num_tokens: int, hidden: in
     return SpoolForVideoClassification(config, with_backbone=False)
 
 
+def _probabilities(model, x: torch.Tensor, rotations: int, seed: int) -> torch.Tensor:
+    """Class probabilities ``[B, 2]`` of the raw tokens ``x``: with ``rotations`` > 0 (a model
+    trained under random rotations), their mean over that many random rotations, the same for
+    every batch (generator seeded with ``seed``): the model is trained to give every rotation
+    the same answer and does so only roughly, so one rotation, the identity included, is a
+    noisy sample of its answer."""
+    x = model_input(model, x)
+    if not rotations:
+        return model(tokens=x).logits.softmax(-1)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([model(tokens=random_rotation(x, gen)).logits.softmax(-1)
+                        for _ in range(rotations)]).mean(0)
+
+
 @torch.no_grad()
 def evaluate(model, frames: torch.Tensor, clips: torch.Tensor, task: str, seed: int,
-             batch: int = 256) -> tuple[float, float, torch.Tensor]:
+             batch: int = 256, rotations: int = 0) -> tuple[float, float, torch.Tensor]:
     """Accuracy and loss over every clip in both classes (shuffles fixed by ``seed``), and
-    whether each sample was right (``[2C]``: the clips as they are, then altered)."""
+    whether each sample was right (``[2C]``: the clips as they are, then altered);
+    ``rotations``: see ``_probabilities``."""
     model.eval()
     rng = np.random.default_rng(seed)
     right, loss = [], 0.0
     for s in range(0, len(clips), batch):
         x, y = make_batch(frames, clips[s:s + batch], task, rng)
-        out = model(tokens=model_input(model, x), labels=y)
-        right.append((out.logits.argmax(-1) == y).view(2, -1))
-        loss += float(out.loss) * len(y)
+        prob = _probabilities(model, x, rotations, seed)
+        right.append((prob.argmax(-1) == y).view(2, -1))
+        loss += float(F.nll_loss(prob.clamp_min(1e-12).log(), y)) * len(y)
     correct = torch.cat(right, dim=1).flatten() if right else torch.zeros(0, dtype=torch.bool)
     n = max(1, len(correct))
     return float(correct.float().sum()) / n, loss / n, correct
 
 
 @torch.no_grad()
-def altered_probability(model, x: torch.Tensor) -> torch.Tensor:
+def altered_probability(model, x: torch.Tensor, rotations: int = 0,
+                        seed: int = 0) -> torch.Tensor:
     """The model's probability that each clip in ``x [B, T, L, D]`` (raw tokens) is altered
-    (shuffled / backwards)."""
+    (shuffled / backwards); ``rotations``: see ``_probabilities``."""
     model.eval()
-    return model(tokens=model_input(model, x.float())).logits.softmax(-1)[:, 1]
+    return _probabilities(model, x.float(), rotations, seed)[:, 1]
 
 
 def train_model(job: dict[str, Any]) -> dict[str, Any]:
@@ -169,15 +186,19 @@ def train_model(job: dict[str, Any]) -> dict[str, Any]:
     if kind != "frame_pooling" or s["train_frame_pooling"]:
         history = _fit(model, frames, train, test, s, rng, gen)
     seconds = time.perf_counter() - start
-    test_acc, test_loss, correct = evaluate(model, frames, test, task, seed + 1)
-    train_acc, _, _ = evaluate(model, frames, train, task, seed + 2)
+    # Trained under random rotations: the final answers average over test_rotations of them
+    # (the per-epoch validation in the history uses the tokens as they are, to stay cheap).
+    rot = s["test_rotations"] if s["rotate"] and kind != "frame_pooling" else 0
+    test_acc, test_loss, correct = evaluate(model, frames, test, task, seed + 1, rotations=rot)
+    train_acc, _, _ = evaluate(model, frames, train, task, seed + 2, rotations=rot)
     if job.get("out_dir"):
         model.save_pretrained(job["out_dir"])
     figure = job["figure"]
-    prob = altered_probability(model, frames[figure]) if len(figure) else torch.zeros(0)
+    prob = altered_probability(model, frames[figure], rot, seed + 1) if len(figure) \
+        else torch.zeros(0)
     return {"task": task, "kind": kind, "test_top1": test_acc, "test_loss": test_loss,
-            "train_top1": train_acc, "trainable_params": params, "train_seconds": seconds,
-            "history": history, "test_correct": correct.tolist(),
+            "test_rotations": rot, "train_top1": train_acc, "trainable_params": params,
+            "train_seconds": seconds, "history": history, "test_correct": correct.tolist(),
             "figure_prob_altered": prob.tolist()}
 
 

@@ -43,6 +43,10 @@ class RealDemoSettings:
     """Everything the demo's numbers depend on (the README table is for these defaults)."""
 
     fps: float = 8.0
+    # The whole frame, squashed to 224 x 224: DINOv2's centre crop (87.5% of the shorter side)
+    # cuts off the sides of 4:3 and 16:9 footage, where people walk in and out of view
+    # (research/README.md: order verification on cropped and on squashed tokens).
+    resize_mode: str = "squash"
     token_pooling: int = 0  # 0: the class token alone; k: patch grid pooled k x k
     train_fraction: float = 0.7
     clip_len: int = 16
@@ -58,6 +62,7 @@ class RealDemoSettings:
     warmup_epochs: float = 1.0
     eval_every: int = 2
     rotate: bool = True
+    test_rotations: int = 16  # with rotate: final answers averaged over this many rotations
     flip_natural: bool = True
     train_frame_pooling: bool = True
     tasks: tuple[str, ...] = ("order", "arrow")
@@ -113,7 +118,8 @@ def run_real_demo(out: Path, s: RealDemoSettings, jobs: int = 1, threads: int = 
 
         backbone = demo_backbone_dir(download)
         say(f"backbone: DINOv2-S in {backbone}")
-        encoder = FrameEncoderModel(backbone_name=str(backbone), image_size=224).eval()
+        encoder = FrameEncoderModel(backbone_name=str(backbone), image_size=224,
+                                    resize_mode=s.resize_mode).eval()
     if videos is None:
         videos = demo_videos(download)
         say(f"footage: {len(videos)} clips ({', '.join(n for n, _ in videos)})")
