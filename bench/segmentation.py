@@ -41,6 +41,7 @@ from spool.data.synthetic_segments import SEGMENT_CLASSES, make_segmentation_dat
 from spool.demo.synthetic import DEMO_BACKBONE, demo_backbone  # noqa: E402
 from spool.metrics.ribbons import plot_ribbons  # noqa: E402
 from spool.metrics.segmentation import SegmentationMetrics, to_segments  # noqa: E402
+from spool.models.frame_encoder import FrameEncoderModel  # noqa: E402
 from spool.models.pretrained import load_pretrained  # noqa: E402
 from spool.runtime import configure_logging  # noqa: E402
 from spool.train.config import TrainConfig  # noqa: E402
@@ -67,17 +68,26 @@ def key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def dct_encoder(size: int, dim: int) -> torch.nn.Module:
-    """The demo's zero-block DINOv2 with one patch per frame whose projection is set to
-    low-frequency 2-D cosines: most of the ``dim`` outputs read brightness, a sixth each read
-    red-green and blue-yellow (the cue is a colour). A random projection of the pixels (what
-    a random init gives) scatters "where the shape is" over unrelated directions; smooth
-    basis functions keep it smooth, as a trained encoder's features are. Nothing is learnt
-    from the data: every model gets the same fixed tokens."""
-    encoder = demo_backbone(dict(DEMO_BACKBONE, hidden_size=dim, patch_size=size,
-                                 image_size=size), size)
-    grid = (torch.arange(size) + 0.5) / size
-    freqs = sorted(((u, v) for u in range(size) for v in range(size)),
+def dct_encoder(size: int, dim: int, patch: int | None = None,
+                pooling: int = 1) -> torch.nn.Module:
+    """The demo's zero-block DINOv2 whose patch projection is set to low-frequency 2-D
+    cosines: most of the ``dim`` outputs read brightness, a sixth each read red-green and
+    blue-yellow (the cue is a colour). A random projection of the pixels (what a random init
+    gives) scatters "where the shape is" over unrelated directions; smooth basis functions
+    keep it smooth, as a trained encoder's features are. Nothing is learnt from the data:
+    every model gets the same fixed tokens.
+
+    ``patch``: pixels per patch side (default: the whole frame, one patch). With a grid of
+    patches each is projected onto the cosines of its own pixels, and its position embedding
+    (random, std 5: about the spread of the projections over a frame's patches, 4.7 on these
+    videos, so that a token says which patch it comes from) is added; ``pooling``: the
+    encoder's ``token_pooling`` (issue 12)."""
+    patch = patch or size
+    encoder = FrameEncoderModel(backbone_config=dict(DEMO_BACKBONE, hidden_size=dim,
+                                                     patch_size=patch, image_size=size),
+                                image_size=size, crop_pct=1.0, token_pooling=pooling).eval()
+    grid = (torch.arange(patch) + 0.5) / patch
+    freqs = sorted(((u, v) for u in range(patch) for v in range(patch)),
                    key=lambda f: (f[0] + f[1], f))
     colour = {"luma": torch.tensor([1.0, 1.0, 1.0]), "rg": torch.tensor([1.0, -1.0, 0.0]),
               "by": torch.tensor([-0.5, -0.5, 1.0])}
@@ -87,11 +97,13 @@ def dct_encoder(size: int, dim: int) -> torch.nn.Module:
     for name, n in counts.items():
         for u, v in freqs[:n]:
             basis = torch.outer(torch.cos(torch.pi * u * grid), torch.cos(torch.pi * v * grid))
-            weight.append(colour[name][:, None, None] * basis / size)
-    projection = encoder.backbone.model.embeddings.patch_embeddings.projection
+            weight.append(colour[name][:, None, None] * basis / patch)
+    embeddings = encoder.backbone.model.embeddings
     with torch.no_grad():
-        projection.weight.copy_(torch.stack(weight))
-        projection.bias.zero_()
+        embeddings.patch_embeddings.projection.weight.copy_(torch.stack(weight))
+        embeddings.patch_embeddings.projection.bias.zero_()
+        if patch < size:
+            embeddings.position_embeddings.normal_(std=5.0)
     return encoder
 
 
@@ -100,6 +112,8 @@ def build_data(args: argparse.Namespace) -> tuple[Path, Path]:
     videos = dict(train=args.train, test=args.test, frames=list(args.frames), size=args.size,
                   seed=args.seed, min_cue_distance=args.min_cue_distance)
     settings = dict(videos, dim=args.dim, encoder=args.encoder)
+    if args.patch or args.pooling > 1:  # (older caches: one patch, no pooling)
+        settings.update(patch=args.patch, pooling=args.pooling)
     data = args.out / "data"
     stamp, video_stamp = args.out / "data_settings.json", data / "videos_settings.json"
     caches = args.out / "cache" / "train", args.out / "cache" / "test"
@@ -113,7 +127,7 @@ def build_data(args: argparse.Namespace) -> tuple[Path, Path]:
         log(f"wrote {args.train} + {args.test} videos to {data}")
     torch.manual_seed(args.seed)
     if args.encoder == "dct":
-        encoder = dct_encoder(args.size, args.dim)
+        encoder = dct_encoder(args.size, args.dim, args.patch, args.pooling)
     else:  # one random linear projection of all pixels per frame
         encoder = demo_backbone(dict(DEMO_BACKBONE, hidden_size=args.dim,
                                      patch_size=args.size, image_size=args.size), args.size)
@@ -131,9 +145,12 @@ def model_settings(args: argparse.Namespace) -> dict[str, tuple[str, dict, dict]
     # Head counts must divide the cache's hidden size even where there is no temporal stack.
     shape = dict(num_attention_heads=heads, num_lookback_heads=heads // 2,
                  num_lookahead_heads=heads - heads // 2)
+    head = {"context_in_head": True, "smoothing_weight": args.smoothing}
+    if args.refine:
+        head.update(refinement_stages=args.refine, refinement_layers=args.refine_layers,
+                    refinement_window=args.refine_window)
     spool = dict(shape, num_hidden_layers=args.layers, local_frame_range=args.window,
-                 hidden_dropout=args.dropout,
-                 head_config={"context_in_head": True, "smoothing_weight": args.smoothing})
+                 hidden_dropout=args.dropout, initializer_range=args.init, head_config=head)
     spool.update(dict(args.spool_model))
     common = dict(epochs=args.epochs, lr=args.lr)
     return {
@@ -241,6 +258,10 @@ def main() -> None:
     ap.add_argument("--encoder", choices=("dct", "random"), default="random",
                     help="the frame encoder's projection: random (measured, docs/benchmarks.md) or "
                          "dct (see dct_encoder; not measured yet)")
+    ap.add_argument("--patch", type=int, default=None,
+                    help="dct: pixels per patch side (default: one patch per frame)")
+    ap.add_argument("--pooling", type=int, default=1,
+                    help="dct: the frame encoder's token_pooling k (issue 12)")
     ap.add_argument("--min-cue-distance", type=int, default=1600)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
@@ -248,6 +269,11 @@ def main() -> None:
     ap.add_argument("--smoothing", type=float, default=0.15,
                     help="Spool's smoothing loss weight (MS-TCN's, as its baseline has)")
     ap.add_argument("--dropout", type=float, default=0.1, help="Spool's hidden_dropout")
+    ap.add_argument("--init", type=float, default=0.02, help="Spool's initializer_range")
+    ap.add_argument("--refine", type=int, default=0, help="Spool's refinement_stages")
+    ap.add_argument("--refine-layers", type=int, default=2, help="layers per refinement stage")
+    ap.add_argument("--refine-window", type=int, default=48,
+                    help="a refinement stage's local_frame_range")
     ap.add_argument("--epochs", type=int, default=10, help="Spool's epochs")
     ap.add_argument("--lr", type=float, default=1e-3, help="Spool's learning rate")
     ap.add_argument("--spool-model", type=key_value, action="append", default=[],
