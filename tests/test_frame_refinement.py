@@ -28,6 +28,9 @@ def test_each_stage_reads_the_softmax_of_the_one_before(tmp_path: Path) -> None:
     assert len(model.refinements) == 2
     stage = model.refinements[0].spool.config
     assert (stage.num_hidden_layers, stage.local_frame_range, stage.num_spatial_tokens) == (1, 3, 1)
+    # context_in_head: each stage's head also reads its own stack's pooled context.
+    assert model.refinements[0].classifier.in_features == 3 * 24
+    assert _model({"refinement_stages": 1}).refinements[0].classifier.in_features == 24
     tokens = torch.randn(2, 7, 5, 24)
     labels = torch.tensor([[0, 1, 1, -100, 2, 2, 0], [2, 2, 2, 1, 1, 0, 0]])
     out = model(tokens=tokens, labels=labels)

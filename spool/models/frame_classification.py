@@ -196,26 +196,35 @@ class FrameClassifier(SpoolPreTrainedModel):
 class SpoolRefinementStage(nn.Module):
     """A refinement stage of MS-TCN's kind built from Spool: the previous stage's class
     probabilities ``[B, T, C]`` -> ``Linear(C, D)`` -> one token per frame through a Spool
-    temporal stack (its own context frames, window and layers) -> ``Linear(D, C)``.
+    temporal stack (its own context frames, window and layers) -> ``Linear(D, C)`` (on the
+    frame's feature and the stack's pooled context, ``Linear(3D, C)``, with
+    ``context_in_head``: what keeps a label that depends on a far cue, as in the first stage).
 
     It sees only what the stage before predicted, so it learns what a labelling looks like
     (segments last; a blip of another class inside one is usually wrong) rather than
     re-reading the frames: MS-TCN's remedy for over-segmentation.
     """
 
-    def __init__(self, config: SpoolConfig, num_classes: int) -> None:
+    def __init__(self, config: SpoolConfig, num_classes: int,
+                 context_in_head: bool = False) -> None:
         super().__init__()
         D = config.hidden_size
+        self.context_in_head = context_in_head
         self.embed = nn.Linear(num_classes, D)
         self.spool = Spool(config, with_backbone=False)
-        self.classifier = nn.Linear(D, num_classes)
+        self.classifier = nn.Linear((3 if context_in_head else 1) * D, num_classes)
         for layer in (self.embed, self.classifier):
             nn.init.trunc_normal_(layer.weight, std=config.initializer_range)
             nn.init.zeros_(layer.bias)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(logits.softmax(dim=-1))[:, :, None]
-        return self.classifier(self.spool.forward_tokens(tokens).features[:, 1:-1, 0])
+        out = self.spool.forward_tokens(tokens)
+        features = out.features[:, 1:-1, 0]
+        if self.context_in_head:
+            features = torch.cat(
+                (features, out.context[:, None].expand(-1, features.shape[1], -1)), dim=-1)
+        return self.classifier(features)
 
 
 class SpoolForFrameClassification(FrameClassifier):
@@ -277,7 +286,7 @@ class SpoolForFrameClassification(FrameClassifier):
             num_hidden_layers=refinement["refinement_layers"],
             local_frame_range=refinement["refinement_window"])
         self.refinements = nn.ModuleList(
-            SpoolRefinementStage(stage_config, len(self.config.class_names))
+            SpoolRefinementStage(stage_config, len(self.config.class_names), self.context_in_head)
             for _ in range(refinement["refinement_stages"]))
 
     @property
