@@ -38,7 +38,11 @@ import torch  # noqa: E402
 from spool.data.frame_cache import FrameTokenDataset, build_frame_cache  # noqa: E402
 from spool.data.segmentation import read_segmentation  # noqa: E402
 from spool.data.synthetic_segments import SEGMENT_CLASSES, make_segmentation_dataset  # noqa: E402
-from spool.demo.synthetic import DEMO_BACKBONE, demo_backbone  # noqa: E402
+from spool.demo.synthetic import (  # noqa: E402
+    DEMO_BACKBONE,
+    demo_backbone,
+    demo_initializer_range,
+)
 from spool.metrics.ribbons import plot_ribbons  # noqa: E402
 from spool.metrics.segmentation import SegmentationMetrics, to_segments  # noqa: E402
 from spool.models.frame_encoder import FrameEncoderModel  # noqa: E402
@@ -149,8 +153,11 @@ def model_settings(args: argparse.Namespace) -> dict[str, tuple[str, dict, dict]
     if args.refine:
         head.update(refinement_stages=args.refine, refinement_layers=args.refine_layers,
                     refinement_window=args.refine_window)
+        if args.refine_context:
+            head.update(refinement_context=True)
     spool = dict(shape, num_hidden_layers=args.layers, local_frame_range=args.window,
-                 hidden_dropout=args.dropout, initializer_range=args.init, head_config=head)
+                 hidden_dropout=args.dropout, head_config=head,
+                 initializer_range=args.init or demo_initializer_range(args.dim))
     spool.update(dict(args.spool_model))
     common = dict(epochs=args.epochs, lr=args.lr)
     return {
@@ -255,9 +262,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, nargs=2, default=(2400, 3000))
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--dim", type=int, default=64, help="the backbone's hidden size")
-    ap.add_argument("--encoder", choices=("dct", "random"), default="random",
-                    help="the frame encoder's projection: random (measured, docs/benchmarks.md) or "
-                         "dct (see dct_encoder; not measured yet)")
+    ap.add_argument("--encoder", choices=("dct", "random"), default="dct",
+                    help="the frame encoder's projection: low-frequency cosines (dct_encoder) "
+                         "or random (what a random init gives)")
     ap.add_argument("--patch", type=int, default=None,
                     help="dct: pixels per patch side (default: one patch per frame)")
     ap.add_argument("--pooling", type=int, default=1,
@@ -265,16 +272,20 @@ def main() -> None:
     ap.add_argument("--min-cue-distance", type=int, default=1600)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--window", type=int, default=48, help="Spool's local_frame_range")
+    ap.add_argument("--window", type=int, default=16, help="Spool's local_frame_range")
     ap.add_argument("--smoothing", type=float, default=0.15,
                     help="Spool's smoothing loss weight (MS-TCN's, as its baseline has)")
     ap.add_argument("--dropout", type=float, default=0.1, help="Spool's hidden_dropout")
-    ap.add_argument("--init", type=float, default=0.02, help="Spool's initializer_range")
-    ap.add_argument("--refine", type=int, default=0, help="Spool's refinement_stages")
+    ap.add_argument("--init", type=float, default=None,
+                    help="Spool's initializer_range (default: demo_initializer_range(dim), "
+                         "0.069 at 64: the width-scaled init of issue 14)")
+    ap.add_argument("--refine", type=int, default=2, help="Spool's refinement_stages")
     ap.add_argument("--refine-layers", type=int, default=2, help="layers per refinement stage")
     ap.add_argument("--refine-window", type=int, default=48,
                     help="a refinement stage's local_frame_range")
-    ap.add_argument("--epochs", type=int, default=10, help="Spool's epochs")
+    ap.add_argument("--refine-context", action="store_true",
+                    help="refinement stages' heads read their pooled context too")
+    ap.add_argument("--epochs", type=int, default=20, help="Spool's epochs")
     ap.add_argument("--lr", type=float, default=1e-3, help="Spool's learning rate")
     ap.add_argument("--spool-model", type=key_value, action="append", default=[],
                     metavar="KEY=VALUE", help="more SpoolConfig fields for Spool")

@@ -14,7 +14,7 @@ from spool.models.temporal_conv import ms_tcn_loss
 
 NAMES = ["bg", "left", "right"]
 HEAD = {"context_in_head": True, "smoothing_weight": 0.15, "refinement_stages": 2,
-        "refinement_layers": 1, "refinement_window": 3}
+        "refinement_layers": 1, "refinement_window": 3, "refinement_context": True}
 
 
 def _model(head: dict = HEAD) -> SpoolForFrameClassification:
@@ -28,9 +28,12 @@ def test_each_stage_reads_the_softmax_of_the_one_before(tmp_path: Path) -> None:
     assert len(model.refinements) == 2
     stage = model.refinements[0].spool.config
     assert (stage.num_hidden_layers, stage.local_frame_range, stage.num_spatial_tokens) == (1, 3, 1)
-    # context_in_head: each stage's head also reads its own stack's pooled context.
+    # refinement_context: each stage's head also reads its own stack's pooled context.
     assert model.refinements[0].classifier.in_features == 3 * 24
-    assert _model({"refinement_stages": 1}).refinements[0].classifier.in_features == 24
+    plain = _model({"context_in_head": True, "refinement_stages": 1})
+    assert plain.refinements[0].classifier.in_features == 24
+    with pytest.raises(ValueError, match="expected refinement_context true or false"):
+        _model({"refinement_context": 1})
     tokens = torch.randn(2, 7, 5, 24)
     labels = torch.tensor([[0, 1, 1, -100, 2, 2, 0], [2, 2, 2, 1, 1, 0, 0]])
     out = model(tokens=tokens, labels=labels)

@@ -198,7 +198,8 @@ class SpoolRefinementStage(nn.Module):
     probabilities ``[B, T, C]`` -> ``Linear(C, D)`` -> one token per frame through a Spool
     temporal stack (its own context frames, window and layers) -> ``Linear(D, C)`` (on the
     frame's feature and the stack's pooled context, ``Linear(3D, C)``, with
-    ``context_in_head``: what keeps a label that depends on a far cue, as in the first stage).
+    ``context_in_head``: meant to keep a label that depends on a far cue, as in the first
+    stage).
 
     It sees only what the stage before predicted, so it learns what a labelling looks like
     (segments last; a blip of another class inside one is usually wrong) rather than
@@ -241,12 +242,14 @@ class SpoolForFrameClassification(FrameClassifier):
     ``head_config["refinement_stages"]`` (default 0): that many :class:`SpoolRefinementStage`
     after the head, each reading the softmax of the stage before, with
     ``refinement_layers`` blocks (default: ``num_hidden_layers``) and window
-    ``refinement_window`` (default: ``local_frame_range``); the last stage's logits are the
-    prediction, and every stage is trained with the loss (summed, as MS-TCN's stages are).
+    ``refinement_window`` (default: ``local_frame_range``), whose heads also read their
+    stack's pooled context with ``refinement_context`` (default false); the last stage's
+    logits are the prediction, and every stage is trained with the loss (summed, as MS-TCN's
+    stages are).
     """
 
     HEAD_KEYS = ("context_in_head", "smoothing_weight", "refinement_stages",
-                 "refinement_layers", "refinement_window")
+                 "refinement_layers", "refinement_window", "refinement_context")
 
     def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
                  **kwargs: Any) -> None:
@@ -281,12 +284,16 @@ class SpoolForFrameClassification(FrameClassifier):
             value = refinement[name] = head.get(name, refinement[name])
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"head_config: expected {name} an integer >= 0, got {value!r}")
+        context = head.get("refinement_context", False)
+        if not isinstance(context, bool):
+            raise ValueError(f"head_config: expected refinement_context true or false, got "
+                             f"{context!r}")
         stage_config = self.config.replace(
             num_spatial_tokens=1, head_config=None,
             num_hidden_layers=refinement["refinement_layers"],
             local_frame_range=refinement["refinement_window"])
         self.refinements = nn.ModuleList(
-            SpoolRefinementStage(stage_config, len(self.config.class_names), self.context_in_head)
+            SpoolRefinementStage(stage_config, len(self.config.class_names), context)
             for _ in range(refinement["refinement_stages"]))
 
     @property
