@@ -5,10 +5,10 @@ Offline, CPU. Everything goes through the library, as a user's run would:
 1. ``spool.data.synthetic_segments`` writes the benchmark (MS-TCN layout): 2,400-3,000-frame
    videos whose motion classes come in time-reversed pairs (no single frame tells them
    apart) and whose delayed segments are labelled by a cue more than 1,600 frames earlier;
-2. a tiny randomly initialised DINOv2 (``spool.demo``'s, one patch per 32x32 frame, so each
-   frame is one random linear projection of all its pixels; ``--encoder dct``: low-frequency
-   cosines instead) encodes every frame once
-   (``build_frame_cache``, what ``spool cache --task frames`` runs);
+2. the demo's zero-block DINOv2 with one patch per 32x32 frame, its projection fixed to
+   low-frequency cosines (``dct_encoder``; ``--encoder random``: a random projection of all
+   the pixels), encodes every frame once (``build_frame_cache``, what ``spool cache --task
+   frames`` runs);
 3. :class:`~spool.train.trainer.Trainer` (what ``spool train --task frames`` runs) trains
    Spool, the per-frame linear probe and MS-TCN on that cache, one whole video per step;
 4. every held-out video is scored whole (``evaluate_segmentation``, what ``spool eval`` runs):
@@ -272,14 +272,14 @@ def main() -> None:
     ap.add_argument("--min-cue-distance", type=int, default=1600)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--window", type=int, default=16, help="Spool's local_frame_range")
+    ap.add_argument("--window", type=int, default=4, help="Spool's local_frame_range")
     ap.add_argument("--smoothing", type=float, default=0.15,
                     help="Spool's smoothing loss weight (MS-TCN's, as its baseline has)")
     ap.add_argument("--dropout", type=float, default=0.1, help="Spool's hidden_dropout")
     ap.add_argument("--init", type=float, default=None,
                     help="Spool's initializer_range (default: demo_initializer_range(dim), "
                          "0.069 at 64: the width-scaled init of issue 14)")
-    ap.add_argument("--refine", type=int, default=2, help="Spool's refinement_stages")
+    ap.add_argument("--refine", type=int, default=1, help="Spool's refinement_stages")
     ap.add_argument("--refine-layers", type=int, default=2, help="layers per refinement stage")
     ap.add_argument("--refine-window", type=int, default=48,
                     help="a refinement stage's local_frame_range")
