@@ -5,10 +5,10 @@ Offline, CPU. Everything goes through the library, as a user's run would:
 1. ``spool.data.synthetic_segments`` writes the benchmark (MS-TCN layout): 2,400-3,000-frame
    videos whose motion classes come in time-reversed pairs (no single frame tells them
    apart) and whose delayed segments are labelled by a cue more than 1,600 frames earlier;
-2. a tiny randomly initialised DINOv2 (``spool.demo``'s, one patch per 32x32 frame, so each
-   frame is one random linear projection of all its pixels; ``--encoder dct``: low-frequency
-   cosines instead) encodes every frame once
-   (``build_frame_cache``, what ``spool cache --task frames`` runs);
+2. the demo's zero-block DINOv2 with one patch per 32x32 frame, its projection fixed to
+   low-frequency cosines (``dct_encoder``; ``--encoder random``: a random projection of all
+   the pixels), encodes every frame once (``build_frame_cache``, what ``spool cache --task
+   frames`` runs);
 3. :class:`~spool.train.trainer.Trainer` (what ``spool train --task frames`` runs) trains
    Spool, the per-frame linear probe and MS-TCN on that cache, one whole video per step;
 4. every held-out video is scored whole (``evaluate_segmentation``, what ``spool eval`` runs):
@@ -38,9 +38,14 @@ import torch  # noqa: E402
 from spool.data.frame_cache import FrameTokenDataset, build_frame_cache  # noqa: E402
 from spool.data.segmentation import read_segmentation  # noqa: E402
 from spool.data.synthetic_segments import SEGMENT_CLASSES, make_segmentation_dataset  # noqa: E402
-from spool.demo.synthetic import DEMO_BACKBONE, demo_backbone  # noqa: E402
+from spool.demo.synthetic import (  # noqa: E402
+    DEMO_BACKBONE,
+    demo_backbone,
+    demo_initializer_range,
+)
 from spool.metrics.ribbons import plot_ribbons  # noqa: E402
 from spool.metrics.segmentation import SegmentationMetrics, to_segments  # noqa: E402
+from spool.models.frame_encoder import FrameEncoderModel  # noqa: E402
 from spool.models.pretrained import load_pretrained  # noqa: E402
 from spool.runtime import configure_logging  # noqa: E402
 from spool.train.config import TrainConfig  # noqa: E402
@@ -67,17 +72,26 @@ def key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def dct_encoder(size: int, dim: int) -> torch.nn.Module:
-    """The demo's zero-block DINOv2 with one patch per frame whose projection is set to
-    low-frequency 2-D cosines: most of the ``dim`` outputs read brightness, a sixth each read
-    red-green and blue-yellow (the cue is a colour). A random projection of the pixels (what
-    a random init gives) scatters "where the shape is" over unrelated directions; smooth
-    basis functions keep it smooth, as a trained encoder's features are. Nothing is learnt
-    from the data: every model gets the same fixed tokens."""
-    encoder = demo_backbone(dict(DEMO_BACKBONE, hidden_size=dim, patch_size=size,
-                                 image_size=size), size)
-    grid = (torch.arange(size) + 0.5) / size
-    freqs = sorted(((u, v) for u in range(size) for v in range(size)),
+def dct_encoder(size: int, dim: int, patch: int | None = None,
+                pooling: int = 1) -> torch.nn.Module:
+    """The demo's zero-block DINOv2 whose patch projection is set to low-frequency 2-D
+    cosines: most of the ``dim`` outputs read brightness, a sixth each read red-green and
+    blue-yellow (the cue is a colour). A random projection of the pixels (what a random init
+    gives) scatters "where the shape is" over unrelated directions; smooth basis functions
+    keep it smooth, as a trained encoder's features are. Nothing is learnt from the data:
+    every model gets the same fixed tokens.
+
+    ``patch``: pixels per patch side (default: the whole frame, one patch). With a grid of
+    patches each is projected onto the cosines of its own pixels, and its position embedding
+    (random, std 5: about the spread of the projections over a frame's patches, 4.7 on these
+    videos, so that a token says which patch it comes from) is added; ``pooling``: the
+    encoder's ``token_pooling`` (issue 12)."""
+    patch = patch or size
+    encoder = FrameEncoderModel(backbone_config=dict(DEMO_BACKBONE, hidden_size=dim,
+                                                     patch_size=patch, image_size=size),
+                                image_size=size, crop_pct=1.0, token_pooling=pooling).eval()
+    grid = (torch.arange(patch) + 0.5) / patch
+    freqs = sorted(((u, v) for u in range(patch) for v in range(patch)),
                    key=lambda f: (f[0] + f[1], f))
     colour = {"luma": torch.tensor([1.0, 1.0, 1.0]), "rg": torch.tensor([1.0, -1.0, 0.0]),
               "by": torch.tensor([-0.5, -0.5, 1.0])}
@@ -87,11 +101,13 @@ def dct_encoder(size: int, dim: int) -> torch.nn.Module:
     for name, n in counts.items():
         for u, v in freqs[:n]:
             basis = torch.outer(torch.cos(torch.pi * u * grid), torch.cos(torch.pi * v * grid))
-            weight.append(colour[name][:, None, None] * basis / size)
-    projection = encoder.backbone.model.embeddings.patch_embeddings.projection
+            weight.append(colour[name][:, None, None] * basis / patch)
+    embeddings = encoder.backbone.model.embeddings
     with torch.no_grad():
-        projection.weight.copy_(torch.stack(weight))
-        projection.bias.zero_()
+        embeddings.patch_embeddings.projection.weight.copy_(torch.stack(weight))
+        embeddings.patch_embeddings.projection.bias.zero_()
+        if patch < size:
+            embeddings.position_embeddings.normal_(std=5.0)
     return encoder
 
 
@@ -100,6 +116,8 @@ def build_data(args: argparse.Namespace) -> tuple[Path, Path]:
     videos = dict(train=args.train, test=args.test, frames=list(args.frames), size=args.size,
                   seed=args.seed, min_cue_distance=args.min_cue_distance)
     settings = dict(videos, dim=args.dim, encoder=args.encoder)
+    if args.patch or args.pooling > 1:  # (older caches: one patch, no pooling)
+        settings.update(patch=args.patch, pooling=args.pooling)
     data = args.out / "data"
     stamp, video_stamp = args.out / "data_settings.json", data / "videos_settings.json"
     caches = args.out / "cache" / "train", args.out / "cache" / "test"
@@ -113,7 +131,7 @@ def build_data(args: argparse.Namespace) -> tuple[Path, Path]:
         log(f"wrote {args.train} + {args.test} videos to {data}")
     torch.manual_seed(args.seed)
     if args.encoder == "dct":
-        encoder = dct_encoder(args.size, args.dim)
+        encoder = dct_encoder(args.size, args.dim, args.patch, args.pooling)
     else:  # one random linear projection of all pixels per frame
         encoder = demo_backbone(dict(DEMO_BACKBONE, hidden_size=args.dim,
                                      patch_size=args.size, image_size=args.size), args.size)
@@ -131,9 +149,15 @@ def model_settings(args: argparse.Namespace) -> dict[str, tuple[str, dict, dict]
     # Head counts must divide the cache's hidden size even where there is no temporal stack.
     shape = dict(num_attention_heads=heads, num_lookback_heads=heads // 2,
                  num_lookahead_heads=heads - heads // 2)
+    head = {"context_in_head": True, "smoothing_weight": args.smoothing}
+    if args.refine:
+        head.update(refinement_stages=args.refine, refinement_layers=args.refine_layers,
+                    refinement_window=args.refine_window)
+        if args.refine_context:
+            head.update(refinement_context=True)
     spool = dict(shape, num_hidden_layers=args.layers, local_frame_range=args.window,
-                 hidden_dropout=args.dropout,
-                 head_config={"context_in_head": True, "smoothing_weight": args.smoothing})
+                 hidden_dropout=args.dropout, head_config=head,
+                 initializer_range=args.init or demo_initializer_range(args.dim))
     spool.update(dict(args.spool_model))
     common = dict(epochs=args.epochs, lr=args.lr)
     return {
@@ -238,17 +262,30 @@ def main() -> None:
     ap.add_argument("--frames", type=int, nargs=2, default=(2400, 3000))
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--dim", type=int, default=64, help="the backbone's hidden size")
-    ap.add_argument("--encoder", choices=("dct", "random"), default="random",
-                    help="the frame encoder's projection: random (measured, docs/benchmarks.md) or "
-                         "dct (see dct_encoder; not measured yet)")
+    ap.add_argument("--encoder", choices=("dct", "random"), default="dct",
+                    help="the frame encoder's projection: low-frequency cosines (dct_encoder) "
+                         "or random (what a random init gives)")
+    ap.add_argument("--patch", type=int, default=None,
+                    help="dct: pixels per patch side (default: one patch per frame)")
+    ap.add_argument("--pooling", type=int, default=1,
+                    help="dct: the frame encoder's token_pooling k (issue 12)")
     ap.add_argument("--min-cue-distance", type=int, default=1600)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--window", type=int, default=48, help="Spool's local_frame_range")
+    ap.add_argument("--window", type=int, default=4, help="Spool's local_frame_range")
     ap.add_argument("--smoothing", type=float, default=0.15,
                     help="Spool's smoothing loss weight (MS-TCN's, as its baseline has)")
     ap.add_argument("--dropout", type=float, default=0.1, help="Spool's hidden_dropout")
-    ap.add_argument("--epochs", type=int, default=10, help="Spool's epochs")
+    ap.add_argument("--init", type=float, default=None,
+                    help="Spool's initializer_range (default: demo_initializer_range(dim), "
+                         "0.069 at 64: the width-scaled init of issue 14)")
+    ap.add_argument("--refine", type=int, default=1, help="Spool's refinement_stages")
+    ap.add_argument("--refine-layers", type=int, default=2, help="layers per refinement stage")
+    ap.add_argument("--refine-window", type=int, default=48,
+                    help="a refinement stage's local_frame_range")
+    ap.add_argument("--refine-context", action="store_true",
+                    help="refinement stages' heads read their pooled context too")
+    ap.add_argument("--epochs", type=int, default=20, help="Spool's epochs")
     ap.add_argument("--lr", type=float, default=1e-3, help="Spool's learning rate")
     ap.add_argument("--spool-model", type=key_value, action="append", default=[],
                     metavar="KEY=VALUE", help="more SpoolConfig fields for Spool")

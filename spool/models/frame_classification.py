@@ -9,8 +9,9 @@ file or its tokens) in one pass. Saved and loaded like every Spool model (``load
   feature (averaged over its tokens), so a frame is classified with what the temporal stack
   gathered around it and, through the context frames, from the whole video.
   ``config.head_config`` may set ``context_in_head`` (the head also reads the pooled context
-  ``[2D]``: ``Linear(3D, C)``) and ``smoothing_weight`` (MS-TCN's truncated-MSE smoothing term
-  added to the cross-entropy, as the MS-TCN baseline is trained).
+  ``[2D]``: ``Linear(3D, C)``), ``smoothing_weight`` (MS-TCN's truncated-MSE smoothing term
+  added to the cross-entropy, as the MS-TCN baseline is trained) and ``refinement_stages``
+  (MS-TCN's multi-stage refinement with Spool stages: :class:`SpoolRefinementStage`).
 - :class:`FrameProbeForFrameClassification`: a linear probe on each frame's backbone tokens
   (averaged): no temporal model.
 - :class:`MSTCNForFrameClassification`: MS-TCN at the field's standard size on the same
@@ -135,15 +136,25 @@ class FrameClassifier(SpoolPreTrainedModel):
             for n in lengths.unique().tolist():
                 if n:
                     rows = (lengths == n).nonzero().flatten()
-                    logits[rows, :n] = self.frame_logits(tokens[rows, :n])[0].to(logits.dtype)
+                    last, stages = self.frame_logits(tokens[rows, :n])
+                    logits[rows, :n] = last.to(logits.dtype)
+                    if stages is not None:  # every stage's logits, zero on padding
+                        if extra is None:
+                            extra = logits.new_zeros(stages.shape[0], *logits.shape)
+                        extra[:, rows, :n] = stages.to(extra.dtype)
         loss = None
         if labels is not None:
             _check_labels(labels, (B, T), len(self.class_names))
             if mask is not None:
                 labels = labels.long().masked_fill(~mask, IGNORE_INDEX)
             loss = (self.loss_function(logits, labels, mask) if extra is None
-                    else ms_tcn_loss(extra, labels))
+                    else self.stages_loss(extra, labels, mask))
         return FrameClassifierOutput(logits, loss)
+
+    def stages_loss(self, stages: torch.Tensor, labels: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of a multi-stage model, ``stages [S, B, T, C]``: MS-TCN's."""
+        return ms_tcn_loss(stages, labels, mask)
 
     def forward_tokens(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
                        mask: torch.Tensor | None = None) -> FrameClassifierOutput:
@@ -182,6 +193,41 @@ class FrameClassifier(SpoolPreTrainedModel):
         raise NotImplementedError
 
 
+class SpoolRefinementStage(nn.Module):
+    """A refinement stage of MS-TCN's kind built from Spool: the previous stage's class
+    probabilities ``[B, T, C]`` -> ``Linear(C, D)`` -> one token per frame through a Spool
+    temporal stack (its own context frames, window and layers) -> ``Linear(D, C)`` (on the
+    frame's feature and the stack's pooled context, ``Linear(3D, C)``, with
+    ``context_in_head``: meant to keep a label that depends on a far cue, as in the first
+    stage).
+
+    It sees only what the stage before predicted, so it learns what a labelling looks like
+    (segments last; a blip of another class inside one is usually wrong) rather than
+    re-reading the frames: MS-TCN's remedy for over-segmentation.
+    """
+
+    def __init__(self, config: SpoolConfig, num_classes: int,
+                 context_in_head: bool = False) -> None:
+        super().__init__()
+        D = config.hidden_size
+        self.context_in_head = context_in_head
+        self.embed = nn.Linear(num_classes, D)
+        self.spool = Spool(config, with_backbone=False)
+        self.classifier = nn.Linear((3 if context_in_head else 1) * D, num_classes)
+        for layer in (self.embed, self.classifier):
+            nn.init.trunc_normal_(layer.weight, std=config.initializer_range)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(logits.softmax(dim=-1))[:, :, None]
+        out = self.spool.forward_tokens(tokens)
+        features = out.features[:, 1:-1, 0]
+        if self.context_in_head:
+            features = torch.cat(
+                (features, out.context[:, None].expand(-1, features.shape[1], -1)), dim=-1)
+        return self.classifier(features)
+
+
 class SpoolForFrameClassification(FrameClassifier):
     """Spool + ``dropout -> Linear(D, C)`` on each real frame's token-averaged feature
     (``Linear(3D, C)`` on it and the pooled context with ``head_config["context_in_head"]``).
@@ -192,9 +238,18 @@ class SpoolForFrameClassification(FrameClassifier):
     depends on a cue 1,600 frames back was learnt in ~200 steps, and not in 2,400 without
     it (branch ``segment``, ``research/segmentation_benchmark.py``, on the synthetic
     segmentation data).
+
+    ``head_config["refinement_stages"]`` (default 0): that many :class:`SpoolRefinementStage`
+    after the head, each reading the softmax of the stage before, with
+    ``refinement_layers`` blocks (default: ``num_hidden_layers``) and window
+    ``refinement_window`` (default: ``local_frame_range``), whose heads also read their
+    stack's pooled context with ``refinement_context`` (default false); the last stage's
+    logits are the prediction, and every stage is trained with the loss (summed, as MS-TCN's
+    stages are).
     """
 
-    HEAD_KEYS = ("context_in_head", "smoothing_weight")
+    HEAD_KEYS = ("context_in_head", "smoothing_weight", "refinement_stages",
+                 "refinement_layers", "refinement_window", "refinement_context")
 
     def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
                  **kwargs: Any) -> None:
@@ -222,6 +277,24 @@ class SpoolForFrameClassification(FrameClassifier):
         self.classifier = nn.Linear(width, len(self.config.class_names))
         nn.init.trunc_normal_(self.classifier.weight, std=self.config.initializer_range)
         nn.init.zeros_(self.classifier.bias)
+        refinement = {"refinement_stages": 0,
+                      "refinement_layers": self.config.num_hidden_layers,
+                      "refinement_window": self.config.local_frame_range}
+        for name in refinement:
+            value = refinement[name] = head.get(name, refinement[name])
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"head_config: expected {name} an integer >= 0, got {value!r}")
+        context = head.get("refinement_context", False)
+        if not isinstance(context, bool):
+            raise ValueError(f"head_config: expected refinement_context true or false, got "
+                             f"{context!r}")
+        stage_config = self.config.replace(
+            num_spatial_tokens=1, head_config=None,
+            num_hidden_layers=refinement["refinement_layers"],
+            local_frame_range=refinement["refinement_window"])
+        self.refinements = nn.ModuleList(
+            SpoolRefinementStage(stage_config, len(self.config.class_names), context)
+            for _ in range(refinement["refinement_stages"]))
 
     @property
     def frame_encoder(self) -> FrameEncoder | None:
@@ -232,7 +305,9 @@ class SpoolForFrameClassification(FrameClassifier):
         return self.spool.backbone
 
     def no_weight_decay(self) -> set[str]:
-        return {f"spool.{name}" for name in self.spool.no_weight_decay()}
+        return {f"{prefix}spool.{name}" for prefix in
+                ["", *(f"refinements.{i}." for i in range(len(self.refinements)))]
+                for name in self.spool.no_weight_decay()}
 
     def _head_input(self, frames: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``frames [B, T, D]``, ``context [B, 2D]`` -> what the head reads per frame."""
@@ -240,10 +315,16 @@ class SpoolForFrameClassification(FrameClassifier):
             return frames
         return torch.cat((frames, context[:, None].expand(-1, frames.shape[1], -1)), dim=-1)
 
-    def frame_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def frame_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self.spool.forward_tokens(tokens)
         features = self._head_input(out.features[:, 1:-1].mean(dim=2), out.context)
-        return self.classifier(self.dropout(features)), None
+        logits = self.classifier(self.dropout(features))
+        if not self.refinements:
+            return logits, None
+        stages = [logits]
+        for stage in self.refinements:
+            stages.append(stage(stages[-1]))
+        return stages[-1], torch.stack(stages)
 
     def loss_function(self, logits: torch.Tensor, labels: torch.Tensor,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -251,14 +332,21 @@ class SpoolForFrameClassification(FrameClassifier):
             return frame_classification_loss(logits, labels)
         return ms_tcn_loss(logits, labels, mask, smoothing_weight=self.smoothing_weight)
 
+    def stages_loss(self, stages: torch.Tensor, labels: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+        return ms_tcn_loss(stages, labels, mask, smoothing_weight=self.smoothing_weight)
+
     @torch.no_grad()
     def predict_long(self, video: str | os.PathLike | torch.Tensor, *,
                      sampler: FrameSampler | None = None, chunk_frames: int = 32,
                      offload_dir: str | os.PathLike | None = None) -> LongPrediction:
         out = self.spool.forward_long(video, sampler=sampler, chunk_frames=chunk_frames,
                                       offload_dir=offload_dir)
-        features = self._head_input(out.frame_features[None], out.context[None])[0]
-        return LongPrediction(self.classifier(features), out.frame_indices, out.timestamps)
+        features = self._head_input(out.frame_features[None], out.context[None])
+        logits = self.classifier(features)
+        for stage in self.refinements:  # one token per frame: the whole video at once
+            logits = stage(logits)
+        return LongPrediction(logits[0], out.frame_indices, out.timestamps)
 
 
 class FrameProbeForFrameClassification(FrameClassifier):
