@@ -23,17 +23,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SECTION = "Token pooling: accuracy kept (synthetic demo)"
 
 
-def run_one(workdir: Path, k: int, seed: int, jobs: int) -> dict:
-    """One demo run, stored as ``k{k}_seed{seed}.json`` (skipped when it is there)."""
-    from spool.demo.synthetic import DemoSettings, run_demo
+def run_one(workdir: Path, k: int, seed: int, jobs: int, patch: int = 16) -> dict:
+    """One demo run, stored as ``k{k}_seed{seed}.json`` (skipped when it is there);
+    ``patch`` other than the demo's 16: a finer patch grid (``p{patch}_`` in the names), with the
+    demo's position scaling for that patch size."""
+    from spool.demo.synthetic import DEMO_BACKBONE, DemoSettings, run_demo
 
-    done = workdir / f"k{k}_seed{seed}.json"
+    name = f"k{k}_seed{seed}" if patch == 16 else f"p{patch}_k{k}_seed{seed}"
+    done = workdir / f"{name}.json"
     if done.exists():
         return json.loads(done.read_text())
+    extra = {} if patch == 16 else {"backbone": {**DEMO_BACKBONE, "patch_size": patch},
+                                    "position_scale": (3 * patch * patch) ** 0.5}
     start = time.perf_counter()
-    results = run_demo(workdir / f"k{k}_seed{seed}", DemoSettings(seed=seed, token_pooling=k),
+    results = run_demo(workdir / name, DemoSettings(seed=seed, token_pooling=k, **extra),
                        jobs=jobs, threads=1, verbose=True)
-    row = {"k": k, "seed": seed, "wall_s": time.perf_counter() - start,
+    row = {"k": k, "seed": seed, "patch": patch, "wall_s": time.perf_counter() - start,
            "val_top1": {name: r["val_top1"] for name, r in results.items()},
            "train_s": {name: r["train_seconds"] for name, r in results.items()}}
     tmp = done.with_suffix(".tmp")
@@ -69,11 +74,13 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="models trained at once")
+    parser.add_argument("--patch", type=int, default=16,
+                        help="the backbone's patch size (16: the demo's 4x4 grid; 8: 8x8)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/spool-bench-pooling-acc"))
     parser.add_argument("--out", help="markdown file to write the section into")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    rows = [run_one(args.workdir, k, s, args.jobs) for s in args.seeds for k in args.k]
+    rows = [run_one(args.workdir, k, s, args.jobs, args.patch) for s in args.seeds for k in args.k]
     text = table(rows)
     print(text)
     if args.out:
