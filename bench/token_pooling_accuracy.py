@@ -64,7 +64,8 @@ def table(rows: list[dict]) -> str:
             mean = sum(vals) / len(vals)
             base = mean if k == 1 else base
             diff = f"{mean - base:+.1f}" if base is not None and k != 1 else ""
-            lines.append(f"| {name} | {k} | {1 + 16 // k**2} | "
+            grid = 64 // pick[(k, seeds[0])].get("patch", 16)
+            lines.append(f"| {name} | {k} | {1 + grid * grid // k**2} | "
                          + " | ".join(f"{v:.1f}" for v in vals) + f" | {mean:.1f} | {diff} |")
     return "\n".join(lines)
 
@@ -88,18 +89,28 @@ def main() -> None:
 
         command = ("python bench/token_pooling_accuracy.py --k "
                    + " ".join(map(str, args.k)) + " --seeds " + " ".join(map(str, args.seeds))
+                   + ("" if args.patch == 16 else f" --patch {args.patch}")
                    + f" --out {args.out}")
-        update_section(args.out, SECTION, "\n\n".join([
-            f"```bash\n{command}\n```",
-            "The synthetic demo (`spool demo --seed S --token-pooling K`: 64 px frames, a 4x4 "
-            "patch grid, 2 temporal layers) with the patch grid average-pooled k x k before the "
-            "temporal stack (the class token kept), on the same data, backbone and training "
-            "per seed. Held-out top-1 (%) on 800 videos. Every run is deterministic for its "
-            "seed (k = 1, seed 0 gives the README's 96.4% again). The demo's grid is 4 x 4, "
-            "so k = 2 leaves 2 x 2 patches (32 px each) for shapes of radius 3-26 px whose "
-            "position and size carry the class, a far coarser grid than k = 2 leaves at 224 px "
-            "(8 x 8).",
-            text]))
+        grid = 64 // args.patch
+        section = SECTION if args.patch == 16 else f"{SECTION[:-1]}, {grid}x{grid} patch grid)"
+        if args.patch == 16:
+            about = ("The synthetic demo (`spool demo --seed S --token-pooling K`: 64 px frames, "
+                     "a 4x4 patch grid, 2 temporal layers) with the patch grid average-pooled k x "
+                     "k before the temporal stack (the class token kept), on the same data, "
+                     "backbone and training per seed. Held-out top-1 (%) on 800 videos. Every "
+                     "run is deterministic for its seed (k = 1, seed 0 gives the README's 96.4% "
+                     "again). The demo's grid is 4 x 4, so k = 2 leaves 2 x 2 patches (32 px "
+                     "each) for shapes of radius 3-26 px whose position and size carry the "
+                     "class, a far coarser grid than k = 2 leaves at 224 px (8 x 8).")
+        else:
+            about = (f"The same demo with the backbone's patch size {args.patch} instead of 16 "
+                     f"(a {grid}x{grid} grid on the same 64 px frames; position embeddings "
+                     "scaled for that patch size as the demo's are), everything else as "
+                     "above: k = 2 leaves a "
+                     f"{grid // 2}x{grid // 2} grid, as k = 2 leaves 8 x 8 of DINOv2's 16 x 16 "
+                     "at 224 px. It tells the pooling apart from the coarseness of the grid "
+                     "it leaves.")
+        update_section(args.out, section, "\n\n".join([f"```bash\n{command}\n```", about, text]))
 
 
 if __name__ == "__main__":
