@@ -193,6 +193,12 @@ class FrameClassifier(SpoolPreTrainedModel):
         raise NotImplementedError
 
 
+def beside_context(frames: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """``frames [B, T, D]``, ``context [B, 2D]`` -> ``[B, T, 3D]``: the context beside every
+    frame (what a head with ``context_in_head`` reads)."""
+    return torch.cat((frames, context[:, None].expand(-1, frames.shape[1], -1)), dim=-1)
+
+
 class SpoolRefinementStage(nn.Module):
     """A refinement stage of MS-TCN's kind built from Spool: the previous stage's class
     probabilities ``[B, T, C]`` -> ``Linear(C, D)`` -> one token per frame through a Spool
@@ -223,8 +229,7 @@ class SpoolRefinementStage(nn.Module):
         out = self.spool.forward_tokens(tokens)
         features = out.features[:, 1:-1, 0]
         if self.context_in_head:
-            features = torch.cat(
-                (features, out.context[:, None].expand(-1, features.shape[1], -1)), dim=-1)
+            features = beside_context(features, out.context)
         return self.classifier(features)
 
 
@@ -311,9 +316,7 @@ class SpoolForFrameClassification(FrameClassifier):
 
     def _head_input(self, frames: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``frames [B, T, D]``, ``context [B, 2D]`` -> what the head reads per frame."""
-        if not self.context_in_head:
-            return frames
-        return torch.cat((frames, context[:, None].expand(-1, frames.shape[1], -1)), dim=-1)
+        return beside_context(frames, context) if self.context_in_head else frames
 
     def frame_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self.spool.forward_tokens(tokens)
