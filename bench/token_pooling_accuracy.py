@@ -28,6 +28,7 @@ def run_one(workdir: Path, k: int, seed: int, jobs: int, patch: int = 16) -> dic
     ``patch`` other than the demo's 16: a finer patch grid (``p{patch}_`` in the names), with the
     demo's position scaling for that patch size."""
     from spool.demo.synthetic import DEMO_BACKBONE, DemoSettings, run_demo
+    from spool.io_utils import atomic_write_text
 
     name = f"k{k}_seed{seed}" if patch == 16 else f"p{patch}_k{k}_seed{seed}"
     done = workdir / f"{name}.json"
@@ -41,9 +42,7 @@ def run_one(workdir: Path, k: int, seed: int, jobs: int, patch: int = 16) -> dic
     row = {"k": k, "seed": seed, "patch": patch, "wall_s": time.perf_counter() - start,
            "val_top1": {name: r["val_top1"] for name, r in results.items()},
            "train_s": {name: r["train_seconds"] for name, r in results.items()}}
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, indent=1))
-    os.replace(tmp, done)
+    atomic_write_text(done, json.dumps(row, indent=1))
     return row
 
 
