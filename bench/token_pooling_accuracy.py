@@ -23,23 +23,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SECTION = "Token pooling: accuracy kept (synthetic demo)"
 
 
-def run_one(workdir: Path, k: int, seed: int, jobs: int, patch: int = 16) -> dict:
+def run_one(workdir: Path, k: int, seed: int, jobs: int, patch: int = 16,
+            merge: bool = False) -> dict:
     """One demo run, stored as ``k{k}_seed{seed}.json`` (skipped when it is there);
     ``patch`` other than the demo's 16: a finer patch grid (``p{patch}_`` in the names), with the
-    demo's position scaling for that patch size."""
+    demo's position scaling for that patch size; ``merge``: Spool's learned ``token_merging``
+    instead of the frame encoder's ``token_pooling`` (``m{k}`` in the names; k = 1 is the same
+    run either way)."""
     from spool.demo.synthetic import DEMO_BACKBONE, DemoSettings, run_demo
     from spool.io_utils import atomic_write_text
 
-    name = f"k{k}_seed{seed}" if patch == 16 else f"p{patch}_k{k}_seed{seed}"
+    merge = merge and k > 1
+    name = f"{'m' if merge else 'k'}{k}_seed{seed}"
+    name = name if patch == 16 else f"p{patch}_{name}"
     done = workdir / f"{name}.json"
     if done.exists():
         return json.loads(done.read_text())
     extra = {} if patch == 16 else {"backbone": {**DEMO_BACKBONE, "patch_size": patch},
                                     "position_scale": (3 * patch * patch) ** 0.5}
     start = time.perf_counter()
-    results = run_demo(workdir / name, DemoSettings(seed=seed, token_pooling=k, **extra),
+    reduce = {"token_merging": k} if merge else {"token_pooling": k}
+    results = run_demo(workdir / name, DemoSettings(seed=seed, **reduce, **extra),
                        jobs=jobs, threads=1, verbose=True)
-    row = {"k": k, "seed": seed, "patch": patch, "wall_s": time.perf_counter() - start,
+    row = {"k": k, "merge": merge, "seed": seed, "patch": patch,
+           "wall_s": time.perf_counter() - start,
            "val_top1": {name: r["val_top1"] for name, r in results.items()},
            "train_s": {name: r["train_seconds"] for name, r in results.items()}}
     atomic_write_text(done, json.dumps(row, indent=1))
@@ -47,24 +54,33 @@ def run_one(workdir: Path, k: int, seed: int, jobs: int, patch: int = 16) -> dic
 
 
 def table(rows: list[dict]) -> str:
-    """Per model and k: held-out top-1 per seed, mean, and the mean's difference to k = 1."""
+    """Per model and reduction (k, pooled or merged): held-out top-1 per seed, mean, and the
+    mean's difference to k = 1. Seeds missing a run of any reduction are left out."""
     models = list(rows[0]["val_top1"])
-    ks = sorted({r["k"] for r in rows})
+    key = {id(r): (r["k"], r.get("merge", False)) for r in rows}
+    variants = sorted(set(key.values()))
     seeds = sorted({r["seed"] for r in rows if all(
-        any(x["k"] == k and x["seed"] == r["seed"] for x in rows) for k in ks)})
-    pick = {(r["k"], r["seed"]): r for r in rows}
-    head = "| model | k | tokens per frame | " + " | ".join(f"seed {s}" for s in seeds)
-    rule = "| --- | ---: | ---: |" + " ---: |" * (len(seeds) + 2)
+        any(key[id(x)] == v and x["seed"] == r["seed"] for x in rows) for v in variants)})
+    pick = {(*key[id(r)], r["seed"]): r for r in rows}
+    head = ("| model | k | reduction | tokens per frame | "
+            + " | ".join(f"seed {s}" for s in seeds))
+    rule = "| --- | ---: | --- | ---: |" + " ---: |" * (len(seeds) + 2)
     lines = [head + " | mean | mean - k=1 |", rule]
     for name in models:
         base = None
-        for k in ks:
-            vals = [100 * pick[(k, s)]["val_top1"][name] for s in seeds]
+        for k, merge in variants:
+            vals = [100 * pick[(k, merge, s)]["val_top1"][name] for s in seeds]
             mean = sum(vals) / len(vals)
             base = mean if k == 1 else base
             diff = f"{mean - base:+.1f}" if base is not None and k != 1 else ""
-            grid = 64 // pick[(k, seeds[0])].get("patch", 16)
-            lines.append(f"| {name} | {k} | {1 + grid * grid // k**2} | "
+            grid = 64 // pick[(k, merge, seeds[0])].get("patch", 16)
+            how = "none" if k == 1 else ("learned merge (Spool)" if merge
+                                         else "average pool (frame encoder)")
+            if merge and name.startswith("Frame pooling"):
+                how, tokens = "none (frame pooling merges nothing)", 1 + grid * grid
+            else:
+                tokens = 1 + grid * grid // k**2
+            lines.append(f"| {name} | {k} | {how} | {tokens} | "
                          + " | ".join(f"{v:.1f}" for v in vals) + f" | {mean:.1f} | {diff} |")
     return "\n".join(lines)
 
@@ -76,11 +92,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="models trained at once")
     parser.add_argument("--patch", type=int, default=16,
                         help="the backbone's patch size (16: the demo's 4x4 grid; 8: 8x8)")
+    parser.add_argument("--merge", action="store_true",
+                        help="also each k > 1 as learned token merging in Spool "
+                             "(token_merging) beside average pooling (token_pooling)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/spool-bench-pooling-acc"))
     parser.add_argument("--out", help="markdown file to write the section into")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    rows = [run_one(args.workdir, k, s, args.jobs, args.patch) for s in args.seeds for k in args.k]
+    modes = (False, True) if args.merge else (False,)
+    rows = [run_one(args.workdir, k, s, args.jobs, args.patch, merge)
+            for s in args.seeds for k in args.k for merge in modes if k > 1 or not merge]
     text = table(rows)
     print(text)
     if args.out:
@@ -89,7 +110,7 @@ def main() -> None:
         command = ("python bench/token_pooling_accuracy.py --k "
                    + " ".join(map(str, args.k)) + " --seeds " + " ".join(map(str, args.seeds))
                    + ("" if args.patch == 16 else f" --patch {args.patch}")
-                   + f" --out {args.out}")
+                   + (" --merge" if args.merge else "") + f" --out {args.out}")
         grid = 64 // args.patch
         section = SECTION if args.patch == 16 else f"{SECTION[:-1]}, {grid}x{grid} patch grid)"
         if args.patch == 16:

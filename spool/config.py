@@ -54,6 +54,11 @@ class SpoolConfig:
         token_pooling: ``k``: the patch grid is average-pooled ``k x k`` for the temporal
             stack (class and register tokens kept), so ``L`` is the pooled count
             (224 px, /14: ``k=2`` -> 1 + 64, ``k=4`` -> 1 + 16); 1 (default): every token.
+        token_merging: ``k``: the patch tokens the model is given are merged ``k x k`` before
+            the temporal stack, each cell's tokens concatenated and projected to ``D`` by a
+            learned Linear initialised to their mean. Unlike ``token_pooling`` it is part of
+            the model, not of the frame encoder: the cache keeps every token, and the stack
+            and its features have the merged count. 1 (default): off.
         freeze_backbone: no gradients into the backbone, which stays in eval mode.
         backbone_chunk_size: frames passed through the backbone at once.
         attn_implementation: ``auto`` or a registered backend (``reference``, ``blocked``,
@@ -83,6 +88,7 @@ class SpoolConfig:
     resize_mode: str = "center_crop"
     crop_pct: float | None = None
     token_pooling: int = 1
+    token_merging: int = 1
     freeze_backbone: bool = True
     backbone_chunk_size: int = 32
     attn_implementation: str = "auto"
@@ -126,7 +132,8 @@ class SpoolConfig:
                "num_lookback_heads + num_lookahead_heads",
                f"== num_attention_heads ({self.num_attention_heads})",
                f"{self.num_lookback_heads} + {self.num_lookahead_heads} = {heads}")
-        for name in ("image_size", "backbone_chunk_size", "token_pooling"):
+        for name in ("image_size", "backbone_chunk_size", "token_pooling",
+                     "token_merging"):
             _check(_is_int(getattr(self, name)) and getattr(self, name) > 0, name,
                    "a positive integer", getattr(self, name))
         _check(isinstance(self.backbone_name, str) and self.backbone_name != "",

@@ -62,11 +62,20 @@ def test_demo_command_refuses_real_with_synthetic() -> None:
     assert exc.value.code == 2  # argparse's usage error
 
 
-def test_demo_command_refuses_token_pooling_with_real() -> None:
+@pytest.mark.parametrize("flag", ["--token-pooling", "--token-merging"])
+def test_demo_command_refuses_token_reduction_with_real(flag: str) -> None:
     from spool.cli import main
 
-    with pytest.raises(SystemExit, match="token-pooling"):
-        main(["demo", "--real", "--token-pooling", "2", "--no-download"])
+    with pytest.raises(SystemExit, match=flag.lstrip("-")):
+        main(["demo", "--real", flag, "2", "--no-download"])
+
+
+def test_demo_token_merging_is_spools_not_frame_poolings() -> None:
+    from spool.demo.synthetic import DemoSettings, _models
+
+    fields = {folder: model for folder, _, _, model in _models(DemoSettings(token_merging=2))}
+    assert fields["spool"]["token_merging"] == 2 == fields["spool_lookback"]["token_merging"]
+    assert "token_merging" not in fields["frame_pooling"]
 
 
 def _attention_logit_std(hidden_size: int, heads: int, initializer_range: float) -> float:

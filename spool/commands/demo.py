@@ -34,6 +34,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
     if args.per_class is not None:
         settings.per_class = args.per_class
     settings.token_pooling = args.token_pooling
+    settings.token_merging = args.token_merging
     jobs = args.jobs if args.jobs is not None else min(2, os.cpu_count() or 1)
     start = time.perf_counter()
     results = run_demo(Path(args.out), settings, jobs=jobs, threads=args.threads,
@@ -87,9 +88,10 @@ def run_real(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.real and args.token_pooling != 1:
-        raise SystemExit("spool demo: --token-pooling is for the synthetic demo; the real one "
-                         "pools its own tokens (RealDemoSettings.token_pooling)")
+    if args.real and (args.token_pooling != 1 or args.token_merging != 1):
+        raise SystemExit("spool demo: --token-pooling and --token-merging are for the "
+                         "synthetic demo; the real one pools its own tokens "
+                         "(RealDemoSettings.token_pooling)")
     if args.out is None:
         args.out = "spool-demo-real" if args.real else "spool-demo"
     return run_real(args) if args.real else run_synthetic(args)
@@ -120,6 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--token-pooling", type=positive_int, default=1, metavar="K",
                         help="--synthetic: pool the backbone's 4x4 patch grid K x K for the "
                              "temporal stack (SpoolConfig.token_pooling; 1, 2 or 4)")
+    parser.add_argument("--token-merging", type=positive_int, default=1, metavar="K",
+                        help="--synthetic: Spool merges the patch tokens K x K with a learned "
+                             "Linear before its temporal stack (SpoolConfig.token_merging)")
     parser.add_argument("--no-download", action="store_true",
                         help="fetch nothing: use the weights and footage in Spool's cache")
     parser.add_argument("--jobs", type=positive_int, default=None,

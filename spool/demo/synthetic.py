@@ -93,6 +93,7 @@ class DemoSettings:
     initializer_range: float = demo_initializer_range(DEMO_BACKBONE["hidden_size"])
     local_frame_range: int = 4
     token_pooling: int = 1  # k: the 4x4 patch grid pooled k x k (1 + 16 / k**2 tokens)
+    token_merging: int = 1  # k: the tokens merged k x k by Spool (learned; cache keeps all)
     views: int = 3
     crop_scale: tuple[float, float] = (0.6, 1.0)
     epochs: int = 16
@@ -109,7 +110,8 @@ def _models(s: DemoSettings) -> list[tuple[str, str, str, dict[str, Any]]]:
     heads = s.num_attention_heads
     temporal = dict(num_hidden_layers=s.num_hidden_layers, num_attention_heads=heads,
                     local_frame_range=s.local_frame_range, hidden_dropout=s.hidden_dropout,
-                    classifier_dropout=s.dropout, initializer_range=s.initializer_range)
+                    classifier_dropout=s.dropout, initializer_range=s.initializer_range,
+                    token_merging=s.token_merging)
     return [
         ("spool", SPOOL, "spool", {**temporal, "num_lookback_heads": heads // 2,
                                    "num_lookahead_heads": heads - heads // 2}),

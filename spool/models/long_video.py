@@ -97,6 +97,7 @@ def _encode_video(model, reader: VideoReader, indices: list[int], hidden: torch.
     """Encode ``indices`` chunk by chunk into ``hidden[1:-1]``; returns their timestamps."""
     times, done = [], 0
     for tokens, stamps in stream_tokens(model, reader, indices):
+        tokens = model.merge_tokens(tokens)
         hidden[1 + done:1 + done + len(tokens)] = tokens.to(hidden.device, torch.float32)
         done += len(tokens)
         times.append(stamps)
@@ -125,11 +126,12 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     if model.training:
         raise ValueError("forward_long: inference only; call model.eval() first")
     config = model.config
-    L, D = config.num_spatial_tokens, config.hidden_size
+    D = config.hidden_size
+    L = model.num_temporal_tokens  # the hidden state's; the input's with no token_merging
     reader, indices = None, None
     if isinstance(video, torch.Tensor):
         tokens = video[0] if video.ndim == 4 and video.shape[0] == 1 else video
-        check_tokens(tokens[None] if tokens.ndim == 3 else tokens, L, D)
+        check_tokens(tokens[None] if tokens.ndim == 3 else tokens, config.num_spatial_tokens, D)
         num_frames = tokens.shape[0]
     else:
         if model.backbone is None:
@@ -158,7 +160,10 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
         if reader is not None:
             timestamps = _encode_video(model, reader, indices, hidden, bar)
         else:
-            hidden[1:-1] = tokens.to("cpu", torch.float32)
+            device = model.context_frames.start.device
+            for start in range(0, num_frames, chunk_frames):  # merged a chunk at a time
+                chunk = model.merge_tokens(tokens[start:start + chunk_frames].to(device))
+                hidden[1 + start:1 + start + len(chunk)] = chunk.to("cpu", torch.float32)
         bar.close()
     finally:
         if reader is not None:

@@ -11,6 +11,7 @@ from torch import nn
 from spool.config import SpoolConfig
 from spool.layers.backbone import FrameEncoder
 from spool.layers.context import ContextFrames, pool_context
+from spool.layers.pooling import TokenMerging
 from spool.layers.transformer import TemporalTransformer
 from spool.models.frame_encoder import config_and_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 
 class SpoolOutput(NamedTuple):
-    """``features: [B, T + 2, L, D]`` (frame 0 start context, T+1 end context);
+    """``features: [B, T + 2, L, D]`` (frame 0 start context, T+1 end context; ``L`` merged
+    with ``token_merging``);
     ``context: [B, 2D]`` (pooled start and end context frames). Tuple-unpackable."""
 
     features: torch.Tensor
@@ -57,13 +59,32 @@ class Spool(SpoolPreTrainedModel):
         self.backbone: FrameEncoder | None
         config, self.backbone = config_and_frame_encoder(config, kwargs, with_backbone)
         self.config = config
-        self.context_frames = ContextFrames(config.num_spatial_tokens, config.hidden_size,
+        self.token_merging = (TokenMerging(config.num_spatial_tokens, config.hidden_size,
+                                           config.token_merging)
+                              if config.token_merging > 1 else None)
+        self.context_frames = ContextFrames(self.num_temporal_tokens, config.hidden_size,
                                             config.initializer_range)
         self.temporal = TemporalTransformer(config)
         self.temporal.apply(lambda m: _init_weights(m, config.initializer_range))
 
+    @property
+    def num_temporal_tokens(self) -> int:
+        """Tokens per frame in the temporal stack and its features: ``L``, or fewer with
+        ``token_merging``."""
+        if self.token_merging is None:
+            return self.config.num_spatial_tokens
+        return self.token_merging.num_tokens
+
     def no_weight_decay(self) -> set[str]:
-        return {"context_frames.start", "context_frames.end"}
+        # Decay would pull the merge's mean initialisation towards zero, shrinking the tokens.
+        merge = {"token_merging.proj.weight"} if self.token_merging is not None else set()
+        return {"context_frames.start", "context_frames.end", *merge}
+
+    def merge_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Backbone tokens ``[..., L, D]`` -> what the temporal stack takes per frame (in its
+        dtype): merged with ``token_merging``, else as they are."""
+        tokens = tokens.to(parameter_dtype(self.temporal, self.context_frames))
+        return tokens if self.token_merging is None else self.token_merging(tokens)
 
     def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
         """``video: [B, T, H, W, 3]`` -> backbone tokens ``[B, T, L, D]`` (what to cache)."""
@@ -95,6 +116,5 @@ class Spool(SpoolPreTrainedModel):
 
     def _temporal_forward(self, tokens: torch.Tensor) -> SpoolOutput:
         # Tokens in the temporal stack's dtype (a float16 cache, a backbone of its own dtype).
-        tokens = tokens.to(parameter_dtype(self.temporal, self.context_frames))
-        features = self.temporal(self.context_frames(tokens))
+        features = self.temporal(self.context_frames(self.merge_tokens(tokens)))
         return SpoolOutput(features, pool_context(features))
