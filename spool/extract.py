@@ -217,7 +217,7 @@ def is_done(output: Path, settings: dict[str, str]) -> bool:
 def check_complete(source: Path, num_frames: int) -> None:
     """Raise ``VideoDecodeError`` for a file cut short: its header announces more frames than
     its packets hold. Containers whose header gives no frame count (0) are taken as they are."""
-    with av.open(str(source)) as container:
+    with av.open(str(source), metadata_errors="ignore") as container:
         announced = container.streams.video[0].frames
     if announced and num_frames < announced - 1:
         raise VideoDecodeError(f"{source}: truncated: the header announces {announced} frames "

@@ -272,6 +272,30 @@ def test_audio_only_file(tmp_path: Path) -> None:
         read_video_frames(path)
 
 
+def test_tags_that_are_not_utf8_do_not_stop_reading(tmp_path: Path) -> None:
+    """Some HMDB51 clips carry a Latin-1 title; PyAV's strict decoding of it raised a
+    UnicodeDecodeError from every open."""
+    path = tmp_path / "latin1_title.avi"
+    frames = np.stack([np.full((32, 32, 3), 40 * i, np.uint8) for i in range(3)])
+    with av.open(str(path), "w") as c:
+        c.metadata["title"] = "SPOOLMARKER"
+        s = c.add_stream("mjpeg", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuvj420p"
+        for f in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode(None))
+    data = path.read_bytes()
+    assert data.count(b"SPOOLMARKER") == 1
+    path.write_bytes(data.replace(b"SPOOLMARKER", b"SPOOL\xd3\xd3\xd3\xd3\xd3\xd3"))
+    with pytest.raises(UnicodeDecodeError):
+        av.open(str(path)).close()  # PyAV's default, which the reader must not use
+    with VideoReader(path) as reader:
+        assert len(reader) == 3
+        got, _ = reader.get([0, 2])
+    assert got.shape == (2, 32, 32, 3)
+    np.testing.assert_allclose(got.mean(axis=(1, 2, 3)), [0, 80], atol=3)
+
+
 @pytest.mark.parametrize(("name", "codec", "copts"), [
     ("moov_at_end.mp4", "libx264", None),
     ("faststart.mp4", "libx264", {"movflags": "+faststart"}),

@@ -80,7 +80,9 @@ def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool 
     path = os.fspath(path)
     _check_regular_file(path)
     try:
-        container = av.open(path, mode="r", options=_HEADERS_ONLY if headers_only else None)
+        # Tags that are not UTF-8 (seen in HMDB51 clips) must not make a video unreadable.
+        container = av.open(path, mode="r", options=_HEADERS_ONLY if headers_only else None,
+                            metadata_errors="ignore")
     except av.FFmpegError as e:
         raise VideoDecodeError(f"{path}: cannot open as a video file: {e}") from e
     if not container.streams.video:
