@@ -130,6 +130,12 @@ def main() -> None:
                      f"{grid // 2}x{grid // 2} grid, as k = 2 leaves 8 x 8 of DINOv2's 16 x 16 "
                      "at 224 px. It tells the pooling apart from the coarseness of the grid "
                      "it leaves.")
+        if args.merge:
+            about += (" *Learned merge*: `spool demo --token-merging K` "
+                      "(`SpoolConfig.token_merging`): the frame encoder keeps every token (the "
+                      "k = 1 cache) and Spool concatenates each k x k cell's tokens and projects "
+                      "them to D with a Linear initialised to their mean, trained with the "
+                      "stack; the temporal stack sees as many tokens as with pooling.")
         update_section(args.out, section, "\n\n".join([f"```bash\n{command}\n```", about, text]))
 
 
