@@ -214,8 +214,8 @@ def run_model(key: str, arch: str, model: dict, train: dict, caches: tuple[Path,
         task="frames", out_dir=str(args.out / "runs" / args.tag / key), train_cache=str(caches[0]),
         val_cache=str(caches[1]), architecture=arch, model=model, crop_frames=None,
         batch_size=1, weight_decay=0.01, warmup_epochs=0.5, background=["background"],
-        seed=args.seed, num_workers=0, device="cpu", tensorboard=False, quiet=True,
-        log_every=10**9, name=NAMES[key], **{"eval_every": 10**6, **train})
+        num_workers=0, device="cpu", tensorboard=False, quiet=True, log_every=10**9,
+        name=NAMES[key], **{"eval_every": 10**6, "seed": args.seed, **train})
     start = time.perf_counter()
     trainer = Trainer(cfg)
     history = trainer.fit()
