@@ -200,6 +200,81 @@ def train(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
 
 
+def probe(args: argparse.Namespace) -> None:
+    """A logistic regression on each clip's mean frame-to-frame change (``arrow_cues.py``'s
+    odd feature: a reversal negates it), trained on the plain clips or on the plain and the
+    flipped ones; held-out scored plain, flipped and with the two logits averaged."""
+    from research.arrow_cues import _logistic
+
+    torch.set_num_threads(1)
+    for pool in args.pools:
+        plain = load(args.cache, False, pool)
+        lengths = [len(v) for v in plain]
+        frames = torch.cat([torch.cat(plain), torch.cat(load(args.cache, True, pool))])
+        frames = frames.float().flatten(1)
+        frames = frames / frames.norm(dim=1, keepdim=True)
+        n = len(frames) // 2
+        train_clips, test, test_video = split_clips(lengths, 8, 0.7)
+
+        def feats(clips: torch.Tensor) -> torch.Tensor:
+            x = frames[clips]
+            return (x[:, 1:] - x[:, :-1]).mean(1)
+
+        ftr, ftr_f, fte, fte_f = (feats(train_clips), feats(train_clips + n), feats(test),
+                                  feats(test + n))
+        scale = ftr.std()
+        for aug in (False, True):
+            x = torch.cat([ftr, -ftr] + ([ftr_f, -ftr_f] if aug else [])) / scale
+            y = torch.tensor(([0.0] * len(ftr) + [1.0] * len(ftr)) * (2 if aug else 1))
+            for l2 in args.l2:
+                w = _logistic(x, y, l2)
+                logit = {"plain": torch.cat([fte, -fte]) / scale @ w,
+                         "flipped": torch.cat([fte_f, -fte_f]) / scale @ w}
+                logit["averaged"] = (logit["plain"] + logit["flipped"]) / 2
+                ltr = torch.cat([ftr, -ftr]) / scale @ w
+                print(json.dumps({
+                    "pool": pool, "flip_aug": aug, "l2": l2,
+                    "train_plain": scores(torch.sigmoid(ltr), len(ftr))["acc"],
+                    **{f"heldout_{k}": scores(torch.sigmoid(v), len(fte))["acc"]
+                       for k, v in logit.items()},
+                    "heldout_averaged_per_video": scores(torch.sigmoid(logit["averaged"]),
+                                                         len(fte), test_video)["per_video"]}),
+                    flush=True)
+
+
+def drift(args: argparse.Namespace) -> None:
+    """Per video, how much flipping the pixels changes the drift a model can fit, in the
+    model's own view (cell (i, j) of a flipped frame shows cell (i, g-1-j) of the plain one,
+    mirrored): the mean change ``x[t+7] - x[t]`` of the training clips (first 70%) of the
+    plain and of the flipped tokens (class token; class + 4x4 grid), their cosine (1: the
+    drift is left-right symmetric, flipping leaves it; -1: it is all left/right motion, flip
+    augmentation cancels it), and the share of held-out clips that change like the mean
+    training clip of the plain tokens and of the plain and flipped ones together (what flip
+    augmentation trains on)."""
+
+    def cos(a: torch.Tensor, b: torch.Tensor) -> float:
+        return round(float(F.cosine_similarity(a, b, dim=0)), 2)
+
+    for pool in (0, 4):
+        plain, flip = load(args.cache, False, pool), load(args.cache, True, pool)
+        for name, a, b in zip(NAMES, plain, flip, strict=True):
+            a, b = a.float().flatten(1), b.float().flatten(1)
+            cut = int(round(0.7 * len(a)))
+            d_a = torch.stack([a[s + 7] - a[s] for s in range(0, cut - 7)])
+            d_b = torch.stack([b[s + 7] - b[s] for s in range(0, cut - 7)])
+            t_a = torch.stack([a[s + 7] - a[s] for s in range(cut, len(a) - 7)])
+            t_b = torch.stack([b[s + 7] - b[s] for s in range(cut, len(a) - 7)])
+            mix = torch.cat([d_a, d_b]).mean(0)
+            print(json.dumps({
+                "tokens": "class" if not pool else f"class + {pool}x{pool}", "video": name,
+                "cos_train_drift_plain_vs_flipped": cos(d_a.mean(0), d_b.mean(0)),
+                "heldout_like_train_plain": round(float((t_a @ d_a.mean(0) > 0)
+                                                        .float().mean()), 2),
+                "heldout_like_train_mix": round(float(((t_a @ mix > 0).float().mean()
+                                                       + (t_b @ mix > 0).float().mean()) / 2), 2),
+            }), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -216,8 +291,14 @@ def main() -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--set", default="{}", help="JSON: settings to change")
     r.add_argument("--log", type=Path, default=Path("arrow_runs.jsonl"))
+    p = sub.add_parser("probe")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--pools", type=int, nargs="+", default=[0, 4, 2])
+    p.add_argument("--l2", type=float, nargs="+", default=[1e-3, 1e-1, 10.0])
+    d = sub.add_parser("drift")
+    d.add_argument("--cache", type=Path, required=True)
     args = parser.parse_args()
-    {"tokens": tokens, "train": train}[args.cmd](args)
+    {"tokens": tokens, "train": train, "probe": probe, "drift": drift}[args.cmd](args)
 
 
 if __name__ == "__main__":
