@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spool.demo.footage_tokens import reduce_tokens  # noqa: E402
 from spool.demo.order_tasks import (  # noqa: E402
+    _probabilities,
     build_model,
     make_batch,
     model_input,
@@ -103,14 +104,16 @@ def load(cache: Path, flip: bool, pool: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def probabilities(model, frames: torch.Tensor, clips: torch.Tensor, task: str,
-                  batch: int = 128) -> torch.Tensor:
-    """P(backwards) ``[2C]``: every clip forwards, then every clip backwards."""
+                  batch: int = 128, rotations: int = 0) -> torch.Tensor:
+    """P(backwards) ``[2C]``: every clip forwards, then every clip backwards; ``rotations``
+    (a model trained under random rotations): the mean over that many (the demo's
+    ``_probabilities``, same rotations for every batch)."""
     model.eval()
     rng = np.random.default_rng(0)
     out = []
     for s in range(0, len(clips), batch):
         x, _ = make_batch(frames, clips[s:s + batch], task, rng)
-        out.append(model(tokens=model_input(model, x)).logits.softmax(-1)[:, 1].view(2, -1))
+        out.append(_probabilities(model, x, rotations, 1)[:, 1].view(2, -1))
     return torch.cat(out, dim=1).flatten()
 
 
@@ -177,8 +180,11 @@ def train(args: argparse.Namespace) -> None:
                                           len(test))["acc"]
             history.append(row)
             print(json.dumps(row), flush=True)
-    p_test = {"plain": probabilities(model, frames, test, task),
-              "flipped": probabilities(model, frames, test + n, task)}
+    # Trained under random rotations: held-out answers averaged over --test-rotations of them
+    # (the demo uses 16; training accuracy and the per-epoch curve use the tokens as they are).
+    rot = args.test_rotations if s["rotate"] and args.kind != "frame_pooling" else 0
+    p_test = {"plain": probabilities(model, frames, test, task, rotations=rot),
+              "flipped": probabilities(model, frames, test + n, task, rotations=rot)}
     p_test["averaged"] = (p_test["plain"] + p_test["flipped"]) / 2
     p_train = {"plain": probabilities(model, frames, train_clips, task),
                "flipped": probabilities(model, frames, train_clips + n, task)}
@@ -186,7 +192,8 @@ def train(args: argparse.Namespace) -> None:
     row = {"settings": {"cmd": "arrow_flip", "cache": str(args.cache), "task": task,
                         "model": args.kind, "pool": args.pool, "flip": args.flip,
                         "seed": seed, "changed": json.loads(args.set),
-                        "epochs": s["epochs"], "lr": s["lr"], "rotate": s["rotate"]},
+                        "epochs": s["epochs"], "lr": s["lr"], "rotate": s["rotate"],
+                        "test_rotations": rot},
            "tokens_per_frame": frames.shape[1], "frames_per_video": lengths,
            "train_clips": len(train_clips), "test_clips": len(test), "params": params,
            "train_acc": {k: scores(v, len(train_clips))["acc"] for k, v in p_train.items()},
@@ -291,6 +298,8 @@ def main() -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--set", default="{}", help="JSON: settings to change")
     r.add_argument("--log", type=Path, default=Path("arrow_runs.jsonl"))
+    r.add_argument("--test-rotations", type=int, default=4,
+                   help="with rotate: held-out answers averaged over this many rotations")
     p = sub.add_parser("probe")
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--pools", type=int, nargs="+", default=[0, 4, 2])
