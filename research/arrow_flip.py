@@ -176,8 +176,10 @@ def train(args: argparse.Namespace) -> None:
             row = {"epoch": epoch, "train_loss": round(loss_sum / seen, 4),
                    "train_top1": round(right / seen, 4)}
             if epoch % s["eval_every"] == 0 or epoch == s["epochs"]:
-                row["val_plain"] = scores(probabilities(model, frames, test, task),
-                                          len(test))["acc"]
+                p_plain = probabilities(model, frames, test, task)
+                p_flip = probabilities(model, frames, test + n, task)
+                row["val_plain"] = scores(p_plain, len(test))["acc"]
+                row["val_averaged"] = scores((p_plain + p_flip) / 2, len(test))["acc"]
             history.append(row)
             print(json.dumps(row), flush=True)
     # Trained under random rotations: held-out answers averaged over --test-rotations of them
