@@ -284,6 +284,25 @@ def drift(args: argparse.Namespace) -> None:
             }), flush=True)
 
 
+def table(args: argparse.Namespace) -> None:
+    """The README table from a ``train`` log: one row per run."""
+    short = {"bigbuckbunny.mp4": "bbb", "bikes.mp4": "bikes", "carphone_pristine.mp4": "car",
+             "vtest.avi": "vtest", "Megamind.avi": "mega", "box.mp4": "box", "cup.mp4": "cup"}
+    print("| model, setting, seed | epochs | train (plain / averaged) | held-out plain | "
+          "held-out flipped | held-out averaged | averaged, per video | CPU min |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    for line in open(args.log):
+        r = json.loads(line)
+        s, tr, te = r["settings"], r["train_acc"], r["test_acc"]
+        name = (f"{s['model']}, {'flip' if s['flip'] else 'no flip'}"
+                f"{' + rotation' if s['rotate'] else ''}, {s['seed']}")
+        per = ", ".join(f"{short[k]} {100 * v:.0f}"
+                        for k, v in r["test_acc_per_video"]["averaged"].items())
+        print(f"| {name} | {s['epochs']} | {100 * tr['plain']:.1f}% / {100 * tr['averaged']:.1f}%"
+              f" | {100 * te['plain']:.1f}% | {100 * te['flipped']:.1f}% | "
+              f"**{100 * te['averaged']:.1f}%** | {per} | {r['cpu_seconds'] / 60:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -308,8 +327,11 @@ def main() -> None:
     p.add_argument("--l2", type=float, nargs="+", default=[1e-3, 1e-1, 10.0])
     d = sub.add_parser("drift")
     d.add_argument("--cache", type=Path, required=True)
+    tb = sub.add_parser("table")
+    tb.add_argument("--log", type=Path, required=True)
     args = parser.parse_args()
-    {"tokens": tokens, "train": train, "probe": probe, "drift": drift}[args.cmd](args)
+    {"tokens": tokens, "train": train, "probe": probe, "drift": drift,
+     "table": table}[args.cmd](args)
 
 
 if __name__ == "__main__":
