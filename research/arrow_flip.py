@@ -225,7 +225,7 @@ def probe(args: argparse.Namespace) -> None:
         n = len(frames) // 2
         train_clips, test, test_video = split_clips(lengths, 8, 0.7)
 
-        def feats(clips: torch.Tensor) -> torch.Tensor:
+        def feats(clips: torch.Tensor, frames: torch.Tensor = frames) -> torch.Tensor:
             x = frames[clips]
             return (x[:, 1:] - x[:, :-1]).mean(1)
 
