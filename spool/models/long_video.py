@@ -160,9 +160,8 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
         if reader is not None:
             timestamps = _encode_video(model, reader, indices, hidden, bar)
         else:
-            device = model.context_frames.start.device
             for start in range(0, num_frames, chunk_frames):  # merged a chunk at a time
-                chunk = model.merge_tokens(tokens[start:start + chunk_frames].to(device))
+                chunk = model.merge_tokens(tokens[start:start + chunk_frames])
                 hidden[1 + start:1 + start + len(chunk)] = chunk.to("cpu", torch.float32)
         bar.close()
     finally:

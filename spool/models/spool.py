@@ -81,10 +81,11 @@ class Spool(SpoolPreTrainedModel):
         return {"context_frames.start", "context_frames.end", *merge}
 
     def merge_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Backbone tokens ``[..., L, D]`` -> what the temporal stack takes per frame (in its
-        dtype): merged with ``token_merging``, else as they are."""
-        tokens = tokens.to(parameter_dtype(self.temporal, self.context_frames))
-        return tokens if self.token_merging is None else self.token_merging(tokens)
+        """Backbone tokens ``[..., L, D]`` -> ``[..., L', D]`` merged by ``token_merging`` (on
+        the merge's device and dtype); without it, the tokens as they are."""
+        if self.token_merging is None:
+            return tokens
+        return self.token_merging(tokens.to(self.token_merging.proj.weight))
 
     def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
         """``video: [B, T, H, W, 3]`` -> backbone tokens ``[B, T, L, D]`` (what to cache)."""
@@ -116,5 +117,6 @@ class Spool(SpoolPreTrainedModel):
 
     def _temporal_forward(self, tokens: torch.Tensor) -> SpoolOutput:
         # Tokens in the temporal stack's dtype (a float16 cache, a backbone of its own dtype).
-        features = self.temporal(self.context_frames(self.merge_tokens(tokens)))
+        tokens = self.merge_tokens(tokens).to(parameter_dtype(self.temporal, self.context_frames))
+        features = self.temporal(self.context_frames(tokens))
         return SpoolOutput(features, pool_context(features))
