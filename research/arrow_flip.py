@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,9 +42,9 @@ from spool.demo.order_tasks import (  # noqa: E402
     _probabilities,
     build_model,
     make_batch,
-    model_input,
-    random_rotation,
+    make_optimizer,
     split_clips,
+    train_step,
 )
 from spool.demo.real_footage import RealDemoSettings  # noqa: E402
 
@@ -128,8 +127,6 @@ def scores(p: torch.Tensor, n: int, video: torch.Tensor | None = None) -> dict:
 
 
 def train(args: argparse.Namespace) -> None:
-    from spool.train.builders import parameter_groups, warmup_cosine
-
     torch.set_num_threads(1)
     plain = load(args.cache, False, args.pool)
     lengths = [len(v) for v in plain]
@@ -148,10 +145,7 @@ def train(args: argparse.Namespace) -> None:
     wall, cpu = time.perf_counter(), time.process_time()
     history = []
     if args.kind != "frame_pooling" or s["train_frame_pooling"]:
-        opt = torch.optim.AdamW(parameter_groups(model, s["weight_decay"]), lr=s["lr"])
-        per_epoch = math.ceil(len(train_clips) / bs)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(
-            int(s["warmup_epochs"] * per_epoch), s["epochs"] * per_epoch, 0.01))
+        opt, sched = make_optimizer(model, s, len(train_clips))
         for epoch in range(1, s["epochs"] + 1):
             model.train()
             order = torch.randperm(len(train_clips))
@@ -161,18 +155,9 @@ def train(args: argparse.Namespace) -> None:
                 if args.flip:  # the flipped frames of a clip are n further on
                     clips = clips + n * torch.from_numpy(rng.random(len(clips)) < 0.5)[:, None]
                 x, y = make_batch(frames, clips, task, rng)
-                x = model_input(model, x)
-                if s["rotate"]:
-                    x = random_rotation(x, gen)
-                out = model(tokens=x, labels=y)
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                loss_sum += float(out.loss.detach()) * len(y)
-                right += int((out.logits.argmax(-1) == y).sum())
-                seen += len(y)
+                loss, correct = train_step(model, x, y, opt, sched,
+                                           gen if s["rotate"] else None)
+                loss_sum, right, seen = loss_sum + loss, right + correct, seen + len(y)
             row = {"epoch": epoch, "train_loss": round(loss_sum / seen, 4),
                    "train_top1": round(right / seen, 4)}
             if epoch % s["eval_every"] == 0 or epoch == s["epochs"]:

@@ -202,15 +202,40 @@ def train_model(job: dict[str, Any]) -> dict[str, Any]:
             "figure_prob_altered": prob.tolist()}
 
 
-def _fit(model, frames: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
-         s: dict[str, Any], rng: np.random.Generator, gen: torch.Generator) -> list[dict]:
+def make_optimizer(model, s: dict[str, Any], num_clips: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (decay on matrices only) and its warm-up + cosine schedule over ``s["epochs"]``
+    epochs of ``num_clips`` training clips."""
     from spool.train.builders import parameter_groups, warmup_cosine
 
-    task, bs = s["task"], s["batch_size"]
     opt = torch.optim.AdamW(parameter_groups(model, s["weight_decay"]), lr=s["lr"])
-    per_epoch = math.ceil(len(train) / bs)
+    per_epoch = math.ceil(num_clips / s["batch_size"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(
         int(s["warmup_epochs"] * per_epoch), s["epochs"] * per_epoch, 0.01))
+    return opt, sched
+
+
+def train_step(model, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+               sched: torch.optim.lr_scheduler.LambdaLR,
+               gen: torch.Generator | None) -> tuple[float, int]:
+    """One step on raw tokens ``x`` (randomly rotated with ``gen``, none if ``None``):
+    (summed loss, correct answers) of the batch."""
+    x = model_input(model, x)
+    if gen is not None:
+        x = random_rotation(x, gen)
+    out = model(tokens=x, labels=y)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return float(out.loss.detach()) * len(y), int((out.logits.argmax(-1) == y).sum())
+
+
+def _fit(model, frames: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
+         s: dict[str, Any], rng: np.random.Generator, gen: torch.Generator) -> list[dict]:
+    task, bs = s["task"], s["batch_size"]
+    opt, sched = make_optimizer(model, s, len(train))
     history = []
     for epoch in range(1, s["epochs"] + 1):
         model.train()
@@ -218,18 +243,8 @@ def _fit(model, frames: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
         loss_sum, right, seen = 0.0, 0, 0
         for b in range(0, len(order), bs):
             x, y = make_batch(frames, train[order[b:b + bs]], task, rng, s["flip_natural"])
-            x = model_input(model, x)
-            if s["rotate"]:
-                x = random_rotation(x, gen)
-            out = model(tokens=x, labels=y)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            loss_sum += float(out.loss.detach()) * len(y)
-            right += int((out.logits.argmax(-1) == y).sum())
-            seen += len(y)
+            loss, correct = train_step(model, x, y, opt, sched, gen if s["rotate"] else None)
+            loss_sum, right, seen = loss_sum + loss, right + correct, seen + len(y)
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_top1": right / seen}
         if epoch % s["eval_every"] == 0 or epoch == s["epochs"]:
             row["val_top1"], row["val_loss"], _ = evaluate(model, frames, test, task,
