@@ -1,6 +1,8 @@
 """Does a learned merge keep more accuracy than average pooling at k = 2? (issue 12)
 
-A prototype, not library code: the synthetic demo (``spool demo``) trained on its k = 1 token
+A prototype of what became ``SpoolConfig.token_merging`` (it now uses that merge,
+``spool.layers.pooling.TokenMerging``; same initialisation and cell order, no random draws):
+the synthetic demo (``spool demo``) trained on its k = 1 token
 cache, with a Qwen2-VL-style patch merger in front of Spool's context frames: the k x k
 neighbouring patch tokens concatenated and projected back to D by a Linear initialised to
 the mean (so it starts as ``token_pooling=k`` and learns away from it), the class token kept.
@@ -18,38 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
-
 import spool.demo.synthetic as syn
 import spool.models.spool as sm
 from spool.layers.context import ContextFrames
+from spool.layers.pooling import TokenMerging
 
 K = int(os.environ.get("MERGE_K", "2"))
 WD = os.environ.get("MERGE_WD", "0") == "1"
 PATCH = int(os.environ.get("PATCH", "16"))
 MODELS = os.environ.get("MODELS", "spool").split(",")
-
-
-class Merger(nn.Module):
-    """``[B, T, P + g*g, D] -> [B, T, P + (g/k)^2, D]``: each k x k cell's tokens concatenated
-    and projected to D (initialised to their mean); the P prefix tokens kept."""
-
-    def __init__(self, prefix: int, grid: int, k: int, d: int) -> None:
-        super().__init__()
-        self.prefix, self.grid, self.k = prefix, grid, k
-        self.proj = nn.Linear(k * k * d, d)
-        with torch.no_grad():
-            self.proj.weight.copy_(torch.eye(d).repeat(1, k * k) / (k * k))
-            self.proj.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _, D = x.shape
-        g, k = self.grid, self.k
-        prefix, patches = x[:, :, :self.prefix], x[:, :, self.prefix:]
-        cells = patches.reshape(B, T, g // k, k, g // k, k, D).permute(0, 1, 2, 4, 3, 5, 6)
-        merged = self.proj(cells.reshape(B, T, (g // k) ** 2, k * k * D))
-        return torch.cat((prefix, merged), dim=2)
 
 
 _init, _forward, _no_decay = sm.Spool.__init__, sm.Spool._temporal_forward, \
@@ -61,7 +40,7 @@ def _merged_init(self, *args, **kwargs):
     _init(self, *args, **kwargs)
     c = self.config
     g = int(round((c.num_spatial_tokens - 1) ** 0.5))
-    self.merger = Merger(1, g, K, c.hidden_size)
+    self.merger = TokenMerging(c.num_spatial_tokens, c.hidden_size, K)
     self.context_frames = ContextFrames(1 + (g // K) ** 2, c.hidden_size, c.initializer_range)
 
 
