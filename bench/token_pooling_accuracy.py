@@ -57,11 +57,10 @@ def table(rows: list[dict]) -> str:
     """Per model and reduction (k, pooled or merged): held-out top-1 per seed, mean, and the
     mean's difference to k = 1. Seeds missing a run of any reduction are left out."""
     models = list(rows[0]["val_top1"])
-    key = {id(r): (r["k"], r.get("merge", False)) for r in rows}
-    variants = sorted(set(key.values()))
-    seeds = sorted({r["seed"] for r in rows if all(
-        any(key[id(x)] == v and x["seed"] == r["seed"] for x in rows) for v in variants)})
-    pick = {(*key[id(r)], r["seed"]): r for r in rows}
+    pick = {(r["k"], r.get("merge", False), r["seed"]): r for r in rows}
+    variants = sorted({(k, merge) for k, merge, _ in pick})
+    seeds = sorted({seed for _, _, seed in pick
+                    if all((*v, seed) in pick for v in variants)})
     head = ("| model | k | reduction | tokens per frame | "
             + " | ".join(f"seed {s}" for s in seeds))
     rule = "| --- | ---: | --- | ---: |" + " ---: |" * (len(seeds) + 2)
