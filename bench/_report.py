@@ -47,13 +47,22 @@ def available_mb() -> float:
     return float("inf")
 
 
+NOTES_START = "<!-- notes: written by hand, kept when the section is regenerated -->"
+NOTES_END = "<!-- /notes -->"
+_NOTES = re.compile(rf"^{re.escape(NOTES_START)}\n.*?^{re.escape(NOTES_END)}\n?", re.S | re.M)
+
+
 def update_section(path: str | os.PathLike, heading: str, body: str) -> None:
-    """Replace the ``## heading`` section of ``path`` with ``body`` (or append it)."""
+    """Replace the ``## heading`` section of ``path`` with ``body`` (or append it). Notes
+    written by hand between ``NOTES_START`` and ``NOTES_END`` lines in the old section
+    (an analysis of the table, say) are carried over, after the new body."""
     path = Path(path)
     text = path.read_text() if path.exists() else HEADER
-    section = f"## {heading}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
+    old = pattern.search(text)
+    notes = [m.group(0).rstrip("\n") for m in _NOTES.finditer(old.group(0))] if old else []
+    section = "\n\n".join([f"## {heading}", body.strip(), *notes]) + "\n"
+    if old:
         text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
     else:
         text = text.rstrip() + "\n\n" + section
