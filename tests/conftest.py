@@ -10,6 +10,11 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from spool import Spool, SpoolConfig  # noqa: E402
 
+# Devices to parametrize over: CUDA cases skip without a GPU (``bench/gpu_checks.py`` runs them).
+CUDA_ONLY = [pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="no GPU"))]
+DEVICES = ["cpu", *CUDA_ONLY]
+
 
 def tiny_backbone(hidden_size: int = 24, patch_size: int = 8, image_size: int = 32,
                   **extra) -> dict:

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import DEVICES, tiny_config
 
 from spool import Spool, SpoolConfig
 from spool.layers.attention_backends import ATTENTION_BACKENDS, select_backend
@@ -56,11 +56,12 @@ def test_auto_with_attention_dropout_trains():
     model(torch.rand(1, 3, 32, 32, 3)).context.sum().backward()
 
 
-def _qkv(T, H=3, B=1, L=9, hd=8):
-    return [torch.randn(H, B, T + 2, L, hd) for _ in range(3)]
+def _qkv(T, H=3, B=1, L=9, hd=8, device="cpu"):
+    return [torch.randn(H, B, T + 2, L, hd, device=device) for _ in range(3)]
 
 
-def test_flex_stays_compiled_over_many_lengths():
+@pytest.mark.parametrize("device", DEVICES)
+def test_flex_stays_compiled_over_many_lengths(device):
     """Twelve clip lengths in one process: flex compiles a bounded number of graphs (dynamic
     shapes, sizes captured as tensors) and never falls back to an uncompiled dense path."""
     from torch._dynamo.utils import counters
@@ -70,7 +71,7 @@ def test_flex_stays_compiled_over_many_lengths():
     lengths = [3, 4, 6, 7, 9, 12, 15, 20, 26, 31, 40, 47]
     with torch.no_grad():
         for T in lengths:
-            q, k, v = _qkv(T)
+            q, k, v = _qkv(T, device=device)
             out = flex_attention(q, k, v, num_lookback_heads=1, local_frame_range=3)
             ref = reference_attention(q, k, v, num_lookback_heads=1, local_frame_range=3)
             torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

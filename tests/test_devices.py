@@ -1,0 +1,110 @@
+"""Attention backends and the model on every device this machine has, in fp32 and bf16.
+
+CUDA cases skip without a GPU; ``bench/gpu_checks.py`` runs this file on one (issue 12).
+bf16 tolerance, against the fp32 reference on the same inputs: attention outputs (inputs drawn
+from N(0, 1)) within 2e-2 absolute, mean absolute difference under 2e-3; model features
+(LayerNorm'd, unit variance) within 8e-2, mean under 1e-2. bf16 keeps 8 significant bits
+(relative step 2^-8 = 0.004), and the reference computed in bf16 itself misses fp32 by up to
+1.1e-2 on these attention shapes.
+"""
+
+import pytest
+import torch
+from conftest import CUDA_ONLY, DEVICES, tiny_config
+
+from spool import Spool
+from spool.layers.attention_backends import ATTENTION_BACKENDS, select_backend
+
+SHAPE = dict(T=13, w=4, nb=3, H=6, L=17, hd=64)  # F*L = 255 tokens: two flex blocks
+
+
+def _qkv(device, dtype=torch.float32, requires_grad=False, T=SHAPE["T"]):
+    torch.manual_seed(0)
+    shape = (SHAPE["H"], 2, T + 2, SHAPE["L"], SHAPE["hd"])
+    return [torch.randn(shape, device=device).to(dtype).requires_grad_(requires_grad)
+            for _ in range(3)]
+
+
+def _attend(name, q, k, v):
+    return ATTENTION_BACKENDS[name].function(q, k, v, num_lookback_heads=SHAPE["nb"],
+                                             local_frame_range=SHAPE["w"])
+
+
+def _backward_ok(name, device):
+    return ATTENTION_BACKENDS[name].unsupported(device, backward=True) is None
+
+
+@pytest.mark.parametrize("name", ["blocked", "flex"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_backend_matches_reference_fp32(device, name):
+    backward = _backward_ok(name, device)
+    q, k, v = _qkv(device, requires_grad=backward)
+    with torch.set_grad_enabled(backward):
+        ref = _attend("reference", q, k, v)
+        out = _attend(name, q, k, v)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    if backward:  # flex has no CPU backward in torch 2.13 (select_backend refuses it there)
+        grad_out = torch.randn_like(ref)
+        expected = torch.autograd.grad(ref, (q, k, v), grad_out)
+        for g, e in zip(torch.autograd.grad(out, (q, k, v), grad_out), expected, strict=True):
+            torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["blocked", "flex", "reference"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_backend_in_bf16_within_tolerance(device, name):
+    q, k, v = _qkv(device)
+    with torch.no_grad():
+        ref = _attend("reference", q, k, v)
+        out = _attend(name, *(x.bfloat16() for x in (q, k, v)))
+    assert out.dtype == torch.bfloat16
+    diff = (out.float() - ref).abs()
+    assert diff.max() <= 2e-2 and diff.mean() <= 2e-3, (diff.max().item(), diff.mean().item())
+
+
+def _video(device):
+    return torch.randint(0, 256, (2, 7, 32, 32, 3), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(1)).to(device)
+
+
+def _model(**overrides) -> Spool:
+    torch.manual_seed(0)
+    return Spool(tiny_config(num_hidden_layers=2, **overrides)).eval()
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_model_on_gpu_matches_cpu(device):
+    """``auto`` picks flex on CUDA and blocked on CPU: the same features either way."""
+    model = _model()
+    with torch.no_grad():
+        expected = model(_video("cpu"))
+        out = model.to(device)(_video(device))
+    assert select_backend("auto", device).name == "flex"
+    for got, want in zip(out, expected, strict=True):
+        torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_model_in_bf16_within_tolerance(device):
+    model = _model().to(device)
+    with torch.no_grad():
+        expected = model(_video(device))
+        out = model.to(torch.bfloat16)(_video(device))
+    for got, want in zip(out, expected, strict=True):
+        assert got.dtype == torch.bfloat16
+        diff = (got.float() - want).abs()
+        assert diff.max() <= 8e-2 and diff.mean() <= 1e-2, (diff.max().item(), diff.mean().item())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_step_gradients_agree_across_backends(device):
+    """One training step's gradients with ``auto`` (flex on CUDA, blocked on CPU) equal those
+    with the dense reference mask."""
+    grads = {}
+    for name in ("auto", "reference"):
+        model = _model(attn_implementation=name).to(device).train()
+        model(_video(device)).context.square().sum().backward()
+        grads[name] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["auto"].keys() == grads["reference"].keys() and grads["auto"]
+    for n, g in grads["auto"].items():
+        torch.testing.assert_close(g, grads["reference"][n], atol=1e-4, rtol=1e-3, msg=n)
