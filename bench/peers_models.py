@@ -161,11 +161,13 @@ def count_flops(group: str, T: int) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 # Models
 
-def variant_config(key: str, with_backbone: bool = False):
+def variant_config(key: str, with_backbone: bool = False, attn: str | None = None):
     """The ``SpoolConfig`` of one variant; ``with_backbone=False``: the temporal stack alone,
-    for the pooled tokens ``[T, L_k, D]`` it is given."""
+    for the pooled tokens ``[T, L_k, D]`` it is given. ``attn`` overrides its attention
+    implementation (``bench/gpu_checks.py``: ``auto``, i.e. flex on CUDA)."""
     from spool import SpoolConfig
     w, k, impl = VARIANTS[key]
+    impl = attn or impl
     d = DIMS
     extra = {} if with_backbone else {"hidden_size": d.hidden,
                                       "num_spatial_tokens": tokens_per_frame(k)}
@@ -175,7 +177,7 @@ def variant_config(key: str, with_backbone: bool = False):
                        attn_implementation=impl, token_pooling=k, **extra)
 
 
-def build_spool_group(keys: list[str]) -> dict[str, torch.nn.Module]:
+def build_spool_group(keys: list[str], attn: str | None = None) -> dict[str, torch.nn.Module]:
     """``"backbone"``: the frozen frame encoder (no pooling); one temporal stack per variant
     (``Spool(with_backbone=False)``); ``"pool_<k>"``: the pooling a ``token_pooling=k`` model
     applies to the backbone's tokens. The backbone is the same frozen network for every
@@ -188,7 +190,7 @@ def build_spool_group(keys: list[str]) -> dict[str, torch.nn.Module]:
     assert config.num_spatial_tokens == tokens_per_frame(1) and config.hidden_size == DIMS.hidden
     models: dict[str, torch.nn.Module] = {"backbone": encoder.eval()}
     for key in keys:
-        models[key] = Spool(variant_config(key), with_backbone=False).eval()
+        models[key] = Spool(variant_config(key, attn=attn), with_backbone=False).eval()
         k = VARIANTS[key][1]
         if k > 1:
             models[f"pool_{k}"] = SpatialTokenPooling(PREFIX, DIMS.grid, k)

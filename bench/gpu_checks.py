@@ -1,0 +1,394 @@
+"""Issue 12's GPU checks in one short run: the CUDA equivalence tests, the attention backends
+timed, Spool and its peers in bf16 with and without ``torch.compile`` (MFU against the bf16
+matmul peak), and where a Spool forward spends its device time.
+
+    python bench/gpu_checks.py --out docs/benchmarks.md --json $OUT/gpu_checks.json
+    python bench/gpu_checks.py --from-json gpu_checks.json --out docs/benchmarks.md
+    python bench/gpu_checks.py --device cpu --tiny --compile-ts --out /tmp/g.md   # smoke test
+
+On the device machine, ``bash bench/gpu_checks.sh`` runs it with its outputs in ``$OUT``; the
+second command then writes the section of docs/benchmarks.md from the JSON that came back.
+
+Parts (``--parts``), in this order; each writes the JSON as soon as it is done, so a run cut
+short keeps what it measured, and nothing starts after ``--budget-s`` (it is reported skipped):
+
+- ``tests``: ``pytest tests/test_devices.py tests/test_attention_backends.py`` (the CUDA cases
+  run when there is a GPU: blocked and flex against the dense reference in fp32, with
+  gradients, and in bf16 within the tolerance stated in ``tests/test_devices.py``; flex over 12
+  clip lengths without recompiling).
+- ``backends``: blocked, flex and the dense reference on q, k, v of Spool-base's shapes (12
+  heads, head_dim 64, L = 257 and 17 tokens per frame), fp32 and bf16, forward and forward +
+  backward: the fastest per cell is what ``auto`` should pick (``AUTO_ORDER``).
+- ``peers``: Spool w = 4 with k = 1, 2, 4 (a DINOv2-base-sized backbone, 12 temporal layers,
+  ``--spool-attn``), TimeSformer-base and VideoMAE-base, in ``--dtype``: ms per frame, peak
+  memory, MFU. Eager at ``--ts``; compiled at ``--compile-ts`` too. A model stops at its first
+  T that runs out of device memory.
+- ``profile``: Spool k = 1 at ``--profile-t``: backbone, temporal stack, and attention within
+  the stack (device time from CUDA events), and the top operators by device time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also when not run as a script
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # this checkout's spool
+import gpu_checks_report as report  # noqa: E402
+import peers_models as pm  # noqa: E402
+from _report import update_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_FILES = ["tests/test_devices.py", "tests/test_attention_backends.py"]
+PARTS = ("tests", "backends", "peers", "profile")
+SPOOL_KEYS = ("spool_w4", "spool_w4_k2", "spool_w4_k4")
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+MASK_BYTES_CAP = 4e9  # the reference's dense [H, N, N] mask beyond this is not tried
+
+
+class Clock:
+    """Wall-clock budget of the whole run."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.deadline = time.perf_counter() + budget_s
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def timed(fn, device: torch.device, runs: int, max_s: float) -> list[float]:
+    """Seconds per call of ``fn`` after one warm-up call (where compilation happens): at least
+    one run, at most ``runs``, stopping once ``max_s`` of runs are spent."""
+    fn()
+    sync(device)
+    xs: list[float] = []
+    while len(xs) < runs and sum(xs) < max_s:
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        xs.append(time.perf_counter() - t)
+    return xs
+
+
+def peak_memory(device: torch.device, fn) -> int | None:
+    """Peak bytes allocated on ``device`` while ``fn`` runs (None off CUDA)."""
+    if device.type != "cuda":
+        fn()
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
+    """FLOP/s of the best of ``repeats`` n x n matmuls in ``dtype``."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return 2 * n ** 3 / min(timed(lambda: a @ b, device, repeats, 30.0))
+
+
+# --------------------------------------------------------------------------------------------
+# Parts
+
+def part_tests(args, clock: Clock) -> dict:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *TEST_FILES]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          timeout=max(30.0, clock.left()))
+    lines = proc.stdout.strip().splitlines()
+    return {"command": " ".join(["python", *cmd[1:]]), "returncode": proc.returncode,
+            "summary": lines[-1] if lines else proc.stderr[-300:], "tail": proc.stdout[-4000:]}
+
+
+def _attend(name: str, q, k, v):
+    from spool.layers.attention_backends import ATTENTION_BACKENDS
+    d = pm.DIMS
+    return ATTENTION_BACKENDS[name].function(q, k, v, num_lookback_heads=d.lookback,
+                                             local_frame_range=4)
+
+
+def part_backends(args, device: torch.device, clock: Clock) -> dict:
+    from spool.layers.attention_backends import ATTENTION_BACKENDS
+    d, rows = pm.DIMS, []
+    hd = d.hidden // d.heads
+    for L in (pm.tokens_per_frame(1), pm.tokens_per_frame(4)):
+        for dtype_name in args.backend_dtypes:
+            dtype = DTYPES[dtype_name]
+            for T in args.backend_ts:
+                for name in args.backends:
+                    for passes in ("forward", "backward"):
+                        row = {"L": L, "dtype": dtype_name, "T": T, "backend": name,
+                               "pass": passes}
+                        rows.append(row)
+                        backward = passes == "backward"
+                        why = ATTENTION_BACKENDS[name].unsupported(device.type, backward=backward)
+                        n = (T + 2) * L
+                        if why is None and name == "reference" and d.heads * n * n > MASK_BYTES_CAP:
+                            why = f"its dense mask would take {d.heads * n * n / 2**30:.0f} GiB"
+                        if why is None and clock.left() <= 0:
+                            why = "time budget spent"
+                        if why is not None:
+                            row["skipped"] = why
+                            continue
+                        q, k, v = (torch.randn(d.heads, 1, T + 2, L, hd, device=device,
+                                               dtype=dtype, requires_grad=backward)
+                                   for _ in range(3))
+
+                        def step(q=q, k=k, v=v, name=name, backward=backward):
+                            with torch.set_grad_enabled(backward):
+                                out = _attend(name, q, k, v)
+                                if backward:
+                                    out.sum().backward()
+                        try:
+                            xs = timed(step, device, args.runs, args.max_cell_s)
+                            row["ms"] = 1e3 * statistics.median(xs)
+                        except RuntimeError as err:  # torch.OutOfMemoryError is one
+                            if not is_oom(err):
+                                raise
+                            row["skipped"] = "out of device memory"
+                        del q, k, v
+    return {"rows": rows, "fastest": report.fastest_backends(rows)}
+
+
+def _spool_group(args, device, dtype):
+    models = pm.build_spool_group(list(SPOOL_KEYS), attn=args.spool_attn)
+    return {k: m.to(device=device, dtype=dtype) for k, m in models.items()}
+
+
+def _run_spool(args, device, dtype, T, models, compiled: bool) -> dict:
+    """Backbone once, then each variant's pooling + temporal stack on its tokens."""
+    d = pm.DIMS
+    video = torch.randint(0, 256, (1, T, d.image, d.image, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(1)).to(device)
+    wrap = (lambda f: torch.compile(f, dynamic=False)) if compiled else (lambda f: f)
+    backbone = wrap(models["backbone"])
+    out: dict = {}
+    with torch.no_grad():
+        xs = timed(lambda: backbone(video), device, args.runs, args.max_cell_s)
+        out["backbone"] = {"s": statistics.median(xs)}
+        tokens = backbone(video)
+        for key in SPOOL_KEYS:
+            stack = wrap(models[key].forward_tokens)
+
+            def run(key=key, stack=stack):
+                return stack(pm.pool_tokens(models, key, tokens))
+            xs = timed(run, device, args.runs, args.max_cell_s)
+            mem = peak_memory(device, lambda: (run(), backbone(video)))
+            out[key] = {"s": out["backbone"]["s"] + statistics.median(xs),
+                        "stack_s": statistics.median(xs), "peak_bytes": mem}
+    return out
+
+
+def _run_peer(args, device, dtype, name, T, compiled: bool) -> dict:
+    model = pm.build_peer(name, T).to(device=device, dtype=dtype)
+    fn = torch.compile(model, dynamic=False) if compiled else model
+    pixels = torch.randn(1, T, 3, pm.DIMS.image, pm.DIMS.image, device=device, dtype=dtype)
+    with torch.no_grad():
+        xs = timed(lambda: fn(pixel_values=pixels), device, args.runs, args.max_cell_s)
+        mem = peak_memory(device, lambda: fn(pixel_values=pixels))
+    return {name: {"s": statistics.median(xs), "peak_bytes": mem}}
+
+
+def part_peers(args, device: torch.device, clock: Clock) -> dict:
+    dtype = DTYPES[args.dtype]
+    peak = matmul_peak(device, dtype, args.peak_n)
+    rows, stopped = [], {}
+    plan = [(mode, T) for T in args.ts for mode in ("eager", "compiled")
+            if mode == "eager" or T in args.compile_ts]
+    spool = _spool_group(args, device, dtype)
+    for group in ("spool", *pm.PEERS):
+        for mode, T in plan:
+            if group in stopped:  # the table says where it stopped
+                continue
+            if clock.left() <= 0:
+                rows.append({"group": group, "T": T, "mode": mode, "skipped": "time budget spent"})
+                continue
+            try:
+                if group == "spool":
+                    got = _run_spool(args, device, dtype, T, spool, mode == "compiled")
+                else:
+                    got = _run_peer(args, device, dtype, group, T, mode == "compiled")
+            except RuntimeError as err:  # torch.OutOfMemoryError is one
+                if not is_oom(err):
+                    raise
+                stopped.setdefault(group, T)
+                rows.append({"group": group, "T": T, "mode": mode,
+                             "skipped": "out of device memory"})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            flops = pm.count_flops(group, T)
+            for key, r in got.items():
+                rows.append({"group": group, "model": key, "T": T, "mode": mode, **r,
+                             "flops": flops.get(key), "cached_flops": flops.get(key + "_cached")})
+            if mode == "compiled":
+                torch._dynamo.reset()  # static graphs of one size: not reused, and not counted
+                # towards dynamo's recompile limit for the next T
+    return {"dtype": args.dtype, "peak_flops": peak, "spec_flops": report.spec_peak(device),
+            "rows": rows, "stopped": stopped, "spool_attn": args.spool_attn}
+
+
+class _Stamps:
+    """Device-time intervals: CUDA events on a GPU, perf_counter elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.pairs: dict[str, list] = {}
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def add(self, name: str, start, end) -> None:
+        self.pairs.setdefault(name, []).append((start, end))
+
+    def totals(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return {k: sum(a.elapsed_time(b) / 1e3 for a, b in v) for k, v in self.pairs.items()}
+        return {k: sum(b - a for a, b in v) for k, v in self.pairs.items()}
+
+
+def part_profile(args, device: torch.device, clock: Clock) -> dict:
+    from spool.layers import attention_backends as ab
+    dtype, T = DTYPES[args.dtype], args.profile_t
+    models = _spool_group(args, device, dtype)
+    backbone, stack = models["backbone"], models["spool_w4"]
+    video = torch.randint(0, 256, (1, T, pm.DIMS.image, pm.DIMS.image, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(1)).to(device)
+    stamps = _Stamps(device)
+    saved = dict(ab.ATTENTION_BACKENDS)
+
+    def stamped(function):
+        def call(*a, **kw):
+            start = stamps.mark()
+            out = function(*a, **kw)
+            stamps.add("attention", start, stamps.mark())
+            return out
+        return call
+    for backend in saved.values():
+        ab.register_backend(dataclasses.replace(backend, function=stamped(backend.function)))
+    try:
+        with torch.no_grad():
+            stack.forward_tokens(backbone(video[:, :4]))  # warm-up (flex compiles here)
+            sync(device)
+            stamps.pairs.clear()
+            start = stamps.mark()
+            tokens = backbone(video)
+            middle = stamps.mark()
+            stack.forward_tokens(tokens)
+            stamps.add("backbone", start, middle)
+            stamps.add("stack", middle, stamps.mark())
+            totals = stamps.totals()
+            table = _profiler_table(device, lambda: stack.forward_tokens(backbone(video)))
+    finally:
+        ab.ATTENTION_BACKENDS.clear()
+        ab.ATTENTION_BACKENDS.update(saved)
+    return {"T": T, "dtype": args.dtype, "seconds": totals, "attention_backend":
+            ab.select_backend(args.spool_attn, device, dtype=dtype).name, "top_ops": table}
+
+
+def _profiler_table(device: torch.device, fn) -> str:
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=15)
+
+
+# --------------------------------------------------------------------------------------------
+
+def write_json(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    p.add_argument("--dtype", choices=DTYPES, default="bf16", help="of the peers and profile")
+    p.add_argument("--ts", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
+    p.add_argument("--compile-ts", type=int, nargs="*", default=[64],
+                   help="T at which the peers also run under torch.compile (none: eager only)")
+    p.add_argument("--spool-attn", default="auto", help="Spool's attention in the peers part")
+    p.add_argument("--backends", nargs="+", default=["blocked", "flex", "reference"])
+    p.add_argument("--backend-ts", type=int, nargs="+", default=[8, 32, 128, 512])
+    p.add_argument("--backend-dtypes", nargs="+", choices=DTYPES, default=["fp32", "bf16"])
+    p.add_argument("--profile-t", type=int, default=64)
+    p.add_argument("--runs", type=int, default=5, help="timed runs per cell at most")
+    p.add_argument("--max-cell-s", type=float, default=3.0, help="timed seconds per cell at most")
+    p.add_argument("--peak-n", type=int, default=8192, help="matmul size of the peak")
+    p.add_argument("--budget-s", type=float, default=420.0)
+    p.add_argument("--tiny", action="store_true", help="toy model sizes (smoke test)")
+    p.add_argument("--json", type=Path, default=ROOT / "bench/results/gpu_checks.json")
+    p.add_argument("--out", type=Path, help="markdown file whose section to (re)write")
+    p.add_argument("--from-json", type=Path, help="measure nothing: write the report of this "
+                   "JSON (a device run's) into --out")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        if args.out:
+            update_section(args.out, report.HEADING, report.render(results))
+        return results
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench/gpu_checks.py: no CUDA device here (use --device cpu for a smoke test)")
+    pm.use_dims(args.tiny)
+    clock = Clock(args.budget_s)
+    command = "python bench/gpu_checks.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results: dict = {"command": command, "machine": report.machine(device),
+                     "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "tiny": args.tiny, "skipped": []}
+    steps = {"tests": part_tests, "backends": part_backends, "peers": part_peers,
+             "profile": part_profile}
+    for part in args.parts:
+        if clock.left() <= 0:
+            results["skipped"].append(part)
+            continue
+        t = time.perf_counter()
+        print(f"[gpu_checks] {part} ...", flush=True)
+        results[part] = (steps[part](args, clock) if part == "tests"
+                         else steps[part](args, device, clock))
+        results[part]["elapsed_s"] = time.perf_counter() - t
+        write_json(args.json, results)
+    text = report.render(results)
+    print(text)
+    if args.out:
+        update_section(args.out, report.HEADING, text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
