@@ -108,3 +108,49 @@ def test_training_step_gradients_agree_across_backends(device):
     assert grads["auto"].keys() == grads["reference"].keys() and grads["auto"]
     for n, g in grads["auto"].items():
         torch.testing.assert_close(g, grads["reference"][n], atol=1e-4, rtol=1e-3, msg=n)
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_training_on_gpu_follows_cpu(device, tmp_path):
+    """The same tiny run on CUDA (fp32, no autocast) and on the CPU: the same losses; with
+    bf16 autocast (the GPU default) it trains too, with finite losses."""
+    from train_helpers import read_steps, train_config_dict
+
+    from spool.train.config import TrainConfig
+    from spool.train.trainer import train
+
+    runs = {}
+    for name, changes in {"cpu": dict(device="cpu"), "gpu": dict(device=device, amp=False),
+                          "amp": dict(device=device, amp=True)}.items():
+        train(TrainConfig(**train_config_dict(tmp_path / name, **changes)))
+        runs[name] = [loss for _, loss in read_steps(tmp_path / name)]
+    assert len(runs["cpu"]) == len(runs["gpu"]) == len(runs["amp"]) == 8
+    # cuDNN may run the patch-embedding convolution in TF32: hence not 1e-5.
+    torch.testing.assert_close(runs["gpu"], runs["cpu"], rtol=1e-2, atol=1e-3)
+    assert all(torch.isfinite(torch.tensor(runs["amp"])))
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_extract_on_gpu_matches_cpu(device, tmp_path):
+    """``spool extract --device cuda`` (bf16 autocast by default) against the CPU's fp32."""
+    import json
+
+    import numpy as np
+    from conftest import tiny_backbone, tiny_model_args
+    from safetensors.torch import load_file
+
+    from spool.cli import main
+    from spool.video import write_video
+
+    frames = np.random.default_rng(0).integers(0, 256, (12, 32, 48, 3), dtype=np.uint8)
+    write_video(tmp_path / "a.mp4", frames, fps=10, codec="libx264")
+    config = tmp_path / "backbone.json"
+    config.write_text(json.dumps(tiny_backbone()))
+    out = {}
+    for dev in ("cpu", device):
+        args = ["extract", str(tmp_path / "a.mp4"), "--out", str(tmp_path / dev),
+                *tiny_model_args(config), "--no-progress", "--num-frames", "4", "--device", dev]
+        assert main(args) == 0
+        out[dev] = load_file(tmp_path / dev / "a.safetensors")
+    diff = (out[device]["context"].float() - out["cpu"]["context"]).abs()
+    assert diff.max() <= 8e-2 and diff.mean() <= 1e-2, (diff.max().item(), diff.mean().item())
