@@ -70,3 +70,48 @@ def test_frame_cache_keeps_videos_with_the_same_file_name_apart(tmp_path, encode
     data = FrameTokenDataset(out)
     assert [len(data[i]["labels"]) for i in range(2)] == [12, 8]
     assert data[0]["labels"].tolist() == [0] * 12 and data[1]["labels"].tolist() == [1] * 8
+
+
+def _tiny_encoder(**changes) -> FrameEncoderModel:
+    torch.manual_seed(0)  # the same backbone weights whatever ``changes`` say
+    return FrameEncoderModel(tiny_config(**changes)).eval()
+
+
+def test_a_resumed_token_cache_is_redone_when_the_normalisation_changed(tmp_path, monkeypatch):
+    """``build_cache`` continues a killed run only "with the same settings; other settings
+    start over" (its docstring). The backbone's normalisation (``image_mean`` / ``image_std``,
+    SPEC §2: "normalised with the backbone's own mean/std") changes every token, but it lives
+    in non-persistent buffers, outside the weights' digest, and in none of the recorded
+    settings: a run killed with one normalisation was continued with another, leaving a
+    cache whose first videos were encoded differently from the rest."""
+    from train_helpers import tiny_video_dataset
+
+    from spool.data import cache
+    from spool.data.cache import CachedTokenDataset, build_cache
+    from spool.data.dataset import VideoClipDataset, read_annotations
+    from spool.video.samplers import clip_sampler
+
+    def dataset(model):
+        samples, names = read_annotations(tiny_video_dataset() / "train.txt")
+        return VideoClipDataset(samples, names, clip_sampler(4), model.config.preprocessing())
+
+    first = _tiny_encoder()
+    other = _tiny_encoder(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    out = tmp_path / "cache"
+    monkeypatch.setattr(cache, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(cache._PartialTokens, "close", lambda self: None)
+    real = cache._ViewStack.__getitem__
+
+    def dies_at_9(self, index):
+        if index == 9:
+            raise Killed
+        return real(self, index)
+
+    monkeypatch.setattr(cache._ViewStack, "__getitem__", dies_at_9)
+    with pytest.raises(Killed):
+        build_cache(first, dataset(first), out, batch_size=4)
+    monkeypatch.undo()
+    build_cache(other, dataset(other), out, batch_size=4)
+    fresh = build_cache(other, dataset(other), tmp_path / "fresh", batch_size=4)
+    resumed, expected = CachedTokenDataset(out), CachedTokenDataset(fresh)
+    torch.testing.assert_close(resumed[0]["tokens"], expected[0]["tokens"])
