@@ -115,3 +115,61 @@ def test_a_resumed_token_cache_is_redone_when_the_normalisation_changed(tmp_path
     fresh = build_cache(other, dataset(other), tmp_path / "fresh", batch_size=4)
     resumed, expected = CachedTokenDataset(out), CachedTokenDataset(fresh)
     torch.testing.assert_close(resumed[0]["tokens"], expected[0]["tokens"])
+
+
+# --- 2. atomic outputs and resume --------------------------------------------------------------
+
+def test_an_interrupted_frame_prediction_is_finished_by_the_next_run(tmp_path, monkeypatch):
+    """``spool extract`` with a frame classifier writes two files per video, NAME.safetensors
+    and NAME.segments.csv (spool/extract_frames.py). The .safetensors is what a re-run takes
+    as "finished" (``is_done``), and it was written first: a job killed between the two left
+    a video that every later run skipped, without its segments.csv. After the interruption a
+    re-run must leave the same files as an uninterrupted run."""
+    import spool.extract_frames as extract_frames
+    from spool.extract import FeatureExtractor, plan_jobs
+    from spool.models.frame_classification import SpoolForFrameClassification
+
+    video = _video(tmp_path / "v.mkv", 3)
+    torch.manual_seed(0)
+    model = SpoolForFrameClassification(tiny_config(class_names=["a", "b"])).eval()
+    jobs = plan_jobs([video], tmp_path / "out")
+    extractor = FeatureExtractor(model, FpsSampler(5))
+    real = extract_frames.atomic_write_text
+
+    def dies(path, text):
+        raise Killed
+
+    monkeypatch.setattr(extract_frames, "atomic_write_text", dies)
+    with pytest.raises(Killed):
+        extractor.run(jobs, progress=False)
+    monkeypatch.setattr(extract_frames, "atomic_write_text", real)
+    extractor.run(jobs, progress=False)
+    assert (tmp_path / "out" / "v.segments.csv").is_file()
+
+
+def test_extract_redoes_an_output_made_from_another_source(tmp_path):
+    """An output records its source (metadata ``source``) but ``is_done`` compared only the
+    settings: extracting ``new/clip.mp4`` into a folder that holds ``clip.safetensors`` of
+    ``old/clip.mp4`` (or of an earlier version of the same file) kept the old video's
+    features under the new one's name. An output depends on its video, so it is redone."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from spool import Spool
+    from spool.extract import FeatureExtractor, plan_jobs
+    from spool.video.samplers import UniformSampler
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old = _video(tmp_path / "old" / "clip.mkv", 4)
+    new = _video(tmp_path / "new" / "clip.mkv", 5)
+    torch.manual_seed(0)
+    extractor = FeatureExtractor(Spool(tiny_config()), UniformSampler(4))
+    out = tmp_path / "out"
+    extractor.run(plan_jobs([old], out), progress=False)
+    summary = extractor.run(plan_jobs([new], out), progress=False)
+    with safe_open(str(out / "clip.safetensors"), "pt") as f:
+        assert f.metadata()["source"] == str(new.resolve())
+    assert summary.done == 1
+    torch.testing.assert_close(load_file(out / "clip.safetensors")["context"],
+                               extractor.features(new)["context"])
