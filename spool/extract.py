@@ -169,7 +169,7 @@ def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool,
     """What an output depends on: the weights (a digest of every tensor), the config (which
     holds the preprocessing policy), the sampler, the compute dtype and what is saved."""
     return {"format": "pt", "spool_version": __version__,
-            "model_config_hash": model.config.config_hash(),
+            "model_config_hash": model.config.outputs_hash(),  # not memory/speed settings
             "weights_digest": weights_digest(model.state_dict()),
             "preprocessing": json.dumps(dataclasses.asdict(model.config.preprocessing()),
                                         sort_keys=True),

@@ -173,3 +173,26 @@ def test_extract_redoes_an_output_made_from_another_source(tmp_path):
     assert summary.done == 1
     torch.testing.assert_close(load_file(out / "clip.safetensors")["context"],
                                extractor.features(new)["context"])
+
+
+def test_extract_keeps_outputs_when_only_a_memory_setting_changed(tmp_path):
+    """Re-running ``spool extract`` "skips finished videos (outputs are redone when the
+    weights, the sampler, the preprocessing or the dtype change)" (its --help). The key held
+    a hash of the whole config, so a setting that only trades memory for speed --
+    ``backbone_chunk_size`` (frames per backbone call), ``attention_chunk_frames``, the
+    attention backend (all backends agree to fp32 round-off, SPEC §3) -- redid every video,
+    though the outputs are the same."""
+    from spool import Spool
+    from spool.extract import FeatureExtractor, plan_jobs
+    from spool.video.samplers import UniformSampler
+
+    video = _video(tmp_path / "v.mkv", 6)
+    jobs = plan_jobs([video], tmp_path / "out")
+    torch.manual_seed(0)
+    model = Spool(tiny_config())
+    assert FeatureExtractor(model, UniformSampler(4)).run(jobs, progress=False).done == 1
+    torch.manual_seed(0)
+    again = Spool(tiny_config(backbone_chunk_size=2, attention_chunk_frames=1,
+                              attn_implementation="reference"))
+    summary = FeatureExtractor(again, UniformSampler(4)).run(jobs, progress=False)
+    assert (summary.done, summary.skipped) == (0, 1)
