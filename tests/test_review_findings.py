@@ -196,3 +196,29 @@ def test_extract_keeps_outputs_when_only_a_memory_setting_changed(tmp_path):
                               attn_implementation="reference"))
     summary = FeatureExtractor(again, UniformSampler(4)).run(jobs, progress=False)
     assert (summary.done, summary.skipped) == (0, 1)
+
+
+# --- 5. sampling ---------------------------------------------------------------------------------
+
+def test_fps_sampling_of_a_23_976_fps_matroska_video_takes_the_frame_shown(tmp_path):
+    """``FpsSampler``: "Frame k of the clip is the source frame shown at time k / target_fps".
+    Matroska/WebM store timestamps in milliseconds, so the rate measured from the first and
+    last timestamps of a 24000/1001 fps video is 23.97589, not 23.97602, and every 83rd frame
+    at 10 fps was the one before: at 8.3 s it took frame 198 (shown from 8.258 s), though
+    frame 199 is shown from 8.300 s (its timestamp, and 199 * 1001 / 24000 = 8.29996 s).
+    Where the container's own rate explains the timestamps to within their rounding, that
+    rate is the video's."""
+    from fractions import Fraction
+
+    from spool.video import VideoReader
+
+    frames = np.zeros((900, 16, 16, 3), np.uint8)
+    path = write_video(tmp_path / "v.mkv", frames, fps=Fraction(24000, 1001), codec="ffv1")
+    with VideoReader(path) as reader:
+        info = reader.info()
+        pts = reader.index.pts * float(reader.index.time_base) - info.start_time
+    indices = FpsSampler(10)(info.num_frames, info.fps)[0]
+    assert indices[83] == 199 and pts[199] <= 8.3 < pts[200]
+    # every sampled frame is the one shown at its time
+    shown = [int(np.floor(k * 24000 / 1001 / 10 + 1e-9)) for k in range(len(indices))]
+    assert indices == shown
