@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
+from safetensors.torch import load_file
 
 from spool.data.frame_cache import FrameTokenDataset, build_frame_cache
 from spool.data.segmentation import SegmentationSample, read_segments_csv
@@ -222,3 +223,41 @@ def test_fps_sampling_of_a_23_976_fps_matroska_video_takes_the_frame_shown(tmp_p
     # every sampled frame is the one shown at its time
     shown = [int(np.floor(k * 24000 / 1001 / 10 + 1e-9)) for k in range(len(indices))]
     assert indices == shown
+
+
+# --- 2. (continued) a training run extended and killed while writing its final outputs --------
+
+def test_a_run_extended_and_killed_before_its_results_writes_them_on_resume(tmp_path,
+                                                                          monkeypatch):
+    """``finish`` writes ``model/`` and then ``results.json``; a resumed run that is already
+    at its last epoch redoes them only "if not results.json" (trainer._fit). A run trained on
+    with more epochs (--resume auto, epochs 1 -> 2) and killed after its final checkpoint but
+    before ``results.json`` found the first run's results.json and called itself finished:
+    results.json said 4 steps and ``model/`` held the 4-step model, while the run had trained
+    8. Resuming must give what an uninterrupted run gives."""
+    from train_helpers import final_weights, train_config_dict
+
+    from spool.models.pretrained import SpoolPreTrainedModel
+    from spool.train.config import TrainConfig
+    from spool.train.trainer import train
+
+    out = tmp_path / "run"
+    train(TrainConfig(**train_config_dict(out, epochs=1)))
+    longer = train_config_dict(out, epochs=2, resume="auto")
+    real = SpoolPreTrainedModel.save_pretrained
+
+    def dies_on_model_dir(self, directory, **kwargs):
+        if Path(directory).name == "model":
+            raise Killed
+        return real(self, directory, **kwargs)
+
+    monkeypatch.setattr(SpoolPreTrainedModel, "save_pretrained", dies_on_model_dir)
+    with pytest.raises(Killed):
+        train(TrainConfig(**longer))
+    monkeypatch.undo()
+    train(TrainConfig(**longer))
+    import json
+    assert json.loads((out / "results.json").read_text())["steps"] == 8
+    last = load_file(out / "checkpoints" / "step_00000008" / "model.safetensors")
+    for key, value in final_weights(out).items():
+        torch.testing.assert_close(value, last[key])
