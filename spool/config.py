@@ -116,6 +116,12 @@ class SpoolConfig:
                             "crop_pct", "image_mean", "image_std", "token_pooling",
                             "hidden_size", "num_spatial_tokens")
 
+    # Fields that change how a model runs (memory, speed, training) but not what it computes
+    # in eval mode: an extracted output does not depend on them (:meth:`outputs_hash`).
+    RUNTIME_FIELDS = ("freeze_backbone", "backbone_chunk_size", "attn_implementation",
+                      "attention_chunk_frames", "gradient_checkpointing", "hidden_dropout",
+                      "attention_dropout", "classifier_dropout", "sampling", "architectures")
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -249,6 +255,12 @@ class SpoolConfig:
     def config_hash(self) -> str:
         """Short stable hash of the configuration, for provenance in outputs."""
         return hashlib.sha256(self.to_json_string().encode()).hexdigest()[:16]
+
+    def outputs_hash(self) -> str:
+        """:meth:`config_hash` of the fields an eval forward depends on (not the
+        ``RUNTIME_FIELDS``): equal for configs whose models compute the same outputs."""
+        data = {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpoolConfig:

@@ -2,9 +2,10 @@
 
 Each output holds ``context [n_clips, 2D]`` (fp32), optionally ``features [n_clips, T+2, L, D]``
 (fp16), ``frame_indices [n_clips, T]`` and ``timestamps [n_clips, T]`` (seconds), with
-metadata: source path, sampler settings, model config hash. Outputs are written atomically, so
-a re-run skips finished videos and redoes any that a killed run left half-written. Under
-``torchrun`` the sorted inputs are dealt out round-robin over the ranks.
+metadata: source path (size, modification time), sampler settings, model config hash.
+Outputs are written atomically, so a re-run skips finished videos and redoes any that a killed
+run left half-written. Under ``torchrun`` the sorted inputs are dealt out round-robin over the
+ranks.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool,
     """What an output depends on: the weights (a digest of every tensor), the config (which
     holds the preprocessing policy), the sampler, the compute dtype and what is saved."""
     return {"format": "pt", "spool_version": __version__,
-            "model_config_hash": model.config.config_hash(),
+            "model_config_hash": model.config.outputs_hash(),  # not memory/speed settings
             "weights_digest": weights_digest(model.state_dict()),
             "preprocessing": json.dumps(dataclasses.asdict(model.config.preprocessing()),
                                         sort_keys=True),
@@ -199,6 +200,17 @@ def load_feature_model(checkpoint: str | None, overrides: dict | None = None
     logger.warning("no --checkpoint, so the temporal layers are untrained (seed 0); the "
                    "backbone tokens in 'features' are still meaningful")
     return Spool(SpoolConfig(**overrides))
+
+
+def source_metadata(source: Path) -> dict[str, str]:
+    """Which video an output was made from: its path, size and modification time (an output
+    of another file, or of an earlier version of this one, is redone)."""
+    try:
+        st = source.stat()
+    except OSError:  # reported as a failure when it is read
+        return {"source": str(source)}
+    return {"source": str(source), "source_size": str(st.st_size),
+            "source_mtime_ns": str(st.st_mtime_ns)}
 
 
 def is_done(output: Path, settings: dict[str, str]) -> bool:
@@ -327,8 +339,7 @@ class FeatureExtractor:
                                                                self.chunk_frames))))
         write_streamed_safetensors(output, tensors, dict(metadata, num_frames=str(T)))
 
-    def _extract(self, job: VideoJob) -> None:
-        metadata = dict(self.settings, source=str(job.source))
+    def _extract(self, job: VideoJob, metadata: dict[str, str]) -> None:
         with pixel_budget(self.max_pixels):
             if isinstance(self.model, FrameClassifier):
                 from spool.extract_frames import write_frame_predictions
@@ -350,7 +361,8 @@ class FeatureExtractor:
         bar = tqdm(jobs, unit="video", disable=not progress, position=position,
                    dynamic_ncols=True, desc="extract")
         for job in bar:
-            if is_done(job.output, self.settings):
+            expected = dict(self.settings, **source_metadata(job.source))
+            if is_done(job.output, expected):
                 summary.skipped += 1
                 continue
             # Jobs sharing the output folder split the videos: one claim file per output.
@@ -359,11 +371,11 @@ class FeatureExtractor:
                 summary.elsewhere += 1
                 continue
             try:
-                if is_done(job.output, self.settings):  # finished since the first look
+                if is_done(job.output, expected):  # finished since the first look
                     summary.skipped += 1
                     continue
                 try:
-                    self._extract(job)
+                    self._extract(job, expected)
                 except Exception as err:  # one bad video must not stop the job
                     message = str(err).replace("\n", " ")
                     summary.failures.append((str(job.source), type(err).__name__, message))

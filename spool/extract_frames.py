@@ -34,10 +34,6 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
     score, labels = probs.max(-1)
     times = out.timestamps.double()
     names = model.class_names
-    atomic_save_safetensors(
-        {"labels": labels, "scores": probs, "frame_indices": out.frame_indices,
-         "timestamps": times}, output,
-        metadata={**metadata, "class_names": json.dumps(names), "num_frames": str(len(labels))})
     step = float(times[1] - times[0]) if len(times) > 1 else 0.0
     ends = torch.cat((times[1:], times[-1:] + step))
     buffer = io.StringIO()
@@ -49,3 +45,8 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
                          f"{float(score[a:b].mean()):.4f}"])
     atomic_write_text(output.with_name(output.name.removesuffix(".safetensors")
                                        + ".segments.csv"), buffer.getvalue())
+    # The .safetensors last: it is what a re-run takes as finished (``extract.is_done``).
+    atomic_save_safetensors(
+        {"labels": labels, "scores": probs, "frame_indices": out.frame_indices,
+         "timestamps": times}, output,
+        metadata={**metadata, "class_names": json.dumps(names), "num_frames": str(len(labels))})

@@ -109,6 +109,9 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             "class_names": dataset.class_names, "views": views, "dtype": dtype,
             "shape": list(shape), "num_frames": dataset.num_frames, **dataset.settings(),
             "backbone_digest": weights_digest(encoder.state_dict()),
+            # What the weights' digest misses: the normalisation (non-persistent buffers),
+            # the backbone's config, token pooling.
+            "frame_encoder": config.frame_encoder_fields(),
         }
         writer = _PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), meta)
         try:

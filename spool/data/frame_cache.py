@@ -14,6 +14,7 @@ epoch, index)``); evaluation takes whole videos.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -44,12 +45,26 @@ def _video_file(out: Path, name: str) -> Path:
     return out / "videos" / f"{name}.safetensors"
 
 
-def _is_cached(path: Path, settings: str) -> bool:
+def _is_cached(path: Path, settings: str, source: str) -> bool:
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("settings") == settings
+            meta = f.metadata() or {}
     except Exception:  # missing or damaged: redo
         return False
+    return meta.get("settings") == settings and meta.get("source") == source
+
+
+def _source_key(sample: SegmentationSample) -> str:
+    """What one video's file depends on beyond the shared settings: the video file (path,
+    size, modification time) and its labels."""
+    st = os.stat(sample.video)
+    labels = (None if sample.frame_labels is None
+              else hashlib.sha256(np.ascontiguousarray(sample.frame_labels, np.int64)
+                                  .tobytes()).hexdigest())
+    return json.dumps({"video": str(sample.video), "size": st.st_size,
+                       "mtime_ns": st.st_mtime_ns, "frame_labels": labels,
+                       "segments": None if sample.segments is None else
+                       [list(s) for s in sample.segments]}, sort_keys=True)
 
 
 @torch.no_grad()
@@ -58,11 +73,17 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
                       sampler: FrameSampler, *, dtype: str = "float16",
                       progress: bool = False) -> Path:
     """Encode every sampled frame of each video with ``model``'s frame encoder, with its
-    label at its own time. Videos already cached with the same settings are kept."""
+    label at its own time. Videos already cached with the same settings, from the same video
+    file (path, size, modification time) and with the same labels are kept."""
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
     if model.frame_encoder is None:
         raise ValueError("model: has no frame encoder (built with with_backbone=False?)")
+    names = [s.name for s in samples]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"samples: names {twice[:5]} are given to several videos; each "
+                         "video needs its own name (its file in the cache)")
     out = Path(out_dir)
     (out / CACHE_META).unlink(missing_ok=True)  # incomplete until rewritten
     model.eval()
@@ -73,7 +94,8 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
     videos = []
     for sample in tqdm(samples, desc="frame cache", unit="video", disable=not progress):
         path = _video_file(out, sample.name)
-        if not _is_cached(path, settings):
+        source = _source_key(sample)
+        if not _is_cached(path, settings, source):
             with VideoReader(sample.video) as reader:
                 info = reader.info()
                 indices = sampler(info.num_frames, info.fps)[0]
@@ -85,7 +107,8 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
                 {"tokens": tokens, "labels": torch.from_numpy(labels),
                  "frame_indices": torch.tensor(indices, dtype=torch.int64),
                  "timestamps": torch.from_numpy(timestamps)},
-                path, metadata={"settings": settings, "video": sample.video})
+                path, metadata={"settings": settings, "source": source,
+                                "video": sample.video})
         with safe_open(str(path), framework="pt") as f:
             num = f.get_slice("labels").get_shape()[0]
         videos.append({"name": sample.name, "video": sample.video, "num_frames": num})

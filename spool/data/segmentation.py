@@ -17,6 +17,7 @@ assumes a frame rate, so a 29.97 fps video sampled at 5 fps gets each sampled fr
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,7 +114,8 @@ def read_ms_tcn(root: str | os.PathLike, split: str = "train.split1",
 def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None = None
                       ) -> tuple[list[SegmentationSample], list[str]]:
     """A ``video,start_s,end_s,label`` CSV (video paths relative to the file) -> (samples,
-    class names: ``class_names``, else the sorted labels)."""
+    class names: ``class_names``, else the sorted labels). A sample is named by its file's
+    stem; videos whose stems collide get a digest of their path added (``clip-1a2b3c4d``)."""
     path = Path(path)
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
@@ -134,11 +136,14 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
         if row["label"] not in index:
             raise ValueError(f"{path}, line {lineno}: unknown class {row['label']!r}")
         per_video.setdefault(row["video"], []).append((start, end, index[row["label"]]))
+    stems = [Path(video).stem for video in per_video]
     samples = []
-    for video, segments in per_video.items():
+    for (video, segments), stem in zip(per_video.items(), stems, strict=True):
         full = Path(video) if Path(video).is_absolute() else path.parent / video
-        samples.append(SegmentationSample(Path(video).stem, str(full),
-                                          segments=tuple(sorted(segments))))
+        name = stem
+        if stems.count(stem) > 1:  # a/clip.mkv and b/clip.mkv: two videos, two names
+            name = f"{stem}-{hashlib.sha1(video.encode()).hexdigest()[:8]}"
+        samples.append(SegmentationSample(name, str(full), segments=tuple(sorted(segments))))
     return samples, names
 
 

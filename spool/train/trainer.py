@@ -307,7 +307,7 @@ class Trainer:
                  f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
         if self.epoch >= cfg.epochs:
             self.log(f"run already finished at step {self.step}; nothing to do", always=True)
-            if not (self.out / "results.json").is_file():  # stopped before its last outputs
+            if not self._results_written():  # stopped before its last outputs
                 self.finish(checkpoint=False)
             return self.history
         with StopSignals() as signals:
@@ -320,6 +320,15 @@ class Trainer:
                 self._end_epoch(time.perf_counter() - start)
             self.finish()
         return self.history
+
+    def _results_written(self) -> bool:
+        """Whether ``results.json`` is this run's, at this step (one left by a shorter run
+        that this one trained on from is not)."""
+        try:
+            results = json.loads((self.out / "results.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(results, dict) and results.get("steps") == self.step
 
     def _record_step(self, out: dict[str, float]) -> None:
         if self.info.is_main:

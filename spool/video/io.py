@@ -299,6 +299,12 @@ class VideoReader:
         if self.index.exact and n > 1:
             span = float(pts[-1] - pts[0]) * tb
             fps = (n - 1) / span if span > 0 else _stream_fps(self._stream)
+            rate = self._stream.average_rate
+            # Timestamps are rounded to the time base (milliseconds in Matroska/WebM), so the
+            # measured rate of a 24000/1001 video is 23.97589: where the container's rate
+            # explains the span to within that rounding, it is the exact one.
+            if rate and span > 0 and abs((n - 1) / float(rate) - span) <= 2 * tb:
+                fps = float(rate)
             last = self.index.last_duration * tb or span / (n - 1)
             duration, start = span + last, float(pts[0]) * tb
         else:
