@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from spool.cli import main
-from spool.extract import plan_jobs
+from spool.extract_inputs import plan_jobs
 from spool.video import write_video
 
 D, L = 24, 17

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 import spool.io_utils as io_utils
 from spool import Spool
-from spool.extract import FeatureExtractor, plan_jobs, remove_stale_temporaries
+from spool.extract import FeatureExtractor, remove_stale_temporaries
+from spool.extract_inputs import plan_jobs
 from spool.io_utils import atomic_path, claim_path, release_claim, try_claim
 from spool.video import make_sampler, write_video
 

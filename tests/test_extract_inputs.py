@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from conftest import tiny_backbone, tiny_model_args
 
-from spool.extract import collect_inputs
+from spool.extract_inputs import collect_inputs
 from spool.video import write_video
 
 EXTRA_ARGS = ["--no-progress", "--num-frames", "2"]

@@ -127,7 +127,8 @@ def test_an_interrupted_frame_prediction_is_finished_by_the_next_run(tmp_path, m
     a video that every later run skipped, without its segments.csv. After the interruption a
     re-run must leave the same files as an uninterrupted run."""
     import spool.extract_frames as extract_frames
-    from spool.extract import FeatureExtractor, plan_jobs
+    from spool.extract import FeatureExtractor
+    from spool.extract_inputs import plan_jobs
     from spool.models.frame_classification import SpoolForFrameClassification
 
     video = _video(tmp_path / "v.mkv", 3)
@@ -157,7 +158,8 @@ def test_extract_redoes_an_output_made_from_another_source(tmp_path):
     from safetensors.torch import load_file
 
     from spool import Spool
-    from spool.extract import FeatureExtractor, plan_jobs
+    from spool.extract import FeatureExtractor
+    from spool.extract_inputs import plan_jobs
     from spool.video.samplers import UniformSampler
 
     (tmp_path / "old").mkdir()
@@ -184,7 +186,8 @@ def test_extract_keeps_outputs_when_only_a_memory_setting_changed(tmp_path):
     attention backend (all backends agree to fp32 round-off, SPEC §3) -- redid every video,
     though the outputs are the same."""
     from spool import Spool
-    from spool.extract import FeatureExtractor, plan_jobs
+    from spool.extract import FeatureExtractor
+    from spool.extract_inputs import plan_jobs
     from spool.video.samplers import UniformSampler
 
     video = _video(tmp_path / "v.mkv", 6)

@@ -58,13 +58,12 @@ def run(args: argparse.Namespace) -> int:
         setup_distributed,
     )
     from spool.extract import (
-        VIDEO_EXTENSIONS,
         FeatureExtractor,
         load_feature_model,
-        plan_jobs,
         remove_stale_temporaries,
         write_failures,
     )
+    from spool.extract_inputs import VIDEO_EXTENSIONS, plan_jobs
     from spool.runtime import resolve_dtype
 
     dist = setup_distributed(args.device)

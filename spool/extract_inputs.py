@@ -1,0 +1,119 @@
+"""Inputs of ``spool extract``: video files, folders and lists of paths, dealt out as jobs.
+
+Every named input is kept, also a path that does not exist or is no regular file, so that it
+is reported as a failure rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
+                    ".flv", ".wmv", ".3gp", ".ogv"}
+LIST_EXTENSIONS = {".txt", ".lst", ".list"}
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One input video and where its features go."""
+
+    source: Path
+    output: Path
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
+    """``(video, name relative to the output directory without suffix)`` for every input.
+
+    An input is a video file, a directory (searched recursively for video extensions,
+    following links to directories; names keep the sub-folders) or a text file listing one
+    path per line (relative paths are relative to the list; a line whose first non-blank
+    character is ``#`` is a comment, so a file named ``#x.mp4`` is listed as ``./#x.mp4``).
+    A named path that does not exist or is not a regular file (a FIFO, a device, a broken
+    link) is kept, so that it is reported as a failure rather than silently dropped.
+    """
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for video in _scan_directory(path):
+                found.append((video, video.relative_to(path).with_suffix("")))
+        elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
+            # utf-8-sig: a byte-order mark would otherwise become part of the first path.
+            for line in path.read_text(encoding="utf-8-sig").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    entry = Path(line) if Path(line).is_absolute() else path.parent / line
+                    found.append((entry, Path(Path(line).stem)))
+        else:
+            found.append((path, Path(path.stem)))
+    return found
+
+
+def _scan_directory(root: Path) -> list[Path]:
+    """Entries with a video extension under ``root``, whatever their file type.
+
+    Links to directories are followed (``Path.rglob`` skipped them silently), each real
+    directory once, so a link loop ends; the plain tree is walked before any link, so a folder
+    that is also linked keeps its real name. FIFOs, devices and broken links are listed too:
+    they are reported as failures, never opened.
+    """
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    links: deque[Path] = deque()
+
+    def walk(folder: Path) -> None:
+        try:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            found.append(folder)  # unreadable: reported as a failure, not skipped
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if _is_dir(entry):
+                if entry.is_symlink():
+                    links.append(path)
+                else:
+                    walk(path)
+            elif path.suffix.lower() in VIDEO_EXTENSIONS:
+                found.append(path)
+
+    walk(root)
+    while links:
+        walk(links.popleft())
+    return sorted(found)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:
+        return False
+
+
+def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+              rank: int = 0, world_size: int = 1) -> list[VideoJob]:
+    """This rank's share of the videos: sorted by absolute path, every ``world_size``-th one
+    from ``rank``, so ranks never overlap and together cover every input."""
+    out_dir = Path(out_dir)
+    # A broken link stays itself (resolving it would report its target instead).
+    pairs = sorted({(src.resolve() if src.exists() else src.absolute(), name)
+                    for src, name in collect_inputs(inputs)})
+    names: dict[Path, int] = {}
+    for _, name in pairs:
+        names[name] = names.get(name, 0) + 1
+    jobs = []
+    for src, name in pairs:
+        if names[name] > 1:  # same file name from different places: keep both, distinctly
+            digest = hashlib.sha1(str(src).encode()).hexdigest()[:8]
+            name = name.with_name(f"{name.name}-{digest}")
+        jobs.append(VideoJob(src, out_dir / name.with_suffix(".safetensors")))
+    return jobs[rank::world_size]
