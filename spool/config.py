@@ -246,6 +246,16 @@ class SpoolConfig:
         """The fields that describe the frame encoder (see ``FRAME_ENCODER_FIELDS``)."""
         return {k: getattr(self, k) for k in self.FRAME_ENCODER_FIELDS}
 
+    # Frame-encoder fields that change the tokens without changing the weights' digest (the
+    # normalisation is a non-persistent buffer): what a token cache must agree on with a model.
+    TOKEN_FIELDS = ("image_size", "resize_mode", "crop_pct", "image_mean", "image_std",
+                    "token_pooling")
+
+    def token_field_differences(self, recorded: dict[str, Any] | None) -> list[str]:
+        """The :attr:`TOKEN_FIELDS` whose values differ from ``recorded`` (the frame-encoder
+        fields a cache was made with; a cache from before they were recorded: none)."""
+        return differing_token_fields(self.frame_encoder_fields(), recorded)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -334,3 +344,9 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
                              f"{sorted(known)}")
         out[key] = parse_config_value(value)
     return out
+
+
+def differing_token_fields(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:
+    """The :attr:`SpoolConfig.TOKEN_FIELDS` that both records hold, with different values."""
+    a, b = (json.loads(json.dumps(x or {})) for x in (a, b))
+    return [k for k in SpoolConfig.TOKEN_FIELDS if k in a and k in b and a[k] != b[k]]

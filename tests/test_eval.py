@@ -95,3 +95,34 @@ def test_spool_eval_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     on_cache = evaluate_checkpoint(str(tmp_path / "model"), cache=str(tmp_path / "cache"))
     assert on_cache["confusion"] == on_videos["confusion"]
     assert on_cache["loss"] == pytest.approx(on_videos["loss"], rel=1e-5)
+
+
+def test_eval_on_a_cache_refuses_other_normalisation(tmp_path: Path) -> None:
+    """The cache's tokens were normalised with the model's image_mean; a checkpoint with the
+    same weights but another image_mean (a non-persistent buffer, outside the weights' digest)
+    would be scored on tokens it never sees: refused, naming the field."""
+    from spool.models.pretrained import load_pretrained
+    from spool.train.evaluate import evaluate_checkpoint
+
+    root = tiny_video_dataset()
+    _, names = read_annotations(root / "train.txt")
+    model = SpoolForVideoClassification(**TINY_MODEL, class_names=names)
+    model.save_pretrained(tmp_path / "model")
+    assert main(["cache", "--data", str(root / "val.txt"), "--out", str(tmp_path / "cache"),
+                 "--init", str(tmp_path / "model"), "--num-frames", "4", "--num-workers", "0",
+                 "--quiet"]) == 0
+    other = load_pretrained(tmp_path / "model", image_mean=(0.5, 0.5, 0.5))
+    other.save_pretrained(tmp_path / "other")
+    evaluate_checkpoint(str(tmp_path / "model"), cache=str(tmp_path / "cache"))  # agrees
+    with pytest.raises(ValueError, match="made with other image_mean than"):
+        evaluate_checkpoint(str(tmp_path / "other"), cache=str(tmp_path / "cache"))
+
+
+def test_differing_token_fields() -> None:
+    from spool.config import SpoolConfig, differing_token_fields
+
+    a = SpoolConfig(**TINY_MODEL).frame_encoder_fields()
+    assert differing_token_fields(a, dict(a)) == []
+    assert differing_token_fields(a, None) == []  # a cache from before fields were recorded
+    b = dict(a, image_std=[0.2, 0.2, 0.2], token_pooling=2, hidden_size=7)
+    assert differing_token_fields(a, b) == ["image_std", "token_pooling"]  # shapes: elsewhere

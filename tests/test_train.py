@@ -69,6 +69,25 @@ def test_cached_tokens_train_like_the_frozen_backbone(tmp_path: Path) -> None:
     assert float(va["val_top1"]) == float(vb["val_top1"])
 
 
+def test_val_cache_with_other_normalisation_is_refused(tmp_path: Path) -> None:
+    """Same weights (the digests agree), other image_mean: the two caches hold tokens of
+    differently normalised frames, so validating on one while training on the other is
+    refused, naming the field."""
+    root = tiny_video_dataset()
+    samples, names = read_annotations(root / "train.txt")
+    for name, mean in (("a", None), ("b", (0.5, 0.5, 0.5))):
+        torch.manual_seed(0)
+        extra = {} if mean is None else {"image_mean": mean}
+        model = SpoolForVideoClassification(**TINY_MODEL, **extra, class_names=names)
+        build_cache(model, VideoClipDataset(samples[:2], names, clip_sampler(4),
+                                            model.config.preprocessing()), tmp_path / name)
+    temporal = {k: TINY_MODEL[k] for k in TEMPORAL_FIELDS}
+    cfg = _config(tmp_path / "run", train_data=None, val_data=None, model=temporal,
+                  train_cache=str(tmp_path / "a"), val_cache=str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="made with other image_mean than"):
+        train(cfg)
+
+
 def test_resume_is_exact(tmp_path: Path) -> None:
     # Dropout, augmentation and a mid-epoch interruption: everything that could diverge.
     model = {**TINY_MODEL, "hidden_dropout": 0.2, "classifier_dropout": 0.3}

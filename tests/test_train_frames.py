@@ -8,6 +8,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -68,6 +69,17 @@ def test_cached_tokens_train_like_the_video_frames(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     assert {"train_acc", "val_acc", "val_edit", "val_f1@50"} <= set(rows[-1])
     assert 0 <= float(rows[-1]["val_f1@50"]) <= 100
+
+    # The cached run's model scores on the cache; the same weights with another normalisation
+    # (outside the weights' digest) would be scored on tokens they never see: refused.
+    from spool.models.pretrained import load_pretrained
+    from spool.train.segmentation_eval import evaluate_frame_checkpoint
+
+    model_dir = tmp_path / "cached" / "model"
+    assert evaluate_frame_checkpoint(model_dir, cache=str(tmp_path / "cache_val"))["videos"] == 2
+    load_pretrained(model_dir, image_std=(0.2, 0.2, 0.2)).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="made with other image_std than"):
+        evaluate_frame_checkpoint(tmp_path / "other", cache=str(tmp_path / "cache_val"))
 
 
 def test_baselines_train_and_spool_eval_and_extract(tmp_path: Path, capsys) -> None:

@@ -114,7 +114,8 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
         videos.append({"name": sample.name, "video": sample.video, "num_frames": num})
     save_frame_encoder(model, out / BACKBONE_DIR)
     meta = {"kind": "frames", "class_names": list(class_names), "videos": videos,
-            "sampler": sampler.to_dict(), "dtype": dtype, "backbone_digest": digest}
+            "sampler": sampler.to_dict(), "dtype": dtype, "backbone_digest": digest,
+            "frame_encoder": model.config.frame_encoder_fields()}
     atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
     return out
 

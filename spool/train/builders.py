@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
-from spool.config import SpoolConfig
+from spool.config import SpoolConfig, differing_token_fields
 from spool.data.cache import CachedTokenDataset, cache_backbone_config, load_cache_backbone
 from spool.data.dataset import VideoClipDataset, read_annotations
 from spool.models.classification import VideoClassifier, classifier_class
@@ -67,6 +67,13 @@ def build_datasets(cfg: TrainConfig, config: SpoolConfig
             raise ValueError(f"val_cache: {cfg.val_cache} was made by other backbone weights "
                              f"than {cfg.train_cache}; cache both with the same backbone "
                              f"(spool cache --init {cfg.train_cache}/backbone)")
+        if cfg.train_cache is not None:
+            differ = differing_token_fields(train.meta.get("frame_encoder"),
+                                            val.meta.get("frame_encoder"))
+            if differ:
+                raise ValueError(f"val_cache: {cfg.val_cache} was made with other "
+                                 f"{', '.join(differ)} than {cfg.train_cache}; cache both with "
+                                 "the same settings")
     elif cfg.val_data is not None:
         samples, _ = read_annotations(cfg.val_data, names)
         sampler = clip_sampler(cfg.num_frames, cfg.frame_stride, cfg.num_clips)

@@ -140,6 +140,11 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
             raise ValueError(f"cache: {cache} was made by another backbone than the one in "
                              f"{model_dir}; evaluate on videos (--data) or re-cache with "
                              f"`spool cache --init {model_dir}`")
+        differ = model.config.token_field_differences(dataset.meta.get("frame_encoder"))
+        if differ:
+            raise ValueError(f"cache: {cache} was made with other {', '.join(differ)} than "
+                             f"{model_dir}'s; evaluate on videos (--data) or re-cache with "
+                             f"`spool cache --init {model_dir}`")
     else:
         trained = dict(model.config.sampling or {})
         frames = num_frames or trained.get("num_frames", 16)

@@ -158,6 +158,10 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
         if checkpoint_backbone_digest(model_dir) != dataset.meta["backbone_digest"]:
             raise ValueError(f"cache: {cache} was made by another backbone than the one in "
                              f"{model_dir}; evaluate the videos (--data) instead")
+        differ = model.config.token_field_differences(dataset.meta.get("frame_encoder"))
+        if differ:
+            raise ValueError(f"cache: {cache} was made with other {', '.join(differ)} than "
+                             f"{model_dir}'s; evaluate the videos (--data) instead")
         sampler = None
     else:
         dataset, _ = read_segmentation(data, split, names)
