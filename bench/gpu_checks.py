@@ -13,18 +13,19 @@ Parts (``--parts``), in this order; each writes the JSON as soon as it is done, 
 short keeps what it measured, and nothing starts after ``--budget-s`` (it is reported skipped):
 
 - ``tests``: the CUDA cases of ``tests/test_devices.py`` and ``tests/test_attention_backends.py``
-  (blocked and flex against the dense reference in fp32, with
-  gradients, and in bf16 within the tolerance stated in ``tests/test_devices.py``; flex over 12
-  clip lengths without recompiling).
+  (blocked and flex against the dense reference in fp32, with gradients, and in bf16 within
+  the tolerance stated in ``tests/test_devices.py``; flex over 12 clip lengths without
+  recompiling; a training run and ``spool extract`` on CUDA against the CPU).
 - ``backends``: blocked, flex and the dense reference on q, k, v of Spool-base's shapes (12
-  heads, head_dim 64, L = 257 and 17 tokens per frame), fp32 and bf16, forward and forward +
-  backward: the fastest per cell is what ``auto`` should pick (``AUTO_ORDER``).
+  heads, head_dim 64, L = 257 tokens per frame, or pooled: ``--backend-pooling``), fp32 and
+  bf16, forward and forward + backward: the fastest per cell is what ``auto`` should pick
+  (``AUTO_ORDER``).
+- ``profile``: Spool k = 1 at ``--profile-t``: backbone, temporal stack, and attention within
+  the stack (device time from CUDA events), and the top operators by device time.
 - ``peers``: Spool w = 4 with k = 1, 2, 4 (a DINOv2-base-sized backbone, 12 temporal layers,
   ``--spool-attn``), TimeSformer-base and VideoMAE-base, in ``--dtype``: ms per frame, peak
   memory, MFU. Eager at ``--ts``; compiled at ``--compile-ts`` too. A model stops at its first
   T that runs out of device memory.
-- ``profile``: Spool k = 1 at ``--profile-t``: backbone, temporal stack, and attention within
-  the stack (device time from CUDA events), and the top operators by device time.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from _report import update_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = ["tests/test_devices.py", "tests/test_attention_backends.py"]
-PARTS = ("tests", "backends", "peers", "profile")
+PARTS = ("tests", "backends", "profile", "peers")  # compiling (peers) last: the longest
 SPOOL_KEYS = ("spool_w4", "spool_w4_k2", "spool_w4_k4")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 MASK_BYTES_CAP = 4e9  # the reference's dense [H, N, N] mask beyond this is not tried
@@ -134,7 +135,7 @@ def part_backends(args, device: torch.device, clock: Clock) -> dict:
     from spool.layers.attention_backends import ATTENTION_BACKENDS
     d, rows = pm.DIMS, []
     hd = d.hidden // d.heads
-    for L in (pm.tokens_per_frame(1), pm.tokens_per_frame(4)):
+    for L in (pm.tokens_per_frame(k) for k in args.backend_pooling):
         for dtype_name in args.backend_dtypes:
             dtype = DTYPES[dtype_name]
             for T in args.backend_ts:
@@ -345,13 +346,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="T at which the peers also run under torch.compile (none: eager only)")
     p.add_argument("--spool-attn", default="auto", help="Spool's attention in the peers part")
     p.add_argument("--backends", nargs="+", default=["blocked", "flex", "reference"])
-    p.add_argument("--backend-ts", type=int, nargs="+", default=[8, 32, 128, 512])
+    p.add_argument("--backend-ts", type=int, nargs="+", default=[8, 64, 512])
+    p.add_argument("--backend-pooling", type=int, nargs="+", default=[1],
+                   help="token pooling k of the backends' shapes (1: L = 257)")
     p.add_argument("--backend-dtypes", nargs="+", choices=DTYPES, default=["fp32", "bf16"])
     p.add_argument("--profile-t", type=int, default=64)
     p.add_argument("--runs", type=int, default=5, help="timed runs per cell at most")
     p.add_argument("--max-cell-s", type=float, default=3.0, help="timed seconds per cell at most")
     p.add_argument("--peak-n", type=int, default=8192, help="matmul size of the peak")
-    p.add_argument("--budget-s", type=float, default=420.0)
+    p.add_argument("--budget-s", type=float, default=480.0)
     p.add_argument("--tiny", action="store_true", help="toy model sizes (smoke test)")
     p.add_argument("--json", type=Path, default=ROOT / "bench/results/gpu_checks.json")
     p.add_argument("--out", type=Path, help="markdown file whose section to (re)write")

@@ -17,6 +17,7 @@ def test_gpu_checks_smoke_on_cpu(tmp_path):
     out, js = tmp_path / "bench.md", tmp_path / "g.json"
     gpu_checks.main(["--device", "cpu", "--tiny", "--parts", "backends", "peers", "profile",
                      "--ts", "4", "8", "--compile-ts", "--backend-ts", "4",
+                     "--backend-pooling", "1", "4",
                      "--backends", "blocked", "reference", "--backend-dtypes", "bf16",
                      "--peak-n", "128", "--runs", "1", "--profile-t", "8",
                      "--json", str(js), "--out", str(out)])
