@@ -67,6 +67,8 @@ class SpoolConfig:
             (``None``: chosen from ``local_frame_range``).
         gradient_checkpointing: recompute each block in the backward pass to save memory.
         class_names: labels of the classification heads.
+        background_classes: frame classifiers: the classes that are not segments in edit and
+            F1 (set by training, the default of evaluation).
         classifier_dropout: dropout before a classification head.
         sampling: the frame sampler of training clips (``FrameSampler.to_dict()``), the
             default of evaluation and extraction.
@@ -101,6 +103,7 @@ class SpoolConfig:
     initializer_range: float = 0.02
     gradient_checkpointing: bool = False
     class_names: list[str] | None = None
+    background_classes: list[str] | None = None
     classifier_dropout: float = 0.0
     sampling: dict | None = None
     head_config: dict | None = None
@@ -120,7 +123,8 @@ class SpoolConfig:
     # in eval mode: an extracted output does not depend on them (:meth:`outputs_hash`).
     RUNTIME_FIELDS = ("freeze_backbone", "backbone_chunk_size", "attn_implementation",
                       "attention_chunk_frames", "gradient_checkpointing", "hidden_dropout",
-                      "attention_dropout", "classifier_dropout", "sampling", "architectures")
+                      "attention_dropout", "classifier_dropout", "sampling", "architectures",
+                      "background_classes")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -216,7 +220,7 @@ class SpoolConfig:
                "3 values in [0, 1] (pixels are scaled to [0, 1])", self.image_mean)
         _check(all(1e-3 <= s <= 1 for s in self.image_std), "image_std",
                "3 values in [0.001, 1] (pixels are scaled to [0, 1])", self.image_std)
-        for name in ("class_names", "architectures"):
+        for name in ("class_names", "background_classes", "architectures"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, (list, tuple))
                                      and all(isinstance(v, str) for v in value)),
@@ -224,6 +228,10 @@ class SpoolConfig:
         if self.class_names is not None:
             _check(len(set(self.class_names)) == len(self.class_names), "class_names",
                    "distinct names", self.class_names)
+        if self.background_classes:
+            _check(set(self.background_classes) <= set(self.class_names or ()),
+                   "background_classes", f"names among class_names {self.class_names}",
+                   self.background_classes)
         _check(self.sampling is None or isinstance(self.sampling, dict), "sampling",
                "None or a dict of sampler settings", self.sampling)
         _check(self.head_config is None or isinstance(self.head_config, dict), "head_config",

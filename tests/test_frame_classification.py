@@ -172,3 +172,11 @@ def test_context_in_head_and_smoothing_loss(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="smoothing_weight a number >= 0"):
         SpoolForFrameClassification(tiny_config(head_config={"smoothing_weight": -1}),
                                     class_names=NAMES)
+
+
+def test_background_classes_must_be_classes():
+    from spool import SpoolConfig
+
+    SpoolConfig(class_names=["a", "b"], background_classes=["b"])
+    with pytest.raises(ValueError, match="background_classes"):
+        SpoolConfig(class_names=["a", "b"], background_classes=["c"])

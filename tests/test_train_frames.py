@@ -87,14 +87,23 @@ def test_baselines_train_and_spool_eval_and_extract(tmp_path: Path, capsys) -> N
     for arch in ("ms_tcn", "linear_probe"):
         train(_config(tmp_path / arch, architecture=arch, epochs=1))
     run = tmp_path / "spool"
-    train(_config(run, epochs=1))
+    train(_config(run, epochs=1, background=["background"]))
+    # The background classes of training go with the model: eval scores as validation did.
     assert main(["eval", "--checkpoint", str(run / "model"), "--data",
-                 str(root / "test.csv"), "--background", "background", "--out",
-                 str(tmp_path / "ev")]) == 0
+                 str(root / "test.csv"), "--out", str(tmp_path / "ev")]) == 0
     printed = capsys.readouterr().out
     assert "frame accuracy" in printed and "F1@50" in printed
+    assert "(background: background)" in printed
     report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert report["videos"] == 2 and 0 <= report["f1@50"] <= 100
+    assert report["background"] == ["background"]
+    with open(run / "metrics.csv", newline="") as f:
+        val = list(csv.DictReader(f))[-1]
+    for key in ("edit", "f1@10", "f1@25", "f1@50"):
+        assert report[key] == pytest.approx(float(val[f"val_{key}"]), abs=1e-4), key
+    assert main(["eval", "--checkpoint", str(run / "model"), "--data",  # the flag alone: none
+                 str(root / "test.csv"), "--background", "--out", str(tmp_path / "ev0")]) == 0
+    assert json.loads((tmp_path / "ev0" / "metrics.json").read_text())["background"] == []
     assert (tmp_path / "ev" / "ribbons.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((tmp_path / "ev" / "predictions").glob("*.csv"))) == 2
 

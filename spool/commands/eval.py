@@ -42,8 +42,8 @@ def _run_frames(args: argparse.Namespace) -> int:
 
     scores = evaluate_frame_checkpoint(
         args.checkpoint, args.data, args.cache, split=args.split, fps=args.fps,
-        background=tuple(args.background or ()), overrides=dict(args.model or []),
-        device=args.device, out_dir=args.out)
+        background=None if args.background is None else tuple(args.background),
+        overrides=dict(args.model or []), device=args.device, out_dir=args.out)
     print(format_segmentation(scores))
     if args.out:
         print(f"\nwrote {args.out}/metrics.json, ribbons.png, predictions/<video>.csv")
@@ -68,8 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="frame classifiers, MS-TCN root: the split bundle (test.split1)")
     parser.add_argument("--fps", type=positive_float, default=None,
                         help="frame classifiers: sampling rate (default: as in training)")
-    parser.add_argument("--background", nargs="+", metavar="CLASS",
-                        help="frame classifiers: classes that are not segments")
+    parser.add_argument("--background", nargs="*", metavar="CLASS",
+                        help="frame classifiers: classes that are not segments (default: as "
+                             "in training; the flag alone: none)")
     parser.add_argument("--num-clips", type=positive_int, default=1,
                         help="clips per video, softmax scores averaged (videos only)")
     parser.add_argument("--num-frames", type=positive_int, default=None,

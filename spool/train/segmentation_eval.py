@@ -96,13 +96,13 @@ def evaluate_segmentation(model: FrameClassifier,
 
 def write_segmentation_report(result: SegmentationResult, class_names: list[str],
                               out_dir: str | os.PathLike, title: str,
-                              max_ribbons: int = 8) -> None:
+                              max_ribbons: int = 8, background: tuple[str, ...] = ()) -> None:
     """``metrics.json``, ``ribbons.png`` (the first ``max_ribbons`` videos) and
     ``predictions/<video>.csv`` (frame index, time, label, prediction, probability)."""
     out = Path(out_dir)
     scores = result.scores
     atomic_write_text(out / "metrics.json", json.dumps(
-        {**scores, "class_names": class_names}, indent=1))
+        {**scores, "class_names": class_names, "background": list(background)}, indent=1))
     shown = dict(list(result.videos.items())[:max_ribbons])
     if shown:
         plot_ribbons(out / "ribbons.png", {k: v.target for k, v in shown.items()},
@@ -121,20 +121,23 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
 
 
 def format_segmentation(scores: dict[str, Any]) -> str:
-    """One line: videos, frame accuracy, edit, F1@{10,25,50}."""
+    """One line: videos, frame accuracy, edit, F1@{10,25,50} (and the background classes)."""
+    background = scores.get("background")
     return (f"videos: {scores['videos']}   frame accuracy: {scores['accuracy']:.1f}   "
             f"edit: {scores['edit']:.1f}   F1@10: {scores['f1@10']:.1f}   "
-            f"F1@25: {scores['f1@25']:.1f}   F1@50: {scores['f1@50']:.1f}")
+            f"F1@25: {scores['f1@25']:.1f}   F1@50: {scores['f1@50']:.1f}"
+            + (f"   (background: {', '.join(background)})" if background else ""))
 
 
 def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
                               cache: str | None = None, *, split: str = "test.split1",
-                              fps: float | None = None, background: tuple[str, ...] = (),
+                              fps: float | None = None, background: tuple[str, ...] | None = None,
                               overrides: dict[str, Any] | None = None, device: str = "auto",
                               chunk_frames: int = 32, out_dir: str | os.PathLike | None = None
                               ) -> dict[str, Any]:
     """Score a saved frame classifier on whole videos: ``data`` (a segments CSV or an MS-TCN
-    root with ``split``, sampled at ``fps`` or as in training) or a frame ``cache``. With
+    root with ``split``, sampled at ``fps`` or as in training) or a frame ``cache``.
+    ``background``: classes that are not segments (None: those of training). With
     ``out_dir``: ``metrics.json``, ``ribbons.png`` and ``predictions/<video>.csv``."""
     from spool.data.segmentation import read_segmentation
     from spool.models.pretrained import checkpoint_backbone_digest, load_pretrained
@@ -147,6 +150,8 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
     if not isinstance(model, FrameClassifier):
         raise ValueError(f"{model_dir}: holds a {type(model).__name__}, not a frame classifier")
     names = model.class_names
+    if background is None:
+        background = tuple(model.config.background_classes or ())
     unknown = sorted(set(background) - set(names))
     if unknown:
         raise ValueError(f"background: {unknown} are not classes of the model ({names})")
@@ -171,5 +176,6 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
                                    background=tuple(names.index(b) for b in background),
                                    chunk_frames=chunk_frames, device=resolve_device(device))
     if out_dir is not None:
-        write_segmentation_report(result, names, out_dir, Path(model_dir).name)
-    return {**result.scores, "class_names": names}
+        write_segmentation_report(result, names, out_dir, Path(model_dir).name,
+                                  background=background)
+    return {**result.scores, "class_names": names, "background": list(background)}

@@ -136,7 +136,9 @@ class FrameTask:
     def model(self, cfg: TrainConfig, config: SpoolConfig, names: list[str]) -> torch.nn.Module:
         cls = frame_classifier_class(cfg.architecture)
         torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
-        model = cls(config.replace(class_names=list(names)))
+        # The background classes go with the model: evaluation scores segments as training did.
+        model = cls(config.replace(class_names=list(names),
+                                   background_classes=list(cfg.background) or None))
         load_initial_weights(model, cfg)
         return model
 
