@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from spool.video.formats import VIDEO_EXTENSIONS, is_video_name
 from spool.video.io import VideoReader
 from spool.video.samplers import FrameSampler
 from spool.video.transforms import FramePreprocessing, RandomResizedCrop
-
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
         if not folder.is_dir():
             continue
         for f in sorted(folder.rglob("*")):
-            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
+            if f.is_file() and is_video_name(f):
                 samples.append(VideoSample(str(f), label))
     if not samples:
         raise ValueError(f"{root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in class folders")
