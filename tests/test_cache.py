@@ -146,3 +146,23 @@ def test_tokens_must_match_cache_json(full, tmp_path: Path, damage, error, match
     damage(copy)
     with pytest.raises(error, match=match):
         CachedTokenDataset(copy)
+
+
+def test_train_on_what_is_not_a_complete_cache_says_so(model, tmp_path: Path, capsys,
+                                                       monkeypatch) -> None:
+    """A missing folder, a dataset folder or an interrupted cache given as --train-cache: the
+    message --val-cache gives, not one about backbone/config.json."""
+    from spool.cli import main
+
+    interrupted = tmp_path / "interrupted"
+    _decoded(monkeypatch, die_at=9)
+    with pytest.raises(Killed):
+        build_cache(model, _dataset(model), interrupted, batch_size=4)
+    monkeypatch.undo()
+    for path in (tmp_path / "missing", tiny_video_dataset(), interrupted):
+        assert main(["train", "--train-cache", str(path), "--out-dir",
+                     str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [f"spool train: error: {path / 'cache.json'}: not found; "
+                                    f"{path} is not a complete token cache (write one with "
+                                    "`spool cache`)"]

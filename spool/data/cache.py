@@ -272,6 +272,7 @@ def read_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
 
 def cache_backbone_config(cache_dir: str | os.PathLike) -> SpoolConfig:
     """The config of the frame encoder the cache was made with (``hidden_size``, ``L``, ...)."""
+    read_cache_meta(cache_dir)  # not a complete cache: say so, not that backbone/ is missing
     return SpoolConfig.from_pretrained(Path(cache_dir) / BACKBONE_DIR)
 
 
