@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from spool.config import SpoolConfig
+from spool.data.classes import class_index_map
 from spool.data.dataset import VideoClipDataset, VideoSample, worker_context, worker_init_fn
 from spool.errors import CheckpointNotFoundError, InsufficientSpaceError, SpoolLoadError
 from spool.io_utils import (
@@ -60,6 +62,7 @@ PROGRESS_EVERY_S = 30.0
 _META_KEYS = ("samples", "class_names", "views", "dtype", "shape", "num_frames",
               "backbone_digest")
 BACKBONE_DIR = "backbone"
+_INCOMPLETE = "{} is not a complete token cache (write one with `spool cache`)"
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -262,8 +265,7 @@ def _remove_stale_temporaries(out: Path) -> None:
 def read_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
     """``cache.json`` of a complete cache; a clear error for anything else."""
     path = Path(cache_dir) / CACHE_META
-    meta = read_json(path, f"{cache_dir} is not a complete token cache (write one with "
-                           "`spool cache`)")
+    meta = read_json(path, _INCOMPLETE.format(cache_dir))
     missing = [k for k in _META_KEYS if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise SpoolLoadError(f"{path}: no {missing} in it; rebuild the cache with `spool cache`")
@@ -272,7 +274,8 @@ def read_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
 
 def cache_backbone_config(cache_dir: str | os.PathLike) -> SpoolConfig:
     """The config of the frame encoder the cache was made with (``hidden_size``, ``L``, ...)."""
-    read_cache_meta(cache_dir)  # not a complete cache: say so, not that backbone/ is missing
+    # Not a complete cache (of clips or of frames): say so, not that backbone/ is missing.
+    read_json(Path(cache_dir) / CACHE_META, _INCOMPLETE.format(cache_dir))
     return SpoolConfig.from_pretrained(Path(cache_dir) / BACKBONE_DIR)
 
 
@@ -344,6 +347,13 @@ class CachedTokenDataset(Dataset):
                 f"{self.meta['dtype']} tokens of shape {expected} ({len(self.samples)} videos x "
                 f"{self.views} views x {self.num_frames} frames x L x D); the two come from "
                 "different runs: rebuild the cache with `spool cache`")
+
+    def use_class_names(self, class_names: Sequence[str], what: str, target_what: str) -> None:
+        """Relabel to ``class_names`` (the model's, the training set's) by name."""
+        mapping = class_index_map(self.class_names, class_names, what, target_what)
+        if mapping is not None:
+            self.samples = [VideoSample(s.path, mapping[s.label]) for s in self.samples]
+            self.class_names = list(class_names)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_tokens": None}

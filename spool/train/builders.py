@@ -59,9 +59,7 @@ def build_datasets(cfg: TrainConfig, config: SpoolConfig
     val: Dataset | None = None
     if cfg.val_cache is not None:
         val = CachedTokenDataset(cfg.val_cache)
-        if val.class_names != names:
-            raise ValueError(f"val_cache: classes {val.class_names} differ from the training "
-                             f"classes {names}")
+        val.use_class_names(names, "val_cache", "the training classes")
         if cfg.train_cache is not None and (val.meta["backbone_digest"]
                                             != train.meta["backbone_digest"]):
             raise ValueError(f"val_cache: {cfg.val_cache} was made by other backbone weights "

@@ -133,9 +133,7 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
     names = model.class_names
     if cache is not None:
         dataset: Dataset = CachedTokenDataset(cache)
-        if dataset.class_names != names:
-            raise ValueError(f"cache: classes {dataset.class_names} differ from the model's "
-                             f"{names}")
+        dataset.use_class_names(names, "cache", "the model's classes")
         if checkpoint_backbone_digest(model_dir) != dataset.meta["backbone_digest"]:
             raise ValueError(f"cache: {cache} was made by another backbone than the one in "
                              f"{model_dir}; evaluate on videos (--data) or re-cache with "

@@ -118,9 +118,8 @@ class FrameTask:
             train = FrameTokenDataset(cfg.train_cache, cfg.crop_frames, cfg.augment, cfg.seed)
             names = train.class_names
             val = None if cfg.val_cache is None else FrameTokenDataset(cfg.val_cache)
-            if val is not None and val.class_names != names:
-                raise ValueError(f"val_cache: classes {val.class_names} differ from the "
-                                 f"training classes {names}")
+            if val is not None:
+                val.use_class_names(names, "val_cache", "the training classes")
             return train, val, names
         samples, names = read_segmentation(cfg.train_data, cfg.train_split)
         train = VideoFrameDataset(samples, names, FpsSampler(cfg.fps), config.preprocessing(),
