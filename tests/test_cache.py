@@ -46,7 +46,8 @@ def _dataset(model: FrameEncoderModel, num_frames: int = 4) -> VideoClipDataset:
 
 @pytest.fixture(scope="module")
 def full(model, tmp_path_factory) -> Path:
-    return build_cache(model, _dataset(model), tmp_path_factory.mktemp("full"), batch_size=4)
+    return build_cache(model, _dataset(model), tmp_path_factory.mktemp("full"),
+                       batch_size=4).path
 
 
 def _decoded(monkeypatch, die_at: int | None = None) -> list[int]:
