@@ -11,13 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cache import Killed, _dataset, _decoded, full, model  # noqa: F401  (fixtures)
+import test_cache
+from test_cache import Killed, _dataset, _decoded
 from train_helpers import tiny_video_dataset
 
 from spool.cli import main
 from spool.data import cache
 from spool.data.cache import CachedTokenDataset, build_cache
 from spool.data.dataset import VideoSample
+
+model, full = test_cache.model, test_cache.full  # test_cache's fixtures, used here too
 
 
 @pytest.fixture
