@@ -54,8 +54,10 @@ def build_datasets(cfg: TrainConfig, config: SpoolConfig
         samples, names = read_annotations(cfg.train_data)
         augmentation = (RandomResizedCrop(tuple(cfg.crop_scale), cfg.hflip) if cfg.augment
                         else None)
+        # An unreadable video is replaced by a readable one (and reported), not fatal.
         train = VideoClipDataset(samples, names, clip_sampler(cfg.num_frames, cfg.frame_stride),
-                                 config.preprocessing(), augmentation, seed=cfg.seed)
+                                 config.preprocessing(), augmentation, seed=cfg.seed,
+                                 substitute=True)
     val: Dataset | None = None
     if cfg.val_cache is not None:
         val = CachedTokenDataset(cfg.val_cache)
