@@ -48,8 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # user mistakes and unloadable inputs
         if debug:
             raise
-        print(f"spool {args.command}: error: {err}", file=sys.stderr)
+        print(f"spool {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker, whose message torch
+    replaced by the worker's whole traceback, the original message (its last line)."""
+    text = str(err)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]  # "module.ErrorName: message"
+    name, sep, message = last.partition(": ")
+    return message if sep and " " not in name else last
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
-                    ".flv", ".wmv", ".3gp", ".ogv"}
+# VIDEO_EXTENSIONS is re-exported: spool extract names it when it finds no video.
+from spool.video.formats import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS
+from spool.video.formats import is_video_name
+
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 
 
@@ -83,7 +85,7 @@ def _scan_directory(root: Path) -> list[Path]:
                     links.append(path)
                 else:
                     walk(path)
-            elif path.suffix.lower() in VIDEO_EXTENSIONS:
+            elif is_video_name(path):
                 found.append(path)
 
     walk(root)

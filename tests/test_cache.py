@@ -46,7 +46,8 @@ def _dataset(model: FrameEncoderModel, num_frames: int = 4) -> VideoClipDataset:
 
 @pytest.fixture(scope="module")
 def full(model, tmp_path_factory) -> Path:
-    return build_cache(model, _dataset(model), tmp_path_factory.mktemp("full"), batch_size=4)
+    return build_cache(model, _dataset(model), tmp_path_factory.mktemp("full"),
+                       batch_size=4).path
 
 
 def _decoded(monkeypatch, die_at: int | None = None) -> list[int]:
@@ -146,3 +147,56 @@ def test_tokens_must_match_cache_json(full, tmp_path: Path, damage, error, match
     damage(copy)
     with pytest.raises(error, match=match):
         CachedTokenDataset(copy)
+
+
+def test_train_on_what_is_not_a_complete_cache_says_so(model, tmp_path: Path, capsys,
+                                                       monkeypatch) -> None:
+    """A missing folder, a dataset folder or an interrupted cache given as --train-cache: the
+    message --val-cache gives, not one about backbone/config.json."""
+    from spool.cli import main
+
+    interrupted = tmp_path / "interrupted"
+    _decoded(monkeypatch, die_at=9)
+    with pytest.raises(Killed):
+        build_cache(model, _dataset(model), interrupted, batch_size=4)
+    monkeypatch.undo()
+    for path in (tmp_path / "missing", tiny_video_dataset(), interrupted):
+        assert main(["train", "--train-cache", str(path), "--out-dir",
+                     str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [f"spool train: error: {path / 'cache.json'}: not found; "
+                                    f"{path} is not a complete token cache (write one with "
+                                    "`spool cache`)"]
+
+
+def _reordered_copy(full: Path, out: Path) -> list[str]:
+    """A copy of ``full`` whose cache.json lists its classes in reverse order, each video
+    keeping its class name. Returns the names in ``full``'s order."""
+    shutil.copytree(full, out)
+    meta = json.loads((out / "cache.json").read_text())
+    names = meta["class_names"]
+    new = names[::-1]
+    meta["samples"] = [[p, new.index(names[y])] for p, y in meta["samples"]]
+    meta["class_names"] = new
+    (out / "cache.json").write_text(json.dumps(meta))
+    return names
+
+
+def test_classes_in_another_order_are_mapped_by_name(full, tmp_path: Path) -> None:
+    from spool.train.builders import build_datasets
+    from spool.train.config import TrainConfig
+
+    names = _reordered_copy(full, tmp_path / "reordered")
+    _, val, train_names = build_datasets(TrainConfig(
+        out_dir=str(tmp_path / "run"), train_cache=str(full),
+        val_cache=str(tmp_path / "reordered")), None)
+    assert train_names == names and val.class_names == names
+    assert val.samples == CachedTokenDataset(full).samples
+    _reordered_copy(full, tmp_path / "other")
+    meta = json.loads((tmp_path / "other" / "cache.json").read_text())
+    meta["class_names"][1] = "nonesuch"
+    (tmp_path / "other" / "cache.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"val_cache: classes \['nonesuch'\] are not among "
+                                         "the training classes"):
+        build_datasets(TrainConfig(out_dir=str(tmp_path / "run"), train_cache=str(full),
+                                   val_cache=str(tmp_path / "other")), None)

@@ -131,3 +131,28 @@ def test_dataset_rejects_bad_settings() -> None:
         RandomResizedCrop(crop_scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="resize_mode"):
         FramePreprocessing(24, resize_mode="stretch")
+
+
+def test_every_command_finds_the_same_video_files(tmp_path: Path) -> None:
+    """spool extract folders, class folders and MS-TCN videos/ take the same extensions."""
+    from spool.data.segmentation import read_ms_tcn
+    from spool.extract_inputs import collect_inputs
+
+    names = ["a.3gp", "b.GIF", "c.ts", "d.wmv", "e.mp4"]
+    (tmp_path / "videos" / "cls").mkdir(parents=True)
+    for name in [*names, "notes.txt"]:
+        (tmp_path / "videos" / "cls" / name).write_bytes(b"")
+    by_extract = sorted(p.name for p, _ in collect_inputs([tmp_path / "videos"]))
+    by_folders = sorted(Path(s.path).name for s in scan_class_folders(tmp_path / "videos")[0])
+    assert by_extract == by_folders == names
+    (tmp_path / "mapping.txt").write_text("0 bg\n")
+    (tmp_path / "groundTruth").mkdir()
+    (tmp_path / "splits").mkdir()
+    for name in names:
+        stem = Path(name).stem
+        (tmp_path / "videos" / name).write_bytes(b"")
+        (tmp_path / "groundTruth" / f"{stem}.txt").write_text("bg\n")
+    (tmp_path / "splits" / "all.bundle").write_text(
+        "".join(f"{Path(n).stem}.txt\n" for n in names))
+    samples, _ = read_ms_tcn(tmp_path, "all")
+    assert sorted(Path(s.video).name for s in samples) == names

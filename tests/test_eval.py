@@ -126,3 +126,24 @@ def test_differing_token_fields() -> None:
     assert differing_token_fields(a, None) == []  # a cache from before fields were recorded
     b = dict(a, image_std=[0.2, 0.2, 0.2], token_pooling=2, hidden_size=7)
     assert differing_token_fields(a, b) == ["image_std", "token_pooling"]  # shapes: elsewhere
+
+
+def test_eval_on_a_cache_with_classes_in_another_order(tmp_path: Path) -> None:
+    """A cache of class folders (sorted names) for a model trained in classes.txt's order:
+    the same report as on a cache in the model's order, labels mapped by name."""
+    from spool.train.evaluate import evaluate_checkpoint
+
+    root = tiny_video_dataset()
+    _, names = read_annotations(root / "train.txt")
+    assert sorted(names) != names
+    SpoolForVideoClassification(**TINY_MODEL, class_names=names).save_pretrained(
+        tmp_path / "model")
+    for name, classes in (("sorted", []), ("ordered", ["--classes-from", root / "train.txt"])):
+        assert main(["cache", "--data", str(root / "videos"), "--out", str(tmp_path / name),
+                     "--init", str(tmp_path / "model"), "--num-frames", "4", "--num-workers",
+                     "0", "--quiet", *map(str, classes)]) == 0
+    ordered = evaluate_checkpoint(str(tmp_path / "model"), cache=str(tmp_path / "ordered"))
+    mapped = evaluate_checkpoint(str(tmp_path / "model"), cache=str(tmp_path / "sorted"))
+    assert mapped["loss"] == pytest.approx(ordered.pop("loss"), rel=1e-6)  # summed in
+    del mapped["loss"]  # another order
+    assert mapped == ordered and mapped["class_names"] == names

@@ -87,3 +87,20 @@ def test_flags_complete_a_partial_config_file(tmp_path: Path) -> None:
     cfg = config_from_args(args)
     assert cfg.train_data == "t.txt" and cfg.lr == fields["lr"]
     assert cfg.model == {**fields["model"], "num_hidden_layers": 2}
+
+
+def test_eval_of_a_frame_encoder_says_what_it_holds(tmp_path: Path, capsys) -> None:
+    """A cache's backbone/ given to `spool eval --checkpoint`: one line and exit 2, not the
+    TypeError of a classifier keyword (with_backbone) the frame encoder does not take."""
+    from spool.models.frame_encoder import FrameEncoderModel
+
+    FrameEncoderModel(tiny_config()).save_pretrained(tmp_path / "backbone")
+    (tmp_path / "val.txt").write_text("x.mp4 a\n")
+    for flag in ("--data", "--cache"):
+        assert main(["eval", "--checkpoint", str(tmp_path / "backbone"), flag,
+                     str(tmp_path / "val.txt")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [f"spool eval: error: {tmp_path / 'backbone'}: holds a "
+                                    "FrameEncoderModel, not a video classifier"]
+    with pytest.raises(ValueError, match=r"FrameEncoderModel, which takes no \['with_backbone'\]"):
+        load_pretrained(tmp_path / "backbone", with_backbone=False)

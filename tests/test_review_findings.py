@@ -113,7 +113,7 @@ def test_a_resumed_token_cache_is_redone_when_the_normalisation_changed(tmp_path
         build_cache(first, dataset(first), out, batch_size=4)
     monkeypatch.undo()
     build_cache(other, dataset(other), out, batch_size=4)
-    fresh = build_cache(other, dataset(other), tmp_path / "fresh", batch_size=4)
+    fresh = build_cache(other, dataset(other), tmp_path / "fresh", batch_size=4).path
     resumed, expected = CachedTokenDataset(out), CachedTokenDataset(fresh)
     torch.testing.assert_close(resumed[0]["tokens"], expected[0]["tokens"])
 

@@ -97,6 +97,9 @@ def test_frame_cache_and_video_crops_agree(tmp_path, ntsc_video):
     assert not torch.equal(tokens_ds[0]["tokens"], cached["tokens"])  # another crop
     whole = FrameTokenDataset(cache)[0]  # evaluation: the whole video
     assert whole["tokens"].shape[0] == 31 and (whole["labels"] >= 0).all()  # 3.003 s at 10 fps
+    reordered = FrameTokenDataset(cache)  # a model with the classes in another order
+    reordered.use_class_names(names[::-1], "cache", "the model's classes")
+    assert torch.equal(reordered[0]["labels"], len(names) - 1 - whole["labels"])
     stamp = cache / "videos" / "clip.safetensors"
     before = stamp.stat().st_mtime_ns
     build_frame_cache(encoder, samples, names, cache, sampler, dtype="float32")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
@@ -36,11 +37,21 @@ def run(args: argparse.Namespace) -> int:
     dataset = VideoClipDataset(samples, names, clip_sampler(args.num_frames, args.frame_stride),
                                model.config.preprocessing(), augmentation, seed=args.seed)
     start = time.perf_counter()
-    out = build_cache(model, dataset, args.out, views=args.views, batch_size=args.batch_size,
-                      num_workers=args.num_workers, dtype=args.dtype,
-                      device=resolve_device(args.device), progress=not args.quiet)
-    print(f"cached {len(dataset)} videos x {args.views} view(s) of {args.num_frames} frames "
-          f"to {out} in {time.perf_counter() - start:.1f}s")
+    summary = build_cache(model, dataset, args.out, views=args.views,
+                          batch_size=args.batch_size, num_workers=args.num_workers,
+                          dtype=args.dtype, device=resolve_device(args.device),
+                          progress=not args.quiet)
+    what = f"{summary.cached} videos x {args.views} view(s) of {args.num_frames} frames"
+    if summary.reused:
+        print(f"spool cache: already done: {summary.path} holds {what} made with these "
+              "settings; nothing recomputed")
+    else:
+        print(f"cached {what} to {summary.path} in {time.perf_counter() - start:.1f}s")
+    if summary.failures:
+        print(f"spool cache: {len(summary.failures)} of {len(dataset)} videos could not be "
+              f"read and are not in the cache; listed in {summary.path / 'failures.csv'}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

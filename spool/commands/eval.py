@@ -11,7 +11,8 @@ from spool.cli_args import add_model_argument, nonnegative_int, positive_float, 
 
 def format_report(report: dict[str, Any]) -> str:
     """The printed table: overall metrics, then accuracy per class."""
-    lines = [f"videos: {report['count']}   top-1: {100 * report['top1']:.2f}%   "
+    skipped = f" ({report['skipped']} unreadable, skipped)" if report.get("skipped") else ""
+    lines = [f"videos: {report['count']}{skipped}   top-1: {100 * report['top1']:.2f}%   "
              f"top-5: {100 * report['top5']:.2f}%   loss: {report['loss']:.4f}",
              "", f"{'class':<32} {'accuracy':>9}"]
     for name, acc in report["per_class"].items():

@@ -8,84 +8,106 @@ A cache is a directory:
   (``config.json`` + ``model.safetensors``), so a model trained on the cache can be saved with
   the very same backbone and preprocessing;
 - ``cache.json`` (written last: a cache without it is incomplete): samples, class names, the
-  clip pipeline's settings and a digest of the backbone's weights.
+  clip pipeline's settings and a digest of the backbone's weights; the videos that could not
+  be read (also in ``failures.csv``) are left out of ``samples``, their rows of ``tokens.npy``
+  unused.
 
 View 0 is the deterministic evaluation clip; views 1.. (``views > 1``) are training-augmented
 clips, and training on the cache picks one of a video's views per epoch.
 """
 
+
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spool.config import SpoolConfig
-from spool.data.dataset import VideoClipDataset, VideoSample, worker_context, worker_init_fn
-from spool.errors import CheckpointNotFoundError, InsufficientSpaceError, SpoolLoadError
+from spool.data.cached_tokens import (  # the reading side, re-exported
+    BACKBONE_DIR,
+    CACHE_META,
+    TOKENS_NAME,
+    CachedTokenDataset,
+    _encoder_of,
+    cache_backbone_config,
+    load_cache_backbone,
+    read_cache_meta,
+)
+from spool.data.dataset import (
+    UNREADABLE,
+    SkippedVideo,
+    VideoClipDataset,
+    collate_readable,
+    skipped_video,
+    unreadable_item,
+    worker_context,
+    worker_init_fn,
+)
+from spool.errors import InsufficientSpaceError, SpoolLoadError
 from spool.io_utils import (
     atomic_write_text,
     fsync_directory,
     fsync_path,
     is_stale_temporary,
     lock_directory,
-    read_json,
     release_claim,
     reserve_space,
 )
 from spool.models.frame_encoder import save_frame_encoder
-from spool.models.pretrained import (
-    SpoolPreTrainedModel,
-    check_and_load_state_dict,
-    read_weights,
-    weights_digest,
-)
+from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
+
+__all__ = ["BACKBONE_DIR", "CACHE_META", "TOKENS_NAME", "CacheSummary", "CachedTokenDataset",
+           "build_cache", "cache_backbone_config", "load_cache_backbone", "read_cache_meta"]
 
 logger = logging.getLogger(__name__)
-CACHE_META = "cache.json"
-TOKENS_NAME = "tokens.npy"
 PARTIAL_NAME = ".tokens.partial.npy"  # tokens.npy while it is written
 PROGRESS_NAME = ".tokens.progress.json"  # which videos the partial file holds
+FAILURES_NAME = "failures.csv"
 LOCK_NAME = ".spool-cache.lock"
 PROGRESS_EVERY_S = 30.0
-_META_KEYS = ("samples", "class_names", "views", "dtype", "shape", "num_frames",
-              "backbone_digest")
-BACKBONE_DIR = "backbone"
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-def _encoder_of(model: SpoolPreTrainedModel) -> torch.nn.Module:
-    encoder = model.frame_encoder
-    if encoder is None:
-        raise ValueError("model: has no backbone (built with with_backbone=False?); the cache "
-                         "needs one to encode frames")
-    return encoder
+@dataclass
+class CacheSummary:
+    """What :func:`build_cache` did: ``reused`` a complete cache of the same settings, or
+    ``cached`` videos; ``failures``: the videos that could not be read (not in the cache)."""
+
+    path: Path
+    cached: int
+    reused: bool = False
+    failures: list[SkippedVideo] = field(default_factory=list)
 
 
 @torch.no_grad()
 def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
                 out_dir: str | os.PathLike, *, views: int = 1, batch_size: int = 8,
                 num_workers: int = 0, dtype: str = "float32", device: str | torch.device = "cpu",
-                progress: bool = False) -> Path:
+                progress: bool = False) -> CacheSummary:
     """Encode every video of ``dataset`` with ``model``'s frame encoder into ``out_dir``.
 
     ``dataset``'s sampler must give single clips. View 0 is always the evaluation clip, views
-    ``1 .. views-1`` augmented ones (each video is decoded once for all its views). Returns
-    ``out_dir``.
+    ``1 .. views-1`` augmented ones (each video is decoded once for all its views). A video
+    that cannot be read is reported, left out and listed in ``failures.csv``.
 
-    Resumable: tokens go to a partial file beside a progress record of the videos done
-    (updated every ``PROGRESS_EVERY_S`` seconds), so a re-run with the same settings after a
-    crash or Ctrl-C continues where it stopped; other settings start over. The disk space
-    the tokens need is checked, and reserved, before the first video.
+    A complete cache of the same settings is reused as it is. Otherwise tokens go to a partial
+    file beside a progress record of the videos done (updated every ``PROGRESS_EVERY_S``
+    seconds), so a re-run with the same settings after a crash or Ctrl-C continues where it
+    stopped; other settings start over. An earlier complete cache stays valid until the new
+    one replaces it at the end (unless the disk cannot hold both: then it is removed first,
+    and a warning says so). The disk space the tokens need is checked, and reserved, before
+    the first video.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -98,7 +120,6 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_directory(out, "spool cache", LOCK_NAME)
     try:
-        (out / CACHE_META).unlink(missing_ok=True)  # incomplete until rewritten
         _remove_stale_temporaries(out)
         encoder = _encoder_of(model).to(device).eval()
         config = model.config
@@ -113,57 +134,110 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             # the backbone's config, token pooling.
             "frame_encoder": config.frame_encoder_fields(),
         }
-        writer = _PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), meta)
+        key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+        done = _complete_cache(out, key)
+        if done is not None:
+            return done
+        writer = _PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), key)
         try:
-            _encode(encoder, dataset, views, writer, batch_size, num_workers, device,
-                    progress)
+            failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
+                               device, progress)
         finally:
             writer.close()
+        # The new cache replaces the old: cache.json goes first and comes back last, so that
+        # it never describes tokens of another run.
+        (out / CACHE_META).unlink(missing_ok=True)
         writer.finish(out / TOKENS_NAME)
         save_frame_encoder(model, out / BACKBONE_DIR)
+        failed = {f.index for f in failures}
+        rows = [i for i in range(len(dataset)) if i not in failed]
+        meta.update(samples=[meta["samples"][i] for i in rows], settings_key=key,
+                    failures=[list(f[1:]) for f in failures])
+        if failures:  # tokens.npy keeps a row per video asked for
+            meta["rows"] = rows
+        _write_failures(out / FAILURES_NAME, failures)
         atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
+        writer.record.unlink(missing_ok=True)  # after cache.json: see _PartialTokens
     finally:
         release_claim(lock)
-    return out
+    return CacheSummary(out, len(rows), failures=failures)
+
+
+def _complete_cache(out: Path, key: str) -> CacheSummary | None:
+    """A summary of the complete, readable cache in ``out`` made with the settings ``key``."""
+    if not (out / CACHE_META).is_file() or not (out / BACKBONE_DIR).is_dir():
+        return None
+    try:
+        cached = CachedTokenDataset(out)
+    except (SpoolLoadError, ValueError):
+        return None  # damaged: made again
+    if cached.meta.get("settings_key") != key:
+        logger.info(f"{out}: the cache there was made with other settings; it stays until "
+                    "the new one replaces it")
+        return None
+    failures = [SkippedVideo(-1, *f) for f in cached.meta.get("failures", [])]
+    return CacheSummary(out, len(cached), reused=True, failures=failures)
+
+
+def _write_failures(path: Path, failures: list[SkippedVideo]) -> None:
+    """``failures.csv`` as ``spool extract`` writes it; none left when nothing failed."""
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([["path", "error", "message"],
+                                  *[list(f[1:]) for f in failures]])
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
             writer: _PartialTokens, batch_size: int, num_workers: int,
-            device: str | torch.device, progress: bool) -> None:
-    """Run ``encoder`` over the videos ``writer`` still lacks, recording them as done."""
+            device: str | torch.device, progress: bool) -> list[SkippedVideo]:
+    """Run ``encoder`` over the videos ``writer`` still lacks, recording them as done;
+    returns the videos that could not be read (each reported on one line)."""
     todo = writer.todo()
     if len(todo) < len(dataset):
         logger.info(f"{writer.path.parent}: resuming, {len(dataset) - len(todo)} of "
                     f"{len(dataset)} videos are cached already")
     loader = DataLoader(_ViewStack(dataset, views), batch_size=batch_size, sampler=todo,
-                        num_workers=num_workers,
+                        num_workers=num_workers, collate_fn=collate_readable,
                         multiprocessing_context=worker_context(num_workers),
                         worker_init_fn=worker_init_fn)
     if progress:
         from tqdm import tqdm
         loader = tqdm(loader, desc=f"caching {views} view(s)", unit="batch")
+    failures: list[SkippedVideo] = []
     for batch in loader:
+        for entry in batch["skipped"]:
+            logger.warning(f"FAILED {entry.path}: {entry.error}: {entry.message}")
+        failures.extend(batch["skipped"])
+        if "video" not in batch:
+            continue
         video = batch["video"].to(device)  # [B, V, T, S, S, 3]
         tokens = encoder(video.flatten(0, 1)).float().cpu()
         writer.write(batch["index"].numpy(),
                      tokens.view(len(video), *writer.shape[1:]).numpy())
+    return sorted(failures)
 
 
 class _PartialTokens:
     """``tokens.npy`` being written: a fixed-name partial file (memory-mapped) and a record of
-    the videos done, kept only for the same settings (a digest of ``meta``)."""
+    the videos done, kept only for the same settings (``key``, a digest of them).
 
-    def __init__(self, out: Path, shape: tuple[int, ...], dtype: np.dtype,
-                 meta: dict[str, Any]) -> None:
+    The record outlives the move of the finished file to ``tokens.npy`` until ``cache.json``
+    is written: a run killed in between takes that ``tokens.npy`` back as its partial file.
+    """
+
+    def __init__(self, out: Path, shape: tuple[int, ...], dtype: np.dtype, key: str) -> None:
         self.path, self.record = out / PARTIAL_NAME, out / PROGRESS_NAME
         self.shape = shape
-        self.key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+        self.key = key
         self.done = self._read_done(dtype)
         if self.done is None:  # nothing to continue: start over
             self.done = np.zeros(shape[0], dtype=bool)
             self.record.unlink(missing_ok=True)
             self.path.unlink(missing_ok=True)
-        _check_free_space(self.path, shape, dtype)
+        _make_room(self.path, shape, dtype)
         mode = "r+" if self.path.exists() else "w+"
         self.tokens = np.lib.format.open_memmap(self.path, mode=mode, dtype=dtype, shape=shape)
         _reserve(self.path)
@@ -175,6 +249,9 @@ class _PartialTokens:
             return None
         try:
             record = json.loads(self.record.read_text(encoding="utf-8"))
+            final = self.path.parent / TOKENS_NAME
+            if record.get("finished") and record["key"] == self.key and not self.path.exists():
+                os.replace(final, self.path)  # killed while it replaced the old cache
             header = np.load(self.path, mmap_mode="r")
             if (record["key"] == self.key and header.shape == self.shape
                     and header.dtype == dtype):
@@ -197,12 +274,14 @@ class _PartialTokens:
         if time.monotonic() - self.saved_at >= PROGRESS_EVERY_S:
             self.save_progress()
 
-    def save_progress(self) -> None:
+    def save_progress(self, finished: bool = False) -> None:
         """Tokens to disk first, then the record that says they are there."""
-        self.tokens.flush()
+        if self.tokens is not None:
+            self.tokens.flush()
         edges = np.flatnonzero(np.diff(np.concatenate([[0], self.done.view(np.int8), [0]])))
         ranges = edges.reshape(-1, 2).tolist()  # runs of done videos as [start, stop)
-        atomic_write_text(self.record, json.dumps({"key": self.key, "done": ranges}))
+        atomic_write_text(self.record, json.dumps({"key": self.key, "done": ranges,
+                                                   "finished": finished}))
         self.saved_at = time.monotonic()
 
     def close(self) -> None:
@@ -212,19 +291,29 @@ class _PartialTokens:
             self.tokens = None
 
     def finish(self, final: Path) -> None:
-        """Move the complete tokens to ``final`` and drop the progress record."""
+        """Move the complete tokens to ``final`` (the record stays: see the class)."""
         fsync_path(self.path)
+        self.save_progress(finished=True)
         os.replace(self.path, final)
         fsync_directory(final.parent)
-        self.record.unlink(missing_ok=True)
 
 
-def _check_free_space(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+def _make_room(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Refuse to start when the disk cannot hold the tokens (a memory-mapped write to a full
-    disk kills the process with SIGBUS, without a message)."""
+    disk kills the process with SIGBUS, without a message). An old cache beside them that
+    leaves too little room is removed, saying so."""
     need = int(np.prod(shape)) * dtype.itemsize
     have = path.stat().st_blocks * 512 if path.exists() else 0  # already allocated
     free = shutil.disk_usage(path.parent).free
+    old = path.parent / TOKENS_NAME
+    held = old.stat().st_blocks * 512 if old.is_file() else 0
+    if free < need - have <= free + held:
+        logger.warning(f"{path.parent}: no room for the new token cache ({_size(need)}) "
+                       f"beside the old one ({_size(held)}, {_size(free)} free): removing "
+                       "the old cache and starting over")
+        (path.parent / CACHE_META).unlink(missing_ok=True)  # first: never a cache without
+        old.unlink()
+        free = shutil.disk_usage(path.parent).free
     if need - have > free:
         raise InsufficientSpaceError(
             f"{path.parent}: the token cache needs {_size(need)} ({shape[0]} videos x "
@@ -259,30 +348,6 @@ def _remove_stale_temporaries(out: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def read_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
-    """``cache.json`` of a complete cache; a clear error for anything else."""
-    path = Path(cache_dir) / CACHE_META
-    meta = read_json(path, f"{cache_dir} is not a complete token cache (write one with "
-                           "`spool cache`)")
-    missing = [k for k in _META_KEYS if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise SpoolLoadError(f"{path}: no {missing} in it; rebuild the cache with `spool cache`")
-    return meta
-
-
-def cache_backbone_config(cache_dir: str | os.PathLike) -> SpoolConfig:
-    """The config of the frame encoder the cache was made with (``hidden_size``, ``L``, ...)."""
-    return SpoolConfig.from_pretrained(Path(cache_dir) / BACKBONE_DIR)
-
-
-def load_cache_backbone(model: SpoolPreTrainedModel, cache_dir: str | os.PathLike) -> None:
-    """Copy the cache's frame-encoder weights into ``model``'s (same architecture)."""
-    path = Path(cache_dir) / BACKBONE_DIR / "model.safetensors"
-    state = {k[len("backbone."):]: v for k, v in read_weights(path).items()
-             if k.startswith("backbone.")}
-    check_and_load_state_dict(_encoder_of(model), state, str(path))
-
-
 class _ViewStack(Dataset):
     """Items ``{"video": [V, T, S, S, 3], "index": i}``: view 0 the evaluation clip, views
     ``1 ..`` augmented (epoch = view), decoded once per video."""
@@ -295,79 +360,11 @@ class _ViewStack(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, object]:
-        return {"video": torch.stack(self.dataset.views(index, self.plan)), "index": index}
-
-
-class CachedTokenDataset(Dataset):
-    """Items ``{"tokens": [T, L, D] float32, "label": int, "index": int}`` from a cache.
-
-    ``augment=True`` with a multi-view cache picks one of its views (the clean one included)
-    from ``(seed, epoch, index)``; otherwise view 0 (the evaluation clip).
-    """
-
-    def __init__(self, cache_dir: str | os.PathLike, augment: bool = False,
-                 seed: int = 0) -> None:
-        self.cache_dir = Path(cache_dir)
-        self.meta = read_cache_meta(cache_dir)
-        self.samples = [VideoSample(p, int(y)) for p, y in self.meta["samples"]]
-        self.class_names: list[str] = list(self.meta["class_names"])
-        self.views = int(self.meta["views"])
-        self.num_frames = int(self.meta["num_frames"])
-        self.augment = augment
-        self.seed = seed
-        self.epoch = 0
-        self._tokens: np.ndarray | None = None  # opened lazily: memmaps must not be pickled
-        self._check_tokens()
-
-    def _check_tokens(self) -> None:
-        """``tokens.npy`` must be what ``cache.json`` describes (else a mismatch would surface
-        mid-epoch as an IndexError)."""
-        path = self.cache_dir / TOKENS_NAME
-        meta = self.cache_dir / CACHE_META
-        if not path.is_file():
-            raise CheckpointNotFoundError(f"{path}: missing, though {meta} is there; rebuild "
-                                          "the cache with `spool cache`")
         try:
-            tokens = np.load(path, mmap_mode="r")
-            shape, dtype = tuple(tokens.shape), str(tokens.dtype)
-            del tokens
-        except (OSError, ValueError) as err:
-            raise SpoolLoadError(f"{path}: not a readable .npy file ({err}); it may be "
-                                 "damaged or cut short: rebuild the cache with `spool cache`"
-                                 ) from err
-        described = tuple(self.meta["shape"])
-        expected = (len(self.samples), self.views, self.num_frames, *described[3:])
-        if shape != described or described != expected or dtype != self.meta["dtype"]:
-            raise SpoolLoadError(
-                f"{path}: holds {dtype} tokens of shape {shape}, but {meta} describes "
-                f"{self.meta['dtype']} tokens of shape {expected} ({len(self.samples)} videos x "
-                f"{self.views} views x {self.num_frames} frames x L x D); the two come from "
-                "different runs: rebuild the cache with `spool cache`")
+            views = self.dataset.views(index, self.plan)
+        except UNREADABLE as err:  # reported and left out, not fatal to the whole cache
+            return unreadable_item(index, [skipped_video(
+                index, self.dataset.samples[index].path, err)])
+        return {"video": torch.stack(views), "index": index}
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_tokens": None}
 
-    @property
-    def tokens(self) -> np.ndarray:
-        if self._tokens is None:
-            self._tokens = np.load(self.cache_dir / TOKENS_NAME, mmap_mode="r")
-        return self._tokens
-
-    @property
-    def sampling(self) -> dict[str, Any] | None:
-        """The sampler the cached clips were taken with (``FrameSampler.to_dict()``)."""
-        return self.meta.get("sampler")
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> dict[str, object]:
-        view = 0
-        if self.augment and self.views > 1:
-            view = int(np.random.default_rng([self.seed, self.epoch, index])
-                       .integers(self.views))
-        tokens = torch.from_numpy(np.array(self.tokens[index, view], dtype=np.float32))
-        return {"tokens": tokens, "label": self.samples[index].label, "index": index}

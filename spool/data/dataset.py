@@ -10,6 +10,7 @@ the worker, the rank or the point a run was resumed from.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
 import os
 import signal
@@ -17,16 +18,18 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
+from spool.video.formats import VIDEO_EXTENSIONS, is_video_name
 from spool.video.io import VideoReader
 from spool.video.samplers import FrameSampler
 from spool.video.transforms import FramePreprocessing, RandomResizedCrop
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".gif")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
         if not folder.is_dir():
             continue
         for f in sorted(folder.rglob("*")):
-            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
+            if f.is_file() and is_video_name(f):
                 samples.append(VideoSample(str(f), label))
     if not samples:
         raise ValueError(f"{root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in class folders")
@@ -149,8 +152,10 @@ class VideoClipDataset(Dataset):
 
     def __init__(self, samples: Sequence[VideoSample], class_names: Sequence[str],
                  sampler: FrameSampler, preprocessing: FramePreprocessing,
-                 augmentation: RandomResizedCrop | None = None, seed: int = 0) -> None:
+                 augmentation: RandomResizedCrop | None = None, seed: int = 0,
+                 substitute: bool = False) -> None:
         self.samples = list(samples)
+        self.substitute = substitute
         self.class_names = list(class_names)
         self.sampler = sampler
         self.preprocessing = preprocessing
@@ -218,8 +223,66 @@ class VideoClipDataset(Dataset):
         return out
 
     def __getitem__(self, index: int) -> dict[str, object]:
-        video = self.views(index, [(self.epoch, self.augmentation is not None)])[0]
-        return {"video": video, "label": self.samples[index].label, "index": index}
+        """The item, or for a video that cannot be read an :func:`unreadable_item`; with
+        ``substitute`` (training) the next readable video's item instead, ``"skipped"`` naming
+        those passed over: batches keep their size, so ranks stay in step, and which video
+        stands in depends only on the files. Batch with :func:`collate_readable`."""
+        skipped: list[SkippedVideo] = []
+        for k in range(len(self) if self.substitute else 1):
+            i = (index + k) % len(self)
+            try:
+                video = self.views(i, [(self.epoch, self.augmentation is not None)])[0]
+            except UNREADABLE as err:
+                skipped.append(skipped_video(i, self.samples[i].path, err))
+                continue
+            item = {"video": video, "label": self.samples[i].label, "index": index}
+            return {**item, "skipped": skipped} if skipped else item
+        if self.substitute:
+            raise ValueError(f"none of the {len(self)} videos could be read; the first: "
+                             f"{skipped[0].path}: {skipped[0].message}")
+        return unreadable_item(index, skipped)
+
+
+# What a file that is no readable video raises (VideoDecodeError is a ValueError); anything
+# else is a bug, not bad input, and still stops the job.
+UNREADABLE = (OSError, ValueError)
+
+
+class SkippedVideo(NamedTuple):
+    """A video that could not be read: its sample index, path and error."""
+
+    index: int
+    path: str
+    error: str
+    message: str
+
+
+def skipped_video(index: int, path: str, err: BaseException) -> SkippedVideo:
+    return SkippedVideo(index, path, type(err).__name__, str(err).replace("\n", " "))
+
+
+def report_skipped(skipped: Sequence[SkippedVideo], seen: set[str]) -> None:
+    """Log each video of ``skipped`` not in ``seen`` (then added): once per run, not per
+    epoch."""
+    for entry in skipped:
+        if entry.path not in seen:
+            seen.add(entry.path)
+            logger.warning(f"skipping {entry.path}: {entry.error}: {entry.message}")
+
+
+def unreadable_item(index: int, skipped: list[SkippedVideo]) -> dict[str, object]:
+    """What a dataset gives for a video it could not read (dropped by the collate)."""
+    return {"index": index, "skipped": skipped, "unreadable": True}
+
+
+def collate_readable(items: list[dict[str, object]]) -> dict[str, object]:
+    """``default_collate`` of the readable items; ``"skipped"``: the :class:`SkippedVideo` of
+    every item (a batch may have no readable item: then it holds only ``"skipped"``)."""
+    skipped = [entry for item in items for entry in item.pop("skipped", ())]
+    readable = [item for item in items if not item.pop("unreadable", False)]
+    batch = default_collate(readable) if readable else {}
+    batch["skipped"] = skipped
+    return batch
 
 
 def worker_context(num_workers: int) -> str | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from safetensors import safe_open
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from spool.data.classes import class_index_map
 from spool.data.segmentation import SegmentationSample
 from spool.errors import SpoolLoadError
 from spool.io_utils import atomic_save_safetensors, atomic_write_text, read_json
@@ -148,6 +150,14 @@ class FrameTokenDataset(Dataset):
         self.class_names: list[str] = list(self.meta["class_names"])
         self.videos = self.meta["videos"]
         self.crop_frames, self.augment, self.seed, self.epoch = crop_frames, augment, seed, 0
+        self.label_map: torch.Tensor | None = None  # cached label -> class index, by name
+
+    def use_class_names(self, class_names: Sequence[str], what: str, target_what: str) -> None:
+        """Relabel to ``class_names`` (the model's, the training set's) by name."""
+        mapping = class_index_map(self.class_names, class_names, what, target_what)
+        if mapping is not None:
+            self.label_map = torch.tensor(mapping, dtype=torch.int64)
+            self.class_names = list(class_names)
 
     @property
     def sampling(self) -> dict[str, Any]:
@@ -166,6 +176,8 @@ class FrameTokenDataset(Dataset):
         with safe_open(str(_video_file(self.cache_dir, entry["name"])), framework="pt") as f:
             tokens = f.get_slice("tokens")[rows].float()
             labels = f.get_slice("labels")[rows]
+        if self.label_map is not None:  # unlabelled frames (IGNORE_INDEX) stay so
+            labels = torch.where(labels >= 0, self.label_map[labels.clamp_min(0)], labels)
         return {"tokens": tokens, "labels": labels, "index": index}
 
 
@@ -181,6 +193,14 @@ class VideoFrameDataset(Dataset):
         self.samples, self.class_names = list(samples), list(class_names)
         self.sampler, self.preprocessing = sampler, preprocessing
         self.crop_frames, self.augment, self.seed, self.epoch = crop_frames, augment, seed, 0
+        self.label_map: torch.Tensor | None = None  # cached label -> class index, by name
+
+    def use_class_names(self, class_names: Sequence[str], what: str, target_what: str) -> None:
+        """Relabel to ``class_names`` (the model's, the training set's) by name."""
+        mapping = class_index_map(self.class_names, class_names, what, target_what)
+        if mapping is not None:
+            self.label_map = torch.tensor(mapping, dtype=torch.int64)
+            self.class_names = list(class_names)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

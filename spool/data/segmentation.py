@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from spool.video.formats import VIDEO_EXTENSIONS
+
 IGNORE_INDEX = -100
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,9 @@ def read_ground_truth(path: str | os.PathLike, classes: Sequence[str]) -> np.nda
 
 def _find_video(folder: Path, stem: str) -> Path:
     for ext in VIDEO_EXTENSIONS:
-        if (folder / f"{stem}{ext}").is_file():
-            return folder / f"{stem}{ext}"
+        for suffix in (ext, ext.upper()):  # as other commands match them: any case
+            if (folder / f"{stem}{suffix}").is_file():
+                return folder / f"{stem}{suffix}"
     raise ValueError(f"{folder}: no video named {stem} with an extension in "
                      f"{VIDEO_EXTENSIONS} for groundTruth/{stem}.txt")
 

@@ -18,7 +18,13 @@ from torch import nn
 from spool.config import SpoolConfig
 from spool.layers.backbone import FrameEncoder
 from spool.models.frame_encoder import config_and_frame_encoder
-from spool.models.pretrained import SpoolPreTrainedModel, load_pretrained, lookup_architecture
+from spool.models.pretrained import (
+    MODEL_CLASSES,
+    SpoolPreTrainedModel,
+    load_pretrained,
+    lookup_architecture,
+    peek_architecture,
+)
 from spool.models.spool import Spool
 
 
@@ -153,6 +159,12 @@ def classifier_class(name: str) -> type[VideoClassifier]:
 
 def load_classifier(directory: str | os.PathLike, **kwargs: Any) -> VideoClassifier:
     """Load a clip classifier written by ``save_pretrained`` (``load_pretrained``, checked)."""
+    import spool.models  # noqa: F401  (registers every model class)
+
+    # Checked before building: classifier keywords (with_backbone=) would not fit another class.
+    held = MODEL_CLASSES.get(peek_architecture(directory))
+    if held is not None and not issubclass(held, VideoClassifier):
+        raise ValueError(f"{directory}: holds a {held.__name__}, not a video classifier")
     model = load_pretrained(directory, **kwargs)
     if not isinstance(model, VideoClassifier):
         raise ValueError(f"{directory}: holds a {type(model).__name__}, not a video "

@@ -54,14 +54,14 @@ def build_datasets(cfg: TrainConfig, config: SpoolConfig
         samples, names = read_annotations(cfg.train_data)
         augmentation = (RandomResizedCrop(tuple(cfg.crop_scale), cfg.hflip) if cfg.augment
                         else None)
+        # An unreadable video is replaced by a readable one (and reported), not fatal.
         train = VideoClipDataset(samples, names, clip_sampler(cfg.num_frames, cfg.frame_stride),
-                                 config.preprocessing(), augmentation, seed=cfg.seed)
+                                 config.preprocessing(), augmentation, seed=cfg.seed,
+                                 substitute=True)
     val: Dataset | None = None
     if cfg.val_cache is not None:
         val = CachedTokenDataset(cfg.val_cache)
-        if val.class_names != names:
-            raise ValueError(f"val_cache: classes {val.class_names} differ from the training "
-                             f"classes {names}")
+        val.use_class_names(names, "val_cache", "the training classes")
         if cfg.train_cache is not None and (val.meta["backbone_digest"]
                                             != train.meta["backbone_digest"]):
             raise ValueError(f"val_cache: {cfg.val_cache} was made by other backbone weights "

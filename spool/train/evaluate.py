@@ -16,7 +16,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from spool.data.dataset import worker_context, worker_init_fn
+from spool.data.dataset import (
+    SkippedVideo,
+    collate_readable,
+    report_skipped,
+    worker_context,
+    worker_init_fn,
+)
 from spool.io_utils import atomic_write_text
 from spool.models.classification import VideoClassifier
 from spool.train.metrics import MetricTracker, average_clip_scores
@@ -30,6 +36,8 @@ class EvalResult:
     tracker: MetricTracker
     indices: list[int] = field(default_factory=list)
     scores: torch.Tensor | None = None
+    skipped: list[SkippedVideo] = field(default_factory=list)  # this rank's unreadable videos
+    num_skipped: int = 0  # over every rank
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -58,7 +66,8 @@ def evaluate(model: VideoClassifier, dataset: Dataset, num_classes: int, *,
     Items with ``video: [K, T, H, W, 3]`` (``K`` clips) are scored by the mean of the clips'
     softmax probabilities, and the loss is the NLL of that mean. Under torch.distributed each
     rank takes every ``world``-th sample (no padding, so nothing is counted twice) and the
-    metrics are summed over ranks.
+    metrics are summed over ranks. Videos that cannot be read are reported, left out of the
+    metrics and counted (``num_skipped``).
     """
     device = torch.device(device)
     rank, world = 0, 1
@@ -67,6 +76,7 @@ def evaluate(model: VideoClassifier, dataset: Dataset, num_classes: int, *,
     indices = list(range(rank, len(dataset), world))
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                        collate_fn=collate_readable,
                         multiprocessing_context=worker_context(num_workers),
                         worker_init_fn=worker_init_fn, pin_memory=device.type == "cuda")
     was_training = model.training
@@ -74,7 +84,12 @@ def evaluate(model: VideoClassifier, dataset: Dataset, num_classes: int, *,
     tracker = MetricTracker(num_classes)
     result = EvalResult(tracker)
     all_scores = []
+    seen: set[str] = set()
     for batch in loader:
+        result.skipped.extend(batch["skipped"])
+        report_skipped(batch["skipped"], seen)
+        if "label" not in batch:  # every video of the batch was unreadable
+            continue
         inputs = model_inputs(batch, device)
         labels = batch["label"].to(device)
         (key, x), = inputs.items()
@@ -95,6 +110,10 @@ def evaluate(model: VideoClassifier, dataset: Dataset, num_classes: int, *,
             result.indices.extend(batch["index"].tolist())
             all_scores.append(scores.cpu() if multi else scores.softmax(-1).cpu())
     tracker.all_reduce()
+    skipped = torch.tensor(len(result.skipped), device=device)
+    if world > 1:
+        dist.all_reduce(skipped)
+    result.num_skipped = int(skipped)
     if keep_scores:
         result.scores = torch.cat(all_scores) if all_scores else torch.zeros(0, num_classes)
     model.train(was_training)
@@ -133,9 +152,7 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
     names = model.class_names
     if cache is not None:
         dataset: Dataset = CachedTokenDataset(cache)
-        if dataset.class_names != names:
-            raise ValueError(f"cache: classes {dataset.class_names} differ from the model's "
-                             f"{names}")
+        dataset.use_class_names(names, "cache", "the model's classes")
         if checkpoint_backbone_digest(model_dir) != dataset.meta["backbone_digest"]:
             raise ValueError(f"cache: {cache} was made by another backbone than the one in "
                              f"{model_dir}; evaluate on videos (--data) or re-cache with "
@@ -158,7 +175,9 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
     metrics, confusion = result.metrics, result.tracker.confusion
     report = {**metrics, "per_class": dict(zip(names, per_class_accuracy(confusion),
                                                strict=True)),
-              "confusion": confusion.tolist(), "class_names": names}
+              "confusion": confusion.tolist(), "class_names": names,
+              "skipped": result.num_skipped,  # unreadable videos, not in the metrics
+              "skipped_videos": [[v.path, v.error, v.message] for v in result.skipped]}
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_text(out / "metrics.json", json.dumps(report, indent=1))

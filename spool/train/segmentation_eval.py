@@ -157,9 +157,7 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
         raise ValueError(f"background: {unknown} are not classes of the model ({names})")
     if cache is not None:
         dataset: FrameTokenDataset | list[SegmentationSample] = FrameTokenDataset(cache)
-        if dataset.class_names != names:
-            raise ValueError(f"cache: classes {dataset.class_names} differ from the model's "
-                             f"{names}")
+        dataset.use_class_names(names, "cache", "the model's classes")
         if checkpoint_backbone_digest(model_dir) != dataset.meta["backbone_digest"]:
             raise ValueError(f"cache: {cache} was made by another backbone than the one in "
                              f"{model_dir}; evaluate the videos (--data) instead")

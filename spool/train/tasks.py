@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from spool.config import SpoolConfig
+from spool.data.dataset import collate_readable
 from spool.data.frame_cache import FrameTokenDataset, VideoFrameDataset, collate_frames
 from spool.data.segmentation import read_segmentation
 from spool.distributed import all_reduce_sum
@@ -32,7 +33,7 @@ class ClipTask:
     name: ClassVar[str] = "clips"
     epoch_fields: ClassVar[tuple[str, ...]] = EPOCH_FIELDS
     accuracy: ClassVar[tuple[str, str]] = ("top1", "top-1")  # row key suffix, label
-    collate = None
+    collate = staticmethod(collate_readable)
 
     def build(self, cfg: TrainConfig, config: SpoolConfig) -> tuple[Dataset, Any, list[str]]:
         return build_datasets(cfg, config)
@@ -118,9 +119,8 @@ class FrameTask:
             train = FrameTokenDataset(cfg.train_cache, cfg.crop_frames, cfg.augment, cfg.seed)
             names = train.class_names
             val = None if cfg.val_cache is None else FrameTokenDataset(cfg.val_cache)
-            if val is not None and val.class_names != names:
-                raise ValueError(f"val_cache: classes {val.class_names} differ from the "
-                                 f"training classes {names}")
+            if val is not None:
+                val.use_class_names(names, "val_cache", "the training classes")
             return train, val, names
         samples, names = read_segmentation(cfg.train_data, cfg.train_split)
         train = VideoFrameDataset(samples, names, FpsSampler(cfg.fps), config.preprocessing(),

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from spool.data.cache import CachedTokenDataset
-from spool.data.dataset import worker_context, worker_init_fn
+from spool.data.dataset import report_skipped, worker_context, worker_init_fn
 from spool.data.frame_cache import FrameTokenDataset
 from spool.distributed import (
     all_gather_objects,
@@ -73,6 +73,7 @@ class Trainer:
         config = model_config(cfg)
         self.train_set, self.val_set, self.class_names = self.task.build(cfg, config)
         self.cached = isinstance(self.train_set, (CachedTokenDataset, FrameTokenDataset))
+        self.skipped: set[str] = set()  # unreadable training videos reported so far
         self.model = self.task.model(cfg, config, self.class_names).to(self.device)
         # How training frames were sampled: the default of evaluation and extraction.
         self.model.config.sampling = self.task.sampling(self.train_set)
@@ -314,6 +315,7 @@ class Trainer:
             while self.epoch < cfg.epochs:
                 start = time.perf_counter()
                 for batch in self._loader():
+                    report_skipped(batch.get("skipped", ()), self.skipped)
                     self._record_step(self.train_step(batch))
                     if self._checkpoint_or_stop(agreed_stop(signals.received, self.device)):
                         return self.history

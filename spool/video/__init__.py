@@ -1,5 +1,6 @@
 """Reading video files (PyAV) and choosing which frames to read."""
 
+from spool.video.formats import VIDEO_EXTENSIONS, is_video_name
 from spool.video.io import (
     VideoDecodeError,
     VideoInfo,
@@ -25,11 +26,13 @@ __all__ = [
     "SlidingWindowSampler",
     "StrideSampler",
     "UniformSampler",
+    "VIDEO_EXTENSIONS",
     "VideoDecodeError",
     "VideoInfo",
     "VideoReader",
     "apply_rotation",
     "clear_index_cache",
+    "is_video_name",
     "make_sampler",
     "probe_video",
     "read_video_frames",

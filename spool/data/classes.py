@@ -1,0 +1,31 @@
+"""Matching a dataset's class names to a model's (or a training set's), by name."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def class_index_map(names: Sequence[str], target: Sequence[str], what: str,
+                    target_what: str) -> list[int] | None:
+    """For each of ``names``, its index in ``target``; None when the two lists are equal.
+
+    Caches list their classes in the order they were given (a ``classes.txt``, sorted class
+    folders), so the same classes may come in another order, and a held-out split may lack
+    some: labels are then mapped by name. A class ``target`` lacks raises ``ValueError``.
+    """
+    names, target = list(names), list(target)
+    if names == target:
+        return None
+    index = {name: i for i, name in enumerate(target)}
+    unknown = [name for name in names if name not in index]
+    if unknown:
+        raise ValueError(f"{what}: classes {unknown[:20]} are not among {target_what} "
+                         f"{target[:20]}")
+    how = (f"the same classes as {target_what}, in another order"
+           if sorted(names) == sorted(target) else
+           f"{len(names)} of {target_what} ({len(target)})")
+    logger.info(f"{what}: {how}; labels are mapped by name")
+    return [index[name] for name in names]

@@ -1,0 +1,145 @@
+"""Re-running `spool cache`: a complete cache is reused, a changed command keeps the old cache
+until the new one replaces it, and unreadable videos are reported and left out."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+import test_cache
+from test_cache import Killed, _dataset, _decoded
+from train_helpers import tiny_video_dataset
+
+from spool.cli import main
+from spool.data import cache
+from spool.data.cache import CachedTokenDataset, build_cache
+from spool.data.dataset import VideoSample
+
+model, full = test_cache.model, test_cache.full  # test_cache's fixtures, used here too
+
+
+@pytest.fixture
+def spool_log(caplog, monkeypatch):
+    """caplog, also after `main` gave the spool logger its own handler."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("spool"), "propagate", True)
+    return caplog
+
+
+def test_the_same_command_over_a_complete_cache_reuses_it(model, full, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    out = tmp_path / "cache"
+    shutil.copytree(full, out)
+    stamp = (out / "tokens.npy").stat().st_mtime_ns
+    seen = _decoded(monkeypatch)
+    summary = build_cache(model, _dataset(model), out, batch_size=4)
+    assert summary.reused and summary.cached == 16 and seen == []
+    assert (out / "tokens.npy").stat().st_mtime_ns == stamp
+
+
+def test_cli_says_already_done(tmp_path: Path, capsys) -> None:
+    root = tiny_video_dataset()
+    args = ["cache", "--data", str(root / "val.txt"), "--out", str(tmp_path / "c"), "--model",
+            "image_size=32", "--model", "backbone_config=" + json.dumps(
+                {"model_type": "dinov2", "hidden_size": 24, "num_hidden_layers": 1,
+                 "num_attention_heads": 2, "intermediate_size": 48, "patch_size": 8,
+                 "image_size": 32}),
+            "--num-frames", "4", "--num-workers", "0", "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "spool cache: already done: " in capsys.readouterr().out
+
+
+def test_a_changed_command_keeps_the_old_cache_until_it_is_replaced(model, full, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    out = tmp_path / "cache"
+    shutil.copytree(full, out)
+    _decoded(monkeypatch, die_at=9)
+    with pytest.raises(Killed):  # other settings (2 frames), killed half-way
+        build_cache(model, _dataset(model, num_frames=2), out, batch_size=4)
+    monkeypatch.undo()
+    assert np.array_equal(CachedTokenDataset(out).tokens, np.load(full / "tokens.npy"))
+    build_cache(model, _dataset(model, num_frames=2), out, batch_size=4)
+    assert CachedTokenDataset(out)[0]["tokens"].shape[0] == 2
+
+
+def test_killed_while_replacing_the_old_cache(model, full, tmp_path: Path,
+                                              monkeypatch) -> None:
+    """Between the move of the new tokens and cache.json: the next run finishes the job
+    without encoding again."""
+    out = tmp_path / "cache"
+    shutil.copytree(full, out)
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(cache, "save_frame_encoder", killed)
+    with pytest.raises(Killed):
+        build_cache(model, _dataset(model, num_frames=2), out, batch_size=4)
+    monkeypatch.undo()
+    assert not (out / "cache.json").exists()
+    seen = _decoded(monkeypatch)
+    build_cache(model, _dataset(model, num_frames=2), out, batch_size=4)
+    assert seen == [] and CachedTokenDataset(out)[0]["tokens"].shape[0] == 2
+
+
+def test_no_room_for_both_caches_says_it_starts_over(model, full, tmp_path: Path, monkeypatch,
+                                                      spool_log) -> None:
+    out = tmp_path / "cache"
+    shutil.copytree(full, out)
+    usage = namedtuple("usage", "total used free")
+    room = (out / "tokens.npy").stat().st_size  # one cache's worth
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: usage(
+        10**9, 10**9, room // 2 + (0 if (out / "tokens.npy").exists() else room)))
+    build_cache(model, _dataset(model, num_frames=3), out, batch_size=4)  # 3/4 of the room
+    assert "removing the old cache and starting over" in spool_log.text
+    assert CachedTokenDataset(out).num_frames == 3
+
+
+def test_an_unreadable_video_is_reported_and_left_out(model, full, tmp_path: Path,
+                                                      spool_log) -> None:
+    bad = tmp_path / "text.mp4"
+    bad.write_text("not a video\n")
+    dataset = _dataset(model)
+    good = list(dataset.samples)
+    dataset.samples.insert(5, VideoSample(str(bad), 0))
+    out = tmp_path / "cache"
+    summary = build_cache(model, dataset, out, batch_size=4)
+    assert [f.path for f in summary.failures] == [str(bad)] and summary.cached == 16
+    assert [r.message for r in spool_log.records if r.levelname == "WARNING"] == [
+        f"FAILED {bad}: VideoDecodeError: {summary.failures[0].message}"]
+    cached = CachedTokenDataset(out)
+    assert cached.samples == good and cached.meta["failures"][0][0] == str(bad)
+    expected = np.load(full / "tokens.npy")
+    assert all(np.array_equal(cached[i]["tokens"].numpy(), expected[i, 0]) for i in range(16))
+    with open(out / "failures.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["path", "error", "message"] and rows[1][:2] == [str(bad), "VideoDecodeError"]
+    again = build_cache(model, dataset, out, batch_size=4)  # the same command: kept, still said
+    assert again.reused and [f.path for f in again.failures] == [str(bad)]
+
+
+def test_cli_cache_exits_1_naming_the_bad_video(tmp_path: Path, capsys) -> None:
+    root = tiny_video_dataset()
+    bad = tmp_path / "text.mp4"
+    bad.write_text("not a video\n")
+    (tmp_path / "list.txt").write_text((root / "val.txt").read_text().replace(
+        "videos/", f"{root}/videos/") + f"{bad} grow\n")
+    shutil.copy(root / "classes.txt", tmp_path / "classes.txt")
+    assert main(["cache", "--data", str(tmp_path / "list.txt"), "--out", str(tmp_path / "c"),
+                 "--model", "image_size=32", "--model", "backbone_config=" + json.dumps(
+                     {"model_type": "dinov2", "hidden_size": 24, "num_hidden_layers": 1,
+                      "num_attention_heads": 2, "intermediate_size": 48, "patch_size": 8,
+                      "image_size": 32}), "--num-frames", "4", "--num-workers", "2",
+                 "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "cached 8 videos" in captured.out
+    assert f"listed in {tmp_path / 'c' / 'failures.csv'}" in captured.err
+    assert "Traceback" not in captured.err
