@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import av
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
 from spool.video.formats import VIDEO_EXTENSIONS, is_video_name
+from spool.video.index import VideoDecodeError
 from spool.video.io import VideoReader
 from spool.video.samplers import FrameSampler
 from spool.video.transforms import FramePreprocessing, RandomResizedCrop
@@ -243,9 +245,10 @@ class VideoClipDataset(Dataset):
         return unreadable_item(index, skipped)
 
 
-# What a file that is no readable video raises (VideoDecodeError is a ValueError); anything
-# else is a bug, not bad input, and still stops the job.
-UNREADABLE = (OSError, ValueError)
+# What a file that is no readable video raises: Spool's reader errors, file-system errors and
+# FFmpeg's own. Anything else (a ValueError from a shape, say) is a bug, not bad input, and
+# still stops the job.
+UNREADABLE = (VideoDecodeError, OSError, av.FFmpegError)
 
 
 class SkippedVideo(NamedTuple):
