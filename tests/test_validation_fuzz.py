@@ -53,8 +53,8 @@ CONFIG_VALID = {
     "backbone_config": {"None"}, "crop_pct": {"None"}, "attention_chunk_frames": {"None"},
     "mlp_ratio": {"float"}, "layer_norm_eps": {"float"}, "rope_theta": {"float"},
     "hidden_dropout": {"zero"}, "attention_dropout": {"zero"}, "classifier_dropout": {"zero"},
-    "class_names": {"None"}, "sampling": {"None", "dict"}, "head_config": {"None", "dict"},
-    "architectures": {"None"},
+    "class_names": {"None"}, "background_classes": {"None"}, "sampling": {"None", "dict"},
+    "head_config": {"None", "dict"}, "architectures": {"None"},
     "hidden_size": {"None"}, "num_spatial_tokens": {"None"}, "freeze_backbone": {"bool"},
     "gradient_checkpointing": {"bool"},
 }
