@@ -14,18 +14,20 @@ EPILOG = """\
 examples:
   spool extract videos/ --out feats/ --checkpoint runs/k400/model
   spool extract list.txt --out feats/ --sampler sliding --clip-len 16 --stride 8 --save-features
-  spool extract videos/ --out feats/ --model backbone_name=/models/dinov2-small
+  spool extract videos/ --out feats/ --model backbone_name=/models/dinov2-small --backbone-only
   spool extract lecture.mp4 --out feats/ --checkpoint ckpt/ --per-frame --fps 1   # an hour
   torchrun --nproc_per_node=8 -m spool.cli extract videos/ --out feats/ --checkpoint ckpt/
 
 Each video gives OUT/NAME.safetensors with 'context' [n_clips, 2D] (fp32),
 'frame_indices' and 'timestamps' [n_clips, T], and with --save-features 'features'
-[n_clips, T+2, L, D] (fp16). With --per-frame, one pass over each whole video:
-'frame_features' [T, D], 'context' [2D], 'frame_indices' and 'timestamps' [T]. Re-running
-the same command skips finished videos (outputs are redone when the weights, the sampler,
-the preprocessing or the dtype change). Videos that cannot be read are listed in
-OUT/failures.csv; the exit code is 1 if any failed. Several jobs may share OUT: each video
-is claimed by one of them.
+[n_clips, T+2, L, D] (fp16). With --backbone-only, only the backbone runs: 'features'
+[n_clips, T, L, D] (fp16) are its tokens, with no 'context'. Without --checkpoint the
+temporal layers are random, so use --backbone-only for features. With --per-frame, one
+pass over each whole video: 'frame_features' [T, D], 'context' [2D], 'frame_indices' and
+'timestamps' [T]. Re-running the same command skips finished videos (outputs are redone
+when the weights, the sampler, the preprocessing or the dtype change). Videos that cannot
+be read are listed in OUT/failures.csv; the exit code is 1 if any failed. Several jobs may
+share OUT: each video is claimed by one of them.
 
 List files (.txt, .lst, .list): one path per line, relative to the list's folder. A line
 whose first non-blank character is '#' is a comment; '#' elsewhere is part of the path, and
@@ -50,6 +52,13 @@ def build_sampler(args: argparse.Namespace):
     return make_sampler("sliding", clip_len=args.clip_len, stride=args.stride)
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that the chosen mode would ignore, before any work (exit 2)."""
+    if args.backbone_only and args.per_frame:
+        raise ValueError("--backbone-only: the backbone's tokens are saved per clip; "
+                         "it does not apply to --per-frame")
+
+
 def run(args: argparse.Namespace) -> int:
     from spool.distributed import (
         all_gather_objects,
@@ -66,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from spool.extract_inputs import VIDEO_EXTENSIONS, plan_jobs
     from spool.runtime import resolve_dtype
 
+    check_flags(args)
     dist = setup_distributed(args.device)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,14 +89,16 @@ def run(args: argparse.Namespace) -> int:
                   f"video per line; nothing to do", file=sys.stderr)
             return 2
         jobs = every[dist.rank::dist.world_size]  # what plan_jobs(..., rank, world_size) gives
-        model = load_feature_model(args.checkpoint, dict(args.model or []))
+        model = load_feature_model(args.checkpoint, dict(args.model or []),
+                                   backbone_only=args.backbone_only)
         extractor = FeatureExtractor(model, build_sampler(args), batch_size=args.batch_size,
                                      device=dist.device,
                                      dtype=resolve_dtype(args.dtype, dist.device),
                                      save_features=args.save_features,
                                      max_pixels=args.max_pixels, per_frame=args.per_frame,
                                      chunk_frames=args.chunk_frames,
-                                     offload_dir=args.offload_dir)
+                                     offload_dir=args.offload_dir,
+                                     backbone_only=args.backbone_only)
         start = time.perf_counter()
         summary = extractor.run(jobs, progress=not args.no_progress, position=dist.local_rank)
         summaries = all_gather_objects((summary.done, summary.skipped, summary.failures,
@@ -157,6 +169,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default="auto", help="autocast dtype; auto: bfloat16 on GPU, float32 on CPU")
     r.add_argument("--save-features", action="store_true",
                    help="also save frame features [n_clips, T+2, L, D] in fp16")
+    r.add_argument("--backbone-only", action="store_true",
+                   help="save the backbone's tokens as 'features' [n_clips, T, L, D] (fp16), "
+                        "without the temporal layers (random without --checkpoint) or "
+                        "'context'; not with --per-frame or a frame classifier")
     r.add_argument("--max-pixels", type=_max_pixels, default="4096x2160", metavar="WxH",
                    help="largest frame to decode, as WIDTHxHEIGHT or a pixel count (0: no "
                         "limit); a video with larger frames (from its header, before decoding) "
