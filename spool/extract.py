@@ -123,14 +123,40 @@ def is_done(output: Path, settings: dict[str, str]) -> bool:
     return all(meta.get(k) == v for k, v in settings.items() if k != "spool_version")
 
 
-def check_complete(source: Path, num_frames: int) -> None:
+def _declared_end(container: av.container.InputContainer) -> float | None:
+    """Where the header says the video ends, in seconds: the video stream's duration, else
+    the container's where the video is its only stream (audio may outlast the video)."""
+    stream = container.streams.video[0]
+    if stream.duration and stream.time_base:
+        return float((stream.start_time or 0) + stream.duration) * float(stream.time_base)
+    if container.duration and len(container.streams) == 1:
+        return ((container.start_time or 0) + container.duration) / av.time_base
+    return None
+
+
+def check_complete(source: Path, num_frames: int, end_s: float | None = None,
+                   fps: float | None = None) -> None:
     """Raise ``VideoDecodeError`` for a file cut short: its header announces more frames than
-    its packets hold. Containers whose header gives no frame count (0) are taken as they are."""
+    its packets hold, or (containers without a frame count, as Matroska/WebM) its frames end
+    well before the duration it declares. ``end_s``: where the frames end (the last one's pts
+    plus its duration, seconds); the tolerance keeps normal files (an unknown last frame
+    duration, B-frame delays, rounded timestamps) from being flagged."""
     with av.open(str(source), metadata_errors="ignore") as container:
         announced = container.streams.video[0].frames
+        declared = _declared_end(container) if not announced and end_s is not None else None
     if announced and num_frames < announced - 1:
         raise VideoDecodeError(f"{source}: truncated: the header announces {announced} frames "
                                f"but only {num_frames} are in the file")
+    if declared is not None:
+        slack = max(1.0, 3 / fps if fps else 0.0, 0.02 * declared)
+        if end_s < declared - slack:
+            raise VideoDecodeError(f"{source}: truncated: the container declares {declared:.2f} "
+                                   f"s but frames end at {end_s:.2f} s")
+
+
+def _frames_end(info) -> float | None:
+    """Where the frames end by their timestamps (None: not counted from timestamps)."""
+    return info.start_time + info.duration if info.num_frames_exact else None
 
 
 class FeatureExtractor:
@@ -187,7 +213,7 @@ class FeatureExtractor:
         """
         with VideoReader(source) as reader:
             info = reader.info()
-            check_complete(source, info.num_frames)
+            check_complete(source, info.num_frames, _frames_end(info), info.fps)
             clips = self.sampler(info.num_frames, info.fps)
             # first_needed[k]: the lowest frame any clip from k on reads.
             first_needed = np.minimum.accumulate([min(c) for c in clips][::-1])[::-1]
@@ -231,7 +257,8 @@ class FeatureExtractor:
     def _write_per_frame(self, source: Path, output: Path, metadata: dict[str, str]) -> None:
         """The whole video in one pass, written chunk by chunk (the full features too)."""
         with VideoReader(source) as reader:
-            check_complete(source, reader.info().num_frames)
+            info = reader.info()
+            check_complete(source, info.num_frames, _frames_end(info), info.fps)
         out = self.model.forward_long(source, sampler=self.sampler,
                                       chunk_frames=self.chunk_frames,
                                       keep_features=self.save_features,
