@@ -131,3 +131,13 @@ def test_clip_checkpoint_is_sampled_as_in_training(video, tmp_path, capsys):
                  str(tmp_path / "model"), "--no-progress"]) == 0
     assert _sampler(tmp_path / "o")[0] == {"name": "uniform", "num_frames": 5}
     assert "differs" not in capsys.readouterr().err
+
+
+def test_an_annotation_file_as_list_gets_a_hint(video, tmp_path, capsys):
+    path, config = video
+    listing = tmp_path / "train.txt"
+    listing.write_text(f"{path} left_to_right\n")
+    assert _extract(listing, tmp_path / "o", config, "--num-frames", "2") == 1
+    err = capsys.readouterr().err
+    assert (f"1 lines look like 'path label' (an annotation file?): '{path} left_to_right' "
+            "names no file") in err
