@@ -42,7 +42,8 @@ class SpoolConfig:
         num_lookahead_heads: heads whose local window looks forward in time.
         num_lookback_heads: heads whose local window looks backward in time.
         image_size: frames are brought to ``image_size x image_size``.
-        local_frame_range: ``w`` of SPEC §3, the frames each frame sees on its side.
+        local_frame_range: ``w`` of the attention mask (``spool/layers/masks.py``), the
+            frames each frame sees on its side.
         backbone_name: hub id or local directory of an HF vision model.
         backbone_config: an HF config as a dict (with ``model_type``); when given, the
             backbone is built from it with random weights instead of being downloaded.

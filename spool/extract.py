@@ -72,11 +72,12 @@ def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool,
             "save_features": str(save_features)}
 
 
-def load_feature_model(checkpoint: str | None, overrides: dict | None = None
-                       ) -> Spool | FrameClassifier:
+def load_feature_model(checkpoint: str | None, overrides: dict | None = None, *,
+                       backbone_only: bool = False) -> Spool | FrameClassifier:
     """What to run over the videos: a Spool checkpoint, the Spool inside a clip classifier, a
     frame classifier (its per-frame predictions), or without ``checkpoint`` an untrained
-    temporal stack on the backbone that ``overrides`` (SpoolConfig fields) name."""
+    temporal stack on the backbone that ``overrides`` (SpoolConfig fields) name (with
+    ``backbone_only``, only its backbone is used: no warning about the random layers)."""
     from spool.config import SpoolConfig
     from spool.models.pretrained import load_pretrained
 
@@ -91,8 +92,10 @@ def load_feature_model(checkpoint: str | None, overrides: dict | None = None
                              "which has no Spool features")
         return spool
     torch.manual_seed(0)  # untrained temporal layers: at least the same ones every run
-    logger.warning("no --checkpoint, so the temporal layers are untrained (seed 0); the "
-                   "backbone tokens in 'features' are still meaningful")
+    if not backbone_only:  # the random layers change the tokens as much as a trained one would
+        logger.warning("no --checkpoint: the temporal layers are random (untrained, seed 0), "
+                       "so 'context' and 'features' are not meaningful features; "
+                       "--backbone-only saves the backbone's own tokens as 'features'")
     return Spool(SpoolConfig(**overrides))
 
 
@@ -120,14 +123,40 @@ def is_done(output: Path, settings: dict[str, str]) -> bool:
     return all(meta.get(k) == v for k, v in settings.items() if k != "spool_version")
 
 
-def check_complete(source: Path, num_frames: int) -> None:
+def _declared_end(container: av.container.InputContainer) -> float | None:
+    """Where the header says the video ends, in seconds: the video stream's duration, else
+    the container's where the video is its only stream (audio may outlast the video)."""
+    stream = container.streams.video[0]
+    if stream.duration and stream.time_base:
+        return float((stream.start_time or 0) + stream.duration) * float(stream.time_base)
+    if container.duration and len(container.streams) == 1:
+        return ((container.start_time or 0) + container.duration) / av.time_base
+    return None
+
+
+def check_complete(source: Path, num_frames: int, end_s: float | None = None,
+                   fps: float | None = None) -> None:
     """Raise ``VideoDecodeError`` for a file cut short: its header announces more frames than
-    its packets hold. Containers whose header gives no frame count (0) are taken as they are."""
+    its packets hold, or (containers without a frame count, as Matroska/WebM) its frames end
+    well before the duration it declares. ``end_s``: where the frames end (the last one's pts
+    plus its duration, seconds); the tolerance keeps normal files (an unknown last frame
+    duration, B-frame delays, rounded timestamps) from being flagged."""
     with av.open(str(source), metadata_errors="ignore") as container:
         announced = container.streams.video[0].frames
+        declared = _declared_end(container) if not announced and end_s is not None else None
     if announced and num_frames < announced - 1:
         raise VideoDecodeError(f"{source}: truncated: the header announces {announced} frames "
                                f"but only {num_frames} are in the file")
+    if declared is not None:
+        slack = max(1.0, 3 / fps if fps else 0.0, 0.02 * declared)
+        if end_s < declared - slack:
+            raise VideoDecodeError(f"{source}: truncated: the container declares {declared:.2f} "
+                                   f"s but frames end at {end_s:.2f} s")
+
+
+def _frames_end(info) -> float | None:
+    """Where the frames end by their timestamps (None: not counted from timestamps)."""
+    return info.start_time + info.duration if info.num_frames_exact else None
 
 
 class FeatureExtractor:
@@ -138,8 +167,10 @@ class FeatureExtractor:
     ``features [n_clips, T + 2, L, D]`` (fp16). ``per_frame=True``: the whole video in one pass
     (:meth:`Spool.forward_long`, the sampler's one clip) -> ``frame_features [T, D]``,
     ``context [2D]``, ``frame_indices`` / ``timestamps [T]``, with ``save_features`` also
-    ``features [T + 2, L, D]`` (fp16, streamed to the file). A frame classifier as ``model``:
-    its per-frame predictions and segments (:mod:`spool.extract_frames`).
+    ``features [T + 2, L, D]`` (fp16, streamed to the file). ``backbone_only=True`` (clip
+    mode): the backbone's tokens, ``features [n_clips, T, L, D]`` (fp16), without the temporal
+    layers and without ``context``. A frame classifier as ``model``: its per-frame predictions
+    and segments (:mod:`spool.extract_frames`).
     """
 
     def __init__(self, model: Spool | FrameClassifier, sampler: FrameSampler, *,
@@ -147,7 +178,8 @@ class FeatureExtractor:
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  save_features: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                  per_frame: bool = False, chunk_frames: int = 32,
-                 offload_dir: str | os.PathLike | None = None) -> None:
+                 offload_dir: str | os.PathLike | None = None,
+                 backbone_only: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         self.model = model.eval().to(device)
@@ -155,14 +187,19 @@ class FeatureExtractor:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.dtype = dtype
-        self.save_features = save_features
         self.max_pixels = max_pixels  # larger frames are refused from the header (0: no limit)
         self.per_frame = per_frame
         self.chunk_frames = chunk_frames
         self.offload_dir = offload_dir
-        self.settings = _settings_metadata(model, sampler, save_features, dtype)
         predictions = isinstance(model, FrameClassifier)
+        if backbone_only and (predictions or per_frame):
+            raise ValueError("backbone_only: the backbone's tokens are saved per clip, not with "
+                             "per_frame or a frame classifier")
+        self.backbone_only = backbone_only
+        self.save_features = save_features or backbone_only  # the tokens are the output
+        self.settings = _settings_metadata(model, sampler, self.save_features, dtype)
         self.settings["mode"] = ("frame_predictions" if predictions else
+                                 "backbone" if backbone_only else
                                  "per_frame" if per_frame else "clips")
         self.preprocessing = model.config.preprocessing()
 
@@ -176,7 +213,7 @@ class FeatureExtractor:
         """
         with VideoReader(source) as reader:
             info = reader.info()
-            check_complete(source, info.num_frames)
+            check_complete(source, info.num_frames, _frames_end(info), info.fps)
             clips = self.sampler(info.num_frames, info.fps)
             # first_needed[k]: the lowest frame any clip from k on reads.
             first_needed = np.minimum.accumulate([min(c) for c in clips][::-1])[::-1]
@@ -196,18 +233,23 @@ class FeatureExtractor:
                         frames[i], times[i] = frame, float(t)
                 video = torch.stack([torch.stack([frames[i] for i in clip]) for clip in batch])
                 with autocast:
-                    out = self.model(video.to(self.device))
-                contexts.append(out.context.float().cpu())
-                if self.save_features:
-                    features.append(out.features.to(torch.float16).cpu())
+                    if self.backbone_only:
+                        features.append(self.model.encode_frames(video.to(self.device))
+                                        .to(torch.float16).cpu())
+                    else:
+                        out = self.model(video.to(self.device))
+                        contexts.append(out.context.float().cpu())
+                        if self.save_features:
+                            features.append(out.features.to(torch.float16).cpu())
                 rest = start + self.batch_size
                 needed = first_needed[rest] if rest < len(clips) else info.num_frames
                 for i in [i for i in frames if i < needed]:
                     del frames[i]
-        result = {"context": torch.cat(contexts),
-                  "frame_indices": torch.tensor(clips, dtype=torch.int64),
+        result = {"frame_indices": torch.tensor(clips, dtype=torch.int64),
                   "timestamps": torch.tensor([[times[i] for i in clip] for clip in clips],
                                              dtype=torch.float64)}
+        if contexts:
+            result["context"] = torch.cat(contexts)
         if self.save_features:
             result["features"] = torch.cat(features)
         return result
@@ -215,7 +257,8 @@ class FeatureExtractor:
     def _write_per_frame(self, source: Path, output: Path, metadata: dict[str, str]) -> None:
         """The whole video in one pass, written chunk by chunk (the full features too)."""
         with VideoReader(source) as reader:
-            check_complete(source, reader.info().num_frames)
+            info = reader.info()
+            check_complete(source, info.num_frames, _frames_end(info), info.fps)
         out = self.model.forward_long(source, sampler=self.sampler,
                                       chunk_frames=self.chunk_frames,
                                       keep_features=self.save_features,
@@ -246,7 +289,7 @@ class FeatureExtractor:
                 self._write_per_frame(job.source, job.output, metadata)
                 return
             tensors = self.features(job.source)
-        metadata["num_clips"] = str(len(tensors["context"]))
+        metadata["num_clips"] = str(len(tensors["frame_indices"]))
         atomic_save_safetensors(tensors, job.output, metadata=metadata)
 
     def run(self, jobs: list[VideoJob], *, progress: bool = True, position: int = 0,

@@ -7,6 +7,7 @@ is reported as a failure rather than silently dropped.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections import deque
 from collections.abc import Iterable
@@ -18,6 +19,8 @@ from spool.video.formats import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS
 from spool.video.formats import is_video_name
 
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,20 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
                 found.append((video, video.relative_to(path).with_suffix("")))
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
             # utf-8-sig: a byte-order mark would otherwise become part of the first path.
+            labelled = []
             for line in path.read_text(encoding="utf-8-sig").splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
                     entry = Path(line) if Path(line).is_absolute() else path.parent / line
                     found.append((entry, Path(Path(line).stem)))
+                    if len(line.split()) > 1 and not entry.exists() and \
+                            (entry.parent / entry.name.rsplit(maxsplit=1)[0]).is_file():
+                        labelled.append(line)
+            if labelled:  # each line still fails as a missing file; say why once
+                logger.warning("%s: %d lines look like 'path label' (an annotation file?): "
+                               "'%s' names no file, but its path without the last word does; "
+                               "extract lists take one path per line", path, len(labelled),
+                               labelled[0])
         else:
             found.append((path, Path(path.stem)))
     return found

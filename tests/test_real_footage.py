@@ -173,3 +173,30 @@ def test_footage_is_verified_and_idempotent(real_footage: dict) -> None:
     assert {c.name: c.path for c in again} == {k: v.path for k, v in real_footage.items()}
     assert all(c.licence and c.source for c in again)
     assert not [p for p in again[0].path.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("name", ["bigbuckbunny.mp4", "cup.mp4", "vtest.avi",
+                                  "carphone_pristine.mp4"])
+def test_real_clips_in_matroska_are_complete_and_their_halves_truncated(
+        real_footage: dict, tmp_path: Path, name: str) -> None:
+    """Remuxed to MKV (no frame count in the header: the declared duration is checked), a
+    whole clip passes and its first half of the bytes is reported as truncated."""
+    from spool.extract import check_complete
+
+    def check(path: Path) -> None:
+        with VideoReader(path) as reader:
+            info = reader.info()
+        check_complete(path, info.num_frames, info.start_time + info.duration, info.fps)
+
+    whole = tmp_path / f"{Path(name).stem}.mkv"
+    with av.open(str(real_footage[name].path)) as src, av.open(str(whole), "w") as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    check(whole)
+    half = tmp_path / "half.mkv"
+    half.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(VideoDecodeError, match="truncated: the container declares"):
+        check(half)

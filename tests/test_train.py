@@ -167,3 +167,14 @@ def test_config_errors() -> None:
         TrainConfig(train_data="x.txt", model={"num_layers": 2})
     with pytest.raises(ValueError, match="unknown keys"):
         TrainConfig.from_dict({"train": "x.txt", "learning_rate": 1})
+
+
+@pytest.mark.parametrize("flag", ["--num-frames", "--frame-stride"])
+def test_clip_flags_are_refused_with_a_token_cache(tmp_path: Path, capsys, flag: str) -> None:
+    from spool.cli import main
+
+    assert main(["train", "--train-cache", str(tmp_path / "cache"), flag, "8",
+                 "--out-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"spool train: error: {flag}: applies to --train-data" in err
+    assert not (tmp_path / "run").exists()

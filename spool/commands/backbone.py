@@ -25,9 +25,9 @@ def run_import(args: argparse.Namespace) -> int:
     try:
         out = import_backbone(args.name, args.out, onnx_path=args.onnx,
                               download=not args.no_download)
-    except (FetchError, FileExistsError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (FetchError, FileExistsError, ImportError) as err:  # as spool.cli reports mistakes
+        print(f"spool backbone: error: {err}", file=sys.stderr)
+        return 2
     print(f"{args.name}: {out} (use backbone_name={out})")
     return 0
 

@@ -22,6 +22,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
         DemoSettings,
         bar_met,
         format_table,
+        min_per_class,
         run_demo,
     )
 
@@ -32,6 +33,10 @@ def run_synthetic(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         settings.epochs = args.epochs
     if args.per_class is not None:
+        least = min_per_class(settings.val_fraction)
+        if args.per_class < least:
+            raise ValueError(f"--per-class: at least {least} videos per class, so that each "
+                             f"class has held-out videos, got {args.per_class}")
         settings.per_class = args.per_class
     settings.token_pooling = args.token_pooling
     settings.token_merging = args.token_merging
@@ -88,10 +93,13 @@ def run_real(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.real and (args.token_pooling != 1 or args.token_merging != 1):
-        raise SystemExit("spool demo: --token-pooling and --token-merging are for the "
-                         "synthetic demo; the real one pools its own tokens "
-                         "(RealDemoSettings.token_pooling)")
+    for flag in ("token_pooling", "token_merging"):
+        if args.real and getattr(args, flag) != 1:
+            raise ValueError(f"--{flag.replace('_', '-')}: is for the synthetic demo; the real "
+                             f"one pools its own tokens (RealDemoSettings.token_pooling)")
+    if args.real and args.per_class is not None:
+        raise ValueError("--per-class: is for the synthetic demo; the real one uses all of "
+                         "its footage")
     if args.out is None:
         args.out = "spool-demo-real" if args.real else "spool-demo"
     return run_real(args) if args.real else run_synthetic(args)
@@ -118,7 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="training epochs per model")
     parser.add_argument("--per-class", type=positive_int, default=None,
-                        help="--synthetic: videos per class")
+                        help="--synthetic: videos per class (at least 3: a quarter are held "
+                             "out; default 800)")
     parser.add_argument("--token-pooling", type=positive_int, default=1, metavar="K",
                         help="--synthetic: pool the backbone's 4x4 patch grid K x K for the "
                              "temporal stack (SpoolConfig.token_pooling; 1, 2 or 4)")

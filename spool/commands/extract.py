@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
 import time
@@ -10,22 +12,26 @@ from pathlib import Path
 
 from spool.cli_args import add_model_argument, positive_float, positive_int
 
+logger = logging.getLogger("spool.commands.extract")
+
 EPILOG = """\
 examples:
   spool extract videos/ --out feats/ --checkpoint runs/k400/model
   spool extract list.txt --out feats/ --sampler sliding --clip-len 16 --stride 8 --save-features
-  spool extract videos/ --out feats/ --model backbone_name=/models/dinov2-small
+  spool extract videos/ --out feats/ --model backbone_name=/models/dinov2-small --backbone-only
   spool extract lecture.mp4 --out feats/ --checkpoint ckpt/ --per-frame --fps 1   # an hour
   torchrun --nproc_per_node=8 -m spool.cli extract videos/ --out feats/ --checkpoint ckpt/
 
 Each video gives OUT/NAME.safetensors with 'context' [n_clips, 2D] (fp32),
 'frame_indices' and 'timestamps' [n_clips, T], and with --save-features 'features'
-[n_clips, T+2, L, D] (fp16). With --per-frame, one pass over each whole video:
-'frame_features' [T, D], 'context' [2D], 'frame_indices' and 'timestamps' [T]. Re-running
-the same command skips finished videos (outputs are redone when the weights, the sampler,
-the preprocessing or the dtype change). Videos that cannot be read are listed in
-OUT/failures.csv; the exit code is 1 if any failed. Several jobs may share OUT: each video
-is claimed by one of them.
+[n_clips, T+2, L, D] (fp16). With --backbone-only, only the backbone runs: 'features'
+[n_clips, T, L, D] (fp16) are its tokens, with no 'context'. Without --checkpoint the
+temporal layers are random, so use --backbone-only for features. With --per-frame, one
+pass over each whole video: 'frame_features' [T, D], 'context' [2D], 'frame_indices' and
+'timestamps' [T]. Re-running the same command skips finished videos (outputs are redone
+when the weights, the sampler, the preprocessing or the dtype change). Videos that cannot
+be read are listed in OUT/failures.csv; the exit code is 1 if any failed. Several jobs may
+share OUT: each video is claimed by one of them.
 
 List files (.txt, .lst, .list): one path per line, relative to the list's folder. A line
 whose first non-blank character is '#' is a comment; '#' elsewhere is part of the path, and
@@ -34,20 +40,104 @@ are reported as failures without being opened.
 """
 
 
-def build_sampler(args: argparse.Namespace):
+# The samplers each sampler flag applies to; the flags given pick the sampler (see --help).
+APPLIES = {"num_frames": ("uniform",), "fps": ("fps",), "stride": ("stride", "sliding"),
+           "clip_len": ("sliding",), "max_frames": ("fps", "stride")}
+DEFAULTS = {"num_frames": 16, "fps": 2.0, "stride": 8, "clip_len": 16}
+SAMPLER_KEYS = {"uniform": ("num_frames",), "fps": ("fps", "max_frames"),
+                "stride": ("stride", "max_frames"), "sliding": ("clip_len", "stride")}
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def sampler_candidates(args: argparse.Namespace, per_frame: bool) -> list[str] | None:
+    """The samplers the sampler flags given allow (None: no flag given, no --sampler);
+    a flag that does not apply to ``--sampler``, or flags of different samplers, are refused."""
+    given = [k for k in APPLIES if getattr(args, k) is not None]
+    if args.sampler is not None:
+        if per_frame and args.sampler == "sliding":
+            raise ValueError("--sampler: --per-frame (and a frame classifier) runs each whole "
+                             "video in one pass, so it takes one clip: uniform, fps or stride, "
+                             "not sliding")
+        for k in given:
+            if args.sampler not in APPLIES[k]:
+                raise ValueError(f"{_flag(k)}: applies to --sampler {' or '.join(APPLIES[k])}, "
+                                 f"not {args.sampler}")
+        return [args.sampler]
+    if not given:
+        return None
+    candidates = {"uniform", "fps", "stride"} | (set() if per_frame else {"sliding"})
+    for k in given:
+        candidates &= set(APPLIES[k])
+    if not candidates:
+        applies = "; ".join(f"{_flag(k)}: {' or '.join(APPLIES[k])}" for k in given)
+        raise ValueError(f"{' and '.join(map(_flag, given))}: these flags apply to different "
+                         f"samplers ({applies}"
+                         f"{'; --per-frame: not sliding' if per_frame else ''}); give one")
+    return sorted(candidates)
+
+
+def build_sampler(args: argparse.Namespace, trained: dict | None = None,
+                  per_frame: bool = False):
+    """The sampler of the flags given; without any, the one the checkpoint was trained with
+    (``trained``: its ``config.sampling``) where it suits the mode, else uniform (clips) or
+    fps (--per-frame). A note is logged when the sampler differs from training."""
     from spool.video import make_sampler
 
-    name = args.sampler or ("fps" if args.per_frame else "uniform")
-    if args.per_frame and name == "sliding":
-        raise ValueError("--sampler: --per-frame runs each whole video in one pass, so it takes "
-                         "one clip: uniform, fps or stride, not sliding")
-    if name == "uniform":
-        return make_sampler("uniform", num_frames=args.num_frames)
-    if name == "fps":
-        return make_sampler("fps", target_fps=args.fps, max_frames=args.max_frames)
-    if name == "stride":
-        return make_sampler("stride", stride=args.stride, max_frames=args.max_frames)
-    return make_sampler("sliding", clip_len=args.clip_len, stride=args.stride)
+    trained = dict(trained) if trained else None
+    # --per-frame takes each whole video: a training sampler of whole videos, not of clips.
+    usable = trained if trained and (not per_frame or trained["name"] in ("fps", "stride")) \
+        else None
+    candidates = sampler_candidates(args, per_frame)
+    default = "fps" if per_frame else "uniform"
+    if candidates is None and usable is not None:
+        sampler = make_sampler(**usable)
+    else:
+        candidates = candidates or [default]
+        prefer = [n for n in ((usable or {}).get("name"), default) if n in candidates]
+        if len(candidates) > 1 and not prefer:
+            given = [_flag(k) for k in APPLIES if getattr(args, k) is not None]
+            raise ValueError(f"{' '.join(given)}: applies to --sampler "
+                             f"{' or '.join(candidates)}; name one with --sampler")
+        name = prefer[0] if len(candidates) > 1 else candidates[0]
+        # Settings not given come from training when it used this sampler, else the defaults.
+        base = dict(usable) if usable and usable["name"] == name else {}
+        base.pop("name", None)
+        for k in SAMPLER_KEYS[name]:
+            value = getattr(args, k)
+            key = "target_fps" if k == "fps" else k
+            if value is not None:
+                base[key] = value
+            elif key not in base and k in DEFAULTS:
+                base[key] = DEFAULTS[k]
+        sampler = make_sampler(name, **base)
+    if trained is not None and sampler.to_dict() != trained:
+        logger.warning("note: sampling %s differs from the checkpoint's training sampling %s",
+                       json.dumps(sampler.to_dict()), json.dumps(trained))
+    return sampler
+
+
+def check_flags(args: argparse.Namespace, frame_model: bool = False) -> None:
+    """Refuse flags that the chosen mode would ignore (exit 2): before any work, and again
+    once the checkpoint is known to be a frame classifier (``frame_model``)."""
+    per_frame = args.per_frame or frame_model
+    if args.backbone_only and per_frame:
+        raise ValueError("--backbone-only: the backbone's tokens are saved per clip; it does "
+                         "not apply to --per-frame" + (" or a frame classifier checkpoint"
+                                                       if frame_model else ""))
+    if frame_model and args.save_features:
+        raise ValueError("--save-features: a frame classifier checkpoint writes per-frame "
+                         "predictions (labels, scores), not features")
+    for key in ("chunk_frames", "offload_dir"):
+        if getattr(args, key) is not None and not per_frame:
+            raise ValueError(f"{_flag(key)}: applies to --per-frame (or a frame classifier "
+                             f"checkpoint)")
+    if args.checkpoint is None:  # nothing from training: the sampler is known already
+        build_sampler(args, None, per_frame)
+    else:
+        sampler_candidates(args, per_frame)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,8 +154,10 @@ def run(args: argparse.Namespace) -> int:
         write_failures,
     )
     from spool.extract_inputs import VIDEO_EXTENSIONS, plan_jobs
+    from spool.models.frame_classification import FrameClassifier
     from spool.runtime import resolve_dtype
 
+    check_flags(args)
     dist = setup_distributed(args.device)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,14 +171,21 @@ def run(args: argparse.Namespace) -> int:
                   f"video per line; nothing to do", file=sys.stderr)
             return 2
         jobs = every[dist.rank::dist.world_size]  # what plan_jobs(..., rank, world_size) gives
-        model = load_feature_model(args.checkpoint, dict(args.model or []))
-        extractor = FeatureExtractor(model, build_sampler(args), batch_size=args.batch_size,
+        model = load_feature_model(args.checkpoint, dict(args.model or []),
+                                   backbone_only=args.backbone_only)
+        # A frame classifier predicts each frame of the whole video: --per-frame is implied.
+        frame_model = isinstance(model, FrameClassifier)
+        check_flags(args, frame_model)
+        sampler = build_sampler(args, model.config.sampling if args.checkpoint else None,
+                                per_frame=args.per_frame or frame_model)
+        extractor = FeatureExtractor(model, sampler, batch_size=args.batch_size,
                                      device=dist.device,
                                      dtype=resolve_dtype(args.dtype, dist.device),
                                      save_features=args.save_features,
                                      max_pixels=args.max_pixels, per_frame=args.per_frame,
-                                     chunk_frames=args.chunk_frames,
-                                     offload_dir=args.offload_dir)
+                                     chunk_frames=args.chunk_frames or 32,
+                                     offload_dir=args.offload_dir,
+                                     backbone_only=args.backbone_only)
         start = time.perf_counter()
         summary = extractor.run(jobs, progress=not args.no_progress, position=dist.local_rank)
         summaries = all_gather_objects((summary.done, summary.skipped, summary.failures,
@@ -137,16 +236,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "without --checkpoint builds an untrained temporal stack on "
                           "backbone_name (default facebook/dinov2-base); e.g. "
                           "backbone_name=DIR, backbone_config=@hf_config.json")
-    s = p.add_argument_group("frame sampling")
+    s = p.add_argument_group(
+        "frame sampling",
+        "Each flag applies to the samplers named before its colon. Without --sampler, the "
+        "flags given pick it (--fps: fps, --clip-len: sliding, --num-frames: uniform; "
+        "--stride or --max-frames alone: the default or training sampler if it takes them, "
+        "else name --sampler); a flag that does not apply is an error (exit 2). With no "
+        "sampler flag, a checkpoint is run as it was trained (its config.sampling; for "
+        "--per-frame, if that sampled whole videos); else uniform, or fps with --per-frame. "
+        "A sampler other than training's is noted on stderr.")
     s.add_argument("--sampler", choices=["uniform", "fps", "stride", "sliding"],
-                   help="how clips are taken (default: uniform; fps with --per-frame)")
-    s.add_argument("--num-frames", type=positive_int, default=16,
+                   help="how clips are taken (default: see above)")
+    s.add_argument("--num-frames", type=positive_int,
                    help="uniform: frames spread over the video (default: 16)")
-    s.add_argument("--fps", type=positive_float, default=2.0,
-                   help="fps: target rate (default: 2)")
-    s.add_argument("--stride", type=positive_int, default=8,
+    s.add_argument("--fps", type=positive_float, help="fps: target rate (default: 2)")
+    s.add_argument("--stride", type=positive_int,
                    help="stride: every k-th frame; sliding: clip start step (default: 8)")
-    s.add_argument("--clip-len", type=positive_int, default=16, help="sliding: frames per clip")
+    s.add_argument("--clip-len", type=positive_int,
+                   help="sliding: frames per clip (default: 16)")
     s.add_argument("--max-frames", type=positive_int, help="fps/stride: cap on frames per clip")
     r = p.add_argument_group("running")
     r.add_argument("--batch-size", type=positive_int, default=4,
@@ -157,6 +264,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default="auto", help="autocast dtype; auto: bfloat16 on GPU, float32 on CPU")
     r.add_argument("--save-features", action="store_true",
                    help="also save frame features [n_clips, T+2, L, D] in fp16")
+    r.add_argument("--backbone-only", action="store_true",
+                   help="save the backbone's tokens as 'features' [n_clips, T, L, D] (fp16), "
+                        "without the temporal layers (random without --checkpoint) or "
+                        "'context'; not with --per-frame or a frame classifier")
     r.add_argument("--max-pixels", type=_max_pixels, default="4096x2160", metavar="WxH",
                    help="largest frame to decode, as WIDTHxHEIGHT or a pixel count (0: no "
                         "limit); a video with larger frames (from its header, before decoding) "
@@ -165,10 +276,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("long videos")
     g.add_argument("--per-frame", action="store_true",
-                   help="each whole video in one pass (memory linear in its length): "
+                   help="each whole video in one pass (memory linear in its length; implied "
+                        "by a frame classifier checkpoint, which predicts every frame): "
                         "frame_features [T, D], context [2D], frame_indices and timestamps "
                         "[T]; with --save-features also features [T+2, L, D] (fp16)")
-    g.add_argument("--chunk-frames", type=positive_int, default=32,
+    g.add_argument("--chunk-frames", type=positive_int,
                    help="--per-frame: frames per temporal chunk (default: 32)")
     g.add_argument("--offload-dir", metavar="DIR",
                    help="--per-frame: keep the hidden state [T+2, L, D] in a file under DIR "

@@ -105,6 +105,12 @@ class DemoSettings:
     seed: int = 0
 
 
+def min_per_class(val_fraction: float) -> int:
+    """The fewest videos per class that leave at least one held-out and one training video
+    of each class (``make_synthetic_dataset`` holds out ``round(n * val_fraction)``)."""
+    return next(n for n in range(1, 1000) if 1 <= round(n * val_fraction) < n)
+
+
 def _models(s: DemoSettings) -> list[tuple[str, str, str, dict[str, Any]]]:
     """(run folder, display name, architecture, SpoolConfig fields) of the three models."""
     heads = s.num_attention_heads
@@ -161,6 +167,10 @@ def run_demo(out: Path, s: DemoSettings, jobs: int = 1, threads: int = 1,
         if verbose:
             print(f"[{time.perf_counter() - t0:5.0f}s] {text}", flush=True)
 
+    if s.per_class < min_per_class(s.val_fraction):  # before anything is written
+        raise ValueError(f"per_class: at least {min_per_class(s.val_fraction)} videos per class "
+                         f"leave a held-out set ({s.val_fraction:.0%} are held out), got "
+                         f"{s.per_class}")
     t0 = time.perf_counter()
     data = out / "data"
     ds = make_synthetic_dataset(data, s.per_class, s.classes, num_frames=s.video_frames,
@@ -185,7 +195,8 @@ def run_demo(out: Path, s: DemoSettings, jobs: int = 1, threads: int = 1,
     for folder, name, arch, model in _models(s):
         config = dict(out_dir=str(out / "runs" / folder), train_cache=str(out / "cache" / "train"),
                       val_cache=str(out / "cache" / "val"), architecture=arch, model=model,
-                      epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
+                      # A small --per-class: one batch of the whole training set.
+                      epochs=s.epochs, batch_size=min(s.batch_size, len(ds.train)), lr=s.lr,
                       weight_decay=s.weight_decay, eval_every=2,
                       seed=s.seed, num_workers=0, device="cpu", tensorboard=False,
                       quiet=not verbose, log_every=10**9, name=name)

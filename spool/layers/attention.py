@@ -11,7 +11,7 @@ from spool.layers.rotary import FrameRotaryEmbedding, apply_rotary
 
 
 class TemporalAttention(nn.Module):
-    """Fused-QKV multi-head attention over ``[B, F, L, D]`` with the SPEC §3 mask."""
+    """Fused-QKV multi-head attention over ``[B, F, L, D]`` with the mask of ``masks.py``."""
 
     def __init__(self, config: SpoolConfig) -> None:
         super().__init__()

@@ -1,6 +1,7 @@
 """Registry of temporal attention backends: lookback and lookahead heads in a local window.
 
-Backends compute exactly the same function (SPEC §3) and share one signature and layout::
+Backends compute exactly the same function (the mask of ``spool/layers/masks.py``) and share
+one signature and layout::
 
     backend(q, k, v, *, num_lookback_heads, local_frame_range, chunk_frames, dropout_p)
     q, k, v: [H, B, F, L, head_dim] (contiguous, rotary applied) -> [B, F, L, H, head_dim]

@@ -1,4 +1,5 @@
-"""The temporal attention mask of SPEC §3, in the forms each implementation needs.
+"""The temporal attention mask (what every attention backend computes), in the forms each
+implementation needs.
 
 Frames of the extended sequence are ``0 .. F-1`` with ``F = T + 2``; ``w`` is
 ``local_frame_range``. Lookback heads: ``i == 0 or j == 0 or i - w <= j <= i``. Lookahead

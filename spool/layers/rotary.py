@@ -1,4 +1,4 @@
-"""Rotary position embeddings over the frame index (SPEC §3)."""
+"""Rotary position embeddings over the frame index."""
 
 from __future__ import annotations
 

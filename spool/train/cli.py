@@ -25,9 +25,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--train-cache", default=S, help="token cache from `spool cache` (the "
                    "backbone is not run)")
     g.add_argument("--val-cache", default=S, help="token cache of the held-out videos")
-    g.add_argument("--num-frames", type=positive_int, default=S, help="frames per clip (16)")
+    g.add_argument("--num-frames", type=positive_int, default=S,
+                   help="frames per clip (16); not with --train-cache, whose clips are fixed")
     g.add_argument("--frame-stride", type=positive_int, default=S,
-                   help="frames between sampled frames (default: spread over the video)")
+                   help="frames between sampled frames (default: spread over the video); not "
+                        "with --train-cache")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=S,
                    help="no random crop / temporal jitter")
     g.add_argument("--crop-scale", type=positive_float, nargs=2, default=S,
@@ -102,6 +104,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         base = data.get("model", {})
         flags["model"] = {**(base if isinstance(base, dict) else {}), **dict(flags["model"])}
     data.update(flags)
+    if data.get("train_cache") is not None and data.get("task", "clips") == "clips":
+        for key in ("num_frames", "frame_stride"):
+            if key in flags:  # the cache's clips were sampled when it was made
+                raise ValueError(f"--{key.replace('_', '-')}: applies to --train-data; the "
+                                 f"clips of --train-cache were sampled when it was made "
+                                 f"(spool cache --{key.replace('_', '-')})")
     try:
         return TrainConfig.from_dict(data)
     except ValueError as err:

@@ -1,0 +1,143 @@
+"""``spool extract`` flags: what each mode saves, and flags that do not apply."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_backbone, tiny_config, tiny_model_args
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from spool.cli import main
+from spool.config import SpoolConfig
+from spool.models.spool import Spool
+from spool.video import VideoReader, write_video
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    root = tmp_path_factory.mktemp("opts")
+    frames = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    path = write_video(root / "v.mp4", frames, fps=10, codec="libx264")
+    config = root / "backbone.json"
+    config.write_text(json.dumps(tiny_backbone()))
+    return path, config
+
+
+def _extract(video, out, config, *extra):
+    return main(["extract", str(video), "--out", str(out), *tiny_model_args(config),
+                 "--no-progress", *extra])
+
+
+def test_backbone_only_saves_the_backbone_tokens(video, tmp_path):
+    path, config = video
+    assert _extract(path, tmp_path / "o", config, "--num-frames", "4", "--backbone-only") == 0
+    saved = load_file(tmp_path / "o" / "v.safetensors")
+    assert "context" not in saved and saved["features"].shape == (1, 4, 17, 24)
+    fields = dict(num_hidden_layers=1, num_attention_heads=2, num_lookahead_heads=1,
+                  num_lookback_heads=1, image_size=32, local_frame_range=2,
+                  backbone_config=tiny_backbone())
+    torch.manual_seed(0)
+    model = Spool(SpoolConfig(**fields)).eval()
+    with VideoReader(path) as reader:
+        frames, _ = reader.get(saved["frame_indices"][0].tolist())
+    with torch.no_grad():
+        tokens = model.encode_frames(model.config.preprocessing()(torch.from_numpy(frames))[None])
+    torch.testing.assert_close(saved["features"].float(), tokens, atol=2e-3, rtol=2e-3)
+
+
+def test_no_checkpoint_warning_says_the_layers_are_random(video, tmp_path, capsys):
+    path, config = video
+    assert _extract(path, tmp_path / "o", config, "--num-frames", "2") == 0
+    err = capsys.readouterr().err
+    assert "random" in err and "--backbone-only" in err and "still meaningful" not in err
+
+
+def test_backbone_only_is_refused_with_per_frame(video, tmp_path, capsys):
+    path, config = video
+    assert _extract(path, tmp_path / "o", config, "--backbone-only", "--per-frame") == 2
+    assert "--backbone-only" in capsys.readouterr().err
+
+
+def _sampler(out, name="v"):
+    with safe_open(str(out / f"{name}.safetensors"), "pt") as f:
+        return json.loads(f.metadata()["sampler"]), f.get_tensor("frame_indices")
+
+
+@pytest.fixture(scope="module")
+def frame_model(tmp_path_factory):
+    from spool.models.frame_classification import frame_classifier_class
+
+    model = frame_classifier_class("linear_probe")(tiny_config(), class_names=["a", "b"])
+    model.config.sampling = {"name": "fps", "target_fps": 4.0, "max_frames": None}
+    path = tmp_path_factory.mktemp("fm") / "model"
+    model.save_pretrained(path)
+    return path
+
+
+def test_frame_classifier_runs_at_its_training_rate(video, frame_model, tmp_path, capsys):
+    path, _ = video
+    run = ["extract", str(path), "--checkpoint", str(frame_model), "--no-progress"]
+    assert main([*run, "--out", str(tmp_path / "a")]) == 0  # no --per-frame: implied
+    sampler, indices = _sampler(tmp_path / "a")
+    assert sampler == {"name": "fps", "target_fps": 4.0, "max_frames": None}
+    assert indices.tolist() == [0, 2, 5, 7, 10, 12, 15, 17]  # 4 of the video's 10 fps
+    assert "differs" not in capsys.readouterr().err
+    assert main([*run, "--out", str(tmp_path / "b"), "--fps", "2"]) == 0
+    assert _sampler(tmp_path / "b")[0]["target_fps"] == 2.0
+    assert "differs from the checkpoint's training sampling" in capsys.readouterr().err
+    assert main([*run, "--out", str(tmp_path / "c"), "--save-features"]) == 2
+    assert "--save-features" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--fps", "5"], {"name": "fps", "target_fps": 5.0, "max_frames": None}),
+    (["--clip-len", "4"], {"name": "sliding", "clip_len": 4, "stride": 8, "tail": "align"}),
+    (["--per-frame", "--stride", "5"], {"name": "stride", "stride": 5, "max_frames": None}),
+])
+def test_a_sampler_flag_picks_its_sampler(video, tmp_path, flags, expected):
+    path, config = video
+    assert _extract(path, tmp_path / "o", config, *flags) == 0
+    assert _sampler(tmp_path / "o")[0] == expected
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--sampler", "fps", "--num-frames", "4"], "--num-frames: applies to --sampler uniform"),
+    (["--sampler", "uniform", "--fps", "1"], "--fps: applies to --sampler fps, not uniform"),
+    (["--fps", "1", "--num-frames", "4"],
+     "--num-frames and --fps: these flags apply to different samplers"),
+    (["--stride", "4"], "--stride: applies to --sampler sliding or stride; name one"),
+    (["--chunk-frames", "4"], "--chunk-frames: applies to --per-frame"),
+    (["--offload-dir", "/nonexistent"], "--offload-dir: applies to --per-frame"),
+    (["--per-frame", "--clip-len", "4"], "--clip-len"),
+])
+def test_flags_that_do_not_apply_are_refused(video, tmp_path, capsys, flags, message):
+    path, config = video
+    assert _extract(path, tmp_path / "o", config, *flags) == 2
+    err = capsys.readouterr().err
+    assert f"spool extract: error: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_clip_checkpoint_is_sampled_as_in_training(video, tmp_path, capsys):
+    from spool.models.classification import SpoolForVideoClassification
+
+    model = SpoolForVideoClassification(tiny_config(), class_names=["a", "b"])
+    model.config.sampling = {"name": "uniform", "num_frames": 5}
+    model.save_pretrained(tmp_path / "model")
+    path, _ = video
+    assert main(["extract", str(path), "--out", str(tmp_path / "o"), "--checkpoint",
+                 str(tmp_path / "model"), "--no-progress"]) == 0
+    assert _sampler(tmp_path / "o")[0] == {"name": "uniform", "num_frames": 5}
+    assert "differs" not in capsys.readouterr().err
+
+
+def test_an_annotation_file_as_list_gets_a_hint(video, tmp_path, capsys):
+    path, config = video
+    listing = tmp_path / "train.txt"
+    listing.write_text(f"{path} left_to_right\n")
+    assert _extract(listing, tmp_path / "o", config, "--num-frames", "2") == 1
+    err = capsys.readouterr().err
+    assert (f"1 lines look like 'path label' (an annotation file?): '{path} left_to_right' "
+            "names no file") in err
