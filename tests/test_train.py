@@ -88,6 +88,24 @@ def test_val_cache_with_other_normalisation_is_refused(tmp_path: Path) -> None:
         train(cfg)
 
 
+def test_val_videos_are_sampled_like_the_cached_training_clips(tmp_path: Path) -> None:
+    """--train-cache with --val-data: the validation clips have the cache's frame count (4,
+    set when the cache was made), not the default 16 of a run on videos."""
+    from spool.train.builders import build_datasets, model_config
+
+    root = tiny_video_dataset()
+    samples, names = read_annotations(root / "train.txt")
+    torch.manual_seed(0)
+    model = SpoolForVideoClassification(**TINY_MODEL, class_names=names)
+    build_cache(model, VideoClipDataset(samples[:2], names, clip_sampler(4),
+                                        model.config.preprocessing()), tmp_path / "cache")
+    temporal = {k: TINY_MODEL[k] for k in TEMPORAL_FIELDS}
+    cfg = _config(tmp_path / "run", train_data=None, model=temporal, num_frames=16,
+                  train_cache=str(tmp_path / "cache"))
+    _, val, _ = build_datasets(cfg, model_config(cfg))
+    assert val.sampler.to_dict() == {"name": "uniform", "num_frames": 4}
+
+
 def test_resume_is_exact(tmp_path: Path) -> None:
     # Dropout, augmentation and a mid-epoch interruption: everything that could diverge.
     model = {**TINY_MODEL, "hidden_dropout": 0.2, "classifier_dropout": 0.3}

@@ -76,7 +76,11 @@ def build_datasets(cfg: TrainConfig, config: SpoolConfig
                                  "the same settings")
     elif cfg.val_data is not None:
         samples, _ = read_annotations(cfg.val_data, names)
-        sampler = clip_sampler(cfg.num_frames, cfg.frame_stride, cfg.num_clips)
+        frames, stride = cfg.num_frames, cfg.frame_stride
+        if cfg.train_cache is not None and train.sampling:  # clips like the cached ones
+            frames = train.sampling.get("num_frames", frames)
+            stride = train.sampling.get("frame_stride")
+        sampler = clip_sampler(frames, stride, cfg.num_clips)
         val = VideoClipDataset(samples, names, sampler, config.preprocessing(), seed=cfg.seed)
     return train, val, names
 
