@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from train_helpers import TINY_MODEL, tiny_video_dataset
 
-from spool.data import cache
+from spool.data import cache, token_space
 from spool.data.cache import CachedTokenDataset, build_cache
 from spool.data.dataset import VideoClipDataset, read_annotations
 from spool.errors import (
@@ -113,7 +113,7 @@ def test_temporaries_of_killed_runs_are_removed(model, tmp_path: Path) -> None:
 def test_not_enough_disk_space_is_refused_before_writing(model, tmp_path: Path,
                                                          monkeypatch) -> None:
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: usage(10**6, 10**6, 1000))
+    monkeypatch.setattr(token_space.shutil, "disk_usage", lambda path: usage(10**6, 10**6, 1000))
     need = 16 * 1 * 4 * 17 * 24 * 4  # videos x views x frames x tokens x dims x bytes
     with pytest.raises(InsufficientSpaceError,
                        match=rf"needs {need / 1024:.1f} KiB \(16 videos x 1 views x 4 frames "

@@ -16,7 +16,7 @@ from test_cache import Killed, _dataset, _decoded
 from train_helpers import tiny_video_dataset
 
 from spool.cli import main
-from spool.data import cache
+from spool.data import cache, token_space
 from spool.data.cache import CachedTokenDataset, build_cache
 from spool.data.dataset import VideoSample
 
@@ -96,7 +96,7 @@ def test_no_room_for_both_caches_says_it_starts_over(model, full, tmp_path: Path
     shutil.copytree(full, out)
     usage = namedtuple("usage", "total used free")
     room = (out / "tokens.npy").stat().st_size  # one cache's worth
-    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: usage(
+    monkeypatch.setattr(token_space.shutil, "disk_usage", lambda path: usage(
         10**9, 10**9, room // 2 + (0 if (out / "tokens.npy").exists() else room)))
     build_cache(model, _dataset(model, num_frames=3), out, batch_size=4)  # 3/4 of the room
     assert "removing the old cache and starting over" in spool_log.text

@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +53,8 @@ from spool.data.dataset import (
     worker_context,
     worker_init_fn,
 )
-from spool.errors import InsufficientSpaceError, SpoolLoadError
+from spool.data.token_space import make_room, reserve_file
+from spool.errors import SpoolLoadError
 from spool.io_utils import (
     atomic_write_text,
     fsync_directory,
@@ -62,7 +62,6 @@ from spool.io_utils import (
     is_stale_temporary,
     lock_directory,
     release_claim,
-    reserve_space,
 )
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
@@ -237,10 +236,10 @@ class _PartialTokens:
             self.done = np.zeros(shape[0], dtype=bool)
             self.record.unlink(missing_ok=True)
             self.path.unlink(missing_ok=True)
-        _make_room(self.path, shape, dtype)
+        make_room(self.path, shape, dtype)
         mode = "r+" if self.path.exists() else "w+"
         self.tokens = np.lib.format.open_memmap(self.path, mode=mode, dtype=dtype, shape=shape)
-        _reserve(self.path)
+        reserve_file(self.path)
         self.saved_at = time.monotonic()
 
     def _read_done(self, dtype: np.dtype) -> np.ndarray | None:
@@ -296,49 +295,6 @@ class _PartialTokens:
         self.save_progress(finished=True)
         os.replace(self.path, final)
         fsync_directory(final.parent)
-
-
-def _make_room(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """Refuse to start when the disk cannot hold the tokens (a memory-mapped write to a full
-    disk kills the process with SIGBUS, without a message). An old cache beside them that
-    leaves too little room is removed, saying so."""
-    need = int(np.prod(shape)) * dtype.itemsize
-    have = path.stat().st_blocks * 512 if path.exists() else 0  # already allocated
-    free = shutil.disk_usage(path.parent).free
-    old = path.parent / TOKENS_NAME
-    held = old.stat().st_blocks * 512 if old.is_file() else 0
-    if free < need - have <= free + held:
-        logger.warning(f"{path.parent}: no room for the new token cache ({_size(need)}) "
-                       f"beside the old one ({_size(held)}, {_size(free)} free): removing "
-                       "the old cache and starting over")
-        (path.parent / CACHE_META).unlink(missing_ok=True)  # first: never a cache without
-        old.unlink()
-        free = shutil.disk_usage(path.parent).free
-    if need - have > free:
-        raise InsufficientSpaceError(
-            f"{path.parent}: the token cache needs {_size(need)} ({shape[0]} videos x "
-            f"{shape[1]} views x {shape[2]} frames x {shape[3]} tokens x {shape[4]} dims x "
-            f"{dtype.itemsize} bytes, {_size(have)} of it written already) but "
-            f"{_size(free)} is free there; free some space, cache fewer views or frames, "
-            "use --dtype float16, or cache elsewhere (--out)")
-
-
-def _size(n: float) -> str:
-    unit = 0
-    while n >= 1024 and unit < 3:
-        n, unit = n / 1024, unit + 1
-    return f"{n:.0f} bytes" if unit == 0 else f"{n:.1f} {('KiB', 'MiB', 'GiB')[unit - 1]}"
-
-
-def _reserve(path: Path) -> None:
-    """Allocate the whole file now, so that a disk filling up later fails no write to it
-    (where the file system cannot, the check of the free space stands alone)."""
-    size = path.stat().st_size
-    try:
-        reserve_space(path, size)
-    except OSError as err:
-        raise InsufficientSpaceError(f"{path.parent}: no space left for the token cache "
-                                     f"({_size(size)}): {err}") from err
 
 
 def _remove_stale_temporaries(out: Path) -> None:
