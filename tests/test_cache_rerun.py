@@ -104,7 +104,7 @@ def test_no_room_for_both_caches_says_it_starts_over(model, full, tmp_path: Path
 
 
 def test_an_unreadable_video_is_reported_and_left_out(model, full, tmp_path: Path,
-                                                      spool_log) -> None:
+                                                      spool_log, monkeypatch) -> None:
     bad = tmp_path / "text.mp4"
     bad.write_text("not a video\n")
     dataset = _dataset(model)
@@ -124,6 +124,21 @@ def test_an_unreadable_video_is_reported_and_left_out(model, full, tmp_path: Pat
     assert rows[0] == ["path", "error", "message"] and rows[1][:2] == [str(bad), "VideoDecodeError"]
     again = build_cache(model, dataset, out, batch_size=4)  # the same command: kept, still said
     assert again.reused and [f.path for f in again.failures] == [str(bad)]
+    assert again.retried == 1  # tried again, still unreadable
+
+    # The file fixed (a copy of the first video): the same command reads it now, into the row
+    # it left unused, and encodes nothing else.
+    shutil.copy(good[0].path, bad)
+    seen = _decoded(monkeypatch)
+    fixed = build_cache(model, dataset, out, batch_size=4)
+    assert seen == [5]
+    assert fixed.reused and fixed.retried == 1 and fixed.failures == [] and fixed.cached == 17
+    cached = CachedTokenDataset(out)
+    assert cached.samples == dataset.samples and not cached.meta["failures"]
+    assert np.array_equal(cached[5]["tokens"].numpy(), expected[0, 0])
+    assert all(np.array_equal(cached[i + (i >= 5)]["tokens"].numpy(), expected[i, 0])
+               for i in range(16))
+    assert not (out / "failures.csv").exists()
 
 
 def test_cli_cache_exits_1_naming_the_bad_video(tmp_path: Path, capsys) -> None:
@@ -133,13 +148,17 @@ def test_cli_cache_exits_1_naming_the_bad_video(tmp_path: Path, capsys) -> None:
     (tmp_path / "list.txt").write_text((root / "val.txt").read_text().replace(
         "videos/", f"{root}/videos/") + f"{bad} grow\n")
     shutil.copy(root / "classes.txt", tmp_path / "classes.txt")
-    assert main(["cache", "--data", str(tmp_path / "list.txt"), "--out", str(tmp_path / "c"),
-                 "--model", "image_size=32", "--model", "backbone_config=" + json.dumps(
-                     {"model_type": "dinov2", "hidden_size": 24, "num_hidden_layers": 1,
-                      "num_attention_heads": 2, "intermediate_size": 48, "patch_size": 8,
-                      "image_size": 32}), "--num-frames", "4", "--num-workers", "2",
-                 "--quiet"]) == 1
+    args = ["cache", "--data", str(tmp_path / "list.txt"), "--out", str(tmp_path / "c"),
+            "--model", "image_size=32", "--model", "backbone_config=" + json.dumps(
+                {"model_type": "dinov2", "hidden_size": 24, "num_hidden_layers": 1,
+                 "num_attention_heads": 2, "intermediate_size": 48, "patch_size": 8,
+                 "image_size": 32}), "--num-frames", "4", "--num-workers", "2", "--quiet"]
+    assert main(args) == 1
     captured = capsys.readouterr()
     assert "cached 8 videos" in captured.out
     assert f"listed in {tmp_path / 'c' / 'failures.csv'}" in captured.err
     assert "Traceback" not in captured.err
+    assert main(args) == 1  # the same command: the cache is kept, the bad video tried again
+    out = capsys.readouterr().out
+    assert "already done: " in out
+    assert "tried again the 1 that could not be read before (0 read now)" in out

@@ -43,8 +43,11 @@ def run(args: argparse.Namespace) -> int:
                           progress=not args.quiet)
     what = f"{summary.cached} videos x {args.views} view(s) of {args.num_frames} frames"
     if summary.reused:
+        done = (f"tried again the {summary.retried} that could not be read before "
+                f"({summary.retried - len(summary.failures)} read now), nothing else "
+                "recomputed" if summary.retried else "nothing recomputed")
         print(f"spool cache: already done: {summary.path} holds {what} made with these "
-              "settings; nothing recomputed")
+              f"settings; {done}")
     else:
         print(f"cached {what} to {summary.path} in {time.perf_counter() - start:.1f}s")
     if summary.failures:

@@ -80,13 +80,15 @@ _DTYPES = {"float32": np.float32, "float16": np.float16}
 
 @dataclass
 class CacheSummary:
-    """What :func:`build_cache` did: ``reused`` a complete cache of the same settings, or
-    ``cached`` videos; ``failures``: the videos that could not be read (not in the cache)."""
+    """What :func:`build_cache` did: ``reused`` a complete cache of the same settings (after
+    trying again the ``retried`` videos it could not read), or ``cached`` videos;
+    ``failures``: the videos that could not be read (not in the cache)."""
 
     path: Path
     cached: int
     reused: bool = False
     failures: list[SkippedVideo] = field(default_factory=list)
+    retried: int = 0  # videos that had failed, tried again over a reused cache
 
 
 @torch.no_grad()
@@ -100,7 +102,8 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
     ``1 .. views-1`` augmented ones (each video is decoded once for all its views). A video
     that cannot be read is reported, left out and listed in ``failures.csv``.
 
-    A complete cache of the same settings is reused as it is. Otherwise tokens go to a partial
+    A complete cache of the same settings is reused, after trying again the videos it could
+    not read (their tokens go to its unused rows). Otherwise tokens go to a partial
     file beside a progress record of the videos done (updated every ``PROGRESS_EVERY_S``
     seconds), so a re-run with the same settings after a crash or Ctrl-C continues where it
     stopped; other settings start over. An earlier complete cache stays valid until the new
@@ -135,6 +138,16 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
         }
         key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
         done = _complete_cache(out, key)
+        if done is not None and done.failures:  # a file fixed since may read now
+            writer = _FailedRows(out / TOKENS_NAME, read_cache_meta(out))
+            try:
+                failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
+                                   device, progress)
+            finally:
+                writer.close()
+            rows = _write_meta(out, meta, key, failures)
+            return CacheSummary(out, len(rows), reused=True, failures=failures,
+                                retried=len(writer.todo()))
         if done is not None:
             return done
         writer = _PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), key)
@@ -148,18 +161,49 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
         (out / CACHE_META).unlink(missing_ok=True)
         writer.finish(out / TOKENS_NAME)
         save_frame_encoder(model, out / BACKBONE_DIR)
-        failed = {f.index for f in failures}
-        rows = [i for i in range(len(dataset)) if i not in failed]
-        meta.update(samples=[meta["samples"][i] for i in rows], settings_key=key,
-                    failures=[list(f[1:]) for f in failures])
-        if failures:  # tokens.npy keeps a row per video asked for
-            meta["rows"] = rows
-        _write_failures(out / FAILURES_NAME, failures)
-        atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
+        rows = _write_meta(out, meta, key, failures)
         writer.record.unlink(missing_ok=True)  # after cache.json: see _PartialTokens
     finally:
         release_claim(lock)
     return CacheSummary(out, len(rows), failures=failures)
+
+
+def _write_meta(out: Path, meta: dict, key: str, failures: list[SkippedVideo]) -> list[int]:
+    """``failures.csv`` and then ``cache.json`` (atomically) for the videos read; returns
+    their rows of ``tokens.npy``, which keeps a row per video asked for."""
+    failed = {f.index for f in failures}
+    rows = [i for i in range(len(meta["samples"])) if i not in failed]
+    meta = dict(meta, samples=[meta["samples"][i] for i in rows], settings_key=key,
+                failures=[list(f[1:]) for f in failures])
+    if failures:
+        meta["rows"] = rows
+    _write_failures(out / FAILURES_NAME, failures)
+    atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
+    return rows
+
+
+class _FailedRows:
+    """The rows of a complete cache's ``tokens.npy`` that no sample reads (videos that could
+    not be read), written in place: the cache stays valid while they are, and the new
+    ``cache.json`` that lists them is written last."""
+
+    def __init__(self, path: Path, meta: dict) -> None:
+        self.path = path
+        self.tokens = np.load(path, mmap_mode="r+")
+        self.shape = self.tokens.shape
+        used = set(meta.get("rows", range(len(meta["samples"]))))
+        self._todo = [i for i in range(self.shape[0]) if i not in used]
+
+    def todo(self) -> list[int]:
+        return self._todo
+
+    def write(self, indices: np.ndarray, tokens: np.ndarray) -> None:
+        self.tokens[indices] = tokens
+
+    def close(self) -> None:
+        self.tokens.flush()
+        self.tokens = None
+        fsync_path(self.path)
 
 
 def _complete_cache(out: Path, key: str) -> CacheSummary | None:
