@@ -1,0 +1,71 @@
+"""The frames task, like the clip task: a video that cannot be read is reported on one line
+and skipped. `spool cache --task frames` lists it and exits 1, training on videos takes the
+next readable video in its place, evaluation leaves it out of the metrics and counts it."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import tempfile
+from pathlib import Path
+
+from train_helpers import TINY_BACKBONE
+
+from spool.cli import main
+from spool.data.frame_cache import FrameTokenDataset
+from spool.data.synthetic_segments import make_segmentation_dataset
+
+
+@functools.cache
+def _segments() -> Path:
+    """4 + 2 lossless 32x32 videos of 300-320 frames at 15 fps (made once); sampled at 5."""
+    root = Path(tempfile.mkdtemp(prefix="spool-test-badseg-"))
+    make_segmentation_dataset(root, 4, 2, frames=(300, 320), size=32, fps=15.0,
+                              min_cue_distance=20, segment_frames=(10, 20), seed=2)
+    return root
+
+
+def _csv_with_a_bad_video(folder: Path, split: str) -> tuple[Path, Path]:
+    """``split``'s segments CSV with a text file named .mkv listed after its first video."""
+    root = _segments()
+    folder.mkdir(parents=True, exist_ok=True)
+    bad = folder / "text.mkv"
+    bad.write_text("not a video\n")
+    with open(root / f"{split}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["video"] = str(root / row["video"])
+    first = [r for r in rows if r["video"] == rows[0]["video"]]
+    bad_row = {"video": str(bad), "start_s": "0", "end_s": "2", "label": rows[0]["label"]}
+    listed = folder / f"{split}.csv"
+    with open(listed, "w", newline="") as f:
+        table = csv.DictWriter(f, ["video", "start_s", "end_s", "label"])
+        table.writeheader()
+        table.writerows([*first, bad_row, *rows[len(first):]])
+    return listed, bad
+
+
+def test_cache_frames_lists_the_bad_video_and_exits_1(tmp_path: Path, capsys) -> None:
+    data, bad = _csv_with_a_bad_video(tmp_path, "train")
+    out = tmp_path / "cache"
+    argv = ["cache", "--task", "frames", "--data", str(data), "--fps", "5", "--out", str(out),
+            "--model", "image_size=32", "--model",
+            "backbone_config=" + json.dumps(TINY_BACKBONE), "--dtype", "float32", "--quiet"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    failed = [line for line in captured.err.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and failed[0].startswith(f"FAILED {bad}: VideoDecodeError: ")
+    assert "cached every frame at 5 fps of 4 videos" in captured.out
+    assert (f"1 of 5 videos could not be read and are not in the cache; listed in "
+            f"{out / 'failures.csv'}") in captured.err
+    assert "Traceback" not in captured.err
+    meta = json.loads((out / "cache.json").read_text())
+    assert len(meta["videos"]) == 4 and str(bad) not in [v["video"] for v in meta["videos"]]
+    assert [f[:2] for f in meta["failures"]] == [[str(bad), "VideoDecodeError"]]
+    with open(out / "failures.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["path", "error", "message"] and rows[1][:2] == [str(bad),
+                                                                       "VideoDecodeError"]
+    assert len(FrameTokenDataset(out)) == 4  # the cache trains as it is
+    assert main(argv) == 1  # the readable videos are kept; the bad one is tried again
