@@ -10,11 +10,13 @@ import json
 import tempfile
 from pathlib import Path
 
-from train_helpers import TINY_BACKBONE
+from train_helpers import TINY_BACKBONE, TINY_MODEL
 
 from spool.cli import main
 from spool.data.frame_cache import FrameTokenDataset
+from spool.data.segmentation import read_segments_csv
 from spool.data.synthetic_segments import make_segmentation_dataset
+from spool.models.frame_classification import SpoolForFrameClassification
 
 
 @functools.cache
@@ -69,3 +71,22 @@ def test_cache_frames_lists_the_bad_video_and_exits_1(tmp_path: Path, capsys) ->
                                                                        "VideoDecodeError"]
     assert len(FrameTokenDataset(out)) == 4  # the cache trains as it is
     assert main(argv) == 1  # the readable videos are kept; the bad one is tried again
+
+
+def test_eval_of_a_frame_classifier_skips_and_counts_the_bad_video(tmp_path: Path,
+                                                                   capsys) -> None:
+    data, bad = _csv_with_a_bad_video(tmp_path, "test")
+    _, names = read_segments_csv(_segments() / "train.csv")
+    model = SpoolForFrameClassification(**TINY_MODEL, class_names=names)
+    model.config.sampling = {"name": "fps", "target_fps": 5.0}
+    model.save_pretrained(tmp_path / "model")
+    assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(data),
+                 "--out", str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith("videos: 2 (1 unreadable, skipped)   frame accuracy: ")
+    assert printed.err.startswith(f"skipping {bad}: VideoDecodeError: ")
+    assert len(printed.err.splitlines()) == 1
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert report["videos"] == 2 and report["skipped"] == 1
+    assert report["skipped_videos"][0][:2] == [str(bad), "VideoDecodeError"]
+    assert len(list((tmp_path / "ev" / "predictions").glob("*.csv"))) == 2
