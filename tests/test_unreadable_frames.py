@@ -7,16 +7,27 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import logging
 import tempfile
 from pathlib import Path
 
-from train_helpers import TINY_BACKBONE, TINY_MODEL
+import pytest
+from train_helpers import TINY_BACKBONE, TINY_MODEL, read_steps
 
 from spool.cli import main
 from spool.data.frame_cache import FrameTokenDataset
 from spool.data.segmentation import read_segments_csv
 from spool.data.synthetic_segments import make_segmentation_dataset
 from spool.models.frame_classification import SpoolForFrameClassification
+from spool.train.config import TrainConfig
+from spool.train.trainer import train
+
+
+@pytest.fixture
+def spool_log(caplog, monkeypatch):
+    """caplog, also after `main` gave the spool logger its own handler."""
+    monkeypatch.setattr(logging.getLogger("spool"), "propagate", True)
+    return caplog
 
 
 @functools.cache
@@ -71,6 +82,29 @@ def test_cache_frames_lists_the_bad_video_and_exits_1(tmp_path: Path, capsys) ->
                                                                        "VideoDecodeError"]
     assert len(FrameTokenDataset(out)) == 4  # the cache trains as it is
     assert main(argv) == 1  # the readable videos are kept; the bad one is tried again
+
+
+def test_training_on_frames_takes_the_next_video_and_evaluation_skips(tmp_path: Path,
+                                                                      spool_log) -> None:
+    train_data, bad_train = _csv_with_a_bad_video(tmp_path / "train", "train")
+    val_data, bad_val = _csv_with_a_bad_video(tmp_path / "val", "test")
+
+    def run(out: Path) -> list[dict]:
+        return train(TrainConfig(
+            task="frames", out_dir=str(out), train_data=str(train_data),
+            val_data=str(val_data), fps=5.0, crop_frames=32, model=dict(TINY_MODEL),
+            epochs=2, batch_size=5, lr=3e-3, warmup_epochs=0.5, num_workers=0,
+            tensorboard=False, quiet=True, seed=3))
+
+    rows = run(tmp_path / "run")
+    assert len(rows) == 2 and len(read_steps(tmp_path / "run")) == 2  # one batch of 5
+    assert all(0 <= row["val_f1@50"] <= 100 for row in rows)
+    warnings = [r.message for r in spool_log.records if r.levelno == logging.WARNING]
+    assert sum(w.startswith(f"skipping {bad_train}: VideoDecodeError") for w in warnings) == 1
+    assert sum(w.startswith(f"skipping {bad_val}: VideoDecodeError") for w in warnings) == 2
+    rows_again = run(tmp_path / "again")  # which video stands in depends only on the files
+    assert read_steps(tmp_path / "again") == read_steps(tmp_path / "run")
+    assert rows_again[-1]["val_acc"] == rows[-1]["val_acc"]
 
 
 def test_eval_of_a_frame_classifier_skips_and_counts_the_bad_video(tmp_path: Path,

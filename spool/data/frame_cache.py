@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from spool.data.cache import FAILURES_NAME, CacheSummary, report_failure, write_cache_failures
 from spool.data.classes import class_index_map
-from spool.data.dataset import UNREADABLE, skipped_video
+from spool.data.dataset import UNREADABLE, first_readable, skipped_video, split_readable
 from spool.data.segmentation import SegmentationSample
 from spool.errors import SpoolLoadError
 from spool.io_utils import atomic_save_safetensors, atomic_write_text, read_json
@@ -210,12 +210,16 @@ class VideoFrameDataset(Dataset):
     """Items ``{"video": [T, S, S, 3] uint8, "labels": [T], "index": i}``: the sampled frames
     of each video (a random crop of up to ``crop_frames`` with ``augment``), decoded and
     preprocessed, with their labels at their own times. The same crops as
-    :class:`FrameTokenDataset` for the same seed."""
+    :class:`FrameTokenDataset` for the same seed. A video that cannot be read gives an
+    :func:`~spool.data.dataset.unreadable_item`, or with ``substitute`` (training) the next
+    readable video's item (:func:`~spool.data.dataset.first_readable`)."""
 
     def __init__(self, samples: list[SegmentationSample], class_names: list[str],
                  sampler: FrameSampler, preprocessing: FramePreprocessing,
-                 crop_frames: int | None = None, augment: bool = False, seed: int = 0) -> None:
+                 crop_frames: int | None = None, augment: bool = False, seed: int = 0,
+                 substitute: bool = False) -> None:
         self.samples, self.class_names = list(samples), list(class_names)
+        self.substitute = substitute
         self.sampler, self.preprocessing = sampler, preprocessing
         self.crop_frames, self.augment, self.seed, self.epoch = crop_frames, augment, seed, 0
         self.label_map: torch.Tensor | None = None  # cached label -> class index, by name
@@ -234,6 +238,10 @@ class VideoFrameDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return first_readable(index, len(self), self.substitute, self._item,
+                              lambda i: self.samples[i].video)
+
+    def _item(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augment else None
         with VideoReader(sample.video) as reader:
@@ -243,13 +251,17 @@ class VideoFrameDataset(Dataset):
             frames, stamps = reader.get(indices)
         labels = sample.labels_at(indices, stamps, info.start_time)
         return {"video": self.preprocessing(torch.from_numpy(frames)),
-                "labels": torch.from_numpy(labels), "index": index}
+                "labels": torch.from_numpy(labels)}
 
 
 def collate_frames(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack per-frame items, cut to the shortest (no padding: attention has no mask)."""
+    """Stack per-frame items, cut to the shortest (no padding: attention has no mask);
+    ``"skipped"``: the unreadable videos, as :func:`~spool.data.dataset.collate_readable`."""
+    items, skipped = split_readable(items)
+    if not items:
+        return {"skipped": skipped}
     n = min(len(item["labels"]) for item in items)
     key = "tokens" if "tokens" in items[0] else "video"
     return {key: torch.stack([item[key][:n] for item in items]),
             "labels": torch.stack([item["labels"][:n] for item in items]),
-            "index": torch.tensor([item["index"] for item in items])}
+            "index": torch.tensor([item["index"] for item in items]), "skipped": skipped}
