@@ -67,7 +67,7 @@ def test_frame_cache_keeps_videos_with_the_same_file_name_apart(tmp_path, encode
                                     "b/clip.mkv,0,2,y\n")
     samples, names = read_segments_csv(tmp_path / "s.csv")
     out = build_frame_cache(encoder, samples, names, tmp_path / "cache", FpsSampler(10),
-                            dtype="float32")
+                            dtype="float32").path
     data = FrameTokenDataset(out)
     assert [len(data[i]["labels"]) for i in range(2)] == [12, 8]
     assert data[0]["labels"].tolist() == [0] * 12 and data[1]["labels"].tolist() == [1] * 8

@@ -84,7 +84,7 @@ def test_frame_cache_and_video_crops_agree(tmp_path, ntsc_video):
     encoder = FrameEncoderModel(tiny_config()).eval()
     sampler = FpsSampler(10)
     cache = build_frame_cache(encoder, samples, names, tmp_path / "cache", sampler,
-                              dtype="float32")
+                              dtype="float32").path
     tokens_ds = FrameTokenDataset(cache, crop_frames=12, augment=True, seed=3)
     video_ds = VideoFrameDataset(samples, names, sampler, encoder.config.preprocessing(),
                                  crop_frames=12, augment=True, seed=3)

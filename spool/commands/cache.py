@@ -50,12 +50,7 @@ def run(args: argparse.Namespace) -> int:
               f"settings; {done}")
     else:
         print(f"cached {what} to {summary.path} in {time.perf_counter() - start:.1f}s")
-    if summary.failures:
-        print(f"spool cache: {len(summary.failures)} of {len(dataset)} videos could not be "
-              f"read and are not in the cache; listed in {summary.path / 'failures.csv'}",
-              file=sys.stderr)
-        return 1
-    return 0
+    return _report_failures(summary, len(dataset))
 
 
 def _cache_frames(args: argparse.Namespace, model) -> int:
@@ -69,11 +64,20 @@ def _cache_frames(args: argparse.Namespace, model) -> int:
         _, class_names = read_segmentation(args.classes_from, args.split)
     samples, names = read_segmentation(args.data, args.split, class_names)
     start = time.perf_counter()
-    out = build_frame_cache(model, samples, names, args.out, FpsSampler(args.fps),
-                            dtype=args.dtype, progress=not args.quiet)
-    print(f"cached every frame at {args.fps:g} fps of {len(samples)} videos to {out} in "
-          f"{time.perf_counter() - start:.1f}s")
-    return 0
+    summary = build_frame_cache(model, samples, names, args.out, FpsSampler(args.fps),
+                                dtype=args.dtype, progress=not args.quiet)
+    print(f"cached every frame at {args.fps:g} fps of {summary.cached} videos to "
+          f"{summary.path} in {time.perf_counter() - start:.1f}s")
+    return _report_failures(summary, len(samples))
+
+
+def _report_failures(summary, total: int) -> int:
+    """The exit code: 1, with a line naming ``failures.csv``, when videos could not be read."""
+    if not summary.failures:
+        return 0
+    print(f"spool cache: {len(summary.failures)} of {total} videos could not be read and "
+          f"are not in the cache; listed in {summary.path / 'failures.csv'}", file=sys.stderr)
+    return 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:

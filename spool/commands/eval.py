@@ -11,9 +11,11 @@ from spool.cli_args import add_model_argument, nonnegative_int, positive_float, 
 
 def format_report(report: dict[str, Any]) -> str:
     """The printed table: overall metrics, then accuracy per class."""
-    skipped = f" ({report['skipped']} unreadable, skipped)" if report.get("skipped") else ""
-    lines = [f"videos: {report['count']}{skipped}   top-1: {100 * report['top1']:.2f}%   "
-             f"top-5: {100 * report['top5']:.2f}%   loss: {report['loss']:.4f}",
+    from spool.train.evaluate import skipped_note
+
+    lines = [f"videos: {report['count']}{skipped_note(report)}   "
+             f"top-1: {100 * report['top1']:.2f}%   top-5: {100 * report['top5']:.2f}%   "
+             f"loss: {report['loss']:.4f}",
              "", f"{'class':<32} {'accuracy':>9}"]
     for name, acc in report["per_class"].items():
         text = "n/a" if math.isnan(acc) else f"{100 * acc:.1f}%"

@@ -177,7 +177,7 @@ def _write_meta(out: Path, meta: dict, key: str, failures: list[SkippedVideo]) -
                 failures=[list(f[1:]) for f in failures])
     if failures:
         meta["rows"] = rows
-    _write_failures(out / FAILURES_NAME, failures)
+    write_cache_failures(out / FAILURES_NAME, failures)
     atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
     return rows
 
@@ -222,7 +222,12 @@ def _complete_cache(out: Path, key: str) -> CacheSummary | None:
     return CacheSummary(out, len(cached), reused=True, failures=failures)
 
 
-def _write_failures(path: Path, failures: list[SkippedVideo]) -> None:
+def report_failure(entry: SkippedVideo) -> None:
+    """A video a cache leaves out, on one line: ``FAILED path: Error: message``."""
+    logger.warning(f"FAILED {entry.path}: {entry.error}: {entry.message}")
+
+
+def write_cache_failures(path: Path, failures: list[SkippedVideo]) -> None:
     """``failures.csv`` as ``spool extract`` writes it; none left when nothing failed."""
     if not failures:
         path.unlink(missing_ok=True)
@@ -252,7 +257,7 @@ def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
     failures: list[SkippedVideo] = []
     for batch in loader:
         for entry in batch["skipped"]:
-            logger.warning(f"FAILED {entry.path}: {entry.error}: {entry.message}")
+            report_failure(entry)
         failures.extend(batch["skipped"])
         if "video" not in batch:
             continue

@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -226,23 +226,14 @@ class VideoClipDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, object]:
         """The item, or for a video that cannot be read an :func:`unreadable_item`; with
-        ``substitute`` (training) the next readable video's item instead, ``"skipped"`` naming
-        those passed over: batches keep their size, so ranks stay in step, and which video
-        stands in depends only on the files. Batch with :func:`collate_readable`."""
-        skipped: list[SkippedVideo] = []
-        for k in range(len(self) if self.substitute else 1):
-            i = (index + k) % len(self)
-            try:
-                video = self.views(i, [(self.epoch, self.augmentation is not None)])[0]
-            except UNREADABLE as err:
-                skipped.append(skipped_video(i, self.samples[i].path, err))
-                continue
-            item = {"video": video, "label": self.samples[i].label, "index": index}
-            return {**item, "skipped": skipped} if skipped else item
-        if self.substitute:
-            raise ValueError(f"none of the {len(self)} videos could be read; the first: "
-                             f"{skipped[0].path}: {skipped[0].message}")
-        return unreadable_item(index, skipped)
+        ``substitute`` (training) the next readable video's item instead (see
+        :func:`first_readable`). Batch with :func:`collate_readable`."""
+        return first_readable(index, len(self), self.substitute, self._item,
+                              lambda i: self.samples[i].path)
+
+    def _item(self, i: int) -> dict[str, object]:
+        video = self.views(i, [(self.epoch, self.augmentation is not None)])[0]
+        return {"video": video, "label": self.samples[i].label}
 
 
 # What a file that is no readable video raises: Spool's reader errors, file-system errors and
@@ -273,6 +264,29 @@ def report_skipped(skipped: Sequence[SkippedVideo], seen: set[str]) -> None:
             logger.warning(f"skipping {entry.path}: {entry.error}: {entry.message}")
 
 
+def first_readable(index: int, count: int, substitute: bool,
+                   load: Callable[[int], dict[str, object]],
+                   path: Callable[[int], str]) -> dict[str, object]:
+    """``load(index)`` with ``"index"``, or for a video that cannot be read an
+    :func:`unreadable_item`; with ``substitute`` (training) ``load`` of the next readable video
+    instead, ``"skipped"`` naming those passed over: batches keep their size, so ranks stay in
+    step, and which video stands in depends only on the files. ``count``: the videos;
+    ``path(i)``: video ``i``'s file."""
+    skipped: list[SkippedVideo] = []
+    for k in range(count if substitute else 1):
+        i = (index + k) % count
+        try:
+            item = {**load(i), "index": index}
+        except UNREADABLE as err:
+            skipped.append(skipped_video(i, path(i), err))
+            continue
+        return {**item, "skipped": skipped} if skipped else item
+    if substitute:
+        raise ValueError(f"none of the {count} videos could be read; the first: "
+                         f"{skipped[0].path}: {skipped[0].message}")
+    return unreadable_item(index, skipped)
+
+
 def unreadable_item(index: int, skipped: list[SkippedVideo]) -> dict[str, object]:
     """What a dataset gives for a video it could not read (dropped by the collate)."""
     return {"index": index, "skipped": skipped, "unreadable": True}
@@ -281,11 +295,18 @@ def unreadable_item(index: int, skipped: list[SkippedVideo]) -> dict[str, object
 def collate_readable(items: list[dict[str, object]]) -> dict[str, object]:
     """``default_collate`` of the readable items; ``"skipped"``: the :class:`SkippedVideo` of
     every item (a batch may have no readable item: then it holds only ``"skipped"``)."""
-    skipped = [entry for item in items for entry in item.pop("skipped", ())]
-    readable = [item for item in items if not item.pop("unreadable", False)]
+    readable, skipped = split_readable(items)
     batch = default_collate(readable) if readable else {}
     batch["skipped"] = skipped
     return batch
+
+
+def split_readable(items: list[dict[str, object]]
+                   ) -> tuple[list[dict[str, object]], list[SkippedVideo]]:
+    """(the readable items, the :class:`SkippedVideo` of every item): what a collate needs."""
+    skipped = [entry for item in items for entry in item.pop("skipped", ())]
+    readable = [item for item in items if not item.pop("unreadable", False)]
+    return readable, skipped
 
 
 def worker_context(num_workers: int) -> str | None:

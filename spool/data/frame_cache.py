@@ -6,7 +6,9 @@ A frame cache holds every sampled frame of each video (any length, at the sample
   ``-100`` unlabelled), ``frame_indices [T]`` and ``timestamps [T]`` (seconds); one file per
   video, written atomically, so an interrupted ``build_frame_cache`` resumes where it stopped;
 - ``backbone/``: the :class:`~spool.models.frame_encoder.FrameEncoderModel` that made them;
-- ``cache.json`` (written last): class names, the videos, the sampler, the weights' digest.
+- ``cache.json`` (written last): class names, the videos, the sampler, the weights' digest;
+  the videos that could not be read are left out and listed (``failures``, and
+  ``failures.csv``).
 
 Training takes random temporal crops of up to ``crop_frames`` frames (drawn from ``(seed,
 epoch, index)``); evaluation takes whole videos.
@@ -27,7 +29,9 @@ from safetensors import safe_open
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from spool.data.cache import FAILURES_NAME, CacheSummary, report_failure, write_cache_failures
 from spool.data.classes import class_index_map
+from spool.data.dataset import UNREADABLE, first_readable, skipped_video, split_readable
 from spool.data.segmentation import SegmentationSample
 from spool.errors import SpoolLoadError
 from spool.io_utils import atomic_save_safetensors, atomic_write_text, read_json
@@ -73,10 +77,12 @@ def _source_key(sample: SegmentationSample) -> str:
 def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSample],
                       class_names: list[str], out_dir: str | os.PathLike,
                       sampler: FrameSampler, *, dtype: str = "float16",
-                      progress: bool = False) -> Path:
+                      progress: bool = False) -> CacheSummary:
     """Encode every sampled frame of each video with ``model``'s frame encoder, with its
     label at its own time. Videos already cached with the same settings, from the same video
-    file (path, size, modification time) and with the same labels are kept."""
+    file (path, size, modification time) and with the same labels are kept. A video that
+    cannot be read is reported on one line, left out and listed in ``failures.csv`` (and
+    ``cache.json``'s ``failures``), as :func:`~spool.data.cache.build_cache` does."""
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
     if model.frame_encoder is None:
@@ -93,33 +99,52 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
     settings = json.dumps({"sampler": sampler.to_dict(), "dtype": dtype, "digest": digest,
                            "frame_encoder": model.config.frame_encoder_fields(),
                            "classes": class_names}, sort_keys=True)
-    videos = []
-    for sample in tqdm(samples, desc="frame cache", unit="video", disable=not progress):
+    videos, failures = [], []
+    for i, sample in enumerate(tqdm(samples, desc="frame cache", unit="video",
+                                    disable=not progress)):
         path = _video_file(out, sample.name)
-        source = _source_key(sample)
-        if not _is_cached(path, settings, source):
-            with VideoReader(sample.video) as reader:
-                info = reader.info()
-                indices = sampler(info.num_frames, info.fps)[0]
-                chunks = list(stream_tokens(model, reader, indices))
-            tokens = torch.cat([t for t, _ in chunks]).to("cpu", _DTYPES[dtype])
-            timestamps = np.concatenate([s for _, s in chunks])
-            labels = sample.labels_at(indices, timestamps, info.start_time)
-            atomic_save_safetensors(
-                {"tokens": tokens, "labels": torch.from_numpy(labels),
-                 "frame_indices": torch.tensor(indices, dtype=torch.int64),
-                 "timestamps": torch.from_numpy(timestamps)},
-                path, metadata={"settings": settings, "source": source,
-                                "video": sample.video})
+        try:  # only reading the video: an error writing the cache still stops the job
+            encoded = _encode_video(model, sample, sampler, path, settings, dtype)
+        except UNREADABLE as err:
+            failures.append(skipped_video(i, sample.video, err))
+            report_failure(failures[-1])
+            path.unlink(missing_ok=True)  # tokens of an earlier version of the file
+            continue
+        if encoded is not None:
+            tensors, source = encoded
+            atomic_save_safetensors(tensors, path, metadata={
+                "settings": settings, "source": source, "video": sample.video})
         with safe_open(str(path), framework="pt") as f:
             num = f.get_slice("labels").get_shape()[0]
         videos.append({"name": sample.name, "video": sample.video, "num_frames": num})
     save_frame_encoder(model, out / BACKBONE_DIR)
     meta = {"kind": "frames", "class_names": list(class_names), "videos": videos,
             "sampler": sampler.to_dict(), "dtype": dtype, "backbone_digest": digest,
-            "frame_encoder": model.config.frame_encoder_fields()}
+            "frame_encoder": model.config.frame_encoder_fields(),
+            "failures": [list(f[1:]) for f in failures]}
+    write_cache_failures(out / FAILURES_NAME, failures)
     atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
-    return out
+    return CacheSummary(out, len(videos), failures=failures)
+
+
+def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
+                  sampler: FrameSampler, path: Path, settings: str, dtype: str
+                  ) -> tuple[dict[str, torch.Tensor], str] | None:
+    """The tokens and labels of ``sample``'s sampled frames and its source key; None when
+    ``path`` holds them already."""
+    source = _source_key(sample)
+    if _is_cached(path, settings, source):
+        return None
+    with VideoReader(sample.video) as reader:
+        info = reader.info()
+        indices = sampler(info.num_frames, info.fps)[0]
+        chunks = list(stream_tokens(model, reader, indices))
+    tokens = torch.cat([t for t, _ in chunks]).to("cpu", _DTYPES[dtype])
+    timestamps = np.concatenate([s for _, s in chunks])
+    labels = sample.labels_at(indices, timestamps, info.start_time)
+    return {"tokens": tokens, "labels": torch.from_numpy(labels),
+            "frame_indices": torch.tensor(indices, dtype=torch.int64),
+            "timestamps": torch.from_numpy(timestamps)}, source
 
 
 def read_frame_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
@@ -185,12 +210,16 @@ class VideoFrameDataset(Dataset):
     """Items ``{"video": [T, S, S, 3] uint8, "labels": [T], "index": i}``: the sampled frames
     of each video (a random crop of up to ``crop_frames`` with ``augment``), decoded and
     preprocessed, with their labels at their own times. The same crops as
-    :class:`FrameTokenDataset` for the same seed."""
+    :class:`FrameTokenDataset` for the same seed. A video that cannot be read gives an
+    :func:`~spool.data.dataset.unreadable_item`, or with ``substitute`` (training) the next
+    readable video's item (:func:`~spool.data.dataset.first_readable`)."""
 
     def __init__(self, samples: list[SegmentationSample], class_names: list[str],
                  sampler: FrameSampler, preprocessing: FramePreprocessing,
-                 crop_frames: int | None = None, augment: bool = False, seed: int = 0) -> None:
+                 crop_frames: int | None = None, augment: bool = False, seed: int = 0,
+                 substitute: bool = False) -> None:
         self.samples, self.class_names = list(samples), list(class_names)
+        self.substitute = substitute
         self.sampler, self.preprocessing = sampler, preprocessing
         self.crop_frames, self.augment, self.seed, self.epoch = crop_frames, augment, seed, 0
         self.label_map: torch.Tensor | None = None  # cached label -> class index, by name
@@ -209,6 +238,10 @@ class VideoFrameDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return first_readable(index, len(self), self.substitute, self._item,
+                              lambda i: self.samples[i].video)
+
+    def _item(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augment else None
         with VideoReader(sample.video) as reader:
@@ -218,13 +251,17 @@ class VideoFrameDataset(Dataset):
             frames, stamps = reader.get(indices)
         labels = sample.labels_at(indices, stamps, info.start_time)
         return {"video": self.preprocessing(torch.from_numpy(frames)),
-                "labels": torch.from_numpy(labels), "index": index}
+                "labels": torch.from_numpy(labels)}
 
 
 def collate_frames(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack per-frame items, cut to the shortest (no padding: attention has no mask)."""
+    """Stack per-frame items, cut to the shortest (no padding: attention has no mask);
+    ``"skipped"``: the unreadable videos, as :func:`~spool.data.dataset.collate_readable`."""
+    items, skipped = split_readable(items)
+    if not items:
+        return {"skipped": skipped}
     n = min(len(item["labels"]) for item in items)
     key = "tokens" if "tokens" in items[0] else "video"
     return {key: torch.stack([item[key][:n] for item in items]),
             "labels": torch.stack([item["labels"][:n] for item in items]),
-            "index": torch.tensor([item["index"] for item in items])}
+            "index": torch.tensor([item["index"] for item in items]), "skipped": skipped}

@@ -120,6 +120,18 @@ def evaluate(model: VideoClassifier, dataset: Dataset, num_classes: int, *,
     return result
 
 
+def skipped_fields(count: int, skipped: list[SkippedVideo]) -> dict[str, Any]:
+    """The report's ``skipped`` (unreadable videos over every rank, not in the metrics) and
+    ``skipped_videos`` (this rank's: path, error, message)."""
+    return {"skipped": count, "skipped_videos": [[v.path, v.error, v.message]
+                                                 for v in skipped]}
+
+
+def skipped_note(report: dict[str, Any]) -> str:
+    """What follows the video count in a printed report: `` (1 unreadable, skipped)``."""
+    return f" ({report['skipped']} unreadable, skipped)" if report.get("skipped") else ""
+
+
 def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
                         cache: str | None = None, *, overrides: dict[str, Any] | None = None,
                         num_clips: int = 1,
@@ -176,8 +188,7 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
     report = {**metrics, "per_class": dict(zip(names, per_class_accuracy(confusion),
                                                strict=True)),
               "confusion": confusion.tolist(), "class_names": names,
-              "skipped": result.num_skipped,  # unreadable videos, not in the metrics
-              "skipped_videos": [[v.path, v.error, v.message] for v in result.skipped]}
+              **skipped_fields(result.num_skipped, result.skipped)}
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_text(out / "metrics.json", json.dumps(report, indent=1))

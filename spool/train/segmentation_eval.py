@@ -20,12 +20,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from spool.data.dataset import UNREADABLE, SkippedVideo, report_skipped, skipped_video
 from spool.data.frame_cache import FrameTokenDataset
 from spool.data.segmentation import SegmentationSample
+from spool.distributed import all_reduce_sum
 from spool.io_utils import atomic_write_text
 from spool.metrics.ribbons import plot_ribbons
 from spool.metrics.segmentation import SegmentationMetrics
 from spool.models.frame_classification import FrameClassifier
+from spool.train.evaluate import skipped_fields, skipped_note
 from spool.video.io import probe_video
 from spool.video.samplers import FrameSampler
 
@@ -46,10 +49,17 @@ class VideoPrediction:
 class SegmentationResult:
     metrics: SegmentationMetrics
     videos: dict[str, VideoPrediction] = field(default_factory=dict)
+    skipped: list[SkippedVideo] = field(default_factory=list)  # this rank's unreadable videos
+    num_skipped: int = 0  # over every rank
 
     @property
     def scores(self) -> dict[str, float]:
         return self.metrics.compute()
+
+    def report(self, class_names: list[str], background: tuple[str, ...]) -> dict[str, Any]:
+        """What ``metrics.json`` holds: the scores, the classes, the unreadable videos."""
+        return {**self.scores, "class_names": class_names, "background": list(background),
+                **skipped_fields(self.num_skipped, self.skipped)}
 
 
 def _rank_world() -> tuple[int, int]:
@@ -65,12 +75,15 @@ def evaluate_segmentation(model: FrameClassifier,
                           chunk_frames: int = 32, device: torch.device | str = "cpu",
                           keep: bool = True) -> SegmentationResult:
     """Score ``model`` on whole videos: a frame cache's, or video files (``sampler`` picks
-    their frames). ``keep``: also return every video's predictions (this rank's)."""
+    their frames). ``keep``: also return every video's predictions (this rank's). A video
+    file that cannot be read is reported, left out of the metrics and counted
+    (``num_skipped``)."""
     was_training = model.training
     model.eval().to(device)
     metrics = SegmentationMetrics(background=background)
     result = SegmentationResult(metrics)
     rank, world = _rank_world()
+    seen: set[str] = set()
     for i in range(rank, len(data), world):
         if isinstance(data, FrameTokenDataset):
             item, name = data[i], data.videos[i]["name"]
@@ -78,9 +91,15 @@ def evaluate_segmentation(model: FrameClassifier,
             target = item["labels"].numpy()
         else:
             sample, name = data[i], data[i].name
-            out = model.predict_long(sample.video, sampler=sampler, chunk_frames=chunk_frames)
-            target = sample.labels_at(out.frame_indices.numpy(), out.timestamps.numpy(),
-                                      probe_video(sample.video).start_time)
+            try:
+                out = model.predict_long(sample.video, sampler=sampler,
+                                         chunk_frames=chunk_frames)
+                start = probe_video(sample.video).start_time
+            except UNREADABLE as err:
+                result.skipped.append(skipped_video(i, sample.video, err))
+                report_skipped(result.skipped[-1:], seen)
+                continue
+            target = sample.labels_at(out.frame_indices.numpy(), out.timestamps.numpy(), start)
         probs = out.logits.float().softmax(-1).cpu()
         score, pred = probs.max(-1)
         metrics.update(pred.numpy(), target)
@@ -90,6 +109,7 @@ def evaluate_segmentation(model: FrameClassifier,
                 None if out.frame_indices is None else out.frame_indices.numpy(),
                 None if out.timestamps is None else out.timestamps.numpy())
     metrics.all_reduce()
+    result.num_skipped = int(all_reduce_sum(torch.tensor(len(result.skipped))))
     model.train(was_training)
     return result
 
@@ -100,9 +120,8 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
     """``metrics.json``, ``ribbons.png`` (the first ``max_ribbons`` videos) and
     ``predictions/<video>.csv`` (frame index, time, label, prediction, probability)."""
     out = Path(out_dir)
-    scores = result.scores
     atomic_write_text(out / "metrics.json", json.dumps(
-        {**scores, "class_names": class_names, "background": list(background)}, indent=1))
+        result.report(class_names, background), indent=1))
     shown = dict(list(result.videos.items())[:max_ribbons])
     if shown:
         plot_ribbons(out / "ribbons.png", {k: v.target for k, v in shown.items()},
@@ -121,10 +140,12 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
 
 
 def format_segmentation(scores: dict[str, Any]) -> str:
-    """One line: videos, frame accuracy, edit, F1@{10,25,50} (and the background classes)."""
+    """One line: videos (and the unreadable ones skipped), frame accuracy, edit,
+    F1@{10,25,50} (and the background classes)."""
     background = scores.get("background")
-    return (f"videos: {scores['videos']}   frame accuracy: {scores['accuracy']:.1f}   "
-            f"edit: {scores['edit']:.1f}   F1@10: {scores['f1@10']:.1f}   "
+    return (f"videos: {scores['videos']}{skipped_note(scores)}   "
+            f"frame accuracy: {scores['accuracy']:.1f}   edit: {scores['edit']:.1f}   "
+            f"F1@10: {scores['f1@10']:.1f}   "
             f"F1@25: {scores['f1@25']:.1f}   F1@50: {scores['f1@50']:.1f}"
             + (f"   (background: {', '.join(background)})" if background else ""))
 
@@ -176,4 +197,4 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
     if out_dir is not None:
         write_segmentation_report(result, names, out_dir, Path(model_dir).name,
                                   background=background)
-    return {**result.scores, "class_names": names, "background": list(background)}
+    return result.report(names, background)

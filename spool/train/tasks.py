@@ -123,8 +123,9 @@ class FrameTask:
                 val.use_class_names(names, "val_cache", "the training classes")
             return train, val, names
         samples, names = read_segmentation(cfg.train_data, cfg.train_split)
+        # An unreadable video is replaced by a readable one (and reported), not fatal.
         train = VideoFrameDataset(samples, names, FpsSampler(cfg.fps), config.preprocessing(),
-                                  cfg.crop_frames, cfg.augment, cfg.seed)
+                                  cfg.crop_frames, cfg.augment, cfg.seed, substitute=True)
         val = None
         if cfg.val_data is not None:
             val, val_names = read_segmentation(cfg.val_data, cfg.val_split, names)

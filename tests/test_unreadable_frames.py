@@ -1,0 +1,126 @@
+"""The frames task, like the clip task: a video that cannot be read is reported on one line
+and skipped. `spool cache --task frames` lists it and exits 1, training on videos takes the
+next readable video in its place, evaluation leaves it out of the metrics and counts it."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import pytest
+from train_helpers import TINY_BACKBONE, TINY_MODEL, read_steps
+
+from spool.cli import main
+from spool.data.frame_cache import FrameTokenDataset
+from spool.data.segmentation import read_segments_csv
+from spool.data.synthetic_segments import make_segmentation_dataset
+from spool.models.frame_classification import SpoolForFrameClassification
+from spool.train.config import TrainConfig
+from spool.train.trainer import train
+
+
+@pytest.fixture
+def spool_log(caplog, monkeypatch):
+    """caplog, also after `main` gave the spool logger its own handler."""
+    monkeypatch.setattr(logging.getLogger("spool"), "propagate", True)
+    return caplog
+
+
+@functools.cache
+def _segments() -> Path:
+    """4 + 2 lossless 32x32 videos of 300-320 frames at 15 fps (made once); sampled at 5."""
+    root = Path(tempfile.mkdtemp(prefix="spool-test-badseg-"))
+    make_segmentation_dataset(root, 4, 2, frames=(300, 320), size=32, fps=15.0,
+                              min_cue_distance=20, segment_frames=(10, 20), seed=2)
+    return root
+
+
+def _csv_with_a_bad_video(folder: Path, split: str) -> tuple[Path, Path]:
+    """``split``'s segments CSV with a text file named .mkv listed after its first video."""
+    root = _segments()
+    folder.mkdir(parents=True, exist_ok=True)
+    bad = folder / "text.mkv"
+    bad.write_text("not a video\n")
+    with open(root / f"{split}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["video"] = str(root / row["video"])
+    first = [r for r in rows if r["video"] == rows[0]["video"]]
+    bad_row = {"video": str(bad), "start_s": "0", "end_s": "2", "label": rows[0]["label"]}
+    listed = folder / f"{split}.csv"
+    with open(listed, "w", newline="") as f:
+        table = csv.DictWriter(f, ["video", "start_s", "end_s", "label"])
+        table.writeheader()
+        table.writerows([*first, bad_row, *rows[len(first):]])
+    return listed, bad
+
+
+def test_cache_frames_lists_the_bad_video_and_exits_1(tmp_path: Path, capsys) -> None:
+    data, bad = _csv_with_a_bad_video(tmp_path, "train")
+    out = tmp_path / "cache"
+    argv = ["cache", "--task", "frames", "--data", str(data), "--fps", "5", "--out", str(out),
+            "--model", "image_size=32", "--model",
+            "backbone_config=" + json.dumps(TINY_BACKBONE), "--dtype", "float32", "--quiet"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    failed = [line for line in captured.err.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and failed[0].startswith(f"FAILED {bad}: VideoDecodeError: ")
+    assert "cached every frame at 5 fps of 4 videos" in captured.out
+    assert (f"1 of 5 videos could not be read and are not in the cache; listed in "
+            f"{out / 'failures.csv'}") in captured.err
+    assert "Traceback" not in captured.err
+    meta = json.loads((out / "cache.json").read_text())
+    assert len(meta["videos"]) == 4 and str(bad) not in [v["video"] for v in meta["videos"]]
+    assert [f[:2] for f in meta["failures"]] == [[str(bad), "VideoDecodeError"]]
+    with open(out / "failures.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["path", "error", "message"] and rows[1][:2] == [str(bad),
+                                                                       "VideoDecodeError"]
+    assert len(FrameTokenDataset(out)) == 4  # the cache trains as it is
+    assert main(argv) == 1  # the readable videos are kept; the bad one is tried again
+
+
+def test_training_on_frames_takes_the_next_video_and_evaluation_skips(tmp_path: Path,
+                                                                      spool_log) -> None:
+    train_data, bad_train = _csv_with_a_bad_video(tmp_path / "train", "train")
+    val_data, bad_val = _csv_with_a_bad_video(tmp_path / "val", "test")
+
+    def run(out: Path) -> list[dict]:
+        return train(TrainConfig(
+            task="frames", out_dir=str(out), train_data=str(train_data),
+            val_data=str(val_data), fps=5.0, crop_frames=32, model=dict(TINY_MODEL),
+            epochs=2, batch_size=5, lr=3e-3, warmup_epochs=0.5, num_workers=0,
+            tensorboard=False, quiet=True, seed=3))
+
+    rows = run(tmp_path / "run")
+    assert len(rows) == 2 and len(read_steps(tmp_path / "run")) == 2  # one batch of 5
+    assert all(0 <= row["val_f1@50"] <= 100 for row in rows)
+    warnings = [r.message for r in spool_log.records if r.levelno == logging.WARNING]
+    assert sum(w.startswith(f"skipping {bad_train}: VideoDecodeError") for w in warnings) == 1
+    assert sum(w.startswith(f"skipping {bad_val}: VideoDecodeError") for w in warnings) == 2
+    rows_again = run(tmp_path / "again")  # which video stands in depends only on the files
+    assert read_steps(tmp_path / "again") == read_steps(tmp_path / "run")
+    assert rows_again[-1]["val_acc"] == rows[-1]["val_acc"]
+
+
+def test_eval_of_a_frame_classifier_skips_and_counts_the_bad_video(tmp_path: Path,
+                                                                   capsys) -> None:
+    data, bad = _csv_with_a_bad_video(tmp_path, "test")
+    _, names = read_segments_csv(_segments() / "train.csv")
+    model = SpoolForFrameClassification(**TINY_MODEL, class_names=names)
+    model.config.sampling = {"name": "fps", "target_fps": 5.0}
+    model.save_pretrained(tmp_path / "model")
+    assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(data),
+                 "--out", str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith("videos: 2 (1 unreadable, skipped)   frame accuracy: ")
+    assert printed.err.startswith(f"skipping {bad}: VideoDecodeError: ")
+    assert len(printed.err.splitlines()) == 1
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert report["videos"] == 2 and report["skipped"] == 1
+    assert report["skipped_videos"][0][:2] == [str(bad), "VideoDecodeError"]
+    assert len(list((tmp_path / "ev" / "predictions").glob("*.csv"))) == 2
