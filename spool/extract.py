@@ -10,7 +10,6 @@ ranks.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -29,12 +28,12 @@ from spool.extract_inputs import VideoJob
 from spool.io_utils import (
     CLAIM_SUFFIX,
     STALE_AFTER_S,
-    atomic_path,
     atomic_save_safetensors,
     is_stale_temporary,
     release_claim,
     remove_stale_claim,
     try_claim,
+    write_failures,
 )
 from spool.models.frame_classification import FrameClassifier
 from spool.models.pretrained import weights_digest
@@ -324,13 +323,6 @@ class FeatureExtractor:
         if failure_log is not None:
             write_failures(failure_log, summary.failures)
         return summary
-
-
-def write_failures(path: Path, failures: list[tuple[str, str, str]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "error", "message"])
-        writer.writerows(failures)
 
 
 def remove_stale_temporaries(out_dir: Path, older_than_s: float = STALE_AFTER_S) -> int:

@@ -8,9 +8,11 @@ work: whoever creates the claim file first writes that output.
 
 from __future__ import annotations
 
+import csv
 import ctypes
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -18,7 +20,7 @@ import secrets
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,6 +335,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
+
+
+def write_failures(path: str | os.PathLike,
+                   failures: Iterable[tuple[str, str, str]]) -> None:
+    """The ``failures.csv`` of a batch job (``path, error, message`` per video that could not
+    be read), written atomically; none is left when nothing failed."""
+    rows = [list(f) for f in failures]
+    if not rows:
+        Path(path).unlink(missing_ok=True)
+        return
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([["path", "error", "message"], *rows])
+    atomic_write_text(path, buffer.getvalue())
 
 
 def read_json(path: str | os.PathLike, fix: str) -> Any:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spool.extract import write_failures
-from spool.io_utils import atomic_path, atomic_save_safetensors, atomic_write
+from spool.io_utils import atomic_path, atomic_save_safetensors, atomic_write, write_failures
 
 
 def _writers(tmp_path: Path) -> dict[str, Path]:
@@ -64,3 +63,12 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
         Path(tmp).write_bytes(b"half")
         raise RuntimeError("writer died")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failures_csv_lists_the_failures_and_goes_when_none_are_left(tmp_path: Path) -> None:
+    path = tmp_path / "failures.csv"
+    write_failures(path, [("a.mp4", "VideoDecodeError", "bad, really")])
+    assert path.read_text().splitlines() == ["path,error,message",
+                                             'a.mp4,VideoDecodeError,"bad, really"']
+    write_failures(path, [])  # a later run where every video read
+    assert not path.exists()

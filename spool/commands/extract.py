@@ -147,13 +147,9 @@ def run(args: argparse.Namespace) -> int:
         cleanup_distributed,
         setup_distributed,
     )
-    from spool.extract import (
-        FeatureExtractor,
-        load_feature_model,
-        remove_stale_temporaries,
-        write_failures,
-    )
+    from spool.extract import FeatureExtractor, load_feature_model, remove_stale_temporaries
     from spool.extract_inputs import VIDEO_EXTENSIONS, plan_jobs
+    from spool.io_utils import write_failures
     from spool.models.frame_classification import FrameClassifier
     from spool.runtime import resolve_dtype
 

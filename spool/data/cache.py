@@ -19,9 +19,7 @@ clips, and training on the cache picks one of a video's views per epoch.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -62,6 +60,7 @@ from spool.io_utils import (
     is_stale_temporary,
     lock_directory,
     release_claim,
+    write_failures,
 )
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
@@ -229,13 +228,7 @@ def report_failure(entry: SkippedVideo) -> None:
 
 def write_cache_failures(path: Path, failures: list[SkippedVideo]) -> None:
     """``failures.csv`` as ``spool extract`` writes it; none left when nothing failed."""
-    if not failures:
-        path.unlink(missing_ok=True)
-        return
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows([["path", "error", "message"],
-                                  *[list(f[1:]) for f in failures]])
-    atomic_write_text(path, buffer.getvalue())
+    write_failures(path, [tuple(f[1:]) for f in failures])
 
 
 def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
