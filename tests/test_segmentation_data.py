@@ -100,6 +100,8 @@ def test_frame_cache_and_video_crops_agree(tmp_path, ntsc_video):
     reordered = FrameTokenDataset(cache)  # a model with the classes in another order
     reordered.use_class_names(names[::-1], "cache", "the model's classes")
     assert torch.equal(reordered[0]["labels"], len(names) - 1 - whole["labels"])
+    video_ds.use_class_names(names[::-1], "data", "the model's classes")  # videos alike
+    assert torch.equal(video_ds[0]["labels"], len(names) - 1 - decoded["labels"])
     stamp = cache / "videos" / "clip.safetensors"
     before = stamp.stat().st_mtime_ns
     build_frame_cache(encoder, samples, names, cache, sampler, dtype="float32")

@@ -249,9 +249,10 @@ class VideoFrameDataset(Dataset):
             indices = self.sampler(info.num_frames, info.fps)[0]
             indices = indices[_crop(len(indices), self.crop_frames, rng)]
             frames, stamps = reader.get(indices)
-        labels = sample.labels_at(indices, stamps, info.start_time)
-        return {"video": self.preprocessing(torch.from_numpy(frames)),
-                "labels": torch.from_numpy(labels)}
+        labels = torch.from_numpy(sample.labels_at(indices, stamps, info.start_time))
+        if self.label_map is not None:  # unlabelled frames (IGNORE_INDEX) stay so
+            labels = torch.where(labels >= 0, self.label_map[labels.clamp_min(0)], labels)
+        return {"video": self.preprocessing(torch.from_numpy(frames)), "labels": labels}
 
 
 def collate_frames(items: list[dict[str, Any]]) -> dict[str, Any]:
