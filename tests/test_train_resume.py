@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from train_helpers import final_weights, read_steps, train_config_dict
 
 from spool.cli import main
+from spool.train.builders import warmup_cosine
 from spool.train.config import TrainConfig
-from spool.train.trainer import train
+from spool.train.trainer import Trainer, train
 
 
 def _write_config(path: Path, **fields) -> Path:
@@ -103,3 +106,31 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path: Path, monkeypatch, c
     a, b = final_weights(full), final_weights(part)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_with_a_new_lr_and_weight_decay_uses_them(tmp_path: Path, monkeypatch,
+                                                         caplog) -> None:
+    monkeypatch.setattr(logging.getLogger("spool"), "propagate", True)  # for caplog
+    caplog.set_level(logging.INFO)
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(TrainConfig(**train_config_dict(first, save_every=3, stop_after_steps=3)))
+    resume = str(first / "checkpoints" / "step_00000003")
+    cfg = TrainConfig(**train_config_dict(second, resume=resume, lr=1e-2, weight_decay=0.5))
+    trainer = Trainer(cfg)  # quiet: the note is shown all the same
+    try:
+        factor = warmup_cosine(2, 8, cfg.min_lr_ratio)(3)
+        decay, no_decay = trainer.optimizer.param_groups
+        assert decay["lr"] == pytest.approx(1e-2 * factor) and decay["weight_decay"] == 0.5
+        assert no_decay["lr"] == decay["lr"] and no_decay["weight_decay"] == 0.0
+        assert trainer.scheduler.base_lrs == [1e-2, 1e-2]
+    finally:
+        trainer.close()
+    assert "lr 0.003 -> 0.01, weight_decay 0.05 -> 0.5" in caplog.text
+    train(cfg)
+    with open(second / "steps.csv", newline="") as f:
+        lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f)}
+    schedule = warmup_cosine(2, 8, cfg.min_lr_ratio)
+    assert lrs == {s: pytest.approx(1e-2 * schedule(s - 1)) for s in range(4, 9)}
+    saved = json.loads((second / "checkpoints" / "step_00000008" / "trainer_state.json")
+                       .read_text())["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in saved] == [0.5, 0.0]

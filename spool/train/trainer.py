@@ -46,6 +46,11 @@ from spool.train.tasks import TASKS
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_NAME = ".spool-train.lock"
+# Settings a resumed run may change (it then says so); the new values are used from there on.
+RESUME_FIELDS = ("batch_size", "epochs", "lr", "weight_decay", "min_lr_ratio", "seed",
+                 "warmup_epochs")
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
@@ -182,8 +187,10 @@ class Trainer:
 
     def _resume(self, path: Path, state: dict[str, Any]) -> None:
         check_and_load_state_dict(self.model, state["weights"], str(path / WEIGHTS_NAME))
+        decays = [group["weight_decay"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_hyperparameters(decays)
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.history = state["history"]
@@ -193,12 +200,27 @@ class Trainer:
             ckpt.restore_rng(state["rng"]["tensors"], state["rng"]["python"],
                              state["rng"]["numpy"])
         old = state["config"]
-        changed = [k for k in ("batch_size", "epochs", "lr", "seed", "warmup_epochs")
-                   if old.get(k) != getattr(self.cfg, k)]
-        if changed or state["world_size"] != self.info.world_size:
-            self.log(f"note: resuming with different {changed or ['world_size']}; the run "
-                     "continues but will not repeat an uninterrupted one exactly")
+        changed = [f"{k} {old[k]} -> {getattr(self.cfg, k)}" for k in RESUME_FIELDS
+                   if k in old and old[k] != getattr(self.cfg, k)]
+        if state["world_size"] != self.info.world_size:
+            changed.append(f"world_size {state['world_size']} -> {self.info.world_size}")
+        if changed:
+            self.log(f"note: resuming with {', '.join(changed)}: the new values are used from "
+                     "here on, so the run will not repeat an uninterrupted one exactly",
+                     always=True)
         self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch + 1})")
+
+    def _apply_hyperparameters(self, weight_decays: list[float]) -> None:
+        """After loading a checkpoint's optimizer and scheduler state, put this run's lr,
+        weight decay and schedule in force (the state holds the values of the run saved)."""
+        step = self.scheduler.last_epoch
+        self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
+        for group, decay, factor in zip(self.optimizer.param_groups, weight_decays,
+                                        self.scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = self.cfg.lr
+            group["lr"] = self.cfg.lr * factor(step)
+            group["weight_decay"] = decay
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def checkpoint_path(self) -> Path:
         """Where the checkpoint of the current step goes."""
