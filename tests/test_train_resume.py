@@ -134,3 +134,20 @@ def test_resume_with_a_new_lr_and_weight_decay_uses_them(tmp_path: Path, monkeyp
     saved = json.loads((second / "checkpoints" / "step_00000008" / "trainer_state.json")
                        .read_text())["optimizer"]["param_groups"]
     assert [g["weight_decay"] for g in saved] == [0.5, 0.0]
+
+
+def test_explicit_resume_from_an_older_step_sets_the_later_ones_aside(tmp_path: Path) -> None:
+    full, run = tmp_path / "full", tmp_path / "run"
+    train(TrainConfig(**train_config_dict(full)))
+    fields = train_config_dict(run, save_every=2, keep_checkpoints=3)
+    train(TrainConfig(**fields, stop_after_steps=6))
+    ckpts = run / "checkpoints"
+    # Redo from step 2 (the user's choice), preempted at step 3.
+    train(TrainConfig(**fields, resume=str(ckpts / "step_00000002"), stop_after_steps=3))
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "abandoned_from_step_00000002", "step_00000002", "step_00000003"]
+    assert sorted(p.name for p in (ckpts / "abandoned_from_step_00000002").iterdir()) == [
+        "step_00000004", "step_00000006"]
+    assert [s for s, _ in read_steps(run)] == [1, 2, 3]
+    train(TrainConfig(**fields, resume="auto"))  # continues the redo, from step 3
+    assert read_steps(run) == read_steps(full)

@@ -175,9 +175,11 @@ class Trainer:
             return None
 
         def choose() -> tuple[Path, dict[str, Any]] | None:
-            if cfg.resume == "auto":
-                ckpt.recover_checkpoints(self.out)  # safe: this run holds the directory
-            return ckpt.resolve_resume(cfg.resume, cfg.out_dir)
+            ckpt.recover_checkpoints(self.out)  # safe: this run holds the directory
+            found = ckpt.resolve_resume(cfg.resume, cfg.out_dir)
+            if found is not None and cfg.resume != "auto":
+                self._set_aside_abandoned(*found)
+            return found
 
         found = self._on_rank0(choose)
         choice = broadcast_object(None if found is None else str(found[0]))
@@ -185,12 +187,23 @@ class Trainer:
             return found
         return Path(choice), ckpt.load_checkpoint(Path(choice), self.info.rank)
 
+    def _set_aside_abandoned(self, path: Path, state: dict[str, Any]) -> None:
+        """An explicit resume from step N makes N this run's history: later checkpoints in
+        ``out_dir`` (of the branch abandoned) go aside, so ``--resume auto`` continues this
+        branch, and rotation does not delete the checkpoint resumed from."""
+        aside = ckpt.set_aside_later_checkpoints(self.out, path, state["step"])
+        if aside is not None:
+            names = ", ".join(sorted(p.name for p in aside.iterdir()))
+            self.log(f"note: resuming from step {state['step']}: moved the later checkpoints "
+                     f"({names}) to {aside}; --resume auto now continues this run",
+                     logging.WARNING, always=True)
+
     def _resume(self, path: Path, state: dict[str, Any]) -> None:
         check_and_load_state_dict(self.model, state["weights"], str(path / WEIGHTS_NAME))
         decays = [group["weight_decay"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self._apply_hyperparameters(decays)
+        ckpt.apply_hyperparameters(self.optimizer, self.scheduler, self.cfg.lr, decays)
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.history = state["history"]
@@ -209,18 +222,6 @@ class Trainer:
                      "here on, so the run will not repeat an uninterrupted one exactly",
                      always=True)
         self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch + 1})")
-
-    def _apply_hyperparameters(self, weight_decays: list[float]) -> None:
-        """After loading a checkpoint's optimizer and scheduler state, put this run's lr,
-        weight decay and schedule in force (the state holds the values of the run saved)."""
-        step = self.scheduler.last_epoch
-        self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
-        for group, decay, factor in zip(self.optimizer.param_groups, weight_decays,
-                                        self.scheduler.lr_lambdas, strict=True):
-            group["initial_lr"] = self.cfg.lr
-            group["lr"] = self.cfg.lr * factor(step)
-            group["weight_decay"] = decay
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def checkpoint_path(self) -> Path:
         """Where the checkpoint of the current step goes."""
