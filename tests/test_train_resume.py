@@ -14,7 +14,7 @@ from train_helpers import final_weights, read_steps, train_config_dict
 
 from spool.cli import main
 from spool.train.builders import warmup_cosine
-from spool.train.config import TrainConfig
+from spool.train.config import TrainConfig, read_config_file
 from spool.train.trainer import Trainer, train
 
 
@@ -151,3 +151,19 @@ def test_explicit_resume_from_an_older_step_sets_the_later_ones_aside(tmp_path: 
     assert [s for s, _ in read_steps(run)] == [1, 2, 3]
     train(TrainConfig(**fields, resume="auto"))  # continues the redo, from step 3
     assert read_steps(run) == read_steps(full)
+
+
+def test_a_local_backbone_directory_is_saved_absolute(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "hfbb").mkdir()
+    monkeypatch.chdir(tmp_path)
+    fields = train_config_dict(Path("run"))
+    for name, saved in (("hfbb", str(tmp_path / "hfbb")),
+                        ("facebook/dinov2-small", "facebook/dinov2-small")):  # a hub id
+        cfg = TrainConfig(**{**fields, "model": {**fields["model"], "backbone_name": name}})
+        assert cfg.to_saved_dict()["model"]["backbone_name"] == saved
+    # In a config file, relative to the file's folder (as its other paths are).
+    (tmp_path / "cfg" / "bb").mkdir(parents=True)
+    config = _write_config(tmp_path / "cfg" / "run.json",
+                           **{**fields, "model": {"backbone_name": "bb"}})
+    monkeypatch.chdir(tmp_path / "hfbb")
+    assert read_config_file(config)["model"]["backbone_name"] == str(tmp_path / "cfg" / "bb")
