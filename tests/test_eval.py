@@ -170,3 +170,16 @@ def test_a_class_without_videos_is_null_in_metrics_json(tmp_path: Path, capsys) 
                         parse_constant=refuse)
     assert report["per_class"][names[1]] is None
     assert isinstance(report["per_class"][names[0]], float)
+
+
+def test_eval_under_torchrun_is_refused_once(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["eval", "--checkpoint", str(tmp_path / "model"), "--data", "val.txt"]
+    monkeypatch.setenv("RANK", "0")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("spool eval: error: spool eval runs in a single process; run it without "
+                   "torchrun (spool eval ... --device cuda uses one GPU)")
+    monkeypatch.setenv("RANK", "1")
+    assert main(argv) == 2
+    assert capsys.readouterr() == ("", "")
