@@ -7,12 +7,13 @@ import logging
 import os
 import platform
 import sys
+import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEVICES", "DTYPES", "available_memory_bytes", "configure_logging",
+__all__ = ["DEVICES", "DTYPES", "available_memory_bytes", "configure_logging", "process_rank",
            "resolve_device", "resolve_dtype", "tune_cpu_allocator"]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -117,6 +118,14 @@ class _ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+def process_rank() -> int:
+    """This process's rank under ``torchrun`` (``RANK``); 0 when run alone."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def configure_logging() -> None:
     """Spool's library messages as terse lines; transformers' loading chatter off."""
     logger = logging.getLogger("spool")
@@ -126,5 +135,7 @@ def configure_logging() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+    if process_rank() > 0:  # under torchrun, library warnings once (rank 0's), not per rank
+        warnings.simplefilter("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -147,3 +147,39 @@ def test_eval_on_a_cache_with_classes_in_another_order(tmp_path: Path) -> None:
     assert mapped["loss"] == pytest.approx(ordered.pop("loss"), rel=1e-6)  # summed in
     del mapped["loss"]  # another order
     assert mapped == ordered and mapped["class_names"] == names
+
+
+def test_a_class_without_videos_is_null_in_metrics_json(tmp_path: Path, capsys) -> None:
+    root = tiny_video_dataset()
+    _, names = read_annotations(root / "train.txt")
+    model = SpoolForVideoClassification(**TINY_MODEL, class_names=names)
+    model.config.sampling = {"name": "uniform", "num_frames": 4}
+    model.save_pretrained(tmp_path / "model")
+    lines = [line.split() for line in (root / "val.txt").read_text().splitlines()]
+    kept = [(str(root / path), label) for path, label in lines if label == names[0]]
+    (tmp_path / "val.txt").write_text("".join(f"{p} {label}\n" for p, label in kept))
+    assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--data",
+                 str(tmp_path / "val.txt"), "--num-workers", "0", "--out",
+                 str(tmp_path / "ev")]) == 0
+    assert "n/a" in capsys.readouterr().out
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text(),
+                        parse_constant=refuse)
+    assert report["per_class"][names[1]] is None
+    assert isinstance(report["per_class"][names[0]], float)
+
+
+def test_eval_under_torchrun_is_refused_once(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["eval", "--checkpoint", str(tmp_path / "model"), "--data", "val.txt"]
+    monkeypatch.setenv("RANK", "0")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("spool eval: error: spool eval runs in a single process; run it without "
+                   "torchrun (spool eval ... --device cuda uses one GPU)")
+    monkeypatch.setenv("RANK", "1")
+    assert main(argv) == 2
+    assert capsys.readouterr() == ("", "")

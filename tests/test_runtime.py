@@ -30,3 +30,17 @@ def _run(env_value: str | None) -> list[str]:
 def test_allocator_tuning_applies_and_can_be_turned_off() -> None:
     assert _run(None) == ["True", "True"]
     assert _run("0") == ["False", "False"]
+
+
+@pytest.mark.parametrize("rank,shown", [("0", 1), ("1", 0)])
+def test_library_warnings_show_on_rank_0_only(monkeypatch, rank: str, shown: int) -> None:
+    import warnings
+
+    from spool.runtime import configure_logging
+
+    monkeypatch.setenv("RANK", rank)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        configure_logging()
+        warnings.warn("broadcast_buffers is deprecated", FutureWarning, stacklevel=1)
+    assert len(caught) == shown

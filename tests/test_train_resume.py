@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from train_helpers import final_weights, read_steps, train_config_dict
 
 from spool.cli import main
-from spool.train.config import TrainConfig
-from spool.train.trainer import train
+from spool.train.builders import warmup_cosine
+from spool.train.config import TrainConfig, read_config_file
+from spool.train.trainer import Trainer, train
 
 
 def _write_config(path: Path, **fields) -> Path:
@@ -103,3 +106,64 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path: Path, monkeypatch, c
     a, b = final_weights(full), final_weights(part)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_with_a_new_lr_and_weight_decay_uses_them(tmp_path: Path, monkeypatch,
+                                                         caplog) -> None:
+    monkeypatch.setattr(logging.getLogger("spool"), "propagate", True)  # for caplog
+    caplog.set_level(logging.INFO)
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(TrainConfig(**train_config_dict(first, save_every=3, stop_after_steps=3)))
+    resume = str(first / "checkpoints" / "step_00000003")
+    cfg = TrainConfig(**train_config_dict(second, resume=resume, lr=1e-2, weight_decay=0.5))
+    trainer = Trainer(cfg)  # quiet: the note is shown all the same
+    try:
+        factor = warmup_cosine(2, 8, cfg.min_lr_ratio)(3)
+        decay, no_decay = trainer.optimizer.param_groups
+        assert decay["lr"] == pytest.approx(1e-2 * factor) and decay["weight_decay"] == 0.5
+        assert no_decay["lr"] == decay["lr"] and no_decay["weight_decay"] == 0.0
+        assert trainer.scheduler.base_lrs == [1e-2, 1e-2]
+    finally:
+        trainer.close()
+    assert "lr 0.003 -> 0.01, weight_decay 0.05 -> 0.5" in caplog.text
+    train(cfg)
+    with open(second / "steps.csv", newline="") as f:
+        lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f)}
+    schedule = warmup_cosine(2, 8, cfg.min_lr_ratio)
+    assert lrs == {s: pytest.approx(1e-2 * schedule(s - 1)) for s in range(4, 9)}
+    saved = json.loads((second / "checkpoints" / "step_00000008" / "trainer_state.json")
+                       .read_text())["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in saved] == [0.5, 0.0]
+
+
+def test_explicit_resume_from_an_older_step_sets_the_later_ones_aside(tmp_path: Path) -> None:
+    full, run = tmp_path / "full", tmp_path / "run"
+    train(TrainConfig(**train_config_dict(full)))
+    fields = train_config_dict(run, save_every=2, keep_checkpoints=3)
+    train(TrainConfig(**fields, stop_after_steps=6))
+    ckpts = run / "checkpoints"
+    # Redo from step 2 (the user's choice), preempted at step 3.
+    train(TrainConfig(**fields, resume=str(ckpts / "step_00000002"), stop_after_steps=3))
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "abandoned_from_step_00000002", "step_00000002", "step_00000003"]
+    assert sorted(p.name for p in (ckpts / "abandoned_from_step_00000002").iterdir()) == [
+        "step_00000004", "step_00000006"]
+    assert [s for s, _ in read_steps(run)] == [1, 2, 3]
+    train(TrainConfig(**fields, resume="auto"))  # continues the redo, from step 3
+    assert read_steps(run) == read_steps(full)
+
+
+def test_a_local_backbone_directory_is_saved_absolute(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "hfbb").mkdir()
+    monkeypatch.chdir(tmp_path)
+    fields = train_config_dict(Path("run"))
+    for name, saved in (("hfbb", str(tmp_path / "hfbb")),
+                        ("facebook/dinov2-small", "facebook/dinov2-small")):  # a hub id
+        cfg = TrainConfig(**{**fields, "model": {**fields["model"], "backbone_name": name}})
+        assert cfg.to_saved_dict()["model"]["backbone_name"] == saved
+    # In a config file, relative to the file's folder (as its other paths are).
+    (tmp_path / "cfg" / "bb").mkdir(parents=True)
+    config = _write_config(tmp_path / "cfg" / "run.json",
+                           **{**fields, "model": {"backbone_name": "bb"}})
+    monkeypatch.chdir(tmp_path / "hfbb")
+    assert read_config_file(config)["model"]["backbone_name"] == str(tmp_path / "cfg" / "bb")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from typing import Any
 
 from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
@@ -25,8 +26,14 @@ def format_report(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from spool.models.pretrained import peek_architecture
+    from spool.runtime import process_rank
     from spool.train.evaluate import evaluate_checkpoint
 
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # each rank would redo it all
+        if process_rank() > 0:
+            return 2  # rank 0 says why, once
+        raise ValueError("spool eval runs in a single process; run it without torchrun "
+                         "(spool eval ... --device cuda uses one GPU)")
     if peek_architecture(args.checkpoint).endswith("ForFrameClassification"):
         return _run_frames(args)
     report = evaluate_checkpoint(args.checkpoint, args.data, args.cache,

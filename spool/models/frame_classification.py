@@ -31,12 +31,12 @@ from torch import nn
 from spool.config import SpoolConfig
 from spool.layers.backbone import FrameEncoder
 from spool.models.frame_encoder import config_and_frame_encoder
-from spool.models.long_video import stream_tokens
+from spool.models.long_video import default_sampler, stream_tokens
 from spool.models.pretrained import SpoolPreTrainedModel, lookup_architecture
 from spool.models.spool import Spool
 from spool.models.temporal_conv import LinearProbe, MultiStageTCN, ms_tcn_loss
 from spool.video.io import VideoReader
-from spool.video.samplers import FpsSampler, FrameSampler
+from spool.video.samplers import FrameSampler
 
 IGNORE_INDEX = -100
 
@@ -177,12 +177,13 @@ class FrameClassifier(SpoolPreTrainedModel):
     def predict_long(self, video: str | os.PathLike | torch.Tensor, *,
                      sampler: FrameSampler | None = None, chunk_frames: int = 32,
                      offload_dir: str | os.PathLike | None = None) -> LongPrediction:
-        """Logits of every frame of a whole video (a file, decoded with ``sampler``, default
-        1 fps, or its tokens ``[T, L, D]``) in one pass, memory linear in its length."""
+        """Logits of every frame of a whole video (a file, decoded with ``sampler``, by
+        default at the training rate, ``config.sampling``, else 1 fps; or its tokens
+        ``[T, L, D]``) in one pass, memory linear in its length."""
         tokens = video if isinstance(video, torch.Tensor) else None
         features, indices, stamps = self._long_features(
-            tokens, None if tokens is not None else os.fspath(video), sampler or FpsSampler(1.0),
-            chunk_frames)
+            tokens, None if tokens is not None else os.fspath(video),
+            sampler or default_sampler(self.config), chunk_frames)
         logits = self.head(features[None])[0]
         return LongPrediction(logits,
                               None if indices is None else torch.from_numpy(indices),
@@ -343,7 +344,8 @@ class SpoolForFrameClassification(FrameClassifier):
     def predict_long(self, video: str | os.PathLike | torch.Tensor, *,
                      sampler: FrameSampler | None = None, chunk_frames: int = 32,
                      offload_dir: str | os.PathLike | None = None) -> LongPrediction:
-        out = self.spool.forward_long(video, sampler=sampler, chunk_frames=chunk_frames,
+        out = self.spool.forward_long(video, sampler=sampler or default_sampler(self.config),
+                                      chunk_frames=chunk_frames,
                                       offload_dir=offload_dir)
         features = self._head_input(out.frame_features[None], out.context[None])
         logits = self.classifier(features)

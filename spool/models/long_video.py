@@ -24,7 +24,7 @@ from spool.layers.streaming import stream_temporal_stack
 from spool.runtime import available_memory_bytes
 from spool.validation import check_tokens
 from spool.video.io import VideoReader
-from spool.video.samplers import FpsSampler, FrameSampler
+from spool.video.samplers import FpsSampler, FrameSampler, make_sampler
 
 logger = logging.getLogger(__name__)
 GiB = 2**30
@@ -42,6 +42,15 @@ class LongVideoOutput:
     frame_indices: torch.Tensor | None = None
     timestamps: torch.Tensor | None = None
     features: torch.Tensor | None = None
+
+
+def default_sampler(config) -> FrameSampler:
+    """How a whole video is sampled when no sampler is given: as the model was trained (its
+    ``config.sampling``, when that takes whole videos: ``fps`` or ``stride``), else 1 fps."""
+    trained = getattr(config, "sampling", None)
+    if isinstance(trained, dict) and trained.get("name") in ("fps", "stride"):
+        return make_sampler(**trained)
+    return FpsSampler(1.0)
 
 
 def memory_estimate(num_frames: int, num_tokens: int, hidden_size: int, chunk_frames: int,
@@ -118,7 +127,8 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
                  progress: bool = False) -> LongVideoOutput:
     """Run ``model`` (a :class:`~spool.models.spool.Spool`) over a whole video in one pass.
 
-    ``video``: a file path (decoded with ``sampler``, default 1 fps; one clip), or backbone
+    ``video``: a file path (decoded with ``sampler``; by default at the rate the model was
+    trained at, its ``config.sampling``, else 1 fps: :func:`default_sampler`), or backbone
     tokens ``[T, L, D]`` (``[1, T, L, D]`` too). ``chunk_frames`` frames go through each
     temporal layer at a time; ``offload_dir`` keeps the hidden state in a file there instead
     of RAM. A ``MemoryError`` comes before any work when the estimate exceeds what is free.
@@ -137,7 +147,7 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
         if model.backbone is None:
             raise ValueError("video: this model has no backbone (with_backbone=False); pass "
                              "its cached tokens [T, L, D] instead of a file")
-        sampler = sampler or FpsSampler(1.0)
+        sampler = sampler or default_sampler(config)
         reader = VideoReader(video)
         info = reader.info()
         clips = sampler(info.num_frames, info.fps)

@@ -109,7 +109,8 @@ class Spool(SpoolPreTrainedModel):
     def forward_long(self, video: str | os.PathLike | torch.Tensor, **kwargs: Any
                      ) -> LongVideoOutput:
         """A whole video in one pass with memory linear in its length: a file path (decoded
-        in chunks with ``sampler=``, default 1 fps) or tokens ``[T, L, D]``. The same result as
+        in chunks with ``sampler=``, by default at the training rate of ``config.sampling``,
+        else 1 fps) or tokens ``[T, L, D]``. The same result as
         ``forward`` to fp32 round-off; see :func:`spool.models.long_video.forward_long`."""
         from spool.models.long_video import forward_long
 

@@ -283,6 +283,45 @@ def resolve_resume(resume: str, out_dir: str, rank: int = 0
     return None
 
 
+def apply_hyperparameters(optimizer: torch.optim.Optimizer,
+                          scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float,
+                          weight_decays: list[float]) -> None:
+    """After loading a checkpoint's optimizer and scheduler state (which hold the saved
+    run's values), put ``lr`` (under this run's schedule) and ``weight_decays`` (one per
+    param group) in force."""
+    step = scheduler.last_epoch
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    for group, decay, factor in zip(optimizer.param_groups, weight_decays,
+                                    scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(step)
+        group["weight_decay"] = decay
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def set_aside_later_checkpoints(out_dir: Path, resumed: Path, step: int) -> Path | None:
+    """Move the checkpoints of ``out_dir`` at or after ``step`` (other than ``resumed``, the
+    one a run goes on from) into ``checkpoints/abandoned_from_step_<step>[_n]/``: they belong
+    to the branch the resume abandons, and would otherwise win ``--resume auto`` and
+    rotation. Returns that folder, or None when there was nothing to move."""
+    resumed = Path(resumed).resolve()
+    later = [p for p in list_checkpoints(out_dir)
+             if int(p.name[len("step_"):]) >= step and p.resolve() != resumed]
+    if not later:
+        return None
+    root = Path(out_dir) / CHECKPOINT_DIR
+    aside = root / f"abandoned_from_step_{step:08d}"
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = root / f"abandoned_from_step_{step:08d}_{n}"
+    aside.mkdir()
+    for path in later:
+        _move(path, aside / path.name)
+    fsync_directory(root)
+    return aside
+
+
 def prune_checkpoints(out_dir: Path, keep: int) -> None:
     """Keep the newest ``keep`` complete checkpoints; delete the others and damaged ones
     (and what earlier crashes left: :func:`recover_checkpoints`)."""

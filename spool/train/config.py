@@ -179,6 +179,7 @@ class TrainConfig:
         for name in PATH_FIELDS:
             if data[name] is not None:
                 data[name] = os.path.abspath(data[name])
+        data["model"] = _local_backbone_absolute(data["model"], os.getcwd())
         return data
 
     @classmethod
@@ -221,4 +222,15 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         value = data.get(name)
         if isinstance(value, str) and not os.path.isabs(value):
             data[name] = os.path.join(base, value)
-    return data
+    return {**data, "model": _local_backbone_absolute(data["model"], base)} \
+        if isinstance(data.get("model"), dict) else data
+
+
+def _local_backbone_absolute(model: dict[str, Any], base: str) -> dict[str, Any]:
+    """``model`` with a ``backbone_name`` that names a directory under ``base`` made
+    absolute (a hub id, with no such directory, stays as it is)."""
+    name = model.get("backbone_name")
+    if isinstance(name, str) and name and not os.path.isabs(name) \
+            and os.path.isdir(os.path.join(base, name)):
+        return {**model, "backbone_name": os.path.abspath(os.path.join(base, name))}
+    return model

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -151,7 +150,7 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
     from spool.models.classification import load_classifier
     from spool.models.pretrained import checkpoint_backbone_digest
     from spool.runtime import resolve_device
-    from spool.train.metrics import per_class_accuracy, plot_confusion_matrix
+    from spool.train.metrics import json_text, per_class_accuracy, plot_confusion_matrix
     from spool.video.samplers import clip_sampler
 
     if (data is None) == (cache is None):
@@ -191,7 +190,7 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
               **skipped_fields(result.num_skipped, result.skipped)}
     if out_dir is not None:
         out = Path(out_dir)
-        atomic_write_text(out / "metrics.json", json.dumps(report, indent=1))
+        atomic_write_text(out / "metrics.json", json_text(report))
         plot_confusion_matrix(confusion, names, out / "confusion_matrix.png",
                               title=f"{Path(model_dir).name}: top-1 {100 * metrics['top1']:.1f}%")
         rows = [[dataset.samples[i].path, names[dataset.samples[i].label],

@@ -4,6 +4,7 @@ per-step / per-epoch CSV logs of a training run."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -171,3 +172,20 @@ def rewrite_csv(path: Path, fields: tuple[str, ...], keep: Any) -> None:
 def append_csv(path: Path, fields: tuple[str, ...], row: dict[str, Any]) -> None:
     with open(path, "a", newline="") as f:
         csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerow(row)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (a class with no videos has no accuracy)
+    made ``None``, so that ``json.dumps`` writes valid JSON (``null``, not ``NaN``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """``value`` as indented, valid JSON: non-finite numbers become ``null``."""
+    return json.dumps(json_safe(value), indent=1, allow_nan=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from spool.metrics.ribbons import plot_ribbons
 from spool.metrics.segmentation import SegmentationMetrics
 from spool.models.frame_classification import FrameClassifier
 from spool.train.evaluate import skipped_fields, skipped_note
+from spool.train.metrics import json_text
 from spool.video.io import probe_video
 from spool.video.samplers import FrameSampler
 
@@ -120,8 +120,8 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
     """``metrics.json``, ``ribbons.png`` (the first ``max_ribbons`` videos) and
     ``predictions/<video>.csv`` (frame index, time, label, prediction, probability)."""
     out = Path(out_dir)
-    atomic_write_text(out / "metrics.json", json.dumps(
-        result.report(class_names, background), indent=1))
+    atomic_write_text(out / "metrics.json",
+                      json_text(result.report(class_names, background)))
     shown = dict(list(result.videos.items())[:max_ribbons])
     if shown:
         plot_ribbons(out / "ribbons.png", {k: v.target for k, v in shown.items()},

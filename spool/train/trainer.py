@@ -46,6 +46,11 @@ from spool.train.tasks import TASKS
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_NAME = ".spool-train.lock"
+# Settings a resumed run may change (it then says so); the new values are used from there on.
+RESUME_FIELDS = ("batch_size", "epochs", "lr", "weight_decay", "min_lr_ratio", "seed",
+                 "warmup_epochs")
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
@@ -170,9 +175,11 @@ class Trainer:
             return None
 
         def choose() -> tuple[Path, dict[str, Any]] | None:
-            if cfg.resume == "auto":
-                ckpt.recover_checkpoints(self.out)  # safe: this run holds the directory
-            return ckpt.resolve_resume(cfg.resume, cfg.out_dir)
+            ckpt.recover_checkpoints(self.out)  # safe: this run holds the directory
+            found = ckpt.resolve_resume(cfg.resume, cfg.out_dir)
+            if found is not None and cfg.resume != "auto":
+                self._set_aside_abandoned(*found)
+            return found
 
         found = self._on_rank0(choose)
         choice = broadcast_object(None if found is None else str(found[0]))
@@ -180,10 +187,23 @@ class Trainer:
             return found
         return Path(choice), ckpt.load_checkpoint(Path(choice), self.info.rank)
 
+    def _set_aside_abandoned(self, path: Path, state: dict[str, Any]) -> None:
+        """An explicit resume from step N makes N this run's history: later checkpoints in
+        ``out_dir`` (of the branch abandoned) go aside, so ``--resume auto`` continues this
+        branch, and rotation does not delete the checkpoint resumed from."""
+        aside = ckpt.set_aside_later_checkpoints(self.out, path, state["step"])
+        if aside is not None:
+            names = ", ".join(sorted(p.name for p in aside.iterdir()))
+            self.log(f"note: resuming from step {state['step']}: moved the later checkpoints "
+                     f"({names}) to {aside}; --resume auto now continues this run",
+                     logging.WARNING, always=True)
+
     def _resume(self, path: Path, state: dict[str, Any]) -> None:
         check_and_load_state_dict(self.model, state["weights"], str(path / WEIGHTS_NAME))
+        decays = [group["weight_decay"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.apply_hyperparameters(self.optimizer, self.scheduler, self.cfg.lr, decays)
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.history = state["history"]
@@ -193,11 +213,14 @@ class Trainer:
             ckpt.restore_rng(state["rng"]["tensors"], state["rng"]["python"],
                              state["rng"]["numpy"])
         old = state["config"]
-        changed = [k for k in ("batch_size", "epochs", "lr", "seed", "warmup_epochs")
-                   if old.get(k) != getattr(self.cfg, k)]
-        if changed or state["world_size"] != self.info.world_size:
-            self.log(f"note: resuming with different {changed or ['world_size']}; the run "
-                     "continues but will not repeat an uninterrupted one exactly")
+        changed = [f"{k} {old[k]} -> {getattr(self.cfg, k)}" for k in RESUME_FIELDS
+                   if k in old and old[k] != getattr(self.cfg, k)]
+        if state["world_size"] != self.info.world_size:
+            changed.append(f"world_size {state['world_size']} -> {self.info.world_size}")
+        if changed:
+            self.log(f"note: resuming with {', '.join(changed)}: the new values are used from "
+                     "here on, so the run will not repeat an uninterrupted one exactly",
+                     always=True)
         self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch + 1})")
 
     def checkpoint_path(self) -> Path:
