@@ -145,6 +145,24 @@ def test_val_and_eval_caches_of_other_sampling_are_refused(tmp_path: Path) -> No
         evaluate_checkpoint(tmp_path / "model", cache=str(tmp_path / "c8"), device="cpu")
 
 
+@pytest.mark.parametrize("flags, named", [
+    (["--hflip", "--no-augment"], "hflip (--hflip)"),
+    (["--train-cache", "C", "--hflip"], "hflip (--hflip)"),
+    (["--train-cache", "C", "--num-clips", "3"], "num_clips (--num-clips)"),
+    (["--fps", "3"], "fps (--fps): applies to the frames task only"),
+    (["--background", "grow"], "background (--background)"),
+    (["--task", "frames", "--num-clips", "3"], "num_clips (--num-clips): applies to the clips"),
+])
+def test_flags_that_do_not_apply_are_refused(tmp_path: Path, capsys, flags, named) -> None:
+    from spool.cli import main
+
+    data = ["--train-data", "t.txt"] if "--train-cache" not in flags else []
+    assert main(["train", *data, *flags, "--out-dir", str(tmp_path / "run")]) == 2
+    assert f"spool train: error: {named}" in capsys.readouterr().err
+    # A config file's defaults are not refused.
+    TrainConfig(task="frames", train_data="x.csv", num_clips=1, hflip=False, num_frames=16)
+
+
 def test_freeze_backbone_false_is_refused_with_a_cache(tmp_path: Path) -> None:
     _clip_cache(tmp_path / "cache")
     cfg = _config(tmp_path / "run", train_data=None, train_cache=str(tmp_path / "cache"),
