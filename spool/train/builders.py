@@ -2,44 +2,78 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from spool.config import SpoolConfig, differing_token_fields
-from spool.data.cache import CachedTokenDataset, cache_backbone_config, load_cache_backbone
+from spool.data.cache import (
+    CACHE_META,
+    CachedTokenDataset,
+    cache_backbone_config,
+    load_cache_backbone,
+)
 from spool.data.dataset import VideoClipDataset, read_annotations
 from spool.models.classification import VideoClassifier, classifier_class
-from spool.models.pretrained import load_pretrained
+from spool.models.pretrained import (
+    _BACKBONE_KEY,
+    check_and_load_state_dict,
+    checkpoint_backbone_digest,
+    load_pretrained,
+    resolve_checkpoint,
+    weights_digest,
+)
 from spool.models.spool import Spool
 from spool.train.config import TrainConfig
 from spool.video.samplers import clip_sampler
 from spool.video.transforms import RandomResizedCrop
 
+logger = logging.getLogger(__name__)
+
+
+def model_class(cfg: TrainConfig) -> type:
+    """The class of model the run trains (its task's ``architecture``)."""
+    if cfg.task == "frames":
+        from spool.models.frame_classification import frame_classifier_class
+        return frame_classifier_class(cfg.architecture)
+    return classifier_class(cfg.architecture)
+
 
 def model_config(cfg: TrainConfig) -> SpoolConfig:
-    """The SpoolConfig of the run without class names: from the cache, ``init`` or ``model``."""
+    """The SpoolConfig of the run without class names: ``init``'s (its head settings only
+    when the run continues its class), the token cache's frame encoder, then ``model``."""
     overrides = dict(cfg.model)
     if cfg.architecture == "frame_pooling":
         overrides = {"num_hidden_layers": 0, **overrides}  # no temporal stack
     if cfg.gradient_checkpointing:
         overrides["gradient_checkpointing"] = True
-    if cfg.train_cache is not None:
-        cached = cache_backbone_config(cfg.train_cache)
-        fixed = SpoolConfig.FRAME_ENCODER_FIELDS
-        clash = {k: v for k, v in overrides.items() if k in fixed and v != getattr(cached, k)}
-        if clash:
-            raise ValueError(f"model: {sorted(clash)} differ from the backbone the token cache "
-                             f"{cfg.train_cache} was made with; rebuild the cache instead")
-        # Only the frame encoder comes from the cache; the temporal part is this run's choice.
-        keep = (*fixed, "freeze_backbone", "backbone_chunk_size")
-        return SpoolConfig(**{**{k: getattr(cached, k) for k in keep}, **overrides})
+    base = SpoolConfig()
     if cfg.init is not None:
-        return load_pretrained(cfg.init, with_backbone=False).config.replace(
-            architectures=None, **overrides)
-    return SpoolConfig(**overrides)
+        init = load_pretrained(cfg.init, with_backbone=False)
+        # The run's own background classes (frames task) replace the init's.
+        head = {} if type(init) is model_class(cfg) else {"head_config": None}
+        base = init.config.replace(architectures=None, background_classes=None, **head)
+    if cfg.train_cache is None:
+        return base.replace(**overrides)
+    if overrides.get("freeze_backbone") is False:
+        raise ValueError("model: freeze_backbone=false does not apply to --train-cache (the "
+                         "backbone is never run); train on videos (--train-data) to fine-tune it")
+    cached = cache_backbone_config(cfg.train_cache)
+    fixed = SpoolConfig.FRAME_ENCODER_FIELDS
+    clash = {k: v for k, v in overrides.items() if k in fixed and v != getattr(cached, k)}
+    if clash:
+        raise ValueError(f"model: {sorted(clash)} differ from the backbone the token cache "
+                         f"{cfg.train_cache} was made with; rebuild the cache instead")
+    # Only the frame encoder comes from the cache; the temporal part is this run's choice.
+    keep = (*fixed, "freeze_backbone", "backbone_chunk_size")
+    return base.replace(**{k: getattr(cached, k) for k in keep}, **overrides)
 
 
 def build_datasets(cfg: TrainConfig, config: SpoolConfig
@@ -74,6 +108,7 @@ def build_datasets(cfg: TrainConfig, config: SpoolConfig
                 raise ValueError(f"val_cache: {cfg.val_cache} was made with other "
                                  f"{', '.join(differ)} than {cfg.train_cache}; cache both with "
                                  "the same settings")
+        check_sampling(val.sampling, training_sampling(train), "val_cache", cfg.val_cache)
     elif cfg.val_data is not None:
         samples, _ = read_annotations(cfg.val_data, names)
         frames, stride = cfg.num_frames, cfg.frame_stride
@@ -85,38 +120,103 @@ def build_datasets(cfg: TrainConfig, config: SpoolConfig
     return train, val, names
 
 
-def build_model(cfg: TrainConfig, config: SpoolConfig, class_names: list[str]
-                ) -> VideoClassifier:
-    """The classifier, seeded; backbone weights from the cache, or ``init``'s weights."""
-    cls = classifier_class(cfg.architecture)
-    if cfg.init is not None:
-        init = load_pretrained(cfg.init, **cfg.model)
-        if isinstance(init, VideoClassifier):
-            if not isinstance(init, cls) or init.class_names != class_names:
-                raise ValueError(f"init: {cfg.init} is a {type(init).__name__} for classes "
-                                 f"{init.class_names}; this run trains {cls.__name__} on "
-                                 f"{class_names}")
-            return init
+def training_sampling(train: Dataset) -> dict[str, Any] | None:
+    """How the training set's clips or frames are sampled (``FrameSampler.to_dict()``)."""
+    return train.sampling if hasattr(train, "sampling") else train.sampler.to_dict()
+
+
+def check_sampling(found: dict[str, Any] | None, expected: dict[str, Any] | None, what: str,
+                   cache: str, against: str = "training") -> None:
+    """``ValueError`` when token cache ``cache`` was sampled otherwise than ``against``
+    (either unknown: no check)."""
+    if found and expected and found != expected:
+        raise ValueError(f"{what}: {cache} holds tokens sampled as {found}, but {against} "
+                         f"{'samples' if against == 'training' else 'were sampled as'} "
+                         f"{expected}; cache the videos with the same sampling")
+
+
+def build_model(cfg: TrainConfig, config: SpoolConfig, class_names: list[str],
+                **fields: Any) -> torch.nn.Module:
+    """The run's model, seeded: a new one of ``cfg``'s class (``fields`` on its config), the
+    token cache's frame encoder, then what fits of ``init`` (said in the log)."""
     torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
-    model = cls(config.replace(class_names=list(class_names)))
-    load_initial_weights(model, cfg)
+    model = model_class(cfg)(config.replace(class_names=list(class_names), **fields))
+    if cfg.train_cache is not None:
+        load_cache_backbone(model, cfg.train_cache)
+    if cfg.init is not None:
+        note = load_initial_weights(model, cfg)
+        if not cfg.quiet and (not dist.is_initialized() or dist.get_rank() == 0):
+            logger.info(f"[{cfg.name}] {note}" if cfg.name else note)
+    if cfg.val_cache is not None:
+        check_cache_backbone(model, cfg.val_cache, "val_cache")
     return model
 
 
-def load_initial_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
-    """A new model's starting weights: the token cache's frame encoder, or the Spool of
-    ``init`` (a Spool checkpoint, or the Spool inside another model) under a new head."""
-    if cfg.train_cache is not None:
-        load_cache_backbone(model, cfg.train_cache)
-    elif cfg.init is not None:
-        init = load_pretrained(cfg.init, **cfg.model)
-        source = init if isinstance(init, Spool) else getattr(init, "spool", None)
-        target = getattr(model, "spool", None)
-        if not isinstance(source, Spool) or target is None:
-            raise ValueError(f"init: {cfg.init} holds a {type(init).__name__}; a new "
-                             f"{type(model).__name__} can start only from the Spool of a "
-                             "Spool or Spool-classifier checkpoint")
-        target.load_state_dict(source.state_dict())
+def check_cache_backbone(model: torch.nn.Module, cache: str, what: str) -> None:
+    """``ValueError`` unless token cache ``cache`` was made by ``model``'s frame encoder
+    (same weights, same token settings)."""
+    meta = json.loads((Path(cache) / CACHE_META).read_text())
+    encoder = model.frame_encoder
+    if encoder is not None and weights_digest(encoder.state_dict()) != meta["backbone_digest"]:
+        raise ValueError(f"{what}: {cache} was made by another backbone than the model's; "
+                         "cache it with the backbone the run trains with")
+    differ = model.config.token_field_differences(meta.get("frame_encoder"))
+    if differ:
+        raise ValueError(f"{what}: {cache} was made with other {', '.join(differ)} than the "
+                         "model's; cache it with the same settings")
+
+
+def _without_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not _BACKBONE_KEY.search(k)}
+
+
+def _load(target: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+          keep_backbone: bool) -> None:
+    """Load ``state`` strictly into ``target``; ``keep_backbone``: all but the backbone,
+    which keeps its weights."""
+    if keep_backbone:
+        own = target.state_dict()
+        state = {**{k: v for k, v in own.items() if _BACKBONE_KEY.search(k)},
+                 **_without_backbone(state)}
+    check_and_load_state_dict(target, state, source)
+
+
+def load_initial_weights(model: torch.nn.Module, cfg: TrainConfig) -> str:
+    """Load ``init`` into a new ``model``: all of it when it is a model of the same class and
+    classes, else its Spool (a Spool checkpoint, or the Spool inside another model) under the
+    new head. With a token cache the model keeps the cache's frame encoder, and an init made
+    with another backbone is refused. Returns what was loaded, for the log."""
+    cached = cfg.train_cache is not None
+    directory = resolve_checkpoint(cfg.init)
+    init = load_pretrained(directory, with_backbone=not cached, **cfg.model)
+    if cached:
+        digest = checkpoint_backbone_digest(directory)
+        if digest is not None and digest != weights_digest(model.frame_encoder.state_dict()):
+            raise ValueError(f"init: {cfg.init} was trained on another backbone than the one "
+                             f"that made {cfg.train_cache}; cache the videos with its backbone "
+                             f"(spool cache --init {cfg.init}) or train on videos")
+        differ = differing_token_fields(model.config.frame_encoder_fields(),
+                                        init.config.frame_encoder_fields())
+        if differ:
+            raise ValueError(f"init: {cfg.init} was trained on tokens made with other "
+                             f"{', '.join(differ)} than {cfg.train_cache}")
+    kind, names = type(model).__name__, model.class_names
+    where = " (the backbone is the cache's)" if cached else ""
+    if type(init) is type(model) and init.class_names == names:
+        _load(model, init.state_dict(), f"init {cfg.init}", cached)
+        return f"init: continuing the {kind} of {cfg.init}, all its weights{where}"
+    source = init if isinstance(init, Spool) else getattr(init, "spool", None)
+    target = getattr(model, "spool", None)
+    if not isinstance(source, Spool) or target is None:
+        held = type(init).__name__
+        if hasattr(init, "class_names"):
+            held += f" for classes {init.class_names}"
+        raise ValueError(f"init: {cfg.init} holds a {held}; a new {kind} for {names} can "
+                         f"start only from a Spool, a model with a Spool inside, or a {kind} "
+                         "for the same classes")
+    _load(target, source.state_dict(), f"init {cfg.init}", cached)
+    parts = "its temporal layers" if cached else "its backbone and temporal layers"
+    return f"init: the Spool of {cfg.init} ({parts}){where}; a new head for {len(names)} classes"
 
 
 def parameter_groups(model: VideoClassifier, weight_decay: float) -> list[dict]:

@@ -166,6 +166,30 @@ class TrainConfig:
         unknown = sorted(set(self.model) - known)
         if unknown:
             raise ValueError(f"model: unknown SpoolConfig fields {unknown}")
+        self._check_applies()
+
+    def _check_applies(self) -> None:
+        """``ValueError`` for a setting (other than its default) the run would ignore."""
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING
+                    else f.default_factory() for f in dataclasses.fields(self)}
+        changed = {k for k in defaults if getattr(self, k) != defaults[k]}
+        # Per task, the settings of the other task only.
+        other = {"clips": ("crop_frames", "fps", "background", "train_split", "val_split"),
+                 "frames": ("num_frames", "frame_stride", "num_clips", "crop_scale", "hflip")}
+        for name in other.get(self.task, ()):
+            if name in changed:
+                flag = f"--{name.replace('_', '-')}"
+                raise ValueError(f"{name} ({flag}): applies to the {_other_task(self.task)} "
+                                 f"task only, not to --task {self.task}")
+        if self.hflip and not self.augment:
+            raise ValueError("hflip (--hflip): flips are augmentation; it does not apply with "
+                             "augment false (--no-augment)")
+        if self.hflip and self.train_cache is not None:
+            raise ValueError("hflip (--hflip): does not apply to train_cache, whose views were "
+                             "fixed when it was made (spool cache --views, --hflip)")
+        if self.task == "clips" and self.num_clips != 1 and self.val_data is None:
+            raise ValueError("num_clips (--num-clips): applies to val_data (clips per held-out "
+                             "video); a token cache holds one clip per video")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -201,6 +225,10 @@ class TrainConfig:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from err
+
+
+def _other_task(task: str) -> str:
+    return "frames" if task == "clips" else "clips"
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:

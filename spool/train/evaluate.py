@@ -150,6 +150,7 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
     from spool.models.classification import load_classifier
     from spool.models.pretrained import checkpoint_backbone_digest
     from spool.runtime import resolve_device
+    from spool.train.builders import check_sampling
     from spool.train.metrics import json_text, per_class_accuracy, plot_confusion_matrix
     from spool.video.samplers import clip_sampler
 
@@ -173,6 +174,8 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
             raise ValueError(f"cache: {cache} was made with other {', '.join(differ)} than "
                              f"{model_dir}'s; evaluate on videos (--data) or re-cache with "
                              f"`spool cache --init {model_dir}`")
+        check_sampling(dataset.sampling, model.config.sampling, "cache", cache,
+                       f"{model_dir} was trained on clips that")
     else:
         trained = dict(model.config.sampling or {})
         frames = num_frames or trained.get("num_frames", 16)

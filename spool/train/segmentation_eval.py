@@ -163,6 +163,7 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
     from spool.data.segmentation import read_segmentation
     from spool.models.pretrained import checkpoint_backbone_digest, load_pretrained
     from spool.runtime import resolve_device
+    from spool.train.builders import check_sampling
     from spool.video.samplers import make_sampler
 
     if (data is None) == (cache is None):
@@ -186,6 +187,8 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
         if differ:
             raise ValueError(f"cache: {cache} was made with other {', '.join(differ)} than "
                              f"{model_dir}'s; evaluate the videos (--data) instead")
+        check_sampling(dataset.sampling, model.config.sampling, "cache", cache,
+                       f"{model_dir} was trained on frames that")
         sampler = None
     else:
         dataset, _ = read_segmentation(data, split, names)

@@ -18,13 +18,12 @@ from spool.data.dataset import collate_readable
 from spool.data.frame_cache import FrameTokenDataset, VideoFrameDataset, collate_frames
 from spool.data.segmentation import read_segmentation
 from spool.distributed import all_reduce_sum
-from spool.models.frame_classification import frame_classifier_class
-from spool.train.builders import build_datasets, build_model, load_initial_weights
+from spool.train.builders import build_datasets, build_model, check_sampling, training_sampling
 from spool.train.config import TrainConfig
 from spool.train.evaluate import evaluate
 from spool.train.metrics import EPOCH_FIELDS, MetricTracker
 from spool.train.segmentation_eval import evaluate_segmentation
-from spool.video.samplers import FpsSampler
+from spool.video.samplers import FpsSampler, make_sampler
 
 
 class ClipTask:
@@ -42,8 +41,7 @@ class ClipTask:
         return build_model(cfg, config, names)
 
     def sampling(self, train_set: Dataset) -> dict[str, Any]:
-        return train_set.sampling if hasattr(train_set, "sampling") else \
-            train_set.sampler.to_dict()
+        return training_sampling(train_set)
 
     def tracker(self, num_classes: int) -> MetricTracker:
         return MetricTracker(num_classes)
@@ -116,18 +114,21 @@ class FrameTask:
 
     def build(self, cfg: TrainConfig, config: SpoolConfig) -> tuple[Dataset, Any, list[str]]:
         if cfg.train_cache is not None:
-            train = FrameTokenDataset(cfg.train_cache, cfg.crop_frames, cfg.augment, cfg.seed)
+            train: Dataset = FrameTokenDataset(cfg.train_cache, cfg.crop_frames, cfg.augment,
+                                               cfg.seed)
             names = train.class_names
-            val = None if cfg.val_cache is None else FrameTokenDataset(cfg.val_cache)
-            if val is not None:
-                val.use_class_names(names, "val_cache", "the training classes")
-            return train, val, names
-        samples, names = read_segmentation(cfg.train_data, cfg.train_split)
-        # An unreadable video is replaced by a readable one (and reported), not fatal.
-        train = VideoFrameDataset(samples, names, FpsSampler(cfg.fps), config.preprocessing(),
-                                  cfg.crop_frames, cfg.augment, cfg.seed, substitute=True)
-        val = None
-        if cfg.val_data is not None:
+        else:
+            samples, names = read_segmentation(cfg.train_data, cfg.train_split)
+            # An unreadable video is replaced by a readable one (and reported), not fatal.
+            train = VideoFrameDataset(samples, names, FpsSampler(cfg.fps),
+                                      config.preprocessing(), cfg.crop_frames, cfg.augment,
+                                      cfg.seed, substitute=True)
+        val: Any = None
+        if cfg.val_cache is not None:  # its backbone is checked against the model's
+            val = FrameTokenDataset(cfg.val_cache)
+            val.use_class_names(names, "val_cache", "the training classes")
+            check_sampling(val.sampling, training_sampling(train), "val_cache", cfg.val_cache)
+        elif cfg.val_data is not None:  # sampled as training was (evaluate)
             val, val_names = read_segmentation(cfg.val_data, cfg.val_split, names)
             if val_names != names:
                 raise ValueError(f"val_data: classes {val_names} differ from the training "
@@ -135,17 +136,11 @@ class FrameTask:
         return train, val, names
 
     def model(self, cfg: TrainConfig, config: SpoolConfig, names: list[str]) -> torch.nn.Module:
-        cls = frame_classifier_class(cfg.architecture)
-        torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
         # The background classes go with the model: evaluation scores segments as training did.
-        model = cls(config.replace(class_names=list(names),
-                                   background_classes=list(cfg.background) or None))
-        load_initial_weights(model, cfg)
-        return model
+        return build_model(cfg, config, names, background_classes=list(cfg.background) or None)
 
     def sampling(self, train_set: Dataset) -> dict[str, Any]:
-        return train_set.sampling if hasattr(train_set, "sampling") else \
-            train_set.sampler.to_dict()
+        return training_sampling(train_set)
 
     def tracker(self, num_classes: int) -> FrameAccuracyTracker:
         return FrameAccuracyTracker(num_classes)
@@ -172,7 +167,8 @@ class FrameTask:
         cfg, names = trainer.cfg, trainer.class_names
         background = tuple(names.index(b) for b in cfg.background)
         scores = evaluate_segmentation(
-            trainer.model, trainer.val_set, sampler=FpsSampler(cfg.fps), background=background,
+            trainer.model, trainer.val_set, sampler=make_sampler(**trainer.model.config.sampling),
+            background=background,
             device=trainer.device, keep=False).scores
         return {"val_acc": scores["accuracy"] / 100, "val_edit": scores["edit"],
                 **{f"val_{k}": scores[k] for k in ("f1@10", "f1@25", "f1@50")}}
