@@ -83,6 +83,9 @@ def test_spool_eval_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert report["count"] == 8 and set(report["per_class"]) == set(names)
     assert sum(map(sum, report["confusion"])) == 8
     assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
+    assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--data",  # not ignored
+                 str(root / "val.txt"), "--fps", "2"]) == 2
+    assert "--fps: applies to frame classifiers" in capsys.readouterr().err
     assert len((tmp_path / "ev" / "predictions.csv").read_text().splitlines()) == 9
 
     # The same numbers from a token cache made with the model's backbone (one clip).

@@ -104,6 +104,9 @@ def test_baselines_train_and_spool_eval_and_extract(tmp_path: Path, capsys) -> N
     assert main(["eval", "--checkpoint", str(run / "model"), "--data",  # the flag alone: none
                  str(root / "test.csv"), "--background", "--out", str(tmp_path / "ev0")]) == 0
     assert json.loads((tmp_path / "ev0" / "metrics.json").read_text())["background"] == []
+    assert main(["eval", "--checkpoint", str(run / "model"), "--data",  # a clip flag: refused
+                 str(root / "test.csv"), "--num-frames", "8"]) == 2
+    assert "--num-frames: applies to clip classifiers" in capsys.readouterr().err
     assert (tmp_path / "ev" / "ribbons.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((tmp_path / "ev" / "predictions").glob("*.csv"))) == 2
 

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
             return 2  # rank 0 says why, once
         raise ValueError("spool eval runs in a single process; run it without torchrun "
                          "(spool eval ... --device cuda uses one GPU)")
-    if peek_architecture(args.checkpoint).endswith("ForFrameClassification"):
+    frames = peek_architecture(args.checkpoint).endswith("ForFrameClassification")
+    _refuse_ignored(args, frames)
+    if frames:
         return _run_frames(args)
     report = evaluate_checkpoint(args.checkpoint, args.data, args.cache,
                                  overrides=dict(args.model or []), num_clips=args.num_clips,
@@ -45,6 +47,21 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         print(f"\nwrote {args.out}/metrics.json, confusion_matrix.png, predictions.csv")
     return 0
+
+
+# Flags of one kind of classifier: given for the other kind, they would be ignored.
+CLIP_FLAGS = {"num_frames": None, "frame_stride": None, "num_clips": 1}
+FRAME_FLAGS = {"fps": None, "background": None, "split": "test.split1"}
+
+
+def _refuse_ignored(args: argparse.Namespace, frames: bool) -> None:
+    """A one-line error for a flag that does not apply to this kind of classifier."""
+    flags, kind, other = ((CLIP_FLAGS, "a frame classifier", "clip classifiers") if frames
+                          else (FRAME_FLAGS, "a clip classifier", "frame classifiers"))
+    for key, default in flags.items():
+        if getattr(args, key) != default:
+            raise ValueError(f"--{key.replace('_', '-')}: applies to {other}; "
+                             f"{args.checkpoint} holds {kind}")
 
 
 def _run_frames(args: argparse.Namespace) -> int:
