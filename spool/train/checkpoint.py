@@ -334,3 +334,19 @@ def prune_checkpoints(out_dir: Path, keep: int) -> None:
             if old not in intact:
                 logger.warning(f"deleting damaged checkpoint {old}: {checkpoint_problem(old)}")
             discard(old)
+
+
+# Settings a resumed run may change (it then says so); the new values are used from there on.
+RESUME_FIELDS = ("batch_size", "epochs", "lr", "weight_decay", "min_lr_ratio", "seed",
+                 "warmup_epochs")
+
+
+def resume_changes(state: dict[str, Any], cfg: Any, world_size: int) -> list[str]:
+    """``"name old -> new"`` for each :data:`RESUME_FIELDS` setting (and the number of
+    processes) that differs between a checkpoint's ``state`` and the resumed run."""
+    old = state["config"]
+    changed = [f"{k} {old[k]} -> {getattr(cfg, k)}" for k in RESUME_FIELDS
+               if k in old and old[k] != getattr(cfg, k)]
+    if state["world_size"] != world_size:
+        changed.append(f"world_size {state['world_size']} -> {world_size}")
+    return changed

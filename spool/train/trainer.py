@@ -46,9 +46,6 @@ from spool.train.tasks import TASKS
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_NAME = ".spool-train.lock"
-# Settings a resumed run may change (it then says so); the new values are used from there on.
-RESUME_FIELDS = ("batch_size", "epochs", "lr", "weight_decay", "min_lr_ratio", "seed",
-                 "warmup_epochs")
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -212,11 +209,7 @@ class Trainer:
         if state["rng"] is not None:
             ckpt.restore_rng(state["rng"]["tensors"], state["rng"]["python"],
                              state["rng"]["numpy"])
-        old = state["config"]
-        changed = [f"{k} {old[k]} -> {getattr(self.cfg, k)}" for k in RESUME_FIELDS
-                   if k in old and old[k] != getattr(self.cfg, k)]
-        if state["world_size"] != self.info.world_size:
-            changed.append(f"world_size {state['world_size']} -> {self.info.world_size}")
+        changed = ckpt.resume_changes(state, self.cfg, self.info.world_size)
         if changed:
             self.log(f"note: resuming with {', '.join(changed)}: the new values are used from "
                      "here on, so the run will not repeat an uninterrupted one exactly",
