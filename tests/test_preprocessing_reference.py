@@ -42,3 +42,13 @@ def test_center_crop_matches_dinov2_processor(height, width, tol):
                input_data_format="channels_last")["pixel_values"][0]
     out = (FramePreprocessing(224)(frame[None])[0].permute(2, 0, 1).float() / 255 - MEAN) / STD
     assert (out - ref).abs().mean() < tol  # interpolation noise (bilinear vs bicubic)
+
+
+def test_preprocessing_record_names_its_revision():
+    """Extraction outputs and token caches key on ``asdict(preprocessing)``: without a
+    revision, those made with the old centre crop were reused as if current."""
+    import dataclasses
+
+    assert dataclasses.asdict(FramePreprocessing(224))["revision"] == 2
+    with pytest.raises(ValueError, match="revision"):
+        FramePreprocessing(224, revision=1)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 RESIZE_MODES = ("center_crop", "squash", "pad")
+PREPROCESSING_REVISION = 2
 
 
 def _is_int(value: object) -> bool:
@@ -130,12 +131,16 @@ class FramePreprocessing:
 
     ``resize_mode``: ``center_crop`` (the centred square of ``crop_pct`` of the shorter side,
     as DINOv2's image processor does), ``squash`` (the whole frame, aspect ratio changed) or
-    ``pad`` (the whole frame, longer side fitted, centred on black).
+    ``pad`` (the whole frame, longer side fitted, centred on black). ``revision``: which
+    version of these rules; the token caches and extraction outputs key on this object's
+    fields, so a change of rules (2: the centre crop follows the processor's arithmetic)
+    rebuilds them instead of reusing tokens made the old way.
     """
 
     image_size: int
     resize_mode: str = "center_crop"
     crop_pct: float = 0.875
+    revision: int = PREPROCESSING_REVISION
 
     def __post_init__(self) -> None:
         if not _is_int(self.image_size) or self.image_size < 1:
@@ -145,6 +150,9 @@ class FramePreprocessing:
                              f"{self.resize_mode!r}")
         if not _is_number(self.crop_pct) or not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct: expected a fraction in (0, 1], got {self.crop_pct!r}")
+        if self.revision != PREPROCESSING_REVISION:
+            raise ValueError(f"revision: this version of spool has the rules of revision "
+                             f"{PREPROCESSING_REVISION}, got {self.revision!r}")
 
     def box(self, height: int, width: int) -> Box:
         if self.resize_mode == "center_crop":
