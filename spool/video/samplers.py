@@ -165,8 +165,10 @@ class ClipSampler(FrameSampler):
 class FpsSampler(FrameSampler):
     """One clip: frames at ``target_fps`` from the start (needs the video's ``fps``).
 
-    Frame ``k`` of the clip is the source frame shown at time ``k / target_fps``. A target
-    above the source rate repeats frames. ``max_frames`` keeps only the first frames.
+    Frame ``k`` of the clip is the source frame shown at time ``k / target_fps`` after the
+    first: exactly so given the frames' ``timestamps``; from ``fps`` alone, assuming a
+    constant frame rate. A target above the source rate repeats frames. ``max_frames`` keeps
+    only the first frames.
     """
 
     name = "fps"
@@ -175,6 +177,31 @@ class FpsSampler(FrameSampler):
     def __init__(self, target_fps: float, max_frames: int | None = None) -> None:
         self.target_fps = _positive_float("target_fps", target_fps)
         self.max_frames = _positive_int("max_frames", max_frames, allow_none=True)
+
+    def __call__(self, num_frames: int, fps: float | None = None,
+                 rng: np.random.Generator | None = None,
+                 timestamps: Any = None) -> list[list[int]]:
+        """As for every sampler; ``timestamps`` (seconds, one per frame, increasing: the
+        reader's) pick by time instead of by index, which is what a variable-frame-rate video
+        needs: there frame ``k * fps / target_fps`` is not the one shown at ``k /
+        target_fps``."""
+        if timestamps is None:
+            return super().__call__(num_frames, fps, rng)
+        n = _positive_int("num_frames", num_frames)
+        ts = np.asarray(timestamps, np.float64)
+        if ts.shape != (n,) or not np.isfinite(ts).all() or (np.diff(ts) <= 0).any():
+            raise ValueError(f"timestamps: expected {n} increasing finite values, got shape "
+                             f"{ts.shape}")
+        span = ts[-1] - ts[0]
+        if n > 1 and span > 0:
+            duration = span * n / (n - 1)  # the last frame lasts an average frame
+        else:
+            duration = n / _positive_float("fps", fps) if fps is not None else 0.0
+        count = max(1, math.ceil(duration * self.target_fps - 1e-9))
+        tol = 1e-6 * (duration / n if duration else 0.0)  # as the index rule's epsilon
+        times = ts[0] + np.arange(count) / self.target_fps + tol
+        indices = (np.searchsorted(ts, times, side="right") - 1).clip(0, n - 1).tolist()
+        return [_cap(indices, self.max_frames)]
 
     def _sample(self, num_frames: int, fps: float | None,
                 rng: np.random.Generator | None) -> list[list[int]]:

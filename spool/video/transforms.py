@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 RESIZE_MODES = ("center_crop", "squash", "pad")
+PREPROCESSING_REVISION = 2
 
 
 def _is_int(value: object) -> bool:
@@ -50,11 +51,30 @@ class Box:
     width: int
 
 
-def center_crop_box(height: int, width: int, crop_pct: float) -> Box:
+def center_crop_box(height: int, width: int, crop_pct: float, size: int | None = None) -> Box:
     """The centred square of side ``crop_pct * min(height, width)`` (DINOv2's processor:
-    resize the shorter side to ``S / crop_pct``, then centre-crop ``S``)."""
-    side = max(1, min(height, width, round(min(height, width) * crop_pct)))
-    return Box((height - side) // 2, (width - side) // 2, side, side)
+    resize the shorter side to ``S / crop_pct``, then centre-crop ``S``).
+
+    With ``size`` (``S``), the box is the one that processor's arithmetic gives, mapped back to
+    the frame: its long side is truncated to whole pixels and its crop starts at
+    ``(resized - S) // 2``, so its square sits up to half a resized pixel off centre (about 2
+    pixels of a 1080p frame), and this box follows it to within half a pixel."""
+    short = min(height, width)
+    edge = size / crop_pct if size is not None else 0.5  # the processor's shortest_edge
+    if abs(edge - round(edge)) > 1e-6:  # no processor with whole-pixel sizes: centred exactly
+        side = max(1, min(short, round(short * crop_pct)))
+        return Box((height - side) // 2, (width - side) // 2, side, side)
+    edge = max(size, round(edge))
+    resized = [edge, edge]
+    if height != width:  # the long side, truncated as the processor's resize does
+        i = 0 if height > width else 1
+        resized[i] = max(size, int(edge * max(height, width) / short))
+    (rh, rw) = resized
+    h = max(1, min(height, round(size * height / rh)))
+    w = max(1, min(width, round(size * width / rw)))
+    top = min(height - h, round((rh - size) // 2 * height / rh))
+    left = min(width - w, round((rw - size) // 2 * width / rw))
+    return Box(top, left, h, w)
 
 
 def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
@@ -111,12 +131,16 @@ class FramePreprocessing:
 
     ``resize_mode``: ``center_crop`` (the centred square of ``crop_pct`` of the shorter side,
     as DINOv2's image processor does), ``squash`` (the whole frame, aspect ratio changed) or
-    ``pad`` (the whole frame, longer side fitted, centred on black).
+    ``pad`` (the whole frame, longer side fitted, centred on black). ``revision``: which
+    version of these rules; the token caches and extraction outputs key on this object's
+    fields, so a change of rules (2: the centre crop follows the processor's arithmetic)
+    rebuilds them instead of reusing tokens made the old way.
     """
 
     image_size: int
     resize_mode: str = "center_crop"
     crop_pct: float = 0.875
+    revision: int = PREPROCESSING_REVISION
 
     def __post_init__(self) -> None:
         if not _is_int(self.image_size) or self.image_size < 1:
@@ -126,10 +150,13 @@ class FramePreprocessing:
                              f"{self.resize_mode!r}")
         if not _is_number(self.crop_pct) or not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct: expected a fraction in (0, 1], got {self.crop_pct!r}")
+        if self.revision != PREPROCESSING_REVISION:
+            raise ValueError(f"revision: this version of spool has the rules of revision "
+                             f"{PREPROCESSING_REVISION}, got {self.revision!r}")
 
     def box(self, height: int, width: int) -> Box:
         if self.resize_mode == "center_crop":
-            return center_crop_box(height, width, self.crop_pct)
+            return center_crop_box(height, width, self.crop_pct, self.image_size)
         return Box(0, 0, height, width)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
