@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
+from safetensors import safe_open
 
 from spool.data.frame_cache import (
     FrameTokenDataset,
@@ -103,6 +105,8 @@ def test_frame_cache_and_video_crops_agree(tmp_path, ntsc_video):
     video_ds.use_class_names(names[::-1], "data", "the model's classes")  # videos alike
     assert torch.equal(video_ds[0]["labels"], len(names) - 1 - decoded["labels"])
     stamp = cache / "videos" / "clip.safetensors"
+    with safe_open(str(stamp), "pt") as f:  # redone when the preprocessing rules change
+        assert json.loads(f.metadata()["settings"])["preprocessing"]["revision"] == 2
     before = stamp.stat().st_mtime_ns
     build_frame_cache(encoder, samples, names, cache, sampler, dtype="float32")
     assert stamp.stat().st_mtime_ns == before  # resumed: nothing redone

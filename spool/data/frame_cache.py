@@ -16,6 +16,7 @@ epoch, index)``); evaluation takes whole videos.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -96,8 +97,10 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
     (out / CACHE_META).unlink(missing_ok=True)  # incomplete until rewritten
     model.eval()
     digest = weights_digest(model.frame_encoder.state_dict())
+    # The preprocessing record names its rules' revision: tokens made by older rules are redone.
     settings = json.dumps({"sampler": sampler.to_dict(), "dtype": dtype, "digest": digest,
                            "frame_encoder": model.config.frame_encoder_fields(),
+                           "preprocessing": dataclasses.asdict(model.config.preprocessing()),
                            "classes": class_names}, sort_keys=True)
     videos, failures = [], []
     for i, sample in enumerate(tqdm(samples, desc="frame cache", unit="video",
