@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,3 +31,24 @@ def class_index_map(names: Sequence[str], target: Sequence[str], what: str,
            f"{len(names)} of {target_what} ({len(target)})")
     logger.info(f"{what}: {how}; labels are mapped by name")
     return [index[name] for name in names]
+
+
+class FrameLabelMapping:
+    """``use_class_names`` for datasets whose items hold per-frame label tensors: the labels
+    are mapped by name as items are read (:meth:`relabel`)."""
+
+    class_names: list[str]
+    label_map: torch.Tensor | None = None  # own label -> class index in ``class_names``
+
+    def use_class_names(self, class_names: Sequence[str], what: str, target_what: str) -> None:
+        """Relabel to ``class_names`` (the model's, the training set's) by name."""
+        mapping = class_index_map(self.class_names, class_names, what, target_what)
+        if mapping is not None:
+            self.label_map = torch.tensor(mapping, dtype=torch.int64)
+            self.class_names = list(class_names)
+
+    def relabel(self, labels: torch.Tensor) -> torch.Tensor:
+        """``labels`` in ``class_names``' indices; unlabelled frames (negative) stay so."""
+        if self.label_map is None:
+            return labels
+        return torch.where(labels >= 0, self.label_map[labels.clamp_min(0)], labels)

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from spool.data.cache import FAILURES_NAME, CacheSummary, report_failure, write_cache_failures
-from spool.data.classes import class_index_map
+from spool.data.classes import FrameLabelMapping
 from spool.data.dataset import UNREADABLE, first_readable, skipped_video, split_readable
 from spool.data.segmentation import SegmentationSample
 from spool.errors import SpoolLoadError
@@ -167,7 +166,7 @@ def _crop(num_frames: int, crop_frames: int | None, rng: np.random.Generator | N
     return slice(start, start + crop_frames)
 
 
-class FrameTokenDataset(Dataset):
+class FrameTokenDataset(FrameLabelMapping, Dataset):
     """Items ``{"tokens": [T, L, D] float32, "labels": [T], "index": i}`` from a frame cache;
     with ``augment``, a random crop of up to ``crop_frames`` frames per epoch."""
 
@@ -178,14 +177,6 @@ class FrameTokenDataset(Dataset):
         self.class_names: list[str] = list(self.meta["class_names"])
         self.videos = self.meta["videos"]
         self.crop_frames, self.augment, self.seed, self.epoch = crop_frames, augment, seed, 0
-        self.label_map: torch.Tensor | None = None  # cached label -> class index, by name
-
-    def use_class_names(self, class_names: Sequence[str], what: str, target_what: str) -> None:
-        """Relabel to ``class_names`` (the model's, the training set's) by name."""
-        mapping = class_index_map(self.class_names, class_names, what, target_what)
-        if mapping is not None:
-            self.label_map = torch.tensor(mapping, dtype=torch.int64)
-            self.class_names = list(class_names)
 
     @property
     def sampling(self) -> dict[str, Any]:
@@ -204,12 +195,10 @@ class FrameTokenDataset(Dataset):
         with safe_open(str(_video_file(self.cache_dir, entry["name"])), framework="pt") as f:
             tokens = f.get_slice("tokens")[rows].float()
             labels = f.get_slice("labels")[rows]
-        if self.label_map is not None:  # unlabelled frames (IGNORE_INDEX) stay so
-            labels = torch.where(labels >= 0, self.label_map[labels.clamp_min(0)], labels)
-        return {"tokens": tokens, "labels": labels, "index": index}
+        return {"tokens": tokens, "labels": self.relabel(labels), "index": index}
 
 
-class VideoFrameDataset(Dataset):
+class VideoFrameDataset(FrameLabelMapping, Dataset):
     """Items ``{"video": [T, S, S, 3] uint8, "labels": [T], "index": i}``: the sampled frames
     of each video (a random crop of up to ``crop_frames`` with ``augment``), decoded and
     preprocessed, with their labels at their own times. The same crops as
@@ -225,14 +214,6 @@ class VideoFrameDataset(Dataset):
         self.substitute = substitute
         self.sampler, self.preprocessing = sampler, preprocessing
         self.crop_frames, self.augment, self.seed, self.epoch = crop_frames, augment, seed, 0
-        self.label_map: torch.Tensor | None = None  # cached label -> class index, by name
-
-    def use_class_names(self, class_names: Sequence[str], what: str, target_what: str) -> None:
-        """Relabel to ``class_names`` (the model's, the training set's) by name."""
-        mapping = class_index_map(self.class_names, class_names, what, target_what)
-        if mapping is not None:
-            self.label_map = torch.tensor(mapping, dtype=torch.int64)
-            self.class_names = list(class_names)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -253,9 +234,8 @@ class VideoFrameDataset(Dataset):
             indices = indices[_crop(len(indices), self.crop_frames, rng)]
             frames, stamps = reader.get(indices)
         labels = torch.from_numpy(sample.labels_at(indices, stamps, info.start_time))
-        if self.label_map is not None:  # unlabelled frames (IGNORE_INDEX) stay so
-            labels = torch.where(labels >= 0, self.label_map[labels.clamp_min(0)], labels)
-        return {"video": self.preprocessing(torch.from_numpy(frames)), "labels": labels}
+        return {"video": self.preprocessing(torch.from_numpy(frames)),
+                "labels": self.relabel(labels)}
 
 
 def collate_frames(items: list[dict[str, Any]]) -> dict[str, Any]:
