@@ -47,6 +47,15 @@ def _seed():
 
 
 @pytest.fixture
+def spool_log(caplog, monkeypatch):
+    """caplog, also after `main` gave the spool logger its own handler."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("spool"), "propagate", True)
+    return caplog
+
+
+@pytest.fixture
 def tiny_model() -> Spool:
     return Spool(tiny_config(num_hidden_layers=2)).eval()
 

@@ -23,14 +23,6 @@ from spool.data.dataset import VideoSample
 model, full = test_cache.model, test_cache.full  # test_cache's fixtures, used here too
 
 
-@pytest.fixture
-def spool_log(caplog, monkeypatch):
-    """caplog, also after `main` gave the spool logger its own handler."""
-    import logging
-
-    monkeypatch.setattr(logging.getLogger("spool"), "propagate", True)
-    return caplog
-
 
 def test_the_same_command_over_a_complete_cache_reuses_it(model, full, tmp_path: Path,
                                                           monkeypatch) -> None:

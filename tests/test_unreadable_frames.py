@@ -11,7 +11,6 @@ import logging
 import tempfile
 from pathlib import Path
 
-import pytest
 from train_helpers import TINY_BACKBONE, TINY_MODEL, read_steps
 
 from spool.cli import main
@@ -21,13 +20,6 @@ from spool.data.synthetic_segments import make_segmentation_dataset
 from spool.models.frame_classification import SpoolForFrameClassification
 from spool.train.config import TrainConfig
 from spool.train.trainer import train
-
-
-@pytest.fixture
-def spool_log(caplog, monkeypatch):
-    """caplog, also after `main` gave the spool logger its own handler."""
-    monkeypatch.setattr(logging.getLogger("spool"), "propagate", True)
-    return caplog
 
 
 @functools.cache

@@ -15,13 +15,6 @@ from spool.data.dataset import read_annotations
 from spool.models.classification import SpoolForVideoClassification
 
 
-@pytest.fixture
-def spool_log(caplog, monkeypatch):
-    """caplog, also after `main` gave the spool logger its own handler."""
-    monkeypatch.setattr(logging.getLogger("spool"), "propagate", True)
-    return caplog
-
-
 def _list_with_a_bad_video(tmp_path: Path, split: str) -> tuple[Path, Path]:
     root = tiny_video_dataset()
     bad = tmp_path / "text.mp4"
