@@ -96,18 +96,7 @@ def build_datasets(cfg: TrainConfig, config: SpoolConfig
     if cfg.val_cache is not None:
         val = CachedTokenDataset(cfg.val_cache)
         val.use_class_names(names, "val_cache", "the training classes")
-        if cfg.train_cache is not None and (val.meta["backbone_digest"]
-                                            != train.meta["backbone_digest"]):
-            raise ValueError(f"val_cache: {cfg.val_cache} was made by other backbone weights "
-                             f"than {cfg.train_cache}; cache both with the same backbone "
-                             f"(spool cache --init {cfg.train_cache}/backbone)")
-        if cfg.train_cache is not None:
-            differ = differing_token_fields(train.meta.get("frame_encoder"),
-                                            val.meta.get("frame_encoder"))
-            if differ:
-                raise ValueError(f"val_cache: {cfg.val_cache} was made with other "
-                                 f"{', '.join(differ)} than {cfg.train_cache}; cache both with "
-                                 "the same settings")
+        # Its backbone and token settings are checked against the model's (build_model).
         check_sampling(val.sampling, training_sampling(train), "val_cache", cfg.val_cache)
     elif cfg.val_data is not None:
         samples, _ = read_annotations(cfg.val_data, names)
@@ -152,18 +141,26 @@ def build_model(cfg: TrainConfig, config: SpoolConfig, class_names: list[str],
     return model
 
 
+def check_cache_source(meta: dict[str, Any], digest: str | None, config: SpoolConfig,
+                       what: str, cache: str, owner: str, advice: str) -> None:
+    """``ValueError`` unless the token cache ``cache`` (``meta``: its record) was made by the
+    frame encoder of ``owner``: the same weights (``digest``; None: not known) and the same
+    token settings, which the weights' digest misses (normalisation, resize, pooling)."""
+    if digest is not None and digest != meta["backbone_digest"]:
+        raise ValueError(f"{what}: {cache} was made by another backbone than {owner}; {advice}")
+    differ = config.token_field_differences(meta.get("frame_encoder"))
+    if differ:
+        raise ValueError(f"{what}: {cache} was made with other {', '.join(differ)} than "
+                         f"{owner}; {advice}")
+
+
 def check_cache_backbone(model: torch.nn.Module, cache: str, what: str) -> None:
-    """``ValueError`` unless token cache ``cache`` was made by ``model``'s frame encoder
-    (same weights, same token settings)."""
+    """``ValueError`` unless token cache ``cache`` was made by ``model``'s frame encoder."""
     meta = json.loads((Path(cache) / CACHE_META).read_text())
     encoder = model.frame_encoder
-    if encoder is not None and weights_digest(encoder.state_dict()) != meta["backbone_digest"]:
-        raise ValueError(f"{what}: {cache} was made by another backbone than the model's; "
-                         "cache it with the backbone the run trains with")
-    differ = model.config.token_field_differences(meta.get("frame_encoder"))
-    if differ:
-        raise ValueError(f"{what}: {cache} was made with other {', '.join(differ)} than the "
-                         "model's; cache it with the same settings")
+    check_cache_source(meta, None if encoder is None else weights_digest(encoder.state_dict()),
+                       model.config, what, cache, "the model's",
+                       "cache it with the backbone and settings the run trains with")
 
 
 def _without_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

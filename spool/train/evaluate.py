@@ -150,7 +150,7 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
     from spool.models.classification import load_classifier
     from spool.models.pretrained import checkpoint_backbone_digest
     from spool.runtime import resolve_device
-    from spool.train.builders import check_sampling
+    from spool.train.builders import check_cache_source, check_sampling
     from spool.train.metrics import json_text, per_class_accuracy, plot_confusion_matrix
     from spool.video.samplers import clip_sampler
 
@@ -165,15 +165,10 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
     if cache is not None:
         dataset: Dataset = CachedTokenDataset(cache)
         dataset.use_class_names(names, "cache", "the model's classes")
-        if checkpoint_backbone_digest(model_dir) != dataset.meta["backbone_digest"]:
-            raise ValueError(f"cache: {cache} was made by another backbone than the one in "
-                             f"{model_dir}; evaluate on videos (--data) or re-cache with "
-                             f"`spool cache --init {model_dir}`")
-        differ = model.config.token_field_differences(dataset.meta.get("frame_encoder"))
-        if differ:
-            raise ValueError(f"cache: {cache} was made with other {', '.join(differ)} than "
-                             f"{model_dir}'s; evaluate on videos (--data) or re-cache with "
-                             f"`spool cache --init {model_dir}`")
+        check_cache_source(dataset.meta, checkpoint_backbone_digest(model_dir), model.config,
+                           "cache", cache, f"the one in {model_dir}",
+                           f"evaluate on videos (--data) or re-cache with `spool cache --init "
+                           f"{model_dir}`")
         check_sampling(dataset.sampling, model.config.sampling, "cache", cache,
                        f"{model_dir} was trained on clips that")
     else:

@@ -163,7 +163,7 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
     from spool.data.segmentation import read_segmentation
     from spool.models.pretrained import checkpoint_backbone_digest, load_pretrained
     from spool.runtime import resolve_device
-    from spool.train.builders import check_sampling
+    from spool.train.builders import check_cache_source, check_sampling
     from spool.video.samplers import make_sampler
 
     if (data is None) == (cache is None):
@@ -180,13 +180,9 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
     if cache is not None:
         dataset: FrameTokenDataset | list[SegmentationSample] = FrameTokenDataset(cache)
         dataset.use_class_names(names, "cache", "the model's classes")
-        if checkpoint_backbone_digest(model_dir) != dataset.meta["backbone_digest"]:
-            raise ValueError(f"cache: {cache} was made by another backbone than the one in "
-                             f"{model_dir}; evaluate the videos (--data) instead")
-        differ = model.config.token_field_differences(dataset.meta.get("frame_encoder"))
-        if differ:
-            raise ValueError(f"cache: {cache} was made with other {', '.join(differ)} than "
-                             f"{model_dir}'s; evaluate the videos (--data) instead")
+        check_cache_source(dataset.meta, checkpoint_backbone_digest(model_dir), model.config,
+                           "cache", cache, f"the one in {model_dir}",
+                           "evaluate the videos (--data) instead")
         check_sampling(dataset.sampling, model.config.sampling, "cache", cache,
                        f"{model_dir} was trained on frames that")
         sampler = None
