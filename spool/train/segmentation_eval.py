@@ -161,6 +161,7 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
     ``background``: classes that are not segments (None: those of training). With
     ``out_dir``: ``metrics.json``, ``ribbons.png`` and ``predictions/<video>.csv``."""
     from spool.data.segmentation import read_segmentation
+    from spool.models.long_video import default_sampler
     from spool.models.pretrained import checkpoint_backbone_digest, load_pretrained
     from spool.runtime import resolve_device
     from spool.train.builders import check_cache_source, check_sampling
@@ -188,8 +189,7 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
         sampler = None
     else:
         dataset, _ = read_segmentation(data, split, names)
-        trained = model.config.sampling or {"name": "fps", "target_fps": 1.0}
-        sampler = make_sampler("fps", target_fps=fps) if fps else make_sampler(**trained)
+        sampler = make_sampler("fps", target_fps=fps) if fps else default_sampler(model.config)
     result = evaluate_segmentation(model, dataset, sampler=sampler,
                                    background=tuple(names.index(b) for b in background),
                                    chunk_frames=chunk_frames, device=resolve_device(device))
