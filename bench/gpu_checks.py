@@ -131,7 +131,7 @@ def _attend(name: str, q, k, v):
                                              local_frame_range=4)
 
 
-def part_backends(args, device: torch.device, clock: Clock) -> dict:
+def part_backends(args, device: torch.device, clock: Clock, save=lambda part: None) -> dict:
     from spool.layers.attention_backends import ATTENTION_BACKENDS
     d, rows = pm.DIMS, []
     hd = d.hidden // d.heads
@@ -171,6 +171,8 @@ def part_backends(args, device: torch.device, clock: Clock) -> dict:
                                 raise
                             row["skipped"] = "out of device memory"
                         del q, k, v
+                        print(f"[gpu_checks] {row}", flush=True)
+                        save({"rows": rows, "fastest": report.fastest_backends(rows)})
     return {"rows": rows, "fastest": report.fastest_backends(rows)}
 
 
@@ -213,7 +215,7 @@ def _run_peer(args, device, dtype, name, T, compiled: bool) -> dict:
     return {name: {"s": statistics.median(xs), "peak_bytes": mem}}
 
 
-def part_peers(args, device: torch.device, clock: Clock) -> dict:
+def part_peers(args, device: torch.device, clock: Clock, save=lambda part: None) -> dict:
     dtype = DTYPES[args.dtype]
     peak = matmul_peak(device, dtype, args.peak_n)
     rows, stopped = [], {}
@@ -222,10 +224,15 @@ def part_peers(args, device: torch.device, clock: Clock) -> dict:
     plan = [(mode, group, T) for mode in ("eager", "compiled") for group in ("spool", *pm.PEERS)
             for T in (args.ts if mode == "eager" else args.compile_ts)]
     spool = _spool_group(args, device, dtype)
+
+    def part() -> dict:
+        return {"dtype": args.dtype, "peak_flops": peak, "spec_flops": report.spec_peak(device),
+                "rows": rows, "stopped": stopped, "spool_attn": args.spool_attn}
     for mode, group, T in plan:
         if stopped.get(group, T + 1) <= T:  # the table says where it stopped
             continue
-        if clock.left() <= 0:
+        # A compile started just before the deadline would outlast the device call.
+        if clock.left() <= (args.compile_reserve_s if mode == "compiled" else 0):
             rows.append({"group": group, "T": T, "mode": mode, "skipped": "time budget spent"})
             continue
         try:
@@ -246,11 +253,12 @@ def part_peers(args, device: torch.device, clock: Clock) -> dict:
         for key, r in got.items():
             rows.append({"group": group, "model": key, "T": T, "mode": mode, **r,
                          "flops": flops.get(key), "cached_flops": flops.get(key + "_cached")})
+            print(f"[gpu_checks] {rows[-1]}", flush=True)
+        save(part())
         if mode == "compiled":
             torch._dynamo.reset()  # static graphs of one size: not reused, and not counted
             # towards dynamo's recompile limit for the next T
-    return {"dtype": args.dtype, "peak_flops": peak, "spec_flops": report.spec_peak(device),
-            "rows": rows, "stopped": stopped, "spool_attn": args.spool_attn}
+    return part()
 
 
 class _Stamps:
@@ -355,6 +363,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-cell-s", type=float, default=3.0, help="timed seconds per cell at most")
     p.add_argument("--peak-n", type=int, default=8192, help="matmul size of the peak")
     p.add_argument("--budget-s", type=float, default=480.0)
+    p.add_argument("--compile-reserve-s", type=float, default=60.0,
+                   help="no compiled cell starts with less of the budget left")
     p.add_argument("--tiny", action="store_true", help="toy model sizes (smoke test)")
     p.add_argument("--json", type=Path, default=ROOT / "bench/results/gpu_checks.json")
     p.add_argument("--out", type=Path, help="markdown file whose section to (re)write")
@@ -379,16 +389,23 @@ def main(argv=None) -> dict:
     results: dict = {"command": command, "machine": report.machine(device),
                      "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "tiny": args.tiny, "skipped": []}
-    steps = {"tests": part_tests, "backends": part_backends, "peers": part_peers,
-             "profile": part_profile}
     for part in args.parts:
         if clock.left() <= 0:
             results["skipped"].append(part)
             continue
         t = time.perf_counter()
         print(f"[gpu_checks] {part} ...", flush=True)
-        results[part] = (steps[part](args, clock) if part == "tests"
-                         else steps[part](args, device, clock))
+
+        def save(partial: dict, part: str = part) -> None:  # a run killed mid-part keeps these
+            results[part] = {**partial, "partial": True}
+            write_json(args.json, results)
+        if part == "tests":
+            results[part] = part_tests(args, clock)
+        elif part == "profile":
+            results[part] = part_profile(args, device, clock)
+        else:
+            step = part_backends if part == "backends" else part_peers
+            results[part] = step(args, device, clock, save)
         results[part]["elapsed_s"] = time.perf_counter() - t
         write_json(args.json, results)
     text = report.render(results)

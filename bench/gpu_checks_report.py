@@ -149,4 +149,8 @@ def render(results: dict) -> str:
         lines += _profile(results["profile"])
     if results["skipped"]:
         lines += ["Not run (time budget spent): " + ", ".join(results["skipped"]) + ".", ""]
+    cut = [name for name, part in results.items() if isinstance(part, dict) and part.get("partial")]
+    if cut:
+        lines += ["Cut short (the device call ended while it ran; the rest of it was not "
+                  "measured): " + ", ".join(cut) + ".", ""]
     return "\n".join(lines)

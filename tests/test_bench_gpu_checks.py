@@ -50,3 +50,22 @@ def test_fastest_backends_counts_wins_per_cell():
                  "skipped": "its dense mask would take 40 GiB"})
     assert gpu_checks_report.fastest_backends(rows) == {"L=17 bf16 forward": {"blocked": 1,
                                                                               "flex": 2}}
+
+
+def test_a_run_killed_mid_part_keeps_what_it_measured(tmp_path, monkeypatch):
+    def killed(*args, **kwargs):  # the device call's time limit, as it lands mid-part
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_checks, "_run_peer", killed)
+    js = tmp_path / "g.json"
+    try:
+        gpu_checks.main(["--device", "cpu", "--tiny", "--parts", "peers", "--ts", "4",
+                         "--compile-ts", "--peak-n", "128", "--runs", "1", "--json", str(js)])
+    except KeyboardInterrupt:
+        pass
+    peers = json.loads(js.read_text())["peers"]
+    assert peers["partial"] is True
+    assert {r["model"] for r in peers["rows"]} == {"backbone", "spool_w4", "spool_w4_k2",
+                                                    "spool_w4_k4"}
+    gpu_checks.main(["--from-json", str(js), "--out", str(tmp_path / "g.md")])
+    assert "Cut short (the device call ended while it ran" in (tmp_path / "g.md").read_text()
