@@ -75,6 +75,13 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
+def failure(err: BaseException) -> str:
+    """A failed cell's entry in the tables."""
+    if is_oom(err):
+        return "out of device memory"
+    return f"error: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+
 def timed(fn, device: torch.device, runs: int, max_s: float) -> list[float]:
     """Seconds per call of ``fn`` after one warm-up call (where compilation happens): at least
     one run, at most ``runs``, stopping once ``max_s`` of runs are spent."""
@@ -115,10 +122,12 @@ def part_tests(args, clock: Clock) -> dict:
     # The CUDA cases only: the CPU ones run in CI, and torch 2.11's CPU flex kernel (the device
     # image's torch) corrupts memory with more than one thread ("munmap_chunk(): invalid
     # pointer"), which would abort pytest before the CUDA cases report.
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda",
-           *TEST_FILES]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "--tb=short", "--show-capture=no",
+           "-p", "no:cacheprovider", "-k", "cuda", *TEST_FILES]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                           timeout=max(30.0, clock.left()))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    (args.json.parent / "pytest.log").write_text(proc.stdout + proc.stderr)
     lines = proc.stdout.strip().splitlines()
     return {"command": " ".join(["python", *cmd[1:]]), "returncode": proc.returncode,
             "summary": lines[-1] if lines else proc.stderr[-300:], "tail": proc.stdout[-4000:]}
@@ -166,10 +175,8 @@ def part_backends(args, device: torch.device, clock: Clock, save=lambda part: No
                         try:
                             xs = timed(step, device, args.runs, args.max_cell_s)
                             row["ms"] = 1e3 * statistics.median(xs)
-                        except RuntimeError as err:  # torch.OutOfMemoryError is one
-                            if not is_oom(err):
-                                raise
-                            row["skipped"] = "out of device memory"
+                        except Exception as err:  # noqa: BLE001 - one cell's failure is reported
+                            row["skipped"] = failure(err)
                         del q, k, v
                         print(f"[gpu_checks] {row}", flush=True)
                         save({"rows": rows, "fastest": report.fastest_backends(rows)})
@@ -240,14 +247,14 @@ def part_peers(args, device: torch.device, clock: Clock, save=lambda part: None)
                 got = _run_spool(args, device, dtype, T, spool, mode == "compiled")
             else:
                 got = _run_peer(args, device, dtype, group, T, mode == "compiled")
-        except RuntimeError as err:  # torch.OutOfMemoryError is one
-            if not is_oom(err):
-                raise
-            stopped.setdefault(group, T)
-            rows.append({"group": group, "T": T, "mode": mode,
-                         "skipped": "out of device memory"})
+        except Exception as err:  # noqa: BLE001 - one cell's failure is reported
+            if is_oom(err):
+                stopped.setdefault(group, T)
+            rows.append({"group": group, "T": T, "mode": mode, "skipped": failure(err)})
+            print(f"[gpu_checks] {rows[-1]}", flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            torch._dynamo.reset()
             continue
         flops = pm.count_flops(group, T)
         for key, r in got.items():
@@ -402,7 +409,10 @@ def main(argv=None) -> dict:
         if part == "tests":
             results[part] = part_tests(args, clock)
         elif part == "profile":
-            results[part] = part_profile(args, device, clock)
+            try:
+                results[part] = part_profile(args, device, clock)
+            except Exception as err:  # noqa: BLE001 - reported, and the next part still runs
+                results[part] = {"error": failure(err)}
         else:
             step = part_backends if part == "backends" else part_peers
             results[part] = step(args, device, clock, save)

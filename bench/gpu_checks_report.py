@@ -119,6 +119,9 @@ def _bars(part: dict) -> list[str]:
 
 
 def _profile(part: dict) -> list[str]:
+    if "error" in part:
+        return ["### Where Spool k=1 spends its device time", "", f"Not measured: {part['error']}.",
+                ""]
     s = part["seconds"]
     total = s["backbone"] + s["stack"]
     attention = s.get("attention", 0.0)

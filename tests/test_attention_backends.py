@@ -79,3 +79,23 @@ def test_flex_stays_compiled_over_many_lengths(device):
     # One graph per length (the old global compiled with dynamic=False and int-capturing
     # mask closures) would hit dynamo's recompile limit (8) and run flex uncompiled.
     assert 1 <= graphs <= 3, f"{graphs} graphs compiled for {len(lengths)} lengths"
+
+
+def test_blocked_takes_any_layout_of_the_attention_output(monkeypatch):
+    """CUDA's flash and memory-efficient kernels return [N, nb, S, hd] with the strides of
+    [N, S, nb, hd]; blocked must accept that layout (a plain .view of it fails)."""
+    import torch.nn.functional as F
+
+    from spool.layers import attention_blocked
+
+    sdpa = F.scaled_dot_product_attention
+
+    def transposed_layout(*args, **kwargs):
+        out = sdpa(*args, **kwargs)
+        return out.transpose(1, 2).contiguous().transpose(1, 2)
+
+    q, k, v = _qkv(9)
+    ref = reference_attention(q, k, v, num_lookback_heads=1, local_frame_range=3)
+    monkeypatch.setattr(attention_blocked.F, "scaled_dot_product_attention", transposed_layout)
+    out = attention_blocked.blocked_attention(q, k, v, num_lookback_heads=1, local_frame_range=3)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

@@ -147,7 +147,7 @@ def run_plan(plan: tuple[BlockCall, ...], q: torch.Tensor, k: torch.Tensor, v: t
             _key_windows(k, call, keys, context, lookahead),
             _key_windows(v, call, keys, context, lookahead), attn_mask=mask,
             dropout_p=dropout_p)
-        out[:, :, queries] = result.view(*out.shape[:2], nb * c, L, hd)
+        out[:, :, queries] = result.reshape(*out.shape[:2], nb * c, L, hd)
 
 
 def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
