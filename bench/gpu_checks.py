@@ -3,7 +3,7 @@ timed, Spool and its peers in bf16 with and without ``torch.compile`` (MFU again
 matmul peak), and where a Spool forward spends its device time.
 
     python bench/gpu_checks.py --out docs/benchmarks.md --json $OUT/gpu_checks.json
-    python bench/gpu_checks.py --from-json gpu_checks.json --out docs/benchmarks.md
+    python bench/gpu_checks.py --from-json gpu_checks.json [more.json ...] --out docs/benchmarks.md
     python bench/gpu_checks.py --device cpu --tiny --compile-ts --out /tmp/g.md   # smoke test
 
 On the device machine, ``bash bench/gpu_checks.sh`` runs it with its outputs in ``$OUT``; the
@@ -375,18 +375,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="toy model sizes (smoke test)")
     p.add_argument("--json", type=Path, default=ROOT / "bench/results/gpu_checks.json")
     p.add_argument("--out", type=Path, help="markdown file whose section to (re)write")
-    p.add_argument("--from-json", type=Path, help="measure nothing: write the report of this "
-                   "JSON (a device run's) into --out")
+    p.add_argument("--from-json", type=Path, nargs="+", help="measure nothing: write the "
+                   "report of these JSONs (device runs'), one after the other, into --out")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.from_json:
-        results = json.loads(args.from_json.read_text())
+        runs = [json.loads(path.read_text()) for path in args.from_json]
         if args.out:
-            update_section(args.out, report.HEADING, report.render(results))
-        return results
+            update_section(args.out, report.HEADING, "\n".join(map(report.render, runs)))
+        return runs[0]
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("bench/gpu_checks.py: no CUDA device here (use --device cpu for a smoke test)")

@@ -164,7 +164,7 @@ def count_flops(group: str, T: int) -> dict[str, int]:
 def variant_config(key: str, with_backbone: bool = False, attn: str | None = None):
     """The ``SpoolConfig`` of one variant; ``with_backbone=False``: the temporal stack alone,
     for the pooled tokens ``[T, L_k, D]`` it is given. ``attn`` overrides its attention
-    implementation (``bench/gpu_checks.py``: ``auto``, i.e. flex on CUDA)."""
+    implementation (``bench/gpu_checks.py``: ``auto``, i.e. blocked)."""
     from spool import SpoolConfig
     w, k, impl = VARIANTS[key]
     impl = attn or impl

@@ -33,10 +33,8 @@ def test_blocked_plan_covers_exactly_the_mask():
 
 def test_auto_respects_capabilities():
     assert select_backend("auto", "cpu").name == "blocked"
-    assert select_backend("auto", "cuda").name == "flex"
-    # Dropout or a training step that flex cannot serve falls back instead of failing later.
-    assert select_backend("auto", "cuda", dropout=0.1).name == "blocked"
-    assert select_backend("auto", "cuda", dtype=torch.float16).name == "flex"
+    assert select_backend("auto", "cuda").name == "blocked"  # measured fastest on an H200
+    assert select_backend("flex", "cuda", dtype=torch.float16).name == "flex"
     with pytest.raises(ValueError, match="attn_implementation='flex'.*backward"):
         select_backend("flex", "cpu", backward=True)
     with pytest.raises(ValueError, match="attn_implementation='flex'.*attention_dropout"):

@@ -58,9 +58,9 @@ class AttentionBackend:
 
 
 ATTENTION_BACKENDS: dict[str, AttentionBackend] = {}
-# What ``auto`` tries, in order, per device type. CPU: blocked measured faster than flex
-# (docs/benchmarks.md). CUDA: flex first, not yet measured against blocked on a GPU.
-AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("blocked",), "cuda": ("flex", "blocked")}
+# What ``auto`` tries, in order, per device type: blocked measured fastest on the CPU and on an
+# H200 (bf16 and fp32, forward and backward, T >= 64; flex 2.6-5.9x slower): docs/benchmarks.md.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("blocked",), "cuda": ("blocked",)}
 
 
 def register_backend(backend: AttentionBackend) -> None:

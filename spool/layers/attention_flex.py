@@ -9,10 +9,15 @@ builds the full score matrix: a quadratic fallback that must never happen silent
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from spool.layers.masks import flex_block_mask
 
 _compiled_flex = None
+# torch's Triton flex kernel refuses head_dim < 16 ("NYI: embedding dimension ... must be at
+# least 16"; torch 2.11 on an H200). Smaller heads are zero-padded to this on every device, so
+# the CPU tests run the same path.
+FLEX_MIN_HEAD_DIM = 16
 
 
 def compiled_flex_attention():
@@ -31,5 +36,9 @@ def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     H, B, nF, L, hd = q.shape
     block_mask = flex_block_mask(nF, L, local_frame_range, num_lookback_heads, H, q.device)
     q, k, v = (x.transpose(0, 1).flatten(2, 3) for x in (q, k, v))  # [B, H, F*L, hd]
-    out = compiled_flex_attention()(q, k, v, block_mask=block_mask)
-    return out.view(B, H, nF, L, hd).permute(0, 2, 3, 1, 4)
+    if hd < FLEX_MIN_HEAD_DIM:
+        # Zero columns add nothing to q.k (the scale stays the true head_dim's), and v's zero
+        # columns come out as zero columns that are sliced off: the result is exact.
+        q, k, v = (F.pad(x, (0, FLEX_MIN_HEAD_DIM - hd)) for x in (q, k, v))
+    out = compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=hd ** -0.5)
+    return out[..., :hd].unflatten(2, (nF, L)).permute(0, 2, 3, 1, 4)
