@@ -213,7 +213,8 @@ class FeatureExtractor:
         with VideoReader(source) as reader:
             info = reader.info()
             check_complete(source, info.num_frames, _frames_end(info), info.fps)
-            clips = self.sampler(info.num_frames, info.fps)
+            clips = self.sampler(info.num_frames, info.fps,
+                                 timestamps=reader.frame_times())
             # first_needed[k]: the lowest frame any clip from k on reads.
             first_needed = np.minimum.accumulate([min(c) for c in clips][::-1])[::-1]
             frames: dict[int, torch.Tensor] = {}

@@ -27,3 +27,64 @@ def test_fps_sampler_rejects_bad_timestamps():
         FpsSampler(2)(3, 10, timestamps=[0, 0.2, 0.1])
     with pytest.raises(ValueError, match="timestamps"):
         FpsSampler(2)(3, 10, timestamps=[0, 0.1])
+
+
+def test_rounded_constant_rate_timestamps_keep_the_index_rule():
+    """Matroska rounds pts to milliseconds: 24000/1001 fps frame 3 (125.125 ms) is stamped
+    125 ms, exactly 8 fps frame 1's time. Picking by those times would take frame 3 where the
+    frame shown at 125 ms is frame 2; a constant rate (up to rounding) keeps the index rule."""
+    fps, n = 24000 / 1001, 97
+    ts = np.round(np.arange(n) / fps, 3)
+    assert FpsSampler(8)(n, fps, timestamps=ts) == FpsSampler(8)(n, fps)
+    assert FpsSampler(8)(n, fps)[0][:2] == [0, 2]
+
+
+def test_use_timestamps_off_and_settings_round_trip():
+    from spool.video.samplers import make_sampler
+
+    ts = np.array([0, 0.1, 0.15, 0.5, 0.51, 1.2])
+    by_rate = FpsSampler(2, use_timestamps=False)
+    assert by_rate(6, 5 / 1.2, timestamps=ts) == [[0, 2, 4]]
+    assert make_sampler(**by_rate.to_dict()) == by_rate != FpsSampler(2)
+    with pytest.raises(ValueError, match="use_timestamps"):
+        FpsSampler(2, use_timestamps="yes")
+
+
+def test_extract_and_forward_long_pick_frames_of_a_vfr_video_by_time(tmp_path):
+    """End to end: the reader's frame times reach the sampler (``spool extract`` and
+    ``Spool.forward_long``), so a VFR file at 2 fps gives the frames shown at 0, .5, 1 s."""
+    import json
+
+    import torch
+    from conftest import tiny_backbone, tiny_config, tiny_model_args
+    from safetensors.torch import load_file
+
+    from spool import Spool
+    from spool.cli import main
+    from spool.video import VideoReader, write_video
+
+    times = [0.0, 0.1, 0.15, 0.5, 0.51, 1.2]
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "vfr.mkv", frames, fps=5, codec="ffv1", timestamps=times)
+    with VideoReader(path) as reader:
+        np.testing.assert_allclose(reader.frame_times(), times, atol=1e-6)
+    config = tmp_path / "backbone.json"
+    config.write_text(json.dumps(tiny_backbone()))
+    assert main(["extract", str(path), "--out", str(tmp_path / "out"),
+                 *tiny_model_args(config), "--no-progress", "--sampler", "fps", "--fps", "2"]) == 0
+    out = load_file(tmp_path / "out" / "vfr.safetensors")
+    assert out["frame_indices"].tolist() == [[0, 3, 4]]
+    with torch.no_grad():
+        long = Spool(tiny_config()).eval().forward_long(path, sampler=FpsSampler(2))
+    assert long.frame_indices.tolist() == [0, 3, 4]
+
+
+def test_settings_saved_before_use_timestamps_compare_equal():
+    from spool.train.builders import check_sampling
+    from spool.video.samplers import sampler_settings
+
+    old = {"name": "fps", "target_fps": 2.0, "max_frames": None}  # a checkpoint of before
+    assert sampler_settings(old) == FpsSampler(2).to_dict()
+    check_sampling(old, FpsSampler(2).to_dict(), "val_cache", "c/")
+    with pytest.raises(ValueError, match="sampled as"):
+        check_sampling(old, FpsSampler(3).to_dict(), "val_cache", "c/")

@@ -212,8 +212,9 @@ def test_train_config_rejects(name: str, value) -> None:
 SAMPLER_ARGS = {  # class: (valid arguments, {argument: generic values it accepts})
     samplers.UniformSampler: ({"num_frames": 4, "num_clips": 1}, {}),
     samplers.ClipSampler: ({"num_frames": 4, "frame_stride": 2, "num_clips": 1}, {}),
-    samplers.FpsSampler: ({"target_fps": 2.0, "max_frames": None},
-                          {"target_fps": {"float"}, "max_frames": {"None"}}),
+    samplers.FpsSampler: ({"target_fps": 2.0, "max_frames": None, "use_timestamps": True},
+                          {"target_fps": {"float"}, "max_frames": {"None"},
+                           "use_timestamps": {"bool"}}),
     samplers.StrideSampler: ({"stride": 2, "max_frames": None}, {"max_frames": {"None"}}),
     samplers.SlidingWindowSampler: ({"clip_len": 4, "stride": 2, "tail": "align"},
                                     {"stride": {"None"}}),

@@ -85,6 +85,7 @@ def build_sampler(args: argparse.Namespace, trained: dict | None = None,
     (``trained``: its ``config.sampling``) where it suits the mode, else uniform (clips) or
     fps (--per-frame). A note is logged when the sampler differs from training."""
     from spool.video import make_sampler
+    from spool.video.samplers import sampler_settings
 
     trained = dict(trained) if trained else None
     # --per-frame takes each whole video: a training sampler of whole videos, not of clips.
@@ -113,7 +114,7 @@ def build_sampler(args: argparse.Namespace, trained: dict | None = None,
             elif key not in base and k in DEFAULTS:
                 base[key] = DEFAULTS[k]
         sampler = make_sampler(name, **base)
-    if trained is not None and sampler.to_dict() != trained:
+    if trained is not None and sampler.to_dict() != sampler_settings(trained):
         logger.warning("note: sampling %s differs from the checkpoint's training sampling %s",
                        json.dumps(sampler.to_dict()), json.dumps(trained))
     return sampler

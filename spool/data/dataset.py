@@ -208,7 +208,8 @@ class VideoClipDataset(Dataset):
         with VideoReader(self.samples[index].path, thread_type="SLICE") as reader:
             n = len(reader)
             fps = reader.info().fps if self.sampler.needs_fps else None
-            plans = [self.sampler(n, fps, rng if aug else None)
+            times = reader.frame_times() if self.sampler.needs_fps else None
+            plans = [self.sampler(n, fps, rng if aug else None, times)
                      for rng, (_, aug) in zip(rngs, views, strict=True)]
             wanted = sorted({i for clips in plans for clip in clips for i in clip})
             frames, _ = reader.get(wanted)

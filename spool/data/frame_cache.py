@@ -139,7 +139,7 @@ def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
         return None
     with VideoReader(sample.video) as reader:
         info = reader.info()
-        indices = sampler(info.num_frames, info.fps)[0]
+        indices = sampler(info.num_frames, info.fps, timestamps=reader.frame_times())[0]
         chunks = list(stream_tokens(model, reader, indices))
     tokens = torch.cat([t for t, _ in chunks]).to("cpu", _DTYPES[dtype])
     timestamps = np.concatenate([s for _, s in chunks])
@@ -230,7 +230,8 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augment else None
         with VideoReader(sample.video) as reader:
             info = reader.info()
-            indices = self.sampler(info.num_frames, info.fps)[0]
+            indices = self.sampler(info.num_frames, info.fps,
+                                   timestamps=reader.frame_times())[0]
             indices = indices[_crop(len(indices), self.crop_frames, rng)]
             frames, stamps = reader.get(indices)
         labels = torch.from_numpy(sample.labels_at(indices, stamps, info.start_time))

@@ -168,7 +168,8 @@ class FrameClassifier(SpoolPreTrainedModel):
             return torch.cat([c.float().mean(1) for c in tokens.split(chunk_frames)]), None, None
         with VideoReader(video) as reader:
             info = reader.info()
-            indices = sampler(info.num_frames, info.fps)[0]
+            indices = sampler(info.num_frames, info.fps,
+                              timestamps=reader.frame_times())[0]
             parts = list(stream_tokens(self, reader, indices))
         return (torch.cat([t.float().mean(1).cpu() for t, _ in parts]), np.asarray(indices),
                 np.concatenate([s for _, s in parts]))

@@ -150,7 +150,7 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
         sampler = sampler or default_sampler(config)
         reader = VideoReader(video)
         info = reader.info()
-        clips = sampler(info.num_frames, info.fps)
+        clips = sampler(info.num_frames, info.fps, timestamps=reader.frame_times())
         if len(clips) != 1:
             reader.close()
             raise ValueError(f"sampler: forward_long takes one clip per video, {sampler!r} "

@@ -118,7 +118,9 @@ def check_sampling(found: dict[str, Any] | None, expected: dict[str, Any] | None
                    cache: str, against: str = "training") -> None:
     """``ValueError`` when token cache ``cache`` was sampled otherwise than ``against``
     (either unknown: no check)."""
-    if found and expected and found != expected:
+    from spool.video.samplers import sampler_settings
+
+    if found and expected and sampler_settings(found) != sampler_settings(expected):
         raise ValueError(f"{what}: {cache} holds tokens sampled as {found}, but {against} "
                          f"{'samples' if against == 'training' else 'were sampled as'} "
                          f"{expected}; cache the videos with the same sampling")

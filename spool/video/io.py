@@ -113,6 +113,13 @@ class VideoReader:
     def __len__(self) -> int:
         return len(self.index.pts)
 
+    def frame_times(self) -> np.ndarray | None:
+        """``[N]`` seconds at which each frame is shown (its pts), in display order; None where
+        the file's timestamps are missing, repeated or not in display order."""
+        if not self.index.exact:
+            return None
+        return self.index.pts * float(self.index.time_base)
+
     def __enter__(self) -> VideoReader:
         return self
 

@@ -1,7 +1,8 @@
 """Frame samplers: which frame indices to read from a video of ``num_frames`` frames.
 
-Each sampler is a small callable object, ``sampler(num_frames, fps=None, rng=None) ->
-list[list[int]]``: a list of clips, each a list of frame indices in presentation order (the
+Each sampler is a small callable object, ``sampler(num_frames, fps=None, rng=None,
+timestamps=None) -> list[list[int]]``: a list of clips, each a list of frame indices in
+presentation order (the
 input of ``read_video_frames``). The same samplers serve training, evaluation, token caches and
 extraction. Given an ``rng``, the clip samplers draw one randomly placed clip (temporal jitter
 for training); without one they are deterministic. ``to_dict()`` gives a sampler's settings,
@@ -27,6 +28,7 @@ __all__ = [
     "UniformSampler",
     "clip_sampler",
     "make_sampler",
+    "sampler_settings",
 ]
 
 
@@ -63,9 +65,11 @@ class FrameSampler(ABC):
     needs_fps: ClassVar[bool] = False
 
     def __call__(self, num_frames: int, fps: float | None = None,
-                 rng: np.random.Generator | None = None) -> list[list[int]]:
+                 rng: np.random.Generator | None = None,
+                 timestamps: Any = None) -> list[list[int]]:
         """Clips (lists of frame indices) for a video of ``num_frames`` frames at ``fps``;
-        with ``rng``, one randomly placed clip where the sampler supports it."""
+        with ``rng``, one randomly placed clip where the sampler supports it. ``timestamps``
+        (the reader's ``frame_times()``) matter to samplers that pick by time (``fps``)."""
         n = _positive_int("num_frames", num_frames)
         if rng is not None and not isinstance(rng, np.random.Generator):
             raise ValueError(f"rng: expected None or a numpy.random.Generator, got {rng!r}")
@@ -166,32 +170,40 @@ class FpsSampler(FrameSampler):
     """One clip: frames at ``target_fps`` from the start (needs the video's ``fps``).
 
     Frame ``k`` of the clip is the source frame shown at time ``k / target_fps`` after the
-    first: exactly so given the frames' ``timestamps``; from ``fps`` alone, assuming a
-    constant frame rate. A target above the source rate repeats frames. ``max_frames`` keeps
-    only the first frames.
+    first. For a constant-rate video that is frame ``floor(k * fps / target_fps)``; for a
+    variable-rate one (given the frames' ``timestamps``, with ``use_timestamps``) it is found
+    by time. A target above the source rate repeats frames. ``max_frames`` keeps only the
+    first frames.
     """
 
     name = "fps"
     needs_fps = True
 
-    def __init__(self, target_fps: float, max_frames: int | None = None) -> None:
+    def __init__(self, target_fps: float, max_frames: int | None = None,
+                 use_timestamps: bool = True) -> None:
         self.target_fps = _positive_float("target_fps", target_fps)
         self.max_frames = _positive_int("max_frames", max_frames, allow_none=True)
+        if not isinstance(use_timestamps, bool):
+            raise ValueError(f"use_timestamps: expected True or False, got {use_timestamps!r}")
+        self.use_timestamps = use_timestamps
 
     def __call__(self, num_frames: int, fps: float | None = None,
                  rng: np.random.Generator | None = None,
                  timestamps: Any = None) -> list[list[int]]:
         """As for every sampler; ``timestamps`` (seconds, one per frame, increasing: the
-        reader's) pick by time instead of by index, which is what a variable-frame-rate video
-        needs: there frame ``k * fps / target_fps`` is not the one shown at ``k /
-        target_fps``."""
-        if timestamps is None:
+        reader's) pick by time instead of by index where they show a variable frame rate:
+        there frame ``k * fps / target_fps`` is not the one shown at ``k / target_fps``."""
+        if timestamps is None or not self.use_timestamps:
             return super().__call__(num_frames, fps, rng)
         n = _positive_int("num_frames", num_frames)
         ts = np.asarray(timestamps, np.float64)
         if ts.shape != (n,) or not np.isfinite(ts).all() or (np.diff(ts) <= 0).any():
             raise ValueError(f"timestamps: expected {n} increasing finite values, got shape "
                              f"{ts.shape}")
+        if fps is not None and _constant_rate(ts):
+            # The index rule: timestamps rounded to the container's time base (milliseconds in
+            # Matroska) would otherwise move a pick that falls within a rounding of a frame.
+            return super().__call__(num_frames, fps, rng)
         span = ts[-1] - ts[0]
         if n > 1 and span > 0:
             duration = span * n / (n - 1)  # the last frame lasts an average frame
@@ -214,7 +226,19 @@ class FpsSampler(FrameSampler):
         return [_cap(indices, self.max_frames)]
 
     def _settings(self) -> dict[str, Any]:
-        return {"target_fps": self.target_fps, "max_frames": self.max_frames}
+        return {"target_fps": self.target_fps, "max_frames": self.max_frames,
+                "use_timestamps": self.use_timestamps}
+
+
+def _constant_rate(ts: np.ndarray) -> bool:
+    """Whether frames ``ts`` (seconds) are evenly spaced up to timestamp rounding: every
+    interval within 1.5 ms (a millisecond time base rounds each end by up to 0.5 ms) or 1%
+    of the median interval."""
+    if len(ts) < 3:
+        return True
+    gaps = np.diff(ts)
+    median = float(np.median(gaps))
+    return bool(np.abs(gaps - median).max() <= max(1.5e-3, 0.01 * median))
 
 
 class StrideSampler(FrameSampler):
@@ -282,6 +306,15 @@ def clip_sampler(num_frames: int, frame_stride: int | None = None,
     if frame_stride is None:
         return UniformSampler(num_frames, num_clips)
     return ClipSampler(num_frames, frame_stride, num_clips)
+
+
+def sampler_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (a ``to_dict()``) with today's defaults filled in, so that settings saved
+    before a sampler gained an option compare equal to the same sampler now."""
+    try:
+        return make_sampler(**settings).to_dict()
+    except (TypeError, ValueError):
+        return dict(settings)
 
 
 def make_sampler(name: str, **kwargs: Any) -> FrameSampler:
