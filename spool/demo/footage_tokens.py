@@ -103,7 +103,7 @@ def encode_video(encoder: torch.nn.Module, path: Path, fps: float, pooling: int,
 
     with VideoReader(path) as reader:
         info = reader.info()
-        indices = FpsSampler(fps)(len(reader), fps=info.fps)[0]
+        indices = FpsSampler(fps)(len(reader), fps=info.fps, timestamps=reader.frame_times())[0]
         chunks, times, thumbs = [], [], []
         for s in range(0, len(indices), batch):
             frames, t = reader.get(indices[s:s + batch])
@@ -123,6 +123,8 @@ def cached_tokens(encoder: torch.nn.Module, videos: list[tuple[str, Path]], out:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
+    # Picking frames by time (VFR) left the key as it was: every clip of the demo but the
+    # skipped tree.avi has a constant rate, so the same frames are picked as before.
     key = json.dumps({"backbone": _backbone_digest(encoder), "fps": fps, "pooling": pooling,
                       "thumb": THUMB, "format": 1}, sort_keys=True)
     result = []
