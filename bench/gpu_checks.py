@@ -193,7 +193,8 @@ def _run_spool(args, device, dtype, T, models, compiled: bool) -> dict:
     d = pm.DIMS
     video = torch.randint(0, 256, (1, T, d.image, d.image, 3), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(1)).to(device)
-    wrap = (lambda f: torch.compile(f, dynamic=False)) if compiled else (lambda f: f)
+    wrap = ((lambda f: torch.compile(f, dynamic=False, mode=args.compile_mode)) if compiled
+            else (lambda f: f))
     backbone = wrap(models["backbone"])
     out: dict = {}
     with torch.no_grad():
@@ -214,7 +215,7 @@ def _run_spool(args, device, dtype, T, models, compiled: bool) -> dict:
 
 def _run_peer(args, device, dtype, name, T, compiled: bool) -> dict:
     model = pm.build_peer(name, T).to(device=device, dtype=dtype)
-    fn = torch.compile(model, dynamic=False) if compiled else model
+    fn = torch.compile(model, dynamic=False, mode=args.compile_mode) if compiled else model
     pixels = torch.randn(1, T, 3, pm.DIMS.image, pm.DIMS.image, device=device, dtype=dtype)
     with torch.no_grad():
         xs = timed(lambda: fn(pixel_values=pixels), device, args.runs, args.max_cell_s)
@@ -234,7 +235,8 @@ def part_peers(args, device: torch.device, clock: Clock, save=lambda part: None)
 
     def part() -> dict:
         return {"dtype": args.dtype, "peak_flops": peak, "spec_flops": report.spec_peak(device),
-                "rows": rows, "stopped": stopped, "spool_attn": args.spool_attn}
+                "rows": rows, "stopped": stopped, "spool_attn": args.spool_attn,
+            "compile_mode": args.compile_mode}
     for mode, group, T in plan:
         if stopped.get(group, T + 1) <= T:  # the table says where it stopped
             continue
@@ -356,7 +358,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="of the peers and profile")
-    p.add_argument("--ts", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
+    p.add_argument("--ts", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256, 512])
     p.add_argument("--compile-ts", type=int, nargs="*", default=[64],
                    help="T at which the peers also run under torch.compile (none: eager only)")
     p.add_argument("--spool-attn", default="auto", help="Spool's attention in the peers part")
@@ -367,10 +369,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend-dtypes", nargs="+", choices=DTYPES, default=["fp32", "bf16"])
     p.add_argument("--profile-t", type=int, default=64)
     p.add_argument("--runs", type=int, default=5, help="timed runs per cell at most")
-    p.add_argument("--max-cell-s", type=float, default=3.0, help="timed seconds per cell at most")
+    p.add_argument("--max-cell-s", type=float, default=1.0, help="timed seconds per cell at most")
     p.add_argument("--peak-n", type=int, default=8192, help="matmul size of the peak")
-    p.add_argument("--budget-s", type=float, default=480.0)
-    p.add_argument("--compile-reserve-s", type=float, default=60.0,
+    p.add_argument("--budget-s", type=float, default=450.0)
+    p.add_argument("--compile-mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                   help="torch.compile's mode (reduce-overhead: CUDA graphs, against launch-bound "
+                        "small kernels)")
+    p.add_argument("--compile-reserve-s", type=float, default=90.0,
                    help="no compiled cell starts with less of the budget left")
     p.add_argument("--tiny", action="store_true", help="toy model sizes (smoke test)")
     p.add_argument("--json", type=Path, default=ROOT / "bench/results/gpu_checks.json")

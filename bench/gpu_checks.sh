@@ -14,4 +14,4 @@ mkdir -p "$OUT"
 nvidia-smi -L || true
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 python3 bench/gpu_checks.py --json "$OUT/gpu_checks.json" --out "$OUT/gpu_checks.md" \
-    --budget-s "${BUDGET:-480}" "$@" 2>&1 | tee "$OUT/gpu_checks.log"
+    --budget-s "${BUDGET:-450}" "$@" 2>&1 | tee "$OUT/gpu_checks.log"

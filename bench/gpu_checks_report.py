@@ -73,8 +73,10 @@ def _backends(part: dict) -> list[str]:
 def _peers(part: dict) -> list[str]:
     peak, spec = part["peak_flops"], part["spec_flops"]
     spec_text = f"{spec / 1e12:.0f} TFLOP/s spec" if spec else "no spec figure for this device"
+    mode = part.get("compile_mode", "default")
     lines = [f"### Spool and its peers in {part['dtype']} (batch 1, Spool attention "
-             f"`{part['spool_attn']}`)", "",
+             f"`{part['spool_attn']}`" + ("" if mode == "default" else f", compiled with "
+                                          f"mode `{mode}`") + ")", "",
              f"Matmul peak measured: {peak / 1e12:.1f} TFLOP/s ({spec_text}). MFU = counted "
              "FLOPs / time / peak.", "",
              "| model | T | mode | ms per frame | stack / backbone | TFLOP/s | MFU (measured) | "
