@@ -123,23 +123,25 @@ def is_done(output: Path, settings: dict[str, str]) -> bool:
 
 
 def _declared_end(container: av.container.InputContainer) -> float | None:
-    """Where the header says the video ends, in seconds: the video stream's duration, else
-    the container's where the video is its only stream (audio may outlast the video)."""
+    """Where the header says the file ends, in seconds: the video stream's duration, else the
+    container's (which covers every stream)."""
     stream = container.streams.video[0]
     if stream.duration and stream.time_base:
         return float((stream.start_time or 0) + stream.duration) * float(stream.time_base)
-    if container.duration and len(container.streams) == 1:
+    if container.duration:
         return ((container.start_time or 0) + container.duration) / av.time_base
     return None
 
 
 def check_complete(source: Path, num_frames: int, end_s: float | None = None,
-                   fps: float | None = None) -> None:
+                   fps: float | None = None, others_end_s: float | None = None) -> None:
     """Raise ``VideoDecodeError`` for a file cut short: its header announces more frames than
-    its packets hold, or (containers without a frame count, as Matroska/WebM) its frames end
+    its packets hold, or (containers without a frame count, as Matroska/WebM) its packets end
     well before the duration it declares. ``end_s``: where the frames end (the last one's pts
-    plus its duration, seconds); the tolerance keeps normal files (an unknown last frame
-    duration, B-frame delays, rounded timestamps) from being flagged."""
+    plus its duration, seconds); ``others_end_s``: where the other streams' packets end (the
+    reader's ``index.others_end``), since audio may outlast the video. The tolerance keeps
+    normal files (an unknown last frame duration, B-frame delays, rounded timestamps) from
+    being flagged."""
     with av.open(str(source), metadata_errors="ignore") as container:
         announced = container.streams.video[0].frames
         declared = _declared_end(container) if not announced and end_s is not None else None
@@ -148,9 +150,11 @@ def check_complete(source: Path, num_frames: int, end_s: float | None = None,
                                f"but only {num_frames} are in the file")
     if declared is not None:
         slack = max(1.0, 3 / fps if fps else 0.0, 0.02 * declared)
-        if end_s < declared - slack:
+        end = max(end_s, others_end_s if others_end_s is not None else end_s)
+        if end < declared - slack:
+            what = "frames" if end == end_s else "packets"
             raise VideoDecodeError(f"{source}: truncated: the container declares {declared:.2f} "
-                                   f"s but frames end at {end_s:.2f} s")
+                                   f"s but {what} end at {end:.2f} s")
 
 
 def _frames_end(info) -> float | None:
@@ -212,7 +216,8 @@ class FeatureExtractor:
         """
         with VideoReader(source) as reader:
             info = reader.info()
-            check_complete(source, info.num_frames, _frames_end(info), info.fps)
+            check_complete(source, info.num_frames, _frames_end(info), info.fps,
+                           reader.index.others_end)
             clips = self.sampler(info.num_frames, info.fps,
                                  timestamps=reader.frame_times())
             # first_needed[k]: the lowest frame any clip from k on reads.
@@ -258,7 +263,8 @@ class FeatureExtractor:
         """The whole video in one pass, written chunk by chunk (the full features too)."""
         with VideoReader(source) as reader:
             info = reader.info()
-            check_complete(source, info.num_frames, _frames_end(info), info.fps)
+            check_complete(source, info.num_frames, _frames_end(info), info.fps,
+                           reader.index.others_end)
         out = self.model.forward_long(source, sampler=self.sampler,
                                       chunk_frames=self.chunk_frames,
                                       keep_features=self.save_features,

@@ -204,3 +204,52 @@ def test_truncated_matroska_and_webm_are_reported(videos, tmp_path, capsys):
     assert set(failed) == {"cut_a.mkv", "cut_b.webm"}
     assert all("truncated: the container declares 5.00 s but frames end at" in m
                for m in failed.values())
+
+
+def _write_with_audio(path, num_frames: int, fps: int, audio_s: float) -> None:
+    """An ffv1 Matroska file of ``num_frames`` noise frames and ``audio_s`` s of silence."""
+    from fractions import Fraction
+
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("ffv1", rate=fps)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        audio = container.add_stream("pcm_s16le", rate=8000)
+        audio.layout = "mono"
+        samples, done = int(audio_s * 8000), 0
+        for i in range(max(num_frames, int(np.ceil(audio_s * fps)))):  # interleaved
+            if i < num_frames:
+                frame = av.VideoFrame.from_ndarray(
+                    rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, fps)
+                container.mux(video.encode(frame))
+            if done < samples:
+                k = min(8000 // fps, samples - done)
+                chunk = av.AudioFrame.from_ndarray(np.zeros((1, k), np.int16), format="s16",
+                                                   layout="mono")
+                chunk.sample_rate, chunk.pts, chunk.time_base = 8000, done, Fraction(1, 8000)
+                container.mux(audio.encode(chunk))
+                done += k
+        container.mux(video.encode())
+        container.mux(audio.encode())
+
+
+def test_truncated_matroska_with_audio_is_reported(videos, tmp_path):
+    """With an audio stream the container's duration covers the audio, which may outlast the
+    video: a file is cut short when all its packets end well before that duration."""
+    _, config = videos
+    root = tmp_path / "in"
+    root.mkdir()
+    _write_with_audio(root / "same.mkv", 40, 8, 5.0)
+    _write_with_audio(root / "long_audio.mkv", 40, 8, 8.0)  # 3 s of sound after the video
+    for name in ("same.mkv", "long_audio.mkv"):
+        data = (root / name).read_bytes()
+        (root / f"cut_{name}").write_bytes(data[: len(data) // 2])
+    assert _extract([root], tmp_path / "o", config, "--num-frames", "2") == 1
+    with open(tmp_path / "o" / "failures.csv") as f:
+        failed = {os.path.basename(row["path"]): row["message"] for row in csv.DictReader(f)}
+    assert set(failed) == {"cut_same.mkv", "cut_long_audio.mkv"}
+    assert "the container declares 5.00 s" in failed["cut_same.mkv"]
+    assert "the container declares 8.00 s" in failed["cut_long_audio.mkv"]

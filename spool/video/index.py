@@ -43,6 +43,8 @@ class _FrameIndex:
     # False: pts missing, duplicated or not in display order; frames are then counted in the
     # decoder's output order (always display order) and read without seeking.
     exact: bool
+    # Seconds where the last packet of the other streams (audio, subtitles) ends; None: none.
+    others_end: float | None = None
 
 
 _index_cache: OrderedDict[tuple, _FrameIndex] = OrderedDict()
@@ -129,9 +131,15 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
     pts: list[int | None] = []
     keys: list[bool] = []
     last_duration = 0
+    others_end: float | None = None  # a truncation check needs where the audio ends too
     try:
-        for packet in container.demux(stream):
+        for packet in container.demux():  # every stream: their packets interleave anyway
             if packet.size == 0 or packet.is_discard:
+                continue
+            if packet.stream.index != stream.index:
+                if packet.pts is not None and packet.time_base:
+                    end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                    others_end = end if others_end is None else max(others_end, end)
                 continue
             pts.append(packet.pts)
             keys.append(packet.is_keyframe)
@@ -144,7 +152,7 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
              and _pts_give_display_order(path, max_pixels, stream, pts))
     if not exact:
         idx = np.arange(n, dtype=np.int64)
-        return _FrameIndex(idx, idx, idx * 0, idx * 0, tb, last_duration, False)
+        return _FrameIndex(idx, idx, idx * 0, idx * 0, tb, last_duration, False, others_end)
     file_pts = np.asarray(pts, dtype=np.int64)
     order = np.argsort(file_pts, kind="stable")
     # The keyframe to start from: the last one in file order at or before the frame's packet
@@ -161,6 +169,7 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
     return _FrameIndex(
         pts=file_pts[order], decode_pos=order, seek_pos=key_pos[k],
         seek_pts=file_pts[key_pos[k]], time_base=tb, last_duration=last_duration, exact=True,
+        others_end=others_end,
     )
 
 
