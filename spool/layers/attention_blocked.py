@@ -147,7 +147,10 @@ def run_plan(plan: tuple[BlockCall, ...], q: torch.Tensor, k: torch.Tensor, v: t
             _key_windows(k, call, keys, context, lookahead),
             _key_windows(v, call, keys, context, lookahead), attn_mask=mask,
             dropout_p=dropout_p)
-        out[:, :, queries] = result.reshape(*out.shape[:2], nb * c, L, hd)
+        # Split dims only (always views): CUDA's kernels return ``result`` with the strides of
+        # [N, c*L, nb, hd], which no merge of dims could view; one strided copy writes it.
+        target = out[:, :, queries].unflatten(2, (nb, c))  # [G, B, nb, c, L, hd]
+        target.copy_(result.unflatten(2, (c, L)).unflatten(0, target.shape[:2]))
 
 
 def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
