@@ -2,11 +2,10 @@
 
 Each sampler is a small callable object, ``sampler(num_frames, fps=None, rng=None,
 timestamps=None) -> list[list[int]]``: a list of clips, each a list of frame indices in
-presentation order (the
-input of ``read_video_frames``). The same samplers serve training, evaluation, token caches and
-extraction. Given an ``rng``, the clip samplers draw one randomly placed clip (temporal jitter
-for training); without one they are deterministic. ``to_dict()`` gives a sampler's settings,
-and ``make_sampler(**d)`` rebuilds it.
+presentation order (the input of ``read_video_frames``). The same samplers serve training,
+evaluation, token caches and extraction. Given an ``rng``, the clip samplers draw one randomly
+placed clip (temporal jitter for training); without one they are deterministic. ``to_dict()``
+gives a sampler's settings, and ``make_sampler(**d)`` rebuilds it.
 """
 
 from __future__ import annotations
