@@ -200,3 +200,30 @@ def test_real_clips_in_matroska_are_complete_and_their_halves_truncated(
     half.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with pytest.raises(VideoDecodeError, match="truncated: the container declares"):
         check(half)
+
+
+def test_fps_sampling_picks_tree_avi_frames_by_time_and_the_rest_by_count(
+        real_footage: dict) -> None:
+    """tree.avi holds 68 pictures at irregular times (a variable frame rate): at 1 fps the
+    sampler takes the picture shown at each whole second, which counting frames at the
+    average rate misses. The other pts-exact clips have a constant rate, so the same frames
+    come out either way (the real-footage demo's token cache relies on it)."""
+    from spool.demo.real_footage import RealDemoSettings
+    from spool.video.samplers import FpsSampler
+
+    for name in CLIPS:
+        with VideoReader(real_footage[name].path) as reader:
+            times, fps, n = reader.frame_times(), reader.info().fps, len(reader)
+        if times is None:
+            continue
+        by_time = FpsSampler(1)(n, fps, timestamps=times)[0]
+        by_count = FpsSampler(1)(n, fps)[0]
+        if name != "tree.avi":
+            assert by_time == by_count, name
+            for rate in (RealDemoSettings().fps, 30.0):  # the demo's rate, and one above the clips'
+                assert (FpsSampler(rate)(n, fps, timestamps=times)
+                        == FpsSampler(rate)(n, fps)), (name, rate)
+            continue
+        shown = [int(np.searchsorted(times, times[0] + k + 1e-9, side="right") - 1)
+                 for k in range(len(by_time))]
+        assert by_time == shown and by_time != by_count
