@@ -390,8 +390,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.from_json:
         runs = [json.loads(path.read_text()) for path in args.from_json]
+        texts = [report.render(r) if len(runs) == 1 else
+                 f"**Run {i} of {len(runs)}** ({path.name}).\n\n" + report.render(r)
+                 for i, (path, r) in enumerate(zip(args.from_json, runs, strict=True), 1)]
         if args.out:
-            update_section(args.out, report.HEADING, "\n".join(map(report.render, runs)))
+            update_section(args.out, report.HEADING, "\n".join(texts))
         return runs[0]
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
