@@ -38,6 +38,19 @@ def videos(tmp_path_factory):
     return root, config
 
 
+def _failures(out) -> dict[str, str]:
+    """File name -> message of the videos ``out/failures.csv`` lists."""
+    with open(out / "failures.csv") as f:
+        return {os.path.basename(row["path"]): row["message"] for row in csv.DictReader(f)}
+
+
+def _cut_in_half(root, names) -> None:
+    """``cut_NAME``: the first half of the bytes of ``root/NAME``, for each name."""
+    for name in names:
+        data = (root / name).read_bytes()
+        (root / f"cut_{name}").write_bytes(data[: len(data) // 2])
+
+
 def _extract(inputs, out, config, *extra):
     return main(["extract", *map(str, inputs), "--out", str(out), *tiny_model_args(config),
                  "--no-progress", *extra])
@@ -63,9 +76,7 @@ def test_extract_outputs_shapes_metadata_and_failures(videos, tmp_path, capsys):
     assert json.loads(meta["sampler"]) == {"name": "uniform", "num_frames": 4}
     assert len(meta["model_config_hash"]) == 16
     assert (out / "sub" / "b.safetensors").is_file() and (out / "c.safetensors").is_file()
-    with open(out / "failures.csv") as f:
-        failed = {os.path.basename(row["path"]) for row in csv.DictReader(f)}
-    assert failed == {"notes.mp4", "empty.webm", "cut.avi", "missing.mp4"}
+    assert set(_failures(out)) == {"notes.mp4", "empty.webm", "cut.avi", "missing.mp4"}
     printed = capsys.readouterr()
     assert "FAILED" in printed.err + printed.out
     assert "3 extracted, 0 already done, 4 failed of 7 videos" in printed.out
@@ -195,12 +206,9 @@ def test_truncated_matroska_and_webm_are_reported(videos, tmp_path, capsys):
     for name, codec in (("a.mkv", "ffv1"), ("b.webm", "libvpx-vp9"), ("c.mp4", "libx264"),
                         ("d.avi", "mjpeg"), ("e.mkv", "libx264")):
         write_video(root / name, frames, fps=8, codec=codec)
-    for name in ("a.mkv", "b.webm"):
-        data = (root / name).read_bytes()
-        (root / f"cut_{name}").write_bytes(data[: len(data) // 2])
+    _cut_in_half(root, ("a.mkv", "b.webm"))
     assert _extract([root], tmp_path / "o", config, "--num-frames", "2") == 1
-    with open(tmp_path / "o" / "failures.csv") as f:
-        failed = {os.path.basename(row["path"]): row["message"] for row in csv.DictReader(f)}
+    failed = _failures(tmp_path / "o")
     assert set(failed) == {"cut_a.mkv", "cut_b.webm"}
     assert all("truncated: the container declares 5.00 s but frames end at" in m
                for m in failed.values())
@@ -244,12 +252,9 @@ def test_truncated_matroska_with_audio_is_reported(videos, tmp_path):
     root.mkdir()
     _write_with_audio(root / "same.mkv", 40, 8, 5.0)
     _write_with_audio(root / "long_audio.mkv", 40, 8, 8.0)  # 3 s of sound after the video
-    for name in ("same.mkv", "long_audio.mkv"):
-        data = (root / name).read_bytes()
-        (root / f"cut_{name}").write_bytes(data[: len(data) // 2])
+    _cut_in_half(root, ("same.mkv", "long_audio.mkv"))
     assert _extract([root], tmp_path / "o", config, "--num-frames", "2") == 1
-    with open(tmp_path / "o" / "failures.csv") as f:
-        failed = {os.path.basename(row["path"]): row["message"] for row in csv.DictReader(f)}
+    failed = _failures(tmp_path / "o")
     assert set(failed) == {"cut_same.mkv", "cut_long_audio.mkv"}
     assert "the container declares 5.00 s" in failed["cut_same.mkv"]
     assert "the container declares 8.00 s" in failed["cut_long_audio.mkv"]
