@@ -3,34 +3,27 @@
 from __future__ import annotations
 
 import csv
-import functools
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from train_helpers import TEMPORAL_FIELDS, TINY_MODEL, read_steps
+from train_helpers import TEMPORAL_FIELDS, TINY_MODEL, read_steps, segmentation_videos
 
 from spool.cli import main
 from spool.data.frame_cache import build_frame_cache
 from spool.data.segmentation import read_segments_csv
-from spool.data.synthetic_segments import make_segmentation_dataset
 from spool.models.frame_classification import SpoolForFrameClassification
 from spool.train.config import TrainConfig
 from spool.train.trainer import train
 from spool.video.samplers import FpsSampler
 
 
-@functools.cache
 def segmentation_data() -> Path:
     """4 + 2 lossless 32x32 videos of 320-360 frames at 15 fps (made once)."""
-    root = Path(tempfile.mkdtemp(prefix="spool-test-seg-"))
-    make_segmentation_dataset(root, 4, 2, frames=(320, 360), size=32, fps=15.0,
-                              min_cue_distance=20, segment_frames=(15, 30), seed=2)
-    return root
+    return segmentation_videos((320, 360), (15, 30))
 
 
 def _config(out: Path, **changes) -> TrainConfig:

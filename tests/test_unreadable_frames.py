@@ -5,30 +5,23 @@ next readable video in its place, evaluation leaves it out of the metrics and co
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import logging
-import tempfile
 from pathlib import Path
 
-from train_helpers import TINY_BACKBONE, TINY_MODEL, read_steps
+from train_helpers import TINY_BACKBONE, TINY_MODEL, read_steps, segmentation_videos
 
 from spool.cli import main
 from spool.data.frame_cache import FrameTokenDataset
 from spool.data.segmentation import read_segments_csv
-from spool.data.synthetic_segments import make_segmentation_dataset
 from spool.models.frame_classification import SpoolForFrameClassification
 from spool.train.config import TrainConfig
 from spool.train.trainer import train
 
 
-@functools.cache
 def _segments() -> Path:
     """4 + 2 lossless 32x32 videos of 300-320 frames at 15 fps (made once); sampled at 5."""
-    root = Path(tempfile.mkdtemp(prefix="spool-test-badseg-"))
-    make_segmentation_dataset(root, 4, 2, frames=(300, 320), size=32, fps=15.0,
-                              min_cue_distance=20, segment_frames=(10, 20), seed=2)
-    return root
+    return segmentation_videos((300, 320), (10, 20))
 
 
 def _csv_with_a_bad_video(folder: Path, split: str) -> tuple[Path, Path]:

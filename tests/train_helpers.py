@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from spool.data.synthetic import make_synthetic_dataset
+from spool.data.synthetic_segments import make_segmentation_dataset
 
 TINY_BACKBONE = dict(model_type="dinov2", hidden_size=24, num_hidden_layers=1,
                      num_attention_heads=2, intermediate_size=48, patch_size=8, image_size=32)
@@ -19,6 +20,16 @@ TINY_MODEL = dict(num_hidden_layers=1, num_attention_heads=4, num_lookback_heads
                   backbone_config=TINY_BACKBONE)
 TEMPORAL_FIELDS = ("num_hidden_layers", "num_attention_heads", "num_lookback_heads",
                    "num_lookahead_heads", "local_frame_range")
+
+
+@functools.cache
+def segmentation_videos(frames: tuple[int, int], segment_frames: tuple[int, int]) -> Path:
+    """4 + 2 lossless 32x32 segmentation videos of ``frames`` (min, max) frames at 15 fps,
+    segments of ``segment_frames`` frames (made once per setting)."""
+    root = Path(tempfile.mkdtemp(prefix="spool-test-seg-"))
+    make_segmentation_dataset(root, 4, 2, frames=frames, size=32, fps=15.0,
+                              min_cue_distance=20, segment_frames=segment_frames, seed=2)
+    return root
 
 
 @functools.cache
