@@ -24,8 +24,9 @@ short keeps what it measured, and nothing starts after ``--budget-s`` (it is rep
   the stack (device time from CUDA events), and the top operators by device time.
 - ``peers``: Spool w = 4 with k = 1, 2, 4 (a DINOv2-base-sized backbone, 12 temporal layers,
   ``--spool-attn``), TimeSformer-base and VideoMAE-base, in ``--dtype``: ms per frame, peak
-  memory, MFU. Eager at ``--ts``; compiled at ``--compile-ts`` too. A model stops at its first
-  T that runs out of device memory.
+  memory, MFU. Eager at ``--ts``; replayed from CUDA graphs at ``--graph-ts`` (the same
+  kernels, none launched from Python: what batch 1 costs without launch overhead); compiled
+  at ``--compile-ts``. A model stops at its first T that runs out of device memory.
 """
 
 from __future__ import annotations
@@ -188,38 +189,74 @@ def _spool_group(args, device, dtype):
     return {k: m.to(device=device, dtype=dtype) for k, m in models.items()}
 
 
-def _run_spool(args, device, dtype, T, models, compiled: bool) -> dict:
-    """Backbone once, then each variant's pooling + temporal stack on its tokens."""
+def cuda_graphed(fn, device: torch.device):
+    """``fn()`` (inputs captured by closure, so static) replayed from one CUDA graph: no kernel
+    launches from Python. Off CUDA it returns ``fn`` itself (smoke tests of the plumbing)."""
+    if device.type != "cuda":
+        return fn
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # warm-up: library workspaces, Spool's cached masks
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay():
+        graph.replay()
+        return out
+    return replay
+
+
+def _wrapper(args, device, mode: str):
+    """How a mode runs a zero-argument call: as is, from a CUDA graph, or compiled."""
+    if mode == "graphs":
+        return lambda fn: cuda_graphed(fn, device)
+    if mode == "compiled":
+        return lambda fn: torch.compile(fn, dynamic=False, mode=args.compile_mode)
+    return lambda fn: fn
+
+
+def _run_spool(args, device, dtype, T, models, mode: str) -> dict:
+    """Backbone once, then each variant's pooling + temporal stack on its tokens. The stack runs
+    without ``forward_tokens``'s input check, whose finiteness test syncs with the host (no CUDA
+    graph can hold it), in every mode alike."""
     d = pm.DIMS
     video = torch.randint(0, 256, (1, T, d.image, d.image, 3), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(1)).to(device)
-    wrap = ((lambda f: torch.compile(f, dynamic=False, mode=args.compile_mode)) if compiled
-            else (lambda f: f))
-    backbone = wrap(models["backbone"])
+    wrap = _wrapper(args, device, mode)
     out: dict = {}
     with torch.no_grad():
-        xs = timed(lambda: backbone(video), device, args.runs, args.max_cell_s)
+        backbone = wrap(lambda: models["backbone"](video))
+        xs = timed(backbone, device, args.runs, args.max_cell_s)
         out["backbone"] = {"s": statistics.median(xs)}
-        tokens = backbone(video)
+        tokens = backbone()
         for key in SPOOL_KEYS:
-            stack = wrap(models[key].forward_tokens)
-
-            def run(key=key, stack=stack):
-                return stack(pm.pool_tokens(models, key, tokens))
+            model = models[key]
+            run = wrap(lambda key=key, model=model:
+                       model._temporal_forward(pm.pool_tokens(models, key, tokens)))
             xs = timed(run, device, args.runs, args.max_cell_s)
-            mem = peak_memory(device, lambda: (run(), backbone(video)))
+            mem = (None if mode == "graphs" else
+                   peak_memory(device, lambda run=run: (run(), backbone())))
             out[key] = {"s": out["backbone"]["s"] + statistics.median(xs),
                         "stack_s": statistics.median(xs), "peak_bytes": mem}
+            del run
     return out
 
 
-def _run_peer(args, device, dtype, name, T, compiled: bool) -> dict:
+def _run_peer(args, device, dtype, name, T, mode: str) -> dict:
     model = pm.build_peer(name, T).to(device=device, dtype=dtype)
-    fn = torch.compile(model, dynamic=False, mode=args.compile_mode) if compiled else model
+    for module in model.modules():  # VideoMAE keeps its position table as a plain CPU tensor
+        table = getattr(module, "position_embeddings", None)  # copied to the device per call,
+        if isinstance(table, torch.Tensor) and not isinstance(table, torch.nn.Parameter):
+            module.position_embeddings = table.to(device)  # which no CUDA graph can hold
     pixels = torch.randn(1, T, 3, pm.DIMS.image, pm.DIMS.image, device=device, dtype=dtype)
     with torch.no_grad():
-        xs = timed(lambda: fn(pixel_values=pixels), device, args.runs, args.max_cell_s)
-        mem = peak_memory(device, lambda: fn(pixel_values=pixels))
+        fn = _wrapper(args, device, mode)(lambda: model(pixel_values=pixels))
+        xs = timed(fn, device, args.runs, args.max_cell_s)
+        mem = None if mode == "graphs" else peak_memory(device, fn)
     return {name: {"s": statistics.median(xs), "peak_bytes": mem}}
 
 
@@ -227,10 +264,12 @@ def part_peers(args, device: torch.device, clock: Clock, save=lambda part: None)
     dtype = DTYPES[args.dtype]
     peak = matmul_peak(device, dtype, args.peak_n)
     rows, stopped = [], {}
-    # Every model eager first, then compiled (minutes of compiling): a run cut short by the
-    # budget still has every model's eager times.
-    plan = [(mode, group, T) for mode in ("eager", "compiled") for group in ("spool", *pm.PEERS)
-            for T in (args.ts if mode == "eager" else args.compile_ts)]
+    # Every model eager first, then from CUDA graphs, then compiled (minutes of compiling, in
+    # the order of --compile-groups): a run cut short by the budget has the first ones.
+    ts = {"eager": args.ts, "graphs": args.graph_ts, "compiled": args.compile_ts}
+    groups = {"eager": ("spool", *pm.PEERS), "graphs": ("spool", *pm.PEERS),
+              "compiled": args.compile_groups}
+    plan = [(mode, group, T) for mode in ts for group in groups[mode] for T in ts[mode]]
     spool = _spool_group(args, device, dtype)
 
     def part() -> dict:
@@ -246,9 +285,9 @@ def part_peers(args, device: torch.device, clock: Clock, save=lambda part: None)
             continue
         try:
             if group == "spool":
-                got = _run_spool(args, device, dtype, T, spool, mode == "compiled")
+                got = _run_spool(args, device, dtype, T, spool, mode)
             else:
-                got = _run_peer(args, device, dtype, group, T, mode == "compiled")
+                got = _run_peer(args, device, dtype, group, T, mode)
         except Exception as err:  # noqa: BLE001 - one cell's failure is reported
             if is_oom(err):
                 stopped.setdefault(group, T)
@@ -359,8 +398,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="of the peers and profile")
     p.add_argument("--ts", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256, 512])
+    p.add_argument("--graph-ts", type=int, nargs="*", default=[8, 16, 32, 64, 128],
+                   help="T at which the peers also run from CUDA graphs (eager kernels, no "
+                        "launches from Python)")
     p.add_argument("--compile-ts", type=int, nargs="*", default=[64],
                    help="T at which the peers also run under torch.compile (none: eager only)")
+    p.add_argument("--compile-groups", nargs="+", default=["spool", *pm.PEERS],
+                   choices=["spool", *pm.PEERS], help="the models compiled at --compile-ts")
     p.add_argument("--spool-attn", default="auto", help="Spool's attention in the peers part")
     p.add_argument("--backends", nargs="+", default=["blocked", "flex", "reference"])
     p.add_argument("--backend-ts", type=int, nargs="+", default=[8, 64, 512])

@@ -109,7 +109,7 @@ def _bars(part: dict) -> list[str]:
     """Issue 12's time bars, read on this device: Spool k=4 vs TimeSformer, k=2 vs VideoMAE."""
     t = {(r["model"], r["T"], r["mode"]): r["s"] for r in part["rows"] if "s" in r}
     out = []
-    for mode in ("eager", "compiled"):
+    for mode in ("eager", "graphs", "compiled"):
         for ours, peer, label in (("spool_w4_k4", "timesformer", "Spool k=4 / TimeSformer-base"),
                                   ("spool_w4_k2", "videomae", "Spool k=2 / VideoMAE-base")):
             pairs = sorted((T, t[(ours, T, m)] / t[(peer, T, m)]) for (k, T, m) in t
