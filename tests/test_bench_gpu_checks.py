@@ -16,7 +16,7 @@ import gpu_checks_report  # noqa: E402
 def test_gpu_checks_smoke_on_cpu(tmp_path):
     out, js = tmp_path / "bench.md", tmp_path / "g.json"
     gpu_checks.main(["--device", "cpu", "--tiny", "--parts", "backends", "peers", "profile",
-                     "--ts", "4", "8", "--compile-ts", "--backend-ts", "4",
+                     "--ts", "4", "8", "--graph-ts", "4", "--compile-ts", "--backend-ts", "4",
                      "--backend-pooling", "1", "4",
                      "--backends", "blocked", "reference", "--backend-dtypes", "bf16",
                      "--peak-n", "128", "--runs", "1", "--profile-t", "8",
@@ -28,15 +28,17 @@ def test_gpu_checks_smoke_on_cpu(tmp_path):
     assert set(backends["fastest"]) == {f"L={L} bf16 {p}" for L in (65, 5)
                                         for p in ("forward", "backward")}
     peers = results["peers"]
-    models = {(r["model"], r["T"]) for r in peers["rows"]}
-    assert models == {(m, T) for T in (4, 8) for m in ("backbone", "spool_w4", "spool_w4_k2",
-                                                       "spool_w4_k4", "timesformer", "videomae")}
+    names = ("backbone", "spool_w4", "spool_w4_k2", "spool_w4_k4", "timesformer", "videomae")
+    cells = {(r["model"], r["T"], r["mode"]) for r in peers["rows"]}
+    assert cells == {(m, T, "eager") for T in (4, 8) for m in names} | {
+        (m, 4, "graphs") for m in names}
     assert all(r["s"] > 0 and r["flops"] > 0 for r in peers["rows"] if r["model"] != "backbone")
     profile = results["profile"]["seconds"]
     assert 0 < profile["attention"] < profile["stack"]
     text = out.read_text()
     assert f"## {gpu_checks_report.HEADING}" in text
     assert "Spool k=4 / TimeSformer-base, eager: T=4" in text
+    assert "Spool k=4 / TimeSformer-base, graphs: T=4" in text
     gpu_checks.main(["--from-json", str(js), "--out", str(tmp_path / "again.md")])
     assert (tmp_path / "again.md").read_text() == text
 
