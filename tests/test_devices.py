@@ -83,6 +83,26 @@ def test_model_on_gpu_matches_cpu(device, name):
         torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_model_replayed_from_a_cuda_graph_matches_eager(device):
+    """A whole forward captured in one CUDA graph (what takes short clips past launch overhead,
+    docs/benchmarks.md, "GPU"): no host sync inside (the input checks skip values while
+    capturing), and replaying it on new frames gives the eager features."""
+    model = _model().to(device)
+    video = _video(device)
+    with torch.no_grad():
+        for _ in range(2):  # warm-up: the blocked plan's masks are made on the first call
+            model(video)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = model(video)
+        video.copy_(torch.flip(video, dims=[1]))  # new frames into the captured input
+        graph.replay()
+        expected = model(video)
+    for got, want in zip(captured, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_model_in_bf16_within_tolerance(device):
     model = _model().to(device)
