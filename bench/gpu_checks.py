@@ -48,6 +48,17 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # this checkout
 import gpu_checks_report as report  # noqa: E402
 import peers_models as pm  # noqa: E402
 from _report import update_section  # noqa: E402
+from gpu_timing import (  # noqa: E402
+    Clock,
+    Stamps,
+    cuda_graphed,
+    failure,
+    is_oom,
+    matmul_peak,
+    peak_memory,
+    sync,
+    timed,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_FILES = ["tests/test_devices.py", "tests/test_attention_backends.py"]
@@ -55,65 +66,6 @@ PARTS = ("tests", "backends", "profile", "peers")  # compiling (peers) last: the
 SPOOL_KEYS = ("spool_w4", "spool_w4_k2", "spool_w4_k4")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 MASK_BYTES_CAP = 4e9  # the reference's dense [H, N, N] mask beyond this is not tried
-
-
-class Clock:
-    """Wall-clock budget of the whole run."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.deadline = time.perf_counter() + budget_s
-
-    def left(self) -> float:
-        return self.deadline - time.perf_counter()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
-def failure(err: BaseException) -> str:
-    """A failed cell's entry in the tables."""
-    if is_oom(err):
-        return "out of device memory"
-    return f"error: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-
-
-def timed(fn, device: torch.device, runs: int, max_s: float) -> list[float]:
-    """Seconds per call of ``fn`` after one warm-up call (where compilation happens): at least
-    one run, at most ``runs``, stopping once ``max_s`` of runs are spent."""
-    fn()
-    sync(device)
-    xs: list[float] = []
-    while len(xs) < runs and sum(xs) < max_s:
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        xs.append(time.perf_counter() - t)
-    return xs
-
-
-def peak_memory(device: torch.device, fn) -> int | None:
-    """Peak bytes allocated on ``device`` while ``fn`` runs (None off CUDA)."""
-    if device.type != "cuda":
-        fn()
-        return None
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    sync(device)
-    return torch.cuda.max_memory_allocated(device) - base
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
-    """FLOP/s of the best of ``repeats`` n x n matmuls in ``dtype``."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    return 2 * n ** 3 / min(timed(lambda: a @ b, device, repeats, 30.0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,27 +139,6 @@ def part_backends(args, device: torch.device, clock: Clock, save=lambda part: No
 def _spool_group(args, device, dtype):
     models = pm.build_spool_group(list(SPOOL_KEYS), attn=args.spool_attn)
     return {k: m.to(device=device, dtype=dtype) for k, m in models.items()}
-
-
-def cuda_graphed(fn, device: torch.device):
-    """``fn()`` (inputs captured by closure, so static) replayed from one CUDA graph: no kernel
-    launches from Python. Off CUDA it returns ``fn`` itself (smoke tests of the plumbing)."""
-    if device.type != "cuda":
-        return fn
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):  # warm-up: library workspaces, Spool's cached masks
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-
-    def replay():
-        graph.replay()
-        return out
-    return replay
 
 
 def _wrapper(args, device, mode: str):
@@ -309,30 +240,6 @@ def part_peers(args, device: torch.device, clock: Clock, save=lambda part: None)
     return part()
 
 
-class _Stamps:
-    """Device-time intervals: CUDA events on a GPU, perf_counter elsewhere."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.pairs: dict[str, list] = {}
-
-    def mark(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def add(self, name: str, start, end) -> None:
-        self.pairs.setdefault(name, []).append((start, end))
-
-    def totals(self) -> dict[str, float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return {k: sum(a.elapsed_time(b) / 1e3 for a, b in v) for k, v in self.pairs.items()}
-        return {k: sum(b - a for a, b in v) for k, v in self.pairs.items()}
-
-
 def part_profile(args, device: torch.device, clock: Clock) -> dict:
     from spool.layers import attention_backends as ab
     dtype, T = DTYPES[args.dtype], args.profile_t
@@ -340,7 +247,7 @@ def part_profile(args, device: torch.device, clock: Clock) -> dict:
     backbone, stack = models["backbone"], models["spool_w4"]
     video = torch.randint(0, 256, (1, T, pm.DIMS.image, pm.DIMS.image, 3), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(1)).to(device)
-    stamps = _Stamps(device)
+    stamps = Stamps(device)
     saved = dict(ab.ATTENTION_BACKENDS)
 
     def stamped(function):
