@@ -63,6 +63,12 @@ def test_flex_block_mask_agrees_with_dense_mask_blockwise():
     nF, L, w, nb, H, bs = 11, 37, 2, 1, 2, 16
     bm = flex_block_mask(nF, L, w, nb, H, torch.device("cpu"), bs)
     dense = bm.to_dense()[0]  # [H, nQ, nKV]: 1 where the block is visited
+    full = torch.zeros_like(dense, dtype=torch.bool)  # visited without the mask function
+    for h in range(H):
+        for qb in range(dense.shape[1]):
+            count = int(bm.full_kv_num_blocks[0, h, qb])
+            full[h, qb, bm.full_kv_indices[0, h, qb, :count]] = True
+    assert full.any() and (dense.bool() & ~full).any()  # both kinds occur at this shape
     n = nF * L
     for h in range(H):
         frames = frame_mask(nF, w, lookahead=h >= nb)
@@ -72,6 +78,8 @@ def test_flex_block_mask_agrees_with_dense_mask_blockwise():
                 block = tok[qb * bs:min(n, (qb + 1) * bs), kb * bs:min(n, (kb + 1) * bs)]
                 if block.any():
                     assert dense[h, qb, kb], (h, qb, kb)
+                if full[h, qb, kb]:
+                    assert block.all(), (h, qb, kb)
 
 
 def _largest_intermediate(fn, T, L=8):

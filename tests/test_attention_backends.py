@@ -49,9 +49,25 @@ def test_config_rejects_a_backend_that_cannot_do_what_it_asks():
 
 
 def test_auto_with_attention_dropout_trains():
-    """Defect: auto + dropout raised mid-forward on a GPU; it now selects a backend that can."""
+    """Defect: auto + dropout raised mid-forward on a GPU; it now selects a backend that can,
+    and the dropout is applied in training (two seeds differ) and not in eval."""
+    for device in ("cpu", "cuda"):
+        assert ATTENTION_BACKENDS[select_backend("auto", device, backward=True,
+                                                 dropout=0.2).name].dropout
+    torch.manual_seed(0)
     model = Spool(tiny_config(attention_dropout=0.2)).train()
-    model(torch.rand(1, 3, 32, 32, 3)).context.sum().backward()
+    video = torch.rand(1, 3, 32, 32, 3)
+
+    def context(seed):
+        torch.manual_seed(seed)
+        return model(video).context
+    assert not torch.equal(context(1), context(2))
+    context(1).sum().backward()
+    grads = [p.grad for name, p in model.named_parameters() if ".attn.qkv." in name]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(context(1), context(2))
 
 
 def _qkv(T, H=3, B=1, L=9, hd=8, device="cpu"):

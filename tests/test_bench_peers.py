@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-peers_bars = pytest.importorskip("peers_bars")
+import peers_bars  # noqa: E402
 import peers_plan  # noqa: E402
 import peers_report  # noqa: E402
 import peers_store  # noqa: E402

@@ -43,6 +43,11 @@ def test_each_stage_reads_the_softmax_of_the_one_before(tmp_path: Path) -> None:
     first = model.classifier(torch.cat((frames, context), -1))
     second = model.refinements[0](first)
     third = model.refinements[1](second)
+    # It reads probabilities: logits shifted by a constant (same softmax) give the same output,
+    # and another distribution does not.
+    with torch.no_grad():
+        torch.testing.assert_close(model.refinements[0](first + 3.0), second)
+        assert not torch.allclose(model.refinements[0](2 * first), second)
     torch.testing.assert_close(out.logits, third)
     # Every stage is trained, with MS-TCN's loss at the model's smoothing weight.
     torch.testing.assert_close(out.loss, ms_tcn_loss(torch.stack((first, second, third)),

@@ -211,11 +211,13 @@ def test_fps_sampling_picks_tree_avi_frames_by_time_and_the_rest_by_count(
     from spool.demo.real_footage import RealDemoSettings
     from spool.video.samplers import FpsSampler
 
+    checked = set()
     for name in CLIPS:
         with VideoReader(real_footage[name].path) as reader:
             times, fps, n = reader.frame_times(), reader.info().fps, len(reader)
         if times is None:
             continue
+        checked.add(name)
         by_time = FpsSampler(1)(n, fps, timestamps=times)[0]
         by_count = FpsSampler(1)(n, fps)[0]
         if name != "tree.avi":
@@ -227,3 +229,4 @@ def test_fps_sampling_picks_tree_avi_frames_by_time_and_the_rest_by_count(
         shown = [int(np.searchsorted(times, times[0] + k + 1e-9, side="right") - 1)
                  for k in range(len(by_time))]
         assert by_time == shown and by_time != by_count
+    assert checked == {name for name in CLIPS if PINNED[name][1]} and "tree.avi" in checked
