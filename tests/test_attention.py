@@ -58,6 +58,23 @@ def test_flex_matches_reference_forward(T, w, nb, H):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_frame_mask_is_the_spec_table_written_out():
+    """SPEC §3 at T = 3 (frames 0..4, 4 = end context), w = 1, by hand: the oracle of every
+    other mask test, so it is pinned here independently of its own code."""
+    lookback = [[1, 1, 1, 1, 1],  # i == 0: the start context sees every frame
+                [1, 1, 0, 0, 0],
+                [1, 1, 1, 0, 0],
+                [1, 0, 1, 1, 0],  # j == 0, and i - w <= j <= i
+                [1, 0, 0, 1, 1]]
+    lookahead = [[1, 1, 0, 0, 1],  # j == T + 1, and i <= j <= i + w
+                 [0, 1, 1, 0, 1],
+                 [0, 0, 1, 1, 1],
+                 [0, 0, 0, 1, 1],
+                 [1, 1, 1, 1, 1]]  # i == T + 1: the end context sees every frame
+    assert frame_mask(5, 1, lookahead=False).int().tolist() == lookback
+    assert frame_mask(5, 1, lookahead=True).int().tolist() == lookahead
+
+
 def test_flex_block_mask_agrees_with_dense_mask_blockwise():
     """Skipped blocks hold no allowed pair; full blocks hold only allowed pairs."""
     nF, L, w, nb, H, bs = 11, 37, 2, 1, 2, 16

@@ -15,6 +15,7 @@ from spool.data.dataset import (
     read_annotations,
     scan_class_folders,
 )
+from spool.video import VideoReader, read_video_frames
 from spool.video.samplers import ClipSampler, UniformSampler, clip_sampler, make_sampler
 from spool.video.transforms import FramePreprocessing, RandomResizedCrop
 
@@ -91,6 +92,16 @@ def test_training_clips_come_from_the_samplers() -> None:
     """The dataset's clips are the video module's samplers: uniform centres, strided clips at
     a start in [0, 1] of the free range (short videos repeat the last frame), and one
     randomly placed clip when given an rng."""
+    samples, names = read_annotations(tiny_video_dataset() / "train.txt")
+    for sampler in (UniformSampler(4), clip_sampler(2, 3, num_clips=2)):
+        ds = VideoClipDataset(samples, names, sampler, FramePreprocessing(24))
+        for i in (0, 5):
+            with VideoReader(samples[i].path) as reader:
+                n = len(reader)
+            clips = [torch.from_numpy(read_video_frames(samples[i].path, clip)[0])
+                     for clip in sampler(n)]
+            want = torch.stack([FramePreprocessing(24)(c) for c in clips])
+            assert torch.equal(ds[i]["video"], want.squeeze(0)), (sampler, i)
     for n in (5, 8, 16, 37):
         assert UniformSampler(8)(n) == make_sampler("uniform", num_frames=8)(n)
     strided = ClipSampler(4, frame_stride=3)

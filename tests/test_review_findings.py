@@ -146,7 +146,12 @@ def test_an_interrupted_frame_prediction_is_finished_by_the_next_run(tmp_path, m
         extractor.run(jobs, progress=False)
     monkeypatch.setattr(extract_frames, "atomic_write_text", real)
     extractor.run(jobs, progress=False)
-    assert (tmp_path / "out" / "v.segments.csv").is_file()
+    extractor.run(plan_jobs([video], tmp_path / "ref"), progress=False)  # never interrupted
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())
+    assert (out / "v.segments.csv").read_bytes() == (ref / "v.segments.csv").read_bytes()
+    got, want = load_file(out / "v.safetensors"), load_file(ref / "v.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
 
 
 def test_extract_redoes_an_output_made_from_another_source(tmp_path):

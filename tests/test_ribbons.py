@@ -32,11 +32,16 @@ def test_writes_a_png_for_several_videos_and_models(tmp_path: Path) -> None:
     height, width = matplotlib.image.imread(out).shape[:2]
     assert width > 1000 and height > 300
     plot_ribbons(tmp_path / "frames.png", truth, {}, CLASSES, show_scores=False)  # GT only
-    assert (tmp_path / "frames.png").stat().st_size > 1000
+    plot_ribbons(tmp_path / "one.png", truth, {"Spool": preds["Spool"]}, CLASSES,
+                 show_scores=False)
+    heights = [matplotlib.image.imread(tmp_path / f"{n}.png").shape[0]
+               for n in ("frames", "one")]
+    assert heights[0] < heights[1] < height  # a row per model
 
 
 def test_colours_are_fixed_per_class() -> None:
-    np.testing.assert_array_equal(class_colours(4), class_colours(4))
+    np.testing.assert_allclose(class_colours(4)[0], [0x1F / 255, 0x77 / 255, 0xB4 / 255, 1])
+    np.testing.assert_allclose(class_colours(4)[3], [0xD6 / 255, 0x27 / 255, 0x28 / 255, 1])
     assert class_colours(4).shape == (4, 4) and class_colours(48).shape == (48, 4)
     assert len({tuple(c) for c in class_colours(20)}) == 20
 
