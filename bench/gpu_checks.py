@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import statistics
@@ -97,42 +98,40 @@ def part_backends(args, device: torch.device, clock: Clock, save=lambda part: No
     from spool.layers.attention_backends import ATTENTION_BACKENDS
     d, rows = pm.DIMS, []
     hd = d.hidden // d.heads
-    for L in (pm.tokens_per_frame(k) for k in args.backend_pooling):
-        for dtype_name in args.backend_dtypes:
-            dtype = DTYPES[dtype_name]
-            for T in args.backend_ts:
-                for name in args.backends:
-                    for passes in ("forward", "backward"):
-                        row = {"L": L, "dtype": dtype_name, "T": T, "backend": name,
-                               "pass": passes}
-                        rows.append(row)
-                        backward = passes == "backward"
-                        why = ATTENTION_BACKENDS[name].unsupported(device.type, backward=backward)
-                        n = (T + 2) * L
-                        if why is None and name == "reference" and d.heads * n * n > MASK_BYTES_CAP:
-                            why = f"its dense mask would take {d.heads * n * n / 2**30:.0f} GiB"
-                        if why is None and clock.left() <= 0:
-                            why = "time budget spent"
-                        if why is not None:
-                            row["skipped"] = why
-                            continue
-                        q, k, v = (torch.randn(d.heads, 1, T + 2, L, hd, device=device,
-                                               dtype=dtype, requires_grad=backward)
-                                   for _ in range(3))
+    cells = itertools.product((pm.tokens_per_frame(k) for k in args.backend_pooling),
+                              args.backend_dtypes, args.backend_batch, args.backend_ts,
+                              args.backends, ("forward", "backward"))
+    for L, dtype_name, B, T, name, passes in cells:
+        row = {"L": L, "dtype": dtype_name, "T": T, "backend": name, "pass": passes}
+        if B != 1:  # rows of runs before --backend-batch are batch 1 and have no "B"
+            row["B"] = B
+        rows.append(row)
+        backward = passes == "backward"
+        why = ATTENTION_BACKENDS[name].unsupported(device.type, backward=backward)
+        n = (T + 2) * L
+        if why is None and name == "reference" and B * d.heads * n * n > MASK_BYTES_CAP:
+            why = f"its dense mask would take {B * d.heads * n * n / 2**30:.0f} GiB"
+        if why is None and clock.left() <= 0:
+            why = "time budget spent"
+        if why is not None:
+            row["skipped"] = why
+            continue
+        q, k, v = (torch.randn(d.heads, B, T + 2, L, hd, device=device, dtype=DTYPES[dtype_name],
+                               requires_grad=backward) for _ in range(3))
 
-                        def step(q=q, k=k, v=v, name=name, backward=backward):
-                            with torch.set_grad_enabled(backward):
-                                out = _attend(name, q, k, v)
-                                if backward:
-                                    out.sum().backward()
-                        try:
-                            xs = timed(step, device, args.runs, args.max_cell_s)
-                            row["ms"] = 1e3 * statistics.median(xs)
-                        except Exception as err:  # noqa: BLE001 - one cell's failure is reported
-                            row["skipped"] = failure(err)
-                        del q, k, v
-                        print(f"[gpu_checks] {row}", flush=True)
-                        save({"rows": rows, "fastest": report.fastest_backends(rows)})
+        def step(q=q, k=k, v=v, name=name, backward=backward):
+            with torch.set_grad_enabled(backward):
+                out = _attend(name, q, k, v)
+                if backward:
+                    out.sum().backward()
+        try:
+            xs = timed(step, device, args.runs, args.max_cell_s)
+            row["ms"] = 1e3 * statistics.median(xs)
+        except Exception as err:  # noqa: BLE001 - one cell's failure is reported
+            row["skipped"] = failure(err)
+        del q, k, v
+        print(f"[gpu_checks] {row}", flush=True)
+        save({"rows": rows, "fastest": report.fastest_backends(rows)})
     return {"rows": rows, "fastest": report.fastest_backends(rows)}
 
 
@@ -318,6 +317,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend-ts", type=int, nargs="+", default=[8, 64, 512])
     p.add_argument("--backend-pooling", type=int, nargs="+", default=[1],
                    help="token pooling k of the backends' shapes (1: L = 257)")
+    p.add_argument("--backend-batch", type=int, nargs="+", default=[1],
+                   help="batch sizes of the backends' shapes (training batches: where a "
+                        "launch-bound batch 1 would mislead)")
     p.add_argument("--backend-dtypes", nargs="+", choices=DTYPES, default=["fp32", "bf16"])
     p.add_argument("--profile-t", type=int, default=64)
     p.add_argument("--runs", type=int, default=5, help="timed runs per cell at most")

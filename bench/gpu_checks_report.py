@@ -34,11 +34,16 @@ def fastest_backends(rows: list[dict]) -> dict:
     cells: dict = defaultdict(dict)
     for r in rows:
         if "ms" in r:
-            cells[(r["L"], r["dtype"], r["pass"], r["T"])][r["backend"]] = r["ms"]
+            cells[(r["L"], _batch(r), r["dtype"], r["pass"], r["T"])][r["backend"]] = r["ms"]
     wins: dict = defaultdict(lambda: defaultdict(int))
-    for (L, dtype, passes, _), times in cells.items():
-        wins[f"L={L} {dtype} {passes}"][min(times, key=times.get)] += 1
+    for (L, batch, dtype, passes, _), times in cells.items():
+        wins[f"L={L}{batch} {dtype} {passes}"][min(times, key=times.get)] += 1
     return {k: dict(v) for k, v in wins.items()}
+
+
+def _batch(row: dict) -> str:
+    """`` B=8`` for a row of another batch than 1 (rows without "B" are batch 1)."""
+    return f" B={row['B']}" if row.get("B", 1) != 1 else ""
 
 
 def _ms(x: float | None) -> str:
@@ -47,13 +52,15 @@ def _ms(x: float | None) -> str:
 
 def _backends(part: dict) -> list[str]:
     names = sorted({r["backend"] for r in part["rows"]})
-    lines = ["### Attention backends: ms per call (q, k, v of 12 heads x head_dim 64, batch 1)",
-             "", "| L | dtype | pass | T | " + " | ".join(names) + " |",
-             "| ---: | --- | --- | ---: | " + " | ".join("---:" for _ in names) + " |"]
+    batches = {r.get("B", 1) for r in part["rows"]}
+    lines = ["### Attention backends: ms per call (q, k, v of 12 heads x head_dim 64, batch "
+             + ", ".join(map(str, sorted(batches))) + ")",
+             "", "| L | B | dtype | pass | T | " + " | ".join(names) + " |",
+             "| ---: | ---: | --- | --- | ---: | " + " | ".join("---:" for _ in names) + " |"]
     cells: dict = defaultdict(dict)
     for r in part["rows"]:
-        cells[(r["L"], r["dtype"], r["pass"], r["T"])][r["backend"]] = r
-    for (L, dtype, passes, T), by_name in cells.items():
+        cells[(r["L"], r.get("B", 1), r["dtype"], r["pass"], r["T"])][r["backend"]] = r
+    for (L, B, dtype, passes, T), by_name in cells.items():
         timed = {n: r["ms"] for n, r in by_name.items() if "ms" in r}
         best = min(timed, key=timed.get) if timed else None
         out = []
@@ -61,7 +68,7 @@ def _backends(part: dict) -> list[str]:
             r = by_name.get(n, {})
             text = _ms(r.get("ms")) if "ms" in r else f"- ({r.get('skipped', 'not run')})"
             out.append(f"**{text}**" if n == best else text)
-        lines.append(f"| {L} | {dtype} | {passes} | {T} | " + " | ".join(out) + " |")
+        lines.append(f"| {L} | {B} | {dtype} | {passes} | {T} | " + " | ".join(out) + " |")
     lines += ["", "Fastest (cells won): " + "; ".join(
         f"{cell}: " + ", ".join(f"{n} {c}" for n, c in wins.items())
         for cell, wins in part["fastest"].items()) + ".",

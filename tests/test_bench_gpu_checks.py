@@ -17,7 +17,7 @@ def test_gpu_checks_smoke_on_cpu(tmp_path):
     out, js = tmp_path / "bench.md", tmp_path / "g.json"
     gpu_checks.main(["--device", "cpu", "--tiny", "--parts", "backends", "peers", "profile",
                      "--ts", "4", "8", "--graph-ts", "4", "--compile-ts", "--backend-ts", "4",
-                     "--backend-pooling", "1", "4",
+                     "--backend-pooling", "1", "4", "--backend-batch", "1", "2",
                      "--backends", "blocked", "reference", "--backend-dtypes", "bf16",
                      "--peak-n", "128", "--runs", "1", "--profile-t", "8",
                      "--json", str(js), "--out", str(out)])
@@ -25,8 +25,8 @@ def test_gpu_checks_smoke_on_cpu(tmp_path):
     backends = results["backends"]
     assert {(r["backend"], r["pass"]) for r in backends["rows"] if "ms" in r} == {
         (b, p) for b in ("blocked", "reference") for p in ("forward", "backward")}
-    assert set(backends["fastest"]) == {f"L={L} bf16 {p}" for L in (65, 5)
-                                        for p in ("forward", "backward")}
+    assert set(backends["fastest"]) == {f"L={L}{b} bf16 {p}" for L in (65, 5)
+                                        for b in ("", " B=2") for p in ("forward", "backward")}
     peers = results["peers"]
     names = ("backbone", "spool_w4", "spool_w4_k2", "spool_w4_k4", "timesformer", "videomae")
     cells = {(r["model"], r["T"], r["mode"]) for r in peers["rows"]}
