@@ -129,5 +129,6 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
         if names[name] > 1:  # same file name from different places: keep both, distinctly
             digest = hashlib.sha1(str(src).encode()).hexdigest()[:8]
             name = name.with_name(f"{name.name}-{digest}")
-        jobs.append(VideoJob(src, out_dir / name.with_suffix(".safetensors")))
+        # Appended, not with_suffix: "meeting.2024-01-05" has a "suffix" that would be cut.
+        jobs.append(VideoJob(src, out_dir / name.with_name(name.name + ".safetensors")))
     return jobs[rank::world_size]

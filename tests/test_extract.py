@@ -114,6 +114,19 @@ def test_extract_resumes_and_redoes_half_written(videos, tmp_path, capsys):
     assert "3 extracted, 0 already done" in capsys.readouterr().out
 
 
+def test_dotted_names_keep_their_own_outputs(tmp_path):
+    """meeting.2024-01-05.mp4 and meeting.2024-01-06.mp4 both became meeting.safetensors
+    (with_suffix cut the date), so one video's features overwrote the other's."""
+    for day in ("05", "06"):
+        (tmp_path / f"meeting.2024-01-{day}.mp4").touch()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "v1.2.mkv").touch()
+    names = sorted(str(job.output.relative_to(tmp_path / "out"))
+                   for job in plan_jobs([tmp_path], tmp_path / "out"))
+    assert names == ["meeting.2024-01-05.safetensors", "meeting.2024-01-06.safetensors",
+                     "sub/v1.2.safetensors"]
+
+
 def test_ranks_split_inputs_without_gaps_or_overlap(videos, tmp_path):
     root, _ = videos
     every = plan_jobs([root], tmp_path)
