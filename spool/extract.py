@@ -29,6 +29,7 @@ from spool.io_utils import (
     CLAIM_SUFFIX,
     STALE_AFTER_S,
     atomic_save_safetensors,
+    file_version,
     is_stale_temporary,
     release_claim,
     remove_stale_claim,
@@ -101,12 +102,11 @@ def load_feature_model(checkpoint: str | None, overrides: dict | None = None, *,
 def source_metadata(source: Path) -> dict[str, str]:
     """Which video an output was made from: its path, size and modification time (an output
     of another file, or of an earlier version of this one, is redone)."""
-    try:
-        st = source.stat()
-    except OSError:  # reported as a failure when it is read
+    version = file_version(source)
+    if version is None:  # reported as a failure when it is read
         return {"source": str(source)}
-    return {"source": str(source), "source_size": str(st.st_size),
-            "source_mtime_ns": str(st.st_mtime_ns)}
+    return {"source": str(source), "source_size": str(version[0]),
+            "source_mtime_ns": str(version[1])}
 
 
 def is_done(output: Path, settings: dict[str, str]) -> bool:

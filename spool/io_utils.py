@@ -331,6 +331,16 @@ def _take_over(path: Path, raw: bytes) -> Claim | None:
         lock.unlink(missing_ok=True)
 
 
+def file_version(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(size, modification time in ns)`` of ``path``, or None if it cannot be stat'ed: what
+    tells an output made from this file from one made from an earlier version of it."""
+    try:
+        st = os.stat(path)
+    except OSError:  # reported as a failure when it is read
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
     with atomic_path(path) as tmp:

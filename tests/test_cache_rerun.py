@@ -95,6 +95,34 @@ def test_no_room_for_both_caches_says_it_starts_over(model, full, tmp_path: Path
     assert CachedTokenDataset(out).num_frames == 3
 
 
+def test_a_video_changed_since_is_encoded_again_and_nothing_else(model, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """A video re-encoded or replaced under the same path has other tokens: its row is encoded
+    again in place (the cache was reused as it stood before)."""
+    dataset = _dataset(model)
+    for i, sample in enumerate(dataset.samples):  # copies this test may change
+        copy = tmp_path / "videos" / f"{i}{Path(sample.path).suffix}"
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(sample.path, copy)
+        dataset.samples[i] = VideoSample(str(copy), sample.label)
+    out = tmp_path / "cache"
+    before = np.load(build_cache(model, dataset, out, batch_size=4).path / "tokens.npy")
+    shutil.copy(dataset.samples[0].path, dataset.samples[3].path)  # video 3 replaced
+    seen = _decoded(monkeypatch)
+    again = build_cache(model, dataset, out, batch_size=4)
+    assert seen == [3] and again.reused and again.changed == 1 and again.retried == 0
+    after = np.load(out / "tokens.npy")
+    assert np.array_equal(after[3], before[0])
+    assert all(np.array_equal(after[i], before[i]) for i in range(16) if i != 3)
+    seen.clear()
+    assert build_cache(model, dataset, out, batch_size=4).changed == 0 and seen == []
+    # A cache.json from before versions were recorded: every video is encoded again, once.
+    meta = json.loads((out / "cache.json").read_text())
+    del meta["sources"]
+    (out / "cache.json").write_text(json.dumps(meta))
+    assert build_cache(model, dataset, out, batch_size=4).changed == 16 and seen == list(range(16))
+
+
 def test_an_unreadable_video_is_reported_and_left_out(model, full, tmp_path: Path,
                                                       spool_log, monkeypatch) -> None:
     bad = tmp_path / "text.mp4"

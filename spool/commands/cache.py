@@ -43,9 +43,14 @@ def run(args: argparse.Namespace) -> int:
                           progress=not args.quiet)
     what = f"{summary.cached} videos x {args.views} view(s) of {args.num_frames} frames"
     if summary.reused:
-        done = (f"tried again the {summary.retried} that could not be read before "
-                f"({summary.retried - len(summary.failures)} read now), nothing else "
-                "recomputed" if summary.retried else "nothing recomputed")
+        redone = []
+        if summary.changed:
+            redone.append(f"re-encoded the {summary.changed} whose files changed since")
+        if summary.retried:
+            redone.append(f"tried again the {summary.retried} that could not be read before "
+                          f"({summary.retried - len(summary.failures)} read now)")
+        done = (", ".join(redone) + ", nothing else recomputed" if redone
+                else "nothing recomputed")
         print(f"spool cache: already done: {summary.path} holds {what} made with these "
               f"settings; {done}")
     else:

@@ -55,6 +55,7 @@ from spool.data.token_space import make_room, reserve_file
 from spool.errors import SpoolLoadError
 from spool.io_utils import (
     atomic_write_text,
+    file_version,
     fsync_directory,
     fsync_path,
     is_stale_temporary,
@@ -88,6 +89,7 @@ class CacheSummary:
     reused: bool = False
     failures: list[SkippedVideo] = field(default_factory=list)
     retried: int = 0  # videos that had failed, tried again over a reused cache
+    changed: int = 0  # videos re-encoded over a reused cache: their files changed since
 
 
 @torch.no_grad()
@@ -136,20 +138,26 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             "frame_encoder": config.frame_encoder_fields(),
         }
         key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+        # Which version of each file: not part of the key, so a re-encoded or replaced video
+        # costs its own row, not the whole cache.
+        meta["sources"] = [file_version(s.path) for s in dataset.samples]
         done = _complete_cache(out, key)
-        if done is not None and done.failures:  # a file fixed since may read now
-            writer = _FailedRows(out / TOKENS_NAME, read_cache_meta(out))
-            try:
+        if done is not None:
+            writer = _RowsToRedo(out / TOKENS_NAME, read_cache_meta(out), meta["sources"])
+            if not writer.todo():
+                writer.close()
+                return done
+            try:  # files fixed since may read now; changed files are other tokens
                 failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
                                    device, progress)
             finally:
                 writer.close()
             rows = _write_meta(out, meta, key, failures)
             return CacheSummary(out, len(rows), reused=True, failures=failures,
-                                retried=len(writer.todo()))
-        if done is not None:
-            return done
-        writer = _PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), key)
+                                retried=len(writer.failed), changed=len(writer.changed))
+        # A partial cache continues only over the same versions of the files.
+        partial_key = hashlib.sha256(json.dumps([key, meta["sources"]]).encode()).hexdigest()
+        writer = _PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), partial_key)
         try:
             failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
                                device, progress)
@@ -173,6 +181,7 @@ def _write_meta(out: Path, meta: dict, key: str, failures: list[SkippedVideo]) -
     failed = {f.index for f in failures}
     rows = [i for i in range(len(meta["samples"])) if i not in failed]
     meta = dict(meta, samples=[meta["samples"][i] for i in rows], settings_key=key,
+                sources=[meta["sources"][i] for i in rows],
                 failures=[list(f[1:]) for f in failures])
     if failures:
         meta["rows"] = rows
@@ -181,17 +190,22 @@ def _write_meta(out: Path, meta: dict, key: str, failures: list[SkippedVideo]) -
     return rows
 
 
-class _FailedRows:
-    """The rows of a complete cache's ``tokens.npy`` that no sample reads (videos that could
-    not be read), written in place: the cache stays valid while they are, and the new
-    ``cache.json`` that lists them is written last."""
+class _RowsToRedo:
+    """The rows of a complete cache's ``tokens.npy`` to encode again, in place: those no
+    sample reads (``failed``: videos that could not be read) and those whose file changed
+    since (``changed``: its size or modification time differs from ``cache.json``'s, or
+    ``cache.json`` predates the record). The new ``cache.json`` is written last."""
 
-    def __init__(self, path: Path, meta: dict) -> None:
+    def __init__(self, path: Path, meta: dict, sources: list) -> None:
         self.path = path
         self.tokens = np.load(path, mmap_mode="r+")
         self.shape = self.tokens.shape
-        used = set(meta.get("rows", range(len(meta["samples"]))))
-        self._todo = [i for i in range(self.shape[0]) if i not in used]
+        used = meta.get("rows", range(len(meta["samples"])))
+        known = meta.get("sources", [None] * len(used))
+        self.failed = sorted(set(range(self.shape[0])) - set(used))
+        self.changed = [i for i, was in zip(used, known, strict=True)
+                        if was is None or tuple(was) != sources[i]]
+        self._todo = sorted(self.failed + self.changed)
 
     def todo(self) -> list[int]:
         return self._todo
