@@ -17,7 +17,12 @@ from spool.data.frame_cache import (
     build_frame_cache,
     collate_frames,
 )
-from spool.data.segmentation import IGNORE_INDEX, read_ms_tcn, read_segments_csv
+from spool.data.segmentation import (
+    IGNORE_INDEX,
+    read_ms_tcn,
+    read_segmentation,
+    read_segments_csv,
+)
 from spool.models.frame_encoder import FrameEncoderModel
 from spool.video import VideoReader, write_video
 from spool.video.samplers import FpsSampler
@@ -67,6 +72,14 @@ def test_ms_tcn_layout(tmp_path, ntsc_video):
     assert names == ["bg", "pour"] and sample.name == "clip"
     labels = sample.labels_at([0, 39, 40, 84, 85, 89], [0] * 6)
     assert labels.tolist() == [0, 0, 1, 1, IGNORE_INDEX, IGNORE_INDEX]
+    # A model's classes in another order (as spool eval and --classes-from pass them): the
+    # labels are numbered in the model's order, by name.
+    (remapped,), names = read_segmentation(tmp_path, "train.split1", ["pour", "x", "bg"])
+    assert names == ["pour", "x", "bg"]
+    assert remapped.labels_at([0, 39, 40, 84, 85], [0] * 5).tolist() == [2, 2, 0, 0,
+                                                                          IGNORE_INDEX]
+    with pytest.raises(ValueError, match=r"classes \['bg'\] of its mapping.txt are not"):
+        read_segmentation(tmp_path, "train.split1", ["pour", "stir"])
 
 
 @pytest.mark.parametrize("text,message", [

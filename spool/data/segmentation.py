@@ -17,6 +17,7 @@ assumes a frame rate, so a 29.97 fps video sampled at 5 fps gets each sampled fr
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import os
 from collections.abc import Sequence
@@ -152,7 +153,21 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
 def read_segmentation(source: str | os.PathLike, split: str = "train.split1",
                       class_names: Sequence[str] | None = None
                       ) -> tuple[list[SegmentationSample], list[str]]:
-    """A segments CSV, or an MS-TCN root (with ``split``) -> (samples, class names)."""
-    if Path(source).is_dir():
-        return read_ms_tcn(source, split)
-    return read_segments_csv(source, class_names)
+    """A segments CSV, or an MS-TCN root (with ``split``) -> (samples, class names).
+
+    With ``class_names`` (a model's), labels are numbered in that order: an MS-TCN root's
+    ``mapping.txt`` may list the same classes in another, and its labels are mapped by name.
+    """
+    if not Path(source).is_dir():
+        return read_segments_csv(source, class_names)
+    samples, mapping = read_ms_tcn(source, split)
+    if class_names is None or list(class_names) == mapping:
+        return samples, mapping
+    names = list(class_names)
+    unknown = [c for c in mapping if c not in names]
+    if unknown:
+        raise ValueError(f"{source}: classes {unknown} of its mapping.txt are not among the "
+                         f"classes {names}")
+    new_index = np.array([names.index(c) for c in mapping], dtype=np.int64)
+    return [dataclasses.replace(s, frame_labels=new_index[s.frame_labels])
+            for s in samples], names
