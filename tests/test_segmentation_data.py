@@ -125,3 +125,19 @@ def test_frame_cache_and_video_crops_agree(tmp_path, ntsc_video):
     assert stamp.stat().st_mtime_ns == before  # resumed: nothing redone
     batch = collate_frames([whole, cached])
     assert batch["tokens"].shape == (2, 12, 17, 24) and batch["labels"].shape == (2, 12)
+
+
+def test_a_frame_cache_takes_any_model_with_a_backbone(tmp_path, ntsc_video):
+    """``spool cache --task frames --init`` takes a Spool, a clip or frame classifier (a clip
+    classifier raised AttributeError: no ``backbone``); their backbone's tokens are cached."""
+    from spool.models.classification import SpoolForVideoClassification
+
+    root, _ = ntsc_video
+    samples, names = read_segments_csv(root / "segments.csv")
+    torch.manual_seed(0)
+    classifier = SpoolForVideoClassification(tiny_config(class_names=["x", "y"])).eval()
+    got = build_frame_cache(classifier, samples, names, tmp_path / "c", FpsSampler(10),
+                            dtype="float32").path
+    want = build_frame_cache(classifier.spool, samples, names, tmp_path / "s", FpsSampler(10),
+                             dtype="float32").path
+    assert torch.equal(FrameTokenDataset(got)[0]["tokens"], FrameTokenDataset(want)[0]["tokens"])

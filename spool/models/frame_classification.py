@@ -307,10 +307,6 @@ class SpoolForFrameClassification(FrameClassifier):
     def frame_encoder(self) -> FrameEncoder | None:
         return self.spool.backbone
 
-    @property
-    def backbone(self) -> FrameEncoder | None:  # stream_tokens reads model.backbone
-        return self.spool.backbone
-
     def no_weight_decay(self) -> set[str]:
         return {f"{prefix}spool.{name}" for prefix in
                 ["", *(f"refinements.{i}." for i in range(len(self.refinements)))]

@@ -90,15 +90,19 @@ def stream_tokens(model, reader: VideoReader, indices: list[int]
                   ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """Decode, preprocess and encode frames ``indices`` of ``reader`` ``backbone_chunk_size``
     at a time: yields (tokens ``[n, L, D]``, timestamps ``[n]``) per chunk, so decoded pixels
-    never accumulate. ``model``: anything with a frame encoder (``model.backbone``)."""
+    never accumulate. ``model``: any Spool model with a backbone (``model.frame_encoder``)."""
+    encoder = model.frame_encoder
+    if encoder is None:
+        raise ValueError("model: has no backbone (built with with_backbone=False?), so it "
+                         "cannot encode video frames; pass tokens instead")
     chunk = model.config.backbone_chunk_size
     preprocessing = model.config.preprocessing()
-    device = next(model.backbone.parameters()).device
+    device = next(encoder.parameters()).device
     for start in range(0, len(indices), chunk):
         frames, stamps = reader.get(indices[start:start + chunk])
         pixels = preprocessing(torch.from_numpy(frames)).to(device)
         with torch.no_grad():
-            yield model.backbone(pixels[None])[0], stamps
+            yield encoder(pixels[None])[0], stamps
 
 
 def _encode_video(model, reader: VideoReader, indices: list[int], hidden: torch.Tensor,
