@@ -320,6 +320,7 @@ class FeatureExtractor:
                 try:
                     self._extract(job, expected)
                 except Exception as err:  # one bad video must not stop the job
+                    _remove_outputs(job.output)  # of another version of the file, or settings
                     message = str(err).replace("\n", " ")
                     summary.failures.append((str(job.source), type(err).__name__, message))
                     tqdm.write(f"FAILED {job.source}: {type(err).__name__}: {message}")
@@ -330,6 +331,15 @@ class FeatureExtractor:
         if failure_log is not None:
             write_failures(failure_log, summary.failures)
         return summary
+
+
+def _remove_outputs(output: Path) -> None:
+    """What an earlier run wrote for this video: not done (``is_done``), so it is of another
+    version of the file or other settings, and would be read as this run's otherwise."""
+    from spool.extract_frames import segments_path
+
+    for path in (output, segments_path(output)):
+        path.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(out_dir: Path, older_than_s: float = STALE_AFTER_S) -> int:

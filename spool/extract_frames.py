@@ -23,6 +23,11 @@ from spool.models.frame_classification import FrameClassifier
 from spool.video.samplers import FrameSampler
 
 
+def segments_path(output: Path) -> Path:
+    """``NAME.segments.csv`` beside ``NAME.safetensors``."""
+    return output.with_name(output.name.removesuffix(".safetensors") + ".segments.csv")
+
+
 def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
                             output: Path, sampler: FrameSampler, metadata: dict[str, str], *,
                             chunk_frames: int = 32,
@@ -43,8 +48,7 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
     for label, a, b in zip(segments.labels, segments.starts, segments.ends, strict=True):
         writer.writerow([f"{times[a]:.4f}", f"{ends[b - 1]:.4f}", names[int(label)],
                          f"{float(score[a:b].mean()):.4f}"])
-    atomic_write_text(output.with_name(output.name.removesuffix(".safetensors")
-                                       + ".segments.csv"), buffer.getvalue())
+    atomic_write_text(segments_path(output), buffer.getvalue())
     # The .safetensors last: it is what a re-run takes as finished (``extract.is_done``).
     atomic_save_safetensors(
         {"labels": labels, "scores": probs, "frame_indices": out.frame_indices,

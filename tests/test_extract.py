@@ -114,6 +114,19 @@ def test_extract_resumes_and_redoes_half_written(videos, tmp_path, capsys):
     assert "3 extracted, 0 already done" in capsys.readouterr().out
 
 
+def test_a_video_that_fails_now_loses_its_earlier_output(videos, tmp_path, capsys):
+    """A video extracted before, then replaced by a damaged copy: the failure is reported and
+    the output of the earlier version removed (it was left for readers of the folder)."""
+    root, config = videos
+    video, out = tmp_path / "v.mp4", tmp_path / "out"
+    video.write_bytes((root / "a.mp4").read_bytes())
+    assert _extract([video], out, config, "--num-frames", "4") == 0
+    assert (out / "v.safetensors").is_file()
+    video.write_text("damaged\n")
+    assert _extract([video], out, config, "--num-frames", "4") == 1
+    assert "v.mp4" in _failures(out) and not (out / "v.safetensors").exists()
+
+
 def test_dotted_names_keep_their_own_outputs(tmp_path):
     """meeting.2024-01-05.mp4 and meeting.2024-01-06.mp4 both became meeting.safetensors
     (with_suffix cut the date), so one video's features overwrote the other's."""
