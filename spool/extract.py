@@ -31,10 +31,10 @@ from spool.io_utils import (
     atomic_save_safetensors,
     file_version,
     is_stale_temporary,
+    merge_failures,
     release_claim,
     remove_stale_claim,
     try_claim,
-    write_failures,
 )
 from spool.models.frame_classification import FrameClassifier
 from spool.models.pretrained import weights_digest
@@ -52,6 +52,7 @@ class ExtractSummary:
     skipped: int = 0
     elsewhere: int = 0  # claimed by another job writing to the same folder
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # path, error, message
+    settled: list[str] = field(default_factory=list)  # the videos done or found done
 
     @property
     def failed(self) -> int:
@@ -307,6 +308,7 @@ class FeatureExtractor:
             expected = dict(self.settings, **source_metadata(job.source))
             if is_done(job.output, expected):
                 summary.skipped += 1
+                summary.settled.append(str(job.source))
                 continue
             # Jobs sharing the output folder split the videos: one claim file per output.
             claim = try_claim(job.output)
@@ -316,6 +318,7 @@ class FeatureExtractor:
             try:
                 if is_done(job.output, expected):  # finished since the first look
                     summary.skipped += 1
+                    summary.settled.append(str(job.source))
                     continue
                 try:
                     self._extract(job, expected)
@@ -326,10 +329,11 @@ class FeatureExtractor:
                     tqdm.write(f"FAILED {job.source}: {type(err).__name__}: {message}")
                     continue
                 summary.done += 1
+                summary.settled.append(str(job.source))
             finally:
                 release_claim(claim)
         if failure_log is not None:
-            write_failures(failure_log, summary.failures)
+            merge_failures(failure_log, summary.failures, summary.settled)
         return summary
 
 

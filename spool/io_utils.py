@@ -360,6 +360,29 @@ def write_failures(path: str | os.PathLike,
     atomic_write_text(path, buffer.getvalue())
 
 
+def merge_failures(path: str | os.PathLike, failures: Iterable[tuple[str, str, str]],
+                   settled: Iterable[str], wait_s: float = 60.0) -> int:
+    """Update the ``failures.csv`` that jobs sharing an output folder keep together: rows of
+    videos this job read (``settled``) or failed on go, this job's ``failures`` come in, and
+    other jobs' rows stay. Returns the rows it now holds. Jobs take turns (a claim on it)."""
+    failures = [list(f) for f in failures]
+    drop = set(settled) | {f[0] for f in failures}
+    deadline = time.monotonic() + wait_s
+    while (claim := try_claim(path)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: another job held it for over {wait_s:.0f} s")
+        time.sleep(0.05)
+    try:
+        kept = []
+        if Path(path).is_file():
+            with open(path, newline="", encoding="utf-8") as f:
+                kept = [row for row in list(csv.reader(f))[1:] if row and row[0] not in drop]
+        write_failures(path, kept + failures)
+        return len(kept) + len(failures)
+    finally:
+        release_claim(claim)
+
+
 def read_json(path: str | os.PathLike, fix: str) -> Any:
     """The JSON in ``path``; a missing file is a :class:`CheckpointNotFoundError`, an unreadable
     one a :class:`SpoolLoadError`, both naming the file and ``fix`` (what to do about it)."""

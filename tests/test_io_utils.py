@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from spool.io_utils import atomic_path, atomic_save_safetensors, atomic_write, write_failures
+from spool.io_utils import (
+    atomic_path,
+    atomic_save_safetensors,
+    atomic_write,
+    claim_path,
+    merge_failures,
+    write_failures,
+)
 
 
 def _writers(tmp_path: Path) -> dict[str, Path]:
@@ -72,3 +79,17 @@ def test_failures_csv_lists_the_failures_and_goes_when_none_are_left(tmp_path: P
                                              'a.mp4,VideoDecodeError,"bad, really"']
     write_failures(path, [])  # a later run where every video read
     assert not path.exists()
+
+
+def test_jobs_sharing_a_folder_keep_each_others_failures(tmp_path: Path) -> None:
+    """Job B finishing after job A left A's failures alone (it wrote its own list over it)."""
+    path = tmp_path / "failures.csv"
+    write_failures(path, [("a.mp4", "VideoDecodeError", "bad"), ("b.mp4", "OSError", "gone")])
+    # This job read a.mp4 now (fixed since), failed on c.mp4, never saw b.mp4 (another job's).
+    assert merge_failures(path, [("c.mp4", "VideoDecodeError", "cut")], ["a.mp4"]) == 2
+    assert path.read_text().splitlines() == ["path,error,message", "b.mp4,OSError,gone",
+                                             "c.mp4,VideoDecodeError,cut"]
+    assert merge_failures(path, [("b.mp4", "OSError", "again")], []) == 2  # replaced, not doubled
+    assert "b.mp4,OSError,again" in path.read_text().splitlines()
+    assert merge_failures(path, [], ["b.mp4", "c.mp4"]) == 0 and not path.exists()
+    assert not claim_path(path).exists()  # the turn is given back

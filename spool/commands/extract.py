@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from spool.extract import FeatureExtractor, load_feature_model, remove_stale_temporaries
     from spool.extract_inputs import VIDEO_EXTENSIONS, plan_jobs
-    from spool.io_utils import write_failures
+    from spool.io_utils import merge_failures
     from spool.models.frame_classification import FrameClassifier
     from spool.runtime import resolve_dtype
 
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         summary = extractor.run(jobs, progress=not args.no_progress, position=dist.local_rank)
         summaries = all_gather_objects((summary.done, summary.skipped, summary.failures,
-                                        summary.elsewhere))
+                                        summary.elsewhere, summary.settled))
         barrier()
     finally:
         cleanup_distributed()
@@ -196,14 +196,16 @@ def run(args: argparse.Namespace) -> int:
     skipped = sum(s[1] for s in summaries)
     failures = [f for s in summaries for f in s[2]]
     elsewhere = sum(s[3] for s in summaries)
-    write_failures(out_dir / "failures.csv", failures)
+    # Shared with any other job writing to this folder: its rows of other videos stay.
+    listed = merge_failures(out_dir / "failures.csv", failures,
+                            [path for s in summaries for path in s[4]])
     total = done + skipped + elsewhere + len(failures)
     busy = f"{elsewhere} being extracted by another job, " if elsewhere else ""
     print(f"spool extract: {done} extracted, {skipped} already done, {busy}{len(failures)} failed "
           f"of {total} videos in {time.perf_counter() - start:.1f}s "
           f"({dist.world_size} process{'es' if dist.world_size > 1 else ''}); outputs in "
           f"{os.fspath(out_dir)}" + (f"; failures listed in {out_dir / 'failures.csv'}"
-                                     if failures else ""))
+                                     if listed else ""))
     return 1 if failures else 0
 
 
