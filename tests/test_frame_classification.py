@@ -118,6 +118,10 @@ def test_whole_video_prediction_equals_the_plain_forward(tmp_path: Path, name: s
         plain = model(tokens=tokens).logits[0]
     torch.testing.assert_close(model.predict_long(tokens[0], chunk_frames=5).logits, plain,
                                atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.predict_long(tokens, chunk_frames=5).logits, plain,
+                               atol=1e-5, rtol=1e-5)  # [1, T, L, D], as forward_long takes
+    with pytest.raises(ValueError, match=r"one video's tokens \[T, L, D\]"):
+        model.predict_long(tokens.expand(2, -1, -1, -1))
     from_file = model.predict_long(path, sampler=StrideSampler(1), chunk_frames=7)
     torch.testing.assert_close(from_file.logits, plain, atol=1e-5, rtol=1e-5)
     assert from_file.frame_indices.tolist() == list(range(23))

@@ -82,6 +82,8 @@ def test_errors_name_the_argument():
         model.forward_long(torch.randn(10, L, 7))
     with pytest.raises(ValueError, match="no backbone"):
         model.forward_long("video.mp4")
+    with pytest.raises(ValueError, match=r"one video's tokens \[T, L, D\].*got shape \(2, 5, "):
+        model.eval().forward_long(torch.randn(2, 5, L, D))  # torch's expand error before
     with pytest.raises(ValueError, match="inference only"):
         model.train().forward_long(torch.randn(3, L, D))
 

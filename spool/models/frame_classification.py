@@ -31,7 +31,7 @@ from torch import nn
 from spool.config import SpoolConfig
 from spool.layers.backbone import FrameEncoder
 from spool.models.frame_encoder import config_and_frame_encoder
-from spool.models.long_video import default_sampler, stream_tokens
+from spool.models.long_video import default_sampler, one_video_tokens, stream_tokens
 from spool.models.pretrained import SpoolPreTrainedModel, lookup_architecture
 from spool.models.spool import Spool
 from spool.models.temporal_conv import LinearProbe, MultiStageTCN, ms_tcn_loss
@@ -165,6 +165,7 @@ class FrameClassifier(SpoolPreTrainedModel):
                        ) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
         """Per-frame backbone features ``[T, D]`` (tokens averaged), chunk by chunk."""
         if tokens is not None:
+            tokens = one_video_tokens(tokens)
             return torch.cat([c.float().mean(1) for c in tokens.split(chunk_frames)]), None, None
         with VideoReader(video) as reader:
             info = reader.info()

@@ -86,6 +86,17 @@ def _hidden_buffer(shape: tuple[int, ...], offload_dir: str | os.PathLike | None
     return torch.from_numpy(array)
 
 
+def one_video_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """One video's tokens ``[T, L, D]``, given as that or as ``[1, T, L, D]``; a batch of
+    several is refused (the long-video paths take one video at a time)."""
+    if tokens.ndim == 4 and tokens.shape[0] == 1:
+        return tokens[0]
+    if tokens.ndim != 3:
+        raise ValueError(f"video: expected one video's tokens [T, L, D] (or [1, T, L, D]), got "
+                         f"shape {tuple(tokens.shape)}; pass the videos of a batch one by one")
+    return tokens
+
+
 def stream_tokens(model, reader: VideoReader, indices: list[int]
                   ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """Decode, preprocess and encode frames ``indices`` of ``reader`` ``backbone_chunk_size``
@@ -144,8 +155,8 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     L = model.num_temporal_tokens  # the hidden state's; the input's with no token_merging
     reader, indices = None, None
     if isinstance(video, torch.Tensor):
-        tokens = video[0] if video.ndim == 4 and video.shape[0] == 1 else video
-        check_tokens(tokens[None] if tokens.ndim == 3 else tokens, config.num_spatial_tokens, D)
+        tokens = one_video_tokens(video)
+        check_tokens(tokens[None], config.num_spatial_tokens, D)
         num_frames = tokens.shape[0]
     else:
         if model.backbone is None:
