@@ -130,23 +130,29 @@ def _declared_end(container: av.container.InputContainer) -> float | None:
     if stream.duration and stream.time_base:
         return float((stream.start_time or 0) + stream.duration) * float(stream.time_base)
     if container.duration:
-        return ((container.start_time or 0) + container.duration) / av.time_base
+        # FFmpeg's Matroska demuxer gives the segment's end as its duration, others the time
+        # from the start: the earlier reading, so a file starting late is not called cut.
+        start = container.start_time or 0
+        return min(container.duration, start + container.duration) / av.time_base
     return None
 
 
 def check_complete(source: Path, num_frames: int, end_s: float | None = None,
-                   fps: float | None = None, others_end_s: float | None = None) -> None:
+                   fps: float | None = None, others_end_s: float | None = None,
+                   discarded: int = 0) -> None:
     """Raise ``VideoDecodeError`` for a file cut short: its header announces more frames than
     its packets hold, or (containers without a frame count, as Matroska/WebM) its packets end
     well before the duration it declares. ``end_s``: where the frames end (the last one's pts
     plus its duration, seconds); ``others_end_s``: where the other streams' packets end (the
-    reader's ``index.others_end``), since audio may outlast the video. The tolerance keeps
+    reader's ``index.others_end``), since audio may outlast the video; ``discarded``: packets
+    the header counts but an edit list leaves out (a file trimmed by ``-ss ... -c copy``,
+    ``index.discarded``). The tolerance keeps
     normal files (an unknown last frame duration, B-frame delays, rounded timestamps) from
     being flagged."""
     with av.open(str(source), metadata_errors="ignore") as container:
         announced = container.streams.video[0].frames
         declared = _declared_end(container) if not announced and end_s is not None else None
-    if announced and num_frames < announced - 1:
+    if announced and num_frames + discarded < announced - 1:
         raise VideoDecodeError(f"{source}: truncated: the header announces {announced} frames "
                                f"but only {num_frames} are in the file")
     if declared is not None:
@@ -156,6 +162,12 @@ def check_complete(source: Path, num_frames: int, end_s: float | None = None,
             what = "frames" if end == end_s else "packets"
             raise VideoDecodeError(f"{source}: truncated: the container declares {declared:.2f} "
                                    f"s but {what} end at {end:.2f} s")
+
+
+def _check_reader_complete(source: Path, reader: VideoReader, info) -> None:
+    """:func:`check_complete` with what ``reader``'s index knows of the file."""
+    check_complete(source, info.num_frames, _frames_end(info), info.fps,
+                   reader.index.others_end, reader.index.discarded)
 
 
 def _frames_end(info) -> float | None:
@@ -217,8 +229,7 @@ class FeatureExtractor:
         """
         with VideoReader(source) as reader:
             info = reader.info()
-            check_complete(source, info.num_frames, _frames_end(info), info.fps,
-                           reader.index.others_end)
+            _check_reader_complete(source, reader, info)
             clips = self.sampler(info.num_frames, info.fps,
                                  timestamps=reader.frame_times())
             # first_needed[k]: the lowest frame any clip from k on reads.
@@ -264,8 +275,7 @@ class FeatureExtractor:
         """The whole video in one pass, written chunk by chunk (the full features too)."""
         with VideoReader(source) as reader:
             info = reader.info()
-            check_complete(source, info.num_frames, _frames_end(info), info.fps,
-                           reader.index.others_end)
+            _check_reader_complete(source, reader, info)
         out = self.model.forward_long(source, sampler=self.sampler,
                                       chunk_frames=self.chunk_frames,
                                       keep_features=self.save_features,

@@ -83,3 +83,18 @@ def test_synthetic_dataset_same_bytes_twice(tmp_path: Path, codec: str) -> None:
         assert pa.read_bytes() == pc.read_bytes(), pa.name
     for name in ("train.txt", "val.txt", "classes.txt"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "c" / name).read_bytes()
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_a_time_base_without_timestamps_keeps_the_frame_rate(tmp_path: Path, ext: str) -> None:
+    """Frame i was written at pts i in the time base asked for: 1 ms apart at 1/1000."""
+    from fractions import Fraction
+
+    from spool.video import VideoReader
+
+    clip = render_synthetic_clip("grow", np.random.default_rng(1), 6, 32)
+    path = write_video(tmp_path / f"v.{ext}", clip, fps=30, time_base=Fraction(1, 1000))
+    with VideoReader(path) as reader:
+        assert reader.info().fps == pytest.approx(30, rel=0.02)
+        np.testing.assert_allclose(reader.frame_times() - reader.frame_times()[0],
+                                   np.arange(6) / 30, atol=1e-3)

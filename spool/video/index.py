@@ -45,6 +45,8 @@ class _FrameIndex:
     exact: bool
     # Seconds where the last packet of the other streams (audio, subtitles) ends; None: none.
     others_end: float | None = None
+    # Video packets an edit list leaves out (``-ss ... -c copy``): counted by the header only.
+    discarded: int = 0
 
 
 _index_cache: OrderedDict[tuple, _FrameIndex] = OrderedDict()
@@ -132,9 +134,13 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
     keys: list[bool] = []
     last_duration = 0
     others_end: float | None = None  # a truncation check needs where the audio ends too
+    discarded = 0
     try:
         for packet in container.demux():  # every stream: their packets interleave anyway
-            if packet.size == 0 or packet.is_discard:
+            if packet.size == 0:
+                continue
+            if packet.is_discard:
+                discarded += packet.stream.index == stream.index
                 continue
             if packet.stream.index != stream.index:
                 if packet.pts is not None and packet.time_base:
@@ -152,7 +158,8 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
              and _pts_give_display_order(path, max_pixels, stream, pts))
     if not exact:
         idx = np.arange(n, dtype=np.int64)
-        return _FrameIndex(idx, idx, idx * 0, idx * 0, tb, last_duration, False, others_end)
+        return _FrameIndex(idx, idx, idx * 0, idx * 0, tb, last_duration, False, others_end,
+                           discarded)
     file_pts = np.asarray(pts, dtype=np.int64)
     order = np.argsort(file_pts, kind="stable")
     # The keyframe to start from: the last one in file order at or before the frame's packet
@@ -169,7 +176,7 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
     return _FrameIndex(
         pts=file_pts[order], decode_pos=order, seek_pos=key_pos[k],
         seek_pts=file_pts[key_pos[k]], time_base=tb, last_duration=last_duration, exact=True,
-        others_end=others_end,
+        others_end=others_end, discarded=discarded,
     )
 
 

@@ -150,8 +150,8 @@ def write_video(
                 if i >= len(pts_list):
                     raise ValueError(f"timestamps: {len(pts_list)} given, but more frames")
                 vf.pts = pts_list[i]
-            else:
-                vf.pts = i
+            else:  # frame i at i / fps, in whatever time base was asked for
+                vf.pts = round(Fraction(i) / rate / Fraction(time_base))
             vf.time_base = time_base
             container.mux(stream.encode(vf))
             written += 1
