@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from spool.video.samplers import (
+    ClipSampler,
     FpsSampler,
     SlidingWindowSampler,
     StrideSampler,
@@ -124,3 +126,12 @@ def test_invalid_num_frames(num_frames) -> None:
     for sampler in (UniformSampler(2), StrideSampler(2), SlidingWindowSampler(2, 1)):
         with pytest.raises(ValueError, match="num_frames"):
             sampler(num_frames)
+
+
+def test_random_clip_starts_are_uniform() -> None:
+    """Every start alike: rounding a uniform position drew the first and last half as often."""
+    rng = np.random.default_rng(0)
+    starts = [ClipSampler(8, 2)(19, rng=rng)[0][0] for _ in range(20000)]  # 5 possible starts
+    share = np.bincount(starts, minlength=5) / len(starts)
+    assert share.shape == (5,) and np.abs(share - 0.2).max() < 0.015, share
+    assert ClipSampler(8, 2)(10, rng=rng) == [[0, 2, 4, 6, 8, 9, 9, 9]]  # too short: no choice

@@ -30,7 +30,9 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor,
     if scores.ndim != 2 or labels.shape != scores.shape[:1]:
         raise ValueError(f"scores/labels: expected [N, C] and [N], got "
                          f"{tuple(scores.shape)} and {tuple(labels.shape)}")
-    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    # A stable sort, not topk: among tied scores the lowest class comes first, as argmax (the
+    # confusion matrix, predictions.csv) takes it; topk's order of ties is unspecified.
+    top = scores.sort(dim=1, descending=True, stable=True).indices[:, :max(ks)]
     hits = top == labels.view(-1, 1)
     return {k: int(hits[:, :k].any(dim=1).sum()) for k in ks}
 

@@ -145,17 +145,23 @@ class ClipSampler(FrameSampler):
         self.frame_stride = _positive_int("frame_stride", frame_stride)
         self.num_clips = _positive_int("num_clips", num_clips)
 
-    def clip_at(self, num_frames: int, position: float) -> list[int]:
-        """The clip starting at ``position`` in [0, 1] of the free range."""
-        span = (self.num_frames - 1) * self.frame_stride + 1
-        start = int(round(position * max(num_frames - span, 0)))
+    def _free(self, num_frames: int) -> int:
+        """How many frames later than 0 a clip can start."""
+        return max(num_frames - (self.num_frames - 1) * self.frame_stride - 1, 0)
+
+    def _clip_from(self, num_frames: int, start: int) -> list[int]:
         return [min(start + i * self.frame_stride, num_frames - 1)
                 for i in range(self.num_frames)]
 
+    def clip_at(self, num_frames: int, position: float) -> list[int]:
+        """The clip starting at ``position`` in [0, 1] of the free range."""
+        return self._clip_from(num_frames, int(round(position * self._free(num_frames))))
+
     def _sample(self, num_frames: int, fps: float | None,
                 rng: np.random.Generator | None) -> list[list[int]]:
-        if rng is not None:
-            return [self.clip_at(num_frames, float(rng.random(1)[0]))]
+        if rng is not None:  # every start alike (rounding a uniform position halved the ends)
+            start = int(rng.integers(0, self._free(num_frames) + 1))
+            return [self._clip_from(num_frames, start)]
         K = self.num_clips
         starts = [0.5] if K == 1 else [k / (K - 1) for k in range(K)]
         return [self.clip_at(num_frames, s) for s in starts]
