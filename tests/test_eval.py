@@ -104,6 +104,18 @@ def test_spool_eval_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     on_cache = evaluate_checkpoint(str(tmp_path / "model"), cache=str(tmp_path / "cache"))
     assert on_cache["confusion"] == on_videos["confusion"]
     assert on_cache["loss"] == pytest.approx(on_videos["loss"], rel=1e-5)
+    # Flags that cannot apply to a cache, or to this kind of classifier, are refused (they
+    # were ignored: the same scores, exit 0).
+    ev = ["eval", "--checkpoint", str(tmp_path / "model")]
+    for extra, message in (
+            (["--cache", str(tmp_path / "cache"), "--num-frames", "8"],
+             "num_frames/frame_stride: a token cache holds the clips it was made with"),
+            (["--cache", str(tmp_path / "cache"), "--frame-stride", "3"],
+             "num_frames/frame_stride: a token cache"),
+            (["--data", str(root / "val.txt"), "--split", "x"], "--split: applies to frame")):
+        capsys.readouterr()
+        assert main(ev + extra) == 2, extra
+        assert message in capsys.readouterr().err, extra
 
 
 def test_eval_on_a_cache_refuses_other_normalisation(tmp_path: Path) -> None:

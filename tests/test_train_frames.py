@@ -70,6 +70,10 @@ def test_cached_tokens_train_like_the_video_frames(tmp_path: Path) -> None:
 
     model_dir = tmp_path / "cached" / "model"
     assert evaluate_frame_checkpoint(model_dir, cache=str(tmp_path / "cache_val"))["videos"] == 2
+    for kwargs, message in (({"fps": 1.0}, "fps: a frame cache was sampled when it was made"),
+                            ({"split": "x"}, "split: applies to an MS-TCN root")):
+        with pytest.raises(ValueError, match=message):  # ignored before: the same scores
+            evaluate_frame_checkpoint(model_dir, cache=str(tmp_path / "cache_val"), **kwargs)
     load_pretrained(model_dir, image_std=(0.2, 0.2, 0.2)).save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="made with other image_std than"):
         evaluate_frame_checkpoint(tmp_path / "other", cache=str(tmp_path / "cache_val"))
@@ -100,6 +104,12 @@ def test_baselines_train_and_spool_eval_and_extract(tmp_path: Path, capsys) -> N
     assert main(["eval", "--checkpoint", str(run / "model"), "--data",  # a clip flag: refused
                  str(root / "test.csv"), "--num-frames", "8"]) == 2
     assert "--num-frames: applies to clip classifiers" in capsys.readouterr().err
+    for extra, message in ((["--split", "x"], "split: applies to an MS-TCN root"),
+                           (["--batch-size", "1"], "--batch-size: applies to clip"),
+                           (["--num-workers", "7"], "--num-workers: applies to clip")):
+        assert main(["eval", "--checkpoint", str(run / "model"), "--data",
+                     str(root / "test.csv"), *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
     assert (tmp_path / "ev" / "ribbons.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((tmp_path / "ev" / "predictions").glob("*.csv"))) == 2
 

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(args.checkpoint, args.data, args.cache,
                                  overrides=dict(args.model or []), num_clips=args.num_clips,
                                  num_frames=args.num_frames, frame_stride=args.frame_stride,
-                                 batch_size=args.batch_size, num_workers=args.num_workers,
+                                 batch_size=args.batch_size or 8,
+                                 num_workers=2 if args.num_workers is None else args.num_workers,
                                  device=args.device, out_dir=args.out)
     print(format_report(report))
     if args.out:
@@ -50,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 # Flags of one kind of classifier: given for the other kind, they would be ignored.
-CLIP_FLAGS = {"num_frames": None, "frame_stride": None, "num_clips": 1}
-FRAME_FLAGS = {"fps": None, "background": None, "split": "test.split1"}
+CLIP_FLAGS = {"num_frames": None, "frame_stride": None, "num_clips": 1, "batch_size": None,
+              "num_workers": None}  # a frame classifier runs each video whole, one by one
+FRAME_FLAGS = {"fps": None, "background": None, "split": None}
 
 
 def _refuse_ignored(args: argparse.Namespace, frames: bool) -> None:
@@ -91,8 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", help="clips: annotation file or class-folder directory; "
                         "frame classifiers: segments CSV or MS-TCN root")
     parser.add_argument("--cache", help="token cache from `spool cache` instead of videos")
-    parser.add_argument("--split", default="test.split1",
-                        help="frame classifiers, MS-TCN root: the split bundle (test.split1)")
+    parser.add_argument("--split", default=None,
+                        help="frame classifiers, MS-TCN root: the split bundle (default: "
+                             "test.split1)")
     parser.add_argument("--fps", type=positive_float, default=None,
                         help="frame classifiers: sampling rate (default: as in training)")
     parser.add_argument("--background", nargs="*", metavar="CLASS",
@@ -103,8 +106,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-frames", type=positive_int, default=None,
                         help="frames per clip (default: as in training)")
     parser.add_argument("--frame-stride", type=positive_int, default=None)
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--num-workers", type=nonnegative_int, default=2)
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="clip classifiers (default: 8)")
+    parser.add_argument("--num-workers", type=nonnegative_int, default=None,
+                        help="clip classifiers: decoding processes (default: 2)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out", help="directory for metrics.json, confusion_matrix.png and "
                         "predictions.csv (score: probability of the predicted class)")

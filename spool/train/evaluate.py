@@ -156,6 +156,9 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
 
     if (data is None) == (cache is None):
         raise ValueError("data/cache: give exactly one of --data and --cache")
+    if cache is not None and (num_frames is not None or frame_stride is not None):
+        raise ValueError("num_frames/frame_stride: a token cache holds the clips it was made "
+                         "with; they apply to videos (--data)")
     if cache is not None and num_clips != 1:
         raise ValueError(f"num_clips: a token cache holds one evaluation clip per video, so "
                          f"--num-clips {num_clips} cannot apply; evaluate videos (--data)")

@@ -151,13 +151,14 @@ def format_segmentation(scores: dict[str, Any]) -> str:
 
 
 def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
-                              cache: str | None = None, *, split: str = "test.split1",
+                              cache: str | None = None, *, split: str | None = None,
                               fps: float | None = None, background: tuple[str, ...] | None = None,
                               overrides: dict[str, Any] | None = None, device: str = "auto",
                               chunk_frames: int = 32, out_dir: str | os.PathLike | None = None
                               ) -> dict[str, Any]:
     """Score a saved frame classifier on whole videos: ``data`` (a segments CSV or an MS-TCN
-    root with ``split``, sampled at ``fps`` or as in training) or a frame ``cache``.
+    root with ``split``, by default ``test.split1``, sampled at ``fps`` or as in training)
+    or a frame ``cache`` (sampled when it was made: ``fps`` and ``split`` do not apply).
     ``background``: classes that are not segments (None: those of training). With
     ``out_dir``: ``metrics.json``, ``ribbons.png`` and ``predictions/<video>.csv``."""
     from spool.data.segmentation import read_segmentation
@@ -169,6 +170,12 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
 
     if (data is None) == (cache is None):
         raise ValueError("data/cache: give exactly one of --data and --cache")
+    if cache is not None and fps is not None:
+        raise ValueError("fps: a frame cache was sampled when it was made; --fps applies to "
+                         "videos (--data)")
+    if split is not None and (cache is not None or not Path(data).is_dir()):
+        raise ValueError(f"split: applies to an MS-TCN root (--data DIR); got "
+                         f"{'--cache' if cache is not None else 'a segments CSV'}")
     model = load_pretrained(model_dir, with_backbone=cache is None, **(overrides or {}))
     if not isinstance(model, FrameClassifier):
         raise ValueError(f"{model_dir}: holds a {type(model).__name__}, not a frame classifier")
@@ -188,7 +195,7 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
                        f"{model_dir} was trained on frames that")
         sampler = None
     else:
-        dataset, _ = read_segmentation(data, split, names)
+        dataset, _ = read_segmentation(data, split or "test.split1", names)
         sampler = make_sampler("fps", target_fps=fps) if fps else default_sampler(model.config)
     result = evaluate_segmentation(model, dataset, sampler=sampler,
                                    background=tuple(names.index(b) for b in background),
