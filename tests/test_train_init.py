@@ -152,6 +152,15 @@ def test_val_and_eval_caches_of_other_sampling_are_refused(tmp_path: Path) -> No
     (["--fps", "3"], "fps (--fps): applies to the frames task only"),
     (["--background", "grow"], "background (--background)"),
     (["--task", "frames", "--num-clips", "3"], "num_clips (--num-clips): applies to the clips"),
+    # Ignored before: the cache's sampling and views were used, without a word.
+    (["--train-cache", "C", "--crop-scale", "0.1", "0.2"],
+     "crop_scale (--crop-scale): does not apply to --train-cache"),
+    (["--task", "frames", "--train-cache", "C", "--fps", "1"],
+     "fps (--fps): does not apply to --train-cache"),
+    (["--task", "frames", "--train-cache", "C", "--train-split", "s9"],
+     "train_split (--train-split): does not apply to --train-cache"),
+    (["--task", "frames", "--val-split", "s9"],
+     "val_split (--val-split): applies to an MS-TCN root given as --val-data"),
 ])
 def test_flags_that_do_not_apply_are_refused(tmp_path: Path, capsys, flags, named) -> None:
     from spool.cli import main

@@ -7,6 +7,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from spool.config import SpoolConfig
@@ -187,6 +188,18 @@ class TrainConfig:
         if self.hflip and self.train_cache is not None:
             raise ValueError("hflip (--hflip): does not apply to train_cache, whose views were "
                              "fixed when it was made (spool cache --views, --hflip)")
+        # Settings of how videos are read, given with a cache whose tokens were made already.
+        fixed = {"crop_scale": (self.train_cache, "--train-cache", "spool cache --crop-scale"),
+                 "fps": (self.train_cache, "--train-cache", "spool cache --fps"),
+                 "train_split": (self.train_cache, "--train-cache", "spool cache --split")}
+        for name, (cache, flag, where) in fixed.items():
+            if name in changed and cache is not None:
+                raise ValueError(f"{name} (--{name.replace('_', '-')}): does not apply to "
+                                 f"{flag}, whose tokens were made already ({where})")
+        for name, data in (("train_split", self.train_data), ("val_split", self.val_data)):
+            if name in changed and not (data is not None and Path(data).is_dir()):
+                raise ValueError(f"{name} (--{name.replace('_', '-')}): applies to an MS-TCN "
+                                 f"root given as --{name.split('_')[0]}-data")
         if self.task == "clips" and self.num_clips != 1 and self.val_data is None:
             raise ValueError("num_clips (--num-clips): applies to val_data (clips per held-out "
                              "video); a token cache holds one clip per video")
