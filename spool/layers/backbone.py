@@ -99,6 +99,11 @@ class FrameEncoder(nn.Module):
         if self.frozen:
             self.model.requires_grad_(False)
             self.model.eval()
+        else:  # the masked-image-modelling token of DINOv2/ViT: never used for frames, and an
+            # unused trainable parameter stops DDP at its second step
+            mask_token = getattr(getattr(self.model, "embeddings", None), "mask_token", None)
+            if isinstance(mask_token, nn.Parameter):
+                mask_token.requires_grad_(False)
         self.pooling = self._token_pooling(config.token_pooling)
 
     def _token_pooling(self, k: int) -> SpatialTokenPooling:
