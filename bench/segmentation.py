@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,7 @@ def run_model(key: str, arch: str, model: dict, train: dict, caches: tuple[Path,
         batch_size=1, weight_decay=0.01, warmup_epochs=0.5, background=["background"],
         num_workers=0, device="cpu", tensorboard=False, quiet=True, log_every=10**9,
         name=NAMES[key], **{"eval_every": 10**6, "seed": args.seed, **train})
+    shutil.rmtree(cfg.out_dir, ignore_errors=True)  # a run of an earlier benchmark
     start = time.perf_counter()
     trainer = Trainer(cfg)
     history = trainer.fit()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -85,6 +86,7 @@ def measure(args: argparse.Namespace) -> dict:
                          model=model, **common)
     seconds = {}
     for name, cfg in (("cache", cached), ("video", video)):
+        shutil.rmtree(cfg.out_dir, ignore_errors=True)  # a run of an earlier benchmark
         trainer = Trainer(cfg)
         if name == "cache":
             flops = count_flops(encoder, trainer.model, s.num_frames, image_size)

@@ -83,6 +83,20 @@ def test_resume_auto_without_checkpoint_says_so(tmp_path: Path, capsys) -> None:
     assert f"no checkpoint in {tmp_path / 'typo' / 'checkpoints'}: starting from scratch" in err
 
 
+def test_a_fresh_run_into_a_used_out_dir_is_refused(tmp_path: Path, capsys) -> None:
+    """Without --resume, a run in a folder holding an earlier run's checkpoints mixed the two:
+    pruning by step deleted its own, and --resume auto then took up the earlier run."""
+    config = _write_config(tmp_path / "run.json", **train_config_dict(tmp_path / "run"))
+    assert main(["train", "--config", str(config), "--stop-after-steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "holds checkpoints of an earlier run (the newest: step_00000001); pass --resume " \
+           "auto to continue it, or another --out-dir" in err
+    assert main(["train", "--config", str(config), "--resume", "auto",
+                 "--stop-after-steps", "2"]) == 0  # the way on
+
+
 def test_resume_from_a_path_that_is_no_checkpoint_is_one_line(tmp_path: Path, capsys) -> None:
     config = _write_config(tmp_path / "run.json", **train_config_dict(tmp_path / "run"))
     (tmp_path / "empty").mkdir()

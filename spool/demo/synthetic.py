@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,6 +194,7 @@ def run_demo(out: Path, s: DemoSettings, jobs: int = 1, threads: int = 1,
 
     todo = []
     for folder, name, arch, model in _models(s):
+        shutil.rmtree(out / "runs" / folder, ignore_errors=True)  # an earlier demo's run
         config = dict(out_dir=str(out / "runs" / folder), train_cache=str(out / "cache" / "train"),
                       val_cache=str(out / "cache" / "val"), architecture=arch, model=model,
                       # A small --per-class: one batch of the whole training set.

@@ -169,6 +169,11 @@ class Trainer:
         after a crash); the other ranks load its choice, so all resume from the same step."""
         cfg = self.cfg
         if not cfg.resume:
+            earlier = ckpt.list_checkpoints(self.out)
+            if earlier:  # its checkpoints would be pruned with this run's, newest step first
+                raise ValueError(f"out_dir: {self.out} holds checkpoints of an earlier run "
+                                 f"(the newest: {earlier[-1].name}); pass --resume auto to "
+                                 "continue it, or another --out-dir")
             return None
 
         def choose() -> tuple[Path, dict[str, Any]] | None:
