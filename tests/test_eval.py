@@ -118,6 +118,34 @@ def test_spool_eval_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
         assert message in capsys.readouterr().err, extra
 
 
+def test_a_cache_of_a_bf16_or_hub_checkpoint_is_recognised(tmp_path: Path, monkeypatch,
+                                                           capsys) -> None:
+    """A checkpoint saved in bf16 loads as float32, and the cache it made recorded that
+    digest, against the file's bf16 bytes: "made by another backbone", with the advice to do
+    what was done. A hub id with --cache opened "<hub id>/model.safetensors" as a path."""
+    import huggingface_hub
+
+    from spool.models.pretrained import checkpoint_backbone_digest
+
+    root = tiny_video_dataset()
+    _, names = read_annotations(root / "train.txt")
+    model = SpoolForVideoClassification(**TINY_MODEL, class_names=names)
+    model.config.sampling = {"name": "uniform", "num_frames": 4}
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    assert main(["cache", "--data", str(root / "val.txt"), "--out", str(tmp_path / "cache"),
+                 "--init", str(tmp_path / "bf16"), "--num-frames", "4", "--num-workers", "0",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "bf16"), "--cache",
+                 str(tmp_path / "cache")]) == 0, capsys.readouterr().err
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda name, **kwargs: str(tmp_path / "bf16"))
+    assert checkpoint_backbone_digest("someorg/spool-model") == checkpoint_backbone_digest(
+        tmp_path / "bf16")
+    assert main(["eval", "--checkpoint", "someorg/spool-model", "--cache",
+                 str(tmp_path / "cache")]) == 0, capsys.readouterr().err
+
+
 def test_eval_on_a_cache_refuses_other_normalisation(tmp_path: Path) -> None:
     """The cache's tokens were normalised with the model's image_mean; a checkpoint with the
     same weights but another image_mean (a non-persistent buffer, outside the weights' digest)

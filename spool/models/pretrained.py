@@ -47,18 +47,24 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """Short hash of tensor names and values: equal only for identical weights."""
+    """Short hash of tensor names and values: equal only for identical weights. Half-precision
+    values are hashed as the float32 they load as, so a checkpoint saved in bf16 and the model
+    it loads into (float32) have the same digest."""
     h = hashlib.sha256()
     for key in sorted(state):
+        value = state[key].detach().cpu()
+        if value.dtype in (torch.float16, torch.bfloat16):
+            value = value.float()
         h.update(key.encode())
-        h.update(state[key].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+        h.update(value.contiguous().view(-1).view(torch.uint8).numpy())
     return h.hexdigest()[:16]
 
 
 def checkpoint_backbone_digest(directory: str | os.PathLike) -> str | None:
     """:func:`weights_digest` of the frame encoder inside a saved checkpoint (keys below its
-    ``backbone.``), comparable with the live module's ``frame_encoder.state_dict()``."""
-    state = read_weights(Path(directory) / WEIGHTS_NAME)
+    ``backbone.``), comparable with the live module's ``frame_encoder.state_dict()``;
+    ``directory``: a checkpoint directory or hub id."""
+    state = read_weights(resolve_checkpoint(directory) / WEIGHTS_NAME)  # a hub id too
     found = {}
     for key, value in state.items():
         match = _BACKBONE_KEY.search(key)
