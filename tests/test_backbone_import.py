@@ -129,3 +129,25 @@ def test_existing_directory_is_not_overwritten(tmp_path: Path, dinov2_small: Pat
     with pytest.raises(FileExistsError, match="not a Spool DINOv2-S import"):
         import_dinov2_small(taken)
     assert (taken / "notes.txt").read_text() == "mine"
+
+
+def test_an_incomplete_import_is_reported_and_dot_is_a_place(tmp_path: Path, dinov2_small: Path,
+                                                             dinov2_onnx: Path, monkeypatch
+                                                             ) -> None:
+    """The marker alone passed for a finished import (a damaged copy was never repaired);
+    ``--out .`` failed after converting (its temporary went inside it)."""
+    from spool.backbones.dinov2_small import MARKER
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / MARKER).write_bytes((dinov2_small / MARKER).read_bytes())
+    with pytest.raises(FileExistsError, match="incomplete DINOv2-S import .*model.safetensors"):
+        import_dinov2_small(partial)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["backbone", "import", "dinov2-small", "--out", ".", "--onnx",
+                 str(dinov2_onnx)]) == 0
+    assert sorted(p.name for p in here.iterdir()) == sorted(p.name for p in dinov2_small.iterdir())
+    assert (here / "model.safetensors").read_bytes() == (dinov2_small / "model.safetensors"
+                                                         ).read_bytes()

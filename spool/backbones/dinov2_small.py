@@ -56,6 +56,7 @@ PREPROCESSOR = {
     "size": {"shortest_edge": 256},
 }
 MARKER = "spool_import.json"  # what the directory was made from; a rerun with the same is a no-op
+IMPORT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 README = """\
 # DINOv2 ViT-S/14 (converted offline by Spool)
 
@@ -200,9 +201,14 @@ def import_dinov2_small(out_dir: str | os.PathLike, onnx_path: str | os.PathLike
     Loads the weights strictly (every key present, shapes checked). A directory already made
     from the same ONNX file is left as it is; any other existing ``out_dir`` is an error.
     """
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # "." has no name to put a temporary sibling by
     marker = out / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == _marker(ONNX_SHA256):
+        missing = [name for name in IMPORT_FILES
+                   if not (out / name).is_file() or not (out / name).stat().st_size]
+        if missing:
+            raise FileExistsError(f"--out: {out} is an incomplete DINOv2-S import (missing or "
+                                  f"empty: {', '.join(missing)}); delete it and run again")
         logger.info("%s already holds the converted DINOv2-S", out)
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -232,9 +238,12 @@ def import_dinov2_small(out_dir: str | os.PathLike, onnx_path: str | os.PathLike
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
+        if out.exists():  # empty (checked above), and perhaps the working directory: filled
+            for name in [*IMPORT_FILES, "README.md", MARKER]:  # in place, the marker last
+                os.replace(tmp / name, out / name)
+            tmp.rmdir()
+        else:
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
