@@ -68,3 +68,14 @@ def test_backbone_chunking_does_not_change_tokens():
     b.load_state_dict(a.state_dict())
     video = torch.rand(2, 3, 32, 32, 3)
     torch.testing.assert_close(a(video), b(video))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"backbone_config": {**tiny_backbone(), "image_size": "32"}}, "backbone_config: "),
+    ({"image_size": 4}, "image_size: expected at least the backbone's patch size 8, got 4"),
+])
+def test_bad_backbone_settings_are_value_errors(overrides, match) -> None:
+    """They were a huggingface_hub validation error (not a ValueError: the CLI printed its
+    traceback) and torch's "Kernel size can't be greater than actual input size"."""
+    with pytest.raises(ValueError, match=match):
+        Spool(tiny_config(**overrides))

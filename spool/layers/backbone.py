@@ -6,6 +6,7 @@ import json
 import os
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
@@ -29,7 +30,10 @@ def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
         if model_type is None:
             raise ValueError("backbone_config: expected a dict with a 'model_type' key "
                              f"(e.g. 'dinov2'), got keys {sorted(config_dict)}")
-        return AutoModel.from_config(AutoConfig.for_model(model_type, **config_dict))
+        try:
+            return AutoModel.from_config(AutoConfig.for_model(model_type, **config_dict))
+        except (TypeError, StrictDataclassError) as err:  # a field of the wrong type
+            raise ValueError(f"backbone_config: {err}") from err
     if os.path.isdir(name):
         where, fix = ("a local directory without loadable weights",
                       "Point backbone_name at a directory holding config.json and "
@@ -44,6 +48,8 @@ def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
                       "import dinov2-small --out DIR` for DINOv2-S offline")
     try:
         return AutoModel.from_pretrained(name)
+    except (TypeError, StrictDataclassError) as err:  # its config.json has a bad field
+        raise ValueError(f"backbone_name={name!r}: its config.json does not load: {err}") from err
     except (OSError, ValueError) as err:
         raise SpoolLoadError(
             f"backbone_name={name!r}: could not load backbone weights from {where}. {fix}; or "
@@ -88,6 +94,10 @@ class FrameEncoder(nn.Module):
     def __init__(self, config: SpoolConfig) -> None:
         super().__init__()
         self.model = load_backbone(config.backbone_name, config.backbone_config)
+        patch = getattr(self.model.config, "patch_size", None)
+        if isinstance(patch, int) and config.image_size < patch:
+            raise ValueError(f"image_size: expected at least the backbone's patch size "
+                             f"{patch}, got {config.image_size}")
         self.preprocessing = config.preprocessing()
         self.image_size = config.image_size
         self.chunk_size = config.backbone_chunk_size
