@@ -75,6 +75,22 @@ def test_relative_paths_resume_from_another_directory(tmp_path: Path, monkeypatc
     assert [s for s, _ in read_steps(start / "run")] == list(range(1, 9))
 
 
+def test_a_hub_id_as_init_stays_a_hub_id(tmp_path: Path, monkeypatch) -> None:
+    """init = "org/name" was joined to the config file's folder (and made absolute in
+    train_config.json), so a hub id could only be given on the command line, once."""
+    monkeypatch.chdir(tmp_path)
+    fields = {**train_config_dict(tmp_path / "run"), "init": "someorg/spool-k400"}
+    (tmp_path / "cfg").mkdir()
+    config = _write_config(tmp_path / "cfg" / "run.json", **fields)
+    assert read_config_file(config)["init"] == "someorg/spool-k400"
+    assert TrainConfig(**fields).to_saved_dict()["init"] == "someorg/spool-k400"
+    (tmp_path / "cfg" / "local").mkdir()  # a folder of that name is a path, as before
+    local = _write_config(tmp_path / "cfg" / "local.json", **{**fields, "init": "local"})
+    assert read_config_file(local)["init"] == str(tmp_path / "cfg" / "local")
+    assert TrainConfig(**{**fields, "init": "./weights"}).to_saved_dict()["init"] == str(
+        tmp_path / "weights")
+
+
 def test_resume_auto_without_checkpoint_says_so(tmp_path: Path, capsys) -> None:
     config = _write_config(tmp_path / "run.json", **train_config_dict(tmp_path / "typo"))
     assert main(["train", "--config", str(config), "--resume", "auto",

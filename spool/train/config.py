@@ -215,7 +215,7 @@ class TrainConfig:
             data.pop(name)
         for name in PATH_FIELDS:
             if data[name] is not None:
-                data[name] = os.path.abspath(data[name])
+                data[name] = _path_under(data[name], os.getcwd(), name)
         data["model"] = _local_backbone_absolute(data["model"], os.getcwd())
         return data
 
@@ -262,9 +262,19 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     for name in PATH_FIELDS:
         value = data.get(name)
         if isinstance(value, str) and not os.path.isabs(value):
-            data[name] = os.path.join(base, value)
+            data[name] = _path_under(value, base, name)
     return {**data, "model": _local_backbone_absolute(data["model"], base)} \
         if isinstance(data.get("model"), dict) else data
+
+
+def _path_under(value: str, base: str, name: str) -> str:
+    """``value`` as an absolute path under ``base``; but an ``init`` that names no local path
+    and reads as a hub id (``org/name``) stays as it is."""
+    joined = os.path.abspath(os.path.join(base, value))
+    if name == "init" and not os.path.exists(joined) and value.count("/") == 1 \
+            and not value.startswith((".", "~")):
+        return value
+    return joined
 
 
 def _local_backbone_absolute(model: dict[str, Any], base: str) -> dict[str, Any]:
