@@ -77,7 +77,8 @@ class SpoolConfig:
             MS-TCN's ``num_stages``); None: its defaults.
         architectures: what a saved checkpoint holds (set by ``save_pretrained``).
         hidden_size, num_spatial_tokens: ``D`` and ``L``, filled in from the backbone.
-        image_mean, image_std: the backbone's normalisation, filled in from the backbone.
+        image_mean, image_std: the backbone's normalisation, filled in from a local
+            backbone's ``preprocessor_config.json`` unless set to other values.
     """
 
     num_hidden_layers: int = 12

@@ -47,6 +47,11 @@ def test_loads_local_hf_directory_with_its_normalisation(tmp_path):
     model = Spool(num_hidden_layers=1, num_attention_heads=2, num_lookahead_heads=1,
                   num_lookback_heads=1, image_size=32, backbone_name=str(tmp_path))
     assert model.config.image_mean == [0.1, 0.2, 0.3]
+    # Values the user set win, as an explicit crop_pct does (they were replaced silently).
+    mine = Spool(num_hidden_layers=1, num_attention_heads=2, num_lookahead_heads=1,
+                 num_lookback_heads=1, image_size=32, backbone_name=str(tmp_path),
+                 image_mean=[0.5, 0.5, 0.5])
+    assert mine.config.image_mean == [0.5, 0.5, 0.5] and mine.config.image_std == [0.4, 0.5, 0.6]
     direct = AutoModel.from_pretrained(tmp_path)
     for (name, a), b in zip(model.backbone.model.state_dict().items(),
                             direct.state_dict().values(), strict=True):

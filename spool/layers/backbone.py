@@ -20,6 +20,8 @@ def _looks_like_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
 
 
+_DEFAULTS = SpoolConfig()  # what a config holds where the user set nothing
+
 def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
     """Build the HF model from ``config_dict`` (random weights) or load ``name`` (hub id or
     local directory) with ``from_pretrained``; a :class:`SpoolLoadError` when weights are
@@ -190,6 +192,9 @@ def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]
         found = read_backbone_preprocessing(config.backbone_name)
         if config.crop_pct is not None:  # an explicit choice wins over the backbone's
             found.pop("crop_pct", None)
+        for key in ("image_mean", "image_std"):  # so do values other than the defaults
+            if list(getattr(config, key)) != list(getattr(_DEFAULTS, key)):
+                found.pop(key, None)
         config = config.replace(**found)
     if config.crop_pct is None:
         config = config.replace(crop_pct=DEFAULT_CROP_PCT)
