@@ -32,7 +32,7 @@ from tqdm import tqdm
 from spool.data.cache import FAILURES_NAME, CacheSummary, report_failure, write_cache_failures
 from spool.data.classes import FrameLabelMapping
 from spool.data.dataset import UNREADABLE, first_readable, skipped_video, split_readable
-from spool.data.segmentation import SegmentationSample
+from spool.data.segmentation import IGNORE_INDEX, SegmentationSample
 from spool.errors import SpoolLoadError
 from spool.io_utils import atomic_save_safetensors, atomic_write_text, read_json
 from spool.models.frame_encoder import save_frame_encoder
@@ -240,13 +240,22 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
 
 
 def collate_frames(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack per-frame items, cut to the shortest (no padding: attention has no mask);
-    ``"skipped"``: the unreadable videos, as :func:`~spool.data.dataset.collate_readable`."""
+    """Stack per-frame items padded at the end to the longest, with ``"mask" [B, T]`` (True:
+    a real frame) and labels ``-100`` on padding; the frame classifiers run each length on its
+    own, so padding changes nothing. ``"skipped"``: the unreadable videos, as
+    :func:`~spool.data.dataset.collate_readable`."""
     items, skipped = split_readable(items)
     if not items:
         return {"skipped": skipped}
-    n = min(len(item["labels"]) for item in items)
+    lengths = torch.tensor([len(item["labels"]) for item in items])
+    n = int(lengths.max())
     key = "tokens" if "tokens" in items[0] else "video"
-    return {key: torch.stack([item[key][:n] for item in items]),
-            "labels": torch.stack([item["labels"][:n] for item in items]),
+
+    def padded(x: torch.Tensor, value: int) -> torch.Tensor:
+        out = x.new_full((n, *x.shape[1:]), value)
+        out[:len(x)] = x
+        return out
+    return {key: torch.stack([padded(item[key], 0) for item in items]),
+            "labels": torch.stack([padded(item["labels"], IGNORE_INDEX) for item in items]),
+            "mask": torch.arange(n) < lengths[:, None],
             "index": torch.tensor([item["index"] for item in items]), "skipped": skipped}

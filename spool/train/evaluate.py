@@ -51,9 +51,13 @@ def autocast_context(device: torch.device, enabled: bool):
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The ``video=`` or ``tokens=`` keyword of a batch, on ``device``."""
+    """The ``video=`` or ``tokens=`` keyword of a batch (and the padding ``mask=`` of a batch
+    of frame crops), on ``device``."""
     key = "tokens" if "tokens" in batch else "video"
-    return {key: batch[key].to(device, non_blocking=True)}
+    inputs = {key: batch[key].to(device, non_blocking=True)}
+    if "mask" in batch:
+        inputs["mask"] = batch["mask"].to(device, non_blocking=True)
+    return inputs
 
 
 @torch.no_grad()
