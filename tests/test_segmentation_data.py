@@ -154,3 +154,14 @@ def test_a_frame_cache_takes_any_model_with_a_backbone(tmp_path, ntsc_video):
     want = build_frame_cache(classifier.spool, samples, names, tmp_path / "s", FpsSampler(10),
                              dtype="float32").path
     assert torch.equal(FrameTokenDataset(got)[0]["tokens"], FrameTokenDataset(want)[0]["tokens"])
+
+
+def test_segment_boundaries_hold_for_millisecond_timestamps() -> None:
+    """Matroska stores 155/15 s as 10.333 s: with a 1e-6 s tolerance that frame took the label
+    of the segment before one starting at 10.3333 s (make_segmentation_dataset's own CSV and
+    groundTruth disagreed on one boundary frame per video)."""
+    from spool.data.segmentation import SegmentationSample
+
+    sample = SegmentationSample("v", "v.mkv", segments=((0.0, 10.3333, 0), (10.3333, 20.0, 1)))
+    stamps = [10.266, 10.333, 10.4, 19.999, 20.0]  # 154/15, 155/15, 156/15 in ms; the end
+    assert sample.labels_at(range(5), stamps).tolist() == [0, 1, 1, 1, IGNORE_INDEX]

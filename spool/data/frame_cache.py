@@ -32,7 +32,7 @@ from tqdm import tqdm
 from spool.data.cache import FAILURES_NAME, CacheSummary, report_failure, write_cache_failures
 from spool.data.classes import FrameLabelMapping
 from spool.data.dataset import UNREADABLE, first_readable, skipped_video, split_readable
-from spool.data.segmentation import IGNORE_INDEX, SegmentationSample
+from spool.data.segmentation import IGNORE_INDEX, LABEL_RULES_REVISION, SegmentationSample
 from spool.errors import SpoolLoadError
 from spool.io_utils import atomic_save_safetensors, atomic_write_text, read_json
 from spool.models.frame_encoder import save_frame_encoder
@@ -100,7 +100,8 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
     settings = json.dumps({"sampler": sampler.to_dict(), "dtype": dtype, "digest": digest,
                            "frame_encoder": model.config.frame_encoder_fields(),
                            "preprocessing": dataclasses.asdict(model.config.preprocessing()),
-                           "classes": class_names}, sort_keys=True)
+                           "classes": class_names, "label_rules": LABEL_RULES_REVISION},
+                          sort_keys=True)
     videos, failures = [], []
     for i, sample in enumerate(tqdm(samples, desc="frame cache", unit="video",
                                     disable=not progress)):

@@ -29,6 +29,10 @@ import numpy as np
 from spool.video.formats import VIDEO_EXTENSIONS
 
 IGNORE_INDEX = -100
+# Matroska/WebM store times in whole milliseconds: a frame shown at 155/15 s is 10.333 s, and
+# must still fall in a segment that starts at 10.3333 s. Frames are >= 4 ms apart up to 240 fps.
+LABEL_TIME_TOLERANCE_S = 5e-4
+LABEL_RULES_REVISION = 2  # in a frame cache's settings: labels made by older rules are redone
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class SegmentationSample:
         t = np.asarray(timestamps, np.float64) - start_time
         out = np.full(len(t), IGNORE_INDEX, np.int64)
         for start, end, label in self.segments or ():
-            out[(t >= start - 1e-6) & (t < end - 1e-6)] = label
+            out[(t >= start - LABEL_TIME_TOLERANCE_S) & (t < end - LABEL_TIME_TOLERANCE_S)] = label
         return out
 
 
