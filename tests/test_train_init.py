@@ -159,6 +159,8 @@ def test_val_and_eval_caches_of_other_sampling_are_refused(tmp_path: Path) -> No
      "fps (--fps): does not apply to --train-cache"),
     (["--task", "frames", "--train-cache", "C", "--train-split", "s9"],
      "train_split (--train-split): does not apply to --train-cache"),
+    (["--task", "frames", "--no-augment", "--crop-frames", "64"],
+     "crop_frames (--crop-frames): random crops are augmentation"),
     (["--task", "frames", "--val-split", "s9"],
      "val_split (--val-split): applies to an MS-TCN root given as --val-data"),
 ])

@@ -52,8 +52,9 @@ class TrainConfig:
     (``path label`` lines) or class-folder directories for clips; a segments CSV or an MS-TCN
     root (with ``train_split``/``val_split``) for frames, sampled at ``fps``;
     ``train_cache``/``val_cache`` are token caches from ``spool cache`` (the backbone is then
-    never run). Frames train on random crops of up to ``crop_frames`` frames and validate on
-    whole videos (``background`` classes are not segments in edit and F1). Model:
+    never run). Frames train on random crops of up to ``crop_frames`` frames (whole videos
+    with ``augment`` false) and validate on whole videos (``background`` classes are not
+    segments in edit and F1). Model:
     ``architecture`` (clips: ``spool``, ``frame_pooling``; frames: ``spool``,
     ``linear_probe``, ``ms_tcn``), ``model`` (SpoolConfig fields) and/or ``init`` (a Spool or
     classifier checkpoint).
@@ -182,6 +183,9 @@ class TrainConfig:
                 flag = f"--{name.replace('_', '-')}"
                 raise ValueError(f"{name} ({flag}): applies to the {_other_task(self.task)} "
                                  f"task only, not to --task {self.task}")
+        if "crop_frames" in changed and self.task == "frames" and not self.augment:
+            raise ValueError("crop_frames (--crop-frames): random crops are augmentation; with "
+                             "augment false (--no-augment) every video trains whole")
         if self.hflip and not self.augment:
             raise ValueError("hflip (--hflip): flips are augmentation; it does not apply with "
                              "augment false (--no-augment)")
