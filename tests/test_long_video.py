@@ -86,6 +86,10 @@ def test_errors_name_the_argument():
         model.eval().forward_long(torch.randn(2, 5, L, D))  # torch's expand error before
     with pytest.raises(ValueError, match="inference only"):
         model.train().forward_long(torch.randn(3, L, D))
+    with pytest.raises(ValueError, match=r"expected a float32 model .*torch.bfloat16.*autocast"):
+        model.eval().to(torch.bfloat16).forward_long(torch.randn(3, L, D))  # torch's mixed
+    with torch.autocast("cpu", torch.bfloat16):  # dtype error before; this is the way
+        assert model.float().forward_long(torch.randn(3, L, D)).frame_features.shape == (3, D)
 
 
 def test_extract_per_frame_writes_the_long_forward(tmp_path):

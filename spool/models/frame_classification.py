@@ -31,7 +31,12 @@ from torch import nn
 from spool.config import SpoolConfig
 from spool.layers.backbone import FrameEncoder
 from spool.models.frame_encoder import config_and_frame_encoder
-from spool.models.long_video import default_sampler, one_video_tokens, stream_tokens
+from spool.models.long_video import (
+    check_float32_weights,
+    default_sampler,
+    one_video_tokens,
+    stream_tokens,
+)
 from spool.models.pretrained import SpoolPreTrainedModel, lookup_architecture
 from spool.models.spool import Spool
 from spool.models.temporal_conv import LinearProbe, MultiStageTCN, ms_tcn_loss
@@ -182,6 +187,7 @@ class FrameClassifier(SpoolPreTrainedModel):
         """Logits of every frame of a whole video (a file, decoded with ``sampler``, by
         default at the training rate, ``config.sampling``, else 1 fps; or its tokens
         ``[T, L, D]``) in one pass, memory linear in its length."""
+        check_float32_weights(self, "predict_long")
         tokens = video if isinstance(video, torch.Tensor) else None
         features, indices, stamps = self._long_features(
             tokens, None if tokens is not None else os.fspath(video),

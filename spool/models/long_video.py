@@ -86,6 +86,16 @@ def _hidden_buffer(shape: tuple[int, ...], offload_dir: str | os.PathLike | None
     return torch.from_numpy(array)
 
 
+def check_float32_weights(model: torch.nn.Module, what: str) -> None:
+    """The long-video paths keep their hidden state in float32 (in RAM or a file): a model
+    cast to another dtype is refused, naming the way to compute in it."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if dtype != torch.float32:
+        raise ValueError(f"{what}: expected a float32 model (its hidden state is float32), got "
+                         f"{dtype}; keep the weights in float32 and compute in "
+                         "bfloat16/float16 under torch.autocast")
+
+
 def one_video_tokens(tokens: torch.Tensor) -> torch.Tensor:
     """One video's tokens ``[T, L, D]``, given as that or as ``[1, T, L, D]``; a batch of
     several is refused (the long-video paths take one video at a time)."""
@@ -150,6 +160,7 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     """
     if model.training:
         raise ValueError("forward_long: inference only; call model.eval() first")
+    check_float32_weights(model, "forward_long")
     config = model.config
     D = config.hidden_size
     L = model.num_temporal_tokens  # the hidden state's; the input's with no token_merging
