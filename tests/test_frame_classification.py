@@ -190,3 +190,20 @@ def test_background_classes_must_be_classes():
     SpoolConfig(class_names=["a", "b"], background_classes=["b"])
     with pytest.raises(ValueError, match="background_classes"):
         SpoolConfig(class_names=["a", "b"], background_classes=["c"])
+
+
+@pytest.mark.parametrize("name, head, match", [
+    ("ms_tcn", {"num_stage": 2}, r"head_config: expected keys among \['num_stages'"),
+    ("ms_tcn", {"smoothing_weight": 0.3}, "head_config: expected keys among"),
+    ("ms_tcn", {"num_stages": "2"}, "head_config: expected num_stages an integer >= 1, got '2'"),
+    ("ms_tcn", {"dropout": 1.5}, r"head_config: expected dropout a number in \[0, 1\)"),
+    ("linear_probe", {"refinement_stages": 2}, "head_config: the linear probe takes no"),
+])
+def test_baselines_check_their_head_config(name: str, head: dict, match: str) -> None:
+    """They were TypeErrors from deep inside (MS-TCN) or silently ignored (the probe)."""
+    from spool.models.frame_classification import frame_classifier_class
+
+    with pytest.raises(ValueError, match=match):
+        frame_classifier_class(name)(tiny_config(head_config=head), class_names=NAMES)
+    frame_classifier_class("ms_tcn")(tiny_config(head_config={"num_stages": 2, "dropout": 0.0}),
+                                     class_names=NAMES)  # valid settings still build

@@ -366,6 +366,9 @@ class FrameProbeForFrameClassification(FrameClassifier):
                  **kwargs: Any) -> None:
         super().__init__()
         self._build(config, {"num_hidden_layers": 0, **kwargs}, with_backbone)
+        if self.config.head_config:
+            raise ValueError(f"head_config: the linear probe takes no settings, got "
+                             f"{sorted(self.config.head_config)}")
         self.probe = LinearProbe(self.config.hidden_size, len(self.class_names),
                                  self.config.classifier_dropout)
 
@@ -385,8 +388,8 @@ class MSTCNForFrameClassification(FrameClassifier):
                  **kwargs: Any) -> None:
         super().__init__()
         self._build(config, {"num_hidden_layers": 0, **kwargs}, with_backbone)
-        self.tcn = MultiStageTCN(self.config.hidden_size, len(self.class_names),
-                                 **(self.config.head_config or {}))
+        self.tcn = MultiStageTCN.from_head_config(self.config.hidden_size,
+                                                  len(self.class_names), self.config.head_config)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.tcn(features)[-1]

@@ -82,6 +82,26 @@ class MultiStageTCN(nn.Module):
     The last stage's logits are the prediction.
     """
 
+    HEAD_KEYS = ("num_stages", "num_layers", "num_channels", "dropout")
+
+    @classmethod
+    def from_head_config(cls, input_dim: int, num_classes: int,
+                         head_config: dict | None) -> MultiStageTCN:
+        """Built from ``SpoolConfig.head_config``: its keys among :attr:`HEAD_KEYS` and their
+        values checked, a ``ValueError`` naming the key otherwise."""
+        head = dict(head_config or {})
+        unknown = sorted(set(head) - set(cls.HEAD_KEYS))
+        if unknown:
+            raise ValueError(f"head_config: expected keys among {list(cls.HEAD_KEYS)} for "
+                             f"MS-TCN, got {unknown}")
+        for key, value in head.items():
+            ok = (isinstance(value, (int, float)) and 0 <= value < 1 if key == "dropout" else
+                  isinstance(value, int) and not isinstance(value, bool))
+            if not ok:
+                what = "a number in [0, 1)" if key == "dropout" else "an integer >= 1"
+                raise ValueError(f"head_config: expected {key} {what}, got {value!r}")
+        return cls(input_dim, num_classes, **head)
+
     def __init__(self, input_dim: int, num_classes: int, num_stages: int = 4,
                  num_layers: int = 10, num_channels: int = 64, dropout: float = 0.5) -> None:
         super().__init__()
