@@ -84,3 +84,13 @@ def test_bad_backbone_settings_are_value_errors(overrides, match) -> None:
     traceback) and torch's "Kernel size can't be greater than actual input size"."""
     with pytest.raises(ValueError, match=match):
         Spool(tiny_config(**overrides))
+
+
+def test_token_merging_refuses_a_layout_the_token_count_does_not_tell() -> None:
+    """1 class + 4 registers + a 2x2 grid = 9 tokens, read as a 3x3 grid: the class and register
+    tokens were merged with the patches (or a valid k refused, naming a 3x3 grid)."""
+    registers = {**tiny_backbone(), "model_type": "dinov2_with_registers", "num_register_tokens": 4}
+    with pytest.raises(ValueError, match="5 class/register tokens and a 2x2 patch grid"):
+        Spool(tiny_config(backbone_config=registers, image_size=16, token_merging=2))
+    merging = Spool(tiny_config(backbone_config=registers, image_size=32, token_merging=2))
+    assert (merging.token_merging.num_prefix, merging.token_merging.grid) == (5, 4)

@@ -123,6 +123,9 @@ class FrameEncoder(nn.Module):
         total = self._count_backbone_tokens()
         patch = getattr(self.model.config, "patch_size", None)
         grid = self.image_size // patch if patch else 0
+        # (class/register tokens, patch grid side) of the tokens it returns, where known
+        self.patch_layout = ((total - grid * grid, grid // k)
+                             if grid and total >= grid * grid and grid % k == 0 else None)
         if k > 1 and (not grid or total - grid * grid < 0):
             raise ValueError(f"token_pooling: the backbone's {total} tokens per frame are not "
                              "a class/register prefix plus a square patch grid, so they cannot "
