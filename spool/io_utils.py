@@ -320,9 +320,13 @@ def _take_over(path: Path, raw: bytes) -> Claim | None:
     try:
         os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except FileExistsError:  # another job is taking it over
-        if _age_s(lock) > _GRACE_S:
-            lock.unlink(missing_ok=True)  # left by a crash: the next attempt may proceed
-        return None
+        if _age_s(lock) <= _GRACE_S:
+            return None
+        lock.unlink(missing_ok=True)  # left by a crash: try again, once
+        try:
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            return None
     try:
         if _read_bytes(path) == raw:  # not replaced by a fresh claim meanwhile
             path.unlink(missing_ok=True)

@@ -214,3 +214,11 @@ def test_synthetic_demo_is_the_default_and_the_flag_routes_to_it(monkeypatch) ->
     assert main(["demo", "--synthetic"]) == 0
     assert seen["out"] == Path("spool-demo")
     assert main(["demo"]) == 0  # the default
+
+
+def test_the_order_task_needs_three_frames() -> None:
+    """Two frames have only the identity and the reversal: the shuffle looped forever."""
+    with pytest.raises(ValueError, match="clip_len: the order task needs clips of at least 3"):
+        altered(torch.tensor([[0, 1]]), "order", np.random.default_rng(0))
+    three = altered(torch.tensor([[0, 1, 2]]), "order", np.random.default_rng(0))
+    assert three[0].tolist() not in ([0, 1, 2], [2, 1, 0])

@@ -73,6 +73,34 @@ def test_plots_are_written(tmp_path: Path) -> None:
     plot_curves({"spool": rows, "baseline": rows}, tmp_path / "curves.png")
     for name in ("cm.png", "curves.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    # Many classes: a bounded picture (400 classes were 20130 x 20020 pixels and 16 GB).
+    import matplotlib.image
+
+    many = torch.randint(0, 400, (2000,))
+    plot_confusion_matrix(confusion_matrix(many, many.roll(1), 400),
+                          [f"c{i}" for i in range(400)], tmp_path / "cm400.png")
+    height, width = matplotlib.image.imread(tmp_path / "cm400.png").shape[:2]
+    assert max(height, width) <= 25 * 110 + 10
+
+
+def test_a_csv_rewritten_on_resume_survives_a_failure(tmp_path: Path, monkeypatch) -> None:
+    """rewrite_csv truncated steps.csv in place: a kill while it wrote lost the run's log."""
+    import csv
+
+    from spool.train.metrics import rewrite_csv
+
+    path = tmp_path / "steps.csv"
+    path.write_text("step,loss\n1,0.5\n2,0.4\n3,0.3\n")
+    rewrite_csv(path, ("step", "loss"), lambda r: int(r["step"]) <= 2)
+    assert path.read_text().splitlines() == ["step,loss", "1,0.5", "2,0.4"]
+
+    def killed(self, rows):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rewrite_csv(path, ("step", "loss"), lambda r: True)
+    assert path.read_text().splitlines() == ["step,loss", "1,0.5", "2,0.4"]
+    assert [p.name for p in tmp_path.iterdir()] == ["steps.csv"]  # no temporary left
 
 
 def test_spool_eval_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

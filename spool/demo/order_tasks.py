@@ -50,6 +50,8 @@ def split_clips(lengths: list[int], clip_len: int, train_fraction: float,
 def _shuffle(t: int, rng: np.random.Generator) -> np.ndarray:
     """A permutation of ``range(t)`` that is neither the identity nor the reversal (a reversed
     clip is still in order)."""
+    if t < 3:  # two frames have no other order: the loop below would never end
+        raise ValueError(f"clip_len: the order task needs clips of at least 3 frames, got {t}")
     while True:
         p = rng.permutation(t)
         if not ((p == np.arange(t)).all() or (p == np.arange(t)[::-1]).all()):

@@ -196,12 +196,12 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_text(out / "metrics.json", json_text(report))
-        plot_confusion_matrix(confusion, names, out / "confusion_matrix.png",
-                              title=f"{Path(model_dir).name}: top-1 {100 * metrics['top1']:.1f}%")
         rows = [[dataset.samples[i].path, names[dataset.samples[i].label],
                  names[int(p.argmax())], f"{float(p.max()):.4f}"]
                 for i, p in zip(result.indices, result.scores, strict=True)]
         buffer = io.StringIO()
         csv.writer(buffer).writerows([["path", "label", "prediction", "score"], *rows])
-        atomic_write_text(out / "predictions.csv", buffer.getvalue())
+        atomic_write_text(out / "predictions.csv", buffer.getvalue())  # before the picture
+        plot_confusion_matrix(confusion, names, out / "confusion_matrix.png",
+                              title=f"{Path(model_dir).name}: top-1 {100 * metrics['top1']:.1f}%")
     return report
