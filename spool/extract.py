@@ -321,7 +321,11 @@ class FeatureExtractor:
                 summary.settled.append(str(job.source))
                 continue
             # Jobs sharing the output folder split the videos: one claim file per output.
-            claim = try_claim(job.output)
+            try:
+                claim = try_claim(job.output)
+            except OSError as err:  # e.g. a name too long once the claim's suffix is added
+                _report_failure(summary, job, err)
+                continue
             if claim is None:
                 summary.elsewhere += 1
                 continue
@@ -334,9 +338,7 @@ class FeatureExtractor:
                     self._extract(job, expected)
                 except Exception as err:  # one bad video must not stop the job
                     _remove_outputs(job.output)  # of another version of the file, or settings
-                    message = str(err).replace("\n", " ")
-                    summary.failures.append((str(job.source), type(err).__name__, message))
-                    tqdm.write(f"FAILED {job.source}: {type(err).__name__}: {message}")
+                    _report_failure(summary, job, err)
                     continue
                 summary.done += 1
                 summary.settled.append(str(job.source))
@@ -345,6 +347,12 @@ class FeatureExtractor:
         if failure_log is not None:
             merge_failures(failure_log, summary.failures, summary.settled)
         return summary
+
+
+def _report_failure(summary: ExtractSummary, job: VideoJob, err: BaseException) -> None:
+    message = str(err).replace("\n", " ")
+    summary.failures.append((str(job.source), type(err).__name__, message))
+    tqdm.write(f"FAILED {job.source}: {type(err).__name__}: {message}")
 
 
 def _remove_outputs(output: Path) -> None:

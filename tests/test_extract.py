@@ -127,6 +127,18 @@ def test_a_video_that_fails_now_loses_its_earlier_output(videos, tmp_path, capsy
     assert "v.mp4" in _failures(out) and not (out / "v.safetensors").exists()
 
 
+def test_a_name_too_long_for_the_claim_fails_that_video_only(videos, tmp_path):
+    """A 240-character name is a valid file, but its claim file's name is not: the whole run
+    stopped with ENAMETOOLONG before any video was extracted."""
+    root, config = videos
+    long = tmp_path / ("v" * 236 + ".mp4")
+    long.write_bytes((root / "a.mp4").read_bytes())
+    out = tmp_path / "out"
+    assert _extract([long, root / "a.mp4"], out, config, "--num-frames", "2") == 1
+    assert (out / "a.safetensors").is_file()
+    assert "File name too long" in _failures(out)[long.name]
+
+
 def test_dotted_names_keep_their_own_outputs(tmp_path):
     """meeting.2024-01-05.mp4 and meeting.2024-01-06.mp4 both became meeting.safetensors
     (with_suffix cut the date), so one video's features overwrote the other's."""
