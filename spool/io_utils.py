@@ -145,8 +145,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 # --- who writes what: process identity, stale temporaries, claims ------------------------------
 
+def _pid_namespace() -> int | None:
+    try:  # containers sharing a host name each number their processes on their own
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
 _HOST = socket.gethostname()
-_HOST_TAG = hashlib.sha1(_HOST.encode()).hexdigest()[:8]
+_PIDNS = _pid_namespace()
+# A temporary's writer is checked only within its own PID namespace (another's is judged by age).
+_HOST_TAG = hashlib.sha1(f"{_HOST}/{_PIDNS}".encode()).hexdigest()[:8]
 _TEMPORARY = re.compile(r"\..+\.spool-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}\.tmp")
 CLAIM_SUFFIX = ".spool-claim"
 # A claim from another machine cannot be checked for a live process: after this long it is
@@ -163,6 +172,16 @@ def _boot_id() -> str:
 
 
 _BOOT = _boot_id()
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat``), or None:
+    tells a process from a later one given the same PID (a restarted container's PID 1)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat_line.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def process_alive(pid: int) -> bool:
@@ -280,7 +299,7 @@ def remove_stale_claim(path: Path, stale_after_s: float = STALE_AFTER_S) -> bool
 def _create_claim(path: Path) -> Claim | None:
     token = secrets.token_hex(8)
     record = {"host": _HOST, "boot": _BOOT, "pid": os.getpid(), "time": time.time(),
-              "token": token}
+              "token": token, "pidns": _PIDNS, "start": process_start(os.getpid())}
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
@@ -309,8 +328,13 @@ def _claim_is_stale(path: Path, raw: bytes, stale_after_s: float) -> bool:
     record = _parse(raw)
     if not {"host", "pid", "time"} <= record.keys():
         return _age_s(path) > _GRACE_S  # being written now, or cut short by a crash
-    if record["host"] == _HOST:
-        return record.get("boot") != _BOOT or not process_alive(int(record["pid"]))
+    if record["host"] == _HOST and record.get("pidns", _PIDNS) == _PIDNS:
+        pid = int(record["pid"])
+        if record.get("boot") != _BOOT or not process_alive(pid):
+            return True
+        started = record.get("start")  # a later process that was given the same PID
+        return started is not None and process_start(pid) not in (None, started)
+    # Another machine, or another PID namespace of this one: no process to check.
     return time.time() - float(record["time"]) > stale_after_s
 
 

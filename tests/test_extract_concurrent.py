@@ -64,6 +64,19 @@ def test_claims(tmp_path: Path) -> None:
     assert try_claim(out) is None
     os.utime(claim.path, (time.time() - 120, time.time() - 120))
     assert try_claim(out) is not None
+    # The PID of a claim given to a later process (a restarted container's PID 1, reuse): the
+    # start time differs, so the claim is stale (it counted as live forever).
+    claim.path.write_text(json.dumps(dict(record, start=1)))
+    retaken = try_claim(out)
+    assert retaken is not None
+    release_claim(retaken)
+    # Another PID namespace under the same host name (containers): its PIDs name nothing here,
+    # so only an old claim is stale (a live job's claim was taken, its temporaries deleted).
+    sibling = dict(record, pidns=-1, pid=_dead_pid(), time=time.time())
+    claim.path.write_text(json.dumps(sibling))
+    assert try_claim(out) is None
+    claim.path.write_text(json.dumps(dict(sibling, time=time.time() - 7 * 3600)))
+    assert try_claim(out) is not None
     # A takeover's ".break" left by a crash, once old, no longer fails the next attempt.
     claim.path.write_text(json.dumps(dict(record, pid=_dead_pid())))
     brk = claim.path.with_name(claim.path.name + ".break")
