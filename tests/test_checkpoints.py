@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from spool import io_utils
+from spool import claims
 from spool.errors import SpoolLoadError
 from spool.models.classification import SpoolForVideoClassification
 from spool.train import checkpoint as ckpt
@@ -42,7 +42,7 @@ def run(tmp_path: Path, monkeypatch, caplog):
 
     def resume() -> int | None:
         with pytest.MonkeyPatch.context() as m:  # the killed process is gone
-            m.setattr(io_utils, "process_alive", lambda pid: False)
+            m.setattr(claims, "process_alive", lambda pid: False)
             ckpt.recover_checkpoints(tmp_path)
         found = ckpt.resolve_resume("auto", str(tmp_path))
         return None if found is None else found[1]["step"]

@@ -20,7 +20,7 @@ import spool.io_utils as io_utils
 from spool import Spool
 from spool.extract import FeatureExtractor, remove_stale_temporaries
 from spool.extract_inputs import plan_jobs
-from spool.io_utils import atomic_path, claim_path, release_claim, try_claim
+from spool.io_utils import Claim, atomic_path, claim_path, release_claim, try_claim
 from spool.video import make_sampler, write_video
 
 EXTRA_ARGS = ["--no-progress", "--num-frames", "2"]
@@ -173,3 +173,22 @@ def test_two_processes_share_an_output_folder(tmp_path: Path) -> None:
     assert extracted == 24
     assert len(list(out.glob("*.safetensors"))) == 24
     assert not list(out.glob(".*"))
+
+
+def test_a_live_holder_renews_its_claim_against_other_machines(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Another machine judges a claim by its age: a live run's lock was taken after 6 hours.
+    The holder's heartbeat (refresh_claim; the trainer's every LOCK_RENEW_S) renews it."""
+    from spool import claims
+
+    out = tmp_path / "run.lock"
+    claim = try_claim(out)
+    record = json.loads(claim.path.read_text())
+    claim.path.write_text(json.dumps(dict(record, time=time.time() - 7 * 3600)))
+    assert claims.refresh_claim(claim)
+    monkeypatch.setattr(claims, "_HOST", "another-machine")  # now seen from elsewhere
+    assert try_claim(out) is None  # renewed: live
+    assert json.loads(claim.path.read_text())["token"] == claim.token
+    assert [p.name for p in tmp_path.iterdir()] == [claim.path.name]  # no temporary left
+    stolen = Claim(claim.path, "not-ours")
+    assert not claims.refresh_claim(stolen)

@@ -10,7 +10,8 @@ import spool
 ROOT = Path(spool.__file__).parent
 # Lower numbers are lower layers; a module may import its own layer and those below.
 LAYERS = {
-    "spool.errors": 0, "spool.config": 0, "spool.io_utils": 0, "spool.runtime": 0,
+    "spool.errors": 0, "spool.config": 0, "spool.io_utils": 0, "spool.claims": 0,
+    "spool.runtime": 0,
     "spool.validation": 0, "spool.cli_args": 0, "spool.distributed": 0, "spool.downloads": 0,
     "spool.tensor_files": 0,
     "spool.video": 1, "spool.layers": 2, "spool.backbones": 2, "spool.models": 3,

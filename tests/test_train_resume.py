@@ -197,3 +197,14 @@ def test_a_local_backbone_directory_is_saved_absolute(tmp_path: Path, monkeypatc
                            **{**fields, "model": {"backbone_name": "bb"}})
     monkeypatch.chdir(tmp_path / "hfbb")
     assert read_config_file(config)["model"]["backbone_name"] == str(tmp_path / "cfg" / "bb")
+
+
+def test_training_renews_its_run_lock(tmp_path: Path, monkeypatch) -> None:
+    """The heartbeat that keeps other machines from taking a live run's lock after 6 hours."""
+    import spool.train.trainer as trainer_module
+
+    renewed = []
+    monkeypatch.setattr(trainer_module, "LOCK_RENEW_S", 0.0)
+    monkeypatch.setattr(trainer_module, "refresh_claim", lambda claim: renewed.append(claim))
+    train(TrainConfig(**train_config_dict(tmp_path / "run", stop_after_steps=3)))
+    assert len(renewed) == 3 and renewed[0].path.name == trainer_module.LOCK_NAME

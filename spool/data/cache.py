@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,7 @@ from spool.io_utils import (
     fsync_path,
     is_stale_temporary,
     lock_directory,
+    refresh_claim,
     release_claim,
     write_failures,
 )
@@ -158,6 +160,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
         # A partial cache continues only over the same versions of the files.
         partial_key = hashlib.sha256(json.dumps([key, meta["sources"]]).encode()).hexdigest()
         writer = _PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), partial_key)
+        writer.heartbeat = lambda: refresh_claim(lock)  # other machines judge it by age
         try:
             failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
                                device, progress)
@@ -283,6 +286,8 @@ class _PartialTokens:
     is written: a run killed in between takes that ``tokens.npy`` back as its partial file.
     """
 
+    heartbeat: Callable[[], object] | None = None  # called with each save (the lock's)
+
     def __init__(self, out: Path, shape: tuple[int, ...], dtype: np.dtype, key: str) -> None:
         self.path, self.record = out / PARTIAL_NAME, out / PROGRESS_NAME
         self.shape = shape
@@ -331,6 +336,8 @@ class _PartialTokens:
 
     def save_progress(self, finished: bool = False) -> None:
         """Tokens to disk first, then the record that says they are there."""
+        if self.heartbeat is not None:
+            self.heartbeat()
         if self.tokens is not None:
             self.tokens.flush()
         edges = np.flatnonzero(np.diff(np.concatenate([[0], self.done.view(np.int8), [0]])))

@@ -33,7 +33,7 @@ from spool.distributed import (
     cleanup_distributed,
     setup_distributed,
 )
-from spool.io_utils import Claim, atomic_write, lock_directory, release_claim
+from spool.io_utils import Claim, atomic_write, lock_directory, refresh_claim, release_claim
 from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
 from spool.train import checkpoint as ckpt
 from spool.train.builders import epoch_batches, model_config, parameter_groups, warmup_cosine
@@ -46,6 +46,7 @@ from spool.train.tasks import TASKS
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_NAME = ".spool-train.lock"
+LOCK_RENEW_S = 600.0  # well within STALE_AFTER_S, after which another machine takes it
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -145,6 +146,7 @@ class Trainer:
         with ours in steps.csv and overwrite our model."""
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock = lock_directory(self.out, "training run", LOCK_NAME)
+        self._lock_renewed = time.monotonic()
 
     # ----------------------------------------------------------------------------- output
     def log(self, message: str, level: int = logging.INFO, always: bool = False) -> None:
@@ -354,6 +356,9 @@ class Trainer:
         return isinstance(results, dict) and results.get("steps") == self.step
 
     def _record_step(self, out: dict[str, float]) -> None:
+        if self._lock is not None and time.monotonic() - self._lock_renewed > LOCK_RENEW_S:
+            refresh_claim(self._lock)  # a heartbeat: other machines judge the lock by its age
+            self._lock_renewed = time.monotonic()
         if self.info.is_main:
             row = {"step": self.step, "epoch": self.epoch + 1, **out}
             append_csv(self.out / "steps.csv", STEP_FIELDS, row)

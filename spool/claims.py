@@ -1,0 +1,248 @@
+"""Claims: which process holds an output or a run directory, and when a holder is gone.
+
+A claim file (``.NAME.spool-claim``) holds host, boot id, PID namespace, process id and start
+time. Within this machine and PID namespace its process is checked; from another machine or
+namespace, where no process can be checked, a claim is stale once old (a live holder refreshes
+it: :func:`refresh_claim`). Temporaries are judged the same way by their name's tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _pid_namespace() -> int | None:
+    try:  # containers sharing a host name each number their processes on their own
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+_HOST = socket.gethostname()
+_PIDNS = _pid_namespace()
+# A temporary's writer is checked only within its own PID namespace (another's is judged by age).
+_HOST_TAG = hashlib.sha1(f"{_HOST}/{_PIDNS}".encode()).hexdigest()[:8]
+_TEMPORARY = re.compile(r"\..+\.spool-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}\.tmp")
+CLAIM_SUFFIX = ".spool-claim"
+# A claim from another machine cannot be checked for a live process: after this long it is
+# taken to be left by a crash. (Same machine: the process is checked, whatever the age.)
+STALE_AFTER_S = 6 * 3600.0
+_GRACE_S = 60.0  # a claim file still being written, or a take-over lock left by a crash
+
+
+def _boot_id() -> str:
+    try:  # a process id from before a reboot names nothing
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+_BOOT = _boot_id()
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat``), or None:
+    tells a process from a later one given the same PID (a restarted container's PID 1)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat_line.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine exists (an unrelated process may reuse it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except OSError:
+        return True  # cannot tell: assume it is alive, never delete what it may own
+    return True
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def is_stale_temporary(path: Path, older_than_s: float = STALE_AFTER_S) -> bool:
+    """True for a Spool temporary whose writer is gone: a process of this machine that has
+    exited, or (any machine) one written longer than ``older_than_s`` ago. Other files,
+    a user's ``.notes.tmp`` included, are never stale."""
+    match = _TEMPORARY.fullmatch(path.name)
+    if match is None:
+        return False
+    if match[1] == _HOST_TAG and not process_alive(int(match[2])):
+        return True
+    return _age_s(path) > older_than_s
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right to write one output, held by this process until ``release_claim``."""
+
+    path: Path
+    token: str
+
+
+def claim_path(output: str | os.PathLike) -> Path:
+    output = Path(output)
+    return output.with_name(f".{output.name}{CLAIM_SUFFIX}")
+
+
+def try_claim(output: str | os.PathLike, stale_after_s: float = STALE_AFTER_S
+              ) -> Claim | None:
+    """Claim ``output`` for this process, or None if another live job holds it.
+
+    The claim file is created with ``O_EXCL`` beside the output and holds host, process id and
+    time. A claim whose process is gone (this machine) or older than ``stale_after_s`` (another
+    machine) is taken over.
+    """
+    return _claim_file(claim_path(output), stale_after_s)
+
+
+def _claim_file(path: Path, stale_after_s: float) -> Claim | None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    claim = _create_claim(path)
+    if claim is not None:
+        return claim
+    raw = _read_bytes(path)
+    if raw is None:  # released meanwhile
+        return _create_claim(path)
+    if not _claim_is_stale(path, raw, stale_after_s):
+        return None
+    return _take_over(path, raw)
+
+
+def lock_directory(directory: str | os.PathLike, what: str,
+                   name: str = ".spool.lock") -> Claim:
+    """Hold ``directory`` for this process (``what`` it is doing there, for the message):
+    an exclusive lock file ``name`` inside it, a claim as :func:`try_claim` makes (taken over
+    when its process is gone). Raises :class:`~spool.errors.SpoolBusyError` naming the holder
+    while a live one has it; release with :func:`release_claim`."""
+    from spool.errors import SpoolBusyError
+
+    path = Path(directory) / name
+    claim = _claim_file(path, STALE_AFTER_S)
+    if claim is None:
+        raise SpoolBusyError(f"{directory}: another {what} is using it ({claim_holder(path)}); "
+                             "wait for it to end or choose another directory")
+    return claim
+
+
+def claim_holder(path: str | os.PathLike) -> str:
+    """Who holds the claim or lock file ``path``, in words."""
+    record = _parse(_read_bytes(Path(path)) or b"")
+    if not {"host", "pid", "time"} <= record.keys():
+        return f"lock file {path}"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(record["time"])))
+    return f"process {record['pid']} on {record['host']} since {since}; lock file {path}"
+
+
+def release_claim(claim: Claim) -> None:
+    """Delete the claim file if it is still this claim (it may have been taken over)."""
+    raw = _read_bytes(claim.path)
+    if raw is not None and _parse(raw).get("token") == claim.token:
+        claim.path.unlink(missing_ok=True)
+
+
+def remove_stale_claim(path: Path, stale_after_s: float = STALE_AFTER_S) -> bool:
+    """Delete the claim file ``path`` if it is stale (as ``try_claim`` judges it)."""
+    raw = _read_bytes(path)
+    if raw is None or not _claim_is_stale(path, raw, stale_after_s):
+        return False
+    claim = _take_over(path, raw)
+    if claim is not None:
+        release_claim(claim)
+    return claim is not None
+
+
+def _create_claim(path: Path) -> Claim | None:
+    token = secrets.token_hex(8)
+    record = {"host": _HOST, "boot": _BOOT, "pid": os.getpid(), "time": time.time(),
+              "token": token, "pidns": _PIDNS, "start": process_start(os.getpid())}
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(record))
+    return Claim(path, token)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _parse(raw: bytes) -> dict:
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _claim_is_stale(path: Path, raw: bytes, stale_after_s: float) -> bool:
+    record = _parse(raw)
+    if not {"host", "pid", "time"} <= record.keys():
+        return _age_s(path) > _GRACE_S  # being written now, or cut short by a crash
+    if record["host"] == _HOST and record.get("pidns", _PIDNS) == _PIDNS:
+        pid = int(record["pid"])
+        if record.get("boot") != _BOOT or not process_alive(pid):
+            return True
+        started = record.get("start")  # a later process that was given the same PID
+        return started is not None and process_start(pid) not in (None, started)
+    # Another machine, or another PID namespace of this one: no process to check.
+    return time.time() - float(record["time"]) > stale_after_s
+
+
+def _take_over(path: Path, raw: bytes) -> Claim | None:
+    """Replace the stale claim ``raw`` at ``path`` by one of ours, one job at a time."""
+    lock = path.with_name(path.name + ".break")
+    try:
+        os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:  # another job is taking it over
+        if _age_s(lock) <= _GRACE_S:
+            return None
+        lock.unlink(missing_ok=True)  # left by a crash: try again, once
+        try:
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            return None
+    try:
+        if _read_bytes(path) == raw:  # not replaced by a fresh claim meanwhile
+            path.unlink(missing_ok=True)
+        return _create_claim(path)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def refresh_claim(claim: Claim) -> bool:
+    """Renew the time of ``claim`` (a heartbeat), so that jobs on other machines, which judge
+    it by age, do not take it from a live holder; False if it is no longer ours."""
+    raw = _read_bytes(claim.path)
+    record = _parse(raw or b"")
+    if record.get("token") != claim.token:
+        return False
+    # Named as Spool's temporaries are, so that a crash's leftover is cleaned up like theirs.
+    tmp = claim.path.with_name(
+        f".{claim.path.name}.spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp.write_text(json.dumps(dict(record, time=time.time())))
+    os.replace(tmp, claim.path)  # whole or not at all: a reader never sees it half-written
+    return True
