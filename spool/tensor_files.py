@@ -60,7 +60,7 @@ def write_streamed_safetensors(path: str | os.PathLike, tensors: list[StreamedTe
         for t in tensors:
             written = 0
             for chunk in t.chunks:
-                data = chunk.detach().to("cpu", t.dtype).contiguous()
+                data = chunk.detach().to("cpu", t.dtype).contiguous().reshape(-1)  # 0-d too
                 f.write(data.view(torch.uint8).numpy().tobytes())
                 written += data.numel() * data.element_size()
             if written != t.nbytes:
