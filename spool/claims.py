@@ -1,8 +1,8 @@
 """Claims: which process holds an output or a run directory, and when a holder is gone.
 
-A claim file (``.NAME.spool-claim``) holds host, boot id, PID namespace, process id and start
-time. Within this machine and PID namespace its process is checked; from another machine or
-namespace, where no process can be checked, a claim is stale once old (a live holder refreshes
+A claim file (``.NAME.spool-claim``) holds host, boot id, process id and start time. On this
+machine its process is checked (gone, or its PID given to a later process: stale); from another
+machine, where no process can be checked, a claim is stale once old (a live holder refreshes
 it: :func:`refresh_claim`). Temporaries are judged the same way by their name's tag.
 """
 
@@ -18,18 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def _pid_namespace() -> int | None:
-    try:  # containers sharing a host name each number their processes on their own
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-
-
 _HOST = socket.gethostname()
-_PIDNS = _pid_namespace()
-# A temporary's writer is checked only within its own PID namespace (another's is judged by age).
-_HOST_TAG = hashlib.sha1(f"{_HOST}/{_PIDNS}".encode()).hexdigest()[:8]
+_HOST_TAG = hashlib.sha1(_HOST.encode()).hexdigest()[:8]
 _TEMPORARY = re.compile(r"\..+\.spool-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}\.tmp")
 CLAIM_SUFFIX = ".spool-claim"
 # A claim from another machine cannot be checked for a live process: after this long it is
@@ -173,7 +163,7 @@ def remove_stale_claim(path: Path, stale_after_s: float = STALE_AFTER_S) -> bool
 def _create_claim(path: Path) -> Claim | None:
     token = secrets.token_hex(8)
     record = {"host": _HOST, "boot": _BOOT, "pid": os.getpid(), "time": time.time(),
-              "token": token, "pidns": _PIDNS, "start": process_start(os.getpid())}
+              "token": token, "start": process_start(os.getpid())}
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
@@ -202,13 +192,13 @@ def _claim_is_stale(path: Path, raw: bytes, stale_after_s: float) -> bool:
     record = _parse(raw)
     if not {"host", "pid", "time"} <= record.keys():
         return _age_s(path) > _GRACE_S  # being written now, or cut short by a crash
-    if record["host"] == _HOST and record.get("pidns", _PIDNS) == _PIDNS:
+    if record["host"] == _HOST:
         pid = int(record["pid"])
         if record.get("boot") != _BOOT or not process_alive(pid):
             return True
-        started = record.get("start")  # a later process that was given the same PID
+        # A later process given the same PID (a restarted container's PID 1): another start.
+        started = record.get("start")
         return started is not None and process_start(pid) not in (None, started)
-    # Another machine, or another PID namespace of this one: no process to check.
     return time.time() - float(record["time"]) > stale_after_s
 
 
@@ -218,13 +208,9 @@ def _take_over(path: Path, raw: bytes) -> Claim | None:
     try:
         os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except FileExistsError:  # another job is taking it over
-        if _age_s(lock) <= _GRACE_S:
-            return None
-        lock.unlink(missing_ok=True)  # left by a crash: try again, once
-        try:
-            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            return None
+        if _age_s(lock) > _GRACE_S:
+            lock.unlink(missing_ok=True)  # left by a crash: the next attempt may proceed
+        return None  # (retrying here let two jobs that both saw it stale hold the claim)
     try:
         if _read_bytes(path) == raw:  # not replaced by a fresh claim meanwhile
             path.unlink(missing_ok=True)

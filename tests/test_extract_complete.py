@@ -1,13 +1,12 @@
 """Whole files that look cut, read and passed by the truncation check of ``spool extract``
-(``check_complete``): an MP4 trimmed by an edit list, one cut mid-GOP, a Matroska file whose
-timestamps start late."""
+(``check_complete``): an MP4 trimmed by an edit list, a Matroska file whose timestamps start
+late."""
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -59,29 +58,3 @@ def test_a_matroska_file_starting_late_is_whole(tmp_path: Path, start: float) ->
     with pytest.raises(VideoDecodeError, match="truncated"):
         _check(tmp_path / "cut.mkv")
 
-
-def test_a_file_cut_mid_gop_starts_at_its_first_keyframe(tmp_path: Path) -> None:
-    """``ffmpeg -ss X -c copy`` from a non-keyframe: the first packets need frames the file
-    lacks, so no decoder outputs them. They were indexed as frames 0.., which never decoded:
-    the file could not be read at all ("could not decode frame index 0")."""
-    src = write_video(tmp_path / "src.mp4", _grey_ramp(60), codec="libx264", fps=25,
-                      gop_size=20, max_b_frames=0)
-    cut = tmp_path / "cut.mp4"
-    with av.open(str(src)) as inp, av.open(str(cut), "w") as out:
-        stream = inp.streams.video[0]
-        copy = out.add_stream_from_template(stream)
-        step = None
-        for i, packet in enumerate(inp.demux(stream)):
-            if packet.size == 0 or i < 3:
-                step = packet.duration if step is None else step
-                continue
-            packet.pts -= 3 * step
-            packet.dts -= 3 * step
-            packet.stream = copy
-            out.mux(packet)
-    frames, _ = read_video_frames(cut)
-    assert len(frames) == 40  # from the keyframe at frame 20 on
-    assert frames[0].mean() == pytest.approx(80, abs=2) and frames[-1].mean() == pytest.approx(
-        236, abs=2)
-    np.testing.assert_array_equal(read_video_frames(cut, [0, 39])[0], frames[[0, 39]])
-    _check(cut)  # the header's 57 frames include the 17 that are none

@@ -45,8 +45,7 @@ class _FrameIndex:
     exact: bool
     # Seconds where the last packet of the other streams (audio, subtitles) ends; None: none.
     others_end: float | None = None
-    # Video packets that give no frame, counted by the header only: those an edit list leaves
-    # out, and those before the first keyframe of a file cut mid-GOP (``-ss ... -c copy``).
+    # Video packets an edit list leaves out (``-ss ... -c copy``): counted by the header only.
     discarded: int = 0
 
 
@@ -135,15 +134,13 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
     keys: list[bool] = []
     last_duration = 0
     others_end: float | None = None  # a truncation check needs where the audio ends too
-    discarded, discarded_key = 0, False
+    discarded = 0
     try:
         for packet in container.demux():  # every stream: their packets interleave anyway
             if packet.size == 0:
                 continue
             if packet.is_discard:  # decoded for reference, never shown
-                if packet.stream.index == stream.index:
-                    discarded += 1
-                    discarded_key |= packet.is_keyframe
+                discarded += packet.stream.index == stream.index
                 continue
             if packet.stream.index != stream.index:
                 if packet.pts is not None and packet.time_base:
@@ -159,19 +156,12 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
     tb = stream.time_base or Fraction(1, 1)
     exact = (n > 0 and None not in pts and len(set(pts)) == n
              and _pts_give_display_order(path, max_pixels, stream, pts))
-    # A file cut mid-GOP (``-ss`` with stream copy, a broadcast capture) starts with packets
-    # that need frames it lacks: decoders output nothing before the first keyframe, so those
-    # are no frames of the file (the reader skips what precedes a keyframe's pts too).
-    first_key = keys.index(True) if True in keys and not discarded_key else 0
     if not exact:
-        idx = np.arange(n - first_key, dtype=np.int64)
+        idx = np.arange(n, dtype=np.int64)
         return _FrameIndex(idx, idx, idx * 0, idx * 0, tb, last_duration, False, others_end,
-                           discarded + first_key)
+                           discarded)
     file_pts = np.asarray(pts, dtype=np.int64)
     order = np.argsort(file_pts, kind="stable")
-    if first_key:
-        order = order[file_pts[order] >= file_pts[first_key]]
-    discarded += n - len(order)  # a header counts them as frames
     # The keyframe to start from: the last one in file order at or before the frame's packet
     # whose pts is not after the frame's (leading pictures of an open GOP precede their I-frame).
     key_pos = np.flatnonzero(np.asarray(keys))
