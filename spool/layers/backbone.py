@@ -111,11 +111,7 @@ class FrameEncoder(nn.Module):
         if self.frozen:
             self.model.requires_grad_(False)
             self.model.eval()
-        else:  # the masked-image-modelling token of DINOv2/ViT: never used for frames, and an
-            # unused trainable parameter stops DDP at its second step
-            mask_token = getattr(getattr(self.model, "embeddings", None), "mask_token", None)
-            if isinstance(mask_token, nn.Parameter):
-                mask_token.requires_grad_(False)
+
         self.pooling = self._token_pooling(config.token_pooling)
 
     def _token_pooling(self, k: int) -> SpatialTokenPooling:
@@ -157,6 +153,13 @@ class FrameEncoder(nn.Module):
         the backbone returns, or fewer with ``token_pooling``)."""
         dtype = next(self.model.parameters()).dtype
         tokens = self.model(pixel_values=pixels.to(dtype)).last_hidden_state
+        mask_token = getattr(getattr(self.model, "embeddings", None), "mask_token", None)
+        if torch.is_grad_enabled() and isinstance(mask_token, nn.Parameter) \
+                and mask_token.requires_grad:
+            # DINOv2's masked-image-modelling token, never used for frames: a zero gradient,
+            # since an unused trainable parameter stops DDP at its second step. (Freezing it
+            # instead changed the optimizer's groups, and earlier checkpoints' resume.)
+            tokens = tokens + 0.0 * mask_token.sum()
         return self.pooling(tokens)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
