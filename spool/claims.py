@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -17,6 +18,8 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 _HOST = socket.gethostname()
 _HOST_TAG = hashlib.sha1(_HOST.encode()).hexdigest()[:8]
@@ -221,14 +224,21 @@ def _take_over(path: Path, raw: bytes) -> Claim | None:
 
 def refresh_claim(claim: Claim) -> bool:
     """Renew the time of ``claim`` (a heartbeat), so that jobs on other machines, which judge
-    it by age, do not take it from a live holder; False if it is no longer ours."""
+    it by age, do not take it from a live holder. False, with a warning, if it is no longer
+    ours or cannot be written (a file-system hiccup must not stop a long job)."""
     raw = _read_bytes(claim.path)
     record = _parse(raw or b"")
     if record.get("token") != claim.token:
+        logger.warning(f"{claim.path}: held by another job now ({claim_holder(claim.path)})")
         return False
     # Named as Spool's temporaries are, so that a crash's leftover is cleaned up like theirs.
     tmp = claim.path.with_name(
         f".{claim.path.name}.spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(dict(record, time=time.time())))
-    os.replace(tmp, claim.path)  # whole or not at all: a reader never sees it half-written
+    try:
+        tmp.write_text(json.dumps(dict(record, time=time.time())))
+        os.replace(tmp, claim.path)  # whole or not at all: a reader never sees it half-written
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        logger.warning(f"{claim.path}: could not renew it ({err}); trying again later")
+        return False
     return True

@@ -316,14 +316,14 @@ class FeatureExtractor:
                    dynamic_ncols=True, desc="extract")
         for job in bar:
             expected = dict(self.settings, **source_metadata(job.source))
-            if is_done(job.output, expected):
-                summary.skipped += 1
-                summary.settled.append(str(job.source))
-                continue
-            # Jobs sharing the output folder split the videos: one claim file per output.
-            try:
+            try:  # an output or claim name too long for the file system fails this video
+                if is_done(job.output, expected):
+                    summary.skipped += 1
+                    summary.settled.append(str(job.source))
+                    continue
+                # Jobs sharing the output folder split the videos: one claim file per output.
                 claim = try_claim(job.output)
-            except OSError as err:  # e.g. a name too long once the claim's suffix is added
+            except OSError as err:
                 _report_failure(summary, job, err)
                 continue
             if claim is None:

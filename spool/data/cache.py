@@ -146,6 +146,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
         done = _complete_cache(out, key)
         if done is not None:
             writer = _RowsToRedo(out / TOKENS_NAME, read_cache_meta(out), meta["sources"])
+            writer.heartbeat = lambda: refresh_claim(lock)  # redoing every row may take hours
             if not writer.todo():
                 writer.close()
                 return done
@@ -209,12 +210,17 @@ class _RowsToRedo:
         self.changed = [i for i, was in zip(used, known, strict=True)
                         if was is None or tuple(was) != sources[i]]
         self._todo = sorted(self.failed + self.changed)
+        self.heartbeat: Callable[[], object] | None = None
+        self.beat_at = time.monotonic()
 
     def todo(self) -> list[int]:
         return self._todo
 
     def write(self, indices: np.ndarray, tokens: np.ndarray) -> None:
         self.tokens[indices] = tokens
+        if self.heartbeat is not None and time.monotonic() - self.beat_at >= PROGRESS_EVERY_S:
+            self.heartbeat()
+            self.beat_at = time.monotonic()
 
     def close(self) -> None:
         self.tokens.flush()

@@ -218,8 +218,9 @@ class TrainConfig:
         for name in RUN_CONTROL_FIELDS:
             data.pop(name)
         for name in PATH_FIELDS:
-            if data[name] is not None:
-                data[name] = _path_under(data[name], os.getcwd(), name)
+            value = data[name]
+            if value is not None and _path_under(value, os.getcwd(), name) != value:
+                data[name] = os.path.abspath(value)  # a hub id (init) stays as it is
         data["model"] = _local_backbone_absolute(data["model"], os.getcwd())
         return data
 
@@ -274,7 +275,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 def _path_under(value: str, base: str, name: str) -> str:
     """``value`` as an absolute path under ``base``; but an ``init`` that names no local path
     and reads as a hub id (``org/name``) stays as it is."""
-    joined = os.path.abspath(os.path.join(base, value))
+    joined = os.path.join(base, value)  # not normalised: ".." after a link is the link's
     if name == "init" and not os.path.exists(joined) and value.count("/") == 1 \
             and not value.startswith((".", "~")):
         return value
