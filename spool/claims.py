@@ -71,6 +71,15 @@ def _age_s(path: Path) -> float:
         return 0.0
 
 
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """A fresh hidden name beside ``path`` for a file or folder being written by this process
+    (``.NAME.spool-HOST-PID-RANDOM.tmp``: :func:`is_stale_temporary` can tell when the writer
+    is gone)."""
+    path = Path(path)
+    tag = f"spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
+    return path.parent / f".{path.name}.{tag}.tmp"
+
+
 def is_stale_temporary(path: Path, older_than_s: float = STALE_AFTER_S) -> bool:
     """True for a Spool temporary whose writer is gone: a process of this machine that has
     exited, or (any machine) one written longer than ``older_than_s`` ago. Other files,
@@ -231,9 +240,7 @@ def refresh_claim(claim: Claim) -> bool:
     if record.get("token") != claim.token:
         logger.warning(f"{claim.path}: held by another job now ({claim_holder(claim.path)})")
         return False
-    # Named as Spool's temporaries are, so that a crash's leftover is cleaned up like theirs.
-    tmp = claim.path.with_name(
-        f".{claim.path.name}.spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = temporary_sibling(claim.path)  # a crash's leftover is cleaned up as any temporary
     try:
         tmp.write_text(json.dumps(dict(record, time=time.time())))
         os.replace(tmp, claim.path)  # whole or not at all: a reader never sees it half-written

@@ -146,9 +146,8 @@ def check_complete(source: Path, num_frames: int, end_s: float | None = None,
     plus its duration, seconds); ``others_end_s``: where the other streams' packets end (the
     reader's ``index.others_end``), since audio may outlast the video; ``discarded``: packets
     the header counts but an edit list leaves out (a file trimmed by ``-ss ... -c copy``,
-    ``index.discarded``). The tolerance keeps
-    normal files (an unknown last frame duration, B-frame delays, rounded timestamps) from
-    being flagged."""
+    ``index.discarded``). The tolerance keeps normal files (an unknown last frame duration,
+    B-frame delays, rounded timestamps) from being flagged."""
     with av.open(str(source), metadata_errors="ignore") as container:
         announced = container.streams.video[0].frames
         declared = _declared_end(container) if not announced and end_s is not None else None

@@ -14,7 +14,6 @@ import errno
 import io
 import json
 import os
-import secrets
 import stat
 import time
 from collections.abc import Callable, Iterable
@@ -26,9 +25,6 @@ import torch
 from safetensors.torch import save_file
 
 from spool.claims import (  # noqa: F401 - re-exported: the claims lived here
-    _BOOT,
-    _HOST,
-    _HOST_TAG,
     CLAIM_SUFFIX,
     STALE_AFTER_S,
     Claim,
@@ -36,10 +32,10 @@ from spool.claims import (  # noqa: F401 - re-exported: the claims lived here
     claim_path,
     is_stale_temporary,
     lock_directory,
-    process_alive,
     refresh_claim,
     release_claim,
     remove_stale_claim,
+    temporary_sibling,
     try_claim,
 )
 from spool.errors import CheckpointNotFoundError, SpoolLoadError
@@ -86,15 +82,6 @@ def _create_temporary(path: Path) -> tuple[str, int]:
             os.close(fd)
         return str(tmp), mode
     raise FileExistsError(f"{path.parent}: could not create a temporary file for {path.name}")
-
-
-def temporary_sibling(path: str | os.PathLike) -> Path:
-    """A fresh hidden name beside ``path`` for a file or folder being written by this process
-    (``.NAME.spool-HOST-PID-RANDOM.tmp``: :func:`is_stale_temporary` can tell when the writer
-    is gone)."""
-    path = Path(path)
-    tag = f"spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
-    return path.parent / f".{path.name}.{tag}.tmp"
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -157,6 +144,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 # --- who writes what: process identity, stale temporaries, claims ------------------------------
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only be a local path: a hub id is ``name`` or ``org/name``, so an
+    absolute path, ``./``, ``~`` or a second slash mean a path."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
+
 
 def file_version(path: str | os.PathLike) -> tuple[int, int] | None:
     """``(size, modification time in ns)`` of ``path``, or None if it cannot be stat'ed: what

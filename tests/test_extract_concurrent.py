@@ -17,7 +17,7 @@ from conftest import tiny_backbone, tiny_config, tiny_model_args
 from safetensors.torch import load_file
 
 import spool.io_utils as io_utils
-from spool import Spool
+from spool import Spool, claims
 from spool.extract import FeatureExtractor, remove_stale_temporaries
 from spool.extract_inputs import plan_jobs
 from spool.io_utils import Claim, atomic_path, claim_path, release_claim, try_claim
@@ -91,7 +91,7 @@ def test_clean_up_removes_only_spool_files_of_dead_processes(tmp_path: Path) -> 
     for path in user:
         path.write_text("a user's file")
     dead_claim = claim_path(tmp_path / "gone.safetensors")
-    dead_claim.write_text(json.dumps({"host": io_utils._HOST, "boot": io_utils._BOOT,
+    dead_claim.write_text(json.dumps({"host": claims._HOST, "boot": claims._BOOT,
                                       "pid": _dead_pid(), "time": 0, "token": "t"}))
     live_claim = try_claim(tmp_path / "busy.safetensors")
     with atomic_path(tmp_path / "live.safetensors") as live_tmp:
@@ -173,8 +173,6 @@ def test_a_live_holder_renews_its_claim_against_other_machines(tmp_path: Path,
                                                                monkeypatch) -> None:
     """Another machine judges a claim by its age: a live run's lock was taken after 6 hours.
     The holder's heartbeat (refresh_claim; the trainer's every LOCK_RENEW_S) renews it."""
-    from spool import claims
-
     out = tmp_path / "run.lock"
     claim = try_claim(out)
     record = json.loads(claim.path.read_text())

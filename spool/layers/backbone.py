@@ -12,13 +12,8 @@ from transformers import AutoConfig, AutoModel
 
 from spool.config import DEFAULT_CROP_PCT, SpoolConfig
 from spool.errors import SpoolLoadError
+from spool.io_utils import looks_like_path
 from spool.layers.pooling import SpatialTokenPooling
-
-
-def _looks_like_path(name: str) -> bool:
-    """A hub id is ``name`` or ``org/name``; anything else with a slash is a path."""
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
-
 
 _DEFAULTS = SpoolConfig()  # what a config holds where the user set nothing
 
@@ -40,7 +35,7 @@ def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
         where, fix = ("a local directory without loadable weights",
                       "Point backbone_name at a directory holding config.json and "
                       "model.safetensors (e.g. from `spool backbone import` or `hf download`)")
-    elif _looks_like_path(name):
+    elif looks_like_path(name):
         where, fix = ("a local path that does not exist",
                       "Check the path, or give a hub id such as facebook/dinov2-base")
     else:

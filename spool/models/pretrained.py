@@ -25,7 +25,7 @@ from torch import nn
 
 from spool.config import CONFIG_NAME, SpoolConfig
 from spool.errors import CheckpointMismatchError, CheckpointNotFoundError, SpoolLoadError
-from spool.io_utils import atomic_save_safetensors
+from spool.io_utils import atomic_save_safetensors, looks_like_path
 from spool.validation import check_tokens, check_video
 
 WEIGHTS_NAME = "model.safetensors"
@@ -100,8 +100,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Pa
     name = os.fspath(name_or_path)
     if os.path.isdir(name):
         return Path(name)
-    if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 \
-            or os.path.exists(name):
+    if looks_like_path(name) or os.path.exists(name):
         raise CheckpointNotFoundError(
             f"{name!r}: not a directory. Spool checkpoints are directories with {CONFIG_NAME} "
             f"and {WEIGHTS_NAME}, written by save_pretrained")

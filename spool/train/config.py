@@ -12,6 +12,7 @@ from typing import Any
 
 from spool.config import SpoolConfig
 from spool.errors import SpoolLoadError
+from spool.io_utils import looks_like_path
 
 # Settings that steer one invocation, not the run: never saved with it, so resuming from the
 # saved config does not repeat them.
@@ -193,13 +194,12 @@ class TrainConfig:
             raise ValueError("hflip (--hflip): does not apply to train_cache, whose views were "
                              "fixed when it was made (spool cache --views, --hflip)")
         # Settings of how videos are read, given with a cache whose tokens were made already.
-        fixed = {"crop_scale": (self.train_cache, "--train-cache", "spool cache --crop-scale"),
-                 "fps": (self.train_cache, "--train-cache", "spool cache --fps"),
-                 "train_split": (self.train_cache, "--train-cache", "spool cache --split")}
-        for name, (cache, flag, where) in fixed.items():
-            if name in changed and cache is not None:
+        made_by = {"crop_scale": "--crop-scale", "fps": "--fps", "train_split": "--split"}
+        for name, flag in made_by.items():
+            if name in changed and self.train_cache is not None:
                 raise ValueError(f"{name} (--{name.replace('_', '-')}): does not apply to "
-                                 f"{flag}, whose tokens were made already ({where})")
+                                 f"--train-cache, whose tokens were made already (spool cache "
+                                 f"{flag})")
         for name, data in (("train_split", self.train_data), ("val_split", self.val_data)):
             if name in changed and not (data is not None and Path(data).is_dir()):
                 raise ValueError(f"{name} (--{name.replace('_', '-')}): applies to an MS-TCN "
@@ -276,8 +276,8 @@ def _path_under(value: str, base: str, name: str) -> str:
     """``value`` as an absolute path under ``base``; but an ``init`` that names no local path
     and reads as a hub id (``org/name``) stays as it is."""
     joined = os.path.join(base, value)  # not normalised: ".." after a link is the link's
-    if name == "init" and not os.path.exists(joined) and value.count("/") == 1 \
-            and not value.startswith((".", "~")):
+    if name == "init" and "/" in value and not looks_like_path(value) \
+            and not os.path.exists(joined):
         return value
     return joined
 
