@@ -66,7 +66,7 @@ TEST_FILES = ["tests/test_devices.py", "tests/test_attention_backends.py"]
 PARTS = ("tests", "backends", "profile", "peers")  # compiling (peers) last: the longest
 SPOOL_KEYS = ("spool_w4", "spool_w4_k2", "spool_w4_k4")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
-MASK_BYTES_CAP = 4e9  # the reference's dense [H, N, N] mask beyond this is not tried
+MASK_BYTES_CAP = 4e9  # dense masks ([B, H, N, N] bool) beyond this are not tried
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def part_backends(args, device: torch.device, clock: Clock, save=lambda part: No
         backward = passes == "backward"
         why = ATTENTION_BACKENDS[name].unsupported(device.type, backward=backward)
         n = (T + 2) * L
-        if why is None and name == "reference" and B * d.heads * n * n > MASK_BYTES_CAP:
+        if why is None and name in ("reference", "dense") and B * d.heads * n * n > MASK_BYTES_CAP:
             why = f"its dense mask would take {B * d.heads * n * n / 2**30:.0f} GiB"
         if why is None and clock.left() <= 0:
             why = "time budget spent"
@@ -197,7 +197,7 @@ def part_peers(args, device: torch.device, clock: Clock, save=lambda part: None)
     # Every model eager first, then from CUDA graphs, then compiled (minutes of compiling, in
     # the order of --compile-groups): a run cut short by the budget has the first ones.
     ts = {"eager": args.ts, "graphs": args.graph_ts, "compiled": args.compile_ts}
-    groups = {"eager": ("spool", *pm.PEERS), "graphs": ("spool", *pm.PEERS),
+    groups = {"eager": ("spool", *pm.PEERS), "graphs": args.graph_groups,
               "compiled": args.compile_groups}
     plan = [(mode, group, T) for mode in ts for group in groups[mode] for T in ts[mode]]
     spool = _spool_group(args, device, dtype)
@@ -304,16 +304,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="of the peers and profile")
-    p.add_argument("--ts", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256, 512])
+    p.add_argument("--ts", type=int, nargs="*", default=[8, 16, 32, 64, 128, 256, 512],
+                   help="T at which the peers run eagerly (none: only --graph-ts, --compile-ts)")
     p.add_argument("--graph-ts", type=int, nargs="*", default=[8, 16, 32, 64, 128],
                    help="T at which the peers also run from CUDA graphs (eager kernels, no "
                         "launches from Python)")
+    p.add_argument("--graph-groups", nargs="+", default=["spool", *pm.PEERS],
+                   choices=["spool", *pm.PEERS], help="the models run from CUDA graphs")
     p.add_argument("--compile-ts", type=int, nargs="*", default=[64],
                    help="T at which the peers also run under torch.compile (none: eager only)")
     p.add_argument("--compile-groups", nargs="+", default=["spool", *pm.PEERS],
                    choices=["spool", *pm.PEERS], help="the models compiled at --compile-ts")
     p.add_argument("--spool-attn", default="auto", help="Spool's attention in the peers part")
-    p.add_argument("--backends", nargs="+", default=["blocked", "flex", "reference"])
+    p.add_argument("--backends", nargs="+", default=["blocked", "dense", "flex", "reference"])
     p.add_argument("--backend-ts", type=int, nargs="+", default=[8, 64, 512])
     p.add_argument("--backend-pooling", type=int, nargs="+", default=[1],
                    help="token pooling k of the backends' shapes (1: L = 257)")

@@ -34,7 +34,7 @@ def _backward_ok(name, device):
     return ATTENTION_BACKENDS[name].unsupported(device, backward=True) is None
 
 
-@pytest.mark.parametrize("name", ["blocked", "flex"])
+@pytest.mark.parametrize("name", ["blocked", "dense", "flex"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_backend_matches_reference_fp32(device, name):
     backward = _backward_ok(name, device)
@@ -50,7 +50,7 @@ def test_backend_matches_reference_fp32(device, name):
             torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["blocked", "flex", "reference"])
+@pytest.mark.parametrize("name", ["blocked", "dense", "flex", "reference"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_backend_in_bf16_within_tolerance(device, name):
     q, k, v = _qkv(device)

@@ -86,7 +86,7 @@ def test_lookback_only_model_never_sees_later_real_frames_directly():
         assert changed[0], "the start context frame sees every frame"
 
 
-@pytest.mark.parametrize("impl", ["blocked", "flex"])
+@pytest.mark.parametrize("impl", ["blocked", "dense", "flex"])
 def test_model_implementations_agree(impl):
     ref = Spool(tiny_config(num_hidden_layers=2, attn_implementation="reference")).eval()
     other = Spool(ref.config.replace(attn_implementation=impl)).eval()

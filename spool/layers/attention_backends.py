@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from spool.layers.attention_blocked import blocked_attention
+from spool.layers.attention_dense import dense_attention
 from spool.layers.attention_flex import flex_attention
 from spool.layers.attention_reference import reference_attention
 
@@ -72,6 +73,8 @@ _ALL = frozenset({"cpu", "cuda", "mps", "xpu"})
 register_backend(AttentionBackend("reference", reference_attention, _ALL, _ALL, dropout=True,
                                   linear=False))
 register_backend(AttentionBackend("blocked", blocked_attention, _ALL, _ALL, dropout=True))
+register_backend(AttentionBackend("dense", dense_attention, _ALL, _ALL, dropout=True,
+                                  linear=False))
 register_backend(AttentionBackend("flex", flex_attention, frozenset({"cpu", "cuda"}),
                                   frozenset({"cuda"}), dropout=False))
 
