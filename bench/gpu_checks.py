@@ -162,7 +162,7 @@ def _run_spool(args, device, dtype, T, models, mode: str) -> dict:
         backbone = wrap(lambda: models["backbone"](video))
         xs = timed(backbone, device, args.runs, args.max_cell_s)
         out["backbone"] = {"s": statistics.median(xs)}
-        tokens = backbone()
+        tokens = backbone().clone()  # reduce-overhead overwrites its outputs per call
         for key in SPOOL_KEYS:
             model = models[key]
             run = wrap(lambda key=key, model=model:

@@ -72,8 +72,9 @@ def _backends(part: dict) -> list[str]:
     lines += ["", "Fastest (cells won): " + "; ".join(
         f"{cell}: " + ", ".join(f"{n} {c}" for n, c in wins.items())
         for cell, wins in part["fastest"].items()) + ".",
-        "`auto` on CUDA tries `AUTO_ORDER['cuda']` in `spool/layers/attention_backends.py`; "
-        "it should list first the backend that wins at L = 257.", ""]
+        "`auto` on CUDA tries `AUTO_ORDER['cuda']` in `spool/layers/attention_backends.py`, "
+        "each entry up to its number of tokens per clip (F * L); it should follow these "
+        "wins.", ""]
     return lines
 
 

@@ -63,7 +63,7 @@ class SpoolConfig:
         freeze_backbone: no gradients into the backbone, which stays in eval mode.
         backbone_chunk_size: frames passed through the backbone at once.
         attn_implementation: ``auto`` or a registered backend (``reference``, ``blocked``,
-            ``flex``; see :mod:`spool.layers.attention_backends`).
+            ``dense``, ``flex``; see :mod:`spool.layers.attention_backends`).
         attention_chunk_frames: query frames per block in ``blocked`` attention
             (``None``: chosen from ``local_frame_range``).
         gradient_checkpointing: recompute each block in the backward pass to save memory.

@@ -1,5 +1,7 @@
 """The backend registry (capabilities, ``auto``), the blocked plan as data, flex's shape policy."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import DEVICES, tiny_config
@@ -40,6 +42,39 @@ def test_auto_respects_capabilities():
     with pytest.raises(ValueError, match="attn_implementation='flex'.*attention_dropout"):
         select_backend("flex", "cuda", dropout=0.1)
     assert not ATTENTION_BACKENDS["reference"].linear
+    assert not ATTENTION_BACKENDS["dense"].linear
+
+
+def test_auto_takes_dense_for_short_clips_on_cuda_only():
+    """On an H200 dense beat blocked up to F * L = 4,626 tokens and lost from 8,450 on."""
+    assert select_backend("auto", "cuda", num_tokens=18 * 17).name == "dense"
+    assert select_backend("auto", "cuda", num_tokens=18 * 257, backward=True,
+                          dropout=0.1).name == "dense"
+    assert select_backend("auto", "cuda", num_tokens=34 * 257).name == "blocked"
+    assert select_backend("auto", "cuda").name == "blocked"  # length unknown
+    assert select_backend("auto", "cpu", num_tokens=10).name == "blocked"
+
+
+def test_the_attention_module_counts_a_clips_tokens_for_auto(monkeypatch):
+    """``auto`` gets F * L of the clip: a limit between two clips' counts splits them."""
+    from spool.layers import attention_backends as ab
+
+    calls = []
+    for name in ("blocked", "dense"):
+        backend = ab.ATTENTION_BACKENDS[name]
+
+        def spy(q, *a, _name=name, _f=backend.function, **kw):
+            calls.append((_name, q.shape[2] * q.shape[3]))
+            return _f(q, *a, **kw)
+        monkeypatch.setitem(ab.ATTENTION_BACKENDS, name,
+                            dataclasses.replace(backend, function=spy))
+    monkeypatch.setitem(ab.AUTO_ORDER, "cpu", (("dense", 100), ("blocked", None)))
+    model = Spool(tiny_config(num_hidden_layers=1)).eval()
+    with torch.no_grad():
+        for T in (2, 12):
+            model(torch.rand(1, T, 32, 32, 3))
+    assert [n for n, _ in calls] == ["dense", "blocked"], calls
+    assert calls[0][1] <= 100 < calls[1][1]
 
 
 def test_config_rejects_a_backend_that_cannot_do_what_it_asks():
@@ -113,3 +148,21 @@ def test_blocked_takes_any_layout_of_the_attention_output(monkeypatch):
     monkeypatch.setattr(attention_blocked.F, "scaled_dot_product_attention", transposed_layout)
     out = attention_blocked.blocked_attention(q, k, v, num_lookback_heads=1, local_frame_range=3)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_keeps_few_small_masks(monkeypatch):
+    """Clips of many lengths keep at most 8 dense masks, and none over the size cap."""
+    from spool.layers import attention_dense
+
+    cache = attention_dense._cached_additive_mask
+    cache.cache_clear()
+    for T in range(1, 21):
+        q, k, v = _qkv(T, H=2, L=3, hd=4)
+        out = attention_dense.dense_attention(q, k, v, num_lookback_heads=1, local_frame_range=2)
+        torch.testing.assert_close(out, reference_attention(q, k, v, num_lookback_heads=1,
+                                                            local_frame_range=2))
+    assert cache.cache_info().currsize == 8
+    cache.cache_clear()
+    monkeypatch.setattr(attention_dense, "CACHED_MASK_BYTES", 0)
+    attention_dense.dense_attention(q, k, v, num_lookback_heads=1, local_frame_range=2)
+    assert cache.cache_info().currsize == 0

@@ -59,9 +59,14 @@ class AttentionBackend:
 
 
 ATTENTION_BACKENDS: dict[str, AttentionBackend] = {}
-# What ``auto`` tries, in order, per device type: blocked measured fastest on the CPU and on an
-# H200 (bf16 and fp32, forward and backward, T >= 64; flex 2.6-5.9x slower): docs/benchmarks.md.
-AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("blocked",), "cuda": ("blocked",)}
+# What ``auto`` tries, in order, per device type: (backend, most tokens F * L per clip it is
+# taken for, or None for any). On the CPU blocked measured fastest at every shape. On an H200
+# dense (one kernel per head group) beat blocked's several up to F * L = 4,626 and lost from
+# 8,450 on (bf16, forward and backward, batch 1-32): docs/benchmarks.md, "GPU: ...".
+AUTO_ORDER: dict[str, tuple[tuple[str, int | None], ...]] = {
+    "cpu": (("blocked", None),),
+    "cuda": (("dense", 5000), ("blocked", None)),
+}
 
 
 def register_backend(backend: AttentionBackend) -> None:
@@ -81,16 +86,20 @@ register_backend(AttentionBackend("flex", flex_attention, frozenset({"cpu", "cud
 
 def select_backend(name: str, device: torch.device | str | None = None, *,
                    backward: bool = False, dropout: float = 0.0,
-                   dtype: torch.dtype | None = None) -> AttentionBackend:
+                   dtype: torch.dtype | None = None,
+                   num_tokens: int | None = None) -> AttentionBackend:
     """The backend for ``attn_implementation=name`` under these conditions.
 
-    ``auto`` takes the first backend of :data:`AUTO_ORDER` that can serve them; a named one
-    that cannot raises ``ValueError`` saying why.
+    ``auto`` takes the first backend of :data:`AUTO_ORDER` that can serve them, counting
+    ``num_tokens`` (``F * L`` of one clip) against the entry's limit; a named one that cannot
+    raises ``ValueError`` saying why.
     """
     device_type = None if device is None else torch.device(device).type
     if name == "auto":
-        order = AUTO_ORDER.get(device_type or "cpu", ("blocked",))
-        for candidate in (*order, "blocked"):
+        order = AUTO_ORDER.get(device_type or "cpu", (("blocked", None),))
+        for candidate, most_tokens in (*order, ("blocked", None)):
+            if most_tokens is not None and (num_tokens is None or num_tokens > most_tokens):
+                continue
             backend = ATTENTION_BACKENDS[candidate]
             if backend.unsupported(device_type, backward=backward, dropout=dropout,
                                    dtype=dtype) is None:

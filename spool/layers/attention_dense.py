@@ -11,11 +11,12 @@ import torch.nn.functional as F
 
 from spool.layers.masks import cached_mask, frame_mask, frames_to_tokens
 
-# Additive masks above this many bytes are built per call rather than cached.
+# Additive masks above this many bytes are built per call rather than cached, and at most 8
+# (512 MiB) are kept: training on clips of many lengths would otherwise hoard device memory.
 CACHED_MASK_BYTES = 64 * 2**20
 
 
-@cached_mask
+@cached_mask(maxsize=8)
 def _cached_additive_mask(num_frames: int, num_tokens: int, local_frame_range: int,
                           lookahead: bool, dtype: torch.dtype, device: torch.device
                           ) -> torch.Tensor:

@@ -36,16 +36,19 @@ def dense_token_mask(num_frames: int, num_tokens: int, local_frame_range: int,
     return per_head.repeat_interleave(num_tokens, 1).repeat_interleave(num_tokens, 2)
 
 
-def cached_mask(fn):
+def cached_mask(fn=None, *, maxsize: int = 64):
     """lru_cache that always stores normal tensors: a mask first built under
     ``torch.inference_mode`` would otherwise be unusable in a later training step."""
-    cached = lru_cache(maxsize=64)(fn)
+    if fn is None:
+        return lambda f: cached_mask(f, maxsize=maxsize)
+    cached = lru_cache(maxsize=maxsize)(fn)
 
     def wrapper(*args):
         with torch.inference_mode(False):
             return cached(*args)
 
     wrapper.cache_clear = cached.cache_clear
+    wrapper.cache_info = cached.cache_info
     wrapper.__doc__ = fn.__doc__
     return wrapper
 
