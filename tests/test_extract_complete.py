@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -58,3 +59,44 @@ def test_a_matroska_file_starting_late_is_whole(tmp_path: Path, start: float) ->
     with pytest.raises(VideoDecodeError, match="truncated"):
         _check(tmp_path / "cut.mkv")
 
+
+
+def _cut_before(src: Path, out: Path, skip: int) -> Path:
+    """``ffmpeg -ss X -c copy`` from a non-keyframe: the file's first ``skip`` packets (in
+    file order) are left out, and the timestamps shifted to start near 0."""
+    with av.open(str(src)) as inp, av.open(str(out), "w") as dst:
+        stream = inp.streams.video[0]
+        copy = dst.add_stream_from_template(stream)
+        packets = [p for p in inp.demux(stream) if p.size]
+        shift = min(p.pts for p in packets[skip:])
+        for packet in packets[skip:]:
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = copy
+            dst.mux(packet)
+    return out
+
+
+def _decoded(path: Path) -> np.ndarray:
+    """Every frame the decoder outputs, in order (no index, no seeking)."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.mark.parametrize(("codec", "b_frames"), [("libx264", 0), ("libx264", 2), ("mpeg4", 0)])
+def test_a_file_cut_mid_gop_reads_what_its_decoder_shows(tmp_path: Path, codec: str,
+                                                         b_frames: int) -> None:
+    """A file cut mid-GOP starts with packets that need frames it lacks. H.264 decoders show
+    nothing before the first keyframe; MPEG-4 Part 2 decoders show those frames anyway. Frame
+    k is the k-th frame the decoder shows, read whole or by seeking, and the truncation check
+    passes the file (its header counts the packets that show nothing)."""
+    src = write_video(tmp_path / f"src_{codec}.mp4", _grey_ramp(60), codec=codec, fps=25,
+                      gop_size=20, max_b_frames=b_frames)
+    cut = _cut_before(src, tmp_path / f"cut_{codec}.mp4", 3)
+    shown = _decoded(cut)
+    frames, _ = read_video_frames(cut)
+    assert len(frames) == len(shown)
+    np.testing.assert_array_equal(frames, shown)
+    picks = [0, len(shown) // 2, len(shown) - 1]
+    np.testing.assert_array_equal(read_video_frames(cut, picks)[0], shown[picks])
+    _check(cut)

@@ -45,7 +45,9 @@ class _FrameIndex:
     exact: bool
     # Seconds where the last packet of the other streams (audio, subtitles) ends; None: none.
     others_end: float | None = None
-    # Video packets an edit list leaves out (``-ss ... -c copy``): counted by the header only.
+    # Video packets that show no frame, counted by the header only: those an edit list leaves
+    # out (``-ss ... -c copy``), and those a decoder does not show before the first keyframe
+    # of a file cut mid-GOP.
     discarded: int = 0
 
 
@@ -128,6 +130,31 @@ def _pts_give_display_order(path: str, max_pixels: int, stream: av.VideoStream,
     return bool(np.all(np.diff(np.asarray(out, np.int64)) > 0))
 
 
+def _first_shown_pts(path: str, max_pixels: int, stream_keys: list[bool]) -> int | None:
+    """The pts of the first frame the decoder shows, decoding from the start of the file.
+
+    Only asked of a file whose first packet is no keyframe (cut mid-GOP: ``ffmpeg -ss X -c
+    copy``, a broadcast capture). Its leading packets need frames the file lacks, and whether
+    they are shown depends on the decoder (H.264's shows nothing before a keyframe, MPEG-4
+    Part 2's shows them), so it is observed rather than assumed. None: nothing shown within
+    the first keyframe's GOP and the decoder's delay.
+    """
+    first_key = stream_keys.index(True) if True in stream_keys else len(stream_keys)
+    container, stream = _open(path, max_pixels)
+    with container:
+        stream.thread_type = "SLICE"  # frame threads hold frames back; SLICE shows the same
+        for n, packet in enumerate(container.demux(stream)):
+            if n > first_key + _ORDER_CHECK_PACKETS:
+                break
+            try:
+                shown = [f.pts for f in stream.decode(packet) if f.pts is not None]
+            except av.FFmpegError:
+                continue  # "no frame" errors of packets whose references are missing
+            if shown:
+                return min(shown)
+    return None
+
+
 def _build_index(path: str, max_pixels: int, container: av.container.InputContainer,
                  stream: av.VideoStream) -> _FrameIndex:
     pts: list[int | None] = []
@@ -162,6 +189,11 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
                            discarded)
     file_pts = np.asarray(pts, dtype=np.int64)
     order = np.argsort(file_pts, kind="stable")
+    if not keys[0]:  # cut mid-GOP: the frames before the first one shown are none of its
+        first = _first_shown_pts(path, max_pixels, keys)
+        if first is not None:
+            order = order[file_pts[order] >= first]
+            discarded += n - len(order)  # a header counts them as frames
     # The keyframe to start from: the last one in file order at or before the frame's packet
     # whose pts is not after the frame's (leading pictures of an open GOP precede their I-frame).
     key_pos = np.flatnonzero(np.asarray(keys))
