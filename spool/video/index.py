@@ -105,54 +105,39 @@ def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool 
     return container, stream
 
 
-def _pts_give_display_order(path: str, max_pixels: int, stream: av.VideoStream,
+def _shown_pts(path: str, max_pixels: int, packets: int) -> list[int | None]:
+    """The pts of the frames the decoder shows from the first ``packets`` packets (flushed),
+    in the order shown; in an open of its own, as the indexing open decodes nothing."""
+    container, stream = _open(path, max_pixels)
+    out: list[int | None] = []
+    with container:
+        stream.thread_type = "SLICE"  # frame threads would hold back the few frames here
+        for n, packet in enumerate(container.demux(stream)):
+            if n >= packets:
+                break
+            try:
+                out += [f.pts for f in stream.decode(packet)]
+            except av.FFmpegError:
+                pass  # a damaged packet, or one whose references a cut file lacks
+        try:
+            out += [f.pts for f in stream.decode(None)]
+        except av.FFmpegError:
+            pass
+    return out
+
+
+def _pts_give_display_order(shown: list[int | None], stream: av.VideoStream,
                             pts: list[int]) -> bool:
     """Whether sorting frames by pts puts them in display order (the decoder's output order).
 
     Not so where a muxer wrote decode times as pts (VLC 2.1's MP4 output; H.264 in AVI) or an
     AVI demuxer guessed them wrongly (packed MPEG-4 B-frames). Without B-frames, display order
-    is file order; with them, the first packets are decoded (in an open of their own: the
-    indexing open decodes nothing) and their frames' pts checked.
+    is file order; with them, the pts of the first frames shown are checked.
     """
     if not stream.codec_context.has_b_frames:
         return bool(np.all(np.diff(np.asarray(pts, np.int64)) > 0))
-    container, stream = _open(path, max_pixels)
-    out: list[int] = []
-    with container:
-        stream.thread_type = "SLICE"  # frame threads would hold back the few frames here
-        for n, packet in enumerate(container.demux(stream)):
-            if n >= _ORDER_CHECK_PACKETS:
-                break
-            try:
-                out += [f.pts for f in stream.decode(packet) if f.pts is not None]
-            except av.FFmpegError:
-                pass  # a damaged packet: judge from the frames that did come out
-    return bool(np.all(np.diff(np.asarray(out, np.int64)) > 0))
-
-
-def _first_shown_pts(path: str, max_pixels: int, stream_keys: list[bool]) -> int | None:
-    """The pts of the first frame the decoder shows, decoding from the start of the file.
-
-    Only asked of a file whose first packet is no keyframe (cut mid-GOP: ``ffmpeg -ss X -c
-    copy``, a broadcast capture). Its leading packets need frames the file lacks, and whether
-    they are shown depends on the decoder (H.264's shows nothing before a keyframe, MPEG-4
-    Part 2's shows them), so it is observed rather than assumed. None: nothing shown within
-    the first keyframe's GOP and the decoder's delay.
-    """
-    first_key = stream_keys.index(True) if True in stream_keys else len(stream_keys)
-    container, stream = _open(path, max_pixels)
-    with container:
-        stream.thread_type = "SLICE"  # frame threads hold frames back; SLICE shows the same
-        for n, packet in enumerate(container.demux(stream)):
-            if n > first_key + _ORDER_CHECK_PACKETS:
-                break
-            try:
-                shown = [f.pts for f in stream.decode(packet) if f.pts is not None]
-            except av.FFmpegError:
-                continue  # "no frame" errors of packets whose references are missing
-            if shown:
-                return min(shown)
-    return None
+    shown_pts = [t for t in shown if t is not None]
+    return bool(np.all(np.diff(np.asarray(shown_pts, np.int64)) > 0))
 
 
 def _build_index(path: str, max_pixels: int, container: av.container.InputContainer,
@@ -181,19 +166,31 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
         pass  # truncated or corrupt tail: index what could be read
     n = len(pts)
     tb = stream.time_base or Fraction(1, 1)
+    # A file cut mid-GOP (``ffmpeg -ss X -c copy``, a broadcast capture) starts with packets
+    # that need frames it lacks. Whether a decoder shows them differs (H.264's shows nothing
+    # before a keyframe, MPEG-4 Part 2's shows them), so it is observed: the leading packets
+    # through the first keyframe and a margin are decoded, and those that showed no frame
+    # are no frames of the file (a header counts them).
+    mid_gop = n > 0 and not keys[0]
+    shown: list[int | None] = []
+    not_shown = 0
+    if mid_gop or stream.codec_context.has_b_frames:
+        first_key = keys.index(True) if True in keys else n
+        decoded = min(n, (first_key if mid_gop else 0) + _ORDER_CHECK_PACKETS)
+        shown = _shown_pts(path, max_pixels, decoded)
+        not_shown = max(0, decoded - len(shown)) if mid_gop else 0
     exact = (n > 0 and None not in pts and len(set(pts)) == n
-             and _pts_give_display_order(path, max_pixels, stream, pts))
+             and _pts_give_display_order(shown, stream, pts))
     if not exact:
-        idx = np.arange(n, dtype=np.int64)
+        idx = np.arange(n - not_shown, dtype=np.int64)
         return _FrameIndex(idx, idx, idx * 0, idx * 0, tb, last_duration, False, others_end,
-                           discarded)
+                           discarded + not_shown)
     file_pts = np.asarray(pts, dtype=np.int64)
     order = np.argsort(file_pts, kind="stable")
-    if not keys[0]:  # cut mid-GOP: the frames before the first one shown are none of its
-        first = _first_shown_pts(path, max_pixels, keys)
-        if first is not None:
-            order = order[file_pts[order] >= first]
-            discarded += n - len(order)  # a header counts them as frames
+    first_shown = min((t for t in shown if t is not None), default=None)
+    if mid_gop and first_shown is not None:
+        order = order[file_pts[order] >= first_shown]
+        discarded += n - len(order)
     # The keyframe to start from: the last one in file order at or before the frame's packet
     # whose pts is not after the frame's (leading pictures of an open GOP precede their I-frame).
     key_pos = np.flatnonzero(np.asarray(keys))
