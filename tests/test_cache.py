@@ -17,14 +17,14 @@ from train_helpers import TINY_MODEL, tiny_video_dataset
 
 from spool.data import cache, token_space
 from spool.data.cache import CachedTokenDataset, build_cache
-from spool.data.dataset import VideoClipDataset, read_annotations
+from spool.data.dataset import VideoClipDataset, VideoSample, read_annotations
 from spool.errors import (
     CheckpointNotFoundError,
     InsufficientSpaceError,
     SpoolBusyError,
     SpoolLoadError,
 )
-from spool.io_utils import lock_directory, release_claim, temporary_sibling
+from spool.io_utils import file_version, lock_directory, release_claim, temporary_sibling
 from spool.models.frame_encoder import FrameEncoderModel
 from spool.video.samplers import clip_sampler
 
@@ -83,6 +83,43 @@ def test_a_killed_cache_run_continues_where_it_stopped(model, full, tmp_path: Pa
     assert json.loads((out / "cache.json").read_text()) == json.loads(
         (full / "cache.json").read_text())
     assert sorted(p.name for p in out.iterdir()) == ["backbone", "cache.json", "tokens.npy"]
+
+
+def test_a_killed_run_over_a_changed_video_keeps_the_other_videos(model, full, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """A video changed in place before the partial cache is resumed: only its row (and the
+    unfinished ones) is encoded again, not every video."""
+    dataset = _dataset(model)
+    for i, sample in enumerate(dataset.samples):  # copies this test may change
+        copy = tmp_path / "videos" / f"{i}{Path(sample.path).suffix}"
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(sample.path, copy)
+        dataset.samples[i] = VideoSample(str(copy), sample.label)
+    out = tmp_path / "cache"
+    monkeypatch.setattr(cache, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(cache._PartialTokens, "close", lambda self: None)
+    _decoded(monkeypatch, die_at=9)
+    with pytest.raises(Killed):  # rows 0-7 saved
+        build_cache(model, dataset, out, batch_size=4)
+    monkeypatch.undo()
+    expected = np.load(full / "tokens.npy")
+    changed = next(i for i in range(16) if not np.array_equal(expected[i], expected[3]))
+    shutil.copy(dataset.samples[changed].path, dataset.samples[3].path)  # video 3 rewritten
+    monkeypatch.setattr(cache._PartialTokens, "close", lambda self: None)
+    _decoded(monkeypatch, die_at=8)  # killed again: the record no longer claims video 3
+    with pytest.raises(Killed):
+        build_cache(model, dataset, out, batch_size=4)
+    monkeypatch.undo()
+    assert json.loads((out / cache.PROGRESS_NAME).read_text())["done"] == [[0, 3], [4, 8]]
+
+    seen = _decoded(monkeypatch)
+    build_cache(model, dataset, out, batch_size=4)
+    assert seen == [3, *range(8, 16)]
+    tokens = np.load(out / "tokens.npy")
+    assert np.array_equal(tokens[3], expected[changed])  # as a fresh encode of the new file
+    assert all(np.array_equal(tokens[i], expected[i]) for i in range(16) if i != 3)
+    assert CachedTokenDataset(out).meta["sources"][3] == list(
+        file_version(dataset.samples[3].path))
 
 
 def test_other_settings_start_over(model, tmp_path: Path, monkeypatch) -> None:

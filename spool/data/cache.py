@@ -109,10 +109,10 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
     not read (their tokens go to its unused rows). Otherwise tokens go to a partial
     file beside a progress record of the videos done (updated every ``PROGRESS_EVERY_S``
     seconds), so a re-run with the same settings after a crash or Ctrl-C continues where it
-    stopped; other settings start over. An earlier complete cache stays valid until the new
-    one replaces it at the end (unless the disk cannot hold both: then it is removed first,
-    and a warning says so). The disk space the tokens need is checked, and reserved, before
-    the first video.
+    stopped (encoding again the videos whose files changed since); other settings start
+    over. An earlier complete cache stays valid until the new one replaces it at the end
+    (unless the disk cannot hold both: then it is removed first, and a warning says so). The
+    disk space the tokens need is checked, and reserved, before the first video.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -158,9 +158,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             rows = _write_meta(out, meta, key, failures)
             return CacheSummary(out, len(rows), reused=True, failures=failures,
                                 retried=len(writer.failed), changed=len(writer.changed))
-        # A partial cache continues only over the same versions of the files.
-        partial_key = hashlib.sha256(json.dumps([key, meta["sources"]]).encode()).hexdigest()
-        writer = _PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), partial_key)
+        writer = _PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), key, meta["sources"])
         writer.heartbeat = lambda: refresh_claim(lock)  # other machines judge it by age
         try:
             failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
@@ -286,18 +284,22 @@ def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
 
 class _PartialTokens:
     """``tokens.npy`` being written: a fixed-name partial file (memory-mapped) and a record of
-    the videos done, kept only for the same settings (``key``, a digest of them).
+    the videos done, kept only for the same settings (``key``, a digest of them), and of the
+    version of each file (``sources``): a video whose file changed since is encoded again.
 
     The record outlives the move of the finished file to ``tokens.npy`` until ``cache.json``
     is written: a run killed in between takes that ``tokens.npy`` back as its partial file.
     """
 
     heartbeat: Callable[[], object] | None = None  # called with each save (the lock's)
+    changed = 0  # videos done by an earlier run whose files changed since
 
-    def __init__(self, out: Path, shape: tuple[int, ...], dtype: np.dtype, key: str) -> None:
+    def __init__(self, out: Path, shape: tuple[int, ...], dtype: np.dtype, key: str,
+                 sources: list[tuple[int, int] | None]) -> None:
         self.path, self.record = out / PARTIAL_NAME, out / PROGRESS_NAME
         self.shape = shape
         self.key = key
+        self.sources = sources
         self.done = self._read_done(dtype)
         if self.done is None:  # nothing to continue: start over
             self.done = np.zeros(shape[0], dtype=bool)
@@ -308,6 +310,8 @@ class _PartialTokens:
         self.tokens = np.lib.format.open_memmap(self.path, mode=mode, dtype=dtype, shape=shape)
         reserve_file(self.path)
         self.saved_at = time.monotonic()
+        if self.changed:  # the record stops claiming their rows before they are overwritten
+            self.save_progress()
 
     def _read_done(self, dtype: np.dtype) -> np.ndarray | None:
         """The videos done by an earlier run with the same settings, or None."""
@@ -324,7 +328,13 @@ class _PartialTokens:
                 done = np.zeros(self.shape[0], dtype=bool)
                 for start, stop in record["done"]:
                     done[start:stop] = True
-                return done
+                same = np.array([was is not None and tuple(was) == now for was, now
+                                 in zip(record["sources"], self.sources, strict=True)], bool)
+                self.changed = int((done & ~same).sum())
+                if self.changed:
+                    logger.info(f"{self.path.parent}: {self.changed} videos of the partial "
+                                "cache there changed since; encoding them again")
+                return done & same
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable: as good as made with other settings
         logger.info(f"{self.path.parent}: the partial cache there was made with other "
@@ -349,6 +359,7 @@ class _PartialTokens:
         edges = np.flatnonzero(np.diff(np.concatenate([[0], self.done.view(np.int8), [0]])))
         ranges = edges.reshape(-1, 2).tolist()  # runs of done videos as [start, stop)
         atomic_write_text(self.record, json.dumps({"key": self.key, "done": ranges,
+                                                   "sources": self.sources,
                                                    "finished": finished}))
         self.saved_at = time.monotonic()
 
