@@ -71,13 +71,27 @@ def _age_s(path: Path) -> float:
         return 0.0
 
 
+_NAME_MAX = 255  # bytes in one file name: ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units)
+
+
+def _fitted(name: str, extra: int) -> str:
+    """``name``, or a prefix of it and a digest of the whole, so that ``extra`` more bytes fit
+    in one file name: a video's name may be up to the limit, its claim and temporaries too."""
+    raw = name.encode()
+    if len(raw) + extra <= _NAME_MAX:
+        return name
+    digest = "~" + hashlib.sha1(raw).hexdigest()[:16]
+    keep = raw[:_NAME_MAX - extra - len(digest)].decode(errors="ignore")
+    return keep + digest
+
+
 def temporary_sibling(path: str | os.PathLike) -> Path:
     """A fresh hidden name beside ``path`` for a file or folder being written by this process
     (``.NAME.spool-HOST-PID-RANDOM.tmp``: :func:`is_stale_temporary` can tell when the writer
-    is gone)."""
+    is gone; a NAME too long for that is shortened)."""
     path = Path(path)
-    tag = f"spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
-    return path.parent / f".{path.name}.{tag}.tmp"
+    tag = f".spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    return path.parent / f".{_fitted(path.name, 1 + len(tag))}{tag}"
 
 
 def is_stale_temporary(path: Path, older_than_s: float = STALE_AFTER_S) -> bool:
@@ -101,8 +115,9 @@ class Claim:
 
 
 def claim_path(output: str | os.PathLike) -> Path:
+    """``.NAME.spool-claim`` beside ``output`` (a NAME too long for that is shortened)."""
     output = Path(output)
-    return output.with_name(f".{output.name}{CLAIM_SUFFIX}")
+    return output.with_name(f".{_fitted(output.name, 1 + len(CLAIM_SUFFIX))}{CLAIM_SUFFIX}")
 
 
 def try_claim(output: str | os.PathLike, stale_after_s: float = STALE_AFTER_S

@@ -93,3 +93,23 @@ def test_jobs_sharing_a_folder_keep_each_others_failures(tmp_path: Path) -> None
     assert "b.mp4,OSError,again" in path.read_text().splitlines()
     assert merge_failures(path, [], ["b.mp4", "c.mp4"]) == 0 and not path.exists()
     assert not claim_path(path).exists()  # the turn is given back
+
+
+def test_claims_and_temporaries_of_names_near_the_limit_fit(tmp_path):
+    """A name up to the file system's limit gets a claim and temporaries whose names fit (a
+    prefix and a digest of the whole name), distinct for names that share that prefix."""
+    from spool.claims import claim_path, is_stale_temporary, temporary_sibling
+
+    names = ["é" * 120 + "a.safetensors", "é" * 120 + "b.safetensors", "v" * 255]
+    claims = [claim_path(tmp_path / name) for name in names]
+    assert len({c.name for c in claims}) == 3
+    assert claims[0] == claim_path(tmp_path / names[0])  # the same output, the same claim
+    for name, claim in zip(names, claims, strict=True):
+        assert len(claim.name.encode()) <= 255
+        claim.write_text("")  # the file system takes it
+        tmp = temporary_sibling(tmp_path / name)
+        assert len(tmp.name.encode()) <= 255 and tmp.parent == tmp_path
+        tmp.write_text("")
+        assert not is_stale_temporary(tmp)  # its writer (this process) is alive
+    short = tmp_path / "a.safetensors"
+    assert claim_path(short).name == ".a.safetensors.spool-claim"
