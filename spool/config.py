@@ -77,6 +77,12 @@ class SpoolConfig:
             MS-TCN's ``num_stages``); None: its defaults.
         architectures: what a saved checkpoint holds (set by ``save_pretrained``).
         hidden_size, num_spatial_tokens: ``D`` and ``L``, filled in from the backbone.
+        num_prefix_tokens: how many of the ``L`` tokens come before the square patch grid
+            (class and register tokens), filled in from the backbone where it shows its patch
+            grid, and recorded with a token cache, so ``token_merging`` keeps them apart on
+            cached tokens. None (configs from before it was recorded): inferred from ``L`` as
+            the largest square grid that fits, which misreads a small grid after registers
+            (1 + 4 + 2x2 = 9 tokens reads as 3x3).
         image_mean, image_std: the backbone's normalisation, filled in from a local
             backbone's ``preprocessor_config.json`` unless set to other values.
     """
@@ -112,6 +118,7 @@ class SpoolConfig:
     architectures: list[str] | None = None
     hidden_size: int | None = None
     num_spatial_tokens: int | None = None
+    num_prefix_tokens: int | None = None
     image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
@@ -119,7 +126,7 @@ class SpoolConfig:
     # them, and two models with equal values see the same tokens.
     FRAME_ENCODER_FIELDS = ("backbone_name", "backbone_config", "image_size", "resize_mode",
                             "crop_pct", "image_mean", "image_std", "token_pooling",
-                            "hidden_size", "num_spatial_tokens")
+                            "hidden_size", "num_spatial_tokens", "num_prefix_tokens")
 
     # Fields that change how a model runs (memory, speed, training) but not what it computes
     # in eval mode: an extracted output does not depend on them (:meth:`outputs_hash`).
@@ -193,6 +200,14 @@ class SpoolConfig:
             value = getattr(self, name)
             _check(value is None or (_is_int(value) and value > 0), name,
                    "None (read from the backbone) or a positive integer", value)
+        _check(self.num_prefix_tokens is None or (
+            _is_int(self.num_prefix_tokens) and self.num_prefix_tokens >= 0),
+            "num_prefix_tokens", "None (inferred from the token count) or an integer >= 0",
+            self.num_prefix_tokens)
+        if self.num_prefix_tokens is not None and self.num_spatial_tokens is not None:
+            from spool.layers.pooling import split_patch_grid
+
+            split_patch_grid(self.num_spatial_tokens, self.num_prefix_tokens)  # or ValueError
         if self.hidden_size is not None and self.num_hidden_layers > 0:
             # Heads split the hidden size only where there are temporal layers.
             _check(self.hidden_size % self.num_attention_heads == 0, "hidden_size",

@@ -86,11 +86,14 @@ def test_bad_backbone_settings_are_value_errors(overrides, match) -> None:
         Spool(tiny_config(**overrides))
 
 
-def test_token_merging_refuses_a_layout_the_token_count_does_not_tell() -> None:
-    """1 class + 4 registers + a 2x2 grid = 9 tokens, read as a 3x3 grid: the class and register
-    tokens were merged with the patches (or a valid k refused, naming a 3x3 grid)."""
+def test_token_merging_keeps_the_backbones_class_and_register_tokens() -> None:
+    """1 class + 4 registers + a 2x2 grid = 9 tokens, which the count alone reads as a 3x3 grid:
+    this was refused (a k of the 3x3 grid merged the class and register tokens with the
+    patches). The config records the backbone's 5 (num_prefix_tokens), and merging keeps them."""
     registers = {**tiny_backbone(), "model_type": "dinov2_with_registers", "num_register_tokens": 4}
-    with pytest.raises(ValueError, match="5 class/register tokens and a 2x2 patch grid"):
-        Spool(tiny_config(backbone_config=registers, image_size=16, token_merging=2))
+    small = Spool(tiny_config(backbone_config=registers, image_size=16, token_merging=2))
+    assert small.config.num_prefix_tokens == 5
+    assert (small.token_merging.num_prefix, small.token_merging.grid) == (5, 2)
+    assert small(torch.rand(1, 2, 16, 16, 3)).features.shape == (1, 4, 6, 24)
     merging = Spool(tiny_config(backbone_config=registers, image_size=32, token_merging=2))
     assert (merging.token_merging.num_prefix, merging.token_merging.grid) == (5, 4)

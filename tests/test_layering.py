@@ -23,7 +23,7 @@ LAYERS = {
 # The config describes every part, so validating it asks the parts (imports at call time).
 ALLOWED = {("spool.config", "spool.layers.attention_backends"),
            ("spool.config", "spool.video.transforms"),
-           ("spool.config", "spool.io_utils")}
+           ("spool.config", "spool.io_utils"), ("spool.config", "spool.layers.pooling")}
 
 
 def _layer(module: str) -> int | None:

@@ -7,11 +7,12 @@ import torch
 from conftest import tiny_backbone, tiny_config
 from train_helpers import TEMPORAL_FIELDS, TINY_MODEL, tiny_video_dataset
 
-from spool import Spool
-from spool.data.cache import build_cache
+from spool import Spool, SpoolConfig
+from spool.data.cache import build_cache, cache_backbone_config
 from spool.data.dataset import VideoClipDataset, read_annotations
 from spool.layers.pooling import SpatialTokenPooling, TokenMerging, split_patch_grid
 from spool.models.classification import SpoolForVideoClassification, load_classifier
+from spool.models.frame_encoder import FrameEncoderModel
 from spool.train.builders import parameter_groups
 from spool.train.config import TrainConfig
 from spool.train.trainer import train
@@ -63,6 +64,38 @@ def test_merging_counts_registers_and_refuses_a_bad_factor():
         tiny_config(token_merging=0)
 
 
+def test_merging_cached_tokens_keeps_the_recorded_class_and_register_tokens(tmp_path: Path):
+    """1 class + 4 registers + a 2x2 grid = 9 tokens, which the count alone reads as a 3x3 grid:
+    on cached tokens (no backbone) the class and register tokens were merged with the patches
+    (k = 3 took all 9 into one token; k = 2 was refused). The frame encoder's saved config (what
+    a token cache holds) records the 5 of them, and the merge keeps them."""
+    registers = {**tiny_backbone(), "model_type": "dinov2_with_registers", "num_register_tokens": 4}
+    FrameEncoderModel(tiny_config(backbone_config=registers, image_size=16)).save_pretrained(
+        tmp_path / "backbone")
+    cached = SpoolConfig.from_pretrained(tmp_path / "backbone")
+    assert (cached.num_spatial_tokens, cached.num_prefix_tokens) == (9, 5)
+    temporal = {k: getattr(tiny_config(), k) for k in TEMPORAL_FIELDS}
+    model = Spool(cached.replace(**temporal, token_merging=2), with_backbone=False).eval()
+    assert model.num_temporal_tokens == 6
+    tokens = torch.randn(1, 2, 9, 24)
+    merged = model.merge_tokens(tokens)
+    torch.testing.assert_close(merged[..., :5, :], tokens[..., :5, :])  # passed through
+    torch.testing.assert_close(merged[..., 5, :], tokens[..., 5:, :].mean(-2))  # the 2x2 grid
+    assert model.forward_tokens(tokens).features.shape == (1, 4, 6, 24)
+    with pytest.raises(ValueError, match="factor >= 2 of the 2x2 patch grid"):
+        Spool(cached.replace(**temporal, token_merging=3), with_backbone=False)
+
+
+def test_a_prefix_the_token_count_contradicts_is_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="num_prefix_tokens: expected"):
+        tiny_config(hidden_size=24, num_spatial_tokens=9, num_prefix_tokens=4)
+    config = tiny_config(hidden_size=24, num_spatial_tokens=9, num_prefix_tokens=5)
+    config.save_pretrained(tmp_path)
+    assert SpoolConfig.from_pretrained(tmp_path) == config
+    old = {k: v for k, v in config.to_dict().items() if k != "num_prefix_tokens"}
+    assert SpoolConfig.from_dict(old).num_prefix_tokens is None  # inferred from the count
+
+
 def test_forward_long_merges_like_forward_tokens():
     model = Spool(tiny_config(token_merging=2, num_hidden_layers=2)).eval()
     _perturb(model.token_merging)
@@ -87,6 +120,8 @@ def test_merging_trains_on_a_full_token_cache_and_round_trips(tmp_path: Path):
     trained = load_classifier(tmp_path / "run" / "model").eval()
     merging = trained.spool.token_merging
     assert merging is not None and trained.config.token_merging == 2
+    assert cache_backbone_config(tmp_path / "cache").num_prefix_tokens == 1  # the cache's record
+    assert trained.config.num_prefix_tokens == 1
     assert not torch.allclose(merging.proj.weight, TokenMerging(17, 24, 2).proj.weight)
     groups = parameter_groups(trained, 0.1)
     assert any(p is merging.proj.weight for p in groups[1]["params"])  # no decay on it

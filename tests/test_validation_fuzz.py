@@ -55,7 +55,8 @@ CONFIG_VALID = {
     "hidden_dropout": {"zero"}, "attention_dropout": {"zero"}, "classifier_dropout": {"zero"},
     "class_names": {"None"}, "background_classes": {"None"}, "sampling": {"None", "dict"},
     "head_config": {"None", "dict"}, "architectures": {"None"},
-    "hidden_size": {"None"}, "num_spatial_tokens": {"None"}, "freeze_backbone": {"bool"},
+    "hidden_size": {"None"}, "num_spatial_tokens": {"None"}, "num_prefix_tokens": {"None"},
+    "freeze_backbone": {"bool"},
     "gradient_checkpointing": {"bool"},
 }
 CONFIG_EXTRA = {  # values a naive check lets through
@@ -67,6 +68,7 @@ CONFIG_EXTRA = {  # values a naive check lets through
     "initializer_range": [1e10, 1e300], "freeze_backbone": ["false", 0],
     "class_names": ["abc", ["a", "a"], [1, 2]], "architectures": ["Spool"],
     "hidden_size": [25, 2.0], "num_spatial_tokens": [1.5],
+    "num_prefix_tokens": [2, 17, 18],  # 17 tokens: 1 + 4x4 (15, 0 and -1 patches are no grid)
     "image_mean": [[NAN, 0, 0], "abc", [0.5, 0.5], [255, 255, 255], [-1e30] * 3],
     "image_std": [[0.2, 0, 0.2], [INF, 1, 1], [1e-300] * 3, [58.0, 57.0, 57.0]],
 }

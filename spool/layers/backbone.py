@@ -187,8 +187,8 @@ class FrameEncoder(nn.Module):
 
 def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]:
     """The frame encoder for ``config``, and ``config`` completed from the backbone: its own
-    normalisation (from a local ``preprocessor_config.json``), ``hidden_size`` and
-    ``num_spatial_tokens``."""
+    normalisation (from a local ``preprocessor_config.json``), ``hidden_size``,
+    ``num_spatial_tokens`` and, where it shows its patch grid, ``num_prefix_tokens``."""
     if config.backbone_config is None:
         found = read_backbone_preprocessing(config.backbone_name)
         if config.crop_pct is not None:  # an explicit choice wins over the backbone's
@@ -200,5 +200,8 @@ def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]
     if config.crop_pct is None:
         config = config.replace(crop_pct=DEFAULT_CROP_PCT)
     encoder = FrameEncoder(config)
+    layout = encoder.patch_layout  # None: no patch grid known, the config's value stays
+    prefix = config.num_prefix_tokens if layout is None else layout[0]
     return encoder, config.replace(hidden_size=encoder.hidden_size,
-                                   num_spatial_tokens=encoder.count_tokens())
+                                   num_spatial_tokens=encoder.count_tokens(),
+                                   num_prefix_tokens=prefix)

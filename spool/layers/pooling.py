@@ -39,11 +39,22 @@ class SpatialTokenPooling(nn.Module):
         return torch.cat((prefix, pooled), dim=1)
 
 
-def split_patch_grid(num_tokens: int) -> tuple[int, int]:
-    """``(P, g)`` with ``num_tokens = P + g*g``: the largest square patch grid that fits, after
-    ``P`` leading tokens (class, registers). 257 -> (1, 16), 261 -> (5, 16), 17 -> (1, 4)."""
-    grid = math.isqrt(num_tokens)
-    return num_tokens - grid * grid, grid
+def split_patch_grid(num_tokens: int, num_prefix_tokens: int | None = None) -> tuple[int, int]:
+    """``(P, g)`` with ``num_tokens = P + g*g``: ``P = num_prefix_tokens`` leading tokens (class,
+    registers) as the backbone's layout records it, else (None) the largest square patch grid
+    that fits after them. 257 -> (1, 16), 261 -> (5, 16), 17 -> (1, 4); a small grid after
+    registers needs ``P``: 9 tokens are (0, 3), or (5, 2) with 5 given. A ``ValueError`` names
+    a ``P`` that does not leave a square grid."""
+    if num_prefix_tokens is None:
+        grid = math.isqrt(num_tokens)
+        return num_tokens - grid * grid, grid
+    patches = num_tokens - num_prefix_tokens
+    grid = math.isqrt(max(patches, 0))
+    if patches <= 0 or grid * grid != patches:
+        raise ValueError(f"num_prefix_tokens: expected a class/register count that leaves a "
+                         f"square patch grid of the {num_tokens} tokens per frame "
+                         f"(num_spatial_tokens), got {num_prefix_tokens}")
+    return num_prefix_tokens, grid
 
 
 class TokenMerging(nn.Module):
@@ -52,12 +63,15 @@ class TokenMerging(nn.Module):
 
     Each cell's ``k*k`` tokens are concatenated (row-major) and projected to ``D`` by a Linear
     initialised to their mean, so the model starts as :class:`SpatialTokenPooling` and can
-    learn where in its cell a thing is, which the mean drops. The ``P`` leading tokens are kept.
+    learn where in its cell a thing is, which the mean drops. The ``P`` leading tokens are kept:
+    ``num_prefix_tokens`` of them (the config's), else as many as :func:`split_patch_grid`
+    infers from ``num_tokens``.
     """
 
-    def __init__(self, num_tokens: int, hidden_size: int, k: int) -> None:
+    def __init__(self, num_tokens: int, hidden_size: int, k: int,
+                 num_prefix_tokens: int | None = None) -> None:
         super().__init__()
-        self.num_prefix, self.grid = split_patch_grid(num_tokens)
+        self.num_prefix, self.grid = split_patch_grid(num_tokens, num_prefix_tokens)
         if k < 2 or self.grid % k:
             raise ValueError(f"token_merging: expected a factor >= 2 of the {self.grid}x"
                              f"{self.grid} patch grid of the {num_tokens} tokens per frame, "

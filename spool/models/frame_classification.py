@@ -303,7 +303,7 @@ class SpoolForFrameClassification(FrameClassifier):
             raise ValueError(f"head_config: expected refinement_context true or false, got "
                              f"{context!r}")
         stage_config = self.config.replace(
-            num_spatial_tokens=1, token_merging=1, head_config=None,
+            num_spatial_tokens=1, num_prefix_tokens=None, token_merging=1, head_config=None,
             num_hidden_layers=refinement["refinement_layers"],
             local_frame_range=refinement["refinement_window"])
         self.refinements = nn.ModuleList(

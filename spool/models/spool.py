@@ -11,7 +11,7 @@ from torch import nn
 from spool.config import SpoolConfig
 from spool.layers.backbone import FrameEncoder
 from spool.layers.context import ContextFrames, pool_context
-from spool.layers.pooling import TokenMerging, split_patch_grid
+from spool.layers.pooling import TokenMerging
 from spool.layers.transformer import TemporalTransformer
 from spool.models.frame_encoder import config_and_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel
@@ -59,15 +59,10 @@ class Spool(SpoolPreTrainedModel):
         self.backbone: FrameEncoder | None
         config, self.backbone = config_and_frame_encoder(config, kwargs, with_backbone)
         self.config = config
-        layout = getattr(self.backbone, "patch_layout", None)
-        if config.token_merging > 1 and layout not in (None, split_patch_grid(
-                config.num_spatial_tokens)):  # merging reads it from the count, as on a cache
-            raise ValueError(
-                f"token_merging: the backbone's {config.num_spatial_tokens} tokens per frame are "
-                f"{layout[0]} class/register tokens and a {layout[1]}x{layout[1]} patch grid, "
-                "which the token count alone does not tell; pool less (token_pooling)")
+        # The class/register tokens are the config's num_prefix_tokens (the backbone's, also on
+        # cached tokens), since the token count alone can misread them as patches.
         self.token_merging = (TokenMerging(config.num_spatial_tokens, config.hidden_size,
-                                           config.token_merging)
+                                           config.token_merging, config.num_prefix_tokens)
                               if config.token_merging > 1 else None)
         self.context_frames = ContextFrames(self.num_temporal_tokens, config.hidden_size,
                                             config.initializer_range)
