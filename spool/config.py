@@ -127,6 +127,7 @@ class SpoolConfig:
     FRAME_ENCODER_FIELDS = ("backbone_name", "backbone_config", "image_size", "resize_mode",
                             "crop_pct", "image_mean", "image_std", "token_pooling",
                             "hidden_size", "num_spatial_tokens", "num_prefix_tokens")
+    LAYOUT_FIELDS = ("num_prefix_tokens",)  # filled from the backbone; the tokens' layout
 
     # Fields that change how a model runs (memory, speed, training) but not what it computes
     # in eval mode: an extracted output does not depend on them (:meth:`outputs_hash`).
@@ -267,9 +268,15 @@ class SpoolConfig:
         crop_pct = DEFAULT_CROP_PCT if self.crop_pct is None else self.crop_pct
         return FramePreprocessing(self.image_size, self.resize_mode, crop_pct)
 
-    def frame_encoder_fields(self) -> dict[str, Any]:
-        """The fields that describe the frame encoder (see ``FRAME_ENCODER_FIELDS``)."""
-        return {k: getattr(self, k) for k in self.FRAME_ENCODER_FIELDS}
+    def frame_encoder_fields(self, layout: bool = True) -> dict[str, Any]:
+        """The fields that describe the frame encoder (see ``FRAME_ENCODER_FIELDS``).
+
+        ``layout=False`` leaves out ``LAYOUT_FIELDS``, which say how the tokens are laid out
+        but not what they are: token caches key on the rest, so filling in such a field (as
+        this version does for caches made before it) redoes no cache.
+        """
+        return {k: getattr(self, k) for k in self.FRAME_ENCODER_FIELDS
+                if layout or k not in self.LAYOUT_FIELDS}
 
     # Frame-encoder fields that change the tokens without changing the weights' digest (the
     # normalisation is a non-persistent buffer): what a token cache must agree on with a model.
@@ -294,7 +301,9 @@ class SpoolConfig:
     def outputs_hash(self) -> str:
         """:meth:`config_hash` of the fields an eval forward depends on (not the
         ``RUNTIME_FIELDS``): equal for configs whose models compute the same outputs."""
-        data = {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
+        # The tokens' layout matters only to token merging (filling it in redoes no output).
+        skip = (*self.RUNTIME_FIELDS, *(self.LAYOUT_FIELDS if self.token_merging == 1 else ()))
+        data = {k: v for k, v in self.to_dict().items() if k not in skip}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod

@@ -1,5 +1,6 @@
 """Learned token merging before the temporal stack (``token_merging``, off by default)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,21 @@ def test_merging_trains_on_a_full_token_cache_and_round_trips(tmp_path: Path):
     with torch.no_grad():
         after = load_classifier(tmp_path / "again").eval()(video).logits
     torch.testing.assert_close(after, before)
+
+
+def test_recording_the_layout_redoes_no_cache_and_no_output(tmp_path: Path):
+    """Caches and extracted outputs made before ``num_prefix_tokens`` was recorded (None)
+    stay valid: the field says how tokens are laid out, not what they are."""
+    root = tiny_video_dataset()
+    samples, names = read_annotations(root / "train.txt")
+    encoder = SpoolForVideoClassification(**TINY_MODEL, class_names=names)
+    assert encoder.config.num_prefix_tokens == 1
+    old = SpoolConfig.from_dict({**encoder.config.to_dict(), "num_prefix_tokens": None})
+    assert old.outputs_hash() == encoder.config.outputs_hash()
+    merged = encoder.config.replace(token_merging=2)
+    assert merged.outputs_hash() != merged.replace(num_prefix_tokens=None).outputs_hash()
+    dataset = VideoClipDataset(samples, names, clip_sampler(4), encoder.config.preprocessing())
+    build_cache(encoder, dataset, tmp_path / "cache")
+    keyed = json.loads((tmp_path / "cache" / "cache.json").read_text())  # the key's input
+    assert "num_prefix_tokens" not in keyed["frame_encoder"]
+    assert keyed["frame_encoder"]["num_spatial_tokens"] == 17

@@ -137,7 +137,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             "backbone_digest": weights_digest(encoder.state_dict()),
             # What the weights' digest misses: the normalisation (non-persistent buffers),
             # the backbone's config, token pooling.
-            "frame_encoder": config.frame_encoder_fields(),
+            "frame_encoder": config.frame_encoder_fields(layout=False),
         }
         key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
         # Which version of each file: not part of the key, so a re-encoded or replaced video

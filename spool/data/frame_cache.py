@@ -98,7 +98,7 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
     digest = weights_digest(model.frame_encoder.state_dict())
     # The preprocessing record names its rules' revision: tokens made by older rules are redone.
     settings = json.dumps({"sampler": sampler.to_dict(), "dtype": dtype, "digest": digest,
-                           "frame_encoder": model.config.frame_encoder_fields(),
+                           "frame_encoder": model.config.frame_encoder_fields(layout=False),
                            "preprocessing": dataclasses.asdict(model.config.preprocessing()),
                            "classes": class_names, "label_rules": LABEL_RULES_REVISION},
                           sort_keys=True)
@@ -123,7 +123,7 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
     save_frame_encoder(model, out / BACKBONE_DIR)
     meta = {"kind": "frames", "class_names": list(class_names), "videos": videos,
             "sampler": sampler.to_dict(), "dtype": dtype, "backbone_digest": digest,
-            "frame_encoder": model.config.frame_encoder_fields(),
+            "frame_encoder": model.config.frame_encoder_fields(layout=False),
             "failures": [list(f[1:]) for f in failures]}
     write_cache_failures(out / FAILURES_NAME, failures)
     atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
