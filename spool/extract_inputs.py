@@ -10,7 +10,7 @@ import hashlib
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,3 +132,20 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
         # Appended, not with_suffix: "meeting.2024-01-05" has a "suffix" that would be cut.
         jobs.append(VideoJob(src, out_dir / name.with_name(name.name + ".safetensors")))
     return jobs[rank::world_size]
+
+
+def covered_by(inputs: Iterable[str | os.PathLike],
+               jobs: Iterable[VideoJob]) -> Callable[[str], bool]:
+    """Whether a video path is one that a job over ``inputs`` would find if it were there: it
+    lies under an input folder, or in the folder of a video the job reads (found, listed or
+    named). A ``failures.csv`` row of such a video that is gone is stale; jobs sharing the
+    output folder over other places keep theirs."""
+    trees = [Path(item).resolve() for item in inputs if Path(item).is_dir()]
+    folders = {job.source.parent.resolve() for job in jobs}
+
+    def covers(video: str) -> bool:
+        # Resolved as the sources are (a video's path in failures.csv is its resolved one).
+        parent = Path(video).parent.resolve()
+        return parent in folders or any(parent.is_relative_to(tree) for tree in trees)
+
+    return covers

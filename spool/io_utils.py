@@ -181,12 +181,20 @@ def write_failures(path: str | os.PathLike,
 
 
 def merge_failures(path: str | os.PathLike, failures: Iterable[tuple[str, str, str]],
-                   settled: Iterable[str], wait_s: float = 60.0) -> int:
+                   settled: Iterable[str], wait_s: float = 60.0,
+                   covers: Callable[[str], bool] | None = None) -> int:
     """Update the ``failures.csv`` that jobs sharing an output folder keep together: rows of
-    videos this job read (``settled``) or failed on go, this job's ``failures`` come in, and
-    other jobs' rows stay. Returns the rows it now holds. Jobs take turns (a claim on it)."""
+    videos this job read (``settled``) or failed on go, and so do rows of videos it
+    ``covers`` that no longer exist (deleted since they failed; no job would ever read them
+    again to clear the row); this job's ``failures`` come in, and other jobs' rows stay.
+    Returns the rows it now holds. Jobs take turns (a claim on it)."""
     failures = [list(f) for f in failures]
     drop = set(settled) | {f[0] for f in failures}
+
+    def stale(video: str) -> bool:
+        return video in drop or (covers is not None and not os.path.lexists(video)
+                                 and covers(video))
+
     deadline = time.monotonic() + wait_s
     while (claim := try_claim(path)) is None:
         if time.monotonic() > deadline:
@@ -196,7 +204,7 @@ def merge_failures(path: str | os.PathLike, failures: Iterable[tuple[str, str, s
         kept = []
         if Path(path).is_file():
             with open(path, newline="", encoding="utf-8") as f:
-                kept = [row for row in list(csv.reader(f))[1:] if row and row[0] not in drop]
+                kept = [row for row in list(csv.reader(f))[1:] if row and not stale(row[0])]
         write_failures(path, kept + failures)
         return len(kept) + len(failures)
     finally:

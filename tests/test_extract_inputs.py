@@ -82,3 +82,56 @@ def test_extract_reports_fifo_and_broken_link_without_hanging(tmp_path: Path) ->
     assert "missing target" in failed["broken.mp4"]
     for name in ("good", "sub/linked", "hash#1", "#leading"):
         assert (out / f"{name}.safetensors").is_file(), name
+
+
+def test_failures_of_deleted_videos_go_and_other_jobs_rows_stay(tmp_path: Path) -> None:
+    """failures.csv kept the row of a video deleted since it failed, forever: a job now drops
+    the rows of gone videos it covers (under its input folder, or beside a video it names),
+    and keeps those of other jobs sharing the output folder, gone or not."""
+    from spool.cli import main
+
+    mine, other, out = tmp_path / "mine", tmp_path / "other", tmp_path / "out"
+    (mine / "sub").mkdir(parents=True)
+    other.mkdir()
+    for path in (mine / "a.mp4", mine / "sub" / "b.mp4", mine / "c.mp4", other / "d.mp4"):
+        path.write_text("not a video\n")  # each fails to decode: a row in failures.csv
+    config = tmp_path / "backbone.json"
+    config.write_text(json.dumps(tiny_backbone()))
+
+    def extract(folder: Path) -> int:
+        return main(["extract", str(folder), "--out", str(out), *tiny_model_args(config),
+                     *EXTRA_ARGS])
+
+    def listed() -> set[str]:
+        with open(out / "failures.csv", newline="") as f:
+            return {Path(row["path"]).relative_to(tmp_path).as_posix()
+                    for row in csv.DictReader(f)}
+
+    # A list covers the folders of the videos it names: e.mp4, deleted and unlisted, goes.
+    (tmp_path / "picked").mkdir()
+    for name in ("e.mp4", "f.mp4"):
+        (tmp_path / "picked" / name).write_text("not a video\n")
+    picks = tmp_path / "picks.txt"
+    picks.write_text("picked/e.mp4\npicked/f.mp4\n")
+    assert extract(picks) == 1
+    (tmp_path / "picked" / "e.mp4").unlink()
+    picks.write_text("picked/f.mp4\n")
+    assert extract(picks) == 1
+    assert listed() == {"picked/f.mp4"}
+
+    assert extract(mine) == 1 and extract(other) == 1
+    assert listed() == {"mine/a.mp4", "mine/sub/b.mp4", "mine/c.mp4", "other/d.mp4",
+                        "picked/f.mp4"}
+    (mine / "a.mp4").unlink()
+    (mine / "sub" / "b.mp4").unlink()
+    (mine / "sub").rmdir()  # a whole sub-folder gone
+    (other / "d.mp4").unlink()  # another job's: its row stays until that job runs again
+    assert extract(mine) == 1
+    assert listed() == {"mine/c.mp4", "other/d.mp4", "picked/f.mp4"}
+    (mine / "c.mp4").unlink()  # nothing left to extract: still no stale row
+    assert extract(mine) == 2
+    assert listed() == {"other/d.mp4", "picked/f.mp4"}
+    (tmp_path / "picked" / "f.mp4").unlink()
+    assert extract(other) == 2 and extract(picks) == 1  # f.mp4 is named: it fails, missing
+    assert listed() == {"picked/f.mp4"}
+    assert not list(out.glob(".*"))  # no temporaries or claims left

@@ -113,3 +113,15 @@ def test_claims_and_temporaries_of_names_near_the_limit_fit(tmp_path):
         assert not is_stale_temporary(tmp)  # its writer (this process) is alive
     short = tmp_path / "a.safetensors"
     assert claim_path(short).name == ".a.safetensors.spool-claim"
+
+
+def test_rows_of_covered_videos_that_are_gone_go(tmp_path: Path) -> None:
+    """Only a row whose video the job covers and that no longer exists is dropped."""
+    path = tmp_path / "failures.csv"
+    (tmp_path / "here.mp4").write_text("still here")
+    rows = [(str(tmp_path / n), "OSError", "bad") for n in ("here.mp4", "gone.mp4", "other.mp4")]
+    write_failures(path, rows)
+    mine = {str(tmp_path / "here.mp4"), str(tmp_path / "gone.mp4")}
+    assert merge_failures(path, [], [], covers=mine.__contains__) == 2
+    assert [r.split(",")[0] for r in path.read_text().splitlines()[1:]] == [
+        str(tmp_path / "here.mp4"), str(tmp_path / "other.mp4")]

@@ -30,8 +30,9 @@ temporal layers are random, so use --backbone-only for features. With --per-fram
 pass over each whole video: 'frame_features' [T, D], 'context' [2D], 'frame_indices' and
 'timestamps' [T]. Re-running the same command skips finished videos (outputs are redone
 when the weights, the sampler, the preprocessing or the dtype change). Videos that cannot
-be read are listed in OUT/failures.csv; the exit code is 1 if any failed. Several jobs may
-share OUT: each video is claimed by one of them.
+be read are listed in OUT/failures.csv (a video deleted since is dropped from it by the
+next job over its folder); the exit code is 1 if any failed. Several jobs may share OUT:
+each video is claimed by one of them.
 
 List files (.txt, .lst, .list): one path per line, relative to the list's folder. A line
 whose first non-blank character is '#' is a comment; '#' elsewhere is part of the path, and
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         setup_distributed,
     )
     from spool.extract import FeatureExtractor, load_feature_model, remove_stale_temporaries
-    from spool.extract_inputs import VIDEO_EXTENSIONS, plan_jobs
+    from spool.extract_inputs import VIDEO_EXTENSIONS, covered_by, plan_jobs
     from spool.io_utils import merge_failures
     from spool.models.frame_classification import FrameClassifier
     from spool.runtime import resolve_dtype
@@ -163,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
             remove_stale_temporaries(out_dir)
         every = plan_jobs(args.inputs, out_dir)
         if not every:  # the same on every rank: all return here
+            if dist.is_main:  # the rows of videos deleted from the inputs since go all the same
+                merge_failures(out_dir / "failures.csv", [], [],
+                               covers=covered_by(args.inputs, []))
             print(f"spool extract: no videos in {' '.join(args.inputs)}: folders are searched "
                   f"for {' '.join(sorted(VIDEO_EXTENSIONS))} files and list files name one "
                   f"video per line; nothing to do", file=sys.stderr)
@@ -196,9 +200,11 @@ def run(args: argparse.Namespace) -> int:
     skipped = sum(s[1] for s in summaries)
     failures = [f for s in summaries for f in s[2]]
     elsewhere = sum(s[3] for s in summaries)
-    # Shared with any other job writing to this folder: its rows of other videos stay.
+    # Shared with any other job writing to this folder: its rows of other videos stay, and
+    # the rows of videos this job covers that were deleted since they failed go.
     listed = merge_failures(out_dir / "failures.csv", failures,
-                            [path for s in summaries for path in s[4]])
+                            [path for s in summaries for path in s[4]],
+                            covers=covered_by(args.inputs, every))
     total = done + skipped + elsewhere + len(failures)
     busy = f"{elsewhere} being extracted by another job, " if elsewhere else ""
     print(f"spool extract: {done} extracted, {skipped} already done, {busy}{len(failures)} failed "
