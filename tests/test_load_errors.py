@@ -104,3 +104,39 @@ def test_eval_of_a_frame_encoder_says_what_it_holds(tmp_path: Path, capsys) -> N
                                     "FrameEncoderModel, not a video classifier"]
     with pytest.raises(ValueError, match=r"FrameEncoderModel, which takes no \['with_backbone'\]"):
         load_pretrained(tmp_path / "backbone", with_backbone=False)
+
+
+def test_a_mistyped_ms_tcn_root_is_named_as_missing(tmp_path: Path, capsys) -> None:
+    """A data path that does not exist, given with a split (an MS-TCN root meant): the error
+    said the split flag "applies to an MS-TCN root", as if the path were a segments CSV."""
+    from spool.models.frame_classification import SpoolForFrameClassification
+
+    typo = tmp_path / "breakfst"
+    missing = f"{typo}: does not exist (expected a segments CSV or an MS-TCN root folder)"
+    SpoolForFrameClassification(tiny_config(), class_names=["a", "b"]).save_pretrained(
+        tmp_path / "frames")
+    backbone = tmp_path / "backbone.json"
+    backbone.write_text(json.dumps(tiny_config().backbone_config))
+    runs = {  # command -> the argument named
+        ("train", "--task", "frames", "--train-data", str(typo), "--train-split", "s2",
+         "--out-dir", str(tmp_path / "run")): "train_data (--train-data)",
+        ("train", "--task", "frames", "--train-data", str(tmp_path / "t.csv"), "--val-data",
+         str(typo), "--val-split", "s2", "--out-dir", str(tmp_path / "run")):
+            "val_data (--val-data)",
+        ("eval", "--checkpoint", str(tmp_path / "frames"), "--data", str(typo), "--split",
+         "s2"): "data (--data)",
+        ("eval", "--checkpoint", str(tmp_path / "frames"), "--data", str(typo)): "data (--data)",
+        # Before the backbone is loaded (the default one would need the hub).
+        ("cache", "--task", "frames", "--data", str(typo), "--split", "s2", "--out",
+         str(tmp_path / "c")): "data (--data)",
+        ("cache", "--task", "frames", "--data", str(typo), "--out", str(tmp_path / "c"),
+         "--model", f"backbone_config=@{backbone}"): "data (--data)",
+        # Without a split flag: read as a segments CSV before, "[Errno 2] No such file".
+        ("train", "--task", "frames", "--train-data", str(typo), "--out-dir",
+         str(tmp_path / "run2")): "train_data (--train-data)",
+    }
+    for argv, named in runs.items():
+        assert main(list(argv)) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [f"spool {argv[0]}: error: {named}: {missing}"], argv
+    assert not (tmp_path / "run").exists() and not (tmp_path / "c").exists()

@@ -14,12 +14,15 @@ def run(args: argparse.Namespace) -> int:
 
     from spool.data.cache import build_cache
     from spool.data.dataset import VideoClipDataset, read_annotations
+    from spool.data.segmentation import check_segmentation_source
     from spool.models.frame_encoder import FrameEncoderModel
     from spool.models.pretrained import load_pretrained
     from spool.runtime import resolve_device
     from spool.video.samplers import clip_sampler
     from spool.video.transforms import RandomResizedCrop
 
+    if args.task == "frames":  # a mistyped root is said before a backbone is loaded
+        check_segmentation_source(args.data, "data (--data)")
     torch.manual_seed(args.seed)  # a randomly initialised backbone is reproducible
     overrides = dict(args.model or [])
     if args.init is not None:

@@ -154,6 +154,15 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
     return samples, names
 
 
+def check_segmentation_source(source: str | os.PathLike | None, argument: str) -> None:
+    """``ValueError`` naming ``argument`` and the path when ``source`` does not exist: a
+    mistyped MS-TCN root is otherwise taken for a segments CSV (and a split flag given with it
+    refused as if it did not apply)."""
+    if source is not None and not os.path.exists(source):
+        raise ValueError(f"{argument}: {source}: does not exist (expected a segments CSV or an "
+                         f"MS-TCN root folder)")
+
+
 def read_segmentation(source: str | os.PathLike, split: str = "train.split1",
                       class_names: Sequence[str] | None = None
                       ) -> tuple[list[SegmentationSample], list[str]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from spool.config import SpoolConfig
+from spool.data.segmentation import check_segmentation_source
 from spool.errors import SpoolLoadError
 from spool.io_utils import looks_like_path
 
@@ -201,9 +202,12 @@ class TrainConfig:
                                  f"--train-cache, whose tokens were made already (spool cache "
                                  f"{flag})")
         for name, data in (("train_split", self.train_data), ("val_split", self.val_data)):
+            kind = name.split("_")[0]
+            if name in changed and data is not None:  # a typo in the root: say that instead
+                check_segmentation_source(data, f"{kind}_data (--{kind}-data)")
             if name in changed and not (data is not None and Path(data).is_dir()):
                 raise ValueError(f"{name} (--{name.replace('_', '-')}): applies to an MS-TCN "
-                                 f"root given as --{name.split('_')[0]}-data")
+                                 f"root given as --{kind}-data")
         if self.task == "clips" and self.num_clips != 1 and self.val_data is None:
             raise ValueError("num_clips (--num-clips): applies to val_data (clips per held-out "
                              "video); a token cache holds one clip per video")

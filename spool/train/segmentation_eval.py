@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from spool.data.dataset import UNREADABLE, SkippedVideo, report_skipped, skipped_video
 from spool.data.frame_cache import FrameTokenDataset
-from spool.data.segmentation import SegmentationSample
+from spool.data.segmentation import SegmentationSample, check_segmentation_source
 from spool.distributed import all_reduce_sum
 from spool.io_utils import atomic_write_text
 from spool.metrics.ribbons import plot_ribbons
@@ -173,6 +173,7 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
     if cache is not None and fps is not None:
         raise ValueError("fps: a frame cache was sampled when it was made; --fps applies to "
                          "videos (--data)")
+    check_segmentation_source(data, "data (--data)")  # before the split check: a typo
     if split is not None and (cache is not None or not Path(data).is_dir()):
         raise ValueError(f"split: applies to an MS-TCN root (--data DIR); got "
                          f"{'--cache' if cache is not None else 'a segments CSV'}")

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from spool.config import SpoolConfig
 from spool.data.dataset import collate_readable
 from spool.data.frame_cache import FrameTokenDataset, VideoFrameDataset, collate_frames
-from spool.data.segmentation import read_segmentation
+from spool.data.segmentation import check_segmentation_source, read_segmentation
 from spool.distributed import all_reduce_sum
 from spool.train.builders import build_datasets, build_model, check_sampling, training_sampling
 from spool.train.config import TrainConfig
@@ -118,6 +118,7 @@ class FrameTask:
                                                cfg.seed)
             names = train.class_names
         else:
+            check_segmentation_source(cfg.train_data, "train_data (--train-data)")
             samples, names = read_segmentation(cfg.train_data, cfg.train_split)
             # An unreadable video is replaced by a readable one (and reported), not fatal.
             train = VideoFrameDataset(samples, names, FpsSampler(cfg.fps),
@@ -129,6 +130,7 @@ class FrameTask:
             val.use_class_names(names, "val_cache", "the training classes")
             check_sampling(val.sampling, training_sampling(train), "val_cache", cfg.val_cache)
         elif cfg.val_data is not None:  # sampled as training was (evaluate)
+            check_segmentation_source(cfg.val_data, "val_data (--val-data)")
             val, val_names = read_segmentation(cfg.val_data, cfg.val_split, names)
             if val_names != names:
                 raise ValueError(f"val_data: classes {val_names} differ from the training "
