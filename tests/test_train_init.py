@@ -3,12 +3,13 @@ sampling; flags that do not apply to a run."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import TEMPORAL_FIELDS, TINY_MODEL, tiny_video_dataset
+from train_helpers import TEMPORAL_FIELDS, TINY_MODEL, tiny_video_dataset, train_config_dict
 
 from spool.data.cache import build_cache
 from spool.data.dataset import VideoClipDataset, read_annotations
@@ -217,3 +218,49 @@ def test_frames_validate_on_a_cache_or_videos_whatever_the_training_input(tmp_pa
     model.save_pretrained(tmp_path / "model")
     with pytest.raises(ValueError, match="cache: .* sampled as .*5.0.*15.0"):
         evaluate_frame_checkpoint(tmp_path / "model", cache=str(tmp_path / "v5"), device="cpu")
+
+
+def test_an_init_that_is_neither_a_folder_nor_a_hub_id_says_both(tmp_path: Path, capsys,
+                                                                   monkeypatch) -> None:
+    """init = "runs/a" (a typo of runs/a1) reads as a hub id, and the error spoke of the hub
+    alone ("no local directory of that name", on two lines); it names the folders looked in
+    and the hub, and a real hub id still loads (the hub faked: tests never use the network)."""
+    import huggingface_hub
+
+    from spool.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "a1").mkdir(parents=True)
+    (tmp_path / "cfg").mkdir()
+    fields = {**train_config_dict(tmp_path / "run"), "init": "runs/a"}
+    (tmp_path / "cfg" / "run.json").write_text(json.dumps(fields))
+    hub_off = "not a hub id the hub could provide (hub access is off: HF_HUB_OFFLINE)"
+    here = f"no folder {tmp_path / 'runs' / 'a'} (relative to the current directory)"
+    for argv, folders in (
+            (["--config", "cfg/run.json", "--init", "runs/a"], here),
+            (["--config", "cfg/run.json"],  # the file's folder first, as read_config_file does
+             f"no folder {tmp_path / 'cfg' / 'runs' / 'a'} (relative to the config file's "
+             f"folder) or {tmp_path / 'runs' / 'a'} (relative to the current directory)")):
+        assert main(["train", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith(f"spool train: error: init (--init): 'runs/a': {folders}, and "
+                              f"{hub_off}"), err
+    # With the hub on, one that cannot be reached (or has no such id): said so.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+    def unreachable(name: str, **kwargs) -> str:
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    assert main(["train", "--config", "cfg/run.json", "--init", "runs/a"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{here}, and not a hub id the hub could provide (offline or not found)" in err
+    assert "Cause: OSError: Name or service not known" in err
+    # A hub id the hub provides is loaded as before.
+    SpoolForVideoClassification(**TINY_MODEL, class_names=["a", "b"]).spool.save_pretrained(
+        tmp_path / "snapshot")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda name, **kwargs: str(tmp_path / "snapshot"))
+    assert main(["train", "--config", "cfg/run.json", "--init", "someorg/spool-k400",
+                 "--stop-after-steps", "1"]) == 0

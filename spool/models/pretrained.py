@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -95,8 +96,11 @@ def check_and_load_state_dict(module: nn.Module, state: dict[str, torch.Tensor],
     module.load_state_dict(state)
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Path:
-    """A local checkpoint directory, or the snapshot of hub id ``name_or_path``."""
+def resolve_checkpoint(name_or_path: str | os.PathLike, *,
+                       also_looked_in: Sequence[str] = (), **hub_kwargs: Any) -> Path:
+    """A local checkpoint directory, or the snapshot of hub id ``name_or_path``.
+    ``also_looked_in``: other folders a relative name was looked for in as a path (a config
+    file's, described), named in the error when it is neither a folder nor on the hub."""
     name = os.fspath(name_or_path)
     if os.path.isdir(name):
         return Path(name)
@@ -110,10 +114,24 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Pa
         return Path(snapshot_download(name, allow_patterns=["*.json", WEIGHTS_NAME],
                                       **hub_kwargs))
     except Exception as err:  # offline, unknown id, no access: one message for all
-        raise CheckpointNotFoundError(
-            f"{name!r}: no local directory of that name, and the hub could not provide it "
-            f"(offline or not found). Download it where there is network (`hf download {name} "
-            f"--local-dir DIR`) and pass DIR. Cause: {type(err).__name__}: {err}") from err
+        raise CheckpointNotFoundError(_neither_folder_nor_hub_id(
+            name, err, also_looked_in, hub_kwargs.get("local_files_only", False))) from err
+
+
+def _neither_folder_nor_hub_id(name: str, err: Exception, also_looked_in: Sequence[str],
+                               local_only: bool) -> str:
+    """Why ``name`` loads neither way. A relative path typo (``runs/a`` for ``runs/a1``) reads
+    as a hub id, so the folders looked in are named beside the hub's answer."""
+    from huggingface_hub import constants
+
+    folders = [*also_looked_in, f"{os.path.abspath(name)} (relative to the current directory)"]
+    hub = ("hub access is off: HF_HUB_OFFLINE" if getattr(constants, "HF_HUB_OFFLINE", False)
+           else "hub access is off: local_files_only" if local_only else "offline or not found")
+    cause = " ".join(str(err).split())  # the hub's messages span lines; the CLI prints one
+    return (f"{name!r}: no folder {' or '.join(folders)}, and not a hub id the hub could "
+            f"provide ({hub}). For a folder, check the path; for a hub id, download it where "
+            f"there is network (`hf download {name} --local-dir DIR`) and pass DIR. Cause: "
+            f"{type(err).__name__}: {cause}")
 
 
 def checkpoint_architecture(config: SpoolConfig, directory: Path) -> str | None:

@@ -21,6 +21,7 @@ from spool.data.cache import (
     load_cache_backbone,
 )
 from spool.data.dataset import VideoClipDataset, read_annotations
+from spool.errors import CheckpointNotFoundError
 from spool.models.classification import VideoClassifier, classifier_class
 from spool.models.pretrained import (
     _BACKBONE_KEY,
@@ -56,7 +57,7 @@ def model_config(cfg: TrainConfig) -> SpoolConfig:
         overrides["gradient_checkpointing"] = True
     base = SpoolConfig()
     if cfg.init is not None:
-        init = load_pretrained(cfg.init, with_backbone=False)
+        init = load_pretrained(resolve_init(cfg), with_backbone=False)
         # The run's own background classes (frames task) replace the init's.
         head = {} if type(init) is model_class(cfg) else {"head_config": None}
         base = init.config.replace(architectures=None, background_classes=None, **head)
@@ -180,13 +181,22 @@ def _load(target: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
     check_and_load_state_dict(target, state, source)
 
 
+def resolve_init(cfg: TrainConfig) -> Path:
+    """``init``'s checkpoint directory (a folder, or a hub id's snapshot); the error names
+    every folder it was looked for in (a config file's too) and the hub."""
+    try:
+        return resolve_checkpoint(cfg.init, also_looked_in=cfg.init_looked_in)
+    except CheckpointNotFoundError as err:
+        raise CheckpointNotFoundError(f"init (--init): {err}") from err
+
+
 def load_initial_weights(model: torch.nn.Module, cfg: TrainConfig) -> str:
     """Load ``init`` into a new ``model``: all of it when it is a model of the same class and
     classes, else its Spool (a Spool checkpoint, or the Spool inside another model) under the
     new head. With a token cache the model keeps the cache's frame encoder, and an init made
     with another backbone is refused. Returns what was loaded, for the log."""
     cached = cfg.train_cache is not None
-    directory = resolve_checkpoint(cfg.init)
+    directory = resolve_init(cfg)
     init = load_pretrained(directory, with_backbone=not cached, **cfg.model)
     if cached:
         digest = checkpoint_backbone_digest(directory)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
-from spool.train.config import TrainConfig, read_config_file
+from spool.train.config import TrainConfig, init_looked_in, read_config_file
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +111,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                  f"clips of --train-cache were sampled when it was made "
                                  f"(spool cache --{key.replace('_', '-')})")
     try:
-        return TrainConfig.from_dict(data)
+        cfg = TrainConfig.from_dict(data)
     except ValueError as err:
         where = f" (in {args.config} or the flags)" if getattr(args, "config", None) else ""
         raise ValueError(f"{err}{where}") from err
+    if getattr(args, "config", None) and "init" not in flags:  # the file's init, not a flag's
+        cfg.init_looked_in = init_looked_in(args.config, cfg.init)
+    return cfg

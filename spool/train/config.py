@@ -107,6 +107,10 @@ class TrainConfig:
     name: str | None = None
 
     def __post_init__(self) -> None:
+        # Folders a relative ``init`` was looked for in before it was read as a hub id (a
+        # config file's; see read_config_file), named when the hub cannot provide it either.
+        # Not a setting (no field): never saved, compared or given.
+        self.init_looked_in: tuple[str, ...] = ()
         self.validate()
 
     def validate(self) -> None:
@@ -244,9 +248,11 @@ class TrainConfig:
         """A JSON file of fields; relative paths in it are relative to the file's folder."""
         data = read_config_file(path)
         try:
-            return cls.from_dict(data)
+            cfg = cls.from_dict(data)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from err
+        cfg.init_looked_in = init_looked_in(path, data.get("init"))
+        return cfg
 
 
 def _other_task(task: str) -> str:
@@ -274,6 +280,15 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             data[name] = _path_under(value, base, name)
     return {**data, "model": _local_backbone_absolute(data["model"], base)} \
         if isinstance(data.get("model"), dict) else data
+
+
+def init_looked_in(path: str | os.PathLike, init: Any) -> tuple[str, ...]:
+    """Where ``read_config_file`` looked for the ``init`` it returned before keeping it as a
+    hub id (one still relative): in the config file's folder."""
+    if not isinstance(init, str) or os.path.isabs(init):
+        return ()
+    folder = os.path.join(os.path.dirname(os.path.abspath(path)), init)
+    return (f"{folder} (relative to the config file's folder)",)
 
 
 def _path_under(value: str, base: str, name: str) -> str:
