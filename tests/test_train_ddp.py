@@ -102,3 +102,28 @@ def test_a_signal_to_one_rank_stops_all_at_the_same_step(tmp_path: Path) -> None
     assert state["step"] == stopped and len(state["rng"]) == 2  # both ranks saved there
     _run([*torchrun, "--resume", "auto"], tmp_path)
     assert [s for s, _ in read_steps(run)] == list(range(1, 17))
+
+
+def test_two_process_frames_training_weighs_every_frame_alike(tmp_path: Path) -> None:
+    """Frames task, whole videos of different lengths, batch 2: each rank's loss was its own
+    videos' mean, averaged over ranks, so a short video's frames weighed more than one
+    process gives them (step 1: loss 2.222237 vs 2.222037)."""
+    from train_helpers import segmentation_videos
+
+    root = segmentation_videos((300, 320), (10, 20))
+    config = dict(task="frames", train_data=str(root / "train.csv"), model=dict(TINY_MODEL),
+                  epochs=1, batch_size=2, lr=3e-3, warmup_epochs=0.5, num_workers=0,
+                  tensorboard=False, quiet=True, seed=1, device="cpu")
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "spool.train", "--config", "run.json", "--out-dir", str(one)],
+         tmp_path)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+          "-m", "spool.train", "--config", "run.json", "--out-dir", str(two)], tmp_path)
+    steps_one, steps_two = read_steps(one), read_steps(two)
+    assert [s for s, _ in steps_one] == [s for s, _ in steps_two] == [1, 2]
+    torch.testing.assert_close([x for _, x in steps_two], [x for _, x in steps_one],
+                               rtol=1e-6, atol=1e-7)
+    a, b = final_weights(one), final_weights(two)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)

@@ -208,3 +208,40 @@ def test_training_renews_its_run_lock(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(trainer_module, "refresh_claim", lambda claim: renewed.append(claim))
     train(TrainConfig(**train_config_dict(tmp_path / "run", stop_after_steps=3)))
     assert len(renewed) == 3 and renewed[0].path.name == trainer_module.LOCK_NAME
+
+
+def test_resume_with_another_batch_size_goes_on_from_the_samples_seen(tmp_path: Path) -> None:
+    """Batch 2 -> 8 after 6 steps (12 of 16 samples of epoch 1): the step and the schedule's
+    position were kept in old batches, so the rest of epoch 1 was skipped and epoch 2 ran at
+    the schedule's end ("step 7/4")."""
+    run = tmp_path / "run"
+    train(TrainConfig(**train_config_dict(run, batch_size=2, epochs=2, stop_after_steps=6)))
+    seen: list[tuple[int, list[int]]] = []
+    step = Trainer.train_step
+
+    def spy(self, batch):
+        seen.append((self.epoch, sorted(batch["index"].tolist())))
+        return step(self, batch)
+    cfg = TrainConfig(**train_config_dict(run, batch_size=8, epochs=2, resume="auto"))
+    trainer = Trainer(cfg)
+    assert (trainer.steps_per_epoch, trainer.step_in_epoch) == (2, 1)  # 12 seen // 8
+    assert trainer.scheduler.last_epoch == 1
+    schedule = warmup_cosine(round(cfg.warmup_epochs * 2), 4, cfg.min_lr_ratio)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.lr * schedule(1))
+    trainer.train_step = spy.__get__(trainer)
+    trainer.fit()
+    assert [epoch for epoch, _ in seen] == [0, 1, 1]  # the rest of epoch 1, all of epoch 2
+    assert sorted(seen[1][1] + seen[2][1]) == list(range(16))
+    assert [s for s, _ in read_steps(run)] == [1, 2, 3, 4, 5, 6, 7, 8, 9]  # in order
+
+
+def test_resume_with_epochs_below_the_checkpoint_is_refused(tmp_path: Path) -> None:
+    """At 4 steps an epoch, step 6 is mid-epoch 2: with epochs=1 the run said "already
+    finished" and published those mid-epoch weights as final."""
+    run = tmp_path / "run"
+    train(TrainConfig(**train_config_dict(run, epochs=3, stop_after_steps=6)))
+    with pytest.raises(ValueError, match=r"epochs \(--epochs\): 1, but .* 2 steps into epoch 2"):
+        Trainer(TrainConfig(**train_config_dict(run, epochs=1, resume="auto")))
+    assert not (run / "model").exists()
+    train(TrainConfig(**train_config_dict(run, epochs=2, resume="auto")))  # 2 is enough
+    assert (run / "model").exists()

@@ -350,3 +350,24 @@ def resume_changes(state: dict[str, Any], cfg: Any, world_size: int) -> list[str
     if state["world_size"] != world_size:
         changed.append(f"world_size {state['world_size']} -> {world_size}")
     return changed
+
+
+def check_epochs_left(path: Path, epoch: int, step_in_epoch: int, epochs: int) -> None:
+    """``epochs`` lowered on resume below where the checkpoint at ``path`` is: refused, as
+    the run would publish mid-epoch weights as its final ones."""
+    if epoch > epochs or (epoch == epochs and step_in_epoch > 0):
+        raise ValueError(f"epochs (--epochs): {epochs}, but the checkpoint {path} is "
+                         f"{step_in_epoch} steps into epoch {epoch + 1}; resume with --epochs "
+                         f"{epoch + 1} or more")
+
+
+def position_in_new_batches(epoch: int, step_in_epoch: int, old_batch: int, new_batch: int,
+                            steps_per_epoch: int) -> tuple[int, int]:
+    """(step in the epoch, step of the schedule) after a change of the global batch size.
+
+    An epoch's order of samples does not depend on the batch size, so the epoch goes on after
+    the samples already seen (up to a batch less one of them again), and the schedule at the
+    same fraction of the run. The trainer's ``step`` keeps counting optimizer steps.
+    """
+    in_epoch = min(step_in_epoch * old_batch // new_batch, steps_per_epoch)
+    return in_epoch, epoch * steps_per_epoch + in_epoch

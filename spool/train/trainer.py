@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -28,6 +27,7 @@ from spool.data.dataset import report_skipped, worker_context, worker_init_fn
 from spool.data.frame_cache import FrameTokenDataset
 from spool.distributed import (
     all_gather_objects,
+    all_reduce_sum,
     barrier,
     broadcast_object,
     cleanup_distributed,
@@ -207,9 +207,15 @@ class Trainer:
         decays = [group["weight_decay"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        ckpt.apply_hyperparameters(self.optimizer, self.scheduler, self.cfg.lr, decays)
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
+        ckpt.check_epochs_left(path, self.epoch, self.step_in_epoch, self.cfg.epochs)
+        old_batch = state["config"].get("batch_size", self.cfg.batch_size)
+        if old_batch != self.cfg.batch_size:  # positions in batches of the old size
+            self.step_in_epoch, self.scheduler.last_epoch = ckpt.position_in_new_batches(
+                self.epoch, self.step_in_epoch, old_batch, self.cfg.batch_size,
+                self.steps_per_epoch)
+        ckpt.apply_hyperparameters(self.optimizer, self.scheduler, self.cfg.lr, decays)
         self.history = state["history"]
         if self.info.is_main:  # the checkpoint holds the sum over ranks
             self.tracker.load_state_dict(state["tracker"])
@@ -267,8 +273,11 @@ class Trainer:
         self.module.train()
         with autocast_context(self.device, self.cfg.amp):
             loss, logits, count = self.task.loss(self, inputs, labels)
+        # A rank's loss is the mean over its samples (frames: their number differs per rank)
+        # and DDP averages ranks, so each rank weighs by its share of the global batch.
+        total = max(float(all_reduce_sum(torch.tensor(float(count)))), 1.0)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (torch.nan_to_num(loss) * (count * self.info.world_size / total)).backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.cfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
@@ -280,11 +289,8 @@ class Trainer:
         self.step += 1
         self.step_in_epoch += 1
         self.tracker.update(logits, labels, float(loss.detach()) * count)
-        mean_loss = loss.detach().clone()
-        if self.info.distributed:
-            dist.all_reduce(mean_loss)
-            mean_loss /= self.info.world_size
-        return {"loss": float(mean_loss), "lr": lr, "grad_norm": float(norm)}
+        summed = all_reduce_sum(torch.nan_to_num(loss.detach()).float().cpu() * count)
+        return {"loss": float(summed) / total, "lr": lr, "grad_norm": float(norm)}
 
     def _end_epoch(self, seconds: float) -> dict[str, Any]:
         self.tracker.all_reduce()
@@ -366,8 +372,8 @@ class Trainer:
                 self.tb.add_scalar("train/step_loss", out["loss"], self.step)
                 self.tb.add_scalar("train/lr", out["lr"], self.step)
         if self.step % self.cfg.log_every == 0:
-            self.log(f"  step {self.step}/{self.total_steps} loss {out['loss']:.4f} "
-                     f"lr {out['lr']:.2e}")
+            self.log(f"  step {self.scheduler.last_epoch}/{self.total_steps} "
+                     f"loss {out['loss']:.4f} lr {out['lr']:.2e}")
 
     def _checkpoint_or_stop(self, signum: int | None) -> bool:
         """Checkpoint when one is due; True when the run stops here (``stop_after_steps``).
