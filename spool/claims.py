@@ -76,13 +76,18 @@ _NAME_MAX = 255  # bytes in one file name: ext4, XFS, btrfs, APFS, NTFS (in UTF-
 
 def _fitted(name: str, extra: int) -> str:
     """``name``, or a prefix of it and a digest of the whole, so that ``extra`` more bytes fit
-    in one file name: a video's name may be up to the limit, its claim and temporaries too."""
-    raw = name.encode()
+    in one file name: a video's name may be up to the limit, its claim and temporaries too.
+    A name that is not UTF-8 (Linux names are bytes) becomes its digest alone: libraries that
+    take paths as UTF-8 (safetensors) could not write a temporary of that name."""
+    raw = os.fsencode(name)
+    digest = "~" + hashlib.sha1(raw).hexdigest()[:16]
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return digest
     if len(raw) + extra <= _NAME_MAX:
         return name
-    digest = "~" + hashlib.sha1(raw).hexdigest()[:16]
-    keep = raw[:_NAME_MAX - extra - len(digest)].decode(errors="ignore")
-    return keep + digest
+    return raw[:_NAME_MAX - extra - len(digest)].decode(errors="ignore") + digest
 
 
 def temporary_sibling(path: str | os.PathLike) -> Path:

@@ -104,9 +104,11 @@ def source_metadata(source: Path) -> dict[str, str]:
     """Which video an output was made from: its path, size and modification time (an output
     of another file, or of an earlier version of this one, is redone)."""
     version = file_version(source)
+    # safetensors metadata is UTF-8: a name of other bytes is kept with those escaped.
+    name = os.fsencode(source).decode("utf-8", errors="backslashreplace")
     if version is None:  # reported as a failure when it is read
-        return {"source": str(source)}
-    return {"source": str(source), "source_size": str(version[0]),
+        return {"source": name}
+    return {"source": name, "source_size": str(version[0]),
             "source_mtime_ns": str(version[1])}
 
 
@@ -322,7 +324,7 @@ class FeatureExtractor:
                     continue
                 # Jobs sharing the output folder split the videos: one claim file per output.
                 claim = try_claim(job.output)
-            except OSError as err:
+            except (OSError, UnicodeError) as err:
                 _report_failure(summary, job, err)
                 continue
             if claim is None:

@@ -162,9 +162,10 @@ def file_version(path: str | os.PathLike) -> tuple[int, int] | None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename. File names
+    that are not UTF-8 (in CSV rows) are written as the bytes the file system holds."""
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
+        Path(tmp).write_text(text, encoding="utf-8", errors="surrogateescape")
 
 
 def write_failures(path: str | os.PathLike,
@@ -203,7 +204,7 @@ def merge_failures(path: str | os.PathLike, failures: Iterable[tuple[str, str, s
     try:
         kept = []
         if Path(path).is_file():
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
                 kept = [row for row in list(csv.reader(f))[1:] if row and not stale(row[0])]
         write_failures(path, kept + failures)
         return len(kept) + len(failures)

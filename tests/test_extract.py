@@ -40,7 +40,7 @@ def videos(tmp_path_factory):
 
 def _failures(out) -> dict[str, str]:
     """File name -> message of the videos ``out/failures.csv`` lists."""
-    with open(out / "failures.csv") as f:
+    with open(out / "failures.csv", encoding="utf-8", errors="surrogateescape") as f:
         return {os.path.basename(row["path"]): row["message"] for row in csv.DictReader(f)}
 
 
@@ -145,6 +145,24 @@ def test_a_long_name_is_extracted_and_one_too_long_for_its_output_fails_alone(vi
         if not extracted:
             assert "File name too long" in _failures(out)[long.name]
         assert not [name for name in names if name.startswith(".")]  # no leftovers
+
+
+def test_a_name_that_is_not_utf8_is_extracted(videos, tmp_path):
+    """Linux names are bytes: claim names built from one raised UnicodeEncodeError, which
+    stopped the whole run."""
+    root, config = videos
+    odd = tmp_path / os.fsdecode(b"caf\xe9.mp4")
+    odd.write_bytes((root / "a.mp4").read_bytes())
+    out = tmp_path / "out"
+    bad = tmp_path / os.fsdecode(b"bad\xe9.mp4")
+    bad.write_text("damaged\n")
+    assert _extract([odd, bad, root / "a.mp4"], out, config, "--num-frames", "2") == 1
+    assert {p.name for p in out.iterdir()} == {os.fsdecode(b"caf\xe9.safetensors"),
+                                               "a.safetensors", "failures.csv"}
+    assert list(_failures(out)) == [bad.name]  # the name as the file system has it
+    bad.unlink()  # a re-run skips what is done, and drops the row of the deleted video
+    assert _extract([odd, root / "a.mp4"], out, config, "--num-frames", "2") == 0
+    assert not (out / "failures.csv").exists()
 
 
 def test_dotted_names_keep_their_own_outputs(tmp_path):

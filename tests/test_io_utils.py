@@ -100,15 +100,16 @@ def test_claims_and_temporaries_of_names_near_the_limit_fit(tmp_path):
     prefix and a digest of the whole name), distinct for names that share that prefix."""
     from spool.claims import claim_path, is_stale_temporary, temporary_sibling
 
-    names = ["é" * 120 + "a.safetensors", "é" * 120 + "b.safetensors", "v" * 255]
+    names = ["é" * 120 + "a.safetensors", "é" * 120 + "b.safetensors", "v" * 255,
+             os.fsdecode(b"caf\xe9.safetensors"), os.fsdecode(b"\xe9" * 250)]  # not UTF-8
     claims = [claim_path(tmp_path / name) for name in names]
-    assert len({c.name for c in claims}) == 3
+    assert len({c.name for c in claims}) == len(names)
     assert claims[0] == claim_path(tmp_path / names[0])  # the same output, the same claim
     for name, claim in zip(names, claims, strict=True):
-        assert len(claim.name.encode()) <= 255
+        assert len(os.fsencode(claim.name)) <= 255
         claim.write_text("")  # the file system takes it
         tmp = temporary_sibling(tmp_path / name)
-        assert len(tmp.name.encode()) <= 255 and tmp.parent == tmp_path
+        assert len(os.fsencode(tmp.name)) <= 255 and tmp.parent == tmp_path
         tmp.write_text("")
         assert not is_stale_temporary(tmp)  # its writer (this process) is alive
     short = tmp_path / "a.safetensors"
