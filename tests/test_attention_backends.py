@@ -166,3 +166,19 @@ def test_dense_keeps_few_small_masks(monkeypatch):
     monkeypatch.setattr(attention_dense, "CACHED_MASK_BYTES", 0)
     attention_dense.dense_attention(q, k, v, num_lookback_heads=1, local_frame_range=2)
     assert cache.cache_info().currsize == 0
+
+
+def test_masks_used_while_a_cuda_graph_is_captured_are_kept(monkeypatch):
+    """A captured graph holds only a mask's address: once evicted from the cache its memory
+    would be reused under the graph's replays. Masks used during a capture stay."""
+    from spool.layers import attention_dense, masks
+
+    cache = attention_dense._cached_additive_mask
+    cache.cache_clear()
+    args = (18, 5, 2, False, torch.float32, torch.device("cpu"))
+    monkeypatch.setattr(masks, "_capturing", lambda: True)
+    captured = attention_dense.dense_token_bias(*args)
+    monkeypatch.setattr(masks, "_capturing", lambda: False)
+    for T in range(1, 21):  # evicts it from the LRU cache
+        attention_dense.dense_token_bias(T, 5, 2, False, torch.float32, torch.device("cpu"))
+    assert attention_dense.dense_token_bias(*args) is captured

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from spool.layers.masks import cached_mask, frame_mask, frames_to_tokens
 
-# Additive masks above this many bytes are built per call rather than cached, and at most 8
-# (512 MiB) are kept: training on clips of many lengths would otherwise hoard device memory.
-CACHED_MASK_BYTES = 64 * 2**20
+# Additive masks above this many bytes are built per call rather than cached (5,000 tokens,
+# auto's limit on CUDA, in fp32), and at most 8 are kept: training on clips of many lengths
+# would otherwise hoard device memory.
+CACHED_MASK_BYTES = 5000 * 5000 * 4
 
 
 @cached_mask(maxsize=8)

@@ -36,16 +36,30 @@ def dense_token_mask(num_frames: int, num_tokens: int, local_frame_range: int,
     return per_head.repeat_interleave(num_tokens, 1).repeat_interleave(num_tokens, 2)
 
 
+def _capturing() -> bool:
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
 def cached_mask(fn=None, *, maxsize: int = 64):
     """lru_cache that always stores normal tensors: a mask first built under
-    ``torch.inference_mode`` would otherwise be unusable in a later training step."""
+    ``torch.inference_mode`` would otherwise be unusable in a later training step.
+
+    A mask used while a CUDA graph is captured is kept for good: the graph holds only its
+    address, and an evicted mask's memory would be reused under the graph's replays.
+    """
     if fn is None:
         return lambda f: cached_mask(f, maxsize=maxsize)
     cached = lru_cache(maxsize=maxsize)(fn)
+    pinned: dict[tuple, torch.Tensor] = {}
 
     def wrapper(*args):
+        if args in pinned:
+            return pinned[args]
         with torch.inference_mode(False):
-            return cached(*args)
+            mask = cached(*args)
+        if _capturing():
+            pinned[args] = mask
+        return mask
 
     wrapper.cache_clear = cached.cache_clear
     wrapper.cache_info = cached.cache_info
