@@ -104,3 +104,25 @@ def test_a_file_cut_mid_gop_reads_what_its_decoder_shows(tmp_path: Path, codec: 
     picks = [0, len(shown) // 2, len(shown) - 1]
     np.testing.assert_array_equal(read_video_frames(cut, picks)[0], shown[picks])
     _check(cut)
+
+
+@pytest.mark.parametrize(("codec", "suffix", "options"), [
+    ("mpeg4", "avi", {}), ("mpeg4", "mkv", {}),
+    ("libx264", "mkv", {"x264-params": "open-gop=1:b-adapt=0"}),
+    ("libx264", "avi", {"x264-params": "open-gop=1:b-adapt=0"})])
+def test_a_cut_at_a_keyframe_with_leading_b_frames_reads_what_is_shown(
+        tmp_path: Path, codec: str, suffix: str, options: dict) -> None:
+    """``-ss X -c copy`` starting at a keyframe whose leading B-frames refer to the frames
+    before it: the decoder shows none of them, but they were indexed ("could not decode
+    frame index 0", or the last frames unreadable)."""
+    src = write_video(tmp_path / f"src.{'mp4' if suffix == 'mkv' else suffix}", _grey_ramp(60),
+                      codec=codec, fps=25, gop_size=20, max_b_frames=3, options=options)
+    with av.open(str(src)) as container:
+        keys = [p.is_keyframe for p in container.demux(container.streams.video[0]) if p.size]
+    cut = _cut_before(src, tmp_path / f"cut.{suffix}", keys.index(True, 1))
+    shown = _decoded(cut)
+    with VideoReader(cut) as reader:
+        assert len(reader) == len(shown)
+    np.testing.assert_array_equal(read_video_frames(cut, [0, len(shown) - 1])[0],
+                                  shown[[0, -1]])
+    _check(cut)

@@ -106,15 +106,20 @@ def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool 
 
 
 def _shown_pts(path: str, max_pixels: int, packets: int) -> list[int | None]:
-    """The pts of the frames the decoder shows from the first ``packets`` packets (flushed),
-    in the order shown; in an open of its own, as the indexing open decodes nothing."""
+    """The pts of the frames the decoder shows from the first ``packets`` packets the index
+    counts (flushed; discarded packets are decoded too, for their references), in the order
+    shown; in an open of its own, as the indexing open decodes nothing."""
     container, stream = _open(path, max_pixels)
     out: list[int | None] = []
+    counted = 0
     with container:
         stream.thread_type = "SLICE"  # frame threads would hold back the few frames here
-        for n, packet in enumerate(container.demux(stream)):
-            if n >= packets:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            if counted >= packets:
                 break
+            counted += not packet.is_discard
             try:
                 out += [f.pts for f in stream.decode(packet)]
             except av.FFmpegError:
@@ -147,10 +152,13 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
     last_duration = 0
     others_end: float | None = None  # a truncation check needs where the audio ends too
     discarded = 0
+    starts_at_key: bool | None = None  # the first video packet's, discarded ones included
     try:
         for packet in container.demux():  # every stream: their packets interleave anyway
             if packet.size == 0:
                 continue
+            if starts_at_key is None and packet.stream.index == stream.index:
+                starts_at_key = packet.is_keyframe
             if packet.is_discard:  # decoded for reference, never shown
                 discarded += packet.stream.index == stream.index
                 continue
@@ -166,19 +174,20 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
         pass  # truncated or corrupt tail: index what could be read
     n = len(pts)
     tb = stream.time_base or Fraction(1, 1)
-    # A file cut mid-GOP (``ffmpeg -ss X -c copy``, a broadcast capture) starts with packets
-    # that need frames it lacks. Whether a decoder shows them differs (H.264's shows nothing
-    # before a keyframe, MPEG-4 Part 2's shows them), so it is observed: the leading packets
-    # through the first keyframe and a margin are decoded, and those that showed no frame
-    # are no frames of the file (a header counts them).
-    mid_gop = n > 0 and not keys[0]
+    # A file cut by stream copy (``ffmpeg -ss X -c copy``, a broadcast capture) can start
+    # with packets that need frames it lacks: mid-GOP, or the leading B-frames of an open
+    # GOP. Whether a decoder shows them differs (H.264's shows nothing before a keyframe,
+    # MPEG-4 Part 2's shows them), so it is observed: the leading packets through the first
+    # keyframe and a margin are decoded, and those that showed no frame are no frames of
+    # the file (a header counts them). An edit list's discarded packets start at a keyframe.
+    mid_gop = n > 0 and not starts_at_key
     shown: list[int | None] = []
     not_shown = 0
     if mid_gop or stream.codec_context.has_b_frames:
         first_key = keys.index(True) if True in keys else n
         decoded = min(n, (first_key if mid_gop else 0) + _ORDER_CHECK_PACKETS)
         shown = _shown_pts(path, max_pixels, decoded)
-        not_shown = max(0, decoded - len(shown)) if mid_gop else 0
+        not_shown = max(0, decoded - len(shown))
     exact = (n > 0 and None not in pts and len(set(pts)) == n
              and _pts_give_display_order(shown, stream, pts))
     if not exact:
@@ -188,7 +197,7 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
     file_pts = np.asarray(pts, dtype=np.int64)
     order = np.argsort(file_pts, kind="stable")
     first_shown = min((t for t in shown if t is not None), default=None)
-    if mid_gop and first_shown is not None:
+    if first_shown is not None:
         order = order[file_pts[order] >= first_shown]
         discarded += n - len(order)
     # The keyframe to start from: the last one in file order at or before the frame's packet
