@@ -296,15 +296,20 @@ class FeatureExtractor:
 
     def _extract(self, job: VideoJob, metadata: dict[str, str]) -> None:
         with pixel_budget(self.max_pixels):
+            # --dtype holds for every mode (it is recorded in the output's metadata).
+            autocast = torch.autocast(self.device.type, dtype=self.dtype,
+                                      enabled=self.dtype != torch.float32)
             if isinstance(self.model, FrameClassifier):
                 from spool.extract_frames import write_frame_predictions
 
-                write_frame_predictions(self.model, job.source, job.output, self.sampler,
-                                        metadata, chunk_frames=self.chunk_frames,
-                                        offload_dir=self.offload_dir)
+                with autocast:
+                    write_frame_predictions(self.model, job.source, job.output, self.sampler,
+                                            metadata, chunk_frames=self.chunk_frames,
+                                            offload_dir=self.offload_dir)
                 return
             if self.per_frame:
-                self._write_per_frame(job.source, job.output, metadata)
+                with autocast:
+                    self._write_per_frame(job.source, job.output, metadata)
                 return
             tensors = self.features(job.source)
         metadata["num_clips"] = str(len(tensors["frame_indices"]))

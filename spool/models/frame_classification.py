@@ -174,11 +174,15 @@ class FrameClassifier(SpoolPreTrainedModel):
             return torch.cat([c.float().mean(1) for c in tokens.split(chunk_frames)]), None, None
         with VideoReader(video) as reader:
             info = reader.info()
-            indices = sampler(info.num_frames, info.fps,
-                              timestamps=reader.frame_times())[0]
-            parts = list(stream_tokens(self, reader, indices))
-        return (torch.cat([t.float().mean(1).cpu() for t, _ in parts]), np.asarray(indices),
-                np.concatenate([s for _, s in parts]))
+            clips = sampler(info.num_frames, info.fps, timestamps=reader.frame_times())
+            if len(clips) != 1:
+                raise ValueError(f"sampler: predict_long takes one clip per video, {sampler!r} "
+                                 f"gave {len(clips)}; use an fps, stride or uniform sampler")
+            features, stamps = [], []
+            for t, s in stream_tokens(self, reader, clips[0]):  # one chunk's tokens at a time
+                features.append(t.float().mean(1).cpu())
+                stamps.append(s)
+        return torch.cat(features), np.asarray(clips[0]), np.concatenate(stamps)
 
     @torch.no_grad()
     def predict_long(self, video: str | os.PathLike | torch.Tensor, *,
@@ -187,12 +191,15 @@ class FrameClassifier(SpoolPreTrainedModel):
         """Logits of every frame of a whole video (a file, decoded with ``sampler``, by
         default at the training rate, ``config.sampling``, else 1 fps; or its tokens
         ``[T, L, D]``) in one pass, memory linear in its length."""
+        if self.training:
+            raise ValueError("predict_long: inference only; call model.eval() first")
         check_float32_weights(self, "predict_long")
         tokens = video if isinstance(video, torch.Tensor) else None
         features, indices, stamps = self._long_features(
             tokens, None if tokens is not None else os.fspath(video),
             sampler or default_sampler(self.config), chunk_frames)
-        logits = self.head(features[None])[0]
+        device = next(self.parameters()).device  # the features come back on the CPU
+        logits = self.head(features[None].to(device))[0].cpu()
         return LongPrediction(logits,
                               None if indices is None else torch.from_numpy(indices),
                               None if stamps is None else torch.from_numpy(stamps))
@@ -351,11 +358,13 @@ class SpoolForFrameClassification(FrameClassifier):
         out = self.spool.forward_long(video, sampler=sampler or default_sampler(self.config),
                                       chunk_frames=chunk_frames,
                                       offload_dir=offload_dir)
-        features = self._head_input(out.frame_features[None], out.context[None])
+        device = self.classifier.weight.device  # forward_long's outputs are on the CPU
+        features = self._head_input(out.frame_features[None].to(device),
+                                    out.context[None].to(device))
         logits = self.classifier(features)
         for stage in self.refinements:  # one token per frame: the whole video at once
             logits = stage(logits)
-        return LongPrediction(logits[0], out.frame_indices, out.timestamps)
+        return LongPrediction(logits[0].cpu(), out.frame_indices, out.timestamps)
 
 
 class FrameProbeForFrameClassification(FrameClassifier):

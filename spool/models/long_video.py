@@ -211,8 +211,11 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     layers.close()
     frame_features = torch.cat([c.mean(1).cpu() for c in _chunks(work[1:-1], chunk_frames)])
     context = torch.cat((work[0].mean(0), work[-1].mean(0))).cpu()
+    if keep_features and work is not hidden:  # back into the (offloaded) buffer, not RAM
+        for start in range(0, len(work), chunk_frames):
+            hidden[start:start + chunk_frames] = work[start:start + chunk_frames].cpu()
     return LongVideoOutput(
         frame_features, context,
         None if indices is None else torch.tensor(indices, dtype=torch.int64),
         None if timestamps is None else torch.from_numpy(timestamps),
-        work.cpu() if keep_features else None)
+        hidden if keep_features else None)
