@@ -20,7 +20,6 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from safetensors import safe_open
 from tqdm import tqdm
 
 from spool import __version__
@@ -39,7 +38,11 @@ from spool.io_utils import (
 from spool.models.frame_classification import FrameClassifier
 from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
-from spool.tensor_files import StreamedTensor, write_streamed_safetensors
+from spool.tensor_files import (
+    StreamedTensor,
+    read_safetensors_metadata,
+    write_streamed_safetensors,
+)
 from spool.video import FrameSampler, VideoDecodeError, VideoReader
 from spool.video.limits import DEFAULT_MAX_PIXELS, pixel_budget
 
@@ -117,10 +120,8 @@ def is_done(output: Path, settings: dict[str, str]) -> bool:
     any of today's keys was made by an older version and is redone)."""
     if not output.is_file():
         return False
-    try:
-        with safe_open(str(output), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception:  # a damaged file is simply redone
+    meta = read_safetensors_metadata(output)
+    if meta is None:  # a damaged file is simply redone
         return False
     return all(meta.get(k) == v for k, v in settings.items() if k != "spool_version")
 

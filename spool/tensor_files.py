@@ -66,3 +66,24 @@ def write_streamed_safetensors(path: str | os.PathLike, tensors: list[StreamedTe
             if written != t.nbytes:
                 raise ValueError(f"{t.name}: chunks held {written} bytes, the shape "
                                  f"{t.shape} needs {t.nbytes}")
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str] | None:
+    """The ``__metadata__`` of a safetensors file whose header is whole and whose tensors end
+    where the file does; None for anything else (a damaged or cut file). Read in Python, as
+    safetensors' own reader takes paths as UTF-8 only (Linux names are bytes)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return None
+            header = json.loads(f.read(n))
+        ends = [info["data_offsets"][1] for name, info in header.items()
+                if name != "__metadata__"]
+        if max(ends, default=0) != size - 8 - n:
+            return None
+        meta = header.get("__metadata__") or {}
+        return meta if isinstance(meta, dict) else None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error):
+        return None

@@ -182,3 +182,23 @@ def test_masks_used_while_a_cuda_graph_is_captured_are_kept(monkeypatch):
     for T in range(1, 21):  # evicts it from the LRU cache
         attention_dense.dense_token_bias(T, 5, 2, False, torch.float32, torch.device("cpu"))
     assert attention_dense.dense_token_bias(*args) is captured
+
+
+def test_attention_compiles_whole_in_a_cuda_process(monkeypatch):
+    """The capture query of the mask cache broke dynamo's graph at every attention call
+    where CUDA is initialised (fullgraph failed: "torch.* op returned non-Tensor")."""
+    import torch.cuda.graphs
+
+    from spool.layers.attention_dense import dense_attention
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # as after any CUDA use
+    # What torch.cuda.is_current_stream_capturing asks CUDA (none here): a bool, not a tensor.
+    monkeypatch.setattr(torch.cuda.graphs, "_cuda_isCurrentStreamCapturing", lambda: False)
+    torch._dynamo.reset()
+    q = torch.randn(4, 1, 4, 8, 16)
+    compiled = torch.compile(lambda q: dense_attention(q, q, q, num_lookback_heads=2,
+                                                       local_frame_range=2),
+                             backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q), dense_attention(q, q, q, num_lookback_heads=2,
+                                                            local_frame_range=2))
+    torch._dynamo.reset()

@@ -161,8 +161,11 @@ def test_a_name_that_is_not_utf8_is_extracted(videos, tmp_path):
                                                "a.safetensors", "failures.csv"}
     assert list(_failures(out)) == [bad.name]  # the name as the file system has it
     bad.unlink()  # a re-run skips what is done, and drops the row of the deleted video
+    done = out / os.fsdecode(b"caf\xe9.safetensors")
+    made = done.stat().st_mtime_ns
     assert _extract([odd, root / "a.mp4"], out, config, "--num-frames", "2") == 0
     assert not (out / "failures.csv").exists()
+    assert done.stat().st_mtime_ns == made  # safetensors' reader refused the name: redone
 
 
 def test_dotted_names_keep_their_own_outputs(tmp_path):

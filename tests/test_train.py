@@ -14,6 +14,7 @@ from train_helpers import (
     read_epochs,
     read_steps,
     tiny_video_dataset,
+    train_config_dict,
 )
 
 from spool.data.cache import build_cache
@@ -196,3 +197,15 @@ def test_clip_flags_are_refused_with_a_token_cache(tmp_path: Path, capsys, flag:
     err = capsys.readouterr().err
     assert f"spool train: error: {flag}: applies to --train-data" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_diverged_loss_is_logged_as_it_is(tmp_path: Path, monkeypatch) -> None:
+    """A NaN loss shows in steps.csv (it must not be turned into 0.0 and a skipped step)."""
+    from spool.train.tasks import ClipTask
+
+    loss = ClipTask.loss
+    monkeypatch.setattr(ClipTask, "loss", lambda self, *a: (lambda out: (
+        out[0] * float("nan"), *out[1:]))(loss(self, *a)))
+    run = tmp_path / "run"
+    train(TrainConfig(**train_config_dict(run, epochs=1)))
+    assert all(x != x for _, x in read_steps(run))  # NaN

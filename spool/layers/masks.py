@@ -37,7 +37,10 @@ def dense_token_mask(num_frames: int, num_tokens: int, local_frame_range: int,
 
 
 def _capturing() -> bool:
-    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+    # Dynamo cannot trace the capture query (a graph break at every attention call); a
+    # compiled region does not capture masks by address anyway.
+    return (not torch.compiler.is_compiling() and torch.cuda.is_initialized()
+            and torch.cuda.is_current_stream_capturing())
 
 
 def cached_mask(fn=None, *, maxsize: int = 64):

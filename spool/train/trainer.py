@@ -277,7 +277,7 @@ class Trainer:
         # and DDP averages ranks, so each rank weighs by its share of the global batch.
         total = max(float(all_reduce_sum(torch.tensor(float(count)))), 1.0)
         self.optimizer.zero_grad(set_to_none=True)
-        (torch.nan_to_num(loss) * (count * self.info.world_size / total)).backward()
+        (loss * (count * self.info.world_size / total)).backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.cfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
@@ -289,7 +289,7 @@ class Trainer:
         self.step += 1
         self.step_in_epoch += 1
         self.tracker.update(logits, labels, float(loss.detach()) * count)
-        summed = all_reduce_sum(torch.nan_to_num(loss.detach()).float().cpu() * count)
+        summed = all_reduce_sum(loss.detach().float().cpu() * count)
         return {"loss": float(summed) / total, "lr": lr, "grad_norm": float(norm)}
 
     def _end_epoch(self, seconds: float) -> dict[str, Any]:
