@@ -86,6 +86,12 @@ def test_ms_tcn_layout(tmp_path, ntsc_video):
     ("video,start,end,label\nclip.mkv,0,1,a\n", "header"),
     ("video,start_s,end_s,label\nclip.mkv,2,1,a\n", r"line 2: expected 0 <= start_s < end_s"),
     ("video,start_s,end_s,label\nclip.mkv,x,1,a\n", "line 2: start_s/end_s must be numbers"),
+    # A short row gave a TypeError from sorting None; extra fields passed silently.
+    ("video,start_s,end_s,label\nclip.mkv,0,1,a\nclip.mkv,1\n", "line 3: expected 4 fields"),
+    ("video,start_s,end_s,label\nclip.mkv,0,1,a,b\n", "line 2: expected 4 fields"),
+    # Overlaps were taken, the later segment winning inside them.
+    ("video,start_s,end_s,label\nclip.mkv,0,2,a\n./clip.mkv,1,3,b\n",
+     "segments 0.0-2.0 s and 1.0-3.0 s of clip.mkv overlap"),
 ])
 def test_bad_segment_csv(tmp_path, text, message):
     (tmp_path / "s.csv").write_text(text)
@@ -165,3 +171,35 @@ def test_segment_boundaries_hold_for_millisecond_timestamps() -> None:
     sample = SegmentationSample("v", "v.mkv", segments=((0.0, 10.3333, 0), (10.3333, 20.0, 1)))
     stamps = [10.266, 10.333, 10.4, 19.999, 20.0]  # 154/15, 155/15, 156/15 in ms; the end
     assert sample.labels_at(range(5), stamps).tolist() == [0, 1, 1, 1, IGNORE_INDEX]
+
+
+def test_labels_that_do_not_fit_the_video_are_reported(tmp_path, ntsc_video, caplog):
+    """Ground truth at another frame rate (180 lines for 90 frames) lost its second half, and
+    segments in frame numbers instead of seconds were dropped past the end, without a word."""
+    import logging
+
+    from spool.data.segmentation import SegmentationSample, warn_if_labels_disagree
+
+    _, video = ntsc_video
+    caplog.set_level(logging.WARNING, logger="spool")
+    doubled = SegmentationSample("clip", str(video), frame_labels=np.zeros(180, np.int64))
+    in_frames = SegmentationSample("clip2", str(video) + "?", segments=((0, 30, 0), (30, 90, 1)))
+    fits = SegmentationSample("clip3", str(video) + "!", frame_labels=np.zeros(89, np.int64))
+    for sample in (doubled, in_frames, fits, doubled):
+        warn_if_labels_disagree(sample, 90, 3.003)
+    assert [r.getMessage().split(": ", 2)[-1] for r in caplog.records] == [
+        "its ground truth has 180 lines for 90 frames (annotated at another frame rate?)",
+        "a segment starts at 30 s, after the video's end (3.00 s; segments are in seconds)"]
+
+
+def test_video_crops_are_decoded_a_chunk_at_a_time_alike(ntsc_video, monkeypatch):
+    from spool.data import frame_cache
+
+    root, _ = ntsc_video
+    samples, names = read_segments_csv(root / "segments.csv")
+    pre = FrameEncoderModel(tiny_config()).config.preprocessing()
+    whole = VideoFrameDataset(samples, names, FpsSampler(10), pre)[0]
+    monkeypatch.setattr(frame_cache, "DECODE_CHUNK_FRAMES", 7)
+    chunked = VideoFrameDataset(samples, names, FpsSampler(10), pre)[0]
+    assert torch.equal(chunked["video"], whole["video"])
+    assert torch.equal(chunked["labels"], whole["labels"])

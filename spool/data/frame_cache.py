@@ -32,7 +32,12 @@ from tqdm import tqdm
 from spool.data.cache import FAILURES_NAME, CacheSummary, report_failure, write_cache_failures
 from spool.data.classes import FrameLabelMapping
 from spool.data.dataset import UNREADABLE, first_readable, skipped_video, split_readable
-from spool.data.segmentation import IGNORE_INDEX, LABEL_RULES_REVISION, SegmentationSample
+from spool.data.segmentation import (
+    IGNORE_INDEX,
+    LABEL_RULES_REVISION,
+    SegmentationSample,
+    warn_if_labels_disagree,
+)
 from spool.errors import SpoolLoadError
 from spool.io_utils import atomic_save_safetensors, atomic_write_text, read_json
 from spool.models.frame_encoder import save_frame_encoder
@@ -45,6 +50,7 @@ from spool.video.transforms import FramePreprocessing
 CACHE_META = "cache.json"
 BACKBONE_DIR = "backbone"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
+DECODE_CHUNK_FRAMES = 64  # frames decoded at full size at once for frame training
 
 
 def _video_file(out: Path, name: str) -> Path:
@@ -144,6 +150,7 @@ def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
         chunks = list(stream_tokens(model, reader, indices))
     tokens = torch.cat([t for t, _ in chunks]).to("cpu", _DTYPES[dtype])
     timestamps = np.concatenate([s for _, s in chunks])
+    warn_if_labels_disagree(sample, info.num_frames, info.duration)
     labels = sample.labels_at(indices, timestamps, info.start_time)
     return {"tokens": tokens, "labels": torch.from_numpy(labels),
             "frame_indices": torch.tensor(indices, dtype=torch.int64),
@@ -234,10 +241,17 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
             indices = self.sampler(info.num_frames, info.fps,
                                    timestamps=reader.frame_times())[0]
             indices = indices[_crop(len(indices), self.crop_frames, rng)]
-            frames, stamps = reader.get(indices)
-        labels = torch.from_numpy(sample.labels_at(indices, stamps, info.start_time))
-        return {"video": self.preprocessing(torch.from_numpy(frames)),
-                "labels": self.relabel(labels)}
+            # Decoded and preprocessed a chunk at a time: whole crops of full-size frames
+            # would take GBs (512 frames of 1080p: 3 GB) for an output of MBs.
+            frames, stamps = [], []
+            for start in range(0, len(indices), DECODE_CHUNK_FRAMES):
+                chunk, times = reader.get(indices[start:start + DECODE_CHUNK_FRAMES])
+                frames.append(self.preprocessing(torch.from_numpy(chunk)))
+                stamps.append(times)
+        warn_if_labels_disagree(sample, info.num_frames, info.duration)
+        labels = torch.from_numpy(sample.labels_at(indices, np.concatenate(stamps),
+                                                   info.start_time))
+        return {"video": torch.cat(frames), "labels": self.relabel(labels)}
 
 
 def collate_frames(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import itertools
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ import numpy as np
 
 from spool.video.formats import VIDEO_EXTENSIONS
 
+logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 # Matroska/WebM store times in whole milliseconds: a frame shown at 155/15 s is 10.333 s, and
 # must still fall in a segment that starts at 10.3333 s. Frames are >= 4 ms apart up to 240 fps.
@@ -45,6 +48,23 @@ class SegmentationSample:
     frame_labels: np.ndarray | None = None
     segments: tuple[tuple[float, float, int], ...] | None = None
 
+    def disagreement(self, num_frames: int, duration: float) -> str | None:
+        """Why these labels cannot describe a video of ``num_frames`` frames lasting
+        ``duration`` s, or None: ground truth for many more or fewer frames (annotated at
+        another frame rate?), or a segment that starts after the video ends (frame numbers
+        written as seconds?). Labels past the video, or frames past the labels, would be
+        dropped without a word."""
+        if self.frame_labels is not None:
+            n = len(self.frame_labels)
+            if abs(n - num_frames) > max(2, 0.02 * num_frames):
+                return (f"{self.video}: its ground truth has {n} lines for {num_frames} "
+                        "frames (annotated at another frame rate?)")
+        late = [s for s, _, _ in self.segments or () if s > duration + 0.5]
+        if late:
+            return (f"{self.video}: a segment starts at {late[0]} s, after the video's end "
+                    f"({duration:.2f} s; segments are in seconds)")
+        return None
+
     def labels_at(self, frame_indices: Sequence[int], timestamps: Sequence[float],
                   start_time: float = 0.0) -> np.ndarray:
         """Class indices ``[T]`` of sampled frames (``IGNORE_INDEX`` where nothing applies):
@@ -61,6 +81,18 @@ class SegmentationSample:
         for start, end, label in self.segments or ():
             out[(t >= start - LABEL_TIME_TOLERANCE_S) & (t < end - LABEL_TIME_TOLERANCE_S)] = label
         return out
+
+
+_warned: set[str] = set()
+
+
+def warn_if_labels_disagree(sample: SegmentationSample, num_frames: int,
+                            duration: float) -> None:
+    """Log :meth:`SegmentationSample.disagreement` once per video and process."""
+    why = sample.disagreement(num_frames, duration)
+    if why is not None and sample.video not in _warned:
+        _warned.add(sample.video)
+        logger.warning(f"labels do not fit the video: {why}")
 
 
 def read_mapping(path: str | os.PathLike) -> list[str]:
@@ -125,9 +157,14 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
     stem; videos whose stems collide get a digest of their path added (``clip-1a2b3c4d``)."""
     path = Path(path)
     with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or set(rows[0]) != {"video", "start_s", "end_s", "label"}:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    if not rows or set(reader.fieldnames or ()) != {"video", "start_s", "end_s", "label"}:
         raise ValueError(f"{path}: expected a header 'video,start_s,end_s,label' and rows")
+    for lineno, row in enumerate(rows, start=2):
+        if None in row or None in row.values():  # csv's marks of extra or missing fields
+            raise ValueError(f"{path}, line {lineno}: expected 4 fields "
+                             "(video,start_s,end_s,label)")
     names = list(class_names) if class_names is not None else sorted({r["label"] for r in rows})
     index = {n: i for i, n in enumerate(names)}
     per_video: dict[str, list[tuple[float, float, int]]] = {}
@@ -142,7 +179,14 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
                              f"{start}, {end}")
         if row["label"] not in index:
             raise ValueError(f"{path}, line {lineno}: unknown class {row['label']!r}")
-        per_video.setdefault(row["video"], []).append((start, end, index[row["label"]]))
+        video = os.path.normpath(row["video"])  # a.mp4 and ./a.mp4: one video
+        per_video.setdefault(video, []).append((start, end, index[row["label"]]))
+    for video, segments in per_video.items():
+        segments.sort()
+        for (s0, e0, _), (s1, e1, _) in itertools.pairwise(segments):
+            if s1 < e0:
+                raise ValueError(f"{path}: the segments {s0}-{e0} s and {s1}-{e1} s of "
+                                 f"{video} overlap")
     stems = [Path(video).stem for video in per_video]
     samples = []
     for (video, segments), stem in zip(per_video.items(), stems, strict=True):

@@ -21,7 +21,11 @@ import torch.distributed as dist
 
 from spool.data.dataset import UNREADABLE, SkippedVideo, report_skipped, skipped_video
 from spool.data.frame_cache import FrameTokenDataset
-from spool.data.segmentation import SegmentationSample, check_segmentation_source
+from spool.data.segmentation import (
+    SegmentationSample,
+    check_segmentation_source,
+    warn_if_labels_disagree,
+)
 from spool.distributed import all_reduce_sum
 from spool.io_utils import atomic_write_text
 from spool.metrics.ribbons import plot_ribbons
@@ -94,7 +98,9 @@ def evaluate_segmentation(model: FrameClassifier,
             try:
                 out = model.predict_long(sample.video, sampler=sampler,
                                          chunk_frames=chunk_frames)
-                start = probe_video(sample.video).start_time
+                info = probe_video(sample.video)
+                start = info.start_time
+                warn_if_labels_disagree(sample, info.num_frames, info.duration)
             except UNREADABLE as err:
                 result.skipped.append(skipped_video(i, sample.video, err))
                 report_skipped(result.skipped[-1:], seen)
