@@ -173,7 +173,7 @@ def test_segment_boundaries_hold_for_millisecond_timestamps() -> None:
     assert sample.labels_at(range(5), stamps).tolist() == [0, 1, 1, 1, IGNORE_INDEX]
 
 
-def test_labels_that_do_not_fit_the_video_are_reported(tmp_path, ntsc_video, caplog):
+def test_labels_that_do_not_fit_the_video_are_reported(tmp_path, ntsc_video, spool_log):
     """Ground truth at another frame rate (180 lines for 90 frames) lost its second half, and
     segments in frame numbers instead of seconds were dropped past the end, without a word."""
     import logging
@@ -181,13 +181,13 @@ def test_labels_that_do_not_fit_the_video_are_reported(tmp_path, ntsc_video, cap
     from spool.data.segmentation import SegmentationSample, warn_if_labels_disagree
 
     _, video = ntsc_video
-    caplog.set_level(logging.WARNING, logger="spool")
+    spool_log.set_level(logging.WARNING, logger="spool")
     doubled = SegmentationSample("clip", str(video), frame_labels=np.zeros(180, np.int64))
     in_frames = SegmentationSample("clip2", str(video) + "?", segments=((0, 30, 0), (30, 90, 1)))
     fits = SegmentationSample("clip3", str(video) + "!", frame_labels=np.zeros(89, np.int64))
     for sample in (doubled, in_frames, fits, doubled):
         warn_if_labels_disagree(sample, 90, 3.003)
-    assert [r.getMessage().split(": ", 2)[-1] for r in caplog.records] == [
+    assert [r.getMessage().split(": ", 2)[-1] for r in spool_log.records] == [
         "its ground truth has 180 lines for 90 frames (annotated at another frame rate?)",
         "a segment starts at 30 s, after the video's end (3.00 s; segments are in seconds)"]
 
