@@ -97,3 +97,23 @@ def test_token_merging_keeps_the_backbones_class_and_register_tokens() -> None:
     assert small(torch.rand(1, 2, 16, 16, 3)).features.shape == (1, 4, 6, 24)
     merging = Spool(tiny_config(backbone_config=registers, image_size=32, token_merging=2))
     assert (merging.token_merging.num_prefix, merging.token_merging.grid) == (5, 4)
+
+
+@pytest.mark.parametrize("processor,expected", [
+    # CLIP's bare ints: resized to 224 and cropped to 224, i.e. nothing cut (was 0.875).
+    ({"do_center_crop": True, "size": 224, "crop_size": 224}, {"crop_pct": 1.0}),
+    # ViT's fixed size without a crop: squashed (was a centre crop of 87.5%).
+    ({"do_resize": True, "size": {"height": 224, "width": 224}}, {"resize_mode": "squash"}),
+    ({"do_center_crop": True, "size": {"shortest_edge": 256},  # DINOv2's
+      "crop_size": {"height": 224, "width": 224}}, {"crop_pct": 0.875}),
+])
+def test_the_backbones_crop_is_read_in_every_form(tmp_path, processor, expected):
+    hf_config = AutoConfig.for_model(**tiny_backbone())
+    AutoModel.from_config(hf_config).save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(processor))
+    fields = dict(num_hidden_layers=1, num_attention_heads=2, num_lookahead_heads=1,
+                  num_lookback_heads=1, image_size=32, backbone_name=str(tmp_path))
+    config = Spool(**fields).config
+    assert {k: getattr(config, k) for k in expected} == expected
+    if "resize_mode" in expected:  # an explicit choice wins
+        assert Spool(**fields, resize_mode="pad").config.resize_mode == "pad"

@@ -56,7 +56,8 @@ def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
 
 def read_backbone_preprocessing(name: str) -> dict[str, object]:
     """The backbone's own normalisation and crop from a local ``preprocessor_config.json``:
-    ``image_mean``, ``image_std`` and ``crop_pct`` (crop size / shortest edge), where given."""
+    ``image_mean``, ``image_std`` and ``crop_pct`` (crop size / shortest edge), or
+    ``resize_mode="squash"`` for a processor that resizes to a fixed size, where given."""
     path = os.path.join(name, "preprocessor_config.json")
     if not os.path.isfile(path):
         return {}
@@ -70,11 +71,18 @@ def read_backbone_preprocessing(name: str) -> dict[str, object]:
     found: dict[str, object] = {}
     if "image_mean" in data and "image_std" in data:
         found.update(image_mean=list(data["image_mean"]), image_std=list(data["image_std"]))
+    # Sizes come as {"shortest_edge": n}, {"height": h, "width": w} or a bare int (older
+    # processors, CLIP's): the shortest edge, or a square.
     size, crop = data.get("size"), data.get("crop_size")
-    if data.get("do_center_crop") and isinstance(size, dict) and isinstance(crop, dict):
-        edge, side = size.get("shortest_edge"), crop.get("height")
-        if edge and side and side <= edge:
-            found["crop_pct"] = side / edge
+    edge = size if isinstance(size, int) else (
+        size.get("shortest_edge") if isinstance(size, dict) else None)
+    side = crop if isinstance(crop, int) else (
+        crop.get("height") if isinstance(crop, dict) else None)
+    if data.get("do_center_crop") and edge and side and side <= edge:
+        found["crop_pct"] = side / edge
+    elif (not data.get("do_center_crop") and isinstance(size, dict)
+          and size.get("height") and size.get("width")):
+        found["resize_mode"] = "squash"  # resized to a fixed size, nothing cropped (ViT's)
     return found
 
 
@@ -193,6 +201,8 @@ def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]
         found = read_backbone_preprocessing(config.backbone_name)
         if config.crop_pct is not None:  # an explicit choice wins over the backbone's
             found.pop("crop_pct", None)
+        if config.resize_mode != _DEFAULTS.resize_mode:
+            found.pop("resize_mode", None)
         for key in ("image_mean", "image_std"):  # so do values other than the defaults
             if list(getattr(config, key)) != list(getattr(_DEFAULTS, key)):
                 found.pop(key, None)
