@@ -260,3 +260,24 @@ def test_eval_under_torchrun_is_refused_once(tmp_path: Path, monkeypatch, capsys
     monkeypatch.setenv("RANK", "1")
     assert main(argv) == 2
     assert capsys.readouterr() == ("", "")
+
+
+def test_eval_with_nothing_scored_exits_1_and_a_bad_out_fails_first(tmp_path: Path,
+                                                                   capsys) -> None:
+    """Every video unreadable printed 'top-1: nan%' and exited 0; an --out that is a file
+    failed only after every video was scored."""
+    root = tiny_video_dataset()
+    _, names = read_annotations(root / "train.txt")
+    model = SpoolForVideoClassification(**TINY_MODEL, class_names=names)
+    model.config.sampling = {"name": "uniform", "num_frames": 4}
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "bad.mp4").write_text("not a video\n")
+    (tmp_path / "val.txt").write_text(f"{tmp_path / 'bad.mp4'} {names[0]}\n")
+    args = ["eval", "--checkpoint", str(tmp_path / "model"), "--num-workers", "0"]
+    assert main([*args, "--data", str(tmp_path / "val.txt")]) == 1
+    assert "no video could be scored" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main([*args, "--data", str(root / "val.txt"), "--out", str(tmp_path / "file")]) == 2
+    captured = capsys.readouterr()
+    assert "--out:" in captured.err and "is a file" in captured.err
+    assert "top-1" not in captured.out  # refused before evaluating

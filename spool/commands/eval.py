@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
@@ -34,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
             return 2  # rank 0 says why, once
         raise ValueError("spool eval runs in a single process; run it without torchrun "
                          "(spool eval ... --device cuda uses one GPU)")
+    if args.out is not None:  # before the evaluation, not after it (its work lost)
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out: {out} is a file, not a folder")
+        out.mkdir(parents=True, exist_ok=True)
     frames = peek_architecture(args.checkpoint).endswith("ForFrameClassification")
     _refuse_ignored(args, frames)
     if frames:
@@ -47,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(report))
     if args.out:
         print(f"\nwrote {args.out}/metrics.json, confusion_matrix.png, predictions.csv")
-    return 0
+    return _nothing_scored(report["count"])
 
 
 # Flags of one kind of classifier: given for the other kind, they would be ignored.
@@ -74,9 +81,18 @@ def _run_frames(args: argparse.Namespace) -> int:
         background=None if args.background is None else tuple(args.background),
         overrides=dict(args.model or []), device=args.device, out_dir=args.out)
     print(format_segmentation(scores))
-    if args.out:
+    if args.out and scores["videos"]:
         print(f"\nwrote {args.out}/metrics.json, ribbons.png, predictions/<video>.csv")
-    return 0
+    return _nothing_scored(scores["videos"])
+
+
+def _nothing_scored(count: int) -> int:
+    """Exit code: 1 when no video could be scored (the metrics are NaN), as a script that
+    checks it must not take them for a result."""
+    if count:
+        return 0
+    print("spool eval: no video could be scored (every one was unreadable)", file=sys.stderr)
+    return 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:

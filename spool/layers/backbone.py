@@ -51,7 +51,7 @@ def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
         raise SpoolLoadError(
             f"backbone_name={name!r}: could not load backbone weights from {where}. {fix}; or "
             "pass backbone_config={'model_type': ..., ...} for a randomly initialised "
-            f"backbone. Cause: {err}") from err
+            f"backbone. Cause: {' '.join(str(err).split())}") from err  # one line
 
 
 def read_backbone_preprocessing(name: str) -> dict[str, object]:
