@@ -281,3 +281,27 @@ def test_eval_with_nothing_scored_exits_1_and_a_bad_out_fails_first(tmp_path: Pa
     captured = capsys.readouterr()
     assert "--out:" in captured.err and "is a file" in captured.err
     assert "top-1" not in captured.out  # refused before evaluating
+
+
+def test_load_classifier_passes_the_hub_arguments_on(tmp_path: Path, monkeypatch) -> None:
+    """Its architecture check asked the hub without them: a private repo failed with its
+    token given, and a revision was checked at main."""
+    import huggingface_hub
+
+    from spool.models.classification import load_classifier
+
+    root = tiny_video_dataset()
+    _, names = read_annotations(root / "train.txt")
+    SpoolForVideoClassification(**TINY_MODEL, class_names=names).save_pretrained(
+        tmp_path / "v1")
+    calls = []
+
+    def snapshot(name, **kwargs):
+        calls.append(kwargs)
+        if kwargs.get("token") != "secret" or kwargs.get("revision") != "v1":
+            raise huggingface_hub.errors.RepositoryNotFoundError("private")
+        return str(tmp_path / "v1")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    model = load_classifier("org/private", token="secret", revision="v1")
+    assert model.class_names == names
+    assert calls and all(c["token"] == "secret" and c["revision"] == "v1" for c in calls)

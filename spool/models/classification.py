@@ -19,6 +19,7 @@ from spool.config import SpoolConfig
 from spool.layers.backbone import FrameEncoder
 from spool.models.frame_encoder import config_and_frame_encoder
 from spool.models.pretrained import (
+    HUB_KWARGS,
     MODEL_CLASSES,
     SpoolPreTrainedModel,
     load_pretrained,
@@ -162,7 +163,8 @@ def load_classifier(directory: str | os.PathLike, **kwargs: Any) -> VideoClassif
     import spool.models  # noqa: F401  (registers every model class)
 
     # Checked before building: classifier keywords (with_backbone=) would not fit another class.
-    held = MODEL_CLASSES.get(peek_architecture(directory))
+    hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}  # a private repo, a revision
+    held = MODEL_CLASSES.get(peek_architecture(directory, **hub))
     if held is not None and not issubclass(held, VideoClassifier):
         raise ValueError(f"{directory}: holds a {held.__name__}, not a video classifier")
     model = load_pretrained(directory, **kwargs)

@@ -273,9 +273,14 @@ def lookup_architecture(aliases: dict[str, type], name: str, task: str) -> type:
     return cls
 
 
-def peek_architecture(pretrained_model_name_or_path: str | os.PathLike) -> str:
-    """The class name a checkpoint holds, from its ``config.json`` alone."""
-    directory = resolve_checkpoint(pretrained_model_name_or_path)
+HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "force_download")
+
+
+def peek_architecture(pretrained_model_name_or_path: str | os.PathLike,
+                      **hub_kwargs: Any) -> str:
+    """The class name a checkpoint holds, from its ``config.json`` alone (``hub_kwargs``:
+    ``HUB_KWARGS``, for a hub id)."""
+    directory = resolve_checkpoint(pretrained_model_name_or_path, **hub_kwargs)
     return checkpoint_architecture(SpoolConfig.from_pretrained(directory), directory) or "Spool"
 
 
@@ -286,8 +291,7 @@ def load_pretrained(pretrained_model_name_or_path: str | os.PathLike,
     import spool.models  # noqa: F401  (registers every model class)
 
     directory = resolve_checkpoint(pretrained_model_name_or_path, **{
-        k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only", "token",
-                                   "force_download") if k in kwargs})
+        k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs})
     held = checkpoint_architecture(SpoolConfig.from_pretrained(directory), directory) or "Spool"
     if held not in MODEL_CLASSES:
         raise SpoolLoadError(f"{directory / CONFIG_NAME}: unknown architecture {held!r}; known: "
