@@ -140,3 +140,25 @@ def test_a_mistyped_ms_tcn_root_is_named_as_missing(tmp_path: Path, capsys) -> N
         err = capsys.readouterr().err.strip()
         assert err.splitlines() == [f"spool {argv[0]}: error: {named}: {missing}"], argv
     assert not (tmp_path / "run").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("clip,expected", [
+    ({"num_frames": 4, "frame_stride": 2}, {"name": "clip", "num_frames": 4, "frame_stride": 2}),
+    ({"num_frames": 6}, {"name": "uniform", "num_frames": 6}),
+    (None, None),
+])
+def test_a_legacy_checkpoint_keeps_its_clip_sampling(saved: Path, tmp_path: Path, clip,
+                                                     expected) -> None:
+    """classifier.json recorded how the model was trained; it was not read, so evaluation
+    and extraction fell back to 16 frames without a word."""
+    copy = _copy(saved, tmp_path)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "architectures": None,
+                                                  "sampling": None}))
+    legacy = {"architecture": "SpoolForVideoClassification"}
+    (copy / "classifier.json").write_text(json.dumps(legacy | ({"clip": clip} if clip else {})))
+    sampling = load_pretrained(copy).config.sampling
+    if expected is None:
+        assert sampling is None
+    else:
+        assert {k: sampling[k] for k in expected} == expected

@@ -150,6 +150,19 @@ def checkpoint_architecture(config: SpoolConfig, directory: Path) -> str | None:
     return None
 
 
+def _legacy_sampling(directory: Path) -> dict[str, Any] | None:
+    """The clip sampling a legacy checkpoint's ``classifier.json`` recorded (``"clip":
+    {"num_frames", "frame_stride"}``), as ``config.sampling`` records it now; else None."""
+    from spool.video.samplers import clip_sampler
+
+    legacy = directory / LEGACY_CLASSIFIER_NAME
+    try:
+        clip = json.loads(legacy.read_text(encoding="utf-8")).get("clip")
+        return clip_sampler(int(clip["num_frames"]), clip.get("frame_stride")).to_dict()
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # none recorded (or unreadable: checkpoint_architecture says so)
+
+
 class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool",
                            tags=["video", "video-classification", "spool"]):
     """Base of every saveable Spool model: a :class:`SpoolConfig` and strict safetensors.
@@ -241,6 +254,8 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
             local_files_only=local_files_only, token=token, force_download=force_download)
         config = SpoolConfig.from_pretrained(directory)
         held = checkpoint_architecture(config, directory)
+        if config.sampling is None:  # how it was trained, where a legacy checkpoint says
+            config = config.replace(sampling=_legacy_sampling(directory))
         if held is not None and held != cls.__name__:
             raise CheckpointMismatchError(
                 f"{directory}: holds a {held}, not a {cls.__name__}; load it with "
