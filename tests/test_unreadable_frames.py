@@ -99,8 +99,12 @@ def test_eval_of_a_frame_classifier_skips_and_counts_the_bad_video(tmp_path: Pat
     model = SpoolForFrameClassification(**TINY_MODEL, class_names=names)
     model.config.sampling = {"name": "fps", "target_fps": 5.0}
     model.save_pretrained(tmp_path / "model")
+    stale = tmp_path / "ev" / "predictions" / f"{bad.stem}.csv"  # an earlier run's, readable
+    stale.parent.mkdir(parents=True)
+    stale.write_text("frame_index,time_s,label,prediction,score\n")
     assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(data),
                  "--out", str(tmp_path / "ev")]) == 0
+    assert not stale.exists()  # it would read as this run's
     printed = capsys.readouterr()
     assert printed.out.startswith("videos: 2 (1 unreadable, skipped)   frame accuracy: ")
     assert printed.err.startswith(f"skipping {bad}: VideoDecodeError: ")

@@ -143,6 +143,11 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
                 class_names[video.target[t]] if video.target[t] >= 0 else "",
                 class_names[video.pred[t]], f"{video.score[t]:.4f}"])
         atomic_write_text(out / "predictions" / f"{name}.csv", buffer.getvalue())
+    # An earlier run's files of videos this one did not score (another split, a video now
+    # unreadable) would read as this run's.
+    for old in (out / "predictions").glob("*.csv"):
+        if old.stem not in result.videos:
+            old.unlink(missing_ok=True)
 
 
 def format_segmentation(scores: dict[str, Any]) -> str:
