@@ -52,3 +52,14 @@ def test_preprocessing_record_names_its_revision():
     assert dataclasses.asdict(FramePreprocessing(224))["revision"] == 2
     with pytest.raises(ValueError, match="revision"):
         FramePreprocessing(224, revision=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_frames_are_resized(dtype):
+    """check_frames takes any float, but the antialiased resize has no half kernel on the
+    CPU: NotImplementedError."""
+    frames = torch.rand(2, 48, 64, 3)
+    pre = FramePreprocessing(32, "center_crop", 0.875)
+    out = pre(frames.to(dtype))
+    assert out.dtype == dtype and out.shape == (2, 32, 32, 3)
+    torch.testing.assert_close(out.float(), pre(frames), atol=1e-2, rtol=0)

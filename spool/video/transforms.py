@@ -99,7 +99,8 @@ def _resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if frames.shape[1:3] == (height, width):
         return frames
     x = frames.permute(0, 3, 1, 2)
-    x = x.float() if frames.dtype == torch.uint8 else x
+    # uint8, and half precision (no antialiased resize kernel for it on the CPU), in fp32.
+    x = x.float() if frames.dtype in (torch.uint8, torch.float16, torch.bfloat16) else x
     x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True,
                       align_corners=False)
     if frames.dtype == torch.uint8:
