@@ -102,8 +102,6 @@ def test_token_merging_keeps_the_backbones_class_and_register_tokens() -> None:
 @pytest.mark.parametrize("processor,expected", [
     # CLIP's bare ints: resized to 224 and cropped to 224, i.e. nothing cut (was 0.875).
     ({"do_center_crop": True, "size": 224, "crop_size": 224}, {"crop_pct": 1.0}),
-    # ViT's fixed size without a crop: squashed (was a centre crop of 87.5%).
-    ({"do_resize": True, "size": {"height": 224, "width": 224}}, {"resize_mode": "squash"}),
     ({"do_center_crop": True, "size": {"shortest_edge": 256},  # DINOv2's
       "crop_size": {"height": 224, "width": 224}}, {"crop_pct": 0.875}),
 ])
@@ -115,5 +113,3 @@ def test_the_backbones_crop_is_read_in_every_form(tmp_path, processor, expected)
                   num_lookback_heads=1, image_size=32, backbone_name=str(tmp_path))
     config = Spool(**fields).config
     assert {k: getattr(config, k) for k in expected} == expected
-    if "resize_mode" in expected:  # an explicit choice wins
-        assert Spool(**fields, resize_mode="pad").config.resize_mode == "pad"

@@ -203,3 +203,10 @@ def test_video_crops_are_decoded_a_chunk_at_a_time_alike(ntsc_video, monkeypatch
     chunked = VideoFrameDataset(samples, names, FpsSampler(10), pre)[0]
     assert torch.equal(chunked["video"], whole["video"])
     assert torch.equal(chunked["labels"], whole["labels"])
+
+
+def test_segments_rounded_apart_or_given_twice_are_taken(tmp_path):
+    (tmp_path / "s.csv").write_text("video,start_s,end_s,label\nclip.mkv,0,3.3334,a\n"
+                                    "clip.mkv,3.3333,5,b\n./clip.mkv,3.3333,5,b\n")
+    samples, _ = read_segments_csv(tmp_path / "s.csv")
+    assert len(samples) == 1 and len(samples[0].segments) == 2

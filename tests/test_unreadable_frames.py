@@ -102,9 +102,12 @@ def test_eval_of_a_frame_classifier_skips_and_counts_the_bad_video(tmp_path: Pat
     stale = tmp_path / "ev" / "predictions" / f"{bad.stem}.csv"  # an earlier run's, readable
     stale.parent.mkdir(parents=True)
     stale.write_text("frame_index,time_s,label,prediction,score\n")
+    mine = stale.with_name("my_notes.csv")  # a user's file: not listed, kept
+    mine.write_text("notes\n")
+    (tmp_path / "ev" / "metrics.json").write_text(json.dumps({"predicted": [bad.stem]}))
     assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(data),
                  "--out", str(tmp_path / "ev")]) == 0
-    assert not stale.exists()  # it would read as this run's
+    assert not stale.exists() and mine.exists()  # it would read as this run's
     printed = capsys.readouterr()
     assert printed.out.startswith("videos: 2 (1 unreadable, skipped)   frame accuracy: ")
     assert printed.err.startswith(f"skipping {bad}: VideoDecodeError: ")
@@ -112,4 +115,4 @@ def test_eval_of_a_frame_classifier_skips_and_counts_the_bad_video(tmp_path: Pat
     report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert report["videos"] == 2 and report["skipped"] == 1
     assert report["skipped_videos"][0][:2] == [str(bad), "VideoDecodeError"]
-    assert len(list((tmp_path / "ev" / "predictions").glob("*.csv"))) == 2
+    assert len(list((tmp_path / "ev" / "predictions").glob("test_*.csv"))) == 2

@@ -36,11 +36,8 @@ def run(args: argparse.Namespace) -> int:
             return 2  # rank 0 says why, once
         raise ValueError("spool eval runs in a single process; run it without torchrun "
                          "(spool eval ... --device cuda uses one GPU)")
-    if args.out is not None:  # before the evaluation, not after it (its work lost)
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out: {out} is a file, not a folder")
-        out.mkdir(parents=True, exist_ok=True)
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out: {args.out} is a file, not a folder")  # before, not after
     frames = peek_architecture(args.checkpoint).endswith("ForFrameClassification")
     _refuse_ignored(args, frames)
     if frames:

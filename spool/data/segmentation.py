@@ -168,6 +168,7 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
     names = list(class_names) if class_names is not None else sorted({r["label"] for r in rows})
     index = {n: i for i, n in enumerate(names)}
     per_video: dict[str, list[tuple[float, float, int]]] = {}
+    spelled: dict[str, str] = {}
     for lineno, row in enumerate(rows, start=2):
         try:
             start, end = float(row["start_s"]), float(row["end_s"])
@@ -179,12 +180,13 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
                              f"{start}, {end}")
         if row["label"] not in index:
             raise ValueError(f"{path}, line {lineno}: unknown class {row['label']!r}")
-        video = os.path.normpath(row["video"])  # a.mp4 and ./a.mp4: one video
+        # a.mp4 and ./a.mp4: one video, under the spelling it first had (its name's digest)
+        video = spelled.setdefault(os.path.normpath(row["video"]), row["video"])
         per_video.setdefault(video, []).append((start, end, index[row["label"]]))
     for video, segments in per_video.items():
-        segments.sort()
+        segments[:] = sorted(set(segments))  # a row given twice is one segment
         for (s0, e0, _), (s1, e1, _) in itertools.pairwise(segments):
-            if s1 < e0:
+            if s1 < e0 - LABEL_TIME_TOLERANCE_S:  # not times rounded apart
                 raise ValueError(f"{path}: the segments {s0}-{e0} s and {s1}-{e1} s of "
                                  f"{video} overlap")
     stems = [Path(video).stem for video in per_video]

@@ -56,8 +56,7 @@ def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
 
 def read_backbone_preprocessing(name: str) -> dict[str, object]:
     """The backbone's own normalisation and crop from a local ``preprocessor_config.json``:
-    ``image_mean``, ``image_std`` and ``crop_pct`` (crop size / shortest edge), or
-    ``resize_mode="squash"`` for a processor that resizes to a fixed size, where given."""
+    ``image_mean``, ``image_std`` and ``crop_pct`` (crop size / shortest edge), where given."""
     path = os.path.join(name, "preprocessor_config.json")
     if not os.path.isfile(path):
         return {}
@@ -80,9 +79,6 @@ def read_backbone_preprocessing(name: str) -> dict[str, object]:
         crop.get("height") if isinstance(crop, dict) else None)
     if data.get("do_center_crop") and edge and side and side <= edge:
         found["crop_pct"] = side / edge
-    elif (not data.get("do_center_crop") and isinstance(size, dict)
-          and size.get("height") and size.get("width")):
-        found["resize_mode"] = "squash"  # resized to a fixed size, nothing cropped (ViT's)
     return found
 
 
@@ -201,8 +197,6 @@ def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]
         found = read_backbone_preprocessing(config.backbone_name)
         if config.crop_pct is not None:  # an explicit choice wins over the backbone's
             found.pop("crop_pct", None)
-        if config.resize_mode != _DEFAULTS.resize_mode:
-            found.pop("resize_mode", None)
         for key in ("image_mean", "image_std"):  # so do values other than the defaults
             if list(getattr(config, key)) != list(getattr(_DEFAULTS, key)):
                 found.pop(key, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +127,12 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
     """``metrics.json``, ``ribbons.png`` (the first ``max_ribbons`` videos) and
     ``predictions/<video>.csv`` (frame index, time, label, prediction, probability)."""
     out = Path(out_dir)
-    atomic_write_text(out / "metrics.json",
-                      json_text(result.report(class_names, background)))
+    if not result.videos:  # nothing scored: an earlier run's results stay as they were
+        return
+    earlier = _predicted(out / "metrics.json")
+    report = result.report(class_names, background)
+    atomic_write_text(out / "metrics.json", json_text({**report,
+                                                       "predicted": list(result.videos)}))
     shown = dict(list(result.videos.items())[:max_ribbons])
     if shown:
         plot_ribbons(out / "ribbons.png", {k: v.target for k, v in shown.items()},
@@ -144,10 +149,18 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
                 class_names[video.pred[t]], f"{video.score[t]:.4f}"])
         atomic_write_text(out / "predictions" / f"{name}.csv", buffer.getvalue())
     # An earlier run's files of videos this one did not score (another split, a video now
-    # unreadable) would read as this run's.
-    for old in (out / "predictions").glob("*.csv"):
-        if old.stem not in result.videos:
-            old.unlink(missing_ok=True)
+    # unreadable) would read as this run's; only files that run listed as its own go.
+    for name in set(earlier) - set(result.videos):
+        (out / "predictions" / f"{name}.csv").unlink(missing_ok=True)
+
+
+def _predicted(metrics: Path) -> list[str]:
+    """The videos an earlier run into the same folder wrote predictions of (its list)."""
+    try:
+        names = json.loads(metrics.read_text(encoding="utf-8")).get("predicted", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in names if isinstance(n, str) and "/" not in n and n not in (".", "..")]
 
 
 def format_segmentation(scores: dict[str, Any]) -> str:
