@@ -116,3 +116,29 @@ def test_eval_of_a_frame_classifier_skips_and_counts_the_bad_video(tmp_path: Pat
     assert report["videos"] == 2 and report["skipped"] == 1
     assert report["skipped_videos"][0][:2] == [str(bad), "VideoDecodeError"]
     assert len(list((tmp_path / "ev" / "predictions").glob("test_*.csv"))) == 2
+
+
+def test_a_report_with_nothing_scored_keeps_the_earlier_predictions(tmp_path: Path) -> None:
+    """It records what it skipped, keeps an earlier run's predictions (and their list, for
+    the next run that scores), and trusts no odd list from a hand-edited metrics.json."""
+    from spool.data.dataset import SkippedVideo
+    from spool.metrics.segmentation import SegmentationMetrics
+    from spool.train.segmentation_eval import (
+        SegmentationResult,
+        _predicted,
+        write_segmentation_report,
+    )
+
+    out = tmp_path / "ev"
+    (out / "predictions").mkdir(parents=True)
+    (out / "predictions" / "v1.csv").write_text("kept\n")
+    (out / "metrics.json").write_text(json.dumps({"predicted": ["v1"]}))
+    result = SegmentationResult(SegmentationMetrics(), skipped=[
+        SkippedVideo(0, "bad.mp4", "VideoDecodeError", "damaged")], num_skipped=1)
+    write_segmentation_report(result, ["a", "b"], out, "model")
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["skipped"] == 1 and report["predicted"] == ["v1"]
+    assert (out / "predictions" / "v1.csv").exists()
+    for odd in (5, "ab", ["../x", "a/b", "c\0d", "", ".."]):
+        (out / "metrics.json").write_text(json.dumps({"predicted": odd}))
+        assert _predicted(out / "metrics.json") == []

@@ -127,10 +127,12 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
     """``metrics.json``, ``ribbons.png`` (the first ``max_ribbons`` videos) and
     ``predictions/<video>.csv`` (frame index, time, label, prediction, probability)."""
     out = Path(out_dir)
-    if not result.videos:  # nothing scored: an earlier run's results stay as they were
-        return
     earlier = _predicted(out / "metrics.json")
     report = result.report(class_names, background)
+    if not result.videos:  # nothing scored: this run's report (what it skipped), and an
+        # earlier run's predictions stay, listed, for the next run that scores to replace
+        atomic_write_text(out / "metrics.json", json_text({**report, "predicted": earlier}))
+        return
     atomic_write_text(out / "metrics.json", json_text({**report,
                                                        "predicted": list(result.videos)}))
     shown = dict(list(result.videos.items())[:max_ribbons])
@@ -160,7 +162,11 @@ def _predicted(metrics: Path) -> list[str]:
         names = json.loads(metrics.read_text(encoding="utf-8")).get("predicted", [])
     except (OSError, ValueError, AttributeError):
         return []
-    return [n for n in names if isinstance(n, str) and "/" not in n and n not in (".", "..")]
+    if not isinstance(names, list):
+        return []
+    bad = {"/", "\0", os.sep, os.altsep or "/"}
+    return [n for n in names if isinstance(n, str) and n not in ("", ".", "..")
+            and not any(c in n for c in bad)]
 
 
 def format_segmentation(scores: dict[str, Any]) -> str:
