@@ -15,6 +15,7 @@ import io
 import json
 import os
 import stat
+import struct
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -131,10 +132,26 @@ def reserve_space(path: str | os.PathLike, size: int) -> bool:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                             metadata: dict[str, str] | None = None) -> None:
-    """``safetensors.torch.save_file`` through a temporary file and a rename."""
+    """``safetensors.torch.save_file`` through a temporary file and a rename, with its header
+    in a fixed order: safetensors writes the metadata from a hash map whose order changes
+    with every call, so the same tensors gave different bytes."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+        _sort_safetensors_header(tmp)
+
+
+def _sort_safetensors_header(path: str | os.PathLike) -> None:
+    """Rewrite a safetensors header in place with its keys sorted (same length: the same
+    JSON in another order; the padding after it is spaces)."""
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        raw = json.dumps(header, sort_keys=True, separators=(",", ":"),
+                         ensure_ascii=False).encode()
+        if len(raw) <= n:  # else leave it: still a valid file
+            f.seek(8)
+            f.write(raw + b" " * (n - len(raw)))
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:

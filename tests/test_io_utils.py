@@ -126,3 +126,23 @@ def test_rows_of_covered_videos_that_are_gone_go(tmp_path: Path) -> None:
     assert merge_failures(path, [], [], covers=mine.__contains__) == 2
     assert [r.split(",")[0] for r in path.read_text().splitlines()[1:]] == [
         str(tmp_path / "here.mp4"), str(tmp_path / "other.mp4")]
+
+
+def test_saved_tensors_are_the_same_bytes_every_time(tmp_path):
+    """safetensors writes metadata from a hash map whose order changes with every call: the
+    same tensors and metadata gave different bytes (8 saves, 8 files)."""
+    from safetensors.torch import load_file, safe_open
+
+    from spool.io_utils import atomic_save_safetensors
+
+    tensors = {"t": torch.zeros(2), "a": torch.arange(3)}
+    metadata = {"video": "a", "source": "b", "settings": "c", "name": "café"}
+    files = set()
+    for i in range(8):
+        atomic_save_safetensors(tensors, tmp_path / f"{i}.safetensors", metadata=metadata)
+        files.add((tmp_path / f"{i}.safetensors").read_bytes())
+    assert len(files) == 1
+    loaded = load_file(tmp_path / "0.safetensors")
+    assert torch.equal(loaded["a"], tensors["a"]) and torch.equal(loaded["t"], tensors["t"])
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata() == metadata
