@@ -44,6 +44,17 @@ def _dataset(model: FrameEncoderModel, num_frames: int = 4) -> VideoClipDataset:
                             model.config.preprocessing())
 
 
+def _dataset_of_copies(model: FrameEncoderModel, folder: Path) -> VideoClipDataset:
+    """:func:`_dataset` over copies of its videos in ``folder``, which a test may change."""
+    dataset = _dataset(model)
+    folder.mkdir(exist_ok=True)
+    for i, sample in enumerate(dataset.samples):
+        copy = folder / f"{i}{Path(sample.path).suffix}"
+        shutil.copy(sample.path, copy)
+        dataset.samples[i] = VideoSample(str(copy), sample.label)
+    return dataset
+
+
 @pytest.fixture(scope="module")
 def full(model, tmp_path_factory) -> Path:
     return build_cache(model, _dataset(model), tmp_path_factory.mktemp("full"),
@@ -89,12 +100,7 @@ def test_a_killed_run_over_a_changed_video_keeps_the_other_videos(model, full, t
                                                                    monkeypatch) -> None:
     """A video changed in place before the partial cache is resumed: only its row (and the
     unfinished ones) is encoded again, not every video."""
-    dataset = _dataset(model)
-    for i, sample in enumerate(dataset.samples):  # copies this test may change
-        copy = tmp_path / "videos" / f"{i}{Path(sample.path).suffix}"
-        copy.parent.mkdir(exist_ok=True)
-        shutil.copy(sample.path, copy)
-        dataset.samples[i] = VideoSample(str(copy), sample.label)
+    dataset = _dataset_of_copies(model, tmp_path / "videos")
     out = tmp_path / "cache"
     monkeypatch.setattr(cache, "PROGRESS_EVERY_S", 0.0)
     monkeypatch.setattr(cache._PartialTokens, "close", lambda self: None)

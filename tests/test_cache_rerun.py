@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_cache
-from test_cache import Killed, _dataset, _decoded
+from test_cache import Killed, _dataset, _dataset_of_copies, _decoded
 from train_helpers import tiny_video_dataset
 
 from spool.cli import main
@@ -99,12 +99,7 @@ def test_a_video_changed_since_is_encoded_again_and_nothing_else(model, tmp_path
                                                                   monkeypatch) -> None:
     """A video re-encoded or replaced under the same path has other tokens: its row is encoded
     again in place (the cache was reused as it stood before)."""
-    dataset = _dataset(model)
-    for i, sample in enumerate(dataset.samples):  # copies this test may change
-        copy = tmp_path / "videos" / f"{i}{Path(sample.path).suffix}"
-        copy.parent.mkdir(exist_ok=True)
-        shutil.copy(sample.path, copy)
-        dataset.samples[i] = VideoSample(str(copy), sample.label)
+    dataset = _dataset_of_copies(model, tmp_path / "videos")
     out = tmp_path / "cache"
     before = np.load(build_cache(model, dataset, out, batch_size=4).path / "tokens.npy")
     shutil.copy(dataset.samples[0].path, dataset.samples[3].path)  # video 3 replaced

@@ -24,6 +24,17 @@ def _run(cmd: list[str], cwd: Path) -> None:
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
+def _train_with_one_and_two_processes(tmp_path: Path, config: dict) -> tuple[Path, Path]:
+    """Run directories of ``config`` trained by one process and by a 2-rank torchrun."""
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "spool.train", "--config", "run.json", "--out-dir", str(one)],
+         tmp_path)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+          "-m", "spool.train", "--config", "run.json", "--out-dir", str(two)], tmp_path)
+    return one, two
+
+
 def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
     root = tiny_video_dataset()
     # Augmentation on (it is seeded per sample); dropout off: its masks depend on how the
@@ -32,12 +43,7 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
                   model=dict(TINY_MODEL), num_frames=4, epochs=2, batch_size=4, lr=3e-3,
                   warmup_epochs=0.5, num_workers=1, tensorboard=False, quiet=True, seed=7,
                   device="cpu")
-    (tmp_path / "run.json").write_text(json.dumps(config))
-    one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "spool.train", "--config", "run.json", "--out-dir", str(one)],
-         tmp_path)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-          "-m", "spool.train", "--config", "run.json", "--out-dir", str(two)], tmp_path)
+    one, two = _train_with_one_and_two_processes(tmp_path, config)
 
     steps_one, steps_two = read_steps(one), read_steps(two)
     assert [s for s, _ in steps_one] == [s for s, _ in steps_two] == list(range(1, 9))
@@ -114,12 +120,7 @@ def test_two_process_frames_training_weighs_every_frame_alike(tmp_path: Path) ->
     config = dict(task="frames", train_data=str(root / "train.csv"), model=dict(TINY_MODEL),
                   epochs=1, batch_size=2, lr=3e-3, warmup_epochs=0.5, num_workers=0,
                   tensorboard=False, quiet=True, seed=1, device="cpu")
-    (tmp_path / "run.json").write_text(json.dumps(config))
-    one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "spool.train", "--config", "run.json", "--out-dir", str(one)],
-         tmp_path)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-          "-m", "spool.train", "--config", "run.json", "--out-dir", str(two)], tmp_path)
+    one, two = _train_with_one_and_two_processes(tmp_path, config)
     steps_one, steps_two = read_steps(one), read_steps(two)
     assert [s for s, _ in steps_one] == [s for s, _ in steps_two] == [1, 2]
     torch.testing.assert_close([x for _, x in steps_two], [x for _, x in steps_one],
