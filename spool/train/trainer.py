@@ -274,8 +274,10 @@ class Trainer:
         with autocast_context(self.device, self.cfg.amp):
             loss, logits, count = self.task.loss(self, inputs, labels)
         # A rank's loss is the mean over its samples (frames: their number differs per rank)
-        # and DDP averages ranks, so each rank weighs by its share of the global batch.
-        total = max(float(all_reduce_sum(torch.tensor(float(count)))), 1.0)
+        # and DDP averages ranks: each weighs by its share (one reduction: count, loss sum).
+        sums = all_reduce_sum(torch.stack([torch.tensor(float(count)),
+                                           loss.detach().float().cpu() * count]))
+        total = max(float(sums[0]), 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * (count * self.info.world_size / total)).backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -289,8 +291,7 @@ class Trainer:
         self.step += 1
         self.step_in_epoch += 1
         self.tracker.update(logits, labels, float(loss.detach()) * count)
-        summed = all_reduce_sum(loss.detach().float().cpu() * count)
-        return {"loss": float(summed) / total, "lr": lr, "grad_norm": float(norm)}
+        return {"loss": float(sums[1]) / total, "lr": lr, "grad_norm": float(norm)}
 
     def _end_epoch(self, seconds: float) -> dict[str, Any]:
         self.tracker.all_reduce()
