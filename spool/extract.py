@@ -239,8 +239,7 @@ class FeatureExtractor:
             frames: dict[int, torch.Tensor] = {}
             times: dict[int, float] = {}
             contexts, features = [], []
-            autocast = torch.autocast(self.device.type, dtype=self.dtype,
-                                      enabled=self.dtype != torch.float32)
+            autocast = self._autocast()
             for start in range(0, len(clips), self.batch_size):
                 batch = clips[start:start + self.batch_size]
                 missing = sorted({i for clip in batch for i in clip} - set(frames))
@@ -295,11 +294,14 @@ class FeatureExtractor:
                                                                self.chunk_frames))))
         write_streamed_safetensors(output, tensors, dict(metadata, num_frames=str(T)))
 
+    def _autocast(self) -> torch.autocast:
+        """The model's forward in ``dtype`` (a no-op in float32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype,
+                              enabled=self.dtype != torch.float32)
+
     def _extract(self, job: VideoJob, metadata: dict[str, str]) -> None:
         with pixel_budget(self.max_pixels):
-            # --dtype holds for every mode (it is recorded in the output's metadata).
-            autocast = torch.autocast(self.device.type, dtype=self.dtype,
-                                      enabled=self.dtype != torch.float32)
+            autocast = self._autocast()  # --dtype holds for every mode (the metadata says it)
             if isinstance(self.model, FrameClassifier):
                 from spool.extract_frames import write_frame_predictions
 
