@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors.torch import save_file
@@ -141,12 +141,20 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
         _sort_safetensors_header(tmp)
 
 
+def read_safetensors_header(f: BinaryIO) -> tuple[int, dict]:
+    """(length, parsed JSON) of the header of the safetensors file open in ``f`` at its start;
+    ``ValueError`` (``struct.error`` for a file under 8 bytes) when it cannot be one."""
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > os.fstat(f.fileno()).st_size - 8:
+        raise ValueError(f"a header of {n} bytes is longer than the file")
+    return n, json.loads(f.read(n))
+
+
 def _sort_safetensors_header(path: str | os.PathLike) -> None:
     """Rewrite a safetensors header in place with its keys sorted (same length: the same
     JSON in another order; the padding after it is spaces)."""
     with open(path, "r+b") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+        n, header = read_safetensors_header(f)
         raw = json.dumps(header, sort_keys=True, separators=(",", ":"),
                          ensure_ascii=False).encode()
         if len(raw) <= n:  # else leave it: still a valid file

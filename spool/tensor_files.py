@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spool.io_utils import atomic_path
+from spool.io_utils import atomic_path, read_safetensors_header
 
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
            torch.float64: "F64", torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8"}
@@ -75,10 +75,7 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str] | None:
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                return None
-            header = json.loads(f.read(n))
+            n, header = read_safetensors_header(f)
         ends = [info["data_offsets"][1] for name, info in header.items()
                 if name != "__metadata__"]
         if max(ends, default=0) != size - 8 - n:
