@@ -15,7 +15,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from spool.layers.masks import cached_mask, frames_to_tokens
+from spool.layers.masks import cached_mask, frames_to_tokens, head_groups
 
 
 @dataclass(frozen=True)
@@ -166,9 +166,7 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     plan = blocked_plan(nF, local_frame_range, c)
     out = q.new_empty(B, nF, L, H, hd)
     out_heads_first = out.permute(3, 0, 1, 2, 4)
-    for lookahead, heads in ((False, slice(0, num_lookback_heads)),
-                             (True, slice(num_lookback_heads, H))):
-        if heads.stop > heads.start:
-            x = [t[heads].view(-1, nF, L, hd) for t in (q, k, v)]
-            run_plan(plan, *x, out_heads_first[heads], lookahead, dropout_p)
+    for lookahead, heads in head_groups(H, num_lookback_heads):
+        x = [t[heads].view(-1, nF, L, hd) for t in (q, k, v)]
+        run_plan(plan, *x, out_heads_first[heads], lookahead, dropout_p)
     return out

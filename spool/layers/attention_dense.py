@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from spool.layers.masks import cached_mask, frame_mask, frames_to_tokens
+from spool.layers.masks import cached_mask, frame_mask, frames_to_tokens, head_groups
 
 # Additive masks above this many bytes are built per call rather than cached (5,000 tokens,
 # auto's limit on CUDA, in fp32), and at most 8 are kept: training on clips of many lengths
@@ -47,10 +47,7 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     H, B, nF, L, hd = q.shape
     out = q.new_empty(B, nF, L, H, hd)
     out_heads_first = out.permute(3, 0, 1, 2, 4)  # [H, B, F, L, hd], a view of ``out``
-    for lookahead, heads in ((False, slice(0, num_lookback_heads)),
-                             (True, slice(num_lookback_heads, H))):
-        if heads.stop <= heads.start:
-            continue
+    for lookahead, heads in head_groups(H, num_lookback_heads):
         bias = dense_token_bias(nF, L, local_frame_range, lookahead, q.dtype, q.device)
         x = [t[heads].flatten(2, 3).transpose(0, 1) for t in (q, k, v)]  # [B, Hg, F*L, hd]
         result = F.scaled_dot_product_attention(*x, attn_mask=bias, dropout_p=dropout_p)

@@ -36,6 +36,13 @@ def dense_token_mask(num_frames: int, num_tokens: int, local_frame_range: int,
     return per_head.repeat_interleave(num_tokens, 1).repeat_interleave(num_tokens, 2)
 
 
+def head_groups(num_heads: int, num_lookback_heads: int) -> list[tuple[bool, slice]]:
+    """``(lookahead, heads)`` of each head group that has heads: lookback heads first."""
+    groups = ((False, slice(0, num_lookback_heads)),
+              (True, slice(num_lookback_heads, num_heads)))
+    return [(lookahead, heads) for lookahead, heads in groups if heads.stop > heads.start]
+
+
 def _capturing() -> bool:
     # Dynamo cannot trace the capture query (a graph break at every attention call); a
     # compiled region does not capture masks by address anyway.
