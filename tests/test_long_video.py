@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import LargestOutput, tiny_config
+from conftest import CUDA_ONLY, LargestOutput, tiny_config
 
 import spool.models.long_video as long_video
 from spool import Spool
@@ -67,6 +67,34 @@ def test_no_tensor_beyond_the_hidden_state():
     with LargestOutput() as plain, torch.no_grad():
         model.temporal(hidden[None])
     assert plain.largest >= 4 * hidden.numel()
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_hidden_state_in_ram_keeps_gpu_memory_to_a_chunk(device, monkeypatch):
+    """With the model on a GPU, a hidden state kept in RAM (``hidden_on_device=False``, or
+    by default when it would take over half the device's free memory) visits the device a
+    chunk at a time: the CPU's result, device memory far below the hidden state's size."""
+    model, T = _temporal(4, 2), 20_000
+    tokens = torch.randn(T, L, D)
+    want = model.forward_long(tokens, chunk_frames=64)
+    gpu = _temporal(4, 2).to(device)
+    gpu.load_state_dict(model.state_dict())
+    hidden_bytes = (T + 2) * L * D * 4
+    peaks = {}
+    for case, on_device in (("ram", False), ("device", True), ("auto, little free", None)):
+        if on_device is None:
+            monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (hidden_bytes, 2**40))
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        got = gpu.forward_long(tokens, chunk_frames=64, hidden_on_device=on_device)
+        peaks[case] = torch.cuda.max_memory_allocated(device) - base
+        torch.testing.assert_close(got.frame_features, want.frame_features, atol=1e-4,
+                                   rtol=1e-4)
+        torch.testing.assert_close(got.context, want.context, atol=1e-4, rtol=1e-4)
+    assert peaks["device"] >= hidden_bytes, peaks
+    assert peaks["ram"] < hidden_bytes / 8, peaks
+    assert peaks["auto, little free"] < hidden_bytes / 8, peaks
 
 
 def test_memory_is_checked_before_any_work(monkeypatch):

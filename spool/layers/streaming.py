@@ -7,7 +7,9 @@ and the context frames' global attention over every frame is accumulated chunk b
 online softmax (running max and sum), which is exact. The hidden state ``[T + 2, L, D]`` is the
 one large tensor: each layer updates it in place, since a chunk's frames are read for the last
 time (into the cache) before the chunk is written. Nothing of size ``[T, L, 4D]`` or q/k/v for
-all frames ever exists.
+all frames ever exists. The hidden state may live elsewhere than the compute (in RAM or a
+memory-mapped file while the model is on a GPU): each chunk is copied to the model's device
+and back, so device memory holds a chunk's workspace, not the video.
 """
 
 from __future__ import annotations
@@ -50,9 +52,9 @@ class _QKVCache:
     """q, k, v ``[H, n, L, hd]`` of frames ``[lo, hi)``, each frame projected once per layer
     (in order, from frame 0); ``on_new`` sees the keys and values of every frame once."""
 
-    def __init__(self, block: TemporalBlock, x: torch.Tensor,
+    def __init__(self, block: TemporalBlock, x: torch.Tensor, device: torch.device,
                  on_new: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
-        self.block, self.x, self.on_new = block, x, on_new
+        self.block, self.x, self.device, self.on_new = block, x, device, on_new
         self.lo = self.hi = 0
         self.qkv: list[torch.Tensor] | None = None
 
@@ -66,8 +68,8 @@ class _QKVCache:
     def compute_to(self, f1: int) -> None:
         """Project every frame before ``f1`` not yet projected."""
         if f1 > self.hi:
-            h = self.block.norm1(self.x[self.hi:f1])[None]
-            positions = torch.arange(self.hi, f1, device=self.x.device)
+            h = self.block.norm1(self.x[self.hi:f1].to(self.device))[None]
+            positions = torch.arange(self.hi, f1, device=self.device)
             new = [t[:, 0] for t in self.block.attn.project_qkv(h, positions)]
             self.on_new(new[1], new[2])
             self.qkv = new if self.qkv is None else [torch.cat(pair, 1) for pair in
@@ -80,30 +82,34 @@ class _QKVCache:
             self.lo = frame
 
 
-def _project(block: TemporalBlock, x: torch.Tensor, frame: int) -> list[torch.Tensor]:
-    """q, k, v ``[H, 1, L, hd]`` of one frame at its position."""
-    h = block.norm1(x[frame:frame + 1])[None]
-    positions = torch.tensor([frame], device=x.device)
+def _project(block: TemporalBlock, x: torch.Tensor, frame: int, device: torch.device
+             ) -> list[torch.Tensor]:
+    """q, k, v ``[H, 1, L, hd]`` of one frame at its position, on ``device``."""
+    h = block.norm1(x[frame:frame + 1].to(device))[None]
+    positions = torch.tensor([frame], device=device)
     return [t[:, 0] for t in block.attn.project_qkv(h, positions)]
 
 
 def _finish(block: TemporalBlock, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-    """Residual, output projection and MLP of frames ``x: [n, L, D]`` given their attention
-    output ``[n, L, H, hd]``."""
+    """Residual, output projection and MLP of frames ``x: [n, L, D]`` (where the hidden state
+    lives) given their attention output ``[n, L, H, hd]`` (on the compute device); the result is
+    where ``x`` is."""
     n, L, D = x.shape
-    y = x + block.attn.proj(attn_out.reshape(n, L, D))
-    return y + block.mlp(block.norm2(y))
+    y = x.to(attn_out.device) + block.attn.proj(attn_out.reshape(n, L, D))
+    return (y + block.mlp(block.norm2(y))).to(x.device)
 
 
-def _stream_layer(block: TemporalBlock, x: torch.Tensor, chunk: int) -> None:
-    """One block over ``x: [F, L, D]`` in place, ``chunk`` query frames at a time."""
+def _stream_layer(block: TemporalBlock, x: torch.Tensor, chunk: int, device: torch.device
+                  ) -> None:
+    """One block over ``x: [F, L, D]`` in place, ``chunk`` query frames at a time, computed on
+    ``device``."""
     attn = block.attn
     nF, L, _ = x.shape
     H, Hb, w = attn.num_heads, attn.num_lookback_heads, attn.local_frame_range
     c = attn.chunk_frames or default_chunk_frames(w)
     last = nF - 1
-    ctx_first = _project(block, x, 0)
-    ctx_last = _project(block, x, last)
+    ctx_first = _project(block, x, 0, device)
+    ctx_last = _project(block, x, last, device)
     back = _GlobalRow(ctx_first[0][:Hb, 0])  # frame 0 in the lookback heads
     ahead = _GlobalRow(ctx_last[0][Hb:, 0])  # frame F-1 in the lookahead heads
 
@@ -111,12 +117,13 @@ def _stream_layer(block: TemporalBlock, x: torch.Tensor, chunk: int) -> None:
         back.add(k[:Hb], v[:Hb])
         ahead.add(k[Hb:], v[Hb:])
 
-    cache = _QKVCache(block, x, fold)
-    first_out = x.new_zeros(1, L, H, attn.head_dim)  # attention outputs of the context frames
-    last_out = x.new_zeros(1, L, H, attn.head_dim)
+    cache = _QKVCache(block, x, device, fold)
+    like = dict(dtype=x.dtype, device=device)
+    first_out = torch.zeros(1, L, H, attn.head_dim, **like)  # the context frames' attention
+    last_out = torch.zeros(1, L, H, attn.head_dim, **like)
     for a in range(0, nF, chunk):
         b = min(a + chunk, nF)
-        out = x.new_empty(b - a, L, H, attn.head_dim)
+        out = torch.empty(b - a, L, H, attn.head_dim, **like)
         qs = max(a, 1)  # lookback queries [qs, b): frame 0's are global
         if Hb and qs < b:
             lo = max(1, qs - w)
@@ -124,7 +131,7 @@ def _stream_layer(block: TemporalBlock, x: torch.Tensor, chunk: int) -> None:
             local = [torch.cat((ctx[:Hb], t[:Hb]), 1)
                      for ctx, t in zip(ctx_first, (q, k, v), strict=True)]
             start = 1 + qs - lo
-            result = x.new_empty(Hb, 1, local[0].shape[1], L, attn.head_dim)
+            result = torch.empty(Hb, 1, local[0].shape[1], L, attn.head_dim, **like)
             run_plan(blocked_plan(local[0].shape[1], w, c, start), *local, result, False)
             out[qs - a:, :, :Hb] = result[:, 0, start:].permute(1, 2, 0, 3)
         qe = min(b, last)  # lookahead queries [a, qe): frame F-1's are global
@@ -134,7 +141,7 @@ def _stream_layer(block: TemporalBlock, x: torch.Tensor, chunk: int) -> None:
             local = [torch.cat((t[Hb:], ctx[Hb:]), 1)
                      for ctx, t in zip(ctx_last, (q, k, v), strict=True)]
             n_local = local[0].shape[1]
-            result = x.new_empty(H - Hb, 1, n_local, L, attn.head_dim)
+            result = torch.empty(H - Hb, 1, n_local, L, attn.head_dim, **like)
             run_plan(blocked_plan(n_local, w, c, n_local - (qe - a)), *local, result, True)
             out[:qe - a, :, Hb:] = result[:, 0, :qe - a].permute(1, 2, 0, 3)
         cache.drop_before(max(0, b - w))  # what the next chunk's windows still read
@@ -157,16 +164,20 @@ def stream_temporal_stack(stack: TemporalTransformer, hidden: torch.Tensor,
                           chunk_frames: int = 32,
                           progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """``stack(hidden[None])[0]`` computed in place on ``hidden: [T + 2, L, D]`` (context
-    frames included), ``chunk_frames`` frames at a time; returns ``hidden``. ``progress`` is
-    called with 1 after each layer."""
+    frames included), ``chunk_frames`` frames at a time; returns ``hidden``. The stack computes
+    on its weights' device; ``hidden`` may be elsewhere (RAM while they are on a GPU), and
+    then only a chunk's workspace is ever on the device. ``progress`` is called with 1 after
+    each layer."""
     if stack.training:
         raise ValueError("stream_temporal_stack: inference only; call model.eval() first")
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames: expected an integer >= 1, got {chunk_frames}")
+    device = stack.norm.weight.device
     for block in stack.layers:
-        _stream_layer(block, hidden, chunk_frames)
+        _stream_layer(block, hidden, chunk_frames, device)
         if progress is not None:
             progress(1)
     for f0 in range(0, hidden.shape[0], chunk_frames):
-        hidden[f0:f0 + chunk_frames] = stack.norm(hidden[f0:f0 + chunk_frames])
+        chunk = hidden[f0:f0 + chunk_frames]
+        hidden[f0:f0 + chunk_frames] = stack.norm(chunk.to(device)).to(hidden.device)
     return hidden

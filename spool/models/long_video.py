@@ -3,8 +3,10 @@
 Frames are decoded, preprocessed and encoded by the backbone in chunks as the file is read, so
 decoded pixels never accumulate; their tokens go straight into the hidden state ``[T + 2, L,
 D]`` (in RAM, or in a file under ``offload_dir``), which the temporal stack then updates in
-place, chunk by chunk (:mod:`spool.layers.streaming`). The result is the plain forward's, to
-fp32 round-off.
+place, chunk by chunk (:mod:`spool.layers.streaming`). On a GPU the hidden state moves to the
+device when it fits there with room to spare; otherwise it stays in RAM (or its file) and each
+chunk visits the device, so device memory does not grow with the video. The result is the plain
+forward's, to fp32 round-off.
 """
 
 from __future__ import annotations
@@ -140,6 +142,16 @@ def _encode_video(model, reader: VideoReader, indices: list[int], hidden: torch.
     return np.concatenate(times)
 
 
+def hidden_fits_on_device(num_bytes: int, device: torch.device) -> bool:
+    """Whether a hidden state of ``num_bytes`` goes onto ``device`` whole: at most half of the
+    device's free memory (the rest is the workspace's and other users'). The CPU holds it
+    already; a device that cannot report its free memory gets it whole, as a tensor would."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return num_bytes <= free // 2
+
+
 def _chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
     for start in range(0, x.shape[0], size):
         yield x[start:start + size]
@@ -149,14 +161,19 @@ def _chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
 def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
                  sampler: FrameSampler | None = None, chunk_frames: int = 32,
                  keep_features: bool = False, offload_dir: str | os.PathLike | None = None,
-                 progress: bool = False) -> LongVideoOutput:
+                 hidden_on_device: bool | None = None, progress: bool = False
+                 ) -> LongVideoOutput:
     """Run ``model`` (a :class:`~spool.models.spool.Spool`) over a whole video in one pass.
 
     ``video``: a file path (decoded with ``sampler``; by default at the rate the model was
     trained at, its ``config.sampling``, else 1 fps: :func:`default_sampler`), or backbone
     tokens ``[T, L, D]`` (``[1, T, L, D]`` too). ``chunk_frames`` frames go through each
     temporal layer at a time; ``offload_dir`` keeps the hidden state in a file there instead
-    of RAM. A ``MemoryError`` comes before any work when the estimate exceeds what is free.
+    of RAM. With the model on a GPU, ``hidden_on_device`` says whether the hidden state moves
+    there whole (faster) or stays in RAM / its file with one chunk at a time on the device
+    (device memory bounded whatever the length); None: whole when it takes at most half the
+    device's free memory and no ``offload_dir`` is given. A ``MemoryError`` comes before any
+    work when the estimate exceeds what is free.
     """
     if model.training:
         raise ValueError("forward_long: inference only; call model.eval() first")
@@ -204,7 +221,10 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
         if reader is not None:
             reader.close()
     device = model.context_frames.start.device
-    work = hidden if device.type == "cpu" else hidden.to(device)
+    if hidden_on_device is None:
+        hidden_on_device = offload_dir is None and hidden_fits_on_device(
+            hidden.numel() * hidden.element_size(), device)
+    work = hidden.to(device) if hidden_on_device else hidden
     layers = tqdm(total=config.num_hidden_layers, unit="layer", desc="temporal",
                   disable=not progress)
     stream_temporal_stack(model.temporal, work, chunk_frames, layers.update)
