@@ -32,6 +32,12 @@ def resolve_device(name: str = "auto", index: int | None = None) -> torch.device
         raise ValueError("device: 'cuda' asked for but torch.cuda.is_available() is False")
     if not use_cuda:
         return torch.device("cpu")
+    if index is not None and index >= torch.cuda.device_count():
+        # Else torch.cuda.set_device fails later with "invalid device ordinal".
+        count = torch.cuda.device_count()
+        raise ValueError(f"device: this process is local rank {index} but this machine has "
+                         f"{count} GPU(s); start at most {count} processes per node "
+                         f"(torchrun --nproc_per_node={count}), or pass --device cpu")
     return torch.device("cuda", index if index is not None else torch.cuda.current_device())
 
 

@@ -196,7 +196,7 @@ def test_extract_under_torchrun_two_processes(videos, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "spool.cli", "extract", *map(str, good), "--out", str(out),
-           *tiny_model_args(config), "--no-progress", "--num-frames", "4"]
+           *tiny_model_args(config), "--no-progress", "--num-frames", "4", "--device", "cpu"]
     # faulthandler: a rank that aborts prints its Python stack (seen once: SIGABRT, no message).
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

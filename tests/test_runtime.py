@@ -44,3 +44,18 @@ def test_library_warnings_show_on_rank_0_only(monkeypatch, rank: str, shown: int
         configure_logging()
         warnings.warn("broadcast_buffers is deprecated", FutureWarning, stacklevel=1)
     assert len(caught) == shown
+
+
+def test_a_local_rank_beyond_the_gpus_is_refused_by_name(monkeypatch) -> None:
+    """torchrun with more processes per node than GPUs: a clear error, not CUDA's "invalid
+    device ordinal" from set_device."""
+    import torch
+
+    from spool.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto", 0) == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"local rank 1 .* 1 GPU.*nproc_per_node=1.*cpu"):
+        resolve_device("auto", 1)
+    assert resolve_device("cpu", 1) == torch.device("cpu")

@@ -86,7 +86,7 @@ def test_spool_config_rejects(name: str, value) -> None:
 EXTREMES = {"layer_norm_eps": [1e-30, 1e30], "rope_theta": [1.0, 1e30, 1e300],
             "initializer_range": [1e-300, 1.0], "mlp_ratio": [0.05, 64.0],
             "image_mean": [[0.0] * 3, [1.0] * 3], "image_std": [[1e-3] * 3, [1.0] * 3]}
-ACCEPTED = [(n, GENERIC[k]) for n, ks in CONFIG_VALID.items() for k in ks
+ACCEPTED = [(n, GENERIC[k]) for n, ks in CONFIG_VALID.items() for k in sorted(ks)
             if (n, k) != ("backbone_config", "None")]  # None: the hub's backbone
 ACCEPTED += [(n, v) for n, vs in EXTREMES.items() for v in vs]
 
