@@ -45,18 +45,23 @@ def test_auto_respects_capabilities():
     assert not ATTENTION_BACKENDS["dense"].linear
 
 
-def test_auto_takes_dense_for_short_clips_on_cuda_only():
-    """On an H200 dense beat blocked up to F * L = 4,626 tokens and lost from 8,450 on."""
-    assert select_backend("auto", "cuda", num_tokens=18 * 17).name == "dense"
-    assert select_backend("auto", "cuda", num_tokens=18 * 257, backward=True,
+def test_auto_takes_dense_where_it_measured_faster_on_cuda_only():
+    """Every H200 cell of docs/benchmarks.md where the two differed by over 10%: (B, F, L)."""
+    dense = [(1, 18, 17), (32, 34, 17), (1, 258, 17), (32, 10, 257), (1, 18, 257),
+             (1, 66, 65), (1, 130, 17)]
+    blocked = [(8, 258, 17), (1, 514, 17), (1, 34, 257), (1, 130, 65)]
+    for shape in dense:
+        assert select_backend("auto", "cuda", shape=shape).name == "dense", shape
+    for shape in blocked:
+        assert select_backend("auto", "cuda", shape=shape).name == "blocked", shape
+    assert select_backend("auto", "cuda", shape=(1, 18, 257), backward=True,
                           dropout=0.1).name == "dense"
-    assert select_backend("auto", "cuda", num_tokens=34 * 257).name == "blocked"
-    assert select_backend("auto", "cuda").name == "blocked"  # length unknown
-    assert select_backend("auto", "cpu", num_tokens=10).name == "blocked"
+    assert select_backend("auto", "cuda").name == "blocked"  # shape unknown
+    assert select_backend("auto", "cpu", shape=(1, 10, 1)).name == "blocked"
 
 
-def test_the_attention_module_counts_a_clips_tokens_for_auto(monkeypatch):
-    """``auto`` gets F * L of the clip: a limit between two clips' counts splits them."""
+def test_the_attention_module_gives_auto_the_batch_shape(monkeypatch):
+    """``auto`` gets (B, F, L): a test between two clips' token counts splits them."""
     from spool.layers import attention_backends as ab
 
     calls = []
@@ -68,13 +73,16 @@ def test_the_attention_module_counts_a_clips_tokens_for_auto(monkeypatch):
             return _f(q, *a, **kw)
         monkeypatch.setitem(ab.ATTENTION_BACKENDS, name,
                             dataclasses.replace(backend, function=spy))
-    monkeypatch.setitem(ab.AUTO_ORDER, "cpu", (("dense", 100), ("blocked", None)))
+    shapes = []
+    monkeypatch.setitem(ab.AUTO_ORDER, "cpu", (
+        ("dense", lambda B, F, L: shapes.append((B, F, L)) or F * L <= 100), ("blocked", None)))
     model = Spool(tiny_config(num_hidden_layers=1)).eval()
     with torch.no_grad():
         for T in (2, 12):
             model(torch.rand(1, T, 32, 32, 3))
     assert [n for n, _ in calls] == ["dense", "blocked"], calls
     assert calls[0][1] <= 100 < calls[1][1]
+    assert shapes == [(1, 4, calls[0][1] // 4), (1, 14, calls[1][1] // 14)], shapes
 
 
 def test_config_rejects_a_backend_that_cannot_do_what_it_asks():

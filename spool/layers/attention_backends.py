@@ -59,13 +59,25 @@ class AttentionBackend:
 
 
 ATTENTION_BACKENDS: dict[str, AttentionBackend] = {}
-# What ``auto`` tries, in order, per device type: (backend, most tokens F * L per clip it is
-# taken for, or None for any). On the CPU blocked measured fastest at every shape. On an H200
-# dense (one kernel per head group) beat blocked's several up to F * L = 4,626 and lost from
-# 8,450 on (bf16, forward and backward, batch 1-32): docs/benchmarks.md, "GPU: ...".
-AUTO_ORDER: dict[str, tuple[tuple[str, int | None], ...]] = {
+
+
+def dense_pays_on_cuda(batch: int, frames: int, tokens_per_frame: int) -> bool:
+    """Where dense beat blocked on an H200 (bf16, forward and forward + backward; every cell of
+    docs/benchmarks.md, "GPU: ..."): one clip of at most 5,000 tokens ``F * L`` (its mask
+    cached), and either few frames (blocked's windows then cover most of the clip anyway) or
+    little work in all (``B * (F * L)^2`` pairs, where blocked's several kernels per call
+    cost more than dense's extra pairs). Dense lost at F * L = 8,738 (batch 1) and at
+    F = 258, L = 17 with batch 8."""
+    n = frames * tokens_per_frame
+    return n <= 5000 and (frames <= 20 or batch * n * n <= 64_000_000)
+
+
+# What ``auto`` tries, in order, per device type: (backend, a test of the batch's shape
+# ``(B, F, L)`` it must pass, or None for any shape). On the CPU blocked measured fastest at
+# every shape.
+AUTO_ORDER: dict[str, tuple[tuple[str, Callable[[int, int, int], bool] | None], ...]] = {
     "cpu": (("blocked", None),),
-    "cuda": (("dense", 5000), ("blocked", None)),
+    "cuda": (("dense", dense_pays_on_cuda), ("blocked", None)),
 }
 
 
@@ -87,18 +99,18 @@ register_backend(AttentionBackend("flex", flex_attention, frozenset({"cpu", "cud
 def select_backend(name: str, device: torch.device | str | None = None, *,
                    backward: bool = False, dropout: float = 0.0,
                    dtype: torch.dtype | None = None,
-                   num_tokens: int | None = None) -> AttentionBackend:
+                   shape: tuple[int, int, int] | None = None) -> AttentionBackend:
     """The backend for ``attn_implementation=name`` under these conditions.
 
-    ``auto`` takes the first backend of :data:`AUTO_ORDER` that can serve them, counting
-    ``num_tokens`` (``F * L`` of one clip) against the entry's limit; a named one that cannot
-    raises ``ValueError`` saying why.
+    ``auto`` takes the first backend of :data:`AUTO_ORDER` that can serve them and whose test
+    the batch's ``shape`` ``(B, F, L)`` passes (an entry with a test is skipped when the shape
+    is not given); a named one that cannot serve them raises ``ValueError`` saying why.
     """
     device_type = None if device is None else torch.device(device).type
     if name == "auto":
         order = AUTO_ORDER.get(device_type or "cpu", (("blocked", None),))
-        for candidate, most_tokens in (*order, ("blocked", None)):
-            if most_tokens is not None and (num_tokens is None or num_tokens > most_tokens):
+        for candidate, takes in (*order, ("blocked", None)):
+            if takes is not None and (shape is None or not takes(*shape)):
                 continue
             backend = ATTENTION_BACKENDS[candidate]
             if backend.unsupported(device_type, backward=backward, dropout=dropout,
