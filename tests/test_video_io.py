@@ -142,6 +142,30 @@ def test_seek_equals_full_decode_other_formats(tmp_path: Path, name: str, codec:
     np.testing.assert_array_equal(got, full[idx])
 
 
+@pytest.mark.parametrize("codec", ["mpeg1video", "mpeg2video"])
+def test_mpeg_ps_reads_equal_sequential_decode(tmp_path: Path, codec: str) -> None:
+    """After a seek the MPEG-PS demuxer shifts pts by a packet: a frame came back as an earlier
+    one's picture. Every read must match a plain PyAV decode."""
+    path = tmp_path / "ps.mpg"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.gop_size, stream.codec_context.max_b_frames = 12, 2
+        base = _noise(1, 48, 64)[0]
+        for i in range(60):
+            frame = av.VideoFrame.from_ndarray(np.roll(base, 3 * i, axis=1), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(str(path)) as src:
+        full = np.stack([f.to_ndarray(format="rgb24") for f in src.decode(video=0)])
+    with VideoReader(path) as reader:
+        for idx, strategy in ((list(range(8, 16)), "seek"), ([47, 3, 30, 12], "seek"),
+                              ([50, 20, 59, 5], "auto")):
+            got, _ = reader.get(idx, strategy=strategy)
+            np.testing.assert_array_equal(got, full[idx])
+
+
 def test_stream_without_timestamps_is_read_by_count(tmp_path: Path) -> None:
     """A raw H.264 elementary stream has no pts: frames are numbered in decode output order."""
     path = write_video(tmp_path / "raw.h264", _smooth(30, 32, 48), fps=25, gop_size=8)

@@ -3,10 +3,10 @@
 Frame ``k`` is the frame with the k-th smallest presentation timestamp (pts). The pts of every
 frame come from demuxing the packets (``spool.video.index``), so the index is exact for variable
 frame rate and B-frame reordering alike. Sparse requests seek to the keyframe before each needed
-frame; dense ones decode straight through. Both give bit-identical frames. Files whose pts are
-missing or do not follow display order (checked when indexing) are read by counting decoded
-frames. Frames over the pixel budget (``spool.video.limits``) are refused from the stream
-header, before any decoding.
+frame; dense ones decode straight through. Both give bit-identical frames. MPEG-PS files are
+never seeked in (``_UNSEEKABLE_FORMATS``). Files whose pts are missing or do not follow display
+order (checked when indexing) are read by counting decoded frames. Frames over the pixel budget
+(``spool.video.limits``) are refused from the stream header, before any decoding.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ __all__ = [
 Strategy = Literal["auto", "seek", "sequential"]
 # A seek plus decoder flush costs about as much as decoding a few frames.
 _SEEK_COST_FRAMES = 4
+# Demuxers whose seeks cannot be trusted. MPEG-PS (.mpg, .vob): after a seek it hands out a
+# partial packet and labels the next ones with the following packet's pts, so the decoder
+# shows a picture under another frame's pts (and the first frames wanted are nearly always
+# missed anyway). Such files are decoded from the start.
+_UNSEEKABLE_FORMATS = frozenset({"mpeg"})
 
 
 
@@ -107,7 +112,9 @@ class VideoReader:
         self._reformatter = VideoReformatter()
         self.num_seeks = 0
         self.num_fallbacks = 0  # passes redone from the start because a seek missed frames
-        self._can_seek = self.index.exact  # turned off if the demuxer refuses a seek
+        # Turned off too if the demuxer refuses a seek.
+        self._can_seek = (self.index.exact
+                          and self._container.format.name not in _UNSEEKABLE_FORMATS)
         self._start()
 
     def __len__(self) -> int:
