@@ -95,7 +95,8 @@ class VideoReader:
     first; None: the budget in force (``spool.video.limits.pixel_budget``, 4096x2160 unless
     set); 0: no limit. A larger frame raises ``VideoDecodeError``. ``thread_type``: the
     decoder's threads (``AUTO``: FFmpeg's choice of frame and slice threads; ``NONE``,
-    ``SLICE``, ``FRAME``); frames are the same whatever it is (bench/decode_threads.py).
+    ``SLICE``, ``FRAME``); frames are the same whatever it is (bench/decode_threads.py). Where
+    frame threads miss frames (a damaged file), it turns to ``SLICE``.
     """
 
     def __init__(self, path: str | os.PathLike[str], max_pixels: int | None = None,
@@ -284,6 +285,14 @@ class VideoReader:
         if missed and not (plain and self.num_seeks == seeks):
             # A seek can overshoot on some demuxers: decode plainly from the start.
             self.num_fallbacks += 1
+            self._restart()
+            self._collect(missed, "sequential", got, size)
+            missed = [i for i in unique if i not in got]
+        if missed and self.thread_type not in ("NONE", "SLICE"):
+            # Frame threads drop the frames in flight when a packet fails (a truncated tail),
+            # which slice threads return: so that the frames read do not depend on the thread
+            # type, this file is decoded with slice threads from now on.
+            self.thread_type = "SLICE"
             self._restart()
             self._collect(missed, "sequential", got, size)
             missed = [i for i in unique if i not in got]
