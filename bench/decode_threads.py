@@ -29,7 +29,7 @@ from _report import machine, update_section  # noqa: E402
 from video_seek import make_video, median_times  # noqa: E402
 
 from spool.video.io import VideoReader  # noqa: E402
-from spool.video.samplers import UniformSampler  # noqa: E402
+from spool.video.samplers import UniformSampler, decode_chunks  # noqa: E402
 
 HEADING = "Video decoding: decoder threads"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -42,8 +42,8 @@ def read(path: Path, mode: str, indices: list[int] | None) -> str:
     digest = hashlib.sha256()
     with VideoReader(path, thread_type=mode) as reader:
         wanted = list(range(len(reader))) if indices is None else indices
-        for start in range(0, len(wanted), 64):
-            frames, _ = reader.get(wanted[start:start + 64])
+        for part in decode_chunks(wanted, 64):
+            frames, _ = reader.get(wanted[part])
             digest.update(frames.tobytes())
     return digest.hexdigest()
 

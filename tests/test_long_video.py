@@ -10,8 +10,8 @@ from conftest import CUDA_ONLY, LargestOutput, tiny_config
 import spool.models.long_video as long_video
 from spool import Spool
 from spool.layers.streaming import stream_temporal_stack
-from spool.video import write_video
-from spool.video.samplers import StrideSampler
+from spool.video import VideoReader, decode_chunks, write_video
+from spool.video.samplers import FpsSampler, StrideSampler
 
 D, L = 24, 5
 
@@ -54,6 +54,21 @@ def test_video_file_streams_through_backbone_and_stack(tmp_path):
     offloaded = model.forward_long(path, sampler=StrideSampler(2), chunk_frames=5,
                                    offload_dir=tmp_path / "scratch")
     torch.testing.assert_close(offloaded.context, plain.context[0], atol=1e-5, rtol=1e-5)
+
+
+def test_repeated_frames_stay_in_one_decode_chunk(tmp_path):
+    """An fps above the video's repeats frames: a run split across chunks made the reader
+    seek back for the next chunk's first frame."""
+    assert list(decode_chunks([0, 1, 1, 1, 2, 3], 2)) == [slice(0, 4), slice(4, 6)]
+    model = Spool(tiny_config(backbone_chunk_size=4)).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "v.mkv", frames, fps=5, codec="ffv1", gop_size=1)  # back: a seek
+    with VideoReader(path) as reader:
+        indices = FpsSampler(13)(len(reader), fps=5.0)[0]
+        assert len(indices) > len(set(indices))
+        out = [tokens for tokens, _ in long_video.stream_tokens(model, reader, indices)]
+        assert reader.num_seeks == 0
+    assert sum(len(t) for t in out) == len(indices)
 
 
 def test_no_tensor_beyond_the_hidden_state():

@@ -44,7 +44,7 @@ from spool.models.frame_encoder import save_frame_encoder
 from spool.models.long_video import stream_tokens
 from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
 from spool.video.io import VideoReader
-from spool.video.samplers import FrameSampler
+from spool.video.samplers import FrameSampler, decode_chunks
 from spool.video.transforms import FramePreprocessing
 
 CACHE_META = "cache.json"
@@ -243,16 +243,11 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
             indices = indices[_crop(len(indices), self.crop_frames, rng)]
             # Decoded and preprocessed a chunk at a time: whole crops of full-size frames
             # would take GBs (512 frames of 1080p: 3 GB) for an output of MBs.
-            frames, stamps, start = [], [], 0
-            while start < len(indices):
-                stop = min(start + DECODE_CHUNK_FRAMES, len(indices))
-                while stop < len(indices) and indices[stop] == indices[stop - 1]:
-                    stop += 1  # a repeated frame (fps above the video's) in one chunk: the
-                    # reader would seek back for it
-                chunk, times = reader.get(indices[start:stop])
+            frames, stamps = [], []
+            for part in decode_chunks(indices, DECODE_CHUNK_FRAMES):
+                chunk, times = reader.get(indices[part])
                 frames.append(self.preprocessing(torch.from_numpy(chunk)))
                 stamps.append(times)
-                start = stop
         warn_if_labels_disagree(sample, info.num_frames, info.duration)
         labels = torch.from_numpy(sample.labels_at(indices, np.concatenate(stamps),
                                                    info.start_time))

@@ -26,7 +26,7 @@ from spool.layers.streaming import stream_temporal_stack
 from spool.runtime import available_memory_bytes
 from spool.validation import check_tokens
 from spool.video.io import VideoReader
-from spool.video.samplers import FpsSampler, FrameSampler, make_sampler
+from spool.video.samplers import FpsSampler, FrameSampler, decode_chunks, make_sampler
 
 logger = logging.getLogger(__name__)
 GiB = 2**30
@@ -112,8 +112,9 @@ def one_video_tokens(tokens: torch.Tensor) -> torch.Tensor:
 def stream_tokens(model, reader: VideoReader, indices: list[int]
                   ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """Decode, preprocess and encode frames ``indices`` of ``reader`` ``backbone_chunk_size``
-    at a time: yields (tokens ``[n, L, D]``, timestamps ``[n]``) per chunk, so decoded pixels
-    never accumulate. ``model``: any Spool model with a backbone (``model.frame_encoder``)."""
+    at a time (a run of a repeated frame in one chunk: ``decode_chunks``): yields (tokens
+    ``[n, L, D]``, timestamps ``[n]``) per chunk, so decoded pixels never accumulate.
+    ``model``: any Spool model with a backbone (``model.frame_encoder``)."""
     encoder = model.frame_encoder
     if encoder is None:
         raise ValueError("model: has no backbone (built with with_backbone=False?), so it "
@@ -121,8 +122,8 @@ def stream_tokens(model, reader: VideoReader, indices: list[int]
     chunk = model.config.backbone_chunk_size
     preprocessing = model.config.preprocessing()
     device = next(encoder.parameters()).device
-    for start in range(0, len(indices), chunk):
-        frames, stamps = reader.get(indices[start:start + chunk])
+    for part in decode_chunks(indices, chunk):
+        frames, stamps = reader.get(indices[part])
         pixels = preprocessing(torch.from_numpy(frames)).to(device)
         with torch.no_grad():
             yield encoder(pixels[None])[0], stamps

@@ -17,6 +17,7 @@ from spool.video.samplers import (
     SlidingWindowSampler,
     StrideSampler,
     UniformSampler,
+    decode_chunks,
     make_sampler,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "VideoReader",
     "apply_rotation",
     "clear_index_cache",
+    "decode_chunks",
     "is_video_name",
     "make_sampler",
     "probe_video",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import operator
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = [
     "StrideSampler",
     "UniformSampler",
     "clip_sampler",
+    "decode_chunks",
     "make_sampler",
     "sampler_settings",
 ]
@@ -55,6 +57,20 @@ def _positive_float(name: str, value: Any) -> float:
     if not (v > 0 and math.isfinite(v)):
         raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
     return v
+
+
+def decode_chunks(indices: Sequence[int], size: int) -> Iterator[slice]:
+    """Slices of ``indices`` of ``size`` frames, to read a chunk at a time; a run of one
+    repeated index (an fps above the video's) stays in one chunk, even past ``size``: split,
+    the next chunk would start behind the reader, which would seek back for it."""
+    _positive_int("size", size)
+    start = 0
+    while start < len(indices):
+        stop = min(start + size, len(indices))
+        while stop < len(indices) and indices[stop] == indices[stop - 1]:
+            stop += 1
+        yield slice(start, stop)
+        start = stop
 
 
 class FrameSampler(ABC):
