@@ -336,22 +336,6 @@ def prune_checkpoints(out_dir: Path, keep: int) -> None:
             discard(old)
 
 
-# Settings a resumed run may change (it then says so); the new values are used from there on.
-RESUME_FIELDS = ("batch_size", "epochs", "lr", "weight_decay", "min_lr_ratio", "seed",
-                 "warmup_epochs")
-
-
-def resume_changes(state: dict[str, Any], cfg: Any, world_size: int) -> list[str]:
-    """``"name old -> new"`` for each :data:`RESUME_FIELDS` setting (and the number of
-    processes) that differs between a checkpoint's ``state`` and the resumed run."""
-    old = state["config"]
-    changed = [f"{k} {old[k]} -> {getattr(cfg, k)}" for k in RESUME_FIELDS
-               if k in old and old[k] != getattr(cfg, k)]
-    if state["world_size"] != world_size:
-        changed.append(f"world_size {state['world_size']} -> {world_size}")
-    return changed
-
-
 def check_epochs_left(path: Path, epoch: int, step_in_epoch: int, epochs: int) -> None:
     """``epochs`` lowered on resume below where the checkpoint at ``path`` is: refused, as
     the run would publish mid-epoch weights as its final ones."""

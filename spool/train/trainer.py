@@ -36,6 +36,7 @@ from spool.distributed import (
 from spool.io_utils import Claim, atomic_write, lock_directory, refresh_claim, release_claim
 from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
 from spool.train import checkpoint as ckpt
+from spool.train import resume_settings
 from spool.train.builders import epoch_batches, model_config, parameter_groups, warmup_cosine
 from spool.train.config import TrainConfig
 from spool.train.evaluate import autocast_context, model_inputs
@@ -102,6 +103,7 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.tb = None
         self._lock: Claim | None = None
+        self.resumed: dict[str, Any] | None = None  # rank 0: resume_settings.check_resume's
         try:
             self._on_rank0(self._lock_out_dir)
             resume = self._find_resume()
@@ -156,8 +158,7 @@ class Trainer:
 
     def _open_logs(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.cfg.to_saved_dict(), indent=1)
-        atomic_write(self.out / "train_config.json", lambda p: Path(p).write_text(text))
+        resume_settings.record_settings(self.out, self.cfg, self.resumed)
         rewrite_csv(self.out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= self.step)
         rewrite_csv(self.out / "metrics.csv", self.task.epoch_fields,
                     lambda r: int(r["epoch"]) <= self.epoch)
@@ -181,6 +182,9 @@ class Trainer:
         def choose() -> tuple[Path, dict[str, Any]] | None:
             ckpt.recover_checkpoints(self.out)  # safe: this run holds the directory
             found = ckpt.resolve_resume(cfg.resume, cfg.out_dir)
+            if found is not None:  # a change of model or task is refused before anything
+                self.resumed = resume_settings.check_resume(*found, cfg, self.model.config,
+                                                            self.info.world_size)
             if found is not None and cfg.resume != "auto":
                 self._set_aside_abandoned(*found)
             return found
@@ -222,11 +226,8 @@ class Trainer:
         if state["rng"] is not None:
             ckpt.restore_rng(state["rng"]["tensors"], state["rng"]["python"],
                              state["rng"]["numpy"])
-        changed = ckpt.resume_changes(state, self.cfg, self.info.world_size)
-        if changed:
-            self.log(f"note: resuming with {', '.join(changed)}: the new values are used from "
-                     "here on, so the run will not repeat an uninterrupted one exactly",
-                     always=True)
+        if self.resumed is not None and resume_settings.note(self.resumed):
+            self.log(resume_settings.note(self.resumed), always=True)
         self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch + 1})")
 
     def checkpoint_path(self) -> Path:
@@ -243,7 +244,7 @@ class Trainer:
         if self.info.is_main:
             state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                      "scheduler": self.scheduler.state_dict(), "tracker": summed.state_dict(),
-                     "history": self.history, "config": self.cfg.to_dict(),
+                     "history": self.history, "config": self.cfg.to_saved_dict(),
                      "world_size": self.info.world_size, "class_names": self.class_names}
             path = self.checkpoint_path()
             ckpt.save_checkpoint(path, self.model, self.optimizer, state, rngs)

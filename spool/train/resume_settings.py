@@ -1,0 +1,162 @@
+"""What a resumed run may change, and the run directory's record of its settings.
+
+A resume compares the checkpoint's settings with the new run's:
+
+- refused, before any step: ``task``, ``architecture`` and every model (``SpoolConfig``)
+  field that shapes the network or what it computes (heads and their split, layers, window,
+  pooling and merging, backbone and preprocessing, class names, head settings), compared as
+  the model is built (``init`` and a token cache included). The checkpoint's weights were
+  trained as the old model, and the run would publish them as the new one.
+- allowed with one note (old -> new): the other settings of training and data (``lr``,
+  ``epochs``, ``batch_size``, ``label_smoothing``, ``grad_clip``, ``augment``,
+  ``num_frames``, data paths, ... and the number of processes): they change the remaining
+  steps, not what the weights are.
+- neither: settings of one invocation, its output or its speed and memory (:data:`IGNORED`,
+  :data:`MODEL_IGNORED`).
+
+Record: ``train_config.json`` keeps the settings the run started with (a resume does not
+rewrite it), and each resume appends one JSON line to ``resumes.jsonl``: the step and
+checkpoint it went on from, the noted changes (``{field: [old, new]}``) and its full settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from spool.config import CONFIG_NAME, SpoolConfig
+from spool.io_utils import atomic_write
+from spool.train.config import PATH_FIELDS, TrainConfig
+
+CONFIG_FILE = "train_config.json"
+HISTORY_FILE = "resumes.jsonl"
+
+# TrainConfig fields a resume may change silently: they steer this invocation (where it
+# writes, when it stops or saves, how it logs) or only its speed and memory, not the weights.
+# ``model`` is compared field by field as the model is built (below).
+IGNORED = ("out_dir", "resume", "stop_after_steps", "num_workers", "device",
+           "gradient_checkpointing", "save_every", "keep_checkpoints", "eval_every",
+           "eval_batch_size", "log_every", "tensorboard", "quiet", "name", "model")
+REFUSED = ("task", "architecture")  # another kind of model
+# SpoolConfig fields a resume may change with a note. Dropout is the identity in eval mode:
+# the same weights compute the same function, and only the regularisation of the remaining
+# steps changes (as with label smoothing). initializer_range only draws initial weights,
+# which the checkpoint's replace.
+MODEL_NOTED = ("hidden_dropout", "attention_dropout", "classifier_dropout",
+               "initializer_range")
+# SpoolConfig fields of speed and memory only, or that the trainer derives from settings
+# compared as TrainConfig fields (sampling: num_frames etc.; background_classes: background).
+MODEL_IGNORED = ("backbone_chunk_size", "attn_implementation", "attention_chunk_frames",
+                 "gradient_checkpointing", "sampling", "architectures", "background_classes")
+# Every other SpoolConfig field is refused: it shapes the network or what it computes, or
+# (freeze_backbone) which parameters train, which the checkpoint's optimizer state is for.
+
+
+def _absolute(name: str, value: Any) -> Any:
+    """A checkpoint's path setting as ``to_saved_dict`` gives it (checkpoints before it was
+    saved so hold paths as given: taken relative to this working directory)."""
+    if not isinstance(value, str) or os.path.isabs(value):
+        return value
+    if name == "init" and not os.path.exists(value):
+        return value  # a hub id
+    return os.path.abspath(value)
+
+
+def _same_backbone(old: Any, new: Any, old_set: Any, new_set: Any) -> bool:
+    """Whether ``backbone_name`` ``old`` (the checkpoint's model) and ``new`` name one
+    backbone: one string, one local folder, or (a folder given relative to another working
+    directory) the same folder in both runs' saved settings (``*_set``, made absolute)."""
+    if old == new:
+        return True
+    if isinstance(old, str) and isinstance(new, str) and os.path.isdir(old) \
+            and os.path.isdir(new):
+        return os.path.samefile(old, new)
+    return old_set is not None and old_set == new_set
+
+
+def _model_changes(path: Path, state: dict[str, Any], cfg: TrainConfig,
+                   model_config: SpoolConfig) -> tuple[dict[str, list], dict[str, list]]:
+    """(refused, noted) changes of the model's settings, ``{"model.<field>": [old, new]}``:
+    the checkpoint's ``config.json`` against ``model_config``, the model the run built."""
+    try:
+        old = json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no model config: the fields the run was given
+        old = state["config"].get("model", {})
+    new = model_config.to_dict()
+    old_set = _absolute("backbone_name", state["config"].get("model", {}).get("backbone_name"))
+    new_set = cfg.to_saved_dict()["model"].get("backbone_name")
+    refused: dict[str, list] = {}
+    noted: dict[str, list] = {}
+    for name, value in new.items():
+        if name in MODEL_IGNORED or name not in old or old[name] == value:
+            continue  # a field missing from an older checkpoint's config: not known
+        if name == "backbone_name" and _same_backbone(old[name], value, old_set, new_set):
+            continue
+        (noted if name in MODEL_NOTED else refused)[f"model.{name}"] = [old[name], value]
+    return refused, noted
+
+
+def _describe(changes: dict[str, list]) -> str:
+    return ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items())
+
+
+def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,
+                 model_config: SpoolConfig, world_size: int) -> dict[str, Any]:
+    """Compare the checkpoint at ``path`` (its ``state``) with the run ``cfg`` that resumes it
+    (``model_config``: the model the run built). A ``ValueError`` naming every change of the
+    model or task; else the record of the resume, with the changes to note under
+    ``"changed"`` (``{field: [old, new]}``; :func:`note` says them)."""
+    old, new = state["config"], cfg.to_saved_dict()
+    refused = {name: [old[name], new[name]] for name in REFUSED
+               if name in old and old[name] != new[name]}
+    model_refused, model_noted = _model_changes(path, state, cfg, model_config)
+    refused.update(model_refused)
+    if refused:
+        raise ValueError(f"resume: {path} was trained with another model or task than this "
+                         f"run builds ({_describe(refused)}); its weights would go on, and be "
+                         "published, as a model they were not trained as. Resume with the "
+                         "checkpoint's settings, or train the new model in another --out-dir "
+                         f"(--init {path} starts it from these weights)")
+    changed = {}
+    for name, value in new.items():
+        if name in IGNORED or name in REFUSED or name not in old:
+            continue
+        before = _absolute(name, old[name]) if name in PATH_FIELDS else old[name]
+        if before != value:
+            changed[name] = [before, value]
+    changed.update(model_noted)
+    if state.get("world_size", world_size) != world_size:
+        changed["world_size"] = [state["world_size"], world_size]
+    return {"step": state["step"], "checkpoint": str(Path(path).resolve()), "changed": changed}
+
+
+def note(record: dict[str, Any]) -> str | None:
+    """The note of a resume's changed settings (:func:`check_resume`), or None."""
+    if not record["changed"]:
+        return None
+    return (f"note: resuming with {_describe(record['changed'])}: the new values are used "
+            "from here on, so the run will not repeat an uninterrupted one exactly (recorded "
+            f"in {HISTORY_FILE})")
+
+
+def record_settings(out: Path, cfg: TrainConfig, resumed: dict[str, Any] | None) -> None:
+    """Keep the record of the run's settings in ``out``: a new run writes
+    ``train_config.json`` (and drops an older run's ``resumes.jsonl``); a resume leaves
+    ``train_config.json`` as the run started (writing it only where there is none, as in a
+    new ``out_dir``) and appends its record and settings to ``resumes.jsonl``."""
+    out = Path(out)
+    saved = cfg.to_saved_dict()
+    if resumed is None or not (out / CONFIG_FILE).is_file():
+        text = json.dumps(saved, indent=1)
+        atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(text))
+    if resumed is None:
+        (out / HISTORY_FILE).unlink(missing_ok=True)
+        return
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **resumed, "config": saved}
+    with open(out / HISTORY_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
