@@ -183,6 +183,22 @@ def test_freeze_backbone_false_is_refused_with_a_cache(tmp_path: Path) -> None:
         model_config(cfg)
 
 
+def test_cache_run_takes_backbone_fields_equal_to_the_caches(tmp_path: Path) -> None:
+    """--model naming a frame-encoder field of the cache with its value (and a chunk size,
+    which does not change the tokens) crashed: "got multiple values for keyword argument"."""
+    _clip_cache(tmp_path / "cache")
+    same = {"image_size": 32, "backbone_config": TINY_MODEL["backbone_config"]}
+    cfg = _config(tmp_path / "run", train_data=None, train_cache=str(tmp_path / "cache"),
+                  model={**TEMPORAL, **same, "backbone_chunk_size": 8})
+    config = model_config(cfg)
+    assert config.image_size == 32 and config.backbone_chunk_size == 8
+    assert config.num_hidden_layers == TEMPORAL["num_hidden_layers"]
+    cfg = _config(tmp_path / "run", train_data=None, train_cache=str(tmp_path / "cache"),
+                  model={**TEMPORAL, "image_size": 64})
+    with pytest.raises(ValueError, match=r"\['image_size'\] differ from the backbone"):
+        model_config(cfg)
+
+
 def test_frames_validate_on_a_cache_or_videos_whatever_the_training_input(tmp_path: Path
                                                                          ) -> None:
     """--train-data with --val-cache and --train-cache with --val-data both validate; a

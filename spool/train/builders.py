@@ -73,8 +73,10 @@ def model_config(cfg: TrainConfig) -> SpoolConfig:
         raise ValueError(f"model: {sorted(clash)} differ from the backbone the token cache "
                          f"{cfg.train_cache} was made with; rebuild the cache instead")
     # Only the frame encoder comes from the cache; the temporal part is this run's choice.
+    # The run's values win: the fixed fields equal the cache's (checked above), and the
+    # others (the chunk size of a later run of the backbone) do not change the tokens.
     keep = (*fixed, "freeze_backbone", "backbone_chunk_size")
-    return base.replace(**{k: getattr(cached, k) for k in keep}, **overrides)
+    return base.replace(**{**{k: getattr(cached, k) for k in keep}, **overrides})
 
 
 def build_datasets(cfg: TrainConfig, config: SpoolConfig
