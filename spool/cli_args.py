@@ -53,3 +53,14 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
+
+
+def refuse_ignored(args: argparse.Namespace, flags: dict[str, Any], why: str) -> None:
+    """``ValueError`` naming the first of ``flags`` (name -> its parser default) given with
+    another value: the command would ignore it. ``why``: to what it applies, instead."""
+    for key, default in flags.items():
+        value = getattr(args, key)
+        if isinstance(value, list):  # nargs: a list given, the default a tuple
+            value = tuple(value)
+        if value != default:
+            raise ValueError(f"--{key.replace('_', '-')}: {why}")

@@ -6,7 +6,19 @@ import argparse
 import sys
 import time
 
-from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
+from spool.cli_args import (
+    add_model_argument,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    refuse_ignored,
+)
+
+# Flags of one task (name -> its default): given for the other task, they would be ignored.
+CLIP_FLAGS = {"views": 1, "num_frames": 16, "frame_stride": None, "crop_scale": (0.4, 1.0),
+              "hflip": False, "batch_size": 8,
+              "num_workers": 2}  # the frames task encodes each video whole, in this process
+FRAME_FLAGS = {"fps": 15.0, "split": "train.split1"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from spool.video.samplers import clip_sampler
     from spool.video.transforms import RandomResizedCrop
 
-    if args.task == "frames":  # a mistyped root is said before a backbone is loaded
+    frames = args.task == "frames"
+    refuse_ignored(args, CLIP_FLAGS if frames else FRAME_FLAGS,
+                   f"applies to --task {'clips' if frames else 'frames'}, not to --task "
+                   f"{args.task}")
+    device = resolve_device(args.device)  # a GPU that is not there: said before the work
+    if frames:  # a mistyped root is said before a backbone is loaded
         check_segmentation_source(args.data, "data (--data)")
     torch.manual_seed(args.seed)  # a randomly initialised backbone is reproducible
     overrides = dict(args.model or [])
@@ -29,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_pretrained(args.init, **overrides)
     else:
         model = FrameEncoderModel(**overrides)
-    if args.task == "frames":
-        return _cache_frames(args, model)
+    if frames:
+        return _cache_frames(args, model, device)
     class_names = None
     if args.classes_from is not None:
         _, class_names = read_annotations(args.classes_from)
@@ -42,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     summary = build_cache(model, dataset, args.out, views=args.views,
                           batch_size=args.batch_size, num_workers=args.num_workers,
-                          dtype=args.dtype, device=resolve_device(args.device),
+                          dtype=args.dtype, device=device,
                           progress=not args.quiet)
     what = f"{summary.cached} videos x {args.views} view(s) of {args.num_frames} frames"
     if summary.reused:
@@ -61,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     return _report_failures(summary, len(dataset))
 
 
-def _cache_frames(args: argparse.Namespace, model) -> int:
+def _cache_frames(args: argparse.Namespace, model, device) -> int:
     """Every frame of each video at ``--fps``, with its label: a variable-length cache."""
     from spool.data.frame_cache import build_frame_cache
     from spool.data.segmentation import read_segmentation
@@ -73,7 +90,7 @@ def _cache_frames(args: argparse.Namespace, model) -> int:
     samples, names = read_segmentation(args.data, args.split, class_names)
     start = time.perf_counter()
     summary = build_frame_cache(model, samples, names, args.out, FpsSampler(args.fps),
-                                dtype=args.dtype, progress=not args.quiet)
+                                dtype=args.dtype, device=device, progress=not args.quiet)
     print(f"cached every frame at {args.fps:g} fps of {summary.cached} videos to "
           f"{summary.path} in {time.perf_counter() - start:.1f}s")
     return _report_failures(summary, len(samples))
@@ -101,10 +118,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="clips: annotation file ('path label' lines) or class-folder "
                              "directory; frames: a segments CSV (video,start_s,end_s,label) or "
                              "an MS-TCN root (mapping.txt, groundTruth/, splits/, videos/)")
-    parser.add_argument("--split", default="train.split1",
-                        help="frames, MS-TCN root: the split bundle (train.split1)")
-    parser.add_argument("--fps", type=positive_float, default=15.0,
-                        help="frames: the rate frames are sampled at (15)")
+    frames = parser.add_argument_group("frames task only (refused with --task clips)")
+    frames.add_argument("--split", default=FRAME_FLAGS["split"],
+                        help="MS-TCN root: the split bundle (train.split1)")
+    frames.add_argument("--fps", type=positive_float, default=FRAME_FLAGS["fps"],
+                        help="the rate frames are sampled at (15)")
     parser.add_argument("--out", required=True, help="cache directory")
     parser.add_argument("--init", help="take the backbone from this checkpoint (a Spool, a "
                         "classifier or another cache's backbone/ directory)")
@@ -112,16 +130,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "image_size=224, backbone_config=@hf_config.json (repeatable)")
     parser.add_argument("--classes-from", help="annotation file whose class list to use "
                         "(for a val split that lacks some classes)")
-    parser.add_argument("--num-frames", type=positive_int, default=16)
-    parser.add_argument("--frame-stride", type=positive_int, default=None)
-    parser.add_argument("--views", type=positive_int, default=1,
-                        help="view 0: evaluation clip; 1..: augmented training clips")
-    parser.add_argument("--crop-scale", type=positive_float, nargs=2, default=(0.4, 1.0))
-    parser.add_argument("--hflip", action="store_true", help="flip augmented views at random")
-    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")
-    parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument("--num-workers", type=nonnegative_int, default=2)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    clips = parser.add_argument_group("clips task only (refused with --task frames)")
+    clips.add_argument("--num-frames", type=positive_int, default=CLIP_FLAGS["num_frames"])
+    clips.add_argument("--frame-stride", type=positive_int, default=CLIP_FLAGS["frame_stride"])
+    clips.add_argument("--views", type=positive_int, default=CLIP_FLAGS["views"],
+                       help="view 0: evaluation clip; 1..: augmented training clips")
+    clips.add_argument("--crop-scale", type=positive_float, nargs=2,
+                       default=CLIP_FLAGS["crop_scale"])
+    clips.add_argument("--hflip", action="store_true", help="flip augmented views at random")
+    clips.add_argument("--batch-size", type=positive_int, default=CLIP_FLAGS["batch_size"])
+    clips.add_argument("--num-workers", type=nonnegative_int,
+                       default=CLIP_FLAGS["num_workers"])
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="how the tokens are stored")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the backbone runs (auto: CUDA when available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(func=run)

@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
+from spool.cli_args import (
+    add_model_argument,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    refuse_ignored,
+)
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -64,10 +70,7 @@ def _refuse_ignored(args: argparse.Namespace, frames: bool) -> None:
     """A one-line error for a flag that does not apply to this kind of classifier."""
     flags, kind, other = ((CLIP_FLAGS, "a frame classifier", "clip classifiers") if frames
                           else (FRAME_FLAGS, "a clip classifier", "frame classifiers"))
-    for key, default in flags.items():
-        if getattr(args, key) != default:
-            raise ValueError(f"--{key.replace('_', '-')}: applies to {other}; "
-                             f"{args.checkpoint} holds {kind}")
+    refuse_ignored(args, flags, f"applies to {other}; {args.checkpoint} holds {kind}")
 
 
 def _run_frames(args: argparse.Namespace) -> int:

@@ -37,8 +37,8 @@ from spool.data.cached_tokens import (  # the reading side, re-exported
     CACHE_META,
     TOKENS_NAME,
     CachedTokenDataset,
-    _encoder_of,
     cache_backbone_config,
+    encoder_on,
     load_cache_backbone,
     read_cache_meta,
 )
@@ -126,7 +126,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
     lock = lock_directory(out, "spool cache", LOCK_NAME)
     try:
         _remove_stale_temporaries(out)
-        encoder = _encoder_of(model).to(device).eval()
+        encoder = encoder_on(model, device)
         config = model.config
         shape = (len(dataset), views, dataset.num_frames, config.num_spatial_tokens,
                  config.hidden_size)

@@ -39,6 +39,12 @@ def _encoder_of(model: SpoolPreTrainedModel) -> torch.nn.Module:
     return encoder
 
 
+def encoder_on(model: SpoolPreTrainedModel, device: str | torch.device) -> torch.nn.Module:
+    """``model``'s frame encoder on ``device``, in eval mode: where a cache runs it (each
+    cache brings its outputs back to the CPU)."""
+    return _encoder_of(model).to(device).eval()
+
+
 def read_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
     """``cache.json`` of a complete cache; a clear error for anything else."""
     path = Path(cache_dir) / CACHE_META

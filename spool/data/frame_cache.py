@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from spool.data.cache import FAILURES_NAME, CacheSummary, report_failure, write_cache_failures
+from spool.data.cached_tokens import encoder_on
 from spool.data.classes import FrameLabelMapping
 from spool.data.dataset import UNREADABLE, first_readable, skipped_video, split_readable
 from spool.data.segmentation import (
@@ -83,16 +84,18 @@ def _source_key(sample: SegmentationSample) -> str:
 def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSample],
                       class_names: list[str], out_dir: str | os.PathLike,
                       sampler: FrameSampler, *, dtype: str = "float16",
-                      progress: bool = False) -> CacheSummary:
+                      device: str | torch.device = "cpu", progress: bool = False
+                      ) -> CacheSummary:
     """Encode every sampled frame of each video with ``model``'s frame encoder, with its
     label at its own time. Videos already cached with the same settings, from the same video
     file (path, size, modification time) and with the same labels are kept. A video that
     cannot be read is reported on one line, left out and listed in ``failures.csv`` (and
-    ``cache.json``'s ``failures``), as :func:`~spool.data.cache.build_cache` does."""
+    ``cache.json``'s ``failures``), as :func:`~spool.data.cache.build_cache` does. The frame
+    encoder runs on ``device``; the tokens are stored as ``dtype``."""
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
-    if model.frame_encoder is None:
-        raise ValueError("model: has no frame encoder (built with with_backbone=False?)")
+    model.eval()
+    encoder = encoder_on(model, device)  # stream_tokens runs it where its weights are
     names = [s.name for s in samples]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -100,8 +103,7 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
                          "video needs its own name (its file in the cache)")
     out = Path(out_dir)
     (out / CACHE_META).unlink(missing_ok=True)  # incomplete until rewritten
-    model.eval()
-    digest = weights_digest(model.frame_encoder.state_dict())
+    digest = weights_digest(encoder.state_dict())
     # The preprocessing record names its rules' revision: tokens made by older rules are redone.
     settings = json.dumps({"sampler": sampler.to_dict(), "dtype": dtype, "digest": digest,
                            "frame_encoder": model.config.frame_encoder_fields(layout=False),
@@ -147,8 +149,10 @@ def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
     with VideoReader(sample.video) as reader:
         info = reader.info()
         indices = sampler(info.num_frames, info.fps, timestamps=reader.frame_times())[0]
-        chunks = list(stream_tokens(model, reader, indices))
-    tokens = torch.cat([t for t, _ in chunks]).to("cpu", _DTYPES[dtype])
+        # Each chunk back to the CPU at once: a whole video's tokens need not fit the GPU.
+        chunks = [(t.to("cpu", _DTYPES[dtype]), s)
+                  for t, s in stream_tokens(model, reader, indices)]
+    tokens = torch.cat([t for t, _ in chunks])
     timestamps = np.concatenate([s for _, s in chunks])
     warn_if_labels_disagree(sample, info.num_frames, info.duration)
     labels = sample.labels_at(indices, timestamps, info.start_time)
