@@ -305,3 +305,45 @@ def test_load_classifier_passes_the_hub_arguments_on(tmp_path: Path, monkeypatch
     model = load_classifier("org/private", token="secret", revision="v1")
     assert model.class_names == names
     assert calls and all(c["token"] == "secret" and c["revision"] == "v1" for c in calls)
+
+
+def _eval_argv(tmp_path: Path, out: Path) -> list[str]:
+    """`spool eval` of a tiny clip classifier on the 8 val videos, into ``out``."""
+    root = tiny_video_dataset()
+    _, names = read_annotations(root / "train.txt")
+    model = SpoolForVideoClassification(**TINY_MODEL, class_names=names)
+    model.config.sampling = {"name": "uniform", "num_frames": 4}
+    model.save_pretrained(tmp_path / "model")
+    return ["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(root / "val.txt"),
+            "--num-workers", "0", "--out", str(out)]
+
+
+def test_an_out_that_cannot_be_made_fails_before_evaluating(tmp_path: Path, capsys,
+                                                            monkeypatch) -> None:
+    """--out under a regular file failed ("Not a directory") only when the files were
+    written, after every video was scored, and the results were lost."""
+    from spool.train import evaluate
+
+    scored = []
+    real = evaluate.evaluate
+    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: scored.append(1) or real(*a, **k))
+    (tmp_path / "file").write_text("")
+    assert main(_eval_argv(tmp_path, tmp_path / "file" / "ev")) == 2
+    captured = capsys.readouterr()
+    assert (f"spool eval: error: --out: cannot make the folder {tmp_path / 'file' / 'ev'}: "
+            "Not a directory") in captured.err
+    assert scored == [] and "top-1" not in captured.out
+
+
+def test_the_report_is_printed_before_the_files_are_written(tmp_path: Path, capsys,
+                                                           monkeypatch) -> None:
+    """A write that fails (a full disk) after the evaluation still shows its results."""
+    from spool.train import evaluate
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(evaluate, "atomic_write_text", full)
+    assert main(_eval_argv(tmp_path, tmp_path / "ev")) == 2
+    captured = capsys.readouterr()
+    assert "top-1" in captured.out and "videos: 8" in captured.out
+    assert "No space left on device" in captured.err

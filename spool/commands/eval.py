@@ -42,19 +42,20 @@ def run(args: argparse.Namespace) -> int:
             return 2  # rank 0 says why, once
         raise ValueError("spool eval runs in a single process; run it without torchrun "
                          "(spool eval ... --device cuda uses one GPU)")
-    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out: {args.out} is a file, not a folder")  # before, not after
     frames = peek_architecture(args.checkpoint).endswith("ForFrameClassification")
     _refuse_ignored(args, frames)
+    if args.out is not None:
+        _make_out_dir(args.out)
     if frames:
         return _run_frames(args)
+    # The report is printed before the files are written: a failed write must not lose it.
     report = evaluate_checkpoint(args.checkpoint, args.data, args.cache,
                                  overrides=dict(args.model or []), num_clips=args.num_clips,
                                  num_frames=args.num_frames, frame_stride=args.frame_stride,
                                  batch_size=args.batch_size or 8,
                                  num_workers=2 if args.num_workers is None else args.num_workers,
-                                 device=args.device, out_dir=args.out)
-    print(format_report(report))
+                                 device=args.device, out_dir=args.out,
+                                 on_report=lambda r: print(format_report(r), flush=True))
     if args.out:
         print(f"\nwrote {args.out}/metrics.json, confusion_matrix.png, predictions.csv")
     return _nothing_scored(report["count"])
@@ -73,14 +74,28 @@ def _refuse_ignored(args: argparse.Namespace, frames: bool) -> None:
     refuse_ignored(args, flags, f"applies to {other}; {args.checkpoint} holds {kind}")
 
 
+def _make_out_dir(out: str) -> None:
+    """``--out``, made before the evaluation (which may take hours) rather than found
+    unusable after it, with its results lost."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out: {out} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a parent that is a file, no permission, a read-only disk
+        raise ValueError(f"--out: cannot make the folder {out}: {err.strerror or err}") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"--out: {out} is not writable")
+
+
 def _run_frames(args: argparse.Namespace) -> int:
     from spool.train.segmentation_eval import evaluate_frame_checkpoint, format_segmentation
 
     scores = evaluate_frame_checkpoint(
         args.checkpoint, args.data, args.cache, split=args.split, fps=args.fps,
         background=None if args.background is None else tuple(args.background),
-        overrides=dict(args.model or []), device=args.device, out_dir=args.out)
-    print(format_segmentation(scores))
+        overrides=dict(args.model or []), device=args.device, out_dir=args.out,
+        on_report=lambda s: print(format_segmentation(s), flush=True))
     if args.out and scores["videos"]:
         print(f"\nwrote {args.out}/metrics.json, ribbons.png, predictions/<video>.csv")
     return _nothing_scored(scores["videos"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,14 +141,17 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
                         num_clips: int = 1,
                         num_frames: int | None = None, frame_stride: int | None = None,
                         batch_size: int = 8, num_workers: int = 2, device: str = "auto",
-                        out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                        out_dir: str | os.PathLike | None = None,
+                        on_report: Callable[[dict[str, Any]], object] | None = None
+                        ) -> dict[str, Any]:
     """Evaluate a saved classifier on videos (``data``) or a token ``cache``.
 
     Videos are sampled as in training (the checkpoint's ``config.sampling``) unless
     ``num_frames`` / ``frame_stride`` say otherwise. Returns ``{"top1", "top5", "loss",
     "count", "per_class": {name: accuracy}, "confusion": [[...]], "class_names"}``; with
     ``out_dir``, also writes ``metrics.json``, ``confusion_matrix.png`` and
-    ``predictions.csv`` (``score``: the predicted class's probability) there.
+    ``predictions.csv`` (``score``: the predicted class's probability) there, after calling
+    ``on_report`` with the report (which a failed write then does not lose).
     """
     from spool.data.cache import CachedTokenDataset
     from spool.data.dataset import VideoClipDataset, read_annotations
@@ -193,6 +197,8 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
                                                strict=True)),
               "confusion": confusion.tolist(), "class_names": names,
               **skipped_fields(result.num_skipped, result.skipped)}
+    if on_report is not None:
+        on_report(report)
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_text(out / "metrics.json", json_text(report))

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,13 +185,15 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
                               cache: str | None = None, *, split: str | None = None,
                               fps: float | None = None, background: tuple[str, ...] | None = None,
                               overrides: dict[str, Any] | None = None, device: str = "auto",
-                              chunk_frames: int = 32, out_dir: str | os.PathLike | None = None
+                              chunk_frames: int = 32, out_dir: str | os.PathLike | None = None,
+                              on_report: Callable[[dict[str, Any]], object] | None = None
                               ) -> dict[str, Any]:
     """Score a saved frame classifier on whole videos: ``data`` (a segments CSV or an MS-TCN
     root with ``split``, by default ``test.split1``, sampled at ``fps`` or as in training)
     or a frame ``cache`` (sampled when it was made: ``fps`` and ``split`` do not apply).
     ``background``: classes that are not segments (None: those of training). With
-    ``out_dir``: ``metrics.json``, ``ribbons.png`` and ``predictions/<video>.csv``."""
+    ``out_dir``: ``metrics.json``, ``ribbons.png`` and ``predictions/<video>.csv``, written
+    after ``on_report`` is called with the scores (a failed write does not lose them)."""
     from spool.data.segmentation import read_segmentation
     from spool.models.long_video import default_sampler
     from spool.models.pretrained import checkpoint_backbone_digest, load_pretrained
@@ -231,6 +234,8 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
     result = evaluate_segmentation(model, dataset, sampler=sampler,
                                    background=tuple(names.index(b) for b in background),
                                    chunk_frames=chunk_frames, device=resolve_device(device))
+    if on_report is not None:
+        on_report(result.report(names, background))
     if out_dir is not None:
         write_segmentation_report(result, names, out_dir, Path(model_dir).name,
                                   background=background)
