@@ -20,6 +20,7 @@ import torch
 from spool.io_utils import atomic_save_safetensors, atomic_write_text
 from spool.metrics.segmentation import to_segments
 from spool.models.frame_classification import FrameClassifier
+from spool.video.io import probe_video
 from spool.video.samplers import FrameSampler
 
 
@@ -39,8 +40,7 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
     score, labels = probs.max(-1)
     times = out.timestamps.double()
     names = model.class_names
-    step = float(times[1] - times[0]) if len(times) > 1 else 0.0
-    ends = torch.cat((times[1:], times[-1:] + step))
+    ends = torch.cat((times[1:], times[-1:] + sampling_step(times, sampler, source)))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["start_s", "end_s", "label", "score"])
@@ -54,3 +54,12 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
         {"labels": labels, "scores": probs, "frame_indices": out.frame_indices,
          "timestamps": times}, output,
         metadata={**metadata, "class_names": json.dumps(names), "num_frames": str(len(labels))})
+
+
+def sampling_step(times: torch.Tensor, sampler: FrameSampler, source: str | os.PathLike
+                  ) -> float:
+    """Seconds from the last sampled frame to the end of its segment: the frames' own step,
+    or for one frame (0.0 before: a zero-length segment) the sampler's at the video's rate."""
+    if len(times) > 1:
+        return float(times[1] - times[0])
+    return sampler.step_seconds(probe_video(source).fps)

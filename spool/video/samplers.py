@@ -101,6 +101,11 @@ class FrameSampler(ABC):
         """Settings, with the factory ``name``: ``make_sampler(**s.to_dict())`` rebuilds ``s``."""
         return {"name": self.name, **self._settings()}
 
+    def step_seconds(self, fps: float) -> float:
+        """Seconds from one sampled frame to the next in a video at ``fps``, for where the
+        frames cannot show it (one frame): here one frame of the video."""
+        return 1.0 / _positive_float("fps", fps)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
         return f"{type(self).__name__}({args})"
@@ -246,6 +251,9 @@ class FpsSampler(FrameSampler):
         indices = [min(int(math.floor(k * step + 1e-6)), num_frames - 1) for k in range(count)]
         return [_cap(indices, self.max_frames)]
 
+    def step_seconds(self, fps: float) -> float:
+        return 1.0 / self.target_fps
+
     def _settings(self) -> dict[str, Any]:
         return {"target_fps": self.target_fps, "max_frames": self.max_frames,
                 "use_timestamps": self.use_timestamps}
@@ -274,6 +282,9 @@ class StrideSampler(FrameSampler):
     def _sample(self, num_frames: int, fps: float | None,
                 rng: np.random.Generator | None) -> list[list[int]]:
         return [_cap(list(range(0, num_frames, self.stride)), self.max_frames)]
+
+    def step_seconds(self, fps: float) -> float:
+        return self.stride / _positive_float("fps", fps)
 
     def _settings(self) -> dict[str, Any]:
         return {"stride": self.stride, "max_frames": self.max_frames}

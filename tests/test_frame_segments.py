@@ -1,0 +1,38 @@
+"""``NAME.segments.csv`` of `spool extract` with a frame classifier: each segment ends at the
+next sampled frame's time, the last one sampling step after its frame."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from spool.extract import FeatureExtractor
+from spool.extract_inputs import plan_jobs
+from spool.models.frame_classification import SpoolForFrameClassification
+from spool.video import write_video
+from spool.video.samplers import FpsSampler, StrideSampler, UniformSampler
+
+
+@pytest.mark.parametrize("sampler, step", [
+    (FpsSampler(0.5), 2.0),  # 1 / fps
+    (FpsSampler(5, max_frames=1), 0.2),
+    (StrideSampler(20), 2.0),  # stride / the video's 10 fps
+    (UniformSampler(1), 0.1),  # one frame of the video
+])
+def test_one_sampled_frame_gives_a_segment_of_one_step(tmp_path: Path, sampler,
+                                                       step: float) -> None:
+    """With one frame sampled the step was taken as 0.0: a segment from t to t."""
+    frames = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "v.mkv", frames, fps=10, codec="ffv1")
+    torch.manual_seed(0)
+    model = SpoolForFrameClassification(tiny_config(class_names=["a", "b"])).eval()
+    FeatureExtractor(model, sampler).run(plan_jobs([video], tmp_path / "out"), progress=False)
+    with open(tmp_path / "out" / "v.segments.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1
+    assert float(rows[0]["end_s"]) - float(rows[0]["start_s"]) == pytest.approx(step, abs=1e-4)
