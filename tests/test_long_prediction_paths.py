@@ -18,6 +18,7 @@ from spool import Spool
 from spool.extract import FeatureExtractor
 from spool.extract_inputs import VideoJob
 from spool.models.frame_classification import (
+    FrameProbeForFrameClassification,
     MSTCNForFrameClassification,
     SpoolForFrameClassification,
 )
@@ -51,6 +52,26 @@ def test_a_baseline_holds_one_chunk_of_tokens_at_a_time(path, monkeypatch):
     out = model.predict_long(path, sampler=StrideSampler(1))
     assert alive == [1] or alive == [0]
     assert out.logits.shape == (40, 2) and out.frame_indices.tolist() == list(range(40))
+
+
+@pytest.mark.parametrize("kind", [FrameProbeForFrameClassification,
+                                  MSTCNForFrameClassification])
+def test_a_baselines_long_tokens_and_chunks_are_checked(kind):
+    """The baselines' predict_long took NaN tokens (NaN logits), another L, int tokens and a
+    chunk_frames of 0 (torch's split error), which their forward and forward_long refuse."""
+    fields = MSTCN if kind is MSTCNForFrameClassification else dict(class_names=["a", "b"])
+    model = kind(tiny_config(**fields)).eval()
+    L, D = model.config.num_spatial_tokens, model.config.hidden_size
+    assert model.predict_long(torch.randn(6, L, D)).logits.shape == (6, 2)
+    bad = torch.randn(6, L, D)
+    bad[2, 0, 0] = float("nan")
+    for tokens, message in ((bad, "finite"), (torch.randn(6, L + 3, D), f"L={L}"),
+                            (torch.ones(6, L, D, dtype=torch.int64), "floating point")):
+        with pytest.raises(ValueError, match=message):
+            model.predict_long(tokens)
+    for chunk in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"chunk_frames: expected an integer >= 1"):
+            model.predict_long(torch.randn(6, L, D), chunk_frames=chunk)
 
 
 def test_a_baseline_refuses_training_mode_and_several_clips(path):

@@ -133,6 +133,26 @@ def test_errors_name_the_argument():
         model.eval().to(torch.bfloat16).forward_long(torch.randn(3, L, D))  # torch's mixed
     with torch.autocast("cpu", torch.bfloat16):  # dtype error before; this is the way
         assert model.float().forward_long(torch.randn(3, L, D)).frame_features.shape == (3, D)
+    for chunk in (0, 2.5, True):  # range()'s errors, or a bool taken as 1
+        with pytest.raises(ValueError, match=r"chunk_frames: expected an integer >= 1"):
+            model.forward_long(torch.randn(3, L, D), chunk_frames=chunk)
+
+
+def test_the_float32_check_is_of_the_temporal_part_not_the_backbone():
+    """It read the first parameter, the backbone's: a half backbone (tokens are cast) was
+    refused, and a bf16 temporal stack under a float32 backbone passed, then failed in torch."""
+    model = Spool(tiny_config(num_hidden_layers=1)).eval()
+    video = torch.rand(4, 32, 32, 3)
+    with torch.no_grad():
+        want = model(video[None]).features[0]
+    model.backbone.half()
+    got = model.forward_long(model.encode_frames(video[None])[0].float(), keep_features=True)
+    torch.testing.assert_close(got.features, want, atol=2e-2, rtol=2e-2)
+    model.backbone.float()
+    model.temporal.bfloat16()
+    with pytest.raises(ValueError, match=r"expected a float32 model .*torch.bfloat16.*outside"):
+        model.forward_long(torch.randn(3, model.config.num_spatial_tokens,
+                                       model.config.hidden_size))
 
 
 def test_extract_per_frame_writes_the_long_forward(tmp_path):
@@ -191,3 +211,23 @@ def test_sliding_clips_hold_a_window_not_the_video(tmp_path, monkeypatch):
     clips = torch.from_numpy(frames)[torch.tensor(sampler(64))]
     with torch.no_grad():
         torch.testing.assert_close(out["context"], model(clips).context, atol=1e-5, rtol=1e-5)
+
+
+def test_a_cast_does_not_round_the_rotary_frequencies():
+    """inv_freq was a float buffer: .half()/.bfloat16() rounded it for good (after .float(),
+    and in what save_pretrained wrote), shifting every rotary angle by up to 0.1 rad at
+    frame 257."""
+    from spool.layers.rotary import FrameRotaryEmbedding
+
+    exact = FrameRotaryEmbedding(64).inv_freq
+    for cast in (torch.float16, torch.bfloat16):
+        model = _temporal(4, 2)
+        rotary = model.temporal.layers[0].attn.rotary
+        model.to(cast)
+        assert rotary.inv_freq.dtype == torch.float32
+        model.float()
+        torch.testing.assert_close(rotary.inv_freq, FrameRotaryEmbedding(rotary.head_dim,
+                                                                         rotary.theta).inv_freq,
+                                   atol=0, rtol=0)
+    torch.testing.assert_close(FrameRotaryEmbedding(64).half().float().inv_freq, exact,
+                               atol=0, rtol=0)

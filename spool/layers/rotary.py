@@ -16,8 +16,20 @@ class FrameRotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self._inv_freq(None), persistent=False)
+
+    def _inv_freq(self, device: torch.device | None) -> torch.Tensor:
+        steps = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
+        return 1.0 / (self.theta ** (steps / self.head_dim))
+
+    def _apply(self, fn, recurse: bool = True):
+        # A cast of the model (.half(), .to(bfloat16)) would round the frequencies, and the
+        # rounding would stay after casting back (or in what save_pretrained writes): the
+        # buffer follows the model's device only, recomputed in float32.
+        super()._apply(fn, recurse)
+        self.inv_freq = self._inv_freq(self.inv_freq.device)
+        return self
 
     def freqs_at(self, positions: torch.Tensor) -> torch.Tensor:
         """Complex rotations ``[F, 1, head_dim / 2]`` for frame ``positions: [F]``, to

@@ -32,7 +32,7 @@ from spool.config import SpoolConfig
 from spool.layers.backbone import FrameEncoder
 from spool.models.frame_encoder import config_and_frame_encoder
 from spool.models.long_video import (
-    check_float32_weights,
+    check_long_call,
     default_sampler,
     one_video_tokens,
     stream_tokens,
@@ -170,7 +170,7 @@ class FrameClassifier(SpoolPreTrainedModel):
                        ) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
         """Per-frame backbone features ``[T, D]`` (tokens averaged), chunk by chunk."""
         if tokens is not None:
-            tokens = one_video_tokens(tokens)
+            tokens = one_video_tokens(tokens, self.config)
             return torch.cat([c.float().mean(1) for c in tokens.split(chunk_frames)]), None, None
         with VideoReader(video) as reader:
             info = reader.info()
@@ -191,9 +191,7 @@ class FrameClassifier(SpoolPreTrainedModel):
         """Logits of every frame of a whole video (a file, decoded with ``sampler``, by
         default at the training rate, ``config.sampling``, else 1 fps; or its tokens
         ``[T, L, D]``) in one pass, memory linear in its length."""
-        if self.training:
-            raise ValueError("predict_long: inference only; call model.eval() first")
-        check_float32_weights(self, "predict_long")
+        check_long_call(self, "predict_long", chunk_frames)
         tokens = video if isinstance(video, torch.Tensor) else None
         features, indices, stamps = self._long_features(
             tokens, None if tokens is not None else os.fspath(video),

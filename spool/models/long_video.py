@@ -88,24 +88,36 @@ def _hidden_buffer(shape: tuple[int, ...], offload_dir: str | os.PathLike | None
     return torch.from_numpy(array)
 
 
-def check_float32_weights(model: torch.nn.Module, what: str) -> None:
-    """The long-video paths keep their hidden state in float32 (in RAM or a file): a model
-    cast to another dtype is refused, naming the way to compute in it."""
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    if dtype != torch.float32:
+def check_long_call(model: torch.nn.Module, what: str, chunk_frames: int) -> None:
+    """What the long-video paths refuse before any work: training mode; a temporal part
+    (every parameter but the backbone's, whose tokens are cast) in a dtype other than
+    float32, the hidden state's (in RAM or a file); a ``chunk_frames`` that is not an
+    integer >= 1."""
+    if model.training:
+        raise ValueError(f"{what}: inference only; call model.eval() first")
+    encoder = getattr(model, "frame_encoder", None)
+    backbone = set() if encoder is None else {id(p) for p in encoder.parameters()}
+    dtypes = {p.dtype for p in model.parameters()
+              if id(p) not in backbone and p.is_floating_point()}
+    other = sorted(str(d) for d in dtypes - {torch.float32})
+    if other:
         raise ValueError(f"{what}: expected a float32 model (its hidden state is float32), got "
-                         f"{dtype}; keep the weights in float32 and compute in "
-                         "bfloat16/float16 under torch.autocast")
+                         f"{', '.join(other)} outside the backbone; keep the weights in float32 "
+                         "and compute in bfloat16/float16 under torch.autocast")
+    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+        raise ValueError(f"chunk_frames: expected an integer >= 1, got {chunk_frames!r}")
 
 
-def one_video_tokens(tokens: torch.Tensor) -> torch.Tensor:
-    """One video's tokens ``[T, L, D]``, given as that or as ``[1, T, L, D]``; a batch of
-    several is refused (the long-video paths take one video at a time)."""
+def one_video_tokens(tokens: torch.Tensor, config) -> torch.Tensor:
+    """One video's tokens ``[T, L, D]``, given as that or as ``[1, T, L, D]``, checked against
+    ``config`` (its L and D; finite floats); a batch of several is refused (the long-video
+    paths take one video at a time)."""
     if tokens.ndim == 4 and tokens.shape[0] == 1:
-        return tokens[0]
+        tokens = tokens[0]
     if tokens.ndim != 3:
         raise ValueError(f"video: expected one video's tokens [T, L, D] (or [1, T, L, D]), got "
                          f"shape {tuple(tokens.shape)}; pass the videos of a batch one by one")
+    check_tokens(tokens[None], config.num_spatial_tokens, config.hidden_size)
     return tokens
 
 
@@ -176,16 +188,13 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     device's free memory and no ``offload_dir`` is given. A ``MemoryError`` comes before any
     work when the estimate exceeds what is free.
     """
-    if model.training:
-        raise ValueError("forward_long: inference only; call model.eval() first")
-    check_float32_weights(model, "forward_long")
+    check_long_call(model, "forward_long", chunk_frames)
     config = model.config
     D = config.hidden_size
     L = model.num_temporal_tokens  # the hidden state's; the input's with no token_merging
     reader, indices = None, None
     if isinstance(video, torch.Tensor):
-        tokens = one_video_tokens(video)
-        check_tokens(tokens[None], config.num_spatial_tokens, D)
+        tokens = one_video_tokens(video, config)
         num_frames = tokens.shape[0]
     else:
         if model.backbone is None:
