@@ -157,3 +157,20 @@ def test_config_round_trip(tmp_path):
     config = tiny_config()
     config.save_pretrained(tmp_path)
     assert SpoolConfig.from_pretrained(tmp_path) == config
+
+
+def test_a_model_saved_without_a_backbone_loads_with_with_backbone_false(tmp_path):
+    """Its config has no backbone_config: the error said to save it with save_pretrained, which
+    is how it had been saved; it now says with_backbone=False, which loads it."""
+    from spool.models.pretrained import SpoolLoadError
+
+    config = tiny_config(backbone_config=None, hidden_size=24, num_spatial_tokens=5)
+    model = Spool(config, with_backbone=False).eval()
+    model.save_pretrained(tmp_path)
+    with pytest.raises(SpoolLoadError, match="with_backbone=False"):
+        Spool.from_pretrained(tmp_path)
+    loaded = Spool.from_pretrained(tmp_path, with_backbone=False).eval()
+    tokens = torch.randn(1, 3, 5, 24)
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_tokens(tokens).features,
+                           model.forward_tokens(tokens).features)

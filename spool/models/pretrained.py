@@ -269,8 +269,9 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
         if with_backbone and config.backbone_config is None:
             raise SpoolLoadError(
                 f"{directory / CONFIG_NAME}: no backbone_config, so building the backbone would "
-                f"fetch {config.backbone_name!r} although {WEIGHTS_NAME} holds its weights; "
-                "save the model with save_pretrained, which records it")
+                f"fetch {config.backbone_name!r}; pass with_backbone=False for the temporal "
+                "part alone (a model saved without a backbone, run on cached tokens), or save "
+                "the model with its backbone through save_pretrained, which records the config")
         model = cls(config.replace(**kwargs), **init)
         weights = directory / WEIGHTS_NAME
         check_and_load_state_dict(model, read_weights(weights), str(weights),
