@@ -1,9 +1,11 @@
 """Claims: which process holds an output or a run directory, and when a holder is gone.
 
-A claim file (``.NAME.spool-claim``) holds host, boot id, process id and start time. On this
-machine its process is checked (gone, or its PID given to a later process: stale); from another
-machine, where no process can be checked, a claim is stale once old (a live holder refreshes
-it: :func:`refresh_claim`). Temporaries are judged the same way by their name's tag.
+A claim file (``.NAME.spool-claim``) holds host, boot id, PID namespace, process id and start
+time. Made here (this host name, boot and PID namespace), its process is checked (gone, or its
+PID given to a later process: stale); otherwise (another machine, even one of the same host
+name; another container or PID namespace, where our PID names another process) no process can
+be checked and a claim is stale once old (a live holder refreshes it: :func:`refresh_claim`).
+Temporaries are judged the same way by their name's tag, a hash of the same three.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -22,11 +25,11 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _HOST = socket.gethostname()
-_HOST_TAG = hashlib.sha1(_HOST.encode()).hexdigest()[:8]
 _TEMPORARY = re.compile(r"\..+\.spool-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}\.tmp")
 CLAIM_SUFFIX = ".spool-claim"
-# A claim from another machine cannot be checked for a live process: after this long it is
-# taken to be left by a crash. (Same machine: the process is checked, whatever the age.)
+# A claim from another machine or PID namespace cannot be checked for a live process: after
+# this long it is taken to be left by a crash. (Made here: the process is checked, whatever the
+# age.)
 STALE_AFTER_S = 6 * 3600.0
 _GRACE_S = 60.0  # a claim file still being written, or a take-over lock left by a crash
 
@@ -38,7 +41,19 @@ def _boot_id() -> str:
         return ""
 
 
+def _pid_namespace() -> str:
+    try:  # "pid:[4026531836]": containers, unshare -p: the same PID is another process there
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 _BOOT = _boot_id()
+_PIDNS = _pid_namespace()
+# Where a PID names the same process as here: host name, boot (two machines may share a host
+# name) and PID namespace. A temporary's tag (of a hash of the host name alone before) and a
+# claim's "pidns" (absent before) that differ are judged by age alone.
+_HOST_TAG = hashlib.sha1(f"{_HOST}\n{_BOOT}\n{_PIDNS}".encode()).hexdigest()[:8]
 
 
 def process_start(pid: int) -> int | None:
@@ -92,17 +107,18 @@ def _fitted(name: str, extra: int) -> str:
 
 def temporary_sibling(path: str | os.PathLike) -> Path:
     """A fresh hidden name beside ``path`` for a file or folder being written by this process
-    (``.NAME.spool-HOST-PID-RANDOM.tmp``: :func:`is_stale_temporary` can tell when the writer
-    is gone; a NAME too long for that is shortened)."""
+    (``.NAME.spool-HOST-PID-RANDOM.tmp``, HOST a hash of host name, boot and PID namespace:
+    :func:`is_stale_temporary` can tell when the writer is gone; a NAME too long for that is
+    shortened)."""
     path = Path(path)
     tag = f".spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
     return path.parent / f".{_fitted(path.name, 1 + len(tag))}{tag}"
 
 
 def is_stale_temporary(path: Path, older_than_s: float = STALE_AFTER_S) -> bool:
-    """True for a Spool temporary whose writer is gone: a process of this machine that has
-    exited, or (any machine) one written longer than ``older_than_s`` ago. Other files,
-    a user's ``.notes.tmp`` included, are never stale."""
+    """True for a Spool temporary whose writer is gone: a process of this machine and PID
+    namespace that has exited, or (anywhere) one written longer than ``older_than_s`` ago.
+    Other files, a user's ``.notes.tmp`` included, are never stale."""
     match = _TEMPORARY.fullmatch(path.name)
     if match is None:
         return False
@@ -130,8 +146,8 @@ def try_claim(output: str | os.PathLike, stale_after_s: float = STALE_AFTER_S
     """Claim ``output`` for this process, or None if another live job holds it.
 
     The claim file is created with ``O_EXCL`` beside the output and holds host, process id and
-    time. A claim whose process is gone (this machine) or older than ``stale_after_s`` (another
-    machine) is taken over.
+    time. A claim whose process is gone (this machine and PID namespace) or older than
+    ``stale_after_s`` (anywhere else) is taken over.
     """
     return _claim_file(claim_path(output), stale_after_s)
 
@@ -168,14 +184,30 @@ def lock_directory(directory: str | os.PathLike, what: str,
 def claim_holder(path: str | os.PathLike) -> str:
     """Who holds the claim or lock file ``path``, in words."""
     record = _parse(_read_bytes(Path(path)) or b"")
-    if not {"host", "pid", "time"} <= record.keys():
+    if not _well_formed(record):
         return f"lock file {path}"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(record["time"])))
     return f"process {record['pid']} on {record['host']} since {since}; lock file {path}"
 
 
 def release_claim(claim: Claim) -> None:
-    """Delete the claim file if it is still this claim (it may have been taken over)."""
+    """Delete the claim file if it is still this claim (it may have been taken over): under
+    the take-over lock, lest a claim that another job took meanwhile go instead."""
+    try:
+        lock = _lock(claim.path, _LOCK_WAIT_S)
+    except OSError:  # no lock can be made there: as well as can be done without one
+        _release(claim)
+        return
+    if lock is None:  # another job is taking it over: it replaces the file
+        logger.debug(f"{claim.path}: left to the job taking it over")
+        return
+    try:
+        _release(claim)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _release(claim: Claim) -> None:
     raw = _read_bytes(claim.path)
     if raw is not None and _parse(raw).get("token") == claim.token:
         claim.path.unlink(missing_ok=True)
@@ -194,8 +226,8 @@ def remove_stale_claim(path: Path, stale_after_s: float = STALE_AFTER_S) -> bool
 
 def _create_claim(path: Path) -> Claim | None:
     token = secrets.token_hex(8)
-    record = {"host": _HOST, "boot": _BOOT, "pid": os.getpid(), "time": time.time(),
-              "token": token, "start": process_start(os.getpid())}
+    record = {"host": _HOST, "boot": _BOOT, "pidns": _PIDNS, "pid": os.getpid(),
+              "time": time.time(), "token": token, "start": process_start(os.getpid())}
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
@@ -220,13 +252,27 @@ def _parse(raw: bytes) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def _well_formed(record: dict) -> bool:
+    try:
+        return isinstance(record["host"], str) and 0 < int(record["pid"]) < 2**31 and \
+            math.isfinite(float(record["time"]))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return False
+
+
+def _made_here(record: dict) -> bool:
+    """Whether the claim's PID names a process of this machine's PID namespace: the same host
+    name, boot and PID namespace (a claim of an older version, without one, is judged by age)."""
+    return (record["host"], record.get("boot"), record.get("pidns")) == (_HOST, _BOOT, _PIDNS)
+
+
 def _claim_is_stale(path: Path, raw: bytes, stale_after_s: float) -> bool:
     record = _parse(raw)
-    if not {"host", "pid", "time"} <= record.keys():
+    if not _well_formed(record):
         return _age_s(path) > _GRACE_S  # being written now, or cut short by a crash
-    if record["host"] == _HOST:
+    if _made_here(record):
         pid = int(record["pid"])
-        if record.get("boot") != _BOOT or not process_alive(pid):
+        if not process_alive(pid):
             return True
         # A later process given the same PID (a restarted container's PID 1): another start.
         started = record.get("start")
@@ -234,14 +280,31 @@ def _claim_is_stale(path: Path, raw: bytes, stale_after_s: float) -> bool:
     return time.time() - float(record["time"]) > stale_after_s
 
 
+def _lock(path: Path, wait_s: float = 0.0) -> Path | None:
+    """The lock (``NAME.break``, made with ``O_EXCL``) under which a claim file ``path`` is
+    replaced or deleted, or None if another job holds it ``wait_s`` later; one left by a crash
+    is removed once old, for the next attempt. Delete it when done."""
+    lock = path.with_name(path.name + ".break")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return lock
+        except FileExistsError:
+            if _age_s(lock) > _GRACE_S:
+                lock.unlink(missing_ok=True)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+
+
+_LOCK_WAIT_S = 2.0  # the owner's renewal and release wait this long for another's take-over
+
+
 def _take_over(path: Path, raw: bytes) -> Claim | None:
     """Replace the stale claim ``raw`` at ``path`` by one of ours, one job at a time."""
-    lock = path.with_name(path.name + ".break")
-    try:
-        os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    except FileExistsError:  # another job is taking it over
-        if _age_s(lock) > _GRACE_S:
-            lock.unlink(missing_ok=True)  # left by a crash: the next attempt may proceed
+    lock = _lock(path)
+    if lock is None:  # another job is taking it over, or its owner renewing or releasing it
         return None  # (retrying here let two jobs that both saw it stale hold the claim)
     try:
         if _read_bytes(path) == raw:  # not replaced by a fresh claim meanwhile
@@ -254,18 +317,33 @@ def _take_over(path: Path, raw: bytes) -> Claim | None:
 def refresh_claim(claim: Claim) -> bool:
     """Renew the time of ``claim`` (a heartbeat), so that jobs on other machines, which judge
     it by age, do not take it from a live holder. False, with a warning, if it is no longer
-    ours or cannot be written (a file-system hiccup must not stop a long job)."""
-    raw = _read_bytes(claim.path)
-    record = _parse(raw or b"")
-    if record.get("token") != claim.token:
-        logger.warning(f"{claim.path}: held by another job now ({claim_holder(claim.path)})")
-        return False
-    tmp = temporary_sibling(claim.path)  # a crash's leftover is cleaned up as any temporary
+    ours or cannot be written (a file-system hiccup must not stop a long job).
+
+    Checked and rewritten under the take-over lock: a job that took the claim between the
+    check and the rewrite would otherwise have its claim overwritten by ours, both holding it.
+    """
     try:
-        tmp.write_text(json.dumps(dict(record, time=time.time())))
-        os.replace(tmp, claim.path)  # whole or not at all: a reader never sees it half-written
+        lock = _lock(claim.path, _LOCK_WAIT_S)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         logger.warning(f"{claim.path}: could not renew it ({err}); trying again later")
         return False
-    return True
+    if lock is None:
+        logger.warning(f"{claim.path}: another job is taking it over; trying again later")
+        return False
+    try:
+        record = _parse(_read_bytes(claim.path) or b"")
+        if record.get("token") != claim.token:
+            logger.warning(f"{claim.path}: held by another job now "
+                           f"({claim_holder(claim.path)})")
+            return False
+        tmp = temporary_sibling(claim.path)  # a crash's leftover is cleaned up as any temporary
+        try:
+            tmp.write_text(json.dumps(dict(record, time=time.time())))
+            os.replace(tmp, claim.path)  # whole or not at all: never seen half-written
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            logger.warning(f"{claim.path}: could not renew it ({err}); trying again later")
+            return False
+        return True
+    finally:
+        lock.unlink(missing_ok=True)

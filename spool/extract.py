@@ -377,8 +377,9 @@ def remove_stale_temporaries(out_dir: Path, older_than_s: float = STALE_AFTER_S)
     """Delete the temporaries and claims that killed runs left behind; return their number.
 
     Only Spool's own files (``.NAME.spool-HOST-PID-RANDOM.tmp``, ``.NAME.spool-claim``) whose
-    process is gone: exited on this machine, or older than ``older_than_s`` from another. The
-    in-flight files of a job running beside this one, and a user's ``.notes.tmp``, stay.
+    process is gone: exited on this machine and in this PID namespace, or older than
+    ``older_than_s`` from elsewhere. The in-flight files of a job running beside this one, and
+    a user's ``.notes.tmp``, stay.
     """
     removed = 0
     for path in out_dir.rglob(".*.spool-*"):

@@ -1,9 +1,9 @@
 """Atomic file writes: a long job never leaves a half-written output under its final name.
 
-Temporaries are named ``.NAME.spool-HOST-PID-RANDOM.tmp`` (HOST: a hash of the host name), so
-a clean-up can tell Spool's own from a user's files and whether the process that writes one
-is still alive. Claims (``.NAME.spool-claim``) let jobs that share an output folder split the
-work: whoever creates the claim file first writes that output.
+Temporaries are named ``.NAME.spool-HOST-PID-RANDOM.tmp`` (HOST: a hash of host name, boot
+and PID namespace), so a clean-up can tell Spool's own from a user's files and whether the
+process that writes one is still alive. Claims (``.NAME.spool-claim``) let jobs that share an
+output folder split the work: whoever creates the claim file first writes that output.
 """
 
 from __future__ import annotations

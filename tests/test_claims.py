@@ -1,0 +1,186 @@
+"""Which claims and temporaries are stale: a PID is checked only where it names the same
+process (this host name, boot and PID namespace); anywhere else a claim is judged by its age."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import spool
+from spool import claims
+from spool.claims import claim_path, is_stale_temporary, release_claim, try_claim
+from spool.extract import remove_stale_temporaries
+
+OLD = time.time() - 7 * 3600  # older than STALE_AFTER_S
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)  # exited and reaped: no process has this id now (barring reuse)
+
+
+def _take(out: Path) -> None:
+    claim = try_claim(out)
+    assert claim is not None
+    release_claim(claim)
+
+
+def _age(path: Path, seconds: float) -> None:
+    os.utime(path, (time.time() - seconds, time.time() - seconds))
+
+
+# A job elsewhere that claims an output, writes its temporary and (as seen from here, where
+# its PID names no process) is gone: another PID namespace (a container, ``unshare -p``) or
+# another machine of the same host name, whose identity the job reads from /proc.
+_ELSEWHERE = """
+import os, pathlib, sys
+pidns, boot, out = sys.argv[1:]
+readlink, read_text = os.readlink, pathlib.Path.read_text
+os.readlink = lambda p, *a, **k: pidns if str(p) == "/proc/self/ns/pid" else readlink(p, *a, **k)
+pathlib.Path.read_text = lambda self, *a, **k: (
+    boot if str(self) == "/proc/sys/kernel/random/boot_id" else read_text(self, *a, **k))
+from spool.claims import temporary_sibling, try_claim
+assert try_claim(out) is not None
+tmp = temporary_sibling(out)
+tmp.write_bytes(b"being written")
+print(tmp)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/ns/pid").exists(), reason="no /proc: Linux only")
+@pytest.mark.parametrize("where", ["another PID namespace", "another machine, same name"])
+def test_claims_and_temporaries_made_elsewhere_are_judged_by_age(tmp_path: Path,
+                                                                where: str) -> None:
+    """The holder's PID means nothing here: a fresh claim and temporary of a live job there
+    were taken and deleted at once (its PID judged in this namespace, or its boot id differs)."""
+    pidns = os.readlink("/proc/self/ns/pid")  # as claims reads them
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text()
+    if where == "another PID namespace":
+        pidns = "pid:[1]"
+    else:
+        boot = "another-boot-id"
+    out = tmp_path / "video.safetensors"
+    root = str(Path(spool.__file__).parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _ELSEWHERE, pidns, boot, str(out)], env=env,
+                          capture_output=True, text=True, check=True)
+    tmp = Path(proc.stdout.strip())
+    record = json.loads(claim_path(out).read_text())
+    assert record["host"] == claims._HOST  # the same host name
+    assert try_claim(out) is None  # held there, as far as can be told
+    assert not is_stale_temporary(tmp)
+    assert remove_stale_temporaries(tmp_path) == 0 and tmp.exists()
+    claim_path(out).write_text(json.dumps(dict(record, time=OLD)))  # no heartbeat for long
+    _age(tmp, 7 * 3600)
+    assert is_stale_temporary(tmp)
+    assert try_claim(out) is not None
+
+
+def test_claim_records_are_judged_by_where_they_were_made(tmp_path: Path) -> None:
+    out = tmp_path / "x.safetensors"
+    mine = try_claim(out)
+    record = json.loads(mine.path.read_text())
+    release_claim(mine)
+    dead = _dead_pid()
+
+    def taken(**changes) -> bool:
+        mine.path.write_text(json.dumps(dict(record, **{"pid": dead, **changes})))
+        claim = try_claim(out)
+        if claim is not None:
+            release_claim(claim)
+        return claim is not None
+
+    assert taken()  # here, and its process is gone
+    assert not taken(pidns="pid:[1]")  # another namespace: that PID may be alive there
+    assert not taken(pidns="pid:[1]", pid=os.getpid())
+    assert taken(pidns="pid:[1]", time=OLD)
+    assert not taken(boot="another-boot-id")  # another machine of the same host name
+    assert taken(boot="another-boot-id", time=OLD)
+    old_format = {k: v for k, v in record.items() if k != "pidns"}  # a previous version's
+    mine.path.write_text(json.dumps(dict(old_format, pid=dead)))
+    assert try_claim(out) is None  # where it was made cannot be told: by age
+    mine.path.write_text(json.dumps(dict(old_format, pid=dead, time=OLD)))
+    _take(out)
+    # A record that is not one (a hand edit, a stranger's file) is never a crash: it is stale
+    # only once its file is old, as a claim cut short.
+    host = claims._HOST
+    for bad in ({"host": host, "pid": "x", "time": 0}, {"host": host, "pid": 1, "time": "now"},
+                {"host": host, "pid": 2**40, "time": 0}, {"host": 1, "pid": 1, "time": 0},
+                {"host": host, "pid": 1, "time": float("inf")}):
+        mine.path.write_text(json.dumps(dict(record, **bad)))
+        assert try_claim(out) is None and claims.claim_holder(mine.path).startswith("lock")
+        _age(mine.path, 120)
+        _take(out)
+
+
+def test_old_format_temporaries_are_judged_by_age(tmp_path: Path) -> None:
+    """A temporary named by a previous version (tag: a hash of the host name alone) may be a
+    live job's of another namespace or machine of this name: only its age tells."""
+    import hashlib
+
+    tag = hashlib.sha1(claims._HOST.encode()).hexdigest()[:8]
+    tmp = tmp_path / f".x.safetensors.spool-{tag}-{_dead_pid()}-0123abcd.tmp"
+    tmp.write_bytes(b"")
+    assert not is_stale_temporary(tmp)
+    _age(tmp, 7 * 3600)
+    assert is_stale_temporary(tmp)
+
+
+def _another_job_takes_it_after_a_read(monkeypatch, out: Path) -> list:
+    """From the next read of a claim file on, another job has taken the claim of ``out`` if it
+    could (held by the returned list): between an owner's check of its token and what it does."""
+    real_read, others = claims._read_bytes, []
+
+    def read_then_another_job_takes_it(path: Path) -> bytes | None:
+        raw = real_read(path)
+        if not others:
+            others.append(None)
+            others[0] = try_claim(out)
+        return raw
+
+    monkeypatch.setattr(claims, "_read_bytes", read_then_another_job_takes_it)
+    return others
+
+
+def _unrenewed_for_long(claim: claims.Claim) -> None:
+    """As seen from elsewhere, ``claim`` has not been renewed for long: another job takes it."""
+    record = json.loads(claim.path.read_text())
+    claim.path.write_text(json.dumps(dict(record, host="elsewhere", time=OLD)))
+
+
+def test_a_take_over_during_a_renewal_is_not_undone(tmp_path: Path, monkeypatch) -> None:
+    """Another job took the claim between the owner's check of its token and its rewrite: the
+    rewrite overwrote the new holder's claim, both held it. Under the take-over lock, the other
+    job waits its turn (and finds the claim renewed)."""
+    out = tmp_path / "run.lock"
+    claim = try_claim(out)
+    _unrenewed_for_long(claim)
+    others = _another_job_takes_it_after_a_read(monkeypatch, out)
+    renewed = claims.refresh_claim(claim)
+    monkeypatch.undo()
+    holder = json.loads(claim.path.read_text())["token"]
+    believers = [c.token for c in [claim] * renewed + others if c is not None]
+    assert believers == [holder]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".break")]
+
+
+def test_a_take_over_during_a_release_is_not_undone(tmp_path: Path, monkeypatch) -> None:
+    """The same between a release's check and its deletion: the new holder's claim went."""
+    out = tmp_path / "run.lock"
+    claim = try_claim(out)
+    _unrenewed_for_long(claim)
+    others = _another_job_takes_it_after_a_read(monkeypatch, out)
+    release_claim(claim)
+    monkeypatch.undo()
+    if others[0] is not None:  # it took the claim: it holds it still
+        assert json.loads(claim.path.read_text())["token"] == others[0].token
+    else:
+        assert not claim.path.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".break")]
