@@ -184,3 +184,24 @@ def test_a_live_holder_renews_its_claim_against_other_machines(tmp_path: Path,
     assert [p.name for p in tmp_path.iterdir()] == [claim.path.name]  # no temporary left
     stolen = Claim(claim.path, "not-ours")
     assert not claims.refresh_claim(stolen)
+
+
+def test_videos_claimed_elsewhere_are_counted_with_what_to_do(tmp_path: Path, capsys) -> None:
+    """A claim from elsewhere (or from before a reboot) is left alone for hours: the summary
+    says which files hold them and when they count as stale, not only a count."""
+    from spool.cli import main
+
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    videos = [write_video(tmp_path / f"{n}.mkv", frames, fps=5, codec="ffv1") for n in "ab"]
+    (tmp_path / "bb.json").write_text(json.dumps(tiny_backbone()))
+    out = tmp_path / "out"
+    out.mkdir()
+    claim = try_claim(out / "a.safetensors")
+    record = json.loads(claim.path.read_text())
+    claim.path.write_text(json.dumps(dict(record, host="elsewhere", time=time.time())))
+    args = ["extract", *map(str, videos), "--out", str(out), *EXTRA_ARGS,
+            *tiny_model_args(tmp_path / "bb.json")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "1 extracted, 0 already done, 1 claimed by another job" in printed
+    assert ".NAME.spool-claim" in printed and "6 h" in printed and "delete those" in printed

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from spool import claims
 from spool.cli_args import add_model_argument, positive_float, positive_int
 
 logger = logging.getLogger("spool.commands.extract")
@@ -206,12 +207,18 @@ def run(args: argparse.Namespace) -> int:
                             [path for s in summaries for path in s[4]],
                             covers=covered_by(args.inputs, every))
     total = done + skipped + elsewhere + len(failures)
-    busy = f"{elsewhere} being extracted by another job, " if elsewhere else ""
+    busy = f"{elsewhere} claimed by another job, " if elsewhere else ""
     print(f"spool extract: {done} extracted, {skipped} already done, {busy}{len(failures)} failed "
           f"of {total} videos in {time.perf_counter() - start:.1f}s "
           f"({dist.world_size} process{'es' if dist.world_size > 1 else ''}); outputs in "
           f"{os.fspath(out_dir)}" + (f"; failures listed in {out_dir / 'failures.csv'}"
                                      if listed else ""))
+    if elsewhere:  # after a crash, its claims look the same as a live job's from elsewhere
+        print(f"spool extract: the {elsewhere} claimed videos are left to the job holding "
+              f"their .NAME.spool-claim file in {os.fspath(out_dir)}; a claim made on another "
+              "machine, in another container or before a reboot is taken once unrenewed for "
+              f"{claims.STALE_AFTER_S / 3600:g} h: if no other job runs, delete those files "
+              "and run again")
     return 1 if failures else 0
 
 
