@@ -146,3 +146,37 @@ def test_import_into_a_new_folder_another_import_finished(fake_import: dict,
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [*d2.IMPORT_FILES, "README.md", d2.MARKER])
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary left
+
+
+def test_a_cut_token_file_is_computed_again(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    """A damaged ``NAME.safetensors`` in the demo's token cache raised SafetensorError."""
+    import numpy as np
+    import torch
+
+    import spool.demo.footage_tokens as ft
+
+    class Encoder(torch.nn.Module):
+        config = type("Config", (), {"to_json_string": lambda self: "{}"})()
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+    calls = []
+
+    def encode_video(encoder, path, fps, pooling, batch=16):
+        calls.append(path)
+        return (torch.full((3, 1, 4), len(calls), dtype=torch.float16), np.arange(3.0),
+                np.zeros((3, 64, 64, 3), np.uint8))
+
+    monkeypatch.setattr(ft, "encode_video", encode_video)
+    videos, encoder = [("a.mp4", tmp_path / "a.mp4")], Encoder()
+    ft.cached_tokens(encoder, videos, tmp_path / "tokens", 8.0, 0)
+    again = ft.cached_tokens(encoder, videos, tmp_path / "tokens", 8.0, 0)
+    assert len(calls) == 1 and again[0].tokens.eq(1).all()  # read from the cache
+    file = tmp_path / "tokens" / "a.mp4.safetensors"
+    file.write_bytes(file.read_bytes()[:-7])  # cut short
+    again = ft.cached_tokens(encoder, videos, tmp_path / "tokens", 8.0, 0)
+    assert len(calls) == 2 and again[0].tokens.eq(2).all()
+    assert [p.name for p in (tmp_path / "tokens").iterdir()] == ["a.mp4.safetensors"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +119,9 @@ def cached_tokens(encoder: torch.nn.Module, videos: list[tuple[str, Path]], out:
     """Every video's tokens at ``fps``, from ``out`` when already computed by this encoder
     with these settings, else computed and written there (temporary name, then renamed)."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
+
+    from spool.io_utils import atomic_save_safetensors
+    from spool.tensor_files import read_safetensors_metadata
 
     out.mkdir(parents=True, exist_ok=True)
     # Picking frames by time (VFR) left the key as it was: every clip of the demo but the
@@ -130,18 +131,18 @@ def cached_tokens(encoder: torch.nn.Module, videos: list[tuple[str, Path]], out:
     result = []
     for name, path in videos:
         file = out / f"{name}.safetensors"
-        if file.is_file():
+        # A damaged or cut file (killed before its data reached the disk) reads as None:
+        # computed again, as for other settings.
+        if (read_safetensors_metadata(file) or {}).get("key") == key:
             with safe_open(str(file), "pt") as f:
-                if (f.metadata() or {}).get("key") == key:
-                    result.append(VideoTokens(name, f.get_tensor("tokens"),
-                                              f.get_tensor("times").numpy(),
-                                              f.get_tensor("thumbs").numpy()))
-                    continue
+                result.append(VideoTokens(name, f.get_tensor("tokens"),
+                                          f.get_tensor("times").numpy(),
+                                          f.get_tensor("thumbs").numpy()))
+            continue
         tokens, times, thumbs = encode_video(encoder, path, fps, pooling)
-        tmp = file.with_name(f".{file.name}.part")
-        save_file({"tokens": tokens.contiguous(), "times": torch.from_numpy(times),
-                   "thumbs": torch.from_numpy(thumbs)}, str(tmp), metadata={"key": key})
-        os.replace(tmp, file)
+        atomic_save_safetensors({"tokens": tokens, "times": torch.from_numpy(times),
+                                 "thumbs": torch.from_numpy(thumbs)}, file,
+                                metadata={"key": key})
         say(f"  {name}: {len(tokens)} frames at {fps:g} fps, tokens {tuple(tokens.shape[1:])}")
         result.append(VideoTokens(name, tokens, times, thumbs))
     return result
