@@ -17,6 +17,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -125,6 +126,25 @@ def is_stale_temporary(path: Path, older_than_s: float = STALE_AFTER_S) -> bool:
     if match[1] == _HOST_TAG and not process_alive(int(match[2])):
         return True
     return _age_s(path) > older_than_s
+
+
+def remove_stale_temporaries_in(directory: str | os.PathLike) -> int:
+    """Delete the stale temporaries (files or folders, :func:`is_stale_temporary`) directly in
+    ``directory``, left by killed writers; return their number (0 for no such directory)."""
+    removed = 0
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return 0
+    for path in entries:
+        if not is_stale_temporary(path):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 @dataclass(frozen=True)

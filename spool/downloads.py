@@ -2,7 +2,9 @@
 
 Everything Spool downloads (wheels, .deb packages, converted backbones, real footage) lives under
 one cache directory: ``$SPOOL_CACHE``, else ``$XDG_CACHE_HOME/spool``, else ``~/.cache/spool``.
-Files appear under their final name only when complete and verified (temporary name + rename).
+Files appear under their final name only when complete and verified (temporary name + rename);
+temporaries are named by ``spool.claims.temporary_sibling``, so those a killed fetch left are
+recognised and removed by the next one.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+from spool.claims import remove_stale_temporaries_in, temporary_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +77,22 @@ def temp_file_beside(dest: str | os.PathLike) -> str:
     """A new empty temporary file in ``dest``'s directory (same filesystem: rename is atomic)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would carry over to the final file
-    return tmp
+    tmp = temporary_sibling(dest)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    return str(tmp)
+
+
+@contextmanager
+def _temporary_folder(beside: Path):
+    """A new folder named as a temporary of ``beside``, deleted on leaving; the stale ones of
+    killed fetches in that folder are deleted first."""
+    remove_stale_temporaries_in(beside.parent)
+    tmp = temporary_sibling(beside)
+    tmp.mkdir()
+    try:
+        yield str(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run(cmd: list[str], cwd: Path, what: str, by_hand: str) -> None:
@@ -102,7 +118,7 @@ def pip_download(requirement: str, filename: str, dest_dir: str | os.PathLike) -
     if dest.is_file():
         return dest
     dest_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".pip-") as tmp:
+    with _temporary_folder(dest) as tmp:
         _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
               "--disable-pip-version-check", "-d", tmp, requirement], dest_dir,
              f"downloading {requirement}",
@@ -130,7 +146,7 @@ def apt_download(package: str, dest_dir: str | os.PathLike) -> Path:
     if shutil.which("apt-get") is None:
         raise FetchError(f"downloading the Debian package {package}: apt-get is not available "
                          f"on this machine. {by_hand}")
-    with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".apt-") as tmp:
+    with _temporary_folder(dest_dir / package) as tmp:
         _run(["apt-get", "download", "-q", package], Path(tmp),
              f"downloading the Debian package {package}", by_hand)
         debs = sorted(Path(tmp).glob(f"{package}_*.deb"))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 import spool.backbones.dinov2_small as d2
 import spool.data.footage as footage
+from spool.claims import is_stale_temporary, temporary_sibling
 
 ONNX = b"fake onnx bytes"
 
@@ -117,14 +120,14 @@ class _OsWithHook:
 
     def replace(self, src, dst) -> None:
         if "replace" in self.hooks:
-            self.hooks.pop("replace")()
+            self.hooks.pop("replace")(Path(src))
         os.replace(src, dst)
 
 
 @pytest.fixture
 def fake_import(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
     """``import_dinov2_small`` on a tiny random Dinov2Model instead of the ONNX file's; a test
-    may set ``hooks["replace"]`` to run before its next rename."""
+    may set ``hooks["replace"]`` to run (given the source) before its next rename."""
     from transformers import Dinov2Config, Dinov2Model
 
     hooks: dict = {}
@@ -141,7 +144,7 @@ def test_import_into_a_new_folder_another_import_finished(fake_import: dict,
     """Two demos sharing the cache import into the same new folder: the slower one's rename
     onto the folder the other made just before failed (directory not empty)."""
     out = tmp_path / "model"
-    fake_import["replace"] = lambda: d2.import_dinov2_small(out)
+    fake_import["replace"] = lambda src: d2.import_dinov2_small(out)
     assert d2.import_dinov2_small(out) == out
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [*d2.IMPORT_FILES, "README.md", d2.MARKER])
@@ -238,3 +241,71 @@ def test_a_damaged_cached_archive_is_fetched_again(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(footage, "apt_download", damaged)
     with pytest.raises(footage.FetchError, match=f"{name}.*Delete it and retry"):
         footage.fetch_footage(["a.mp4"])
+
+
+def _dead_temporary(beside: Path) -> Path:
+    """The name a temporary of ``beside`` had in a process that has exited."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    name = temporary_sibling(beside).name.replace(f"-{os.getpid()}-", f"-{proc.stdout.strip()}-")
+    return beside.parent / name
+
+
+def test_an_import_killed_in_an_existing_folder_is_finished(fake_import: dict,
+                                                            tmp_path: Path) -> None:
+    """Killed after two of its renames into an empty --out, the rerun said it was 'not a Spool
+    DINOv2-S import'."""
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"from the killed run")
+    assert d2.import_dinov2_small(out) == out
+    assert sorted(p.name for p in out.iterdir()) == sorted(d2.OWN_FILES)
+    from transformers import AutoModel
+
+    assert type(AutoModel.from_pretrained(out)).__name__ == "Dinov2Model"
+    (out / d2.MARKER).write_text('{"name": "another source"}')  # another import: kept
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    (mine / "notes.txt").write_text("a user's")  # not only the import's files: kept
+    for taken in (out, mine):
+        with pytest.raises(FileExistsError, match="not a Spool DINOv2-S import"):
+            d2.import_dinov2_small(taken)
+    assert (mine / "notes.txt").read_text() == "a user's"
+
+
+def test_killed_imports_and_downloads_leave_temporaries_that_are_removed(
+        fake_import: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A killed import left its 85 MB ``.model.XXXXXXXX`` folder (``.pip-*``, ``.apt-*``,
+    ``.part`` for downloads) under a name no clean-up knew, forever."""
+    from spool import downloads
+
+    out = tmp_path / "model"
+    dead = _dead_temporary(out)
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"85 MB")
+    seen = []
+    fake_import["replace"] = seen.append
+    d2.import_dinov2_small(out)
+    assert not dead.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert is_stale_temporary(seen[0], older_than_s=-1)  # named as a sweep recognises
+
+    wheels = tmp_path / "downloads"
+    wheels.mkdir()
+    dead = _dead_temporary(wheels / "x-1-py3-none-any.whl")
+    dead.mkdir()
+    used = []
+
+    def pip(cmd, **kwargs):
+        folder = Path(cmd[cmd.index("-d") + 1])
+        used.append(folder)
+        (folder / "x-1-py3-none-any.whl").write_bytes(b"wheel")
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", pip)
+    assert downloads.pip_download("x==1", "x-1-py3-none-any.whl", wheels).read_bytes() == b"wheel"
+    assert not dead.exists() and is_stale_temporary(used[0], older_than_s=-1)
+    assert [p.name for p in wheels.iterdir()] == ["x-1-py3-none-any.whl"]
+    part = Path(downloads.temp_file_beside(wheels / "clip.mp4"))
+    assert is_stale_temporary(part, older_than_s=-1)

