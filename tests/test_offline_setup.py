@@ -309,3 +309,12 @@ def test_killed_imports_and_downloads_leave_temporaries_that_are_removed(
     assert [p.name for p in wheels.iterdir()] == ["x-1-py3-none-any.whl"]
     part = Path(downloads.temp_file_beside(wheels / "clip.mp4"))
     assert is_stale_temporary(part, older_than_s=-1)
+
+
+def test_a_damaged_marker_is_named(fake_import: dict, tmp_path: Path) -> None:
+    """A cut ``spool_import.json`` raised a bare JSONDecodeError naming no file."""
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / d2.MARKER).write_text('{"name": "dinov2-')
+    with pytest.raises(FileExistsError, match=f"{d2.MARKER} is damaged.*delete {out}"):
+        d2.import_dinov2_small(out)

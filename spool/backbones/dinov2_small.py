@@ -217,8 +217,14 @@ def _finished_import(out: Path) -> bool:
     """Whether ``out`` holds a whole import from the same ONNX file (``FileExistsError`` when
     its marker says so but a file is missing)."""
     marker = out / MARKER
-    if not marker.is_file() or json.loads(marker.read_text()) != _marker(ONNX_SHA256):
+    if not marker.is_file():
         return False
+    try:
+        if json.loads(marker.read_text(encoding="utf-8")) != _marker(ONNX_SHA256):
+            return False
+    except (ValueError, UnicodeDecodeError) as err:  # the bare JSON error named no file
+        raise FileExistsError(f"--out: {marker} is damaged ({err}); delete {out} and run "
+                              "again") from err
     missing = [name for name in IMPORT_FILES
                if not (out / name).is_file() or not (out / name).stat().st_size]
     if missing:
