@@ -19,7 +19,10 @@ import re
 import secrets
 import shutil
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -367,3 +370,26 @@ def refresh_claim(claim: Claim) -> bool:
         return True
     finally:
         lock.unlink(missing_ok=True)
+
+
+RENEW_EVERY_S = 600.0  # well within STALE_AFTER_S
+
+
+@contextmanager
+def kept_alive(claim: Claim, every_s: float = RENEW_EVERY_S) -> Iterator[None]:
+    """Renew ``claim`` every ``every_s`` seconds from a background thread while the block runs:
+    one long video can take longer than :data:`STALE_AFTER_S` to extract, and jobs on other
+    machines judge the claim by its age."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(every_s):
+            refresh_claim(claim)
+
+    thread = threading.Thread(target=renew, name="spool-claim-renewal", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

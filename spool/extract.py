@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from spool import __version__
+from spool.claims import kept_alive
 from spool.extract_inputs import VideoJob
 from spool.io_utils import (
     CLAIM_SUFFIX,
@@ -344,7 +345,8 @@ class FeatureExtractor:
                     summary.settled.append(str(job.source))
                     continue
                 try:
-                    self._extract(job, expected)
+                    with kept_alive(claim):
+                        self._extract(job, expected)
                 except Exception as err:  # one bad video must not stop the job
                     _remove_outputs(job.output)  # of another version of the file, or settings
                     _report_failure(summary, job, err)

@@ -184,3 +184,42 @@ def test_a_take_over_during_a_release_is_not_undone(tmp_path: Path, monkeypatch)
     else:
         assert not claim.path.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".break")]
+
+
+def test_a_claim_is_renewed_while_its_video_is_extracted(tmp_path: Path, monkeypatch) -> None:
+    """extract's per-video claims had no heartbeat: a video taking over STALE_AFTER_S (a long
+    one, per frame, on the CPU) was taken by a job on another machine and done twice."""
+    import numpy as np
+    from conftest import tiny_config
+
+    import spool.extract as extract
+    from spool import Spool
+    from spool.claims import kept_alive
+    from spool.video import make_sampler, write_video
+
+    claim = try_claim(tmp_path / "v.safetensors")
+
+    def renewed_at() -> float:
+        return json.loads(claim.path.read_text())["time"]
+
+    stamps = [renewed_at()]
+    with kept_alive(claim, every_s=0.05):
+        for _ in range(3):
+            time.sleep(0.12)
+            stamps.append(renewed_at())
+    assert stamps == sorted(set(stamps)), stamps  # renewed between every two looks
+    after = renewed_at()
+    time.sleep(0.15)
+    assert renewed_at() == after  # the renewal stopped with the block
+    release_claim(claim)
+    # Extraction runs each video inside it.
+    entered = []
+    monkeypatch.setattr(extract, "kept_alive", lambda c: (entered.append(c.path.name),
+                                                         kept_alive(c, every_s=3600))[1])
+    video = write_video(tmp_path / "a.mkv", np.zeros((4, 32, 32, 3), np.uint8), fps=5,
+                        codec="ffv1")
+    model = Spool(tiny_config(num_hidden_layers=1)).eval()
+    job = extract.VideoJob(video, tmp_path / "out" / "a.safetensors")
+    summary = extract.FeatureExtractor(model, make_sampler("uniform", num_frames=2)).run(
+        [job], progress=False)
+    assert summary.done == 1 and entered == [".a.safetensors.spool-claim"]
