@@ -71,6 +71,36 @@ def test_repeated_frames_stay_in_one_decode_chunk(tmp_path):
     assert sum(len(t) for t in out) == len(indices)
 
 
+def test_a_long_still_frame_is_encoded_once_in_chunks_of_the_backbones_size(tmp_path):
+    """A run of one repeated frame stayed in one chunk whatever its length (a still frame held
+    for minutes, or an fps far above the video's), so the backbone got it whole: 121 frames at
+    once with backbone_chunk_size=4. Chunks now hold at most that many distinct frames, each
+    encoded once and expanded; the tokens are the plain per-frame encoding's."""
+    assert list(decode_chunks([0, *[1] * 100, 2, 3], 2)) == [slice(0, 101), slice(101, 103)]
+    model = Spool(tiny_config(backbone_chunk_size=4)).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "v.mkv", frames, fps=2, codec="ffv1")
+    batches = []
+    encoder_forward = model.frame_encoder.forward
+
+    def spy(video, *args, **kwargs):
+        batches.append(video.shape[1])
+        return encoder_forward(video, *args, **kwargs)
+
+    model.frame_encoder.forward = spy
+    with VideoReader(path) as reader:
+        indices = FpsSampler(40)(len(reader), fps=2.0)[0]  # each frame 20 times
+        parts = list(long_video.stream_tokens(model, reader, indices))
+    assert len(indices) == 200 and batches == [4, 4, 2], batches
+    tokens = torch.cat([t for t, _ in parts])
+    stamps = np.concatenate([s for _, s in parts])
+    model.frame_encoder.forward = encoder_forward
+    with torch.no_grad():
+        plain = model.encode_frames(torch.from_numpy(frames)[None])[0]
+    torch.testing.assert_close(tokens, plain[torch.tensor(indices)], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(stamps, np.asarray(indices) / 2.0)
+
+
 def test_no_tensor_beyond_the_hidden_state():
     """In-place chunks: nothing of size [T, L, 4D] or q/k/v for all frames; the hidden state
     [T + 2, L, D] is the largest tensor, while the plain forward's MLP makes [T + 2, L, 4D]."""

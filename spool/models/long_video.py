@@ -26,7 +26,13 @@ from spool.layers.streaming import stream_temporal_stack
 from spool.runtime import available_memory_bytes
 from spool.validation import check_tokens
 from spool.video.io import VideoReader
-from spool.video.samplers import FpsSampler, FrameSampler, decode_chunks, make_sampler
+from spool.video.samplers import (
+    FpsSampler,
+    FrameSampler,
+    decode_chunks,
+    distinct_frames,
+    make_sampler,
+)
 
 logger = logging.getLogger(__name__)
 GiB = 2**30
@@ -124,7 +130,7 @@ def one_video_tokens(tokens: torch.Tensor, config) -> torch.Tensor:
 def stream_tokens(model, reader: VideoReader, indices: list[int]
                   ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """Decode, preprocess and encode frames ``indices`` of ``reader`` ``backbone_chunk_size``
-    at a time (a run of a repeated frame in one chunk: ``decode_chunks``): yields (tokens
+    distinct frames at a time (each encoded once: ``decode_chunks``): yields (tokens
     ``[n, L, D]``, timestamps ``[n]``) per chunk, so decoded pixels never accumulate.
     ``model``: any Spool model with a backbone (``model.frame_encoder``)."""
     encoder = model.frame_encoder
@@ -135,10 +141,12 @@ def stream_tokens(model, reader: VideoReader, indices: list[int]
     preprocessing = model.config.preprocessing()
     device = next(encoder.parameters()).device
     for part in decode_chunks(indices, chunk):
-        frames, stamps = reader.get(indices[part])
+        distinct, positions = distinct_frames(indices[part])  # each frame encoded once
+        frames, stamps = reader.get(distinct)
         pixels = preprocessing(torch.from_numpy(frames)).to(device)
         with torch.no_grad():
-            yield encoder(pixels[None])[0], stamps
+            tokens = encoder(pixels[None])[0]
+        yield tokens[torch.from_numpy(positions).to(tokens.device)], stamps[positions]
 
 
 def _encode_video(model, reader: VideoReader, indices: list[int], hidden: torch.Tensor,

@@ -18,6 +18,7 @@ from spool.video.samplers import (
     StrideSampler,
     UniformSampler,
     decode_chunks,
+    distinct_frames,
     make_sampler,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "apply_rotation",
     "clear_index_cache",
     "decode_chunks",
+    "distinct_frames",
     "is_video_name",
     "make_sampler",
     "probe_video",

@@ -28,6 +28,7 @@ __all__ = [
     "UniformSampler",
     "clip_sampler",
     "decode_chunks",
+    "distinct_frames",
     "make_sampler",
     "sampler_settings",
 ]
@@ -60,17 +61,30 @@ def _positive_float(name: str, value: Any) -> float:
 
 
 def decode_chunks(indices: Sequence[int], size: int) -> Iterator[slice]:
-    """Slices of ``indices`` of ``size`` frames, to read a chunk at a time; a run of one
-    repeated index (an fps above the video's) stays in one chunk, even past ``size``: split,
-    the next chunk would start behind the reader, which would seek back for it."""
+    """Slices of ``indices`` holding at most ``size`` distinct frames each, to read a chunk at a
+    time. A run of one repeated index (an fps above the video's) stays in one chunk: split,
+    the next chunk would start behind the reader, which would seek back for it. A run can be
+    long (a still frame held for minutes), so read and encode each chunk's distinct frames
+    once and expand them (:func:`distinct_frames`)."""
     _positive_int("size", size)
-    start = 0
-    while start < len(indices):
-        stop = min(start + size, len(indices))
-        while stop < len(indices) and indices[stop] == indices[stop - 1]:
+    start, n = 0, len(indices)
+    while start < n:
+        stop, distinct = start + 1, 1
+        while stop < n:
+            new = indices[stop] != indices[stop - 1]
+            if new and distinct == size:
+                break
+            distinct += new
             stop += 1
         yield slice(start, stop)
         start = stop
+
+
+def distinct_frames(indices: Sequence[int]) -> tuple[list[int], np.ndarray]:
+    """The distinct frame indices of a chunk, ascending, and for each entry of ``indices`` its
+    position among them: read (and encode) each frame once, then expand with ``x[positions]``."""
+    distinct, positions = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
+    return distinct.tolist(), positions
 
 
 class FrameSampler(ABC):
