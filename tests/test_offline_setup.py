@@ -259,6 +259,13 @@ def test_an_import_killed_in_an_existing_folder_is_finished(fake_import: dict,
     out.mkdir()
     (out / "config.json").write_text("{}")
     (out / "model.safetensors").write_bytes(b"from the killed run")
+    hf_folder = {p.name: p.read_bytes() for p in out.iterdir()}
+    # Without the import's STARTED file this is any save_pretrained folder: a user's model,
+    # which the first version of this fix overwrote.
+    with pytest.raises(FileExistsError, match="not a Spool DINOv2-S import"):
+        d2.import_dinov2_small(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == hf_folder
+    (out / d2.STARTED).touch()  # as the killed import left it
     assert d2.import_dinov2_small(out) == out
     assert sorted(p.name for p in out.iterdir()) == sorted(d2.OWN_FILES)
     from transformers import AutoModel

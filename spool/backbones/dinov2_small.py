@@ -58,6 +58,10 @@ PREPROCESSOR = {
 MARKER = "spool_import.json"  # what the directory was made from; a rerun with the same is a no-op
 IMPORT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 OWN_FILES = (*IMPORT_FILES, "README.md", MARKER)  # all an import writes, the marker last
+# Written into an existing --out before the first file goes in, removed with the marker's
+# arrival: only a folder holding it was left half-filled by an import (any HF save_pretrained
+# folder holds the same file names, and must not be taken for one).
+STARTED = MARKER + ".started"
 README = """\
 # DINOv2 ViT-S/14 (converted offline by Spool)
 
@@ -208,9 +212,11 @@ def _marker(onnx_sha: str) -> dict:
 
 
 def _partial_import(out: Path) -> bool:
-    """Whether the folder ``out`` is empty or holds only files of an unfinished import."""
+    """Whether the folder ``out`` is empty or was left half-filled by a killed import (its
+    ``STARTED`` file, and nothing but the import's files)."""
     names = {p.name for p in out.iterdir()}
-    return names <= set(OWN_FILES) and MARKER not in names
+    return not names or (STARTED in names and names <= {*OWN_FILES, STARTED}
+                         and MARKER not in names)
 
 
 def _finished_import(out: Path) -> bool:
@@ -246,8 +252,8 @@ def import_dinov2_small(out_dir: str | os.PathLike, onnx_path: str | os.PathLike
     if _finished_import(out):
         logger.info("%s already holds the converted DINOv2-S", out)
         return out
-    # A folder holding some of the import's files and no marker (written last) is an import
-    # into an existing folder that was killed: it is finished now.
+    # A folder holding the STARTED file, some of the import's files and no marker (written
+    # last) is an import into an existing folder that was killed: it is finished now.
     if out.exists() and (not out.is_dir() or not _partial_import(out)):
         raise FileExistsError(f"--out: {out} exists and is not a Spool DINOv2-S import; pass an "
                               "empty or new directory")
@@ -278,8 +284,10 @@ def import_dinov2_small(out_dir: str | os.PathLike, onnx_path: str | os.PathLike
         for f in tmp.iterdir():
             os.chmod(f, 0o644)
         if out.exists():  # empty or partial (checked above), perhaps the working directory:
+            (out / STARTED).touch()
             for name in OWN_FILES:  # filled in place, the marker last
                 os.replace(tmp / name, out / name)
+            (out / STARTED).unlink()
             tmp.rmdir()
         else:
             try:
