@@ -33,7 +33,7 @@ _TEMPORARY = re.compile(r"\..+\.spool-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}\.tmp")
 CLAIM_SUFFIX = ".spool-claim"
 # A claim from another machine or PID namespace cannot be checked for a live process: after
 # this long it is taken to be left by a crash. (Made here: the process is checked, whatever the
-# age.)
+# age; made here before a reboot, known by the machine id: stale at once.)
 STALE_AFTER_S = 6 * 3600.0
 _GRACE_S = 60.0  # a claim file still being written, or a take-over lock left by a crash
 
@@ -52,8 +52,18 @@ def _pid_namespace() -> str:
         return ""
 
 
+def _machine_id() -> str:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:  # stable across reboots, unlike the boot id: tells a reboot from a namesake
+            return Path(path).read_text().strip()
+        except OSError:
+            pass
+    return ""
+
+
 _BOOT = _boot_id()
 _PIDNS = _pid_namespace()
+_MACHINE = _machine_id()
 # Where a PID names the same process as here: host name, boot (two machines may share a host
 # name) and PID namespace. A temporary's tag (of a hash of the host name alone before) and a
 # claim's "pidns" (absent before) that differ are judged by age alone.
@@ -249,8 +259,9 @@ def remove_stale_claim(path: Path, stale_after_s: float = STALE_AFTER_S) -> bool
 
 def _create_claim(path: Path) -> Claim | None:
     token = secrets.token_hex(8)
-    record = {"host": _HOST, "boot": _BOOT, "pidns": _PIDNS, "pid": os.getpid(),
-              "time": time.time(), "token": token, "start": process_start(os.getpid())}
+    record = {"host": _HOST, "machine": _MACHINE, "boot": _BOOT, "pidns": _PIDNS,
+              "pid": os.getpid(), "time": time.time(), "token": token,
+              "start": process_start(os.getpid())}
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
@@ -289,10 +300,19 @@ def _made_here(record: dict) -> bool:
     return (record["host"], record.get("boot"), record.get("pidns")) == (_HOST, _BOOT, _PIDNS)
 
 
+def _made_before_a_reboot(record: dict) -> bool:
+    """Whether the claim was made on this machine (host name and machine id) in an earlier
+    boot, so that its process is gone (else a crashed run could not be resumed for hours)."""
+    return (bool(_MACHINE) and (record["host"], record.get("machine")) == (_HOST, _MACHINE)
+            and record.get("boot") not in (None, _BOOT))
+
+
 def _claim_is_stale(path: Path, raw: bytes, stale_after_s: float) -> bool:
     record = _parse(raw)
     if not _well_formed(record):
         return _age_s(path) > _GRACE_S  # being written now, or cut short by a crash
+    if _made_before_a_reboot(record):
+        return True
     if _made_here(record):
         pid = int(record["pid"])
         if not process_alive(pid):

@@ -44,8 +44,11 @@ import os, pathlib, sys
 pidns, boot, out = sys.argv[1:]
 readlink, read_text = os.readlink, pathlib.Path.read_text
 os.readlink = lambda p, *a, **k: pidns if str(p) == "/proc/self/ns/pid" else readlink(p, *a, **k)
+fake = {"/proc/sys/kernel/random/boot_id": boot}
+if boot == "another-boot-id":  # another machine: another machine id too (else: a reboot)
+    fake.update({"/etc/machine-id": "another-machine", "/var/lib/dbus/machine-id": "another"})
 pathlib.Path.read_text = lambda self, *a, **k: (
-    boot if str(self) == "/proc/sys/kernel/random/boot_id" else read_text(self, *a, **k))
+    fake[str(self)] if str(self) in fake else read_text(self, *a, **k))
 from spool.claims import temporary_sibling, try_claim
 assert try_claim(out) is not None
 tmp = temporary_sibling(out)
@@ -83,7 +86,9 @@ def test_claims_and_temporaries_made_elsewhere_are_judged_by_age(tmp_path: Path,
     assert try_claim(out) is not None
 
 
-def test_claim_records_are_judged_by_where_they_were_made(tmp_path: Path) -> None:
+def test_claim_records_are_judged_by_where_they_were_made(tmp_path: Path,
+                                                          monkeypatch) -> None:
+    monkeypatch.setattr(claims, "_MACHINE", "this-machine")  # whether /etc/machine-id or not
     out = tmp_path / "x.safetensors"
     mine = try_claim(out)
     record = json.loads(mine.path.read_text())
@@ -101,8 +106,16 @@ def test_claim_records_are_judged_by_where_they_were_made(tmp_path: Path) -> Non
     assert not taken(pidns="pid:[1]")  # another namespace: that PID may be alive there
     assert not taken(pidns="pid:[1]", pid=os.getpid())
     assert taken(pidns="pid:[1]", time=OLD)
-    assert not taken(boot="another-boot-id")  # another machine of the same host name
-    assert taken(boot="another-boot-id", time=OLD)
+    # Another machine of the same host name: by age.
+    assert not taken(boot="another-boot-id", machine="another-machine")
+    assert taken(boot="another-boot-id", machine="another-machine", time=OLD)
+    assert not taken(boot="another-boot-id", machine=None, pid=os.getpid())  # no machine id
+    # This machine before a reboot: its processes are gone, so at once (a crashed training run
+    # on a rebooted VM waited 6 hours), even with a PID that is alive now.
+    assert taken(boot="another-boot-id", pid=os.getpid())
+    monkeypatch.setattr(claims, "_MACHINE", "")  # none to tell a reboot from a namesake
+    assert not taken(boot="another-boot-id", machine="", pid=os.getpid())
+    monkeypatch.setattr(claims, "_MACHINE", "this-machine")
     old_format = {k: v for k, v in record.items() if k != "pidns"}  # a previous version's
     mine.path.write_text(json.dumps(dict(old_format, pid=dead)))
     assert try_claim(out) is None  # where it was made cannot be told: by age

@@ -213,10 +213,10 @@ def run(args: argparse.Namespace) -> int:
           f"({dist.world_size} process{'es' if dist.world_size > 1 else ''}); outputs in "
           f"{os.fspath(out_dir)}" + (f"; failures listed in {out_dir / 'failures.csv'}"
                                      if listed else ""))
-    if elsewhere:  # after a crash, its claims look the same as a live job's from elsewhere
+    if elsewhere:  # a crashed job's claims from elsewhere look the same as a live job's
         print(f"spool extract: the {elsewhere} claimed videos are left to the job holding "
               f"their .NAME.spool-claim file in {os.fspath(out_dir)}; a claim made on another "
-              "machine, in another container or before a reboot is taken once unrenewed for "
+              "machine or in another container is taken once unrenewed for "
               f"{claims.STALE_AFTER_S / 3600:g} h: if no other job runs, delete those files "
               "and run again")
     return 1 if failures else 0
