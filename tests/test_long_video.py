@@ -261,3 +261,6 @@ def test_a_cast_does_not_round_the_rotary_frequencies():
                                    atol=0, rtol=0)
     torch.testing.assert_close(FrameRotaryEmbedding(64).half().float().inv_freq, exact,
                                atol=0, rtol=0)
+    rotary = FrameRotaryEmbedding(64)
+    kept = rotary.inv_freq
+    assert rotary.float().to("cpu").inv_freq is kept  # what a CUDA graph captured may read

@@ -25,10 +25,12 @@ class FrameRotaryEmbedding(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         # A cast of the model (.half(), .to(bfloat16)) would round the frequencies, and the
-        # rounding would stay after casting back (or in what save_pretrained writes): the
-        # buffer follows the model's device only, recomputed in float32.
+        # rounding would stay after casting back (or in what save_pretrained writes): they are
+        # recomputed in float32 where the buffer went. Only then: a move that changes nothing
+        # keeps the tensor, which a CUDA graph captured before may still read.
         super()._apply(fn, recurse)
-        self.inv_freq = self._inv_freq(self.inv_freq.device)
+        if self.inv_freq.dtype != torch.float32:
+            self.inv_freq = self._inv_freq(self.inv_freq.device)
         return self
 
     def freqs_at(self, positions: torch.Tensor) -> torch.Tensor:

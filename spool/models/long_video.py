@@ -4,9 +4,9 @@ Frames are decoded, preprocessed and encoded by the backbone in chunks as the fi
 decoded pixels never accumulate; their tokens go straight into the hidden state ``[T + 2, L,
 D]`` (in RAM, or in a file under ``offload_dir``), which the temporal stack then updates in
 place, chunk by chunk (:mod:`spool.layers.streaming`). On a GPU the hidden state moves to the
-device when it fits there with room to spare; otherwise it stays in RAM (or its file) and each
-chunk visits the device, so device memory does not grow with the video. The result is the plain
-forward's, to fp32 round-off.
+device when it fits there with room to spare (from RAM or its file); otherwise it stays there
+and each chunk visits the device, so device memory does not grow with the video. The result is
+the plain forward's, to fp32 round-off.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     of RAM. With the model on a GPU, ``hidden_on_device`` says whether the hidden state moves
     there whole (faster) or stays in RAM / its file with one chunk at a time on the device
     (device memory bounded whatever the length); None: whole when it takes at most half the
-    device's free memory and no ``offload_dir`` is given. A ``MemoryError`` comes before any
+    device's free memory. A ``MemoryError`` comes before any
     work when the estimate exceeds what is free.
     """
     check_long_call(model, "forward_long", chunk_frames)
@@ -239,9 +239,8 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
         if reader is not None:
             reader.close()
     device = model.context_frames.start.device
-    if hidden_on_device is None:
-        hidden_on_device = offload_dir is None and hidden_fits_on_device(
-            hidden.numel() * hidden.element_size(), device)
+    if hidden_on_device is None:  # offload_dir is about RAM: a file is read to the device too
+        hidden_on_device = hidden_fits_on_device(hidden.numel() * hidden.element_size(), device)
     work = hidden.to(device) if hidden_on_device else hidden
     layers = tqdm(total=config.num_hidden_layers, unit="layer", desc="temporal",
                   disable=not progress)
