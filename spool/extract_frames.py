@@ -40,7 +40,7 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
     score, labels = probs.max(-1)
     times = out.timestamps.double()
     names = model.class_names
-    ends = torch.cat((times[1:], times[-1:] + sampling_step(times, sampler, source)))
+    ends = torch.cat((times[1:], times.new_tensor([last_end(times, sampler, source)])))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["start_s", "end_s", "label", "score"])
@@ -56,10 +56,13 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
         metadata={**metadata, "class_names": json.dumps(names), "num_frames": str(len(labels))})
 
 
-def sampling_step(times: torch.Tensor, sampler: FrameSampler, source: str | os.PathLike
-                  ) -> float:
-    """Seconds from the last sampled frame to the end of its segment: the frames' own step,
-    or for one frame (0.0 before: a zero-length segment) the sampler's at the video's rate."""
-    if len(times) > 1:
-        return float(times[1] - times[0])
-    return sampler.step_seconds(probe_video(source).fps)
+def last_end(times: torch.Tensor, sampler: FrameSampler, source: str | os.PathLike) -> float:
+    """Where the last sampled frame's segment ends: one sampling step after it (the frames'
+    own step, or for one frame the sampler's at the video's rate), but not past the video's
+    end (it overshot: 80.0 s for a 79.5 s video)."""
+    info = probe_video(source)
+    step = float(times[1] - times[0]) if len(times) > 1 else sampler.step_seconds(info.fps)
+    end = float(times[-1]) + step
+    if info.duration > 0:  # 0: unknown
+        end = min(end, info.start_time + info.duration)
+    return max(end, float(times[-1]))

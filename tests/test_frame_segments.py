@@ -1,5 +1,6 @@
 """``NAME.segments.csv`` of `spool extract` with a frame classifier: each segment ends at the
-next sampled frame's time, the last one sampling step after its frame."""
+next sampled frame's time, the last one sampling step after its frame, but not past the
+video's end."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from spool.video.samplers import FpsSampler, StrideSampler, UniformSampler
 
 
 @pytest.mark.parametrize("sampler, step", [
-    (FpsSampler(0.5), 2.0),  # 1 / fps
+    (FpsSampler(0.5), 1.2),  # 1 / fps, 2 s, cut at the 1.2 s video's end
     (FpsSampler(5, max_frames=1), 0.2),
-    (StrideSampler(20), 2.0),  # stride / the video's 10 fps
+    (StrideSampler(20), 1.2),  # stride / the video's 10 fps, 2 s, cut likewise
     (UniformSampler(1), 0.1),  # one frame of the video
 ])
 def test_one_sampled_frame_gives_a_segment_of_one_step(tmp_path: Path, sampler,
@@ -36,3 +37,15 @@ def test_one_sampled_frame_gives_a_segment_of_one_step(tmp_path: Path, sampler,
         rows = list(csv.DictReader(f))
     assert len(rows) == 1
     assert float(rows[0]["end_s"]) - float(rows[0]["start_s"]) == pytest.approx(step, abs=1e-4)
+
+
+def test_the_last_segment_ends_with_the_video(tmp_path: Path) -> None:
+    """One step after the last sampled frame overshot the video: 80.0 s for a 79.5 s one."""
+    frames = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "v.mkv", frames, fps=10, codec="ffv1")  # 1.2 s
+    model = SpoolForFrameClassification(tiny_config(class_names=["a", "b"])).eval()
+    FeatureExtractor(model, FpsSampler(1)).run(plan_jobs([video], tmp_path / "out"),
+                                               progress=False)  # frames at 0 and 1.0 s
+    with open(tmp_path / "out" / "v.segments.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["end_s"]) == pytest.approx(1.2, abs=1e-4)  # not 1.0 + 1.0

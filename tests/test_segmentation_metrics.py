@@ -140,3 +140,16 @@ def test_batches_state_and_errors() -> None:
         SegmentationMetrics(overlaps=(0.0,))
     with pytest.raises(ValueError, match="state"):
         SegmentationMetrics(overlaps=(0.5,)).load_state_dict(batched.state_dict())
+
+
+def test_a_video_without_labelled_frames_is_not_scored() -> None:
+    """It counted as a video with a perfect edit (both segment lists empty): beside a scored
+    video with edit 33.3, the mean read 66.7."""
+    metrics = SegmentationMetrics()
+    scored = metrics.update([0, 1, 0, 1], [0, 0, 1, 1])  # 0101 vs 01: 2 edits of 4 segments
+    unlabelled = metrics.update([1, 1, 0], [-100, -100, -100])
+    assert all(np.isnan(v) for v in unlabelled.values())
+    total = metrics.compute()
+    assert total["videos"] == 1 and total["frames"] == 4
+    assert total["edit"] == pytest.approx(scored["edit"]) == pytest.approx(50.0)
+    assert total["accuracy"] == pytest.approx(50.0)

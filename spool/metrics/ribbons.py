@@ -100,7 +100,8 @@ def plot_ribbons(path: str | os.PathLike, ground_truth: Mapping[str, Any],
         ax.set_yticks(np.arange(len(names)) + 0.5, names, fontsize=7)
         ax.tick_params(axis="x", labelsize=7)
         ax.set_title(video, fontsize=8, loc="left")
-    axes[-1, 0].set_xlabel("time (s)" if fps else "frame", fontsize=8)
+    # Without fps the x axis counts the sampled frames (at 1 fps, 40 is 40 s, not frame 40).
+    axes[-1, 0].set_xlabel("time (s)" if fps else "sampled frame", fontsize=8)
     handles = [Patch(color=colours[i], label=name) for i, name in enumerate(class_names)]
     if any_unlabelled:
         handles.append(Patch(facecolor=_UNLABELLED, edgecolor="0.5", label="unlabelled"))

@@ -196,10 +196,15 @@ class SegmentationMetrics:
         self.totals = torch.zeros(4 + 3 * len(self.overlaps), dtype=torch.float64)
 
     def update(self, pred: Any, target: Any) -> dict[str, float]:
-        """Add one video (``pred``, ``target``: ``[T]`` labels); returns its own scores."""
+        """Add one video (``pred``, ``target``: ``[T]`` labels); returns its own scores. A
+        video without a labelled frame has none to score: it is not added (its scores are
+        NaN), where it would have counted as a perfect edit in the mean."""
         pred, target = _pair(pred, target)
-        p, y = _segment_pair(pred, target, self.background, self.ignore_index)
         labelled = target != self.ignore_index
+        if not labelled.any():
+            return {"accuracy": math.nan, "edit": math.nan,
+                    **{_key(k): math.nan for k in self.overlaps}}
+        p, y = _segment_pair(pred, target, self.background, self.ignore_index)
         correct, frames = int((pred[labelled] == target[labelled]).sum()), int(labelled.sum())
         longest = max(len(p.labels), len(y.labels))
         edit = (1.0 - levenshtein(p.labels, y.labels) / longest) * 100.0 if longest else 100.0
