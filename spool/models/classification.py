@@ -166,9 +166,10 @@ def load_classifier(directory: str | os.PathLike, **kwargs: Any) -> VideoClassif
     hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}  # a private repo, a revision
     held = MODEL_CLASSES.get(peek_architecture(directory, **hub))
     if held is not None and not issubclass(held, VideoClassifier):
-        raise ValueError(f"{directory}: holds a {held.__name__}, not a video classifier")
+        raise ValueError(f"{directory}: holds a {held.__name__}, not a video classifier; "
+                         "load it with spool.models.load_pretrained")
     model = load_pretrained(directory, **kwargs)
     if not isinstance(model, VideoClassifier):
         raise ValueError(f"{directory}: holds a {type(model).__name__}, not a video "
-                         "classifier")
+                         "classifier; load it with spool.models.load_pretrained")
     return model
