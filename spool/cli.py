@@ -12,7 +12,9 @@ import argparse
 import importlib
 import importlib.util
 import os
+import signal
 import sys
+import threading
 
 COMMANDS = ("demo", "extract", "cache", "train", "eval", "backbone")
 
@@ -33,6 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose finished work is kept (atomic outputs) and that a rerun continues.
+RESUMABLE = ("extract", "cache")
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's, torchrun's), raised where the process is, as Ctrl-C is; not an
+    ``Exception``, which a batch job's per-video handler would take for a bad video."""
+
+
+_MAIN_PID: list[int] = []
+
+
+def _terminated(signum, frame) -> None:
+    if os.getpid() not in _MAIN_PID:  # a forked DataLoader worker: it dies as it did before
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("SPOOL_DEBUG", "") not in ("", "0")
@@ -40,16 +62,30 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging()
     tune_cpu_allocator()  # before the first large tensor (see its docstring)
+    # Else SIGTERM kills silently (exit 143, no word of what was kept). spool train installs
+    # its own handler for its run (a checkpoint first).
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        _MAIN_PID[:] = [os.getpid()]
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main else None
+    kept = ("; what was finished is kept, and the same command goes on from there"
+            if args.command in RESUMABLE else "")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print(f"spool {args.command}: interrupted", file=sys.stderr)
+        print(f"spool {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"spool {args.command}: terminated (SIGTERM){kept}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (ValueError, OSError) as err:  # user mistakes and unloadable inputs
         if debug:
             raise
         print(f"spool {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def one_line(err: BaseException) -> str:
