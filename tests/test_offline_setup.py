@@ -124,6 +124,9 @@ class _OsWithHook:
         os.replace(src, dst)
 
 
+_FIND_ONNX = d2.find_onnx
+
+
 @pytest.fixture
 def fake_import(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
     """``import_dinov2_small`` on a tiny random Dinov2Model instead of the ONNX file's; a test
@@ -325,3 +328,19 @@ def test_a_damaged_marker_is_named(fake_import: dict, tmp_path: Path) -> None:
     (out / d2.MARKER).write_text('{"name": "dinov2-')
     with pytest.raises(FileExistsError, match=f"{d2.MARKER} is damaged.*delete {out}"):
         d2.import_dinov2_small(out)
+
+
+def test_an_existing_import_checks_an_onnx_file_given_again(
+        fake_import: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished import was accepted on its marker alone: `--onnx other.onnx` was reported as
+    imported without a look at that file. It is checked as a conversion would check it."""
+    from spool.downloads import FetchError
+
+    out = tmp_path / "model"
+    assert d2.import_dinov2_small(out) == out
+    monkeypatch.setattr(d2, "find_onnx", _FIND_ONNX)
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"another model")
+    with pytest.raises(FetchError, match=r"other\.onnx has sha256 .* expected"):
+        d2.import_dinov2_small(out, onnx_path=other)
+    assert d2.import_dinov2_small(out) == out  # no file given: the marker says it all

@@ -250,6 +250,8 @@ def import_dinov2_small(out_dir: str | os.PathLike, onnx_path: str | os.PathLike
     """
     out = Path(out_dir).resolve()  # "." has no name to put a temporary sibling by
     if _finished_import(out):
+        if onnx_path is not None:  # else another file would be reported as imported
+            find_onnx(onnx_path, download=False)  # its sha256, or the error a conversion gives
         logger.info("%s already holds the converted DINOv2-S", out)
         return out
     # A folder holding the STARTED file, some of the import's files and no marker (written
