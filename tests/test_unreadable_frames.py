@@ -142,3 +142,29 @@ def test_a_report_with_nothing_scored_keeps_the_earlier_predictions(tmp_path: Pa
     for odd in (5, "ab", ["../x", "a/b", "c\0d", "", ".."]):
         (out / "metrics.json").write_text(json.dumps({"predicted": odd}))
         assert _predicted(out / "metrics.json") == []
+
+
+def test_eval_on_a_frame_cache_writes_each_frames_index_and_time(tmp_path: Path) -> None:
+    """predictions/<video>.csv from --cache had empty frame_index and time_s columns, though
+    the cache holds both: they now read as from the videos (--data)."""
+    data = _segments() / "test.csv"
+    _, names = read_segments_csv(_segments() / "train.csv")
+    model = SpoolForFrameClassification(**TINY_MODEL, class_names=names)
+    model.config.sampling = {"name": "fps", "target_fps": 5.0}
+    model.save_pretrained(tmp_path / "model")
+    assert main(["cache", "--task", "frames", "--data", str(data), "--fps", "5", "--out",
+                 str(tmp_path / "cache"), "--init", str(tmp_path / "model"), "--quiet"]) == 0
+    for source in ("--cache", "--data"):
+        where = tmp_path / "cache" if source == "--cache" else data
+        assert main(["eval", "--checkpoint", str(tmp_path / "model"), source, str(where),
+                     "--out", str(tmp_path / source.strip("-"))]) == 0
+    files = sorted((tmp_path / "data" / "predictions").glob("*.csv"))
+    assert len(files) == 2
+    for path in files:
+        with open(path, newline="") as f:
+            from_data = list(csv.DictReader(f))
+        with open(tmp_path / "cache" / "predictions" / path.name, newline="") as f:
+            from_cache = list(csv.DictReader(f))
+        assert all(row["frame_index"] and row["time_s"] for row in from_cache)
+        assert ([(r["frame_index"], r["time_s"], r["label"]) for r in from_cache]
+                == [(r["frame_index"], r["time_s"], r["label"]) for r in from_data])

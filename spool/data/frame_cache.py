@@ -179,8 +179,9 @@ def _crop(num_frames: int, crop_frames: int | None, rng: np.random.Generator | N
 
 
 class FrameTokenDataset(FrameLabelMapping, Dataset):
-    """Items ``{"tokens": [T, L, D] float32, "labels": [T], "index": i}`` from a frame cache;
-    with ``augment``, a random crop of up to ``crop_frames`` frames per epoch."""
+    """Items ``{"tokens": [T, L, D] float32, "labels": [T], "index": i}`` from a frame cache,
+    and the frames' ``frame_indices`` and ``timestamps`` where the cache holds them; with
+    ``augment``, a random crop of up to ``crop_frames`` frames per epoch."""
 
     def __init__(self, cache_dir: str | os.PathLike, crop_frames: int | None = None,
                  augment: bool = False, seed: int = 0) -> None:
@@ -207,7 +208,9 @@ class FrameTokenDataset(FrameLabelMapping, Dataset):
         with safe_open(str(_video_file(self.cache_dir, entry["name"])), framework="pt") as f:
             tokens = f.get_slice("tokens")[rows].float()
             labels = f.get_slice("labels")[rows]
-        return {"tokens": tokens, "labels": self.relabel(labels), "index": index}
+            where = {k: f.get_slice(k)[rows] for k in ("frame_indices", "timestamps")
+                     if k in f.keys()}  # what spool eval --cache writes beside each frame
+        return {"tokens": tokens, "labels": self.relabel(labels), "index": index, **where}
 
 
 class VideoFrameDataset(FrameLabelMapping, Dataset):

@@ -94,6 +94,8 @@ def evaluate_segmentation(model: FrameClassifier,
         if isinstance(data, FrameTokenDataset):
             item, name = data[i], data.videos[i]["name"]
             out = model.predict_long(item["tokens"].to(device), chunk_frames=chunk_frames)
+            out = out._replace(frame_indices=item.get("frame_indices"),
+                               timestamps=item.get("timestamps"))  # the cache's, as a file's
             target = item["labels"].numpy()
         else:
             sample, name = data[i], data[i].name
