@@ -4,16 +4,8 @@
 # whole test suite with a GPU present (defaults such as --device auto take it; tests written for
 # the CPU's fp32 may then differ by bf16 round-off). Outputs in $OUT; logs stay short.
 set -uo pipefail
-if compgen -G ".whl/*.whl" >/dev/null; then  # PyAV, which the device image lacks
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT="${OUT:-/tmp/gpu_long_checks}"
-mkdir -p "$OUT"
-nvidia-smi -L || true
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+source bench/device_env.sh
 step() { echo "== $1 ($(date +%T))"; }
 step "CUDA tests"
 timeout "${T_TESTS:-180}" python3 -m pytest -q -rfEs --tb=short -p no:cacheprovider \
