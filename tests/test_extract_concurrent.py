@@ -172,7 +172,7 @@ def test_two_processes_share_an_output_folder(tmp_path: Path) -> None:
 def test_a_live_holder_renews_its_claim_against_other_machines(tmp_path: Path,
                                                                monkeypatch) -> None:
     """Another machine judges a claim by its age: a live run's lock was taken after 6 hours.
-    The holder's heartbeat (refresh_claim; the trainer's every LOCK_RENEW_S) renews it."""
+    The holder's heartbeat (refresh_claim; the trainer's every RENEW_EVERY_S) renews it."""
     out = tmp_path / "run.lock"
     claim = try_claim(out)
     record = json.loads(claim.path.read_text())

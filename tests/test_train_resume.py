@@ -204,7 +204,7 @@ def test_training_renews_its_run_lock(tmp_path: Path, monkeypatch) -> None:
     import spool.train.trainer as trainer_module
 
     renewed = []
-    monkeypatch.setattr(trainer_module, "LOCK_RENEW_S", 0.0)
+    monkeypatch.setattr(trainer_module, "RENEW_EVERY_S", 0.0)
     monkeypatch.setattr(trainer_module, "refresh_claim", lambda claim: renewed.append(claim))
     train(TrainConfig(**train_config_dict(tmp_path / "run", stop_after_steps=3)))
     assert len(renewed) == 3 and renewed[0].path.name == trainer_module.LOCK_NAME

@@ -22,6 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from spool.claims import RENEW_EVERY_S, Claim, lock_directory, refresh_claim, release_claim
 from spool.data.cache import CachedTokenDataset
 from spool.data.dataset import report_skipped, worker_context, worker_init_fn
 from spool.data.frame_cache import FrameTokenDataset
@@ -33,7 +34,7 @@ from spool.distributed import (
     cleanup_distributed,
     setup_distributed,
 )
-from spool.io_utils import Claim, atomic_write, lock_directory, refresh_claim, release_claim
+from spool.io_utils import atomic_write
 from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
 from spool.train import checkpoint as ckpt
 from spool.train import resume_settings
@@ -47,7 +48,6 @@ from spool.train.tasks import TASKS
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_NAME = ".spool-train.lock"
-LOCK_RENEW_S = 600.0  # well within STALE_AFTER_S, after which another machine takes it
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -364,7 +364,7 @@ class Trainer:
         return isinstance(results, dict) and results.get("steps") == self.step
 
     def _record_step(self, out: dict[str, float]) -> None:
-        if self._lock is not None and time.monotonic() - self._lock_renewed > LOCK_RENEW_S:
+        if self._lock is not None and time.monotonic() - self._lock_renewed > RENEW_EVERY_S:
             refresh_claim(self._lock)  # a heartbeat: other machines judge the lock by its age
             self._lock_renewed = time.monotonic()
         if self.info.is_main:
