@@ -159,6 +159,12 @@ def _stream_layer(block: TemporalBlock, x: torch.Tensor, chunk: int, device: tor
     x[last:nF] = _finish(block, x[last:nF], last_out)
 
 
+def check_chunk_frames(chunk_frames: int) -> None:
+    """``chunk_frames`` of the long-video paths: an integer >= 1 (a bool is not one)."""
+    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+        raise ValueError(f"chunk_frames: expected an integer >= 1, got {chunk_frames!r}")
+
+
 @torch.no_grad()
 def stream_temporal_stack(stack: TemporalTransformer, hidden: torch.Tensor,
                           chunk_frames: int = 32,
@@ -170,8 +176,7 @@ def stream_temporal_stack(stack: TemporalTransformer, hidden: torch.Tensor,
     each layer."""
     if stack.training:
         raise ValueError("stream_temporal_stack: inference only; call model.eval() first")
-    if chunk_frames < 1:
-        raise ValueError(f"chunk_frames: expected an integer >= 1, got {chunk_frames}")
+    check_chunk_frames(chunk_frames)
     device = stack.norm.weight.device
     for block in stack.layers:
         _stream_layer(block, hidden, chunk_frames, device)

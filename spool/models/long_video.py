@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spool.layers.streaming import stream_temporal_stack
+from spool.layers.streaming import check_chunk_frames, stream_temporal_stack
 from spool.runtime import available_memory_bytes
 from spool.validation import check_tokens
 from spool.video.io import VideoReader
@@ -110,8 +110,7 @@ def check_long_call(model: torch.nn.Module, what: str, chunk_frames: int) -> Non
         raise ValueError(f"{what}: expected a float32 model (its hidden state is float32), got "
                          f"{', '.join(other)} outside the backbone; keep the weights in float32 "
                          "and compute in bfloat16/float16 under torch.autocast")
-    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
-        raise ValueError(f"chunk_frames: expected an integer >= 1, got {chunk_frames!r}")
+    check_chunk_frames(chunk_frames)
 
 
 def one_video_tokens(tokens: torch.Tensor, config) -> torch.Tensor:
