@@ -36,6 +36,7 @@ from spool.models.long_video import (
     default_sampler,
     one_video_tokens,
     stream_tokens,
+    whole_video_indices,
 )
 from spool.models.pretrained import SpoolPreTrainedModel, lookup_architecture
 from spool.models.spool import Spool
@@ -173,16 +174,12 @@ class FrameClassifier(SpoolPreTrainedModel):
             tokens = one_video_tokens(tokens, self.config)
             return torch.cat([c.float().mean(1) for c in tokens.split(chunk_frames)]), None, None
         with VideoReader(video) as reader:
-            info = reader.info()
-            clips = sampler(info.num_frames, info.fps, timestamps=reader.frame_times())
-            if len(clips) != 1:
-                raise ValueError(f"sampler: predict_long takes one clip per video, {sampler!r} "
-                                 f"gave {len(clips)}; use an fps, stride or uniform sampler")
+            indices = whole_video_indices(reader, sampler, "predict_long")
             features, stamps = [], []
-            for t, s in stream_tokens(self, reader, clips[0]):  # one chunk's tokens at a time
+            for t, s in stream_tokens(self, reader, indices):  # one chunk's tokens at a time
                 features.append(t.float().mean(1).cpu())
                 stamps.append(s)
-        return torch.cat(features), np.asarray(clips[0]), np.concatenate(stamps)
+        return torch.cat(features), np.asarray(indices), np.concatenate(stamps)
 
     @torch.no_grad()
     def predict_long(self, video: str | os.PathLike | torch.Tensor, *,

@@ -126,6 +126,17 @@ def one_video_tokens(tokens: torch.Tensor, config) -> torch.Tensor:
     return tokens
 
 
+def whole_video_indices(reader: VideoReader, sampler: FrameSampler, what: str) -> list[int]:
+    """The frames ``sampler`` takes from the video of ``reader``, as one clip: the long-video
+    paths run a whole video in one pass (a sampler of several clips is refused)."""
+    info = reader.info()
+    clips = sampler(info.num_frames, info.fps, timestamps=reader.frame_times())
+    if len(clips) != 1:
+        raise ValueError(f"sampler: {what} takes one clip per video, {sampler!r} gave "
+                         f"{len(clips)}; use an fps, stride or uniform sampler")
+    return clips[0]
+
+
 def stream_tokens(model, reader: VideoReader, indices: list[int]
                   ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """Decode, preprocess and encode frames ``indices`` of ``reader`` ``backbone_chunk_size``
@@ -209,13 +220,11 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
                              "its cached tokens [T, L, D] instead of a file")
         sampler = sampler or default_sampler(config)
         reader = VideoReader(video)
-        info = reader.info()
-        clips = sampler(info.num_frames, info.fps, timestamps=reader.frame_times())
-        if len(clips) != 1:
+        try:
+            indices = whole_video_indices(reader, sampler, "forward_long")
+        except BaseException:
             reader.close()
-            raise ValueError(f"sampler: forward_long takes one clip per video, {sampler!r} "
-                             f"gave {len(clips)}; use an fps, stride or uniform sampler")
-        indices = clips[0]
+            raise
         num_frames = len(indices)
     needed = memory_estimate(num_frames, L, D, chunk_frames, config.local_frame_range,
                              offload=offload_dir is not None)
