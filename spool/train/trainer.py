@@ -226,8 +226,8 @@ class Trainer:
         if state["rng"] is not None:
             ckpt.restore_rng(state["rng"]["tensors"], state["rng"]["python"],
                              state["rng"]["numpy"])
-        if self.resumed is not None and resume_settings.note(self.resumed):
-            self.log(resume_settings.note(self.resumed), always=True)
+        if self.resumed is not None and (message := resume_settings.note(self.resumed)):
+            self.log(message, always=True)
         self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch + 1})")
 
     def checkpoint_path(self) -> Path:
