@@ -45,7 +45,7 @@ from spool.models.frame_encoder import save_frame_encoder
 from spool.models.long_video import stream_tokens
 from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
 from spool.video.io import VideoReader
-from spool.video.samplers import FrameSampler, decode_chunks, distinct_frames
+from spool.video.samplers import FrameSampler
 from spool.video.transforms import FramePreprocessing
 
 CACHE_META = "cache.json"
@@ -251,9 +251,7 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
             # Decoded and preprocessed a chunk at a time: whole crops of full-size frames
             # would take GBs (512 frames of 1080p: 3 GB) for an output of MBs.
             frames, stamps = [], []
-            for part in decode_chunks(indices, DECODE_CHUNK_FRAMES):
-                distinct, positions = distinct_frames(indices[part])
-                chunk, times = reader.get(distinct)
+            for chunk, times, positions in reader.get_chunks(indices, DECODE_CHUNK_FRAMES):
                 frames.append(self.preprocessing(torch.from_numpy(chunk))[positions])
                 stamps.append(times[positions])
         warn_if_labels_disagree(sample, info.num_frames, info.duration)

@@ -98,15 +98,13 @@ def encode_video(encoder: torch.nn.Module, path: Path, fps: float, pooling: int,
     """Tokens ``[N, L, D]`` (fp16), times and thumbnails of ``path``'s frames at ``fps``
     (``FpsSampler``: the frame shown at each ``k / fps`` seconds)."""
     from spool.video import VideoReader
-    from spool.video.samplers import FpsSampler, decode_chunks, distinct_frames
+    from spool.video.samplers import FpsSampler
 
     with VideoReader(path) as reader:
         info = reader.info()
         indices = FpsSampler(fps)(len(reader), fps=info.fps, timestamps=reader.frame_times())[0]
         chunks, times, thumbs = [], [], []
-        for part in decode_chunks(indices, batch):
-            distinct, positions = distinct_frames(indices[part])  # each frame encoded once
-            frames, t = reader.get(distinct)
+        for frames, t, positions in reader.get_chunks(indices, batch):  # each frame once
             with torch.inference_mode():
                 tokens = encoder.encode_frames(torch.from_numpy(frames)[None])[0]
             chunks.append(reduce_tokens(tokens.float(), pooling).to(torch.float16)[positions])

@@ -26,13 +26,7 @@ from spool.layers.streaming import check_chunk_frames, stream_temporal_stack
 from spool.runtime import available_memory_bytes
 from spool.validation import check_tokens
 from spool.video.io import VideoReader
-from spool.video.samplers import (
-    FpsSampler,
-    FrameSampler,
-    decode_chunks,
-    distinct_frames,
-    make_sampler,
-)
+from spool.video.samplers import FpsSampler, FrameSampler, make_sampler
 
 logger = logging.getLogger(__name__)
 GiB = 2**30
@@ -140,7 +134,7 @@ def whole_video_indices(reader: VideoReader, sampler: FrameSampler, what: str) -
 def stream_tokens(model, reader: VideoReader, indices: list[int]
                   ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """Decode, preprocess and encode frames ``indices`` of ``reader`` ``backbone_chunk_size``
-    distinct frames at a time (each encoded once: ``decode_chunks``): yields (tokens
+    distinct frames at a time (each encoded once: ``VideoReader.get_chunks``): yields (tokens
     ``[n, L, D]``, timestamps ``[n]``) per chunk, so decoded pixels never accumulate.
     ``model``: any Spool model with a backbone (``model.frame_encoder``)."""
     encoder = model.frame_encoder
@@ -150,10 +144,8 @@ def stream_tokens(model, reader: VideoReader, indices: list[int]
     chunk = model.config.backbone_chunk_size
     preprocessing = model.config.preprocessing()
     device = next(encoder.parameters()).device
-    for part in decode_chunks(indices, chunk):
-        distinct, positions = distinct_frames(indices[part])  # each frame encoded once
-        frames, stamps = reader.get(distinct)
-        pixels = preprocessing(torch.from_numpy(frames)).to(device)
+    for frames, stamps, positions in reader.get_chunks(indices, chunk):
+        pixels = preprocessing(torch.from_numpy(frames)).to(device)  # each frame encoded once
         with torch.no_grad():
             tokens = encoder(pixels[None])[0]
         yield tokens[torch.from_numpy(positions).to(tokens.device)], stamps[positions]

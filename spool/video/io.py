@@ -23,6 +23,7 @@ from av.video.reformatter import VideoReformatter
 
 from spool.video.index import VideoDecodeError, _cached_index, _open, clear_index_cache
 from spool.video.limits import DEFAULT_MAX_PIXELS, check_frame_size, current_max_pixels
+from spool.video.samplers import decode_chunks, distinct_frames
 from spool.video.writer import SUPPORTED_CODECS, write_video
 
 __all__ = [
@@ -314,6 +315,18 @@ class VideoReader:
                                    f"({', '.join(sorted(f'{w}x{h}' for h, w, _ in shapes))}); "
                                    f"pass size=(height, width) to scale every frame to one")
         return np.stack([got[i] for i in out]), np.asarray(times, np.float64)
+
+    def get_chunks(self, indices: Sequence[int], size: int
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``indices`` read a chunk of at most ``size`` distinct frames at a time
+        (:func:`~spool.video.samplers.decode_chunks`): yields each chunk's distinct frames,
+        their timestamps, and ``positions`` to expand whatever is made of them back to the
+        chunk's indices (``x[positions]``), so a repeated frame is decoded, and worked on, once.
+        """
+        for part in decode_chunks(indices, size):
+            distinct, positions = distinct_frames(indices[part])
+            frames, stamps = self.get(distinct)
+            yield frames, stamps, positions
 
     def info(self) -> VideoInfo:
         """Probe results; decodes frame 0 to learn the rotation and the upright size."""
