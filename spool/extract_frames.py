@@ -1,10 +1,11 @@
 """Per-frame predictions of a frame classifier, for ``spool extract --checkpoint <frame model>``.
 
 Each video gives ``NAME.safetensors`` with ``labels [T]`` (class indices), ``scores [T, C]``
-(class probabilities), ``frame_indices`` and ``timestamps [T]`` (seconds), the class names in
-its metadata, and ``NAME.segments.csv``: one row per run of equal labels (``start_s,end_s,
-label,score``, the end exclusive: the next frame's time, or the video's last frame's time plus
-one sampling step).
+(class probabilities), ``frame_indices`` and ``timestamps [T]`` (the frames' pts, seconds), the
+class names in its metadata, and ``NAME.segments.csv``: one row per run of equal labels
+(``start_s,end_s,label,score``, the end exclusive: the next frame's time, or the video's last
+frame's time plus one sampling step). The CSV counts seconds from the video's first frame, as
+a segments CSV of labels does, so it can be read back as one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from spool.io_utils import atomic_save_safetensors, atomic_write_text
 from spool.metrics.segmentation import to_segments
 from spool.models.frame_classification import FrameClassifier
-from spool.video.io import probe_video
+from spool.video.io import VideoInfo, probe_video
 from spool.video.samplers import FrameSampler
 
 
@@ -40,13 +41,16 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
     score, labels = probs.max(-1)
     times = out.timestamps.double()
     names = model.class_names
-    ends = torch.cat((times[1:], times.new_tensor([last_end(times, sampler, source)])))
+    info = probe_video(source)
+    ends = torch.cat((times[1:], times.new_tensor([last_end(times, sampler, info)])))
+    # Labels count from the first frame (``SegmentationSample.labels_at``); pts need not.
+    starts, ends = times - info.start_time, ends - info.start_time
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["start_s", "end_s", "label", "score"])
     segments = to_segments(labels.numpy())
     for label, a, b in zip(segments.labels, segments.starts, segments.ends, strict=True):
-        writer.writerow([f"{times[a]:.4f}", f"{ends[b - 1]:.4f}", names[int(label)],
+        writer.writerow([f"{starts[a]:.4f}", f"{ends[b - 1]:.4f}", names[int(label)],
                          f"{float(score[a:b].mean()):.4f}"])
     atomic_write_text(segments_path(output), buffer.getvalue())
     # The .safetensors last: it is what a re-run takes as finished (``extract.is_done``).
@@ -56,11 +60,10 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
         metadata={**metadata, "class_names": json.dumps(names), "num_frames": str(len(labels))})
 
 
-def last_end(times: torch.Tensor, sampler: FrameSampler, source: str | os.PathLike) -> float:
-    """Where the last sampled frame's segment ends: one sampling step after it (the frames'
-    own step, or for one frame the sampler's at the video's rate), but not past the video's
-    end (it overshot: 80.0 s for a 79.5 s video)."""
-    info = probe_video(source)
+def last_end(times: torch.Tensor, sampler: FrameSampler, info: VideoInfo) -> float:
+    """Where the last sampled frame's segment ends (pts, seconds): one sampling step after it
+    (the frames' own step, or for one frame the sampler's at the video's rate), but not past
+    the video's end (it overshot: 80.0 s for a 79.5 s video)."""
     step = float(times[1] - times[0]) if len(times) > 1 else sampler.step_seconds(info.fps)
     end = float(times[-1]) + step
     if info.duration > 0:  # 0: unknown

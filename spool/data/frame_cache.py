@@ -158,7 +158,8 @@ def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
     labels = sample.labels_at(indices, timestamps, info.start_time)
     return {"tokens": tokens, "labels": torch.from_numpy(labels),
             "frame_indices": torch.tensor(indices, dtype=torch.int64),
-            "timestamps": torch.from_numpy(timestamps)}, source
+            "timestamps": torch.from_numpy(timestamps),
+            "start_time": torch.tensor([info.start_time], dtype=torch.float64)}, source
 
 
 def read_frame_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
@@ -180,8 +181,9 @@ def _crop(num_frames: int, crop_frames: int | None, rng: np.random.Generator | N
 
 class FrameTokenDataset(FrameLabelMapping, Dataset):
     """Items ``{"tokens": [T, L, D] float32, "labels": [T], "index": i}`` from a frame cache,
-    and the frames' ``frame_indices`` and ``timestamps`` where the cache holds them; with
-    ``augment``, a random crop of up to ``crop_frames`` frames per epoch."""
+    and the frames' ``frame_indices``, ``timestamps`` (pts) and the video's ``start_time``
+    (the pts of its frame 0) where the cache holds them; with ``augment``, a random crop of
+    up to ``crop_frames`` frames per epoch."""
 
     def __init__(self, cache_dir: str | os.PathLike, crop_frames: int | None = None,
                  augment: bool = False, seed: int = 0) -> None:
@@ -210,6 +212,8 @@ class FrameTokenDataset(FrameLabelMapping, Dataset):
             labels = f.get_slice("labels")[rows]
             where = {k: f.get_slice(k)[rows] for k in ("frame_indices", "timestamps")
                      if k in f.keys()}  # what spool eval --cache writes beside each frame
+            if "start_time" in f.keys():  # caches written before it was kept lack it
+                where["start_time"] = float(f.get_tensor("start_time")[0])
         return {"tokens": tokens, "labels": self.relabel(labels), "index": index, **where}
 
 

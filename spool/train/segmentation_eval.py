@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,17 +39,20 @@ from spool.train.metrics import json_text
 from spool.video.io import probe_video
 from spool.video.samplers import FrameSampler
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class VideoPrediction:
     """One video: predicted and true class indices ``[T]``, the predicted class's probability,
-    and the sampled frames' indices and timestamps (seconds) where known."""
+    and the sampled frames' indices and times (seconds from the video's first frame, the
+    clock of a segments CSV's labels) where known."""
 
     pred: np.ndarray
     target: np.ndarray
     score: np.ndarray
     frame_indices: np.ndarray | None = None
-    timestamps: np.ndarray | None = None
+    times: np.ndarray | None = None
 
 
 @dataclass
@@ -96,6 +100,7 @@ def evaluate_segmentation(model: FrameClassifier,
             out = model.predict_long(item["tokens"].to(device), chunk_frames=chunk_frames)
             out = out._replace(frame_indices=item.get("frame_indices"),
                                timestamps=item.get("timestamps"))  # the cache's, as a file's
+            start = _cache_start_time(item, data.videos[i])
             target = item["labels"].numpy()
         else:
             sample, name = data[i], data[i].name
@@ -117,11 +122,31 @@ def evaluate_segmentation(model: FrameClassifier,
             result.videos[name] = VideoPrediction(
                 pred.numpy(), target, score.numpy(),
                 None if out.frame_indices is None else out.frame_indices.numpy(),
-                None if out.timestamps is None else out.timestamps.numpy())
+                None if out.timestamps is None or start is None
+                else out.timestamps.numpy() - start)
     metrics.all_reduce()
     result.num_skipped = int(all_reduce_sum(torch.tensor(len(result.skipped))))
     model.train(was_training)
     return result
+
+
+def _cache_start_time(item: dict[str, Any], entry: dict[str, Any]) -> float | None:
+    """The pts of the cached video's frame 0: kept in the cache, or for a cache written
+    before it was kept, read from the video; None (no times written) if it can't be read."""
+    if "start_time" in item:
+        return item["start_time"]
+    try:
+        return probe_video(entry["video"]).start_time
+    except UNREADABLE as err:
+        if entry["video"] not in _warned_no_start:
+            _warned_no_start.add(entry["video"])
+            logger.warning(f"{entry['video']}: its frames' times are left out of the "
+                           f"predictions (the frame cache predates start times and the video "
+                           f"can't be read: {err}); rebuild the cache to have them")
+        return None
+
+
+_warned_no_start: set[str] = set()
 
 
 def write_segmentation_report(result: SegmentationResult, class_names: list[str],
@@ -149,7 +174,7 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
         for t in range(len(video.pred)):
             writer.writerow([
                 "" if video.frame_indices is None else int(video.frame_indices[t]),
-                "" if video.timestamps is None else f"{video.timestamps[t]:.4f}",
+                "" if video.times is None else f"{video.times[t]:.4f}",
                 class_names[video.target[t]] if video.target[t] >= 0 else "",
                 class_names[video.pred[t]], f"{video.score[t]:.4f}"])
         atomic_write_text(out / "predictions" / f"{name}.csv", buffer.getvalue())
