@@ -85,10 +85,16 @@ def test_the_attention_module_gives_auto_the_batch_shape(monkeypatch):
     assert shapes == [(1, 4, calls[0][1] // 4), (1, 14, calls[1][1] // 14)], shapes
 
 
-def test_config_rejects_a_backend_that_cannot_do_what_it_asks():
+def test_config_rejects_a_backend_that_cannot_do_what_it_asks(tmp_path):
     with pytest.raises(ValueError, match="attn_implementation='flex'.*attention_dropout"):
         SpoolConfig(attn_implementation="flex", attention_dropout=0.1)
     SpoolConfig(attn_implementation="auto", attention_dropout=0.1)  # auto picks blocked
+    # A model trained with dropout, loaded for inference with flex: the error says how.
+    Spool(tiny_config(attention_dropout=0.1)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="for inference .* pass attention_dropout=0.0"):
+        Spool.from_pretrained(tmp_path, attn_implementation="flex")
+    model = Spool.from_pretrained(tmp_path, attn_implementation="flex", attention_dropout=0.0)
+    assert model.config.attn_implementation == "flex"
 
 
 def test_auto_with_attention_dropout_trains():

@@ -52,7 +52,8 @@ class AttentionBackend:
         if backward and device is not None and device not in self.backward_devices:
             return f"torch has no backward pass for it on {device} (no training there)"
         if dropout and not self.dropout:
-            return f"it supports attention_dropout=0.0 only, got {dropout}"
+            return (f"it supports attention_dropout=0.0 only, got {dropout} (for inference "
+                    "with a model trained with dropout, also pass attention_dropout=0.0)")
         if dtype is not None and dtype not in self.dtypes:
             return f"it does not take {dtype}"
         return None
