@@ -14,11 +14,12 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-from spool.data.frame_cache import FrameTokenDataset, build_frame_cache
+from spool.data.frame_cache import FrameTokenDataset, VideoFrameDataset, build_frame_cache
 from spool.data.segmentation import SegmentationSample, read_segments_csv
 from spool.models.frame_encoder import FrameEncoderModel
 from spool.video import write_video
-from spool.video.samplers import FpsSampler
+from spool.video.samplers import FpsSampler, SlidingWindowSampler
+from spool.video.transforms import FramePreprocessing
 
 
 class Killed(BaseException):
@@ -52,6 +53,20 @@ def test_frame_cache_redoes_a_video_whose_labels_changed(tmp_path, encoder):
     fixed = SegmentationSample("clip", str(video), segments=((0.0, 2.0, 1),))
     build_frame_cache(encoder, [fixed], ["a", "b"], out, FpsSampler(10), dtype="float32")
     assert FrameTokenDataset(out)[0]["labels"].tolist() == [1] * 12
+
+
+def test_frame_datasets_refuse_a_sampler_of_several_clips(tmp_path, encoder):
+    """A frame cache and VideoFrameDataset hold each video's sampled frames as one sequence;
+    given a sampler of several clips they kept the first clip without a word (here frames
+    0-3 of 12), labelling only a third of the video."""
+    video = _video(tmp_path / "clip.mkv", 0)
+    sample = SegmentationSample("clip", str(video), segments=((0.0, 2.0, 0),))
+    windows = SlidingWindowSampler(4)
+    with pytest.raises(ValueError, match="a frame cache takes one clip per video"):
+        build_frame_cache(encoder, [sample], ["a"], tmp_path / "c", windows, dtype="float32")
+    data = VideoFrameDataset([sample], ["a"], windows, FramePreprocessing(32))
+    with pytest.raises(ValueError, match="VideoFrameDataset takes one clip per video"):
+        data[0]
 
 
 def test_frame_cache_keeps_videos_with_the_same_file_name_apart(tmp_path, encoder):

@@ -42,7 +42,7 @@ from spool.data.segmentation import (
 from spool.errors import SpoolLoadError
 from spool.io_utils import atomic_save_safetensors, atomic_write_text, read_json
 from spool.models.frame_encoder import save_frame_encoder
-from spool.models.long_video import stream_tokens
+from spool.models.long_video import stream_tokens, whole_video_indices
 from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
 from spool.video.io import VideoReader
 from spool.video.samplers import FrameSampler
@@ -148,7 +148,7 @@ def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
         return None
     with VideoReader(sample.video) as reader:
         info = reader.info()
-        indices = sampler(info.num_frames, info.fps, timestamps=reader.frame_times())[0]
+        indices = whole_video_indices(reader, sampler, "a frame cache")
         # Each chunk back to the CPU at once: a whole video's tokens need not fit the GPU.
         chunks = [(t.to("cpu", _DTYPES[dtype]), s)
                   for t, s in stream_tokens(model, reader, indices)]
@@ -249,8 +249,7 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augment else None
         with VideoReader(sample.video) as reader:
             info = reader.info()
-            indices = self.sampler(info.num_frames, info.fps,
-                                   timestamps=reader.frame_times())[0]
+            indices = whole_video_indices(reader, self.sampler, "VideoFrameDataset")
             indices = indices[_crop(len(indices), self.crop_frames, rng)]
             # Decoded and preprocessed a chunk at a time: whole crops of full-size frames
             # would take GBs (512 frames of 1080p: 3 GB) for an output of MBs.
