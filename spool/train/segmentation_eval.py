@@ -261,9 +261,10 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
     result = evaluate_segmentation(model, dataset, sampler=sampler,
                                    background=tuple(names.index(b) for b in background),
                                    chunk_frames=chunk_frames, device=resolve_device(device))
+    report = result.report(names, background)
     if on_report is not None:
-        on_report(result.report(names, background))
+        on_report(report)
     if out_dir is not None:
         write_segmentation_report(result, names, out_dir, Path(model_dir).name,
                                   background=background)
-    return result.report(names, background)
+    return report
