@@ -284,3 +284,27 @@ def test_a_run_extended_and_killed_before_its_results_writes_them_on_resume(tmp_
     last = load_file(out / "checkpoints" / "step_00000008" / "model.safetensors")
     for key, value in final_weights(out).items():
         torch.testing.assert_close(value, last[key])
+
+
+def test_eval_ribbons_score_segments_as_metrics_json_does(tmp_path, monkeypatch):
+    """``spool eval``'s ribbons printed each row's edit and F1@50 with background classes
+    counted as segments (60.0 and 75.0 here), beside 100.0 and 100.0 in metrics.json."""
+    import json
+
+    from spool.metrics import ribbons
+    from spool.metrics.segmentation import SegmentationMetrics
+    from spool.train import segmentation_eval as se
+
+    scores = []
+    real = ribbons.video_scores
+    monkeypatch.setattr(ribbons, "video_scores",
+                        lambda *a: scores.append(real(*a)) or scores[-1])
+    pred, target = np.array([0, 1, 1, 0, 0, 2, 2, 0]), np.array([1, 1, 1, 1, 0, 2, 2, 2])
+    metrics = SegmentationMetrics(background=(0,))
+    metrics.update(pred, target)
+    result = se.SegmentationResult(metrics, {"v": se.VideoPrediction(pred, target, pred * 0.0)})
+    se.write_segmentation_report(result, ["background", "a", "b"], tmp_path, "model",
+                                 background=("background",))
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["edit"] == 100.0 and report["f1@50"] == 100.0
+    assert (scores[0]["edit"], scores[0]["f1@50"]) == (100.0, 100.0)

@@ -166,7 +166,8 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
     shown = dict(list(result.videos.items())[:max_ribbons])
     if shown:
         plot_ribbons(out / "ribbons.png", {k: v.target for k, v in shown.items()},
-                     {title: {k: v.pred for k, v in shown.items()}}, class_names)
+                     {title: {k: v.pred for k, v in shown.items()}}, class_names,
+                     background=[class_names.index(b) for b in background])
     for name, video in result.videos.items():
         buffer = io.StringIO()
         writer = csv.writer(buffer)
