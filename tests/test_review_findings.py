@@ -308,3 +308,17 @@ def test_eval_ribbons_score_segments_as_metrics_json_does(tmp_path, monkeypatch)
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["edit"] == 100.0 and report["f1@50"] == 100.0
     assert (scores[0]["edit"], scores[0]["f1@50"]) == (100.0, 100.0)
+
+
+def test_frame_datasets_relabelled_twice_compose_the_maps():
+    """A second ``use_class_names`` replaced the first map by one from the already-relabelled
+    names: labels [0, 1, 2] of classes a, b, c read c, b, a after [c, b, a] then [b, a, c]."""
+    from spool.data.classes import FrameLabelMapping
+
+    data = FrameLabelMapping()
+    data.class_names = ["a", "b", "c"]
+    data.use_class_names(["c", "b", "a"], "data", "the model's classes")
+    data.use_class_names(["b", "a", "c"], "data", "the model's classes")
+    labels = data.relabel(torch.tensor([0, 1, 2, -100]))
+    assert [data.class_names[i] for i in labels[:3]] == ["a", "b", "c"]
+    assert labels[3] == -100

@@ -44,7 +44,9 @@ class FrameLabelMapping:
         """Relabel to ``class_names`` (the model's, the training set's) by name."""
         mapping = class_index_map(self.class_names, class_names, what, target_what)
         if mapping is not None:
-            self.label_map = torch.tensor(mapping, dtype=torch.int64)
+            new = torch.tensor(mapping, dtype=torch.int64)
+            # A second call maps the labels the first one gave: the maps compose.
+            self.label_map = new if self.label_map is None else new[self.label_map]
             self.class_names = list(class_names)
 
     def relabel(self, labels: torch.Tensor) -> torch.Tensor:
