@@ -120,6 +120,11 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     # A crash after the checkpoint at step 3 loses steps 4-5; their rows are rewritten.
     ckpts = sorted(p.name for p in (tmp_path / "part" / "checkpoints").iterdir())
     assert ckpts == ["step_00000003", "step_00000005"]
+    # Resumed with a stop at or before its step: nothing trains (step 6 was trained).
+    train(_config(tmp_path / "part", model=model, save_every=3, num_workers=1,
+                  stop_after_steps=4, resume="auto"))
+    assert read_steps(tmp_path / "part")[-1][0] == 5
+    assert sorted(p.name for p in (tmp_path / "part" / "checkpoints").iterdir()) == ckpts
     resumed = _config(tmp_path / "part", model=model, save_every=3, num_workers=1,
                       resume=str(tmp_path / "part" / "checkpoints" / "step_00000003"))
     train(resumed)

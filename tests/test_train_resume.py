@@ -183,6 +183,22 @@ def test_explicit_resume_from_an_older_step_sets_the_later_ones_aside(tmp_path: 
     assert read_steps(run) == read_steps(full)
 
 
+def test_explicit_resume_sets_a_finished_branchs_model_aside(tmp_path: Path) -> None:
+    """The finished branch's model/ and results.json stayed: had the new branch died between
+    its last checkpoint and its own model/, --resume auto found results.json at the same
+    step, said "run already finished" and kept the other branch's weights for good."""
+    run = tmp_path / "run"
+    fields = train_config_dict(run, save_every=2, keep_checkpoints=5)
+    train(TrainConfig(**fields))
+    ckpts = run / "checkpoints"
+    final = sorted(ckpts.glob("step_*"))[-1].name
+    train(TrainConfig(**fields, resume=str(ckpts / "step_00000002"), stop_after_steps=3))
+    aside = ckpts / "abandoned_from_step_00000002"
+    assert not (run / "model").exists() and not (run / "results.json").exists()
+    assert (aside / "model").is_dir() and (aside / "results.json").is_file()
+    assert (aside / final).is_dir()
+
+
 def test_a_local_backbone_directory_is_saved_absolute(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "hfbb").mkdir()
     monkeypatch.chdir(tmp_path)

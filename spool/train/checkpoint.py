@@ -299,11 +299,22 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer,
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
+def results_written(out_dir: Path, step: int) -> bool:
+    """Whether ``out_dir``'s ``results.json`` is of a run at ``step`` (one left by a shorter
+    run that this one trained on from is not)."""
+    try:
+        results = json.loads((Path(out_dir) / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and results.get("steps") == step
+
+
 def set_aside_later_checkpoints(out_dir: Path, resumed: Path, step: int) -> Path | None:
     """Move the checkpoints of ``out_dir`` at or after ``step`` (other than ``resumed``, the
     one a run goes on from) into ``checkpoints/abandoned_from_step_<step>[_n]/``: they belong
     to the branch the resume abandons, and would otherwise win ``--resume auto`` and
-    rotation. Returns that folder, or None when there was nothing to move."""
+    rotation; so do that branch's ``model/`` and ``results.json``. Returns that folder, or
+    None when there was nothing to move."""
     resumed = Path(resumed).resolve()
     later = [p for p in list_checkpoints(out_dir)
              if int(p.name[len("step_"):]) >= step and p.resolve() != resumed]
@@ -318,7 +329,13 @@ def set_aside_later_checkpoints(out_dir: Path, resumed: Path, step: int) -> Path
     aside.mkdir()
     for path in later:
         _move(path, aside / path.name)
+    # A finished branch's model and results too: left in place, they would pass for this
+    # run's if it died between its last checkpoint and writing its own.
+    for name in ("model", "results.json"):
+        if (Path(out_dir) / name).exists():
+            _move(Path(out_dir) / name, aside / name)
     fsync_directory(root)
+    fsync_directory(Path(out_dir))
     return aside
 
 

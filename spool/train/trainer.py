@@ -339,8 +339,12 @@ class Trainer:
                  f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
         if self.epoch >= cfg.epochs:
             self.log(f"run already finished at step {self.step}; nothing to do", always=True)
-            if not self._results_written():  # stopped before its last outputs
+            if not ckpt.results_written(self.out, self.step):  # stopped before them
                 self.finish(checkpoint=False)
+            return self.history
+        if cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps:
+            self.log(f"already at step {self.step} (stop_after_steps {cfg.stop_after_steps}); "
+                     "nothing to do", always=True)
             return self.history
         with StopSignals() as signals:
             while self.epoch < cfg.epochs:
@@ -353,15 +357,6 @@ class Trainer:
                 self._end_epoch(time.perf_counter() - start)
             self.finish()
         return self.history
-
-    def _results_written(self) -> bool:
-        """Whether ``results.json`` is this run's, at this step (one left by a shorter run
-        that this one trained on from is not)."""
-        try:
-            results = json.loads((self.out / "results.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return isinstance(results, dict) and results.get("steps") == self.step
 
     def _record_step(self, out: dict[str, float]) -> None:
         if self._lock is not None and time.monotonic() - self._lock_renewed > RENEW_EVERY_S:
