@@ -173,6 +173,12 @@ def _check_reader_complete(source: Path, reader: VideoReader, info) -> None:
                    reader.index.others_end, reader.index.discarded)
 
 
+def _check_file_complete(source: Path) -> None:
+    """:func:`check_complete` for the paths that read the video themselves (whole-video)."""
+    with VideoReader(source) as reader:
+        _check_reader_complete(source, reader, reader.info())
+
+
 def _frames_end(info) -> float | None:
     """Where the frames end by their timestamps (None: not counted from timestamps)."""
     return info.start_time + info.duration if info.num_frames_exact else None
@@ -275,9 +281,7 @@ class FeatureExtractor:
 
     def _write_per_frame(self, source: Path, output: Path, metadata: dict[str, str]) -> None:
         """The whole video in one pass, written chunk by chunk (the full features too)."""
-        with VideoReader(source) as reader:
-            info = reader.info()
-            _check_reader_complete(source, reader, info)
+        _check_file_complete(source)
         out = self.model.forward_long(source, sampler=self.sampler,
                                       chunk_frames=self.chunk_frames,
                                       keep_features=self.save_features,
@@ -301,16 +305,18 @@ class FeatureExtractor:
                               enabled=self.dtype != torch.float32)
 
     def _extract(self, job: VideoJob, metadata: dict[str, str]) -> None:
+        from spool.extract_frames import segments_path, write_frame_predictions
+
         with pixel_budget(self.max_pixels):
             autocast = self._autocast()  # --dtype holds for every mode (the metadata says it)
             if isinstance(self.model, FrameClassifier):
-                from spool.extract_frames import write_frame_predictions
-
+                _check_file_complete(job.source)
                 with autocast:
                     write_frame_predictions(self.model, job.source, job.output, self.sampler,
                                             metadata, chunk_frames=self.chunk_frames,
                                             offload_dir=self.offload_dir)
                 return
+            segments_path(job.output).unlink(missing_ok=True)  # a frame classifier's, earlier
             if self.per_frame:
                 with autocast:
                     self._write_per_frame(job.source, job.output, metadata)
@@ -318,6 +324,15 @@ class FeatureExtractor:
             tensors = self.features(job.source)
         metadata["num_clips"] = str(len(tensors["frame_indices"]))
         atomic_save_safetensors(tensors, job.output, metadata=metadata)
+
+    def _finished(self, job: VideoJob, expected: dict[str, str]) -> bool:
+        """Whether ``job``'s outputs are there, of this file and these settings. A video that
+        is gone is not (it is read, and reported), whatever an earlier run left."""
+        from spool.extract_frames import segments_path
+
+        if "source_size" not in expected or not is_done(job.output, expected):
+            return False
+        return self.settings["mode"] != "frame_predictions" or segments_path(job.output).is_file()
 
     def run(self, jobs: list[VideoJob], *, progress: bool = True, position: int = 0,
             failure_log: Path | None = None) -> ExtractSummary:
@@ -327,7 +342,7 @@ class FeatureExtractor:
         for job in bar:
             expected = dict(self.settings, **source_metadata(job.source))
             try:  # an output or claim name too long for the file system fails this video
-                if is_done(job.output, expected):
+                if self._finished(job, expected):
                     summary.skipped += 1
                     summary.settled.append(str(job.source))
                     continue
@@ -340,7 +355,7 @@ class FeatureExtractor:
                 summary.elsewhere += 1
                 continue
             try:
-                if is_done(job.output, expected):  # finished since the first look
+                if self._finished(job, expected):  # finished since the first look
                     summary.skipped += 1
                     summary.settled.append(str(job.source))
                     continue
@@ -348,7 +363,8 @@ class FeatureExtractor:
                     with kept_alive(claim):
                         self._extract(job, expected)
                 except Exception as err:  # one bad video must not stop the job
-                    _remove_outputs(job.output)  # of another version of the file, or settings
+                    if "source_size" in expected:  # not when the video is gone: kept
+                        _remove_outputs(job.output)  # of another version, or settings
                     _report_failure(summary, job, err)
                     continue
                 summary.done += 1

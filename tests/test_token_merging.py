@@ -116,7 +116,7 @@ def test_merging_trains_on_a_full_token_cache_and_round_trips(tmp_path: Path):
                                           encoder.config.preprocessing()), tmp_path / "cache")
     model = {**{k: TINY_MODEL[k] for k in TEMPORAL_FIELDS}, "token_merging": 2}
     train(TrainConfig(out_dir=str(tmp_path / "run"), train_cache=str(tmp_path / "cache"),
-                      model=model, num_frames=4, epochs=1, batch_size=4, lr=3e-3,
+                      model=model, epochs=1, batch_size=4, lr=3e-3,
                       num_workers=0, tensorboard=False, quiet=True, seed=3))
     trained = load_classifier(tmp_path / "run" / "model").eval()
     merging = trained.spool.token_merging

@@ -200,8 +200,12 @@ def test_clip_flags_are_refused_with_a_token_cache(tmp_path: Path, capsys, flag:
     assert main(["train", "--train-cache", str(tmp_path / "cache"), flag, "8",
                  "--out-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert f"spool train: error: {flag}: applies to --train-data" in err
+    name = flag[2:].replace("-", "_")
+    assert f"spool train: error: {name} ({flag}): applies to --train-data" in err
     assert not (tmp_path / "run").exists()
+    # Given in a config file or to TrainConfig, it was ignored without a word.
+    with pytest.raises(ValueError, match=f"{name} .*applies to --train-data"):
+        TrainConfig.from_dict({"train_cache": str(tmp_path / "cache"), name: 8})
 
 
 def test_a_diverged_loss_is_logged_as_it_is(tmp_path: Path, monkeypatch) -> None:

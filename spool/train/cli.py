@@ -104,12 +104,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         base = data.get("model", {})
         flags["model"] = {**(base if isinstance(base, dict) else {}), **dict(flags["model"])}
     data.update(flags)
-    if data.get("train_cache") is not None and data.get("task", "clips") == "clips":
-        for key in ("num_frames", "frame_stride"):
-            if key in flags:  # the cache's clips were sampled when it was made
-                raise ValueError(f"--{key.replace('_', '-')}: applies to --train-data; the "
-                                 f"clips of --train-cache were sampled when it was made "
-                                 f"(spool cache --{key.replace('_', '-')})")
     try:
         cfg = TrainConfig.from_dict(data)
     except ValueError as err:

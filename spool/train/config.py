@@ -216,6 +216,12 @@ class TrainConfig:
             if name in changed and not (data is not None and Path(data).is_dir()):
                 raise ValueError(f"{name} (--{name.replace('_', '-')}): applies to an MS-TCN "
                                  f"root given as --{kind}-data")
+        for name in ("num_frames", "frame_stride"):  # the cache's clips were sampled already
+            if name in changed and self.task == "clips" and self.train_cache is not None:
+                flag = f"--{name.replace('_', '-')}"
+                raise ValueError(f"{name} ({flag}): applies to --train-data; the clips of "
+                                 f"--train-cache were sampled when it was made (spool cache "
+                                 f"{flag})")
         if self.task == "clips" and self.num_clips != 1 and self.val_data is None:
             raise ValueError("num_clips (--num-clips): applies to val_data (clips per held-out "
                              "video); a token cache holds one clip per video")

@@ -1,0 +1,67 @@
+"""`spool extract` with a frame classifier, as its other modes: a file cut short is reported,
+``NAME.segments.csv`` is part of what a finished video is, a classifier's CSV does not outlive
+a later run in another mode, and a named video that is gone is reported, not "done"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from spool.extract import FeatureExtractor
+from spool.extract_inputs import plan_jobs
+from spool.models.frame_classification import SpoolForFrameClassification
+from spool.models.spool import Spool
+from spool.video import write_video
+from spool.video.samplers import FpsSampler
+
+
+@pytest.fixture(scope="module")
+def classifier() -> SpoolForFrameClassification:
+    torch.manual_seed(0)
+    return SpoolForFrameClassification(tiny_config(class_names=["a", "b"])).eval()
+
+
+def _video(path: Path, n: int = 60) -> Path:
+    frames = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    return write_video(path, frames, fps=10, codec="ffv1")
+
+
+def test_a_truncated_file_is_reported(tmp_path: Path, classifier) -> None:
+    """Cut in half, it gave 29 frames of predictions and counted as extracted."""
+    data = _video(tmp_path / "v.mkv").read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) // 2])
+    summary = FeatureExtractor(classifier, FpsSampler(10)).run(
+        plan_jobs([tmp_path / "cut.mkv"], tmp_path / "out"), progress=False)
+    assert summary.done == 0 and len(summary.failures) == 1
+    assert "truncated" in summary.failures[0][2]
+    assert not list((tmp_path / "out").glob("cut*"))
+
+
+def test_segments_csv_is_part_of_done_and_goes_with_the_mode(tmp_path: Path,
+                                                             classifier) -> None:
+    video, out = _video(tmp_path / "v.mkv", 12), tmp_path / "out"
+    jobs = plan_jobs([video], out)
+    predict = FeatureExtractor(classifier, FpsSampler(5))
+    assert predict.run(jobs, progress=False).done == 1
+    (out / "v.segments.csv").unlink()  # "already done" left it missing for good
+    assert predict.run(jobs, progress=False).done == 1
+    assert (out / "v.segments.csv").is_file()
+    # Clip features into the same folder: the classifier's CSV would disagree with them.
+    assert FeatureExtractor(Spool(tiny_config()), FpsSampler(5)).run(
+        jobs, progress=False).done == 1
+    assert (out / "v.safetensors").is_file() and not (out / "v.segments.csv").exists()
+
+
+def test_a_named_video_that_is_gone_is_reported(tmp_path: Path, classifier) -> None:
+    video, out = _video(tmp_path / "v.mkv", 12), tmp_path / "out"
+    extractor = FeatureExtractor(classifier, FpsSampler(5))
+    assert extractor.run(plan_jobs([video], out), progress=False).done == 1
+    video.rename(tmp_path / "v.bak")
+    summary = extractor.run(plan_jobs([video], out), progress=False)
+    assert summary.skipped == 0 and len(summary.failures) == 1  # was: 1 already done
+    assert summary.failures[0][0] == str(video)
+    assert (out / "v.safetensors").is_file()  # what it extracted before is kept
