@@ -100,10 +100,10 @@ def _age_s(path: Path) -> float:
         return 0.0
 
 
-_NAME_MAX = 255  # bytes in one file name: ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units)
+NAME_MAX = 255  # bytes in one file name: ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units)
 
 
-def _fitted(name: str, extra: int) -> str:
+def fit_name(name: str, extra: int) -> str:
     """``name``, or a prefix of it and a digest of the whole, so that ``extra`` more bytes fit
     in one file name: a video's name may be up to the limit, its claim and temporaries too.
     A name that is not UTF-8 (Linux names are bytes) becomes its digest alone: libraries that
@@ -114,9 +114,9 @@ def _fitted(name: str, extra: int) -> str:
         name.encode()
     except UnicodeEncodeError:
         return digest
-    if len(raw) + extra <= _NAME_MAX:
+    if len(raw) + extra <= NAME_MAX:
         return name
-    return raw[:_NAME_MAX - extra - len(digest)].decode(errors="ignore") + digest
+    return raw[:NAME_MAX - extra - len(digest)].decode(errors="ignore") + digest
 
 
 def temporary_sibling(path: str | os.PathLike) -> Path:
@@ -126,7 +126,7 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
     shortened)."""
     path = Path(path)
     tag = f".spool-{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    return path.parent / f".{_fitted(path.name, 1 + len(tag))}{tag}"
+    return path.parent / f".{fit_name(path.name, 1 + len(tag))}{tag}"
 
 
 def is_stale_temporary(path: Path, older_than_s: float = STALE_AFTER_S) -> bool:
@@ -171,7 +171,7 @@ class Claim:
 def claim_path(output: str | os.PathLike) -> Path:
     """``.NAME.spool-claim`` beside ``output`` (a NAME too long for that is shortened)."""
     output = Path(output)
-    return output.with_name(f".{_fitted(output.name, 1 + len(CLAIM_SUFFIX))}{CLAIM_SUFFIX}")
+    return output.with_name(f".{fit_name(output.name, 1 + len(CLAIM_SUFFIX))}{CLAIM_SUFFIX}")
 
 
 def try_claim(output: str | os.PathLike, stale_after_s: float = STALE_AFTER_S

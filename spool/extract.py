@@ -17,7 +17,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -44,7 +43,8 @@ from spool.tensor_files import (
     read_safetensors_metadata,
     write_streamed_safetensors,
 )
-from spool.video import FrameSampler, VideoDecodeError, VideoReader
+from spool.video import FrameSampler, VideoReader
+from spool.video.completeness import check_file_complete, check_reader_complete
 from spool.video.limits import DEFAULT_MAX_PIXELS, pixel_budget
 
 logger = logging.getLogger(__name__)
@@ -127,63 +127,6 @@ def is_done(output: Path, settings: dict[str, str]) -> bool:
     return all(meta.get(k) == v for k, v in settings.items() if k != "spool_version")
 
 
-def _declared_end(container: av.container.InputContainer) -> float | None:
-    """Where the header says the file ends, in seconds: the video stream's duration, else the
-    container's (which covers every stream)."""
-    stream = container.streams.video[0]
-    if stream.duration and stream.time_base:
-        return float((stream.start_time or 0) + stream.duration) * float(stream.time_base)
-    if container.duration:
-        # FFmpeg's Matroska demuxer gives the segment's end as its duration, others the time
-        # from the start: the earlier reading, so a file starting late is not called cut.
-        start = container.start_time or 0
-        return min(container.duration, start + container.duration) / av.time_base
-    return None
-
-
-def check_complete(source: Path, num_frames: int, end_s: float | None = None,
-                   fps: float | None = None, others_end_s: float | None = None,
-                   discarded: int = 0) -> None:
-    """Raise ``VideoDecodeError`` for a file cut short: its header announces more frames than
-    its packets hold, or (containers without a frame count, as Matroska/WebM) its packets end
-    well before the duration it declares. ``end_s``: where the frames end (the last one's pts
-    plus its duration, seconds); ``others_end_s``: where the other streams' packets end (the
-    reader's ``index.others_end``), since audio may outlast the video; ``discarded``: packets
-    the header counts but an edit list leaves out (a file trimmed by ``-ss ... -c copy``,
-    ``index.discarded``). The tolerance keeps normal files (an unknown last frame duration,
-    B-frame delays, rounded timestamps) from being flagged."""
-    with av.open(str(source), metadata_errors="ignore") as container:
-        announced = container.streams.video[0].frames
-        declared = _declared_end(container) if not announced and end_s is not None else None
-    if announced and num_frames + discarded < announced - 1:
-        raise VideoDecodeError(f"{source}: truncated: the header announces {announced} frames "
-                               f"but only {num_frames} are in the file")
-    if declared is not None:
-        slack = max(1.0, 3 / fps if fps else 0.0, 0.02 * declared)
-        end = max(end_s, others_end_s if others_end_s is not None else end_s)
-        if end < declared - slack:
-            what = "frames" if end == end_s else "packets"
-            raise VideoDecodeError(f"{source}: truncated: the container declares {declared:.2f} "
-                                   f"s but {what} end at {end:.2f} s")
-
-
-def _check_reader_complete(source: Path, reader: VideoReader, info) -> None:
-    """:func:`check_complete` with what ``reader``'s index knows of the file."""
-    check_complete(source, info.num_frames, _frames_end(info), info.fps,
-                   reader.index.others_end, reader.index.discarded)
-
-
-def _check_file_complete(source: Path) -> None:
-    """:func:`check_complete` for the paths that read the video themselves (whole-video)."""
-    with VideoReader(source) as reader:
-        _check_reader_complete(source, reader, reader.info())
-
-
-def _frames_end(info) -> float | None:
-    """Where the frames end by their timestamps (None: not counted from timestamps)."""
-    return info.start_time + info.duration if info.num_frames_exact else None
-
-
 class FeatureExtractor:
     """Runs ``model`` over each video and writes one file per video.
 
@@ -238,7 +181,7 @@ class FeatureExtractor:
         """
         with VideoReader(source) as reader:
             info = reader.info()
-            _check_reader_complete(source, reader, info)
+            check_reader_complete(source, reader, info)
             clips = self.sampler(info.num_frames, info.fps,
                                  timestamps=reader.frame_times())
             # first_needed[k]: the lowest frame any clip from k on reads.
@@ -281,7 +224,7 @@ class FeatureExtractor:
 
     def _write_per_frame(self, source: Path, output: Path, metadata: dict[str, str]) -> None:
         """The whole video in one pass, written chunk by chunk (the full features too)."""
-        _check_file_complete(source)
+        check_file_complete(source)
         out = self.model.forward_long(source, sampler=self.sampler,
                                       chunk_frames=self.chunk_frames,
                                       keep_features=self.save_features,
@@ -310,7 +253,7 @@ class FeatureExtractor:
         with pixel_budget(self.max_pixels):
             autocast = self._autocast()  # --dtype holds for every mode (the metadata says it)
             if isinstance(self.model, FrameClassifier):
-                _check_file_complete(job.source)
+                check_file_complete(job.source)
                 with autocast:
                     write_frame_predictions(self.model, job.source, job.output, self.sampler,
                                             metadata, chunk_frames=self.chunk_frames,
@@ -359,6 +302,13 @@ class FeatureExtractor:
                     summary.skipped += 1
                     summary.settled.append(str(job.source))
                     continue
+                other = _other_source(job.output, expected["source"])
+                if other is not None:  # not overwritten: they are another video's features
+                    _report_failure(summary, job, FileExistsError(
+                        f"{job.output} holds the features of {other}, another video of the "
+                        "same name; extract both in one run (each name then gets a digest "
+                        "of its path) or into another --out"))
+                    continue
                 try:
                     with kept_alive(claim):
                         self._extract(job, expected)
@@ -374,6 +324,13 @@ class FeatureExtractor:
         if failure_log is not None:
             merge_failures(failure_log, summary.failures, summary.settled)
         return summary
+
+
+def _other_source(output: Path, source: str) -> str | None:
+    """The video ``output`` was made from, when that is another file that still exists."""
+    meta = read_safetensors_metadata(output) if output.is_file() else None
+    other = (meta or {}).get("source")
+    return other if other not in (None, source) and Path(other).is_file() else None
 
 
 def _report_failure(summary: ExtractSummary, job: VideoJob, err: BaseException) -> None:

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # VIDEO_EXTENSIONS is re-exported: spool extract names it when it finds no video.
+from spool.claims import NAME_MAX, fit_name
 from spool.video.formats import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS
 from spool.video.formats import is_video_name
 
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
+_LONGEST_SUFFIX = ".segments.csv"  # of the files named after a video (NAME.safetensors too)
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +121,15 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
     from ``rank``, so ranks never overlap and together cover every input."""
     out_dir = Path(out_dir)
     # A broken link stays itself (resolving it would report its target instead).
-    pairs = sorted({(src.resolve() if src.exists() else src.absolute(), name)
+    found = sorted({(src.resolve() if src.exists() else src.absolute(), name)
                     for src, name in collect_inputs(inputs)})
+    # A video found twice (in a folder and a list naming it) is one job, under the name that
+    # keeps the most of its folders.
+    pairs, seen = [], set()
+    for src, name in sorted(found, key=lambda p: (p[0], -len(p[1].parts), p[1])):
+        if src not in seen:
+            seen.add(src)
+            pairs.append((src, name))
     names: dict[Path, int] = {}
     for _, name in pairs:
         names[name] = names.get(name, 0) + 1
@@ -129,8 +138,11 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
         if names[name] > 1:  # same file name from different places: keep both, distinctly
             digest = hashlib.sha1(str(src).encode()).hexdigest()[:8]
             name = name.with_name(f"{name.name}-{digest}")
+        stem = name.name
+        if len(os.fsencode(stem)) + len(_LONGEST_SUFFIX) > NAME_MAX:  # a name near the limit
+            stem = fit_name(stem, len(_LONGEST_SUFFIX))
         # Appended, not with_suffix: "meeting.2024-01-05" has a "suffix" that would be cut.
-        jobs.append(VideoJob(src, out_dir / name.with_name(name.name + ".safetensors")))
+        jobs.append(VideoJob(src, out_dir / name.with_name(stem + ".safetensors")))
     return jobs[rank::world_size]
 
 

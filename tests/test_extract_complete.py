@@ -11,13 +11,13 @@ import av
 import numpy as np
 import pytest
 
-from spool.extract import _check_reader_complete
 from spool.video import VideoDecodeError, VideoReader, read_video_frames, write_video
+from spool.video.completeness import check_reader_complete
 
 
 def _check(path: Path) -> None:
     with VideoReader(path) as reader:
-        _check_reader_complete(path, reader, reader.info())
+        check_reader_complete(path, reader, reader.info())
 
 
 def _grey_ramp(n: int) -> np.ndarray:

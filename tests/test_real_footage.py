@@ -181,7 +181,7 @@ def test_real_clips_in_matroska_are_complete_and_their_halves_truncated(
         real_footage: dict, tmp_path: Path, name: str) -> None:
     """Remuxed to MKV (no frame count in the header: the declared duration is checked), a
     whole clip passes and its first half of the bytes is reported as truncated."""
-    from spool.extract import check_complete
+    from spool.video.completeness import check_complete
 
     def check(path: Path) -> None:
         with VideoReader(path) as reader:

@@ -1,0 +1,69 @@
+"""Output names of `spool extract`: a video found twice is one job; a name near the file-name
+limit is shortened; another video's output of the same name is not overwritten."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import tiny_config
+
+from spool.extract import FeatureExtractor
+from spool.extract_inputs import plan_jobs
+from spool.models.spool import Spool
+from spool.video import write_video
+from spool.video.samplers import UniformSampler
+
+
+def _video(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.random.default_rng(seed).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    return write_video(path, frames, fps=10, codec="ffv1")
+
+
+def _extractor() -> FeatureExtractor:
+    torch.manual_seed(0)
+    return FeatureExtractor(Spool(tiny_config()).eval(), UniformSampler(2))
+
+
+def test_a_video_in_a_folder_and_a_list_is_one_job(tmp_path: Path) -> None:
+    """Named by both, it was extracted twice (as sub/clip and as clip)."""
+    video = _video(tmp_path / "videos" / "sub" / "clip.mkv")
+    (tmp_path / "list.txt").write_text("videos/sub/clip.mkv\n")
+    jobs = plan_jobs([tmp_path / "videos", tmp_path / "list.txt"], tmp_path / "out")
+    assert [(j.source, j.output) for j in jobs] == [
+        (video, tmp_path / "out" / "sub" / "clip.safetensors")]
+
+
+def test_a_name_near_the_limit_is_shortened(tmp_path: Path) -> None:
+    """248 bytes + .mp4 is a legal name; + .safetensors is not (Errno 36)."""
+    video = _video(tmp_path / ("L" * 248 + ".mkv"))
+    (job,) = plan_jobs([video], tmp_path / "out")
+    assert len(job.output.name.encode()) + len(".segments.csv") - len(".safetensors") <= 255
+    assert job.output.name.startswith("L" * 200) and job.output.name.endswith(".safetensors")
+    summary = _extractor().run([job], progress=False)
+    assert summary.done == 1 and job.output.is_file()
+    short = plan_jobs([_video(tmp_path / "short.mkv")], tmp_path / "out")[0]
+    assert short.output.name == "short.safetensors"  # names that fit are kept as they are
+
+
+def test_another_videos_output_of_the_same_name_is_not_overwritten(tmp_path: Path) -> None:
+    """c1/clip.mkv then c2/clip.mkv into one folder: the second silently replaced the first's
+    features, and each later run redid both."""
+    first = _video(tmp_path / "c1" / "clip.mkv", 0)
+    second = _video(tmp_path / "c2" / "clip.mkv", 1)
+    out = tmp_path / "out"
+    assert _extractor().run(plan_jobs([first], out), progress=False).done == 1
+    before = (out / "clip.safetensors").read_bytes()
+    summary = _extractor().run(plan_jobs([second], out), progress=False)
+    assert summary.done == 0 and len(summary.failures) == 1
+    assert "holds the features of" in summary.failures[0][2]
+    assert (out / "clip.safetensors").read_bytes() == before
+    assert _extractor().run(plan_jobs([first], out), progress=False).skipped == 1
+    # Both in one run: each gets a digest of its path, and nothing is refused.
+    summary = _extractor().run(plan_jobs([first, second], tmp_path / "both"), progress=False)
+    assert summary.done == 2 and not summary.failures
+    # A video that was moved away is not "another video": its old output is redone.
+    first.rename(tmp_path / "c1" / "moved.mkv")
+    assert _extractor().run(plan_jobs([second], out), progress=False).done == 1
