@@ -173,7 +173,9 @@ def test_extract_redoes_an_output_made_from_another_source(tmp_path):
     """An output records its source (metadata ``source``) but ``is_done`` compared only the
     settings: extracting ``new/clip.mp4`` into a folder that holds ``clip.safetensors`` of
     ``old/clip.mp4`` (or of an earlier version of the same file) kept the old video's
-    features under the new one's name. An output depends on its video, so it is redone."""
+    features under the new one's name. An output depends on its video, so it is redone
+    (while ``old/clip.mp4`` still exists, it is reported and kept instead: see
+    test_extract_names.py)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -190,6 +192,7 @@ def test_extract_redoes_an_output_made_from_another_source(tmp_path):
     extractor = FeatureExtractor(Spool(tiny_config()), UniformSampler(4))
     out = tmp_path / "out"
     extractor.run(plan_jobs([old], out), progress=False)
+    old.unlink()
     summary = extractor.run(plan_jobs([new], out), progress=False)
     with safe_open(str(out / "clip.safetensors"), "pt") as f:
         assert f.metadata()["source"] == str(new.resolve())
