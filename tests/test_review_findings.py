@@ -343,3 +343,20 @@ def test_a_fine_tuned_backbones_tokens_and_position_embeddings_are_not_decayed()
         assert id(params[embeddings + name]) in no_decay, name
     assert id(params[embeddings + "patch_embeddings.projection.weight"]) in decay
     assert id(params["spool.context_frames.start"]) in no_decay
+
+
+def test_integer_labels_follow_their_own_classes_txt_when_class_names_are_given(tmp_path):
+    """With --classes-from or as --val-data, the training classes are given: integer labels,
+    which index the file's own classes.txt, were read as indices into the given list (``0``
+    of classes ``b, a`` became ``a``)."""
+    from spool.data.dataset import read_annotations
+
+    (tmp_path / "classes.txt").write_text("b\na\n")
+    _video(tmp_path / "v.mkv", 0)
+    (tmp_path / "val.txt").write_text("v.mkv 0\nv.mkv a\n")
+    samples, names = read_annotations(tmp_path / "val.txt", ["a", "b"])
+    assert names == ["a", "b"] and [s.label for s in samples] == [1, 0]
+    samples, names = read_annotations(tmp_path / "val.txt")  # its own classes
+    assert names == ["b", "a"] and [s.label for s in samples] == [0, 1]
+    with pytest.raises(ValueError, match="class 'b' .* is not among the classes given"):
+        read_annotations(tmp_path / "val.txt", ["a", "c"])

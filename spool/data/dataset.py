@@ -65,8 +65,11 @@ def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | N
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found")
     base = Path(root) if root is not None else path.parent
-    if class_names is None and (path.parent / "classes.txt").is_file():
-        class_names = _read_class_names(path.parent / "classes.txt")
+    # The file's labels refer to its own classes.txt (indices too), given class names or not.
+    own = (_read_class_names(path.parent / "classes.txt")
+           if (path.parent / "classes.txt").is_file() else None)
+    if class_names is None:
+        class_names = own
     rows: list[tuple[int, str, str]] = []
     # utf-8-sig: a byte-order mark (Windows editors) would otherwise end up in line 1's path.
     for lineno, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
@@ -92,18 +95,26 @@ def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | N
             class_names = sorted(set(labels))
     names = list(class_names)
     index = {name: i for i, name in enumerate(names)}
+    labelled_by = list(own) if own is not None else names
+    own_index = {name: i for i, name in enumerate(labelled_by)}
     samples = []
     for lineno, rel, label in rows:
-        if label in index:
-            target = index[label]
+        if label in own_index:
+            target = own_index[label]
         elif label.lstrip("-").isdigit():
             target = int(label)
-            if not 0 <= target < len(names):
+            if not 0 <= target < len(labelled_by):
                 raise ValueError(f"{path}, line {lineno}: label {target} is out of range for "
-                                 f"{len(names)} classes")
+                                 f"{len(labelled_by)} classes")
         else:
             raise ValueError(f"{path}, line {lineno}: unknown class {label!r}; known classes: "
-                             f"{names[:20]}")
+                             f"{labelled_by[:20]}")
+        if labelled_by != names:  # from the file's classes to the given ones, by name
+            if labelled_by[target] not in index:
+                raise ValueError(f"{path}, line {lineno}: class {labelled_by[target]!r} (of "
+                                 f"{path.parent / 'classes.txt'}) is not among the classes "
+                                 f"given: {names[:20]}")
+            target = index[labelled_by[target]]
         video = Path(rel) if Path(rel).is_absolute() else base / rel
         if check_files and not video.is_file():
             raise ValueError(f"{path}, line {lineno}: video file not found: {video}")
