@@ -360,3 +360,28 @@ def test_integer_labels_follow_their_own_classes_txt_when_class_names_are_given(
     assert names == ["b", "a"] and [s.label for s in samples] == [0, 1]
     with pytest.raises(ValueError, match="class 'b' .* is not among the classes given"):
         read_annotations(tmp_path / "val.txt", ["a", "c"])
+
+
+def test_a_cache_of_one_kind_is_not_written_over_one_of_the_other(tmp_path, encoder):
+    """build_frame_cache into a clip cache's folder deleted its cache.json and replaced its
+    backbone/, and the clip cache then read as damaged (and build_cache the other way)."""
+    from spool.data.cache import build_cache
+    from spool.data.cached_tokens import CachedTokenDataset, read_cache_meta
+    from spool.data.dataset import VideoClipDataset, VideoSample
+    from spool.errors import SpoolLoadError
+    from spool.video.samplers import clip_sampler
+
+    video = _video(tmp_path / "clip.mkv", 0)
+    clips = VideoClipDataset([VideoSample(str(video), 0)], ["a"], clip_sampler(4),
+                             encoder.config.preprocessing())
+    frames = [SegmentationSample("clip", str(video), segments=((0.0, 2.0, 0),))]
+    build_cache(encoder, clips, tmp_path / "c")
+    with pytest.raises(ValueError, match="holds a cache of clips"):
+        build_frame_cache(encoder, frames, ["a"], tmp_path / "c", FpsSampler(10))
+    assert len(CachedTokenDataset(tmp_path / "c")) == 1  # intact
+    build_frame_cache(encoder, frames, ["a"], tmp_path / "f", FpsSampler(10))
+    with pytest.raises(ValueError, match="holds a cache of frames"):
+        build_cache(encoder, clips, tmp_path / "f")
+    assert len(FrameTokenDataset(tmp_path / "f")) == 1
+    with pytest.raises(SpoolLoadError, match="a cache of frames .*not of clips"):
+        read_cache_meta(tmp_path / "f")

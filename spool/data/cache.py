@@ -41,6 +41,7 @@ from spool.data.cached_tokens import (  # the reading side, re-exported
     encoder_on,
     load_cache_backbone,
     read_cache_meta,
+    refuse_other_cache,
 )
 from spool.data.dataset import (
     UNREADABLE,
@@ -122,6 +123,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
     if views > 1 and dataset.augmentation is None:
         raise ValueError("views: augmented views (views > 1) need the dataset's augmentation")
     out = Path(out_dir)
+    refuse_other_cache(out, "clips")
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_directory(out, "spool cache", LOCK_NAME)
     try:

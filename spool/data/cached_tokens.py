@@ -7,6 +7,7 @@ not be read are not in its ``samples`` (``rows`` then gives each sample's row of
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,10 +46,37 @@ def encoder_on(model: SpoolPreTrainedModel, device: str | torch.device) -> torch
     return _encoder_of(model).to(device).eval()
 
 
+def cache_kind(cache_dir: str | os.PathLike) -> str | None:
+    """``"clips"`` or ``"frames"``: what ``cache_dir`` holds by its ``cache.json``, or for an
+    incomplete cache by its files; None when it holds neither."""
+    out = Path(cache_dir)
+    try:
+        meta = json.loads((out / CACHE_META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = None
+    if isinstance(meta, dict):
+        return "frames" if meta.get("kind") == "frames" else "clips"
+    if (out / TOKENS_NAME).exists():
+        return "clips"
+    return "frames" if (out / "videos").is_dir() else None
+
+
+def refuse_other_cache(out_dir: str | os.PathLike, kind: str) -> None:
+    """``ValueError`` when ``out_dir`` holds a cache of the other kind: writing this one there
+    would delete it."""
+    found = cache_kind(out_dir)
+    if found is not None and found != kind:
+        raise ValueError(f"out: {out_dir} holds a cache of {found} (spool cache --task "
+                         f"{found}); write the cache of {kind} to another folder")
+
+
 def read_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
     """``cache.json`` of a complete cache; a clear error for anything else."""
     path = Path(cache_dir) / CACHE_META
     meta = read_json(path, _INCOMPLETE.format(cache_dir))
+    if isinstance(meta, dict) and meta.get("kind") == "frames":
+        raise SpoolLoadError(f"{path}: a cache of frames (spool cache --task frames), not of "
+                             "clips; the frames task reads it (--task frames)")
     missing = [k for k in _META_KEYS if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise SpoolLoadError(f"{path}: no {missing} in it; rebuild the cache with `spool cache`")

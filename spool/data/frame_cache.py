@@ -29,8 +29,15 @@ from safetensors import safe_open
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from spool.data.cache import FAILURES_NAME, CacheSummary, report_failure, write_cache_failures
-from spool.data.cached_tokens import encoder_on
+from spool.claims import lock_directory, release_claim
+from spool.data.cache import (
+    FAILURES_NAME,
+    LOCK_NAME,
+    CacheSummary,
+    report_failure,
+    write_cache_failures,
+)
+from spool.data.cached_tokens import encoder_on, refuse_other_cache
 from spool.data.classes import FrameLabelMapping
 from spool.data.dataset import UNREADABLE, first_readable, skipped_video, split_readable
 from spool.data.segmentation import (
@@ -102,6 +109,20 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
         raise ValueError(f"samples: names {twice[:5]} are given to several videos; each "
                          "video needs its own name (its file in the cache)")
     out = Path(out_dir)
+    refuse_other_cache(out, "frames")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = lock_directory(out, "spool cache", LOCK_NAME)
+    try:
+        return _encode_videos(model, encoder, samples, class_names, out, sampler, dtype,
+                              progress)
+    finally:
+        release_claim(lock)
+
+
+def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
+                   samples: list[SegmentationSample], class_names: list[str], out: Path,
+                   sampler: FrameSampler, dtype: str, progress: bool) -> CacheSummary:
+    """:func:`build_frame_cache`'s work, in ``out`` (which it holds)."""
     (out / CACHE_META).unlink(missing_ok=True)  # incomplete until rewritten
     digest = weights_digest(encoder.state_dict())
     # The preprocessing record names its rules' revision: tokens made by older rules are redone.
