@@ -261,3 +261,13 @@ def test_resume_with_epochs_below_the_checkpoint_is_refused(tmp_path: Path) -> N
     assert not (run / "model").exists()
     train(TrainConfig(**train_config_dict(run, epochs=2, resume="auto")))  # 2 is enough
     assert (run / "model").exists()
+
+
+def test_a_warm_up_as_long_as_the_run_is_said(tmp_path: Path, spool_log) -> None:
+    """warmup_epochs >= epochs ended the run at its peak lr without a word."""
+    spool_log.set_level(logging.WARNING)
+    Trainer(TrainConfig(**train_config_dict(tmp_path / "a", warmup_epochs=2.0))).close()
+    assert "the learning rate never decays" in spool_log.text
+    spool_log.clear()
+    Trainer(TrainConfig(**train_config_dict(tmp_path / "b", warmup_epochs=1.0))).close()
+    assert "never decays" not in spool_log.text

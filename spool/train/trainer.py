@@ -97,6 +97,10 @@ class Trainer:
         warmup = min(round(cfg.warmup_epochs * self.steps_per_epoch), self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(warmup, self.total_steps, cfg.min_lr_ratio))
+        if cfg.warmup_epochs > 0 and warmup >= self.total_steps:
+            self.log(f"note: the warm-up ({cfg.warmup_epochs} epochs) lasts the whole run "
+                     f"({cfg.epochs}): the learning rate never decays", logging.WARNING,
+                     always=True)
         self.step = self.epoch = self.step_in_epoch = 0
         self.tracker = self.task.tracker(len(self.class_names))
         self.history: list[dict[str, Any]] = []
