@@ -271,3 +271,26 @@ def test_a_warm_up_as_long_as_the_run_is_said(tmp_path: Path, spool_log) -> None
     spool_log.clear()
     Trainer(TrainConfig(**train_config_dict(tmp_path / "b", warmup_epochs=1.0))).close()
     assert "never decays" not in spool_log.text
+
+
+def test_any_error_on_rank_0_reaches_the_other_ranks(monkeypatch) -> None:
+    """Only ValueError/OSError were broadcast: a KeyError (a malformed trainer_state.json)
+    escaped rank 0 before the broadcast, and the other ranks waited for it until NCCL's
+    timeout."""
+    from types import SimpleNamespace
+
+    from spool.train import trainer as trainer_module
+
+    sent = []
+    monkeypatch.setattr(trainer_module, "broadcast_object", lambda obj: sent.append(obj) or obj)
+    rank0 = SimpleNamespace(info=SimpleNamespace(is_main=True))
+
+    def broken():
+        raise KeyError("history")
+    with pytest.raises(KeyError):
+        Trainer._on_rank0(rank0, broken)
+    assert sent == ["'history'"]
+    other = SimpleNamespace(info=SimpleNamespace(is_main=False))
+    monkeypatch.setattr(trainer_module, "broadcast_object", lambda obj: "'history'")
+    with pytest.raises(OSError, match="rank 0 stopped: 'history'"):
+        Trainer._on_rank0(other, broken)

@@ -138,7 +138,7 @@ class Trainer:
         if self.info.is_main:
             try:
                 result = fn()
-            except (ValueError, OSError) as err:
+            except Exception as err:  # any error: a KeyError too would leave them waiting
                 error = err
         message = broadcast_object(None if error is None else str(error))
         if error is not None:
