@@ -294,3 +294,20 @@ def test_any_error_on_rank_0_reaches_the_other_ranks(monkeypatch) -> None:
     monkeypatch.setattr(trainer_module, "broadcast_object", lambda obj: "'history'")
     with pytest.raises(OSError, match="rank 0 stopped: 'history'"):
         Trainer._on_rank0(other, broken)
+
+
+def test_cuda_rng_states_go_back_to_their_own_devices(monkeypatch) -> None:
+    """The states were restored in the order of their names (cuda0, cuda1, cuda10, cuda2,
+    ...) with set_rng_state_all, which also failed where fewer GPUs are visible."""
+    from spool.train import checkpoint as ckpt
+
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 11)
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device: restored.__setitem__(device, int(state[0])))
+    state = ckpt.capture_rng()
+    tensors = {"torch": state["tensors"]["torch"],
+               **{f"cuda{i}": torch.tensor([i], dtype=torch.uint8) for i in range(12)}}
+    ckpt.restore_rng(tensors, state["python"], state["numpy"])
+    assert restored == {i: i for i in range(11)}  # cuda11: not seen here
