@@ -159,6 +159,7 @@ class FeatureExtractor:
         self.per_frame = per_frame
         self.chunk_frames = chunk_frames
         self.offload_dir = offload_dir
+        self.progress = False
         predictions = isinstance(model, FrameClassifier)
         if backbone_only and (predictions or per_frame):
             raise ValueError("backbone_only: the backbone's tokens are saved per clip, not with "
@@ -228,7 +229,7 @@ class FeatureExtractor:
         out = self.model.forward_long(source, sampler=self.sampler,
                                       chunk_frames=self.chunk_frames,
                                       keep_features=self.save_features,
-                                      offload_dir=self.offload_dir)
+                                      offload_dir=self.offload_dir, progress=self.progress)
         T, D = out.frame_features.shape
         tensors = [StreamedTensor("frame_features", torch.float32, (T, D), [out.frame_features]),
                    StreamedTensor("context", torch.float32, (2 * D,), [out.context]),
@@ -257,7 +258,8 @@ class FeatureExtractor:
                 with autocast:
                     write_frame_predictions(self.model, job.source, job.output, self.sampler,
                                             metadata, chunk_frames=self.chunk_frames,
-                                            offload_dir=self.offload_dir)
+                                            offload_dir=self.offload_dir,
+                                            progress=self.progress)
                 return
             segments_path(job.output).unlink(missing_ok=True)  # a frame classifier's, earlier
             if self.per_frame:
@@ -280,6 +282,7 @@ class FeatureExtractor:
     def run(self, jobs: list[VideoJob], *, progress: bool = True, position: int = 0,
             failure_log: Path | None = None) -> ExtractSummary:
         summary = ExtractSummary()
+        self.progress = progress  # a whole-video mode's bars for its frames and layers too
         bar = tqdm(jobs, unit="video", disable=not progress, position=position,
                    dynamic_ncols=True, desc="extract")
         for job in bar:

@@ -33,10 +33,11 @@ def segments_path(output: Path) -> Path:
 def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
                             output: Path, sampler: FrameSampler, metadata: dict[str, str], *,
                             chunk_frames: int = 32,
-                            offload_dir: str | os.PathLike | None = None) -> None:
+                            offload_dir: str | os.PathLike | None = None,
+                            progress: bool = False) -> None:
     """Predict every sampled frame of ``source`` in one pass and write both files."""
     out = model.predict_long(source, sampler=sampler, chunk_frames=chunk_frames,
-                             offload_dir=offload_dir)
+                             offload_dir=offload_dir, progress=progress)
     probs = out.logits.float().softmax(-1).cpu()
     score, labels = probs.max(-1)
     times = out.timestamps.double()

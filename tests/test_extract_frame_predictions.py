@@ -65,3 +65,22 @@ def test_a_named_video_that_is_gone_is_reported(tmp_path: Path, classifier) -> N
     assert summary.skipped == 0 and len(summary.failures) == 1  # was: 1 already done
     assert summary.failures[0][0] == str(video)
     assert (out / "v.safetensors").is_file()  # what it extracted before is kept
+
+
+def test_whole_video_modes_show_progress_within_a_video(tmp_path: Path, classifier,
+                                                        capsys) -> None:
+    """--per-frame and a frame classifier showed only `extract: 0/1` until the video (an hour
+    of lecture, say) was done."""
+    from spool.models.frame_classification import FrameProbeForFrameClassification
+
+    video = _video(tmp_path / "v.mkv", 12)
+    probe = FrameProbeForFrameClassification(tiny_config(class_names=["a", "b"])).eval()
+    for name, extractor in (
+            ("per_frame", FeatureExtractor(Spool(tiny_config()), FpsSampler(5), per_frame=True)),
+            ("spool", FeatureExtractor(classifier, FpsSampler(5))),
+            ("probe", FeatureExtractor(probe, FpsSampler(5)))):
+        capsys.readouterr()
+        assert extractor.run(plan_jobs([video], tmp_path / name), progress=True).done == 1
+        err = capsys.readouterr().err
+        assert "encode" in err and "/6 [" in err, name  # a bar over the 6 sampled frames
+        assert ("temporal" in err) == (name != "probe"), name

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from spool.config import SpoolConfig
 from spool.layers.backbone import FrameEncoder
@@ -167,7 +168,7 @@ class FrameClassifier(SpoolPreTrainedModel):
         return self(tokens=tokens, labels=labels, mask=mask)
 
     def _long_features(self, tokens: torch.Tensor | None, video: str | None,
-                       sampler: FrameSampler, chunk_frames: int
+                       sampler: FrameSampler, chunk_frames: int, progress: bool = False
                        ) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
         """Per-frame backbone features ``[T, D]`` (tokens averaged), chunk by chunk."""
         if tokens is not None:
@@ -176,23 +177,27 @@ class FrameClassifier(SpoolPreTrainedModel):
         with VideoReader(video) as reader:
             indices = whole_video_indices(reader, sampler, "predict_long")
             features, stamps = [], []
-            for t, s in stream_tokens(self, reader, indices):  # one chunk's tokens at a time
-                features.append(t.float().mean(1).cpu())
-                stamps.append(s)
+            with tqdm(total=len(indices), unit="frame", desc="encode", disable=not progress,
+                      leave=False) as bar:
+                for t, s in stream_tokens(self, reader, indices):  # a chunk's tokens at a time
+                    features.append(t.float().mean(1).cpu())
+                    stamps.append(s)
+                    bar.update(len(t))
         return torch.cat(features), np.asarray(indices), np.concatenate(stamps)
 
     @torch.no_grad()
     def predict_long(self, video: str | os.PathLike | torch.Tensor, *,
                      sampler: FrameSampler | None = None, chunk_frames: int = 32,
-                     offload_dir: str | os.PathLike | None = None) -> LongPrediction:
+                     offload_dir: str | os.PathLike | None = None,
+                     progress: bool = False) -> LongPrediction:
         """Logits of every frame of a whole video (a file, decoded with ``sampler``, by
         default at the training rate, ``config.sampling``, else 1 fps; or its tokens
-        ``[T, L, D]``) in one pass, memory linear in its length."""
+        ``[T, L, D]``) in one pass, memory linear in its length; ``progress``: bars."""
         check_long_call(self, "predict_long", chunk_frames)
         tokens = video if isinstance(video, torch.Tensor) else None
         features, indices, stamps = self._long_features(
             tokens, None if tokens is not None else os.fspath(video),
-            sampler or default_sampler(self.config), chunk_frames)
+            sampler or default_sampler(self.config), chunk_frames, progress)
         device = next(self.parameters()).device  # the features come back on the CPU
         logits = self.head(features[None].to(device))[0].cpu()
         return LongPrediction(logits,
@@ -349,10 +354,11 @@ class SpoolForFrameClassification(FrameClassifier):
     @torch.no_grad()
     def predict_long(self, video: str | os.PathLike | torch.Tensor, *,
                      sampler: FrameSampler | None = None, chunk_frames: int = 32,
-                     offload_dir: str | os.PathLike | None = None) -> LongPrediction:
+                     offload_dir: str | os.PathLike | None = None,
+                     progress: bool = False) -> LongPrediction:
         out = self.spool.forward_long(video, sampler=sampler or default_sampler(self.config),
-                                      chunk_frames=chunk_frames,
-                                      offload_dir=offload_dir)
+                                      chunk_frames=chunk_frames, offload_dir=offload_dir,
+                                      progress=progress)
         device = self.classifier.weight.device  # forward_long's outputs are on the CPU
         features = self._head_input(out.frame_features[None].to(device),
                                     out.context[None].to(device))

@@ -226,7 +226,8 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
         hidden = _hidden_buffer((num_frames + 2, L, D), offload_dir)
         hidden[0] = model.context_frames.start.detach().float().cpu()
         hidden[-1] = model.context_frames.end.detach().float().cpu()
-        bar = tqdm(total=num_frames, unit="frame", desc="encode", disable=not progress)
+        bar = tqdm(total=num_frames, unit="frame", desc="encode", disable=not progress,
+                   leave=False)
         timestamps = None
         if reader is not None:
             timestamps = _encode_video(model, reader, indices, hidden, bar)
@@ -243,7 +244,7 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
         hidden_on_device = hidden_fits_on_device(hidden.numel() * hidden.element_size(), device)
     work = hidden.to(device) if hidden_on_device else hidden
     layers = tqdm(total=config.num_hidden_layers, unit="layer", desc="temporal",
-                  disable=not progress)
+                  disable=not progress, leave=False)
     stream_temporal_stack(model.temporal, work, chunk_frames, layers.update)
     layers.close()
     frame_features = torch.cat([c.mean(1).cpu() for c in _chunks(work[1:-1], chunk_frames)])
