@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from train_helpers import TINY_MODEL, tiny_video_dataset
 
-from spool.data import cache, token_space
+from spool.data import cache, token_rows, token_space
 from spool.data.cache import CachedTokenDataset, build_cache
 from spool.data.dataset import VideoClipDataset, VideoSample, read_annotations
 from spool.errors import (
@@ -79,13 +79,13 @@ def _decoded(monkeypatch, die_at: int | None = None) -> list[int]:
 def test_a_killed_cache_run_continues_where_it_stopped(model, full, tmp_path: Path,
                                                        monkeypatch) -> None:
     out = tmp_path / "cache"
-    monkeypatch.setattr(cache, "PROGRESS_EVERY_S", 0.0)  # progress saved after every batch
-    monkeypatch.setattr(cache._PartialTokens, "close", lambda self: None)  # killed: no clean-up
+    monkeypatch.setattr(token_rows, "PROGRESS_EVERY_S", 0.0)  # progress saved after every batch
+    monkeypatch.setattr(token_rows.PartialTokens, "close", lambda self: None)  # killed: no clean-up
     _decoded(monkeypatch, die_at=9)
     with pytest.raises(Killed):
         build_cache(model, _dataset(model), out, batch_size=4)
     monkeypatch.undo()
-    assert (out / cache.PARTIAL_NAME).is_file() and not (out / "cache.json").exists()
+    assert (out / token_rows.PARTIAL_NAME).is_file() and not (out / "cache.json").exists()
 
     seen = _decoded(monkeypatch)
     build_cache(model, _dataset(model), out, batch_size=4)
@@ -102,8 +102,8 @@ def test_a_killed_run_over_a_changed_video_keeps_the_other_videos(model, full, t
     unfinished ones) is encoded again, not every video."""
     dataset = _dataset_of_copies(model, tmp_path / "videos")
     out = tmp_path / "cache"
-    monkeypatch.setattr(cache, "PROGRESS_EVERY_S", 0.0)
-    monkeypatch.setattr(cache._PartialTokens, "close", lambda self: None)
+    monkeypatch.setattr(token_rows, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(token_rows.PartialTokens, "close", lambda self: None)
     _decoded(monkeypatch, die_at=9)
     with pytest.raises(Killed):  # rows 0-7 saved
         build_cache(model, dataset, out, batch_size=4)
@@ -111,12 +111,12 @@ def test_a_killed_run_over_a_changed_video_keeps_the_other_videos(model, full, t
     expected = np.load(full / "tokens.npy")
     changed = next(i for i in range(16) if not np.array_equal(expected[i], expected[3]))
     shutil.copy(dataset.samples[changed].path, dataset.samples[3].path)  # video 3 rewritten
-    monkeypatch.setattr(cache._PartialTokens, "close", lambda self: None)
+    monkeypatch.setattr(token_rows.PartialTokens, "close", lambda self: None)
     _decoded(monkeypatch, die_at=8)  # killed again: the record no longer claims video 3
     with pytest.raises(Killed):
         build_cache(model, dataset, out, batch_size=4)
     monkeypatch.undo()
-    assert json.loads((out / cache.PROGRESS_NAME).read_text())["done"] == [[0, 3], [4, 8]]
+    assert json.loads((out / token_rows.PROGRESS_NAME).read_text())["done"] == [[0, 3], [4, 8]]
 
     seen = _decoded(monkeypatch)
     build_cache(model, dataset, out, batch_size=4)
@@ -162,7 +162,7 @@ def test_not_enough_disk_space_is_refused_before_writing(model, tmp_path: Path,
                        match=rf"needs {need / 1024:.1f} KiB \(16 videos x 1 views x 4 frames "
                              rf"x 17 tokens x 24 dims x 4 bytes.*but 1000 bytes is free"):
         build_cache(model, _dataset(model), tmp_path / "cache")
-    assert not (tmp_path / "cache" / cache.PARTIAL_NAME).exists()
+    assert not (tmp_path / "cache" / token_rows.PARTIAL_NAME).exists()
 
 
 def test_a_cache_being_written_is_locked(model, tmp_path: Path) -> None:

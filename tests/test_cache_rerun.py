@@ -177,3 +177,27 @@ def test_cli_cache_exits_1_naming_the_bad_video(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "already done: " in out
     assert "tried again the 1 that could not be read before (0 read now)" in out
+
+
+def test_new_labels_classes_or_seed_keep_the_tokens(model, full, tmp_path: Path,
+                                                   monkeypatch) -> None:
+    """The settings key held the labels, the class names and the seed, which do not change a
+    token: fixing one label re-encoded every video. cache.json is rewritten instead."""
+    out = tmp_path / "cache"
+    shutil.copytree(full, out)
+    stamp = (out / "tokens.npy").stat().st_mtime_ns
+    seen = _decoded(monkeypatch)
+    relabelled = _dataset(model)
+    relabelled.samples[3] = VideoSample(relabelled.samples[3].path, 0)
+    relabelled.class_names = [*relabelled.class_names, "extra"]
+    relabelled.seed = 7  # no augmentation: it picks nothing
+    assert build_cache(model, relabelled, out, batch_size=4).reused
+    assert seen == [] and (out / "tokens.npy").stat().st_mtime_ns == stamp
+    cached = CachedTokenDataset(out)
+    assert cached.class_names[-1] == "extra" and cached[3]["label"] == 0
+    # A cache.json keyed by an earlier version (the labels in its key) is reused too.
+    meta = json.loads((out / "cache.json").read_text())
+    legacy = {k: v for k, v in meta.items() if k not in ("sources", "settings_key", "failures")}
+    (out / "cache.json").write_text(json.dumps({**meta, "settings_key": cache._digest(legacy)}))
+    assert build_cache(model, relabelled, out, batch_size=4).reused and seen == []
+    assert json.loads((out / "cache.json").read_text())["settings_key"] == meta["settings_key"]

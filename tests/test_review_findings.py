@@ -102,7 +102,7 @@ def test_a_resumed_token_cache_is_redone_when_the_normalisation_changed(tmp_path
     cache whose first videos were encoded differently from the rest."""
     from train_helpers import tiny_video_dataset
 
-    from spool.data import cache
+    from spool.data import cache, token_rows
     from spool.data.cache import CachedTokenDataset, build_cache
     from spool.data.dataset import VideoClipDataset, read_annotations
     from spool.video.samplers import clip_sampler
@@ -114,8 +114,8 @@ def test_a_resumed_token_cache_is_redone_when_the_normalisation_changed(tmp_path
     first = _tiny_encoder()
     other = _tiny_encoder(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     out = tmp_path / "cache"
-    monkeypatch.setattr(cache, "PROGRESS_EVERY_S", 0.0)
-    monkeypatch.setattr(cache._PartialTokens, "close", lambda self: None)
+    monkeypatch.setattr(token_rows, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(token_rows.PartialTokens, "close", lambda self: None)
     real = cache._ViewStack.__getitem__
 
     def dies_at_9(self, index):

@@ -23,8 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,13 +51,11 @@ from spool.data.dataset import (
     worker_context,
     worker_init_fn,
 )
-from spool.data.token_space import make_room, reserve_file
+from spool.data.token_rows import PartialTokens, RowsToRedo
 from spool.errors import SpoolLoadError
 from spool.io_utils import (
     atomic_write_text,
     file_version,
-    fsync_directory,
-    fsync_path,
     is_stale_temporary,
     lock_directory,
     refresh_claim,
@@ -73,11 +69,8 @@ __all__ = ["BACKBONE_DIR", "CACHE_META", "TOKENS_NAME", "CacheSummary", "CachedT
            "build_cache", "cache_backbone_config", "load_cache_backbone", "read_cache_meta"]
 
 logger = logging.getLogger(__name__)
-PARTIAL_NAME = ".tokens.partial.npy"  # tokens.npy while it is written
-PROGRESS_NAME = ".tokens.progress.json"  # which videos the partial file holds
 FAILURES_NAME = "failures.csv"
 LOCK_NAME = ".spool-cache.lock"
-PROGRESS_EVERY_S = 30.0
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -141,16 +134,18 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             # the backbone's config, token pooling.
             "frame_encoder": config.frame_encoder_fields(layout=False),
         }
-        key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+        key, legacy = _settings_key(meta, dataset.augmentation is None), _digest(meta)
         # Which version of each file: not part of the key, so a re-encoded or replaced video
         # costs its own row, not the whole cache.
         meta["sources"] = [file_version(s.path) for s in dataset.samples]
-        done = _complete_cache(out, key)
+        done = _complete_cache(out, {key, legacy})
         if done is not None:
-            writer = _RowsToRedo(out / TOKENS_NAME, read_cache_meta(out), meta["sources"])
+            writer = RowsToRedo(out / TOKENS_NAME, read_cache_meta(out), meta["sources"])
             writer.heartbeat = lambda: refresh_claim(lock)  # redoing every row may take hours
             if not writer.todo():
                 writer.close()
+                if _labels_differ(read_cache_meta(out), meta, key):  # new labels, same tokens
+                    _write_meta(out, meta, key, [])
                 return done
             try:  # files fixed since may read now; changed files are other tokens
                 failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
@@ -160,7 +155,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             rows = _write_meta(out, meta, key, failures)
             return CacheSummary(out, len(rows), reused=True, failures=failures,
                                 retried=len(writer.failed), changed=len(writer.changed))
-        writer = _PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), key, meta["sources"])
+        writer = PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), key, meta["sources"])
         writer.heartbeat = lambda: refresh_claim(lock)  # other machines judge it by age
         try:
             failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
@@ -194,49 +189,36 @@ def _write_meta(out: Path, meta: dict, key: str, failures: list[SkippedVideo]) -
     return rows
 
 
-class _RowsToRedo:
-    """The rows of a complete cache's ``tokens.npy`` to encode again, in place: those no
-    sample reads (``failed``: videos that could not be read) and those whose file changed
-    since (``changed``: its size or modification time differs from ``cache.json``'s, or
-    ``cache.json`` predates the record). The new ``cache.json`` is written last."""
-
-    def __init__(self, path: Path, meta: dict, sources: list) -> None:
-        self.path = path
-        self.tokens = np.load(path, mmap_mode="r+")
-        self.shape = self.tokens.shape
-        used = meta.get("rows", range(len(meta["samples"])))
-        known = meta.get("sources", [None] * len(used))
-        self.failed = sorted(set(range(self.shape[0])) - set(used))
-        self.changed = [i for i, was in zip(used, known, strict=True)
-                        if was is None or tuple(was) != sources[i]]
-        self._todo = sorted(self.failed + self.changed)
-        self.heartbeat: Callable[[], object] | None = None
-        self.beat_at = time.monotonic()
-
-    def todo(self) -> list[int]:
-        return self._todo
-
-    def write(self, indices: np.ndarray, tokens: np.ndarray) -> None:
-        self.tokens[indices] = tokens
-        if self.heartbeat is not None and time.monotonic() - self.beat_at >= PROGRESS_EVERY_S:
-            self.heartbeat()
-            self.beat_at = time.monotonic()
-
-    def close(self) -> None:
-        self.tokens.flush()
-        self.tokens = None
-        fsync_path(self.path)
+def _digest(meta: dict) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
-def _complete_cache(out: Path, key: str) -> CacheSummary | None:
-    """A summary of the complete, readable cache in ``out`` made with the settings ``key``."""
+def _settings_key(meta: dict, fixed_clips: bool) -> str:
+    """What the tokens depend on: not the labels or class names (``cache.json`` is rewritten
+    with new ones), nor the seed when it picks nothing (no augmentation: ``fixed_clips``)."""
+    tokens_of = dict(meta, samples=[path for path, _ in meta["samples"]], class_names=None)
+    if fixed_clips:
+        tokens_of["seed"] = None
+    return _digest({"tokens_of": tokens_of})
+
+
+def _labels_differ(cached: dict, meta: dict, key: str) -> bool:
+    """Whether ``cache.json`` needs rewriting: other labels or classes, or an older key."""
+    return (cached.get("settings_key") != key or cached["class_names"] != meta["class_names"]
+            or [label for _, label in cached["samples"]]
+            != [label for _, label in meta["samples"]])
+
+
+def _complete_cache(out: Path, keys: set[str]) -> CacheSummary | None:
+    """A summary of the complete, readable cache in ``out`` made with settings of ``keys``
+    (today's, or the key an earlier version gave the same settings)."""
     if not (out / CACHE_META).is_file() or not (out / BACKBONE_DIR).is_dir():
         return None
     try:
         cached = CachedTokenDataset(out)
     except (SpoolLoadError, ValueError):
         return None  # damaged: made again
-    if cached.meta.get("settings_key") != key:
+    if cached.meta.get("settings_key") not in keys:
         logger.info(f"{out}: the cache there was made with other settings; it stays until "
                     "the new one replaces it")
         return None
@@ -255,7 +237,7 @@ def write_cache_failures(path: Path, failures: list[SkippedVideo]) -> None:
 
 
 def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
-            writer: _PartialTokens, batch_size: int, num_workers: int,
+            writer: PartialTokens | RowsToRedo, batch_size: int, num_workers: int,
             device: str | torch.device, progress: bool) -> list[SkippedVideo]:
     """Run ``encoder`` over the videos ``writer`` still lacks, recording them as done;
     returns the videos that could not be read (each reported on one line)."""
@@ -282,101 +264,6 @@ def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
         writer.write(batch["index"].numpy(),
                      tokens.view(len(video), *writer.shape[1:]).numpy())
     return sorted(failures)
-
-
-class _PartialTokens:
-    """``tokens.npy`` being written: a fixed-name partial file (memory-mapped) and a record of
-    the videos done, kept only for the same settings (``key``, a digest of them), and of the
-    version of each file (``sources``): a video whose file changed since is encoded again.
-
-    The record outlives the move of the finished file to ``tokens.npy`` until ``cache.json``
-    is written: a run killed in between takes that ``tokens.npy`` back as its partial file.
-    """
-
-    heartbeat: Callable[[], object] | None = None  # called with each save (the lock's)
-    changed = 0  # videos done by an earlier run whose files changed since
-
-    def __init__(self, out: Path, shape: tuple[int, ...], dtype: np.dtype, key: str,
-                 sources: list[tuple[int, int] | None]) -> None:
-        self.path, self.record = out / PARTIAL_NAME, out / PROGRESS_NAME
-        self.shape = shape
-        self.key = key
-        self.sources = sources
-        self.done = self._read_done(dtype)
-        if self.done is None:  # nothing to continue: start over
-            self.done = np.zeros(shape[0], dtype=bool)
-            self.record.unlink(missing_ok=True)
-            self.path.unlink(missing_ok=True)
-        make_room(self.path, shape, dtype)
-        mode = "r+" if self.path.exists() else "w+"
-        self.tokens = np.lib.format.open_memmap(self.path, mode=mode, dtype=dtype, shape=shape)
-        reserve_file(self.path)
-        self.saved_at = time.monotonic()
-        if self.changed:  # the record stops claiming their rows before they are overwritten
-            self.save_progress()
-
-    def _read_done(self, dtype: np.dtype) -> np.ndarray | None:
-        """The videos done by an earlier run with the same settings, or None."""
-        if not (self.record.exists() or self.path.exists()):
-            return None
-        try:
-            record = json.loads(self.record.read_text(encoding="utf-8"))
-            final = self.path.parent / TOKENS_NAME
-            if record.get("finished") and record["key"] == self.key and not self.path.exists():
-                os.replace(final, self.path)  # killed while it replaced the old cache
-            header = np.load(self.path, mmap_mode="r")
-            if (record["key"] == self.key and header.shape == self.shape
-                    and header.dtype == dtype):
-                done = np.zeros(self.shape[0], dtype=bool)
-                for start, stop in record["done"]:
-                    done[start:stop] = True
-                same = np.array([was is not None and tuple(was) == now for was, now
-                                 in zip(record["sources"], self.sources, strict=True)], bool)
-                self.changed = int((done & ~same).sum())
-                if self.changed:
-                    logger.info(f"{self.path.parent}: {self.changed} videos of the partial "
-                                "cache there changed since; encoding them again")
-                return done & same
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # unreadable: as good as made with other settings
-        logger.info(f"{self.path.parent}: the partial cache there was made with other "
-                    "settings; starting over")
-        return None
-
-    def todo(self) -> list[int]:
-        return np.flatnonzero(~self.done).tolist()
-
-    def write(self, indices: np.ndarray, tokens: np.ndarray) -> None:
-        self.tokens[indices] = tokens
-        self.done[indices] = True
-        if time.monotonic() - self.saved_at >= PROGRESS_EVERY_S:
-            self.save_progress()
-
-    def save_progress(self, finished: bool = False) -> None:
-        """Tokens to disk first, then the record that says they are there."""
-        if self.heartbeat is not None:
-            self.heartbeat()
-        if self.tokens is not None:
-            self.tokens.flush()
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], self.done.view(np.int8), [0]])))
-        ranges = edges.reshape(-1, 2).tolist()  # runs of done videos as [start, stop)
-        atomic_write_text(self.record, json.dumps({"key": self.key, "done": ranges,
-                                                   "sources": self.sources,
-                                                   "finished": finished}))
-        self.saved_at = time.monotonic()
-
-    def close(self) -> None:
-        """Save what is done (also when the run fails or is interrupted) and unmap."""
-        if self.tokens is not None:
-            self.save_progress()
-            self.tokens = None
-
-    def finish(self, final: Path) -> None:
-        """Move the complete tokens to ``final`` (the record stays: see the class)."""
-        fsync_path(self.path)
-        self.save_progress(finished=True)
-        os.replace(self.path, final)
-        fsync_directory(final.parent)
 
 
 def _remove_stale_temporaries(out: Path) -> None:
