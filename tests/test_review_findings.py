@@ -385,3 +385,44 @@ def test_a_cache_of_one_kind_is_not_written_over_one_of_the_other(tmp_path, enco
     assert len(FrameTokenDataset(tmp_path / "f")) == 1
     with pytest.raises(SpoolLoadError, match="a cache of frames .*not of clips"):
         read_cache_meta(tmp_path / "f")
+
+
+def test_frame_cache_relabels_without_the_backbone(tmp_path, encoder, monkeypatch):
+    """New labels (a corrected annotation, another class list) re-encoded every video: the
+    labels were in each file's key beside the tokens'. Now only the labels are redone; and a
+    file of the earlier keys, for the same settings and labels, is kept."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from spool.data import frame_cache
+
+    video = _video(tmp_path / "clip.mkv", 0)
+    out = tmp_path / "cache"
+    first = SegmentationSample("clip", str(video), segments=((0.0, 2.0, 0),))
+    build_frame_cache(encoder, [first], ["a", "b"], out, FpsSampler(10), dtype="float32")
+    tokens = FrameTokenDataset(out)[0]["tokens"]
+    runs = []
+    real = frame_cache.stream_tokens
+    monkeypatch.setattr(frame_cache, "stream_tokens",
+                        lambda *a, **k: runs.append(1) or real(*a, **k))
+    fixed = SegmentationSample("clip", str(video), segments=((0.0, 0.5, 0), (0.5, 2.0, 1)))
+    build_frame_cache(encoder, [fixed], ["a", "b"], out, FpsSampler(10), dtype="float32")
+    item = FrameTokenDataset(out)[0]
+    assert runs == [] and item["labels"].tolist() == [0] * 5 + [1] * 7
+    assert torch.equal(item["tokens"], tokens)
+    build_frame_cache(encoder, [fixed], ["b", "a"], out, FpsSampler(10), dtype="float32")
+    assert runs == [] and FrameTokenDataset(out).class_names == ["b", "a"]
+    # The earlier version's keys: tokens, labels and rules in "settings" and "source".
+    path = out / "videos" / "clip.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    keys = frame_cache._keys(fixed, json.loads(meta["settings"]), ["b", "a"])
+    save_file(tensors, str(path), metadata={"settings": keys.legacy_settings,
+                                            "source": keys.legacy_source, "video": str(video)})
+    build_frame_cache(encoder, [fixed], ["b", "a"], out, FpsSampler(10), dtype="float32")
+    assert runs == []
+    other = SegmentationSample("clip", str(video), segments=((0.0, 2.0, 1),))
+    build_frame_cache(encoder, [other], ["b", "a"], out, FpsSampler(10), dtype="float32")
+    assert runs == [1]  # an older file's labels: the whole video again

@@ -51,7 +51,7 @@ from spool.io_utils import atomic_save_safetensors, atomic_write_text, read_json
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.long_video import stream_tokens, whole_video_indices
 from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
-from spool.video.io import VideoReader
+from spool.video.io import VideoReader, probe_video
 from spool.video.samplers import FrameSampler
 from spool.video.transforms import FramePreprocessing
 
@@ -65,26 +65,49 @@ def _video_file(out: Path, name: str) -> Path:
     return out / "videos" / f"{name}.safetensors"
 
 
-def _is_cached(path: Path, settings: str, source: str) -> bool:
+@dataclasses.dataclass(frozen=True)
+class _Keys:
+    """What one video's file depends on: the shared settings of its tokens (``settings``),
+    its video file (``source``: path, size, modification time) and what its labels come from
+    (``labels``: the classes, the label rules, its annotations). Files of an earlier version
+    held all of it in ``settings`` and ``source`` (``legacy_*``)."""
+
+    settings: str
+    source: str
+    labels: str
+    legacy_settings: str
+    legacy_source: str
+
+
+def _keys(sample: SegmentationSample, settings: dict[str, Any], class_names: list[str]
+          ) -> _Keys:
+    st = os.stat(sample.video)
+    version = {"video": str(sample.video), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    labels = (None if sample.frame_labels is None
+              else hashlib.sha256(np.ascontiguousarray(sample.frame_labels, np.int64)
+                                  .tobytes()).hexdigest())
+    annotations = {"frame_labels": labels, "segments": None if sample.segments is None else
+                   [list(s) for s in sample.segments]}
+    rules = {"classes": class_names, "label_rules": LABEL_RULES_REVISION}
+    return _Keys(json.dumps(settings, sort_keys=True), json.dumps(version, sort_keys=True),
+                 json.dumps({**annotations, **rules}, sort_keys=True),
+                 json.dumps({**settings, **rules}, sort_keys=True),
+                 json.dumps({**version, **annotations}, sort_keys=True))
+
+
+def _cached(path: Path, keys: _Keys) -> str | None:
+    """``"done"``, ``"labels"`` (its tokens hold, its labels are to be redone) or None."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception:  # missing or damaged: redo
-        return False
-    return meta.get("settings") == settings and meta.get("source") == source
-
-
-def _source_key(sample: SegmentationSample) -> str:
-    """What one video's file depends on beyond the shared settings: the video file (path,
-    size, modification time) and its labels."""
-    st = os.stat(sample.video)
-    labels = (None if sample.frame_labels is None
-              else hashlib.sha256(np.ascontiguousarray(sample.frame_labels, np.int64)
-                                  .tobytes()).hexdigest())
-    return json.dumps({"video": str(sample.video), "size": st.st_size,
-                       "mtime_ns": st.st_mtime_ns, "frame_labels": labels,
-                       "segments": None if sample.segments is None else
-                       [list(s) for s in sample.segments]}, sort_keys=True)
+        return None
+    if meta.get("settings") == keys.settings and meta.get("source") == keys.source:
+        return "done" if meta.get("labels") == keys.labels else "labels"
+    if (meta.get("settings"), meta.get("source")) == (keys.legacy_settings,
+                                                      keys.legacy_source):
+        return "done"
+    return None
 
 
 @torch.no_grad()
@@ -126,26 +149,25 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
     (out / CACHE_META).unlink(missing_ok=True)  # incomplete until rewritten
     digest = weights_digest(encoder.state_dict())
     # The preprocessing record names its rules' revision: tokens made by older rules are redone.
-    settings = json.dumps({"sampler": sampler.to_dict(), "dtype": dtype, "digest": digest,
-                           "frame_encoder": model.config.frame_encoder_fields(layout=False),
-                           "preprocessing": dataclasses.asdict(model.config.preprocessing()),
-                           "classes": class_names, "label_rules": LABEL_RULES_REVISION},
-                          sort_keys=True)
+    settings = {"sampler": sampler.to_dict(), "dtype": dtype, "digest": digest,
+                "frame_encoder": model.config.frame_encoder_fields(layout=False),
+                "preprocessing": dataclasses.asdict(model.config.preprocessing())}
     videos, failures = [], []
     for i, sample in enumerate(tqdm(samples, desc="frame cache", unit="video",
                                     disable=not progress)):
         path = _video_file(out, sample.name)
         try:  # only reading the video: an error writing the cache still stops the job
-            encoded = _encode_video(model, sample, sampler, path, settings, dtype)
+            keys = _keys(sample, settings, class_names)
+            encoded = _encode_video(model, sample, sampler, path, keys, dtype)
         except UNREADABLE as err:
             failures.append(skipped_video(i, sample.video, err))
             report_failure(failures[-1])
             path.unlink(missing_ok=True)  # tokens of an earlier version of the file
             continue
         if encoded is not None:
-            tensors, source = encoded
-            atomic_save_safetensors(tensors, path, metadata={
-                "settings": settings, "source": source, "video": sample.video})
+            atomic_save_safetensors(encoded, path, metadata={
+                "settings": keys.settings, "source": keys.source, "labels": keys.labels,
+                "video": sample.video})
         with safe_open(str(path), framework="pt") as f:
             num = f.get_slice("labels").get_shape()[0]
         videos.append({"name": sample.name, "video": sample.video, "num_frames": num})
@@ -160,13 +182,23 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
 
 
 def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
-                  sampler: FrameSampler, path: Path, settings: str, dtype: str
-                  ) -> tuple[dict[str, torch.Tensor], str] | None:
-    """The tokens and labels of ``sample``'s sampled frames and its source key; None when
-    ``path`` holds them already."""
-    source = _source_key(sample)
-    if _is_cached(path, settings, source):
+                  sampler: FrameSampler, path: Path, keys: _Keys, dtype: str
+                  ) -> dict[str, torch.Tensor] | None:
+    """The tokens and labels of ``sample``'s sampled frames; None when ``path`` holds them
+    already. New labels for tokens ``path`` holds are made without the backbone."""
+    cached = _cached(path, keys)
+    if cached == "done":
         return None
+    if cached == "labels":
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if "start_time" not in tensors:  # written before it was kept
+            tensors["start_time"] = torch.tensor([probe_video(sample.video).start_time],
+                                                 dtype=torch.float64)
+        tensors["labels"] = torch.from_numpy(sample.labels_at(
+            tensors["frame_indices"].numpy(), tensors["timestamps"].numpy(),
+            float(tensors["start_time"][0])))
+        return tensors
     with VideoReader(sample.video) as reader:
         info = reader.info()
         indices = whole_video_indices(reader, sampler, "a frame cache")
@@ -180,7 +212,7 @@ def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
     return {"tokens": tokens, "labels": torch.from_numpy(labels),
             "frame_indices": torch.tensor(indices, dtype=torch.int64),
             "timestamps": torch.from_numpy(timestamps),
-            "start_time": torch.tensor([info.start_time], dtype=torch.float64)}, source
+            "start_time": torch.tensor([info.start_time], dtype=torch.float64)}
 
 
 def read_frame_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
