@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from spool.file_names import fit_name
+
 logger = logging.getLogger(__name__)
 
 _HOST = socket.gethostname()
@@ -98,25 +100,6 @@ def _age_s(path: Path) -> float:
         return time.time() - path.stat().st_mtime
     except OSError:
         return 0.0
-
-
-NAME_MAX = 255  # bytes in one file name: ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units)
-
-
-def fit_name(name: str, extra: int) -> str:
-    """``name``, or a prefix of it and a digest of the whole, so that ``extra`` more bytes fit
-    in one file name: a video's name may be up to the limit, its claim and temporaries too.
-    A name that is not UTF-8 (Linux names are bytes) becomes its digest alone: libraries that
-    take paths as UTF-8 (safetensors) could not write a temporary of that name."""
-    raw = os.fsencode(name)
-    digest = "~" + hashlib.sha1(raw).hexdigest()[:16]
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return digest
-    if len(raw) + extra <= NAME_MAX:
-        return name
-    return raw[:NAME_MAX - extra - len(digest)].decode(errors="ignore") + digest
 
 
 def temporary_sibling(path: str | os.PathLike) -> Path:
@@ -257,11 +240,15 @@ def remove_stale_claim(path: Path, stale_after_s: float = STALE_AFTER_S) -> bool
     return claim is not None
 
 
+def _own_record() -> dict:
+    """Who holds a claim or lock: this process, machine, boot and PID namespace, and when."""
+    return {"host": _HOST, "machine": _MACHINE, "boot": _BOOT, "pidns": _PIDNS,
+            "pid": os.getpid(), "time": time.time(), "start": process_start(os.getpid())}
+
+
 def _create_claim(path: Path) -> Claim | None:
     token = secrets.token_hex(8)
-    record = {"host": _HOST, "machine": _MACHINE, "boot": _BOOT, "pidns": _PIDNS,
-              "pid": os.getpid(), "time": time.time(), "token": token,
-              "start": process_start(os.getpid())}
+    record = {**_own_record(), "token": token}
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
@@ -314,13 +301,16 @@ def _claim_is_stale(path: Path, raw: bytes, stale_after_s: float) -> bool:
     if _made_before_a_reboot(record):
         return True
     if _made_here(record):
-        pid = int(record["pid"])
-        if not process_alive(pid):
-            return True
-        # A later process given the same PID (a restarted container's PID 1): another start.
-        started = record.get("start")
-        return started is not None and process_start(pid) not in (None, started)
+        return _process_gone(record)
     return time.time() - float(record["time"]) > stale_after_s
+
+
+def _process_gone(record: dict) -> bool:
+    """Whether the process of a record made here has exited, or its PID names a later
+    process now (a restarted container's PID 1): another start time."""
+    pid, started = int(record["pid"]), record.get("start")
+    return not process_alive(pid) or (started is not None
+                                      and process_start(pid) not in (None, started))
 
 
 def _lock(path: Path, wait_s: float = 0.0) -> Path | None:
@@ -331,14 +321,24 @@ def _lock(path: Path, wait_s: float = 0.0) -> Path | None:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return lock
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
-            if _age_s(lock) > _GRACE_S:
+            if _age_s(lock) > _GRACE_S or _holder_gone(lock):
                 lock.unlink(missing_ok=True)
+        else:
+            with os.fdopen(fd, "w") as f:  # whose it is: a crash's is removed at once
+                f.write(json.dumps(_own_record()))
+            return lock
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.01)
+
+
+def _holder_gone(lock: Path) -> bool:
+    """Whether the take-over lock ``lock`` was left by a process of this machine that has
+    exited (an empty or older one is judged by its age alone)."""
+    record = _parse(_read_bytes(lock) or b"")
+    return _well_formed(record) and _made_here(record) and _process_gone(record)
 
 
 _LOCK_WAIT_S = 2.0  # the owner's renewal and release wait this long for another's take-over

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # VIDEO_EXTENSIONS is re-exported: spool extract names it when it finds no video.
-from spool.claims import NAME_MAX, fit_name
+from spool.file_names import NAME_MAX, fit_name
 from spool.video.formats import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS
 from spool.video.formats import is_video_name
 

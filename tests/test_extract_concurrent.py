@@ -205,3 +205,23 @@ def test_videos_claimed_elsewhere_are_counted_with_what_to_do(tmp_path: Path, ca
     printed = capsys.readouterr().out
     assert "1 extracted, 0 already done, 1 claimed by another job" in printed
     assert ".NAME.spool-claim" in printed and "6 h" in printed and "delete those" in printed
+
+
+def test_a_take_over_lock_of_a_dead_process_is_removed_at_once(tmp_path: Path) -> None:
+    """A ".break" a crash left stopped every release for a minute: the release gave up after
+    2 s and left its claim to block other machines for 6 hours. The lock now says whose it is,
+    and one of a dead process of this machine is removed at once."""
+    claim = try_claim(tmp_path / "out.safetensors")
+    brk = claim.path.with_name(claim.path.name + ".break")
+    brk.write_text(json.dumps({"host": claims._HOST, "boot": claims._BOOT,
+                               "pidns": claims._PIDNS, "pid": _dead_pid(),
+                               "time": time.time()}))
+    release_claim(claim)
+    assert not claim.path.exists() and not brk.exists()
+    # One of a live process (this one, taking a claim over now) is waited for, as before.
+    claim = try_claim(tmp_path / "out.safetensors")
+    brk.write_text(json.dumps({"host": claims._HOST, "boot": claims._BOOT,
+                               "pidns": claims._PIDNS, "pid": os.getpid(),
+                               "time": time.time(), "start": claims.process_start(os.getpid())}))
+    release_claim(claim)
+    assert claim.path.exists() and brk.exists()
