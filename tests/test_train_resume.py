@@ -199,6 +199,19 @@ def test_explicit_resume_sets_a_finished_branchs_model_aside(tmp_path: Path) -> 
     assert (aside / final).is_dir()
 
 
+def test_a_refused_explicit_resume_moves_nothing(tmp_path: Path) -> None:
+    """The set-aside ran before the resume's own checks: a resume refused (fewer epochs than
+    the checkpoint's) had already moved the finished run's model/ and results.json away."""
+    run = tmp_path / "run"
+    fields = train_config_dict(run, save_every=2, keep_checkpoints=5)
+    train(TrainConfig(**fields))
+    before = sorted(p.name for p in run.rglob("*"))
+    with pytest.raises(ValueError, match="epochs"):
+        train(TrainConfig(**{**fields, "epochs": 1},
+                          resume=str(run / "checkpoints" / "step_00000006")))
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
 def test_a_local_backbone_directory_is_saved_absolute(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "hfbb").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -289,10 +302,10 @@ def test_any_error_on_rank_0_reaches_the_other_ranks(monkeypatch) -> None:
         raise KeyError("history")
     with pytest.raises(KeyError):
         Trainer._on_rank0(rank0, broken)
-    assert sent == ["'history'"]
+    assert sent == ["KeyError: 'history'"]
     other = SimpleNamespace(info=SimpleNamespace(is_main=False))
-    monkeypatch.setattr(trainer_module, "broadcast_object", lambda obj: "'history'")
-    with pytest.raises(OSError, match="rank 0 stopped: 'history'"):
+    monkeypatch.setattr(trainer_module, "broadcast_object", lambda obj: "KeyError: 'history'")
+    with pytest.raises(OSError, match="rank 0 stopped: KeyError: 'history'"):
         Trainer._on_rank0(other, broken)
 
 

@@ -113,6 +113,8 @@ class Trainer:
             resume = self._find_resume()
             if resume is not None:
                 self._resume(*resume)
+                if cfg.resume != "auto":  # once taken: a refused resume moves nothing
+                    self._on_rank0(lambda: self._set_aside_abandoned(*resume))
             elif cfg.resume == "auto":  # a typo in --out-dir would otherwise go unnoticed
                 self.log(f"no checkpoint in {self.out / ckpt.CHECKPOINT_DIR}: starting from "
                          "scratch", logging.WARNING, always=True)
@@ -140,7 +142,7 @@ class Trainer:
                 result = fn()
             except Exception as err:  # any error: a KeyError too would leave them waiting
                 error = err
-        message = broadcast_object(None if error is None else str(error))
+        message = broadcast_object(error and f"{type(error).__name__}: {error}")
         if error is not None:
             raise error
         if message is not None:
@@ -189,8 +191,6 @@ class Trainer:
             if found is not None:  # a change of model or task is refused before anything
                 self.resumed = resume_settings.check_resume(*found, cfg, self.model.config,
                                                             self.info.world_size)
-            if found is not None and cfg.resume != "auto":
-                self._set_aside_abandoned(*found)
             return found
 
         found = self._on_rank0(choose)
@@ -205,9 +205,10 @@ class Trainer:
         branch, and rotation does not delete the checkpoint resumed from."""
         aside = ckpt.set_aside_later_checkpoints(self.out, path, state["step"])
         if aside is not None:
-            names = ", ".join(sorted(p.name for p in aside.iterdir()))
+            names = ", ".join(sorted(p.name for p in aside.glob("step_*")))
+            more = " and that branch's model/" if (aside / "model").exists() else ""
             self.log(f"note: resuming from step {state['step']}: moved the later checkpoints "
-                     f"({names}) to {aside}; --resume auto now continues this run",
+                     f"({names}){more} to {aside}; --resume auto now continues this run",
                      logging.WARNING, always=True)
 
     def _resume(self, path: Path, state: dict[str, Any]) -> None:
