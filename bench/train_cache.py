@@ -75,13 +75,14 @@ def measure(args: argparse.Namespace) -> dict:
                  num_lookback_heads=heads // 2, num_lookahead_heads=heads - heads // 2,
                  local_frame_range=s.local_frame_range)
     common = dict(augment=False, epochs=args.epochs, batch_size=s.batch_size, lr=s.lr,
-                  num_frames=s.num_frames, num_workers=args.workers, device="cpu",
-                  tensorboard=False, quiet=True, warmup_epochs=0.0)
+                  num_workers=args.workers, device="cpu", tensorboard=False, quiet=True,
+                  warmup_epochs=0.0)
     video = TrainConfig(out_dir=str(root / "run_video"),
                         train_data=str(root / "data" / "train.txt"),
                         model={**model, "backbone_name": str(root / "hf_backbone"),
                                "image_size": image_size, "crop_pct": 1.0,
-                               "token_pooling": args.token_pooling}, **common)
+                               "token_pooling": args.token_pooling},
+                        num_frames=s.num_frames, **common)  # the cache's clips: made so
     cached = TrainConfig(out_dir=str(root / "run_cache"), train_cache=str(root / "cache"),
                          model=model, **common)
     seconds = {}

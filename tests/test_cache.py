@@ -96,6 +96,32 @@ def test_a_killed_cache_run_continues_where_it_stopped(model, full, tmp_path: Pa
     assert sorted(p.name for p in out.iterdir()) == ["backbone", "cache.json", "tokens.npy"]
 
 
+def test_a_killed_run_of_the_earlier_version_continues_and_blocks_a_frame_cache(
+        model, full, tmp_path: Path, monkeypatch) -> None:
+    """The partial file of a run killed before the settings key left out the labels was
+    started over (hours of encoding lost); and a frame cache could be built over it."""
+    from spool.data.frame_cache import build_frame_cache
+    from spool.data.segmentation import SegmentationSample
+    from spool.video.samplers import FpsSampler
+
+    out = tmp_path / "cache"
+    monkeypatch.setattr(token_rows, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(token_rows.PartialTokens, "close", lambda self: None)
+    monkeypatch.setattr(cache, "_settings_key", lambda meta, fixed: cache._digest(meta))
+    _decoded(monkeypatch, die_at=9)
+    with pytest.raises(Killed):
+        build_cache(model, _dataset(model), out, batch_size=4)
+    monkeypatch.undo()
+    video = _dataset(model).samples[0].path
+    with pytest.raises(ValueError, match="holds a cache of clips"):
+        build_frame_cache(model, [SegmentationSample("v", video, segments=((0, 1, 0),))],
+                          ["a"], out, FpsSampler(1))
+    seen = _decoded(monkeypatch)
+    build_cache(model, _dataset(model), out, batch_size=4)
+    assert seen == list(range(8, 16))
+    assert np.array_equal(np.load(out / "tokens.npy"), np.load(full / "tokens.npy"))
+
+
 def test_a_killed_run_over_a_changed_video_keeps_the_other_videos(model, full, tmp_path: Path,
                                                                    monkeypatch) -> None:
     """A video changed in place before the partial cache is resumed: only its row (and the

@@ -208,6 +208,8 @@ def test_clip_flags_are_refused_with_a_token_cache(tmp_path: Path, capsys, flag:
     # Given in a config file or to TrainConfig, it was ignored without a word.
     with pytest.raises(ValueError, match=f"{name} .*applies to --train-data"):
         TrainConfig.from_dict({"train_cache": str(tmp_path / "cache"), name: 8})
+    # A train_config.json an earlier version saved with it still resumes.
+    TrainConfig.from_dict({"train_cache": str(tmp_path / "cache"), name: 8, "resume": "auto"})
 
 
 def test_a_diverged_loss_is_logged_as_it_is(tmp_path: Path, monkeypatch) -> None:

@@ -155,7 +155,8 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             rows = _write_meta(out, meta, key, failures)
             return CacheSummary(out, len(rows), reused=True, failures=failures,
                                 retried=len(writer.failed), changed=len(writer.changed))
-        writer = PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), key, meta["sources"])
+        writer = PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), key, meta["sources"],
+                               legacy)
         writer.heartbeat = lambda: refresh_claim(lock)  # other machines judge it by age
         try:
             failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,

@@ -26,6 +26,8 @@ from spool.models.pretrained import SpoolPreTrainedModel, check_and_load_state_d
 
 CACHE_META = "cache.json"
 TOKENS_NAME = "tokens.npy"
+PARTIAL_NAME = ".tokens.partial.npy"  # tokens.npy while it is written
+PROGRESS_NAME = ".tokens.progress.json"  # which videos the partial file holds
 BACKBONE_DIR = "backbone"
 _META_KEYS = ("samples", "class_names", "views", "dtype", "shape", "num_frames",
               "backbone_digest")
@@ -56,8 +58,8 @@ def cache_kind(cache_dir: str | os.PathLike) -> str | None:
         meta = None
     if isinstance(meta, dict):
         return "frames" if meta.get("kind") == "frames" else "clips"
-    if (out / TOKENS_NAME).exists():
-        return "clips"
+    if any((out / name).exists() for name in (TOKENS_NAME, PARTIAL_NAME, PROGRESS_NAME)):
+        return "clips"  # an interrupted one too, which the same command resumes
     return "frames" if (out / "videos").is_dir() else None
 
 

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from spool.data.cached_tokens import TOKENS_NAME
+from spool.data.cached_tokens import PARTIAL_NAME, PROGRESS_NAME, TOKENS_NAME
 from spool.data.token_space import make_room, reserve_file
 from spool.io_utils import atomic_write_text, fsync_directory, fsync_path
 
 logger = logging.getLogger(__name__)
-PARTIAL_NAME = ".tokens.partial.npy"  # tokens.npy while it is written
-PROGRESS_NAME = ".tokens.progress.json"  # which videos the partial file holds
 PROGRESS_EVERY_S = 30.0
 
 
@@ -36,10 +34,11 @@ class PartialTokens:
     changed = 0  # videos done by an earlier run whose files changed since
 
     def __init__(self, out: Path, shape: tuple[int, ...], dtype: np.dtype, key: str,
-                 sources: list[tuple[int, int] | None]) -> None:
+                 sources: list[tuple[int, int] | None], legacy_key: str | None = None) -> None:
         self.path, self.record = out / PARTIAL_NAME, out / PROGRESS_NAME
         self.shape = shape
         self.key = key
+        self.keys = {key, legacy_key} - {None}  # a partial file of an earlier version goes on
         self.sources = sources
         self.done = self._read_done(dtype)
         if self.done is None:  # nothing to continue: start over
@@ -61,10 +60,10 @@ class PartialTokens:
         try:
             record = json.loads(self.record.read_text(encoding="utf-8"))
             final = self.path.parent / TOKENS_NAME
-            if record.get("finished") and record["key"] == self.key and not self.path.exists():
+            if record.get("finished") and record["key"] in self.keys and not self.path.exists():
                 os.replace(final, self.path)  # killed while it replaced the old cache
             header = np.load(self.path, mmap_mode="r")
-            if (record["key"] == self.key and header.shape == self.shape
+            if (record["key"] in self.keys and header.shape == self.shape
                     and header.dtype == dtype):
                 done = np.zeros(self.shape[0], dtype=bool)
                 for start, stop in record["done"]:

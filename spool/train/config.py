@@ -217,7 +217,9 @@ class TrainConfig:
                 raise ValueError(f"{name} (--{name.replace('_', '-')}): applies to an MS-TCN "
                                  f"root given as --{kind}-data")
         for name in ("num_frames", "frame_stride"):  # the cache's clips were sampled already
-            if name in changed and self.task == "clips" and self.train_cache is not None:
+            # (a resume may read a train_config.json that an earlier version saved with them)
+            if name in changed and self.task == "clips" and self.train_cache is not None \
+                    and self.resume is None:
                 flag = f"--{name.replace('_', '-')}"
                 raise ValueError(f"{name} ({flag}): applies to --train-data; the clips of "
                                  f"--train-cache were sampled when it was made (spool cache "
