@@ -167,6 +167,8 @@ class FeatureExtractor:
         self.backbone_only = backbone_only
         self.save_features = save_features or backbone_only  # the tokens are the output
         self.settings = _settings_metadata(model, sampler, self.save_features, dtype)
+        if predictions:  # NAME.segments.csv counts from the first frame (pts before)
+            self.settings["segments_clock"] = "first_frame"
         self.settings["mode"] = ("frame_predictions" if predictions else
                                  "backbone" if backbone_only else
                                  "per_frame" if per_frame else "clips")
@@ -249,7 +251,7 @@ class FeatureExtractor:
                               enabled=self.dtype != torch.float32)
 
     def _extract(self, job: VideoJob, metadata: dict[str, str]) -> None:
-        from spool.extract_frames import segments_path, write_frame_predictions
+        from spool.extract_frames import write_frame_predictions
 
         with pixel_budget(self.max_pixels):
             autocast = self._autocast()  # --dtype holds for every mode (the metadata says it)
@@ -261,7 +263,6 @@ class FeatureExtractor:
                                             offload_dir=self.offload_dir,
                                             progress=self.progress)
                 return
-            segments_path(job.output).unlink(missing_ok=True)  # a frame classifier's, earlier
             if self.per_frame:
                 with autocast:
                     self._write_per_frame(job.source, job.output, metadata)
@@ -320,6 +321,8 @@ class FeatureExtractor:
                         _remove_outputs(job.output)  # of another version, or settings
                     _report_failure(summary, job, err)
                     continue
+                if self.settings["mode"] != "frame_predictions":  # a classifier's, earlier
+                    _remove_outputs(job.output, keep_main=True)
                 summary.done += 1
                 summary.settled.append(str(job.source))
             finally:
@@ -342,12 +345,13 @@ def _report_failure(summary: ExtractSummary, job: VideoJob, err: BaseException) 
     tqdm.write(f"FAILED {job.source}: {type(err).__name__}: {message}")
 
 
-def _remove_outputs(output: Path) -> None:
+def _remove_outputs(output: Path, keep_main: bool = False) -> None:
     """What an earlier run wrote for this video: not done (``is_done``), so it is of another
-    version of the file or other settings, and would be read as this run's otherwise."""
+    version of the file or other settings, and would be read as this run's otherwise
+    (``keep_main``: all but ``output``, which this run has just written)."""
     from spool.extract_frames import segments_path
 
-    for path in (output, segments_path(output)):
+    for path in (segments_path(output),) if keep_main else (output, segments_path(output)):
         path.unlink(missing_ok=True)
 
 

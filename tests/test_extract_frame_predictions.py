@@ -84,3 +84,31 @@ def test_whole_video_modes_show_progress_within_a_video(tmp_path: Path, classifi
         err = capsys.readouterr().err
         assert "encode" in err and "/6 [" in err, name  # a bar over the 6 sampled frames
         assert ("temporal" in err) == (name != "probe"), name
+
+
+def test_a_classifiers_csv_stays_when_a_later_mode_fails(tmp_path: Path, classifier) -> None:
+    """Another mode removed NAME.segments.csv before reading the video: one that is gone lost
+    it, although what was extracted from a video that is gone is kept."""
+    video, out = _video(tmp_path / "v.mkv", 12), tmp_path / "out"
+    assert FeatureExtractor(classifier, FpsSampler(5)).run(
+        plan_jobs([video], out), progress=False).done == 1
+    video.unlink()
+    summary = FeatureExtractor(Spool(tiny_config()), FpsSampler(5)).run(
+        plan_jobs([video], out), progress=False)
+    assert len(summary.failures) == 1
+    assert (out / "v.safetensors").is_file() and (out / "v.segments.csv").is_file()
+
+
+def test_predictions_of_the_earlier_clock_are_redone(tmp_path: Path, classifier) -> None:
+    """NAME.segments.csv counted from the pts before; outputs written so were 'done'."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    video, out = _video(tmp_path / "v.mkv", 12), tmp_path / "out"
+    extractor = FeatureExtractor(classifier, FpsSampler(5))
+    assert extractor.run(plan_jobs([video], out), progress=False).done == 1
+    with safe_open(str(out / "v.safetensors"), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    del meta["segments_clock"]
+    save_file(tensors, str(out / "v.safetensors"), metadata=meta)
+    assert extractor.run(plan_jobs([video], out), progress=False).done == 1

@@ -329,20 +329,26 @@ def test_frame_datasets_relabelled_twice_compose_the_maps():
 
 def test_a_fine_tuned_backbones_tokens_and_position_embeddings_are_not_decayed():
     """With ``freeze_backbone=False`` DINOv2's class token and position embeddings were in the
-    decayed group (at lr 5e-4, wd 0.05, 10k steps shrink them by a fifth); its patch
-    projection, a matrix, stays decayed."""
-    from spool.models.classification import SpoolForVideoClassification
+    decayed group (at lr 5e-4, wd 0.05, 10k steps shrink them by a fifth), in Spool and in
+    the baselines alike; its patch projection, a matrix, stays decayed."""
+    from spool.models.classification import (
+        FramePoolingForVideoClassification,
+        SpoolForVideoClassification,
+    )
+    from spool.models.frame_classification import MSTCNForFrameClassification
     from spool.train.builders import parameter_groups
 
-    model = SpoolForVideoClassification(tiny_config(freeze_backbone=False),
-                                        class_names=["a", "b"])
-    decay, no_decay = ({id(p) for p in g["params"]} for g in parameter_groups(model, 0.05))
-    params = dict(model.named_parameters())
-    embeddings = "spool.backbone.model.embeddings."
-    for name in ("cls_token", "position_embeddings", "mask_token"):
-        assert id(params[embeddings + name]) in no_decay, name
-    assert id(params[embeddings + "patch_embeddings.projection.weight"]) in decay
-    assert id(params["spool.context_frames.start"]) in no_decay
+    for cls in (SpoolForVideoClassification, FramePoolingForVideoClassification,
+                MSTCNForFrameClassification):
+        model = cls(tiny_config(freeze_backbone=False), class_names=["a", "b"])
+        decay, no_decay = ({id(p) for p in g["params"]} for g in parameter_groups(model, 0.05))
+        params = {n.removeprefix("spool."): p for n, p in model.named_parameters()}
+        embeddings = "backbone.model.embeddings."
+        for name in ("cls_token", "position_embeddings", "mask_token"):
+            assert id(params[embeddings + name]) in no_decay, (cls.__name__, name)
+        assert id(params[embeddings + "patch_embeddings.projection.weight"]) in decay
+        if cls is SpoolForVideoClassification:
+            assert id(params["context_frames.start"]) in no_decay
 
 
 def test_integer_labels_follow_their_own_classes_txt_when_class_names_are_given(tmp_path):

@@ -93,3 +93,29 @@ def test_eval_time_s_counts_from_the_first_frame(tmp_path: Path, late_video, cap
     capsys.readouterr()
     assert times("--cache", cache) == [""] * 12
     assert "the frame cache predates start times" in capsys.readouterr().err
+
+
+def test_validation_on_an_older_cache_does_not_probe_the_videos(tmp_path: Path, late_video,
+                                                                monkeypatch):
+    """Training's validation (keep=False writes no times) probed each video of a cache that
+    predates start times, at every evaluation, and warned about times it never writes."""
+    from spool.data.frame_cache import FrameTokenDataset
+    from spool.train import segmentation_eval as se
+
+    model = SpoolForFrameClassification(**TINY_MODEL, class_names=["a", "b"])
+    model.config.sampling = {"name": "fps", "target_fps": 5.0}
+    model.save_pretrained(tmp_path / "model")
+    cache = tmp_path / "cache"
+    assert main(["cache", "--task", "frames", "--data", str(tmp_path / "labels.csv"), "--fps",
+                 "5", "--out", str(cache), "--init", str(tmp_path / "model"), "--quiet"]) == 0
+    file = cache / "videos" / "v.safetensors"
+    with safe_open(str(file), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    del tensors["start_time"]
+    save_file(tensors, str(file), metadata=metadata)
+    probes = []
+    monkeypatch.setattr(se, "probe_video", lambda path: probes.append(path) or probe_video(path))
+    se.evaluate_segmentation(model, FrameTokenDataset(cache), keep=False)
+    assert probes == []
+    result = se.evaluate_segmentation(model, FrameTokenDataset(cache), keep=True)
+    assert len(probes) == 1 and result.videos["v"].times[0] == pytest.approx(0.0)

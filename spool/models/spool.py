@@ -21,12 +21,6 @@ if TYPE_CHECKING:
     from spool.models.long_video import LongVideoOutput
 
 
-# Backbone parameters that are learned tokens or position embeddings, by their last name
-# (transformers' Dinov2Embeddings).
-_BACKBONE_EMBEDDINGS = frozenset({"cls_token", "mask_token", "register_tokens",
-                                  "position_embeddings"})
-
-
 class SpoolOutput(NamedTuple):
     """``features: [B, T + 2, L, D]`` (frame 0 start context, T+1 end context; ``L`` merged
     with ``token_merging``);
@@ -86,11 +80,7 @@ class Spool(SpoolPreTrainedModel):
     def no_weight_decay(self) -> set[str]:
         # Decay would pull the merge's mean initialisation towards zero, shrinking the tokens.
         merge = {"token_merging.proj.weight"} if self.token_merging is not None else set()
-        # A fine-tuned backbone's learned tokens and position embeddings are not decayed
-        # either, as timm, MAE and VideoMAE fine-tune ViTs.
-        embeddings = {name for name, _ in self.named_parameters() if name.startswith("backbone.")
-                      and name.rsplit(".", 1)[-1] in _BACKBONE_EMBEDDINGS}
-        return {"context_frames.start", "context_frames.end", *merge, *embeddings}
+        return {"context_frames.start", "context_frames.end", *merge}
 
     def merge_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Backbone tokens ``[..., L, D]`` -> ``[..., L', D]`` merged by ``token_merging`` (on

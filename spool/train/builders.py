@@ -230,15 +230,22 @@ def load_initial_weights(model: torch.nn.Module, cfg: TrainConfig) -> str:
     return f"init: the Spool of {cfg.init} ({parts}){where}; a new head for {len(names)} classes"
 
 
+# A fine-tuned backbone's learned tokens and position embeddings, by their last name
+# (transformers' Dinov2Embeddings): not decayed, as timm, MAE and VideoMAE fine-tune ViTs.
+_EMBEDDINGS = frozenset({"cls_token", "mask_token", "register_tokens", "position_embeddings"})
+
+
 def parameter_groups(model: VideoClassifier, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on biases, norms, or what the model declares in
-    ``no_weight_decay()`` (the learned context frames)."""
+    """Weight decay on matrices only: not on biases, norms, a fine-tuned backbone's learned
+    tokens and position embeddings, or what the model declares in ``no_weight_decay()``
+    (the learned context frames)."""
     skip = model.no_weight_decay()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or name in skip else decay).append(p)
+        embedding = ".backbone." in f".{name}" and name.rsplit(".", 1)[-1] in _EMBEDDINGS
+        (no_decay if p.ndim < 2 or name in skip or embedding else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 

@@ -100,7 +100,8 @@ def evaluate_segmentation(model: FrameClassifier,
             out = model.predict_long(item["tokens"].to(device), chunk_frames=chunk_frames)
             out = out._replace(frame_indices=item.get("frame_indices"),
                                timestamps=item.get("timestamps"))  # the cache's, as a file's
-            start = _cache_start_time(item, data.videos[i])
+            # Times are written with the predictions only (the old caches' means a probe).
+            start = _cache_start_time(item, data.videos[i]) if keep else None
             target = item["labels"].numpy()
         else:
             sample, name = data[i], data[i].name
