@@ -126,3 +126,16 @@ def test_map_in_processes_keeps_the_order():
     jobs = [-3, 1, -2, 4]
     assert map_in_processes(abs, jobs, 2) == [3, 1, 2, 4]
     assert map_in_processes(abs, jobs, 1) == [3, 1, 2, 4]
+
+
+@pytest.mark.parametrize("field, value, message", [("token_pooling", 3, "token_pooling"),
+                                                   ("token_merging", 3, "token_merging")])
+def test_bad_token_settings_are_refused_before_anything_is_written(tmp_path: Path, field: str,
+                                                                   value: int,
+                                                                   message: str) -> None:
+    """--token-merging 3 was refused after the videos, the caches and the frame-pooling model
+    had been made (and an earlier demo's runs deleted)."""
+    settings = DemoSettings(per_class=3, epochs=1, **{field: value})
+    with pytest.raises(ValueError, match=message):
+        run_demo(tmp_path, settings, jobs=1, verbose=False)
+    assert list(tmp_path.iterdir()) == []

