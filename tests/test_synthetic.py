@@ -91,3 +91,18 @@ def test_generation_is_fast(tmp_path: Path) -> None:
     ds = make_synthetic_dataset(tmp_path, num_videos_per_class=25)
     assert len(ds.train) + len(ds.val) == 100
     assert time.perf_counter() - start < 20  # about 1.5 s on 2 cores
+
+
+def test_a_rerun_keeps_the_videos_and_their_times(tmp_path: Path) -> None:
+    """Every run rewrote every video with new modification times, so a token cache of them
+    (keyed on each file's size and time) re-encoded them all: `spool demo` run twice."""
+    from spool.data.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path, 2, num_frames=4, size=32)
+    files = sorted((tmp_path / "videos").rglob("*.*"))
+    stamps = [p.stat().st_mtime_ns for p in files]
+    make_synthetic_dataset(tmp_path, 2, num_frames=4, size=32)
+    assert sorted((tmp_path / "videos").rglob("*.*")) == files  # no temporaries left
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    make_synthetic_dataset(tmp_path, 2, num_frames=4, size=32, seed=1)  # other bytes: written
+    assert all(p.stat().st_mtime_ns != t for p, t in zip(files, stamps, strict=True))

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -173,13 +174,24 @@ def make_synthetic_dataset(
             for label, clip in ((fwd, frames), (rev, frames[::-1])):
                 rel = Path("videos", label, f"{label}_{i:04d}{_EXT[codec]}")
                 # deterministic: the same seed gives the same bytes in every run and process
-                write_video(root / rel, clip, fps=fps, codec=codec, deterministic=True)
+                _write_unless_same(root / rel, clip, fps=fps, codec=codec)
                 (ds.val if i in val_ids else ds.train).append((root / rel, label))
     (root / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     for split, items in (("train", ds.train), ("val", ds.val)):
         lines = [f"{path.relative_to(root).as_posix()} {label}\n" for path, label in items]
         (root / f"{split}.txt").write_text("".join(lines))
     return ds
+
+
+def _write_unless_same(path: Path, clip: np.ndarray, **kwargs: Any) -> None:
+    """Write the video, but keep a file of the same bytes as it is: its modification time
+    then still says it is the video a token cache holds (a rerun re-encoded every video)."""
+    new = path.with_name(f".{path.stem}.new{path.suffix}")  # the suffix names the container
+    write_video(new, clip, deterministic=True, **kwargs)
+    if path.is_file() and path.read_bytes() == new.read_bytes():
+        new.unlink()
+    else:
+        os.replace(new, path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
