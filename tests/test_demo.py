@@ -139,3 +139,54 @@ def test_bad_token_settings_are_refused_before_anything_is_written(tmp_path: Pat
     with pytest.raises(ValueError, match=message):
         run_demo(tmp_path, settings, jobs=1, verbose=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def _sleep_or_fail(job: str) -> str:
+    import os
+    import signal
+    import time
+
+    if job == "fail":
+        raise ValueError("this job failed")
+    if job == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(120 if job == "sleep" else 2)
+    return job
+
+
+def test_a_failed_worker_stops_the_others_at_once() -> None:
+    """The pool waited for every other job to end: a SIGTERM'd demo trained all its models
+    first."""
+    import time
+
+    from spool.demo.processes import map_in_processes
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="this job failed"):
+        map_in_processes(_sleep_or_fail, ["sleep", "fail"], 2)
+    assert time.perf_counter() - start < 60
+
+
+def test_a_dead_worker_is_named_as_such() -> None:
+    """A killed worker surfaced as a bare BrokenProcessPool traceback (exit 1, a missed bar's
+    code); it is now an OSError, which the CLI reports on one line (exit 2). (Python 3.11's
+    pool may notice the death only once the other worker's job ends: hence a short nap.)"""
+    from spool.demo.processes import map_in_processes
+
+    with pytest.raises(ChildProcessError, match="a worker process died .* of 2 jobs unfinished"):
+        map_in_processes(_sleep_or_fail, ["nap", "die"], 2)
+
+
+def test_a_signalled_training_ends_the_demo_with_its_signals_code(monkeypatch, capsys) -> None:
+    import signal
+
+    from spool.cli import main
+    from spool.commands import demo
+    from spool.train.signals import TrainingInterrupted
+
+    def stopped(args):
+        raise TrainingInterrupted(signal.SIGTERM, "interrupted at step 3; checkpoint saved")
+    monkeypatch.setattr(demo, "run_synthetic", stopped)
+    assert main(["demo"]) == 143
+    err = capsys.readouterr().err
+    assert "spool demo: terminated while training" in err and "Traceback" not in err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -108,7 +109,15 @@ def run(args: argparse.Namespace) -> int:
                          "its footage")
     if args.out is None:
         args.out = "spool-demo-real" if args.real else "spool-demo"
-    return run_real(args) if args.real else run_synthetic(args)
+    from spool.train.signals import TrainingInterrupted
+
+    try:
+        return run_real(args) if args.real else run_synthetic(args)
+    except TrainingInterrupted as err:  # a model's training stopped by a signal
+        how = "interrupted" if err.signum == signal.SIGINT else "terminated"
+        print(f"spool demo: {how} while training (a rerun starts its models over)",
+              file=sys.stderr)
+        return err.exit_code
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -11,8 +11,33 @@ def map_in_processes(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int
     if workers <= 1:
         return [fn(job) for job in jobs]
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     # spawn: a fresh interpreter per worker, no inherited thread pools.
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(fn, jobs))
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    futures = [pool.submit(fn, job) for job in jobs]
+    try:
+        wait(futures, return_when=FIRST_EXCEPTION)  # the first failure, not the first job's end
+        for future in futures:
+            if future.done() and future.exception() is not None:
+                future.result()  # raises it
+        return [future.result() for future in futures]
+    except BrokenProcessPool as err:
+        _stop(pool)
+        left = sum(not f.done() or f.exception() is not None for f in futures)
+        raise ChildProcessError(f"a worker process died (killed, or out of memory?) with {left} "
+                                f"of {len(jobs)} jobs unfinished") from err
+    except BaseException:  # Ctrl-C, SIGTERM, a job's error: stop the others now, not after
+        _stop(pool)  # every job has run
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _stop(pool: Any) -> None:
+    """Cancel the jobs not started and SIGTERM the workers: each stops as a signalled run does
+    (no public way to reach them before Python 3.14's terminate_workers)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
