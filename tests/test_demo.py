@@ -157,6 +157,7 @@ def _sleep_or_fail(job: str) -> str:
 def test_a_failed_worker_stops_the_others_at_once() -> None:
     """The pool waited for every other job to end: a SIGTERM'd demo trained all its models
     first."""
+    import multiprocessing
     import time
 
     from spool.demo.processes import map_in_processes
@@ -165,6 +166,11 @@ def test_a_failed_worker_stops_the_others_at_once() -> None:
     with pytest.raises(ValueError, match="this job failed"):
         map_in_processes(_sleep_or_fail, ["sleep", "fail"], 2)
     assert time.perf_counter() - start < 60
+    # The sleeper was stopped, not left to run its job out (and to hold the exit until then).
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert multiprocessing.active_children() == []
 
 
 def test_a_dead_worker_is_named_as_such() -> None:
@@ -175,6 +181,29 @@ def test_a_dead_worker_is_named_as_such() -> None:
 
     with pytest.raises(ChildProcessError, match="a worker process died .* of 2 jobs unfinished"):
         map_in_processes(_sleep_or_fail, ["nap", "die"], 2)
+
+
+def _interrupted(job: int) -> None:
+    import signal
+
+    from spool.train.signals import TrainingInterrupted
+
+    raise TrainingInterrupted(signal.SIGTERM, f"job {job}: interrupted at step 3")
+
+
+def test_a_worker_stopped_by_a_signal_is_said_so() -> None:
+    """TrainingInterrupted could not be unpickled in the parent: a worker stopped by a signal
+    broke the pool and read as "a worker process died" (exit 2, not 143)."""
+    import pickle
+    import signal
+
+    from spool.demo.processes import map_in_processes
+    from spool.train.signals import TrainingInterrupted
+
+    back = pickle.loads(pickle.dumps(TrainingInterrupted(signal.SIGTERM, "stopped")))
+    assert (back.signum, back.exit_code, str(back)) == (signal.SIGTERM, 143, "stopped")
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 3"):
+        map_in_processes(_interrupted, [0, 1], 2)
 
 
 def test_a_signalled_training_ends_the_demo_with_its_signals_code(monkeypatch, capsys) -> None:

@@ -106,3 +106,19 @@ def test_a_rerun_keeps_the_videos_and_their_times(tmp_path: Path) -> None:
     assert [p.stat().st_mtime_ns for p in files] == stamps
     make_synthetic_dataset(tmp_path, 2, num_frames=4, size=32, seed=1)  # other bytes: written
     assert all(p.stat().st_mtime_ns != t for p, t in zip(files, stamps, strict=True))
+
+
+def test_an_interrupted_write_leaves_no_hidden_video(tmp_path: Path, monkeypatch) -> None:
+    """The new bytes go to a hidden .NAME.new.EXT first; a write stopped half-way left it,
+    and folder scans (spool extract videos/, class folders) took it for a video."""
+    from spool.data import synthetic
+
+    real = synthetic.write_video
+
+    def interrupted(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(synthetic, "write_video", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.make_synthetic_dataset(tmp_path, 2, num_frames=4, size=32)
+    assert [p for p in tmp_path.rglob(".*") if p.is_file()] == []

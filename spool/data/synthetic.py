@@ -187,11 +187,15 @@ def _write_unless_same(path: Path, clip: np.ndarray, **kwargs: Any) -> None:
     """Write the video, but keep a file of the same bytes as it is: its modification time
     then still says it is the video a token cache holds (a rerun re-encoded every video)."""
     new = path.with_name(f".{path.stem}.new{path.suffix}")  # the suffix names the container
-    write_video(new, clip, deterministic=True, **kwargs)
-    if path.is_file() and path.read_bytes() == new.read_bytes():
-        new.unlink()
-    else:
-        os.replace(new, path)
+    try:
+        write_video(new, clip, deterministic=True, **kwargs)
+        if path.is_file() and path.read_bytes() == new.read_bytes():
+            new.unlink()
+        else:
+            os.replace(new, path)
+    except BaseException:  # no half-written video left where folder scans would find it
+        new.unlink(missing_ok=True)
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -38,6 +38,12 @@ def map_in_processes(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int
 def _stop(pool: Any) -> None:
     """Cancel the jobs not started and SIGTERM the workers: each stops as a signalled run does
     (no public way to reach them before Python 3.14's terminate_workers)."""
+    processes = getattr(pool, "_processes", None) or {}  # shutdown drops the pool's reference
     pool.shutdown(wait=False, cancel_futures=True)
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    for process in list(processes.values()):
         process.terminate()
+    for process in list(processes.values()):  # not left to run their jobs out at exit
+        process.join(30)
+        if process.is_alive():  # one that outlives SIGTERM
+            process.kill()
+            process.join()

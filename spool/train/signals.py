@@ -33,6 +33,9 @@ class TrainingInterrupted(Exception):
         self.signum = signum
         self.exit_code = 128 + signum
 
+    def __reduce__(self):  # pickled from a worker process (the demo's) to its parent
+        return type(self), (self.signum, str(self))
+
 
 class StopSignals:
     """Context manager: SIGINT / SIGTERM set :attr:`received` (the first signal's number)
