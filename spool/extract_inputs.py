@@ -37,7 +37,8 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
     """``(video, name relative to the output directory without suffix)`` for every input.
 
     An input is a video file, a directory (searched recursively for video extensions,
-    following links to directories; names keep the sub-folders) or a text file listing one
+    following links to directories, skipping hidden names; names keep the sub-folders) or a
+    text file listing one
     path per line (relative paths are relative to the list; a line whose first non-blank
     character is ``#`` is a comment, so a file named ``#x.mp4`` is listed as ``./#x.mp4``).
     A named path that does not exist or is not a regular file (a FIFO, a device, a broken
@@ -93,6 +94,8 @@ def _scan_directory(root: Path) -> list[Path]:
             found.append(folder)  # unreadable: reported as a failure, not skipped
             return
         for entry in entries:
+            if entry.name.startswith("."):  # hidden, as glob has it: macOS's ._NAME.mp4 files
+                continue
             path = Path(entry.path)
             if _is_dir(entry):
                 if entry.is_symlink():

@@ -67,3 +67,21 @@ def test_another_videos_output_of_the_same_name_is_not_overwritten(tmp_path: Pat
     # A video that was moved away is not "another video": its old output is redone.
     first.rename(tmp_path / "c1" / "moved.mkv")
     assert _extractor().run(plan_jobs([second], out), progress=False).done == 1
+
+
+def test_hidden_files_and_folders_are_not_scanned(tmp_path: Path) -> None:
+    """macOS leaves ._NAME.mp4 beside each copied video (not a video): each was reported as a
+    failed video. Hidden names are skipped in folder scans, as glob skips them; a hidden file
+    named on its own is still taken."""
+    from spool.data.dataset import scan_class_folders
+
+    videos = tmp_path / "videos"
+    real = _video(videos / "a" / "clip.mkv")
+    (videos / "a" / "._clip.mkv").write_bytes(b"\0\5\26\7 AppleDouble")
+    _video(videos / "a" / ".cache" / "thumb.mkv")
+    _video(videos / ".trash" / "old.mkv")
+    assert [j.source for j in plan_jobs([videos], tmp_path / "out")] == [real]
+    samples, names = scan_class_folders(videos)
+    assert names == ["a"] and [s.path for s in samples] == [str(real)]
+    hidden = videos / "a" / "._clip.mkv"
+    assert [j.source for j in plan_jobs([hidden], tmp_path / "out")] == [hidden]

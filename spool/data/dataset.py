@@ -124,7 +124,8 @@ def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | N
 
 def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | None = None
                        ) -> tuple[list[VideoSample], list[str]]:
-    """``root/<class>/<video>`` -> (samples, class names); classes are the sorted folders."""
+    """``root/<class>/<video>`` -> (samples, class names); classes are the sorted folders.
+    Hidden folders and files (a name starting with ".") are left out."""
     root = Path(root)
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     names = list(class_names) if class_names is not None else folders
@@ -137,7 +138,9 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
         if not folder.is_dir():
             continue
         for f in sorted(folder.rglob("*")):
-            if f.is_file() and is_video_name(f):
+            # Hidden names are skipped, as glob does: macOS's ._NAME.mp4, temporaries.
+            hidden = any(part.startswith(".") for part in f.relative_to(folder).parts)
+            if f.is_file() and is_video_name(f) and not hidden:
                 samples.append(VideoSample(str(f), label))
     if not samples:
         raise ValueError(f"{root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in class folders")
