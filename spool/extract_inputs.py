@@ -38,9 +38,9 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
 
     An input is a video file, a directory (searched recursively for video extensions,
     following links to directories, skipping hidden names; names keep the sub-folders) or a
-    text file listing one
-    path per line (relative paths are relative to the list; a line whose first non-blank
-    character is ``#`` is a comment, so a file named ``#x.mp4`` is listed as ``./#x.mp4``).
+    text file listing one path per line (relative paths are relative to the list; a line
+    whose first non-blank character is ``#`` is a comment, so a file named ``#x.mp4`` is
+    listed as ``./#x.mp4``).
     A named path that does not exist or is not a regular file (a FIFO, a device, a broken
     link) is kept, so that it is reported as a failure rather than silently dropped.
     """
@@ -124,8 +124,8 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
     from ``rank``, so ranks never overlap and together cover every input."""
     out_dir = Path(out_dir)
     # A broken link stays itself (resolving it would report its target instead).
-    found = sorted({(src.resolve() if src.exists() else src.absolute(), name)
-                    for src, name in collect_inputs(inputs)})
+    found = {(src.resolve() if src.exists() else src.absolute(), name)
+             for src, name in collect_inputs(inputs)}
     # A video found twice (in a folder and a list naming it) is one job, under the name that
     # keeps the most of its folders.
     pairs, seen = [], set()

@@ -140,11 +140,12 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
         meta["sources"] = [file_version(s.path) for s in dataset.samples]
         done = _complete_cache(out, {key, legacy})
         if done is not None:
-            writer = RowsToRedo(out / TOKENS_NAME, read_cache_meta(out), meta["sources"])
+            cached = read_cache_meta(out)
+            writer = RowsToRedo(out / TOKENS_NAME, cached, meta["sources"])
             writer.heartbeat = lambda: refresh_claim(lock)  # redoing every row may take hours
             if not writer.todo():
                 writer.close()
-                if _labels_differ(read_cache_meta(out), meta, key):  # new labels, same tokens
+                if _labels_differ(cached, meta, key):  # new labels, same tokens
                     _write_meta(out, meta, key, [])
                 return done
             try:  # files fixed since may read now; changed files are other tokens

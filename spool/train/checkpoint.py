@@ -95,8 +95,8 @@ def restore_rng(tensors: dict[str, torch.Tensor], python: list, numpy_state: lis
         # By device index ("cuda10" sorts before "cuda2"), and only the devices this process
         # sees: a run resumed with fewer GPUs per process (one per task under SLURM).
         for key in (k for k in tensors if k.startswith("cuda")):
-            if int(key[len("cuda"):]) < torch.cuda.device_count():
-                torch.cuda.set_rng_state(tensors[key], int(key[len("cuda"):]))
+            if (device := int(key[len("cuda"):])) < torch.cuda.device_count():
+                torch.cuda.set_rng_state(tensors[key], device)
     random.setstate((python[0], tuple(python[1]), python[2]))
     kind, keys, pos, has_gauss, cached = numpy_state
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))

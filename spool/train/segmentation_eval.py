@@ -100,7 +100,7 @@ def evaluate_segmentation(model: FrameClassifier,
             out = model.predict_long(item["tokens"].to(device), chunk_frames=chunk_frames)
             out = out._replace(frame_indices=item.get("frame_indices"),
                                timestamps=item.get("timestamps"))  # the cache's, as a file's
-            # Times are written with the predictions only (the old caches' means a probe).
+            # Only kept predictions write times (for an older cache, they cost a probe).
             start = _cache_start_time(item, data.videos[i]) if keep else None
             target = item["labels"].numpy()
         else:

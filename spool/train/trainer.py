@@ -142,7 +142,7 @@ class Trainer:
                 result = fn()
             except Exception as err:  # any error: a KeyError too would leave them waiting
                 error = err
-        message = broadcast_object(error and f"{type(error).__name__}: {error}")
+        message = broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
         if error is not None:
             raise error
         if message is not None:
