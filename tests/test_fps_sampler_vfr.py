@@ -88,3 +88,23 @@ def test_settings_saved_before_use_timestamps_compare_equal():
     check_sampling(old, FpsSampler(2).to_dict(), "val_cache", "c/")
     with pytest.raises(ValueError, match="sampled as"):
         check_sampling(old, FpsSampler(3).to_dict(), "val_cache", "c/")
+
+
+def test_a_pause_does_not_sample_past_the_last_frame():
+    """Defect: the last frame lasted the mean interval, which a pause inflates: frames shown
+    at 0, .1, 2.0, 2.1 s (a 2.2 s video) gave 28 frames at 10 fps, 6 of them past its end."""
+    ts = [0.0, 0.1, 2.0, 2.1]
+    (indices,) = FpsSampler(10)(4, 4 / 2.2, timestamps=ts)
+    assert indices == [0] + [1] * 19 + [2, 3]
+
+
+def test_settings_carry_the_sampling_revision():
+    """Outputs keyed by the sampler's settings are redone after the rule changed; settings
+    saved before the revision still rebuild today's sampler."""
+    from spool.video.samplers import make_sampler, sampler_settings
+
+    assert FpsSampler(2).to_dict()["revision"] == FpsSampler.REVISION
+    before = {"name": "fps", "target_fps": 2.0, "max_frames": None, "use_timestamps": True}
+    assert sampler_settings(before) == FpsSampler(2).to_dict() != before
+    with pytest.raises(ValueError, match="revision"):
+        make_sampler(**{**before, "revision": 1})

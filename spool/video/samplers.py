@@ -214,17 +214,26 @@ class FpsSampler(FrameSampler):
     variable-rate one (given the frames' ``timestamps``, with ``use_timestamps``) it is found
     by time. A target above the source rate repeats frames. ``max_frames`` keeps only the
     first frames.
+
+    ``revision`` is in the settings so that outputs sampled by an earlier rule are redone:
+    revision 2 lets a variable-rate video's last frame last its median frame interval
+    (revision 1 took the mean, which a long pause inflates: frames past the end). Settings
+    saved without one read as today's, so a model's sampling still compares equal.
     """
 
     name = "fps"
     needs_fps = True
+    REVISION: ClassVar[int] = 2
 
     def __init__(self, target_fps: float, max_frames: int | None = None,
-                 use_timestamps: bool = True) -> None:
+                 use_timestamps: bool = True, revision: int = REVISION) -> None:
         self.target_fps = _positive_float("target_fps", target_fps)
         self.max_frames = _positive_int("max_frames", max_frames, allow_none=True)
         if not isinstance(use_timestamps, bool):
             raise ValueError(f"use_timestamps: expected True or False, got {use_timestamps!r}")
+        if revision != self.REVISION or isinstance(revision, bool):
+            raise ValueError(f"revision: this Spool samples by fps revision {self.REVISION}, "
+                             f"got {revision!r}")
         self.use_timestamps = use_timestamps
 
     def __call__(self, num_frames: int, fps: float | None = None,
@@ -244,9 +253,8 @@ class FpsSampler(FrameSampler):
             # The index rule: timestamps rounded to the container's time base (milliseconds in
             # Matroska) would otherwise move a pick that falls within a rounding of a frame.
             return super().__call__(num_frames, fps, rng)
-        span = ts[-1] - ts[0]
-        if n > 1 and span > 0:
-            duration = span * n / (n - 1)  # the last frame lasts an average frame
+        if n > 1:  # the last frame lasts a typical frame; a pause would inflate the mean
+            duration = ts[-1] - ts[0] + float(np.median(np.diff(ts)))
         else:
             duration = n / _positive_float("fps", fps) if fps is not None else 0.0
         count = max(1, math.ceil(duration * self.target_fps - 1e-9))
@@ -270,7 +278,7 @@ class FpsSampler(FrameSampler):
 
     def _settings(self) -> dict[str, Any]:
         return {"target_fps": self.target_fps, "max_frames": self.max_frames,
-                "use_timestamps": self.use_timestamps}
+                "use_timestamps": self.use_timestamps, "revision": self.REVISION}
 
 
 def _constant_rate(ts: np.ndarray) -> bool:
