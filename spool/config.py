@@ -50,8 +50,9 @@ class SpoolConfig:
         resize_mode, crop_pct: the preprocessing policy of every path
             (:class:`~spool.video.transforms.FramePreprocessing`): ``center_crop`` of
             ``crop_pct`` of the shorter side (DINOv2's convention), ``squash`` or ``pad``.
-            ``crop_pct=None``: the backbone's own (its ``preprocessor_config.json``), else
-            224/256.
+            ``crop_pct=None`` (and the default ``resize_mode``): the backbone's own, from its
+            ``preprocessor_config.json`` (its centre crop, or a squash where it resizes to
+            a square without one, as ViT's does), else 224/256.
         token_pooling: ``k``: the patch grid is average-pooled ``k x k`` for the temporal
             stack (class and register tokens kept), so ``L`` is the pooled count
             (224 px, /14: ``k=2`` -> 1 + 64, ``k=4`` -> 1 + 16); 1 (default): every token.

@@ -56,7 +56,9 @@ def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
 
 def read_backbone_preprocessing(name: str) -> dict[str, object]:
     """The backbone's own normalisation and crop from a local ``preprocessor_config.json``:
-    ``image_mean``, ``image_std`` and ``crop_pct`` (crop size / shortest edge), where given."""
+    ``image_mean``, ``image_std`` and ``crop_pct`` (crop size / shortest edge), where given;
+    ``resize_mode="squash"`` where it resizes to a height and width without a centre crop
+    (ViT's, SigLIP's processors)."""
     path = os.path.join(name, "preprocessor_config.json")
     if not os.path.isfile(path):
         return {}
@@ -79,6 +81,9 @@ def read_backbone_preprocessing(name: str) -> dict[str, object]:
         crop.get("height") if isinstance(crop, dict) else None)
     if data.get("do_center_crop") and edge and side and side <= edge:
         found["crop_pct"] = side / edge
+    elif (not data.get("do_center_crop") and data.get("do_resize", True)
+          and isinstance(size, dict) and {"height", "width"} <= size.keys()):
+        found["resize_mode"] = "squash"
     return found
 
 
@@ -184,9 +189,15 @@ class FrameEncoder(nn.Module):
         was_training = self.model.training
         self.model.eval()
         dummy = torch.zeros(1, 3, self.image_size, self.image_size, device=self.mean.device)
-        num = self.model(pixel_values=dummy).last_hidden_state.shape[1]
+        shape = tuple(self.model(pixel_values=dummy).last_hidden_state.shape)
         self.model.train(was_training)
-        return num
+        width = getattr(self.model.config, "hidden_size", None)
+        if len(shape) != 3 or shape[-1] != width:  # a ConvNet's [B, C, H, W] feature map
+            raise ValueError(
+                f"backbone: expected a vision transformer that returns tokens [B, N, D] with D "
+                f"its config's hidden_size; {type(self.model).__name__} returns shape {shape} "
+                f"(hidden_size {width})")
+        return shape[1]
 
 
 def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]:
@@ -195,8 +206,9 @@ def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]
     ``num_spatial_tokens`` and, where it shows its patch grid, ``num_prefix_tokens``."""
     if config.backbone_config is None:
         found = read_backbone_preprocessing(config.backbone_name)
-        if config.crop_pct is not None:  # an explicit choice wins over the backbone's
-            found.pop("crop_pct", None)
+        if config.crop_pct is not None or config.resize_mode != _DEFAULTS.resize_mode:
+            found.pop("crop_pct", None)  # an explicit choice wins over the backbone's
+            found.pop("resize_mode", None)
         for key in ("image_mean", "image_std"):  # so do values other than the defaults
             if list(getattr(config, key)) != list(getattr(_DEFAULTS, key)):
                 found.pop(key, None)

@@ -18,11 +18,17 @@ def frame_mask(num_frames: int, local_frame_range: int, lookahead: bool,
     """Frame-level ``allowed(i, j)`` as a bool ``[F, F]`` tensor (small: frames, not tokens)."""
     i = torch.arange(num_frames, device=device)[:, None]
     j = torch.arange(num_frames, device=device)[None, :]
-    w = local_frame_range
+    w = window_within(num_frames, local_frame_range)
     if lookahead:
         last = num_frames - 1
         return (i == last) | (j == last) | ((j >= i) & (j <= i + w))
     return (i == 0) | (j == 0) | ((j <= i) & (j >= i - w))
+
+
+def window_within(num_frames: int, local_frame_range: int) -> int:
+    """``local_frame_range`` capped at ``num_frames``: the same mask, and ``i + w`` fits in
+    int64 whatever the window (``sys.maxsize`` for "all frames" overflowed there)."""
+    return min(local_frame_range, num_frames)
 
 
 def dense_token_mask(num_frames: int, num_tokens: int, local_frame_range: int,
@@ -101,7 +107,8 @@ def flex_mask_mod(num_frames: int, num_tokens: int, local_frame_range: int,
     captured ints, so every new frame count would compile again.
     """
     last, w, L, num_lookback_heads = (torch.tensor(x, device=device) for x in (
-        num_frames - 1, local_frame_range, num_tokens, num_lookback_heads))
+        num_frames - 1, window_within(num_frames, local_frame_range), num_tokens,
+        num_lookback_heads))
 
     def mask_mod(b, h, q_idx, kv_idx):
         i = q_idx // L
@@ -134,7 +141,7 @@ def flex_block_mask(num_frames: int, num_tokens: int, local_frame_range: int,
     """
     from torch.nn.attention.flex_attention import BlockMask
 
-    w, last = local_frame_range, num_frames - 1
+    w, last = window_within(num_frames, local_frame_range), num_frames - 1
     a0, a1, q_ragged = _block_frame_ranges(num_frames, num_tokens, block_size, device)
     b0, b1, k_ragged = _block_frame_ranges(num_frames, num_tokens, block_size, device)
     a0, a1, q_ragged = a0[:, None], a1[:, None], q_ragged[:, None]

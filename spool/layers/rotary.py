@@ -19,24 +19,28 @@ class FrameRotaryEmbedding(nn.Module):
         self.head_dim, self.theta = head_dim, theta
         self.register_buffer("inv_freq", self._inv_freq(None), persistent=False)
 
-    def _inv_freq(self, device: torch.device | None) -> torch.Tensor:
-        steps = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
+    def _inv_freq(self, device: torch.device | None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        steps = torch.arange(0, self.head_dim, 2, dtype=dtype, device=device)
         return 1.0 / (self.theta ** (steps / self.head_dim))
 
     def _apply(self, fn, recurse: bool = True):
         # A cast of the model (.half(), .to(bfloat16)) would round the frequencies, and the
         # rounding would stay after casting back (or in what save_pretrained writes): they are
-        # recomputed in float32 where the buffer went. Only then: a move that changes nothing
-        # keeps the tensor, which a CUDA graph captured before may still read.
+        # recomputed in float32 where the buffer went (in float64 for .double(), whose
+        # gradients are checked against float64 finite differences). Only then: a move that
+        # changes nothing keeps the tensor, which a CUDA graph captured before may still read.
         super()._apply(fn, recurse)
         if self.inv_freq.dtype != torch.float32:
-            self.inv_freq = self._inv_freq(self.inv_freq.device)
+            self.inv_freq = self._inv_freq(self.inv_freq.device, _rotation_dtype(
+                self.inv_freq.dtype))
         return self
 
     def freqs_at(self, positions: torch.Tensor) -> torch.Tensor:
         """Complex rotations ``[F, 1, head_dim / 2]`` for frame ``positions: [F]``, to
         broadcast over ``[..., F, L, hd/2]``."""
-        angles = torch.outer(positions.to(torch.float32), self.inv_freq.to(positions.device))
+        inv_freq = self.inv_freq.to(positions.device)
+        angles = torch.outer(positions.to(inv_freq.dtype), inv_freq)
         return torch.polar(torch.ones_like(angles), angles)[:, None, :]
 
 
@@ -45,5 +49,10 @@ def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
     One complex multiply: a single pass over ``x``, which matters on the hot path.
     """
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    pairs = torch.view_as_complex(x.to(_rotation_dtype(x.dtype)).unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * freqs).flatten(-2).to(x.dtype)
+
+
+def _rotation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Rotations run in float32 (half precision would round the angles), float64 in float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

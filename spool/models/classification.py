@@ -73,6 +73,13 @@ class VideoClassifier(SpoolPreTrainedModel):
     def logits_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _refuse_head_settings(self) -> None:
+        """The clip heads have no settings: a ``head_config`` would be ignored silently."""
+        if self.config.head_config:
+            raise ValueError(f"head_config: {type(self).__name__} takes no head settings, got "
+                             f"{sorted(self.config.head_config)} (they are the frame "
+                             "classifiers' and baselines')")
+
     def forward(self, video: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 *, tokens: torch.Tensor | None = None) -> ClassifierOutput:
         """``video: [B, T, H, W, 3]`` or cached ``tokens: [B, T, L, D]`` (exactly one),
@@ -106,6 +113,7 @@ class SpoolForVideoClassification(VideoClassifier):
         super().__init__()
         self.spool = Spool(config, with_backbone=with_backbone, **kwargs)
         self.config = self.spool.config
+        self._refuse_head_settings()
         self.dropout = nn.Dropout(self.config.classifier_dropout)
         self.classifier = nn.Linear(2 * self.config.hidden_size, _num_labels(self.config))
         nn.init.trunc_normal_(self.classifier.weight, std=self.config.initializer_range)
@@ -138,6 +146,7 @@ class FramePoolingForVideoClassification(VideoClassifier):
         self.backbone: FrameEncoder | None
         config, self.backbone = config_and_frame_encoder(config, kwargs, with_backbone)
         self.config = config
+        self._refuse_head_settings()
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, _num_labels(config))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -47,10 +47,14 @@ class FrameEncoderModel(SpoolPreTrainedModel):
     """
 
     init_keywords = ()
+    # What an encoder drops from a model's config: no temporal layers, no classes (and so
+    # none of them background).
+    DROPPED: ClassVar[dict[str, Any]] = {"num_hidden_layers": 0, "class_names": None,
+                                         "background_classes": None}
 
     def __init__(self, config: SpoolConfig | None = None, /, **kwargs: Any) -> None:
         super().__init__()
-        kwargs = {**kwargs, "num_hidden_layers": 0, "class_names": None}
+        kwargs = {**kwargs, **self.DROPPED}
         self.config, self.backbone = config_and_frame_encoder(config, kwargs, True)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -68,7 +72,7 @@ def save_frame_encoder(model: SpoolPreTrainedModel, directory: str | os.PathLike
     if encoder is None:
         raise ValueError("model: has no frame encoder (built with with_backbone=False?)")
     config = model.config_for_saving().replace(
-        architectures=[FrameEncoderModel.__name__], num_hidden_layers=0, class_names=None)
+        architectures=[FrameEncoderModel.__name__], **FrameEncoderModel.DROPPED)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {f"backbone.{k}": v for k, v in encoder.state_dict().items()}

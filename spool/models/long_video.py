@@ -59,10 +59,12 @@ def memory_estimate(num_frames: int, num_tokens: int, hidden_size: int, chunk_fr
                     local_frame_range: int, offload: bool = False) -> int:
     """Bytes of RAM a long forward needs beyond the model's weights: the fp32 hidden state
     ``[T + 2, L, D]`` (unless offloaded to disk) and a per-chunk workspace that does not grow
-    with ``T`` (about 25 frames' worth of hidden state per frame of chunk and window)."""
+    with ``T`` (about 25 frames' worth of hidden state per frame of chunk and window, which
+    never span more than the video and its two context frames)."""
     frame = num_tokens * hidden_size * 4
     hidden = 0 if offload else (num_frames + 2) * frame
-    return hidden + 25 * (chunk_frames + 2 * local_frame_range) * frame
+    workspace = min(chunk_frames + 2 * local_frame_range, num_frames + 2)
+    return hidden + 25 * workspace * frame
 
 
 def check_memory(needed: int, what: str) -> None:

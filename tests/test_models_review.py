@@ -1,0 +1,143 @@
+"""Defects found reviewing the model and layer code against SPEC.md (eighth session)."""
+
+from pathlib import Path
+
+import torch
+from conftest import tiny_config
+
+from spool.models import FrameEncoderModel, SpoolForFrameClassification
+from spool.models.frame_encoder import save_frame_encoder
+
+
+def test_a_frame_classifier_with_background_classes_gives_its_frame_encoder(tmp_path: Path):
+    """Defect: the encoder dropped the classes but kept the background ones, which its config
+    then refused ("expected names among class_names None"): ``spool cache --task frames
+    --init <frame model>`` failed after encoding every video."""
+    model = SpoolForFrameClassification(tiny_config(
+        class_names=["background", "cut"], background_classes=["background"])).eval()
+    save_frame_encoder(model, tmp_path)
+    encoder = FrameEncoderModel.from_pretrained(tmp_path).eval()
+    assert encoder.config.background_classes is None
+    video = torch.randint(0, 256, (1, 2, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(video), model.frame_encoder(video))
+    assert FrameEncoderModel(model.config).config.class_names is None
+
+
+def test_a_window_or_chunk_longer_than_the_video_needs_no_more_memory(monkeypatch):
+    """Defect: the workspace estimate grew with the window and the chunk without bound, so 8
+    frames with ``local_frame_range=1024`` (or ``chunk_frames=2000``) were refused with a
+    MemoryError for tens of GiB, though the plain forward ran them."""
+    import spool.models.long_video as long_video
+    from spool import Spool
+
+    monkeypatch.setattr(long_video, "available_memory_bytes", lambda: 10 * 2**20)
+    model = Spool(tiny_config(local_frame_range=1024, hidden_size=64, num_spatial_tokens=17,
+                              num_attention_heads=4, backbone_config=None),
+                  with_backbone=False).eval()
+    tokens = torch.randn(8, 17, 64)
+    with torch.no_grad():
+        plain = model.forward_tokens(tokens[None]).features[0, 1:-1].mean(1)
+        for chunk in (4, 2000):
+            long = model.forward_long(tokens, chunk_frames=chunk)
+            torch.testing.assert_close(long.frame_features, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_a_window_past_int64_is_every_frame_in_every_backend():
+    """Defect: ``local_frame_range=sys.maxsize`` wrapped ``i + w`` negative in the flex and
+    reference masks (no lookahead at all), and ``10**20`` raised torch's OverflowError."""
+    import sys
+
+    from spool.layers.attention_blocked import blocked_attention
+    from spool.layers.attention_dense import dense_attention
+    from spool.layers.attention_flex import flex_attention
+    from spool.layers.attention_reference import reference_attention
+
+    q, k, v = (torch.randn(2, 1, 7, 3, 16) for _ in range(3))
+    with torch.no_grad():
+        every = reference_attention(q, k, v, num_lookback_heads=1, local_frame_range=6)
+        for fn in (blocked_attention, dense_attention, reference_attention, flex_attention):
+            for w in (sys.maxsize, 10**20):
+                out = fn(q, k, v, num_lookback_heads=1, local_frame_range=w)
+                torch.testing.assert_close(out, every, rtol=1e-5, atol=1e-5,
+                                           msg=f"{fn.__name__}, w={w}")
+
+
+def test_a_backbone_that_resizes_without_cropping_is_squashed(tmp_path: Path):
+    """Defect: only the crop of a local backbone's processor was followed, so one that
+    resizes to a square without cropping (ViT, SigLIP) had its frames centre-cropped."""
+    import json
+
+    from transformers import AutoConfig, AutoModel
+
+    from spool import Spool
+
+    AutoModel.from_config(AutoConfig.for_model(
+        "vit", hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, patch_size=8, image_size=32)).save_pretrained(tmp_path)
+    processor = {"do_resize": True, "size": {"height": 32, "width": 32},
+                 "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(processor))
+    args = dict(num_hidden_layers=1, num_attention_heads=2, num_lookahead_heads=1,
+                num_lookback_heads=1, image_size=32, local_frame_range=2,
+                backbone_name=str(tmp_path))
+    assert Spool(**args).config.resize_mode == "squash"
+    assert Spool(**args, crop_pct=0.5).config.resize_mode == "center_crop"  # an explicit crop
+    assert Spool(**args, resize_mode="pad").config.resize_mode == "pad"
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {**processor, "do_center_crop": True, "size": {"shortest_edge": 40},
+         "crop_size": {"height": 32, "width": 32}}))
+    config = Spool(**args).config
+    assert (config.resize_mode, config.crop_pct) == ("center_crop", 0.8)
+
+
+def test_a_float64_model_rotates_in_float64():
+    """Defect: rotary always ran in float32, so a ``.double()`` model was float32-accurate
+    and failed ``gradcheck``; float32 and half models rotate in float32 as before."""
+    from spool import Spool
+    from spool.layers.rotary import FrameRotaryEmbedding, apply_rotary
+
+    rotary = FrameRotaryEmbedding(8).double()
+    assert rotary.inv_freq.dtype == torch.float64
+    x = torch.randn(3, 2, 8, dtype=torch.float64)
+    positions = torch.arange(3)
+    angle = positions[:, None, None] * 10000.0 ** (-torch.arange(0, 8, 2).double() / 8)
+    cos, sin = angle.cos(), angle.sin()
+    even, odd = x[..., 0::2], x[..., 1::2]
+    exact = torch.stack((even * cos - odd * sin, even * sin + odd * cos), -1).flatten(-2)
+    torch.testing.assert_close(apply_rotary(x, rotary.freqs_at(positions)), exact,
+                               rtol=1e-13, atol=1e-13)
+    assert FrameRotaryEmbedding(8).half().float().inv_freq.dtype == torch.float32
+    model = Spool(tiny_config(hidden_size=8, num_spatial_tokens=2, backbone_config=None),
+                  with_backbone=False).double()
+    tokens = torch.randn(1, 3, 2, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: model.forward_tokens(t).features, (tokens,),
+                                    eps=1e-6, atol=1e-5)
+
+
+def test_clip_classifiers_refuse_head_settings_they_would_ignore():
+    """Defect: ``head_config={"context_in_head": True}`` built a clip classifier that ignored
+    it (and saved it), though the frame classifiers refuse keys they do not take."""
+    import pytest
+
+    from spool.models import FramePoolingForVideoClassification, SpoolForVideoClassification
+
+    for cls in (SpoolForVideoClassification, FramePoolingForVideoClassification):
+        with pytest.raises(ValueError, match=r"head_config: .*\['bogus', 'context_in_head'\]"):
+            cls(tiny_config(class_names=["a", "b"],
+                            head_config={"context_in_head": True, "bogus": 1}))
+        assert cls(tiny_config(class_names=["a", "b"], head_config={})).config.head_config == {}
+
+
+def test_a_backbone_without_tokens_is_refused_by_name():
+    """Defect: a ConvNet backbone (no ``hidden_size``, a ``[B, C, H, W]`` output) gave
+    "'FrameEncoder' object has no attribute 'hidden_size'"."""
+    import pytest
+
+    from spool import Spool
+
+    convnext = {"model_type": "convnext", "hidden_sizes": [8, 16, 24, 32],
+                "depths": [1, 1, 1, 1]}
+    with pytest.raises(ValueError, match=r"backbone: expected a vision transformer .*"
+                                         r"ConvNextModel returns shape \(1, 32, 1, 1\)"):
+        Spool(tiny_config(backbone_config=convnext))
