@@ -38,11 +38,15 @@ def check_complete(source: Path, num_frames: int, end_s: float | None = None,
     B-frame delays, rounded timestamps) from being flagged."""
     with av.open(str(source), metadata_errors="ignore") as container:
         announced = container.streams.video[0].frames
-        declared = _declared_end(container) if not announced and end_s is not None else None
+        declared = _declared_end(container) if end_s is not None else None
     if announced and num_frames + discarded < announced - 1:
-        raise VideoDecodeError(f"{source}: truncated: the header announces {announced} frames "
-                               f"but only {num_frames} are in the file")
-    if declared is not None:
+        # Frames that reach the declared end are all there: the header also counted AVI's
+        # empty chunks (dropped frames), or samples an MP4 edit list trims off the end.
+        frame = 1 / fps if fps else 0.0
+        if declared is None or end_s is None or end_s < declared - 1.5 * frame - 1e-3:
+            raise VideoDecodeError(f"{source}: truncated: the header announces {announced} "
+                                   f"frames but only {num_frames} are in the file")
+    elif not announced and declared is not None:
         slack = max(1.0, 3 / fps if fps else 0.0, 0.02 * declared)
         end = max(end_s, others_end_s if others_end_s is not None else end_s)
         if end < declared - slack:

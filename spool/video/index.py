@@ -21,6 +21,9 @@ from spool.video.limits import check_frame_size
 _INDEX_CACHE_SIZE = 64
 # Packets decoded at indexing time (B-frame streams only) to check the pts order.
 _ORDER_CHECK_PACKETS = 16
+# What ends a demux early: an unreadable tail, or PyAV's end-of-file flush, which raises
+# IndexError when FFmpeg found a stream mid-file (joined MPEG-TS recordings).
+DEMUX_ERRORS = (av.FFmpegError, IndexError)
 # Codec options for opens that only read headers and packets: stream probing decodes nothing
 # (it would decode a frame of a forged 8192x8192 header before the size could be checked).
 _HEADERS_ONLY = {"skip_frame": "all"}
@@ -96,6 +99,9 @@ def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool 
         raise VideoDecodeError(f"{path}: no video stream in the file")
     stream = container.streams.video[0]
     try:
+        if stream.codec_context is None:  # FFmpeg has no decoder for it
+            raise VideoDecodeError(f"{path}: no decoder for its video codec (this FFmpeg build "
+                                   "does not know it)")
         check_frame_size(path, stream.codec_context.width, stream.codec_context.height,
                          max_pixels)
     except VideoDecodeError:
@@ -114,11 +120,16 @@ def _shown_pts(path: str, max_pixels: int, packets: int) -> list[int | None]:
     counted = 0
     with container:
         stream.thread_type = "SLICE"  # frame threads would hold back the few frames here
-        for packet in container.demux(stream):
+        demuxed = container.demux(stream)
+        while counted < packets:
+            try:
+                packet = next(demuxed, None)
+            except DEMUX_ERRORS:
+                break
+            if packet is None:
+                break
             if packet.size == 0:
                 continue
-            if counted >= packets:
-                break
             counted += not packet.is_discard
             try:
                 out += [f.pts for f in stream.decode(packet)]
@@ -148,6 +159,7 @@ def _pts_give_display_order(shown: list[int | None], stream: av.VideoStream,
 def _build_index(path: str, max_pixels: int, container: av.container.InputContainer,
                  stream: av.VideoStream) -> _FrameIndex:
     pts: list[int | None] = []
+    dts: list[int] = []
     keys: list[bool] = []
     last_duration = 0
     others_end: float | None = None  # a truncation check needs where the audio ends too
@@ -168,9 +180,11 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
                     others_end = end if others_end is None else max(others_end, end)
                 continue
             pts.append(packet.pts)
+            if packet.dts is not None:
+                dts.append(packet.dts)
             keys.append(packet.is_keyframe)
             last_duration = packet.duration or 0
-    except av.FFmpegError:
+    except DEMUX_ERRORS:
         pass  # truncated or corrupt tail: index what could be read
     n = len(pts)
     tb = stream.time_base or Fraction(1, 1)
@@ -188,7 +202,11 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
         decoded = min(n, (first_key if mid_gop else 0) + _ORDER_CHECK_PACKETS)
         shown = _shown_pts(path, max_pixels, decoded)
         not_shown = max(0, decoded - len(shown))
+    # Decode times that go back are a clock that restarted (recordings joined end to end):
+    # sorting by pts would interleave the parts, which the B-frame check of the first
+    # packets cannot see.
     exact = (n > 0 and None not in pts and len(set(pts)) == n
+             and bool(np.all(np.diff(np.asarray(dts, np.int64)) >= 0))
              and _pts_give_display_order(shown, stream, pts))
     if not exact:
         idx = np.arange(n - not_shown, dtype=np.int64)

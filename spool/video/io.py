@@ -21,7 +21,13 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from spool.video.index import VideoDecodeError, _cached_index, _open, clear_index_cache
+from spool.video.index import (
+    DEMUX_ERRORS,
+    VideoDecodeError,
+    _cached_index,
+    _open,
+    clear_index_cache,
+)
 from spool.video.limits import DEFAULT_MAX_PIXELS, check_frame_size, current_max_pixels
 from spool.video.samplers import decode_chunks, distinct_frames
 from spool.video.writer import SUPPORTED_CODECS, write_video
@@ -176,7 +182,7 @@ class VideoReader:
         while True:
             try:
                 packet = next(packets, None)
-            except av.FFmpegError:
+            except DEMUX_ERRORS:
                 packet = None  # unreadable tail: flush what the decoder holds
             if packet is not None and packet.size and packet.pts is not None:
                 i = self._pts_to_idx.get(packet.pts) if self.index.exact else None
@@ -302,9 +308,11 @@ class VideoReader:
             raise VideoDecodeError(f"{self.path}: could not decode frame index {missed[0]}"
                                    f"{more} of {n}; the file may be truncated or corrupt")
         out = [i for i in wanted if i in got]
-        if not out:
-            h, w = size or (self._stream.codec_context.height, self._stream.codec_context.width)
-            return np.zeros((0, h, w, 3), np.uint8), np.zeros((0,), np.float64)
+        if not out:  # nothing asked for: shaped as frames would be, upright
+            if size is None:
+                ctx = self._stream.codec_context
+                size = self.get([0])[0].shape[1:3] if n else (ctx.height, ctx.width)
+            return np.zeros((0, *size, 3), np.uint8), np.zeros((0,), np.float64)
         if self.index.exact:
             times = self.index.pts[out] * float(self.index.time_base)
         else:
@@ -372,7 +380,7 @@ def probe_video(path: str | os.PathLike[str], exact: bool = True,
     with container:
         try:
             frame = next(container.decode(stream), None)
-        except av.FFmpegError as e:
+        except DEMUX_ERRORS as e:
             raise VideoDecodeError(f"{path}: cannot decode the first frame: {e}") from e
         if frame is None:
             raise VideoDecodeError(f"{path}: the video stream has no decodable frame")
