@@ -57,7 +57,8 @@ def _terminated(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    debug = args.debug or os.environ.get("SPOOL_DEBUG", "") not in ("", "0")
+    # Commands that report some errors themselves read it too.
+    args.debug = debug = args.debug or os.environ.get("SPOOL_DEBUG", "") not in ("", "0")
     from spool.runtime import configure_logging, tune_cpu_allocator
 
     configure_logging()
@@ -78,10 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print(f"spool {args.command}: terminated (SIGTERM){kept}", file=sys.stderr)
         return 128 + signal.SIGTERM
-    except (ValueError, OSError) as err:  # user mistakes and unloadable inputs
+    # User mistakes, unloadable inputs, and work refused up front for want of memory.
+    except (ValueError, OSError, MemoryError) as err:
         if debug:
             raise
-        print(f"spool {args.command}: error: {one_line(err)}", file=sys.stderr)
+        print(f"spool {args.command}: error: {one_line(err) or type(err).__name__}",
+              file=sys.stderr)
         return 2
     finally:
         if in_main:

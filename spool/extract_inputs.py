@@ -16,6 +16,7 @@ from pathlib import Path
 
 # VIDEO_EXTENSIONS is re-exported: spool extract names it when it finds no video.
 from spool.file_names import NAME_MAX, fit_name
+from spool.io_utils import read_text_file
 from spool.video.formats import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS
 from spool.video.formats import is_video_name
 
@@ -53,7 +54,7 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
             # utf-8-sig: a byte-order mark would otherwise become part of the first path.
             labelled = []
-            for line in path.read_text(encoding="utf-8-sig").splitlines():
+            for line in read_text_file(path, "a list of video paths").splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
                     entry = Path(line) if Path(line).is_absolute() else path.parent / line

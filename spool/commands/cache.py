@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from spool.cli_args import (
     add_model_argument,
@@ -13,12 +14,15 @@ from spool.cli_args import (
     positive_int,
     refuse_ignored,
 )
+from spool.config import SpoolConfig
 
 # Flags of one task (name -> its default): given for the other task, they would be ignored.
 CLIP_FLAGS = {"views": 1, "num_frames": 16, "frame_stride": None, "crop_scale": (0.4, 1.0),
               "hflip": False, "batch_size": 8,
               "num_workers": 2}  # the frames task encodes each video whole, in this process
 FRAME_FLAGS = {"fps": 15.0, "split": "train.split1"}
+# What --model may set here: the frame encoder, and how it runs.
+CACHE_FIELDS = (*SpoolConfig.FRAME_ENCODER_FIELDS, "backbone_chunk_size", "freeze_backbone")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,11 +41,22 @@ def run(args: argparse.Namespace) -> int:
     refuse_ignored(args, CLIP_FLAGS if frames else FRAME_FLAGS,
                    f"applies to --task {'clips' if frames else 'frames'}, not to --task "
                    f"{args.task}")
+    if not frames and args.views == 1:  # view 0, the evaluation clip, is never augmented
+        refuse_ignored(args, {k: CLIP_FLAGS[k] for k in ("crop_scale", "hflip")},
+                       "applies to augmented views (--views 2 or more)")
+    overrides = dict(args.model or [])
+    others = sorted(set(overrides) - set(CACHE_FIELDS))
+    if others:
+        raise ValueError(f"--model: {others} do not change a cache (it holds the frame "
+                         f"encoder's tokens: {', '.join(CACHE_FIELDS)}); give them to spool "
+                         "train")
     device = resolve_device(args.device)  # a GPU that is not there: said before the work
     if frames:  # a mistyped root is said before a backbone is loaded
         check_segmentation_source(args.data, "data (--data)")
+        if not Path(args.data).is_dir() and args.split != FRAME_FLAGS["split"]:
+            raise ValueError("--split: applies to an MS-TCN root (--data DIR); got a "
+                             "segments CSV")
     torch.manual_seed(args.seed)  # a randomly initialised backbone is reproducible
-    overrides = dict(args.model or [])
     if args.init is not None:
         model = load_pretrained(args.init, **overrides)
     else:

@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     if args.real and args.per_class is not None:
         raise ValueError("--per-class: is for the synthetic demo; the real one uses all of "
                          "its footage")
+    if args.no_download and not args.real:
+        raise ValueError("--no-download: is for the real-footage demo (--real); the synthetic "
+                         "one downloads nothing")
     if args.out is None:
         args.out = "spool-demo-real" if args.real else "spool-demo"
     from spool.train.signals import TrainingInterrupted

@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
                          "(spool eval ... --device cuda uses one GPU)")
     frames = peek_architecture(args.checkpoint).endswith("ForFrameClassification")
     _refuse_ignored(args, frames)
+    if args.cache is not None and args.num_workers is not None:
+        raise ValueError("--num-workers: applies to videos (--data); a token cache is read "
+                         "in this process")
     if args.out is not None:
         _make_out_dir(args.out)
     if frames:

@@ -239,7 +239,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="video files, directories (searched recursively, following links) or "
-                        ".txt lists of paths")
+                        "lists of paths (.txt, .lst, .list)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", metavar="DIR",

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from spool.io_utils import read_text_file
 from spool.video.formats import VIDEO_EXTENSIONS, is_video_name
 from spool.video.index import VideoDecodeError
 from spool.video.io import VideoReader
@@ -43,7 +44,7 @@ class VideoSample:
 
 
 def _read_class_names(path: Path) -> list[str]:
-    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()
+    names = [line.strip() for line in read_text_file(path, "a class list").splitlines()
              if line.strip()]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: duplicate class names in {names}")
@@ -72,7 +73,8 @@ def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | N
         class_names = own
     rows: list[tuple[int, str, str]] = []
     # utf-8-sig: a byte-order mark (Windows editors) would otherwise end up in line 1's path.
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for lineno, raw in enumerate(read_text_file(path, "an annotation file").splitlines(),
+                                 start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

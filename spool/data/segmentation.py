@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import itertools
 import logging
 import os
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spool.io_utils import read_text_file
 from spool.video.formats import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ def warn_if_labels_disagree(sample: SegmentationSample, num_frames: int,
 
 def read_mapping(path: str | os.PathLike) -> list[str]:
     """MS-TCN's ``mapping.txt`` (``index name`` lines) -> class names in index order."""
-    rows = [line.split() for line in Path(path).read_text(encoding="utf-8-sig").splitlines()
+    rows = [line.split() for line in read_text_file(path, "a mapping.txt").splitlines()
             if line.strip()]
     for i, row in enumerate(rows):
         if len(row) != 2 or row[0] != str(i):
@@ -109,7 +111,7 @@ def read_mapping(path: str | os.PathLike) -> list[str]:
 def read_ground_truth(path: str | os.PathLike, classes: Sequence[str]) -> np.ndarray:
     """An MS-TCN ground-truth file (one class name per frame) -> ``[N]`` class indices."""
     index = {name: i for i, name in enumerate(classes)}
-    names = Path(path).read_text(encoding="utf-8-sig").split()
+    names = read_text_file(path, "a ground-truth file").split()
     unknown = sorted(set(names) - set(index))
     if unknown:
         raise ValueError(f"{path}: class names {unknown[:5]} are not in the mapping "
@@ -137,7 +139,7 @@ def read_ms_tcn(root: str | os.PathLike, split: str = "train.split1",
         raise ValueError(f"split: no bundle {bundle} (expected splits/<split>.bundle under "
                          f"{root})")
     samples = []
-    for line in bundle.read_text(encoding="utf-8-sig").splitlines():
+    for line in read_text_file(bundle, "a split bundle").splitlines():
         entry = line.strip()
         if not entry:
             continue
@@ -156,9 +158,8 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
     class names: ``class_names``, else the sorted labels). A sample is named by its file's
     stem; videos whose stems collide get a digest of their path added (``clip-1a2b3c4d``)."""
     path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(read_text_file(path, "a segments CSV"), newline=""))
+    rows = list(reader)
     if not rows or set(reader.fieldnames or ()) != {"video", "start_s", "end_s", "label"}:
         raise ValueError(f"{path}: expected a header 'video,start_s,end_s,label' and rows")
     for lineno, row in enumerate(rows, start=2):

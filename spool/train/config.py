@@ -189,10 +189,11 @@ class TrainConfig:
                 flag = f"--{name.replace('_', '-')}"
                 raise ValueError(f"{name} ({flag}): applies to the {_other_task(self.task)} "
                                  f"task only, not to --task {self.task}")
-        for name in ("label_smoothing", "eval_batch_size"):  # config-file settings, no flags
-            if name in changed and self.task == "frames":
-                raise ValueError(f"{name}: applies to the clips task only, not to --task "
-                                 "frames")
+        for name in ("label_smoothing", "eval_batch_size"):  # clips only, without a task
+            if name in changed and self.task == "frames":  # group in the flags' help
+                flag = f"--{name.replace('_', '-')}"
+                raise ValueError(f"{name} ({flag}): applies to the clips task only, not to "
+                                 "--task frames")
         if "crop_frames" in changed and self.task == "frames" and not self.augment:
             raise ValueError("crop_frames (--crop-frames): random crops are augmentation; with "
                              "augment false (--no-augment) every video trains whole")

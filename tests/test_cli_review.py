@@ -1,0 +1,92 @@
+"""Defects found checking the docs' and help's claims against the CLI (eighth session)."""
+
+from pathlib import Path
+
+import pytest
+
+from spool.cli import main
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    return err
+
+
+def test_a_memory_error_is_one_line_and_exit_2(monkeypatch, capsys):
+    """Defect: the long-video memory check's MemoryError (spool eval of a frame classifier)
+    escaped the CLI as a traceback with exit 1, which reads as "nothing scored"."""
+    import spool.commands.eval as eval_command
+
+    def run(args):
+        raise MemoryError("forward_long over 107 frames needs about 9.0 GiB but 1.0 GiB are "
+                          "available")
+
+    monkeypatch.setattr(eval_command, "run", run)
+    err = _error(capsys, ["eval", "--checkpoint", "x", "--data", "y"])
+    assert "spool eval: error: forward_long over 107 frames" in err
+
+
+@pytest.mark.parametrize("reader", ["annotations", "segments", "list"])
+def test_a_video_given_for_a_text_file_is_named(tmp_path: Path, reader: str):
+    """Defect: a video passed where an annotation file was expected gave "'utf-8' codec
+    can't decode byte 0x9c in position 51", naming neither the file nor the mistake."""
+    from spool.data.dataset import read_annotations
+    from spool.data.segmentation import read_segments_csv
+    from spool.extract_inputs import collect_inputs
+
+    path = tmp_path / ("clip.txt" if reader == "list" else "clip.mp4")
+    path.write_bytes(b"\x00\x00\x00\x18ftypmp42\x9c\xff\xfe")
+    call = {"annotations": read_annotations, "segments": read_segments_csv,
+            "list": lambda p: list(collect_inputs([p]))}[reader]
+    with pytest.raises(ValueError, match=rf"{path.name}: expected .*is it a video"):
+        call(path)
+
+
+def test_settings_spool_cache_would_ignore_are_refused(tmp_path: Path, capsys):
+    """Defects: with one view (never augmented) --hflip and --crop-scale were ignored; so
+    were --model fields outside the frame encoder (num_hidden_layers=3), and --split with a
+    segments CSV. Each is now a one-line error before any work."""
+    csv = tmp_path / "segments.csv"
+    csv.write_text("video,start_s,end_s,label\nclip.mp4,0,1,a\n")
+    base = ["cache", "--data", str(csv), "--out", str(tmp_path / "out")]
+    assert "--hflip: applies to augmented views" in _error(capsys, [*base, "--hflip"])
+    assert "--crop-scale: applies to augmented views" in _error(
+        capsys, [*base, "--crop-scale", "0.1", "0.2"])
+    assert "--model: ['num_hidden_layers'] do not change a cache" in _error(
+        capsys, [*base, "--model", "num_hidden_layers=3"])
+    assert "--split: applies to an MS-TCN root" in _error(
+        capsys, [*base, "--task", "frames", "--split", "test.split1"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_ignored_flags_are_refused(tmp_path: Path, capsys):
+    from conftest import tiny_config
+
+    from spool.models import SpoolForVideoClassification
+
+    assert "--no-download: is for the real-footage demo" in _error(
+        capsys, ["demo", "--no-download", "--out", str(tmp_path / "d")])
+    SpoolForVideoClassification(tiny_config(class_names=["a", "b"])).save_pretrained(
+        tmp_path / "model")
+    assert "--num-workers: applies to videos (--data)" in _error(
+        capsys, ["eval", "--checkpoint", str(tmp_path / "model"), "--cache", str(tmp_path),
+                 "--num-workers", "3"])
+
+
+def test_spool_backbone_shows_the_traceback_with_debug(tmp_path: Path, capsys):
+    """Defect: ``spool --debug backbone ...`` printed one line like any run."""
+    (tmp_path / "taken").write_text("x")
+    argv = ["backbone", "import", "dinov2-small", "--out", str(tmp_path), "--no-download"]
+    assert main(argv) == 2
+    with pytest.raises(FileExistsError):
+        main(["--debug", *argv])
+
+
+def test_the_missing_weights_advice_names_the_command_with_onnx():
+    """Defect: ``spool demo --real`` said to pass the file "with --onnx", an option only
+    ``spool backbone import`` has."""
+    from spool.backbones.dinov2_small import _how_to_get
+
+    assert "`spool backbone import dinov2-small --out DIR --onnx FILE`" in _how_to_get()
