@@ -46,8 +46,8 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
     """A text file a user hands over (a list, labels, annotations), as UTF-8 (a byte-order
     mark dropped: Windows editors write one); a file that is not text is refused naming it,
     as a video given in its place would be."""
-    try:
-        return Path(path).read_text(encoding="utf-8-sig")
+    try:  # bytes decoded, not read_text: newlines stay as written (csv needs "\r\n" kept)
+        return Path(path).read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: expected {what} (UTF-8 text), but byte {err.start} is not "
                          "text: is it a video or another binary file?") from None

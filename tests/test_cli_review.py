@@ -90,3 +90,13 @@ def test_the_missing_weights_advice_names_the_command_with_onnx():
     from spool.backbones.dinov2_small import _how_to_get
 
     assert "`spool backbone import dinov2-small --out DIR --onnx FILE`" in _how_to_get()
+
+
+def test_line_breaks_inside_quoted_csv_fields_are_kept(tmp_path: Path):
+    """Review of my change: reading the segments CSV as text turned a quoted "x\\r\\ny" into
+    "x\\ny" before the csv module saw it."""
+    from spool.io_utils import read_text_file
+
+    path = tmp_path / "a.csv"
+    path.write_bytes(b'\xef\xbb\xbfvideo,label\r\nclip.mp4,"x\r\ny"\r\n')
+    assert read_text_file(path, "a CSV") == 'video,label\r\nclip.mp4,"x\r\ny"\r\n'

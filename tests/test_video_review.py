@@ -138,3 +138,73 @@ def test_no_frames_of_a_rotated_video_have_its_upright_shape(tmp_path: Path):
         assert reader.get([0])[0].shape == (1, 64, 32, 3)
         assert reader.get([])[0].shape == (0, 64, 32, 3)
         assert reader.get([], size=(8, 16))[0].shape == (0, 8, 16, 3)
+
+
+def _encode(path: Path, codec: str, n: int, *, b_frames: int | None = None,
+            options: dict | None = None, audio: bool = False) -> Path:
+    """``n`` frames of a moving gradient, 128 x 96 at 25 fps, as PyAV's encoders write them
+    by default (x264: B-pyramid) unless ``b_frames`` is given."""
+    yy, xx = np.mgrid[0:96, 0:128]
+    with av.open(str(path), "w", options=options or {}) as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = 128, 96, "yuv420p"
+        if b_frames is not None:
+            s.codec_context.max_b_frames, s.codec_context.gop_size = b_frames, 12
+        a = c.add_stream("mp2", rate=48000) if audio else None
+        for i in range(n):
+            image = np.stack([(xx * 2 + i * 3) % 256, (yy * 3 + i) % 256,
+                              (xx + yy + i * 2) % 256], -1).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, "rgb24")
+            frame.pts = i
+            c.mux(s.encode(frame))
+            if a is not None:
+                sound = av.AudioFrame.from_ndarray(np.zeros((1, 1920), np.int16), format="s16",
+                                                   layout="mono")
+                sound.sample_rate, sound.pts = 48000, i * 1920
+                c.mux(a.encode(sound))
+        c.mux(s.encode(None))
+        if a is not None:
+            c.mux(a.encode(None))
+    return path
+
+
+def _cut(path: Path, fraction: float) -> Path:
+    out = path.with_name(f"{path.stem}_cut{path.suffix}")
+    data = path.read_bytes()
+    out.write_bytes(data[:int(len(data) * fraction)])
+    return out
+
+
+def test_guessed_decode_times_keep_a_matroska_index_exact(tmp_path: Path):
+    """Review of my change: Matroska stores no decode times, and FFmpeg's guesses go back
+    under x264's B-pyramid, so every such mkv lost its exact index (no seeking, no frame
+    times: wrong fps sampling) and, cut, its truncation check. The restart check is for the
+    formats that are joined end to end (MPEG-TS/PS)."""
+    path = _encode(tmp_path / "x264.mkv", "libx264", 120)
+    with VideoReader(path) as reader:
+        assert reader.index.exact and reader.frame_times() is not None
+    with pytest.raises(VideoDecodeError, match="truncated"):
+        check_file_complete(_cut(path, 0.5))
+
+
+@pytest.mark.parametrize("audio", [False, True])
+def test_an_avi_cut_short_is_still_a_truncation(tmp_path: Path, audio: bool):
+    """Review of my change: with its index (at the end) cut off, FFmpeg gives an AVI the
+    duration of the frames it found, so "the frames reach the declared end" held for every
+    cut AVI. Dropped frames are now told by AVI's frame slots instead."""
+    path = _encode(tmp_path / "clip.avi", "mpeg4", 120, b_frames=2, audio=audio)
+    check_file_complete(path)
+    with pytest.raises(VideoDecodeError, match="truncated: the header announces 120 frames"):
+        check_file_complete(_cut(path, 0.6))
+
+
+def test_an_mp4_missing_its_last_packets_is_still_a_truncation(tmp_path: Path):
+    """Review of my change: cut to 99%, a faststart MP4 lost trailing B-frames but kept a
+    later frame, so its frames still "reached the declared end" with 4 of 120 missing."""
+    path = _encode(tmp_path / "clip.mp4", "libx264", 120, options={"movflags": "faststart"})
+    check_file_complete(path)
+    cut = _cut(path, 0.99)
+    with VideoReader(cut) as reader:
+        assert len(reader) < 119
+    with pytest.raises(VideoDecodeError, match="truncated: the header announces 120 frames"):
+        check_file_complete(cut)

@@ -31,9 +31,9 @@ class FrameRotaryEmbedding(nn.Module):
         # gradients are checked against float64 finite differences). Only then: a move that
         # changes nothing keeps the tensor, which a CUDA graph captured before may still read.
         super()._apply(fn, recurse)
-        if self.inv_freq.dtype != torch.float32:
-            self.inv_freq = self._inv_freq(self.inv_freq.device, _rotation_dtype(
-                self.inv_freq.dtype))
+        exact = self._inv_freq(self.inv_freq.device, _rotation_dtype(self.inv_freq.dtype))
+        if not torch.equal(self.inv_freq, exact):  # also float64's values cast back to float32
+            self.inv_freq = exact
         return self
 
     def freqs_at(self, positions: torch.Tensor) -> torch.Tensor:

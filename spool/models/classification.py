@@ -8,6 +8,7 @@ on the cache. Both are saved as ``config.json`` (which names the class) + ``mode
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, NamedTuple
 
@@ -27,6 +28,8 @@ from spool.models.pretrained import (
     peek_architecture,
 )
 from spool.models.spool import Spool
+
+logger = logging.getLogger(__name__)
 
 
 class ClassifierOutput(NamedTuple):
@@ -73,12 +76,13 @@ class VideoClassifier(SpoolPreTrainedModel):
     def logits_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _refuse_head_settings(self) -> None:
-        """The clip heads have no settings: a ``head_config`` would be ignored silently."""
+    def _warn_head_settings(self) -> None:
+        """The clip heads have no settings: a ``head_config`` is ignored, and said to be (a
+        checkpoint saved with one still loads; ``spool train`` refuses one)."""
         if self.config.head_config:
-            raise ValueError(f"head_config: {type(self).__name__} takes no head settings, got "
-                             f"{sorted(self.config.head_config)} (they are the frame "
-                             "classifiers' and baselines')")
+            logger.warning(f"head_config: {type(self).__name__} takes no head settings; "
+                           f"{sorted(self.config.head_config)} are ignored (they are the frame "
+                           "classifiers' and baselines')")
 
     def forward(self, video: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 *, tokens: torch.Tensor | None = None) -> ClassifierOutput:
@@ -113,7 +117,7 @@ class SpoolForVideoClassification(VideoClassifier):
         super().__init__()
         self.spool = Spool(config, with_backbone=with_backbone, **kwargs)
         self.config = self.spool.config
-        self._refuse_head_settings()
+        self._warn_head_settings()
         self.dropout = nn.Dropout(self.config.classifier_dropout)
         self.classifier = nn.Linear(2 * self.config.hidden_size, _num_labels(self.config))
         nn.init.trunc_normal_(self.classifier.weight, std=self.config.initializer_range)
@@ -146,7 +150,7 @@ class FramePoolingForVideoClassification(VideoClassifier):
         self.backbone: FrameEncoder | None
         config, self.backbone = config_and_frame_encoder(config, kwargs, with_backbone)
         self.config = config
-        self._refuse_head_settings()
+        self._warn_head_settings()
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.hidden_size, _num_labels(config))

@@ -134,7 +134,12 @@ def build_model(cfg: TrainConfig, config: SpoolConfig, class_names: list[str],
     """The run's model, seeded: a new one of ``cfg``'s class (``fields`` on its config), the
     token cache's frame encoder, then what fits of ``init`` (said in the log)."""
     torch.manual_seed(cfg.seed)  # every rank builds the same initial weights
-    model = model_class(cfg)(config.replace(class_names=list(class_names), **fields))
+    cls = model_class(cfg)
+    if config.head_config and issubclass(cls, VideoClassifier):
+        raise ValueError(f"model: head_config {sorted(config.head_config)} does not apply to "
+                         f"{cls.__name__}, which takes no head settings (for one an --init "
+                         "checkpoint carries: --model head_config=null)")
+    model = cls(config.replace(class_names=list(class_names), **fields))
     if cfg.train_cache is not None:
         load_cache_backbone(model, cfg.train_cache)
     if cfg.init is not None:

@@ -27,25 +27,37 @@ def _declared_end(container: av.container.InputContainer) -> float | None:
 
 def check_complete(source: Path, num_frames: int, end_s: float | None = None,
                    fps: float | None = None, others_end_s: float | None = None,
-                   discarded: int = 0) -> None:
+                   discarded: int = 0, start_s: float = 0.0) -> None:
     """Raise ``VideoDecodeError`` for a file cut short: its header announces more frames than
     its packets hold, or (containers without a frame count, as Matroska/WebM) its packets end
     well before the duration it declares. ``end_s``: where the frames end (the last one's pts
-    plus its duration, seconds); ``others_end_s``: where the other streams' packets end (the
-    reader's ``index.others_end``), since audio may outlast the video; ``discarded``: packets
-    the header counts but an edit list leaves out (a file trimmed by ``-ss ... -c copy``,
-    ``index.discarded``). The tolerance keeps normal files (an unknown last frame duration,
-    B-frame delays, rounded timestamps) from being flagged."""
+    plus its duration, seconds; ``start_s``: the first one's); ``others_end_s``: where the
+    other streams' packets end (the reader's ``index.others_end``), since audio may outlast
+    the video; ``discarded``: packets the header counts but an edit list leaves out (a file
+    trimmed by ``-ss ... -c copy``, ``index.discarded``). The tolerance keeps normal files (an
+    unknown last frame duration, B-frame delays, rounded timestamps) from being flagged."""
     with av.open(str(source), metadata_errors="ignore") as container:
-        announced = container.streams.video[0].frames
+        stream = container.streams.video[0]
+        announced, tb = stream.frames, stream.time_base
         declared = _declared_end(container) if end_s is not None else None
-    if announced and num_frames + discarded < announced - 1:
-        # Frames that reach the declared end are all there: the header also counted AVI's
-        # empty chunks (dropped frames), or samples an MP4 edit list trims off the end.
-        frame = 1 / fps if fps else 0.0
-        if declared is None or end_s is None or end_s < declared - 1.5 * frame - 1e-3:
-            raise VideoDecodeError(f"{source}: truncated: the header announces {announced} "
-                                   f"frames but only {num_frames} are in the file")
+        avi = container.format.name == "avi"
+        listed = float(stream.duration * tb) if stream.duration and tb else None
+        rate = float(stream.guessed_rate or 0) or fps  # nominal: fps averages what is there
+    present = num_frames + discarded
+    if announced and fps:
+        if avi and end_s is not None and tb:
+            # AVI counts frame slots (its time base is one), and a dropped frame is an empty
+            # chunk the demuxer skips: the frames' last slot says how many the file holds.
+            # (Its duration does not: with the index at the end cut off, FFmpeg sets it to
+            # the frames it found.)
+            present = max(present, round((end_s - start_s) / float(tb)))
+        elif listed is not None and listed * rate < announced - 1:
+            # An MP4 edit list that shows fewer samples than the file holds (a lossless trim):
+            # the demuxer drops the rest without a mark.
+            announced = round(listed * rate)
+    if announced and present < announced - 1:
+        raise VideoDecodeError(f"{source}: truncated: the header announces {announced} frames "
+                               f"but only {num_frames} are in the file")
     elif not announced and declared is not None:
         slack = max(1.0, 3 / fps if fps else 0.0, 0.02 * declared)
         end = max(end_s, others_end_s if others_end_s is not None else end_s)
@@ -58,7 +70,7 @@ def check_complete(source: Path, num_frames: int, end_s: float | None = None,
 def check_reader_complete(source: Path, reader: VideoReader, info) -> None:
     """:func:`check_complete` with what ``reader``'s index knows of the file."""
     check_complete(source, info.num_frames, _frames_end(info), info.fps,
-                   reader.index.others_end, reader.index.discarded)
+                   reader.index.others_end, reader.index.discarded, info.start_time)
 
 
 def check_file_complete(source: Path) -> None:

@@ -24,6 +24,8 @@ _ORDER_CHECK_PACKETS = 16
 # What ends a demux early: an unreadable tail, or PyAV's end-of-file flush, which raises
 # IndexError when FFmpeg found a stream mid-file (joined MPEG-TS recordings).
 DEMUX_ERRORS = (av.FFmpegError, IndexError)
+# Containers whose files play joined end to end (``cat a.ts b.ts``): MPEG-TS and MPEG-PS.
+_JOINABLE_FORMATS = frozenset({"mpegts", "mpeg"})
 # Codec options for opens that only read headers and packets: stream probing decodes nothing
 # (it would decode a frame of a forged 8192x8192 header before the size could be checked).
 _HEADERS_ONLY = {"skip_frame": "all"}
@@ -202,11 +204,13 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
         decoded = min(n, (first_key if mid_gop else 0) + _ORDER_CHECK_PACKETS)
         shown = _shown_pts(path, max_pixels, decoded)
         not_shown = max(0, decoded - len(shown))
-    # Decode times that go back are a clock that restarted (recordings joined end to end):
-    # sorting by pts would interleave the parts, which the B-frame check of the first
-    # packets cannot see.
-    exact = (n > 0 and None not in pts and len(set(pts)) == n
-             and bool(np.all(np.diff(np.asarray(dts, np.int64)) >= 0))
+    # In MPEG program and transport streams, which are joined end to end (HLS segments, a
+    # recording in parts), decode times that go back are a clock that restarted: sorting by
+    # pts would interleave the parts, which the B-frame check of the first packets cannot
+    # see. (Other containers cannot be joined so; Matroska's decode times are guesses.)
+    restarted = (container.format.name in _JOINABLE_FORMATS
+                 and bool(np.any(np.diff(np.asarray(dts, np.int64)) < 0)))
+    exact = (n > 0 and None not in pts and len(set(pts)) == n and not restarted
              and _pts_give_display_order(shown, stream, pts))
     if not exact:
         idx = np.arange(n - not_shown, dtype=np.int64)
