@@ -14,6 +14,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import stat
 import struct
 import time
@@ -36,6 +37,7 @@ from spool.claims import (  # noqa: F401 - re-exported: the claims lived here
     refresh_claim,
     release_claim,
     remove_stale_claim,
+    remove_stale_temporaries_in,
     temporary_sibling,
     try_claim,
 )
@@ -147,9 +149,21 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     in a fixed order: safetensors writes the metadata from a hash map whose order changes
     with every call, so the same tensors gave different bytes."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
-        _sort_safetensors_header(tmp)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # safetensors writes a temporary of its own (".tmpXXXXXX") beside the file it is given and
+    # renames it: given one inside a folder of ours, a killed write leaves only that folder,
+    # which remove_stale_temporaries_in recognises.
+    folder = temporary_sibling(path)
+    folder.mkdir()
+    try:
+        with atomic_path(folder / path.name) as tmp:
+            save_file(tensors, tmp, metadata=metadata)
+            _sort_safetensors_header(tmp)
+        os.replace(folder / path.name, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    fsync_directory(path.parent)
 
 
 def read_safetensors_header(f: BinaryIO) -> tuple[int, dict]:

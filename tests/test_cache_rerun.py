@@ -201,3 +201,33 @@ def test_new_labels_classes_or_seed_keep_the_tokens(model, full, tmp_path: Path,
     (out / "cache.json").write_text(json.dumps({**meta, "settings_key": cache._digest(legacy)}))
     assert build_cache(model, relabelled, out, batch_size=4).reused and seen == []
     assert json.loads((out / "cache.json").read_text())["settings_key"] == meta["settings_key"]
+
+
+def test_a_signal_while_the_progress_is_saved_keeps_the_rows_done(model, full, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Defect (kill-and-resume review): a Ctrl-C landing while the rows were flushed, before
+    the first periodic record, left none: "made with other settings; starting over", and
+    every video was encoded again though the CLI had said what was finished was kept."""
+    from spool.data.token_rows import PartialTokens
+
+    class Signalled(BaseException):  # as KeyboardInterrupt, which pytest would act on
+        pass
+
+    out = tmp_path / "cache"
+    real, calls = PartialTokens.save_progress, []
+
+    def save_progress(self, finished: bool = False) -> None:
+        calls.append(finished)
+        if len(calls) == 1:
+            raise Signalled  # the signal, at the start of the save
+        real(self, finished)
+
+    monkeypatch.setattr(PartialTokens, "save_progress", save_progress)
+    _decoded(monkeypatch, die_at=9)
+    with pytest.raises(Signalled):  # the run stops at video 9; the save is interrupted
+        build_cache(model, _dataset(model), out, batch_size=4)
+    monkeypatch.undo()
+    seen = _decoded(monkeypatch)
+    build_cache(model, _dataset(model), out, batch_size=4)
+    assert seen and min(seen) >= 8  # the batch holding video 9 and after, nothing before
+    assert np.array_equal(CachedTokenDataset(out).tokens, np.load(full / "tokens.npy"))

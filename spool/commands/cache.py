@@ -106,8 +106,12 @@ def _cache_frames(args: argparse.Namespace, model, device) -> int:
     start = time.perf_counter()
     summary = build_frame_cache(model, samples, names, args.out, FpsSampler(args.fps),
                                 dtype=args.dtype, device=device, progress=not args.quiet)
-    print(f"cached every frame at {args.fps:g} fps of {summary.cached} videos to "
-          f"{summary.path} in {time.perf_counter() - start:.1f}s")
+    what = f"every frame at {args.fps:g} fps of {summary.cached} videos"
+    if summary.reused:
+        print(f"spool cache: already done: {summary.path} holds {what} made with these "
+              "settings; nothing recomputed")
+    else:
+        print(f"cached {what} to {summary.path} in {time.perf_counter() - start:.1f}s")
     return _report_failures(summary, len(samples))
 
 

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from spool.claims import lock_directory, release_claim
+from spool.claims import lock_directory, release_claim, remove_stale_temporaries_in
 from spool.data.cache import (
     FAILURES_NAME,
     LOCK_NAME,
@@ -147,12 +147,13 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
                    sampler: FrameSampler, dtype: str, progress: bool) -> CacheSummary:
     """:func:`build_frame_cache`'s work, in ``out`` (which it holds)."""
     (out / CACHE_META).unlink(missing_ok=True)  # incomplete until rewritten
+    remove_stale_temporaries_in(out / "videos")  # a killed run's half-written video
     digest = weights_digest(encoder.state_dict())
     # The preprocessing record names its rules' revision: tokens made by older rules are redone.
     settings = {"sampler": sampler.to_dict(), "dtype": dtype, "digest": digest,
                 "frame_encoder": model.config.frame_encoder_fields(layout=False),
                 "preprocessing": dataclasses.asdict(model.config.preprocessing())}
-    videos, failures = [], []
+    videos, failures, written = [], [], 0
     for i, sample in enumerate(tqdm(samples, desc="frame cache", unit="video",
                                     disable=not progress)):
         path = _video_file(out, sample.name)
@@ -165,6 +166,7 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
             path.unlink(missing_ok=True)  # tokens of an earlier version of the file
             continue
         if encoded is not None:
+            written += 1
             atomic_save_safetensors(encoded, path, metadata={
                 "settings": keys.settings, "source": keys.source, "labels": keys.labels,
                 "video": sample.video})
@@ -178,7 +180,8 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
             "failures": [list(f[1:]) for f in failures]}
     write_cache_failures(out / FAILURES_NAME, failures)
     atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
-    return CacheSummary(out, len(videos), failures=failures)
+    return CacheSummary(out, len(videos), reused=not written and not failures,
+                        failures=failures)
 
 
 def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,

@@ -57,6 +57,10 @@ class PartialTokens:
         """The videos done by an earlier run with the same settings, or None."""
         if not (self.record.exists() or self.path.exists()):
             return None
+        if not self.record.exists():
+            logger.info(f"{self.path.parent}: the partial cache there has no record of the "
+                        "videos it holds (stopped before its first); starting over")
+            return None
         try:
             record = json.loads(self.record.read_text(encoding="utf-8"))
             final = self.path.parent / TOKENS_NAME
@@ -105,8 +109,16 @@ class PartialTokens:
 
     def close(self) -> None:
         """Save what is done (also when the run fails or is interrupted) and unmap."""
-        if self.tokens is not None:
+        if self.tokens is None:
+            return
+        try:
             self.save_progress()
+        except BaseException:
+            # A Ctrl-C or SIGTERM that lands while the rows are flushed would leave no record
+            # of them (before the first periodic one, none at all): save again, then stop.
+            self.save_progress()
+            raise
+        finally:
             self.tokens = None
 
     def finish(self, final: Path) -> None:

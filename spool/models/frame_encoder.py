@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from spool.config import SpoolConfig
-from spool.io_utils import atomic_save_safetensors
+from spool.io_utils import atomic_save_safetensors, remove_stale_temporaries_in
 from spool.layers.backbone import FrameEncoder, build_frame_encoder
 from spool.models.pretrained import WEIGHTS_NAME, SpoolPreTrainedModel
 from spool.validation import check_video
@@ -75,6 +75,7 @@ def save_frame_encoder(model: SpoolPreTrainedModel, directory: str | os.PathLike
         architectures=[FrameEncoderModel.__name__], **FrameEncoderModel.DROPPED)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries_in(directory)  # a killed save's
     state = {f"backbone.{k}": v for k, v in encoder.state_dict().items()}
     atomic_save_safetensors(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
     config.save_pretrained(directory)

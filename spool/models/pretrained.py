@@ -26,7 +26,11 @@ from torch import nn
 
 from spool.config import CONFIG_NAME, SpoolConfig
 from spool.errors import CheckpointMismatchError, CheckpointNotFoundError, SpoolLoadError
-from spool.io_utils import atomic_save_safetensors, looks_like_path
+from spool.io_utils import (
+    atomic_save_safetensors,
+    looks_like_path,
+    remove_stale_temporaries_in,
+)
 from spool.validation import check_tokens, check_video
 
 WEIGHTS_NAME = "model.safetensors"
@@ -228,6 +232,7 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
         (``README.md``) only on the way to the hub."""
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries_in(directory)  # a killed save's
         atomic_save_safetensors(self.state_dict(), directory / WEIGHTS_NAME,
                                 metadata={"format": "pt"})
         self.config_for_saving().save_pretrained(directory)

@@ -1,0 +1,84 @@
+"""What a write killed with SIGKILL leaves behind is found and removed by the next run
+(kill-and-resume review, eighth session)."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import tiny_config
+
+from spool.claims import is_stale_temporary, remove_stale_temporaries_in
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _killed_mid_save(target: Path) -> None:
+    """A process killed while safetensors writes ``target``: safetensors' own ``.tmpXXXXXX``
+    beside the file it was given is half-written when the process dies."""
+    child = textwrap.dedent(f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {str(ROOT)!r})
+        import spool.io_utils as io_utils
+
+        def save_file(tensors, path, metadata=None):
+            with open(os.path.join(os.path.dirname(path), ".tmpAbC123"), "wb") as f:
+                f.write(b"half")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        io_utils.save_file = save_file
+        io_utils.atomic_save_safetensors({{"x": torch.zeros(2)}}, {str(target)!r})
+    """)
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+
+
+def test_a_killed_safetensors_write_leaves_only_what_a_sweep_removes(tmp_path: Path):
+    """Defect: safetensors' own temporary (``.tmpXXXXXX``, beside the file it writes) was
+    left in the output folder by a kill, where no sweep recognises it (16.8 MB per kill in a
+    frame cache's videos/). It is now written inside a temporary folder of Spool's."""
+    _killed_mid_save(tmp_path / "a.safetensors")
+    left = list(tmp_path.iterdir())
+    assert len(left) == 1 and left[0].is_dir() and is_stale_temporary(left[0])
+    assert remove_stale_temporaries_in(tmp_path) == 1 and not list(tmp_path.iterdir())
+
+
+def test_saving_a_model_or_a_frame_encoder_removes_a_killed_saves_leftovers(tmp_path: Path):
+    """Defect: a run killed while saving left its temporaries in ``model/`` (training) and
+    in a cache's ``backbone/``; the rerun saved beside them and kept them for good."""
+    from spool.models import SpoolForFrameClassification
+    from spool.models.frame_encoder import save_frame_encoder
+
+    model = SpoolForFrameClassification(tiny_config(class_names=["a", "b"]))
+    for folder in (tmp_path / "model", tmp_path / "backbone"):
+        _killed_mid_save(folder / "model.safetensors")
+        assert len(list(folder.iterdir())) == 1
+    model.save_pretrained(tmp_path / "model")
+    save_frame_encoder(model, tmp_path / "backbone")
+    for folder in (tmp_path / "model", tmp_path / "backbone"):
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_frame_cache_removes_a_killed_runs_half_written_video(tmp_path: Path):
+    """Defect: a frame cache killed while writing a video's tokens left them (full size) in
+    ``videos/``, and no rerun removed them."""
+    import numpy as np
+
+    from spool.data.frame_cache import build_frame_cache
+    from spool.data.segmentation import read_segments_csv
+    from spool.models.frame_encoder import FrameEncoderModel
+    from spool.video import write_video
+    from spool.video.samplers import FpsSampler
+
+    write_video(tmp_path / "clip.mkv", np.zeros((10, 32, 32, 3), np.uint8), fps=10,
+                codec="ffv1")
+    (tmp_path / "segments.csv").write_text("video,start_s,end_s,label\nclip.mkv,0,1,a\n")
+    samples, names = read_segments_csv(tmp_path / "segments.csv")
+    _killed_mid_save(tmp_path / "cache" / "videos" / "clip.safetensors")
+    encoder = FrameEncoderModel(tiny_config()).eval()
+    first = build_frame_cache(encoder, samples, names, tmp_path / "cache", FpsSampler(5))
+    assert [p.name for p in (tmp_path / "cache" / "videos").iterdir()] == ["clip.safetensors"]
+    # Rerun over the complete cache: said to be reused (the CLI says "already done").
+    again = build_frame_cache(encoder, samples, names, tmp_path / "cache", FpsSampler(5))
+    assert (first.reused, again.reused, again.cached) == (False, True, 1)
