@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -363,11 +364,16 @@ def remove_stale_temporaries(out_dir: Path, older_than_s: float = STALE_AFTER_S)
     ``older_than_s`` from elsewhere. The in-flight files of a job running beside this one, and
     a user's ``.notes.tmp``, stay.
     """
-    removed = 0
-    for path in out_dir.rglob(".*.spool-*"):
-        if path.name.endswith(".tmp") and path.is_file() and is_stale_temporary(path,
-                                                                               older_than_s):
-            path.unlink(missing_ok=True)
+    removed, gone = 0, []
+    for path in sorted(out_dir.rglob(".*.spool-*")):  # a folder before what it holds
+        if any(path.is_relative_to(folder) for folder in gone):
+            continue
+        if path.name.endswith(".tmp") and is_stale_temporary(path, older_than_s):
+            if path.is_dir() and not path.is_symlink():  # an output's (safetensors' inside)
+                shutil.rmtree(path, ignore_errors=True)
+                gone.append(path)
+            else:
+                path.unlink(missing_ok=True)
             removed += 1
         elif path.name.endswith(CLAIM_SUFFIX) and remove_stale_claim(path, older_than_s):
             removed += 1

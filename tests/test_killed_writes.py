@@ -82,3 +82,13 @@ def test_a_frame_cache_removes_a_killed_runs_half_written_video(tmp_path: Path):
     # Rerun over the complete cache: said to be reused (the CLI says "already done").
     again = build_frame_cache(encoder, samples, names, tmp_path / "cache", FpsSampler(5))
     assert (first.reused, again.reused, again.cached) == (False, True, 1)
+
+
+def test_spool_extract_removes_a_killed_outputs_temporary_folder(tmp_path: Path):
+    """Review of my change: an output's temporary is now a folder (safetensors' own file
+    inside), which the extraction sweep, taking files only, would have kept."""
+    from spool.extract import remove_stale_temporaries
+
+    _killed_mid_save(tmp_path / "out" / "sub" / "clip.safetensors")
+    assert remove_stale_temporaries(tmp_path / "out") == 1
+    assert not list((tmp_path / "out" / "sub").iterdir())

@@ -119,10 +119,12 @@ def cached_tokens(encoder: torch.nn.Module, videos: list[tuple[str, Path]], out:
     with these settings, else computed and written there (temporary name, then renamed)."""
     from safetensors import safe_open
 
+    from spool.claims import remove_stale_temporaries_in
     from spool.io_utils import atomic_save_safetensors
     from spool.tensor_files import read_safetensors_metadata
 
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries_in(out)  # a killed run's half-written tokens
     # Picking frames by time (VFR) left the key as it was: every clip of the demo but the
     # skipped tree.avi has a constant rate, so the same frames are picked as before.
     key = json.dumps({"backbone": _backbone_digest(encoder), "fps": fps, "pooling": pooling,
