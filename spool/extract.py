@@ -359,22 +359,28 @@ def _remove_outputs(output: Path, keep_main: bool = False) -> None:
 def remove_stale_temporaries(out_dir: Path, older_than_s: float = STALE_AFTER_S) -> int:
     """Delete the temporaries and claims that killed runs left behind; return their number.
 
-    Only Spool's own files (``.NAME.spool-HOST-PID-RANDOM.tmp``, ``.NAME.spool-claim``) whose
+    Only Spool's own (``.NAME.spool-HOST-PID-RANDOM.tmp``, a file or an output's folder;
+    ``.NAME.spool-claim``) whose
     process is gone: exited on this machine and in this PID namespace, or older than
     ``older_than_s`` from elsewhere. The in-flight files of a job running beside this one, and
     a user's ``.notes.tmp``, stay.
     """
-    removed, gone = 0, []
-    for path in sorted(out_dir.rglob(".*.spool-*")):  # a folder before what it holds
-        if any(path.is_relative_to(folder) for folder in gone):
-            continue
-        if path.name.endswith(".tmp") and is_stale_temporary(path, older_than_s):
-            if path.is_dir() and not path.is_symlink():  # an output's (safetensors' inside)
-                shutil.rmtree(path, ignore_errors=True)
-                gone.append(path)
-            else:
+    removed = 0
+    # A walk, not rglob: it never enters a temporary folder (another job's, which its writer
+    # may remove while it is listed: rglob raises then), and skips what vanishes.
+    for root, folders, files in os.walk(out_dir):
+        for name in [f for f in folders if f.startswith(".") and f.endswith(".tmp")]:
+            folders.remove(name)
+            if is_stale_temporary(Path(root) / name, older_than_s):  # an output's
+                shutil.rmtree(Path(root) / name, ignore_errors=True)
+                removed += 1
+        for name in files:
+            path = Path(root) / name
+            if not name.startswith(".") or ".spool-" not in name:
+                continue
+            if name.endswith(".tmp") and is_stale_temporary(path, older_than_s):
                 path.unlink(missing_ok=True)
-            removed += 1
-        elif path.name.endswith(CLAIM_SUFFIX) and remove_stale_claim(path, older_than_s):
-            removed += 1
+                removed += 1
+            elif name.endswith(CLAIM_SUFFIX) and remove_stale_claim(path, older_than_s):
+                removed += 1
     return removed

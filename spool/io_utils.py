@@ -156,11 +156,12 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     # which remove_stale_temporaries_in recognises.
     folder = temporary_sibling(path)
     folder.mkdir()
+    written = folder / "w"  # short: the folder's name is as long as a temporary file's was
     try:
-        with atomic_path(folder / path.name) as tmp:
+        with atomic_path(written) as tmp:
             save_file(tensors, tmp, metadata=metadata)
             _sort_safetensors_header(tmp)
-        os.replace(folder / path.name, path)
+        os.replace(written, path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     fsync_directory(path.parent)

@@ -231,3 +231,43 @@ def test_a_signal_while_the_progress_is_saved_keeps_the_rows_done(model, full, t
     build_cache(model, _dataset(model), out, batch_size=4)
     assert seen and min(seen) >= 8  # the batch holding video 9 and after, nothing before
     assert np.array_equal(CachedTokenDataset(out).tokens, np.load(full / "tokens.npy"))
+
+
+def test_a_lasting_error_saving_the_progress_is_raised_once(model, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """Review of my change: the retry after an interrupted save also retried a full disk,
+    which raised twice; and a signal followed by a failing retry lost the signal."""
+    import errno
+
+    from spool.data import token_rows
+    from spool.data.token_rows import PartialTokens
+
+    partial = PartialTokens(tmp_path, (2, 3), np.dtype(np.float16), "key", [None, None])
+    partial.write(np.array([0]), np.zeros((1, 3), np.float16))
+    calls = []
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(token_rows, "atomic_write_text", full_disk)
+    with pytest.raises(OSError, match="No space") as caught:
+        partial.close()
+    assert len(calls) == 1 and caught.value.__context__ is None
+
+    (tmp_path / "b").mkdir()
+    partial = PartialTokens(tmp_path / "b", (2, 3), np.dtype(np.float16), "key", [None, None])
+    signalled = [KeyboardInterrupt]
+
+    def signal_then_full(*args, **kwargs):
+        if signalled:
+            raise signalled.pop()()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(token_rows, "atomic_write_text", signal_then_full)
+    try:
+        partial.close()
+    except KeyboardInterrupt:
+        pass  # the signal, as asked; the retry's error is only logged
+    else:
+        raise AssertionError("the signal was lost")

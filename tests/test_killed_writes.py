@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import torch
 from conftest import tiny_config
 
 from spool.claims import is_stale_temporary, remove_stale_temporaries_in
@@ -79,9 +80,13 @@ def test_a_frame_cache_removes_a_killed_runs_half_written_video(tmp_path: Path):
     encoder = FrameEncoderModel(tiny_config()).eval()
     first = build_frame_cache(encoder, samples, names, tmp_path / "cache", FpsSampler(5))
     assert [p.name for p in (tmp_path / "cache" / "videos").iterdir()] == ["clip.safetensors"]
-    # Rerun over the complete cache: said to be reused (the CLI says "already done").
+    # Killed before cache.json (every video done): the rerun finishes it, and is not
+    # "already done" (review of my change); a rerun over the complete cache is.
+    (tmp_path / "cache" / "cache.json").unlink()
+    finished = build_frame_cache(encoder, samples, names, tmp_path / "cache", FpsSampler(5))
     again = build_frame_cache(encoder, samples, names, tmp_path / "cache", FpsSampler(5))
-    assert (first.reused, again.reused, again.cached) == (False, True, 1)
+    assert (first.reused, finished.reused, again.reused, again.cached) == (False, False,
+                                                                          True, 1)
 
 
 def test_spool_extract_removes_a_killed_outputs_temporary_folder(tmp_path: Path):
@@ -92,3 +97,43 @@ def test_spool_extract_removes_a_killed_outputs_temporary_folder(tmp_path: Path)
     _killed_mid_save(tmp_path / "out" / "sub" / "clip.safetensors")
     assert remove_stale_temporaries(tmp_path / "out") == 1
     assert not list((tmp_path / "out" / "sub").iterdir())
+
+
+def test_the_extraction_sweep_skips_another_jobs_folder_that_vanishes(tmp_path: Path,
+                                                                       monkeypatch):
+    """Review of my change: the sweep (rglob) entered other jobs' temporary folders, and one
+    removed by its writer between being listed and being read raised FileNotFoundError:
+    ``spool extract`` beside another job on the same --out exited 2 at its start."""
+    import os
+
+    import spool.extract as extract
+    from spool.claims import temporary_sibling
+
+    live = temporary_sibling(tmp_path / "out" / "sub" / "a.safetensors")  # this process's
+    live.mkdir(parents=True)
+    (live / "w").write_bytes(b"x")
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == os.fspath(live):  # its writer removed it after the listing
+            raise FileNotFoundError(2, "No such file or directory", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert extract.remove_stale_temporaries(tmp_path / "out") == 0
+    assert (live / "w").exists()  # a live writer's folder is left alone
+
+
+def test_an_output_path_near_the_limit_can_still_be_written(tmp_path: Path):
+    """Review of my change: the temporary folder and a file named as the output inside it
+    added up to 255 bytes to the path, so a valid 3,900-byte output path failed."""
+    from spool.io_utils import atomic_save_safetensors
+
+    parent = tmp_path
+    while len(str(parent)) < 3_650:
+        parent = parent / ("d" * 200)
+    parent.mkdir(parents=True)
+    target = parent / ("n" * 218 + ".safetensors")
+    assert len(str(target).encode()) < 4_000
+    atomic_save_safetensors({"x": torch.zeros(2)}, target)
+    assert target.is_file() and [p.name for p in parent.iterdir()] == [target.name]

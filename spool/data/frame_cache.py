@@ -146,6 +146,10 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
                    samples: list[SegmentationSample], class_names: list[str], out: Path,
                    sampler: FrameSampler, dtype: str, progress: bool) -> CacheSummary:
     """:func:`build_frame_cache`'s work, in ``out`` (which it holds)."""
+    try:  # a complete cache of these settings, untouched by this run, was "already done"
+        before = json.loads((out / CACHE_META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
     (out / CACHE_META).unlink(missing_ok=True)  # incomplete until rewritten
     remove_stale_temporaries_in(out / "videos")  # a killed run's half-written video
     digest = weights_digest(encoder.state_dict())
@@ -180,7 +184,8 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
             "failures": [list(f[1:]) for f in failures]}
     write_cache_failures(out / FAILURES_NAME, failures)
     atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
-    return CacheSummary(out, len(videos), reused=not written and not failures,
+    same = before == json.loads(json.dumps(meta))
+    return CacheSummary(out, len(videos), reused=same and not written and not failures,
                         failures=failures)
 
 

@@ -113,10 +113,16 @@ class PartialTokens:
             return
         try:
             self.save_progress()
+        except Exception:
+            raise  # a real error (a full disk): a second try would only fail again
         except BaseException:
-            # A Ctrl-C or SIGTERM that lands while the rows are flushed would leave no record
-            # of them (before the first periodic one, none at all): save again, then stop.
-            self.save_progress()
+            # A Ctrl-C or SIGTERM (not Exceptions) that lands while the rows are flushed would
+            # leave no record of them (before the first periodic one, none at all): save
+            # again, then stop as the signal asked.
+            try:
+                self.save_progress()
+            except Exception as err:
+                logger.warning(f"{self.record}: could not save the progress record: {err}")
             raise
         finally:
             self.tokens = None
