@@ -137,3 +137,15 @@ def test_an_output_path_near_the_limit_can_still_be_written(tmp_path: Path):
     assert len(str(target).encode()) < 4_000
     atomic_save_safetensors({"x": torch.zeros(2)}, target)
     assert target.is_file() and [p.name for p in parent.iterdir()] == [target.name]
+
+
+def test_resuming_a_run_removes_a_killed_writes_temporaries_in_its_folder(tmp_path: Path):
+    """Defect (kill test at HEAD): a run killed while writing ``train_config.json``,
+    ``metrics.csv`` or ``curves.png`` left their temporaries in the run folder for good;
+    ``--resume auto`` swept only ``checkpoints/`` and ``model/``."""
+    from spool.train.checkpoint import recover_checkpoints
+
+    _killed_mid_save(tmp_path / "run" / "metrics.csv")
+    (tmp_path / "run" / "train_config.json").write_text("{}")
+    recover_checkpoints(tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["train_config.json"]

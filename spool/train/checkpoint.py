@@ -34,6 +34,7 @@ from spool.io_utils import (
     atomic_write_text,
     fsync_directory,
     is_stale_temporary,
+    remove_stale_temporaries_in,
     temporary_sibling,
 )
 from spool.models.pretrained import WEIGHTS_NAME, read_weights
@@ -160,8 +161,10 @@ def discard(path: Path) -> None:
 
 def recover_checkpoints(out_dir: Path) -> None:
     """Tidy ``checkpoints/`` after a crash: put back a checkpoint moved aside for a
-    replacement that never arrived, and delete trash and temporaries of exited processes.
+    replacement that never arrived, and delete trash and temporaries of exited processes
+    (in the run folder too: ``train_config.json``'s, ``metrics.csv``'s, ...).
     Only the process that owns the run (the run directory's lock) may call this."""
+    remove_stale_temporaries_in(out_dir)
     root = Path(out_dir) / CHECKPOINT_DIR
     if not root.is_dir():
         return
