@@ -130,6 +130,10 @@ def test_errors_name_the_argument(tmp_path: Path) -> None:
         render_segmentation_video(rng, 2000, "c")
     with pytest.raises(ValueError, match="num_frames: expected >= 1875"):
         render_segmentation_video(rng, 1000, "a")
+    # Both conditions in one message named num_frames, which was long enough (385 >= 375).
+    with pytest.raises(ValueError, match=r"min_cue_distance: expected at least "
+                                         r"segment_frames\[0\] \(150\), got 100"):
+        render_segmentation_video(rng, 385, "a", min_cue_distance=100)
     with pytest.raises(ValueError, match="kind"):
         render_motion("spin", 5, 32, rng, np.zeros((32, 32, 3)))
     with pytest.raises(ValueError, match="codec"):

@@ -199,9 +199,12 @@ def render_segmentation_video(rng: np.random.Generator, num_frames: int, cue: st
                          f"{segment_frames}")
     # Longest lead-in and cue, the distance and its jitter, one delayed segment.
     shortest = 45 + _CUE_FRAMES[1] + min_cue_distance + 60 + _DELAYED_FRAMES[0]
-    if num_frames < shortest or min_cue_distance < seg_min:
+    if min_cue_distance < seg_min:
+        raise ValueError(f"min_cue_distance: expected at least segment_frames[0] ({seg_min}), "
+                         f"got {min_cue_distance}")
+    if num_frames < shortest:
         raise ValueError(f"num_frames: expected >= {shortest} for min_cue_distance="
-                         f"{min_cue_distance} (>= segment_frames[0]), got {num_frames}")
+                         f"{min_cue_distance}, got {num_frames}")
     segments = _timeline(rng, num_frames, cue, min_cue_distance, segment_frames)
     backdrop = _scene(rng, size)
     frames = np.empty((num_frames, size, size, 3), np.uint8)
