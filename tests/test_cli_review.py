@@ -100,3 +100,25 @@ def test_line_breaks_inside_quoted_csv_fields_are_kept(tmp_path: Path):
     path = tmp_path / "a.csv"
     path.write_bytes(b'\xef\xbb\xbfvideo,label\r\nclip.mp4,"x\r\ny"\r\n')
     assert read_text_file(path, "a CSV") == 'video,label\r\nclip.mp4,"x\r\ny"\r\n'
+
+
+def test_predictions_follow_top_1_where_the_softmax_rounds_into_a_tie():
+    """Defect (metrics review): ``predictions.csv`` took the argmax of the softmax, which
+    float32 rounds into a tie for logits [0, 1e-8] (class 0), while top-1 and the confusion
+    matrix took the logits' (class 1)."""
+    import torch
+
+    from spool.models.classification import ClassifierOutput, clip_classification_loss
+    from spool.train.evaluate import evaluate
+
+    class Fixed(torch.nn.Module):
+        loss_function = staticmethod(clip_classification_loss)
+
+        def forward(self, tokens):
+            return ClassifierOutput(torch.tensor([[0.0, 1e-8]]).expand(len(tokens), 2), None)
+
+    items = [{"tokens": torch.zeros(1, 1, 1), "label": 1, "index": i} for i in range(3)]
+    result = evaluate(Fixed(), items, 2, keep_scores=True, amp=False)
+    assert result.tracker.confusion.tolist() == [[0, 0], [0, 3]]
+    assert int(result.scores[0].argmax()) == 0  # what predictions.csv took before
+    assert result.predictions.tolist() == [1, 1, 1]  # what it takes now, as top-1 does

@@ -19,6 +19,11 @@ Two additions, both no-ops on data without them: frames whose true label is ``ig
 as background in *both* sequences for the segmental scores, so a prediction there is neither
 rewarded nor penalised. And where MS-TCN's code divides 0 by 0 (no segment in either sequence
 of a video) the edit score is 100, the two empty sequences being identical; MS-TCN gets NaN.
+
+One difference from MS-TCN's code as published: every segment ends at its exclusive end
+here, including one that runs to the last frame, which MS-TCN's ``get_labels_start_end_time``
+closes at ``T - 1`` (a frame short; later forks use ``T``). Edit and accuracy are the same;
+F1@k can differ on short videos (a few points at 50 frames, none at thousands).
 """
 
 from __future__ import annotations

@@ -31,11 +31,13 @@ from spool.train.metrics import MetricTracker, average_clip_scores
 @dataclass
 class EvalResult:
     """Metrics over every rank and, for the samples this rank saw, the class probabilities
-    ``[n, C]`` (softmax, averaged over a video's clips)."""
+    ``[n, C]`` (softmax, averaged over a video's clips) and the predicted classes ``[n]``
+    (top-1's: from the logits, which the softmax can round into a tie)."""
 
     tracker: MetricTracker
     indices: list[int] = field(default_factory=list)
     scores: torch.Tensor | None = None
+    predictions: torch.Tensor | None = None
     skipped: list[SkippedVideo] = field(default_factory=list)  # this rank's unreadable videos
     num_skipped: int = 0  # over every rank
 
@@ -87,7 +89,7 @@ def evaluate(model: VideoClassifier, dataset: Dataset, num_classes: int, *,
     model.eval()
     tracker = MetricTracker(num_classes)
     result = EvalResult(tracker)
-    all_scores = []
+    all_scores, all_predictions = [], []
     seen: set[str] = set()
     for batch in loader:
         result.skipped.extend(batch["skipped"])
@@ -113,6 +115,7 @@ def evaluate(model: VideoClassifier, dataset: Dataset, num_classes: int, *,
         if keep_scores:
             result.indices.extend(batch["index"].tolist())
             all_scores.append(scores.cpu() if multi else scores.softmax(-1).cpu())
+            all_predictions.append(scores.argmax(-1).cpu())  # as the tracker's top-1
     tracker.all_reduce()
     skipped = torch.tensor(len(result.skipped), device=device)
     if world > 1:
@@ -120,6 +123,8 @@ def evaluate(model: VideoClassifier, dataset: Dataset, num_classes: int, *,
     result.num_skipped = int(skipped)
     if keep_scores:
         result.scores = torch.cat(all_scores) if all_scores else torch.zeros(0, num_classes)
+        result.predictions = (torch.cat(all_predictions) if all_predictions
+                              else torch.zeros(0, dtype=torch.int64))
     model.train(was_training)
     return result
 
@@ -202,9 +207,10 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_text(out / "metrics.json", json_text(report))
-        rows = [[dataset.samples[i].path, names[dataset.samples[i].label],
-                 names[int(p.argmax())], f"{float(p.max()):.4f}"]
-                for i, p in zip(result.indices, result.scores, strict=True)]
+        rows = [[dataset.samples[i].path, names[dataset.samples[i].label], names[int(c)],
+                 f"{float(p[c]):.4f}"]
+                for i, p, c in zip(result.indices, result.scores, result.predictions,
+                                   strict=True)]
         buffer = io.StringIO()
         csv.writer(buffer).writerows([["path", "label", "prediction", "score"], *rows])
         atomic_write_text(out / "predictions.csv", buffer.getvalue())  # before the picture
