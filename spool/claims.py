@@ -124,7 +124,8 @@ def is_stale_temporary(path: Path, older_than_s: float = STALE_AFTER_S) -> bool:
     return _age_s(path) > older_than_s
 
 
-def remove_stale_temporaries_in(directory: str | os.PathLike) -> int:
+def remove_stale_temporaries_in(directory: str | os.PathLike,
+                                older_than_s: float = STALE_AFTER_S) -> int:
     """Delete the stale temporaries (files or folders, :func:`is_stale_temporary`) directly in
     ``directory``, left by killed writers; return their number (0 for no such directory)."""
     removed = 0
@@ -133,7 +134,7 @@ def remove_stale_temporaries_in(directory: str | os.PathLike) -> int:
     except OSError:
         return 0
     for path in entries:
-        if not is_stale_temporary(path):
+        if not is_stale_temporary(path, older_than_s):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

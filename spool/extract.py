@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,14 +22,13 @@ import torch
 from tqdm import tqdm
 
 from spool import __version__
-from spool.claims import kept_alive
+from spool.claims import kept_alive, remove_stale_temporaries_in
 from spool.extract_inputs import VideoJob
 from spool.io_utils import (
     CLAIM_SUFFIX,
     STALE_AFTER_S,
     atomic_save_safetensors,
     file_version,
-    is_stale_temporary,
     merge_failures,
     release_claim,
     remove_stale_claim,
@@ -360,27 +358,18 @@ def remove_stale_temporaries(out_dir: Path, older_than_s: float = STALE_AFTER_S)
     """Delete the temporaries and claims that killed runs left behind; return their number.
 
     Only Spool's own (``.NAME.spool-HOST-PID-RANDOM.tmp``, a file or an output's folder;
-    ``.NAME.spool-claim``) whose
-    process is gone: exited on this machine and in this PID namespace, or older than
-    ``older_than_s`` from elsewhere. The in-flight files of a job running beside this one, and
-    a user's ``.notes.tmp``, stay.
+    ``.NAME.spool-claim``) whose process is gone: exited on this machine and in this PID
+    namespace, or older than ``older_than_s`` from elsewhere. The in-flight files of a job
+    running beside this one, and a user's ``.notes.tmp``, stay.
     """
     removed = 0
-    # A walk, not rglob: it never enters a temporary folder (another job's, which its writer
-    # may remove while it is listed: rglob raises then), and skips what vanishes.
     for root, folders, files in os.walk(out_dir):
-        for name in [f for f in folders if f.startswith(".") and f.endswith(".tmp")]:
-            folders.remove(name)
-            if is_stale_temporary(Path(root) / name, older_than_s):  # an output's
-                shutil.rmtree(Path(root) / name, ignore_errors=True)
-                removed += 1
+        removed += remove_stale_temporaries_in(root, older_than_s)
+        # Never into a temporary folder: another job's, which its writer may remove while it
+        # is listed (rglob raised then).
+        folders[:] = [f for f in folders if not (f.startswith(".") and f.endswith(".tmp"))]
         for name in files:
-            path = Path(root) / name
-            if not name.startswith(".") or ".spool-" not in name:
-                continue
-            if name.endswith(".tmp") and is_stale_temporary(path, older_than_s):
-                path.unlink(missing_ok=True)
-                removed += 1
-            elif name.endswith(CLAIM_SUFFIX) and remove_stale_claim(path, older_than_s):
+            if (name.startswith(".") and name.endswith(CLAIM_SUFFIX)
+                    and remove_stale_claim(Path(root) / name, older_than_s)):
                 removed += 1
     return removed

@@ -56,10 +56,10 @@ from spool.errors import SpoolLoadError
 from spool.io_utils import (
     atomic_write_text,
     file_version,
-    is_stale_temporary,
     lock_directory,
     refresh_claim,
     release_claim,
+    remove_stale_temporaries_in,
     write_failures,
 )
 from spool.models.frame_encoder import save_frame_encoder
@@ -120,7 +120,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_directory(out, "spool cache", LOCK_NAME)
     try:
-        _remove_stale_temporaries(out)
+        remove_stale_temporaries_in(out)  # what killed runs left
         encoder = encoder_on(model, device)
         config = model.config
         shape = (len(dataset), views, dataset.num_frames, config.num_spatial_tokens,
@@ -266,13 +266,6 @@ def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
         writer.write(batch["index"].numpy(),
                      tokens.view(len(video), *writer.shape[1:]).numpy())
     return sorted(failures)
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """Delete what killed runs left (``.tokens.npy.spool-...tmp`` of earlier versions)."""
-    for path in out.iterdir():
-        if path.is_file() and is_stale_temporary(path):
-            path.unlink(missing_ok=True)
 
 
 class _ViewStack(Dataset):
