@@ -39,7 +39,7 @@ def check_complete(source: Path, num_frames: int, end_s: float | None = None,
     with av.open(str(source), metadata_errors="ignore") as container:
         stream = container.streams.video[0]
         announced, tb = stream.frames, stream.time_base
-        declared = _declared_end(container) if end_s is not None else None
+        declared = _declared_end(container) if not announced and end_s is not None else None
         avi = container.format.name == "avi"
         listed = float(stream.duration * tb) if stream.duration and tb else None
         rate = float(stream.guessed_rate or 0) or fps  # nominal: fps averages what is there
@@ -58,7 +58,7 @@ def check_complete(source: Path, num_frames: int, end_s: float | None = None,
     if announced and present < announced - 1:
         raise VideoDecodeError(f"{source}: truncated: the header announces {announced} frames "
                                f"but only {num_frames} are in the file")
-    elif not announced and declared is not None:
+    if declared is not None:
         slack = max(1.0, 3 / fps if fps else 0.0, 0.02 * declared)
         end = max(end_s, others_end_s if others_end_s is not None else end_s)
         if end < declared - slack:

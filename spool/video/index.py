@@ -161,6 +161,11 @@ def _pts_give_display_order(shown: list[int | None], stream: av.VideoStream,
 def _build_index(path: str, max_pixels: int, container: av.container.InputContainer,
                  stream: av.VideoStream) -> _FrameIndex:
     pts: list[int | None] = []
+    # In MPEG program and transport streams, which are joined end to end (HLS segments, a
+    # recording in parts), decode times that go back are a clock that restarted: sorting by
+    # pts would interleave the parts, which the B-frame check of the first packets cannot
+    # see. (Other containers cannot be joined so; Matroska's decode times are guesses.)
+    joinable = container.format.name in _JOINABLE_FORMATS
     dts: list[int] = []
     keys: list[bool] = []
     last_duration = 0
@@ -182,7 +187,7 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
                     others_end = end if others_end is None else max(others_end, end)
                 continue
             pts.append(packet.pts)
-            if packet.dts is not None:
+            if joinable and packet.dts is not None:
                 dts.append(packet.dts)
             keys.append(packet.is_keyframe)
             last_duration = packet.duration or 0
@@ -204,12 +209,7 @@ def _build_index(path: str, max_pixels: int, container: av.container.InputContai
         decoded = min(n, (first_key if mid_gop else 0) + _ORDER_CHECK_PACKETS)
         shown = _shown_pts(path, max_pixels, decoded)
         not_shown = max(0, decoded - len(shown))
-    # In MPEG program and transport streams, which are joined end to end (HLS segments, a
-    # recording in parts), decode times that go back are a clock that restarted: sorting by
-    # pts would interleave the parts, which the B-frame check of the first packets cannot
-    # see. (Other containers cannot be joined so; Matroska's decode times are guesses.)
-    restarted = (container.format.name in _JOINABLE_FORMATS
-                 and bool(np.any(np.diff(np.asarray(dts, np.int64)) < 0)))
+    restarted = bool(np.any(np.diff(np.asarray(dts, np.int64)) < 0))
     exact = (n > 0 and None not in pts and len(set(pts)) == n and not restarted
              and _pts_give_display_order(shown, stream, pts))
     if not exact:
