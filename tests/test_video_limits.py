@@ -100,8 +100,9 @@ def test_extract_refuses_a_decompression_bomb_in_little_memory(tmp_path: Path) -
     config = tmp_path / "backbone.json"
     config.write_text(json.dumps(tiny_backbone()))
     cmd = [sys.executable, "-m", "spool.cli", "extract", str(bomb), "--out", str(tmp_path / "o"),
-           *tiny_model_args(config), *EXTRA_ARGS]
-    # A fresh process measures the peak RSS of its one child, `spool extract`, in KiB.
+           *tiny_model_args(config), *EXTRA_ARGS, "--device", "cpu"]
+    # A fresh process measures the peak RSS of its one child, `spool extract`, in KiB. On the
+    # CPU: on a GPU machine `--device auto` would add CUDA's own host memory to it.
     proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True,
                           text=True, timeout=300, check=True)
     first, output = proc.stdout.split("\n", 1)
