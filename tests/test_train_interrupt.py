@@ -52,7 +52,10 @@ def test_a_second_run_into_the_same_directory_fails(tmp_path: Path, capsys) -> N
     assert not (run / LOCK_NAME).exists()
 
 
-FIELDS = dict(epochs=4, num_workers=1, device="cpu")  # 16 steps, a DataLoader worker
+# 40 steps, a DataLoader worker. The signal must land before the last step: with 16 steps the
+# 14 after it took 1.35 s, which a test process starved on a loaded machine could miss.
+FIELDS = dict(epochs=10, num_workers=1, device="cpu")
+STEPS = 40
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +94,14 @@ def test_a_signal_saves_a_checkpoint_and_the_run_resumes(tmp_path: Path, uninter
             proc.kill()
     assert proc.returncode == 128 + signum, out + err
     stopped = read_steps(run)[-1][0]
-    assert 2 <= stopped < 16
+    assert 2 <= stopped < STEPS
     checkpoint = run / "checkpoints" / f"step_{stopped:08d}"
     assert (f"interrupted at step {stopped}; checkpoint saved to {checkpoint}; resume with "
             "--resume auto") in err
     assert "Traceback" not in err and not (run / LOCK_NAME).exists()
 
     assert main(["train", "--config", str(run / "train_config.json"), "--resume", "auto"]) == 0
-    assert [s for s, _ in read_steps(run)] == list(range(1, 17))
+    assert [s for s, _ in read_steps(run)] == list(range(1, STEPS + 1))
     # As the uninterrupted run, up to the round-off by which processes differ (README).
     steps, full_steps = read_steps(run), read_steps(uninterrupted)
     assert [s for s, _ in steps] == [s for s, _ in full_steps]
