@@ -69,11 +69,12 @@ def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-@pytest.mark.parametrize("signum,to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
+@pytest.mark.parametrize("signum,to_group", [(signal.SIGINT, True), (signal.SIGTERM, False),
+                                             (signal.SIGTERM, True)])
 def test_a_signal_saves_a_checkpoint_and_the_run_resumes(tmp_path: Path, uninterrupted: Path,
                                                          signum: int, to_group: bool) -> None:
-    # Ctrl-C in a terminal reaches the whole process group (the DataLoader worker too), a
-    # scheduler's SIGTERM the main process.
+    # Ctrl-C in a terminal reaches the whole process group (the DataLoader worker too), and
+    # so does a scheduler's SIGTERM (SLURM's preemption) or only the main process (torchrun's).
     run = tmp_path / "run"
     (tmp_path / "run.json").write_text(json.dumps(train_config_dict(run, **FIELDS)))
     proc = subprocess.Popen([sys.executable, "-m", "spool.cli", "train", "--config", "run.json"],
