@@ -315,12 +315,12 @@ def results_written(out_dir: Path, step: int) -> bool:
     return isinstance(results, dict) and results.get("steps") == step
 
 
-def set_aside_later_checkpoints(out_dir: Path, resumed: Path, step: int) -> Path | None:
+def set_aside_later_checkpoints(out_dir: Path, resumed: Path, step: int) -> str | None:
     """Move the checkpoints of ``out_dir`` at or after ``step`` (other than ``resumed``, the
     one a run goes on from) into ``checkpoints/abandoned_from_step_<step>[_n]/``: they belong
     to the branch the resume abandons, and would otherwise win ``--resume auto`` and
-    rotation; so do that branch's ``model/`` and ``results.json``. Returns that folder, or
-    None when there was nothing to move."""
+    rotation; so do that branch's ``model/`` and ``results.json``. Returns a note saying what
+    moved where, or None when there was nothing to move."""
     resumed = Path(resumed).resolve()
     later = [p for p in list_checkpoints(out_dir)
              if int(p.name[len("step_"):]) >= step and p.resolve() != resumed]
@@ -342,7 +342,10 @@ def set_aside_later_checkpoints(out_dir: Path, resumed: Path, step: int) -> Path
             _move(Path(out_dir) / name, aside / name)
     fsync_directory(root)
     fsync_directory(Path(out_dir))
-    return aside
+    names = ", ".join(path.name for path in later)
+    more = " and that branch's model/" if (aside / "model").exists() else ""
+    return (f"note: resuming from step {step}: moved the later checkpoints ({names}){more} to "
+            f"{aside}; --resume auto now continues this run")
 
 
 def prune_checkpoints(out_dir: Path, keep: int) -> None:

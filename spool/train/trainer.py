@@ -9,7 +9,6 @@ one rank with batch B.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -41,7 +40,7 @@ from spool.train import resume_settings
 from spool.train.builders import epoch_batches, model_config, parameter_groups, warmup_cosine
 from spool.train.config import TrainConfig
 from spool.train.evaluate import autocast_context, model_inputs
-from spool.train.metrics import STEP_FIELDS, append_csv, plot_curves, rewrite_csv
+from spool.train.metrics import STEP_FIELDS, append_csv, json_text, plot_curves, rewrite_csv
 from spool.train.signals import StopSignals, TrainingInterrupted, agreed_stop
 from spool.train.tasks import TASKS
 
@@ -203,13 +202,9 @@ class Trainer:
         """An explicit resume from step N makes N this run's history: later checkpoints in
         ``out_dir`` (of the branch abandoned) go aside, so ``--resume auto`` continues this
         branch, and rotation does not delete the checkpoint resumed from."""
-        aside = ckpt.set_aside_later_checkpoints(self.out, path, state["step"])
-        if aside is not None:
-            names = ", ".join(sorted(p.name for p in aside.glob("step_*")))
-            more = " and that branch's model/" if (aside / "model").exists() else ""
-            self.log(f"note: resuming from step {state['step']}: moved the later checkpoints "
-                     f"({names}){more} to {aside}; --resume auto now continues this run",
-                     logging.WARNING, always=True)
+        note = ckpt.set_aside_later_checkpoints(self.out, path, state["step"])
+        if note is not None:
+            self.log(note, logging.WARNING, always=True)
 
     def _resume(self, path: Path, state: dict[str, Any]) -> None:
         check_and_load_state_dict(self.model, state["weights"], str(path / WEIGHTS_NAME))
@@ -359,7 +354,12 @@ class Trainer:
                     self._record_step(self.train_step(batch))
                     if self._checkpoint_or_stop(agreed_stop(signals.received, self.device)):
                         return self.history
+                if self.epoch + 1 == cfg.epochs and self.val_set is not None:
+                    self.save_checkpoint()  # kept if validation fails; a resume redoes it
                 self._end_epoch(time.perf_counter() - start)
+                signum = agreed_stop(signals.received, self.device)  # during validation
+                if signum and self.epoch < cfg.epochs:
+                    self._checkpoint_or_stop(signum)
             self.finish()
         return self.history
 
@@ -402,7 +402,7 @@ class Trainer:
             self.model.save_pretrained(self.out / "model")
             results = {"final": self.history[-1] if self.history else {},
                        "class_names": self.class_names, "steps": self.step}
-            text = json.dumps(results, indent=1)
+            text = json_text(results)  # a validation of unreadable videos gives NaN
             atomic_write(self.out / "results.json", lambda p: Path(p).write_text(text))
         barrier()
 

@@ -1,0 +1,64 @@
+"""Findings of a review of the training loop: what a run keeps when its last validation
+fails, a stop signal during validation, and results.json with no finite validation loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from train_helpers import read_steps, train_config_dict
+
+from spool.train.config import TrainConfig
+from spool.train.signals import TrainingInterrupted
+from spool.train.trainer import Trainer, train
+
+
+def test_a_failed_last_validation_keeps_the_training_and_a_resume_validates(
+        tmp_path: Path, monkeypatch) -> None:
+    evaluate = Trainer.evaluate
+
+    def out_of_memory_at_the_end(self):
+        if self.epoch + 1 == self.cfg.epochs:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return evaluate(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", out_of_memory_at_the_end)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(TrainConfig(**train_config_dict(tmp_path / "run")))
+    assert (tmp_path / "run" / "checkpoints" / "step_00000008").is_dir()  # was: none at all
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    rows = train(TrainConfig(**train_config_dict(tmp_path / "run", resume="auto")))
+    assert [s for s, _ in read_steps(tmp_path / "run")] == list(range(1, 9))  # none again
+    assert [row["epoch"] for row in rows] == [1, 2] and "val_loss" in rows[-1]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 8
+
+
+def test_a_signal_during_validation_stops_at_that_epochs_end(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    evaluate = Trainer.evaluate
+
+    def signalled(self):
+        if self.epoch == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", signalled)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 4;"):  # was: step 5
+        train(TrainConfig(**train_config_dict(tmp_path / "run")))
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    rows = train(TrainConfig(**train_config_dict(tmp_path / "run", resume="auto")))
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert [s for s, _ in read_steps(tmp_path / "run")] == list(range(1, 9))
+
+
+def test_results_json_stays_valid_json_without_a_finite_validation_loss(tmp_path: Path) -> None:
+    (tmp_path / "bad.mp4").write_bytes(b"not a video" * 100)
+    (tmp_path / "val.txt").write_text("bad.mp4 0\n")  # unreadable, reported: val loss NaN
+    train(TrainConfig(**train_config_dict(tmp_path / "run", epochs=1,
+                                          val_data=str(tmp_path / "val.txt"))))
+    text = (tmp_path / "run" / "results.json").read_text()
+    results = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert results["final"]["val_loss"] is None
