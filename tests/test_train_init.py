@@ -132,6 +132,20 @@ def test_video_run_refuses_a_val_cache_of_another_backbone(tmp_path: Path) -> No
         _build(cfg, names)
 
 
+def test_a_run_fine_tuning_its_backbone_refuses_a_val_cache(tmp_path: Path) -> None:
+    """The cache holds the tokens of the backbone as it was: its validation would score a
+    model that the run never saves (the same backbone, seed 3, so only this refuses it)."""
+    _, names = _clip_cache(tmp_path / "val", seed=3, split="val")
+    for frozen in (True, False):
+        cfg = _config(tmp_path / "run", val_cache=str(tmp_path / "val"),
+                      model={**TINY_MODEL, "freeze_backbone": frozen})
+        if frozen:
+            _build(cfg, names)
+        else:
+            with pytest.raises(ValueError, match=r"val_cache: .*fine-tunes it.*--val-data"):
+                _build(cfg, names)
+
+
 def test_val_and_eval_caches_of_other_sampling_are_refused(tmp_path: Path) -> None:
     from spool.train.evaluate import evaluate_checkpoint
 

@@ -147,6 +147,10 @@ def build_model(cfg: TrainConfig, config: SpoolConfig, class_names: list[str],
         if not cfg.quiet and (not dist.is_initialized() or dist.get_rank() == 0):
             logger.info(f"[{cfg.name}] {note}" if cfg.name else note)
     if cfg.val_cache is not None:
+        if not config.freeze_backbone:  # the tokens would go stale as the backbone trains
+            raise ValueError("val_cache: holds the tokens of the backbone as it was, but this "
+                             "run fine-tunes it (freeze_backbone=false); validate on the "
+                             "videos instead (--val-data)")
         check_cache_backbone(model, cfg.val_cache, "val_cache")
     return model
 
