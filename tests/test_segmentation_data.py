@@ -206,7 +206,18 @@ def test_video_crops_are_decoded_a_chunk_at_a_time_alike(ntsc_video, monkeypatch
 
 
 def test_segments_rounded_apart_or_given_twice_are_taken(tmp_path):
+    (tmp_path / "clip.mkv").touch()
     (tmp_path / "s.csv").write_text("video,start_s,end_s,label\nclip.mkv,0,3.3334,a\n"
                                     "clip.mkv,3.3333,5,b\n./clip.mkv,3.3333,5,b\n")
     samples, _ = read_segments_csv(tmp_path / "s.csv")
     assert len(samples) == 1 and len(samples[0].segments) == 2
+
+
+def test_a_segments_csv_naming_a_missing_video_is_refused_with_its_line(tmp_path):
+    """A typo in a video's name: training went on with the other videos in its place
+    (a warning); a clips list refuses it, naming the line."""
+    (tmp_path / "clip.mkv").touch()
+    (tmp_path / "s.csv").write_text("video,start_s,end_s,label\nclip.mkv,0,3,a\n"
+                                    "clip.mkv,3,5,b\ncilp.mkv,0,5,b\n")
+    with pytest.raises(ValueError, match=r"s\.csv, line 4: video file not found: .*cilp\.mkv"):
+        read_segments_csv(tmp_path / "s.csv")

@@ -170,6 +170,7 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
     index = {n: i for i, n in enumerate(names)}
     per_video: dict[str, list[tuple[float, float, int]]] = {}
     spelled: dict[str, str] = {}
+    first_line: dict[str, int] = {}
     for lineno, row in enumerate(rows, start=2):
         try:
             start, end = float(row["start_s"]), float(row["end_s"])
@@ -184,6 +185,7 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
         # a.mp4 and ./a.mp4: one video, under the spelling it first had (its name's digest)
         video = spelled.setdefault(os.path.normpath(row["video"]), row["video"])
         per_video.setdefault(video, []).append((start, end, index[row["label"]]))
+        first_line.setdefault(video, lineno)
     for video, segments in per_video.items():
         segments[:] = sorted(set(segments))  # a row given twice is one segment
         for (s0, e0, _), (s1, e1, _) in itertools.pairwise(segments):
@@ -194,6 +196,8 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
     samples = []
     for (video, segments), stem in zip(per_video.items(), stems, strict=True):
         full = Path(video) if Path(video).is_absolute() else path.parent / video
+        if not full.is_file():  # a typo: no run should go on without it (a clips list's way)
+            raise ValueError(f"{path}, line {first_line[video]}: video file not found: {full}")
         name = stem
         if stems.count(stem) > 1:  # a/clip.mkv and b/clip.mkv: two videos, two names
             name = f"{stem}-{hashlib.sha1(video.encode()).hexdigest()[:8]}"
