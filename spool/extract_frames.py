@@ -63,9 +63,12 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
 
 def last_end(times: torch.Tensor, sampler: FrameSampler, info: VideoInfo) -> float:
     """Where the last sampled frame's segment ends (pts, seconds): one sampling step after it
-    (the frames' own step, or for one frame the sampler's at the video's rate), but not past
-    the video's end (it overshot: 80.0 s for a 79.5 s video)."""
-    step = float(times[1] - times[0]) if len(times) > 1 else sampler.step_seconds(info.fps)
+    (the sampler's at the video's rate, or the frames' own last step between two distinct
+    frames where that is longer), but not past the video's end (it overshot: 80.0 s for a
+    79.5 s video). Frames repeat where more are sampled than the video has."""
+    gaps = torch.diff(times)
+    gaps = gaps[gaps > 0]
+    step = max([sampler.step_seconds(info.fps), *([float(gaps[-1])] if len(gaps) else [])])
     end = float(times[-1]) + step
     if info.duration > 0:  # 0: unknown
         end = min(end, info.start_time + info.duration)

@@ -49,3 +49,22 @@ def test_the_last_segment_ends_with_the_video(tmp_path: Path) -> None:
     with open(tmp_path / "out" / "v.segments.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert float(rows[-1]["end_s"]) == pytest.approx(1.2, abs=1e-4)  # not 1.0 + 1.0
+
+
+@pytest.mark.parametrize("sampler, end", [
+    (FpsSampler(30), 0.4),  # above the 25 fps video's rate: frames 0 and 1 were the first two
+    (UniformSampler(16), 0.4),  # more frames than the video's 10
+    (FpsSampler(20), 0.37),  # below it: one sampling step (0.05 s) after the last frame's 0.32
+])
+def test_repeated_frames_do_not_shorten_the_last_segment(tmp_path: Path, sampler,
+                                                         end: float) -> None:
+    """The step was the first two frames' gap, 0 when they were one frame: the last segment
+    ended where it started, or 0.04 s early."""
+    frames = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "v.mkv", frames, fps=25, codec="ffv1")  # 0.4 s
+    torch.manual_seed(0)
+    model = SpoolForFrameClassification(tiny_config(class_names=["a"])).eval()  # one segment
+    FeatureExtractor(model, sampler).run(plan_jobs([video], tmp_path / "out"), progress=False)
+    with open(tmp_path / "out" / "v.segments.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["start_s"], float(r["end_s"])) for r in rows] == [("0.0000", pytest.approx(end))]
