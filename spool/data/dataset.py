@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from spool.io_utils import read_text_file
+from spool.video.completeness import check_reader_complete
 from spool.video.formats import VIDEO_EXTENSIONS, is_video_name
 from spool.video.index import VideoDecodeError
 from spool.video.io import VideoReader
@@ -221,7 +222,10 @@ class VideoClipDataset(Dataset):
         # A clip is a few frames far apart, read by seeking: after each seek a frame-threaded
         # decoder refills its pipeline, which made these reads 2-4x slower than with slice
         # threads (bench/decode_threads.py); sequential reads keep FFmpeg's AUTO.
-        with VideoReader(self.samples[index].path, thread_type="SLICE") as reader:
+        path = self.samples[index].path
+        with VideoReader(path, thread_type="SLICE") as reader:
+            # A file cut short is unreadable here as in spool extract, not a shorter video.
+            check_reader_complete(Path(path), reader, reader.info())
             n = len(reader)
             fps = reader.info().fps if self.sampler.needs_fps else None
             times = reader.frame_times() if self.sampler.needs_fps else None

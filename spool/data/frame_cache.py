@@ -51,6 +51,7 @@ from spool.io_utils import atomic_save_safetensors, atomic_write_text, read_json
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.long_video import stream_tokens, whole_video_indices
 from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
+from spool.video.completeness import check_reader_complete
 from spool.video.io import VideoReader, probe_video
 from spool.video.samplers import FrameSampler
 from spool.video.transforms import FramePreprocessing
@@ -209,6 +210,8 @@ def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
         return tensors
     with VideoReader(sample.video) as reader:
         info = reader.info()
+        # A file cut short is unreadable here as in spool extract: its labelled tail is gone.
+        check_reader_complete(Path(sample.video), reader, info)
         indices = whole_video_indices(reader, sampler, "a frame cache")
         # Each chunk back to the CPU at once: a whole video's tokens need not fit the GPU.
         chunks = [(t.to("cpu", _DTYPES[dtype]), s)
