@@ -276,8 +276,9 @@ class SpoolConfig:
         but not what they are: token caches key on the rest, so filling in such a field (as
         this version does for caches made before it) redoes no cache.
         """
-        return {k: getattr(self, k) for k in self.FRAME_ENCODER_FIELDS
-                if layout or k not in self.LAYOUT_FIELDS}
+        fields = {k: getattr(self, k) for k in self.FRAME_ENCODER_FIELDS
+                  if layout or k not in self.LAYOUT_FIELDS}
+        return {**fields, "backbone_name": backbone_identity(self.backbone_name)}
 
     # Frame-encoder fields that change the tokens without changing the weights' digest (the
     # normalisation is a non-persistent buffer): what a token cache must agree on with a model.
@@ -305,6 +306,7 @@ class SpoolConfig:
         # The tokens' layout matters only to token merging (filling it in redoes no output).
         skip = (*self.RUNTIME_FIELDS, *(self.LAYOUT_FIELDS if self.token_merging == 1 else ()))
         data = {k: v for k, v in self.to_dict().items() if k not in skip}
+        data["backbone_name"] = backbone_identity(self.backbone_name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
@@ -379,6 +381,13 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
                              f"{sorted(known)}")
         out[key] = parse_config_value(value)
     return out
+
+
+def backbone_identity(name: str) -> str:
+    """``backbone_name`` as outputs and caches are keyed on it: a local directory by its real
+    path (``./dino``, ``/models/dino/`` and a link to it are one backbone, from any working
+    directory), a hub id as given."""
+    return os.path.realpath(name) if os.path.isdir(name) else name
 
 
 def differing_token_fields(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:

@@ -11,6 +11,7 @@ ranks.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -166,6 +167,10 @@ class FeatureExtractor:
         self.backbone_only = backbone_only
         self.save_features = save_features or backbone_only  # the tokens are the output
         self.settings = _settings_metadata(model, sampler, self.save_features, dtype)
+        if backbone_only:  # its tokens: the temporal layers and their settings play no part
+            encoder = json.dumps(model.config.frame_encoder_fields(layout=False), sort_keys=True)
+            self.settings["model_config_hash"] = hashlib.sha256(encoder.encode()).hexdigest()[:16]
+            self.settings["weights_digest"] = weights_digest(model.backbone.state_dict())
         if predictions:  # NAME.segments.csv counts from the first frame (pts before)
             self.settings["segments_clock"] = "first_frame"
         self.settings["mode"] = ("frame_predictions" if predictions else

@@ -1,0 +1,60 @@
+"""What `spool extract`'s outputs are keyed on: the backbone-only tokens on the frame encoder
+alone, and a local backbone by its folder, however its path is spelled."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_backbone, tiny_model_args
+from transformers import AutoConfig, AutoModel
+
+from spool.cli import main
+from spool.config import SpoolConfig
+from spool.video import write_video
+
+
+@pytest.fixture
+def video(tmp_path: Path) -> Path:
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    return write_video(tmp_path / "v.mkv", frames, fps=5, codec="ffv1")
+
+
+def _done(capsys) -> tuple[int, int]:
+    found = re.search(r"(\d+) extracted, (\d+) already done", capsys.readouterr().out)
+    assert found
+    return int(found[1]), int(found[2])
+
+
+def test_backbone_only_tokens_are_kept_when_only_the_temporal_settings_change(
+        tmp_path: Path, video: Path, capsys) -> None:
+    (tmp_path / "bb.json").write_text(json.dumps(tiny_backbone()))
+    base = ["extract", str(video), "--out", str(tmp_path / "o"), "--backbone-only",
+            "--num-frames", "2", "--no-progress", *tiny_model_args(tmp_path / "bb.json")]
+    assert main(base) == 0 and _done(capsys) == (1, 0)
+    # The temporal stack takes no part: the tokens were extracted again.
+    assert main([*base, "--model", "local_frame_range=3"]) == 0 and _done(capsys) == (0, 1)
+    assert main([*base, "--model", "num_hidden_layers=2"]) == 0 and _done(capsys) == (0, 1)
+    # The frame encoder's settings do change them.
+    assert main([*base, "--model", "image_size=40"]) == 0 and _done(capsys) == (1, 0)
+
+
+def test_a_local_backbone_is_one_backbone_however_its_path_is_spelled(
+        tmp_path: Path, video: Path, capsys, monkeypatch) -> None:
+    folder = tmp_path / "dino"
+    AutoModel.from_config(AutoConfig.for_model(**tiny_backbone())).save_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    spellings = [str(folder), "./dino", f"{folder}/", "dino"]
+    configs = [SpoolConfig(backbone_name=name) for name in spellings]
+    assert len({c.outputs_hash() for c in configs}) == 1
+    assert len({json.dumps(c.frame_encoder_fields()) for c in configs}) == 1
+    fields = ["--model", "num_hidden_layers=1", "--model", "num_attention_heads=2",
+              "--model", "num_lookahead_heads=1", "--model", "num_lookback_heads=1",
+              "--model", "image_size=32"]
+    for k, name in enumerate(spellings):  # each was a new key: every output extracted again
+        assert main(["extract", str(video), "--out", str(tmp_path / "o"), "--num-frames", "2",
+                     "--no-progress", *fields, "--model", f"backbone_name={name}"]) == 0
+        assert _done(capsys) == ((1, 0) if k == 0 else (0, 1))
