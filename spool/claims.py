@@ -158,28 +158,34 @@ def claim_path(output: str | os.PathLike) -> Path:
     return output.with_name(f".{fit_name(output.name, 1 + len(CLAIM_SUFFIX))}{CLAIM_SUFFIX}")
 
 
-def try_claim(output: str | os.PathLike, stale_after_s: float = STALE_AFTER_S
-              ) -> Claim | None:
+def try_claim(output: str | os.PathLike, stale_after_s: float = STALE_AFTER_S,
+              source: str | None = None) -> Claim | None:
     """Claim ``output`` for this process, or None if another live job holds it.
 
     The claim file is created with ``O_EXCL`` beside the output and holds host, process id and
-    time. A claim whose process is gone (this machine and PID namespace) or older than
+    time, and ``source`` (what the output is made from; :func:`claim_record` reads it). A
+    claim whose process is gone (this machine and PID namespace) or older than
     ``stale_after_s`` (anywhere else) is taken over.
     """
-    return _claim_file(claim_path(output), stale_after_s)
+    return _claim_file(claim_path(output), stale_after_s, {"source": source} if source else {})
 
 
-def _claim_file(path: Path, stale_after_s: float) -> Claim | None:
+def claim_record(output: str | os.PathLike) -> dict:
+    """What the claim of ``output`` holds ({}: no claim, or not readable)."""
+    return _parse(_read_bytes(claim_path(output)) or b"")
+
+
+def _claim_file(path: Path, stale_after_s: float, extra: dict | None = None) -> Claim | None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    claim = _create_claim(path)
+    claim = _create_claim(path, extra)
     if claim is not None:
         return claim
     raw = _read_bytes(path)
     if raw is None:  # released meanwhile
-        return _create_claim(path)
+        return _create_claim(path, extra)
     if not _claim_is_stale(path, raw, stale_after_s):
         return None
-    return _take_over(path, raw)
+    return _take_over(path, raw, extra)
 
 
 def lock_directory(directory: str | os.PathLike, what: str,
@@ -247,9 +253,9 @@ def _own_record() -> dict:
             "pid": os.getpid(), "time": time.time(), "start": process_start(os.getpid())}
 
 
-def _create_claim(path: Path) -> Claim | None:
+def _create_claim(path: Path, extra: dict | None = None) -> Claim | None:
     token = secrets.token_hex(8)
-    record = {**_own_record(), "token": token}
+    record = {**(extra or {}), **_own_record(), "token": token}
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
@@ -345,7 +351,7 @@ def _holder_gone(lock: Path) -> bool:
 _LOCK_WAIT_S = 2.0  # the owner's renewal and release wait this long for another's take-over
 
 
-def _take_over(path: Path, raw: bytes) -> Claim | None:
+def _take_over(path: Path, raw: bytes, extra: dict | None = None) -> Claim | None:
     """Replace the stale claim ``raw`` at ``path`` by one of ours, one job at a time."""
     lock = _lock(path)
     if lock is None:  # another job is taking it over, or its owner renewing or releasing it
@@ -353,7 +359,7 @@ def _take_over(path: Path, raw: bytes) -> Claim | None:
     try:
         if _read_bytes(path) == raw:  # not replaced by a fresh claim meanwhile
             path.unlink(missing_ok=True)
-        return _create_claim(path)
+        return _create_claim(path, extra)
     finally:
         lock.unlink(missing_ok=True)
 

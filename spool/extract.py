@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from spool import __version__
-from spool.claims import kept_alive, remove_stale_temporaries_in
+from spool.claims import claim_record, kept_alive, remove_stale_temporaries_in
 from spool.extract_inputs import VideoJob
 from spool.io_utils import (
     CLAIM_SUFFIX,
@@ -298,12 +298,16 @@ class FeatureExtractor:
                     summary.settled.append(str(job.source))
                     continue
                 # Jobs sharing the output folder split the videos: one claim file per output.
-                claim = try_claim(job.output)
+                claim = try_claim(job.output, source=expected["source"])
             except (OSError, UnicodeError) as err:
                 _report_failure(summary, job, err)
                 continue
             if claim is None:
-                summary.elsewhere += 1
+                other = claim_record(job.output).get("source", expected["source"])
+                if other == expected["source"]:
+                    summary.elsewhere += 1
+                else:  # the same output name from another folder: it would never be written
+                    _report_failure(summary, job, _name_clash(job.output, other, "is writing"))
                 continue
             try:
                 if self._finished(job, expected):  # finished since the first look
@@ -312,10 +316,7 @@ class FeatureExtractor:
                     continue
                 other = _other_source(job.output, expected["source"])
                 if other is not None:  # not overwritten: they are another video's features
-                    _report_failure(summary, job, FileExistsError(
-                        f"{job.output} holds the features of {other}, another video of the "
-                        "same name; extract both in one run (each name then gets a digest "
-                        "of its path) or into another --out"))
+                    _report_failure(summary, job, _name_clash(job.output, other, "holds"))
                     continue
                 try:
                     with kept_alive(claim):
@@ -334,6 +335,12 @@ class FeatureExtractor:
         if failure_log is not None:
             merge_failures(failure_log, summary.failures, summary.settled)
         return summary
+
+
+def _name_clash(output: Path, other: str, verb: str) -> FileExistsError:
+    return FileExistsError(f"{output} {verb} the features of {other}, another video of the "
+                           "same name; extract both in one run (each name then gets a digest "
+                           "of its path) or into another --out")
 
 
 def _other_source(output: Path, source: str) -> str | None:

@@ -225,3 +225,33 @@ def test_a_take_over_lock_of_a_dead_process_is_removed_at_once(tmp_path: Path) -
                                "time": time.time(), "start": claims.process_start(os.getpid())}))
     release_claim(claim)
     assert claim.path.exists() and brk.exists()
+
+
+def test_a_job_meeting_a_claim_for_another_video_of_the_same_name_reports_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two jobs over two folders into one --out, each with a v00.mp4: the second, meeting the
+    first's claim on v00.safetensors, counted it as being done elsewhere (exit 0), and its own
+    video was never extracted. Now it is a failure, as the same clash is without the overlap."""
+    out = tmp_path / "out"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        _write_videos(tmp_path / folder, 1)
+    model = Spool(tiny_config()).eval()
+    first, second = (FeatureExtractor(model, make_sampler("uniform", num_frames=2))
+                     for _ in range(2))
+    summaries = {}
+    features = first.features
+
+    def meanwhile(source: Path):
+        if "second" not in summaries:  # while the first job holds the claim
+            summaries["second"] = second.run(plan_jobs([tmp_path / "b"], out), progress=False)
+        return features(source)
+
+    monkeypatch.setattr(first, "features", meanwhile)
+    summaries["first"] = first.run(plan_jobs([tmp_path / "a"], out), progress=False)
+    a, b = summaries["first"], summaries["second"]
+    assert (a.done, a.failed) == (1, 0)
+    assert (b.done, b.elsewhere, b.failed) == (0, 0, 1)
+    source, error, message = b.failures[0]
+    assert source == str(tmp_path / "b" / "v00.mp4") and error == "FileExistsError"
+    assert f"is writing the features of {tmp_path / 'a' / 'v00.mp4'}, another video" in message
