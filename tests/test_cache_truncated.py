@@ -42,3 +42,28 @@ def test_a_cut_video_is_a_failure_of_the_cache(tmp_path: Path, task: str, capsys
     failures = (tmp_path / "c" / "failures.csv").read_text()
     assert "cut.mkv" in failures and "whole.mkv" not in failures
     assert "truncated: the container declares 4.00 s but frames end at" in failures
+
+
+def test_a_cut_video_is_left_out_of_frame_training_and_evaluation(tmp_path: Path) -> None:
+    """The per-frame paths on video files: the training set and the evaluation take it for
+    unreadable (reported, skipped) instead of a shorter video."""
+    from conftest import tiny_config
+
+    from spool.data.frame_cache import VideoFrameDataset
+    from spool.data.segmentation import read_segments_csv
+    from spool.models.frame_classification import SpoolForFrameClassification
+    from spool.train.segmentation_eval import evaluate_segmentation
+    from spool.video.samplers import FpsSampler
+
+    _whole_and_cut(tmp_path)
+    (tmp_path / "segs.csv").write_text("video,start_s,end_s,label\nwhole.mkv,0,2,a\n"
+                                       "whole.mkv,2,4,b\ncut.mkv,0,2,a\ncut.mkv,2,4,b\n")
+    samples, names = read_segments_csv(tmp_path / "segs.csv")
+    model = SpoolForFrameClassification(tiny_config(class_names=names)).eval()
+    data = VideoFrameDataset(samples, names, FpsSampler(2), model.config.preprocessing())
+    cut = [i for i, s in enumerate(samples) if s.video.endswith("cut.mkv")][0]
+    item = data[cut]
+    assert item.get("unreadable") and "truncated" in item["skipped"][0].message
+    result = evaluate_segmentation(model, samples, sampler=FpsSampler(2))
+    assert [Path(s.path).name for s in result.skipped] == ["cut.mkv"]
+    assert "truncated" in result.skipped[0].message

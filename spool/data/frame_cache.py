@@ -313,6 +313,7 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augment else None
         with VideoReader(sample.video) as reader:
             info = reader.info()
+            check_reader_complete(Path(sample.video), reader, info)  # as the frame cache does
             indices = whole_video_indices(reader, self.sampler, "VideoFrameDataset")
             indices = indices[_crop(len(indices), self.crop_frames, rng)]
             # Decoded and preprocessed a chunk at a time: whole crops of full-size frames

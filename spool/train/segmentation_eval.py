@@ -36,6 +36,7 @@ from spool.metrics.segmentation import SegmentationMetrics
 from spool.models.frame_classification import FrameClassifier
 from spool.train.evaluate import skipped_fields, skipped_note
 from spool.train.metrics import json_text
+from spool.video.completeness import check_file_complete
 from spool.video.io import probe_video
 from spool.video.samplers import FrameSampler
 
@@ -106,6 +107,7 @@ def evaluate_segmentation(model: FrameClassifier,
         else:
             sample, name = data[i], data[i].name
             try:
+                check_file_complete(Path(sample.video))  # cut short: its labelled tail gone
                 out = model.predict_long(sample.video, sampler=sampler,
                                          chunk_frames=chunk_frames)
                 info = probe_video(sample.video)
