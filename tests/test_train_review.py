@@ -9,8 +9,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from train_helpers import read_steps, train_config_dict
+import torch
+from train_helpers import TINY_MODEL, final_weights, read_steps, train_config_dict
 
+from spool.errors import CheckpointNotFoundError
 from spool.train.config import TrainConfig
 from spool.train.signals import TrainingInterrupted
 from spool.train.trainer import Trainer, train
@@ -62,3 +64,24 @@ def test_results_json_stays_valid_json_without_a_finite_validation_loss(tmp_path
     text = (tmp_path / "run" / "results.json").read_text()
     results = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert results["final"]["val_loss"] is None
+
+
+def test_a_run_from_an_init_resumes_without_it(tmp_path: Path) -> None:
+    """The run's checkpoint holds its model's config and every weight: a resume read the init
+    again, and failed once it was gone (moved, cleaned from scratch space, a hub id offline)."""
+    import shutil
+
+    train(TrainConfig(**train_config_dict(tmp_path / "pre", epochs=1, val_data=None,
+                                          model={**TINY_MODEL, "local_frame_range": 1})))
+    shutil.copytree(tmp_path / "pre" / "model", tmp_path / "init")
+    run = dict(init=str(tmp_path / "init"), val_data=None, model={})
+    train(TrainConfig(**train_config_dict(tmp_path / "whole", **run)))
+    train(TrainConfig(**train_config_dict(tmp_path / "run", stop_after_steps=3, **run)))
+    shutil.rmtree(tmp_path / "init")
+    train(TrainConfig(**train_config_dict(tmp_path / "run", resume="auto", **run)))
+    assert read_steps(tmp_path / "run") == read_steps(tmp_path / "whole")  # the init's model
+    assert final_weights(tmp_path / "run").keys() == final_weights(tmp_path / "whole").keys()
+    for key, value in final_weights(tmp_path / "whole").items():
+        torch.testing.assert_close(final_weights(tmp_path / "run")[key], value)
+    with pytest.raises(CheckpointNotFoundError, match="init"):  # starting anew still needs it
+        train(TrainConfig(**train_config_dict(tmp_path / "new", **run)))

@@ -47,16 +47,20 @@ def model_class(cfg: TrainConfig) -> type:
     return classifier_class(cfg.architecture)
 
 
-def model_config(cfg: TrainConfig) -> SpoolConfig:
+def model_config(cfg: TrainConfig, resumed: Path | None = None) -> SpoolConfig:
     """The SpoolConfig of the run without class names: ``init``'s (its head settings only
-    when the run continues its class), the token cache's frame encoder, then ``model``."""
+    when the run continues its class; or, resuming, that of the checkpoint ``resumed``, which
+    holds every weight), the token cache's frame encoder, then ``model``."""
     overrides = dict(cfg.model)
     if cfg.architecture == "frame_pooling":
         overrides = {"num_hidden_layers": 0, **overrides}  # no temporal stack
     if cfg.gradient_checkpointing:
         overrides["gradient_checkpointing"] = True
     base = SpoolConfig()
-    if cfg.init is not None:
+    if cfg.init is not None and resumed is not None:
+        base = SpoolConfig.from_pretrained(resumed).replace(architectures=None,
+                                                            background_classes=None)
+    elif cfg.init is not None:
         init = load_pretrained(resolve_init(cfg), with_backbone=False)
         # The run's own background classes (frames task) replace the init's.
         head = {} if type(init) is model_class(cfg) else {"head_config": None}

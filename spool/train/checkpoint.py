@@ -256,6 +256,17 @@ def list_checkpoints(out_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def resume_candidate(resume: str | None, out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint a resume would go on from, found without loading it (``auto``: the newest
+    in ``out_dir`` with its model's config; else the path given), or None. Its config rebuilds
+    the run's model: a resume needs no ``init``, which may be gone by then."""
+    if not resume:
+        return None
+    found = [Path(resume)] if resume != "auto" else list_checkpoints(Path(out_dir))
+    found = [path for path in found if (path / "config.json").is_file()]
+    return found[-1] if found else None
+
+
 def resolve_resume(resume: str, out_dir: str, rank: int = 0
                    ) -> tuple[Path, dict[str, Any]] | None:
     """The checkpoint to resume from and its :func:`load_checkpoint` state.

@@ -9,6 +9,7 @@ one rank with batch B.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -73,11 +74,14 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.task = TASKS[cfg.task]
-        config = model_config(cfg)
+        # Resuming, the checkpoint holds the model's config and weights: the init is not read.
+        resumed = ckpt.resume_candidate(cfg.resume, cfg.out_dir) if cfg.init else None
+        config = model_config(cfg, resumed)
         self.train_set, self.val_set, self.class_names = self.task.build(cfg, config)
         self.cached = isinstance(self.train_set, (CachedTokenDataset, FrameTokenDataset))
         self.skipped: set[str] = set()  # unreadable training videos reported so far
-        self.model = self.task.model(cfg, config, self.class_names).to(self.device)
+        built = cfg if resumed is None else dataclasses.replace(cfg, init=None)
+        self.model = self.task.model(built, config, self.class_names).to(self.device)
         # How training frames were sampled: the default of evaluation and extraction.
         self.model.config.sampling = self.task.sampling(self.train_set)
         self.module: torch.nn.Module = self.model
@@ -113,7 +117,11 @@ class Trainer:
             if resume is not None:
                 self._resume(*resume)
                 if cfg.resume != "auto":  # once taken: a refused resume moves nothing
-                    self._on_rank0(lambda: self._set_aside_abandoned(*resume))
+                    path, step = resume[0], resume[1]["step"]  # N becomes the run's history
+                    note = self._on_rank0(
+                        lambda: ckpt.set_aside_later_checkpoints(self.out, path, step))
+                    if note is not None:
+                        self.log(note, logging.WARNING, always=True)
             elif cfg.resume == "auto":  # a typo in --out-dir would otherwise go unnoticed
                 self.log(f"no checkpoint in {self.out / ckpt.CHECKPOINT_DIR}: starting from "
                          "scratch", logging.WARNING, always=True)
@@ -197,14 +205,6 @@ class Trainer:
         if self.info.is_main or choice is None:
             return found
         return Path(choice), ckpt.load_checkpoint(Path(choice), self.info.rank)
-
-    def _set_aside_abandoned(self, path: Path, state: dict[str, Any]) -> None:
-        """An explicit resume from step N makes N this run's history: later checkpoints in
-        ``out_dir`` (of the branch abandoned) go aside, so ``--resume auto`` continues this
-        branch, and rotation does not delete the checkpoint resumed from."""
-        note = ckpt.set_aside_later_checkpoints(self.out, path, state["step"])
-        if note is not None:
-            self.log(note, logging.WARNING, always=True)
 
     def _resume(self, path: Path, state: dict[str, Any]) -> None:
         check_and_load_state_dict(self.model, state["weights"], str(path / WEIGHTS_NAME))
