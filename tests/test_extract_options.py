@@ -113,6 +113,8 @@ def test_a_sampler_flag_picks_its_sampler(video, tmp_path, flags, expected):
     (["--chunk-frames", "4"], "--chunk-frames: applies to --per-frame"),
     (["--offload-dir", "/nonexistent"], "--offload-dir: applies to --per-frame"),
     (["--per-frame", "--clip-len", "4"], "--clip-len"),
+    (["--per-frame", "--batch-size", "8"], "--batch-size: applies to clips; --per-frame"),
+    (["--per-frame", "--offload-dir", __file__], f"--offload-dir: {__file__} is a file"),
 ])
 def test_flags_that_do_not_apply_are_refused(video, tmp_path, capsys, flags, message):
     path, config = video

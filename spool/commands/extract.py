@@ -49,6 +49,8 @@ DEFAULTS = {"num_frames": 16, "fps": 2.0, "stride": 8, "clip_len": 16}
 SAMPLER_KEYS = {"uniform": ("num_frames",), "fps": ("fps", "max_frames"),
                 "stride": ("stride", "max_frames"), "sliding": ("clip_len", "stride")}
 
+BATCH_SIZE = 4  # clips per forward, by default
+
 
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
@@ -137,6 +139,12 @@ def check_flags(args: argparse.Namespace, frame_model: bool = False) -> None:
         if getattr(args, key) is not None and not per_frame:
             raise ValueError(f"{_flag(key)}: applies to --per-frame (or a frame classifier "
                              f"checkpoint)")
+    if per_frame and args.batch_size != BATCH_SIZE:
+        raise ValueError("--batch-size: applies to clips; --per-frame (or a frame classifier "
+                         "checkpoint) runs each video whole, --chunk-frames frames at a time")
+    if args.offload_dir is not None and os.path.exists(args.offload_dir) \
+            and not os.path.isdir(args.offload_dir):  # else every video failed on it
+        raise ValueError(f"--offload-dir: {args.offload_dir} is a file, not a folder")
     if args.checkpoint is None:  # nothing from training: the sampler is known already
         build_sampler(args, None, per_frame)
     else:
@@ -268,8 +276,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sliding: frames per clip (default: 16)")
     s.add_argument("--max-frames", type=positive_int, help="fps/stride: cap on frames per clip")
     r = p.add_argument_group("running")
-    r.add_argument("--batch-size", type=positive_int, default=4,
-                   help="clips per forward (default: 4)")
+    r.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+                   help=f"clips per forward (default: {BATCH_SIZE}; not with --per-frame)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when available, one GPU per torchrun process")
     r.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
