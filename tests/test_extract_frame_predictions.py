@@ -112,3 +112,22 @@ def test_predictions_of_the_earlier_clock_are_redone(tmp_path: Path, classifier)
     del meta["segments_clock"]
     save_file(tensors, str(out / "v.safetensors"), metadata=meta)
     assert extractor.run(plan_jobs([video], out), progress=False).done == 1
+
+
+def test_whole_video_flags_are_taken_with_a_frame_classifier_checkpoint(
+        tmp_path: Path, classifier, capsys) -> None:
+    """--per-frame is implied by a frame classifier, so are its flags: --chunk-frames and
+    --offload-dir were refused (exit 2) until --per-frame was given too. A clip model's
+    checkpoint still refuses them."""
+    from spool.cli import main
+
+    video = _video(tmp_path / "v.mkv", 12)
+    classifier.save_pretrained(tmp_path / "frames")
+    Spool(tiny_config()).save_pretrained(tmp_path / "clips")
+    flags = ["--chunk-frames", "4", "--offload-dir", str(tmp_path / "off"), "--no-progress"]
+    assert main(["extract", str(video), "--out", str(tmp_path / "o"), "--checkpoint",
+                 str(tmp_path / "frames"), *flags]) == 0
+    assert (tmp_path / "o" / "v.segments.csv").is_file()
+    assert main(["extract", str(video), "--out", str(tmp_path / "o2"), "--checkpoint",
+                 str(tmp_path / "clips"), *flags]) == 2
+    assert "--chunk-frames: applies to --per-frame" in capsys.readouterr().err

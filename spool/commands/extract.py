@@ -124,10 +124,11 @@ def build_sampler(args: argparse.Namespace, trained: dict | None = None,
     return sampler
 
 
-def check_flags(args: argparse.Namespace, frame_model: bool = False) -> None:
+def check_flags(args: argparse.Namespace, frame_model: bool | None = False) -> None:
     """Refuse flags that the chosen mode would ignore (exit 2): before any work, and again
-    once the checkpoint is known to be a frame classifier (``frame_model``)."""
-    per_frame = args.per_frame or frame_model
+    once the checkpoint is known to be a frame classifier or not (``frame_model``; None: not
+    known yet, so what a frame classifier takes waits for that)."""
+    per_frame = args.per_frame or bool(frame_model)
     if args.backbone_only and per_frame:
         raise ValueError("--backbone-only: the backbone's tokens are saved per clip; it does "
                          "not apply to --per-frame" + (" or a frame classifier checkpoint"
@@ -136,7 +137,7 @@ def check_flags(args: argparse.Namespace, frame_model: bool = False) -> None:
         raise ValueError("--save-features: a frame classifier checkpoint writes per-frame "
                          "predictions (labels, scores), not features")
     for key in ("chunk_frames", "offload_dir"):
-        if getattr(args, key) is not None and not per_frame:
+        if getattr(args, key) is not None and not per_frame and frame_model is not None:
             raise ValueError(f"{_flag(key)}: applies to --per-frame (or a frame classifier "
                              f"checkpoint)")
     if per_frame and args.batch_size != BATCH_SIZE:
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     from spool.models.frame_classification import FrameClassifier
     from spool.runtime import resolve_dtype
 
-    check_flags(args)
+    check_flags(args, None if args.checkpoint else False)
     dist = setup_distributed(args.device)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
