@@ -160,13 +160,11 @@ def claim_path(output: str | os.PathLike) -> Path:
 
 def try_claim(output: str | os.PathLike, stale_after_s: float = STALE_AFTER_S,
               source: str | None = None) -> Claim | None:
-    """Claim ``output`` for this process, or None if another live job holds it.
-
-    The claim file is created with ``O_EXCL`` beside the output and holds host, process id and
-    time, and ``source`` (what the output is made from; :func:`claim_record` reads it). A
-    claim whose process is gone (this machine and PID namespace) or older than
-    ``stale_after_s`` (anywhere else) is taken over.
-    """
+    """Claim ``output`` for this process, or None if another live job holds it. The claim
+    file is created with ``O_EXCL`` beside the output and holds host, process id, time and
+    ``source`` (what the output is made from; :func:`claim_record` reads it). A claim whose
+    process is gone (this machine and PID namespace) or older than ``stale_after_s``
+    (anywhere else) is taken over."""
     return _claim_file(claim_path(output), stale_after_s, {"source": source} if source else {})
 
 
