@@ -82,7 +82,7 @@ def test_frame_classifier_runs_at_its_training_rate(video, frame_model, tmp_path
     assert main([*run, "--out", str(tmp_path / "a")]) == 0  # no --per-frame: implied
     sampler, indices = _sampler(tmp_path / "a")
     assert sampler == {"name": "fps", "target_fps": 4.0, "max_frames": None,
-                       "use_timestamps": True, "revision": 2}
+                       "use_timestamps": True, "revision": 3}
     assert indices.tolist() == [0, 2, 5, 7, 10, 12, 15, 17]  # 4 of the video's 10 fps
     assert "differs" not in capsys.readouterr().err
     assert main([*run, "--out", str(tmp_path / "b"), "--fps", "2"]) == 0
@@ -94,7 +94,7 @@ def test_frame_classifier_runs_at_its_training_rate(video, frame_model, tmp_path
 
 @pytest.mark.parametrize(("flags", "expected"), [
     (["--fps", "5"], {"name": "fps", "target_fps": 5.0, "max_frames": None,
-                      "use_timestamps": True, "revision": 2}),
+                      "use_timestamps": True, "revision": 3}),
     (["--clip-len", "4"], {"name": "sliding", "clip_len": 4, "stride": 8, "tail": "align"}),
     (["--per-frame", "--stride", "5"], {"name": "stride", "stride": 5, "max_frames": None}),
 ])

@@ -106,5 +106,26 @@ def test_settings_carry_the_sampling_revision():
     assert FpsSampler(2).to_dict()["revision"] == FpsSampler.REVISION
     before = {"name": "fps", "target_fps": 2.0, "max_frames": None, "use_timestamps": True}
     assert sampler_settings(before) == FpsSampler(2).to_dict() != before
-    with pytest.raises(ValueError, match="revision"):
-        make_sampler(**{**before, "revision": 1})
+    for earlier in (1, 2):  # a model trained then samples as today
+        assert sampler_settings({**before, "revision": earlier}) == FpsSampler(2).to_dict()
+    with pytest.raises(ValueError, match="revision"):  # a later Spool's
+        make_sampler(**{**before, "revision": FpsSampler.REVISION + 1})
+
+
+@pytest.mark.parametrize("target, expected", [
+    (15, list(range(400))),  # was 401 frames, frame 1 twice
+    (5, list(range(0, 400, 3))),  # was 1, 4, 7, ... after 0: a frame early
+    (30, [i // 2 for i in range(800)]),  # was 801 frames
+])
+def test_a_millisecond_clock_does_not_shift_or_repeat_frames(tmp_path, target, expected):
+    """A 15 fps MP4 of millisecond timestamps reads as 14.99998 fps: a whole ratio of rates
+    came out a hair short, and the index rule picked the frame before, or one too many."""
+    from spool.video import VideoReader, write_video
+
+    frames = np.random.default_rng(0).integers(0, 256, (400, 16, 16, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "clip.mp4", frames, fps=15,
+                       timestamps=[i / 15 for i in range(400)])
+    with VideoReader(path) as reader:
+        info, times = reader.info(), reader.frame_times()
+    assert info.fps != 15  # the case: the rate as read is not exact
+    assert FpsSampler(target)(info.num_frames, info.fps, timestamps=times) == [expected]

@@ -217,13 +217,17 @@ class FpsSampler(FrameSampler):
 
     ``revision`` is in the settings so that outputs sampled by an earlier rule are redone:
     revision 2 lets a variable-rate video's last frame last its median frame interval
-    (revision 1 took the mean, which a long pause inflates: frames past the end). Settings
-    saved without one read as today's, so a model's sampling still compares equal.
+    (revision 1 took the mean, which a long pause inflates: frames past the end); revision 3
+    takes a rate within its timestamps' rounding of a whole multiple (or fraction) of the
+    target as exactly that (a 15 fps MP4 of millisecond timestamps reads as 14.99998 fps: 401
+    frames of 400 at 15 fps, one repeated; 30 -> 10 fps took frames 2, 5, ...). Settings saved
+    by an earlier revision, or without one, read as today's, so a model's sampling still
+    compares equal; a later revision's are refused.
     """
 
     name = "fps"
     needs_fps = True
-    REVISION: ClassVar[int] = 2
+    REVISION: ClassVar[int] = 3
 
     def __init__(self, target_fps: float, max_frames: int | None = None,
                  use_timestamps: bool = True, revision: int = REVISION) -> None:
@@ -231,9 +235,10 @@ class FpsSampler(FrameSampler):
         self.max_frames = _positive_int("max_frames", max_frames, allow_none=True)
         if not isinstance(use_timestamps, bool):
             raise ValueError(f"use_timestamps: expected True or False, got {use_timestamps!r}")
-        if revision != self.REVISION or isinstance(revision, bool):
-            raise ValueError(f"revision: this Spool samples by fps revision {self.REVISION}, "
-                             f"got {revision!r}")
+        if not isinstance(revision, int) or isinstance(revision, bool) \
+                or not 1 <= revision <= self.REVISION:
+            raise ValueError(f"revision: this Spool samples by fps revision {self.REVISION} "
+                             f"(and reads earlier ones as it), got {revision!r}")
         self.use_timestamps = use_timestamps
 
     def __call__(self, num_frames: int, fps: float | None = None,
@@ -267,8 +272,8 @@ class FpsSampler(FrameSampler):
                 rng: np.random.Generator | None) -> list[list[int]]:
         if fps is None:
             raise ValueError("fps: FpsSampler needs the video's frame rate, got None")
-        step = _positive_float("fps", fps) / self.target_fps  # source frames per output frame
-        count = math.ceil(num_frames / step - 1e-9)
+        step = _snapped(_positive_float("fps", fps) / self.target_fps, num_frames / fps)
+        count = math.ceil(num_frames / step - 1e-9)  # step: source frames per output frame
         # The epsilon keeps 30 -> 10 fps at 0, 3, 6, ... despite 3 * k not being exact in floats.
         indices = [min(int(math.floor(k * step + 1e-6)), num_frames - 1) for k in range(count)]
         return [_cap(indices, self.max_frames)]
@@ -279,6 +284,16 @@ class FpsSampler(FrameSampler):
     def _settings(self) -> dict[str, Any]:
         return {"target_fps": self.target_fps, "max_frames": self.max_frames,
                 "use_timestamps": self.use_timestamps, "revision": self.REVISION}
+
+
+def _snapped(step: float, seconds: float) -> float:
+    """``step`` (a ratio of frame rates), or the whole number or whole fraction it is within
+    the error of a rate read from timestamps rounded to a millisecond over ``seconds``."""
+    tolerance = max(1e-6, 2e-3 / seconds) if seconds > 0 else 1e-6
+    for whole in (round(step), 1 / max(round(1 / step), 1)):
+        if whole > 0 and abs(step - whole) <= tolerance * whole:
+            return float(whole)
+    return step
 
 
 def _constant_rate(ts: np.ndarray) -> bool:
