@@ -85,3 +85,16 @@ def test_a_run_from_an_init_resumes_without_it(tmp_path: Path) -> None:
         torch.testing.assert_close(final_weights(tmp_path / "run")[key], value)
     with pytest.raises(CheckpointNotFoundError, match="init"):  # starting anew still needs it
         train(TrainConfig(**train_config_dict(tmp_path / "new", **run)))
+
+
+def test_an_epochs_learning_rate_is_that_of_its_last_step(tmp_path: Path) -> None:
+    """metrics.csv (and results.json) gave the rate after the epoch's last scheduler step,
+    which no step used: 5e-06 at the end of a run whose last step used 5e-04."""
+    import csv
+
+    rows = train(TrainConfig(**train_config_dict(tmp_path / "run", val_data=None)))
+    with open(tmp_path / "run" / "steps.csv", newline="") as f:
+        used = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f)}
+    assert [row["step"] for row in rows] == [4, 8]
+    assert [row["lr"] for row in rows] == pytest.approx([used[4], used[8]], rel=1e-6)
+    assert rows[-1]["lr"] > 1e-5  # the warm-up-cosine's rate at step 8 of 8, not after it

@@ -296,8 +296,8 @@ class Trainer:
 
     def _end_epoch(self, seconds: float) -> dict[str, Any]:
         self.tracker.all_reduce()
-        row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step,
-                               "lr": self.optimizer.param_groups[0]["lr"],
+        lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](self.step - 1)  # last step's
+        row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "lr": lr,
                                **self.task.train_row(self.tracker), "epoch_seconds": seconds}
         last = self.epoch + 1 == self.cfg.epochs
         if self.val_set is not None and ((self.epoch + 1) % self.cfg.eval_every == 0 or last):
