@@ -128,8 +128,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "cache", help="store frozen-backbone tokens of a dataset for fast training",
         description="Run the frozen backbone once over labelled videos and store the tokens "
-                    "[N, views, T, L, D] (memory-mapped .npy) with the backbone's weights; "
-                    "`spool train --train-cache DIR` then never runs the backbone.")
+                    "with the backbone's weights (clips: [N, views, T, L, D] in a "
+                    "memory-mapped tokens.npy; frames: videos/NAME.safetensors of tokens "
+                    "[T, L, D] and labels [T]); `spool train --train-cache DIR` then never "
+                    "runs the backbone.")
     parser.add_argument("--task", choices=("clips", "frames"), default="clips",
                         help="clips: clips of labelled videos [N, views, T, L, D]; frames: "
                              "every frame at --fps with per-frame labels (segmentation)")

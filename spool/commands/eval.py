@@ -115,7 +115,8 @@ def _nothing_scored(count: int) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "eval", help="evaluate a trained classifier (top-1, top-5, per class, confusion)",
+        "eval", help="evaluate a trained classifier (clips: top-1, top-5, confusion; "
+                     "frames: accuracy, edit, F1@k)",
         description="Evaluate a classifier saved by `spool train` (its model/ directory) on "
                     "labelled videos or on a token cache made with the same backbone. A frame "
                     "classifier runs every video whole and reports frame accuracy, edit and "
@@ -145,6 +146,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=nonnegative_int, default=None,
                         help="clip classifiers: decoding processes (default: 2)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--out", help="directory for metrics.json, confusion_matrix.png and "
-                        "predictions.csv (score: probability of the predicted class)")
+    parser.add_argument("--out", help="directory for metrics.json and, clips: "
+                        "confusion_matrix.png and predictions.csv (score: probability of the "
+                        "predicted class); frames: ribbons.png and predictions/VIDEO.csv")
     parser.set_defaults(func=run)

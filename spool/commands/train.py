@@ -29,9 +29,10 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "train", help="train a video classifier (CPU, GPU, torchrun)",
+        "train", help="train a video or frame classifier (CPU, GPU, torchrun)",
         description="Train SpoolForVideoClassification (or the frame-pooling baseline) on "
-                    "labelled videos or on a token cache. Flags override --config.",
+                    "labelled videos or on a token cache; --task frames trains a frame "
+                    "classifier (temporal action segmentation). Flags override --config.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
     parser.set_defaults(func=run)
