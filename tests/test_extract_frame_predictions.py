@@ -131,3 +131,18 @@ def test_whole_video_flags_are_taken_with_a_frame_classifier_checkpoint(
     assert main(["extract", str(video), "--out", str(tmp_path / "o2"), "--checkpoint",
                  str(tmp_path / "clips"), *flags]) == 2
     assert "--chunk-frames: applies to --per-frame" in capsys.readouterr().err
+
+
+def test_max_frames_with_whole_video_outputs_says_they_are_cut(tmp_path: Path, classifier,
+                                                               capsys) -> None:
+    """--max-frames 4 gave a segments CSV of the first 4 frames of a 12-frame video, with no
+    word that the video was cut."""
+    from spool.cli import main
+
+    video = _video(tmp_path / "v.mkv", 12)
+    classifier.save_pretrained(tmp_path / "frames")
+    assert main(["extract", str(video), "--out", str(tmp_path / "o"), "--checkpoint",
+                 str(tmp_path / "frames"), "--max-frames", "4", "--fps", "10",
+                 "--no-progress"]) == 0
+    assert "max_frames 4: each video's outputs cover its first 4 sampled frames only" \
+        in capsys.readouterr().err
