@@ -98,3 +98,29 @@ def test_an_epochs_learning_rate_is_that_of_its_last_step(tmp_path: Path) -> Non
     assert [row["step"] for row in rows] == [4, 8]
     assert [row["lr"] for row in rows] == pytest.approx([used[4], used[8]], rel=1e-6)
     assert rows[-1]["lr"] > 1e-5  # the warm-up-cosine's rate at step 8 of 8, not after it
+
+
+def test_a_failing_loader_stops_the_run_only_after_a_stop_signal() -> None:
+    """A scheduler's SIGTERM reaches the DataLoader workers too, and the batch they were
+    loading fails: after the signal that is the run's stop (a checkpoint of its whole steps,
+    then TrainingInterrupted), without one it is an error as before."""
+    from spool.train.signals import StopSignals, until_stopped
+
+    def loader():
+        yield 1
+        raise RuntimeError("DataLoader worker (pid(s) 123) exited unexpectedly")
+
+    stopped = []
+    with StopSignals() as signals:
+        with pytest.raises(RuntimeError, match="exited unexpectedly"):
+            list(until_stopped(loader(), signals, stopped.append, torch.device("cpu")))
+        assert stopped == []
+        signals.received = signal.SIGTERM
+
+        def stop(signum):
+            stopped.append(signum)
+            raise TrainingInterrupted(signum, "interrupted")
+
+        with pytest.raises(TrainingInterrupted):
+            list(until_stopped(loader(), signals, stop, torch.device("cpu")))
+    assert stopped == [signal.SIGTERM]

@@ -339,8 +339,7 @@ def worker_context(num_workers: int) -> str | None:
     global _preloaded
     if not _preloaded:  # the server imports these once; each worker is forked from it
         multiprocessing.set_forkserver_preload(["torch", "spool.data.dataset",
-                                                "spool.data.cache",
-                                                "spool.data.forkserver_signals"])
+                                                "spool.data.cache"])
         _preloaded = True
     return "forkserver"
 
@@ -351,12 +350,12 @@ _preloaded = False
 def worker_init_fn(worker_id: int) -> None:
     """One intra-op thread per DataLoader worker: the workers are the parallelism.
 
-    Workers ignore Ctrl-C and SIGTERM, which a terminal and a scheduler (SLURM's preemption,
-    ``kill -TERM -PGID``, a container's stop) send to every process of the job: the main
+    Workers ignore Ctrl-C, which the terminal sends to every process of the job: the main
     process decides when to stop (a training run first saves a checkpoint), and a worker
     that died of it would fail the batch being loaded. Workers still end with the main
-    process (DataLoader shuts them down, or their watchdog sees it gone).
+    process (DataLoader shuts them down, or their watchdog sees it gone). A scheduler's
+    SIGTERM to the whole job ends them (a training run then stops at its last whole step:
+    :func:`~spool.train.signals.until_stopped`).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)

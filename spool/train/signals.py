@@ -12,13 +12,15 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # torchrun passes a signal on to its workers, which may have had it already from the
 # terminal: a repeat this soon is the same request, not a second Ctrl-C.
@@ -76,3 +78,24 @@ def agreed_stop(received: int | None, device: torch.device) -> int | None:
     flag = torch.tensor([received or 0], dtype=torch.int32, device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item()) or None
+
+
+def until_stopped(loader: Iterable[T], signals: StopSignals, stop: Callable[[int], object],
+                  device: torch.device) -> Iterator[T]:
+    """``loader``'s batches; a loader that fails once a stop signal has come calls ``stop``
+    with the signal all ranks agree on (it saves a checkpoint and raises
+    :class:`TrainingInterrupted`). A scheduler's
+    SIGTERM reaches every process of the job, the DataLoader workers too: the batch in flight
+    is lost, but every step taken is whole."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception:
+            if signals.received is None:
+                raise
+            stop(agreed_stop(signals.received, device))
+            raise
+        yield batch

@@ -42,7 +42,7 @@ from spool.train.builders import epoch_batches, model_config, parameter_groups, 
 from spool.train.config import TrainConfig
 from spool.train.evaluate import autocast_context, model_inputs
 from spool.train.metrics import STEP_FIELDS, append_csv, json_text, plot_curves, rewrite_csv
-from spool.train.signals import StopSignals, TrainingInterrupted, agreed_stop
+from spool.train.signals import StopSignals, TrainingInterrupted, agreed_stop, until_stopped
 from spool.train.tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -349,7 +349,8 @@ class Trainer:
         with StopSignals() as signals:
             while self.epoch < cfg.epochs:
                 start = time.perf_counter()
-                for batch in self._loader():
+                for batch in until_stopped(self._loader(), signals, self._checkpoint_or_stop,
+                                           self.device):
                     report_skipped(batch.get("skipped", ()), self.skipped)
                     self._record_step(self.train_step(batch))
                     if self._checkpoint_or_stop(agreed_stop(signals.received, self.device)):
@@ -379,8 +380,7 @@ class Trainer:
 
     def _checkpoint_or_stop(self, signum: int | None) -> bool:
         """Checkpoint when one is due; True when the run stops here (``stop_after_steps``).
-        After a stop signal (``signum``): checkpoint, then raise :class:`TrainingInterrupted`.
-        """
+        After a stop signal (``signum``): checkpoint, then raise :class:`TrainingInterrupted`."""
         cfg = self.cfg
         stop = cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps
         if (cfg.save_every and self.step % cfg.save_every == 0) or stop or signum:
