@@ -124,3 +124,23 @@ def test_a_failing_loader_stops_the_run_only_after_a_stop_signal() -> None:
         with pytest.raises(TrainingInterrupted):
             list(until_stopped(loader(), signals, stop, torch.device("cpu")))
     assert stopped == [signal.SIGTERM]
+
+
+def test_the_last_step_is_written_once_and_its_state_then_updated(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """The checkpoint before the last validation and the final one are of the same step:
+    the model and optimizer were written twice (three times when save_every fell there)."""
+    from spool.train import checkpoint
+
+    writes = []
+    put_in_place = checkpoint._put_in_place
+    monkeypatch.setattr(checkpoint, "_put_in_place",
+                        lambda new, target: (writes.append(target.name), put_in_place(new, target)))
+    train(TrainConfig(**train_config_dict(tmp_path / "run", save_every=4)))
+    assert writes == ["step_00000004", "step_00000008"]  # was: step_00000008 three times
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000008" /
+                        "trainer_state.json").read_text())
+    assert (state["epoch"], len(state["history"])) == (2, 2)  # the finished run's state
+    assert "val_loss" in state["history"][-1]
+    rows = train(TrainConfig(**train_config_dict(tmp_path / "run", resume="auto")))
+    assert len(rows) == 2 and writes == ["step_00000004", "step_00000008"]  # nothing to do

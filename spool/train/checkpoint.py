@@ -104,11 +104,20 @@ def restore_rng(tensors: dict[str, torch.Tensor], python: list, numpy_state: lis
 
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], rng_per_rank: list[dict[str, Any]]) -> Path:
+                    state: dict[str, Any], rng_per_rank: list[dict[str, Any]],
+                    update: bool = False) -> Path:
     """Write a complete checkpoint to ``directory``: every file to a hidden sibling folder,
     synced, then renamed into place (an existing ``directory`` is moved aside first and
-    deleted only once the new one is in place)."""
+    deleted only once the new one is in place). With ``update`` (the weights and optimizer
+    unchanged since any checkpoint of this step), an intact one gets only the new state."""
     directory = Path(directory)
+    if update and checkpoint_problem(directory) is None and \
+            json.loads((directory / STATE_NAME).read_text())["step"] == state["step"]:
+        # Saved again at the same step (before the last validation, then at the end).
+        kept = json.loads((directory / STATE_NAME).read_text())
+        atomic_write_text(directory / STATE_NAME, json.dumps(
+            {**state, "optimizer": kept["optimizer"], "rng": kept["rng"]}, indent=1))
+        return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(directory)
     tmp.mkdir()

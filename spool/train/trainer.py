@@ -247,7 +247,7 @@ class Trainer:
                      "history": self.history, "config": self.cfg.to_saved_dict(),
                      "world_size": self.info.world_size, "class_names": self.class_names}
             path = self.checkpoint_path()
-            ckpt.save_checkpoint(path, self.model, self.optimizer, state, rngs)
+            ckpt.save_checkpoint(path, self.model, self.optimizer, state, rngs, update=True)
             ckpt.prune_checkpoints(self.out, self.cfg.keep_checkpoints)
         barrier()
         return path
