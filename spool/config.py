@@ -276,9 +276,8 @@ class SpoolConfig:
         but not what they are: token caches key on the rest, so filling in such a field (as
         this version does for caches made before it) redoes no cache.
         """
-        fields = {k: getattr(self, k) for k in self.FRAME_ENCODER_FIELDS
-                  if layout or k not in self.LAYOUT_FIELDS}
-        return {**fields, "backbone_name": backbone_identity(self.backbone_name)}
+        return {k: getattr(self, k) for k in self.FRAME_ENCODER_FIELDS
+                if layout or k not in self.LAYOUT_FIELDS}
 
     # Frame-encoder fields that change the tokens without changing the weights' digest (the
     # normalisation is a non-persistent buffer): what a token cache must agree on with a model.
@@ -306,7 +305,6 @@ class SpoolConfig:
         # The tokens' layout matters only to token merging (filling it in redoes no output).
         skip = (*self.RUNTIME_FIELDS, *(self.LAYOUT_FIELDS if self.token_merging == 1 else ()))
         data = {k: v for k, v in self.to_dict().items() if k not in skip}
-        data["backbone_name"] = backbone_identity(self.backbone_name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
@@ -380,13 +378,16 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
             raise ValueError(f"--model: unknown SpoolConfig field {key!r}; known fields: "
                              f"{sorted(known)}")
         out[key] = parse_config_value(value)
+        if key == "backbone_name" and isinstance(out[key], str):
+            out[key] = backbone_identity(out[key])
     return out
 
 
 def backbone_identity(name: str) -> str:
-    """``backbone_name`` as outputs and caches are keyed on it: a local directory by its real
-    path (``./dino``, ``/models/dino/`` and a link to it are one backbone, from any working
-    directory), a hub id as given."""
+    """``backbone_name`` as a ``--model`` flag gives it: a local directory by its real path
+    (``./dino``, ``/models/dino/`` and a link to it are one backbone, from any working
+    directory: the outputs and caches keyed on it are kept), a hub id as given. Resolved
+    once, when given: a checkpoint's config keeps the name it was trained with."""
     return os.path.realpath(name) if os.path.isdir(name) else name
 
 

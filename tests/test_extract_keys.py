@@ -13,7 +13,7 @@ from conftest import tiny_backbone, tiny_model_args
 from transformers import AutoConfig, AutoModel
 
 from spool.cli import main
-from spool.config import SpoolConfig
+from spool.config import SpoolConfig, parse_overrides
 from spool.video import write_video
 
 
@@ -48,13 +48,33 @@ def test_a_local_backbone_is_one_backbone_however_its_path_is_spelled(
     AutoModel.from_config(AutoConfig.for_model(**tiny_backbone())).save_pretrained(folder)
     monkeypatch.chdir(tmp_path)
     spellings = [str(folder), "./dino", f"{folder}/", "dino"]
-    configs = [SpoolConfig(backbone_name=name) for name in spellings]
-    assert len({c.outputs_hash() for c in configs}) == 1
-    assert len({json.dumps(c.frame_encoder_fields()) for c in configs}) == 1
+    assert {parse_overrides([f"backbone_name={name}"])["backbone_name"]
+            for name in spellings} == {str(folder.resolve())}
     fields = ["--model", "num_hidden_layers=1", "--model", "num_attention_heads=2",
               "--model", "num_lookahead_heads=1", "--model", "num_lookback_heads=1",
               "--model", "image_size=32"]
     for k, name in enumerate(spellings):  # each was a new key: every output extracted again
         assert main(["extract", str(video), "--out", str(tmp_path / "o"), "--num-frames", "2",
                      "--no-progress", *fields, "--model", f"backbone_name={name}"]) == 0
+        assert _done(capsys) == ((1, 0) if k == 0 else (0, 1))
+
+
+
+def test_a_checkpoint_naming_its_backbone_by_a_relative_path_keys_alike_from_anywhere(
+        tmp_path: Path, video: Path, capsys, monkeypatch) -> None:
+    """A checkpoint's config keeps backbone_name as trained ("dino"); its weights are its
+    own. Resolving that name in each working directory redid every output elsewhere."""
+    from spool.models.spool import Spool
+
+    folder = tmp_path / "dino"
+    AutoModel.from_config(AutoConfig.for_model(**tiny_backbone())).save_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    model = Spool(SpoolConfig(backbone_name="dino", num_hidden_layers=1, num_attention_heads=2,
+                              num_lookahead_heads=1, num_lookback_heads=1, image_size=32))
+    model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "elsewhere").mkdir()
+    for k, cwd in enumerate((tmp_path, tmp_path / "elsewhere", tmp_path)):
+        monkeypatch.chdir(cwd)
+        assert main(["extract", str(video), "--out", str(tmp_path / "o"), "--num-frames", "2",
+                     "--checkpoint", str(tmp_path / "ckpt"), "--no-progress"]) == 0
         assert _done(capsys) == ((1, 0) if k == 0 else (0, 1))
