@@ -171,8 +171,9 @@ class FeatureExtractor:
             encoder = json.dumps(model.config.frame_encoder_fields(layout=False), sort_keys=True)
             self.settings["model_config_hash"] = hashlib.sha256(encoder.encode()).hexdigest()[:16]
             self.settings["weights_digest"] = weights_digest(model.backbone.state_dict())
-        if predictions:  # NAME.segments.csv counts from the first frame (pts before)
-            self.settings["segments_clock"] = "first_frame"
+        if predictions:  # NAME.segments.csv counts from the first frame (pts before), and
+            self.settings["segments_clock"] = "first_frame"  # its last segment ends a step on
+            self.settings["segments_end"] = "sampling_step"
         self.settings["mode"] = ("frame_predictions" if predictions else
                                  "backbone" if backbone_only else
                                  "per_frame" if per_frame else "clips")

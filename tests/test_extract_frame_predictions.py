@@ -99,8 +99,10 @@ def test_a_classifiers_csv_stays_when_a_later_mode_fails(tmp_path: Path, classif
     assert (out / "v.safetensors").is_file() and (out / "v.segments.csv").is_file()
 
 
-def test_predictions_of_the_earlier_clock_are_redone(tmp_path: Path, classifier) -> None:
-    """NAME.segments.csv counted from the pts before; outputs written so were 'done'."""
+@pytest.mark.parametrize("rule", ["segments_clock", "segments_end"])
+def test_predictions_of_an_earlier_rule_are_redone(tmp_path: Path, classifier, rule) -> None:
+    """NAME.segments.csv counted from the pts before, and its last segment could end where
+    it began; outputs written so were 'done'."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -109,7 +111,7 @@ def test_predictions_of_the_earlier_clock_are_redone(tmp_path: Path, classifier)
     assert extractor.run(plan_jobs([video], out), progress=False).done == 1
     with safe_open(str(out / "v.safetensors"), framework="pt") as f:
         tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-    del meta["segments_clock"]
+    del meta[rule]
     save_file(tensors, str(out / "v.safetensors"), metadata=meta)
     assert extractor.run(plan_jobs([video], out), progress=False).done == 1
 
