@@ -96,3 +96,10 @@ def test_a_flag_of_the_other_task_is_refused(tmp_path: Path, capsys, task, flags
                  *MODEL, *flags]) == 2
     assert f"spool cache: error: {named}" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_frame_cache_shows_progress_within_a_video(tmp_path: Path, capsys) -> None:
+    """Only whole videos were counted: one long video sat at `0/1` until it was done."""
+    assert main([a for a in _frames(tmp_path / "c") if a != "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "video/s]" in err and "frame/s]" in err  # the videos' bar and a video's frames'

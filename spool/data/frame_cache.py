@@ -164,7 +164,7 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
         path = _video_file(out, sample.name)
         try:  # only reading the video: an error writing the cache still stops the job
             keys = _keys(sample, settings, class_names)
-            encoded = _encode_video(model, sample, sampler, path, keys, dtype)
+            encoded = _encode_video(model, sample, sampler, path, keys, dtype, progress)
         except UNREADABLE as err:
             failures.append(skipped_video(i, sample.video, err))
             report_failure(failures[-1])
@@ -191,10 +191,11 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
 
 
 def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
-                  sampler: FrameSampler, path: Path, keys: _Keys, dtype: str
-                  ) -> dict[str, torch.Tensor] | None:
-    """The tokens and labels of ``sample``'s sampled frames; None when ``path`` holds them
-    already. New labels for tokens ``path`` holds are made without the backbone."""
+                  sampler: FrameSampler, path: Path, keys: _Keys, dtype: str,
+                  progress: bool = False) -> dict[str, torch.Tensor] | None:
+    """The tokens and labels of ``sample``'s sampled frames (``progress``: a bar of its
+    frames, as a long video takes long); None when ``path`` holds them already. New labels
+    for tokens ``path`` holds are made without the backbone."""
     cached = _cached(path, keys)
     if cached == "done":
         return None
@@ -214,8 +215,12 @@ def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
         check_reader_complete(Path(sample.video), reader, info)
         indices = whole_video_indices(reader, sampler, "a frame cache")
         # Each chunk back to the CPU at once: a whole video's tokens need not fit the GPU.
-        chunks = [(t.to("cpu", _DTYPES[dtype]), s)
-                  for t, s in stream_tokens(model, reader, indices)]
+        chunks = []
+        with tqdm(total=len(indices), desc=sample.name, unit="frame", leave=False,
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for t, s in stream_tokens(model, reader, indices):
+                chunks.append((t.to("cpu", _DTYPES[dtype]), s))
+                bar.update(len(t))
     tokens = torch.cat([t for t, _ in chunks])
     timestamps = np.concatenate([s for _, s in chunks])
     warn_if_labels_disagree(sample, info.num_frames, info.duration)
