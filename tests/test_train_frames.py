@@ -98,8 +98,11 @@ def test_baselines_train_and_spool_eval_and_extract(tmp_path: Path, capsys) -> N
         val = list(csv.DictReader(f))[-1]
     for key in ("edit", "f1@10", "f1@25", "f1@50"):
         assert report[key] == pytest.approx(float(val[f"val_{key}"]), abs=1e-4), key
+    capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run / "model"), "--data",  # the flag alone: none
                  str(root / "test.csv"), "--background", "--out", str(tmp_path / "ev0")]) == 0
+    err = capsys.readouterr().err  # was silent until the results: bars of videos and frames
+    assert "eval" in err and "2/2 [" in err and "encode" in err
     assert json.loads((tmp_path / "ev0" / "metrics.json").read_text())["background"] == []
     assert main(["eval", "--checkpoint", str(run / "model"), "--data",  # a clip flag: refused
                  str(root / "test.csv"), "--num-frames", "8"]) == 2

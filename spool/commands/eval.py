@@ -98,7 +98,7 @@ def _run_frames(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.cache, split=args.split, fps=args.fps,
         background=None if args.background is None else tuple(args.background),
         overrides=dict(args.model or []), device=args.device, out_dir=args.out,
-        on_report=lambda s: print(format_segmentation(s), flush=True))
+        on_report=lambda s: print(format_segmentation(s), flush=True), progress=True)
     if args.out and scores["videos"]:
         print(f"\nwrote {args.out}/metrics.json, ribbons.png, predictions/<video>.csv")
     return _nothing_scored(scores["videos"])

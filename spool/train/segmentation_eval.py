@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from spool.data.dataset import UNREADABLE, SkippedVideo, report_skipped, skipped_video
 from spool.data.frame_cache import FrameTokenDataset
@@ -84,9 +85,10 @@ def evaluate_segmentation(model: FrameClassifier,
                           data: FrameTokenDataset | list[SegmentationSample], *,
                           sampler: FrameSampler | None = None, background: tuple[int, ...] = (),
                           chunk_frames: int = 32, device: torch.device | str = "cpu",
-                          keep: bool = True) -> SegmentationResult:
+                          keep: bool = True, progress: bool = False) -> SegmentationResult:
     """Score ``model`` on whole videos: a frame cache's, or video files (``sampler`` picks
-    their frames). ``keep``: also return every video's predictions (this rank's). A video
+    their frames). ``keep``: also return every video's predictions (this rank's);
+    ``progress``: bars of the videos and of each video file's frames. A video
     file that cannot be read is reported, left out of the metrics and counted
     (``num_skipped``)."""
     was_training = model.training
@@ -95,7 +97,8 @@ def evaluate_segmentation(model: FrameClassifier,
     result = SegmentationResult(metrics)
     rank, world = _rank_world()
     seen: set[str] = set()
-    for i in range(rank, len(data), world):
+    for i in tqdm(range(rank, len(data), world), desc="eval", unit="video",
+                  disable=not progress, dynamic_ncols=True):
         if isinstance(data, FrameTokenDataset):
             item, name = data[i], data.videos[i]["name"]
             out = model.predict_long(item["tokens"].to(device), chunk_frames=chunk_frames)
@@ -109,7 +112,7 @@ def evaluate_segmentation(model: FrameClassifier,
             try:
                 check_file_complete(Path(sample.video))  # cut short: its labelled tail gone
                 out = model.predict_long(sample.video, sampler=sampler,
-                                         chunk_frames=chunk_frames)
+                                         chunk_frames=chunk_frames, progress=progress)
                 info = probe_video(sample.video)
                 start = info.start_time
                 warn_if_labels_disagree(sample, info.num_frames, info.duration)
@@ -217,8 +220,8 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
                               fps: float | None = None, background: tuple[str, ...] | None = None,
                               overrides: dict[str, Any] | None = None, device: str = "auto",
                               chunk_frames: int = 32, out_dir: str | os.PathLike | None = None,
-                              on_report: Callable[[dict[str, Any]], object] | None = None
-                              ) -> dict[str, Any]:
+                              on_report: Callable[[dict[str, Any]], object] | None = None,
+                              progress: bool = False) -> dict[str, Any]:
     """Score a saved frame classifier on whole videos: ``data`` (a segments CSV or an MS-TCN
     root with ``split``, by default ``test.split1``, sampled at ``fps`` or as in training)
     or a frame ``cache`` (sampled when it was made: ``fps`` and ``split`` do not apply).
@@ -264,7 +267,8 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
         sampler = make_sampler("fps", target_fps=fps) if fps else default_sampler(model.config)
     result = evaluate_segmentation(model, dataset, sampler=sampler,
                                    background=tuple(names.index(b) for b in background),
-                                   chunk_frames=chunk_frames, device=resolve_device(device))
+                                   chunk_frames=chunk_frames, device=resolve_device(device),
+                                   progress=progress)
     report = result.report(names, background)
     if on_report is not None:
         on_report(report)
