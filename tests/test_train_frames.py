@@ -79,15 +79,24 @@ def test_cached_tokens_train_like_the_video_frames(tmp_path: Path) -> None:
         evaluate_frame_checkpoint(tmp_path / "other", cache=str(tmp_path / "cache_val"))
 
 
-def test_baselines_train_and_spool_eval_and_extract(tmp_path: Path, capsys) -> None:
+def test_baselines_train_and_spool_eval_and_extract(tmp_path: Path, capsys,
+                                                    monkeypatch) -> None:
+    from spool.train import segmentation_eval
+
     root = segmentation_data()
     for arch in ("ms_tcn", "linear_probe"):
         train(_config(tmp_path / arch, architecture=arch, epochs=1))
     run = tmp_path / "spool"
     train(_config(run, epochs=1, background=["background"]))
+    ribbons = []  # their x axis: seconds at the training rate, not the sampled frames' count
+    plot = segmentation_eval.plot_ribbons
+    monkeypatch.setattr(segmentation_eval, "plot_ribbons",
+                        lambda *a, **k: (ribbons.append(k.get("fps")), plot(*a, **k)))
     # The background classes of training go with the model: eval scores as validation did.
     assert main(["eval", "--checkpoint", str(run / "model"), "--data",
                  str(root / "test.csv"), "--out", str(tmp_path / "ev")]) == 0
+    assert ribbons == [json.loads((run / "model" / "config.json").read_text())[
+        "sampling"]["target_fps"]]
     printed = capsys.readouterr().out
     assert "frame accuracy" in printed and "F1@50" in printed
     assert "(background: background)" in printed

@@ -157,9 +157,11 @@ _warned_no_start: set[str] = set()
 
 def write_segmentation_report(result: SegmentationResult, class_names: list[str],
                               out_dir: str | os.PathLike, title: str,
-                              max_ribbons: int = 8, background: tuple[str, ...] = ()) -> None:
-    """``metrics.json``, ``ribbons.png`` (the first ``max_ribbons`` videos) and
-    ``predictions/<video>.csv`` (frame index, time, label, prediction, probability)."""
+                              max_ribbons: int = 8, background: tuple[str, ...] = (),
+                              fps: float | None = None) -> None:
+    """``metrics.json``, ``ribbons.png`` (the first ``max_ribbons`` videos, over time when the
+    frames were sampled at ``fps``) and ``predictions/<video>.csv`` (frame index, time,
+    label, prediction, probability)."""
     out = Path(out_dir)
     earlier = _predicted(out / "metrics.json")
     report = result.report(class_names, background)
@@ -173,7 +175,7 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
     if shown:
         plot_ribbons(out / "ribbons.png", {k: v.target for k, v in shown.items()},
                      {title: {k: v.pred for k, v in shown.items()}}, class_names,
-                     background=[class_names.index(b) for b in background])
+                     background=[class_names.index(b) for b in background], fps=fps)
     for name, video in result.videos.items():
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -273,6 +275,9 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
     if on_report is not None:
         on_report(report)
     if out_dir is not None:
+        # Seconds on the ribbons' axis where the frames came at a fixed rate (the CSVs'
+        # frame_index counts the video's frames, not the sampled ones).
+        rate = (dataset.sampling if sampler is None else sampler.to_dict()) or {}
         write_segmentation_report(result, names, out_dir, Path(model_dir).name,
-                                  background=background)
+                                  background=background, fps=rate.get("target_fps"))
     return report
