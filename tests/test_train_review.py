@@ -56,6 +56,20 @@ def test_a_signal_during_validation_stops_at_that_epochs_end(tmp_path: Path,
     assert [s for s, _ in read_steps(tmp_path / "run")] == list(range(1, 9))
 
 
+def test_a_validation_whose_loader_dies_of_the_signal_stops_the_run(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """A scheduler's SIGTERM during a validation reaches its DataLoader workers too: the run
+    crashed (worker exited unexpectedly) with no checkpoint."""
+    def workers_killed(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise RuntimeError("DataLoader worker (pid(s) 123) exited unexpectedly")
+
+    monkeypatch.setattr(Trainer, "evaluate", workers_killed)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 4;"):
+        train(TrainConfig(**train_config_dict(tmp_path / "run")))
+    assert (tmp_path / "run" / "checkpoints" / "step_00000004").is_dir()
+
+
 def test_results_json_stays_valid_json_without_a_finite_validation_loss(tmp_path: Path) -> None:
     (tmp_path / "bad.mp4").write_bytes(b"not a video" * 100)
     (tmp_path / "val.txt").write_text("bad.mp4 0\n")  # unreadable, reported: val loss NaN
@@ -144,3 +158,118 @@ def test_the_last_step_is_written_once_and_its_state_then_updated(tmp_path: Path
     assert "val_loss" in state["history"][-1]
     rows = train(TrainConfig(**train_config_dict(tmp_path / "run", resume="auto")))
     assert len(rows) == 2 and writes == ["step_00000004", "step_00000008"]  # nothing to do
+
+
+def test_a_checkpoint_of_another_branch_at_the_same_step_is_written_whole(
+        tmp_path: Path) -> None:
+    """Only a run's own checkpoint of a step may have just its state updated: a resume that
+    skipped a damaged step_8 and trained to step 8 again kept that checkpoint's old weights
+    under its new state."""
+    from safetensors.torch import load_file
+
+    run = dict(save_every=4, val_data=None, keep_checkpoints=3)
+    train(TrainConfig(**train_config_dict(tmp_path / "run", **run)))
+    step8 = tmp_path / "run" / "checkpoints" / "step_00000008"
+    state = json.loads((step8 / "trainer_state.json").read_text())
+    del state["scheduler"]  # damaged, in a way that only loading it shows
+    (step8 / "trainer_state.json").write_text(json.dumps(state))
+    train(TrainConfig(**train_config_dict(tmp_path / "run", resume="auto", lr=1e-3, **run)))
+    saved = load_file(step8 / "model.safetensors")
+    final = final_weights(tmp_path / "run")
+    assert saved.keys() == final.keys()
+    for key, value in final.items():
+        torch.testing.assert_close(saved[key], value)
+
+
+def _two_ranks_one_loader_fails(rank: int, port: int, out: str) -> None:
+    """Rank 0's loader fails after the job's SIGTERM (its workers died); rank 1's returns a
+    batch it had already, and would go on to a step and its gradient all-reduce."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from spool.train.signals import StopSignals, until_stopped
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=20))
+    model = DistributedDataParallel(torch.nn.Linear(8, 8))
+
+    def loader():
+        yield torch.randn(4, 8)
+        if rank == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError("DataLoader worker (pid(s) 123) exited unexpectedly")
+        yield torch.randn(4, 8)
+
+    def stop(signum):
+        raise TrainingInterrupted(signum, "interrupted")
+
+    steps = 0
+    try:
+        with StopSignals() as signals:
+            for batch in until_stopped(loader(), signals, stop, torch.device("cpu")):
+                model(batch).sum().backward()
+                steps += 1
+        result = "finished"
+    except TrainingInterrupted as stopped:
+        result = f"stopped {stopped.signum}"
+    except Exception as err:  # a collective timed out: the ranks were in different ones
+        result = f"{type(err).__name__}"
+    Path(out, f"rank{rank}").write_text(f"{result} after {steps} steps")
+    dist.destroy_process_group()
+
+
+def test_every_rank_stops_at_the_same_step_when_one_loader_fails(tmp_path: Path) -> None:
+    """The failed rank stopped while the other went on to its step: each waited in another
+    collective until the timeout, with no checkpoint."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_ranks_one_loader_fails, args=(port, str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [
+        f"stopped {int(signal.SIGTERM)} after 1 steps"] * 2
+
+
+def test_a_resume_with_its_init_at_hand_builds_the_model_as_before(tmp_path: Path) -> None:
+    """The checkpoint's config is the fallback for an init that is gone: with the init at
+    hand, settings of the first start that a resume may change (gradient checkpointing)
+    follow the resume's own, as before."""
+    import shutil
+
+    train(TrainConfig(**train_config_dict(tmp_path / "pre", epochs=1, val_data=None)))
+    shutil.copytree(tmp_path / "pre" / "model", tmp_path / "init")
+    run = dict(init=str(tmp_path / "init"), val_data=None, model={})
+    train(TrainConfig(**train_config_dict(tmp_path / "run", stop_after_steps=3,
+                                          gradient_checkpointing=True, **run)))
+    trainer = Trainer(TrainConfig(**train_config_dict(tmp_path / "run", resume="auto", **run)))
+    try:
+        assert trainer.step == 3 and not trainer.model.config.gradient_checkpointing
+    finally:
+        trainer.close()
+
+
+def test_a_cache_that_recorded_a_relative_backbone_folder_is_taken(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """--model backbone_name=./dino is resolved now; a cache made before recorded ./dino,
+    and the same flag was refused as another backbone than the cache's."""
+    from spool.config import SpoolConfig, parse_overrides
+    from spool.train import builders
+
+    (tmp_path / "dino").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(builders, "cache_backbone_config",
+                        lambda cache: SpoolConfig(backbone_name="./dino"))
+    model = parse_overrides(["backbone_name=./dino"])
+    assert model == {"backbone_name": str((tmp_path / "dino").resolve())}
+    fields = train_config_dict(tmp_path / "run", train_data=None, val_data=None,
+                               train_cache=str(tmp_path / "c"), model=model)
+    del fields["num_frames"]  # a cache's clips were sampled when it was made
+    cfg = TrainConfig(**fields)
+    assert builders.model_config(cfg).backbone_name == model["backbone_name"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from spool.config import SpoolConfig, differing_token_fields
+from spool.config import SpoolConfig, backbone_identity, differing_token_fields
 from spool.data.cache import (
     CACHE_META,
     CachedTokenDataset,
@@ -47,10 +48,23 @@ def model_class(cfg: TrainConfig) -> type:
     return classifier_class(cfg.architecture)
 
 
+def init_gone(cfg: TrainConfig) -> bool:
+    """Whether the run names an ``init`` that cannot be found (moved or cleaned away since
+    the run began, a hub id offline)."""
+    if cfg.init is None:
+        return False
+    try:
+        resolve_init(cfg)
+    except CheckpointNotFoundError:
+        return True
+    return False
+
+
 def model_config(cfg: TrainConfig, resumed: Path | None = None) -> SpoolConfig:
     """The SpoolConfig of the run without class names: ``init``'s (its head settings only
-    when the run continues its class; or, resuming, that of the checkpoint ``resumed``, which
-    holds every weight), the token cache's frame encoder, then ``model``."""
+    when the run continues its class; or, resuming a run whose init is gone, that of the
+    checkpoint ``resumed``, which holds every weight), the token cache's frame encoder, then
+    ``model``."""
     overrides = dict(cfg.model)
     if cfg.architecture == "frame_pooling":
         overrides = {"num_hidden_layers": 0, **overrides}  # no temporal stack
@@ -58,6 +72,8 @@ def model_config(cfg: TrainConfig, resumed: Path | None = None) -> SpoolConfig:
         overrides["gradient_checkpointing"] = True
     base = SpoolConfig()
     if cfg.init is not None and resumed is not None:
+        logger.warning(f"init {cfg.init}: not found; resuming from {resumed}, which holds the "
+                       "model's config and weights")
         base = SpoolConfig.from_pretrained(resumed).replace(architectures=None,
                                                             background_classes=None)
     elif cfg.init is not None:
@@ -72,7 +88,10 @@ def model_config(cfg: TrainConfig, resumed: Path | None = None) -> SpoolConfig:
                          "backbone is never run); train on videos (--train-data) to fine-tune it")
     cached = cache_backbone_config(cfg.train_cache)
     fixed = SpoolConfig.FRAME_ENCODER_FIELDS
-    clash = {k: v for k, v in overrides.items() if k in fixed and v != getattr(cached, k)}
+    # A backbone folder as the cache recorded it, perhaps relative, before names were resolved.
+    same = {"backbone_name": lambda a, b: backbone_identity(a) == backbone_identity(b)}
+    clash = {k: v for k, v in overrides.items()
+             if k in fixed and not same.get(k, operator.eq)(v, getattr(cached, k))}
     if clash:
         raise ValueError(f"model: {sorted(clash)} differ from the backbone the token cache "
                          f"{cfg.train_cache} was made with; rebuild the cache instead")

@@ -14,6 +14,7 @@ checkpoint that loads in full, skipping damaged ones, and ignores folders not na
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,8 @@ import random
 import re
 import secrets
 import shutil
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +112,12 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
     """Write a complete checkpoint to ``directory``: every file to a hidden sibling folder,
     synced, then renamed into place (an existing ``directory`` is moved aside first and
     deleted only once the new one is in place). With ``update`` (the weights and optimizer
-    unchanged since any checkpoint of this step), an intact one gets only the new state."""
+    unchanged since), one that this ``optimizer`` wrote whole at this step gets only the new
+    state."""
     directory = Path(directory)
-    if update and checkpoint_problem(directory) is None and \
-            json.loads((directory / STATE_NAME).read_text())["step"] == state["step"]:
-        # Saved again at the same step (before the last validation, then at the end).
+    written, owner = _WRITTEN.get(directory.resolve(), (None, lambda: None))
+    if update and owner() is optimizer and written == _signature(directory) and \
+            checkpoint_problem(directory) is None:  # again at its step (before a validation)
         kept = json.loads((directory / STATE_NAME).read_text())
         atomic_write_text(directory / STATE_NAME, json.dumps(
             {**state, "optimizer": kept["optimizer"], "rng": kept["rng"]}, indent=1))
@@ -136,7 +140,20 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.op
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _WRITTEN[directory.resolve()] = (_signature(directory), weakref.ref(optimizer))
     return directory
+
+
+# Checkpoints written whole, by weights file and optimizer (run): only a run's own get their
+# state updated (another at the same path, of a branch abandoned, holds other weights).
+_WRITTEN: dict[Path, tuple[tuple[int, int] | None, Callable[[], object]]] = {}
+
+
+def _signature(directory: Path) -> tuple[int, int] | None:
+    with contextlib.suppress(OSError):
+        st = (directory / WEIGHTS_NAME).stat()
+        return st.st_ino, st.st_mtime_ns
+    return None
 
 
 def _move(src: Path, dst: Path) -> None:

@@ -8,6 +8,7 @@ command line turns into exit code 130 (SIGINT) or 143 (SIGTERM).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -80,13 +81,22 @@ def agreed_stop(received: int | None, device: torch.device) -> int | None:
     return int(flag.item()) or None
 
 
+
 def until_stopped(loader: Iterable[T], signals: StopSignals, stop: Callable[[int], object],
                   device: torch.device) -> Iterator[T]:
-    """``loader``'s batches; a loader that fails once a stop signal has come calls ``stop``
-    with the signal all ranks agree on (it saves a checkpoint and raises
-    :class:`TrainingInterrupted`). A scheduler's
-    SIGTERM reaches every process of the job, the DataLoader workers too: the batch in flight
-    is lost, but every step taken is whole."""
+    """``loader``'s batches, each once every rank has fetched its own and none has a stop
+    signal; after the caller's step on it, again unless one came meanwhile (a tiny
+    all-reduce each time under torch.distributed). Else ``stop`` is called with the signal
+    all agree on (it saves a checkpoint and raises :class:`TrainingInterrupted`). A
+    scheduler's SIGTERM reaches every process of the job, the DataLoader workers too: a batch
+    that fails to load after it is not an error, and every rank stops at the same whole step
+    (a rank whose loader failed while another's went on to a step would wait in different
+    collectives)."""
+    def check() -> None:
+        signum = agreed_stop(signals.received, device)
+        if signum:
+            stop(signum)
+
     batches = iter(loader)
     while True:
         try:
@@ -96,6 +106,23 @@ def until_stopped(loader: Iterable[T], signals: StopSignals, stop: Callable[[int
         except Exception:
             if signals.received is None:
                 raise
-            stop(agreed_stop(signals.received, device))
+            check()  # this rank's signal is among those agreed on: it stops here
             raise
+        check()
         yield batch
+        check()  # one that came during the caller's step
+
+
+@contextlib.contextmanager
+def stop_on_failure(signals: StopSignals, stop: Callable[[int], object]) -> Iterator[None]:
+    """An ``Exception`` inside (a DataLoader whose workers died) after a stop signal calls
+    ``stop`` with the signal (it saves a checkpoint and raises :class:`TrainingInterrupted`).
+    One process only: under torch.distributed the other ranks would not take part, so the
+    error stands."""
+    try:
+        yield
+    except Exception:
+        if signals.received is None or (dist.is_available() and dist.is_initialized()):
+            raise
+        stop(signals.received)
+        raise

@@ -36,13 +36,12 @@ from spool.distributed import (
 )
 from spool.io_utils import atomic_write
 from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
+from spool.train import builders, resume_settings
 from spool.train import checkpoint as ckpt
-from spool.train import resume_settings
-from spool.train.builders import epoch_batches, model_config, parameter_groups, warmup_cosine
+from spool.train import signals as stopping
 from spool.train.config import TrainConfig
 from spool.train.evaluate import autocast_context, model_inputs
 from spool.train.metrics import STEP_FIELDS, append_csv, json_text, plot_curves, rewrite_csv
-from spool.train.signals import StopSignals, TrainingInterrupted, agreed_stop, until_stopped
 from spool.train.tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -74,9 +73,9 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.task = TASKS[cfg.task]
-        # Resuming, the checkpoint holds the model's config and weights: the init is not read.
-        resumed = ckpt.resume_candidate(cfg.resume, cfg.out_dir) if cfg.init else None
-        config = model_config(cfg, resumed)
+        gone = builders.init_gone(cfg)  # since the run began: its checkpoint holds the model
+        resumed = ckpt.resume_candidate(cfg.resume, cfg.out_dir) if gone else None
+        config = builders.model_config(cfg, resumed)
         self.train_set, self.val_set, self.class_names = self.task.build(cfg, config)
         self.cached = isinstance(self.train_set, (CachedTokenDataset, FrameTokenDataset))
         self.skipped: set[str] = set()  # unreadable training videos reported so far
@@ -89,17 +88,17 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.module = DistributedDataParallel(self.model, device_ids=ids,
                                                   broadcast_buffers=False)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay),
-                                           lr=cfg.lr)
-        self.steps_per_epoch = len(epoch_batches(len(self.train_set), self.local_batch, world,
-                                                 rank, cfg.seed, 0))
+        groups = builders.parameter_groups(self.model, cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.steps_per_epoch = len(builders.epoch_batches(len(self.train_set), self.local_batch,
+                                                          world, rank, cfg.seed, 0))
         if self.steps_per_epoch == 0:
             raise ValueError(f"batch_size: {cfg.batch_size} is larger than the training set "
                              f"({len(self.train_set)} videos over {world} processes)")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         warmup = min(round(cfg.warmup_epochs * self.steps_per_epoch), self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(warmup, self.total_steps, cfg.min_lr_ratio))
+            self.optimizer, builders.warmup_cosine(warmup, self.total_steps, cfg.min_lr_ratio))
         if cfg.warmup_epochs > 0 and warmup >= self.total_steps:
             self.log(f"note: the warm-up ({cfg.warmup_epochs} epochs) lasts the whole run "
                      f"({cfg.epochs}): the learning rate never decays", logging.WARNING,
@@ -254,8 +253,9 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- training
     def _loader(self) -> DataLoader:
-        batches = epoch_batches(len(self.train_set), self.local_batch, self.info.world_size,
-                                self.info.rank, self.cfg.seed, self.epoch)
+        batches = builders.epoch_batches(len(self.train_set), self.local_batch,
+                                         self.info.world_size, self.info.rank, self.cfg.seed,
+                                         self.epoch)
         self.train_set.set_epoch(self.epoch)
         # Token batches are slices of a memory map: worker processes would only add overhead.
         workers = 0 if self.cached else self.cfg.num_workers
@@ -343,22 +343,22 @@ class Trainer:
                 self.finish(checkpoint=False)
             return self.history
         if cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps:
-            self.log(f"already at step {self.step} (stop_after_steps {cfg.stop_after_steps}); "
-                     "nothing to do", always=True)
+            self.log(f"already at step {self.step} (stop_after_steps): nothing to do", always=True)
             return self.history
-        with StopSignals() as signals:
+        with stopping.StopSignals() as signals:
             while self.epoch < cfg.epochs:
                 start = time.perf_counter()
-                for batch in until_stopped(self._loader(), signals, self._checkpoint_or_stop,
-                                           self.device):
+                for batch in stopping.until_stopped(self._loader(), signals,
+                                                    self._checkpoint_or_stop, self.device):
                     report_skipped(batch.get("skipped", ()), self.skipped)
                     self._record_step(self.train_step(batch))
-                    if self._checkpoint_or_stop(agreed_stop(signals.received, self.device)):
+                    if self._checkpoint_or_stop(None):  # one due; stop_after_steps
                         return self.history
                 if self.epoch + 1 == cfg.epochs and self.val_set is not None:
                     self.save_checkpoint()  # kept if validation fails; a resume redoes it
-                self._end_epoch(time.perf_counter() - start)
-                signum = agreed_stop(signals.received, self.device)  # during validation
+                with stopping.stop_on_failure(signals, self._checkpoint_or_stop):
+                    self._end_epoch(time.perf_counter() - start)
+                signum = stopping.agreed_stop(signals.received, self.device)  # in validation
                 if signum and self.epoch < cfg.epochs:
                     self._checkpoint_or_stop(signum)
             self.finish()
@@ -389,7 +389,7 @@ class Trainer:
             message = (f"interrupted at step {self.step}; checkpoint saved to "
                        f"{self.checkpoint_path()}; resume with --resume auto")
             self.log(message, logging.WARNING, always=True)
-            raise TrainingInterrupted(signum, message)
+            raise stopping.TrainingInterrupted(signum, message)
         if stop:
             self.log(f"stopped after step {self.step}; resume with --resume auto")
         return stop
