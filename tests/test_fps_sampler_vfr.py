@@ -129,3 +129,12 @@ def test_a_millisecond_clock_does_not_shift_or_repeat_frames(tmp_path, target, e
         info, times = reader.info(), reader.frame_times()
     assert info.fps != 15  # the case: the rate as read is not exact
     assert FpsSampler(target)(info.num_frames, info.fps, timestamps=times) == [expected]
+
+
+
+@pytest.mark.parametrize("n", [20, 59, 61, 3000])
+def test_an_ntsc_rate_is_never_taken_for_a_whole_one(n):
+    """29.97 fps is 30000/1001 exactly: clips under 2 s were snapped to 30 fps, so where the
+    picks fell depended on the clip's length (59 frames: 0, 3, 6, ...; 61: 0, 2, 5, ...)."""
+    (picks,) = FpsSampler(10)(n, 30000 / 1001)
+    assert picks[:4] == [0, 2, 5, 8][:len(picks[:4])]

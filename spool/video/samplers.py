@@ -288,8 +288,10 @@ class FpsSampler(FrameSampler):
 
 def _snapped(step: float, seconds: float) -> float:
     """``step`` (a ratio of frame rates), or the whole number or whole fraction it is within
-    the error of a rate read from timestamps rounded to a millisecond over ``seconds``."""
-    tolerance = max(1e-6, 2e-3 / seconds) if seconds > 0 else 1e-6
+    the error of a rate read from timestamps rounded to a millisecond over ``seconds``; never
+    by 0.08% or more, so that NTSC's 1000/1001 (29.97 against 30) stays itself however
+    short the video."""
+    tolerance = min(max(1e-6, 2e-3 / seconds), 8e-4) if seconds > 0 else 1e-6
     for whole in (round(step), 1 / max(round(1 / step), 1)):
         if whole > 0 and abs(step - whole) <= tolerance * whole:
             return float(whole)
