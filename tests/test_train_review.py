@@ -273,3 +273,23 @@ def test_a_cache_that_recorded_a_relative_backbone_folder_is_taken(tmp_path: Pat
     del fields["num_frames"]  # a cache's clips were sampled when it was made
     cfg = TrainConfig(**fields)
     assert builders.model_config(cfg).backbone_name == model["backbone_name"]
+
+
+def test_a_run_on_a_local_backbone_folder_resumes(tmp_path: Path) -> None:
+    """The checkpoint's config.json holds the backbone's config (save_pretrained writes it
+    in, so the checkpoint stands alone); the resumed run's, built from backbone_name, has
+    none: every run on a backbone folder or hub id was refused as another model."""
+    from train_helpers import TINY_BACKBONE
+    from transformers import AutoConfig, AutoModel
+
+    AutoModel.from_config(AutoConfig.for_model(**TINY_BACKBONE)).save_pretrained(
+        tmp_path / "dino")
+    model = {**{k: v for k, v in TINY_MODEL.items() if k != "backbone_config"},
+             "backbone_name": str(tmp_path / "dino")}
+    run = dict(val_data=None, model=model)
+    train(TrainConfig(**train_config_dict(tmp_path / "run", stop_after_steps=3, **run)))
+    train(TrainConfig(**train_config_dict(tmp_path / "run", resume="auto", **run)))
+    assert [s for s, _ in read_steps(tmp_path / "run")] == list(range(1, 9))
+    with pytest.raises(ValueError, match="another model"):  # a real change is still refused
+        Trainer(TrainConfig(**train_config_dict(
+            tmp_path / "run", resume="auto", **{**run, "model": {**model, "image_size": 40}})))

@@ -96,6 +96,8 @@ def _model_changes(path: Path, state: dict[str, Any], cfg: TrainConfig,
             continue  # a field missing from an older checkpoint's config: not known
         if name == "backbone_name" and _same_backbone(old[name], value, old_set, new_set):
             continue
+        if name == "backbone_config" and value is None and isinstance(old[name], dict):
+            continue  # the named backbone's own, which save_pretrained wrote in (compared above)
         (noted if name in MODEL_NOTED else refused)[f"model.{name}"] = [old[name], value]
     return refused, noted
 
