@@ -189,10 +189,10 @@ def run(args: argparse.Namespace) -> int:
         check_flags(args, frame_model)
         sampler = build_sampler(args, model.config.sampling if args.checkpoint else None,
                                 per_frame=args.per_frame or frame_model)
-        if (args.per_frame or frame_model) and getattr(sampler, "max_frames", None):
+        capped = getattr(sampler, "max_frames", None)
+        if dist.is_main and (args.per_frame or frame_model) and capped:  # said once
             logger.warning("note: max_frames %d: each video's outputs cover its first %d "
-                           "sampled frames only, not the whole video", sampler.max_frames,
-                           sampler.max_frames)
+                           "sampled frames only, not the whole video", capped, capped)
         extractor = FeatureExtractor(model, sampler, batch_size=args.batch_size,
                                      device=dist.device,
                                      dtype=resolve_dtype(args.dtype, dist.device),
