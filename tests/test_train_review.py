@@ -219,6 +219,7 @@ def _two_ranks_one_loader_fails(rank: int, port: int, out: str) -> None:
     except Exception as err:  # a collective timed out: the ranks were in different ones
         result = f"{type(err).__name__}"
     Path(out, f"rank{rank}").write_text(f"{result} after {steps} steps")
+    dist.barrier()  # neither tears down the group while the other still uses it
     dist.destroy_process_group()
 
 
