@@ -304,8 +304,7 @@ class SpoolConfig:
         ``RUNTIME_FIELDS``): equal for configs whose models compute the same outputs."""
         # The tokens' layout matters only to token merging (filling it in redoes no output).
         skip = (*self.RUNTIME_FIELDS, *(self.LAYOUT_FIELDS if self.token_merging == 1 else ()))
-        data = {k: v for k, v in self.to_dict().items() if k not in skip}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_hash({k: v for k, v in self.to_dict().items() if k not in skip})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpoolConfig:
@@ -381,6 +380,11 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         if key == "backbone_name" and isinstance(out[key], str):
             out[key] = backbone_identity(out[key])
     return out
+
+
+def settings_hash(data: dict[str, Any]) -> str:
+    """Short stable hash of JSON-able settings, for keying outputs on them."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def backbone_identity(name: str) -> str:

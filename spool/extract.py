@@ -11,7 +11,6 @@ ranks.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from spool import __version__
 from spool.claims import claim_record, kept_alive, remove_stale_temporaries_in
+from spool.config import settings_hash
 from spool.extract_inputs import VideoJob
 from spool.io_utils import (
     CLAIM_SUFFIX,
@@ -64,12 +64,18 @@ class ExtractSummary:
 
 
 def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool,
-                       dtype: torch.dtype) -> dict[str, str]:
+                       dtype: torch.dtype, backbone_only: bool = False) -> dict[str, str]:
     """What an output depends on: the weights (a digest of every tensor), the config (which
-    holds the preprocessing policy), the sampler, the compute dtype and what is saved."""
+    holds the preprocessing policy), the sampler, the compute dtype and what is saved. The
+    backbone's tokens (``backbone_only``) depend on the frame encoder alone."""
+    if backbone_only:  # the temporal layers and their settings play no part
+        config_hash = settings_hash(model.config.frame_encoder_fields(layout=False))
+        weights = model.backbone.state_dict()
+    else:
+        config_hash = model.config.outputs_hash()  # not memory/speed settings
+        weights = model.state_dict()
     return {"format": "pt", "spool_version": __version__,
-            "model_config_hash": model.config.outputs_hash(),  # not memory/speed settings
-            "weights_digest": weights_digest(model.state_dict()),
+            "model_config_hash": config_hash, "weights_digest": weights_digest(weights),
             "preprocessing": json.dumps(dataclasses.asdict(model.config.preprocessing()),
                                         sort_keys=True),
             "sampler": json.dumps(sampler.to_dict(), sort_keys=True),
@@ -166,11 +172,8 @@ class FeatureExtractor:
                              "per_frame or a frame classifier")
         self.backbone_only = backbone_only
         self.save_features = save_features or backbone_only  # the tokens are the output
-        self.settings = _settings_metadata(model, sampler, self.save_features, dtype)
-        if backbone_only:  # its tokens: the temporal layers and their settings play no part
-            encoder = json.dumps(model.config.frame_encoder_fields(layout=False), sort_keys=True)
-            self.settings["model_config_hash"] = hashlib.sha256(encoder.encode()).hexdigest()[:16]
-            self.settings["weights_digest"] = weights_digest(model.backbone.state_dict())
+        self.settings = _settings_metadata(model, sampler, self.save_features, dtype,
+                                           backbone_only)
         if predictions:  # NAME.segments.csv counts from the first frame (pts before), and
             self.settings["segments_clock"] = "first_frame"  # its last segment ends a step on
             self.settings["segments_end"] = "sampling_step"

@@ -66,9 +66,11 @@ def last_end(times: torch.Tensor, sampler: FrameSampler, info: VideoInfo) -> flo
     (the sampler's at the video's rate, or the frames' own last step between two distinct
     frames where that is longer), but not past the video's end (it overshot: 80.0 s for a
     79.5 s video). Frames repeat where more are sampled than the video has."""
+    step = sampler.step_seconds(info.fps)
     gaps = torch.diff(times)
     gaps = gaps[gaps > 0]
-    step = max([sampler.step_seconds(info.fps), *([float(gaps[-1])] if len(gaps) else [])])
+    if len(gaps):
+        step = max(step, float(gaps[-1]))
     end = float(times[-1]) + step
     if info.duration > 0:  # 0: unknown
         end = min(end, info.start_time + info.duration)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import operator
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,10 +87,11 @@ def model_config(cfg: TrainConfig, resumed: Path | None = None) -> SpoolConfig:
                          "backbone is never run); train on videos (--train-data) to fine-tune it")
     cached = cache_backbone_config(cfg.train_cache)
     fixed = SpoolConfig.FRAME_ENCODER_FIELDS
-    # A backbone folder as the cache recorded it, perhaps relative, before names were resolved.
-    same = {"backbone_name": lambda a, b: backbone_identity(a) == backbone_identity(b)}
+    def compared(key: str, value: Any) -> Any:  # a backbone folder maybe recorded relative
+        return backbone_identity(value) if key == "backbone_name" else value
+
     clash = {k: v for k, v in overrides.items()
-             if k in fixed and not same.get(k, operator.eq)(v, getattr(cached, k))}
+             if k in fixed and compared(k, v) != compared(k, getattr(cached, k))}
     if clash:
         raise ValueError(f"model: {sorted(clash)} differ from the backbone the token cache "
                          f"{cfg.train_cache} was made with; rebuild the cache instead")

@@ -289,7 +289,7 @@ def resume_candidate(resume: str | None, out_dir: str | os.PathLike) -> Path | N
     if not resume:
         return None
     found = [Path(resume)] if resume != "auto" else list_checkpoints(Path(out_dir))
-    found = [path for path in found if (path / "config.json").is_file()]
+    found = [path for path in found if (path / CONFIG_NAME).is_file()]
     return found[-1] if found else None
 
 

@@ -81,7 +81,6 @@ def agreed_stop(received: int | None, device: torch.device) -> int | None:
     return int(flag.item()) or None
 
 
-
 def until_stopped(loader: Iterable[T], signals: StopSignals, stop: Callable[[int], object],
                   device: torch.device) -> Iterator[T]:
     """``loader``'s batches, each once every rank has fetched its own and none has a stop
