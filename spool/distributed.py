@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -49,6 +50,9 @@ def setup_distributed(device: str = "auto") -> DistInfo:
 
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
+        # A DDP wrapper in a reference cycle keeps the group alive past destroy_process_group;
+        # freed at exit instead, gloo's threads abort the process (SIGABRT) now and then.
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -190,6 +190,7 @@ def _two_ranks_one_loader_fails(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    from spool.distributed import cleanup_distributed
     from spool.train.signals import StopSignals, until_stopped
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -219,8 +220,9 @@ def _two_ranks_one_loader_fails(rank: int, port: int, out: str) -> None:
     except Exception as err:  # a collective timed out: the ranks were in different ones
         result = f"{type(err).__name__}"
     Path(out, f"rank{rank}").write_text(f"{result} after {steps} steps")
+    del model  # as spool's own teardown: DDP would keep the group alive past its destruction
     dist.barrier()  # neither tears down the group while the other still uses it
-    dist.destroy_process_group()
+    cleanup_distributed()
 
 
 def test_every_rank_stops_at_the_same_step_when_one_loader_fails(tmp_path: Path) -> None:

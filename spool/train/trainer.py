@@ -3,8 +3,7 @@
 Exactness: batch ``k`` of epoch ``e`` is a function of ``(seed, e)`` only, every augmentation
 of ``(seed, e, sample)``, and the global torch RNG (dropout) is re-seeded from
 ``(seed, step, rank)`` before every step. So a run resumed from any checkpoint repeats the
-uninterrupted run's steps, and N ranks with batch B/N each see the same samples per step as
-one rank with batch B.
+uninterrupted run's steps, and N ranks with batch B/N see what one rank with batch B sees.
 """
 
 from __future__ import annotations
@@ -134,10 +133,11 @@ class Trainer:
         """Release the run directory (``fit`` does this when it ends) and TensorBoard."""
         if self.tb is not None:
             self.tb.close()
-            self.tb = None
+        self.tb = None
         if self._lock is not None:
             release_claim(self._lock)
             self._lock = None
+        self.module = self.model  # DDP holds the process group: it must go before the group
 
     def _on_rank0(self, fn: Callable[[], T]) -> T | None:
         """``fn()`` on rank 0 only; if it fails, every rank stops (the others would wait for
