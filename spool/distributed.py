@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from spool.runtime import resolve_device
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,23 @@ def cleanup_distributed() -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def on_rank0(is_main: bool, fn: Callable[[], T]) -> T | None:
+    """``fn()`` on rank 0 only (``is_main``); if it fails, every rank stops (the others would
+    wait for rank 0 forever)."""
+    result, error = None, None
+    if is_main:
+        try:
+            result = fn()
+        except Exception as err:  # any error: a KeyError too would leave them waiting
+            error = err
+    message = broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    if message is not None:
+        raise OSError(f"rank 0 stopped: {message}")
+    return result
 
 
 def all_gather_objects(obj: object) -> list[object]:

@@ -290,23 +290,19 @@ def test_any_error_on_rank_0_reaches_the_other_ranks(monkeypatch) -> None:
     """Only ValueError/OSError were broadcast: a KeyError (a malformed trainer_state.json)
     escaped rank 0 before the broadcast, and the other ranks waited for it until NCCL's
     timeout."""
-    from types import SimpleNamespace
-
-    from spool.train import trainer as trainer_module
+    from spool import distributed
 
     sent = []
-    monkeypatch.setattr(trainer_module, "broadcast_object", lambda obj: sent.append(obj) or obj)
-    rank0 = SimpleNamespace(info=SimpleNamespace(is_main=True))
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj: sent.append(obj) or obj)
 
     def broken():
         raise KeyError("history")
     with pytest.raises(KeyError):
-        Trainer._on_rank0(rank0, broken)
+        distributed.on_rank0(True, broken)
     assert sent == ["KeyError: 'history'"]
-    other = SimpleNamespace(info=SimpleNamespace(is_main=False))
-    monkeypatch.setattr(trainer_module, "broadcast_object", lambda obj: "KeyError: 'history'")
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj: "KeyError: 'history'")
     with pytest.raises(OSError, match="rank 0 stopped: KeyError: 'history'"):
-        Trainer._on_rank0(other, broken)
+        distributed.on_rank0(False, broken)
 
 
 def test_cuda_rng_states_go_back_to_their_own_devices(monkeypatch) -> None:

@@ -56,18 +56,49 @@ def test_a_signal_during_validation_stops_at_that_epochs_end(tmp_path: Path,
     assert [s for s, _ in read_steps(tmp_path / "run")] == list(range(1, 9))
 
 
+class _WorkersKilled(torch.utils.data.Dataset):
+    """A validation set whose loading dies of the job's SIGTERM at item ``at``."""
+
+    def __init__(self, dataset, at: int) -> None:
+        self.dataset, self.at = dataset, at
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        if index == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError("DataLoader worker (pid(s) 123) exited unexpectedly")
+        return self.dataset[index]
+
+
+def _killed_in_validation(evaluate, at: int):
+    def killed(self):
+        self.val_set = _WorkersKilled(self.val_set, at)
+        return evaluate(self)
+    return killed
+
+
 def test_a_validation_whose_loader_dies_of_the_signal_stops_the_run(tmp_path: Path,
                                                                     monkeypatch) -> None:
     """A scheduler's SIGTERM during a validation reaches its DataLoader workers too: the run
-    crashed (worker exited unexpectedly) with no checkpoint."""
-    def workers_killed(self):
-        os.kill(os.getpid(), signal.SIGTERM)
-        raise RuntimeError("DataLoader worker (pid(s) 123) exited unexpectedly")
-
-    monkeypatch.setattr(Trainer, "evaluate", workers_killed)
+    crashed (worker exited unexpectedly) with no checkpoint. It stops at the epoch's last
+    step, and a resume validates that epoch again."""
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", _killed_in_validation(evaluate, at=1))
+    run = dict(eval_batch_size=1)
     with pytest.raises(TrainingInterrupted, match="interrupted at step 4;"):
-        train(TrainConfig(**train_config_dict(tmp_path / "run")))
-    assert (tmp_path / "run" / "checkpoints" / "step_00000004").is_dir()
+        train(TrainConfig(**train_config_dict(tmp_path / "run", **run)))
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000004" /
+                        "trainer_state.json").read_text())
+    assert (state["epoch"], state["history"]) == (0, [])  # the epoch's row is not written
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    rows = train(TrainConfig(**train_config_dict(tmp_path / "run", resume="auto", **run)))
+    assert [s for s, _ in read_steps(tmp_path / "run")] == list(range(1, 9))
+    whole = train(TrainConfig(**train_config_dict(tmp_path / "whole", **run)))
+    for row, expected in zip(rows, whole, strict=True):  # the same metrics as without a stop
+        for key in ("epoch", "train_loss", "train_top1", "val_loss", "val_top1"):
+            assert row[key] == pytest.approx(expected[key], rel=1e-6), key
 
 
 def test_results_json_stays_valid_json_without_a_finite_validation_loss(tmp_path: Path) -> None:
@@ -238,6 +269,91 @@ def test_every_rank_stops_at_the_same_step_when_one_loader_fails(tmp_path: Path)
     mp.spawn(_two_ranks_one_loader_fails, args=(port, str(tmp_path)), nprocs=2, join=True)
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [
         f"stopped {int(signal.SIGTERM)} after 1 steps"] * 2
+
+
+def _two_ranks_uneven_batches(rank: int, port: int, out: str) -> None:
+    """Rank 0 holds 3 batches, rank 1 two (validation shards without padding)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from spool.distributed import cleanup_distributed
+    from spool.train.signals import StopSignals, until_stopped
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=20))
+    with StopSignals() as signals:
+        seen = list(until_stopped(range(3 - rank), signals, print, torch.device("cpu")))
+    total = torch.tensor([len(seen)])
+    dist.all_reduce(total)  # the ranks still meet in the same collective
+    Path(out, f"rank{rank}").write_text(f"{seen} of {int(total)}")
+    cleanup_distributed()
+
+
+def test_ranks_with_different_numbers_of_batches_each_get_theirs(tmp_path: Path) -> None:
+    """Validation shards are not padded: the rank that runs out takes part in the others'
+    stop agreements until they have run out too."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_ranks_uneven_batches, args=(port, str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [
+        "[0, 1, 2] of 5", "[0, 1] of 5"]
+
+
+def _two_ranks_killed_in_validation(rank: int, port: int, out: str) -> None:
+    """A 2-rank run whose rank 0 has its validation loader killed by the job's SIGTERM."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from spool.distributed import cleanup_distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=30))
+    if rank == 0:  # its second item of four: rank 1 goes on to its own second
+        Trainer.evaluate = _killed_in_validation(Trainer.evaluate, at=2)
+    try:
+        train(TrainConfig(**train_config_dict(Path(out, "run"), eval_batch_size=1)))
+        result = "finished"
+    except TrainingInterrupted as stopped:
+        result = str(stopped)
+    except Exception as err:  # a collective timed out: rank 1 waited in validation's
+        result = f"{type(err).__name__}: {err}"
+    Path(out, f"rank{rank}").write_text(result)
+    cleanup_distributed()
+
+
+def test_a_ddp_validation_whose_loader_dies_of_the_signal_stops_every_rank(
+        tmp_path: Path) -> None:
+    """Under DDP the rank whose validation loader died raised while the others waited in
+    validation's all-reduce until the timeout: the job crashed with no checkpoint. Every
+    rank stops at the epoch's last step, with the checkpoint a one-process run has there."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_ranks_killed_in_validation, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}").read_text().startswith("interrupted at step 4;")
+    train(TrainConfig(**train_config_dict(tmp_path / "one", stop_after_steps=4)))
+    states = [json.loads((tmp_path / run / "checkpoints" / "step_00000004" /
+                          "trainer_state.json").read_text()) for run in ("run", "one")]
+    for key in ("epoch", "step_in_epoch", "history"):
+        assert states[0][key] == states[1][key], key
+    for key, value in states[1]["tracker"].items():  # sums over both ranks, once
+        torch.testing.assert_close(torch.tensor(states[0]["tracker"][key]), torch.tensor(value),
+                                   msg=key)
 
 
 def test_a_resume_with_its_init_at_hand_builds_the_model_as_before(tmp_path: Path) -> None:

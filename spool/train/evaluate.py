@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,14 +66,16 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[s
 @torch.no_grad()
 def evaluate(model: VideoClassifier, dataset: Dataset, num_classes: int, *,
              batch_size: int = 8, num_workers: int = 0, device: torch.device | str = "cpu",
-             amp: bool = True, keep_scores: bool = False) -> EvalResult:
+             amp: bool = True, keep_scores: bool = False,
+             iterate: Callable[[DataLoader], Iterable[dict]] = iter) -> EvalResult:
     """Loss, top-1/top-5 and confusion matrix of ``model`` on ``dataset``.
 
     Items with ``video: [K, T, H, W, 3]`` (``K`` clips) are scored by the mean of the clips'
     softmax probabilities, and the loss is the NLL of that mean. Under torch.distributed each
     rank takes every ``world``-th sample (no padding, so nothing is counted twice) and the
     metrics are summed over ranks. Videos that cannot be read are reported, left out of the
-    metrics and counted (``num_skipped``).
+    metrics and counted (``num_skipped``). ``iterate`` wraps the loader (training's
+    validation stops on a signal all ranks agree on).
     """
     device = torch.device(device)
     rank, world = 0, 1
@@ -91,7 +93,7 @@ def evaluate(model: VideoClassifier, dataset: Dataset, num_classes: int, *,
     result = EvalResult(tracker)
     all_scores, all_predictions = [], []
     seen: set[str] = set()
-    for batch in loader:
+    for batch in iterate(loader):
         result.skipped.extend(batch["skipped"])
         report_skipped(batch["skipped"], seen)
         if "label" not in batch:  # every video of the batch was unreadable

@@ -8,7 +8,6 @@ command line turns into exit code 130 (SIGINT) or 143 (SIGTERM).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
@@ -74,11 +73,17 @@ class StopSignals:
 def agreed_stop(received: int | None, device: torch.device) -> int | None:
     """The signal every rank stops for: the largest any rank has received (None: go on).
     One tiny all-reduce per step under torch.distributed."""
+    return _agree(received, False, device)[0]
+
+
+def _agree(received: int | None, more: bool, device: torch.device) -> tuple[int | None, bool]:
+    """:func:`agreed_stop`, and whether any rank has ``more`` batches."""
     if not (dist.is_available() and dist.is_initialized()):
-        return received
-    flag = torch.tensor([received or 0], dtype=torch.int32, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item()) or None
+        return received, more
+    flags = torch.tensor([received or 0, int(more)], dtype=torch.int32, device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    signum, more = flags.tolist()
+    return signum or None, bool(more)
 
 
 def until_stopped(loader: Iterable[T], signals: StopSignals, stop: Callable[[int], object],
@@ -90,38 +95,28 @@ def until_stopped(loader: Iterable[T], signals: StopSignals, stop: Callable[[int
     scheduler's SIGTERM reaches every process of the job, the DataLoader workers too: a batch
     that fails to load after it is not an error, and every rank stops at the same whole step
     (a rank whose loader failed while another's went on to a step would wait in different
-    collectives)."""
-    def check() -> None:
-        signum = agreed_stop(signals.received, device)
+    collectives). Ranks may hold different numbers of batches (validation shards): one that
+    has run out takes part in the agreements until every rank has."""
+    def check(more: bool) -> bool:
+        signum, any_more = _agree(signals.received, more, device)
         if signum:
             stop(signum)
+        return any_more
 
-    batches = iter(loader)
+    batches, more = iter(loader), True
     while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except Exception:
-            if signals.received is None:
+        if more:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                more = False
+            except Exception:
+                if signals.received is None:
+                    raise
+                check(True)  # this rank's signal is among those agreed on: it stops here
                 raise
-            check()  # this rank's signal is among those agreed on: it stops here
-            raise
-        check()
-        yield batch
-        check()  # one that came during the caller's step
-
-
-@contextlib.contextmanager
-def stop_on_failure(signals: StopSignals, stop: Callable[[int], object]) -> Iterator[None]:
-    """An ``Exception`` inside (a DataLoader whose workers died) after a stop signal calls
-    ``stop`` with the signal (it saves a checkpoint and raises :class:`TrainingInterrupted`).
-    One process only: under torch.distributed the other ranks would not take part, so the
-    error stands."""
-    try:
-        yield
-    except Exception:
-        if signals.received is None or (dist.is_available() and dist.is_initialized()):
-            raise
-        stop(signals.received)
-        raise
+        if not check(more):
+            return
+        if more:
+            yield batch
+        check(more)  # one that came during the caller's step

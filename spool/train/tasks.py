@@ -68,7 +68,7 @@ class ClipTask:
         m = evaluate(trainer.model, trainer.val_set, len(trainer.class_names),
                      batch_size=cfg.eval_batch_size or trainer.local_batch,
                      num_workers=0 if trainer.cached else cfg.num_workers,
-                     device=trainer.device, amp=cfg.amp).metrics
+                     device=trainer.device, amp=cfg.amp, iterate=trainer.batches).metrics
         return {"val_loss": m["loss"], "val_top1": m["top1"], "val_top5": m["top5"]}
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from spool.distributed import (
     barrier,
     broadcast_object,
     cleanup_distributed,
+    on_rank0,
     setup_distributed,
 )
 from spool.io_utils import atomic_write
@@ -107,17 +108,18 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.out = Path(cfg.out_dir)
         self.tb = None
+        self._signals: stopping.StopSignals | None = None  # while fit runs
         self._lock: Claim | None = None
         self.resumed: dict[str, Any] | None = None  # rank 0: resume_settings.check_resume's
         try:
-            self._on_rank0(self._lock_out_dir)
+            on_rank0(self.info.is_main, self._lock_out_dir)
             resume = self._find_resume()
             if resume is not None:
                 self._resume(*resume)
                 if cfg.resume != "auto":  # once taken: a refused resume moves nothing
                     path, step = resume[0], resume[1]["step"]  # N becomes the run's history
-                    note = self._on_rank0(
-                        lambda: ckpt.set_aside_later_checkpoints(self.out, path, step))
+                    note = on_rank0(self.info.is_main, lambda: ckpt.set_aside_later_checkpoints(
+                        self.out, path, step))
                     if note is not None:
                         self.log(note, logging.WARNING, always=True)
             elif cfg.resume == "auto":  # a typo in --out-dir would otherwise go unnoticed
@@ -137,23 +139,8 @@ class Trainer:
         if self._lock is not None:
             release_claim(self._lock)
             self._lock = None
+        self._signals = None
         self.module = self.model  # DDP holds the process group: it must go before the group
-
-    def _on_rank0(self, fn: Callable[[], T]) -> T | None:
-        """``fn()`` on rank 0 only; if it fails, every rank stops (the others would wait for
-        rank 0 forever)."""
-        result, error = None, None
-        if self.info.is_main:
-            try:
-                result = fn()
-            except Exception as err:  # any error: a KeyError too would leave them waiting
-                error = err
-        message = broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
-        if error is not None:
-            raise error
-        if message is not None:
-            raise OSError(f"rank 0 stopped: {message}")
-        return result
 
     def _lock_out_dir(self) -> None:
         """Hold ``out_dir`` for this run: a second run into it would interleave its steps
@@ -199,7 +186,7 @@ class Trainer:
                                                             self.info.world_size)
             return found
 
-        found = self._on_rank0(choose)
+        found = on_rank0(self.info.is_main, choose)
         choice = broadcast_object(None if found is None else str(found[0]))
         if self.info.is_main or choice is None:
             return found
@@ -295,13 +282,15 @@ class Trainer:
         return {"loss": float(sums[1]) / total, "lr": lr, "grad_norm": float(norm)}
 
     def _end_epoch(self, seconds: float) -> dict[str, Any]:
+        last = self.epoch + 1 == self.cfg.epochs
+        val = {}  # first: a stop in it checkpoints the epoch's tracker, not yet summed
+        if self.val_set is not None and ((self.epoch + 1) % self.cfg.eval_every == 0 or last):
+            val = self.evaluate()
         self.tracker.all_reduce()
         lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](self.step - 1)  # last step's
         row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "lr": lr,
-                               **self.task.train_row(self.tracker), "epoch_seconds": seconds}
-        last = self.epoch + 1 == self.cfg.epochs
-        if self.val_set is not None and ((self.epoch + 1) % self.cfg.eval_every == 0 or last):
-            row.update(self.evaluate())
+                               **self.task.train_row(self.tracker), "epoch_seconds": seconds,
+                               **val}
         self.history.append(row)
         metric, label = self.task.accuracy
         if self.info.is_main:
@@ -322,6 +311,14 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Validation metrics of the current model (all ranks take part), as ``val_*``."""
         return self.task.evaluate(self)
+
+    def batches(self, loader: Iterable[T]) -> Iterator[T]:
+        """``loader``'s batches; in :meth:`fit`, until a stop signal the ranks agree on (a
+        checkpoint, then :class:`~spool.train.signals.TrainingInterrupted`)."""
+        if self._signals is None:
+            return iter(loader)
+        return stopping.until_stopped(loader, self._signals, self._checkpoint_or_stop,
+                                      self.device)
 
     def fit(self) -> list[dict[str, Any]]:
         """Train to the last epoch (or ``stop_after_steps``); returns the per-epoch rows.
@@ -346,18 +343,17 @@ class Trainer:
             self.log(f"already at step {self.step} (stop_after_steps): nothing to do", always=True)
             return self.history
         with stopping.StopSignals() as signals:
+            self._signals = signals
             while self.epoch < cfg.epochs:
                 start = time.perf_counter()
-                for batch in stopping.until_stopped(self._loader(), signals,
-                                                    self._checkpoint_or_stop, self.device):
+                for batch in self.batches(self._loader()):
                     report_skipped(batch.get("skipped", ()), self.skipped)
                     self._record_step(self.train_step(batch))
                     if self._checkpoint_or_stop(None):  # one due; stop_after_steps
                         return self.history
                 if self.epoch + 1 == cfg.epochs and self.val_set is not None:
                     self.save_checkpoint()  # kept if validation fails; a resume redoes it
-                with stopping.stop_on_failure(signals, self._checkpoint_or_stop):
-                    self._end_epoch(time.perf_counter() - start)
+                self._end_epoch(time.perf_counter() - start)
                 signum = stopping.agreed_stop(signals.received, self.device)  # in validation
                 if signum and self.epoch < cfg.epochs:
                     self._checkpoint_or_stop(signum)
