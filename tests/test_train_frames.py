@@ -139,3 +139,31 @@ def test_baselines_train_and_spool_eval_and_extract(tmp_path: Path, capsys,
     assert segments and float(segments[0]["start_s"]) == 0.0
     assert all(float(a["end_s"]) == float(b["start_s"])
                for a, b in zip(segments, segments[1:], strict=False))
+
+
+def test_a_signal_during_validation_stops_it_at_the_next_video(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """As a clip validation: the run stops at the epoch's last step without validating its
+    other videos (it validated them all, then stopped), and the epoch's row waits for the
+    resume's validation."""
+    import os
+    import signal
+
+    from spool.train import segmentation_eval
+    from spool.train.signals import TrainingInterrupted
+
+    probed = []
+    probe = segmentation_eval.probe_video
+
+    def signalled(path):
+        probed.append(path)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return probe(path)
+
+    monkeypatch.setattr(segmentation_eval, "probe_video", signalled)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 2;"):
+        train(_config(tmp_path / "run"))
+    assert len(probed) == 1  # of the 2 validation videos
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000002" /
+                        "trainer_state.json").read_text())
+    assert (state["epoch"], state["history"]) == (0, [])

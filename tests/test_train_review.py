@@ -57,13 +57,14 @@ def test_a_signal_during_validation_stops_at_that_epochs_end(tmp_path: Path,
 
 
 class _WorkersKilled(torch.utils.data.Dataset):
-    """A validation set whose loading dies of the job's SIGTERM at item ``at``."""
+    """A validation set of ``size`` items whose loading dies of the job's SIGTERM at item
+    ``at``."""
 
-    def __init__(self, dataset, at: int) -> None:
-        self.dataset, self.at = dataset, at
+    def __init__(self, dataset, at: int | None, size: int | None = None) -> None:
+        self.dataset, self.at, self.size = dataset, at, size or len(dataset)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.size
 
     def __getitem__(self, index: int):
         if index == self.at:
@@ -72,9 +73,9 @@ class _WorkersKilled(torch.utils.data.Dataset):
         return self.dataset[index]
 
 
-def _killed_in_validation(evaluate, at: int):
+def _killed_in_validation(evaluate, at: int | None, size: int | None = None):
     def killed(self):
-        self.val_set = _WorkersKilled(self.val_set, at)
+        self.val_set = _WorkersKilled(self.val_set, at, size)
         return evaluate(self)
     return killed
 
@@ -82,8 +83,8 @@ def _killed_in_validation(evaluate, at: int):
 def test_a_validation_whose_loader_dies_of_the_signal_stops_the_run(tmp_path: Path,
                                                                     monkeypatch) -> None:
     """A scheduler's SIGTERM during a validation reaches its DataLoader workers too: the run
-    crashed (worker exited unexpectedly) with no checkpoint. It stops at the epoch's last
-    step, and a resume validates that epoch again."""
+    stops at the epoch's last step, and a resume validates that epoch again, with the
+    metrics of a run never stopped."""
     evaluate = Trainer.evaluate
     monkeypatch.setattr(Trainer, "evaluate", _killed_in_validation(evaluate, at=1))
     run = dict(eval_batch_size=1)
@@ -99,6 +100,20 @@ def test_a_validation_whose_loader_dies_of_the_signal_stops_the_run(tmp_path: Pa
     for row, expected in zip(rows, whole, strict=True):  # the same metrics as without a stop
         for key in ("epoch", "train_loss", "train_top1", "val_loss", "val_top1"):
             assert row[key] == pytest.approx(expected[key], rel=1e-6), key
+
+
+def test_a_validation_that_fails_otherwise_after_the_signal_keeps_the_steps(
+        tmp_path: Path, monkeypatch) -> None:
+    """Whatever fails in a validation after a stop signal (here not its loader), the run
+    keeps its finished steps in a checkpoint and stops as interrupted."""
+    def fails_after_the_signal(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Trainer, "evaluate", fails_after_the_signal)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 4;"):
+        train(TrainConfig(**train_config_dict(tmp_path / "run")))
+    assert (tmp_path / "run" / "checkpoints" / "step_00000004").is_dir()
 
 
 def test_results_json_stays_valid_json_without_a_finite_validation_loss(tmp_path: Path) -> None:
@@ -318,8 +333,9 @@ def _two_ranks_killed_in_validation(rank: int, port: int, out: str) -> None:
                       RANK=str(rank), LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=30))
-    if rank == 0:  # its second item of four: rank 1 goes on to its own second
-        Trainer.evaluate = _killed_in_validation(Trainer.evaluate, at=2)
+    # 7 items: rank 0 holds 4, rank 1 three; rank 0's last dies, once rank 1 has run out
+    Trainer.evaluate = _killed_in_validation(Trainer.evaluate, at=6 if rank == 0 else None,
+                                             size=7)
     try:
         train(TrainConfig(**train_config_dict(Path(out, "run"), eval_batch_size=1)))
         result = "finished"
@@ -335,7 +351,8 @@ def test_a_ddp_validation_whose_loader_dies_of_the_signal_stops_every_rank(
         tmp_path: Path) -> None:
     """Under DDP the rank whose validation loader died raised while the others waited in
     validation's all-reduce until the timeout: the job crashed with no checkpoint. Every
-    rank stops at the epoch's last step, with the checkpoint a one-process run has there."""
+    rank stops at the epoch's last step, with the checkpoint a one-process run has there,
+    also when the other rank has run out of validation batches (shards are not padded)."""
     import socket
 
     import torch.multiprocessing as mp

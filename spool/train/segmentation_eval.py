@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,20 +85,23 @@ def evaluate_segmentation(model: FrameClassifier,
                           data: FrameTokenDataset | list[SegmentationSample], *,
                           sampler: FrameSampler | None = None, background: tuple[int, ...] = (),
                           chunk_frames: int = 32, device: torch.device | str = "cpu",
-                          keep: bool = True, progress: bool = False) -> SegmentationResult:
+                          keep: bool = True, progress: bool = False,
+                          iterate: Callable[[Iterable[int]], Iterable[int]] = iter
+                          ) -> SegmentationResult:
     """Score ``model`` on whole videos: a frame cache's, or video files (``sampler`` picks
     their frames). ``keep``: also return every video's predictions (this rank's);
     ``progress``: bars of the videos and of each video file's frames. A video
     file that cannot be read is reported, left out of the metrics and counted
-    (``num_skipped``)."""
+    (``num_skipped``). ``iterate`` wraps the loop over this rank's videos (training's
+    validation stops on a signal all ranks agree on)."""
     was_training = model.training
     model.eval().to(device)
     metrics = SegmentationMetrics(background=background)
     result = SegmentationResult(metrics)
     rank, world = _rank_world()
     seen: set[str] = set()
-    for i in tqdm(range(rank, len(data), world), desc="eval", unit="video",
-                  disable=not progress, dynamic_ncols=True):
+    for i in iterate(tqdm(range(rank, len(data), world), desc="eval", unit="video",
+                          disable=not progress, dynamic_ncols=True)):
         if isinstance(data, FrameTokenDataset):
             item, name = data[i], data.videos[i]["name"]
             out = model.predict_long(item["tokens"].to(device), chunk_frames=chunk_frames)

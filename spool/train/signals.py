@@ -8,6 +8,7 @@ command line turns into exit code 130 (SIGINT) or 143 (SIGTERM).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -120,3 +121,18 @@ def until_stopped(loader: Iterable[T], signals: StopSignals, stop: Callable[[int
         if more:
             yield batch
         check(more)  # one that came during the caller's step
+
+
+@contextlib.contextmanager
+def stop_on_failure(signals: StopSignals, stop: Callable[[int], object]) -> Iterator[None]:
+    """An ``Exception`` inside after a stop signal calls ``stop`` with the signal (it saves a
+    checkpoint and raises :class:`TrainingInterrupted`): whatever failed, the finished steps
+    are kept. One process only: under torch.distributed the other ranks would not take part,
+    so the error stands (a loader that dies of the signal is :func:`until_stopped`'s)."""
+    try:
+        yield
+    except Exception:
+        if signals.received is None or (dist.is_available() and dist.is_initialized()):
+            raise
+        stop(signals.received)
+        raise

@@ -171,7 +171,7 @@ class FrameTask:
         scores = evaluate_segmentation(
             trainer.model, trainer.val_set, sampler=make_sampler(**trainer.model.config.sampling),
             background=background,
-            device=trainer.device, keep=False).scores
+            device=trainer.device, keep=False, iterate=trainer.batches).scores
         return {"val_acc": scores["accuracy"] / 100, "val_edit": scores["edit"],
                 **{f"val_{k}": scores[k] for k in ("f1@10", "f1@25", "f1@50")}}
 

@@ -353,7 +353,8 @@ class Trainer:
                         return self.history
                 if self.epoch + 1 == cfg.epochs and self.val_set is not None:
                     self.save_checkpoint()  # kept if validation fails; a resume redoes it
-                self._end_epoch(time.perf_counter() - start)
+                with stopping.stop_on_failure(signals, self._checkpoint_or_stop):
+                    self._end_epoch(time.perf_counter() - start)
                 signum = stopping.agreed_stop(signals.received, self.device)  # in validation
                 if signum and self.epoch < cfg.epochs:
                     self._checkpoint_or_stop(signum)
