@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print(f"spool {args.command}: terminated (SIGTERM){kept}", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except BrokenPipeError:  # `spool eval ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else exit flushes
+        return 128 + signal.SIGPIPE
     # User mistakes, unloadable inputs, and work refused up front for want of memory.
     except (ValueError, OSError, MemoryError) as err:
         if debug:
@@ -94,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
 def one_line(err: BaseException) -> str:
     """The error's message; for one re-raised from a DataLoader worker, whose message torch
     replaced by the worker's whole traceback, the original message (its last line)."""
+    if isinstance(err, FileExistsError | NotADirectoryError) and err.filename is not None:
+        return (f"{err.filename}: a file is there where a folder is needed"
+                if isinstance(err, FileExistsError) and os.path.isfile(err.filename) else
+                f"{err.filename}: a file in its path stands where a folder is needed")
     text = str(err)
     if "\nOriginal Traceback" not in text:
         return text

@@ -122,3 +122,45 @@ def test_predictions_follow_top_1_where_the_softmax_rounds_into_a_tie():
     assert result.tracker.confusion.tolist() == [[0, 0], [0, 3]]
     assert int(result.scores[0].argmax()) == 0  # what predictions.csv took before
     assert result.predictions.tolist() == [1, 1, 1]  # what it takes now, as top-1 does
+
+
+@pytest.mark.parametrize("command", [
+    ["extract", "data/train.txt", "--out", "OUT"],
+    ["cache", "--data", "data/train.txt", "--out", "OUT"],
+    ["train", "--train-data", "data/train.txt", "--out-dir", "OUT", "--batch-size", "2"]])
+@pytest.mark.parametrize("out", ["afile", "afile/sub"])
+def test_an_output_folder_that_is_a_file_is_named(tmp_path: Path, capsys, monkeypatch,
+                                                  command: list[str], out: str):
+    """Found walking the README through: "[Errno 17] File exists: 'afile'"."""
+    from spool.data.synthetic import make_synthetic_dataset
+
+    monkeypatch.chdir(tmp_path)
+    make_synthetic_dataset(tmp_path / "data", 1, num_frames=4, size=32)
+    (tmp_path / "afile").write_text("")
+    tiny = ('backbone_config={"model_type":"dinov2","hidden_size":32,"num_hidden_layers":1,'
+            '"num_attention_heads":2,"intermediate_size":64,"patch_size":8,"image_size":32}')
+    heads = ("hidden_size=32", "num_attention_heads=2", "num_lookback_heads=1",
+             "num_lookahead_heads=1")
+    argv = [out if a == "OUT" else a for a in command] + ["--model", tiny] + [
+        flag for field in heads if command[0] == "train" for flag in ("--model", field)]
+    err = _error(capsys, argv)
+    expected = ("a file is there where a folder is needed" if out == "afile"
+                else "a file in its path stands where a folder is needed")
+    assert f"error: {out}: {expected}" in err
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path):
+    """`spool eval ... | head -1`: exit 2 with "error: [Errno 32] Broken pipe"."""
+    import subprocess
+    import sys
+
+    script = ("import sys, spool.commands.eval as e\n"
+              "e.run = lambda args: [print('row ' * 20) for _ in range(100000)]\n"
+              "from spool.cli import main\n"
+              "sys.exit(main(['eval', '--checkpoint', 'x', '--data', 'y']))\n")
+    reader = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    reader.stdout.readline()
+    reader.stdout.close()  # as head does once it has its line
+    assert reader.wait(timeout=120) == 141
+    assert reader.stderr.read().decode() == ""

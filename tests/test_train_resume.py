@@ -269,11 +269,16 @@ def test_resume_with_epochs_below_the_checkpoint_is_refused(tmp_path: Path) -> N
     finished" and published those mid-epoch weights as final."""
     run = tmp_path / "run"
     train(TrainConfig(**train_config_dict(run, epochs=3, stop_after_steps=6)))
-    with pytest.raises(ValueError, match=r"epochs \(--epochs\): 1, but .* 2 steps into epoch 2"):
+    with pytest.raises(ValueError, match=r"epochs \(--epochs\): 1, but .* after 1 epochs and "
+                       r"2 steps; resume with --epochs 2 or more"):
         Trainer(TrainConfig(**train_config_dict(run, epochs=1, resume="auto")))
     assert not (run / "model").exists()
     train(TrainConfig(**train_config_dict(run, epochs=2, resume="auto")))  # 2 is enough
     assert (run / "model").exists()
+    # A finished run needs as many epochs as it had: the advice said one more.
+    with pytest.raises(ValueError, match=r"after 2 epochs and 0 steps; resume with --epochs 2 "):
+        Trainer(TrainConfig(**train_config_dict(run, epochs=1, resume="auto")))
+    train(TrainConfig(**train_config_dict(run, epochs=2, resume="auto")))  # already finished
 
 
 def test_a_warm_up_as_long_as_the_run_is_said(tmp_path: Path, spool_log) -> None:

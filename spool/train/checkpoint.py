@@ -403,9 +403,9 @@ def check_epochs_left(path: Path, epoch: int, step_in_epoch: int, epochs: int) -
     """``epochs`` lowered on resume below where the checkpoint at ``path`` is: refused, as
     the run would publish mid-epoch weights as its final ones."""
     if epoch > epochs or (epoch == epochs and step_in_epoch > 0):
-        raise ValueError(f"epochs (--epochs): {epochs}, but the checkpoint {path} is "
-                         f"{step_in_epoch} steps into epoch {epoch + 1}; resume with --epochs "
-                         f"{epoch + 1} or more")
+        raise ValueError(f"epochs (--epochs): {epochs}, but the checkpoint {path} is after "
+                         f"{epoch} epochs and {step_in_epoch} steps; resume with --epochs "
+                         f"{epoch + (step_in_epoch > 0)} or more")
 
 
 def position_in_new_batches(epoch: int, step_in_epoch: int, old_batch: int, new_batch: int,

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import random
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,8 +87,10 @@ class Trainer:
         self.module: torch.nn.Module = self.model
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.module = DistributedDataParallel(self.model, device_ids=ids,
-                                                  broadcast_buffers=False)
+            with warnings.catch_warnings():  # torch 2.13: a warning per run, no successor yet
+                warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated")
+                self.module = DistributedDataParallel(self.model, device_ids=ids,
+                                                      broadcast_buffers=False)
         groups = builders.parameter_groups(self.model, cfg.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.steps_per_epoch = len(builders.epoch_batches(len(self.train_set), self.local_batch,
