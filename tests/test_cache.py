@@ -107,7 +107,8 @@ def test_a_killed_run_of_the_earlier_version_continues_and_blocks_a_frame_cache(
     out = tmp_path / "cache"
     monkeypatch.setattr(token_rows, "PROGRESS_EVERY_S", 0.0)
     monkeypatch.setattr(token_rows.PartialTokens, "close", lambda self: None)
-    monkeypatch.setattr(cache, "_settings_key", lambda meta, fixed: cache._digest(meta))
+    monkeypatch.setattr(cache, "_settings_key", lambda meta, fixed, resolve=True: cache._digest(
+        meta))
     _decoded(monkeypatch, die_at=9)
     with pytest.raises(Killed):
         build_cache(model, _dataset(model), out, batch_size=4)

@@ -271,3 +271,62 @@ def test_a_lasting_error_saving_the_progress_is_raised_once(model, tmp_path: Pat
         pass  # the signal, as asked; the retry's error is only logged
     else:
         raise AssertionError("the signal was lost")
+
+
+_TINY_BACKBONE = json.dumps({"model_type": "dinov2", "hidden_size": 24, "num_hidden_layers": 1,
+                             "num_attention_heads": 2, "intermediate_size": 48,
+                             "patch_size": 8, "image_size": 32})
+
+
+@pytest.mark.parametrize("task", ["clips", "frames"])
+def test_the_same_videos_typed_another_way_are_the_same_cache(tmp_path: Path, capsys,
+                                                              monkeypatch, task: str) -> None:
+    """Found walking the README through: `--data clips/train.txt` then
+    `--data /abs/clips/train.txt` rebuilt the whole cache ("made with other settings")."""
+    from train_helpers import segmentation_videos
+
+    root = tiny_video_dataset() if task == "clips" else segmentation_videos((320, 360), (15, 30))
+    data = root / ("val.txt" if task == "clips" else "test.csv")
+    monkeypatch.chdir(root.parent)
+    common = ["--out", str(tmp_path / "c"), "--model", "image_size=32", "--model",
+              "backbone_config=" + _TINY_BACKBONE, "--quiet"]
+    task_args = (["--num-frames", "4", "--num-workers", "0"] if task == "clips"
+                 else ["--task", "frames", "--fps", "5"])
+    assert main(["cache", "--data", str(data.relative_to(root.parent))] + common
+                + task_args) == 0
+    capsys.readouterr()
+    seen = _decoded(monkeypatch)
+    from spool.data import frame_cache
+    monkeypatch.setattr(frame_cache, "VideoReader", lambda path: seen.append(path))
+    assert main(["cache", "--data", str(data)] + common + task_args) == 0
+    assert seen == []  # no video decoded again
+    if task == "clips":
+        assert "spool cache: already done: " in capsys.readouterr().out
+    if task == "clips":  # another setting is named
+        common.remove("--quiet")
+        assert main(["cache", "--data", str(data)] + common + ["--num-frames", "2",
+                                                               "--num-workers", "0"]) == 0
+        assert "other settings (num_frames, sampler, shape)" in capsys.readouterr().out
+
+
+def test_a_cache_keyed_on_paths_as_typed_is_still_taken(model, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    """Caches made before the key took the videos' real paths are not made again."""
+    import dataclasses
+    import os
+
+    def typed_relative():
+        dataset = _dataset(model)
+        dataset.samples = [dataclasses.replace(s, path=os.path.relpath(s.path))
+                           for s in dataset.samples]
+        return dataset
+
+    monkeypatch.chdir(tiny_video_dataset())
+    key = cache._settings_key
+    monkeypatch.setattr(cache, "_settings_key", lambda meta, fixed, resolve=True: key(
+        meta, fixed, resolve=False))
+    build_cache(model, typed_relative(), tmp_path / "c", batch_size=4)
+    monkeypatch.setattr(cache, "_settings_key", key)
+    seen = _decoded(monkeypatch)
+    assert build_cache(model, typed_relative(), tmp_path / "c", batch_size=4).reused
+    assert seen == []

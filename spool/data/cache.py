@@ -134,11 +134,14 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             # the backbone's config, token pooling.
             "frame_encoder": config.frame_encoder_fields(layout=False),
         }
-        key, legacy = _settings_key(meta, dataset.augmentation is None), _digest(meta)
+        fixed = dataset.augmentation is None
+        key = _settings_key(meta, fixed)
+        # Keys of the same settings in earlier caches: the paths as typed, all of meta.
+        keys = {key, _settings_key(meta, fixed, resolve=False), _digest(meta)}
         # Which version of each file: not part of the key, so a re-encoded or replaced video
         # costs its own row, not the whole cache.
         meta["sources"] = [file_version(s.path) for s in dataset.samples]
-        done = _complete_cache(out, {key, legacy})
+        done = _complete_cache(out, keys, meta)
         if done is not None:
             cached = read_cache_meta(out)
             writer = RowsToRedo(out / TOKENS_NAME, cached, meta["sources"])
@@ -157,7 +160,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             return CacheSummary(out, len(rows), reused=True, failures=failures,
                                 retried=len(writer.failed), changed=len(writer.changed))
         writer = PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), key, meta["sources"],
-                               legacy)
+                               keys)
         writer.heartbeat = lambda: refresh_claim(lock)  # other machines judge it by age
         try:
             failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
@@ -195,13 +198,19 @@ def _digest(meta: dict) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
-def _settings_key(meta: dict, fixed_clips: bool) -> str:
-    """What the tokens depend on: not the labels or class names (``cache.json`` is rewritten
-    with new ones), nor the seed when it picks nothing (no augmentation: ``fixed_clips``)."""
-    tokens_of = dict(meta, samples=[path for path, _ in meta["samples"]], class_names=None)
+def _tokens_of(meta: dict, fixed_clips: bool, resolve: bool = True) -> dict:
+    """What the tokens depend on: the videos wherever they are (not how their paths were
+    typed), not the labels or class names (``cache.json`` is rewritten with new ones), nor
+    the seed when it picks nothing (no augmentation: ``fixed_clips``)."""
+    tokens_of = dict(meta, samples=[os.path.realpath(path) if resolve else path
+                                    for path, _ in meta["samples"]], class_names=None)
     if fixed_clips:
         tokens_of["seed"] = None
-    return _digest({"tokens_of": tokens_of})
+    return tokens_of
+
+
+def _settings_key(meta: dict, fixed_clips: bool, resolve: bool = True) -> str:
+    return _digest({"tokens_of": _tokens_of(meta, fixed_clips, resolve)})
 
 
 def _labels_differ(cached: dict, meta: dict, key: str) -> bool:
@@ -211,7 +220,7 @@ def _labels_differ(cached: dict, meta: dict, key: str) -> bool:
             != [label for _, label in meta["samples"]])
 
 
-def _complete_cache(out: Path, keys: set[str]) -> CacheSummary | None:
+def _complete_cache(out: Path, keys: set[str], meta: dict) -> CacheSummary | None:
     """A summary of the complete, readable cache in ``out`` made with settings of ``keys``
     (today's, or the key an earlier version gave the same settings)."""
     if not (out / CACHE_META).is_file() or not (out / BACKBONE_DIR).is_dir():
@@ -221,8 +230,11 @@ def _complete_cache(out: Path, keys: set[str]) -> CacheSummary | None:
     except (SpoolLoadError, ValueError):
         return None  # damaged: made again
     if cached.meta.get("settings_key") not in keys:
-        logger.info(f"{out}: the cache there was made with other settings; it stays until "
-                    "the new one replaces it")
+        theirs, ours = _tokens_of(cached.meta, False), _tokens_of(meta, False)
+        changed = sorted(k for k in ours if k != "sources" and theirs.get(k) != ours[k])
+        logger.info(f"{out}: the cache there was made with other settings "
+                    f"({', '.join(changed) or 'an earlier version'}); it stays until the new "
+                    "one replaces it")
         return None
     failures = [SkippedVideo(-1, *f) for f in cached.meta.get("failures", [])]
     return CacheSummary(out, len(cached), reused=True, failures=failures)

@@ -83,7 +83,8 @@ class _Keys:
 def _keys(sample: SegmentationSample, settings: dict[str, Any], class_names: list[str]
           ) -> _Keys:
     st = os.stat(sample.video)
-    version = {"video": str(sample.video), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    version = {"video": os.path.realpath(sample.video), "size": st.st_size,
+               "mtime_ns": st.st_mtime_ns}
     labels = (None if sample.frame_labels is None
               else hashlib.sha256(np.ascontiguousarray(sample.frame_labels, np.int64)
                                   .tobytes()).hexdigest())
@@ -103,12 +104,22 @@ def _cached(path: Path, keys: _Keys) -> str | None:
             meta = f.metadata() or {}
     except Exception:  # missing or damaged: redo
         return None
-    if meta.get("settings") == keys.settings and meta.get("source") == keys.source:
+    source = _resolved(meta.get("source"))
+    if meta.get("settings") == keys.settings and source == keys.source:
         return "done" if meta.get("labels") == keys.labels else "labels"
-    if (meta.get("settings"), meta.get("source")) == (keys.legacy_settings,
-                                                      keys.legacy_source):
+    if (meta.get("settings"), source) == (keys.legacy_settings, keys.legacy_source):
         return "done"
     return None
+
+
+def _resolved(source: str | None) -> str | None:
+    """A ``source`` key with its video's real path: the same file however its path was
+    typed (earlier files hold it as typed, relative to the working directory)."""
+    try:
+        found = json.loads(source)
+        return json.dumps({**found, "video": os.path.realpath(found["video"])}, sort_keys=True)
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +34,12 @@ class PartialTokens:
     changed = 0  # videos done by an earlier run whose files changed since
 
     def __init__(self, out: Path, shape: tuple[int, ...], dtype: np.dtype, key: str,
-                 sources: list[tuple[int, int] | None], legacy_key: str | None = None) -> None:
+                 sources: list[tuple[int, int] | None], earlier_keys: Iterable[str] = ()
+                 ) -> None:
         self.path, self.record = out / PARTIAL_NAME, out / PROGRESS_NAME
         self.shape = shape
         self.key = key
-        self.keys = {key, legacy_key} - {None}  # a partial file of an earlier version goes on
+        self.keys = {key, *earlier_keys}  # a partial file of an earlier version goes on
         self.sources = sources
         self.done = self._read_done(dtype)
         if self.done is None:  # nothing to continue: start over
