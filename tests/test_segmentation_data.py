@@ -99,6 +99,24 @@ def test_bad_segment_csv(tmp_path, text, message):
         read_segments_csv(tmp_path / "s.csv")
 
 
+def test_a_class_only_the_held_out_csv_has_is_listed_in_classes_txt(tmp_path):
+    """Found walking the README through: a validation CSV with a class the training CSV
+    lacks was refused, with no way to give the classes (clip lists have a classes.txt)."""
+    for name in ("a.mkv", "b.mkv"):
+        (tmp_path / name).write_bytes(b"")  # read only when training
+    (tmp_path / "train.csv").write_text("video,start_s,end_s,label\na.mkv,0,1,walk\n")
+    (tmp_path / "test.csv").write_text("video,start_s,end_s,label\nb.mkv,0,1,run\n")
+    _, names = read_segments_csv(tmp_path / "train.csv")
+    with pytest.raises(ValueError, match=r"line 2: unknown class 'run'; the classes are "
+                                         r"\['walk'\] \(a classes.txt beside the training CSV"):
+        read_segments_csv(tmp_path / "test.csv", names)
+    (tmp_path / "classes.txt").write_text("walk\nrun\n")
+    samples, names = read_segments_csv(tmp_path / "train.csv")
+    assert names == ["walk", "run"]  # in the file's order, not sorted
+    held_out, _ = read_segments_csv(tmp_path / "test.csv", names)
+    assert held_out[0].segments == ((0.0, 1.0, 1),)
+
+
 def test_frame_cache_and_video_crops_agree(tmp_path, ntsc_video):
     root, _ = ntsc_video
     samples, names = read_segments_csv(root / "segments.csv")

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
+from spool.io_utils import read_text_file
+
 logger = logging.getLogger(__name__)
+
+
+def read_class_names(path: Path) -> list[str]:
+    """A ``classes.txt``: one class name per line (blank lines skipped)."""
+    names = [line.strip() for line in read_text_file(path, "a class list").splitlines()
+             if line.strip()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: duplicate class names in {names}")
+    return names
 
 
 def class_index_map(names: Sequence[str], target: Sequence[str], what: str,

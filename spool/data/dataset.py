@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from spool.data.classes import read_class_names
 from spool.io_utils import read_text_file
 from spool.video.completeness import check_reader_complete
 from spool.video.formats import VIDEO_EXTENSIONS, is_video_name
@@ -44,14 +45,6 @@ class VideoSample:
     label: int
 
 
-def _read_class_names(path: Path) -> list[str]:
-    names = [line.strip() for line in read_text_file(path, "a class list").splitlines()
-             if line.strip()]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: duplicate class names in {names}")
-    return names
-
-
 def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | None = None,
                          root: str | os.PathLike | None = None,
                          check_files: bool = True) -> tuple[list[VideoSample], list[str]]:
@@ -68,7 +61,7 @@ def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | N
         raise FileNotFoundError(f"{path}: annotation file not found")
     base = Path(root) if root is not None else path.parent
     # The file's labels refer to its own classes.txt (indices too), given class names or not.
-    own = (_read_class_names(path.parent / "classes.txt")
+    own = (read_class_names(path.parent / "classes.txt")
            if (path.parent / "classes.txt").is_file() else None)
     if class_names is None:
         class_names = own

@@ -29,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from spool.data.classes import read_class_names
 from spool.io_utils import read_text_file
 from spool.video.formats import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
+CLASSES_NAME = "classes.txt"  # beside a segments CSV: its classes, in their order
 # Matroska/WebM store times in whole milliseconds: a frame shown at 155/15 s is 10.333 s, and
 # must still fall in a segment that starts at 10.3333 s. Frames are >= 4 ms apart up to 240 fps.
 LABEL_TIME_TOLERANCE_S = 5e-4
@@ -155,8 +157,9 @@ def read_ms_tcn(root: str | os.PathLike, split: str = "train.split1",
 def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None = None
                       ) -> tuple[list[SegmentationSample], list[str]]:
     """A ``video,start_s,end_s,label`` CSV (video paths relative to the file) -> (samples,
-    class names: ``class_names``, else the sorted labels). A sample is named by its file's
-    stem; videos whose stems collide get a digest of their path added (``clip-1a2b3c4d``)."""
+    class names: ``class_names``, else a ``classes.txt`` beside the file, else the sorted
+    labels). A sample is named by its file's stem; videos whose stems collide get a digest
+    of their path added (``clip-1a2b3c4d``)."""
     path = Path(path)
     reader = csv.DictReader(io.StringIO(read_text_file(path, "a segments CSV"), newline=""))
     rows = list(reader)
@@ -166,7 +169,9 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
         if None in row or None in row.values():  # csv's marks of extra or missing fields
             raise ValueError(f"{path}, line {lineno}: expected 4 fields "
                              "(video,start_s,end_s,label)")
-    names = list(class_names) if class_names is not None else sorted({r["label"] for r in rows})
+    listed = path.parent / CLASSES_NAME
+    names = (list(class_names) if class_names is not None else read_class_names(listed)
+             if listed.is_file() else sorted({r["label"] for r in rows}))
     index = {n: i for i, n in enumerate(names)}
     per_video: dict[str, list[tuple[float, float, int]]] = {}
     spelled: dict[str, str] = {}
@@ -181,7 +186,9 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
             raise ValueError(f"{path}, line {lineno}: expected 0 <= start_s < end_s, got "
                              f"{start}, {end}")
         if row["label"] not in index:
-            raise ValueError(f"{path}, line {lineno}: unknown class {row['label']!r}")
+            raise ValueError(f"{path}, line {lineno}: unknown class {row['label']!r}; the "
+                             f"classes are {names[:20]} (a {CLASSES_NAME} beside the training "
+                             "CSV lists every class, one per line)")
         # a.mp4 and ./a.mp4: one video, under the spelling it first had (its name's digest)
         video = spelled.setdefault(os.path.normpath(row["video"]), row["video"])
         per_video.setdefault(video, []).append((start, end, index[row["label"]]))
