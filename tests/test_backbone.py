@@ -67,6 +67,16 @@ def test_missing_weights_error_names_the_id_and_the_fix(tmp_path):
               num_lookback_heads=1, backbone_name=str(tmp_path))
 
 
+def test_a_missing_relative_backbone_folder_is_named(tmp_path, monkeypatch):
+    """The README's backbone_name="models/dinov2-small" from another directory read as a hub
+    id only: the advice was to download it from the hub."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match=f"no folder {tmp_path}/models/dinov2-small \\(relative "
+                                      "to the current directory\\)"):
+        Spool(num_hidden_layers=1, num_attention_heads=2, num_lookahead_heads=1,
+              num_lookback_heads=1, backbone_name="models/dinov2-small")
+
+
 def test_backbone_chunking_does_not_change_tokens():
     a = FrameEncoder(tiny_config(backbone_chunk_size=1))
     b = FrameEncoder(tiny_config(backbone_chunk_size=100))

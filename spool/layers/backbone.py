@@ -38,8 +38,9 @@ def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
     elif looks_like_path(name):
         where, fix = ("a local path that does not exist",
                       "Check the path, or give a hub id such as facebook/dinov2-base")
-    else:
-        where, fix = ("the Hugging Face cache and the hub (offline or not found)",
+    else:  # models/dinov2-small: a hub id, or a folder typed from another directory
+        where, fix = (f"the Hugging Face cache and the hub (offline or not found); there is no "
+                      f"folder {os.path.abspath(name)} (relative to the current directory)",
                       f"Download the weights where there is network (`hf download {name} "
                       "--local-dir DIR`) and pass backbone_name=DIR, or run `spool backbone "
                       "import dinov2-small --out DIR` for DINOv2-S offline")
