@@ -36,6 +36,7 @@ from spool.io_utils import (
     try_claim,
 )
 from spool.models.frame_classification import FrameClassifier
+from spool.models.frame_encoder import FrameEncoderModel
 from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
 from spool.tensor_files import (
@@ -97,6 +98,10 @@ def load_feature_model(checkpoint: str | None, overrides: dict | None = None, *,
         model = load_pretrained(checkpoint, **overrides)
         if isinstance(model, FrameClassifier):
             return model
+        if backbone_only and isinstance(model, FrameEncoderModel):  # a cache's backbone/
+            spool = Spool(model.config)  # no temporal layers: its backbone is all that runs
+            spool.load_state_dict(model.state_dict(), strict=False)  # the same backbone. keys
+            return spool
         spool = model if isinstance(model, Spool) else getattr(model, "spool", None)
         if not isinstance(spool, Spool):
             raise ValueError(f"--checkpoint: {checkpoint} holds a {type(model).__name__}, "

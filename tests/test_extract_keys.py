@@ -78,3 +78,31 @@ def test_a_checkpoint_naming_its_backbone_by_a_relative_path_keys_alike_from_any
         assert main(["extract", str(video), "--out", str(tmp_path / "o"), "--num-frames", "2",
                      "--checkpoint", str(tmp_path / "ckpt"), "--no-progress"]) == 0
         assert _done(capsys) == ((1, 0) if k == 0 else (0, 1))
+
+
+def test_a_caches_backbone_folder_serves_backbone_only(tmp_path: Path, video: Path,
+                                                         capsys) -> None:
+    """`--checkpoint cache/train/backbone --backbone-only` was refused ("has no Spool
+    features"), though the backbone is all that --backbone-only runs. Its tokens are the
+    Spool checkpoint's the cache was made with: the same output, already done."""
+    from conftest import tiny_config
+    from safetensors.torch import load_file
+
+    from spool.models.frame_encoder import save_frame_encoder
+    from spool.models.spool import Spool
+
+    model = Spool(tiny_config())
+    model.save_pretrained(tmp_path / "spool")
+    save_frame_encoder(model, tmp_path / "backbone")
+    base = ["extract", str(video), "--out", str(tmp_path / "o"), "--backbone-only",
+            "--num-frames", "2", "--no-progress"]
+    assert main([*base, "--checkpoint", str(tmp_path / "spool")]) == 0
+    assert _done(capsys) == (1, 0)
+    assert main([*base, "--checkpoint", str(tmp_path / "backbone")]) == 0
+    assert _done(capsys) == (0, 1)
+    assert main([*base, "--out", str(tmp_path / "o2"), "--checkpoint",
+                 str(tmp_path / "backbone")]) == 0
+    a, b = (load_file(tmp_path / out / "v.safetensors") for out in ("o", "o2"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    without = [a for a in base if a != "--backbone-only"]
+    assert main([*without, "--checkpoint", str(tmp_path / "backbone")]) == 2  # needs it
