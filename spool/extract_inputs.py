@@ -43,7 +43,8 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
     whose first non-blank character is ``#`` is a comment, so a file named ``#x.mp4`` is
     listed as ``./#x.mp4``).
     A named path that does not exist or is not a regular file (a FIFO, a device, a broken
-    link) is kept, so that it is reported as a failure rather than silently dropped.
+    link) is kept, so that it is reported as a failure rather than silently dropped; a list
+    that does not exist is an error (``FileNotFoundError``).
     """
     found: list[tuple[Path, Path]] = []
     for item in inputs:
@@ -51,6 +52,8 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
         if path.is_dir():
             for video in _scan_directory(path):
                 found.append((video, video.relative_to(path).with_suffix("")))
+        elif path.suffix.lower() in LIST_EXTENSIONS and not os.path.lexists(path):
+            raise FileNotFoundError(2, "No such list of videos", str(path))  # not a bad video
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
             # utf-8-sig: a byte-order mark would otherwise become part of the first path.
             labelled = []

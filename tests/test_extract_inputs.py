@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import tiny_backbone, tiny_model_args
 
 from spool.extract_inputs import collect_inputs
@@ -135,3 +136,16 @@ def test_failures_of_deleted_videos_go_and_other_jobs_rows_stay(tmp_path: Path) 
     assert extract(other) == 2 and extract(picks) == 1  # f.mp4 is named: it fails, missing
     assert listed() == {"picked/f.mp4"}
     assert not list(out.glob(".*"))  # no temporaries or claims left
+
+
+def test_a_list_that_does_not_exist_is_an_error_not_a_bad_video(tmp_path: Path, capsys,
+                                                                monkeypatch) -> None:
+    """`spool extract nolist.txt` reported one failed video, "No such video file"."""
+    from spool.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No such list of videos"):
+        collect_inputs(["nolist.txt"])
+    (tmp_path / "bb.json").write_text(json.dumps(tiny_backbone()))
+    assert main(["extract", "nolist.txt", "--out", "o", *tiny_model_args("bb.json")]) == 2
+    assert "error: [Errno 2] No such list of videos: 'nolist.txt'" in capsys.readouterr().err

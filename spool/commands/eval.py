@@ -148,5 +148,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out", help="directory for metrics.json and, clips: "
                         "confusion_matrix.png and predictions.csv (score: probability of the "
-                        "predicted class); frames: ribbons.png and predictions/VIDEO.csv")
+                        "predicted class); frames: ribbons.png and predictions/VIDEO.csv "
+                        "(without it, the metrics are printed and nothing is written)")
     parser.set_defaults(func=run)
