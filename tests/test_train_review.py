@@ -241,7 +241,7 @@ def _two_ranks_one_loader_fails(rank: int, port: int, out: str) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=20))
+                            timeout=datetime.timedelta(seconds=90))
     model = DistributedDataParallel(torch.nn.Linear(8, 8))
 
     def loader():
@@ -297,7 +297,7 @@ def _two_ranks_uneven_batches(rank: int, port: int, out: str) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=20))
+                            timeout=datetime.timedelta(seconds=90))
     with StopSignals() as signals:
         seen = list(until_stopped(range(3 - rank), signals, print, torch.device("cpu")))
     total = torch.tensor([len(seen)])
@@ -332,7 +332,7 @@ def _two_ranks_killed_in_validation(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
                       RANK=str(rank), LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=30))
+                            timeout=datetime.timedelta(seconds=120))
     # 7 items: rank 0 holds 4, rank 1 three; rank 0's last dies, once rank 1 has run out
     Trainer.evaluate = _killed_in_validation(Trainer.evaluate, at=6 if rank == 0 else None,
                                              size=7)
