@@ -9,6 +9,7 @@ run, so ``spool --help`` is quick. A user mistake ends with one line on stderr a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spool {args.command}: terminated (SIGTERM){kept}", file=sys.stderr)
         return 128 + signal.SIGTERM
     except BrokenPipeError:  # `spool eval ... | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else exit flushes
+        with contextlib.suppress(OSError, ValueError):  # stdout may have no descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else exit flushes
         return 128 + signal.SIGPIPE
     # User mistakes, unloadable inputs, and work refused up front for want of memory.
     except (ValueError, OSError, MemoryError) as err:
@@ -97,10 +99,13 @@ def main(argv: list[str] | None = None) -> int:
 def one_line(err: BaseException) -> str:
     """The error's message; for one re-raised from a DataLoader worker, whose message torch
     replaced by the worker's whole traceback, the original message (its last line)."""
-    if isinstance(err, FileExistsError | NotADirectoryError) and err.filename is not None:
-        return (f"{err.filename}: a file is there where a folder is needed"
-                if isinstance(err, FileExistsError) and os.path.isfile(err.filename) else
-                f"{err.filename}: a file in its path stands where a folder is needed")
+    name = getattr(err, "filename", None)
+    if isinstance(err, FileExistsError) and name is not None and not os.path.isdir(name):
+        what = ("a file" if os.path.isfile(name) else "a broken link" if os.path.islink(name)
+                else "something other than a folder")
+        return f"{name}: {what} is there where a folder is needed"
+    if isinstance(err, NotADirectoryError) and name is not None:
+        return f"{name}: a file in its path stands where a folder is needed"
     text = str(err)
     if "\nOriginal Traceback" not in text:
         return text

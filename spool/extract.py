@@ -100,7 +100,11 @@ def load_feature_model(checkpoint: str | None, overrides: dict | None = None, *,
             return model
         if backbone_only and isinstance(model, FrameEncoderModel):  # a cache's backbone/
             spool = Spool(model.config)  # no temporal layers: its backbone is all that runs
-            spool.load_state_dict(model.state_dict(), strict=False)  # the same backbone. keys
+            loaded = spool.load_state_dict(model.state_dict(), strict=False)
+            if loaded.unexpected_keys or any(k.startswith("backbone.")
+                                             for k in loaded.missing_keys):  # else random
+                raise ValueError(f"--checkpoint: {checkpoint}'s frame encoder does not fit a "
+                                 f"Spool backbone ({loaded})")
             return spool
         spool = model if isinstance(model, Spool) else getattr(model, "spool", None)
         if not isinstance(spool, Spool):

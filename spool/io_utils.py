@@ -202,6 +202,14 @@ def looks_like_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
 
 
+def file_location(path: str | os.PathLike) -> str:
+    """Where ``path`` is, however it was typed (relative, ``..``, linked folders): its folder's
+    real path and its own name. A link to the file itself is not followed: in git-annex, DVC
+    or hub snapshots it points at content, and a new version of one video would move it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(folder), name)
+
+
 def file_version(path: str | os.PathLike) -> tuple[int, int] | None:
     """``(size, modification time in ns)`` of ``path``, or None if it cannot be stat'ed: what
     tells an output made from this file from one made from an earlier version of it."""

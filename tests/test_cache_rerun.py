@@ -330,3 +330,29 @@ def test_a_cache_keyed_on_paths_as_typed_is_still_taken(model, tmp_path: Path,
     seen = _decoded(monkeypatch)
     assert build_cache(model, typed_relative(), tmp_path / "c", batch_size=4).reused
     assert seen == []
+
+
+def test_a_video_linked_to_new_content_redoes_its_own_row(model, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    """Videos that are links to content (git-annex, DVC, hub snapshots): a new version of
+    one moves its link. Keying on real paths made that a new cache, every video encoded
+    again; only its row is."""
+    import dataclasses
+    import os
+
+    dataset = _dataset_of_copies(model, tmp_path / "content")
+    (tmp_path / "links").mkdir()
+    links = []
+    for i, sample in enumerate(dataset.samples):
+        links.append(tmp_path / "links" / f"{i}{Path(sample.path).suffix}")
+        links[-1].symlink_to(sample.path)
+    dataset.samples = [dataclasses.replace(s, path=str(link))
+                       for s, link in zip(dataset.samples, links, strict=True)]
+    build_cache(model, dataset, tmp_path / "c", batch_size=4)
+    new = tmp_path / "content" / "new.mp4"
+    shutil.copy(os.path.realpath(links[3]), new)
+    links[3].unlink()
+    links[3].symlink_to(new)
+    seen = _decoded(monkeypatch)
+    summary = build_cache(model, dataset, tmp_path / "c", batch_size=4)
+    assert summary.reused and seen == [3]

@@ -128,7 +128,7 @@ def test_predictions_follow_top_1_where_the_softmax_rounds_into_a_tie():
     ["extract", "data/train.txt", "--out", "OUT"],
     ["cache", "--data", "data/train.txt", "--out", "OUT"],
     ["train", "--train-data", "data/train.txt", "--out-dir", "OUT", "--batch-size", "2"]])
-@pytest.mark.parametrize("out", ["afile", "afile/sub"])
+@pytest.mark.parametrize("out", ["afile", "afile/sub", "alink"])
 def test_an_output_folder_that_is_a_file_is_named(tmp_path: Path, capsys, monkeypatch,
                                                   command: list[str], out: str):
     """Found walking the README through: "[Errno 17] File exists: 'afile'"."""
@@ -137,6 +137,7 @@ def test_an_output_folder_that_is_a_file_is_named(tmp_path: Path, capsys, monkey
     monkeypatch.chdir(tmp_path)
     make_synthetic_dataset(tmp_path / "data", 1, num_frames=4, size=32)
     (tmp_path / "afile").write_text("")
+    (tmp_path / "alink").symlink_to(tmp_path / "gone")  # scratch space not mounted
     tiny = ('backbone_config={"model_type":"dinov2","hidden_size":32,"num_hidden_layers":1,'
             '"num_attention_heads":2,"intermediate_size":64,"patch_size":8,"image_size":32}')
     heads = ("hidden_size=32", "num_attention_heads=2", "num_lookback_heads=1",
@@ -144,8 +145,9 @@ def test_an_output_folder_that_is_a_file_is_named(tmp_path: Path, capsys, monkey
     argv = [out if a == "OUT" else a for a in command] + ["--model", tiny] + [
         flag for field in heads if command[0] == "train" for flag in ("--model", field)]
     err = _error(capsys, argv)
-    expected = ("a file is there where a folder is needed" if out == "afile"
-                else "a file in its path stands where a folder is needed")
+    expected = {"afile": "a file is there where a folder is needed",
+                "afile/sub": "a file in its path stands where a folder is needed",
+                "alink": "a broken link is there where a folder is needed"}[out]
     assert f"error: {out}: {expected}" in err
 
 
@@ -164,3 +166,15 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path):
     reader.stdout.close()  # as head does once it has its line
     assert reader.wait(timeout=120) == 141
     assert reader.stderr.read().decode() == ""
+
+
+def test_a_closed_pipe_without_a_descriptor_still_ends_quietly(monkeypatch, capsys):
+    """Under capture (no real stdout descriptor) the pipe handling itself raised."""
+    import spool.commands.eval as eval_command
+
+    def run(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(eval_command, "run", run)
+    assert main(["eval", "--checkpoint", "x", "--data", "y"]) == 141
+    assert capsys.readouterr().err == ""

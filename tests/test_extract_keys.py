@@ -106,3 +106,23 @@ def test_a_caches_backbone_folder_serves_backbone_only(tmp_path: Path, video: Pa
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     without = [a for a in base if a != "--backbone-only"]
     assert main([*without, "--checkpoint", str(tmp_path / "backbone")]) == 2  # needs it
+
+
+def test_a_frame_encoder_that_does_not_fit_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Keys that do not load would leave a random backbone running: refused."""
+    import torch
+    from conftest import tiny_config
+
+    from spool.extract import load_feature_model
+    from spool.models import pretrained
+    from spool.models.frame_encoder import FrameEncoderModel, save_frame_encoder
+    from spool.models.spool import Spool
+
+    save_frame_encoder(Spool(tiny_config()), tmp_path / "backbone")
+    encoder = pretrained.load_pretrained(tmp_path / "backbone")
+    assert isinstance(encoder, FrameEncoderModel)
+    state = {**encoder.state_dict(), "backbone.extra": torch.zeros(1)}
+    encoder.state_dict = lambda: state
+    monkeypatch.setattr(pretrained, "load_pretrained", lambda path, **kwargs: encoder)
+    with pytest.raises(ValueError, match="does not fit a Spool backbone"):
+        load_feature_model(str(tmp_path / "backbone"), backbone_only=True)

@@ -115,6 +115,10 @@ def test_a_class_only_the_held_out_csv_has_is_listed_in_classes_txt(tmp_path):
     assert names == ["walk", "run"]  # in the file's order, not sorted
     held_out, _ = read_segments_csv(tmp_path / "test.csv", names)
     assert held_out[0].segments == ((0.0, 1.0, 1),)
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")  # another dataset's, in the way
+    with pytest.raises(ValueError, match=f"the classes are \\['cat', 'dog'\\] \\(from "
+                                         f"{tmp_path / 'classes.txt'}\\)"):
+        read_segments_csv(tmp_path / "train.csv")
 
 
 def test_frame_cache_and_video_crops_agree(tmp_path, ntsc_video):

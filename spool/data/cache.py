@@ -55,6 +55,7 @@ from spool.data.token_rows import PartialTokens, RowsToRedo
 from spool.errors import SpoolLoadError
 from spool.io_utils import (
     atomic_write_text,
+    file_location,
     file_version,
     lock_directory,
     refresh_claim,
@@ -141,7 +142,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
         # Which version of each file: not part of the key, so a re-encoded or replaced video
         # costs its own row, not the whole cache.
         meta["sources"] = [file_version(s.path) for s in dataset.samples]
-        done = _complete_cache(out, keys, meta)
+        done = _complete_cache(out, keys, meta, fixed)
         if done is not None:
             cached = read_cache_meta(out)
             writer = RowsToRedo(out / TOKENS_NAME, cached, meta["sources"])
@@ -202,7 +203,7 @@ def _tokens_of(meta: dict, fixed_clips: bool, resolve: bool = True) -> dict:
     """What the tokens depend on: the videos wherever they are (not how their paths were
     typed), not the labels or class names (``cache.json`` is rewritten with new ones), nor
     the seed when it picks nothing (no augmentation: ``fixed_clips``)."""
-    tokens_of = dict(meta, samples=[os.path.realpath(path) if resolve else path
+    tokens_of = dict(meta, samples=[file_location(path) if resolve else path
                                     for path, _ in meta["samples"]], class_names=None)
     if fixed_clips:
         tokens_of["seed"] = None
@@ -220,7 +221,8 @@ def _labels_differ(cached: dict, meta: dict, key: str) -> bool:
             != [label for _, label in meta["samples"]])
 
 
-def _complete_cache(out: Path, keys: set[str], meta: dict) -> CacheSummary | None:
+def _complete_cache(out: Path, keys: set[str], meta: dict, fixed_clips: bool
+                    ) -> CacheSummary | None:
     """A summary of the complete, readable cache in ``out`` made with settings of ``keys``
     (today's, or the key an earlier version gave the same settings)."""
     if not (out / CACHE_META).is_file() or not (out / BACKBONE_DIR).is_dir():
@@ -230,7 +232,7 @@ def _complete_cache(out: Path, keys: set[str], meta: dict) -> CacheSummary | Non
     except (SpoolLoadError, ValueError):
         return None  # damaged: made again
     if cached.meta.get("settings_key") not in keys:
-        theirs, ours = _tokens_of(cached.meta, False), _tokens_of(meta, False)
+        theirs, ours = _tokens_of(cached.meta, fixed_clips), _tokens_of(meta, fixed_clips)
         changed = sorted(k for k in ours if k != "sources" and theirs.get(k) != ours[k])
         logger.info(f"{out}: the cache there was made with other settings "
                     f"({', '.join(changed) or 'an earlier version'}); it stays until the new "

@@ -47,7 +47,12 @@ from spool.data.segmentation import (
     warn_if_labels_disagree,
 )
 from spool.errors import SpoolLoadError
-from spool.io_utils import atomic_save_safetensors, atomic_write_text, read_json
+from spool.io_utils import (
+    atomic_save_safetensors,
+    atomic_write_text,
+    file_location,
+    read_json,
+)
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.long_video import stream_tokens, whole_video_indices
 from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
@@ -83,7 +88,7 @@ class _Keys:
 def _keys(sample: SegmentationSample, settings: dict[str, Any], class_names: list[str]
           ) -> _Keys:
     st = os.stat(sample.video)
-    version = {"video": os.path.realpath(sample.video), "size": st.st_size,
+    version = {"video": file_location(sample.video), "size": st.st_size,
                "mtime_ns": st.st_mtime_ns}
     labels = (None if sample.frame_labels is None
               else hashlib.sha256(np.ascontiguousarray(sample.frame_labels, np.int64)
@@ -113,11 +118,11 @@ def _cached(path: Path, keys: _Keys) -> str | None:
 
 
 def _resolved(source: str | None) -> str | None:
-    """A ``source`` key with its video's real path: the same file however its path was
-    typed (earlier files hold it as typed, relative to the working directory)."""
+    """A ``source`` key with its video's :func:`file_location`: the same file however its
+    path was typed (earlier files hold it as typed, relative to the working directory)."""
     try:
         found = json.loads(source)
-        return json.dumps({**found, "video": os.path.realpath(found["video"])}, sort_keys=True)
+        return json.dumps({**found, "video": file_location(found["video"])}, sort_keys=True)
     except (TypeError, ValueError, KeyError):
         return None
 

@@ -186,9 +186,10 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
             raise ValueError(f"{path}, line {lineno}: expected 0 <= start_s < end_s, got "
                              f"{start}, {end}")
         if row["label"] not in index:
+            whence = (f"from {listed}" if class_names is None else
+                      f"a {CLASSES_NAME} beside the training CSV lists every class, one per line")
             raise ValueError(f"{path}, line {lineno}: unknown class {row['label']!r}; the "
-                             f"classes are {names[:20]} (a {CLASSES_NAME} beside the training "
-                             "CSV lists every class, one per line)")
+                             f"classes are {names[:20]} ({whence})")
         # a.mp4 and ./a.mp4: one video, under the spelling it first had (its name's digest)
         video = spelled.setdefault(os.path.normpath(row["video"]), row["video"])
         per_video.setdefault(video, []).append((start, end, index[row["label"]]))
