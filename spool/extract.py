@@ -37,6 +37,7 @@ from spool.io_utils import (
 )
 from spool.models.frame_classification import FrameClassifier
 from spool.models.frame_encoder import FrameEncoderModel
+from spool.models.long_video import check_memory
 from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
 from spool.tensor_files import (
@@ -204,6 +205,7 @@ class FeatureExtractor:
             check_reader_complete(source, reader, info)
             clips = self.sampler(info.num_frames, info.fps,
                                  timestamps=reader.frame_times())
+            self._check_memory(clips)
             # first_needed[k]: the lowest frame any clip from k on reads.
             first_needed = np.minimum.accumulate([min(c) for c in clips][::-1])[::-1]
             frames: dict[int, torch.Tensor] = {}
@@ -241,6 +243,22 @@ class FeatureExtractor:
         if self.save_features:
             result["features"] = torch.cat(features)
         return result
+
+    def _check_memory(self, clips: list) -> None:
+        """A ``MemoryError`` (this video fails, the job goes on) before decoding when a batch
+        of clips would not fit: a whole long video is one clip for ``fps`` and ``stride``,
+        and its plain forward holds every frame and about 16 frames' worth of hidden state
+        per frame, where an out-of-memory kill would end the whole job."""
+        frames = max(map(len, clips)) * min(self.batch_size, len(clips))
+        config = self.model.config
+        pixels = 3 * 4 * config.image_size ** 2
+        hidden = 4 * config.num_spatial_tokens * config.hidden_size
+        try:
+            check_memory(frames * (pixels + 16 * hidden),
+                         f"{frames} frames through the model at once")
+        except MemoryError as err:
+            raise MemoryError(f"{err}; for a whole video, --per-frame streams it through "
+                              "forward_long") from None
 
     def _write_per_frame(self, source: Path, output: Path, metadata: dict[str, str]) -> None:
         """The whole video in one pass, written chunk by chunk (the full features too)."""
