@@ -191,7 +191,9 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     """Run ``model`` (a :class:`~spool.models.spool.Spool`) over a whole video in one pass.
 
     ``video``: a file path (decoded with ``sampler``; by default at the rate the model was
-    trained at, its ``config.sampling``, else 1 fps: :func:`default_sampler`), or backbone
+    trained at, its ``config.sampling``, else 1 fps: :func:`default_sampler`; a file cut
+    short is read as far as it goes, where ``spool extract`` and ``spool eval`` refuse it:
+    :func:`spool.video.completeness.check_file_complete` first does the same), or backbone
     tokens ``[T, L, D]`` (``[1, T, L, D]`` too). ``chunk_frames`` frames go through each
     temporal layer at a time; ``offload_dir`` keeps the hidden state in a file there instead
     of RAM. With the model on a GPU, ``hidden_on_device`` says whether the hidden state moves

@@ -119,7 +119,7 @@ def evaluate_segmentation(model: FrameClassifier,
                 info = probe_video(sample.video)
                 start = info.start_time
                 warn_if_labels_disagree(sample, info.num_frames, info.duration)
-            except UNREADABLE as err:
+            except (*UNREADABLE, MemoryError) as err:  # one video too long: the rest go on
                 result.skipped.append(skipped_video(i, sample.video, err))
                 report_skipped(result.skipped[-1:], seen)
                 continue

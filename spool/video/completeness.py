@@ -64,7 +64,9 @@ def check_complete(source: Path, num_frames: int, end_s: float | None = None,
         if end < declared - slack:
             what = "frames" if end == end_s else "packets"
             raise VideoDecodeError(f"{source}: truncated: the container declares {declared:.2f} "
-                                   f"s but {what} end at {end:.2f} s")
+                                   f"s but {what} end at {end:.2f} s (or its duration is "
+                                   "wrong: remuxing it, e.g. ffmpeg -i IN -c copy OUT, "
+                                   "writes the right one)")
 
 
 def check_reader_complete(source: Path, reader: VideoReader, info) -> None:
