@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from spool.config import parse_overrides
@@ -64,3 +65,10 @@ def refuse_ignored(args: argparse.Namespace, flags: dict[str, Any], why: str) ->
             value = tuple(value)
         if value != default:
             raise ValueError(f"--{key.replace('_', '-')}: {why}")
+
+
+def refuse_file_for_folder(path: str | None, flag: str) -> None:
+    """A folder flag (``--offload-dir``) naming a file: refused up front, where every video
+    would fail on it."""
+    if path is not None and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag}: {path} is a file, not a folder")

@@ -189,3 +189,23 @@ def test_a_video_too_long_for_memory_is_skipped_in_evaluation(monkeypatch) -> No
     assert result.num_skipped == 1 and len(calls) == 2
     assert [s.error for s in result.skipped] == ["MemoryError"]
     assert list(result.videos) == [samples[1].name]
+
+
+def test_eval_keeps_a_frame_classifiers_hidden_state_on_disk(tmp_path: Path, capsys) -> None:
+    """A video too long for memory was skipped with advice for `spool extract` only: `spool
+    eval` takes --offload-dir (and --chunk-frames), with the same scores."""
+    root = segmentation_data()
+    _, names = read_segments_csv(root / "test.csv")
+    model_dir = tmp_path / "model"
+    SpoolForFrameClassification(**TINY_MODEL, class_names=names).save_pretrained(model_dir)
+    base = ["eval", "--checkpoint", str(model_dir), "--data", str(root / "test.csv"),
+            "--fps", "15", "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--offload-dir", str(tmp_path / "off"),
+                 "--chunk-frames", "8"]) == 0
+    metrics = [json.loads((tmp_path / out / "metrics.json").read_text()) for out in "ab"]
+    assert metrics[0] == pytest.approx(metrics[1])
+    assert (tmp_path / "off").is_dir()  # the hidden state's (unlinked) file was made there
+    capsys.readouterr()
+    assert main([*base, "--offload-dir", str(root / "test.csv")]) == 2
+    assert "--offload-dir: " in capsys.readouterr().err

@@ -14,6 +14,7 @@ from spool.cli_args import (
     nonnegative_int,
     positive_float,
     positive_int,
+    refuse_file_for_folder,
     refuse_ignored,
 )
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cache is not None and args.num_workers is not None:
         raise ValueError("--num-workers: applies to videos (--data); a token cache is read "
                          "in this process")
+    refuse_file_for_folder(args.offload_dir, "--offload-dir")
     if args.out is not None:
         _make_out_dir(args.out)
     if frames:
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 # Flags of one kind of classifier: given for the other kind, they would be ignored.
 CLIP_FLAGS = {"num_frames": None, "frame_stride": None, "num_clips": 1, "batch_size": None,
               "num_workers": None}  # a frame classifier runs each video whole, one by one
-FRAME_FLAGS = {"fps": None, "background": None, "split": None}
+FRAME_FLAGS = {"fps": None, "background": None, "split": None, "chunk_frames": None,
+               "offload_dir": None}
 
 
 def _refuse_ignored(args: argparse.Namespace, frames: bool) -> None:
@@ -98,6 +101,7 @@ def _run_frames(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.cache, split=args.split, fps=args.fps,
         background=None if args.background is None else tuple(args.background),
         overrides=dict(args.model or []), device=args.device, out_dir=args.out,
+        chunk_frames=args.chunk_frames or 32, offload_dir=args.offload_dir,
         on_report=lambda s: print(format_segmentation(s), flush=True), progress=True)
     if args.out and scores["videos"]:
         print(f"\nwrote {args.out}/metrics.json, ribbons.png, predictions/<video>.csv")
@@ -136,6 +140,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--background", nargs="*", metavar="CLASS",
                         help="frame classifiers: classes that are not segments (default: as "
                              "in training; the flag alone: none)")
+    parser.add_argument("--chunk-frames", type=positive_int, default=None,
+                        help="frame classifiers: frames per temporal chunk (default: 32)")
+    parser.add_argument("--offload-dir", metavar="DIR", default=None,
+                        help="frame classifiers: keep each video's hidden state [T+2, L, D] in "
+                             "a file under DIR instead of RAM (videos too long for memory)")
     parser.add_argument("--num-clips", type=positive_int, default=1,
                         help="clips per video, softmax scores averaged (videos only)")
     parser.add_argument("--num-frames", type=positive_int, default=None,

@@ -11,7 +11,12 @@ import time
 from pathlib import Path
 
 from spool import claims
-from spool.cli_args import add_model_argument, positive_float, positive_int
+from spool.cli_args import (
+    add_model_argument,
+    positive_float,
+    positive_int,
+    refuse_file_for_folder,
+)
 
 logger = logging.getLogger("spool.commands.extract")
 
@@ -143,9 +148,7 @@ def check_flags(args: argparse.Namespace, frame_model: bool | None = False) -> N
     if per_frame and args.batch_size != BATCH_SIZE:
         raise ValueError("--batch-size: applies to clips; --per-frame (or a frame classifier "
                          "checkpoint) runs each video whole, --chunk-frames frames at a time")
-    if args.offload_dir is not None and os.path.exists(args.offload_dir) \
-            and not os.path.isdir(args.offload_dir):  # else every video failed on it
-        raise ValueError(f"--offload-dir: {args.offload_dir} is a file, not a folder")
+    refuse_file_for_folder(args.offload_dir, "--offload-dir")
     if args.checkpoint is None:  # nothing from training: the sampler is known already
         build_sampler(args, None, per_frame)
     else:

@@ -75,7 +75,7 @@ def check_memory(needed: int, what: str) -> None:
             f"{what} needs about {needed / GiB:.1f} GiB but {available / GiB:.1f} GiB are "
             "available. Sample fewer frames (a lower fps), pool the patch tokens "
             "(token_pooling), use a smaller chunk_frames, or keep the hidden state on disk "
-            "(offload_dir=..., spool extract --offload-dir)")
+            "(offload_dir=..., spool extract or spool eval --offload-dir)")
 
 
 def _hidden_buffer(shape: tuple[int, ...], offload_dir: str | os.PathLike | None

@@ -86,14 +86,16 @@ def evaluate_segmentation(model: FrameClassifier,
                           sampler: FrameSampler | None = None, background: tuple[int, ...] = (),
                           chunk_frames: int = 32, device: torch.device | str = "cpu",
                           keep: bool = True, progress: bool = False,
-                          iterate: Callable[[Iterable[int]], Iterable[int]] = iter
+                          iterate: Callable[[Iterable[int]], Iterable[int]] = iter,
+                          offload_dir: str | os.PathLike | None = None
                           ) -> SegmentationResult:
     """Score ``model`` on whole videos: a frame cache's, or video files (``sampler`` picks
     their frames). ``keep``: also return every video's predictions (this rank's);
     ``progress``: bars of the videos and of each video file's frames. A video
     file that cannot be read is reported, left out of the metrics and counted
-    (``num_skipped``). ``iterate`` wraps the loop over this rank's videos (training's
-    validation stops on a signal all ranks agree on)."""
+    (``num_skipped``), as is one whose hidden state would not fit in memory (``offload_dir``
+    keeps it in a file there). ``iterate`` wraps the loop over this rank's videos
+    (training's validation stops on a signal all ranks agree on)."""
     was_training = model.training
     model.eval().to(device)
     metrics = SegmentationMetrics(background=background)
@@ -104,7 +106,8 @@ def evaluate_segmentation(model: FrameClassifier,
                           disable=not progress, dynamic_ncols=True)):
         if isinstance(data, FrameTokenDataset):
             item, name = data[i], data.videos[i]["name"]
-            out = model.predict_long(item["tokens"].to(device), chunk_frames=chunk_frames)
+            out = model.predict_long(item["tokens"].to(device), chunk_frames=chunk_frames,
+                                     offload_dir=offload_dir)
             out = out._replace(frame_indices=item.get("frame_indices"),
                                timestamps=item.get("timestamps"))  # the cache's, as a file's
             # Only kept predictions write times (for an older cache, they cost a probe).
@@ -115,7 +118,8 @@ def evaluate_segmentation(model: FrameClassifier,
             try:
                 check_file_complete(Path(sample.video))  # cut short: its labelled tail gone
                 out = model.predict_long(sample.video, sampler=sampler,
-                                         chunk_frames=chunk_frames, progress=progress)
+                                         chunk_frames=chunk_frames, progress=progress,
+                                         offload_dir=offload_dir)
                 info = probe_video(sample.video)
                 start = info.start_time
                 warn_if_labels_disagree(sample, info.num_frames, info.duration)
@@ -224,13 +228,15 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
                               cache: str | None = None, *, split: str | None = None,
                               fps: float | None = None, background: tuple[str, ...] | None = None,
                               overrides: dict[str, Any] | None = None, device: str = "auto",
-                              chunk_frames: int = 32, out_dir: str | os.PathLike | None = None,
+                              chunk_frames: int = 32, offload_dir: str | None = None,
+                              out_dir: str | os.PathLike | None = None,
                               on_report: Callable[[dict[str, Any]], object] | None = None,
                               progress: bool = False) -> dict[str, Any]:
     """Score a saved frame classifier on whole videos: ``data`` (a segments CSV or an MS-TCN
     root with ``split``, by default ``test.split1``, sampled at ``fps`` or as in training)
     or a frame ``cache`` (sampled when it was made: ``fps`` and ``split`` do not apply).
-    ``background``: classes that are not segments (None: those of training). With
+    ``background``: classes that are not segments (None: those of training);
+    ``chunk_frames``, ``offload_dir``: as :meth:`FrameClassifier.predict_long`'s. With
     ``out_dir``: ``metrics.json``, ``ribbons.png`` and ``predictions/<video>.csv``, written
     after ``on_report`` is called with the scores (a failed write does not lose them)."""
     from spool.data.segmentation import read_segmentation
@@ -273,7 +279,7 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
     result = evaluate_segmentation(model, dataset, sampler=sampler,
                                    background=tuple(names.index(b) for b in background),
                                    chunk_frames=chunk_frames, device=resolve_device(device),
-                                   progress=progress)
+                                   progress=progress, offload_dir=offload_dir)
     report = result.report(names, background)
     if on_report is not None:
         on_report(report)
