@@ -3,9 +3,8 @@
 Each output holds ``context [n_clips, 2D]`` (fp32), optionally ``features [n_clips, T+2, L, D]``
 (fp16), ``frame_indices [n_clips, T]`` and ``timestamps [n_clips, T]`` (seconds), with
 metadata: source path (size, modification time), sampler settings, model config hash.
-Outputs are written atomically, so a re-run skips finished videos and redoes any that a killed
-run left half-written. Under ``torchrun`` the sorted inputs are dealt out round-robin over the
-ranks.
+Outputs are written atomically: a re-run skips finished videos and redoes any a killed run left
+half-written. Under ``torchrun`` the sorted inputs are dealt out round-robin over the ranks.
 """
 
 from __future__ import annotations
@@ -37,9 +36,10 @@ from spool.io_utils import (
 )
 from spool.models.frame_classification import FrameClassifier
 from spool.models.frame_encoder import FrameEncoderModel
-from spool.models.long_video import check_memory
+from spool.models.long_video import GiB
 from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
+from spool.runtime import available_memory_bytes
 from spool.tensor_files import (
     StreamedTensor,
     read_safetensors_metadata,
@@ -245,20 +245,22 @@ class FeatureExtractor:
         return result
 
     def _check_memory(self, clips: list) -> None:
-        """A ``MemoryError`` (this video fails, the job goes on) before decoding when a batch
-        of clips would not fit: a whole long video is one clip for ``fps`` and ``stride``,
-        and its plain forward holds every frame and about 16 frames' worth of hidden state
-        per frame, where an out-of-memory kill would end the whole job."""
-        frames = max(map(len, clips)) * min(self.batch_size, len(clips))
-        config = self.model.config
-        pixels = 3 * 4 * config.image_size ** 2
-        hidden = 4 * config.num_spatial_tokens * config.hidden_size
-        try:
-            check_memory(frames * (pixels + 16 * hidden),
-                         f"{frames} frames through the model at once")
-        except MemoryError as err:
-            raise MemoryError(f"{err}; for a whole video, --per-frame streams it through "
-                              "forward_long") from None
+        """A ``MemoryError`` (this video fails; an out-of-memory kill would end the job)
+        before decoding when a batch of clips (a whole video, for ``fps`` and ``stride``)
+        would not fit in RAM: its pixels, and on the CPU about 16 frames' worth of hidden
+        state per frame (backbone tokens alone: 2). On a GPU, running out fails it alone."""
+        frames, config = max(map(len, clips)) * min(self.batch_size, len(clips)), self.model.config
+        needed = frames * 3 * 4 * config.image_size ** 2
+        if self.device.type == "cpu":
+            stack = 0 if self.backbone_only else 14 * self.model.num_temporal_tokens
+            needed += frames * 4 * config.hidden_size * (2 * config.num_spatial_tokens + stack)
+        available = available_memory_bytes()
+        if available is not None and needed > available:
+            raise MemoryError(f"{frames} frames through the model at once need about "
+                              f"{needed / GiB:.1f} GiB but {available / GiB:.1f} GiB are "
+                              "available: sample fewer frames (a lower --fps, a larger "
+                              "--stride)" + ("" if self.backbone_only else ", or use --per-"
+                              "frame, which streams a whole video through forward_long"))
 
     def _write_per_frame(self, source: Path, output: Path, metadata: dict[str, str]) -> None:
         """The whole video in one pass, written chunk by chunk (the full features too)."""

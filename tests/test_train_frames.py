@@ -169,14 +169,22 @@ def test_a_signal_during_validation_stops_it_at_the_next_video(tmp_path: Path,
     assert (state["epoch"], state["history"]) == (0, [])
 
 
-def test_a_video_too_long_for_memory_is_skipped_in_evaluation(monkeypatch) -> None:
+@pytest.mark.parametrize("source", ["videos", "cache"])
+def test_a_video_too_long_for_memory_is_skipped_in_evaluation(tmp_path: Path, monkeypatch,
+                                                               source: str) -> None:
     """One video whose hidden state would not fit ended `spool eval` (exit 2, no metrics for
-    any video); it is skipped and counted as an unreadable one is."""
+    any video); it is skipped and counted as an unreadable one is, from a cache too."""
+    from spool.data.frame_cache import FrameTokenDataset
     from spool.models import long_video
     from spool.train.segmentation_eval import evaluate_segmentation
 
     samples, names = read_segments_csv(segmentation_data() / "test.csv")
     model = SpoolForFrameClassification(**TINY_MODEL, class_names=names).eval()
+    data = samples
+    if source == "cache":
+        build_frame_cache(model, samples, names, tmp_path / "c", FpsSampler(15.0),
+                          dtype="float32")
+        data = FrameTokenDataset(tmp_path / "c")
     calls = []
 
     def first_does_not_fit(needed, what):
@@ -185,7 +193,7 @@ def test_a_video_too_long_for_memory_is_skipped_in_evaluation(monkeypatch) -> No
             raise MemoryError(f"{what} needs about 9.0 GiB but 1.0 GiB are available")
 
     monkeypatch.setattr(long_video, "check_memory", first_does_not_fit)
-    result = evaluate_segmentation(model, samples, sampler=FpsSampler(15.0))
+    result = evaluate_segmentation(model, data, sampler=FpsSampler(15.0))
     assert result.num_skipped == 1 and len(calls) == 2
     assert [s.error for s in result.skipped] == ["MemoryError"]
     assert list(result.videos) == [samples[1].name]

@@ -106,8 +106,13 @@ def evaluate_segmentation(model: FrameClassifier,
                           disable=not progress, dynamic_ncols=True)):
         if isinstance(data, FrameTokenDataset):
             item, name = data[i], data.videos[i]["name"]
-            out = model.predict_long(item["tokens"].to(device), chunk_frames=chunk_frames,
-                                     offload_dir=offload_dir)
+            try:
+                out = model.predict_long(item["tokens"].to(device), chunk_frames=chunk_frames,
+                                         offload_dir=offload_dir)
+            except MemoryError as err:  # one video too long: the rest go on
+                result.skipped.append(skipped_video(i, data.videos[i].get("video", name), err))
+                report_skipped(result.skipped[-1:], seen)
+                continue
             out = out._replace(frame_indices=item.get("frame_indices"),
                                timestamps=item.get("timestamps"))  # the cache's, as a file's
             # Only kept predictions write times (for an older cache, they cost a probe).

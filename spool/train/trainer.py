@@ -333,10 +333,6 @@ class Trainer:
 
     def _fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
-        self.log(f"training {type(self.model).__name__} on {len(self.train_set)} "
-                 f"{'cached token' if self.cached else 'video'} samples, "
-                 f"{self.info.world_size} process(es) on {self.device}, "
-                 f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
         if self.epoch >= cfg.epochs:
             self.log(f"run already finished at step {self.step}; nothing to do", always=True)
             if not ckpt.results_written(self.out, self.step):  # stopped before them
@@ -345,6 +341,10 @@ class Trainer:
         if cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps:
             self.log(f"already at step {self.step} (stop_after_steps): nothing to do", always=True)
             return self.history
+        self.log(f"training {type(self.model).__name__} on {len(self.train_set)} "
+                 f"{'cached token' if self.cached else 'video'} samples, "
+                 f"{self.info.world_size} process(es) on {self.device}, "
+                 f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
         with stopping.StopSignals() as signals:
             self._signals = signals
             while self.epoch < cfg.epochs:
