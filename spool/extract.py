@@ -247,13 +247,13 @@ class FeatureExtractor:
     def _check_memory(self, clips: list) -> None:
         """A ``MemoryError`` (this video fails; an out-of-memory kill would end the job)
         before decoding when a batch of clips (a whole video, for ``fps`` and ``stride``)
-        would not fit in RAM: its pixels, and on the CPU about 16 frames' worth of hidden
-        state per frame (backbone tokens alone: 2). On a GPU, running out fails it alone."""
+        would not fit in RAM: its pixels, and on the CPU about 18 frames' worth of hidden
+        state per frame (backbone tokens alone: 6). On a GPU, running out fails it alone."""
         frames, config = max(map(len, clips)) * min(self.batch_size, len(clips)), self.model.config
         needed = frames * 3 * 4 * config.image_size ** 2
         if self.device.type == "cpu":
-            stack = 0 if self.backbone_only else 14 * self.model.num_temporal_tokens
-            needed += frames * 4 * config.hidden_size * (2 * config.num_spatial_tokens + stack)
+            stack = 0 if self.backbone_only else 12 * self.model.num_temporal_tokens
+            needed += frames * 4 * config.hidden_size * (6 * config.num_spatial_tokens + stack)
         available = available_memory_bytes()
         if available is not None and needed > available:
             raise MemoryError(f"{frames} frames through the model at once need about "

@@ -163,7 +163,7 @@ def test_a_whole_video_clip_that_would_not_fit_fails_that_video_alone(tmp_path, 
     config = tmp_path / "bb.json"
     config.write_text(json.dumps(tiny_backbone()))
     # Room for the short video's 6 frames through the model, not the long one's 60.
-    budget = 20 * (3 * 4 * 32 ** 2 + 16 * 4 * 17 * 24)
+    budget = 20 * (3 * 4 * 32 ** 2 + 18 * 4 * 17 * 24)
     monkeypatch.setattr(extract, "available_memory_bytes", lambda: budget)
     assert main(["extract", str(long), str(short), "--out", str(tmp_path / "o"), "--fps", "10",
                  "--no-progress", *tiny_model_args(config)]) == 1
