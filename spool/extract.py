@@ -36,10 +36,9 @@ from spool.io_utils import (
 )
 from spool.models.frame_classification import FrameClassifier
 from spool.models.frame_encoder import FrameEncoderModel
-from spool.models.long_video import GiB
+from spool.models.long_video import check_memory
 from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
-from spool.runtime import available_memory_bytes
 from spool.tensor_files import (
     StreamedTensor,
     read_safetensors_metadata,
@@ -249,18 +248,16 @@ class FeatureExtractor:
         before decoding when a batch of clips (a whole video, for ``fps`` and ``stride``)
         would not fit in RAM: its pixels, and on the CPU about 18 frames' worth of hidden
         state per frame (backbone tokens alone: 6). On a GPU, running out fails it alone."""
-        frames, config = max(map(len, clips)) * min(self.batch_size, len(clips)), self.model.config
+        frames = max(map(len, clips)) * min(self.batch_size, len(clips))
+        config = self.model.config
         needed = frames * 3 * 4 * config.image_size ** 2
         if self.device.type == "cpu":
             stack = 0 if self.backbone_only else 12 * self.model.num_temporal_tokens
             needed += frames * 4 * config.hidden_size * (6 * config.num_spatial_tokens + stack)
-        available = available_memory_bytes()
-        if available is not None and needed > available:
-            raise MemoryError(f"{frames} frames through the model at once need about "
-                              f"{needed / GiB:.1f} GiB but {available / GiB:.1f} GiB are "
-                              "available: sample fewer frames (a lower --fps, a larger "
-                              "--stride)" + ("" if self.backbone_only else ", or use --per-"
-                              "frame, which streams a whole video through forward_long"))
+        check_memory(needed, f"{frames} frames through the model at once",
+                     "Sample fewer frames (a lower --fps, a larger --stride)" +
+                     ("" if self.backbone_only else ", or use --per-frame, which streams a "
+                      "whole video through forward_long"))
 
     def _write_per_frame(self, source: Path, output: Path, metadata: dict[str, str]) -> None:
         """The whole video in one pass, written chunk by chunk (the full features too)."""

@@ -152,7 +152,7 @@ def test_a_whole_video_clip_that_would_not_fit_fails_that_video_alone(tmp_path, 
     """--fps without --per-frame runs a whole video as one clip through the plain forward,
     every frame held at once: an hour of video was an out-of-memory kill of the whole job.
     It fails that video before decoding, with the way out; a short one still runs."""
-    from spool import extract
+    from spool.models import long_video
     from spool.video import write_video
 
     rng = np.random.default_rng(0)
@@ -164,7 +164,7 @@ def test_a_whole_video_clip_that_would_not_fit_fails_that_video_alone(tmp_path, 
     config.write_text(json.dumps(tiny_backbone()))
     # Room for the short video's 6 frames through the model, not the long one's 60.
     budget = 20 * (3 * 4 * 32 ** 2 + 18 * 4 * 17 * 24)
-    monkeypatch.setattr(extract, "available_memory_bytes", lambda: budget)
+    monkeypatch.setattr(long_video, "available_memory_bytes", lambda: budget)
     assert main(["extract", str(long), str(short), "--out", str(tmp_path / "o"), "--fps", "10",
                  "--no-progress", *tiny_model_args(config)]) == 1
     captured = capsys.readouterr()

@@ -67,15 +67,18 @@ def memory_estimate(num_frames: int, num_tokens: int, hidden_size: int, chunk_fr
     return hidden + 25 * workspace * frame
 
 
-def check_memory(needed: int, what: str) -> None:
-    """A ``MemoryError`` before any work when ``needed`` bytes exceed what is available."""
+LONG_ADVICE = ("Sample fewer frames (a lower fps), pool the patch tokens (token_pooling), use a "
+               "smaller chunk_frames, or keep the hidden state on disk (offload_dir=..., "
+               "spool extract or spool eval --offload-dir)")
+
+
+def check_memory(needed: int, what: str, advice: str = LONG_ADVICE) -> None:
+    """A ``MemoryError`` before any work when ``needed`` bytes exceed what is available; its
+    message ends with ``advice`` (by default :func:`forward_long`'s ways out)."""
     available = available_memory_bytes()
     if available is not None and needed > available:
-        raise MemoryError(
-            f"{what} needs about {needed / GiB:.1f} GiB but {available / GiB:.1f} GiB are "
-            "available. Sample fewer frames (a lower fps), pool the patch tokens "
-            "(token_pooling), use a smaller chunk_frames, or keep the hidden state on disk "
-            "(offload_dir=..., spool extract or spool eval --offload-dir)")
+        raise MemoryError(f"{what} needs about {needed / GiB:.1f} GiB but "
+                          f"{available / GiB:.1f} GiB are available. {advice}")
 
 
 def _hidden_buffer(shape: tuple[int, ...], offload_dir: str | os.PathLike | None

@@ -358,7 +358,7 @@ class Trainer:
                     self.save_checkpoint()  # kept if validation fails; a resume redoes it
                 with stopping.stop_on_failure(signals, self._checkpoint_or_stop):
                     self._end_epoch(time.perf_counter() - start)
-                signum = stopping.agreed_stop(signals.received, self.device)  # in validation
+                signum = stopping.agreed_stop(signals.received, self.device)  # in the epoch's end
                 if signum and self.epoch < cfg.epochs:
                     self._checkpoint_or_stop(signum)
             self.finish()
