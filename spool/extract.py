@@ -194,7 +194,6 @@ class FeatureExtractor:
     @torch.no_grad()
     def features(self, source: Path) -> dict[str, torch.Tensor]:
         """Decode the sampled clips of ``source`` and run the model on them, batch by batch.
-
         Frames are preprocessed as soon as they are decoded and dropped once no remaining
         clip needs them, so sliding windows over a long video hold a window's worth of
         frames at the model's size, not the decoded video.
@@ -211,6 +210,8 @@ class FeatureExtractor:
             times: dict[int, float] = {}
             contexts, features = [], []
             autocast = self._autocast()
+            bar = tqdm(total=len(clips), unit="clip", desc="clips", leave=False,  # of one video
+                       disable=not self.progress or len(clips) <= self.batch_size)
             for start in range(0, len(clips), self.batch_size):
                 batch = clips[start:start + self.batch_size]
                 missing = sorted({i for clip in batch for i in clip} - set(frames))
@@ -234,6 +235,8 @@ class FeatureExtractor:
                 needed = first_needed[rest] if rest < len(clips) else info.num_frames
                 for i in [i for i in frames if i < needed]:
                     del frames[i]
+                bar.update(len(batch))
+            bar.close()
         result = {"frame_indices": torch.tensor(clips, dtype=torch.int64),
                   "timestamps": torch.tensor([[times[i] for i in clip] for clip in clips],
                                              dtype=torch.float64)}

@@ -114,6 +114,17 @@ def test_extract_resumes_and_redoes_half_written(videos, tmp_path, capsys):
     assert "3 extracted, 0 already done" in capsys.readouterr().out
 
 
+def test_many_clips_of_one_video_show_their_own_progress(videos, tmp_path, capsys):
+    """Sliding windows over one long video are the whole job's time: a bar counts its clips
+    (the videos' bar would sit at 0/1)."""
+    root, config = videos
+    assert main(["extract", str(root / "c.avi"), "--out", str(tmp_path / "out"),
+                 *tiny_model_args(config), "--sampler", "sliding", "--clip-len", "4",
+                 "--stride", "2", "--batch-size", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "clips:" in err and "0/9 [" in err  # 20 frames: starts 0, 2, ..., 14 and 16
+
+
 def test_a_video_that_fails_now_loses_its_earlier_output(videos, tmp_path, capsys):
     """A video extracted before, then replaced by a damaged copy: the failure is reported and
     the output of the earlier version removed (it was left for readers of the folder)."""

@@ -114,6 +114,17 @@ def test_no_tensor_beyond_the_hidden_state():
     assert plain.largest >= 4 * hidden.numel()
 
 
+def test_progress_moves_within_each_layer():
+    """A layer over a long video takes minutes: progress comes per chunk of frames, not per
+    layer, and adds up to every frame through every layer."""
+    model, T = _temporal(4, 2, layers=2), 40
+    calls = []
+    stream_temporal_stack(model.temporal, torch.randn(T + 2, L, D), chunk_frames=8,
+                          progress=calls.append)
+    assert sum(calls) == 2 * (T + 2)
+    assert len(calls) == 2 * 6 and max(calls) == 8  # ceil(42 / 8) chunks per layer
+
+
 @pytest.mark.parametrize("device", CUDA_ONLY)
 def test_hidden_state_in_ram_keeps_gpu_memory_to_a_chunk(device, monkeypatch):
     """With the model on a GPU, a hidden state kept in RAM (``hidden_on_device=False``, or

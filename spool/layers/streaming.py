@@ -99,10 +99,10 @@ def _finish(block: TemporalBlock, x: torch.Tensor, attn_out: torch.Tensor) -> to
     return (y + block.mlp(block.norm2(y))).to(x.device)
 
 
-def _stream_layer(block: TemporalBlock, x: torch.Tensor, chunk: int, device: torch.device
-                  ) -> None:
+def _stream_layer(block: TemporalBlock, x: torch.Tensor, chunk: int, device: torch.device,
+                  progress: Callable[[int], None] | None = None) -> None:
     """One block over ``x: [F, L, D]`` in place, ``chunk`` query frames at a time, computed on
-    ``device``."""
+    ``device``; ``progress`` is called with the number of query frames after each chunk."""
     attn = block.attn
     nF, L, _ = x.shape
     H, Hb, w = attn.num_heads, attn.num_lookback_heads, attn.local_frame_range
@@ -152,6 +152,8 @@ def _stream_layer(block: TemporalBlock, x: torch.Tensor, chunk: int, device: tor
         f0, f1 = max(a, 1), min(b, last)
         if f0 < f1:
             x[f0:f1] = _finish(block, x[f0:f1], out[f0 - a:f1 - a])
+        if progress is not None:
+            progress(b - a)
     cache.compute_to(nF)  # the global rows need every frame's keys
     first_out[0, :, :Hb] = back.result().transpose(0, 1)
     last_out[0, :, Hb:] = ahead.result().transpose(0, 1)
@@ -172,16 +174,15 @@ def stream_temporal_stack(stack: TemporalTransformer, hidden: torch.Tensor,
     """``stack(hidden[None])[0]`` computed in place on ``hidden: [T + 2, L, D]`` (context
     frames included), ``chunk_frames`` frames at a time; returns ``hidden``. The stack computes
     on its weights' device; ``hidden`` may be elsewhere (RAM while they are on a GPU), and
-    then only a chunk's workspace is ever on the device. ``progress`` is called with 1 after
-    each layer."""
+    then only a chunk's workspace is ever on the device. ``progress`` is called with the
+    number of frames (of ``T + 2``) after each chunk of each layer: ``T + 2`` per layer, in
+    all ``(T + 2) * num_layers``, so a bar moves within a layer of a long video."""
     if stack.training:
         raise ValueError("stream_temporal_stack: inference only; call model.eval() first")
     check_chunk_frames(chunk_frames)
     device = stack.norm.weight.device
     for block in stack.layers:
-        _stream_layer(block, hidden, chunk_frames, device)
-        if progress is not None:
-            progress(1)
+        _stream_layer(block, hidden, chunk_frames, device, progress)
     for f0 in range(0, hidden.shape[0], chunk_frames):
         chunk = hidden[f0:f0 + chunk_frames]
         hidden[f0:f0 + chunk_frames] = stack.norm(chunk.to(device)).to(hidden.device)

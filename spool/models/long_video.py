@@ -250,8 +250,10 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     if hidden_on_device is None:  # offload_dir is about RAM: a file is read to the device too
         hidden_on_device = hidden_fits_on_device(hidden.numel() * hidden.element_size(), device)
     work = hidden.to(device) if hidden_on_device else hidden
-    layers = tqdm(total=config.num_hidden_layers, unit="layer", desc="temporal",
-                  disable=not progress, leave=False)
+    # Counted in frames through layers: a layer over a long video takes minutes.
+    layers = tqdm(total=config.num_hidden_layers * (num_frames + 2), unit="frame",
+                  desc=f"temporal ({config.num_hidden_layers} layers)", disable=not progress,
+                  leave=False)
     stream_temporal_stack(model.temporal, work, chunk_frames, layers.update)
     layers.close()
     frame_features = torch.cat([c.mean(1).cpu() for c in _chunks(work[1:-1], chunk_frames)])
