@@ -41,7 +41,7 @@ def child(model_key: str, size: str, frames: int, steps: int, threads: int,
     import torch
 
     from spool.config import SpoolConfig
-    from spool.models.frame_classification import frame_classifier_class
+    from spool.models.frame_baselines import frame_classifier_class
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,22 +22,20 @@ import torch
 from tqdm import tqdm
 
 from spool import __version__
-from spool.claims import claim_record, kept_alive, remove_stale_temporaries_in
+from spool.claims import claim_record, kept_alive
 from spool.config import settings_hash
 from spool.extract_inputs import VideoJob
 from spool.io_utils import (
-    CLAIM_SUFFIX,
-    STALE_AFTER_S,
     atomic_save_safetensors,
     file_version,
     merge_failures,
     release_claim,
-    remove_stale_claim,
     try_claim,
 )
 from spool.models.frame_classification import FrameClassifier
 from spool.models.frame_encoder import FrameEncoderModel
 from spool.models.long_video import check_memory
+from spool.models.long_video_state import ResumableHiddenState, resumable_pass
 from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
 from spool.tensor_files import (
@@ -262,12 +261,12 @@ class FeatureExtractor:
                      ("" if self.backbone_only else ", or use --per-frame, which streams a "
                       "whole video through forward_long"))
 
-    def _write_per_frame(self, source: Path, output: Path, metadata: dict[str, str]) -> None:
+    def _write_per_frame(self, source: Path, output: Path, metadata: dict[str, str],
+                         resume: ResumableHiddenState | None) -> None:
         """The whole video in one pass, written chunk by chunk (the full features too)."""
-        check_file_complete(source)
         out = self.model.forward_long(source, sampler=self.sampler,
                                       chunk_frames=self.chunk_frames,
-                                      keep_features=self.save_features,
+                                      keep_features=self.save_features, resume=resume,
                                       offload_dir=self.offload_dir, progress=self.progress)
         T, D = out.frame_features.shape
         tensors = [StreamedTensor("frame_features", torch.float32, (T, D), [out.frame_features]),
@@ -292,17 +291,19 @@ class FeatureExtractor:
 
         with pixel_budget(self.max_pixels):
             autocast = self._autocast()  # --dtype holds for every mode (the metadata says it)
-            if isinstance(self.model, FrameClassifier):
+            if isinstance(self.model, FrameClassifier) or self.per_frame:
                 check_file_complete(job.source)
-                with autocast:
-                    write_frame_predictions(self.model, job.source, job.output, self.sampler,
-                                            metadata, chunk_frames=self.chunk_frames,
-                                            offload_dir=self.offload_dir,
-                                            progress=self.progress)
-                return
-            if self.per_frame:
-                with autocast:
-                    self._write_per_frame(job.source, job.output, metadata)
+                # With --offload-dir an interrupted video goes on where it stopped.
+                with (nullcontext() if self.offload_dir is None else resumable_pass(
+                        self.offload_dir, str(job.output), settings_hash(metadata))) as resume:
+                    with autocast:
+                        if self.per_frame and not isinstance(self.model, FrameClassifier):
+                            self._write_per_frame(job.source, job.output, metadata, resume)
+                            return
+                        write_frame_predictions(
+                            self.model, job.source, job.output, self.sampler, metadata,
+                            chunk_frames=self.chunk_frames, offload_dir=self.offload_dir,
+                            resume=resume, progress=self.progress)
                 return
             tensors = self.features(job.source)
         metadata["num_clips"] = str(len(tensors["frame_indices"]))
@@ -397,24 +398,3 @@ def _remove_outputs(output: Path, keep_main: bool = False) -> None:
 
     for path in (segments_path(output),) if keep_main else (output, segments_path(output)):
         path.unlink(missing_ok=True)
-
-
-def remove_stale_temporaries(out_dir: Path, older_than_s: float = STALE_AFTER_S) -> int:
-    """Delete the temporaries and claims that killed runs left behind; return their number.
-
-    Only Spool's own (``.NAME.spool-HOST-PID-RANDOM.tmp``, a file or an output's folder;
-    ``.NAME.spool-claim``) whose process is gone: exited on this machine and in this PID
-    namespace, or older than ``older_than_s`` from elsewhere. The in-flight files of a job
-    running beside this one, and a user's ``.notes.tmp``, stay.
-    """
-    removed = 0
-    for root, folders, files in os.walk(out_dir):
-        removed += remove_stale_temporaries_in(root, older_than_s)
-        # Never into a temporary folder: another job's, which its writer may remove while it
-        # is listed (rglob raised then).
-        folders[:] = [f for f in folders if not (f.startswith(".") and f.endswith(".tmp"))]
-        for name in files:
-            if (name.startswith(".") and name.endswith(CLAIM_SUFFIX)
-                    and remove_stale_claim(Path(root) / name, older_than_s)):
-                removed += 1
-    return removed

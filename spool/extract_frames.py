@@ -21,6 +21,7 @@ import torch
 from spool.io_utils import atomic_save_safetensors, atomic_write_text
 from spool.metrics.segmentation import to_segments
 from spool.models.frame_classification import FrameClassifier
+from spool.models.long_video_state import ResumableHiddenState
 from spool.video.io import VideoInfo, probe_video
 from spool.video.samplers import FrameSampler
 
@@ -34,10 +35,11 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
                             output: Path, sampler: FrameSampler, metadata: dict[str, str], *,
                             chunk_frames: int = 32,
                             offload_dir: str | os.PathLike | None = None,
+                            resume: ResumableHiddenState | None = None,
                             progress: bool = False) -> None:
     """Predict every sampled frame of ``source`` in one pass and write both files."""
     out = model.predict_long(source, sampler=sampler, chunk_frames=chunk_frames,
-                             offload_dir=offload_dir, progress=progress)
+                             offload_dir=offload_dir, resume=resume, progress=progress)
     probs = out.logits.float().softmax(-1).cpu()
     score, labels = probs.max(-1)
     times = out.timestamps.double()

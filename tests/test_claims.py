@@ -15,7 +15,7 @@ import pytest
 import spool
 from spool import claims
 from spool.claims import claim_path, is_stale_temporary, release_claim, try_claim
-from spool.extract import remove_stale_temporaries
+from spool.commands.extract import remove_stale_temporaries
 
 OLD = time.time() - 7 * 3600  # older than STALE_AFTER_S
 

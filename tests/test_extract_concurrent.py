@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 import spool.io_utils as io_utils
 from spool import Spool, claims
-from spool.extract import FeatureExtractor, remove_stale_temporaries
+from spool.commands.extract import remove_stale_temporaries
+from spool.extract import FeatureExtractor
 from spool.extract_inputs import plan_jobs
 from spool.io_utils import Claim, atomic_path, claim_path, release_claim, try_claim
 from spool.video import make_sampler, write_video

@@ -71,7 +71,7 @@ def test_whole_video_modes_show_progress_within_a_video(tmp_path: Path, classifi
                                                         capsys) -> None:
     """--per-frame and a frame classifier showed only `extract: 0/1` until the video (an hour
     of lecture, say) was done."""
-    from spool.models.frame_classification import FrameProbeForFrameClassification
+    from spool.models.frame_baselines import FrameProbeForFrameClassification
 
     video = _video(tmp_path / "v.mkv", 12)
     probe = FrameProbeForFrameClassification(tiny_config(class_names=["a", "b"])).eval()

@@ -67,7 +67,7 @@ def _sampler(out, name="v"):
 
 @pytest.fixture(scope="module")
 def frame_model(tmp_path_factory):
-    from spool.models.frame_classification import frame_classifier_class
+    from spool.models.frame_baselines import frame_classifier_class
 
     model = frame_classifier_class("linear_probe")(tiny_config(), class_names=["a", "b"])
     model.config.sampling = {"name": "fps", "target_fps": 4.0, "max_frames": None}

@@ -10,9 +10,7 @@ import torch.nn.functional as F
 from conftest import tiny_config
 
 from spool.models.classification import SpoolForVideoClassification
-from spool.models.frame_classification import (
-    SpoolForFrameClassification,
-)
+from spool.models.frame_classification import SpoolForFrameClassification
 from spool.models.pretrained import load_pretrained
 
 NAMES = ["bg", "left", "right"]
@@ -104,7 +102,7 @@ def test_whole_video_prediction_equals_the_plain_forward(tmp_path: Path, name: s
     from a video file; every frame classifier saves and loads through load_pretrained."""
     import numpy as np
 
-    from spool.models.frame_classification import frame_classifier_class
+    from spool.models.frame_baselines import frame_classifier_class
     from spool.video import write_video
     from spool.video.samplers import StrideSampler
 
@@ -138,7 +136,7 @@ def test_whole_video_prediction_equals_the_plain_forward(tmp_path: Path, name: s
 
 
 def test_ms_tcn_is_trained_with_its_own_loss() -> None:
-    from spool.models.frame_classification import MSTCNForFrameClassification
+    from spool.models.frame_baselines import MSTCNForFrameClassification
     from spool.models.temporal_conv import ms_tcn_loss
 
     model = MSTCNForFrameClassification(tiny_config(), class_names=NAMES,
@@ -201,7 +199,7 @@ def test_background_classes_must_be_classes():
 ])
 def test_baselines_check_their_head_config(name: str, head: dict, match: str) -> None:
     """They were TypeErrors from deep inside (MS-TCN) or silently ignored (the probe)."""
-    from spool.models.frame_classification import frame_classifier_class
+    from spool.models.frame_baselines import frame_classifier_class
 
     with pytest.raises(ValueError, match=match):
         frame_classifier_class(name)(tiny_config(head_config=head), class_names=NAMES)

@@ -92,7 +92,7 @@ def test_a_frame_cache_removes_a_killed_runs_half_written_video(tmp_path: Path):
 def test_spool_extract_removes_a_killed_outputs_temporary_folder(tmp_path: Path):
     """Review of my change: an output's temporary is now a folder (safetensors' own file
     inside), which the extraction sweep, taking files only, would have kept."""
-    from spool.extract import remove_stale_temporaries
+    from spool.commands.extract import remove_stale_temporaries
 
     _killed_mid_save(tmp_path / "out" / "sub" / "clip.safetensors")
     assert remove_stale_temporaries(tmp_path / "out") == 1
@@ -106,8 +106,8 @@ def test_the_extraction_sweep_skips_another_jobs_folder_that_vanishes(tmp_path: 
     ``spool extract`` beside another job on the same --out exited 2 at its start."""
     import os
 
-    import spool.extract as extract
     from spool.claims import temporary_sibling
+    from spool.commands.extract import remove_stale_temporaries
 
     live = temporary_sibling(tmp_path / "out" / "sub" / "a.safetensors")  # this process's
     live.mkdir(parents=True)
@@ -120,7 +120,7 @@ def test_the_extraction_sweep_skips_another_jobs_folder_that_vanishes(tmp_path: 
         return real(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    assert extract.remove_stale_temporaries(tmp_path / "out") == 0
+    assert remove_stale_temporaries(tmp_path / "out") == 0
     assert (live / "w").exists()  # a live writer's folder is left alone
 
 

@@ -17,11 +17,11 @@ import spool.models.frame_classification as fcm
 from spool import Spool
 from spool.extract import FeatureExtractor
 from spool.extract_inputs import VideoJob
-from spool.models.frame_classification import (
+from spool.models.frame_baselines import (
     FrameProbeForFrameClassification,
     MSTCNForFrameClassification,
-    SpoolForFrameClassification,
 )
+from spool.models.frame_classification import SpoolForFrameClassification
 from spool.video import write_video
 from spool.video.samplers import StrideSampler, make_sampler
 

@@ -335,7 +335,7 @@ def test_a_fine_tuned_backbones_tokens_and_position_embeddings_are_not_decayed()
         FramePoolingForVideoClassification,
         SpoolForVideoClassification,
     )
-    from spool.models.frame_classification import MSTCNForFrameClassification
+    from spool.models.frame_baselines import MSTCNForFrameClassification
     from spool.train.builders import parameter_groups
 
     for cls in (SpoolForVideoClassification, FramePoolingForVideoClassification,

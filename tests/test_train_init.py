@@ -14,10 +14,8 @@ from train_helpers import TEMPORAL_FIELDS, TINY_MODEL, tiny_video_dataset, train
 from spool.data.cache import build_cache
 from spool.data.dataset import VideoClipDataset, read_annotations
 from spool.models.classification import SpoolForVideoClassification
-from spool.models.frame_classification import (
-    MSTCNForFrameClassification,
-    SpoolForFrameClassification,
-)
+from spool.models.frame_baselines import MSTCNForFrameClassification
+from spool.models.frame_classification import SpoolForFrameClassification
 from spool.train.builders import build_datasets, model_config
 from spool.train.config import TrainConfig
 from spool.train.tasks import TASKS

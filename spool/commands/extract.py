@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 from spool import claims
+from spool.claims import remove_stale_temporaries_in
 from spool.cli_args import (
     add_model_argument,
     positive_float,
     positive_int,
     refuse_file_for_folder,
 )
+from spool.io_utils import CLAIM_SUFFIX, STALE_AFTER_S, remove_stale_claim
 
 logger = logging.getLogger("spool.commands.extract")
 
@@ -162,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         cleanup_distributed,
         setup_distributed,
     )
-    from spool.extract import FeatureExtractor, load_feature_model, remove_stale_temporaries
+    from spool.extract import FeatureExtractor, load_feature_model
     from spool.extract_inputs import VIDEO_EXTENSIONS, covered_by, plan_jobs
     from spool.io_utils import merge_failures
     from spool.models.frame_classification import FrameClassifier
@@ -311,6 +313,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--chunk-frames", type=positive_int,
                    help="--per-frame: frames per temporal chunk (default: 32)")
     g.add_argument("--offload-dir", metavar="DIR",
-                   help="--per-frame: keep the hidden state [T+2, L, D] in a file under DIR "
-                        "instead of RAM")
+                   help="--per-frame: keep the hidden state [T+2, L, D] in files under DIR "
+                        "(twice its size on disk) instead of RAM; a video interrupted there "
+                        "goes on from its last layer done when the command is run again")
     p.set_defaults(func=run)
+
+
+def remove_stale_temporaries(out_dir: Path, older_than_s: float = STALE_AFTER_S) -> int:
+    """Delete the temporaries and claims that killed runs left behind; return their number.
+
+    Only Spool's own (``.NAME.spool-HOST-PID-RANDOM.tmp``, a file or an output's folder;
+    ``.NAME.spool-claim``) whose process is gone: exited on this machine and in this PID
+    namespace, or older than ``older_than_s`` from elsewhere. The in-flight files of a job
+    running beside this one, and a user's ``.notes.tmp``, stay.
+    """
+    removed = 0
+    for root, folders, files in os.walk(out_dir):
+        removed += remove_stale_temporaries_in(root, older_than_s)
+        # Never into a temporary folder: another job's, which its writer may remove while it
+        # is listed (rglob raised then).
+        folders[:] = [f for f in folders if not (f.startswith(".") and f.endswith(".tmp"))]
+        for name in files:
+            if (name.startswith(".") and name.endswith(CLAIM_SUFFIX)
+                    and remove_stale_claim(Path(root) / name, older_than_s)):
+                removed += 1
+    return removed

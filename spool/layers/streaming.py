@@ -170,19 +170,31 @@ def check_chunk_frames(chunk_frames: int) -> None:
 @torch.no_grad()
 def stream_temporal_stack(stack: TemporalTransformer, hidden: torch.Tensor,
                           chunk_frames: int = 32,
-                          progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                          progress: Callable[[int], None] | None = None, *,
+                          start_layer: int = 0,
+                          before_layer: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+                          ) -> torch.Tensor:
     """``stack(hidden[None])[0]`` computed in place on ``hidden: [T + 2, L, D]`` (context
-    frames included), ``chunk_frames`` frames at a time; returns ``hidden``. The stack computes
+    frames included), ``chunk_frames`` frames at a time; returns the result. The stack computes
     on its weights' device; ``hidden`` may be elsewhere (RAM while they are on a GPU), and
     then only a chunk's workspace is ever on the device. ``progress`` is called with the
-    number of frames (of ``T + 2``) after each chunk of each layer: ``T + 2`` per layer, in
-    all ``(T + 2) * num_layers``, so a bar moves within a layer of a long video."""
+    number of frames (of ``T + 2``) after each chunk of each layer: ``T + 2`` per layer, so a
+    bar moves within a layer of a long video. ``start_layer``: ``hidden`` is the state after
+    that many layers (a pass taken up again). ``before_layer(i, x)``, called before layer
+    ``i`` (the number of layers: before the final norm) with the state so far, returns where
+    that layer computes (in place): ``x`` or a copy of it, which the result is then in."""
     if stack.training:
         raise ValueError("stream_temporal_stack: inference only; call model.eval() first")
     check_chunk_frames(chunk_frames)
     device = stack.norm.weight.device
-    for block in stack.layers:
+    for i, block in enumerate(stack.layers):
+        if i < start_layer:
+            continue
+        if before_layer is not None:
+            hidden = before_layer(i, hidden)
         _stream_layer(block, hidden, chunk_frames, device, progress)
+    if before_layer is not None:
+        hidden = before_layer(len(stack.layers), hidden)
     for f0 in range(0, hidden.shape[0], chunk_frames):
         chunk = hidden[f0:f0 + chunk_frames]
         hidden[f0:f0 + chunk_frames] = stack.norm(chunk.to(device)).to(hidden.device)

@@ -5,11 +5,11 @@ from spool.models.classification import (
     SpoolForVideoClassification,
     load_classifier,
 )
-from spool.models.frame_classification import (
+from spool.models.frame_baselines import (
     FrameProbeForFrameClassification,
     MSTCNForFrameClassification,
-    SpoolForFrameClassification,
 )
+from spool.models.frame_classification import SpoolForFrameClassification
 from spool.models.frame_encoder import FrameEncoderModel
 from spool.models.pretrained import SpoolPreTrainedModel, load_pretrained
 from spool.models.spool import Spool, SpoolOutput

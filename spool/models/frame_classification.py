@@ -1,4 +1,4 @@
-"""Per-frame classification (temporal action segmentation): Spool and two baselines.
+"""Per-frame classification (temporal action segmentation): the interface, and Spool's.
 
 Every frame classifier takes decoded video ``[B, T, H, W, 3]`` or cached backbone tokens
 ``[B, T, L, D]``, optional ``labels [B, T]`` (``-100``: no label) and a padding ``mask [B, T]``,
@@ -12,10 +12,8 @@ file or its tokens) in one pass. Saved and loaded like every Spool model (``load
   ``[2D]``: ``Linear(3D, C)``), ``smoothing_weight`` (MS-TCN's truncated-MSE smoothing term
   added to the cross-entropy, as the MS-TCN baseline is trained) and ``refinement_stages``
   (MS-TCN's multi-stage refinement with Spool stages: :class:`SpoolRefinementStage`).
-- :class:`FrameProbeForFrameClassification`: a linear probe on each frame's backbone tokens
-  (averaged): no temporal model.
-- :class:`MSTCNForFrameClassification`: MS-TCN at the field's standard size on the same
-  per-frame features.
+
+The baselines (a linear probe, MS-TCN) are in :mod:`spool.models.frame_baselines`.
 """
 
 from __future__ import annotations
@@ -39,9 +37,10 @@ from spool.models.long_video import (
     stream_tokens,
     whole_video_indices,
 )
-from spool.models.pretrained import SpoolPreTrainedModel, lookup_architecture
+from spool.models.long_video_state import ResumableHiddenState
+from spool.models.pretrained import SpoolPreTrainedModel
 from spool.models.spool import Spool
-from spool.models.temporal_conv import LinearProbe, MultiStageTCN, ms_tcn_loss
+from spool.models.temporal_conv import ms_tcn_loss
 from spool.video.io import VideoReader
 from spool.video.samplers import FrameSampler
 
@@ -189,10 +188,13 @@ class FrameClassifier(SpoolPreTrainedModel):
     def predict_long(self, video: str | os.PathLike | torch.Tensor, *,
                      sampler: FrameSampler | None = None, chunk_frames: int = 32,
                      offload_dir: str | os.PathLike | None = None,
+                     resume: ResumableHiddenState | None = None,
                      progress: bool = False) -> LongPrediction:
         """Logits of every frame of a whole video (a file, decoded with ``sampler``, by
         default at the training rate, ``config.sampling``, else 1 fps; or its tokens
-        ``[T, L, D]``) in one pass, memory linear in its length; ``progress``: bars."""
+        ``[T, L, D]``) in one pass, memory linear in its length; ``progress``: bars.
+        ``offload_dir``, ``resume``: where a temporal stack keeps its hidden state
+        (:meth:`Spool.forward_long`); the baselines keep one feature per frame in RAM."""
         check_long_call(self, "predict_long", chunk_frames)
         tokens = video if isinstance(video, torch.Tensor) else None
         features, indices, stamps = self._long_features(
@@ -355,10 +357,11 @@ class SpoolForFrameClassification(FrameClassifier):
     def predict_long(self, video: str | os.PathLike | torch.Tensor, *,
                      sampler: FrameSampler | None = None, chunk_frames: int = 32,
                      offload_dir: str | os.PathLike | None = None,
+                     resume: ResumableHiddenState | None = None,
                      progress: bool = False) -> LongPrediction:
         out = self.spool.forward_long(video, sampler=sampler or default_sampler(self.config),
                                       chunk_frames=chunk_frames, offload_dir=offload_dir,
-                                      progress=progress)
+                                      resume=resume, progress=progress)
         device = self.classifier.weight.device  # forward_long's outputs are on the CPU
         features = self._head_input(out.frame_features[None].to(device),
                                     out.context[None].to(device))
@@ -366,55 +369,3 @@ class SpoolForFrameClassification(FrameClassifier):
         for stage in self.refinements:  # one token per frame: the whole video at once
             logits = stage(logits)
         return LongPrediction(logits[0].cpu(), out.frame_indices, out.timestamps)
-
-
-class FrameProbeForFrameClassification(FrameClassifier):
-    """Baseline: a linear probe on each frame's backbone tokens (averaged); no temporal model,
-    so a frame is classified from what it shows alone."""
-
-    def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
-                 **kwargs: Any) -> None:
-        super().__init__()
-        self._build(config, {"num_hidden_layers": 0, **kwargs}, with_backbone)
-        if self.config.head_config:
-            raise ValueError(f"head_config: the linear probe takes no settings, got "
-                             f"{sorted(self.config.head_config)}")
-        self.probe = LinearProbe(self.config.hidden_size, len(self.class_names),
-                                 self.config.classifier_dropout)
-
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.probe(features)
-
-    def frame_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return self.head(tokens.mean(dim=2)), None
-
-
-class MSTCNForFrameClassification(FrameClassifier):
-    """Baseline: MS-TCN (4 stages x 10 dilated residual layers, 64 channels, dropout 0.5 by
-    default; ``config.head_config`` may set ``num_stages``, ``num_layers``, ``num_channels``,
-    ``dropout``) on each frame's backbone tokens (averaged), trained with MS-TCN's loss."""
-
-    def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
-                 **kwargs: Any) -> None:
-        super().__init__()
-        self._build(config, {"num_hidden_layers": 0, **kwargs}, with_backbone)
-        self.tcn = MultiStageTCN.from_head_config(self.config.hidden_size,
-                                                  len(self.class_names), self.config.head_config)
-
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.tcn(features)[-1]
-
-    def frame_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        stages = self.tcn(tokens.mean(dim=2))
-        return stages[-1], stages
-
-
-FRAME_ARCHITECTURES: dict[str, type[FrameClassifier]] = {
-    "spool": SpoolForFrameClassification, "linear_probe": FrameProbeForFrameClassification,
-    "ms_tcn": MSTCNForFrameClassification}
-
-
-def frame_classifier_class(name: str) -> type[FrameClassifier]:
-    """The frame classifier for an architecture name (``spool``, ``linear_probe``,
-    ``ms_tcn``, or a class name)."""
-    return lookup_architecture(FRAME_ARCHITECTURES, name, "frame classification")

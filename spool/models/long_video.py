@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from spool.layers.streaming import check_chunk_frames, stream_temporal_stack
+from spool.models.long_video_state import ResumableHiddenState
 from spool.runtime import available_memory_bytes
 from spool.validation import check_tokens
 from spool.video.io import VideoReader
@@ -157,17 +158,20 @@ def stream_tokens(model, reader: VideoReader, indices: list[int]
 
 
 def _encode_video(model, reader: VideoReader, indices: list[int], hidden: torch.Tensor,
-                  bar: tqdm | None) -> np.ndarray:
-    """Encode ``indices`` chunk by chunk into ``hidden[1:-1]``; returns their timestamps."""
-    times, done = [], 0
-    for tokens, stamps in stream_tokens(model, reader, indices):
+                  times: np.ndarray, bar: tqdm | None, start: int = 0,
+                  on_chunk: Callable[[int], None] | None = None) -> None:
+    """Encode ``indices[start:]`` chunk by chunk into ``hidden[1 + start:-1]`` and their
+    timestamps into ``times[start:]``; ``on_chunk(frames done)`` after each chunk."""
+    done = start
+    for tokens, stamps in stream_tokens(model, reader, indices[start:]):
         tokens = model.merge_tokens(tokens)
         hidden[1 + done:1 + done + len(tokens)] = tokens.to(hidden.device, torch.float32)
+        times[done:done + len(tokens)] = stamps
         done += len(tokens)
-        times.append(stamps)
         if bar is not None:
             bar.update(len(tokens))
-    return np.concatenate(times)
+        if on_chunk is not None:
+            on_chunk(done)
 
 
 def hidden_fits_on_device(num_bytes: int, device: torch.device) -> bool:
@@ -189,8 +193,8 @@ def _chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
 def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
                  sampler: FrameSampler | None = None, chunk_frames: int = 32,
                  keep_features: bool = False, offload_dir: str | os.PathLike | None = None,
-                 hidden_on_device: bool | None = None, progress: bool = False
-                 ) -> LongVideoOutput:
+                 hidden_on_device: bool | None = None, progress: bool = False,
+                 resume: ResumableHiddenState | None = None) -> LongVideoOutput:
     """Run ``model`` (a :class:`~spool.models.spool.Spool`) over a whole video in one pass.
 
     ``video``: a file path (decoded with ``sampler``; by default at the rate the model was
@@ -202,8 +206,10 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     of RAM. With the model on a GPU, ``hidden_on_device`` says whether the hidden state moves
     there whole (faster) or stays in RAM / its file with one chunk at a time on the device
     (device memory bounded whatever the length); None: whole when it takes at most half the
-    device's free memory. A ``MemoryError`` comes before any
-    work when the estimate exceeds what is free.
+    device's free memory. A ``MemoryError`` comes before any work when the estimate exceeds
+    what is free. ``resume``: the hidden state lives in its folder instead (twice, on disk),
+    and a pass interrupted there goes on from the last chunk of frames encoded or layer done;
+    the caller removes the folder once the result is kept.
     """
     check_long_call(model, "forward_long", chunk_frames)
     config = model.config
@@ -226,22 +232,35 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
             raise
         num_frames = len(indices)
     needed = memory_estimate(num_frames, L, D, chunk_frames, config.local_frame_range,
-                             offload=offload_dir is not None)
+                             offload=offload_dir is not None or resume is not None)
     try:
         check_memory(needed, f"forward_long over {num_frames} frames ([{num_frames + 2}, {L}, "
                              f"{D}] fp32 hidden state)")
-        hidden = _hidden_buffer((num_frames + 2, L, D), offload_dir)
-        hidden[0] = model.context_frames.start.detach().float().cpu()
-        hidden[-1] = model.context_frames.end.detach().float().cpu()
-        bar = tqdm(total=num_frames, unit="frame", desc="encode", disable=not progress,
-                   leave=False)
+        if resume is not None:
+            hidden = resume.open((num_frames + 2, L, D)).hidden
+        else:
+            hidden = _hidden_buffer((num_frames + 2, L, D), offload_dir)
+        done = 0 if resume is None else resume.encoded
+        if done == 0:
+            hidden[0] = model.context_frames.start.detach().float().cpu()
+            hidden[-1] = model.context_frames.end.detach().float().cpu()
+        bar = tqdm(total=num_frames, initial=done, unit="frame", desc="encode",
+                   disable=not progress, leave=False)
+        on_chunk = None if resume is None else resume.commit_encoded
         timestamps = None
         if reader is not None:
-            timestamps = _encode_video(model, reader, indices, hidden, bar)
+            times = np.empty(num_frames) if resume is None else resume.timestamps
+            if done < num_frames:
+                _encode_video(model, reader, indices, hidden, times, bar, done, on_chunk)
+            timestamps = np.array(times)  # not a view of a file that goes with the state
         else:
-            for start in range(0, num_frames, chunk_frames):  # merged a chunk at a time
+            for start in range(done, num_frames, chunk_frames):  # merged a chunk at a time
                 chunk = model.merge_tokens(tokens[start:start + chunk_frames])
                 hidden[1 + start:1 + start + len(chunk)] = chunk.to("cpu", torch.float32)
+                if on_chunk is not None:
+                    on_chunk(start + len(chunk))
+        if resume is not None and done < num_frames:
+            resume.commit_encoded(num_frames, force=True)
         bar.close()
     finally:
         if reader is not None:
@@ -250,19 +269,24 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     if hidden_on_device is None:  # offload_dir is about RAM: a file is read to the device too
         hidden_on_device = hidden_fits_on_device(hidden.numel() * hidden.element_size(), device)
     work = hidden.to(device) if hidden_on_device else hidden
+    first = 0 if resume is None else resume.layers_done
     # Counted in frames through layers: a layer over a long video takes minutes.
-    layers = tqdm(total=config.num_hidden_layers * (num_frames + 2), unit="frame",
+    layers = tqdm(total=(config.num_hidden_layers - first) * (num_frames + 2), unit="frame",
                   desc=f"temporal ({config.num_hidden_layers} layers)", disable=not progress,
                   leave=False)
-    stream_temporal_stack(model.temporal, work, chunk_frames, layers.update)
+    work = stream_temporal_stack(model.temporal, work, chunk_frames, layers.update,
+                                 start_layer=first,
+                                 before_layer=None if resume is None else resume.before_layer)
     layers.close()
     frame_features = torch.cat([c.mean(1).cpu() for c in _chunks(work[1:-1], chunk_frames)])
     context = torch.cat((work[0].mean(0), work[-1].mean(0))).cpu()
-    if keep_features and work is not hidden:  # back into the (offloaded) buffer, not RAM
+    features = work
+    if keep_features and work.device != hidden.device:  # back to RAM or the file, not a copy
+        features = hidden if resume is None else resume.free  # (not the recorded state)
         for start in range(0, len(work), chunk_frames):
-            hidden[start:start + chunk_frames] = work[start:start + chunk_frames].cpu()
+            features[start:start + chunk_frames] = work[start:start + chunk_frames].cpu()
     return LongVideoOutput(
         frame_features, context,
         None if indices is None else torch.tensor(indices, dtype=torch.int64),
         None if timestamps is None else torch.from_numpy(timestamps),
-        hidden if keep_features else None)
+        features if keep_features else None)

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 def model_class(cfg: TrainConfig) -> type:
     """The class of model the run trains (its task's ``architecture``)."""
     if cfg.task == "frames":
-        from spool.models.frame_classification import frame_classifier_class
+        from spool.models.frame_baselines import frame_classifier_class
         return frame_classifier_class(cfg.architecture)
     return classifier_class(cfg.architecture)
 

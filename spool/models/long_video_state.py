@@ -1,0 +1,180 @@
+"""A long video's hidden state kept on disk between runs, so that an interrupted pass goes on.
+
+``forward_long`` over hours of video spends its time encoding frames with the backbone, then in
+each temporal layer. With a :class:`ResumableHiddenState` the hidden state ``[T + 2, L, D]``
+lives in two files in a folder, and a record (``state.json``, replaced atomically once the data
+it describes is on disk) says how far the pass got: how many frames are encoded (into buffer
+0), then how many temporal layers are done and which buffer holds their output. Each layer
+runs on a copy in the other buffer, so the last finished state is never written over: an
+interruption loses at most the layer, or the last half-minute of encoding, in progress. The
+record's ``key`` names what the state depends on (the video's version, the weights, the
+settings); a folder holding another key, or another shape, is emptied and started afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spool.io_utils import atomic_write_text
+
+RECORD_NAME = "state.json"
+COMMIT_EVERY_S = 30.0  # encoding progress is recorded at most this often (each commit syncs)
+
+
+class ResumableHiddenState:
+    """The hidden state of one pass in ``folder``, valid for ``key``; :meth:`open` it with the
+    pass's shape ``(T + 2, L, D)``. Its disk use is twice the hidden state's (fp32)."""
+
+    def __init__(self, folder: str | os.PathLike, key: str) -> None:
+        self.folder = Path(folder)
+        self.key = key
+        self.record: dict = {}
+        self.buffers: list[torch.Tensor] = []
+        self._arrays: list[np.memmap] = []
+        self._last_commit = time.monotonic()
+
+    def open(self, shape: tuple[int, int, int]) -> ResumableHiddenState:
+        """Take up the folder's state when it is this key's and shape's, else start afresh."""
+        shape = tuple(int(n) for n in shape)
+        names = ("hidden0.f32", "hidden1.f32", "timestamps.f64")
+        sizes = (4 * int(np.prod(shape)),) * 2 + (8 * (shape[0] - 2),)
+        record = self._read_record()
+        fresh = (record is None or record.get("key") != self.key
+                 or tuple(record.get("shape", ())) != shape
+                 or any(not _has_size(self.folder / n, s) for n, s in zip(names, sizes,
+                                                                           strict=True)))
+        if fresh:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+            record = {"key": self.key, "shape": list(shape), "encoded": 0, "layers": 0,
+                      "current": 0}
+        self.record = record
+        mode = "w+" if fresh else "r+"
+        self._arrays = [np.memmap(self.folder / names[0], np.float32, mode, shape=shape),
+                        np.memmap(self.folder / names[1], np.float32, mode, shape=shape),
+                        np.memmap(self.folder / names[2], np.float64, mode,
+                                  shape=(shape[0] - 2,))]
+        self.buffers = [torch.from_numpy(a) for a in self._arrays[:2]]
+        if fresh:
+            self._write_record()
+        return self
+
+    @property
+    def encoded(self) -> int:
+        """Frames whose tokens are in buffer 0 (in order, from the first)."""
+        return int(self.record["encoded"])
+
+    @property
+    def layers_done(self) -> int:
+        """Temporal layers done (the number of layers, then the final norm follows)."""
+        return int(self.record["layers"])
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        """The buffer that holds the last finished state."""
+        return self.buffers[self.record["current"]]
+
+    @property
+    def free(self) -> torch.Tensor:
+        """The other buffer: work in progress, if anything."""
+        return self.buffers[1 - self.record["current"]]
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """``[T]`` seconds of the encoded frames (the rest is not written yet)."""
+        return self._arrays[2]
+
+    def commit_encoded(self, frames: int, force: bool = False) -> None:
+        """Record that the first ``frames`` frames are encoded (every half minute or so)."""
+        if force or time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
+            self._sync(self._arrays[0], self._arrays[2])
+            self.record["encoded"] = int(frames)
+            self._write_record()
+            self._last_commit = time.monotonic()
+
+    def before_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Called before temporal layer ``layer`` (the number of layers: before the final norm)
+        with ``x``, the state after the layers before it. Records that state, the first time,
+        and returns where the layer computes in place: a copy in the other buffer when ``x`` is
+        one of them, else ``x`` itself (on a device), whose state is copied to disk."""
+        index = next((i for i, b in enumerate(self.buffers) if _same(b, x)), None)
+        if index is None:  # the state is on a device: the free buffer takes a copy of it
+            if layer > self.layers_done:
+                index = 1 - self.record["current"]
+                _copy(x, self.buffers[index])
+                self._commit_layer(layer, index)
+            return x
+        if layer > self.layers_done:
+            self._commit_layer(layer, index)
+        target = self.buffers[1 - index]
+        _copy(x, target)
+        return target
+
+    def remove(self) -> None:
+        """Delete the folder (the pass's output is written, or the video failed)."""
+        self._arrays, self.buffers = [], []
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _commit_layer(self, layer: int, index: int) -> None:
+        self._sync(self._arrays[index])
+        self.record.update(layers=int(layer), current=int(index))
+        self._write_record()
+
+    @staticmethod
+    def _sync(*arrays: np.memmap) -> None:
+        for array in arrays:
+            array.flush()
+
+    def _read_record(self) -> dict | None:
+        try:
+            record = json.loads((self.folder / RECORD_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _write_record(self) -> None:
+        atomic_write_text(self.folder / RECORD_NAME, json.dumps(self.record, sort_keys=True))
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.device == b.device and a.data_ptr() == b.data_ptr() and a.shape == b.shape
+
+
+def _copy(src: torch.Tensor, dst: torch.Tensor, frames: int = 64) -> None:
+    """``dst[:] = src``, a few frames at a time (either may be a file or on a device)."""
+    for start in range(0, src.shape[0], frames):
+        dst[start:start + frames] = src[start:start + frames].to(dst.device)
+
+
+@contextmanager
+def resumable_pass(folder: str | os.PathLike, name: str, key: str
+                   ) -> Iterator[ResumableHiddenState]:
+    """The state of the pass called ``name`` (an output's path) in ``folder`` (in a hidden
+    folder named by its digest), valid for ``key``. Removed when the block ends or raises an
+    error (its result is kept, or its input is bad); kept when it is interrupted (Ctrl-C, a
+    termination signal's exception), for the same pass to go on from."""
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    state = ResumableHiddenState(Path(folder) / f".spool-resume-{digest}", key)
+    try:
+        yield state
+    except Exception:
+        state.remove()
+        raise
+    state.remove()

@@ -1,0 +1,159 @@
+"""A long pass interrupted with its hidden state on disk goes on where it stopped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+import spool.layers.streaming as streaming
+import spool.models.long_video as long_video
+import spool.models.long_video_state as long_video_state
+from spool import Spool
+from spool.models.long_video_state import ResumableHiddenState
+from spool.video import write_video
+from spool.video.samplers import StrideSampler
+
+TOKENS = dict(hidden_size=24, num_spatial_tokens=5)
+
+
+def _interrupt_layer(monkeypatch, at: int) -> list[int]:
+    """Make the ``at``-th call of a layer (counting from 0) raise KeyboardInterrupt halfway
+    through (after writing garbage into its buffer, as a killed layer leaves it), once;
+    returns the list that records each call's block."""
+    calls: list[int] = []
+    real, interrupted = streaming._stream_layer, []
+
+    def layer(block, x, *args, **kwargs):
+        calls.append(id(block))
+        if len(calls) - 1 == at and not interrupted:
+            interrupted.append(True)
+            x[len(x) // 2:] = 1e6
+            raise KeyboardInterrupt
+        return real(block, x, *args, **kwargs)
+
+    monkeypatch.setattr(streaming, "_stream_layer", layer)
+    return calls
+
+
+@pytest.mark.parametrize("at", [0, 1, 2])  # in the first, the middle, the last layer
+def test_a_pass_interrupted_in_a_layer_goes_on_from_the_last_finished_one(
+        tmp_path, monkeypatch, at):
+    model = Spool(tiny_config(num_hidden_layers=3, local_frame_range=2, **TOKENS),
+                  with_backbone=False).eval()
+    tokens = torch.randn(23, model.config.num_spatial_tokens, model.config.hidden_size)
+    want = model.forward_long(tokens, chunk_frames=4, keep_features=True)
+    calls = _interrupt_layer(monkeypatch, at)
+    with pytest.raises(KeyboardInterrupt):
+        model.forward_long(tokens, chunk_frames=4,
+                           resume=ResumableHiddenState(tmp_path / "state", "k"))
+    record = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert record["encoded"] == 23 and record["layers"] == at
+    calls.clear()
+    got = model.forward_long(tokens, chunk_frames=4, keep_features=True,
+                             resume=ResumableHiddenState(tmp_path / "state", "k"))
+    assert len(calls) == 3 - at  # the layers done before are not run again
+    torch.testing.assert_close(got.features, want.features, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.context, want.context, atol=1e-5, rtol=1e-5)
+
+
+def test_another_key_starts_afresh(tmp_path, monkeypatch):
+    """What the state depends on changed (the weights, the video, the settings): its folder
+    is emptied and the pass starts from the first frame."""
+    model = Spool(tiny_config(num_hidden_layers=2, **TOKENS), with_backbone=False).eval()
+    tokens = torch.randn(9, model.config.num_spatial_tokens, model.config.hidden_size)
+    calls = _interrupt_layer(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        model.forward_long(tokens, resume=ResumableHiddenState(tmp_path / "s", "old"))
+    (tmp_path / "s" / "stray").write_text("x")
+    other = torch.randn_like(tokens)
+    calls.clear()
+    got = model.forward_long(other, resume=ResumableHiddenState(tmp_path / "s", "new"))
+    assert len(calls) == 2 and not (tmp_path / "s" / "stray").exists()
+    monkeypatch.undo()
+    torch.testing.assert_close(got.context, model.forward_long(other).context)
+
+
+def test_an_interrupted_encoding_goes_on_from_the_last_chunk_recorded(tmp_path, monkeypatch):
+    """Frames encoded before the interruption (recorded every COMMIT_EVERY_S) are not decoded
+    or encoded again; the result and timestamps are an uninterrupted pass's."""
+    model = Spool(tiny_config(num_hidden_layers=2, backbone_chunk_size=4)).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "v.mkv", frames, fps=10, codec="ffv1")
+    sampler = StrideSampler(1)
+    want = model.forward_long(path, sampler=sampler, chunk_frames=4)
+    monkeypatch.setattr(long_video_state, "COMMIT_EVERY_S", 0.0)
+    real, asked = long_video.stream_tokens, []
+
+    def stream(model, reader, indices):  # the first pass stops after 3 chunks (12 frames)
+        asked.append(len(indices))
+        for n, chunk in enumerate(real(model, reader, indices)):
+            if n == 3 and len(asked) == 1:
+                raise KeyboardInterrupt
+            yield chunk
+
+    monkeypatch.setattr(long_video, "stream_tokens", stream)
+    with pytest.raises(KeyboardInterrupt):
+        model.forward_long(path, sampler=sampler, chunk_frames=4,
+                           resume=ResumableHiddenState(tmp_path / "s", "k"))
+    got = model.forward_long(path, sampler=sampler, chunk_frames=4,
+                             resume=ResumableHiddenState(tmp_path / "s", "k"))
+    assert asked == [30, 18]  # the second pass decodes the 18 frames not yet recorded
+    torch.testing.assert_close(got.context, want.context, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.frame_features, want.frame_features, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got.timestamps, want.timestamps)
+    assert torch.equal(got.frame_indices, want.frame_indices)
+
+
+def test_a_state_held_elsewhere_is_copied_to_disk_before_each_layer(tmp_path):
+    """A hidden state on a GPU computes in place there; before each layer its state goes into
+    the buffer not recorded, then the record names it (here: a RAM tensor stands in)."""
+    state = ResumableHiddenState(tmp_path / "s", "k").open((5, 2, 3))
+    on_device = torch.randn(5, 2, 3)
+    assert state.before_layer(0, on_device) is on_device and state.layers_done == 0
+    assert state.before_layer(1, on_device) is on_device
+    assert state.layers_done == 1 and torch.equal(state.hidden, on_device)
+    assert state.hidden.data_ptr() == state.buffers[1].data_ptr()
+    reopened = ResumableHiddenState(tmp_path / "s", "k").open((5, 2, 3))
+    assert reopened.layers_done == 1 and torch.equal(reopened.hidden, on_device)
+
+
+def test_spool_extract_per_frame_goes_on_with_the_video_it_was_interrupted_in(
+        tmp_path, monkeypatch, capsys):
+    """An hour of video is hours of work: with --offload-dir, a run stopped in a layer keeps
+    the layers done, the same command goes on from there, and the state is removed once the
+    output is written (a video that fails removes it too)."""
+    import json as json_
+
+    from conftest import tiny_backbone, tiny_model_args
+    from safetensors.torch import load_file
+
+    from spool.cli import main
+
+    frames = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "v.mp4", frames, fps=10, codec="libx264")
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    (tmp_path / "backbone.json").write_text(json_.dumps(tiny_backbone()))
+    flags = [*tiny_model_args(tmp_path / "backbone.json"), "--no-progress", "--per-frame",
+             "--stride", "1", "--chunk-frames", "4", "--model", "num_hidden_layers=2"]
+    assert main(["extract", str(video), *flags, "--out", str(tmp_path / "plain")]) == 0
+    scratch = tmp_path / "scratch"
+    run = ["extract", str(tmp_path / "bad.mp4"), str(video), *flags, "--out",
+           str(tmp_path / "out"), "--offload-dir", str(scratch)]
+    assert main(run) == 1 and not list(scratch.iterdir())  # bad.mp4 failed, v.mp4 done
+    (tmp_path / "out" / "v.safetensors").unlink()
+    calls = _interrupt_layer(monkeypatch, 1)  # in the second of 2 layers
+    capsys.readouterr()
+    assert main(run) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert [p.name.startswith(".spool-resume-") for p in scratch.iterdir()] == [True]
+    calls.clear()
+    assert main(run) == 1  # bad.mp4 fails again; v.mp4 goes on from its first layer's end
+    assert len(calls) == 1 and not list(scratch.iterdir())
+    got, want = load_file(tmp_path / "out" / "v.safetensors"), load_file(
+        tmp_path / "plain" / "v.safetensors")
+    for name in ("frame_features", "context", "timestamps", "frame_indices"):
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-5)
