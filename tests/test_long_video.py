@@ -41,6 +41,32 @@ def test_chunked_forward_equals_plain_forward(T, w, lookback, chunk):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype,T,tokens", [(torch.bfloat16, 6000, 17),
+                                            (torch.float16, 300, 257)])
+def test_under_autocast_the_long_pass_is_as_close_as_the_plain_forward(dtype, T, tokens):
+    """The context frames' attention over every frame is summed over chunks: a float16 sum
+    over T * L > 65504 keys overflowed (context off by 0.2 where the plain forward's autocast
+    error is 1e-5), and a bfloat16 one drifted with T. Both now accumulate in float32."""
+    torch.manual_seed(0)
+    config = tiny_config(num_hidden_layers=1, num_attention_heads=2, num_lookback_heads=1,
+                         num_lookahead_heads=1, local_frame_range=2, hidden_size=16,
+                         num_spatial_tokens=tokens)
+    model = Spool(config, with_backbone=False).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(1, T, tokens, 16)
+    with torch.no_grad():
+        want = model.forward_tokens(x)
+        with torch.autocast("cpu", dtype=dtype):
+            plain = model.forward_tokens(x)
+            long = model.forward_long(x[0], keep_features=True)
+    for name in ("context", "features"):
+        plain_err = (getattr(plain, name)[0].float() - getattr(want, name)[0]).abs().max()
+        long_err = (getattr(long, name).float() - getattr(want, name)[0]).abs().max()
+        assert long_err <= 2 * plain_err + 1e-4, (name, float(long_err), float(plain_err))
+
+
 def test_video_file_streams_through_backbone_and_stack(tmp_path):
     model = Spool(tiny_config(num_hidden_layers=2, local_frame_range=3)).eval()
     frames = np.random.default_rng(0).integers(0, 256, (45, 40, 56, 3), dtype=np.uint8)

@@ -23,25 +23,28 @@ from spool.layers.transformer import TemporalBlock, TemporalTransformer
 
 
 class _GlobalRow:
-    """Attention of one context frame's queries over every frame, accumulated over chunks."""
+    """Attention of one context frame's queries over every frame, accumulated over chunks in
+    float32 whatever the compute dtype: under autocast a float16 sum over every frame's keys
+    overflows (T * L terms up to 1), and a bfloat16 one drops the late chunks' share."""
 
     def __init__(self, q: torch.Tensor) -> None:  # q: [G, L, hd]
-        self.q = q * q.shape[-1] ** -0.5
-        self.max = q.new_full(q.shape[:2], float("-inf"))
-        self.sum = q.new_zeros(q.shape[:2])
-        self.acc = torch.zeros_like(q)
+        self.q = q.float() * q.shape[-1] ** -0.5
+        self.max = self.q.new_full(q.shape[:2], float("-inf"))
+        self.sum = self.q.new_zeros(q.shape[:2])
+        self.acc = torch.zeros_like(self.q)
 
     def add(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Fold in keys and values ``[G, n, L, hd]`` of ``n`` more frames."""
         if self.q.shape[0] == 0:
             return
-        k, v = k.flatten(1, 2), v.flatten(1, 2)
-        scores = self.q @ k.transpose(-1, -2)  # [G, L, n * L]
-        new_max = torch.maximum(self.max, scores.amax(-1))
-        p = torch.exp(scores - new_max[..., None])
-        rescale = torch.exp(self.max - new_max)
-        self.sum = self.sum * rescale + p.sum(-1)
-        self.acc = self.acc * rescale[..., None] + p @ v
+        with torch.autocast(k.device.type, enabled=False):
+            k, v = k.flatten(1, 2).float(), v.flatten(1, 2).float()
+            scores = self.q @ k.transpose(-1, -2)  # [G, L, n * L]
+            new_max = torch.maximum(self.max, scores.amax(-1))
+            p = torch.exp(scores - new_max[..., None])
+            rescale = torch.exp(self.max - new_max)
+            self.sum = self.sum * rescale + p.sum(-1)
+            self.acc = self.acc * rescale[..., None] + p @ v
         self.max = new_max
 
     def result(self) -> torch.Tensor:
