@@ -47,6 +47,10 @@ def test_loss_ignores_minus_100() -> None:
         model(tokens=tokens, labels=torch.full((2, 6), 3))
     with pytest.raises(ValueError, match=r"labels: expected an integer tensor of shape \(2, 6\)"):
         model(tokens=tokens, labels=labels[:, :5])
+    with pytest.raises(ValueError, match=r"shape \(2, 6\), got list"):  # not AttributeError
+        model(tokens=tokens, labels=labels.tolist())
+    with pytest.raises(ValueError, match=r"mask: expected a bool tensor .*, got list"):
+        model(tokens=tokens, mask=[[True] * 6] * 2)
 
 
 def test_padded_videos_score_as_they_do_alone() -> None:

@@ -163,3 +163,18 @@ def test_a_legacy_checkpoint_keeps_its_clip_sampling(saved: Path, tmp_path: Path
         assert sampling is None
     else:
         assert {k: sampling[k] for k in expected} == expected
+
+
+def test_a_checkpoint_saved_without_its_backbone_says_so(tmp_path):
+    """A model loaded with with_backbone=False keeps its backbone_config, so its checkpoint
+    looked whole and loading it listed 'missing tensors backbone.model...' without a word of
+    what to do."""
+    from spool import Spool
+    from spool.errors import CheckpointMismatchError
+
+    Spool(tiny_config()).save_pretrained(tmp_path / "full")
+    Spool.from_pretrained(tmp_path / "full", with_backbone=False).save_pretrained(tmp_path / "t")
+    with pytest.raises(CheckpointMismatchError, match="holds no backbone weights .* load it "
+                                                      "with with_backbone=False"):
+        Spool.from_pretrained(tmp_path / "t")
+    assert Spool.from_pretrained(tmp_path / "t", with_backbone=False).backbone is None

@@ -197,6 +197,9 @@ def test_errors_name_the_argument():
         model.forward_long("video.mp4")
     with pytest.raises(ValueError, match=r"one video's tokens \[T, L, D\].*got shape \(2, 5, "):
         model.eval().forward_long(torch.randn(2, 5, L, D))  # torch's expand error before
+    for frames in (torch.zeros(3, 32, 32, 3, dtype=torch.uint8), torch.zeros(1, 3, 8, 8, 3)):
+        with pytest.raises(ValueError, match=r"looks like decoded frames .*file's path"):
+            model.forward_long(frames)  # said: "pass the videos of a batch one by one"
     with pytest.raises(ValueError, match="inference only"):
         model.train().forward_long(torch.randn(3, L, D))
     with pytest.raises(ValueError, match=r"expected a float32 model .*torch.bfloat16.*autocast"):

@@ -74,9 +74,9 @@ def frame_classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> tor
 
 def _check_mask(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """``mask [B, T]`` (True: a real frame, padding at the end) -> lengths ``[B]``."""
-    if mask.shape != shape or mask.dtype != torch.bool:
+    if not isinstance(mask, torch.Tensor) or mask.shape != shape or mask.dtype != torch.bool:
         raise ValueError(f"mask: expected a bool tensor of shape {shape} ([B, T], True for "
-                         f"real frames), got {mask.dtype} {tuple(mask.shape)}")
+                         f"real frames), got {_described(mask)}")
     lengths = mask.sum(dim=1)
     if not torch.equal(torch.arange(shape[1], device=mask.device) < lengths[:, None], mask):
         raise ValueError("mask: expected each video's real frames first and its padding at "
@@ -85,14 +85,21 @@ def _check_mask(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 
 
 def _check_labels(labels: torch.Tensor, shape: tuple[int, int], num_classes: int) -> None:
-    if labels.shape != shape or labels.dtype not in (torch.int64, torch.int32):
+    if not isinstance(labels, torch.Tensor) or labels.shape != shape or \
+            labels.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"labels: expected an integer tensor of shape {shape}, got "
-                         f"{labels.dtype} {tuple(labels.shape)}")
+                         f"{_described(labels)}")
     labelled = labels[labels != IGNORE_INDEX]
     if labelled.numel() and (labelled.min() < 0 or labelled.max() >= num_classes):
         raise ValueError(f"labels: expected class indices in [0, {num_classes}) or "
                          f"{IGNORE_INDEX} (no label), got range [{labelled.min().item()}, "
                          f"{labelled.max().item()}]")
+
+
+def _described(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} {tuple(value.shape)}"
+    return type(value).__name__
 
 
 class FrameClassifier(SpoolPreTrainedModel):

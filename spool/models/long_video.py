@@ -117,6 +117,10 @@ def one_video_tokens(tokens: torch.Tensor, config) -> torch.Tensor:
     """One video's tokens ``[T, L, D]``, given as that or as ``[1, T, L, D]``, checked against
     ``config`` (its L and D; finite floats); a batch of several is refused (the long-video
     paths take one video at a time)."""
+    if tokens.ndim in (4, 5) and tokens.shape[-1] == 3 != config.hidden_size:
+        raise ValueError(f"video: a tensor is taken as backbone tokens [T, L, D]; shape "
+                         f"{tuple(tokens.shape)} looks like decoded frames [T, H, W, 3]: pass "
+                         "the file's path, or the frames' tokens (model.encode_frames)")
     if tokens.ndim == 4 and tokens.shape[0] == 1:
         tokens = tokens[0]
     if tokens.ndim != 3:

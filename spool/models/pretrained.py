@@ -87,6 +87,11 @@ def check_and_load_state_dict(module: nn.Module, state: dict[str, torch.Tensor],
         state = {k: v for k, v in state.items() if not _BACKBONE_KEY.search(k)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
+    if missing and all(_BACKBONE_KEY.search(k) for k in missing) and \
+            not any(_BACKBONE_KEY.search(k) for k in state):
+        raise CheckpointMismatchError(
+            f"{source}: holds no backbone weights (saved from a model built with "
+            "with_backbone=False); load it with with_backbone=False, for cached tokens")
     if missing or unexpected:
         raise CheckpointMismatchError(
             f"{source}: checkpoint does not match the model built from its config: missing "
