@@ -264,7 +264,7 @@ def test_resume_with_another_batch_size_goes_on_from_the_samples_seen(tmp_path: 
     assert [s for s, _ in read_steps(run)] == [1, 2, 3, 4, 5, 6, 7, 8, 9]  # in order
 
 
-def test_resume_with_epochs_below_the_checkpoint_is_refused(tmp_path: Path) -> None:
+def test_resume_with_epochs_below_the_checkpoint_is_refused(tmp_path: Path, spool_log) -> None:
     """At 4 steps an epoch, step 6 is mid-epoch 2: with epochs=1 the run said "already
     finished" and published those mid-epoch weights as final."""
     run = tmp_path / "run"
@@ -278,7 +278,10 @@ def test_resume_with_epochs_below_the_checkpoint_is_refused(tmp_path: Path) -> N
     # A finished run needs as many epochs as it had: the advice said one more.
     with pytest.raises(ValueError, match=r"after 2 epochs and 0 steps; resume with --epochs 2 "):
         Trainer(TrainConfig(**train_config_dict(run, epochs=1, resume="auto")))
-    train(TrainConfig(**train_config_dict(run, epochs=2, resume="auto")))  # already finished
+    spool_log.clear()
+    train(TrainConfig(**train_config_dict(run, epochs=2, resume="auto", quiet=False)))
+    assert "at step 8 (the end of epoch 2)" in spool_log.text  # said "(epoch 3)" of 2
+    assert "run already finished" in spool_log.text
 
 
 def test_a_warm_up_as_long_as_the_run_is_said(tmp_path: Path, spool_log) -> None:

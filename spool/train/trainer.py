@@ -212,12 +212,12 @@ class Trainer:
         self.history = state["history"]
         if self.info.is_main:  # the checkpoint holds the sum over ranks
             self.tracker.load_state_dict(state["tracker"])
-        if state["rng"] is not None:
-            ckpt.restore_rng(state["rng"]["tensors"], state["rng"]["python"],
-                             state["rng"]["numpy"])
+        if (rng := state["rng"]) is not None:
+            ckpt.restore_rng(rng["tensors"], rng["python"], rng["numpy"])
         if self.resumed is not None and (message := resume_settings.note(self.resumed)):
             self.log(message, always=True)
-        self.log(f"resumed from {path} at step {self.step} (epoch {self.epoch + 1})")
+        end = f"the end of epoch {self.epoch}" if self.epoch and not self.step_in_epoch else ""
+        self.log(f"resumed from {path} at step {self.step} ({end or f'epoch {self.epoch + 1}'})")
 
     def checkpoint_path(self) -> Path:
         """Where the checkpoint of the current step goes."""
