@@ -201,9 +201,19 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
             "failures": [list(f[1:]) for f in failures]}
     write_cache_failures(out / FAILURES_NAME, failures)
     atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
-    same = before == json.loads(json.dumps(meta))
+    # The videos may be named otherwise (another working directory, a link): their tokens are
+    # keyed on the files themselves, so nothing encoded means nothing changed.
+    same = _without_paths(before) == _without_paths(json.loads(json.dumps(meta)))
     return CacheSummary(out, len(videos), reused=same and not written and not failures,
                         failures=failures)
+
+
+def _without_paths(meta: dict | None) -> dict | None:
+    if not isinstance(meta, dict) or not isinstance(meta.get("videos"), list):
+        return meta
+    return {**meta, "videos": [{k: v for k, v in video.items() if k != "video"}
+                               if isinstance(video, dict) else video
+                               for video in meta["videos"]]}
 
 
 def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
