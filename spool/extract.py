@@ -35,7 +35,7 @@ from spool.io_utils import (
 from spool.models.frame_classification import FrameClassifier
 from spool.models.frame_encoder import FrameEncoderModel
 from spool.models.long_video import check_memory
-from spool.models.long_video_state import ResumableHiddenState, resumable_pass
+from spool.models.long_video_state import ResumableHiddenState, pass_folder, resumable_pass
 from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
 from spool.tensor_files import (
@@ -292,10 +292,10 @@ class FeatureExtractor:
         with pixel_budget(self.max_pixels):
             autocast = self._autocast()  # --dtype holds for every mode (the metadata says it)
             if isinstance(self.model, FrameClassifier) or self.per_frame:
-                check_file_complete(job.source)
                 # With --offload-dir an interrupted video goes on where it stopped.
                 with (nullcontext() if self.offload_dir is None else resumable_pass(
                         self.offload_dir, str(job.output), settings_hash(metadata))) as resume:
+                    check_file_complete(job.source)  # a cut file: its state goes too
                     with autocast:
                         if self.per_frame and not isinstance(self.model, FrameClassifier):
                             self._write_per_frame(job.source, job.output, metadata, resume)
@@ -330,6 +330,9 @@ class FeatureExtractor:
                 if self._finished(job, expected):
                     summary.skipped += 1
                     summary.settled.append(str(job.source))
+                    if self.offload_dir is not None:  # killed between writing and tidying
+                        ResumableHiddenState(pass_folder(self.offload_dir, str(job.output)),
+                                             "").remove()
                     continue
                 # Jobs sharing the output folder split the videos: one claim file per output.
                 claim = try_claim(job.output, source=expected["source"])

@@ -157,3 +157,62 @@ def test_spool_extract_per_frame_goes_on_with_the_video_it_was_interrupted_in(
         tmp_path / "plain" / "v.safetensors")
     for name in ("frame_features", "context", "timestamps", "frame_indices"):
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-5)
+    # Killed after writing the output, before tidying up: the next run's skip tidies.
+    left = long_video_state.pass_folder(scratch, str(tmp_path / "out" / "v.safetensors"))
+    left.mkdir()
+    assert main(run) == 1 and not left.exists()
+
+
+@pytest.mark.parametrize("record", [
+    {"key": "k", "shape": 5, "encoded": 0, "layers": 0, "current": 0},
+    {"key": "k", "shape": [11, 5, 24], "encoded": 0, "current": 0},
+    {"key": "k", "shape": [11, 5, 24], "encoded": 0, "layers": 1, "current": 2},
+    {"key": "k", "shape": [11, 5, 24], "encoded": 99, "layers": 0, "current": 0},
+    None,  # the folder is a file
+])
+def test_a_damaged_record_or_folder_starts_afresh(tmp_path, record):
+    """A record that makes no sense (edited, another version's) is not taken up, nor does it
+    fail the video (a TypeError, KeyError or IndexError before)."""
+    model = Spool(tiny_config(num_hidden_layers=2, **TOKENS), with_backbone=False).eval()
+    tokens = torch.randn(9, 5, 24)
+    folder = tmp_path / "s"
+    if record is None:
+        folder.write_text("in the way")
+    else:
+        folder.mkdir()
+        (folder / "state.json").write_text(json.dumps(record))
+    got = model.forward_long(tokens, resume=ResumableHiddenState(folder, "k"))
+    torch.testing.assert_close(got.context, model.forward_long(tokens).context)
+
+
+def test_a_full_disk_is_an_error_before_any_work(tmp_path, monkeypatch):
+    """The state's files were sparse: a full disk met writing them killed the process with
+    SIGBUS (exit 135) on every run. Their blocks are reserved first: an OSError naming the
+    room needed, and no folder left behind."""
+    import errno
+    import os
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    model = Spool(tiny_config(num_hidden_layers=1, **TOKENS), with_backbone=False).eval()
+    with pytest.raises(OSError, match=r"no room for the hidden state on disk: .* MiB more in"):
+        with long_video_state.resumable_pass(tmp_path, "out.safetensors", "k") as state:
+            model.forward_long(torch.randn(9, 5, 24), resume=state)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError, match="no room for the hidden state"):  # offload_dir alone
+        model.forward_long(torch.randn(9, 5, 24), offload_dir=tmp_path)
+
+
+def test_the_state_is_found_however_the_output_is_typed(tmp_path, monkeypatch):
+    """Named after the output as typed, a state made with --out feats was not found with
+    --out $PWD/feats; two projects' feats/NAME shared one folder, and one job could take up
+    the other's buffers."""
+    monkeypatch.chdir(tmp_path)
+    relative = long_video_state.pass_folder("scratch", "feats/v.safetensors")
+    assert relative == long_video_state.pass_folder(
+        "scratch", str(tmp_path / "sub" / ".." / "feats" / "v.safetensors"))
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    assert long_video_state.pass_folder("scratch", "feats/v.safetensors") != relative

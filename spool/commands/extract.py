@@ -313,9 +313,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--chunk-frames", type=positive_int,
                    help="--per-frame: frames per temporal chunk (default: 32)")
     g.add_argument("--offload-dir", metavar="DIR",
-                   help="--per-frame: keep the hidden state [T+2, L, D] in files under DIR "
-                        "(twice its size on disk) instead of RAM; a video interrupted there "
-                        "goes on from its last layer done when the command is run again")
+                   help="--per-frame or a frame classifier: keep the hidden state [T+2, L, "
+                        "D] in files under DIR (twice its size on disk) instead of RAM; a "
+                        "video interrupted there goes on from its last layer done when the "
+                        "command is run again")
     p.set_defaults(func=run)
 
 

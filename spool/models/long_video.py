@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from spool.layers.streaming import check_chunk_frames, stream_temporal_stack
-from spool.models.long_video_state import ResumableHiddenState
+from spool.models.long_video_state import ResumableHiddenState, reserve
 from spool.runtime import available_memory_bytes
 from spool.validation import check_tokens
 from spool.video.io import VideoReader
@@ -89,7 +89,7 @@ def _hidden_buffer(shape: tuple[int, ...], offload_dir: str | os.PathLike | None
     Path(offload_dir).mkdir(parents=True, exist_ok=True)
     # An unlinked temporary: the kernel pages it out under pressure and frees it on exit.
     with tempfile.TemporaryFile(dir=offload_dir) as f:
-        f.truncate(int(np.prod(shape)) * 4)
+        reserve(f, int(np.prod(shape)) * 4, Path(offload_dir))
         array = np.memmap(f, dtype=np.float32, mode="r+", shape=shape)
     return torch.from_numpy(array)
 

@@ -13,6 +13,7 @@ settings); a folder holding another key, or another shape, is emptied and starte
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -21,13 +22,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from spool.io_utils import atomic_write_text
+from spool.io_utils import atomic_write_text, file_location
 
 RECORD_NAME = "state.json"
+GiB = 2**30
 COMMIT_EVERY_S = 30.0  # encoding progress is recorded at most this often (each commit syncs)
 
 
@@ -44,25 +47,28 @@ class ResumableHiddenState:
         self._last_commit = time.monotonic()
 
     def open(self, shape: tuple[int, int, int]) -> ResumableHiddenState:
-        """Take up the folder's state when it is this key's and shape's, else start afresh."""
+        """Take up the folder's state when it is this key's and shape's, else start afresh
+        (an ``OSError`` when the disk has no room for it: a full disk met while writing a
+        mapped file would kill the process instead)."""
         shape = tuple(int(n) for n in shape)
         names = ("hidden0.f32", "hidden1.f32", "timestamps.f64")
         sizes = (4 * int(np.prod(shape)),) * 2 + (8 * (shape[0] - 2),)
         record = self._read_record()
-        fresh = (record is None or record.get("key") != self.key
-                 or tuple(record.get("shape", ())) != shape
+        fresh = (record is None or not _valid(record, self.key, shape)
                  or any(not _has_size(self.folder / n, s) for n, s in zip(names, sizes,
                                                                            strict=True)))
         if fresh:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self.remove()
             self.folder.mkdir(parents=True)
+            for name, size in zip(names, sizes, strict=True):
+                with open(self.folder / name, "wb") as f:
+                    reserve(f, size, self.folder)
             record = {"key": self.key, "shape": list(shape), "encoded": 0, "layers": 0,
                       "current": 0}
         self.record = record
-        mode = "w+" if fresh else "r+"
-        self._arrays = [np.memmap(self.folder / names[0], np.float32, mode, shape=shape),
-                        np.memmap(self.folder / names[1], np.float32, mode, shape=shape),
-                        np.memmap(self.folder / names[2], np.float64, mode,
+        self._arrays = [np.memmap(self.folder / names[0], np.float32, "r+", shape=shape),
+                        np.memmap(self.folder / names[1], np.float32, "r+", shape=shape),
+                        np.memmap(self.folder / names[2], np.float64, "r+",
                                   shape=(shape[0] - 2,))]
         self.buffers = [torch.from_numpy(a) for a in self._arrays[:2]]
         if fresh:
@@ -123,7 +129,10 @@ class ResumableHiddenState:
     def remove(self) -> None:
         """Delete the folder (the pass's output is written, or the video failed)."""
         self._arrays, self.buffers = [], []
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder.is_dir() and not self.folder.is_symlink():
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:  # a file, a link: in the way of the folder
+            self.folder.unlink(missing_ok=True)
 
     def _commit_layer(self, layer: int, index: int) -> None:
         self._sync(self._arrays[index])
@@ -146,6 +155,35 @@ class ResumableHiddenState:
         atomic_write_text(self.folder / RECORD_NAME, json.dumps(self.record, sort_keys=True))
 
 
+def reserve(f: BinaryIO, size: int, folder: Path) -> None:
+    """Make the open file ``f`` (in ``folder``) ``size`` bytes long with its blocks reserved:
+    an ``OSError`` naming the room needed now, where a sparse file would fail later, as a
+    SIGBUS that kills the process, when a page of it is written to a full disk."""
+    try:
+        os.posix_fallocate(f.fileno(), 0, size)
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # cannot reserve here: sparse
+            f.truncate(size)
+            return
+        free = shutil.disk_usage(folder).free
+        raise OSError(err.errno, f"no room for the hidden state on disk: {_bytes(size)} more "
+                      f"in {folder} ({_bytes(free)} free)") from err
+
+
+def _bytes(n: int) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB // 10 else f"{n / 2**20:.1f} MiB"
+
+
+def _valid(record: dict, key: str, shape: tuple[int, ...]) -> bool:
+    """A record of this key and shape whose counts make sense (else it is started afresh)."""
+    try:
+        return (record.get("key") == key and tuple(record["shape"]) == shape
+                and 0 <= int(record["encoded"]) <= shape[0] - 2
+                and 0 <= int(record["layers"]) and record["current"] in (0, 1))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def _has_size(path: Path, size: int) -> bool:
     try:
         return path.stat().st_size == size
@@ -163,15 +201,21 @@ def _copy(src: torch.Tensor, dst: torch.Tensor, frames: int = 64) -> None:
         dst[start:start + frames] = src[start:start + frames].to(dst.device)
 
 
+def pass_folder(folder: str | os.PathLike, name: str) -> Path:
+    """Where in ``folder`` the state of the pass called ``name`` (an output's path) lives: a
+    hidden folder named by the digest of where that output is, however its path was typed."""
+    where = file_location(name).encode("utf-8", "surrogateescape")
+    return Path(folder) / f".spool-resume-{hashlib.sha1(where).hexdigest()[:16]}"
+
+
 @contextmanager
 def resumable_pass(folder: str | os.PathLike, name: str, key: str
                    ) -> Iterator[ResumableHiddenState]:
-    """The state of the pass called ``name`` (an output's path) in ``folder`` (in a hidden
-    folder named by its digest), valid for ``key``. Removed when the block ends or raises an
-    error (its result is kept, or its input is bad); kept when it is interrupted (Ctrl-C, a
-    termination signal's exception), for the same pass to go on from."""
-    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    state = ResumableHiddenState(Path(folder) / f".spool-resume-{digest}", key)
+    """The state of the pass called ``name`` in ``folder`` (:func:`pass_folder`), valid for
+    ``key``. Removed when the block ends or raises an error (its result is kept, or its input
+    is bad); kept when it is interrupted (Ctrl-C, a termination signal's exception, a kill),
+    for the same pass to go on from."""
+    state = ResumableHiddenState(pass_folder(folder, name), key)
     try:
         yield state
     except Exception:
