@@ -24,7 +24,7 @@ from tqdm import tqdm
 from spool import __version__
 from spool.claims import claim_record, kept_alive
 from spool.config import settings_hash
-from spool.extract_inputs import VideoJob
+from spool.extract_inputs import VideoJob, as_recorded
 from spool.io_utils import (
     atomic_save_safetensors,
     file_version,
@@ -122,8 +122,7 @@ def source_metadata(source: Path) -> dict[str, str]:
     """Which video an output was made from: its path, size and modification time (an output
     of another file, or of an earlier version of this one, is redone)."""
     version = file_version(source)
-    # safetensors metadata is UTF-8: a name of other bytes is kept with those escaped.
-    name = os.fsencode(source).decode("utf-8", errors="backslashreplace")
+    name = as_recorded(source)  # safetensors metadata is UTF-8
     if version is None:  # reported as a failure when it is read
         return {"source": name}
     return {"source": name, "source_size": str(version[0]),
@@ -376,8 +375,8 @@ class FeatureExtractor:
 
 def _name_clash(output: Path, other: str, verb: str) -> FileExistsError:
     return FileExistsError(f"{output} {verb} the features of {other}, another video of the "
-                           "same name; extract both in one run (each name then gets a digest "
-                           "of its path) or into another --out")
+                           "same name; extract both in one run (it keeps the name, this one gets "
+                           "a digest of its path) or into another --out")
 
 
 def _other_source(output: Path, source: str) -> str | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 # VIDEO_EXTENSIONS is re-exported: spool extract names it when it finds no video.
 from spool.file_names import NAME_MAX, fit_name
 from spool.io_utils import read_text_file
+from spool.tensor_files import read_safetensors_metadata
 from spool.video.formats import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS
 from spool.video.formats import is_video_name
 
@@ -142,7 +143,11 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
         names[name] = names.get(name, 0) + 1
     jobs = []
     for src, name in pairs:
-        if names[name] > 1:  # same file name from different places: keep both, distinctly
+        # The same file name from different places: both kept, distinctly, each under a
+        # digest of its path but the one whose features the plain name holds already (an
+        # earlier run's: a run that adds the other keeps them, not a copy under a new name).
+        held = out_dir / name.with_name(name.name + ".safetensors")
+        if names[name] > 1 and _holder(held) != as_recorded(src):
             digest = hashlib.sha1(str(src).encode()).hexdigest()[:8]
             name = name.with_name(f"{name.name}-{digest}")
         stem = name.name
@@ -151,6 +156,17 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
         # Appended, not with_suffix: "meeting.2024-01-05" has a "suffix" that would be cut.
         jobs.append(VideoJob(src, out_dir / name.with_name(stem + ".safetensors")))
     return jobs[rank::world_size]
+
+
+def _holder(output: Path) -> str | None:
+    """The video whose features ``output`` holds (its metadata's ``source``), if any."""
+    meta = read_safetensors_metadata(output) if output.is_file() else None
+    return (meta or {}).get("source")
+
+
+def as_recorded(source: Path) -> str:
+    """``source`` as an output's metadata records it: UTF-8, other bytes escaped."""
+    return os.fsencode(source).decode("utf-8", errors="backslashreplace")
 
 
 def covered_by(inputs: Iterable[str | os.PathLike],

@@ -64,6 +64,15 @@ def test_another_videos_output_of_the_same_name_is_not_overwritten(tmp_path: Pat
     # Both in one run: each gets a digest of its path, and nothing is refused.
     summary = _extractor().run(plan_jobs([first, second], tmp_path / "both"), progress=False)
     assert summary.done == 2 and not summary.failures
+    assert sorted(p.name[:5] for p in (tmp_path / "both").glob("*.safetensors")) == [
+        "clip-", "clip-"]
+    # Added to the first's folder: the first keeps the name it has (it was renamed, redone,
+    # and its old file left for a reader to find), the second gets a digest.
+    jobs = plan_jobs([first, second], out)
+    assert [j.output.name for j in jobs][0] == "clip.safetensors"
+    assert jobs[1].output.name.startswith("clip-")
+    summary = _extractor().run(jobs, progress=False)
+    assert (summary.skipped, summary.done) == (1, 1)
     # A video that was moved away is not "another video": its old output is redone.
     first.rename(tmp_path / "c1" / "moved.mkv")
     assert _extractor().run(plan_jobs([second], out), progress=False).done == 1
