@@ -141,11 +141,12 @@ def test_baselines_train_and_spool_eval_and_extract(tmp_path: Path, capsys,
                for a, b in zip(segments, segments[1:], strict=False))
 
 
-def test_a_signal_during_validation_stops_it_at_the_next_video(tmp_path: Path,
-                                                               monkeypatch) -> None:
+def test_a_signal_during_validation_stops_it_at_the_next_video(tmp_path: Path, monkeypatch,
+                                                               spool_log) -> None:
     """As a clip validation: the run stops at the epoch's last step without validating its
     other videos (it validated them all, then stopped), and the epoch's row waits for the
-    resume's validation."""
+    resume's validation. The checkpoint is saved, and the stop said, once (stop_on_failure
+    took the validation's TrainingInterrupted for a failure, and stopped again)."""
     import os
     import signal
 
@@ -167,6 +168,7 @@ def test_a_signal_during_validation_stops_it_at_the_next_video(tmp_path: Path,
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000002" /
                         "trainer_state.json").read_text())
     assert (state["epoch"], state["history"]) == (0, [])
+    assert spool_log.text.count("interrupted at step 2;") == 1
 
 
 @pytest.mark.parametrize("source", ["videos", "cache"])

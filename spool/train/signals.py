@@ -131,6 +131,8 @@ def stop_on_failure(signals: StopSignals, stop: Callable[[int], object]) -> Iter
     so the error stands (a loader that dies of the signal is :func:`until_stopped`'s)."""
     try:
         yield
+    except TrainingInterrupted:  # stopped already (in validation): saved once, said once
+        raise
     except Exception:
         if signals.received is None or (dist.is_available() and dist.is_initialized()):
             raise
