@@ -26,6 +26,7 @@ from spool.claims import claim_record, kept_alive
 from spool.config import settings_hash
 from spool.extract_inputs import VideoJob, as_recorded
 from spool.io_utils import (
+    OUT_OF_ROOM,
     atomic_save_safetensors,
     file_version,
     merge_failures,
@@ -358,6 +359,8 @@ class FeatureExtractor:
                     with kept_alive(claim):
                         self._extract(job, expected)
                 except Exception as err:  # one bad video must not stop the job
+                    if isinstance(err, OSError) and err.errno in OUT_OF_ROOM:
+                        raise  # a full disk is no bad video: the next would fail alike
                     if "source_size" in expected:  # not when the video is gone: kept
                         _remove_outputs(job.output)  # of another version, or settings
                     _report_failure(summary, job, err)

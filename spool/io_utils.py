@@ -14,6 +14,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from spool.claims import (  # noqa: F401 - re-exported: the claims lived here
@@ -143,6 +145,9 @@ def reserve_space(path: str | os.PathLike, size: int) -> bool:
     return False
 
 
+OUT_OF_ROOM = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: not one input's fault
+
+
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                             metadata: dict[str, str] | None = None) -> None:
     """``safetensors.torch.save_file`` through a temporary file and a rename, with its header
@@ -159,7 +164,14 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     written = folder / "w"  # short: the folder's name is as long as a temporary file's was
     try:
         with atomic_path(written) as tmp:
-            save_file(tensors, tmp, metadata=metadata)
+            try:
+                save_file(tensors, tmp, metadata=metadata)
+            except SafetensorError as err:  # an I/O error (a full disk) is an OSError here
+                code = re.search(r"os error (\d+)", str(err))
+                if code is None:
+                    raise
+                raise OSError(int(code[1]), f"{os.strerror(int(code[1]))}: writing {path}"
+                              ) from err
             _sort_safetensors_header(tmp)
         os.replace(written, path)
     finally:

@@ -334,3 +334,25 @@ def test_truncated_matroska_with_audio_is_reported(videos, tmp_path):
     assert set(failed) == {"cut_same.mkv", "cut_long_audio.mkv"}
     assert "the container declares 5.00 s" in failed["cut_same.mkv"]
     assert "the container declares 8.00 s" in failed["cut_long_audio.mkv"]
+
+
+def test_a_full_disk_stops_the_job_with_one_line(videos, tmp_path, capsys, monkeypatch):
+    """safetensors' write error is no OSError: a full disk was blamed on every video in turn
+    (each computed, then 'FAILED ... SafetensorError'), and spool cache printed a traceback.
+    It is an OSError now, and a full disk stops the job: the next video would fail alike."""
+    from safetensors import SafetensorError
+
+    import spool.io_utils as io_utils
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: "
+                              "StorageFull, message: \"No space left on device\" }) (os error 28)")
+
+    monkeypatch.setattr(io_utils, "save_file", full)
+    root, config = videos
+    assert _extract([root / "a.mp4", root / "c.avi"], tmp_path / "out", config,
+                    "--num-frames", "2") == 2
+    captured = capsys.readouterr()
+    assert "FAILED" not in captured.out
+    assert captured.err.strip().splitlines()[-1].startswith(
+        "spool extract: error: [Errno 28] No space left on device: writing ")

@@ -187,8 +187,8 @@ def test_a_damaged_record_or_folder_starts_afresh(tmp_path, record):
 
 def test_a_full_disk_is_an_error_before_any_work(tmp_path, monkeypatch):
     """The state's files were sparse: a full disk met writing them killed the process with
-    SIGBUS (exit 135) on every run. Their blocks are reserved first: an OSError naming the
-    room needed, and no folder left behind."""
+    SIGBUS (exit 135) on every run. Their blocks are reserved first: a MemoryError naming
+    the room needed (that video fails, as one too long for RAM), and no folder left behind."""
     import errno
     import os
 
@@ -197,11 +197,11 @@ def test_a_full_disk_is_an_error_before_any_work(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "posix_fallocate", full)
     model = Spool(tiny_config(num_hidden_layers=1, **TOKENS), with_backbone=False).eval()
-    with pytest.raises(OSError, match=r"no room for the hidden state on disk: .* MiB more in"):
+    with pytest.raises(MemoryError, match=r"no room for the hidden state on disk: .* MiB more"):
         with long_video_state.resumable_pass(tmp_path, "out.safetensors", "k") as state:
             model.forward_long(torch.randn(9, 5, 24), resume=state)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(OSError, match="no room for the hidden state"):  # offload_dir alone
+    with pytest.raises(MemoryError, match="no room for the hidden state"):  # offload_dir alone
         model.forward_long(torch.randn(9, 5, 24), offload_dir=tmp_path)
 
 

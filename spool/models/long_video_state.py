@@ -48,7 +48,7 @@ class ResumableHiddenState:
 
     def open(self, shape: tuple[int, int, int]) -> ResumableHiddenState:
         """Take up the folder's state when it is this key's and shape's, else start afresh
-        (an ``OSError`` when the disk has no room for it: a full disk met while writing a
+        (a ``MemoryError`` when the disk has no room for it: a full disk met while writing a
         mapped file would kill the process instead)."""
         shape = tuple(int(n) for n in shape)
         names = ("hidden0.f32", "hidden1.f32", "timestamps.f64")
@@ -157,7 +157,7 @@ class ResumableHiddenState:
 
 def reserve(f: BinaryIO, size: int, folder: Path) -> None:
     """Make the open file ``f`` (in ``folder``) ``size`` bytes long with its blocks reserved:
-    an ``OSError`` naming the room needed now, where a sparse file would fail later, as a
+    a ``MemoryError`` naming the room needed now, where a sparse file would fail later, as a
     SIGBUS that kills the process, when a page of it is written to a full disk."""
     try:
         os.posix_fallocate(f.fileno(), 0, size)
@@ -166,8 +166,9 @@ def reserve(f: BinaryIO, size: int, folder: Path) -> None:
             f.truncate(size)
             return
         free = shutil.disk_usage(folder).free
-        raise OSError(err.errno, f"no room for the hidden state on disk: {_bytes(size)} more "
-                      f"in {folder} ({_bytes(free)} free)") from err
+        # As for RAM (check_memory): this video's state does not fit, a shorter one's may.
+        raise MemoryError(f"no room for the hidden state on disk: {_bytes(size)} more in "
+                          f"{folder} ({_bytes(free)} free; {os.strerror(err.errno)})") from err
 
 
 def _bytes(n: int) -> str:
