@@ -219,3 +219,36 @@ def test_eval_keeps_a_frame_classifiers_hidden_state_on_disk(tmp_path: Path, cap
     capsys.readouterr()
     assert main([*base, "--offload-dir", str(root / "test.csv")]) == 2
     assert "--offload-dir: " in capsys.readouterr().err
+
+
+def test_resuming_on_a_cache_made_again_is_refused_or_noted(tmp_path: Path, spool_log) -> None:
+    """The cache at the same path made again with another backbone: the resume loaded the
+    checkpoint's backbone over it and trained on the new one's tokens, and the model could not
+    be scored on its own cache. Made again at another rate: the run went on without a word."""
+    import logging
+
+    from spool.train.trainer import Trainer
+
+    root = segmentation_data()
+    samples, names = read_segments_csv(root / "train.csv")
+
+    def cache(seed: int, fps: float) -> None:
+        torch.manual_seed(seed)
+        model = SpoolForFrameClassification(**TINY_MODEL, class_names=names)
+        build_frame_cache(model, samples, names, tmp_path / "cache", FpsSampler(fps),
+                          dtype="float32")
+
+    temporal = {k: TINY_MODEL[k] for k in TEMPORAL_FIELDS}
+    cfg = dict(train_data=None, val_data=None, train_cache=str(tmp_path / "cache"),
+               model=temporal, epochs=3)
+    cache(0, 5.0)
+    train(_config(tmp_path / "run", stop_after_steps=2, **cfg))
+    cache(1, 5.0)
+    with pytest.raises(ValueError, match=r"train_cache: .* was made by another backbone than "
+                                         r"the one of .*step_00000002"):
+        Trainer(_config(tmp_path / "run", resume="auto", **cfg))
+    cache(0, 3.0)
+    spool_log.set_level(logging.INFO)
+    Trainer(_config(tmp_path / "run", resume="auto", quiet=False, **cfg)).close()
+    assert "note: resuming with model.sampling {" in spool_log.text
+    assert "'target_fps': 5.0" in spool_log.text and "'target_fps': 3.0" in spool_log.text

@@ -69,7 +69,12 @@ def checkpoint_backbone_digest(directory: str | os.PathLike) -> str | None:
     """:func:`weights_digest` of the frame encoder inside a saved checkpoint (keys below its
     ``backbone.``), comparable with the live module's ``frame_encoder.state_dict()``;
     ``directory``: a checkpoint directory or hub id."""
-    state = read_weights(resolve_checkpoint(directory) / WEIGHTS_NAME)  # a hub id too
+    return backbone_digest(read_weights(resolve_checkpoint(directory) / WEIGHTS_NAME))
+
+
+def backbone_digest(state: dict[str, torch.Tensor]) -> str | None:
+    """:func:`weights_digest` of the frame encoder's tensors in a model's ``state`` (keys
+    below its ``backbone.``); None when it holds none."""
     found = {}
     for key, value in state.items():
         match = _BACKBONE_KEY.search(key)

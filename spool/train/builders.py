@@ -25,6 +25,7 @@ from spool.errors import CheckpointNotFoundError
 from spool.models.classification import VideoClassifier, classifier_class
 from spool.models.pretrained import (
     _BACKBONE_KEY,
+    backbone_digest,
     check_and_load_state_dict,
     checkpoint_backbone_digest,
     load_pretrained,
@@ -198,6 +199,21 @@ def check_cache_backbone(model: torch.nn.Module, cache: str, what: str) -> None:
     check_cache_source(meta, None if encoder is None else weights_digest(encoder.state_dict()),
                        model.config, what, cache, "the model's",
                        "cache it with the backbone and settings the run trains with")
+
+
+def check_resumed_backbone(model: torch.nn.Module, weights: dict[str, torch.Tensor],
+                           cfg: TrainConfig, checkpoint: Path) -> None:
+    """``ValueError`` when a run on a token cache resumes a checkpoint whose backbone is not
+    the cache's (the cache was made again since, with other weights): its weights would
+    carry the old backbone on, and the steps to come would learn from the new one's tokens."""
+    digest = backbone_digest(weights)
+    if cfg.train_cache is None or digest is None or model.frame_encoder is None:
+        return
+    if digest != weights_digest(model.frame_encoder.state_dict()):
+        raise ValueError(f"train_cache: {cfg.train_cache} was made by another backbone than "
+                         f"the one of {checkpoint}, which this run would resume (made again "
+                         "since?); train on a cache of that backbone, or start a new run "
+                         "(another --out-dir)")
 
 
 def _without_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

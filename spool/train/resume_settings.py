@@ -5,12 +5,13 @@ A resume compares the checkpoint's settings with the new run's:
 - refused, before any step: ``task``, ``architecture`` and every model (``SpoolConfig``)
   field that shapes the network or what it computes (heads and their split, layers, window,
   pooling and merging, backbone and preprocessing, class names, head settings), compared as
-  the model is built (``init`` and a token cache included). The checkpoint's weights were
+  the model is built (``init`` and a token cache included), and a token cache made again
+  with another backbone (``builders.check_resumed_backbone``). The checkpoint's weights were
   trained as the old model, and the run would publish them as the new one.
 - allowed with one note (old -> new): the other settings of training and data (``lr``,
   ``epochs``, ``batch_size``, ``label_smoothing``, ``grad_clip``, ``augment``,
-  ``num_frames``, data paths, ... and the number of processes): they change the remaining
-  steps, not what the weights are.
+  ``num_frames``, data paths, ..., the sampling of a token cache made again at another rate,
+  and the number of processes): they change the remaining steps, not what the weights are.
 - neither: settings of one invocation, its output or its speed and memory (:data:`IGNORED`,
   :data:`MODEL_IGNORED`).
 
@@ -46,12 +47,15 @@ REFUSED = ("task", "architecture")  # another kind of model
 # the same weights compute the same function, and only the regularisation of the remaining
 # steps changes (as with label smoothing). initializer_range only draws initial weights,
 # which the checkpoint's replace.
+# sampling: how the frames are taken (num_frames etc., or a token cache's rate, which the
+# cache's path alone does not show: a cache made again at another fps under the same path).
 MODEL_NOTED = ("hidden_dropout", "attention_dropout", "classifier_dropout",
-               "initializer_range")
+               "initializer_range", "sampling")
+SAMPLING_FIELDS = {"num_frames", "frame_stride", "fps"}  # TrainConfig's, that make sampling
 # SpoolConfig fields of speed and memory only, or that the trainer derives from settings
-# compared as TrainConfig fields (sampling: num_frames etc.; background_classes: background).
+# compared as TrainConfig fields (background_classes: background).
 MODEL_IGNORED = ("backbone_chunk_size", "attn_implementation", "attention_chunk_frames",
-                 "gradient_checkpointing", "sampling", "architectures", "background_classes")
+                 "gradient_checkpointing", "architectures", "background_classes")
 # Every other SpoolConfig field is refused: it shapes the network or what it computes, or
 # (freeze_backbone) which parameters train, which the checkpoint's optimizer state is for.
 
@@ -130,6 +134,8 @@ def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,
         before = _absolute(name, old[name]) if name in PATH_FIELDS else old[name]
         if before != value:
             changed[name] = [before, value]
+    if changed.keys() & SAMPLING_FIELDS:  # those say it already
+        model_noted.pop("model.sampling", None)
     changed.update(model_noted)
     if state.get("world_size", world_size) != world_size:
         changed["world_size"] = [state["world_size"], world_size]

@@ -185,6 +185,7 @@ class Trainer:
             ckpt.recover_checkpoints(self.out)  # safe: this run holds the directory
             found = ckpt.resolve_resume(cfg.resume, cfg.out_dir)
             if found is not None:  # a change of model or task is refused before anything
+                builders.check_resumed_backbone(self.model, found[1]["weights"], cfg, found[0])
                 self.resumed = resume_settings.check_resume(*found, cfg, self.model.config,
                                                             self.info.world_size)
             return found
@@ -320,8 +321,7 @@ class Trainer:
         checkpoint, then :class:`~spool.train.signals.TrainingInterrupted`)."""
         if self._signals is None:
             return iter(loader)
-        return stopping.until_stopped(loader, self._signals, self._checkpoint_or_stop,
-                                      self.device)
+        return stopping.until_stopped(loader, self._signals, self._checkpoint_or_stop, self.device)
 
     def fit(self) -> list[dict[str, Any]]:
         """Train to the last epoch (or ``stop_after_steps``); returns the per-epoch rows.
