@@ -40,6 +40,7 @@ from spool.data.cache import (
 from spool.data.cached_tokens import encoder_on, refuse_other_cache
 from spool.data.classes import FrameLabelMapping
 from spool.data.dataset import UNREADABLE, first_readable, skipped_video, split_readable
+from spool.data.frame_cache_rebuild import build_folder, replace_cache
 from spool.data.segmentation import (
     IGNORE_INDEX,
     LABEL_RULES_REVISION,
@@ -152,9 +153,16 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
     refuse_other_cache(out, "frames")
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_directory(out, "spool cache", LOCK_NAME)
-    try:
-        return _encode_videos(model, encoder, samples, class_names, out, sampler, dtype,
-                              progress)
+    try:  # other tokens than a complete cache's are made aside (frame_cache_rebuild)
+        staging = build_folder(out, {
+            "sampler": sampler.to_dict(), "dtype": dtype,
+            "backbone_digest": weights_digest(encoder.state_dict()),
+            "frame_encoder": model.config.frame_encoder_fields(layout=False)})
+        summary = _encode_videos(model, encoder, samples, class_names, staging or out,
+                                 sampler, dtype, progress)
+        if staging is not None:
+            replace_cache(out, staging)
+        return dataclasses.replace(summary, path=out)
     finally:
         release_claim(lock)
 

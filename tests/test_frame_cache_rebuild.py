@@ -1,0 +1,89 @@
+"""A frame cache made again with other token settings: built aside, the old one usable until
+the new one is whole, an interrupted rebuild resumed, a swap cut short finished."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import TINY_MODEL, segmentation_videos
+
+import spool.data.frame_cache as frame_cache
+import spool.data.frame_cache_rebuild as rebuild
+from spool.data.frame_cache import FrameTokenDataset, build_frame_cache
+from spool.data.segmentation import read_segments_csv
+from spool.models.frame_classification import SpoolForFrameClassification
+from spool.video.samplers import FpsSampler
+
+
+def _build(out: Path, fps: float, seed: int = 0):
+    root = segmentation_videos((320, 360), (15, 30))
+    samples, names = read_segments_csv(root / "train.csv")
+    torch.manual_seed(seed)
+    model = SpoolForFrameClassification(**TINY_MODEL, class_names=names)
+    return build_frame_cache(model, samples, names, out, FpsSampler(fps), dtype="float32")
+
+
+def _rate(out: Path) -> float:
+    return json.loads((out / "cache.json").read_text())["sampler"]["target_fps"]
+
+
+def test_an_interrupted_rebuild_keeps_the_old_cache_and_goes_on(tmp_path, monkeypatch):
+    """Made again at another rate and stopped after one video: cache.json was gone and the
+    first video's file was already the new rate's, so neither cache could be used."""
+    out = tmp_path / "cache"
+    _build(out, 5.0)
+    old_lengths = [len(FrameTokenDataset(out)[i]["labels"]) for i in range(4)]
+    real, encoded = frame_cache._encode_video, []
+
+    def stopped(model, sample, *args, **kwargs):
+        if len(encoded) == 1:
+            raise KeyboardInterrupt
+        encoded.append(sample.name)
+        return real(model, sample, *args, **kwargs)
+
+    monkeypatch.setattr(frame_cache, "_encode_video", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _build(out, 3.0)
+    assert _rate(out) == 5.0  # the old cache, whole and usable
+    assert [len(FrameTokenDataset(out)[i]["labels"]) for i in range(4)] == old_lengths
+    monkeypatch.setattr(frame_cache, "_encode_video", real)
+    redone = []
+
+    def counted(model, sample, *args, **kwargs):
+        tokens = real(model, sample, *args, **kwargs)
+        if tokens is not None:
+            redone.append(sample.name)
+        return tokens
+
+    monkeypatch.setattr(frame_cache, "_encode_video", counted)
+    summary = _build(out, 3.0)
+    assert summary.path == out and summary.cached == 4 and _rate(out) == 3.0
+    assert len(redone) == 3 and encoded[0] not in redone  # the first went on from before
+    assert not (out / rebuild.REBUILD_DIR).exists()
+    assert [len(FrameTokenDataset(out)[i]["labels"]) for i in range(4)] != old_lengths
+
+
+def test_a_swap_cut_short_is_finished_by_the_next_run(tmp_path, monkeypatch):
+    out = tmp_path / "cache"
+    _build(out, 5.0)
+    real, moves = rebuild.os.replace, []
+
+    def replace(src, dst):
+        if Path(dst).parent in (out, out / rebuild.REBUILD_DIR / "replaced"):  # the swap's
+            moves.append(Path(dst).name)
+            if len(moves) == 3:  # the old videos out, the new in, the old backbone out
+                raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(rebuild.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        _build(out, 3.0, seed=1)
+    monkeypatch.undo()
+    assert not (out / "cache.json").exists() and (out / rebuild.REBUILD_DIR).exists()
+    summary = _build(out, 3.0, seed=1)  # finishes the swap: nothing to encode
+    assert summary.reused and _rate(out) == 3.0
+    assert not (out / rebuild.REBUILD_DIR).exists()
+    assert len(FrameTokenDataset(out)) == 4
