@@ -10,7 +10,13 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from train_helpers import TEMPORAL_FIELDS, TINY_MODEL, read_steps, segmentation_videos
+from train_helpers import (
+    TEMPORAL_FIELDS,
+    TINY_BACKBONE,
+    TINY_MODEL,
+    read_steps,
+    segmentation_videos,
+)
 
 from spool.cli import main
 from spool.data.frame_cache import build_frame_cache
@@ -252,3 +258,19 @@ def test_resuming_on_a_cache_made_again_is_refused_or_noted(tmp_path: Path, spoo
     Trainer(_config(tmp_path / "run", resume="auto", quiet=False, **cfg)).close()
     assert "note: resuming with model.sampling {" in spool_log.text
     assert "'target_fps': 5.0" in spool_log.text and "'target_fps': 3.0" in spool_log.text
+
+
+def test_baselines_train_on_a_cache_without_head_settings(tmp_path: Path) -> None:
+    """They have no attention: 'hidden_size: expected divisible by num_attention_heads (12),
+    got 20' refused them on a cache of a 20-wide backbone until heads were given."""
+    from spool.models.frame_baselines import FrameProbeForFrameClassification
+
+    samples, names = read_segments_csv(segmentation_data() / "train.csv")
+    backbone = dict(image_size=32, backbone_config={**TINY_BACKBONE, "hidden_size": 20})
+    model = FrameProbeForFrameClassification(**backbone, class_names=names)
+    build_frame_cache(model, samples[:2], names, tmp_path / "cache", FpsSampler(5.0),
+                      dtype="float32")
+    for arch in ("ms_tcn", "linear_probe"):
+        train(_config(tmp_path / arch, architecture=arch, epochs=1, train_data=None,
+                      val_data=None, train_cache=str(tmp_path / "cache"), model={}))
+        assert (tmp_path / arch / "model" / "config.json").is_file()

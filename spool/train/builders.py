@@ -40,6 +40,10 @@ from spool.video.transforms import RandomResizedCrop
 logger = logging.getLogger(__name__)
 
 
+NO_TEMPORAL_STACK = ("FramePoolingForVideoClassification", "FrameProbeForFrameClassification",
+                     "MSTCNForFrameClassification")
+
+
 def model_class(cfg: TrainConfig) -> type:
     """The class of model the run trains (its task's ``architecture``)."""
     if cfg.task == "frames":
@@ -66,8 +70,8 @@ def model_config(cfg: TrainConfig, resumed: Path | None = None) -> SpoolConfig:
     checkpoint ``resumed``, which holds every weight), the token cache's frame encoder, then
     ``model``."""
     overrides = dict(cfg.model)
-    if cfg.architecture == "frame_pooling":
-        overrides = {"num_hidden_layers": 0, **overrides}  # no temporal stack
+    if model_class(cfg).__name__ in NO_TEMPORAL_STACK:  # and no heads to split hidden_size
+        overrides = {"num_hidden_layers": 0, **overrides}
     if cfg.gradient_checkpointing:
         overrides["gradient_checkpointing"] = True
     base = SpoolConfig()
