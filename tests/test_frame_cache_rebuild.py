@@ -62,6 +62,7 @@ def test_an_interrupted_rebuild_keeps_the_old_cache_and_goes_on(tmp_path, monkey
     summary = _build(out, 3.0)
     assert summary.path == out and summary.cached == 4 and _rate(out) == 3.0
     assert len(redone) == 3 and encoded[0] not in redone  # the first went on from before
+    assert summary.kept == 1  # said: "cached ... (1 of them kept from an earlier run)"
     assert not (out / rebuild.REBUILD_DIR).exists()
     assert [len(FrameTokenDataset(out)[i]["labels"]) for i in range(4)] != old_lengths
 

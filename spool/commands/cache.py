@@ -111,7 +111,8 @@ def _cache_frames(args: argparse.Namespace, model, device) -> int:
         print(f"spool cache: already done: {summary.path} holds {what} made with these "
               "settings; nothing recomputed")
     else:
-        print(f"cached {what} to {summary.path} in {time.perf_counter() - start:.1f}s")
+        kept = f" ({summary.kept} of them kept from an earlier run)" if summary.kept else ""
+        print(f"cached {what} to {summary.path} in {time.perf_counter() - start:.1f}s{kept}")
     return _report_failures(summary, len(samples))
 
 

@@ -87,6 +87,7 @@ class CacheSummary:
     failures: list[SkippedVideo] = field(default_factory=list)
     retried: int = 0  # videos that had failed, tried again over a reused cache
     changed: int = 0  # videos re-encoded over a reused cache: their files changed since
+    kept: int = 0  # frame caches: videos whose file an earlier (interrupted) run had written
 
 
 @torch.no_grad()

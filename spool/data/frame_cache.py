@@ -213,7 +213,7 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
     # keyed on the files themselves, so nothing encoded means nothing changed.
     same = _without_paths(before) == _without_paths(json.loads(json.dumps(meta)))
     return CacheSummary(out, len(videos), reused=same and not written and not failures,
-                        failures=failures)
+                        failures=failures, kept=len(videos) - written)
 
 
 def _without_paths(meta: dict | None) -> dict | None:
