@@ -138,3 +138,14 @@ def test_errors_name_the_argument(tmp_path: Path) -> None:
         render_motion("spin", 5, 32, rng, np.zeros((32, 32, 3)))
     with pytest.raises(ValueError, match="codec"):
         make_segmentation_dataset(tmp_path, 1, 1, codec="gif")
+
+
+def test_the_command_refuses_settings_before_writing(tmp_path: Path, capsys) -> None:
+    """Too few frames for the cue distance: a traceback, and mapping.txt left behind."""
+    from spool.data.synthetic_segments import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "d"), "--train", "2", "--test", "0", "--frames", "300", "400"])
+    assert exit_.value.code == 2
+    assert "error: num_frames: expected >= 1875" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

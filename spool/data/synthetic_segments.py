@@ -184,13 +184,9 @@ def _timeline(rng: np.random.Generator, num_frames: int, cue: str, min_cue_dista
     return segments
 
 
-def render_segmentation_video(rng: np.random.Generator, num_frames: int, cue: str,
-                              size: int = 32, min_cue_distance: int = 1600,
-                              segment_frames: tuple[int, int] = (150, 300)) -> SegmentVideo:
-    """One video of ``num_frames`` frames ``[S, S]`` whose delayed segment follows ``cue``
-    (``"a"`` or ``"b"``). Nothing but the cue and the two labels depends on ``cue``."""
-    if cue not in _CUE_COLOURS:
-        raise ValueError(f"cue: expected 'a' or 'b', got {cue!r}")
+def check_video_settings(num_frames: int, size: int, min_cue_distance: int,
+                         segment_frames: tuple[int, int]) -> None:
+    """``ValueError`` naming a setting no video can be rendered with."""
     if size < 16:
         raise ValueError(f"size: expected >= 16 pixels, got {size}")
     seg_min, seg_max = segment_frames
@@ -205,6 +201,16 @@ def render_segmentation_video(rng: np.random.Generator, num_frames: int, cue: st
     if num_frames < shortest:
         raise ValueError(f"num_frames: expected >= {shortest} for min_cue_distance="
                          f"{min_cue_distance}, got {num_frames}")
+
+
+def render_segmentation_video(rng: np.random.Generator, num_frames: int, cue: str,
+                              size: int = 32, min_cue_distance: int = 1600,
+                              segment_frames: tuple[int, int] = (150, 300)) -> SegmentVideo:
+    """One video of ``num_frames`` frames ``[S, S]`` whose delayed segment follows ``cue``
+    (``"a"`` or ``"b"``). Nothing but the cue and the two labels depends on ``cue``."""
+    if cue not in _CUE_COLOURS:
+        raise ValueError(f"cue: expected 'a' or 'b', got {cue!r}")
+    check_video_settings(num_frames, size, min_cue_distance, segment_frames)
     segments = _timeline(rng, num_frames, cue, min_cue_distance, segment_frames)
     backdrop = _scene(rng, size)
     frames = np.empty((num_frames, size, size, 3), np.uint8)
@@ -275,6 +281,7 @@ def make_segmentation_dataset(
                          f"{num_train}, {num_test}")
     if not 0 < frames[0] <= frames[1]:
         raise ValueError(f"frames: expected (min, max) with 0 < min <= max, got {frames}")
+    check_video_settings(frames[0], size, min_cue_distance, segment_frames)  # before writing
     root = Path(out_dir)
     ds = SegmentationDataset(root=root, fps=float(fps), video_ext=_EXT[codec])
     _write(root / "mapping.txt", "".join(f"{i} {c}\n" for i, c in enumerate(SEGMENT_CLASSES)))
@@ -317,10 +324,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="every video its own (no pairs that differ only in the cue)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    ds = make_segmentation_dataset(args.out_dir, args.train, args.test,
-                                   frames=tuple(args.frames), size=args.size, fps=args.fps,
-                                   min_cue_distance=args.min_cue_distance, twins=args.twins,
-                                   seed=args.seed)
+    try:
+        ds = make_segmentation_dataset(args.out_dir, args.train, args.test,
+                                       frames=tuple(args.frames), size=args.size, fps=args.fps,
+                                       min_cue_distance=args.min_cue_distance,
+                                       twins=args.twins, seed=args.seed)
+    except ValueError as err:  # settings no video can be made with: one line, not a traceback
+        ap.error(str(err))
     print(f"wrote {len(ds.train)} train and {len(ds.test)} test videos to {ds.root}")
 
 
