@@ -68,3 +68,11 @@ def update_section(path: str | os.PathLike, heading: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def publish(out: str | os.PathLike | None, heading: str, body: str) -> None:
+    """Print ``body``; with ``out`` (docs/benchmarks.md), also make it the ``heading``
+    section there."""
+    print(body)
+    if out:
+        update_section(out, heading, body)

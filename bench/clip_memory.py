@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _report import machine, update_section  # noqa: E402
+from _report import machine, publish  # noqa: E402
 
 SECTION = "Clip mode: peak RAM of the plain forward per frame"
 MODELS = {  # random DINOv2 backbones, Spool stacks on their tokens
@@ -95,9 +95,7 @@ def main() -> None:
             f"docs/benchmarks.md`\n\nMachine: {machine()}. CPU, fp32, `no_grad`, one process "
             "per case; the clip's pixels are allocated before the baseline (the check charges "
             "them apart).\n\n" + "\n".join(rows) + "\n")
-    print(body)
-    if args.out:
-        update_section(args.out, SECTION, body)
+    publish(args.out, SECTION, body)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _report import machine, update_section  # noqa: E402
+from _report import machine, publish  # noqa: E402
 
 SECTION = "Long videos: the cost of a resumable pass"
 MODES = ("RAM", "offload_dir", "resume", "resume, interrupted in the middle layer")
@@ -118,9 +118,7 @@ def main() -> None:
             f"resumable state takes {state_mb:.0f} MB on disk (two copies). The modes "
             "alternate in one process, the order reversed every round.\n\n"
             + "\n".join(rows) + "\n")
-    print(body)
-    if args.out:
-        update_section(args.out, SECTION, body)
+    publish(args.out, SECTION, body)
 
 
 if __name__ == "__main__":
