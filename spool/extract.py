@@ -337,6 +337,8 @@ class FeatureExtractor:
                 # Jobs sharing the output folder split the videos: one claim file per output.
                 claim = try_claim(job.output, source=expected["source"])
             except (OSError, UnicodeError) as err:
+                if isinstance(err, OSError) and err.errno in OUT_OF_ROOM:
+                    raise  # no room for a claim: none for the features either
                 _report_failure(summary, job, err)
                 continue
             if claim is None:

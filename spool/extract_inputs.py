@@ -146,21 +146,29 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
         # The same file name from different places: both kept, distinctly, each under a
         # digest of its path but the one whose features the plain name holds already (an
         # earlier run's: a run that adds the other keeps them, not a copy under a new name).
-        held = out_dir / name.with_name(name.name + ".safetensors")
-        if names[name] > 1 and _holder(held) != as_recorded(src):
+        output = _output(out_dir, name)
+        if names[name] > 1 and _holder(output) != as_recorded(src):
             digest = hashlib.sha1(str(src).encode()).hexdigest()[:8]
-            name = name.with_name(f"{name.name}-{digest}")
-        stem = name.name
-        if len(os.fsencode(stem)) + len(_LONGEST_SUFFIX) > NAME_MAX:  # a name near the limit
-            stem = fit_name(stem, len(_LONGEST_SUFFIX))
-        # Appended, not with_suffix: "meeting.2024-01-05" has a "suffix" that would be cut.
-        jobs.append(VideoJob(src, out_dir / name.with_name(stem + ".safetensors")))
+            output = _output(out_dir, name.with_name(f"{name.name}-{digest}"))
+        jobs.append(VideoJob(src, output))
     return jobs[rank::world_size]
+
+
+def _output(out_dir: Path, name: Path) -> Path:
+    """``OUT/NAME.safetensors``, a name near the file system's limit shortened (appended, not
+    with_suffix: "meeting.2024-01-05" has a "suffix" that would be cut)."""
+    stem = name.name
+    if len(os.fsencode(stem)) + len(_LONGEST_SUFFIX) > NAME_MAX:
+        stem = fit_name(stem, len(_LONGEST_SUFFIX))
+    return out_dir / name.with_name(stem + ".safetensors")
 
 
 def _holder(output: Path) -> str | None:
     """The video whose features ``output`` holds (its metadata's ``source``), if any."""
-    meta = read_safetensors_metadata(output) if output.is_file() else None
+    try:
+        meta = read_safetensors_metadata(output) if output.is_file() else None
+    except OSError:  # not a name this file system takes, say: nothing held
+        return None
     return (meta or {}).get("source")
 
 

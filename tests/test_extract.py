@@ -356,3 +356,15 @@ def test_a_full_disk_stops_the_job_with_one_line(videos, tmp_path, capsys, monke
     assert "FAILED" not in captured.out
     assert captured.err.strip().splitlines()[-1].startswith(
         "spool extract: error: [Errno 28] No space left on device: writing ")
+    # No room for the claim files either: the same one line, not a failure per video.
+    import errno
+
+    import spool.extract as extract
+
+    def no_room(output, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(output))
+
+    monkeypatch.setattr(extract, "try_claim", no_room)
+    assert _extract([root / "a.mp4", root / "c.avi"], tmp_path / "out", config,
+                    "--num-frames", "2") == 2
+    assert "FAILED" not in capsys.readouterr().out

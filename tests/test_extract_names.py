@@ -46,6 +46,13 @@ def test_a_name_near_the_limit_is_shortened(tmp_path: Path) -> None:
     assert summary.done == 1 and job.output.is_file()
     short = plan_jobs([_video(tmp_path / "short.mkv")], tmp_path / "out")[0]
     assert short.output.name == "short.safetensors"  # names that fit are kept as they are
+    # Two of them from different folders: looking for the plain name's holder raised
+    # ENAMETOOLONG and ended the whole job; both are planned, and the one an earlier run
+    # wrote (under the shortened name) keeps it.
+    other = _video(tmp_path / "b" / ("L" * 248 + ".mkv"), 1)
+    jobs = plan_jobs([video, other], tmp_path / "out")
+    assert [j.output for j in jobs if j.source == video.resolve()] == [job.output]
+    assert len({j.output for j in jobs}) == 2
 
 
 def test_another_videos_output_of_the_same_name_is_not_overwritten(tmp_path: Path) -> None:

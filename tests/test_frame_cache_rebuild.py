@@ -88,3 +88,18 @@ def test_a_swap_cut_short_is_finished_by_the_next_run(tmp_path, monkeypatch):
     assert summary.reused and _rate(out) == 3.0
     assert not (out / rebuild.REBUILD_DIR).exists()
     assert len(FrameTokenDataset(out)) == 4
+
+
+def test_a_reader_of_the_old_cache_is_stopped_after_the_swap(tmp_path):
+    """A run that opened the cache before it was made again read the new tokens with the old
+    record (another rate, another backbone) without a word."""
+    from spool.errors import SpoolLoadError
+
+    out = tmp_path / "cache"
+    _build(out, 5.0)
+    reader = FrameTokenDataset(out)
+    reader[0]
+    _build(out, 3.0, seed=1)
+    with pytest.raises(SpoolLoadError, match="made again since this run opened it"):
+        reader[0]
+    assert len(FrameTokenDataset(out)[0]["labels"]) > 0

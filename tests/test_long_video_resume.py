@@ -216,3 +216,48 @@ def test_the_state_is_found_however_the_output_is_typed(tmp_path, monkeypatch):
     (tmp_path / "other").mkdir()
     monkeypatch.chdir(tmp_path / "other")
     assert long_video_state.pass_folder("scratch", "feats/v.safetensors") != relative
+
+
+def test_the_room_the_state_needs_is_said_whole(tmp_path, monkeypatch):
+    """The message named one file's size and the room left after the others were reserved:
+    '6.0 MiB more (4.0 MiB free)' for a state of 12 MiB."""
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(long_video_state.shutil, "disk_usage", lambda p: usage(1, 1, 1000))
+    model = Spool(tiny_config(num_hidden_layers=1, **TOKENS), with_backbone=False).eval()
+    with pytest.raises(MemoryError, match=r"it takes 0\.0 MiB in .* \(two copies of \[11, 5, "
+                                          r"24\] fp32\), 0\.0 MiB free"):
+        model.forward_long(torch.randn(9, 5, 24), resume=ResumableHiddenState(tmp_path / "s", "k"))
+
+
+def test_a_full_disk_writing_the_output_keeps_the_layers_done(tmp_path, monkeypatch, capsys):
+    """ENOSPC stops the job (no bad video), and took the state with it: the rerun, once room
+    was made, encoded the video from its first frame."""
+    import errno
+    import json as json_
+
+    from conftest import tiny_backbone, tiny_model_args
+
+    import spool.extract as extract
+    from spool.cli import main
+
+    frames = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "v.mp4", frames, fps=10, codec="libx264")
+    (tmp_path / "backbone.json").write_text(json_.dumps(tiny_backbone()))
+    run = ["extract", str(video), *tiny_model_args(tmp_path / "backbone.json"),
+           "--no-progress", "--per-frame", "--stride", "1", "--out", str(tmp_path / "out"),
+           "--offload-dir", str(tmp_path / "scratch")]
+    real = extract.write_streamed_safetensors
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, f"No space left on device: writing {path}")
+
+    monkeypatch.setattr(extract, "write_streamed_safetensors", full)
+    assert main(run) == 2
+    assert "No space left on device: writing " in capsys.readouterr().err
+    (kept,) = (tmp_path / "scratch").iterdir()
+    assert json_.loads((kept / "state.json").read_text())["layers"] == 1  # all done
+    monkeypatch.setattr(extract, "write_streamed_safetensors", real)
+    calls = _interrupt_layer(monkeypatch, 99)  # counts the layers run
+    assert main(run) == 0 and calls == [] and not kept.exists()

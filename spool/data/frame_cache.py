@@ -311,6 +311,11 @@ class FrameTokenDataset(FrameLabelMapping, Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augment else None
         rows = _crop(entry["num_frames"], self.crop_frames, rng)
         with safe_open(str(_video_file(self.cache_dir, entry["name"])), framework="pt") as f:
+            made = json.loads((f.metadata() or {}).get("settings") or "{}")
+            if made and (made.get("digest"), made.get("sampler")) != (
+                    self.meta["backbone_digest"], self.meta["sampler"]):
+                raise SpoolLoadError(f"{self.cache_dir}: made again since this run opened it "
+                                     f"({entry['name']} holds other tokens); start it again")
             tokens = f.get_slice("tokens")[rows].float()
             labels = f.get_slice("labels")[rows]
             where = {k: f.get_slice(k)[rows] for k in ("frame_indices", "timestamps")

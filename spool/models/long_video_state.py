@@ -27,7 +27,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from spool.io_utils import atomic_write_text, file_location
+from spool.io_utils import OUT_OF_ROOM, atomic_write_text, file_location
 
 RECORD_NAME = "state.json"
 GiB = 2**30
@@ -60,6 +60,11 @@ class ResumableHiddenState:
         if fresh:
             self.remove()
             self.folder.mkdir(parents=True)
+            free = shutil.disk_usage(self.folder).free
+            if free < sum(sizes):  # said whole; reserve() catches what this estimate misses
+                raise MemoryError(f"no room for the hidden state on disk: it takes "
+                                  f"{_bytes(sum(sizes))} in {self.folder.parent} (two copies of "
+                                  f"[{', '.join(map(str, shape))}] fp32), {_bytes(free)} free")
             for name, size in zip(names, sizes, strict=True):
                 with open(self.folder / name, "wb") as f:
                     reserve(f, size, self.folder)
@@ -214,12 +219,14 @@ def resumable_pass(folder: str | os.PathLike, name: str, key: str
                    ) -> Iterator[ResumableHiddenState]:
     """The state of the pass called ``name`` in ``folder`` (:func:`pass_folder`), valid for
     ``key``. Removed when the block ends or raises an error (its result is kept, or its input
-    is bad); kept when it is interrupted (Ctrl-C, a termination signal's exception, a kill),
-    for the same pass to go on from."""
+    is bad); kept when it is interrupted (Ctrl-C, a termination signal's exception, a kill)
+    or the disk is full, for the same pass to go on from."""
     state = ResumableHiddenState(pass_folder(folder, name), key)
     try:
         yield state
-    except Exception:
-        state.remove()
+    except Exception as err:
+        # A full disk is no bad input: the layers done stay for the run after room is made.
+        if not (isinstance(err, OSError) and err.errno in OUT_OF_ROOM):
+            state.remove()
         raise
     state.remove()
