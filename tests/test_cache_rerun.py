@@ -355,3 +355,16 @@ def test_a_video_linked_to_new_content_redoes_its_own_row(model, tmp_path: Path,
     seen = _decoded(monkeypatch)
     summary = build_cache(model, dataset, tmp_path / "c", batch_size=4)
     assert summary.reused and seen == [3]
+
+
+def test_the_settings_named_as_changed_are_those_that_changed(tmp_path: Path, capsys) -> None:
+    """With augmented views, '(augmentation, dtype)' was said for a new --dtype alone: the
+    record's crop_scale is a JSON list, today's a tuple."""
+    data = tiny_video_dataset() / "val.txt"
+    run = ["cache", "--data", str(data), "--out", str(tmp_path / "c"), "--model",
+           "image_size=32", "--model", "backbone_config=" + _TINY_BACKBONE, "--num-frames",
+           "4", "--num-workers", "0", "--views", "2"]
+    assert main(run) == 0
+    capsys.readouterr()
+    assert main(run + ["--dtype", "float16"]) == 0
+    assert "made with other settings (dtype)" in capsys.readouterr().out

@@ -73,6 +73,14 @@ def test_relative_paths_resume_from_another_directory(tmp_path: Path, monkeypatc
     assert "run already finished at step 8; nothing to do" in capsys.readouterr().out
     assert state.stat().st_mtime_ns == stamp
     assert [s for s, _ in read_steps(start / "run")] == list(range(1, 9))
+    # Even with other settings: its record stays (train_config.json took lr 1.0 and
+    # resumes.jsonl a change, and "the new values are used from here on" was said).
+    record = (start / "run" / "train_config.json").read_text()
+    history = (start / "run" / "resumes.jsonl").read_text()
+    assert main(["train", "--config", saved, "--resume", "auto", "--lr", "1"]) == 0
+    assert "new values are used" not in capsys.readouterr().out
+    assert (start / "run" / "train_config.json").read_text() == record
+    assert (start / "run" / "resumes.jsonl").read_text() == history
 
 
 def test_a_hub_id_as_init_stays_a_hub_id(tmp_path: Path, monkeypatch) -> None:

@@ -183,7 +183,14 @@ def test_a_failing_loader_stops_the_run_only_after_a_stop_signal() -> None:
 
         with pytest.raises(TrainingInterrupted):
             list(until_stopped(loader(), signals, stop, torch.device("cpu")))
-    assert stopped == [signal.SIGTERM]
+
+        class Unstartable:  # the workers' forkserver killed by the group's SIGTERM
+            def __iter__(self):
+                raise EOFError("unexpected EOF")
+
+        with pytest.raises(TrainingInterrupted):  # was: the EOFError's traceback, exit 1
+            list(until_stopped(Unstartable(), signals, stop, torch.device("cpu")))
+    assert stopped == [signal.SIGTERM, signal.SIGTERM]
 
 
 def test_the_last_step_is_written_once_and_its_state_then_updated(tmp_path: Path,

@@ -233,7 +233,8 @@ def _complete_cache(out: Path, keys: set[str], meta: dict, fixed_clips: bool
     except (SpoolLoadError, ValueError):
         return None  # damaged: made again
     if cached.meta.get("settings_key") not in keys:
-        theirs, ours = _tokens_of(cached.meta, fixed_clips), _tokens_of(meta, fixed_clips)
+        theirs = _tokens_of(cached.meta, fixed_clips)
+        ours = json.loads(json.dumps(_tokens_of(meta, fixed_clips)))  # tuples as JSON has them
         changed = sorted(k for k in ours if k != "sources" and theirs.get(k) != ours[k])
         logger.info(f"{out}: the cache there was made with other settings "
                     f"({', '.join(changed) or 'an earlier version'}); it stays until the new "

@@ -139,6 +139,9 @@ def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,
     changed.update(model_noted)
     if state.get("world_size", world_size) != world_size:
         changed["world_size"] = [state["world_size"], world_size]
+    if state["epoch"] >= cfg.epochs:  # a finished run: nothing is trained with the new values
+        return {"step": state["step"], "checkpoint": str(Path(path).resolve()), "changed": {},
+                "finished": True}
     return {"step": state["step"], "checkpoint": str(Path(path).resolve()), "changed": changed}
 
 
@@ -155,7 +158,10 @@ def record_settings(out: Path, cfg: TrainConfig, resumed: dict[str, Any] | None)
     """Keep the record of the run's settings in ``out``: ``train_config.json`` holds the ones
     the run goes on with (so ``--config train_config.json --resume auto`` continues as the
     last invocation did); a new run drops an older run's ``resumes.jsonl``, and a resume
-    appends its record (the changes, old -> new, against its checkpoint) and settings to it."""
+    appends its record (the changes, old -> new, against its checkpoint) and settings to it.
+    A finished run "resumed" trains nothing: both stay as they were."""
+    if resumed is not None and resumed.get("finished"):  # its record stays as it was
+        return
     out = Path(out)
     saved = cfg.to_saved_dict()
     text = json.dumps(saved, indent=1)

@@ -104,10 +104,11 @@ def until_stopped(loader: Iterable[T], signals: StopSignals, stop: Callable[[int
             stop(signum)
         return any_more
 
-    batches, more = iter(loader), True
+    batches, more = None, True
     while True:
         if more:
-            try:
+            try:  # starting the workers too: a group SIGTERM may kill their forkserver
+                batches = iter(loader) if batches is None else batches
                 batch = next(batches)
             except StopIteration:
                 more = False
