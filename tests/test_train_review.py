@@ -436,3 +436,17 @@ def test_a_run_on_a_local_backbone_folder_resumes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="another model"):  # a real change is still refused
         Trainer(TrainConfig(**train_config_dict(
             tmp_path / "run", resume="auto", **{**run, "model": {**model, "image_size": 40}})))
+
+
+def test_the_stop_is_announced_by_rank_0_alone(monkeypatch, spool_log) -> None:
+    """Under torchrun every rank said 'SIGTERM: stopping after this step ...'."""
+    from spool.train import signals as stopping
+
+    for rank, said in ((1, False), (0, True)):
+        monkeypatch.setattr(stopping.dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(stopping.dist, "get_rank", lambda rank=rank: rank)
+        spool_log.clear()
+        with stopping.StopSignals() as signals:
+            signals._handle(signal.SIGTERM, None)
+        assert signals.received == signal.SIGTERM
+        assert ("SIGTERM: stopping after this step" in spool_log.text) is said

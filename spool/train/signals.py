@@ -65,8 +65,9 @@ class StopSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
             self.received, self._at = signum, time.monotonic()
-            logger.warning(f"{signal.Signals(signum).name}: stopping after this step and "
-                           "saving a checkpoint (Ctrl-C again to quit at once)")
+            if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+                logger.warning(f"{signal.Signals(signum).name}: stopping after this step and "
+                               "saving a checkpoint (Ctrl-C again to quit at once)")
         elif signum == signal.SIGINT and time.monotonic() - self._at > _REPEAT_S:
             raise KeyboardInterrupt
 
