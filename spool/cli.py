@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands whose finished work is kept (atomic outputs) and that a rerun continues.
-RESUMABLE = ("extract", "cache")
+# Commands whose finished work is kept (atomic outputs) and that a rerun continues: what.
+RESUMABLE = {"extract": "finished videos are kept (with --offload-dir, a long video's finished "
+                        "layers too)",
+             "cache": "what was finished is kept"}
 
 
 class Terminated(BaseException):
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if in_main:
         _MAIN_PID[:] = [os.getpid()]
     previous = signal.signal(signal.SIGTERM, _terminated) if in_main else None
-    kept = ("; what was finished is kept, and the same command goes on from there"
+    kept = (f"; {RESUMABLE[args.command]}, and the same command goes on from there"
             if args.command in RESUMABLE else "")
     try:
         return int(args.func(args) or 0)

@@ -68,7 +68,18 @@ def refuse_ignored(args: argparse.Namespace, flags: dict[str, Any], why: str) ->
 
 
 def refuse_file_for_folder(path: str | None, flag: str) -> None:
-    """A folder flag (``--offload-dir``) naming a file: refused up front, where every video
-    would fail on it."""
-    if path is not None and os.path.exists(path) and not os.path.isdir(path):
+    """A folder flag (``--offload-dir``) naming what cannot be a folder (a file, a path under
+    one, a place it cannot be made or written in, an empty path): refused up front, where
+    every video would fail on it. The folder is made."""
+    if path is None:
+        return
+    if not path:
+        raise ValueError(f"{flag}: an empty path; name a folder")
+    if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{flag}: {path} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{flag}: cannot make the folder {path}: {err.strerror}") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: {path} is not writable")

@@ -294,7 +294,7 @@ class FeatureExtractor:
             if isinstance(self.model, FrameClassifier) or self.per_frame:
                 # With --offload-dir an interrupted video goes on where it stopped.
                 with (nullcontext() if self.offload_dir is None else resumable_pass(
-                        self.offload_dir, str(job.output), settings_hash(metadata))) as resume:
+                        self.offload_dir, str(job.output), _state_key(metadata))) as resume:
                     check_file_complete(job.source)  # a cut file: its state goes too
                     with autocast:
                         if self.per_frame and not isinstance(self.model, FrameClassifier):
@@ -376,6 +376,11 @@ class FeatureExtractor:
         if failure_log is not None:
             merge_failures(failure_log, summary.failures, summary.settled)
         return summary
+
+
+def _state_key(metadata: dict[str, str]) -> str:
+    """What a long video's hidden state depends on: not what is written of it."""
+    return settings_hash({k: v for k, v in metadata.items() if k != "save_features"})
 
 
 def _name_clash(output: Path, other: str, verb: str) -> FileExistsError:

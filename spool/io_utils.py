@@ -57,6 +57,9 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
                          "text: is it a video or another binary file?") from None
 
 
+OUT_OF_ROOM = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: not one input's fault
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
@@ -71,9 +74,11 @@ def atomic_path(path: str | os.PathLike):
             os.chmod(tmp, mode)
         fsync_path(tmp)  # the data must be on disk before the rename makes it visible
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.errno in OUT_OF_ROOM and err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err  # which disk is full
         raise
     fsync_directory(path.parent)
 
@@ -145,9 +150,6 @@ def reserve_space(path: str | os.PathLike, size: int) -> bool:
     return False
 
 
-OUT_OF_ROOM = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: not one input's fault
-
-
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                             metadata: dict[str, str] | None = None) -> None:
     """``safetensors.torch.save_file`` through a temporary file and a rename, with its header
@@ -170,8 +172,7 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
                 code = re.search(r"os error (\d+)", str(err))
                 if code is None:
                     raise
-                raise OSError(int(code[1]), f"{os.strerror(int(code[1]))}: writing {path}"
-                              ) from err
+                raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from err
             _sort_safetensors_header(tmp)
         os.replace(written, path)
     finally:

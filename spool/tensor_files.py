@@ -54,23 +54,18 @@ def write_streamed_safetensors(path: str | os.PathLike, tensors: list[StreamedTe
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # keeps the data 8-byte aligned, as safetensors does
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for t in tensors:
-                written = 0
-                for chunk in t.chunks:
-                    data = chunk.detach().to("cpu", t.dtype).contiguous().reshape(-1)  # 0-d
-                    f.write(data.view(torch.uint8).numpy().tobytes())
-                    written += data.numel() * data.element_size()
-                if written != t.nbytes:
-                    raise ValueError(f"{t.name}: chunks held {written} bytes, the shape "
-                                     f"{t.shape} needs {t.nbytes}")
-    except OSError as err:
-        if err.filename is not None or err.errno is None:
-            raise
-        raise OSError(err.errno, f"{err.strerror}: writing {path}") from err  # which file
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a full disk: named there
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for t in tensors:
+            written = 0
+            for chunk in t.chunks:
+                data = chunk.detach().to("cpu", t.dtype).contiguous().reshape(-1)  # 0-d too
+                f.write(data.view(torch.uint8).numpy().tobytes())
+                written += data.numel() * data.element_size()
+            if written != t.nbytes:
+                raise ValueError(f"{t.name}: chunks held {written} bytes, the shape "
+                                 f"{t.shape} needs {t.nbytes}")
 
 
 def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str] | None:

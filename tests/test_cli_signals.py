@@ -51,8 +51,9 @@ def test_sigterm_says_what_was_kept_and_a_rerun_goes_on(tmp_path: Path, to_group
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
     assert "Traceback" not in stderr, stderr
-    assert ("spool extract: terminated (SIGTERM); what was finished is kept, and the same "
-            "command goes on from there") in stderr
+    assert ("spool extract: terminated (SIGTERM); finished videos are kept (with "
+            "--offload-dir, a long video's finished layers too), and the same command goes on "
+            "from there") in stderr
     kept = len(list(out.glob("*.safetensors")))
     assert 2 <= kept < len(videos)
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

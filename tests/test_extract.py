@@ -355,7 +355,7 @@ def test_a_full_disk_stops_the_job_with_one_line(videos, tmp_path, capsys, monke
     captured = capsys.readouterr()
     assert "FAILED" not in captured.out
     assert captured.err.strip().splitlines()[-1].startswith(
-        "spool extract: error: [Errno 28] No space left on device: writing ")
+        "spool extract: error: [Errno 28] No space left on device: '")
     # No room for the claim files either: the same one line, not a failure per video.
     import errno
 

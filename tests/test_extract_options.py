@@ -115,6 +115,9 @@ def test_a_sampler_flag_picks_its_sampler(video, tmp_path, flags, expected):
     (["--per-frame", "--clip-len", "4"], "--clip-len"),
     (["--per-frame", "--batch-size", "8"], "--batch-size: applies to clips; --per-frame"),
     (["--per-frame", "--offload-dir", __file__], f"--offload-dir: {__file__} is a file"),
+    (["--per-frame", "--offload-dir", __file__ + "/sub"], "--offload-dir: cannot make the "
+     "folder"),  # every video failed on it (NotADirectoryError)
+    (["--per-frame", "--offload-dir", ""], "--offload-dir: an empty path"),
 ])
 def test_flags_that_do_not_apply_are_refused(video, tmp_path, capsys, flags, message):
     path, config = video

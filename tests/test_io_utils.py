@@ -146,3 +146,19 @@ def test_saved_tensors_are_the_same_bytes_every_time(tmp_path):
     assert torch.equal(loaded["a"], tensors["a"]) and torch.equal(loaded["t"], tensors["t"])
     with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
         assert f.metadata() == metadata
+
+
+def test_a_full_disk_names_the_file_it_was_writing(tmp_path):
+    """'[Errno 28] No space left on device' alone did not say which disk (--out or
+    --offload-dir) was full."""
+    import errno
+
+    from spool.io_utils import atomic_path, atomic_write_text
+
+    with pytest.raises(OSError) as caught:
+        with atomic_path(tmp_path / "state.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(tmp_path / "state.json")
+    assert list(tmp_path.iterdir()) == []
+    atomic_write_text(tmp_path / "ok.txt", "x")  # others pass as they are

@@ -66,13 +66,14 @@ def test_another_key_starts_afresh(tmp_path, monkeypatch):
     model = Spool(tiny_config(num_hidden_layers=2, **TOKENS), with_backbone=False).eval()
     tokens = torch.randn(9, model.config.num_spatial_tokens, model.config.hidden_size)
     calls = _interrupt_layer(monkeypatch, 1)
+    folder = tmp_path / ".spool-resume-0123"  # resumable_pass's: all in it is Spool's
     with pytest.raises(KeyboardInterrupt):
-        model.forward_long(tokens, resume=ResumableHiddenState(tmp_path / "s", "old"))
-    (tmp_path / "s" / "stray").write_text("x")
+        model.forward_long(tokens, resume=ResumableHiddenState(folder, "old"))
+    (folder / "stray").write_text("x")
     other = torch.randn_like(tokens)
     calls.clear()
-    got = model.forward_long(other, resume=ResumableHiddenState(tmp_path / "s", "new"))
-    assert len(calls) == 2 and not (tmp_path / "s" / "stray").exists()
+    got = model.forward_long(other, resume=ResumableHiddenState(folder, "new"))
+    assert len(calls) == 2 and not (folder / "stray").exists()
     monkeypatch.undo()
     torch.testing.assert_close(got.context, model.forward_long(other).context)
 
@@ -175,7 +176,7 @@ def test_a_damaged_record_or_folder_starts_afresh(tmp_path, record):
     fail the video (a TypeError, KeyError or IndexError before)."""
     model = Spool(tiny_config(num_hidden_layers=2, **TOKENS), with_backbone=False).eval()
     tokens = torch.randn(9, 5, 24)
-    folder = tmp_path / "s"
+    folder = tmp_path / ".spool-resume-0123"
     if record is None:
         folder.write_text("in the way")
     else:
@@ -261,3 +262,34 @@ def test_a_full_disk_writing_the_output_keeps_the_layers_done(tmp_path, monkeypa
     monkeypatch.setattr(extract, "write_streamed_safetensors", real)
     calls = _interrupt_layer(monkeypatch, 99)  # counts the layers run
     assert main(run) == 0 and calls == [] and not kept.exists()
+
+
+def test_a_folder_of_other_things_is_refused_not_emptied(tmp_path):
+    """The README's ResumableHiddenState(DIR, key) emptied DIR: a user's files and another
+    job's state went. A folder of other things (or a file) is refused and left as it is."""
+    model = Spool(tiny_config(num_hidden_layers=1, **TOKENS), with_backbone=False).eval()
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "scratch" / "important.txt").write_text("precious")
+    (tmp_path / "notes.txt").write_text("mine")
+    for place in (tmp_path / "scratch", tmp_path / "notes.txt"):
+        with pytest.raises(ValueError, match="holds other things than a hidden state"):
+            model.forward_long(torch.randn(9, 5, 24), resume=ResumableHiddenState(place, "k"))
+    assert (tmp_path / "scratch" / "important.txt").read_text() == "precious"
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_one_key_over_two_videos_is_two_states(tmp_path):
+    """The same key (and folder) for another video took up the first one's state: its
+    features and timestamps. The video file and the sampler are part of the key."""
+    model = Spool(tiny_config(num_hidden_layers=1, backbone_chunk_size=4)).eval()
+    rng = np.random.default_rng(0)
+    videos = [write_video(tmp_path / f"{n}.mkv", rng.integers(0, 256, (12, 32, 32, 3),
+                                                              dtype=np.uint8), fps=10,
+                          codec="ffv1") for n in "ab"]
+    state = tmp_path / "state"
+    model.forward_long(videos[0], sampler=StrideSampler(1),
+                       resume=ResumableHiddenState(state, "k"))
+    got = model.forward_long(videos[1], sampler=StrideSampler(1),
+                             resume=ResumableHiddenState(state, "k"))
+    want = model.forward_long(videos[1], sampler=StrideSampler(1))
+    torch.testing.assert_close(got.context, want.context, atol=1e-5, rtol=1e-5)

@@ -11,6 +11,7 @@ the plain forward's, to fp32 round-off.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from spool.io_utils import file_location, file_version
 from spool.layers.streaming import check_chunk_frames, stream_temporal_stack
 from spool.models.long_video_state import ResumableHiddenState, reserve
 from spool.runtime import available_memory_bytes
@@ -240,8 +242,10 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     try:
         check_memory(needed, f"forward_long over {num_frames} frames ([{num_frames + 2}, {L}, "
                              f"{D}] fp32 hidden state)")
-        if resume is not None:
-            hidden = resume.open((num_frames + 2, L, D)).hidden
+        if resume is not None:  # a state of another video or sampling is not taken up
+            source = "" if reader is None else json.dumps(
+                [file_location(video), file_version(video), sampler.to_dict()])
+            hidden = resume.open((num_frames + 2, L, D), source).hidden
         else:
             hidden = _hidden_buffer((num_frames + 2, L, D), offload_dir)
         done = 0 if resume is None else resume.encoded
@@ -275,9 +279,9 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     work = hidden.to(device) if hidden_on_device else hidden
     first = 0 if resume is None else resume.layers_done
     # Counted in frames through layers: a layer over a long video takes minutes.
-    layers = tqdm(total=(config.num_hidden_layers - first) * (num_frames + 2), unit="frame",
-                  desc=f"temporal ({config.num_hidden_layers} layers)", disable=not progress,
-                  leave=False)
+    layers = tqdm(total=config.num_hidden_layers * (num_frames + 2), unit="frame",
+                  initial=first * (num_frames + 2), disable=not progress, leave=False,
+                  desc=f"temporal ({config.num_hidden_layers} layers)")
     work = stream_temporal_stack(model.temporal, work, chunk_frames, layers.update,
                                  start_layer=first,
                                  before_layer=None if resume is None else resume.before_layer)

@@ -46,13 +46,17 @@ class ResumableHiddenState:
         self._arrays: list[np.memmap] = []
         self._last_commit = time.monotonic()
 
-    def open(self, shape: tuple[int, int, int]) -> ResumableHiddenState:
-        """Take up the folder's state when it is this key's and shape's, else start afresh
+    def open(self, shape: tuple[int, int, int], source: str = "") -> ResumableHiddenState:
+        """Take up the folder's state when it is this key's, ``source``'s (what the pass
+        reads: forward_long names the video file and sampler) and shape's, else start afresh
         (a ``MemoryError`` when the disk has no room for it: a full disk met while writing a
-        mapped file would kill the process instead)."""
+        mapped file would kill the process instead). A folder holding anything but such a
+        state is refused, not emptied."""
         shape = tuple(int(n) for n in shape)
         names = ("hidden0.f32", "hidden1.f32", "timestamps.f64")
         sizes = (4 * int(np.prod(shape)),) * 2 + (8 * (shape[0] - 2),)
+        self._check_own_folder(names)
+        self.key = f"{self.key}|{source}" if source else self.key
         record = self._read_record()
         fresh = (record is None or not _valid(record, self.key, shape)
                  or any(not _has_size(self.folder / n, s) for n, s in zip(names, sizes,
@@ -130,6 +134,18 @@ class ResumableHiddenState:
         target = self.buffers[1 - index]
         _copy(x, target)
         return target
+
+    def _check_own_folder(self, names: tuple[str, ...]) -> None:
+        """``ValueError`` unless the folder is free for a state: missing, a state's, or (its
+        hidden name is Spool's: ``resumable_pass``) anything left there."""
+        if self.folder.name.startswith(".spool-resume-") or not os.path.lexists(self.folder):
+            return
+        own = {*names, RECORD_NAME}
+        if not self.folder.is_dir() or self.folder.is_symlink() or any(
+                not (p.name in own or p.name.startswith(f".{RECORD_NAME}.spool-"))
+                for p in self.folder.iterdir()):
+            raise ValueError(f"resume: {self.folder} holds other things than a hidden state; "
+                             "give a folder of its own (resumable_pass makes one per pass)")
 
     def remove(self) -> None:
         """Delete the folder (the pass's output is written, or the video failed)."""
