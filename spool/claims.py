@@ -175,8 +175,7 @@ def claim_record(output: str | os.PathLike) -> dict:
 
 def _claim_file(path: Path, stale_after_s: float, extra: dict | None = None) -> Claim | None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    claim = _create_claim(path, extra)
-    if claim is not None:
+    if (claim := _create_claim(path, extra)) is not None:
         return claim
     raw = _read_bytes(path)
     if raw is None:  # released meanwhile
@@ -195,8 +194,7 @@ def lock_directory(directory: str | os.PathLike, what: str,
     from spool.errors import SpoolBusyError
 
     path = Path(directory) / name
-    claim = _claim_file(path, STALE_AFTER_S)
-    if claim is None:
+    if (claim := _claim_file(path, STALE_AFTER_S)) is None:
         raise SpoolBusyError(f"{directory}: another {what} is using it ({claim_holder(path)}); "
                              "wait for it to end or choose another directory")
     return claim
@@ -229,8 +227,7 @@ def release_claim(claim: Claim) -> None:
 
 
 def _release(claim: Claim) -> None:
-    raw = _read_bytes(claim.path)
-    if raw is not None and _parse(raw).get("token") == claim.token:
+    if _parse(_read_bytes(claim.path) or b"").get("token") == claim.token:
         claim.path.unlink(missing_ok=True)
 
 
@@ -239,8 +236,7 @@ def remove_stale_claim(path: Path, stale_after_s: float = STALE_AFTER_S) -> bool
     raw = _read_bytes(path)
     if raw is None or not _claim_is_stale(path, raw, stale_after_s):
         return False
-    claim = _take_over(path, raw)
-    if claim is not None:
+    if (claim := _take_over(path, raw)) is not None:
         release_claim(claim)
     return claim is not None
 
@@ -258,8 +254,12 @@ def _create_claim(path: Path, extra: dict | None = None) -> Claim | None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
         return None
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(record))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(record))
+    except OSError:  # a full disk: left empty, it would read as another job's for a minute
+        path.unlink(missing_ok=True)
+        raise
     return Claim(path, token)
 
 

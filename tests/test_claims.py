@@ -236,3 +236,32 @@ def test_a_claim_is_renewed_while_its_video_is_extracted(tmp_path: Path, monkeyp
     summary = extract.FeatureExtractor(model, make_sampler("uniform", num_frames=2)).run(
         [job], progress=False)
     assert summary.done == 1 and entered == [".a.safetensors.spool-claim"]
+
+
+def test_a_claim_that_cannot_be_written_is_not_left_empty(tmp_path, monkeypatch):
+    """A full disk: the empty claim file stayed, and a rerun within a minute (once room was
+    made) said the video was another job's and exited 0."""
+    import errno
+    import os
+
+    real = os.fdopen
+
+    class Full:
+        def __init__(self, fd, *args, **kwargs):
+            self.file = real(fd, *args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            self.file.close()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", Full)
+    with pytest.raises(OSError, match="No space left"):
+        try_claim(tmp_path / "v.safetensors")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+    assert try_claim(tmp_path / "v.safetensors") is not None  # at once, not a minute later
