@@ -257,9 +257,9 @@ def _create_claim(path: Path, extra: dict | None = None) -> Claim | None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(record))
-    except OSError:  # a full disk: left empty, it would read as another job's for a minute
+    except OSError as err:  # a full disk: left empty, it would read as another job's a minute
         path.unlink(missing_ok=True)
-        raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
     return Claim(path, token)
 
 

@@ -69,17 +69,18 @@ def refuse_ignored(args: argparse.Namespace, flags: dict[str, Any], why: str) ->
 
 def refuse_file_for_folder(path: str | None, flag: str) -> None:
     """A folder flag (``--offload-dir``) naming what cannot be a folder (a file, a path under
-    one, a place it cannot be made or written in, an empty path): refused up front, where
-    every video would fail on it. The folder is made."""
+    one, a place that cannot be written in, an empty path): refused up front, where every
+    video would fail on it. Nothing is made: other flags may be refused after."""
     if path is None:
         return
     if not path:
         raise ValueError(f"{flag}: an empty path; name a folder")
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{flag}: {path} is a file, not a folder")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"{flag}: cannot make the folder {path}: {err.strerror}") from err
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag}: {path} is not writable")
+    found = os.path.abspath(path)
+    while not os.path.exists(found):  # the nearest part of it that is there
+        found = os.path.dirname(found)
+    if not os.path.isdir(found):
+        raise ValueError(f"{flag}: {path} is under {found}, a file")
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: {found} is not writable")

@@ -77,8 +77,8 @@ def atomic_path(path: str | os.PathLike):
     except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(err, OSError) and err.errno in OUT_OF_ROOM and err.filename is None:
-            raise OSError(err.errno, err.strerror, str(path)) from err  # which disk is full
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err  # which file (disk)
         raise
     fsync_directory(path.parent)
 

@@ -115,8 +115,8 @@ def test_a_sampler_flag_picks_its_sampler(video, tmp_path, flags, expected):
     (["--per-frame", "--clip-len", "4"], "--clip-len"),
     (["--per-frame", "--batch-size", "8"], "--batch-size: applies to clips; --per-frame"),
     (["--per-frame", "--offload-dir", __file__], f"--offload-dir: {__file__} is a file"),
-    (["--per-frame", "--offload-dir", __file__ + "/sub"], "--offload-dir: cannot make the "
-     "folder"),  # every video failed on it (NotADirectoryError)
+    (["--per-frame", "--offload-dir", __file__ + "/sub"], f"--offload-dir: {__file__}/sub is "
+     f"under {__file__}, a file"),  # every video failed on it (NotADirectoryError)
     (["--per-frame", "--offload-dir", ""], "--offload-dir: an empty path"),
 ])
 def test_flags_that_do_not_apply_are_refused(video, tmp_path, capsys, flags, message):
@@ -176,3 +176,12 @@ def test_a_whole_video_clip_that_would_not_fit_fails_that_video_alone(tmp_path, 
     assert "or use --per-frame, which streams a whole video through forward_long" in err
     assert (tmp_path / "o" / "short.safetensors").exists()
     assert not (tmp_path / "o" / "long.safetensors").exists()
+
+
+def test_a_refused_command_makes_no_offload_folder(video, tmp_path, capsys):
+    """--offload-dir was made while checking it, then another flag refused the command."""
+    path, config = video
+    new = tmp_path / "new" / "scratch"
+    assert _extract(path, tmp_path / "o", config, "--per-frame", "--sampler", "sliding",
+                    "--offload-dir", str(new)) == 2
+    assert not (tmp_path / "new").exists()

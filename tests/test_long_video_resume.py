@@ -293,3 +293,19 @@ def test_one_key_over_two_videos_is_two_states(tmp_path):
                              resume=ResumableHiddenState(state, "k"))
     want = model.forward_long(videos[1], sampler=StrideSampler(1))
     torch.testing.assert_close(got.context, want.context, atol=1e-5, rtol=1e-5)
+
+
+def test_a_state_opened_again_keeps_its_progress(tmp_path, monkeypatch):
+    """open() added the video to the key in place: a second forward_long with the same state
+    object (a retry after an error, a notebook after Ctrl-C) took its own state for another
+    key's and started over."""
+    model = Spool(tiny_config(num_hidden_layers=2, backbone_chunk_size=4)).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "v.mkv", frames, fps=10, codec="ffv1")
+    state = ResumableHiddenState(tmp_path / "s", "k")
+    calls = _interrupt_layer(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        model.forward_long(video, sampler=StrideSampler(1), resume=state)
+    calls.clear()
+    model.forward_long(video, sampler=StrideSampler(1), resume=state)
+    assert len(calls) == 1  # the second layer only

@@ -81,6 +81,12 @@ def test_relative_paths_resume_from_another_directory(tmp_path: Path, monkeypatc
     assert "new values are used" not in capsys.readouterr().out
     assert (start / "run" / "train_config.json").read_text() == record
     assert (start / "run" / "resumes.jsonl").read_text() == history
+    # Unless its results were never written (killed just before): they are written now,
+    # with the new values, so those are noted and recorded as for any resume.
+    (start / "run" / "results.json").unlink()
+    assert main(["train", "--config", saved, "--resume", "auto", "--lr", "1"]) == 0
+    assert "note: resuming with lr " in capsys.readouterr().out
+    assert (start / "run" / "resumes.jsonl").read_text() != history
 
 
 def test_a_hub_id_as_init_stays_a_hub_id(tmp_path: Path, monkeypatch) -> None:

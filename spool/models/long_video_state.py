@@ -56,9 +56,9 @@ class ResumableHiddenState:
         names = ("hidden0.f32", "hidden1.f32", "timestamps.f64")
         sizes = (4 * int(np.prod(shape)),) * 2 + (8 * (shape[0] - 2),)
         self._check_own_folder(names)
-        self.key = f"{self.key}|{source}" if source else self.key
+        key = f"{self.key}|{source}" if source else self.key  # not kept: open() may come again
         record = self._read_record()
-        fresh = (record is None or not _valid(record, self.key, shape)
+        fresh = (record is None or not _valid(record, key, shape)
                  or any(not _has_size(self.folder / n, s) for n, s in zip(names, sizes,
                                                                            strict=True)))
         if fresh:
@@ -72,7 +72,7 @@ class ResumableHiddenState:
             for name, size in zip(names, sizes, strict=True):
                 with open(self.folder / name, "wb") as f:
                     reserve(f, size, self.folder)
-            record = {"key": self.key, "shape": list(shape), "encoded": 0, "layers": 0,
+            record = {"key": key, "shape": list(shape), "encoded": 0, "layers": 0,
                       "current": 0}
         self.record = record
         self._arrays = [np.memmap(self.folder / names[0], np.float32, "r+", shape=shape),
@@ -142,7 +142,7 @@ class ResumableHiddenState:
             return
         own = {*names, RECORD_NAME}
         if not self.folder.is_dir() or self.folder.is_symlink() or any(
-                not (p.name in own or p.name.startswith(f".{RECORD_NAME}.spool-"))
+                not p.is_file() or not (p.name in own or p.name.startswith(f".{RECORD_NAME}."))
                 for p in self.folder.iterdir()):
             raise ValueError(f"resume: {self.folder} holds other things than a hidden state; "
                              "give a folder of its own (resumable_pass makes one per pass)")

@@ -31,6 +31,7 @@ from typing import Any
 
 from spool.config import CONFIG_NAME, SpoolConfig
 from spool.io_utils import atomic_write
+from spool.train.checkpoint import results_written
 from spool.train.config import PATH_FIELDS, TrainConfig
 
 CONFIG_FILE = "train_config.json"
@@ -139,7 +140,8 @@ def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,
     changed.update(model_noted)
     if state.get("world_size", world_size) != world_size:
         changed["world_size"] = [state["world_size"], world_size]
-    if state["epoch"] >= cfg.epochs:  # a finished run: nothing is trained with the new values
+    if state["epoch"] >= cfg.epochs and results_written(Path(cfg.out_dir), state["step"]):
+        # A finished run: nothing is trained, or written, with the new values.
         return {"step": state["step"], "checkpoint": str(Path(path).resolve()), "changed": {},
                 "finished": True}
     return {"step": state["step"], "checkpoint": str(Path(path).resolve()), "changed": changed}
