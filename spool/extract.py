@@ -24,7 +24,7 @@ from tqdm import tqdm
 from spool import __version__
 from spool.claims import claim_record, kept_alive
 from spool.config import settings_hash
-from spool.extract_inputs import VideoJob, as_recorded
+from spool.extract_inputs import VideoJob, as_recorded, output_source
 from spool.io_utils import (
     OUT_OF_ROOM,
     atomic_save_safetensors,
@@ -391,8 +391,7 @@ def _name_clash(output: Path, other: str, verb: str) -> FileExistsError:
 
 def _other_source(output: Path, source: str) -> str | None:
     """The video ``output`` was made from, when that is another file that still exists."""
-    meta = read_safetensors_metadata(output) if output.is_file() else None
-    other = (meta or {}).get("source")
+    other = output_source(output)
     return other if other not in (None, source) and Path(other).is_file() else None
 
 

@@ -147,7 +147,7 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
         # digest of its path but the one whose features the plain name holds already (an
         # earlier run's: a run that adds the other keeps them, not a copy under a new name).
         output = _output(out_dir, name)
-        if names[name] > 1 and _holder(output) != as_recorded(src):
+        if names[name] > 1 and output_source(output) != as_recorded(src):
             digest = hashlib.sha1(str(src).encode()).hexdigest()[:8]
             output = _output(out_dir, name.with_name(f"{name.name}-{digest}"))
         jobs.append(VideoJob(src, output))
@@ -163,7 +163,7 @@ def _output(out_dir: Path, name: Path) -> Path:
     return out_dir / name.with_name(stem + ".safetensors")
 
 
-def _holder(output: Path) -> str | None:
+def output_source(output: Path) -> str | None:
     """The video whose features ``output`` holds (its metadata's ``source``), if any."""
     try:
         meta = read_safetensors_metadata(output) if output.is_file() else None

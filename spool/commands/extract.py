@@ -11,14 +11,18 @@ import time
 from pathlib import Path
 
 from spool import claims
-from spool.claims import remove_stale_temporaries_in
+from spool.claims import (
+    CLAIM_SUFFIX,
+    STALE_AFTER_S,
+    remove_stale_claim,
+    remove_stale_temporaries_in,
+)
 from spool.cli_args import (
     add_model_argument,
     positive_float,
     positive_int,
     refuse_file_for_folder,
 )
-from spool.io_utils import CLAIM_SUFFIX, STALE_AFTER_S, remove_stale_claim
 
 logger = logging.getLogger("spool.commands.extract")
 

@@ -37,7 +37,12 @@ from spool.data.cache import (
     report_failure,
     write_cache_failures,
 )
-from spool.data.cached_tokens import encoder_on, refuse_other_cache
+from spool.data.cached_tokens import (
+    BACKBONE_DIR,
+    CACHE_META,
+    encoder_on,
+    refuse_other_cache,
+)
 from spool.data.classes import FrameLabelMapping
 from spool.data.dataset import UNREADABLE, first_readable, skipped_video, split_readable
 from spool.data.frame_cache_rebuild import build_folder, replace_cache
@@ -62,8 +67,6 @@ from spool.video.io import VideoReader, probe_video
 from spool.video.samplers import FrameSampler
 from spool.video.transforms import FramePreprocessing
 
-CACHE_META = "cache.json"
-BACKBONE_DIR = "backbone"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
 DECODE_CHUNK_FRAMES = 64  # frames decoded at full size at once for frame training
 

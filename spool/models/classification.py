@@ -144,6 +144,8 @@ class FramePoolingForVideoClassification(VideoClassifier):
     in a different order get the same logits. Temporal fields of the config are ignored.
     """
 
+    has_temporal_stack = False
+
     def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
                  **kwargs: Any) -> None:
         super().__init__()

@@ -22,6 +22,8 @@ class FrameProbeForFrameClassification(FrameClassifier):
     """Baseline: a linear probe on each frame's backbone tokens (averaged); no temporal model,
     so a frame is classified from what it shows alone."""
 
+    has_temporal_stack = False
+
     def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
                  **kwargs: Any) -> None:
         super().__init__()
@@ -43,6 +45,8 @@ class MSTCNForFrameClassification(FrameClassifier):
     """Baseline: MS-TCN (4 stages x 10 dilated residual layers, 64 channels, dropout 0.5 by
     default; ``config.head_config`` may set ``num_stages``, ``num_layers``, ``num_channels``,
     ``dropout``) on each frame's backbone tokens (averaged), trained with MS-TCN's loss."""
+
+    has_temporal_stack = False
 
     def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
                  **kwargs: Any) -> None:

@@ -188,6 +188,8 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
     config: SpoolConfig
     # Constructor keywords that are not config fields (``from_pretrained`` passes them on).
     init_keywords: ClassVar[tuple[str, ...]] = ("with_backbone",)
+    # False for the baselines: no temporal layers (nor heads to split hidden_size).
+    has_temporal_stack: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

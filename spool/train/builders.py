@@ -40,10 +40,6 @@ from spool.video.transforms import RandomResizedCrop
 logger = logging.getLogger(__name__)
 
 
-NO_TEMPORAL_STACK = ("FramePoolingForVideoClassification", "FrameProbeForFrameClassification",
-                     "MSTCNForFrameClassification")
-
-
 def model_class(cfg: TrainConfig) -> type:
     """The class of model the run trains (its task's ``architecture``)."""
     if cfg.task == "frames":
@@ -70,7 +66,7 @@ def model_config(cfg: TrainConfig, resumed: Path | None = None) -> SpoolConfig:
     checkpoint ``resumed``, which holds every weight), the token cache's frame encoder, then
     ``model``."""
     overrides = dict(cfg.model)
-    if model_class(cfg).__name__ in NO_TEMPORAL_STACK:  # and no heads to split hidden_size
+    if not model_class(cfg).has_temporal_stack:  # nor heads to split hidden_size
         overrides = {"num_hidden_layers": 0, **overrides}
     if cfg.gradient_checkpointing:
         overrides["gradient_checkpointing"] = True
