@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: every CUDA test, forward_long's hidden state on the device vs in RAM
-# (bench/long_video_gpu.py), attention at T = 256/512 for k = 4, and with T_SUITE=seconds the
+# (bench/long_video_gpu.py, given LONG_ARGS if set, e.g. --resumable), attention at T = 256/512 for k = 4, and with T_SUITE=seconds the
 # whole test suite with a GPU present (defaults such as --device auto take it; tests written for
 # the CPU's fp32 may then differ by bf16 round-off). A step whose T_* is 0 is skipped. Outputs
 # in $OUT; logs stay short.
@@ -24,7 +24,7 @@ echo "rc=$?"; tail -n 15 "$OUT/pytest_cuda.log"
 fi
 if [ "${T_LONG:-150}" -gt 0 ]; then
 step "forward_long: hidden state on the device vs in RAM"
-timeout "${T_LONG:-150}" python3 bench/long_video_gpu.py --frames 2000 8000 --pooling 1 4 \
+timeout "${T_LONG:-150}" python3 bench/long_video_gpu.py ${LONG_ARGS:---frames 2000 8000 --pooling 1 4} \
     --json "$OUT/long_video_gpu.json" 2>&1 | tail -n 12
 fi
 if [ "${T_ATTN:-90}" -gt 0 ]; then

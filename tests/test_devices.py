@@ -153,8 +153,12 @@ def test_training_on_gpu_follows_cpu(device, tmp_path):
 
 
 @pytest.mark.parametrize("device", CUDA_ONLY)
-def test_extract_on_gpu_matches_cpu(device, tmp_path):
-    """``spool extract --device cuda`` (bf16 autocast by default) against the CPU's fp32."""
+@pytest.mark.parametrize("mode", [["--num-frames", "4"],
+                                  ["--per-frame", "--stride", "1", "--chunk-frames", "4"],
+                                  ["--per-frame", "--stride", "1", "--offload-dir", "scratch"]])
+def test_extract_on_gpu_matches_cpu(device, mode, tmp_path):
+    """``spool extract --device cuda`` (bf16 autocast by default) against the CPU's fp32: clips,
+    and long videos' per-frame pass (its hidden state in a resumable file for --offload-dir)."""
     import json
 
     import numpy as np
@@ -171,7 +175,8 @@ def test_extract_on_gpu_matches_cpu(device, tmp_path):
     out = {}
     for dev in ("cpu", device):
         args = ["extract", str(tmp_path / "a.mp4"), "--out", str(tmp_path / dev),
-                *tiny_model_args(config), "--no-progress", "--num-frames", "4", "--device", dev]
+                *tiny_model_args(config), "--no-progress", "--device", dev,
+                *[str(tmp_path / a) if a == "scratch" else a for a in mode]]
         assert main(args) == 0
         out[dev] = load_file(tmp_path / dev / "a.safetensors")
     diff = (out[device]["context"].float() - out["cpu"]["context"]).abs()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import CUDA_ONLY, LargestOutput, tiny_config
+from conftest import CUDA_ONLY, DEVICES, LargestOutput, tiny_config
 
 import spool.models.long_video as long_video
 from spool import Spool
@@ -41,9 +41,10 @@ def test_chunked_forward_equals_plain_forward(T, w, lookback, chunk):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype,T,tokens", [(torch.bfloat16, 6000, 17),
                                             (torch.float16, 300, 257)])
-def test_under_autocast_the_long_pass_is_as_close_as_the_plain_forward(dtype, T, tokens):
+def test_under_autocast_the_long_pass_is_as_close_as_the_plain_forward(device, dtype, T, tokens):
     """The context frames' attention over every frame is summed over chunks: a float16 sum
     over T * L > 65504 keys overflowed (context off by 0.2 where the plain forward's autocast
     error is 1e-5), and a bfloat16 one drifted with T. Both now accumulate in float32."""
@@ -58,12 +59,14 @@ def test_under_autocast_the_long_pass_is_as_close_as_the_plain_forward(dtype, T,
     x = torch.randn(1, T, tokens, 16)
     with torch.no_grad():
         want = model.forward_tokens(x)
-        with torch.autocast("cpu", dtype=dtype):
+        model.to(device)
+        x = x.to(device)
+        with torch.autocast(device, dtype=dtype):
             plain = model.forward_tokens(x)
             long = model.forward_long(x[0], keep_features=True)
     for name in ("context", "features"):
-        plain_err = (getattr(plain, name)[0].float() - getattr(want, name)[0]).abs().max()
-        long_err = (getattr(long, name).float() - getattr(want, name)[0]).abs().max()
+        plain_err = (getattr(plain, name)[0].float().cpu() - getattr(want, name)[0]).abs().max()
+        long_err = (getattr(long, name).float().cpu() - getattr(want, name)[0]).abs().max()
         assert long_err <= 2 * plain_err + 1e-4, (name, float(long_err), float(plain_err))
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import CUDA_ONLY, tiny_config
 
 import spool.layers.streaming as streaming
 import spool.models.long_video as long_video
@@ -58,6 +58,32 @@ def test_a_pass_interrupted_in_a_layer_goes_on_from_the_last_finished_one(
     assert len(calls) == 3 - at  # the layers done before are not run again
     torch.testing.assert_close(got.features, want.features, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.context, want.context, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+@pytest.mark.parametrize("on_device", [True, False])  # the state whole on the GPU, or chunks
+def test_a_pass_on_the_gpu_interrupted_goes_on_to_the_cpus_result(
+        tmp_path, monkeypatch, device, on_device):
+    """The model on a GPU: the state on the device is copied to its file before each layer
+    (or stays in the file, a chunk at a time on the device); a resumed pass gives the CPU's
+    uninterrupted result."""
+    model = Spool(tiny_config(num_hidden_layers=3, local_frame_range=2, **TOKENS),
+                  with_backbone=False).eval()
+    tokens = torch.randn(23, model.config.num_spatial_tokens, model.config.hidden_size)
+    want = model.forward_long(tokens, chunk_frames=4, keep_features=True)
+    model.to(device)
+    calls = _interrupt_layer(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        model.forward_long(tokens, chunk_frames=4, hidden_on_device=on_device,
+                           resume=ResumableHiddenState(tmp_path / "state", "k"))
+    assert json.loads((tmp_path / "state" / "state.json").read_text())["layers"] == 1
+    calls.clear()
+    got = model.forward_long(tokens, chunk_frames=4, keep_features=True,
+                             hidden_on_device=on_device,
+                             resume=ResumableHiddenState(tmp_path / "state", "k"))
+    assert len(calls) == 2
+    torch.testing.assert_close(got.features.cpu(), want.features, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.context.cpu(), want.context, atol=1e-4, rtol=1e-4)
 
 
 def test_another_key_starts_afresh(tmp_path, monkeypatch):
