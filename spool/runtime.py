@@ -113,12 +113,16 @@ def tune_cpu_allocator() -> bool:
 
 class _ConsoleHandler(logging.Handler):
     """Plain lines: INFO to stdout, warnings and errors to stderr, whichever streams are
-    current when a message is emitted (test runners and notebooks replace them)."""
+    current when a message is emitted (test runners and notebooks replace them). Progress bars
+    shown are cleared first and drawn again below (written plainly, a warning landed on the
+    end of a bar's line)."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
         stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
         try:
-            stream.write(self.format(record) + "\n")
+            tqdm.write(self.format(record), file=stream)
             stream.flush()
         except Exception:  # a closed stream must not end the job
             self.handleError(record)

@@ -59,3 +59,23 @@ def test_a_local_rank_beyond_the_gpus_is_refused_by_name(monkeypatch) -> None:
     with pytest.raises(ValueError, match=r"local rank 1 .* 1 GPU.*nproc_per_node=1.*cpu"):
         resolve_device("auto", 1)
     assert resolve_device("cpu", 1) == torch.device("cpu")
+
+
+def test_a_message_during_a_progress_bar_gets_a_line_of_its_own(monkeypatch, capsys) -> None:
+    """A warning written while a bar was shown was appended to the bar's line ('eval:
+    33%|... 2.49video/s]skipping a.mp4: ...'), so a terminal showed it garbled and the next
+    redraw wrote over it."""
+    import logging
+
+    from tqdm import tqdm
+
+    from spool.runtime import configure_logging
+
+    configure_logging()
+    with tqdm(total=3, desc="eval", file=sys.stderr, mininterval=0) as bar:
+        bar.update(1)
+        logging.getLogger("spool").warning("skipping a.mp4: VideoDecodeError: not a video")
+        bar.update(1)
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert "skipping a.mp4: VideoDecodeError: not a video" in lines, lines
+

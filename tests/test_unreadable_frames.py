@@ -113,7 +113,7 @@ def test_eval_of_a_frame_classifier_skips_and_counts_the_bad_video(tmp_path: Pat
     lines = [line.replace("\x1b[A", "").strip()
              for line in printed.err.replace("\r", "\n").splitlines()]
     said = [line for line in lines if line and "%|" not in line]  # beside the progress bars
-    assert len(said) == 1 and said[0].startswith(f"skipping {bad}: VideoDecodeError: "), said
+    assert len(said) == 1 and said[0].startswith(f"skipping {bad}: VideoDecodeError: "), lines
     report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert report["videos"] == 2 and report["skipped"] == 1
     assert report["skipped_videos"][0][:2] == [str(bad), "VideoDecodeError"]
