@@ -6,7 +6,9 @@ lives in two files in a folder, and a record (``state.json``, replaced atomicall
 it describes is on disk) says how far the pass got: how many frames are encoded (into buffer
 0), then how many temporal layers are done and which buffer holds their output. Each layer
 runs on a copy in the other buffer, so the last finished state is never written over: an
-interruption loses at most the layer, or the last half-minute of encoding, in progress. The
+interruption loses at most the layer, or the last half-minute of encoding, in progress. A state
+computed on a GPU is copied to disk before a layer when half a minute has passed since the last
+record (copying every layer cost more than the layers), so it loses at most that. The
 record's ``key`` names what the state depends on (the video's version, the weights, the
 settings); a folder holding another key, or another shape, is emptied and started afresh.
 """
@@ -31,7 +33,7 @@ from spool.io_utils import OUT_OF_ROOM, atomic_write_text, file_location
 
 RECORD_NAME = "state.json"
 GiB = 2**30
-COMMIT_EVERY_S = 30.0  # encoding progress is recorded at most this often (each commit syncs)
+COMMIT_EVERY_S = 30.0  # progress on a device is recorded at most this often (each commit syncs)
 
 
 class ResumableHiddenState:
@@ -121,10 +123,12 @@ class ResumableHiddenState:
         """Called before temporal layer ``layer`` (the number of layers: before the final norm)
         with ``x``, the state after the layers before it. Records that state, the first time,
         and returns where the layer computes in place: a copy in the other buffer when ``x`` is
-        one of them, else ``x`` itself (on a device), whose state is copied to disk."""
+        one of them, else ``x`` itself (on a device), whose state is copied to disk when
+        ``COMMIT_EVERY_S`` have passed since the last record."""
         index = next((i for i, b in enumerate(self.buffers) if _same(b, x)), None)
         if index is None:  # the state is on a device: the free buffer takes a copy of it
-            if layer > self.layers_done:
+            due = time.monotonic() - self._last_commit >= COMMIT_EVERY_S
+            if layer > self.layers_done and due:
                 index = 1 - self.record["current"]
                 _copy(x, self.buffers[index])
                 self._commit_layer(layer, index)
@@ -159,6 +163,7 @@ class ResumableHiddenState:
         self._sync(self._arrays[index])
         self.record.update(layers=int(layer), current=int(index))
         self._write_record()
+        self._last_commit = time.monotonic()
 
     @staticmethod
     def _sync(*arrays: np.memmap) -> None:
