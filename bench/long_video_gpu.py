@@ -9,8 +9,9 @@ A DINOv2-B-sized temporal stack (12 layers, D = 768, 12 heads, w = 16) runs over
 token pooling gives it the stack) under bf16 autocast, once with
 the fp32 hidden state ``[T + 2, L, D]`` moved to the device whole and once kept in RAM with each
 chunk copied to the device and back (``hidden_on_device=True/False``). With ``--resumable`` a
-third run keeps the state on the device and copies it to a resumable file before each layer
-(``resume=ResumableHiddenState``, as ``spool extract --offload-dir`` does). It reports time per
+third run keeps the state on the device with a resumable file on disk, copied there before a
+layer once 30 s have passed since the last copy (``resume=ResumableHiddenState``, as
+``spool extract --offload-dir`` does). It reports time per
 frame, peak device memory beyond the weights, and how far the results differ from the first.
 """
 
@@ -76,9 +77,9 @@ def measure(frames: int, pooling: int, device, resumable: bool = False) -> list[
     return rows
 
 
-def table(rows: list[dict], meta: dict) -> str:
+def table(rows: list[dict], meta: dict, heading: str = HEADING) -> str:
     about = " ".join(__doc__.split("\n\n")[2].split()).replace("``", "`")
-    lines = [f"## {HEADING}", "", "```bash", meta["command"], "```", "",
+    lines = [f"## {heading}", "", "```bash", meta["command"], "```", "",
              f"Device: {meta['device']}, torch {meta['torch']}. {about}",
              "", "| k | L | frames | hidden state (GiB) | hidden | ms per frame | peak device "
              "memory (GiB) | max abs diff vs the first |", "| --: | --: | --: | --: | --- | --: "
@@ -100,6 +101,7 @@ def main(argv=None) -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--out", type=Path, help="markdown file whose section to (re)write")
     ap.add_argument("--from-json", type=Path, help="measure nothing: write this run's table")
+    ap.add_argument("--section", default=HEADING, help="the heading of --out's section")
     args = ap.parse_args(argv)
     if args.from_json:
         result = json.loads(args.from_json.read_text())
@@ -115,12 +117,12 @@ def main(argv=None) -> None:
             command="python bench/long_video_gpu.py " + " ".join(argv or sys.argv[1:])))
         if args.json:
             args.json.write_text(json.dumps(result, indent=1))
-    text = table(result["rows"], result["meta"])
+    text = table(result["rows"], result["meta"], args.section)
     print(text)
     if args.out:
         from _report import update_section
 
-        update_section(args.out, HEADING, text.split("\n", 1)[1])
+        update_section(args.out, args.section, text.split("\n", 1)[1])
 
 
 if __name__ == "__main__":

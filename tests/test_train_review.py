@@ -344,7 +344,10 @@ def _two_ranks_killed_in_validation(rank: int, port: int, out: str) -> None:
     Trainer.evaluate = _killed_in_validation(Trainer.evaluate, at=6 if rank == 0 else None,
                                              size=7)
     try:
-        train(TrainConfig(**train_config_dict(Path(out, "run"), eval_batch_size=1)))
+        # On the CPU it tests: with a GPU present, rank 1 (LOCAL_RANK 1) was refused by a
+        # one-GPU machine and rank 0 met a closed connection.
+        train(TrainConfig(**train_config_dict(Path(out, "run"), eval_batch_size=1,
+                                              device="cpu")))
         result = "finished"
     except TrainingInterrupted as stopped:
         result = str(stopped)
