@@ -36,6 +36,24 @@ def test_saved_config_finishes_a_time_boxed_run(tmp_path: Path) -> None:
     assert final_weights(run)  # model/ was written: the run finished
 
 
+def test_a_resume_without_the_runs_flags_goes_on_with_its_settings(tmp_path: Path,
+                                                                   capsys) -> None:
+    """``spool train --out-dir RUN --resume auto`` alone continues RUN as it was set up (it
+    built the default model, DINOv2-B from the hub, and failed); flags given change it."""
+    run = tmp_path / "run"
+    assert main(["train", *_flags(train_config_dict(run)), "--stop-after-steps", "3"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out-dir", str(run), "--resume", "auto", "--quiet",
+                 "--stop-after-steps", "5"]) == 0
+    assert "note: resuming with" not in capsys.readouterr().out  # nothing changed
+    assert main(["train", "--out-dir", str(run), "--resume", "auto", "--lr", "0.01"]) == 0
+    assert "note: resuming with lr 0.003 -> 0.01" in capsys.readouterr().out
+    assert [s for s, _ in read_steps(run)] == list(range(1, 9)) and final_weights(run)
+    capsys.readouterr()  # without --resume, a used folder lends no settings
+    assert main(["train", "--out-dir", str(run)]) == 2
+    assert "give exactly one of an annotation file" in capsys.readouterr().err
+
+
 def _flags(fields: dict) -> list[str]:
     """``spool train`` flags for :func:`train_config_dict`'s fields (quiet, no TensorBoard)."""
     out = ["--quiet", "--no-tensorboard"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
 from spool.train.config import TrainConfig, init_looked_in, read_config_file
+from spool.train.resume_settings import CONFIG_FILE
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,12 +96,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The ``--config`` file (if any) with every flag that was given on top."""
+    """The ``--config`` file (if any) with every flag that was given on top. A resume
+    (``--resume``) into an ``--out-dir`` without ``--config`` takes the run's own
+    ``train_config.json``: the run goes on with its settings, the flags given change them."""
     data: dict[str, Any] = {}
-    if getattr(args, "config", None):  # may be partial: the flags complete it
-        data = read_config_file(args.config)
     flags = {k: v for k, v in vars(args).items()
              if k not in ("config", "func", "command", "debug")}
+    config = getattr(args, "config", None)
+    if not config and "resume" in flags and "out_dir" in flags:
+        saved = Path(flags["out_dir"], CONFIG_FILE)
+        config = str(saved) if saved.is_file() else None
+    if config:  # may be partial: the flags complete it
+        data = read_config_file(config)
     if "model" in flags:  # --model KEY=VALUE pairs add to the file's model fields
         base = data.get("model", {})
         flags["model"] = {**(base if isinstance(base, dict) else {}), **dict(flags["model"])}
@@ -107,8 +115,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     try:
         cfg = TrainConfig.from_dict(data)
     except ValueError as err:
-        where = f" (in {args.config} or the flags)" if getattr(args, "config", None) else ""
+        where = f" (in {config} or the flags)" if config else ""
         raise ValueError(f"{err}{where}") from err
-    if getattr(args, "config", None) and "init" not in flags:  # the file's init, not a flag's
-        cfg.init_looked_in = init_looked_in(args.config, cfg.init)
+    if config and "init" not in flags:  # the file's init, not a flag's
+        cfg.init_looked_in = init_looked_in(config, cfg.init)
     return cfg
