@@ -42,7 +42,7 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
     following links to directories, skipping hidden names; names keep the sub-folders) or a
     text file listing one path per line (relative paths are relative to the list; a line
     whose first non-blank character is ``#`` is a comment, so a file named ``#x.mp4`` is
-    listed as ``./#x.mp4``).
+    listed as ``./#x.mp4``); an annotation file's ``path label`` lines give their paths.
     A named path that does not exist or is not a regular file (a FIFO, a device, a broken
     link) is kept, so that it is reported as a failure rather than silently dropped; a list
     that does not exist is an error (``FileNotFoundError``).
@@ -56,24 +56,30 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
         elif path.suffix.lower() in LIST_EXTENSIONS and not os.path.lexists(path):
             raise FileNotFoundError(2, "No such list of videos", str(path))  # not a bad video
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
-            # utf-8-sig: a byte-order mark would otherwise become part of the first path.
-            labelled = []
-            for line in read_text_file(path, "a list of video paths").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    entry = Path(line) if Path(line).is_absolute() else path.parent / line
-                    found.append((entry, Path(Path(line).stem)))
-                    if len(line.split()) > 1 and not entry.exists() and \
-                            (entry.parent / entry.name.rsplit(maxsplit=1)[0]).is_file():
-                        labelled.append(line)
-            if labelled:  # each line still fails as a missing file; say why once
-                logger.warning("%s: %d lines look like 'path label' (an annotation file?): "
-                               "'%s' names no file, but its path without the last word does; "
-                               "extract lists take one path per line", path, len(labelled),
-                               labelled[0])
+            found += _listed(path)
         else:
             found.append((path, Path(path.stem)))
     return found
+
+
+def _listed(listing: Path) -> list[tuple[Path, Path]]:
+    """The videos a list names. An annotation file for training (``path label`` lines) is
+    read as its paths: when a line names no file but its path without the last word does,
+    each line of several words that names no file loses its last word."""
+    def entry(line: str) -> Path:
+        return Path(line) if Path(line).is_absolute() else listing.parent / line
+
+    lines = [line.strip() for line in read_text_file(listing, "a list of video paths")
+             .splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    labelled = [len(line.split()) > 1 and not os.path.lexists(entry(line)) for line in lines]
+    if any(flag and entry(line.rsplit(maxsplit=1)[0]).is_file()
+           for line, flag in zip(lines, labelled, strict=True)):
+        lines = [line.rsplit(maxsplit=1)[0] if flag else line
+                 for line, flag in zip(lines, labelled, strict=True)]
+        logger.info("%s: read as an annotation file: %d 'path label' lines, the labels left "
+                    "out", listing, sum(labelled))
+    return [(entry(line), Path(Path(line).stem)) for line in lines]
 
 
 def _scan_directory(root: Path) -> list[Path]:

@@ -140,14 +140,19 @@ def test_clip_checkpoint_is_sampled_as_in_training(video, tmp_path, capsys):
     assert "differs" not in capsys.readouterr().err
 
 
-def test_an_annotation_file_as_list_gets_a_hint(video, tmp_path, capsys):
+def test_an_annotation_file_gives_its_videos(video, tmp_path, capsys):
+    """A training annotation file (``path label`` lines) lists its videos: each line failed as
+    a missing file named with its label. A missing video is still reported, by its path."""
     path, config = video
     listing = tmp_path / "train.txt"
-    listing.write_text(f"{path} left_to_right\n")
+    listing.write_text(f"{path} left_to_right\n{tmp_path / 'gone.mp4'} right_to_left\n")
     assert _extract(listing, tmp_path / "o", config, "--num-frames", "2") == 1
-    err = capsys.readouterr().err
-    assert (f"1 lines look like 'path label' (an annotation file?): '{path} left_to_right' "
-            "names no file") in err
+    printed = capsys.readouterr()
+    assert "read as an annotation file: 2 'path label' lines, the labels left out" in \
+        printed.out
+    assert f"FAILED {tmp_path / 'gone.mp4'}: FileNotFoundError" in printed.out
+    assert "right_to_left" not in printed.out + printed.err
+    assert [p.name for p in (tmp_path / "o").glob("*.safetensors")] == [f"{path.stem}.safetensors"]
 
 
 def test_a_whole_video_clip_that_would_not_fit_fails_that_video_alone(tmp_path, monkeypatch,
