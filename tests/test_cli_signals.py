@@ -39,7 +39,7 @@ def test_sigterm_says_what_was_kept_and_a_rerun_goes_on(tmp_path: Path, to_group
     # a video, and a loaded machine let the other 38 finish first. At 224 px, 80 ms.
     cmd = [sys.executable, "-m", "spool.cli", "extract", *map(str, videos), "--out", str(out),
            "--no-progress", "--num-frames", "2", *tiny_model_args(tmp_path / "bb.json"),
-           "--model", "image_size=224"]
+           "--model", "image_size=224", "--device", "cpu"]  # a GPU would finish first
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=to_group)

@@ -24,7 +24,7 @@ from spool.extract_inputs import plan_jobs
 from spool.io_utils import Claim, atomic_path, claim_path, release_claim, try_claim
 from spool.video import make_sampler, write_video
 
-EXTRA_ARGS = ["--no-progress", "--num-frames", "2"]
+EXTRA_ARGS = ["--no-progress", "--num-frames", "2", "--device", "cpu"]  # children see any GPU
 
 
 def _dead_pid() -> int:

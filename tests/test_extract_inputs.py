@@ -16,7 +16,7 @@ from conftest import tiny_backbone, tiny_model_args
 from spool.extract_inputs import collect_inputs
 from spool.video import write_video
 
-EXTRA_ARGS = ["--no-progress", "--num-frames", "2"]
+EXTRA_ARGS = ["--no-progress", "--num-frames", "2", "--device", "cpu"]  # children see any GPU
 
 
 def _names(inputs: list[Path]) -> list[str]:
