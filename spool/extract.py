@@ -39,6 +39,7 @@ from spool.models.long_video import check_memory
 from spool.models.long_video_state import ResumableHiddenState, pass_folder, resumable_pass
 from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
+from spool.runtime import print_line
 from spool.tensor_files import (
     StreamedTensor,
     read_safetensors_metadata,
@@ -398,7 +399,7 @@ def _other_source(output: Path, source: str) -> str | None:
 def _report_failure(summary: ExtractSummary, job: VideoJob, err: BaseException) -> None:
     message = str(err).replace("\n", " ")
     summary.failures.append((str(job.source), type(err).__name__, message))
-    tqdm.write(f"FAILED {job.source}: {type(err).__name__}: {message}")
+    print_line(f"FAILED {job.source}: {type(err).__name__}: {message}")
 
 
 def _remove_outputs(output: Path, keep_main: bool = False) -> None:

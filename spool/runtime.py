@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import platform
 import sys
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     import torch
@@ -113,19 +114,43 @@ def tune_cpu_allocator() -> bool:
 
 class _ConsoleHandler(logging.Handler):
     """Plain lines: INFO to stdout, warnings and errors to stderr, whichever streams are
-    current when a message is emitted (test runners and notebooks replace them). Progress bars
-    shown are cleared first and drawn again below (written plainly, a warning landed on the
-    end of a bar's line)."""
+    current when a message is emitted (test runners and notebooks replace them), each on a
+    line of its own beside progress bars (:func:`print_line`)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
         stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
         try:
-            tqdm.write(self.format(record), file=stream)
-            stream.flush()
+            print_line(self.format(record), stream)
         except Exception:  # a closed stream must not end the job
             self.handleError(record)
+
+
+def print_line(text: str, stream: TextIO | None = None) -> None:
+    """``text`` on a line of its own in ``stream`` (stdout), progress bars shown on stderr
+    cleared first and drawn again below (written plainly, a line landed on the end of a
+    bar's). It is flushed before the bars come back: stdout is buffered in a pipe
+    (``2>&1 | tee``). Where stdout goes elsewhere (a file) the bars are left alone: drawn again
+    for every line, they filled stderr's log."""
+    from tqdm import tqdm
+
+    stream = sys.stdout if stream is None else stream
+    with (tqdm.external_write_mode(file=stream) if _same_file(stream, sys.stderr)
+          else contextlib.nullcontext()):
+        stream.write(text + "\n")
+        stream.flush()
+
+
+def _same_file(a: TextIO, b: TextIO) -> bool:
+    """Whether two streams reach the same file or terminal (the same object, or descriptors
+    of one file; streams without a descriptor, as test runners' and notebooks', count as
+    one, since where they go cannot be told)."""
+    if a is b:
+        return True
+    try:
+        one, other = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except (AttributeError, OSError, ValueError):
+        return True
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
 
 
 def process_rank() -> int:

@@ -79,3 +79,27 @@ def test_a_message_during_a_progress_bar_gets_a_line_of_its_own(monkeypatch, cap
     lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
     assert "skipping a.mp4: VideoDecodeError: not a video" in lines, lines
 
+
+BAR_AND_LINES = ("import logging, sys; from tqdm import tqdm; "
+                 "from spool.runtime import configure_logging; configure_logging(); "
+                 "bar = tqdm(total=3, desc='eval', mininterval=0); bar.update(1); "
+                 "[logging.getLogger('spool').info('info line %d', i) for i in range(50)]; "
+                 "logging.getLogger('spool').warning('warning line'); bar.update(1); bar.close()")
+
+
+def test_messages_and_bars_sent_to_one_pipe_each_get_their_lines(tmp_path) -> None:
+    """``spool ... 2>&1 | tee log``: stdout is buffered there, so an INFO line written
+    through tqdm came out after the bar drawn again, on its line. And with stdout sent to a
+    file of its own, the bars on stderr are not drawn again for every INFO line."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    both = subprocess.run([sys.executable, "-c", BAR_AND_LINES], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env=env, check=True).stdout.decode()
+    lines = both.replace("\r", "\n").splitlines()
+    assert all(f"info line {i}" in lines for i in range(50)) and "warning line" in lines, lines
+    with open(tmp_path / "out.txt", "w") as out:
+        err = subprocess.run([sys.executable, "-c", BAR_AND_LINES], stdout=out,
+                             stderr=subprocess.PIPE, env=env, check=True).stderr.decode()
+    assert err.count("eval:") <= 6, err  # drawn, updated, around the warning, closed
+    assert (tmp_path / "out.txt").read_text().splitlines() == [f"info line {i}"
+                                                                for i in range(50)]
+
