@@ -10,7 +10,8 @@ token pooling gives it the stack) under bf16 autocast, once with
 the fp32 hidden state ``[T + 2, L, D]`` moved to the device whole and once kept in RAM with each
 chunk copied to the device and back (``hidden_on_device=True/False``). With ``--resumable`` a
 third run keeps the state on the device with a resumable file on disk, copied there before a
-layer once 30 s have passed since the last copy (``resume=ResumableHiddenState``, as
+layer once 30 s (and ten times the last copy's time) have passed since the last copy
+(``resume=ResumableHiddenState``, as
 ``spool extract --offload-dir`` does). It reports time per
 frame, peak device memory beyond the weights, and how far the results differ from the first.
 """
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
     ap.add_argument("--pooling", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--resumable", action="store_true",
-                    help="also run with the state copied to a resumable file before each layer")
+                    help="also run with a resumable file on disk (spool extract --offload-dir)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--out", type=Path, help="markdown file whose section to (re)write")
     ap.add_argument("--from-json", type=Path, help="measure nothing: write this run's table")

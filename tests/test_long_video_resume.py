@@ -143,7 +143,7 @@ def test_a_state_held_elsewhere_is_copied_to_disk_before_a_layer_when_due(tmp_pa
     record names it (here: a RAM tensor stands in). Sooner, nothing is copied: on an H200 a
     copy before every layer made the pass 7x slower."""
     clock = [0.0]
-    monkeypatch.setattr(long_video_state.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(long_video_state, "_clock", lambda: clock[0])
     state = ResumableHiddenState(tmp_path / "s", "k").open((5, 2, 3))
     on_device = torch.randn(5, 2, 3)
     assert state.before_layer(0, on_device) is on_device and state.layers_done == 0
@@ -159,6 +159,31 @@ def test_a_state_held_elsewhere_is_copied_to_disk_before_a_layer_when_due(tmp_pa
     assert state.hidden.data_ptr() == state.buffers[1].data_ptr()
     reopened = ResumableHiddenState(tmp_path / "s", "k").open((5, 2, 3))
     assert reopened.layers_done == 2 and torch.equal(reopened.hidden, saved)
+
+
+def test_a_state_slow_to_copy_is_copied_less_often(tmp_path, monkeypatch):
+    """Copies take at most a tenth of the pass: a 70 GiB state copied every 30 s would spend
+    more time copying than computing."""
+    clock = [0.0]
+    monkeypatch.setattr(long_video_state, "_clock", lambda: clock[0])
+    real_copy = long_video_state._copy
+
+    def slow_copy(src, dst):  # 5 s a copy
+        real_copy(src, dst)
+        clock[0] += 5
+
+    monkeypatch.setattr(long_video_state, "_copy", slow_copy)
+    state = ResumableHiddenState(tmp_path / "s", "k").open((5, 2, 3))
+    on_device = torch.randn(5, 2, 3)
+    clock[0] += long_video_state.COMMIT_EVERY_S
+    state.before_layer(1, on_device)
+    assert state.layers_done == 1
+    clock[0] += 49  # since the copy ended: 10 x 5 s is due, 30 s is not enough
+    state.before_layer(2, on_device)
+    assert state.layers_done == 1
+    clock[0] += 1
+    state.before_layer(3, on_device)
+    assert state.layers_done == 3
 
 
 def test_spool_extract_per_frame_goes_on_with_the_video_it_was_interrupted_in(

@@ -8,7 +8,8 @@ it describes is on disk) says how far the pass got: how many frames are encoded 
 runs on a copy in the other buffer, so the last finished state is never written over: an
 interruption loses at most the layer, or the last half-minute of encoding, in progress. A state
 computed on a GPU is copied to disk before a layer when half a minute has passed since the last
-record (copying every layer cost more than the layers), so it loses at most that. The
+record (copying every layer cost more than the layers), or longer for a state whose copy takes
+over a tenth of that, so it loses at most that. The
 record's ``key`` names what the state depends on (the video's version, the weights, the
 settings); a folder holding another key, or another shape, is emptied and started afresh.
 """
@@ -34,6 +35,8 @@ from spool.io_utils import OUT_OF_ROOM, atomic_write_text, file_location
 RECORD_NAME = "state.json"
 GiB = 2**30
 COMMIT_EVERY_S = 30.0  # progress on a device is recorded at most this often (each commit syncs)
+COPY_SHARE = 0.1  # and a state on a device is copied to disk for at most this share of the time
+_clock = time.monotonic
 
 
 class ResumableHiddenState:
@@ -46,7 +49,8 @@ class ResumableHiddenState:
         self.record: dict = {}
         self.buffers: list[torch.Tensor] = []
         self._arrays: list[np.memmap] = []
-        self._last_commit = time.monotonic()
+        self._last_commit = _clock()
+        self._copy_seconds = 0.0
 
     def open(self, shape: tuple[int, int, int], source: str = "") -> ResumableHiddenState:
         """Take up the folder's state when it is this key's, ``source``'s (what the pass
@@ -113,25 +117,27 @@ class ResumableHiddenState:
 
     def commit_encoded(self, frames: int, force: bool = False) -> None:
         """Record that the first ``frames`` frames are encoded (every half minute or so)."""
-        if force or time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
+        if force or _clock() - self._last_commit >= COMMIT_EVERY_S:
             self._sync(self._arrays[0], self._arrays[2])
             self.record["encoded"] = int(frames)
             self._write_record()
-            self._last_commit = time.monotonic()
+            self._last_commit = _clock()
 
     def before_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """Called before temporal layer ``layer`` (the number of layers: before the final norm)
         with ``x``, the state after the layers before it. Records that state, the first time,
         and returns where the layer computes in place: a copy in the other buffer when ``x`` is
         one of them, else ``x`` itself (on a device), whose state is copied to disk when
-        ``COMMIT_EVERY_S`` have passed since the last record."""
+        ``COMMIT_EVERY_S`` have passed since the last record, and at least ten times the last
+        copy's time (copies take at most ``COPY_SHARE`` of the pass)."""
         index = next((i for i, b in enumerate(self.buffers) if _same(b, x)), None)
         if index is None:  # the state is on a device: the free buffer takes a copy of it
-            due = time.monotonic() - self._last_commit >= COMMIT_EVERY_S
-            if layer > self.layers_done and due:
-                index = 1 - self.record["current"]
+            wait = max(COMMIT_EVERY_S, self._copy_seconds / COPY_SHARE)
+            if layer > self.layers_done and _clock() - self._last_commit >= wait:
+                start, index = _clock(), 1 - self.record["current"]
                 _copy(x, self.buffers[index])
                 self._commit_layer(layer, index)
+                self._copy_seconds = _clock() - start
             return x
         if layer > self.layers_done:
             self._commit_layer(layer, index)
@@ -163,7 +169,7 @@ class ResumableHiddenState:
         self._sync(self._arrays[index])
         self.record.update(layers=int(layer), current=int(index))
         self._write_record()
-        self._last_commit = time.monotonic()
+        self._last_commit = _clock()
 
     @staticmethod
     def _sync(*arrays: np.memmap) -> None:
