@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import gc
 import os
 from collections.abc import Callable
@@ -34,11 +35,13 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup_distributed(device: str = "auto") -> DistInfo:
+def setup_distributed(device: str = "auto", timeout: datetime.timedelta | None = None
+                      ) -> DistInfo:
     """Join the process group torchrun describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
     ``MASTER_ADDR``/``MASTER_PORT``), or run alone when they are absent.
 
-    ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``. ``timeout``: how long a
+    collective waits for the other ranks (torch's default, 10 min for NCCL, 30 for gloo).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -48,7 +51,7 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
     return DistInfo(rank, world, local_rank, dev)
 
 

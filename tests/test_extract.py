@@ -216,6 +216,22 @@ def test_extract_under_torchrun_two_processes(videos, tmp_path):
     assert len(list(out.rglob("*.safetensors"))) == 3
 
 
+def test_ranks_wait_for_each_other_for_days(videos, tmp_path, monkeypatch):
+    """The ranks of spool extract meet only at the end: a rank done with its share hours
+    before another waited in torch's default timeout (10 min for NCCL) and the job was
+    aborted, its summary lost. It joins the group with a week's wait."""
+    import torch.distributed
+
+    root, config = videos
+    joined = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda **kwargs: joined.update(kwargs))  # the group stays unformed
+    assert _extract([root / "a.mp4"], tmp_path / "o", config, "--num-frames", "4") == 0
+    assert joined["backend"] == "gloo" and joined["timeout"].total_seconds() >= 86_400
+
+
 def test_extract_max_pixels_flag(videos, tmp_path, capsys):
     root, config = videos
     assert _extract([root / "a.mp4"], tmp_path / "o", config, "--max-pixels", "40x30") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
@@ -161,6 +162,9 @@ def check_flags(args: argparse.Namespace, frame_model: bool | None = False) -> N
         sampler_candidates(args, per_frame)
 
 
+RANKS_WAIT = datetime.timedelta(days=7)  # torchrun stops the others if a rank dies
+
+
 def run(args: argparse.Namespace) -> int:
     from spool.distributed import (
         all_gather_objects,
@@ -175,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
     from spool.runtime import resolve_dtype
 
     check_flags(args, None if args.checkpoint else False)
-    dist = setup_distributed(args.device)
+    # The ranks meet only at the end, to sum up: one may finish its share hours before the
+    # others (torch's 10 min default for NCCL aborted the job, its summary lost).
+    dist = setup_distributed(args.device, timeout=RANKS_WAIT)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
