@@ -177,11 +177,13 @@ def test_a_signal_during_validation_stops_it_at_the_next_video(tmp_path: Path, m
     assert spool_log.text.count("interrupted at step 2;") == 1
 
 
+@pytest.mark.parametrize("error", [MemoryError, torch.cuda.OutOfMemoryError])
 @pytest.mark.parametrize("source", ["videos", "cache"])
 def test_a_video_too_long_for_memory_is_skipped_in_evaluation(tmp_path: Path, monkeypatch,
-                                                               source: str) -> None:
+                                                               source: str, error) -> None:
     """One video whose hidden state would not fit ended `spool eval` (exit 2, no metrics for
-    any video); it is skipped and counted as an unreadable one is, from a cache too."""
+    any video); it is skipped and counted as an unreadable one is, from a cache too. So is a
+    video that runs the GPU out of memory (a RuntimeError, not a MemoryError)."""
     from spool.data.frame_cache import FrameTokenDataset
     from spool.models import long_video
     from spool.train.segmentation_eval import evaluate_segmentation
@@ -198,12 +200,12 @@ def test_a_video_too_long_for_memory_is_skipped_in_evaluation(tmp_path: Path, mo
     def first_does_not_fit(needed, what):
         calls.append(what)
         if len(calls) == 1:
-            raise MemoryError(f"{what} needs about 9.0 GiB but 1.0 GiB are available")
+            raise error(f"{what} needs about 9.0 GiB but 1.0 GiB are available")
 
     monkeypatch.setattr(long_video, "check_memory", first_does_not_fit)
     result = evaluate_segmentation(model, data, sampler=FpsSampler(15.0))
     assert result.num_skipped == 1 and len(calls) == 2
-    assert [s.error for s in result.skipped] == ["MemoryError"]
+    assert [s.error for s in result.skipped] == [error.__name__]
     assert list(result.videos) == [samples[1].name]
 
 

@@ -74,6 +74,16 @@ class SegmentationResult:
                 **skipped_fields(self.num_skipped, self.skipped)}
 
 
+# A video too long for RAM (the up-front check) or for the GPU's memory.
+TOO_LONG = (MemoryError, torch.cuda.OutOfMemoryError)
+
+
+def _release_device_memory(err: BaseException) -> None:
+    """After a GPU out-of-memory error, the cached blocks go back for the next video."""
+    if isinstance(err, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -106,10 +116,11 @@ def evaluate_segmentation(model: FrameClassifier,
                           disable=not progress, dynamic_ncols=True)):
         if isinstance(data, FrameTokenDataset):
             item, name = data[i], data.videos[i]["name"]
-            try:
-                out = model.predict_long(item["tokens"].to(device), chunk_frames=chunk_frames,
+            try:  # the tokens stay in RAM: the pass takes them to the device a chunk at a time
+                out = model.predict_long(item["tokens"], chunk_frames=chunk_frames,
                                          offload_dir=offload_dir)
-            except MemoryError as err:  # one video too long: the rest go on
+            except TOO_LONG as err:  # one video too long: the rest go on
+                _release_device_memory(err)
                 result.skipped.append(skipped_video(i, data.videos[i].get("video", name), err))
                 report_skipped(result.skipped[-1:], seen)
                 continue
@@ -128,7 +139,8 @@ def evaluate_segmentation(model: FrameClassifier,
                 info = probe_video(sample.video)
                 start = info.start_time
                 warn_if_labels_disagree(sample, info.num_frames, info.duration)
-            except (*UNREADABLE, MemoryError) as err:  # one video too long: the rest go on
+            except (*UNREADABLE, *TOO_LONG) as err:  # one video too long: the rest go on
+                _release_device_memory(err)
                 result.skipped.append(skipped_video(i, sample.video, err))
                 report_skipped(result.skipped[-1:], seen)
                 continue
