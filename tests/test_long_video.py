@@ -170,8 +170,9 @@ def test_hidden_state_in_ram_keeps_gpu_memory_to_a_chunk(device, monkeypatch):
     gpu.forward_long(tokens[:200], chunk_frames=64, hidden_on_device=False)
     peaks = {}
     for case, on_device in (("ram", False), ("device", True), ("auto, little free", None)):
-        if on_device is None:
+        if on_device is None:  # and nothing cached unused (the device case's state was)
             monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (hidden_bytes, 2**40))
+            monkeypatch.setattr(torch.cuda, "memory_reserved", torch.cuda.memory_allocated)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -183,6 +184,18 @@ def test_hidden_state_in_ram_keeps_gpu_memory_to_a_chunk(device, monkeypatch):
     assert peaks["device"] >= hidden_bytes, peaks
     assert peaks["ram"] < hidden_bytes / 8, peaks
     assert peaks["auto, little free"] < hidden_bytes / 8, peaks
+
+
+def test_memory_pytorch_holds_unused_counts_as_free(monkeypatch):
+    """After one long video, its state's blocks stay in PyTorch's cache: the driver counts
+    them as taken, so the next video as long was kept in RAM (slower) though it fit."""
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: 9 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 1 * gib)
+    cuda = torch.device("cuda", 0)
+    assert long_video.hidden_fits_on_device(4 * gib, cuda)  # half of 1 + 8 GiB
+    assert not long_video.hidden_fits_on_device(5 * gib, cuda)
 
 
 def test_memory_is_checked_before_any_work(monkeypatch):

@@ -182,11 +182,14 @@ def _encode_video(model, reader: VideoReader, indices: list[int], hidden: torch.
 
 def hidden_fits_on_device(num_bytes: int, device: torch.device) -> bool:
     """Whether a hidden state of ``num_bytes`` goes onto ``device`` whole: at most half of the
-    device's free memory (the rest is the workspace's and other users'). The CPU holds it
-    already; a device that cannot report its free memory gets it whole, as a tensor would."""
+    device's free memory (the rest is the workspace's and other users'), counting what
+    PyTorch holds cached but unused (an earlier video's state: the driver calls it taken).
+    The CPU holds it already; a device that cannot report its free memory gets it whole, as
+    a tensor would."""
     if device.type != "cuda":
         return True
     free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return num_bytes <= free // 2
 
 
