@@ -65,14 +65,18 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
 def _listed(listing: Path) -> list[tuple[Path, Path]]:
     """The videos a list names. An annotation file for training (``path label`` lines) is
     read as its paths: when a line names no file but its path without the last word does,
-    each line of several words that names no file loses its last word."""
+    each line that names no file, and no video but for its last word, loses that word."""
     def entry(line: str) -> Path:
         return Path(line) if Path(line).is_absolute() else listing.parent / line
+
+    def label_after_video(line: str) -> bool:
+        return (len(line.split()) > 1 and not os.path.lexists(entry(line))
+                and not is_video_name(line) and is_video_name(line.rsplit(maxsplit=1)[0]))
 
     lines = [line.strip() for line in read_text_file(listing, "a list of video paths")
              .splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
-    labelled = [len(line.split()) > 1 and not os.path.lexists(entry(line)) for line in lines]
+    labelled = [label_after_video(line) for line in lines]
     if any(flag and entry(line.rsplit(maxsplit=1)[0]).is_file()
            for line, flag in zip(lines, labelled, strict=True)):
         lines = [line.rsplit(maxsplit=1)[0] if flag else line

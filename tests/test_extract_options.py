@@ -145,12 +145,14 @@ def test_an_annotation_file_gives_its_videos(video, tmp_path, capsys):
     a missing file named with its label. A missing video is still reported, by its path."""
     path, config = video
     listing = tmp_path / "train.txt"
-    listing.write_text(f"{path} left_to_right\n{tmp_path / 'gone.mp4'} right_to_left\n")
+    listing.write_text(f"{path} left_to_right\n{tmp_path / 'gone.mp4'} right_to_left\n"
+                       f"{tmp_path / 'new video.mp4'}\n")  # a path with a space, missing
     assert _extract(listing, tmp_path / "o", config, "--num-frames", "2") == 1
     printed = capsys.readouterr()
     assert "read as an annotation file: 2 'path label' lines, the labels left out" in \
         printed.out
     assert f"FAILED {tmp_path / 'gone.mp4'}: FileNotFoundError" in printed.out
+    assert f"FAILED {tmp_path / 'new video.mp4'}: FileNotFoundError" in printed.out
     assert "right_to_left" not in printed.out + printed.err
     assert [p.name for p in (tmp_path / "o").glob("*.safetensors")] == [f"{path.stem}.safetensors"]
 

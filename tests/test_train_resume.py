@@ -46,12 +46,44 @@ def test_a_resume_without_the_runs_flags_goes_on_with_its_settings(tmp_path: Pat
     assert main(["train", "--out-dir", str(run), "--resume", "auto", "--quiet",
                  "--stop-after-steps", "5"]) == 0
     assert "note: resuming with" not in capsys.readouterr().out  # nothing changed
+    saved = json.loads((run / "train_config.json").read_text())  # as saved before b04eba8:
+    (run / "train_config.json").write_text(json.dumps({**saved, "stop_after_steps": 5}))
     assert main(["train", "--out-dir", str(run), "--resume", "auto", "--lr", "0.01"]) == 0
     assert "note: resuming with lr 0.003 -> 0.01" in capsys.readouterr().out
     assert [s for s, _ in read_steps(run)] == list(range(1, 9)) and final_weights(run)
     capsys.readouterr()  # without --resume, a used folder lends no settings
     assert main(["train", "--out-dir", str(run)]) == 2
     assert "give exactly one of an annotation file" in capsys.readouterr().err
+
+
+def test_a_resume_takes_what_the_flags_do_not_give_from_the_runs_file(tmp_path: Path,
+                                                                     spool_log) -> None:
+    """Of the run's own settings, a resume takes neither one invocation's (quiet, device) nor
+    the other of a pair a flag sets (a cache for the videos); a damaged file is said and the
+    flags alone are used; without a file, the error says where settings were looked for."""
+    import argparse
+
+    from spool.train.cli import add_train_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    run = tmp_path / "run"
+    run.mkdir()
+    fields = train_config_dict(run, quiet=True, device="cpu")
+    (run / "train_config.json").write_text(json.dumps(fields))
+    resume = ["--out-dir", str(run), "--resume", "auto"]
+    cfg = config_from_args(parser.parse_args([*resume, "--train-cache", str(tmp_path / "c")]))
+    assert (cfg.train_data, cfg.train_cache) == (None, str(tmp_path / "c"))
+    assert (cfg.val_data, cfg.lr, cfg.quiet, cfg.device) == (fields["val_data"], 3e-3, False,
+                                                             "auto")
+    (run / "train_config.json").write_text(json.dumps(fields)[:-9])
+    cfg = config_from_args(parser.parse_args([*resume, "--train-data", fields["train_data"]]))
+    assert cfg.train_data == fields["train_data"] and cfg.val_data is None
+    assert "train_config.json: not valid JSON" in spool_log.text
+    assert "resuming with the flags given alone" in spool_log.text
+    (run / "train_config.json").unlink()
+    with pytest.raises(ValueError, match=r"got None and None \(none read from .*run/train_"):
+        config_from_args(parser.parse_args(resume))
 
 
 def _flags(fields: dict) -> list[str]:

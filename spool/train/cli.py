@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
 from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
-from spool.train.config import TrainConfig, init_looked_in, read_config_file
+from spool.errors import SpoolLoadError
+from spool.train.config import (
+    RUN_CONTROL_FIELDS,
+    TrainConfig,
+    init_looked_in,
+    read_config_file,
+)
 from spool.train.resume_settings import CONFIG_FILE
+
+logger = logging.getLogger("spool.train")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +104,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--name", default=S, help="prefix of the printed lines (several runs at once)")
 
 
+# Settings of one invocation (and, in files saved before b04eba8, its run control): a resume
+# that takes the run's own train_config.json does not take these from it.
+INVOCATION_FIELDS = ("quiet", "name", "num_workers", "device", *RUN_CONTROL_FIELDS)
+ONE_OF = (("train_data", "train_cache"), ("val_data", "val_cache"))  # a flag's replaces its pair's
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The ``--config`` file (if any) with every flag that was given on top. A resume
     (``--resume``) into an ``--out-dir`` without ``--config`` takes the run's own
@@ -103,11 +118,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     flags = {k: v for k, v in vars(args).items()
              if k not in ("config", "func", "command", "debug")}
     config = getattr(args, "config", None)
-    if not config and "resume" in flags and "out_dir" in flags:
-        saved = Path(flags["out_dir"], CONFIG_FILE)
-        config = str(saved) if saved.is_file() else None
     if config:  # may be partial: the flags complete it
         data = read_config_file(config)
+    elif "resume" in flags and "out_dir" in flags:
+        config, data = _run_settings(Path(flags["out_dir"], CONFIG_FILE), flags)
     if "model" in flags:  # --model KEY=VALUE pairs add to the file's model fields
         base = data.get("model", {})
         flags["model"] = {**(base if isinstance(base, dict) else {}), **dict(flags["model"])}
@@ -116,7 +130,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg = TrainConfig.from_dict(data)
     except ValueError as err:
         where = f" (in {config} or the flags)" if config else ""
+        if not config and "resume" in flags and "out_dir" in flags:
+            where = (f" (none read from {Path(flags['out_dir'], CONFIG_FILE)}, where a "
+                     "resume finds its run's settings)")
         raise ValueError(f"{err}{where}") from err
     if config and "init" not in flags:  # the file's init, not a flag's
         cfg.init_looked_in = init_looked_in(config, cfg.init)
     return cfg
+
+
+def _run_settings(saved: Path, flags: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """A resumed run's own settings, for the flags given to complete: its file and fields,
+    but not the settings of the invocation that saved them, nor the other of a pair a flag
+    sets. A damaged file is said and left out (the flags may give every setting)."""
+    if not saved.is_file():
+        return None, {}
+    try:
+        data = read_config_file(saved)
+    except SpoolLoadError as err:
+        logger.warning(f"{err}: resuming with the flags given alone")
+        return None, {}
+    for pair in ONE_OF:
+        if any(name in flags for name in pair):
+            data = {k: v for k, v in data.items() if k not in pair}
+    return str(saved), {k: v for k, v in data.items() if k not in INVOCATION_FIELDS}
+

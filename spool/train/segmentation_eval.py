@@ -79,8 +79,10 @@ TOO_LONG = (MemoryError, torch.cuda.OutOfMemoryError)
 
 
 def _release_device_memory(err: BaseException) -> None:
-    """After a GPU out-of-memory error, the cached blocks go back for the next video."""
+    """After a GPU out-of-memory error, the failed pass's tensors (held by the traceback's
+    frames) and the cached blocks go back for the next video."""
     if isinstance(err, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
+        err.__traceback__ = None
         torch.cuda.empty_cache()
 
 
