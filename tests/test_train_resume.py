@@ -86,6 +86,22 @@ def test_a_resume_takes_what_the_flags_do_not_give_from_the_runs_file(tmp_path: 
         config_from_args(parser.parse_args(resume))
 
 
+def test_an_init_given_to_a_resume_is_said_to_be_unused(tmp_path: Path, capsys) -> None:
+    """A resume goes on from its checkpoint's weights: an --init added to it was noted as
+    'the new values are used from here on', and recorded as the run's init."""
+    done = tmp_path / "done"
+    assert main(["train", *_flags(train_config_dict(done, epochs=1))]) == 0
+    run = tmp_path / "run"
+    assert main(["train", *_flags(train_config_dict(run)), "--stop-after-steps", "3"]) == 0
+    capsys.readouterr()
+    assert main(["train", *_flags(train_config_dict(run)), "--resume", "auto",
+                 "--init", str(done / "model")]) == 0
+    out = capsys.readouterr().out
+    assert f"note: init {done / 'model'} is not used: a resume goes on from its checkpoint's " \
+           "weights (the run's init stays None)" in out and "new values" not in out
+    assert json.loads((run / "train_config.json").read_text())["init"] is None
+
+
 def _flags(fields: dict) -> list[str]:
     """``spool train`` flags for :func:`train_config_dict`'s fields (quiet, no TensorBoard)."""
     out = ["--quiet", "--no-tensorboard"]

@@ -138,22 +138,30 @@ def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,
     if changed.keys() & SAMPLING_FIELDS:  # those say it already
         model_noted.pop("model.sampling", None)
     changed.update(model_noted)
+    # The weights to start from: a resume goes on from the checkpoint's, whatever init says.
+    init_unused = changed.pop("init", None)
     if state.get("world_size", world_size) != world_size:
         changed["world_size"] = [state["world_size"], world_size]
     if state["epoch"] >= cfg.epochs and results_written(Path(cfg.out_dir), state["step"]):
         # A finished run: nothing is trained, or written, with the new values.
         return {"step": state["step"], "checkpoint": str(Path(path).resolve()), "changed": {},
                 "finished": True}
-    return {"step": state["step"], "checkpoint": str(Path(path).resolve()), "changed": changed}
+    return {"step": state["step"], "checkpoint": str(Path(path).resolve()), "changed": changed,
+            **({"init_unused": init_unused} if init_unused else {})}
 
 
 def note(record: dict[str, Any]) -> str | None:
     """The note of a resume's changed settings (:func:`check_resume`), or None."""
-    if not record["changed"]:
-        return None
-    return (f"note: resuming with {_describe(record['changed'])}: the new values are used "
-            "from here on, so the run will not repeat an uninterrupted one exactly (recorded "
-            f"in {HISTORY_FILE})")
+    notes = []
+    if record.get("init_unused"):
+        notes.append(f"note: init {record['init_unused'][1]} is not used: a resume goes on "
+                     f"from its checkpoint's weights (the run's init stays "
+                     f"{record['init_unused'][0]})")
+    if record["changed"]:
+        notes.append(f"note: resuming with {_describe(record['changed'])}: the new values are "
+                     "used from here on, so the run will not repeat an uninterrupted one "
+                     f"exactly (recorded in {HISTORY_FILE})")
+    return "\n".join(notes) or None
 
 
 def record_settings(out: Path, cfg: TrainConfig, resumed: dict[str, Any] | None) -> None:
@@ -166,6 +174,8 @@ def record_settings(out: Path, cfg: TrainConfig, resumed: dict[str, Any] | None)
         return
     out = Path(out)
     saved = cfg.to_saved_dict()
+    if resumed is not None and resumed.get("init_unused"):
+        saved["init"] = resumed["init_unused"][0]  # what the run started from
     text = json.dumps(saved, indent=1)
     atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(text))
     if resumed is None:
