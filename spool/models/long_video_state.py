@@ -7,11 +7,11 @@ it describes is on disk) says how far the pass got: how many frames are encoded 
 0), then how many temporal layers are done and which buffer holds their output. Each layer
 runs on a copy in the other buffer, so the last finished state is never written over: an
 interruption loses at most the layer, or the last half-minute of encoding, in progress. A state
-computed on a GPU is copied to disk before a layer when half a minute has passed since the last
-record (copying every layer cost more than the layers), or longer for a state whose copy takes
-over a tenth of that, so it loses at most that. The
-record's ``key`` names what the state depends on (the video's version, the weights, the
-settings); a folder holding another key, or another shape, is emptied and started afresh.
+computed on a GPU is copied to disk before a layer once half a minute has passed since the last
+record, and ten times the last copy's time (copying before every layer cost more than the
+layers): an interruption there loses the layers since. The record's ``key`` names what the
+state depends on (the video's version, the weights, the settings); a folder holding another
+key, or another shape, is emptied and started afresh.
 """
 
 from __future__ import annotations
