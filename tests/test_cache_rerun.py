@@ -191,8 +191,10 @@ def test_new_labels_classes_or_seed_keep_the_tokens(model, full, tmp_path: Path,
     relabelled.samples[3] = VideoSample(relabelled.samples[3].path, 0)
     relabelled.class_names = [*relabelled.class_names, "extra"]
     relabelled.seed = 7  # no augmentation: it picks nothing
-    assert build_cache(model, relabelled, out, batch_size=4).reused
+    summary = build_cache(model, relabelled, out, batch_size=4)
+    assert summary.reused and summary.relabelled  # said: "wrote the new labels into ..."
     assert seen == [] and (out / "tokens.npy").stat().st_mtime_ns == stamp
+    assert not build_cache(model, relabelled, out, batch_size=4).relabelled
     cached = CachedTokenDataset(out)
     assert cached.class_names[-1] == "extra" and cached[3]["label"] == 0
     # A cache.json keyed by an earlier version (the labels in its key) is reused too.

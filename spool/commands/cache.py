@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         if summary.retried:
             redone.append(f"tried again the {summary.retried} that could not be read before "
                           f"({summary.retried - len(summary.failures)} read now)")
+        if summary.relabelled:
+            redone.append("wrote the new labels into cache.json")
         done = (", ".join(redone) + ", nothing else recomputed" if redone
                 else "nothing recomputed")
         print(f"spool cache: already done: {summary.path} holds {what} made with these "

@@ -19,6 +19,7 @@ clips, and training on the cache picks one of a video's views per epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -88,6 +89,7 @@ class CacheSummary:
     retried: int = 0  # videos that had failed, tried again over a reused cache
     changed: int = 0  # videos re-encoded over a reused cache: their files changed since
     kept: int = 0  # frame caches: videos whose file an earlier (interrupted) run had written
+    relabelled: bool = False  # a reused cache's labels or class names rewritten in cache.json
 
 
 @torch.no_grad()
@@ -152,6 +154,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
                 writer.close()
                 if _labels_differ(cached, meta, key):  # new labels, same tokens
                     _write_meta(out, meta, key, [])
+                    return dataclasses.replace(done, relabelled=True)
                 return done
             try:  # files fixed since may read now; changed files are other tokens
                 failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
