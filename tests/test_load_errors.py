@@ -178,3 +178,19 @@ def test_a_checkpoint_saved_without_its_backbone_says_so(tmp_path):
                                                       "with with_backbone=False"):
         Spool.from_pretrained(tmp_path / "t")
     assert Spool.from_pretrained(tmp_path / "t", with_backbone=False).backbone is None
+
+
+def test_fields_that_build_another_network_are_named(tmp_path) -> None:
+    """A saved model loaded with config fields that change its network (spool train --init
+    DIR --model num_hidden_layers=2) listed missing tensors, not the field behind them."""
+    from conftest import tiny_config
+
+    from spool import Spool
+    from spool.errors import CheckpointMismatchError
+
+    Spool(tiny_config(num_hidden_layers=1)).save_pretrained(tmp_path / "m")
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"missing tensors .*; the fields given \(num_hidden_layers 1 -> 2\)"):
+        Spool.from_pretrained(tmp_path / "m", num_hidden_layers=2, attn_implementation="dense")
+    assert Spool.from_pretrained(tmp_path / "m", attn_implementation="dense")  # not the network
+

@@ -291,8 +291,17 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
                 "the model with its backbone through save_pretrained, which records the config")
         model = cls(config.replace(**kwargs), **init)
         weights = directory / WEIGHTS_NAME
-        check_and_load_state_dict(model, read_weights(weights), str(weights),
-                                  ignore_backbone=not with_backbone)
+        try:
+            check_and_load_state_dict(model, read_weights(weights), str(weights),
+                                      ignore_backbone=not with_backbone)
+        except CheckpointMismatchError as err:
+            changed = [f"{k} {getattr(config, k)!r} -> {v!r}" for k, v in kwargs.items()
+                       if getattr(config, k) != v and k not in SpoolConfig.RUNTIME_FIELDS]
+            if not changed:
+                raise
+            raise CheckpointMismatchError(
+                f"{err}; the fields given ({', '.join(changed)}) build another network than "
+                "the one saved there") from err
         return model
 
 
