@@ -229,6 +229,23 @@ def test_eval_keeps_a_frame_classifiers_hidden_state_on_disk(tmp_path: Path, cap
     assert "--offload-dir: " in capsys.readouterr().err
 
 
+def test_eval_at_another_rate_than_training_is_noted(tmp_path: Path, capsys) -> None:
+    """--fps other than the training rate is a fair study of videos, but was silent (a cache
+    made at another rate is refused)."""
+    root = segmentation_data()
+    _, names = read_segments_csv(root / "test.csv")
+    model = SpoolForFrameClassification(**TINY_MODEL, class_names=names)
+    model.config.sampling = {"name": "fps", "target_fps": 5.0}
+    model.save_pretrained(tmp_path / "model")
+    base = ["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(root / "test.csv"),
+            "--device", "cpu"]
+    capsys.readouterr()
+    assert main([*base, "--fps", "15"]) == 0
+    assert "note: --fps 15: " in capsys.readouterr().err
+    assert main([*base, "--fps", "5"]) == 0
+    assert "note: --fps" not in capsys.readouterr().err
+
+
 def test_resuming_on_a_cache_made_again_is_refused_or_noted(tmp_path: Path, spool_log) -> None:
     """The cache at the same path made again with another backbone: the resume loaded the
     checkpoint's backbone over it and trained on the new one's tokens, and the model could not

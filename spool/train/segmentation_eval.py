@@ -295,6 +295,10 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
     else:
         dataset, _ = read_segmentation(data, split or "test.split1", names)
         sampler = make_sampler("fps", target_fps=fps) if fps else default_sampler(model.config)
+        trained = (model.config.sampling or {}).get("target_fps")
+        if fps and trained and float(fps) != float(trained):  # allowed: a study of the rate
+            logger.warning(f"note: --fps {fps:g}: {model_dir} was trained on frames at "
+                           f"{trained:g} fps, so its frame window spans other times here")
     result = evaluate_segmentation(model, dataset, sampler=sampler,
                                    background=tuple(names.index(b) for b in background),
                                    chunk_frames=chunk_frames, device=resolve_device(device),
