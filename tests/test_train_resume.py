@@ -69,13 +69,19 @@ def test_a_resume_takes_what_the_flags_do_not_give_from_the_runs_file(tmp_path: 
     add_train_arguments(parser)
     run = tmp_path / "run"
     run.mkdir()
-    fields = train_config_dict(run, quiet=True, device="cpu")
+    fields = train_config_dict(run, quiet=True, device="cpu", hflip=True, num_clips=3,
+                               crop_scale=[0.5, 1.0])
     (run / "train_config.json").write_text(json.dumps(fields))
     resume = ["--out-dir", str(run), "--resume", "auto"]
     cfg = config_from_args(parser.parse_args([*resume, "--train-cache", str(tmp_path / "c")]))
     assert (cfg.train_data, cfg.train_cache) == (None, str(tmp_path / "c"))
     assert (cfg.val_data, cfg.lr, cfg.quiet, cfg.device) == (fields["val_data"], 3e-3, False,
                                                              "auto")
+    assert not cfg.hflip and cfg.num_clips == 3  # how the cache's videos were read: not kept
+    cfg = config_from_args(parser.parse_args([*resume, "--val-cache", str(tmp_path / "v")]))
+    assert cfg.hflip and cfg.num_clips == 1 and cfg.val_data is None
+    cfg = config_from_args(parser.parse_args([*resume, "--no-hflip", "--no-augment"]))
+    assert not cfg.hflip and not cfg.augment  # on/off settings turn either way
     (run / "train_config.json").write_text(json.dumps(fields)[:-9])
     cfg = config_from_args(parser.parse_args([*resume, "--train-data", fields["train_data"]]))
     assert cfg.train_data == fields["train_data"] and cfg.val_data is None
@@ -100,6 +106,8 @@ def test_an_init_given_to_a_resume_is_said_to_be_unused(tmp_path: Path, capsys) 
     assert f"note: init {done / 'model'} is not used: a resume goes on from its checkpoint's " \
            "weights (the run's init stays None)" in out and "new values" not in out
     assert json.loads((run / "train_config.json").read_text())["init"] is None
+    state = sorted((run / "checkpoints").iterdir())[-1] / "trainer_state.json"
+    assert json.loads(state.read_text())["config"]["init"] is None  # a later resume's ground
 
 
 def _flags(fields: dict) -> list[str]:

@@ -20,6 +20,11 @@ from spool.train.resume_settings import CONFIG_FILE
 logger = logging.getLogger("spool.train")
 
 
+# Each setting that is on or off has both flags (--hflip, --no-hflip): a resume, which takes
+# the run's settings, may turn it either way.
+ON_OFF = argparse.BooleanOptionalAction
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``spool train`` / ``python -m spool.train``; each overrides ``--config``."""
     S = argparse.SUPPRESS  # unset flags stay absent, so the config file's value holds
@@ -41,11 +46,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--frame-stride", type=positive_int, default=S,
                    help="frames between sampled frames (default: spread over the video); not "
                         "with --train-cache")
-    g.add_argument("--no-augment", dest="augment", action="store_false", default=S,
-                   help="no random crop / temporal jitter")
+    g.add_argument("--augment", action=ON_OFF, default=S,
+                   help="random crop / temporal jitter (on by default)")
     g.add_argument("--crop-scale", type=positive_float, nargs=2, default=S,
                    metavar=("MIN", "MAX"), help="area range of the random crop (0.4 1.0)")
-    g.add_argument("--hflip", action="store_true", default=S,
+    g.add_argument("--hflip", action=ON_OFF, default=S,
                    help="random horizontal flips (off by default: they swap left/right motion)")
     g.add_argument("--num-clips", type=positive_int, default=S,
                    help="clips per video at evaluation")
@@ -69,7 +74,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(g, "a SpoolConfig field, value as JSON (repeatable), e.g. "
                           "--model num_hidden_layers=2 --model backbone_name=/path/dinov2",
                        default=S)
-    g.add_argument("--gradient-checkpointing", action="store_true", default=S)
+    g.add_argument("--gradient-checkpointing", action=ON_OFF, default=S)
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=S, help="epochs (10)")
     g.add_argument("--batch-size", type=positive_int, default=S, help="global batch (8)")
@@ -83,8 +88,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             ("--label-smoothing", float, "(0.0)"), ("--seed", int, "(0)")):
         g.add_argument(flag, type=kind, default=S, help=text)
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S)
-    g.add_argument("--no-amp", dest="amp", action="store_false", default=S,
-                   help="no bf16 autocast on GPU")
+    g.add_argument("--amp", action=ON_OFF, default=S, help="bf16 autocast on GPU (on)")
     g = parser.add_argument_group("output")
     g.add_argument("--out-dir", default=S, help="run directory (runs/spool)")
     g.add_argument("--save-every", type=nonnegative_int, default=S,
@@ -99,8 +103,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="checkpoint and stop after this step (a time-boxed or preempted run; "
                         "not saved with the run)")
     g.add_argument("--log-every", type=positive_int, default=S, help="print every N steps (10)")
-    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=S)
-    g.add_argument("--quiet", action="store_true", default=S)
+    g.add_argument("--tensorboard", action=ON_OFF, default=S, help="TensorBoard logs (on)")
+    g.add_argument("--quiet", action=ON_OFF, default=S)
     g.add_argument("--name", default=S, help="prefix of the printed lines (several runs at once)")
 
 
@@ -108,6 +112,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 # that takes the run's own train_config.json does not take these from it.
 INVOCATION_FIELDS = ("quiet", "name", "num_workers", "device", *RUN_CONTROL_FIELDS)
 ONE_OF = (("train_data", "train_cache"), ("val_data", "val_cache"))  # a flag's replaces its pair's
+# Settings of how one side's videos are read, which its cache fixed when it was made.
+VIDEO_READING = {"train_cache": ("crop_scale", "hflip", "fps", "train_split", "num_frames",
+                                 "frame_stride"),
+                 "val_cache": ("num_clips", "val_split")}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -153,5 +161,8 @@ def _run_settings(saved: Path, flags: dict[str, Any]) -> tuple[str | None, dict[
     for pair in ONE_OF:
         if any(name in flags for name in pair):
             data = {k: v for k, v in data.items() if k not in pair}
+    for cache, fields in VIDEO_READING.items():
+        if cache in flags:
+            data = {k: v for k, v in data.items() if k not in fields or k in flags}
     return str(saved), {k: v for k, v in data.items() if k not in INVOCATION_FIELDS}
 

@@ -116,7 +116,8 @@ def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,
     """Compare the checkpoint at ``path`` (its ``state``) with the run ``cfg`` that resumes it
     (``model_config``: the model the run built). A ``ValueError`` naming every change of the
     model or task; else the record of the resume, with the changes to note under
-    ``"changed"`` (``{field: [old, new]}``; :func:`note` says them)."""
+    ``"changed"`` (``{field: [old, new]}``; :func:`note` says them). An init other than the
+    run's is unused (``"init_unused"``) and set back to the run's in ``cfg``."""
     old, new = state["config"], cfg.to_saved_dict()
     refused = {name: [old[name], new[name]] for name in REFUSED
                if name in old and old[name] != new[name]}
@@ -138,8 +139,11 @@ def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,
     if changed.keys() & SAMPLING_FIELDS:  # those say it already
         model_noted.pop("model.sampling", None)
     changed.update(model_noted)
-    # The weights to start from: a resume goes on from the checkpoint's, whatever init says.
+    # The weights to start from: a resume goes on from the checkpoint's, whatever init says;
+    # the run keeps its own init in what it saves from here on.
     init_unused = changed.pop("init", None)
+    if init_unused:
+        cfg.init = init_unused[0]
     if state.get("world_size", world_size) != world_size:
         changed["world_size"] = [state["world_size"], world_size]
     if state["epoch"] >= cfg.epochs and results_written(Path(cfg.out_dir), state["step"]):
@@ -174,8 +178,6 @@ def record_settings(out: Path, cfg: TrainConfig, resumed: dict[str, Any] | None)
         return
     out = Path(out)
     saved = cfg.to_saved_dict()
-    if resumed is not None and resumed.get("init_unused"):
-        saved["init"] = resumed["init_unused"][0]  # what the run started from
     text = json.dumps(saved, indent=1)
     atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(text))
     if resumed is None:
