@@ -201,7 +201,8 @@ def test_new_labels_classes_or_seed_keep_the_tokens(model, full, tmp_path: Path,
     meta = json.loads((out / "cache.json").read_text())
     legacy = {k: v for k, v in meta.items() if k not in ("sources", "settings_key", "failures")}
     (out / "cache.json").write_text(json.dumps({**meta, "settings_key": cache._digest(legacy)}))
-    assert build_cache(model, relabelled, out, batch_size=4).reused and seen == []
+    summary = build_cache(model, relabelled, out, batch_size=4)
+    assert summary.reused and not summary.relabelled and seen == []  # the same labels
     assert json.loads((out / "cache.json").read_text())["settings_key"] == meta["settings_key"]
 
 

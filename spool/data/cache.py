@@ -150,12 +150,12 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             cached = read_cache_meta(out)
             writer = RowsToRedo(out / TOKENS_NAME, cached, meta["sources"])
             writer.heartbeat = lambda: refresh_claim(lock)  # redoing every row may take hours
+            relabelled = _new_labels(cached, meta)
             if not writer.todo():
                 writer.close()
-                if _labels_differ(cached, meta, key):  # new labels, same tokens
+                if relabelled or cached.get("settings_key") != key:  # same tokens
                     _write_meta(out, meta, key, [])
-                    return dataclasses.replace(done, relabelled=True)
-                return done
+                return dataclasses.replace(done, relabelled=relabelled)
             try:  # files fixed since may read now; changed files are other tokens
                 failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
                                    device, progress)
@@ -163,7 +163,8 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
                 writer.close()
             rows = _write_meta(out, meta, key, failures)
             return CacheSummary(out, len(rows), reused=True, failures=failures,
-                                retried=len(writer.failed), changed=len(writer.changed))
+                                retried=len(writer.failed), changed=len(writer.changed),
+                                relabelled=relabelled)
         writer = PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), key, meta["sources"],
                                keys)
         writer.heartbeat = lambda: refresh_claim(lock)  # other machines judge it by age
@@ -218,9 +219,9 @@ def _settings_key(meta: dict, fixed_clips: bool, resolve: bool = True) -> str:
     return _digest({"tokens_of": _tokens_of(meta, fixed_clips, resolve)})
 
 
-def _labels_differ(cached: dict, meta: dict, key: str) -> bool:
-    """Whether ``cache.json`` needs rewriting: other labels or classes, or an older key."""
-    return (cached.get("settings_key") != key or cached["class_names"] != meta["class_names"]
+def _new_labels(cached: dict, meta: dict) -> bool:
+    """Whether ``cache.json`` holds other labels or class names than ``meta``."""
+    return (cached["class_names"] != meta["class_names"]
             or [label for _, label in cached["samples"]]
             != [label for _, label in meta["samples"]])
 
