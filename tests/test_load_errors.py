@@ -184,6 +184,7 @@ def test_fields_that_build_another_network_are_named(tmp_path) -> None:
     """A saved model loaded with config fields that change its network (spool train --init
     DIR --model num_hidden_layers=2) listed missing tensors, not the field behind them."""
     from conftest import tiny_config
+    from safetensors.torch import load_file, save_file
 
     from spool import Spool
     from spool.errors import CheckpointMismatchError
@@ -193,4 +194,13 @@ def test_fields_that_build_another_network_are_named(tmp_path) -> None:
                        match=r"missing tensors .*; the fields given \(num_hidden_layers 1 -> 2\)"):
         Spool.from_pretrained(tmp_path / "m", num_hidden_layers=2, attn_implementation="dense")
     assert Spool.from_pretrained(tmp_path / "m", attn_implementation="dense")  # not the network
+    # A checkpoint damaged otherwise: the fields given are not blamed.
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    del weights["temporal.norm.weight"]
+    save_file(weights, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(CheckpointMismatchError) as raised:
+        Spool.from_pretrained(tmp_path / "m", local_frame_range=4,
+                              image_mean=(0.485, 0.456, 0.406))
+    assert "missing tensors ['temporal.norm.weight']" in str(raised.value)
+    assert "fields given" not in str(raised.value)
 

@@ -291,18 +291,45 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
                 "the model with its backbone through save_pretrained, which records the config")
         model = cls(config.replace(**kwargs), **init)
         weights = directory / WEIGHTS_NAME
+        state = read_weights(weights)
         try:
-            check_and_load_state_dict(model, read_weights(weights), str(weights),
-                                      ignore_backbone=not with_backbone)
+            check_and_load_state_dict(model, state, str(weights), ignore_backbone=not with_backbone)
         except CheckpointMismatchError as err:
-            changed = [f"{k} {getattr(config, k)!r} -> {v!r}" for k, v in kwargs.items()
-                       if getattr(config, k) != v and k not in SpoolConfig.RUNTIME_FIELDS]
+            changed = _fields_behind(cls, config, init, kwargs, state)
             if not changed:
                 raise
             raise CheckpointMismatchError(
                 f"{err}; the fields given ({', '.join(changed)}) build another network than "
                 "the one saved there") from err
         return model
+
+
+def _fields_behind(cls: type, config: SpoolConfig, init: dict[str, Any],
+                   kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> list[str]:
+    """The config fields in ``kwargs`` (``old -> new``) behind a checkpoint that does not
+    load: none unless the saved ``config`` alone builds a network of ``state``'s tensors
+    (built on the meta device: no memory, no weights)."""
+    def as_saved(value: Any) -> Any:  # (1, 2) as [1, 2]: as config.json holds it
+        try:
+            return json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            return value
+
+    changed = [f"{k} {getattr(config, k)!r} -> {v!r}" for k, v in kwargs.items()
+               if k not in SpoolConfig.RUNTIME_FIELDS
+               and as_saved(getattr(config, k)) != as_saved(v)]
+    if not changed:
+        return []
+    try:
+        with torch.device("meta"):
+            saved = cls(config, **init).state_dict()
+    except Exception:  # only a better message is at stake
+        return []
+    if not init.get("with_backbone", True):
+        state = {k: v for k, v in state.items() if not _BACKBONE_KEY.search(k)}
+    same = saved.keys() == state.keys() and all(
+        saved[k].shape == v.shape for k, v in state.items())
+    return changed if same else []
 
 
 def lookup_architecture(aliases: dict[str, type], name: str, task: str) -> type:
