@@ -139,7 +139,7 @@ def test_an_unreadable_video_is_reported_and_left_out(model, full, tmp_path: Pat
     assert rows[0] == ["path", "error", "message"] and rows[1][:2] == [str(bad), "VideoDecodeError"]
     again = build_cache(model, dataset, out, batch_size=4)  # the same command: kept, still said
     assert again.reused and [f.path for f in again.failures] == [str(bad)]
-    assert again.retried == 1  # tried again, still unreadable
+    assert again.retried == 1 and not again.relabelled  # tried again, still unreadable
 
     # The file fixed (a copy of the first video): the same command reads it now, into the row
     # it left unused, and encodes nothing else.
@@ -148,6 +148,7 @@ def test_an_unreadable_video_is_reported_and_left_out(model, full, tmp_path: Pat
     fixed = build_cache(model, dataset, out, batch_size=4)
     assert seen == [5]
     assert fixed.reused and fixed.retried == 1 and fixed.failures == [] and fixed.cached == 17
+    assert not fixed.relabelled
     cached = CachedTokenDataset(out)
     assert cached.samples == dataset.samples and not cached.meta["failures"]
     assert np.array_equal(cached[5]["tokens"].numpy(), expected[0, 0])

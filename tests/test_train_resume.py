@@ -78,10 +78,16 @@ def test_a_resume_takes_what_the_flags_do_not_give_from_the_runs_file(tmp_path: 
     assert (cfg.val_data, cfg.lr, cfg.quiet, cfg.device) == (fields["val_data"], 3e-3, False,
                                                              "auto")
     assert not cfg.hflip and cfg.num_clips == 3  # how the cache's videos were read: not kept
+    assert cfg.num_frames == 4  # but the sampling is the cache's too, which a resume compares
     cfg = config_from_args(parser.parse_args([*resume, "--val-cache", str(tmp_path / "v")]))
     assert cfg.hflip and cfg.num_clips == 1 and cfg.val_data is None
     cfg = config_from_args(parser.parse_args([*resume, "--no-hflip", "--no-augment"]))
     assert not cfg.hflip and not cfg.augment  # on/off settings turn either way
+    frames = {**fields, "task": "frames", "fps": 5.0, "num_frames": 16, "num_clips": 1,
+              "crop_scale": [0.4, 1.0], "hflip": False}
+    (run / "train_config.json").write_text(json.dumps(frames))
+    cfg = config_from_args(parser.parse_args([*resume, "--train-cache", str(tmp_path / "c")]))
+    assert cfg.fps == 5.0
     (run / "train_config.json").write_text(json.dumps(fields)[:-9])
     cfg = config_from_args(parser.parse_args([*resume, "--train-data", fields["train_data"]]))
     assert cfg.train_data == fields["train_data"] and cfg.val_data is None

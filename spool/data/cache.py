@@ -220,10 +220,12 @@ def _settings_key(meta: dict, fixed_clips: bool, resolve: bool = True) -> str:
 
 
 def _new_labels(cached: dict, meta: dict) -> bool:
-    """Whether ``cache.json`` holds other labels or class names than ``meta``."""
+    """Whether ``cache.json`` holds other labels or class names than ``meta`` (for the videos
+    it holds: those that could not be read are left out of it)."""
+    rows = cached.get("rows", range(len(cached["samples"])))
     return (cached["class_names"] != meta["class_names"]
             or [label for _, label in cached["samples"]]
-            != [label for _, label in meta["samples"]])
+            != [meta["samples"][i][1] for i in rows])
 
 
 def _complete_cache(out: Path, keys: set[str], meta: dict, fixed_clips: bool

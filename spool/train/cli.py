@@ -74,7 +74,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(g, "a SpoolConfig field, value as JSON (repeatable), e.g. "
                           "--model num_hidden_layers=2 --model backbone_name=/path/dinov2",
                        default=S)
-    g.add_argument("--gradient-checkpointing", action=ON_OFF, default=S)
+    g.add_argument("--gradient-checkpointing", action=ON_OFF, default=S,
+                   help="recompute activations in the backward pass: less memory (off)")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=S, help="epochs (10)")
     g.add_argument("--batch-size", type=positive_int, default=S, help="global batch (8)")
@@ -112,9 +113,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 # that takes the run's own train_config.json does not take these from it.
 INVOCATION_FIELDS = ("quiet", "name", "num_workers", "device", *RUN_CONTROL_FIELDS)
 ONE_OF = (("train_data", "train_cache"), ("val_data", "val_cache"))  # a flag's replaces its pair's
-# Settings of how one side's videos are read, which its cache fixed when it was made.
-VIDEO_READING = {"train_cache": ("crop_scale", "hflip", "fps", "train_split", "num_frames",
-                                 "frame_stride"),
+# Settings of how one side's videos are read, which its cache fixed when it was made (the
+# sampling, num_frames or fps, stays: it is the cache's too, and a resume compares it).
+VIDEO_READING = {"train_cache": ("crop_scale", "hflip", "train_split"),
                  "val_cache": ("num_clips", "val_split")}
 
 

@@ -205,8 +205,9 @@ class TrainConfig:
                              "fixed when it was made (spool cache --views, --hflip)")
         # Settings of how videos are read, given with a cache whose tokens were made already.
         made_by = {"crop_scale": "--crop-scale", "fps": "--fps", "train_split": "--split"}
-        for name, flag in made_by.items():
-            if name in changed and self.train_cache is not None:
+        for name, flag in made_by.items():  # (a resume's saved fps is the cache's sampling)
+            if name in changed and self.train_cache is not None and \
+                    not (name == "fps" and self.resume is not None):
                 raise ValueError(f"{name} (--{name.replace('_', '-')}): does not apply to "
                                  f"--train-cache, whose tokens were made already (spool cache "
                                  f"{flag})")
