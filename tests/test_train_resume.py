@@ -56,6 +56,19 @@ def test_a_resume_without_the_runs_flags_goes_on_with_its_settings(tmp_path: Pat
     assert "give exactly one of an annotation file" in capsys.readouterr().err
 
 
+def test_a_checkpoint_named_without_out_dir_resumes_its_own_run(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """``--resume RUN/checkpoints/step_N`` alone went on in the default --out-dir
+    (runs/spool): the run's steps split over two folders."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", *_flags(train_config_dict(run)), "--stop-after-steps", "3"]) == 0
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1]
+    assert main(["train", "--resume", f"{checkpoint}/", "--quiet"]) == 0
+    assert [s for s, _ in read_steps(run)] == list(range(1, 9)) and final_weights(run)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_resume_takes_what_the_flags_do_not_give_from_the_runs_file(tmp_path: Path,
                                                                      spool_log) -> None:
     """Of the run's own settings, a resume takes neither one invocation's (quiet, device) nor

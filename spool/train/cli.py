@@ -9,6 +9,7 @@ from typing import Any
 
 from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
 from spool.errors import SpoolLoadError
+from spool.train.checkpoint import CHECKPOINT_DIR
 from spool.train.config import (
     RUN_CONTROL_FIELDS,
     TrainConfig,
@@ -122,11 +123,16 @@ VIDEO_READING = {"train_cache": ("crop_scale", "hflip", "train_split"),
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The ``--config`` file (if any) with every flag that was given on top. A resume
     (``--resume``) into an ``--out-dir`` without ``--config`` takes the run's own
-    ``train_config.json``: the run goes on with its settings, the flags given change them."""
+    ``train_config.json``: the run goes on with its settings, the flags given change them.
+    Without ``--out-dir``, a checkpoint of ``RUN/checkpoints/`` resumes into ``RUN``."""
     data: dict[str, Any] = {}
     flags = {k: v for k, v in vars(args).items()
              if k not in ("config", "func", "command", "debug")}
     config = getattr(args, "config", None)
+    if not config and "out_dir" not in flags and flags.get("resume", "auto") != "auto":
+        checkpoint = Path(flags["resume"])  # (else the run went on in runs/spool, split)
+        if checkpoint.parent.name == CHECKPOINT_DIR:
+            flags["out_dir"] = str(checkpoint.parent.parent)
     if config:  # may be partial: the flags complete it
         data = read_config_file(config)
     elif "resume" in flags and "out_dir" in flags:
