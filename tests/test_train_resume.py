@@ -70,7 +70,8 @@ def test_a_checkpoint_named_without_out_dir_resumes_its_own_run(tmp_path: Path,
 
 
 def test_a_resume_takes_what_the_flags_do_not_give_from_the_runs_file(tmp_path: Path,
-                                                                     spool_log) -> None:
+                                                                     spool_log,
+                                                                     monkeypatch) -> None:
     """Of the run's own settings, a resume takes neither one invocation's (quiet, device) nor
     the other of a pair a flag sets (a cache for the videos); a damaged file is said and the
     flags alone are used; without a file, the error says where settings were looked for."""
@@ -106,6 +107,11 @@ def test_a_resume_takes_what_the_flags_do_not_give_from_the_runs_file(tmp_path: 
     assert cfg.train_data == fields["train_data"] and cfg.val_data is None
     assert "train_config.json: not valid JSON" in spool_log.text
     assert "resuming with the flags given alone" in spool_log.text
+    spool_log.clear()
+    monkeypatch.setenv("RANK", "1")  # under torchrun: rank 0 says it
+    config_from_args(parser.parse_args([*resume, "--train-data", fields["train_data"]]))
+    assert "not valid JSON" not in spool_log.text
+    monkeypatch.delenv("RANK")
     (run / "train_config.json").unlink()
     with pytest.raises(ValueError, match=r"got None and None \(none read from .*run/train_"):
         config_from_args(parser.parse_args(resume))

@@ -9,6 +9,7 @@ from typing import Any
 
 from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
 from spool.errors import SpoolLoadError
+from spool.runtime import process_rank
 from spool.train.checkpoint import CHECKPOINT_DIR
 from spool.train.config import (
     RUN_CONTROL_FIELDS,
@@ -163,7 +164,8 @@ def _run_settings(saved: Path, flags: dict[str, Any]) -> tuple[str | None, dict[
     try:
         data = read_config_file(saved)
     except SpoolLoadError as err:
-        logger.warning(f"{err}: resuming with the flags given alone")
+        if process_rank() == 0:  # said once under torchrun
+            logger.warning(f"{err}: resuming with the flags given alone")
         return None, {}
     for pair in ONE_OF:
         if any(name in flags for name in pair):
