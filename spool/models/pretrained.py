@@ -83,13 +83,18 @@ def backbone_digest(state: dict[str, torch.Tensor]) -> str | None:
     return weights_digest(found) if found else None
 
 
+def without_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` less the frame encoder's tensors (keys below its ``backbone.``)."""
+    return {k: v for k, v in state.items() if not _BACKBONE_KEY.search(k)}
+
+
 def check_and_load_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
                               ignore_backbone: bool = False) -> None:
     """Load ``state`` strictly; a missing, unexpected or mis-shaped tensor is a
     :class:`CheckpointMismatchError` naming it."""
     own = module.state_dict()
     if ignore_backbone:
-        state = {k: v for k, v in state.items() if not _BACKBONE_KEY.search(k)}
+        state = without_backbone(state)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing and all(_BACKBONE_KEY.search(k) for k in missing) and \
@@ -326,7 +331,7 @@ def _fields_behind(cls: type, config: SpoolConfig, init: dict[str, Any],
     except Exception:  # only a better message is at stake
         return []
     if not init.get("with_backbone", True):
-        state = {k: v for k, v in state.items() if not _BACKBONE_KEY.search(k)}
+        state = without_backbone(state)
     same = saved.keys() == state.keys() and all(
         saved[k].shape == v.shape for k, v in state.items())
     return changed if same else []

@@ -31,6 +31,7 @@ from spool.models.pretrained import (
     load_pretrained,
     resolve_checkpoint,
     weights_digest,
+    without_backbone,
 )
 from spool.models.spool import Spool
 from spool.train.config import TrainConfig
@@ -216,10 +217,6 @@ def check_resumed_backbone(model: torch.nn.Module, weights: dict[str, torch.Tens
                          "(another --out-dir)")
 
 
-def _without_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if not _BACKBONE_KEY.search(k)}
-
-
 def _load(target: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
           keep_backbone: bool) -> None:
     """Load ``state`` strictly into ``target``; ``keep_backbone``: all but the backbone,
@@ -227,7 +224,7 @@ def _load(target: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
     if keep_backbone:
         own = target.state_dict()
         state = {**{k: v for k, v in own.items() if _BACKBONE_KEY.search(k)},
-                 **_without_backbone(state)}
+                 **without_backbone(state)}
     check_and_load_state_dict(target, state, source)
 
 

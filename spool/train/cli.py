@@ -134,10 +134,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         checkpoint = Path(flags["resume"])  # (else the run went on in runs/spool, split)
         if checkpoint.parent.name == CHECKPOINT_DIR:
             flags["out_dir"] = str(checkpoint.parent.parent)
+    run_file = None  # a resume's run settings, where no --config gives them
     if config:  # may be partial: the flags complete it
         data = read_config_file(config)
     elif "resume" in flags and "out_dir" in flags:
-        config, data = _run_settings(Path(flags["out_dir"], CONFIG_FILE), flags)
+        run_file = Path(flags["out_dir"], CONFIG_FILE)
+        config, data = _run_settings(run_file, flags)
     if "model" in flags:  # --model KEY=VALUE pairs add to the file's model fields
         base = data.get("model", {})
         flags["model"] = {**(base if isinstance(base, dict) else {}), **dict(flags["model"])}
@@ -146,9 +148,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg = TrainConfig.from_dict(data)
     except ValueError as err:
         where = f" (in {config} or the flags)" if config else ""
-        if not config and "resume" in flags and "out_dir" in flags:
-            where = (f" (none read from {Path(flags['out_dir'], CONFIG_FILE)}, where a "
-                     "resume finds its run's settings)")
+        if run_file is not None and not config:
+            where = f" (none read from {run_file}, where a resume finds its run's settings)"
         raise ValueError(f"{err}{where}") from err
     if config and "init" not in flags:  # the file's init, not a flag's
         cfg.init_looked_in = init_looked_in(config, cfg.init)
