@@ -20,10 +20,10 @@ from spool.video.samplers import StrideSampler
 TOKENS = dict(hidden_size=24, num_spatial_tokens=5)
 
 
-def _interrupt_layer(monkeypatch, at: int) -> list[int]:
-    """Make the ``at``-th call of a layer (counting from 0) raise KeyboardInterrupt halfway
-    through (after writing garbage into its buffer, as a killed layer leaves it), once;
-    returns the list that records each call's block."""
+def _interrupt_layer(monkeypatch, at: int, error: BaseException | None = None) -> list[int]:
+    """Make the ``at``-th call of a layer (counting from 0) raise ``error`` (KeyboardInterrupt)
+    halfway through (after writing garbage into its buffer, as a killed layer leaves it),
+    once; returns the list that records each call's block."""
     calls: list[int] = []
     real, interrupted = streaming._stream_layer, []
 
@@ -32,7 +32,7 @@ def _interrupt_layer(monkeypatch, at: int) -> list[int]:
         if len(calls) - 1 == at and not interrupted:
             interrupted.append(True)
             x[len(x) // 2:] = 1e6
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt if error is None else error
         return real(block, x, *args, **kwargs)
 
     monkeypatch.setattr(streaming, "_stream_layer", layer)
@@ -226,6 +226,49 @@ def test_spool_extract_per_frame_goes_on_with_the_video_it_was_interrupted_in(
     left = long_video_state.pass_folder(scratch, str(tmp_path / "out" / "v.safetensors"))
     left.mkdir()
     assert main(run) == 1 and not left.exists()
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory"),
+                                   MemoryError("no room in RAM")])
+def test_running_out_of_memory_keeps_the_layers_done(tmp_path, monkeypatch, capsys, error):
+    """An OOM in a layer failed the video and removed its state: the rerun with smaller
+    chunks, or the state in RAM, encoded the video again from its first frame. It is kept
+    when it holds work; an OOM before any work leaves no folder behind."""
+    import json as json_
+
+    from conftest import tiny_backbone, tiny_model_args
+    from safetensors.torch import load_file
+
+    from spool.cli import main
+
+    frames = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "v.mp4", frames, fps=10, codec="libx264")
+    (tmp_path / "backbone.json").write_text(json_.dumps(tiny_backbone()))
+    flags = [*tiny_model_args(tmp_path / "backbone.json"), "--no-progress", "--per-frame",
+             "--stride", "1", "--chunk-frames", "4", "--model", "num_hidden_layers=2"]
+    assert main(["extract", str(video), *flags, "--out", str(tmp_path / "plain")]) == 0
+    scratch = tmp_path / "scratch"
+    run = ["extract", str(video), *flags, "--out", str(tmp_path / "out"),
+           "--offload-dir", str(scratch)]
+    calls = _interrupt_layer(monkeypatch, 1, error)  # in the second of 2 layers
+    capsys.readouterr()
+    assert main(run) == 1
+    assert f"v.mp4: {type(error).__name__}: {error}" in capsys.readouterr().out  # its failure
+    (kept,) = scratch.iterdir()
+    assert json_.loads((kept / "state.json").read_text())["layers"] == 1
+    calls.clear()
+    assert main(run) == 0 and len(calls) == 1 and not list(scratch.iterdir())
+    got, want = load_file(tmp_path / "out" / "v.safetensors"), load_file(
+        tmp_path / "plain" / "v.safetensors")
+    torch.testing.assert_close(got["frame_features"], want["frame_features"])
+
+    (tmp_path / "out" / "v.safetensors").unlink()
+
+    def no_room(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(ResumableHiddenState, "commit_encoded", no_room)
+    assert main(run) == 1 and not list(scratch.iterdir())
 
 
 @pytest.mark.parametrize("record", [

@@ -246,14 +246,22 @@ def resumable_pass(folder: str | os.PathLike, name: str, key: str
                    ) -> Iterator[ResumableHiddenState]:
     """The state of the pass called ``name`` in ``folder`` (:func:`pass_folder`), valid for
     ``key``. Removed when the block ends or raises an error (its result is kept, or its input
-    is bad); kept when it is interrupted (Ctrl-C, a termination signal's exception, a kill)
-    or the disk is full, for the same pass to go on from."""
+    is bad); kept when it is interrupted (Ctrl-C, a termination signal's exception, a kill),
+    or when it holds work done and runs out of room (a full disk, RAM or device memory), for
+    the same pass to go on from."""
     state = ResumableHiddenState(pass_folder(folder, name), key)
     try:
         yield state
     except Exception as err:
-        # A full disk is no bad input: the layers done stay for the run after room is made.
-        if not (isinstance(err, OSError) and err.errno in OUT_OF_ROOM):
+        if not (_out_of_room(err) and state.record
+                and (state.encoded or state.layers_done)):
             state.remove()
         raise
     state.remove()
+
+
+def _out_of_room(err: Exception) -> bool:
+    """No fault of the input: the same pass goes on with smaller chunks, the state in RAM
+    rather than on the device, or after room is made on the disk."""
+    return (isinstance(err, (MemoryError, torch.OutOfMemoryError))
+            or isinstance(err, OSError) and err.errno in OUT_OF_ROOM)
