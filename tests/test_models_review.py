@@ -177,3 +177,25 @@ def test_rotary_frequencies_return_exact_after_a_float64_round_trip():
     kept = FrameRotaryEmbedding(64)
     buffer = kept.inv_freq
     assert kept.to("cpu").inv_freq is buffer  # a move that changes nothing keeps the tensor
+
+
+def test_a_loaded_model_is_in_eval_mode(tmp_path: Path):
+    """from_pretrained returned the model in training mode: with dropout in its config (the
+    demo trains with 0.1) two calls on the same clip disagreed, unless the user called
+    .eval(), which transformers' from_pretrained does for them."""
+    from spool import Spool
+    from spool.models import SpoolForVideoClassification, load_classifier, load_pretrained
+
+    config = tiny_config(hidden_dropout=0.3, attention_dropout=0.3)
+    video = torch.randint(0, 256, (1, 3, 32, 32, 3), dtype=torch.uint8)
+    Spool(config).save_pretrained(tmp_path / "spool")
+    classifier = SpoolForVideoClassification(config, class_names=["a", "b", "c"])
+    classifier.save_pretrained(tmp_path / "clf")
+    for model in (Spool.from_pretrained(tmp_path / "spool"),
+                  load_pretrained(tmp_path / "spool"), load_classifier(tmp_path / "clf")):
+        assert not any(m.training for m in model.modules())
+        with torch.no_grad():
+            first, second = model(video), model(video)
+        first = first[0] if isinstance(first, tuple) else first.logits
+        second = second[0] if isinstance(second, tuple) else second.logits
+        torch.testing.assert_close(first, second, rtol=0, atol=0)

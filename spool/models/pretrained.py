@@ -266,7 +266,8 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
                         revision: str | None = None, cache_dir: str | None = None,
                         local_files_only: bool = False, token: str | bool | None = None,
                         force_download: bool = False, **kwargs: Any):
-        """Load a local directory or hub id written by ``save_pretrained``.
+        """Load a local directory or hub id written by ``save_pretrained``, in eval mode (as
+        transformers' models load; ``model.train()`` to fine-tune).
 
         ``kwargs`` override config fields (e.g. ``attn_implementation``) or are constructor
         keywords (``with_backbone=False``: the temporal part only, for cached tokens).
@@ -306,7 +307,7 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
             raise CheckpointMismatchError(
                 f"{err}; the fields given ({', '.join(changed)}) build another network than "
                 "the one saved there") from err
-        return model
+        return model.eval()  # dropout off: two calls on the same input agree
 
 
 def _fields_behind(cls: type, config: SpoolConfig, init: dict[str, Any],
