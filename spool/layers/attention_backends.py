@@ -62,23 +62,14 @@ class AttentionBackend:
 ATTENTION_BACKENDS: dict[str, AttentionBackend] = {}
 
 
-def dense_pays_on_cuda(batch: int, frames: int, tokens_per_frame: int) -> bool:
-    """Where dense beat blocked on an H200 (bf16, forward and forward + backward; every cell of
-    docs/benchmarks.md, "GPU: ..."): one clip of at most 5,000 tokens ``F * L`` (its mask
-    cached), and either few frames (blocked's windows then cover most of the clip anyway) or
-    little work in all (``B * (F * L)^2`` pairs, where blocked's several kernels per call
-    cost more than dense's extra pairs). Dense lost at F * L = 8,738 (batch 1) and at
-    F = 258, L = 17 with batch 8."""
-    n = frames * tokens_per_frame
-    return n <= 5000 and (frames <= 20 or batch * n * n <= 64_000_000)
-
-
 # What ``auto`` tries, in order, per device type: (backend, a test of the batch's shape
-# ``(B, F, L)`` it must pass, or None for any shape). On the CPU blocked measured fastest at
-# every shape.
+# ``(B, F, L)`` it must pass, or None for any shape). Only backends linear in the number of
+# frames: SPEC §3 lets a (T+2)L x (T+2)L mask be built only when it is asked for by name. On
+# the CPU blocked measured fastest at every shape; on an H200 dense beat it on short clips
+# (README, "Attention implementations"), which a user takes by naming it.
 AUTO_ORDER: dict[str, tuple[tuple[str, Callable[[int, int, int], bool] | None], ...]] = {
     "cpu": (("blocked", None),),
-    "cuda": (("dense", dense_pays_on_cuda), ("blocked", None)),
+    "cuda": (("blocked", None),),
 }
 
 
@@ -103,9 +94,10 @@ def select_backend(name: str, device: torch.device | str | None = None, *,
                    shape: tuple[int, int, int] | None = None) -> AttentionBackend:
     """The backend for ``attn_implementation=name`` under these conditions.
 
-    ``auto`` takes the first backend of :data:`AUTO_ORDER` that can serve them and whose test
-    the batch's ``shape`` ``(B, F, L)`` passes (an entry with a test is skipped when the shape
-    is not given); a named one that cannot serve them raises ``ValueError`` saying why.
+    ``auto`` takes the first backend of :data:`AUTO_ORDER` that is linear in the number of
+    frames, can serve them and whose test the batch's ``shape`` ``(B, F, L)`` passes (an entry
+    with a test is skipped when the shape is not given); a named one that cannot serve them
+    raises ``ValueError`` saying why.
     """
     device_type = None if device is None else torch.device(device).type
     if name == "auto":
@@ -114,8 +106,8 @@ def select_backend(name: str, device: torch.device | str | None = None, *,
             if takes is not None and (shape is None or not takes(*shape)):
                 continue
             backend = ATTENTION_BACKENDS[candidate]
-            if backend.unsupported(device_type, backward=backward, dropout=dropout,
-                                   dtype=dtype) is None:
+            if backend.linear and backend.unsupported(device_type, backward=backward,
+                                                      dropout=dropout, dtype=dtype) is None:
                 return backend
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"attn_implementation: expected 'auto' or one of "
