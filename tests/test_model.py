@@ -174,3 +174,23 @@ def test_a_model_saved_without_a_backbone_loads_with_with_backbone_false(tmp_pat
     with torch.no_grad():
         assert torch.equal(loaded.forward_tokens(tokens).features,
                            model.forward_tokens(tokens).features)
+
+
+def test_a_block_in_training_is_the_spec_formula_with_its_two_dropouts():
+    """SPEC §4: x = x + drop(attn(norm1(x))), x = x + drop(mlp(norm2(x))), MLP = Linear, GELU,
+    Linear. The MLP dropped out between its GELU and second Linear too (timm's Mlp), a third
+    dropout the formula does not have."""
+    import torch.nn.functional as F
+
+    from spool.layers.transformer import TemporalBlock
+
+    config = tiny_config(hidden_size=16, num_spatial_tokens=3, hidden_dropout=0.5)
+    block = TemporalBlock(config).train()
+    x = torch.randn(2, 5, 3, 16)
+    torch.manual_seed(7)
+    got = block(x)
+    torch.manual_seed(7)
+    h = x + F.dropout(block.attn(block.norm1(x)), 0.5, training=True)
+    mlp = block.mlp
+    want = h + F.dropout(mlp.fc2(F.gelu(mlp.fc1(block.norm2(h)))), 0.5, training=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -11,15 +11,17 @@ from spool.layers.attention import TemporalAttention
 
 
 class MLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int, dropout: float) -> None:
+    """``Linear(D, I)``, GELU, ``Linear(I, D)`` (SPEC §4: no dropout inside; the block's
+    ``drop`` follows it)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
-        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(self.act(self.fc1(x))))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class TemporalBlock(nn.Module):
@@ -31,7 +33,7 @@ class TemporalBlock(nn.Module):
         self.norm1 = nn.LayerNorm(D, eps=config.layer_norm_eps)
         self.attn = TemporalAttention(config)
         self.norm2 = nn.LayerNorm(D, eps=config.layer_norm_eps)
-        self.mlp = MLP(D, int(D * config.mlp_ratio), config.hidden_dropout)
+        self.mlp = MLP(D, int(D * config.mlp_ratio))
         self.drop = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
