@@ -308,10 +308,7 @@ class SpoolConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpoolConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"config: unknown keys {unknown}; known keys are {sorted(known)}")
+        check_known_fields(data, "config")
         return cls(**data)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -344,7 +341,22 @@ class SpoolConfig:
             raise SpoolLoadError(f"{path}: {err}") from err
 
     def replace(self, **changes: Any) -> SpoolConfig:
+        check_known_fields(changes, "config")
         return dataclasses.replace(self, **changes)
+
+
+def check_known_fields(keys: Any, what: str) -> None:
+    """``ValueError`` naming the keys that are no :class:`SpoolConfig` field (a misspelt
+    keyword was a ``TypeError`` from the constructor), with the field each looks like."""
+    import difflib
+
+    known = sorted(f.name for f in dataclasses.fields(SpoolConfig))
+    unknown = sorted(set(keys) - set(known))
+    if unknown:
+        close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        hints = "".join(f"; {k!r}: did you mean {m[0]!r}?" for k, m in close.items() if m)
+        raise ValueError(f"{what}: unknown SpoolConfig field(s) {unknown}{hints}; known "
+                         f"fields: {known}")
 
 
 def parse_config_value(text: str) -> Any:
@@ -366,16 +378,13 @@ def parse_config_value(text: str) -> Any:
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """``["num_hidden_layers=4", "backbone_name=/models/dinov2"]`` -> SpoolConfig fields; a
     ``ValueError`` names a pair without ``=`` or an unknown field."""
-    known = {f.name for f in dataclasses.fields(SpoolConfig)}
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep:
             raise ValueError(f"--model: expected KEY=VALUE, got {pair!r}")
-        if key not in known:
-            raise ValueError(f"--model: unknown SpoolConfig field {key!r}; known fields: "
-                             f"{sorted(known)}")
+        check_known_fields([key], "--model")
         out[key] = parse_config_value(value)
         if key == "backbone_name" and isinstance(out[key], str):
             out[key] = backbone_identity(out[key])

@@ -38,8 +38,21 @@ def test_odd_head_dim_rejected():
 
 
 def test_unknown_config_key():
-    with pytest.raises(ValueError, match="unknown keys.*num_layers"):
+    with pytest.raises(ValueError, match="unknown SpoolConfig field.*num_layers"):
         SpoolConfig.from_dict({"num_layers": 3})
+
+
+def test_a_misspelt_keyword_is_a_value_error_that_says_what_it_looks_like():
+    """SPEC §2: invalid configuration is a ValueError. Spool(..., num_hidden_layer=2) was a
+    TypeError from the dataclass's constructor, naming neither the fields nor the near one."""
+    for call in (lambda: Spool(num_hidden_layer=2), lambda: Spool(tiny_config(), foo=1),
+                 lambda: tiny_config().replace(local_frame_rang=3)):
+        with pytest.raises(ValueError, match=r"unknown SpoolConfig field") as caught:
+            call()
+        assert "known fields: [" in str(caught.value)
+    with pytest.raises(ValueError, match="'num_hidden_layer': did you mean "
+                                         "'num_hidden_layers'"):
+        Spool(num_hidden_layer=2)
 
 
 @pytest.mark.parametrize("video,match", [

@@ -268,7 +268,7 @@ def test_counts_are_checked_when_parsing(videos, tmp_path, capsys, flag, value):
 @pytest.mark.parametrize(("pair", "message"), [
     ("num_attention_heads=0", "num_attention_heads"), ("image_size=0", "image_size"),
     ("num_hidden_layers=-1", "num_hidden_layers"), ("local_frame_range=x", "local_frame_range"),
-    ("num_layers=2", "unknown SpoolConfig field 'num_layers'"),
+    ("num_layers=2", "unknown SpoolConfig field(s) ['num_layers']"),
 ])
 def test_bad_model_fields_are_one_line_errors(videos, tmp_path, capsys, pair, message):
     root, config = videos

@@ -189,7 +189,7 @@ def test_config_errors() -> None:
         TrainConfig()
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(train_data="x.txt", batch_size=0)
-    with pytest.raises(ValueError, match="unknown SpoolConfig fields"):
+    with pytest.raises(ValueError, match=r"model: unknown SpoolConfig field\(s\) \['num_layers'\]"):
         TrainConfig(train_data="x.txt", model={"num_layers": 2})
     with pytest.raises(ValueError, match="unknown keys"):
         TrainConfig.from_dict({"train": "x.txt", "learning_rate": 1})

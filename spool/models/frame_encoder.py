@@ -26,7 +26,7 @@ def config_and_frame_encoder(config: SpoolConfig | None, overrides: dict[str, An
                         f"{type(config).__name__}")
     if not isinstance(with_backbone, bool):
         raise TypeError(f"with_backbone: expected True or False, got {with_backbone!r}")
-    config = SpoolConfig(**overrides) if config is None else config.replace(**overrides)
+    config = SpoolConfig.from_dict(overrides) if config is None else config.replace(**overrides)
     if with_backbone:
         encoder, config = build_frame_encoder(config)
         return config, encoder

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spool.config import SpoolConfig
+from spool.config import check_known_fields
 from spool.data.segmentation import check_segmentation_source
 from spool.errors import SpoolLoadError
 from spool.io_utils import looks_like_path
@@ -170,10 +170,7 @@ class TrainConfig:
                self.architecture)
         _check(isinstance(self.model, dict), "model", "a dict of SpoolConfig fields",
                self.model)
-        known = {f.name for f in dataclasses.fields(SpoolConfig)}
-        unknown = sorted(set(self.model) - known)
-        if unknown:
-            raise ValueError(f"model: unknown SpoolConfig fields {unknown}")
+        check_known_fields(self.model, "model")
         self._check_applies()
 
     def _check_applies(self) -> None:
