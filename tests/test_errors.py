@@ -109,3 +109,13 @@ def test_a_plain_hf_backbone_directory_is_not_taken_for_a_checkpoint(tmp_path):
                                              r"checkpoint; use it as a backbone: --model "
                                              r"backbone_name="):
         load_pretrained(tmp_path)
+
+
+def test_a_hidden_size_other_than_the_backbones_is_refused():
+    """It was overwritten with the backbone's width without a word: a user who set
+    hidden_size=32 to make the temporal stack narrower got the backbone's 24."""
+    with pytest.raises(ValueError, match=r"hidden_size: the temporal stack has its backbone's "
+                                         r"width, \d+ for .*; got 32"):
+        Spool(tiny_config(hidden_size=32))
+    width = Spool(tiny_config()).config.hidden_size
+    assert Spool(tiny_config(hidden_size=width)).config.hidden_size == width

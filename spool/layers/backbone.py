@@ -217,6 +217,10 @@ def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]
     if config.crop_pct is None:
         config = config.replace(crop_pct=DEFAULT_CROP_PCT)
     encoder = FrameEncoder(config)
+    if config.hidden_size is not None and config.hidden_size != encoder.hidden_size:
+        raise ValueError(f"hidden_size: the temporal stack has its backbone's width, "
+                         f"{encoder.hidden_size} for {config.backbone_name!r}; got "
+                         f"{config.hidden_size} (leave it unset: it is read from the backbone)")
     layout = encoder.patch_layout  # None: no patch grid known, the config's value stays
     prefix = config.num_prefix_tokens if layout is None else layout[0]
     return encoder, config.replace(hidden_size=encoder.hidden_size,
