@@ -119,3 +119,11 @@ def test_a_hidden_size_other_than_the_backbones_is_refused():
         Spool(tiny_config(hidden_size=32))
     width = Spool(tiny_config()).config.hidden_size
     assert Spool(tiny_config(hidden_size=width)).config.hidden_size == width
+
+
+def test_an_image_size_off_the_patch_grid_is_refused():
+    """image_size=36 with patch 8 ran: the backbone's patch convolution dropped the frame's
+    last 4 pixel rows and columns without a word."""
+    with pytest.raises(ValueError, match=r"image_size: expected a multiple of the backbone's "
+                                         r"patch size 8 \(e.g. 32 or 40\), got 36"):
+        Spool(tiny_config(image_size=36))

@@ -105,6 +105,12 @@ class FrameEncoder(nn.Module):
         if isinstance(patch, int) and config.image_size < patch:
             raise ValueError(f"image_size: expected at least the backbone's patch size "
                              f"{patch}, got {config.image_size}")
+        if isinstance(patch, int) and config.image_size % patch:
+            lower = config.image_size - config.image_size % patch  # the patch conv drops the rest
+            raise ValueError(f"image_size: expected a multiple of the backbone's patch size "
+                             f"{patch} (e.g. {lower} or {lower + patch}), got "
+                             f"{config.image_size}, whose last {config.image_size % patch} "
+                             "pixel rows and columns the backbone would drop")
         self.preprocessing = config.preprocessing()
         self.image_size = config.image_size
         self.chunk_size = config.backbone_chunk_size
