@@ -75,9 +75,12 @@ def test_a_baselines_long_tokens_and_chunks_are_checked(kind):
 
 
 def test_a_baseline_refuses_training_mode_and_several_clips(path):
-    model = MSTCNForFrameClassification(tiny_config(**MSTCN))  # as from_pretrained: training
+    model = MSTCNForFrameClassification(tiny_config(**MSTCN))  # built: training mode
     with pytest.raises(ValueError, match="inference only"):  # it ran with dropout
         model.predict_long(path, sampler=StrideSampler(1))
+    spool_head = SpoolForFrameClassification(tiny_config(class_names=["a", "b"]))
+    with pytest.raises(ValueError, match="^predict_long: inference only"):  # was forward_long
+        spool_head.predict_long(path, sampler=StrideSampler(1))
     model.eval()
     with pytest.raises(ValueError, match="one clip per video"):  # it took 8 of 40 frames
         model.predict_long(path, sampler=make_sampler("sliding", clip_len=8, stride=8))

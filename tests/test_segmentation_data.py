@@ -196,8 +196,9 @@ def test_segment_boundaries_hold_for_millisecond_timestamps() -> None:
 
 
 def test_labels_that_do_not_fit_the_video_are_reported(tmp_path, ntsc_video, spool_log):
-    """Ground truth at another frame rate (180 lines for 90 frames) lost its second half, and
-    segments in frame numbers instead of seconds were dropped past the end, without a word."""
+    """Ground truth at another frame rate (180 lines for 90 frames) lost its second half,
+    segments in frame numbers instead of seconds were dropped past the end, and a CSV's
+    segments past the end or with a quarter of the video between them, without a word."""
     import logging
 
     from spool.data.segmentation import SegmentationSample, warn_if_labels_disagree
@@ -207,11 +208,18 @@ def test_labels_that_do_not_fit_the_video_are_reported(tmp_path, ntsc_video, spo
     doubled = SegmentationSample("clip", str(video), frame_labels=np.zeros(180, np.int64))
     in_frames = SegmentationSample("clip2", str(video) + "?", segments=((0, 30, 0), (30, 90, 1)))
     fits = SegmentationSample("clip3", str(video) + "!", frame_labels=np.zeros(89, np.int64))
-    for sample in (doubled, in_frames, fits, doubled):
+    # A user's CSV: past the end (another cut of the video), or a quarter left unlabelled.
+    past = SegmentationSample("clip4", str(video) + "#", segments=((0, 2, 0), (2, 4.2, 1)))
+    gaps = SegmentationSample("clip5", str(video) + "%", segments=((0, 1, 0), (1.5, 2.2, 1)))
+    near = SegmentationSample("clip6", str(video) + "&", segments=((0.2, 1, 0), (1, 3.3, 1)))
+    for sample in (doubled, in_frames, fits, doubled, past, gaps, near):
         warn_if_labels_disagree(sample, 90, 3.003)
     assert [r.getMessage().split(": ", 2)[-1] for r in spool_log.records] == [
         "its ground truth has 180 lines for 90 frames (annotated at another frame rate?)",
-        "a segment starts at 30 s, after the video's end (3.00 s; segments are in seconds)"]
+        "a segment starts at 30 s, after the video's end (3.00 s; segments are in seconds)",
+        "a segment ends at 4.2 s, 1.20 s after the video's end (3.00 s)",
+        "its segments cover 1.70 s of its 3.00 s; the frames outside them are unlabelled, "
+        "left out of the loss and the scores (a background class labels them)"]
 
 
 def test_video_crops_are_decoded_a_chunk_at_a_time_alike(ntsc_video, monkeypatch):
@@ -243,3 +251,27 @@ def test_a_segments_csv_naming_a_missing_video_is_refused_with_its_line(tmp_path
                                     "clip.mkv,3,5,b\ncilp.mkv,0,5,b\n")
     with pytest.raises(ValueError, match=r"s\.csv, line 4: video file not found: .*cilp\.mkv"):
         read_segments_csv(tmp_path / "s.csv")
+
+
+def test_a_csv_without_classes_txt_says_the_classes_it_found(tmp_path, ntsc_video, spool_log):
+    """A typo ('walkk') became a class of its own without a word: the classes taken from the
+    labels are said, with their segment counts, where a classes.txt would have refused it."""
+    import logging
+
+    root, _ = ntsc_video
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_text(f"video,start_s,end_s,label\n{root / 'clip.mkv'},0,1,walk\n"
+                        f"{root / 'clip.mkv'},1,2,idle\n{root / 'clip.mkv'},2,3,walkk\n")
+    spool_log.set_level(logging.INFO, logger="spool")
+    _, names = read_segments_csv(csv_path)
+    assert names == ["idle", "walk", "walkk"]
+    (said,) = [r.getMessage() for r in spool_log.records]
+    assert said.endswith("classes from its labels (no classes.txt beside it, which would "
+                         "refuse any other): idle (1 segment), walk (1 segment), walkk "
+                         "(1 segment)")
+    (tmp_path / "classes.txt").write_text("idle\nwalk\n")
+    with pytest.raises(ValueError, match="line 4: unknown class 'walkk'"):
+        read_segments_csv(csv_path)
+    (tmp_path / "bad.csv").write_text("video,start,end,label\nclip.mkv,0,1,a\n")
+    with pytest.raises(ValueError, match="rows, found 'video,start,end,label'$"):
+        read_segments_csv(tmp_path / "bad.csv")

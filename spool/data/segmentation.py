@@ -16,6 +16,7 @@ assumes a frame rate, so a 29.97 fps video sampled at 5 fps gets each sampled fr
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import hashlib
@@ -55,18 +56,31 @@ class SegmentationSample:
     def disagreement(self, num_frames: int, duration: float) -> str | None:
         """Why these labels cannot describe a video of ``num_frames`` frames lasting
         ``duration`` s, or None: ground truth for many more or fewer frames (annotated at
-        another frame rate?), or a segment that starts after the video ends (frame numbers
-        written as seconds?). Labels past the video, or frames past the labels, would be
+        another frame rate?), a segment that starts or ends well after the video ends (frame
+        numbers written as seconds? another cut of the video?), or segments that leave over a
+        tenth of it unlabelled. Labels past the video, or frames past the labels, would be
         dropped without a word."""
         if self.frame_labels is not None:
             n = len(self.frame_labels)
             if abs(n - num_frames) > max(2, 0.02 * num_frames):
                 return (f"{self.video}: its ground truth has {n} lines for {num_frames} "
                         "frames (annotated at another frame rate?)")
-        late = [s for s, _, _ in self.segments or () if s > duration + 0.5]
+            return None
+        segments = self.segments or ()
+        slack = max(0.5, 0.02 * duration)
+        late = [s for s, _, _ in segments if s > duration + 0.5]
         if late:
             return (f"{self.video}: a segment starts at {late[0]} s, after the video's end "
                     f"({duration:.2f} s; segments are in seconds)")
+        long = [e for _, e, _ in segments if e > duration + slack]
+        if long:
+            return (f"{self.video}: a segment ends at {long[0]} s, {long[0] - duration:.2f} s "
+                    f"after the video's end ({duration:.2f} s)")
+        covered = sum(max(0.0, min(e, duration) - s) for s, e, _ in segments)
+        if duration > 0 and duration - covered > max(slack, 0.1 * duration):
+            return (f"{self.video}: its segments cover {covered:.2f} s of its {duration:.2f} s; "
+                    "the frames outside them are unlabelled, left out of the loss and the "
+                    "scores (a background class labels them)")
         return None
 
     def labels_at(self, frame_indices: Sequence[int], timestamps: Sequence[float],
@@ -141,12 +155,16 @@ def read_ms_tcn(root: str | os.PathLike, split: str = "train.split1",
         raise ValueError(f"split: no bundle {bundle} (expected splits/<split>.bundle under "
                          f"{root})")
     samples = []
-    for line in read_text_file(bundle, "a split bundle").splitlines():
+    for number, line in enumerate(read_text_file(bundle, "a split bundle").splitlines(), 1):
         entry = line.strip()
         if not entry:
             continue
         stem = Path(entry).stem
-        labels = read_ground_truth(root / "groundTruth" / f"{stem}.txt", classes)
+        truth = root / "groundTruth" / f"{stem}.txt"
+        if not truth.is_file():  # (a bare errno named neither the bundle nor the line)
+            raise ValueError(f"{bundle}, line {number}: lists {entry!r}, but there is no "
+                             f"ground-truth file {truth}")
+        labels = read_ground_truth(truth, classes)
         samples.append(SegmentationSample(stem, str(_find_video(root / videos_dir, stem)),
                                           frame_labels=labels))
     if not samples:
@@ -164,7 +182,9 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
     reader = csv.DictReader(io.StringIO(read_text_file(path, "a segments CSV"), newline=""))
     rows = list(reader)
     if not rows or set(reader.fieldnames or ()) != {"video", "start_s", "end_s", "label"}:
-        raise ValueError(f"{path}: expected a header 'video,start_s,end_s,label' and rows")
+        found = ",".join(reader.fieldnames or ()) or "nothing"
+        raise ValueError(f"{path}: expected a header 'video,start_s,end_s,label' and rows, "
+                         f"found {found!r}{'' if not reader.fieldnames or rows else ' alone'}")
     for lineno, row in enumerate(rows, start=2):
         if None in row or None in row.values():  # csv's marks of extra or missing fields
             raise ValueError(f"{path}, line {lineno}: expected 4 fields "
@@ -172,6 +192,12 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
     listed = path.parent / CLASSES_NAME
     names = (list(class_names) if class_names is not None else read_class_names(listed)
              if listed.is_file() else sorted({r["label"] for r in rows}))
+    if class_names is None and not listed.is_file():  # a typo would be a class of its own
+        counts = collections.Counter(r["label"] for r in rows)
+        logger.info(f"{path}: classes from its labels (no {CLASSES_NAME} beside it, which "
+                    "would refuse any other): "
+                    + ", ".join(f"{n} ({counts[n]} segment{'s' * (counts[n] > 1)})"
+                                for n in names))
     index = {n: i for i, n in enumerate(names)}
     per_video: dict[str, list[tuple[float, float, int]]] = {}
     spelled: dict[str, str] = {}

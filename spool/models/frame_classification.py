@@ -366,6 +366,7 @@ class SpoolForFrameClassification(FrameClassifier):
                      offload_dir: str | os.PathLike | None = None,
                      resume: ResumableHiddenState | None = None,
                      progress: bool = False) -> LongPrediction:
+        check_long_call(self, "predict_long", chunk_frames)  # (not named forward_long's)
         out = self.spool.forward_long(video, sampler=sampler or default_sampler(self.config),
                                       chunk_frames=chunk_frames, offload_dir=offload_dir,
                                       resume=resume, progress=progress)
