@@ -225,7 +225,7 @@ def run_model(key: str, arch: str, model: dict, train: dict, caches: tuple[Path,
     scores, preds, targets = score(trainer.model, FrameTokenDataset(caches[1]))
     params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     result = {**scores, "train_loss": history[-1]["train_loss"],
-              "train_acc": 100 * history[-1]["train_acc"], "train_seconds": seconds,
+              "train_acc": history[-1]["train_acc"], "train_seconds": seconds,
               "params": params, "architecture": arch, "model": model, "train": train}
     log(f"{NAMES[key]}: " + ", ".join(f"{k} {v:.1f}" for k, v in result.items()
                                       if isinstance(v, float)))

@@ -75,7 +75,14 @@ def test_cached_tokens_train_like_the_video_frames(tmp_path: Path) -> None:
     from spool.train.segmentation_eval import evaluate_frame_checkpoint
 
     model_dir = tmp_path / "cached" / "model"
-    assert evaluate_frame_checkpoint(model_dir, cache=str(tmp_path / "cache_val"))["videos"] == 2
+    scores = evaluate_frame_checkpoint(model_dir, cache=str(tmp_path / "cache_val"))
+    assert scores["videos"] == 2
+    # One unit in a row, and the same as spool eval's: val_acc was a fraction beside edit and
+    # F1 in percent (and spool eval's accuracy in percent).
+    with open(tmp_path / "cached" / "metrics.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert float(last["val_acc"]) == pytest.approx(scores["accuracy"])
+    assert float(last["val_edit"]) == pytest.approx(scores["edit"])
     for kwargs, message in (({"fps": 1.0}, "fps: a frame cache was sampled when it was made"),
                             ({"split": "x"}, "split: applies to an MS-TCN root")):
         with pytest.raises(ValueError, match=message):  # ignored before: the same scores

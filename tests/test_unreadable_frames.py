@@ -105,6 +105,7 @@ def test_eval_of_a_frame_classifier_skips_and_counts_the_bad_video(tmp_path: Pat
     mine = stale.with_name("my_notes.csv")  # a user's file: not listed, kept
     mine.write_text("notes\n")
     (tmp_path / "ev" / "metrics.json").write_text(json.dumps({"predicted": [bad.stem]}))
+    capsys.readouterr()  # what making the model said (the classes of its training CSV)
     assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(data),
                  "--out", str(tmp_path / "ev")]) == 0
     assert not stale.exists() and mine.exists()  # it would read as this run's

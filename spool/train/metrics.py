@@ -130,11 +130,11 @@ def plot_confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str],
 
 
 def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.PathLike,
-                metric: str = "top1", label: str = "top-1") -> None:
+                metric: str = "top1", label: str = "top-1", scale: float = 100.0) -> None:
     """Loss and an accuracy per epoch for one or several runs (``{run name: epoch rows}``), as
     a PNG. Rows hold ``epoch``, ``train_loss``, ``train_<metric>`` and, on the epochs that were
-    evaluated, ``val_<metric>`` (and ``val_loss`` where there is one); accuracies are
-    fractions."""
+    evaluated, ``val_<metric>`` (and ``val_loss`` where there is one); ``scale`` takes the
+    accuracies to percent (100: fractions)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,11 +144,11 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
     for i, (name, rows) in enumerate(histories.items()):
         colour = f"C{i}"
         for split, style in (("train", "--"), ("val", "o-")):
-            for key, ax, scale in ((f"{split}_loss", ax_loss, 1), (f"{split}_{metric}", ax_acc,
-                                                                   100)):
+            for key, ax, factor in ((f"{split}_loss", ax_loss, 1),
+                                    (f"{split}_{metric}", ax_acc, scale)):
                 have = [r for r in rows if r.get(key) not in (None, "")]  # val: some epochs
                 if have:
-                    ax.plot([r["epoch"] for r in have], [scale * float(r[key]) for r in have],
+                    ax.plot([r["epoch"] for r in have], [factor * float(r[key]) for r in have],
                             style, color=colour, label=f"{name} {split}", markersize=3)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel=f"{label} (%)", title=label.capitalize(), ylim=(0, 100))

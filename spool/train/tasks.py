@@ -31,7 +31,9 @@ class ClipTask:
 
     name: ClassVar[str] = "clips"
     epoch_fields: ClassVar[tuple[str, ...]] = EPOCH_FIELDS
-    accuracy: ClassVar[tuple[str, str]] = ("top1", "top-1")  # row key suffix, label
+    # row key suffix, label, and the factor to percent: clip top-k are fractions (as
+    # torchmetrics gives them), a segmentation's scores percentages (as MS-TCN's eval.py)
+    accuracy: ClassVar[tuple[str, str, float]] = ("top1", "top-1", 100.0)
     collate = staticmethod(collate_readable)
 
     def build(self, cfg: TrainConfig, config: SpoolConfig) -> tuple[Dataset, Any, list[str]]:
@@ -109,7 +111,7 @@ class FrameTask:
     epoch_fields: ClassVar[tuple[str, ...]] = (
         "epoch", "step", "lr", "train_loss", "train_acc", "val_acc", "val_edit", "val_f1@10",
         "val_f1@25", "val_f1@50", "epoch_seconds")
-    accuracy: ClassVar[tuple[str, str]] = ("acc", "frame accuracy")
+    accuracy: ClassVar[tuple[str, str, float]] = ("acc", "frame accuracy", 1.0)
     collate = staticmethod(collate_frames)
 
     def build(self, cfg: TrainConfig, config: SpoolConfig) -> tuple[Dataset, Any, list[str]]:
@@ -154,13 +156,13 @@ class FrameTask:
 
     def train_row(self, tracker: FrameAccuracyTracker) -> dict[str, float]:
         m = tracker.compute()
-        return {"train_loss": m["loss"], "train_acc": m["acc"]}
+        return {"train_loss": m["loss"], "train_acc": 100 * m["acc"]}  # %, as edit and F1
 
     def describe(self, row: dict[str, Any]) -> str:
         text = (f"train loss {row['train_loss']:.4f} frame accuracy "
-                f"{100 * row['train_acc']:.1f}%")
+                f"{row['train_acc']:.1f}%")
         if "val_acc" in row:
-            text += (f", val frame accuracy {100 * row['val_acc']:.1f}% edit "
+            text += (f", val frame accuracy {row['val_acc']:.1f}% edit "
                      f"{row['val_edit']:.1f} F1@10/25/50 {row['val_f1@10']:.1f}/"
                      f"{row['val_f1@25']:.1f}/{row['val_f1@50']:.1f}")
         return text
@@ -172,7 +174,7 @@ class FrameTask:
             trainer.model, trainer.val_set, sampler=make_sampler(**trainer.model.config.sampling),
             background=background,
             device=trainer.device, keep=False, iterate=trainer.batches).scores
-        return {"val_acc": scores["accuracy"] / 100, "val_edit": scores["edit"],
+        return {"val_acc": scores["accuracy"], "val_edit": scores["edit"],
                 **{f"val_{k}": scores[k] for k in ("f1@10", "f1@25", "f1@50")}}
 
 
