@@ -138,3 +138,23 @@ def test_an_ntsc_rate_is_never_taken_for_a_whole_one(n):
     picks fell depended on the clip's length (59 frames: 0, 3, 6, ...; 61: 0, 2, 5, ...)."""
     (picks,) = FpsSampler(10)(n, 30000 / 1001)
     assert picks[:4] == [0, 2, 5, 8][:len(picks[:4])]
+
+
+def test_sampling_above_a_videos_rate_says_frames_repeat(monkeypatch, spool_log):
+    """--fps 15 on a 10 fps video repeated a third of the frames (1.5x the compute, duplicate
+    rows in a per-frame output) without a word. Said once per process, with the count."""
+    import logging
+
+    import spool.video.samplers as samplers
+
+    monkeypatch.setattr(samplers, "_said_repeats", [])
+    spool_log.set_level(logging.WARNING, logger="spool")
+    FpsSampler(5.0)(100, fps=10.0)  # below the rate: nothing repeats
+    FpsSampler(15.0)(100, fps=14.99998)  # the same rate, rounded: one frame at most
+    assert spool_log.records == []
+    picks = FpsSampler(15.0)(100, fps=10.0)[0]
+    assert len(picks) == 150 and len(set(picks)) == 100
+    FpsSampler(15.0)(100, fps=10.0, timestamps=[0.1 * i for i in range(100)])
+    (said,) = [r.getMessage() for r in spool_log.records]
+    assert said.startswith("sampling at 15 fps repeats frames of a video with fewer frames "
+                           "per second: 50 of 150 samples repeat the frame before (said once)")

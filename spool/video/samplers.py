@@ -10,6 +10,7 @@ gives a sampler's settings, and ``make_sampler(**d)`` rebuilds it.
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 from abc import ABC, abstractmethod
@@ -17,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SAMPLERS",
@@ -129,6 +132,21 @@ class FrameSampler(ABC):
 
     def __hash__(self) -> int:
         return hash(tuple(sorted(self.to_dict().items())))
+
+
+_said_repeats: list[bool] = []
+
+
+def _note_repeats(indices: list[int], target_fps: float) -> None:
+    """Say once per process that a video sampled above its own rate repeats frames: each
+    repeat costs a frame's compute (and a row of a per-frame output) and adds nothing."""
+    repeats = len(indices) - len(set(indices))
+    if repeats > max(1, 0.05 * len(indices)) and not _said_repeats:
+        _said_repeats.append(True)
+        logger.warning(f"sampling at {target_fps:g} fps repeats frames of a video with fewer "
+                       f"frames per second: {repeats} of {len(indices)} samples repeat the "
+                       "frame before (said once); an fps at or below the videos' own rates "
+                       "avoids the extra compute")
 
 
 def _cap(indices: list[int], max_frames: int | None) -> list[int]:
@@ -247,6 +265,12 @@ class FpsSampler(FrameSampler):
         """As for every sampler; ``timestamps`` (seconds, one per frame, increasing: the
         reader's) pick by time instead of by index where they show a variable frame rate:
         there frame ``k * fps / target_fps`` is not the one shown at ``k / target_fps``."""
+        clips = self._pick(num_frames, fps, rng, timestamps)
+        _note_repeats(clips[0], self.target_fps)
+        return clips
+
+    def _pick(self, num_frames: int, fps: float | None, rng: np.random.Generator | None,
+              timestamps: Any) -> list[list[int]]:
         if timestamps is None or not self.use_timestamps:
             return super().__call__(num_frames, fps, rng)
         n = _positive_int("num_frames", num_frames)
