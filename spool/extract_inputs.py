@@ -6,7 +6,9 @@ is reported as a failure rather than silently dropped.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import logging
 import os
 from collections import deque
@@ -42,7 +44,8 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
     following links to directories, skipping hidden names; names keep the sub-folders) or a
     text file listing one path per line (relative paths are relative to the list; a line
     whose first non-blank character is ``#`` is a comment, so a file named ``#x.mp4`` is
-    listed as ``./#x.mp4``); an annotation file's ``path label`` lines give their paths.
+    listed as ``./#x.mp4``); an annotation file's ``path label`` lines give their paths, and
+    a CSV's ``video`` column (a segments CSV's) its videos.
     A named path that does not exist or is not a regular file (a FIFO, a device, a broken
     link) is kept, so that it is reported as a failure rather than silently dropped; a list
     that does not exist is an error (``FileNotFoundError``).
@@ -53,10 +56,12 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path
         if path.is_dir():
             for video in _scan_directory(path):
                 found.append((video, video.relative_to(path).with_suffix("")))
-        elif path.suffix.lower() in LIST_EXTENSIONS and not os.path.lexists(path):
+        elif path.suffix.lower() in {*LIST_EXTENSIONS, ".csv"} and not os.path.lexists(path):
             raise FileNotFoundError(2, "No such list of videos", str(path))  # not a bad video
         elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
             found += _listed(path)
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            found += _listed_in_csv(path)
         else:
             found.append((path, Path(path.stem)))
     return found
@@ -84,6 +89,24 @@ def _listed(listing: Path) -> list[tuple[Path, Path]]:
         logger.info("%s: read as an annotation file: %d 'path label' lines, the labels left "
                     "out", listing, sum(labelled))
     return [(entry(line), Path(Path(line).stem)) for line in lines]
+
+
+def _listed_in_csv(table: Path) -> list[tuple[Path, Path]]:
+    """The videos of a CSV with a ``video`` column (a segments CSV: ``video,start_s,end_s,
+    label``), each once, in order; relative paths are relative to the CSV, as training
+    reads them."""
+    reader = csv.DictReader(io.StringIO(read_text_file(table, "a CSV of videos"), newline=""))
+    if "video" not in (reader.fieldnames or ()):
+        raise ValueError(f"{table}: expected a CSV with a 'video' column (a segments CSV's "
+                         f"header is video,start_s,end_s,label), found "
+                         f"{','.join(reader.fieldnames or ()) or 'nothing'!r}")
+    seen: dict[str, Path] = {}
+    for row in reader:
+        name = (row["video"] or "").strip()
+        if name:
+            seen.setdefault(os.path.normpath(name), Path(name))
+    return [(video if video.is_absolute() else table.parent / video, Path(video.stem))
+            for video in seen.values()]
 
 
 def _scan_directory(root: Path) -> list[Path]:

@@ -149,3 +149,22 @@ def test_a_list_that_does_not_exist_is_an_error_not_a_bad_video(tmp_path: Path, 
     (tmp_path / "bb.json").write_text(json.dumps(tiny_backbone()))
     assert main(["extract", "nolist.txt", "--out", "o", *tiny_model_args("bb.json")]) == 2
     assert "error: [Errno 2] No such list of videos: 'nolist.txt'" in capsys.readouterr().err
+
+
+def test_a_segments_csv_gives_its_videos(tmp_path: Path) -> None:
+    """spool cache, train and eval take a segments CSV; spool extract read it as a video and
+    failed it ('cannot open as a video file'). Its video column is read, each video once,
+    relative to the CSV as training reads it."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "data.csv").write_text(
+        "video,start_s,end_s,label\nvideos/a b.mp4,0,1,x\nvideos/a b.mp4,1,2,y\n"
+        f"./videos/c.mp4,0,3,x\n{tmp_path / 'd.mkv'},0,1,y\n")
+    assert collect_inputs([tmp_path / "data.csv"]) == [
+        (tmp_path / "videos/a b.mp4", Path("a b")), (tmp_path / "videos/c.mp4", Path("c")),
+        (tmp_path / "d.mkv", Path("d"))]
+    (tmp_path / "other.csv").write_text("path,label\na.mp4,x\n")
+    with pytest.raises(ValueError, match=r"other.csv: expected a CSV with a 'video' column .* "
+                                         r"found 'path,label'"):
+        collect_inputs([tmp_path / "other.csv"])
+    with pytest.raises(FileNotFoundError):
+        collect_inputs([tmp_path / "missing.csv"])
