@@ -57,6 +57,14 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
                          "text: is it a video or another binary file?") from None
 
 
+def human_size(n: float) -> str:
+    """``n`` bytes as a person reads them: ``"512 bytes"``, ``"1.5 MiB"``, ``"2.0 GiB"``."""
+    unit = 0
+    while n >= 1024 and unit < 3:
+        n, unit = n / 1024, unit + 1
+    return f"{n:.0f} bytes" if unit == 0 else f"{n:.1f} {('KiB', 'MiB', 'GiB')[unit - 1]}"
+
+
 OUT_OF_ROOM = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: not one input's fault
 
 

@@ -305,7 +305,7 @@ def test_a_full_disk_is_an_error_before_any_work(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "posix_fallocate", full)
     model = Spool(tiny_config(num_hidden_layers=1, **TOKENS), with_backbone=False).eval()
-    with pytest.raises(MemoryError, match=r"no room for the hidden state on disk: .* MiB more"):
+    with pytest.raises(MemoryError, match=r"no room for the hidden state on disk: .* KiB more"):
         with long_video_state.resumable_pass(tmp_path, "out.safetensors", "k") as state:
             model.forward_long(torch.randn(9, 5, 24), resume=state)
     assert list(tmp_path.iterdir()) == []
@@ -334,8 +334,8 @@ def test_the_room_the_state_needs_is_said_whole(tmp_path, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(long_video_state.shutil, "disk_usage", lambda p: usage(1, 1, 1000))
     model = Spool(tiny_config(num_hidden_layers=1, **TOKENS), with_backbone=False).eval()
-    with pytest.raises(MemoryError, match=r"it takes 0\.0 MiB in .* \(two copies of \[11, 5, "
-                                          r"24\] fp32\), 0\.0 MiB free"):
+    with pytest.raises(MemoryError, match=r"it takes 10\.4 KiB in .* \(two copies of \[11, 5, "
+                                          r"24\] fp32\), 1000 bytes free"):
         model.forward_long(torch.randn(9, 5, 24), resume=ResumableHiddenState(tmp_path / "s", "k"))
 
 
@@ -416,3 +416,35 @@ def test_a_state_opened_again_keeps_its_progress(tmp_path, monkeypatch):
     calls.clear()
     model.forward_long(video, sampler=StrideSampler(1), resume=state)
     assert len(calls) == 1  # the second layer only
+
+
+def test_states_of_no_video_of_the_job_are_named_with_their_room(tmp_path, capsys):
+    """A state left by a video renamed or deleted since stayed in --offload-dir for good,
+    gigabytes each, and nothing said so: the job's summary now names them (and leaves them:
+    another job may be running there)."""
+    import json as json_
+
+    from conftest import tiny_backbone, tiny_model_args
+
+    from spool.cli import main
+
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "v.mp4", frames, fps=10, codec="libx264")
+    (tmp_path / "backbone.json").write_text(json_.dumps(tiny_backbone()))
+    scratch = tmp_path / "scratch"
+    gone = long_video_state.pass_folder(scratch, str(tmp_path / "out" / "renamed.safetensors"))
+    gone.mkdir(parents=True)
+    (gone / "hidden0.f32").write_bytes(b"\1" * 2**20)
+    mine = long_video_state.pass_folder(scratch, str(tmp_path / "out" / "v.safetensors"))
+    assert long_video_state.stray_states(scratch, [tmp_path / "out" / "v.safetensors"])[0] == [
+        gone]
+    mine.mkdir()  # a state of this job's video (it goes on from it): not stray
+    assert long_video_state.stray_states(scratch, [tmp_path / "out" / "v.safetensors"])[0] == [
+        gone]
+    capsys.readouterr()
+    assert main(["extract", str(video), *tiny_model_args(tmp_path / "backbone.json"),
+                 "--no-progress", "--per-frame", "--stride", "1", "--out",
+                 str(tmp_path / "out"), "--offload-dir", str(scratch)]) == 0
+    out = capsys.readouterr().out
+    assert f"1 hidden state(s) in {scratch} (1.0 MiB) are of no video of this job" in out
+    assert gone.is_dir() and not mine.exists()

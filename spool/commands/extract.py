@@ -241,6 +241,8 @@ def run(args: argparse.Namespace) -> int:
           f"({dist.world_size} process{'es' if dist.world_size > 1 else ''}); outputs in "
           f"{os.fspath(out_dir)}" + (f"; failures listed in {out_dir / 'failures.csv'}"
                                      if listed else ""))
+    if args.offload_dir is not None:
+        _say_stray_states(args.offload_dir, [job.output for job in every])
     if elsewhere:  # a crashed job's claims from elsewhere look the same as a live job's
         print(f"spool extract: the {elsewhere} claimed videos are left to the job holding "
               f"their .NAME.spool-claim file in {os.fspath(out_dir)}; a claim made on another "
@@ -248,6 +250,20 @@ def run(args: argparse.Namespace) -> int:
               f"{claims.STALE_AFTER_S / 3600:g} h: if no other job runs, delete those files "
               "and run again")
     return 1 if failures else 0
+
+
+def _say_stray_states(offload_dir: str, outputs: list[Path]) -> None:
+    """Name the room taken in ``--offload-dir`` by states of no video of this job: nothing
+    else would, and each can hold gigabytes."""
+    from spool.io_utils import human_size
+    from spool.models.long_video_state import stray_states
+
+    stray, size = stray_states(offload_dir, outputs)
+    if stray:
+        print(f"spool extract: {len(stray)} hidden state(s) in {offload_dir} ({human_size(size)}) "
+              "are of no video of this job: another job's that runs there, or left by "
+              "videos renamed, deleted or finished without --offload-dir; delete the "
+              ".spool-resume-* folders that no running job uses")
 
 
 def _max_pixels(text: str) -> int:
@@ -266,8 +282,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "files, one .safetensors file per video.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="video files, directories (searched recursively, following links) or "
-                        "lists of paths (.txt, .lst, .list)")
+                   help="video files, directories (searched recursively, following links), "
+                        "lists of paths (.txt, .lst, .list) or a CSV with a video column")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", metavar="DIR",

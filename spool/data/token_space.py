@@ -10,7 +10,7 @@ import numpy as np
 
 from spool.data.cached_tokens import CACHE_META, TOKENS_NAME
 from spool.errors import InsufficientSpaceError
-from spool.io_utils import reserve_space
+from spool.io_utils import human_size, reserve_space
 
 logger = logging.getLogger("spool.data.cache")
 
@@ -38,13 +38,6 @@ def make_room(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
             f"{dtype.itemsize} bytes, {human_size(have)} of it written already) but "
             f"{human_size(free)} is free there; free some space, cache fewer views or frames, "
             "use --dtype float16, or cache elsewhere (--out)")
-
-
-def human_size(n: float) -> str:
-    unit = 0
-    while n >= 1024 and unit < 3:
-        n, unit = n / 1024, unit + 1
-    return f"{n:.0f} bytes" if unit == 0 else f"{n:.1f} {('KiB', 'MiB', 'GiB')[unit - 1]}"
 
 
 def reserve_file(path: Path) -> None:

@@ -23,17 +23,16 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from spool.io_utils import OUT_OF_ROOM, atomic_write_text, file_location
+from spool.io_utils import OUT_OF_ROOM, atomic_write_text, file_location, human_size
 
 RECORD_NAME = "state.json"
-GiB = 2**30
 COMMIT_EVERY_S = 30.0  # progress on a device is recorded at most this often (each commit syncs)
 COPY_SHARE = 0.1  # and a state on a device is copied to disk for at most this share of the time
 _clock = time.monotonic
@@ -73,8 +72,9 @@ class ResumableHiddenState:
             free = shutil.disk_usage(self.folder).free
             if free < sum(sizes):  # said whole; reserve() catches what this estimate misses
                 raise MemoryError(f"no room for the hidden state on disk: it takes "
-                                  f"{_bytes(sum(sizes))} in {self.folder.parent} (two copies of "
-                                  f"[{', '.join(map(str, shape))}] fp32), {_bytes(free)} free")
+                                  f"{human_size(sum(sizes))} in {self.folder.parent} (two copies "
+                                  f"of [{', '.join(map(str, shape))}] fp32), "
+                                  f"{human_size(free)} free")
             for name, size in zip(names, sizes, strict=True):
                 with open(self.folder / name, "wb") as f:
                     reserve(f, size, self.folder)
@@ -199,12 +199,8 @@ def reserve(f: BinaryIO, size: int, folder: Path) -> None:
             return
         free = shutil.disk_usage(folder).free
         # As for RAM (check_memory): this video's state does not fit, a shorter one's may.
-        raise MemoryError(f"no room for the hidden state on disk: {_bytes(size)} more in "
-                          f"{folder} ({_bytes(free)} free; {os.strerror(err.errno)})") from err
-
-
-def _bytes(n: int) -> str:
-    return f"{n / GiB:.2f} GiB" if n >= GiB // 10 else f"{n / 2**20:.1f} MiB"
+        raise MemoryError(f"no room for the hidden state on disk: {human_size(size)} more in "
+                          f"{folder} ({human_size(free)} free; {os.strerror(err.errno)})") from err
 
 
 def _valid(record: dict, key: str, shape: tuple[int, ...]) -> bool:
@@ -239,6 +235,21 @@ def pass_folder(folder: str | os.PathLike, name: str) -> Path:
     hidden folder named by the digest of where that output is, however its path was typed."""
     where = file_location(name).encode("utf-8", "surrogateescape")
     return Path(folder) / f".spool-resume-{hashlib.sha1(where).hexdigest()[:16]}"
+
+
+def stray_states(folder: str | os.PathLike, outputs: list[str | os.PathLike]
+                 ) -> tuple[list[Path], int]:
+    """The pass states in ``folder`` of none of ``outputs`` (another job's, or left by a video
+    renamed, deleted or finished without ``folder`` since), and their bytes on disk."""
+    mine = {pass_folder(folder, str(output)).name for output in outputs}
+    stray = sorted(p for p in Path(folder).glob(".spool-resume-*")
+                   if p.name not in mine and p.is_dir() and not p.is_symlink())
+    size = 0
+    for state in stray:
+        for file in state.iterdir() if state.is_dir() else ():
+            with suppress(OSError):  # removed by the job it is of, meanwhile
+                size += file.stat().st_blocks * 512
+    return stray, size
 
 
 @contextmanager
