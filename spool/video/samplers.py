@@ -22,18 +22,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "SAMPLERS",
-    "ClipSampler",
-    "FpsSampler",
-    "FrameSampler",
-    "SlidingWindowSampler",
-    "StrideSampler",
-    "UniformSampler",
-    "clip_sampler",
-    "decode_chunks",
-    "distinct_frames",
-    "make_sampler",
-    "sampler_settings",
+    "SAMPLERS", "ClipSampler", "FpsSampler", "FrameSampler", "SlidingWindowSampler",
+    "StrideSampler", "UniformSampler", "clip_sampler", "decode_chunks", "distinct_frames",
+    "make_sampler", "sampler_settings",
 ]
 
 
