@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -308,8 +309,7 @@ class SpoolConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpoolConfig:
-        check_known_fields(data, "config")
-        return cls(**data)
+        return cls(**data)  # the constructor names unknown keys
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         from spool.io_utils import atomic_write_text
@@ -341,22 +341,33 @@ class SpoolConfig:
             raise SpoolLoadError(f"{path}: {err}") from err
 
     def replace(self, **changes: Any) -> SpoolConfig:
-        check_known_fields(changes, "config")
         return dataclasses.replace(self, **changes)
 
 
-def check_known_fields(keys: Any, what: str) -> None:
-    """``ValueError`` naming the keys that are no :class:`SpoolConfig` field (a misspelt
-    keyword was a ``TypeError`` from the constructor), with the field each looks like."""
+def check_known_fields(keys: Any, what: str, also: tuple[str, ...] = ()) -> None:
+    """``ValueError`` naming the keys that are no :class:`SpoolConfig` field (nor in ``also``,
+    other keywords the caller takes), with the name each looks like."""
     import difflib
 
     known = sorted(f.name for f in dataclasses.fields(SpoolConfig))
-    unknown = sorted(set(keys) - set(known))
+    unknown = sorted(set(keys) - set(known) - set(also))
     if unknown:
-        close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        close = {k: difflib.get_close_matches(k, [*known, *also], n=1) for k in unknown}
         hints = "".join(f"; {k!r}: did you mean {m[0]!r}?" for k, m in close.items() if m)
         raise ValueError(f"{what}: unknown SpoolConfig field(s) {unknown}{hints}; known "
-                         f"fields: {known}")
+                         f"fields: {known}" + (f" (and {list(also)})" if also else ""))
+
+
+def _checking_unknown_keys(init: Any) -> Any:
+    """SPEC §2: a misspelt keyword is a ValueError (the dataclass's own is a TypeError)."""
+    @functools.wraps(init)
+    def __init__(self: SpoolConfig, *args: Any, **kwargs: Any) -> None:
+        check_known_fields(kwargs, "config")
+        init(self, *args, **kwargs)
+    return __init__
+
+
+SpoolConfig.__init__ = _checking_unknown_keys(SpoolConfig.__init__)  # type: ignore[method-assign]
 
 
 def parse_config_value(text: str) -> Any:

@@ -111,19 +111,33 @@ def test_a_plain_hf_backbone_directory_is_not_taken_for_a_checkpoint(tmp_path):
         load_pretrained(tmp_path)
 
 
-def test_a_hidden_size_other_than_the_backbones_is_refused():
-    """It was overwritten with the backbone's width without a word: a user who set
-    hidden_size=32 to make the temporal stack narrower got the backbone's 24."""
-    with pytest.raises(ValueError, match=r"hidden_size: the temporal stack has its backbone's "
-                                         r"width, \d+ for .*; got 32"):
-        Spool(tiny_config(hidden_size=32))
+def test_a_hidden_size_or_image_size_the_backbone_overrides_is_said(spool_log):
+    """hidden_size=32 on a 24-wide backbone was overwritten without a word (a user who set it
+    to narrow the temporal stack got the backbone's width), and image_size=36 with patch 8
+    dropped the frame's last 4 pixel rows and columns. Said, not refused: a saved config
+    holds the old backbone's width when a backbone is swapped, and old checkpoints must load."""
+    import logging
+
+    spool_log.set_level(logging.WARNING, logger="spool")
     width = Spool(tiny_config()).config.hidden_size
-    assert Spool(tiny_config(hidden_size=width)).config.hidden_size == width
+    assert spool_log.records == []
+    assert Spool(tiny_config(hidden_size=32)).config.hidden_size == width
+    assert Spool(tiny_config(image_size=36)).config.num_spatial_tokens == 17  # as 32 gives
+    said = [r.getMessage() for r in spool_log.records]
+    assert said == [
+        f"hidden_size 32 is not the backbone's width: the temporal stack takes the width of "
+        f"its backbone (backbone_config), {width}",
+        "image_size 36 is not a multiple of the backbone's patch size 8: its last 4 pixel rows "
+        "and columns are dropped (32 gives the same tokens, 40 one more patch a side)"]
 
 
-def test_an_image_size_off_the_patch_grid_is_refused():
-    """image_size=36 with patch 8 ran: the backbone's patch convolution dropped the frame's
-    last 4 pixel rows and columns without a word."""
-    with pytest.raises(ValueError, match=r"image_size: expected a multiple of the backbone's "
-                                         r"patch size 8 \(e.g. 32 or 40\), got 36"):
-        Spool(tiny_config(image_size=36))
+def test_the_config_class_itself_names_a_misspelt_field():
+    """SpoolConfig(num_hidden_layer=2) stayed a TypeError after Spool(...) learnt to say it;
+    from_pretrained's keywords name the near field or constructor keyword too."""
+    with pytest.raises(ValueError, match="'num_hidden_layer': did you mean "
+                                         "'num_hidden_layers'"):
+        SpoolConfig(num_hidden_layer=2)
+    with pytest.raises(ValueError, match="'with_backbon': did you mean 'with_backbone'"):
+        from spool.models.pretrained import check_known_fields
+
+        check_known_fields(["with_backbon"], "x", also=("with_backbone",))

@@ -151,6 +151,8 @@ def test_sampling_above_a_videos_rate_says_frames_repeat(monkeypatch, spool_log)
     spool_log.set_level(logging.WARNING, logger="spool")
     FpsSampler(5.0)(100, fps=10.0)  # below the rate: nothing repeats
     FpsSampler(15.0)(100, fps=14.99998)  # the same rate, rounded: one frame at most
+    pause = [i / 30 for i in range(30)] + [20 + i / 30 for i in range(30)]  # 19 s still
+    assert len(set(FpsSampler(2.0)(60, fps=30.0, timestamps=pause)[0])) < 10  # right repeats
     assert spool_log.records == []
     picks = FpsSampler(15.0)(100, fps=10.0)[0]
     assert len(picks) == 150 and len(set(picks)) == 100

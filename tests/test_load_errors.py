@@ -103,7 +103,8 @@ def test_eval_of_a_frame_encoder_says_what_it_holds(tmp_path: Path, capsys) -> N
         assert err.splitlines() == [f"spool eval: error: {tmp_path / 'backbone'}: holds a "
                                     "FrameEncoderModel, not a video classifier; load it with "
                                     "spool.models.load_pretrained"]
-    with pytest.raises(ValueError, match=r"FrameEncoderModel, which takes no \['with_backbone'\]"):
+    with pytest.raises(ValueError, match=r"holds a FrameEncoderModel: unknown SpoolConfig "
+                                         r"field\(s\) \['with_backbone'\]"):
         load_pretrained(tmp_path / "backbone", with_backbone=False)
 
 

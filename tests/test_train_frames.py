@@ -300,3 +300,28 @@ def test_baselines_train_on_a_cache_without_head_settings(tmp_path: Path) -> Non
         train(_config(tmp_path / arch, architecture=arch, epochs=1, train_data=None,
                       val_data=None, train_cache=str(tmp_path / "cache"), model={}))
         assert (tmp_path / arch / "model" / "config.json").is_file()
+
+
+def test_a_resumed_frames_run_keeps_one_unit_in_its_rows(tmp_path: Path) -> None:
+    """Frame accuracy went from fractions to percent (as edit and F1): a run saved before
+    would have gone on with its old rows in fractions and its new ones in percent, in
+    metrics.csv and curves.png. Its rows are restored in percent, and metrics.csv is
+    rewritten from them."""
+    from spool.train.metrics import rewrite_csv
+    from spool.train.tasks import METRICS_REVISION, TASKS
+
+    old = {"history": [{"epoch": 1, "train_loss": 0.9, "train_acc": 0.25, "val_acc": 0.5,
+                        "val_edit": 40.0, "val_f1@10": 30.0}]}
+    rows = TASKS["frames"].restore_history(old)
+    assert rows == [{"epoch": 1, "train_loss": 0.9, "train_acc": 25.0, "val_acc": 50.0,
+                     "val_edit": 40.0, "val_f1@10": 30.0}]
+    new = {"history": rows, "metrics_revision": METRICS_REVISION}
+    assert TASKS["frames"].restore_history(new) == rows
+    clip_rows = [{"epoch": 1, "train_top1": 0.5}]
+    assert TASKS["clips"].restore_history({"history": clip_rows}) == clip_rows
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,train_acc\n1,0.25\n2,0.5\n")
+    rewrite_csv(path, ("epoch", "train_loss", "train_acc"), rows=rows)
+    with open(path, newline="") as f:
+        assert list(csv.DictReader(f)) == [{"epoch": "1", "train_loss": "0.9",
+                                            "train_acc": "25.0"}]

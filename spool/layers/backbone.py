@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import torch
@@ -16,6 +17,7 @@ from spool.io_utils import looks_like_path
 from spool.layers.pooling import SpatialTokenPooling
 
 _DEFAULTS = SpoolConfig()  # what a config holds where the user set nothing
+logger = logging.getLogger(__name__)
 
 def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
     """Build the HF model from ``config_dict`` (random weights) or load ``name`` (hub id or
@@ -106,11 +108,12 @@ class FrameEncoder(nn.Module):
             raise ValueError(f"image_size: expected at least the backbone's patch size "
                              f"{patch}, got {config.image_size}")
         if isinstance(patch, int) and config.image_size % patch:
+            # Said, not refused: a checkpoint saved with such a size must still load.
             lower = config.image_size - config.image_size % patch  # the patch conv drops the rest
-            raise ValueError(f"image_size: expected a multiple of the backbone's patch size "
-                             f"{patch} (e.g. {lower} or {lower + patch}), got "
-                             f"{config.image_size}, whose last {config.image_size % patch} "
-                             "pixel rows and columns the backbone would drop")
+            logger.warning(f"image_size {config.image_size} is not a multiple of the "
+                           f"backbone's patch size {patch}: its last {config.image_size % patch} "
+                           f"pixel rows and columns are dropped ({lower} gives the same tokens, "
+                           f"{lower + patch} one more patch a side)")
         self.preprocessing = config.preprocessing()
         self.image_size = config.image_size
         self.chunk_size = config.backbone_chunk_size
@@ -224,9 +227,12 @@ def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]
         config = config.replace(crop_pct=DEFAULT_CROP_PCT)
     encoder = FrameEncoder(config)
     if config.hidden_size is not None and config.hidden_size != encoder.hidden_size:
-        raise ValueError(f"hidden_size: the temporal stack has its backbone's width, "
-                         f"{encoder.hidden_size} for {config.backbone_name!r}; got "
-                         f"{config.hidden_size} (leave it unset: it is read from the backbone)")
+        # Said, not refused: a config that held another backbone's width (a backbone swapped
+        # on a saved one) is completed as any other.
+        built = "backbone_config" if config.backbone_config else repr(config.backbone_name)
+        logger.warning(f"hidden_size {config.hidden_size} is not the backbone's width: the "
+                       f"temporal stack takes the width of its backbone ({built}), "
+                       f"{encoder.hidden_size}")
     layout = encoder.patch_layout  # None: no patch grid known, the config's value stays
     prefix = config.num_prefix_tokens if layout is None else layout[0]
     return encoder, config.replace(hidden_size=encoder.hidden_size,

@@ -9,7 +9,6 @@ model card.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -24,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from spool.config import CONFIG_NAME, SpoolConfig
+from spool.config import CONFIG_NAME, SpoolConfig, check_known_fields
 from spool.errors import CheckpointMismatchError, CheckpointNotFoundError, SpoolLoadError
 from spool.io_utils import (
     atomic_save_safetensors,
@@ -284,10 +283,8 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
                 f"{directory}: holds a {held}, not a {cls.__name__}; load it with "
                 f"spool.models.load_pretrained (or {held}.from_pretrained)")
         init = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.init_keywords}
-        unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(SpoolConfig)})
-        if unknown:  # else a TypeError from the config's constructor, naming neither
-            raise ValueError(f"{directory}: holds a {cls.__name__}, which takes no {unknown} "
-                             f"(config fields or {list(cls.init_keywords)})")
+        check_known_fields(kwargs, f"{directory}: holds a {cls.__name__}",
+                           also=tuple(cls.init_keywords))
         with_backbone = init.get("with_backbone", True)
         if with_backbone and config.backbone_config is None:
             raise SpoolLoadError(

@@ -161,14 +161,17 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
     plt.close(fig)
 
 
-def rewrite_csv(path: Path, fields: tuple[str, ...], keep: Any) -> None:
-    """Start ``path`` with a header, keeping the rows of a resumed run for which ``keep``."""
-    rows = []
-    if path.is_file():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if keep(r)]
+def rewrite_csv(path: Path, fields: tuple[str, ...], keep: Any = None,
+                rows: list[dict[str, Any]] | None = None) -> None:
+    """Start ``path`` with a header, and the rows of a resumed run: ``rows``, or those of the
+    file for which ``keep``."""
+    if rows is None:
+        rows = []
+        if path.is_file():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if keep(r)]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:  # a kill keeps the old
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 

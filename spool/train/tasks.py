@@ -25,6 +25,9 @@ from spool.train.metrics import EPOCH_FIELDS, MetricTracker
 from spool.train.segmentation_eval import evaluate_segmentation
 from spool.video.samplers import FpsSampler, make_sampler
 
+# Saved with a checkpoint's epoch rows: 2 has a frames run's accuracies in percent.
+METRICS_REVISION = 2
+
 
 class ClipTask:
     """Clip classification: ``[B, C]`` logits per clip, top-1 / top-5."""
@@ -54,6 +57,10 @@ class ClipTask:
         logits = trainer.module(**inputs).logits
         return trainer.model.loss_function(logits, labels, trainer.cfg.label_smoothing), \
             logits, len(labels)
+
+    def restore_history(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """The epoch rows of a checkpoint's ``state``, in this version's units."""
+        return state["history"]
 
     def train_row(self, tracker: MetricTracker) -> dict[str, float]:
         m = tracker.compute()
@@ -153,6 +160,14 @@ class FrameTask:
              ) -> tuple[torch.Tensor, torch.Tensor, int]:
         out = trainer.module(**inputs, labels=labels)
         return out.loss, out.logits, int((labels != -100).sum())
+
+    def restore_history(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """The epoch rows of a checkpoint's ``state``, frame accuracies in percent (a run
+        saved before METRICS_REVISION 2 held them as fractions)."""
+        if state.get("metrics_revision", 1) >= 2:
+            return state["history"]
+        return [{k: 100 * v if k in ("train_acc", "val_acc") and isinstance(v, float) else v
+                 for k, v in row.items()} for row in state["history"]]
 
     def train_row(self, tracker: FrameAccuracyTracker) -> dict[str, float]:
         m = tracker.compute()

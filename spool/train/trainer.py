@@ -43,7 +43,7 @@ from spool.train import signals as stopping
 from spool.train.config import TrainConfig
 from spool.train.evaluate import autocast_context, model_inputs
 from spool.train.metrics import STEP_FIELDS, append_csv, json_text, plot_curves, rewrite_csv
-from spool.train.tasks import TASKS
+from spool.train.tasks import METRICS_REVISION, TASKS
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -162,8 +162,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         resume_settings.record_settings(self.out, self.cfg, self.resumed)
         rewrite_csv(self.out / "steps.csv", STEP_FIELDS, lambda r: int(r["step"]) <= self.step)
-        rewrite_csv(self.out / "metrics.csv", self.task.epoch_fields,
-                    lambda r: int(r["epoch"]) <= self.epoch)
+        rewrite_csv(self.out / "metrics.csv", self.task.epoch_fields, rows=self.history)
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -210,7 +209,7 @@ class Trainer:
                 self.epoch, self.step_in_epoch, old_batch, self.cfg.batch_size,
                 self.steps_per_epoch)
         ckpt.apply_hyperparameters(self.optimizer, self.scheduler, self.cfg.lr, decays)
-        self.history = state["history"]
+        self.history = self.task.restore_history(state)
         if self.info.is_main:  # the checkpoint holds the sum over ranks
             self.tracker.load_state_dict(state["tracker"])
         if (rng := state["rng"]) is not None:
@@ -234,7 +233,8 @@ class Trainer:
         if self.info.is_main:
             state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                      "scheduler": self.scheduler.state_dict(), "tracker": summed.state_dict(),
-                     "history": self.history, "config": self.cfg.to_saved_dict(),
+                     "history": self.history, "metrics_revision": METRICS_REVISION,
+                     "config": self.cfg.to_saved_dict(),
                      "world_size": self.info.world_size, "class_names": self.class_names}
             path = self.checkpoint_path()
             ckpt.save_checkpoint(path, self.model, self.optimizer, state, rngs, update=True)

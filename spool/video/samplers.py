@@ -131,8 +131,10 @@ _said_repeats: list[bool] = []
 def _note_repeats(indices: list[int], target_fps: float) -> None:
     """Say once per process that a video sampled above its own rate repeats frames: each
     repeat costs a frame's compute (and a row of a per-frame output) and adds nothing."""
-    repeats = len(indices) - len(set(indices))
-    if repeats > max(1, 0.05 * len(indices)) and not _said_repeats:
+    from torch.utils.data import get_worker_info
+
+    repeats = len(indices) - len(set(indices))  # (a DataLoader worker would say it each epoch)
+    if repeats > max(1, 0.05 * len(indices)) and not _said_repeats and not get_worker_info():
         _said_repeats.append(True)
         logger.warning(f"sampling at {target_fps:g} fps repeats frames of a video with fewer "
                        f"frames per second: {repeats} of {len(indices)} samples repeat the "
@@ -257,7 +259,8 @@ class FpsSampler(FrameSampler):
         reader's) pick by time instead of by index where they show a variable frame rate:
         there frame ``k * fps / target_fps`` is not the one shown at ``k / target_fps``."""
         clips = self._pick(num_frames, fps, rng, timestamps)
-        _note_repeats(clips[0], self.target_fps)
+        if fps is not None and self.target_fps > fps:  # (a pause in a VFR video repeats too)
+            _note_repeats(clips[0], self.target_fps)
         return clips
 
     def _pick(self, num_frames: int, fps: float | None, rng: np.random.Generator | None,
