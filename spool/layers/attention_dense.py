@@ -1,7 +1,8 @@
 """Dense temporal attention: one SDPA call per head group over all frames, with a cached mask.
 
 Quadratic in ``T`` (the mask and the scores cover every token pair), so ``auto`` never picks it
-for long clips; for short clips it launches far fewer kernels than ``blocked``.
+(SPEC §3: only a backend asked for by name may build such a mask); for short clips it launches
+far fewer kernels than ``blocked``, and on a GPU a user may name it for them.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import torch.nn.functional as F
 
 from spool.layers.masks import cached_mask, frame_mask, frames_to_tokens, head_groups
 
-# Additive masks above this many bytes are built per call rather than cached (5,000 tokens,
-# auto's limit on CUDA, in fp32), and at most 8 are kept: training on clips of many lengths
-# would otherwise hoard device memory.
+# Additive masks above this many bytes are built per call rather than cached (5,000 tokens in
+# fp32, about where dense stopped paying on an H200), and at most 8 are kept: training on clips
+# of many lengths would otherwise hoard device memory.
 CACHED_MASK_BYTES = 5000 * 5000 * 4
 
 
