@@ -11,6 +11,7 @@ a segments CSV of labels does, so it can be read back as one.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -22,6 +23,7 @@ from spool.io_utils import atomic_save_safetensors, atomic_write_text
 from spool.metrics.segmentation import to_segments
 from spool.models.frame_classification import FrameClassifier
 from spool.models.long_video_state import ResumableHiddenState
+from spool.tensor_files import read_safetensors_metadata
 from spool.video.io import VideoInfo, probe_video
 from spool.video.samplers import FrameSampler
 
@@ -29,6 +31,17 @@ from spool.video.samplers import FrameSampler
 def segments_path(output: Path) -> Path:
     """``NAME.segments.csv`` beside ``NAME.safetensors``."""
     return output.with_name(output.name.removesuffix(".safetensors") + ".segments.csv")
+
+
+def segments_match(output: Path) -> bool:
+    """Whether ``NAME.segments.csv`` is the one written with ``NAME.safetensors`` (a digest in
+    its metadata): a run killed between the two writes left another run's CSV beside it."""
+    meta = read_safetensors_metadata(output) or {}
+    try:
+        held = hashlib.sha256(segments_path(output).read_bytes()).hexdigest()
+    except OSError:
+        return False
+    return meta.get("segments_sha256") == held
 
 
 def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
@@ -55,12 +68,16 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
     for label, a, b in zip(segments.labels, segments.starts, segments.ends, strict=True):
         writer.writerow([f"{starts[a]:.4f}", f"{ends[b - 1]:.4f}", names[int(label)],
                          f"{float(score[a:b].mean()):.4f}"])
-    atomic_write_text(segments_path(output), buffer.getvalue())
-    # The .safetensors last: it is what a re-run takes as finished (``extract.is_done``).
+    text = buffer.getvalue()
+    atomic_write_text(segments_path(output), text)
+    # The .safetensors last, with the CSV's digest: a re-run takes the pair as finished
+    # (``extract.is_done``, ``segments_match``) only when both are this run's.
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
     atomic_save_safetensors(
         {"labels": labels, "scores": probs, "frame_indices": out.frame_indices,
          "timestamps": times}, output,
-        metadata={**metadata, "class_names": json.dumps(names), "num_frames": str(len(labels))})
+        metadata={**metadata, "class_names": json.dumps(names), "num_frames": str(len(labels)),
+                  "segments_sha256": digest})
 
 
 def last_end(times: torch.Tensor, sampler: FrameSampler, info: VideoInfo) -> float:

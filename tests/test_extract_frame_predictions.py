@@ -148,3 +148,31 @@ def test_max_frames_with_whole_video_outputs_says_they_are_cut(tmp_path: Path, c
                  "--no-progress"]) == 0
     assert "max_frames 4: each video's outputs cover its first 4 sampled frames only" \
         in capsys.readouterr().err
+
+
+def test_a_kill_between_the_two_writes_does_not_pair_another_runs_csv(
+        tmp_path: Path, classifier, monkeypatch) -> None:
+    """The CSV is written first: a run with another classifier killed before its
+    .safetensors left its CSV beside the first run's .safetensors, and the next run of the
+    first classifier called the video done, with the other's segments."""
+    import spool.extract_frames as extract_frames
+
+    video, out = _video(tmp_path / "v.mkv", 30), tmp_path / "out"
+    jobs = plan_jobs([video], out)
+    assert FeatureExtractor(classifier, FpsSampler(5)).run(jobs, progress=False).done == 1
+    mine = (out / "v.segments.csv").read_text()
+    torch.manual_seed(5)
+    other = SpoolForFrameClassification(tiny_config(class_names=["a", "b"])).eval()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill after the CSV's rename
+
+    monkeypatch.setattr(extract_frames, "atomic_save_safetensors", killed)
+    with pytest.raises(KeyboardInterrupt):
+        FeatureExtractor(other, FpsSampler(5)).run(jobs, progress=False)
+    assert (out / "v.segments.csv").read_text() != mine  # the other's, beside ours
+    monkeypatch.undo()
+    summary = FeatureExtractor(classifier, FpsSampler(5)).run(jobs, progress=False)
+    assert summary.done == 1 and summary.skipped == 0
+    assert (out / "v.segments.csv").read_text() == mine
+    assert FeatureExtractor(classifier, FpsSampler(5)).run(jobs, progress=False).skipped == 1
