@@ -372,3 +372,37 @@ def test_the_settings_named_as_changed_are_those_that_changed(tmp_path: Path, ca
     capsys.readouterr()
     assert main(run + ["--dtype", "float16"]) == 0
     assert "made with other settings (dtype)" in capsys.readouterr().out
+
+
+def test_a_kill_while_changed_rows_are_redone_leaves_them_to_redo(model, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """Rows of a changed video were overwritten in place while cache.json still vouched for
+    them: killed mid-way, then the old file put back with its mtime (cp -p, a backup), the
+    next run said "already done" over the other video's tokens."""
+    import os
+
+    from spool.data import token_rows
+
+    dataset = _dataset_of_copies(model, tmp_path / "videos")
+    out = tmp_path / "cache"
+    build_cache(model, dataset, out, batch_size=4)
+    fresh = np.load(out / "tokens.npy")
+    path = Path(dataset.samples[3].path)
+    backup = tmp_path / "v3.bak"
+    shutil.copy2(path, backup)
+    shutil.copy(dataset.samples[0].path, path)  # replaced: its row is redone in place
+    real = token_rows.RowsToRedo.write
+
+    def killed(self, indices, tokens):
+        real(self, indices, tokens)
+        raise Killed
+
+    monkeypatch.setattr(token_rows.RowsToRedo, "write", killed)
+    with pytest.raises(Killed):
+        build_cache(model, dataset, out, batch_size=4)
+    monkeypatch.setattr(token_rows.RowsToRedo, "write", real)
+    shutil.copy2(backup, path)  # the old file back, size and mtime as cache.json recorded
+    os.utime(path, ns=(backup.stat().st_atime_ns, backup.stat().st_mtime_ns))
+    again = build_cache(model, dataset, out, batch_size=4)
+    assert again.changed == 1
+    assert np.array_equal(np.load(out / "tokens.npy"), fresh)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spool.data.cached_tokens import PARTIAL_NAME, PROGRESS_NAME, TOKENS_NAME
+from spool.data.cached_tokens import CACHE_META, PARTIAL_NAME, PROGRESS_NAME, TOKENS_NAME
 from spool.data.token_space import make_room, reserve_file
 from spool.io_utils import atomic_write_text, fsync_directory, fsync_path
 
@@ -154,6 +154,11 @@ class RowsToRedo:
         self._todo = sorted(self.failed + self.changed)
         self.heartbeat: Callable[[], object] | None = None
         self.beat_at = time.monotonic()
+        if self.changed:  # cache.json stops vouching for their rows before they are written
+            redo = set(self.changed)  # (a kill mid-way, then the old file back: "done")
+            sources = [None if row in redo else was for row, was in zip(used, known, strict=True)]
+            atomic_write_text(path.parent / CACHE_META, json.dumps(dict(meta, sources=sources),
+                                                                   indent=1))
 
     def todo(self) -> list[int]:
         return self._todo
