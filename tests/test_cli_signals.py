@@ -3,6 +3,7 @@ exit 143, no traceback (it killed them silently), and a rerun goes on from there
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -60,3 +61,61 @@ def test_sigterm_says_what_was_kept_and_a_rerun_goes_on(tmp_path: Path, to_group
     assert rerun.returncode == 0, rerun.stderr
     done = re.search(r"(\d+) extracted, (\d+) already done", rerun.stdout)
     assert done and int(done[1]) + int(done[2]) == len(videos) and int(done[2]) == kept
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc's parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forkserver workers, /proc")
+def test_a_killed_main_process_takes_its_dataloader_workers_with_it(tmp_path: Path) -> None:
+    """kill -9 (or the OOM killer) on `spool cache` or `spool train` left the forkserver and
+    its DataLoader workers running for good (270-390 MB each): torch's watchdog watches a
+    worker's parent, the forkserver, which lives on while the workers hold its pipe."""
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    lines = [f"{write_video(tmp_path / f'v{i:03d}.mkv', frames, fps=5, codec='ffv1')} {i % 2}"
+             for i in range(400)]
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "bb.json").write_text(json.dumps(tiny_backbone()))
+    cmd = [sys.executable, "-m", "spool.cli", "cache", "--data", str(tmp_path / "list.txt"),
+           "--out", str(tmp_path / "c"), "--num-frames", "2", "--num-workers", "2",
+           "--batch-size", "1", "--device", "cpu", "--model", "image_size=32",
+           "--model", f"backbone_config=@{tmp_path / 'bb.json'}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    try:
+        _wait_for(proc, lambda: len(_descendants(proc.pid)) >= 3)  # forkserver + 2 workers
+        time.sleep(1.0)  # the workers' watch threads are started in their init
+        below = _descendants(proc.pid)
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in below) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in below if _alive(p)], "DataLoader workers outlived the job"
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever is left: the suite leaks none
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,10 +347,21 @@ def worker_init_fn(worker_id: int) -> None:
 
     Workers ignore Ctrl-C, which the terminal sends to every process of the job: the main
     process decides when to stop (a training run first saves a checkpoint), and a worker
-    that died of it would fail the batch being loaded. Workers still end with the main
-    process (DataLoader shuts them down, or their watchdog sees it gone). A scheduler's
-    SIGTERM to the whole job ends them (a training run then stops at its last whole step:
-    :func:`~spool.train.signals.until_stopped`).
+    that died of it would fail the batch being loaded. Workers end with the main process:
+    DataLoader shuts them down, or, when it was killed, a thread that waits on it does
+    (torch's own watchdog watches the forkserver, their parent, which outlived a killed main
+    process for good, with the workers). A scheduler's SIGTERM to the whole job ends them (a
+    training run then stops at its last whole step: :func:`~spool.train.signals.until_stopped`).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    main = multiprocessing.parent_process()  # the process that started it, not the forkserver
+    if main is not None:
+        threading.Thread(target=_exit_with, args=(main.sentinel,), daemon=True,
+                         name="spool-main-watch").start()
+
+
+def _exit_with(sentinel: int) -> None:
+    """End this worker once the process that started it is gone (its pipe closes)."""
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
