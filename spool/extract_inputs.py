@@ -102,8 +102,8 @@ def _listed_in_csv(table: Path) -> list[tuple[Path, Path]]:
                          f"{','.join(reader.fieldnames or ()) or 'nothing'!r}")
     seen: dict[str, Path] = {}
     for row in reader:
-        name = (row["video"] or "").strip()
-        if name:
+        name = row["video"] or ""  # as training reads it: not stripped
+        if name.strip():
             seen.setdefault(os.path.normpath(name), Path(name))
     return [(video if video.is_absolute() else table.parent / video, Path(video.stem))
             for video in seen.values()]

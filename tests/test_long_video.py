@@ -201,7 +201,8 @@ def test_memory_pytorch_holds_unused_counts_as_free(monkeypatch):
 def test_memory_is_checked_before_any_work(monkeypatch):
     model = _temporal(4, 2)
     monkeypatch.setattr(long_video, "available_memory_bytes", lambda: 10_000)
-    with pytest.raises(MemoryError, match=r"needs about .* GiB.*fps.*offload_dir"):
+    with pytest.raises(MemoryError, match=r"needs about 704.1 KiB but 9.8 KiB are available.*"
+                                          r"fps.*offload_dir"):
         model.forward_long(torch.randn(500, L, D))
 
 

@@ -253,7 +253,8 @@ def test_a_segments_csv_naming_a_missing_video_is_refused_with_its_line(tmp_path
         read_segments_csv(tmp_path / "s.csv")
 
 
-def test_a_csv_without_classes_txt_says_the_classes_it_found(tmp_path, ntsc_video, spool_log):
+def test_a_csv_without_classes_txt_says_the_classes_it_found(tmp_path, ntsc_video, spool_log,
+                                                             monkeypatch):
     """A typo ('walkk') became a class of its own without a word: the classes taken from the
     labels are said, with their segment counts, where a classes.txt would have refused it."""
     import logging
@@ -269,9 +270,29 @@ def test_a_csv_without_classes_txt_says_the_classes_it_found(tmp_path, ntsc_vide
     assert said.endswith("classes from its labels (no classes.txt beside it, which would "
                          "refuse any other): idle (1 segment), walk (1 segment), walkk "
                          "(1 segment)")
+    spool_log.clear()
+    monkeypatch.setenv("RANK", "1")  # under torchrun: said by rank 0 alone
+    read_segments_csv(csv_path)
+    assert spool_log.records == []
     (tmp_path / "classes.txt").write_text("idle\nwalk\n")
     with pytest.raises(ValueError, match="line 4: unknown class 'walkk'"):
         read_segments_csv(csv_path)
     (tmp_path / "bad.csv").write_text("video,start,end,label\nclip.mkv,0,1,a\n")
     with pytest.raises(ValueError, match="rows, found 'video,start,end,label'$"):
         read_segments_csv(tmp_path / "bad.csv")
+
+
+def test_a_bundle_line_without_its_ground_truth_is_named(tmp_path, ntsc_video):
+    """A bare '[Errno 2] No such file or directory: .../groundTruth/x.txt' named neither the
+    bundle nor its line."""
+    _, path = ntsc_video
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "clip.mkv").write_bytes(path.read_bytes())
+    (tmp_path / "mapping.txt").write_text("0 bg\n")
+    (tmp_path / "groundTruth").mkdir()
+    (tmp_path / "groundTruth" / "clip.txt").write_text("bg\n" * 90)
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "train.split1.bundle").write_text("clip.txt\n\nMegamind.txt\n")
+    with pytest.raises(ValueError, match=r"train.split1.bundle, line 3: lists 'Megamind.txt', "
+                                         r"but there is no ground-truth file .*Megamind.txt"):
+        read_ms_tcn(tmp_path, "train.split1")

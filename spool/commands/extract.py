@@ -193,8 +193,8 @@ def run(args: argparse.Namespace) -> int:
                 merge_failures(out_dir / "failures.csv", [], [],
                                covers=covered_by(args.inputs, []))
             print(f"spool extract: no videos in {' '.join(args.inputs)}: folders are searched "
-                  f"for {' '.join(sorted(VIDEO_EXTENSIONS))} files and list files name one "
-                  f"video per line; nothing to do", file=sys.stderr)
+                  f"for {' '.join(sorted(VIDEO_EXTENSIONS))} files, list files name one "
+                  f"video per line and a CSV its video column; nothing to do", file=sys.stderr)
             return 2
         jobs = every[dist.rank::dist.world_size]  # what plan_jobs(..., rank, world_size) gives
         model = load_feature_model(args.checkpoint, dict(args.model or []),

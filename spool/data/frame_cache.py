@@ -369,7 +369,8 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
             for chunk, times, positions in reader.get_chunks(indices, DECODE_CHUNK_FRAMES):
                 frames.append(self.preprocessing(torch.from_numpy(chunk))[positions])
                 stamps.append(times[positions])
-        warn_if_labels_disagree(sample, info.num_frames, info.duration)
+        if self.epoch == 0:  # workers start afresh each epoch: said once, in the first
+            warn_if_labels_disagree(sample, info.num_frames, info.duration)
         labels = torch.from_numpy(sample.labels_at(indices, np.concatenate(stamps),
                                                    info.start_time))
         return {"video": torch.cat(frames), "labels": self.relabel(labels)}

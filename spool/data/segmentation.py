@@ -32,6 +32,7 @@ import numpy as np
 
 from spool.data.classes import read_class_names
 from spool.io_utils import read_text_file
+from spool.runtime import process_rank
 from spool.video.formats import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
     listed = path.parent / CLASSES_NAME
     names = (list(class_names) if class_names is not None else read_class_names(listed)
              if listed.is_file() else sorted({r["label"] for r in rows}))
-    if class_names is None and not listed.is_file():  # a typo would be a class of its own
+    if class_names is None and not listed.is_file() and process_rank() == 0:  # a typo: a class
         counts = collections.Counter(r["label"] for r in rows)
         logger.info(f"{path}: classes from its labels (no {CLASSES_NAME} beside it, which "
                     "would refuse any other): "

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spool.io_utils import file_location, file_version
+from spool.io_utils import file_location, file_version, human_size
 from spool.layers.streaming import check_chunk_frames, stream_temporal_stack
 from spool.models.long_video_state import ResumableHiddenState, reserve
 from spool.runtime import available_memory_bytes
@@ -32,7 +32,6 @@ from spool.video.io import VideoReader
 from spool.video.samplers import FpsSampler, FrameSampler, make_sampler
 
 logger = logging.getLogger(__name__)
-GiB = 2**30
 
 
 @dataclass
@@ -80,8 +79,8 @@ def check_memory(needed: int, what: str, advice: str = LONG_ADVICE) -> None:
     message ends with ``advice`` (by default :func:`forward_long`'s ways out)."""
     available = available_memory_bytes()
     if available is not None and needed > available:
-        raise MemoryError(f"{what} needs about {needed / GiB:.1f} GiB but "
-                          f"{available / GiB:.1f} GiB are available. {advice}")
+        raise MemoryError(f"{what} needs about {human_size(needed)} but "
+                          f"{human_size(available)} are available. {advice}")
 
 
 def _hidden_buffer(shape: tuple[int, ...], offload_dir: str | os.PathLike | None

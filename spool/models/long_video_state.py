@@ -33,6 +33,8 @@ import torch
 from spool.io_utils import OUT_OF_ROOM, atomic_write_text, file_location, human_size
 
 RECORD_NAME = "state.json"
+# A video too long for RAM (the up-front check's MemoryError) or for a device's memory.
+OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError)
 COMMIT_EVERY_S = 30.0  # progress on a device is recorded at most this often (each commit syncs)
 COPY_SHARE = 0.1  # and a state on a device is copied to disk for at most this share of the time
 _clock = time.monotonic
@@ -274,5 +276,5 @@ def resumable_pass(folder: str | os.PathLike, name: str, key: str
 def _out_of_room(err: Exception) -> bool:
     """No fault of the input: the same pass goes on with smaller chunks, the state in RAM
     rather than on the device, or after room is made on the disk."""
-    return (isinstance(err, (MemoryError, torch.OutOfMemoryError))
+    return (isinstance(err, OUT_OF_MEMORY)
             or isinstance(err, OSError) and err.errno in OUT_OF_ROOM)

@@ -35,6 +35,7 @@ from spool.io_utils import atomic_write_text
 from spool.metrics.ribbons import plot_ribbons
 from spool.metrics.segmentation import SegmentationMetrics
 from spool.models.frame_classification import FrameClassifier
+from spool.models.long_video_state import OUT_OF_MEMORY
 from spool.train.evaluate import skipped_fields, skipped_note
 from spool.train.metrics import json_text
 from spool.video.completeness import check_file_complete
@@ -74,8 +75,7 @@ class SegmentationResult:
                 **skipped_fields(self.num_skipped, self.skipped)}
 
 
-# A video too long for RAM (the up-front check) or for the GPU's memory.
-TOO_LONG = (MemoryError, torch.cuda.OutOfMemoryError)
+TOO_LONG = OUT_OF_MEMORY  # one video too long: the rest go on
 
 
 def _release_device_memory(err: BaseException) -> None:
