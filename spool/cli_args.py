@@ -3,10 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any
 
-from spool.config import parse_overrides
+from spool.config import backbone_identity, check_known_fields
+
+
+def parse_config_value(text: str) -> Any:
+    """A ``--model KEY=VALUE`` value: JSON where it parses (numbers, lists, objects, true),
+    ``@FILE`` for the JSON in a file (e.g. a backbone config), else the plain string (a
+    backbone name or path)."""
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"--model: cannot read JSON from {text[1:]!r}: {err}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["num_hidden_layers=4", "backbone_name=/models/dinov2"]`` -> SpoolConfig fields; a
+    ``ValueError`` names a pair without ``=`` or an unknown field."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ValueError(f"--model: expected KEY=VALUE, got {pair!r}")
+        check_known_fields([key], "--model")
+        out[key] = parse_config_value(value)
+        if key == "backbone_name" and isinstance(out[key], str):
+            out[key] = backbone_identity(out[key])
+    return out
 
 
 def model_override(text: str) -> tuple[str, Any]:

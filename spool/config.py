@@ -345,8 +345,7 @@ class SpoolConfig:
 
 
 def check_known_fields(keys: Any, what: str, also: tuple[str, ...] = ()) -> None:
-    """``ValueError`` naming the keys that are no :class:`SpoolConfig` field (nor in ``also``,
-    other keywords the caller takes), with the name each looks like."""
+    """``ValueError`` naming keys that are no field (nor ``also``), each with its look-alike."""
     import difflib
 
     known = sorted(f.name for f in dataclasses.fields(SpoolConfig))
@@ -358,48 +357,16 @@ def check_known_fields(keys: Any, what: str, also: tuple[str, ...] = ()) -> None
                          f"fields: {known}" + (f" (and {list(also)})" if also else ""))
 
 
-def _checking_unknown_keys(init: Any) -> Any:
-    """SPEC §2: a misspelt keyword is a ValueError (the dataclass's own is a TypeError)."""
-    @functools.wraps(init)
-    def __init__(self: SpoolConfig, *args: Any, **kwargs: Any) -> None:
-        check_known_fields(kwargs, "config")
-        init(self, *args, **kwargs)
-    return __init__
+_dataclass_init = SpoolConfig.__init__
 
 
-SpoolConfig.__init__ = _checking_unknown_keys(SpoolConfig.__init__)  # type: ignore[method-assign]
+@functools.wraps(_dataclass_init)
+def _init_naming_unknown_keys(self: SpoolConfig, *args: Any, **kwargs: Any) -> None:
+    check_known_fields(kwargs, "config")  # SPEC §2: a ValueError (the dataclass's: TypeError)
+    _dataclass_init(self, *args, **kwargs)
 
 
-def parse_config_value(text: str) -> Any:
-    """A ``--model KEY=VALUE`` value: JSON where it parses (numbers, lists, objects, true),
-    ``@FILE`` for the JSON in a file (e.g. a backbone config), else the plain string (a
-    backbone name or path)."""
-    if text.startswith("@"):
-        try:
-            with open(text[1:], encoding="utf-8") as f:
-                return json.load(f)
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"--model: cannot read JSON from {text[1:]!r}: {err}") from err
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """``["num_hidden_layers=4", "backbone_name=/models/dinov2"]`` -> SpoolConfig fields; a
-    ``ValueError`` names a pair without ``=`` or an unknown field."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep:
-            raise ValueError(f"--model: expected KEY=VALUE, got {pair!r}")
-        check_known_fields([key], "--model")
-        out[key] = parse_config_value(value)
-        if key == "backbone_name" and isinstance(out[key], str):
-            out[key] = backbone_identity(out[key])
-    return out
+SpoolConfig.__init__ = _init_naming_unknown_keys  # type: ignore[method-assign]
 
 
 def settings_hash(data: dict[str, Any]) -> str:

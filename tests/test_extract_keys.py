@@ -13,7 +13,8 @@ from conftest import tiny_backbone, tiny_model_args
 from transformers import AutoConfig, AutoModel
 
 from spool.cli import main
-from spool.config import SpoolConfig, parse_overrides
+from spool.cli_args import parse_overrides
+from spool.config import SpoolConfig
 from spool.video import write_video
 
 

@@ -405,7 +405,8 @@ def test_a_cache_that_recorded_a_relative_backbone_folder_is_taken(tmp_path: Pat
                                                                    monkeypatch) -> None:
     """--model backbone_name=./dino is resolved now; a cache made before recorded ./dino,
     and the same flag was refused as another backbone than the cache's."""
-    from spool.config import SpoolConfig, parse_overrides
+    from spool.cli_args import parse_overrides
+    from spool.config import SpoolConfig
     from spool.train import builders
 
     (tmp_path / "dino").mkdir()
