@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, update_section  # noqa: E402
 from video_seek import make_video, median_times  # noqa: E402
 
+from spool.video.chunks import decode_chunks  # noqa: E402
 from spool.video.io import VideoReader  # noqa: E402
-from spool.video.samplers import UniformSampler, decode_chunks  # noqa: E402
+from spool.video.samplers import UniformSampler  # noqa: E402
 
 HEADING = "Video decoding: decoder threads"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"

@@ -313,11 +313,11 @@ class FeatureExtractor:
     def _finished(self, job: VideoJob, expected: dict[str, str]) -> bool:
         """Whether ``job``'s outputs are there, of this file and these settings. A video that
         is gone is not (it is read, and reported), whatever an earlier run left."""
-        from spool.extract_frames import segments_match
+        from spool.extract_frames import segments_path
 
         if "source_size" not in expected or not is_done(job.output, expected):
             return False
-        return self.settings["mode"] != "frame_predictions" or segments_match(job.output)
+        return self.settings["mode"] != "frame_predictions" or segments_path(job.output).is_file()
 
     def run(self, jobs: list[VideoJob], *, progress: bool = True, position: int = 0,
             failure_log: Path | None = None) -> ExtractSummary:

@@ -11,7 +11,6 @@ a segments CSV of labels does, so it can be read back as one.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -23,7 +22,6 @@ from spool.io_utils import atomic_save_safetensors, atomic_write_text
 from spool.metrics.segmentation import to_segments
 from spool.models.frame_classification import FrameClassifier
 from spool.models.long_video_state import ResumableHiddenState
-from spool.tensor_files import read_safetensors_metadata
 from spool.video.io import VideoInfo, probe_video
 from spool.video.samplers import FrameSampler
 
@@ -31,17 +29,6 @@ from spool.video.samplers import FrameSampler
 def segments_path(output: Path) -> Path:
     """``NAME.segments.csv`` beside ``NAME.safetensors``."""
     return output.with_name(output.name.removesuffix(".safetensors") + ".segments.csv")
-
-
-def segments_match(output: Path) -> bool:
-    """Whether ``NAME.segments.csv`` is the one written with ``NAME.safetensors`` (a digest in
-    its metadata): a run killed between the two writes left another run's CSV beside it."""
-    meta = read_safetensors_metadata(output) or {}
-    try:
-        held = hashlib.sha256(segments_path(output).read_bytes()).hexdigest()
-    except OSError:
-        return False
-    return meta.get("segments_sha256") == held
 
 
 def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
@@ -68,16 +55,15 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
     for label, a, b in zip(segments.labels, segments.starts, segments.ends, strict=True):
         writer.writerow([f"{starts[a]:.4f}", f"{ends[b - 1]:.4f}", names[int(label)],
                          f"{float(score[a:b].mean()):.4f}"])
-    text = buffer.getvalue()
-    atomic_write_text(segments_path(output), text)
-    # The .safetensors last, with the CSV's digest: a re-run takes the pair as finished
-    # (``extract.is_done``, ``segments_match``) only when both are this run's.
-    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    # An earlier run's CSV goes first and this one's comes last: a re-run takes the pair as
+    # finished (``extract.is_done``, and the CSV there) only when both are this run's. (Written
+    # first, a run killed before its .safetensors left its CSV beside another run's.)
+    segments_path(output).unlink(missing_ok=True)
     atomic_save_safetensors(
         {"labels": labels, "scores": probs, "frame_indices": out.frame_indices,
          "timestamps": times}, output,
-        metadata={**metadata, "class_names": json.dumps(names), "num_frames": str(len(labels)),
-                  "segments_sha256": digest})
+        metadata={**metadata, "class_names": json.dumps(names), "num_frames": str(len(labels))})
+    atomic_write_text(segments_path(output), buffer.getvalue())
 
 
 def last_end(times: torch.Tensor, sampler: FrameSampler, info: VideoInfo) -> float:

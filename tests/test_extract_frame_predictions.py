@@ -152,9 +152,10 @@ def test_max_frames_with_whole_video_outputs_says_they_are_cut(tmp_path: Path, c
 
 def test_a_kill_between_the_two_writes_does_not_pair_another_runs_csv(
         tmp_path: Path, classifier, monkeypatch) -> None:
-    """The CSV is written first: a run with another classifier killed before its
+    """The CSV was written first: a run with another classifier killed before its
     .safetensors left its CSV beside the first run's .safetensors, and the next run of the
-    first classifier called the video done, with the other's segments."""
+    first classifier called the video done, with the other's segments. Now the old CSV goes
+    first and the new one comes last; a CSV the user edited stays while the video is done."""
     import spool.extract_frames as extract_frames
 
     video, out = _video(tmp_path / "v.mkv", 30), tmp_path / "out"
@@ -163,16 +164,21 @@ def test_a_kill_between_the_two_writes_does_not_pair_another_runs_csv(
     mine = (out / "v.segments.csv").read_text()
     torch.manual_seed(5)
     other = SpoolForFrameClassification(tiny_config(class_names=["a", "b"])).eval()
+    FeatureExtractor(other, FpsSampler(5)).run(plan_jobs([video], tmp_path / "o"),
+                                               progress=False)
+    assert (tmp_path / "o" / "v.segments.csv").read_text() != mine  # the other's segments
 
     def killed(*args, **kwargs):
-        raise KeyboardInterrupt  # as a kill after the CSV's rename
+        raise KeyboardInterrupt  # as a kill there
 
-    monkeypatch.setattr(extract_frames, "atomic_save_safetensors", killed)
-    with pytest.raises(KeyboardInterrupt):
-        FeatureExtractor(other, FpsSampler(5)).run(jobs, progress=False)
-    assert (out / "v.segments.csv").read_text() != mine  # the other's, beside ours
-    monkeypatch.undo()
-    summary = FeatureExtractor(classifier, FpsSampler(5)).run(jobs, progress=False)
-    assert summary.done == 1 and summary.skipped == 0
-    assert (out / "v.segments.csv").read_text() == mine
+    for step in ("atomic_save_safetensors", "atomic_write_text"):  # before, after the first
+        monkeypatch.setattr(extract_frames, step, killed)
+        with pytest.raises(KeyboardInterrupt):
+            FeatureExtractor(other, FpsSampler(5)).run(jobs, progress=False)
+        monkeypatch.undo()
+        assert not (out / "v.segments.csv").exists()  # not the first run's beside the other's
+        summary = FeatureExtractor(classifier, FpsSampler(5)).run(jobs, progress=False)
+        assert summary.done == 1 and (out / "v.segments.csv").read_text() == mine
+    (out / "v.segments.csv").write_text(mine + "# checked by hand\n")
     assert FeatureExtractor(classifier, FpsSampler(5)).run(jobs, progress=False).skipped == 1
+    assert (out / "v.segments.csv").read_text().endswith("# checked by hand\n")

@@ -158,10 +158,11 @@ def test_a_segments_csv_gives_its_videos(tmp_path: Path) -> None:
     (tmp_path / "videos").mkdir()
     (tmp_path / "data.csv").write_text(
         "video,start_s,end_s,label\nvideos/a b.mp4,0,1,x\nvideos/a b.mp4,1,2,y\n"
-        f"./videos/c.mp4,0,3,x\n{tmp_path / 'd.mkv'},0,1,y\n")
+        f"./videos/c.mp4,0,3,x\n{tmp_path / 'd.mkv'},0,1,y\n videos/e.mp4,0,1,x\n")
     assert collect_inputs([tmp_path / "data.csv"]) == [
         (tmp_path / "videos/a b.mp4", Path("a b")), (tmp_path / "videos/c.mp4", Path("c")),
-        (tmp_path / "d.mkv", Path("d"))]
+        (tmp_path / "d.mkv", Path("d")),
+        (tmp_path / " videos/e.mp4", Path("e"))]  # as training reads it: not stripped
     (tmp_path / "other.csv").write_text("path,label\na.mp4,x\n")
     with pytest.raises(ValueError, match=r"other.csv: expected a CSV with a 'video' column .* "
                                          r"found 'path,label'"):

@@ -296,3 +296,32 @@ def test_a_bundle_line_without_its_ground_truth_is_named(tmp_path, ntsc_video):
     with pytest.raises(ValueError, match=r"train.split1.bundle, line 3: lists 'Megamind.txt', "
                                          r"but there is no ground-truth file .*Megamind.txt"):
         read_ms_tcn(tmp_path, "train.split1")
+
+
+def test_a_video_is_noted_in_the_first_epoch_of_a_run_even_resumed(ntsc_video, monkeypatch,
+                                                                    spool_log) -> None:
+    """DataLoader workers start afresh each epoch, so a video's notes (labels that do not fit
+    it, frames repeated by an fps above its rate) came again every epoch; said in epoch 0
+    only, a run resumed at a later epoch never said them. Said in the run's first epoch."""
+    import logging
+    import pickle
+
+    import spool.data.segmentation as segmentation
+    import spool.video.samplers as samplers
+    from spool.data.segmentation import SegmentationSample
+
+    _, video = ntsc_video
+    sample = SegmentationSample("clip", str(video), segments=((0.0, 9.0, 0),))  # past its end
+    pre = FrameEncoderModel(tiny_config()).config.preprocessing()
+    dataset = VideoFrameDataset([sample], ["a"], FpsSampler(60), pre)  # 29.97 fps video
+    spool_log.set_level(logging.WARNING, logger="spool")
+    said = []
+    for epoch in (3, 4, 5):  # resumed at epoch 3; each epoch's worker gets a fresh copy
+        monkeypatch.setattr(segmentation, "_warned", set())
+        monkeypatch.setattr(samplers, "_said_repeats", [])
+        dataset.set_epoch(epoch)
+        pickle.loads(pickle.dumps(dataset))[0]
+        said.append(len(spool_log.records))
+    assert said == [2, 2, 2]  # both notes in epoch 3, none after
+    assert "repeats frames" in spool_log.records[0].getMessage()
+    assert "labels do not fit the video" in spool_log.records[1].getMessage()

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ from spool.models.long_video import stream_tokens, whole_video_indices
 from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
 from spool.video.completeness import check_reader_complete
 from spool.video.io import VideoReader, probe_video
-from spool.video.samplers import FrameSampler
+from spool.video.samplers import FrameSampler, repeats_said
 from spool.video.transforms import FramePreprocessing
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -344,9 +345,11 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
         self.substitute = substitute
         self.sampler, self.preprocessing = sampler, preprocessing
         self.crop_frames, self.augment, self.seed, self.epoch = crop_frames, augment, seed, 0
+        self.first_epoch: int | None = None  # this process's: what it says of a video, once
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.first_epoch = epoch if self.first_epoch is None else self.first_epoch
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -355,13 +358,20 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
         return first_readable(index, len(self), self.substitute, self._item,
                               lambda i: self.samples[i].video)
 
+    @property
+    def _said_before(self) -> bool:
+        """Whether a note on a video was said in an earlier epoch of this run: workers start
+        afresh each epoch and would say it again (a resumed run says it in its first)."""
+        return self.epoch != (self.epoch if self.first_epoch is None else self.first_epoch)
+
     def _item(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augment else None
         with VideoReader(sample.video) as reader:
             info = reader.info()
             check_reader_complete(Path(sample.video), reader, info)  # as the frame cache does
-            indices = whole_video_indices(reader, self.sampler, "VideoFrameDataset")
+            with repeats_said() if self._said_before else nullcontext():
+                indices = whole_video_indices(reader, self.sampler, "VideoFrameDataset")
             indices = indices[_crop(len(indices), self.crop_frames, rng)]
             # Decoded and preprocessed a chunk at a time: whole crops of full-size frames
             # would take GBs (512 frames of 1080p: 3 GB) for an output of MBs.
@@ -369,7 +379,7 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
             for chunk, times, positions in reader.get_chunks(indices, DECODE_CHUNK_FRAMES):
                 frames.append(self.preprocessing(torch.from_numpy(chunk))[positions])
                 stamps.append(times[positions])
-        if self.epoch == 0:  # workers start afresh each epoch: said once, in the first
+        if not self._said_before:
             warn_if_labels_disagree(sample, info.num_frames, info.duration)
         labels = torch.from_numpy(sample.labels_at(indices, np.concatenate(stamps),
                                                    info.start_time))

@@ -1,5 +1,6 @@
 """Reading video files (PyAV) and choosing which frames to read."""
 
+from spool.video.chunks import decode_chunks, distinct_frames
 from spool.video.formats import VIDEO_EXTENSIONS, is_video_name
 from spool.video.io import (
     VideoDecodeError,
@@ -17,8 +18,6 @@ from spool.video.samplers import (
     SlidingWindowSampler,
     StrideSampler,
     UniformSampler,
-    decode_chunks,
-    distinct_frames,
     make_sampler,
 )
 

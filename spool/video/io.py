@@ -21,6 +21,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from spool.video.chunks import decode_chunks, distinct_frames
 from spool.video.index import (
     DEMUX_ERRORS,
     VideoDecodeError,
@@ -29,7 +30,6 @@ from spool.video.index import (
     clear_index_cache,
 )
 from spool.video.limits import DEFAULT_MAX_PIXELS, check_frame_size, current_max_pixels
-from spool.video.samplers import decode_chunks, distinct_frames
 from spool.video.writer import SUPPORTED_CODECS, write_video
 
 __all__ = [
@@ -327,7 +327,7 @@ class VideoReader:
     def get_chunks(self, indices: Sequence[int], size: int
                    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``indices`` read a chunk of at most ``size`` distinct frames at a time
-        (:func:`~spool.video.samplers.decode_chunks`): yields each chunk's distinct frames,
+        (:func:`~spool.video.chunks.decode_chunks`): yields each chunk's distinct frames,
         their timestamps, and ``positions`` to expand whatever is made of them back to the
         chunk's indices (``x[positions]``), so a repeated frame is decoded, and worked on, once.
         """

@@ -14,7 +14,8 @@ import logging
 import math
 import operator
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -23,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "SAMPLERS", "ClipSampler", "FpsSampler", "FrameSampler", "SlidingWindowSampler",
-    "StrideSampler", "UniformSampler", "clip_sampler", "decode_chunks", "distinct_frames",
-    "make_sampler", "sampler_settings",
+    "StrideSampler", "UniformSampler", "clip_sampler", "make_sampler", "repeats_said",
+    "sampler_settings",
 ]
 
 
@@ -52,33 +53,6 @@ def _positive_float(name: str, value: Any) -> float:
     if not (v > 0 and math.isfinite(v)):
         raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
     return v
-
-
-def decode_chunks(indices: Sequence[int], size: int) -> Iterator[slice]:
-    """Slices of ``indices`` holding at most ``size`` distinct frames each, to read a chunk at a
-    time. A run of one repeated index (an fps above the video's) stays in one chunk: split,
-    the next chunk would start behind the reader, which would seek back for it. A run can be
-    long (a still frame held for minutes), so read and encode each chunk's distinct frames
-    once and expand them (:func:`distinct_frames`)."""
-    _positive_int("size", size)
-    start, n = 0, len(indices)
-    while start < n:
-        stop, distinct = start + 1, 1
-        while stop < n:
-            new = indices[stop] != indices[stop - 1]
-            if new and distinct == size:
-                break
-            distinct += new
-            stop += 1
-        yield slice(start, stop)
-        start = stop
-
-
-def distinct_frames(indices: Sequence[int]) -> tuple[list[int], np.ndarray]:
-    """The distinct frame indices of a chunk, ascending, and for each entry of ``indices`` its
-    position among them: read (and encode) each frame once, then expand with ``x[positions]``."""
-    distinct, positions = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
-    return distinct.tolist(), positions
 
 
 class FrameSampler(ABC):
@@ -131,15 +105,24 @@ _said_repeats: list[bool] = []
 def _note_repeats(indices: list[int], target_fps: float) -> None:
     """Say once per process that a video sampled above its own rate repeats frames: each
     repeat costs a frame's compute (and a row of a per-frame output) and adds nothing."""
-    from torch.utils.data import get_worker_info
-
-    repeats = len(indices) - len(set(indices))  # (a DataLoader worker would say it each epoch)
-    if repeats > max(1, 0.05 * len(indices)) and not _said_repeats and not get_worker_info():
+    repeats = len(indices) - len(set(indices))
+    if repeats > max(1, 0.05 * len(indices)) and not _said_repeats:
         _said_repeats.append(True)
         logger.warning(f"sampling at {target_fps:g} fps repeats frames of a video with fewer "
                        f"frames per second: {repeats} of {len(indices)} samples repeat the "
                        "frame before (said once); an fps at or below the videos' own rates "
                        "avoids the extra compute")
+
+
+@contextmanager
+def repeats_said() -> Iterator[None]:
+    """Within it, samplers do not say that frames repeat (said already: a DataLoader worker
+    after its dataset's first epoch)."""
+    _said_repeats.append(True)
+    try:
+        yield
+    finally:
+        _said_repeats.pop()
 
 
 def _cap(indices: list[int], max_frames: int | None) -> list[int]:
