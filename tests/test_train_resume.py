@@ -184,7 +184,10 @@ def test_relative_paths_resume_from_another_directory(tmp_path: Path, monkeypatc
     # with the new values, so those are noted and recorded as for any resume.
     (start / "run" / "results.json").unlink()
     assert main(["train", "--config", saved, "--resume", "auto", "--lr", "1"]) == 0
-    assert "note: resuming with lr " in capsys.readouterr().out
+    said = capsys.readouterr().out  # (it said "nothing to do", then wrote them)
+    assert "note: resuming with lr " in said
+    assert ("run already finished at step 8; writing the model/ and results.json it stopped "
+            "before") in said and (start / "run" / "results.json").is_file()
     assert (start / "run" / "resumes.jsonl").read_text() != history
 
 

@@ -324,8 +324,7 @@ class Trainer:
         return stopping.until_stopped(loader, self._signals, self._checkpoint_or_stop, self.device)
 
     def fit(self) -> list[dict[str, Any]]:
-        """Train to the last epoch (or ``stop_after_steps``); returns the per-epoch rows.
-        Releases the run directory when it ends."""
+        """Train to the last epoch (or ``stop_after_steps``): the epoch rows; frees the run."""
         try:
             return self._fit()
         finally:
@@ -334,8 +333,10 @@ class Trainer:
     def _fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
         if self.epoch >= cfg.epochs:
-            self.log(f"run already finished at step {self.step}; nothing to do", always=True)
-            if not ckpt.results_written(self.out, self.step):  # stopped before them
+            done = ckpt.results_written(self.out, self.step)  # else stopped before them
+            self.log(f"run already finished at step {self.step}; " + ("nothing to do" if done
+                     else "writing the model/ and results.json it stopped before"), always=True)
+            if not done:
                 self.finish(checkpoint=False)
             return self.history
         if cfg.stop_after_steps is not None and self.step >= cfg.stop_after_steps:
@@ -400,9 +401,8 @@ class Trainer:
             self.save_checkpoint()  # replaces a step checkpoint taken before the epoch's end
         if self.info.is_main:
             self.model.save_pretrained(self.out / "model")
-            results = {"final": self.history[-1] if self.history else {},
-                       "class_names": self.class_names, "steps": self.step}
-            text = json_text(results)  # a validation of unreadable videos gives NaN
+            text = json_text({"final": self.history[-1] if self.history else {},  # NaN: null
+                              "class_names": self.class_names, "steps": self.step})
             atomic_write(self.out / "results.json", lambda p: Path(p).write_text(text))
         barrier()
 
