@@ -89,6 +89,9 @@ def test_repeated_frames_stay_in_one_decode_chunk(tmp_path):
     """An fps above the video's repeats frames: a run split across chunks made the reader
     seek back for the next chunk's first frame."""
     assert list(decode_chunks([0, 1, 1, 1, 2, 3], 2)) == [slice(0, 4), slice(4, 6)]
+    assert list(decode_chunks([0, 1, 2], np.int64(2))) == [slice(0, 2), slice(2, 3)]
+    with pytest.raises(ValueError, match="size: expected a positive integer, got True"):
+        list(decode_chunks([0, 1], True))
     model = Spool(tiny_config(backbone_chunk_size=4)).eval()
     frames = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     path = write_video(tmp_path / "v.mkv", frames, fps=5, codec="ffv1", gop_size=1)  # back: a seek

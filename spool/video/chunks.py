@@ -13,7 +13,7 @@ def decode_chunks(indices: Sequence[int], size: int) -> Iterator[slice]:
     the next chunk would start behind the reader, which would seek back for it. A run can be
     long (a still frame held for minutes), so read and encode each chunk's distinct frames
     once and expand them (:func:`distinct_frames`)."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"size: expected a positive integer, got {size!r}")
     start, n = 0, len(indices)
     while start < n:
