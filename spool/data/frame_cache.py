@@ -362,7 +362,7 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
     def _said_before(self) -> bool:
         """Whether a note on a video was said in an earlier epoch of this run: workers start
         afresh each epoch and would say it again (a resumed run says it in its first)."""
-        return self.epoch != (self.epoch if self.first_epoch is None else self.first_epoch)
+        return self.first_epoch is not None and self.epoch != self.first_epoch
 
     def _item(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]

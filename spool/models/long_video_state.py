@@ -248,9 +248,8 @@ def stray_states(folder: str | os.PathLike, outputs: list[str | os.PathLike]
                    if p.name not in mine and p.is_dir() and not p.is_symlink())
     size = 0
     for state in stray:
-        for file in state.iterdir() if state.is_dir() else ():
-            with suppress(OSError):  # removed by the job it is of, meanwhile
-                size += file.stat().st_blocks * 512
+        with suppress(OSError):  # removed by the job it is of, meanwhile
+            size += sum(file.stat().st_blocks * 512 for file in state.iterdir())
     return stray, size
 
 
