@@ -48,6 +48,11 @@ class SpoolConfig:
         backbone_name: hub id or local directory of an HF vision model.
         backbone_config: an HF config as a dict (with ``model_type``); when given, the
             backbone is built from it with random weights instead of being downloaded.
+        use_pretrained_backbone: True: the backbone takes ``backbone_name``'s pretrained
+            weights even beside a ``backbone_config``, which is then the record of its
+            architecture that ``save_pretrained`` writes (``from_pretrained`` builds from it
+            offline, the weights being the checkpoint's). None (default): pretrained unless
+            a ``backbone_config`` is given; False: random weights from ``backbone_config``.
         resize_mode, crop_pct: the preprocessing policy of every path
             (:class:`~spool.video.transforms.FramePreprocessing`): ``center_crop`` of
             ``crop_pct`` of the shorter side (DINOv2's convention), ``squash`` or ``pad``.
@@ -97,6 +102,7 @@ class SpoolConfig:
     local_frame_range: int = 16
     backbone_name: str = "facebook/dinov2-base"
     backbone_config: dict | None = None
+    use_pretrained_backbone: bool | None = None
     resize_mode: str = "center_crop"
     crop_pct: float | None = None
     token_pooling: int = 1
@@ -136,7 +142,7 @@ class SpoolConfig:
     RUNTIME_FIELDS = ("freeze_backbone", "backbone_chunk_size", "attn_implementation",
                       "attention_chunk_frames", "gradient_checkpointing", "hidden_dropout",
                       "attention_dropout", "classifier_dropout", "sampling", "architectures",
-                      "background_classes")
+                      "background_classes", "use_pretrained_backbone")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -166,6 +172,11 @@ class SpoolConfig:
             and isinstance(self.backbone_config.get("model_type"), str)),
             "backbone_config", "None or a dict with a 'model_type' key (e.g. 'dinov2')",
             self.backbone_config)
+        pretrained = self.use_pretrained_backbone
+        _check((pretrained is None or isinstance(pretrained, bool))
+               and (pretrained is not False or self.backbone_config is not None),
+            "use_pretrained_backbone", "None, true or false (false: random weights from a "
+            "backbone_config)", self.use_pretrained_backbone)
         _check(isinstance(self.resize_mode, str) and self.resize_mode in RESIZE_MODES,
                "resize_mode", f"one of {RESIZE_MODES}", self.resize_mode)
         _check(self.crop_pct is None or (_is_number(self.crop_pct) and 0 < self.crop_pct <= 1),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
+from collections.abc import Iterator
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -18,6 +21,52 @@ from spool.layers.pooling import SpatialTokenPooling
 
 _DEFAULTS = SpoolConfig()  # what a config holds where the user set nothing
 logger = logging.getLogger(__name__)
+_WEIGHTS_FOLLOW = contextvars.ContextVar("spool_backbone_weights_follow", default=False)
+# Where a recorded architecture and the named backbone's may differ, and what that breaks.
+_ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "patch_size", "num_register_tokens")
+
+
+@contextlib.contextmanager
+def backbone_weights_follow() -> Iterator[None]:
+    """Models built inside take their backbone from ``backbone_config`` with random weights,
+    even where the config asks for ``backbone_name``'s pretrained ones: their weights are
+    loaded next (a checkpoint's, a token cache's frame encoder), so nothing is fetched."""
+    token = _WEIGHTS_FOLLOW.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_FOLLOW.reset(token)
+
+
+def uses_pretrained_weights(config: SpoolConfig) -> bool:
+    """Whether a backbone built for ``config`` here loads ``backbone_name``'s weights."""
+    if config.backbone_config is None:
+        return True
+    return bool(config.use_pretrained_backbone) and not _WEIGHTS_FOLLOW.get()
+
+
+def _load_recorded(config: SpoolConfig) -> nn.Module:
+    """``backbone_name``'s pretrained model where ``backbone_config`` records its architecture
+    (``use_pretrained_backbone=True``, as ``save_pretrained`` writes it); refused when the two
+    differ."""
+    try:
+        model = load_backbone(config.backbone_name)
+    except SpoolLoadError as err:
+        raise SpoolLoadError(
+            f"{err} (This config names a pretrained backbone beside its recorded "
+            "backbone_config: to load a checkpoint's own weights use from_pretrained on its "
+            "directory; use_pretrained_backbone=False builds the recorded architecture with "
+            "random weights.)") from err
+    found = model.config.to_dict()
+    differ = {k: [config.backbone_config[k], found.get(k)] for k in _ARCHITECTURE_KEYS
+              if k in config.backbone_config and config.backbone_config[k] != found.get(k)}
+    if differ:
+        raise ValueError(f"backbone_name={config.backbone_name!r}: not the architecture its "
+                         f"backbone_config records (recorded, found: {differ}); name the "
+                         "backbone it was saved with, or drop backbone_config")
+    return model
+
 
 def load_backbone(name: str, config_dict: dict | None = None) -> nn.Module:
     """Build the HF model from ``config_dict`` (random weights) or load ``name`` (hub id or
@@ -102,7 +151,9 @@ class FrameEncoder(nn.Module):
 
     def __init__(self, config: SpoolConfig) -> None:
         super().__init__()
-        self.model = load_backbone(config.backbone_name, config.backbone_config)
+        self.model = (_load_recorded(config) if config.backbone_config is not None
+                      and uses_pretrained_weights(config)
+                      else load_backbone(config.backbone_name, config.backbone_config))
         patch = getattr(self.model.config, "patch_size", None)
         if isinstance(patch, int) and config.image_size < patch:
             raise ValueError(f"image_size: expected at least the backbone's patch size "

@@ -30,6 +30,7 @@ from spool.io_utils import (
     looks_like_path,
     remove_stale_temporaries_in,
 )
+from spool.layers.backbone import backbone_weights_follow
 from spool.validation import check_tokens, check_video
 
 WEIGHTS_NAME = "model.safetensors"
@@ -206,11 +207,14 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
 
     def config_for_saving(self) -> SpoolConfig:
         """The config written with the weights: it names the class and, since the weights
-        hold the backbone, its architecture (so loading never needs the hub)."""
+        hold the backbone, its architecture (so loading never needs the hub). A named
+        backbone stays named: a model built anew from this config takes its pretrained
+        weights (``use_pretrained_backbone``), not random ones."""
         config = self.config.replace(architectures=[type(self).__name__])
         encoder = self.frame_encoder
         if encoder is not None and config.backbone_config is None:
-            config = config.replace(backbone_config=encoder.model.config.to_dict())
+            config = config.replace(backbone_config=encoder.model.config.to_dict(),
+                                    use_pretrained_backbone=True)
         return config
 
     def no_weight_decay(self) -> set[str]:
@@ -292,7 +296,8 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
                 f"fetch {config.backbone_name!r}; pass with_backbone=False for the temporal "
                 "part alone (a model saved without a backbone, run on cached tokens), or save "
                 "the model with its backbone through save_pretrained, which records the config")
-        model = cls(config.replace(**kwargs), **init)
+        with backbone_weights_follow():  # the checkpoint holds the backbone's weights
+            model = cls(config.replace(**kwargs), **init)
         weights = directory / WEIGHTS_NAME
         state = read_weights(weights)
         try:
@@ -324,7 +329,7 @@ def _fields_behind(cls: type, config: SpoolConfig, init: dict[str, Any],
     if not changed:
         return []
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), backbone_weights_follow():
             saved = cls(config, **init).state_dict()
     except Exception:  # only a better message is at stake
         return []

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from spool.data.cache import (
 )
 from spool.data.dataset import VideoClipDataset, read_annotations
 from spool.errors import CheckpointNotFoundError
+from spool.layers.backbone import backbone_weights_follow
 from spool.models.classification import VideoClassifier, classifier_class
 from spool.models.pretrained import (
     _BACKBONE_KEY,
@@ -164,7 +166,9 @@ def build_model(cfg: TrainConfig, config: SpoolConfig, class_names: list[str],
         raise ValueError(f"model: head_config {sorted(config.head_config)} does not apply to "
                          f"{cls.__name__}, which takes no head settings (for one an --init "
                          "checkpoint carries: --model head_config=null)")
-    model = cls(config.replace(class_names=list(class_names), **fields))
+    # The cache's frame encoder, or the init's weights, replace the backbone's: not fetched.
+    with backbone_weights_follow() if cfg.train_cache or cfg.init else nullcontext():
+        model = cls(config.replace(class_names=list(class_names), **fields))
     if cfg.train_cache is not None:
         load_cache_backbone(model, cfg.train_cache)
     if cfg.init is not None:

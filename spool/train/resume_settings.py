@@ -54,9 +54,11 @@ MODEL_NOTED = ("hidden_dropout", "attention_dropout", "classifier_dropout",
                "initializer_range", "sampling")
 SAMPLING_FIELDS = {"num_frames", "frame_stride", "fps"}  # TrainConfig's, that make sampling
 # SpoolConfig fields of speed and memory only, or that the trainer derives from settings
-# compared as TrainConfig fields (background_classes: background).
+# compared as TrainConfig fields (background_classes: background), or that save_pretrained
+# writes (use_pretrained_backbone: the weights are the checkpoint's either way).
 MODEL_IGNORED = ("backbone_chunk_size", "attn_implementation", "attention_chunk_frames",
-                 "gradient_checkpointing", "architectures", "background_classes")
+                 "gradient_checkpointing", "architectures", "background_classes",
+                 "use_pretrained_backbone")
 # Every other SpoolConfig field is refused: it shapes the network or what it computes, or
 # (freeze_backbone) which parameters train, which the checkpoint's optimizer state is for.
 
