@@ -122,6 +122,26 @@ def test_fine_tuned_backbone_gets_gradients():
     assert model.backbone.model.training
 
 
+@pytest.mark.parametrize("train_first", [True, False])
+def test_a_backbone_unfrozen_after_building_trains(train_first):
+    """Was: `requires_grad_(True)` on the built backbone gave its parameters no gradient (the
+    encoder had been told it was frozen once, at build time): an optimizer skipped them."""
+    model = Spool(tiny_config())
+    if train_first:
+        model.train()
+    model.backbone.requires_grad_(True)
+    model.train()
+    model(torch.rand(1, 3, 32, 32, 3)).context.sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("backbone.model.")]
+    assert grads and all(g is not None for g in grads)
+    assert model.backbone.model.training
+    model.backbone.requires_grad_(False)  # frozen again: eval mode, no gradients
+    model.zero_grad(set_to_none=True)
+    model(torch.rand(1, 3, 32, 32, 3)).context.sum().backward()
+    assert not model.backbone.model.training
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
 def test_save_load_round_trip(tmp_path, tiny_model):
     tiny_model.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]

@@ -146,7 +146,8 @@ class FrameEncoder(nn.Module):
     preprocessing policy (frames at that size are taken as already preprocessed, which is what
     every Spool pipeline hands over), then normalised with the backbone's mean/std, and go
     through the backbone ``backbone_chunk_size`` frames at a time so memory stays bounded.
-    Frozen by default: no gradients, always in eval mode.
+    Frozen by default (``freeze_backbone``): no gradients, always in eval mode, until its
+    parameters are set to require gradients.
     """
 
     def __init__(self, config: SpoolConfig) -> None:
@@ -168,12 +169,11 @@ class FrameEncoder(nn.Module):
         self.preprocessing = config.preprocessing()
         self.image_size = config.image_size
         self.chunk_size = config.backbone_chunk_size
-        self.frozen = config.freeze_backbone
         self.register_buffer("mean", torch.tensor(config.image_mean).view(1, 3, 1, 1),
                              persistent=False)
         self.register_buffer("std", torch.tensor(config.image_std).view(1, 3, 1, 1),
                              persistent=False)
-        if self.frozen:
+        if config.freeze_backbone:
             self.model.requires_grad_(False)
             self.model.eval()
 
@@ -196,14 +196,27 @@ class FrameEncoder(nn.Module):
         return SpatialTokenPooling(total - grid * grid, grid, k)
 
     @property
+    def frozen(self) -> bool:
+        """No backbone parameter trains: it runs without gradients, in eval mode. Read from
+        the parameters, so ``requires_grad_(True)`` after building unfreezes it."""
+        return not any(p.requires_grad for p in self.model.parameters())
+
+    @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
     def train(self, mode: bool = True) -> FrameEncoder:
         super().train(mode)
-        if self.frozen:
-            self.model.eval()
+        self._follow_frozen()
         return self
+
+    def _follow_frozen(self) -> bool:
+        """Keep the backbone in eval mode while frozen (whatever ``train()`` said), and in
+        the encoder's mode once unfrozen; returns whether it is frozen."""
+        frozen = self.frozen
+        if self.model.training != (self.training and not frozen):
+            self.model.train(self.training and not frozen)
+        return frozen
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """``frames: [N, H, W, 3]`` uint8 or float in [0, 1] -> pixels ``[N, 3, S, S]``."""
@@ -232,7 +245,7 @@ class FrameEncoder(nn.Module):
         B, T = video.shape[:2]
         frames = video.reshape(B * T, *video.shape[2:])
         chunks = []
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._follow_frozen()):
             for start in range(0, B * T, self.chunk_size):
                 pixels = self.preprocess(frames[start:start + self.chunk_size].to(self.mean.device))
                 chunks.append(self.encode_pixels(pixels))
