@@ -56,7 +56,7 @@ CONFIG_VALID = {
     "class_names": {"None"}, "background_classes": {"None"}, "sampling": {"None", "dict"},
     "head_config": {"None", "dict"}, "architectures": {"None"},
     "hidden_size": {"None"}, "num_spatial_tokens": {"None"}, "num_prefix_tokens": {"None"},
-    "freeze_backbone": {"bool"},
+    "freeze_backbone": {"bool"}, "use_pretrained_backbone": {"None", "bool"},
     "gradient_checkpointing": {"bool"},
 }
 CONFIG_EXTRA = {  # values a naive check lets through
@@ -66,6 +66,7 @@ CONFIG_EXTRA = {  # values a naive check lets through
     "hidden_dropout": [1.0, "0.1"], "classifier_dropout": [-0.1],
     "mlp_ratio": [1e-300, 1e300], "layer_norm_eps": [1e-300], "rope_theta": [1e-300, 0.5],
     "initializer_range": [1e10, 1e300], "freeze_backbone": ["false", 0],
+    "use_pretrained_backbone": [1, "true"],
     "class_names": ["abc", ["a", "a"], [1, 2]], "architectures": ["Spool"],
     "hidden_size": [25, 2.0], "num_spatial_tokens": [1.5],
     "num_prefix_tokens": [2, 17, 18],  # 17 tokens: 1 + 4x4 (15, 0 and -1 patches are no grid)
@@ -87,7 +88,8 @@ EXTREMES = {"layer_norm_eps": [1e-30, 1e30], "rope_theta": [1.0, 1e30, 1e300],
             "initializer_range": [1e-300, 1.0], "mlp_ratio": [0.05, 64.0],
             "image_mean": [[0.0] * 3, [1.0] * 3], "image_std": [[1e-3] * 3, [1.0] * 3]}
 ACCEPTED = [(n, GENERIC[k]) for n, ks in CONFIG_VALID.items() for k in sorted(ks)
-            if (n, k) != ("backbone_config", "None")]  # None: the hub's backbone
+            if (n, k) not in (("backbone_config", "None"),  # None: the hub's backbone
+                              ("use_pretrained_backbone", "bool"))]  # True: the hub's too
 ACCEPTED += [(n, v) for n, vs in EXTREMES.items() for v in vs]
 
 
