@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -444,3 +445,20 @@ def test_cuda_rng_states_go_back_to_their_own_devices(monkeypatch) -> None:
                **{f"cuda{i}": torch.tensor([i], dtype=torch.uint8) for i in range(12)}}
     ckpt.restore_rng(tensors, state["python"], state["numpy"])
     assert restored == {i: i for i in range(11)}  # cuda11: not seen here
+
+
+def test_by_default_each_epoch_ends_with_a_checkpoint(tmp_path: Path) -> None:
+    """--save-every 0 (the default) wrote a checkpoint at the end only: a run killed (-9, the
+    OOM killer) in its last epoch had nothing to resume from. A resume from the epoch's
+    checkpoint ends where the uninterrupted run ends."""
+    run = tmp_path / "run"
+    train(TrainConfig(**train_config_dict(run, val_data=None)))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_00000004", "step_00000008"]
+    whole = final_weights(run)
+    shutil.rmtree(run / "model")
+    shutil.rmtree(run / "checkpoints" / "step_00000008")
+    (run / "results.json").unlink()
+    train(TrainConfig(**train_config_dict(run, val_data=None, resume="auto")))
+    resumed = final_weights(run)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -95,7 +95,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("output")
     g.add_argument("--out-dir", default=S, help="run directory (runs/spool)")
     g.add_argument("--save-every", type=nonnegative_int, default=S,
-                   help="checkpoint every N steps (0: at the end only)")
+                   help="checkpoint every N steps (0: at each epoch's end)")
     g.add_argument("--keep-checkpoints", type=positive_int, default=S,
                    help="step checkpoints kept (2)")
     g.add_argument("--eval-every", type=positive_int, default=S,

@@ -138,7 +138,7 @@ class Trainer:
         """Release the run directory (``fit`` does this when it ends) and TensorBoard."""
         if self.tb is not None:
             self.tb.close()
-        self.tb = None
+            self.tb = None
         if self._lock is not None:
             release_claim(self._lock)
             self._lock = None
@@ -146,8 +146,7 @@ class Trainer:
         self.module = self.model  # DDP holds the process group: it must go before the group
 
     def _lock_out_dir(self) -> None:
-        """Hold ``out_dir`` for this run: a second run into it would interleave its steps
-        with ours in steps.csv and overwrite our model."""
+        """Hold ``out_dir``: a second run into it would mix steps.csv and overwrite model/."""
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock = lock_directory(self.out, "training run", LOCK_NAME)
         self._lock_renewed = time.monotonic()
@@ -219,8 +218,7 @@ class Trainer:
         end = f"the end of epoch {self.epoch}" if self.epoch and not self.step_in_epoch else ""
         self.log(f"resumed from {path} at step {self.step} ({end or f'epoch {self.epoch + 1}'})")
 
-    def checkpoint_path(self) -> Path:
-        """Where the checkpoint of the current step goes."""
+    def checkpoint_path(self) -> Path:  # the current step's
         return self.out / ckpt.CHECKPOINT_DIR / f"step_{self.step:08d}"
 
     def save_checkpoint(self) -> Path | None:
@@ -359,6 +357,8 @@ class Trainer:
                     self.save_checkpoint()  # kept if validation fails; a resume redoes it
                 with stopping.stop_on_failure(signals, self._checkpoint_or_stop):
                     self._end_epoch(time.perf_counter() - start)
+                if not cfg.save_every and self.epoch < cfg.epochs:  # a kill -9 keeps epochs
+                    self.save_checkpoint()
                 signum = stopping.agreed_stop(signals.received, self.device)  # in the epoch's end
                 if signum and self.epoch < cfg.epochs:
                     self._checkpoint_or_stop(signum)
