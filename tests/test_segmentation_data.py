@@ -99,6 +99,21 @@ def test_bad_segment_csv(tmp_path, text, message):
         read_segments_csv(tmp_path / "s.csv")
 
 
+def test_other_columns_of_a_segments_csv_are_ignored(tmp_path):
+    """spool extract's NAME.segments.csv has a score column: with a video column added it
+    was refused ('found video,start_s,end_s,label,score'), though the README said it reads
+    back as its labels."""
+    (tmp_path / "a.mkv").write_bytes(b"")  # read only when training
+    (tmp_path / "s.csv").write_text("score,video,start_s,end_s,label\n0.9,a.mkv,0,1.5,walk\n"
+                                    "0.8,a.mkv,1.5,3,run\n")
+    (tmp_path / "plain.csv").write_text("video,start_s,end_s,label\na.mkv,0,1.5,walk\n"
+                                        "a.mkv,1.5,3,run\n")
+    assert read_segments_csv(tmp_path / "s.csv") == read_segments_csv(tmp_path / "plain.csv")
+    (tmp_path / "short.csv").write_text("video,start_s,end_s,label,score\na.mkv,0,1,a\n")
+    with pytest.raises(ValueError, match=r"line 2: expected 5 fields \(video,start_s,"):
+        read_segments_csv(tmp_path / "short.csv")
+
+
 def test_a_class_only_the_held_out_csv_has_is_listed_in_classes_txt(tmp_path):
     """Found walking the README through: a validation CSV with a class the training CSV
     lacks was refused, with no way to give the classes (clip lists have a classes.txt)."""

@@ -175,21 +175,22 @@ def read_ms_tcn(root: str | os.PathLike, split: str = "train.split1",
 
 def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None = None
                       ) -> tuple[list[SegmentationSample], list[str]]:
-    """A ``video,start_s,end_s,label`` CSV (video paths relative to the file) -> (samples,
-    class names: ``class_names``, else a ``classes.txt`` beside the file, else the sorted
-    labels). A sample is named by its file's stem; videos whose stems collide get a digest
-    of their path added (``clip-1a2b3c4d``)."""
+    """A ``video,start_s,end_s,label`` CSV, other columns ignored (video paths relative to
+    the file) -> (samples, class names: ``class_names``, else a ``classes.txt`` beside the
+    file, else the sorted labels). A sample is named by its file's stem; videos whose stems
+    collide get a digest of their path added (``clip-1a2b3c4d``)."""
     path = Path(path)
     reader = csv.DictReader(io.StringIO(read_text_file(path, "a segments CSV"), newline=""))
     rows = list(reader)
-    if not rows or set(reader.fieldnames or ()) != {"video", "start_s", "end_s", "label"}:
+    # Other columns are ignored: spool extract's NAME.segments.csv has a score, say.
+    if not rows or not {"video", "start_s", "end_s", "label"} <= set(reader.fieldnames or ()):
         found = ",".join(reader.fieldnames or ()) or "nothing"
         raise ValueError(f"{path}: expected a header 'video,start_s,end_s,label' and rows, "
                          f"found {found!r}{'' if not reader.fieldnames or rows else ' alone'}")
     for lineno, row in enumerate(rows, start=2):
         if None in row or None in row.values():  # csv's marks of extra or missing fields
-            raise ValueError(f"{path}, line {lineno}: expected 4 fields "
-                             "(video,start_s,end_s,label)")
+            raise ValueError(f"{path}, line {lineno}: expected {len(reader.fieldnames)} "
+                             f"fields ({','.join(reader.fieldnames)})")
     listed = path.parent / CLASSES_NAME
     names = (list(class_names) if class_names is not None else read_class_names(listed)
              if listed.is_file() else sorted({r["label"] for r in rows}))
