@@ -161,6 +161,20 @@ def process_rank() -> int:
         return 0
 
 
+def refuse_torchrun(command: str, advice: str) -> int | None:
+    """For a command that runs in one process (each rank would redo it all): None when run
+    alone; under torchrun 2 on ranks > 0, while rank 0 says why once (a ``ValueError``)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        world = 1
+    if world <= 1:
+        return None
+    if process_rank() > 0:
+        return 2
+    raise ValueError(f"{command} runs in a single process; run it without torchrun ({advice})")
+
+
 def configure_logging() -> None:
     """Spool's library messages as terse lines; transformers' loading chatter off."""
     logger = logging.getLogger("spool")

@@ -249,17 +249,27 @@ def test_a_class_without_videos_is_null_in_metrics_json(tmp_path: Path, capsys) 
     assert isinstance(report["per_class"][names[0]], float)
 
 
-def test_eval_under_torchrun_is_refused_once(tmp_path: Path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(("command", "advice"), [
+    ("eval", "spool eval ... --device cuda uses one GPU"),
+    ("cache", "--device cuda uses one GPU; a cache is made once, and spool train reads it "
+              "under torchrun")])
+def test_eval_and_cache_under_torchrun_are_refused_once(tmp_path: Path, monkeypatch, capsys,
+                                                        command, advice) -> None:
+    """spool cache under torchrun failed on its second rank with a lock error ('another
+    spool cache is using it'), and the first was then killed."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    argv = ["eval", "--checkpoint", str(tmp_path / "model"), "--data", "val.txt"]
+    argv = [command, "--data", "val.txt"] + (
+        ["--checkpoint", str(tmp_path / "model")] if command == "eval" else
+        ["--out", str(tmp_path / "cache")])
     monkeypatch.setenv("RANK", "0")
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("spool eval: error: spool eval runs in a single process; run it without "
-                   "torchrun (spool eval ... --device cuda uses one GPU)")
+    assert err == (f"spool {command}: error: spool {command} runs in a single process; run it "
+                   f"without torchrun ({advice})")
     monkeypatch.setenv("RANK", "1")
     assert main(argv) == 2
     assert capsys.readouterr() == ("", "")
+    assert not (tmp_path / "cache").exists()
 
 
 def test_eval_with_nothing_scored_exits_1_and_a_bad_out_fails_first(tmp_path: Path,

@@ -33,10 +33,14 @@ def run(args: argparse.Namespace) -> int:
     from spool.data.segmentation import check_segmentation_source
     from spool.models.frame_encoder import FrameEncoderModel
     from spool.models.pretrained import load_pretrained
-    from spool.runtime import resolve_device
+    from spool.runtime import refuse_torchrun, resolve_device
     from spool.video.samplers import clip_sampler
     from spool.video.transforms import RandomResizedCrop
 
+    refused = refuse_torchrun("spool cache", "--device cuda uses one GPU; a cache is made "
+                              "once, and spool train reads it under torchrun")
+    if refused is not None:
+        return refused
     frames = args.task == "frames"
     refuse_ignored(args, CLIP_FLAGS if frames else FRAME_FLAGS,
                    f"applies to --task {'clips' if frames else 'frames'}, not to --task "
@@ -155,18 +159,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--classes-from", help="annotation file whose class list to use "
                         "(for a val split that lacks some classes)")
     clips = parser.add_argument_group("clips task only (refused with --task frames)")
-    clips.add_argument("--num-frames", type=positive_int, default=CLIP_FLAGS["num_frames"])
+    clips.add_argument("--num-frames", type=positive_int, default=CLIP_FLAGS["num_frames"],
+                       help="frames per clip (%(default)s)")
     clips.add_argument("--frame-stride", type=positive_int, default=CLIP_FLAGS["frame_stride"])
     clips.add_argument("--views", type=positive_int, default=CLIP_FLAGS["views"],
-                       help="view 0: evaluation clip; 1..: augmented training clips")
+                       help="clips per video: view 0 the evaluation clip, 1.. augmented "
+                       "training clips (%(default)s: no augmentation to train on)")
     clips.add_argument("--crop-scale", type=positive_float, nargs=2,
                        default=CLIP_FLAGS["crop_scale"])
     clips.add_argument("--hflip", action="store_true", help="flip augmented views at random")
-    clips.add_argument("--batch-size", type=positive_int, default=CLIP_FLAGS["batch_size"])
+    clips.add_argument("--batch-size", type=positive_int, default=CLIP_FLAGS["batch_size"],
+                       help="clips per backbone call (%(default)s)")
     clips.add_argument("--num-workers", type=nonnegative_int,
                        default=CLIP_FLAGS["num_workers"])
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                        help="how the tokens are stored")
+                        help="how the tokens are stored (%(default)s)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the backbone runs (auto: CUDA when available)")
     parser.add_argument("--seed", type=int, default=0)

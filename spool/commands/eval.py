@@ -35,14 +35,12 @@ def format_report(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from spool.models.pretrained import peek_architecture
-    from spool.runtime import process_rank
+    from spool.runtime import refuse_torchrun
     from spool.train.evaluate import evaluate_checkpoint
 
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # each rank would redo it all
-        if process_rank() > 0:
-            return 2  # rank 0 says why, once
-        raise ValueError("spool eval runs in a single process; run it without torchrun "
-                         "(spool eval ... --device cuda uses one GPU)")
+    refused = refuse_torchrun("spool eval", "spool eval ... --device cuda uses one GPU")
+    if refused is not None:
+        return refused
     frames = peek_architecture(args.checkpoint).endswith("ForFrameClassification")
     _refuse_ignored(args, frames)
     if args.cache is not None and args.num_workers is not None:
