@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Spool", "SpoolConfig", "SpoolOutput", "__version__"]
+# The model classes and loaders of spool.models, at the top level as transformers has them.
+_MODELS = ("Spool", "SpoolOutput", "SpoolPreTrainedModel", "SpoolForVideoClassification",
+           "SpoolForFrameClassification", "FramePoolingForVideoClassification",
+           "FrameProbeForFrameClassification", "MSTCNForFrameClassification",
+           "FrameEncoderModel", "load_pretrained", "load_classifier")
+__all__ = ["SpoolConfig", *_MODELS, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -14,8 +19,12 @@ def __getattr__(name: str) -> Any:
         from spool.config import SpoolConfig
 
         return SpoolConfig
-    if name in ("Spool", "SpoolOutput"):
-        from spool.models import spool as module
+    if name in _MODELS:
+        import spool.models as models
 
-        return getattr(module, name)
+        return getattr(models, name)
     raise AttributeError(f"module 'spool' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

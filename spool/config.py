@@ -355,6 +355,18 @@ class SpoolConfig:
         return dataclasses.replace(self, **changes)
 
 
+_HF = "a keyword of transformers, not Spool's: "
+_CAST = _HF + "cast the model with .to(dtype), or run it under torch.autocast"
+_LABELS = _HF + "give class_names=[...], one name per class"
+_TRANSFORMERS_KEYWORDS = {
+    "config": "the config goes first, positionally: Spool(config), or its fields as keywords",
+    "torch_dtype": _CAST, "dtype": _CAST, "num_labels": _LABELS, "id2label": _LABELS,
+    "label2id": _LABELS, "device_map": _HF + "move the model with .to(device)",
+    "ignore_mismatched_sizes": _HF + "a Spool checkpoint (model.spool.save_pretrained(DIR)) "
+                               "loads under a new head: SpoolForFrameClassification"
+                               ".from_pretrained(DIR, class_names=[...])"}
+
+
 def check_known_fields(keys: Any, what: str, also: tuple[str, ...] = ()) -> None:
     """``ValueError`` naming keys that are no field (nor ``also``), each with its look-alike."""
     import difflib
@@ -362,8 +374,11 @@ def check_known_fields(keys: Any, what: str, also: tuple[str, ...] = ()) -> None
     known = sorted(f.name for f in dataclasses.fields(SpoolConfig))
     unknown = sorted(set(keys) - set(known) - set(also))
     if unknown:
-        close = {k: difflib.get_close_matches(k, [*known, *also], n=1) for k in unknown}
-        hints = "".join(f"; {k!r}: did you mean {m[0]!r}?" for k, m in close.items() if m)
+        close = {k: difflib.get_close_matches(k, [*known, *also], n=1) for k in unknown
+                 if k not in _TRANSFORMERS_KEYWORDS}
+        hints = "".join(f"; {k!r}: {_TRANSFORMERS_KEYWORDS[k]}" for k in unknown
+                        if k in _TRANSFORMERS_KEYWORDS)
+        hints += "".join(f"; {k!r}: did you mean {m[0]!r}?" for k, m in close.items() if m)
         raise ValueError(f"{what}: unknown SpoolConfig field(s) {unknown}{hints}; known "
                          f"fields: {known}" + (f" (and {list(also)})" if also else ""))
 

@@ -127,7 +127,9 @@ def test_whole_video_prediction_equals_the_plain_forward(tmp_path: Path, name: s
     from_file = model.predict_long(path, sampler=StrideSampler(1), chunk_frames=7)
     torch.testing.assert_close(from_file.logits, plain, atol=1e-5, rtol=1e-5)
     assert from_file.frame_indices.tolist() == list(range(23))
-    # No sampler: the rate it was trained at (config.sampling), else 1 fps.
+    assert from_file.class_names == tuple(NAMES)  # was: logits only, names mapped by hand
+    assert from_file.labels == [NAMES[i] for i in plain.argmax(-1).tolist()]
+    # No sampler: the rate it was trained at (config.sampling), else 1 fps (said).
     assert model.predict_long(path).frame_indices.tolist() == [0, 10, 20]
     model.config.sampling = {"name": "fps", "target_fps": 5.0}
     assert model.predict_long(path).frame_indices.tolist() == list(range(0, 23, 2))

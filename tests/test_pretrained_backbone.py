@@ -108,3 +108,37 @@ def test_training_from_a_checkpoint_needs_no_backbone_folder(tmp_path):
     _, names = read_annotations(tiny_video_dataset() / "train.txt")
     model = _build(_config(tmp_path / "run", init=str(tmp_path / "init"), model={}), names)
     assert _same(_backbone_state(model.spool), _backbone_state(init))
+
+
+@pytest.mark.parametrize("cls", ["SpoolForFrameClassification", "SpoolForVideoClassification"])
+def test_a_spool_checkpoint_loads_under_a_new_head(tmp_path, cls, spool_log):
+    """transformers' way with a base model's checkpoint: was 'holds a Spool, not a ...'."""
+    import spool.models as models
+
+    task = getattr(models, cls)
+    model = Spool(backbone_config=tiny_backbone(), **TEMPORAL)
+    model.save_pretrained(tmp_path / "spool")
+    with pytest.raises(ValueError, match="needs class_names"):
+        task.from_pretrained(tmp_path / "spool")
+    loaded = task.from_pretrained(tmp_path / "spool", class_names=["a", "b", "c"])
+    assert not loaded.training and loaded.class_names == ["a", "b", "c"]
+    assert _same(loaded.spool.state_dict(), model.state_dict())
+    assert f"{cls}: its Spool is {tmp_path / 'spool'}'s; classifier newly initialised" \
+        in spool_log.text
+    loaded.save_pretrained(tmp_path / "task")  # then a classifier checkpoint of its own
+    assert task.from_pretrained(tmp_path / "task").class_names == ["a", "b", "c"]
+    temporal = task.from_pretrained(tmp_path / "spool", class_names=["a"], with_backbone=False)
+    assert temporal.spool.frame_encoder is None
+
+
+@pytest.mark.parametrize(("keyword", "advice"), [
+    ("torch_dtype", r"\.to\(dtype\)"), ("dtype", "autocast"), ("device_map", r"\.to\(device\)"),
+    ("num_labels", "class_names"), ("ignore_mismatched_sizes", "under a new head")])
+def test_transformers_keywords_are_named_with_what_to_do(tmp_path, keyword, advice):
+    Spool(backbone_config=tiny_backbone(), **TEMPORAL).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"{keyword!r}: a keyword of transformers, not "
+                                         f"Spool's: .*{advice}"):
+        Spool.from_pretrained(tmp_path, **{keyword: 2})
+    config = SpoolConfig(backbone_config=tiny_backbone(), **TEMPORAL)
+    with pytest.raises(ValueError, match="'config': the config goes first, positionally"):
+        Spool(config=config)

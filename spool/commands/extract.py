@@ -310,7 +310,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stride: every k-th frame; sliding: clip start step (default: 8)")
     s.add_argument("--clip-len", type=positive_int,
                    help="sliding: frames per clip (default: 16)")
-    s.add_argument("--max-frames", type=positive_int, help="fps/stride: cap on frames per clip")
+    s.add_argument("--max-frames", type=positive_int,
+                   help="fps/stride: keep the first N sampled frames of each video")
     r = p.add_argument_group("running")
     r.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
                    help=f"clips per forward (default: {BATCH_SIZE}; not with --per-frame)")

@@ -112,6 +112,8 @@ class SpoolForVideoClassification(VideoClassifier):
     builds only the temporal part (for training on cached tokens).
     """
 
+    wraps_spool = True
+
     def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
                  **kwargs: Any) -> None:
         super().__init__()

@@ -55,12 +55,18 @@ class FrameClassifierOutput(NamedTuple):
 
 
 class LongPrediction(NamedTuple):
-    """A whole video's ``logits [T, C]`` and, for a file, its ``frame_indices`` and
-    ``timestamps [T]`` (seconds)."""
+    """A whole video's ``logits [T, C]``, for a file its ``frame_indices`` and ``timestamps
+    [T]`` (seconds), and the model's ``class_names`` (``C``)."""
 
     logits: torch.Tensor
     frame_indices: torch.Tensor | None
     timestamps: torch.Tensor | None
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def labels(self) -> list[str]:
+        """The predicted class of each frame, by name (``T``)."""
+        return [self.class_names[i] for i in self.logits.argmax(-1).tolist()]
 
 
 def frame_classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -211,7 +217,8 @@ class FrameClassifier(SpoolPreTrainedModel):
         logits = self.head(features[None].to(device))[0].cpu()
         return LongPrediction(logits,
                               None if indices is None else torch.from_numpy(indices),
-                              None if stamps is None else torch.from_numpy(stamps))
+                              None if stamps is None else torch.from_numpy(stamps),
+                              tuple(self.class_names))
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """Per-frame backbone features ``[B, T, D]`` -> logits ``[B, T, C]`` (the baselines)."""
@@ -280,6 +287,7 @@ class SpoolForFrameClassification(FrameClassifier):
 
     HEAD_KEYS = ("context_in_head", "smoothing_weight", "refinement_stages",
                  "refinement_layers", "refinement_window", "refinement_context")
+    wraps_spool = True
 
     def __init__(self, config: SpoolConfig | None = None, /, *, with_backbone: bool = True,
                  **kwargs: Any) -> None:
@@ -376,4 +384,5 @@ class SpoolForFrameClassification(FrameClassifier):
         logits = self.classifier(features)
         for stage in self.refinements:  # one token per frame: the whole video at once
             logits = stage(logits)
-        return LongPrediction(logits[0].cpu(), out.frame_indices, out.timestamps)
+        return LongPrediction(logits[0].cpu(), out.frame_indices, out.timestamps,
+                              tuple(self.class_names))

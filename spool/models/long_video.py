@@ -11,6 +11,7 @@ the plain forward's, to fp32 round-off.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -54,7 +55,17 @@ def default_sampler(config) -> FrameSampler:
     trained = getattr(config, "sampling", None)
     if isinstance(trained, dict) and trained.get("name") in ("fps", "stride"):
         return make_sampler(**trained)
+    if trained is None:
+        _note_once("note: no sampler given and the model records no training rate "
+                   "(config.sampling, which spool train writes): videos are sampled at 1 fps; "
+                   "pass sampler= (spool.video.make_sampler) or set config.sampling")
     return FpsSampler(1.0)
+
+
+@functools.cache
+def _note_once(message: str) -> None:
+    """Log ``message`` once per process: a loop over a folder of videos repeats the call."""
+    logger.warning(message)
 
 
 def memory_estimate(num_frames: int, num_tokens: int, hidden_size: int, chunk_frames: int,
@@ -134,6 +145,9 @@ def one_video_tokens(tokens: torch.Tensor, config) -> torch.Tensor:
 def whole_video_indices(reader: VideoReader, sampler: FrameSampler, what: str) -> list[int]:
     """The frames ``sampler`` takes from the video of ``reader``, as one clip: the long-video
     paths run a whole video in one pass (a sampler of several clips is refused)."""
+    if not isinstance(sampler, FrameSampler):
+        raise ValueError(f"sampler: expected a FrameSampler, e.g. spool.video.make_sampler("
+                         f"'fps', target_fps=2.0), got {sampler!r}")
     info = reader.info()
     clips = sampler(info.num_frames, info.fps, timestamps=reader.frame_times())
     if len(clips) != 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ from spool.io_utils import (
 )
 from spool.layers.backbone import backbone_weights_follow
 from spool.validation import check_tokens, check_video
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 LEGACY_CLASSIFIER_NAME = "classifier.json"  # written before config.json named architectures
@@ -195,6 +198,9 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
     init_keywords: ClassVar[tuple[str, ...]] = ("with_backbone",)
     # False for the baselines: no temporal layers (nor heads to split hidden_size).
     has_temporal_stack: ClassVar[bool] = True
+    # A task model around a Spool (``self.spool``): it loads a plain Spool's checkpoint under
+    # a new head, as transformers' task models load their base model's.
+    wraps_spool: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -273,7 +279,9 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
         transformers' models load; ``model.train()`` to fine-tune).
 
         ``kwargs`` override config fields (e.g. ``attn_implementation``) or are constructor
-        keywords (``with_backbone=False``: the temporal part only, for cached tokens).
+        keywords (``with_backbone=False``: the temporal part only, for cached tokens). A
+        classifier class on a plain Spool's checkpoint loads it under a new head, given
+        ``class_names``.
         """
         directory = resolve_checkpoint(
             pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
@@ -282,12 +290,13 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
         held = checkpoint_architecture(config, directory)
         if config.sampling is None:  # how it was trained, where a legacy checkpoint says
             config = config.replace(sampling=_legacy_sampling(directory))
-        if held is not None and held != cls.__name__:
+        new_head = held == "Spool" and cls.wraps_spool
+        if held is not None and held != cls.__name__ and not new_head:
             raise CheckpointMismatchError(
                 f"{directory}: holds a {held}, not a {cls.__name__}; load it with "
                 f"spool.models.load_pretrained (or {held}.from_pretrained)")
         init = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.init_keywords}
-        check_known_fields(kwargs, f"{directory}: holds a {cls.__name__}",
+        check_known_fields(kwargs, f"{directory}: holds a {held or cls.__name__}",
                            also=tuple(cls.init_keywords))
         with_backbone = init.get("with_backbone", True)
         if with_backbone and config.backbone_config is None:
@@ -296,6 +305,8 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
                 f"fetch {config.backbone_name!r}; pass with_backbone=False for the temporal "
                 "part alone (a model saved without a backbone, run on cached tokens), or save "
                 "the model with its backbone through save_pretrained, which records the config")
+        if new_head:
+            return cls._with_new_head(directory, config, kwargs, init)
         with backbone_weights_follow():  # the checkpoint holds the backbone's weights
             model = cls(config.replace(**kwargs), **init)
         weights = directory / WEIGHTS_NAME
@@ -310,6 +321,24 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
                 f"{err}; the fields given ({', '.join(changed)}) build another network than "
                 "the one saved there") from err
         return model.eval()  # dropout off: two calls on the same input agree
+
+
+    @classmethod
+    def _with_new_head(cls, directory: Path, config: SpoolConfig, kwargs: dict[str, Any],
+                       init: dict[str, Any]):
+        """A new ``cls`` whose Spool is the one saved in ``directory`` (its head untrained)."""
+        if not kwargs.get("class_names"):
+            raise ValueError(f"{directory}: holds a Spool without a head; a {cls.__name__} "
+                             "built on it needs class_names=[...] for its new head")
+        with backbone_weights_follow():  # the checkpoint holds the backbone's weights
+            model = cls(config.replace(architectures=None, **kwargs), **init)
+        weights = directory / WEIGHTS_NAME
+        check_and_load_state_dict(model.spool, read_weights(weights), str(weights),
+                                  ignore_backbone=not init.get("with_backbone", True))
+        new = sorted({k.split(".")[0] for k in model.state_dict() if not k.startswith("spool.")})
+        logger.warning("%s: its Spool is %s's; %s newly initialised: train before use",
+                       cls.__name__, directory, ", ".join(new))
+        return model.eval()
 
 
 def _fields_behind(cls: type, config: SpoolConfig, init: dict[str, Any],

@@ -19,6 +19,8 @@ from spool.validation import check_tokens, check_video, parameter_dtype
 
 if TYPE_CHECKING:
     from spool.models.long_video import LongVideoOutput
+    from spool.models.long_video_state import ResumableHiddenState
+    from spool.video.samplers import FrameSampler
 
 
 class SpoolOutput(NamedTuple):
@@ -108,15 +110,21 @@ class Spool(SpoolPreTrainedModel):
         check_tokens(tokens, self.config.num_spatial_tokens, self.config.hidden_size)
         return self._temporal_forward(tokens)
 
-    def forward_long(self, video: str | os.PathLike | torch.Tensor, **kwargs: Any
-                     ) -> LongVideoOutput:
+    def forward_long(self, video: str | os.PathLike | torch.Tensor, *,
+                     sampler: FrameSampler | None = None, chunk_frames: int = 32,
+                     keep_features: bool = False, offload_dir: str | os.PathLike | None = None,
+                     hidden_on_device: bool | None = None, progress: bool = False,
+                     resume: ResumableHiddenState | None = None) -> LongVideoOutput:
         """A whole video in one pass with memory linear in its length: a file path (decoded
-        in chunks with ``sampler=``, by default at the training rate of ``config.sampling``,
-        else 1 fps) or tokens ``[T, L, D]``. The same result as
-        ``forward`` to fp32 round-off; see :func:`spool.models.long_video.forward_long`."""
+        in chunks with ``sampler``, by default at the training rate of ``config.sampling``,
+        else 1 fps) or tokens ``[T, L, D]``. The same result as ``forward`` to fp32
+        round-off; the keywords are :func:`spool.models.long_video.forward_long`'s."""
         from spool.models.long_video import forward_long
 
-        return forward_long(self, video, **kwargs)
+        return forward_long(self, video, sampler=sampler, chunk_frames=chunk_frames,
+                            keep_features=keep_features, offload_dir=offload_dir,
+                            hidden_on_device=hidden_on_device, progress=progress,
+                            resume=resume)
 
     def _temporal_forward(self, tokens: torch.Tensor) -> SpoolOutput:
         # Tokens in the temporal stack's dtype (a float16 cache, a backbone of its own dtype).
