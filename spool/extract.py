@@ -304,7 +304,8 @@ class FeatureExtractor:
                         write_frame_predictions(
                             self.model, job.source, job.output, self.sampler, metadata,
                             chunk_frames=self.chunk_frames, offload_dir=self.offload_dir,
-                            resume=resume, progress=self.progress)
+                            resume=resume, progress=self.progress,
+                            save_features=self.save_features)
                 return
             tensors = self.features(job.source)
         metadata["num_clips"] = str(len(tensors["frame_indices"]))

@@ -1,8 +1,9 @@
 """Per-frame predictions of a frame classifier, for ``spool extract --checkpoint <frame model>``.
 
 Each video gives ``NAME.safetensors`` with ``labels [T]`` (class indices), ``scores [T, C]``
-(class probabilities), ``frame_indices`` and ``timestamps [T]`` (the frames' pts, seconds), the
-class names in its metadata, and ``NAME.segments.csv``: one row per run of equal labels
+(class probabilities), ``frame_indices`` and ``timestamps [T]`` (the frames' pts, seconds),
+with ``--save-features`` the ``frame_features [T, D]`` the head read, the class names in its
+metadata, and ``NAME.segments.csv``: one row per run of equal labels
 (``start_s,end_s,label,score``, the end exclusive: the next frame's time, or the video's last
 frame's time plus one sampling step). The CSV counts seconds from the video's first frame, as
 a segments CSV of labels does, so it can be read back as one.
@@ -36,8 +37,9 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
                             chunk_frames: int = 32,
                             offload_dir: str | os.PathLike | None = None,
                             resume: ResumableHiddenState | None = None,
-                            progress: bool = False) -> None:
-    """Predict every sampled frame of ``source`` in one pass and write both files."""
+                            progress: bool = False, save_features: bool = False) -> None:
+    """Predict every sampled frame of ``source`` in one pass and write both files;
+    ``save_features``: with the ``frame_features [T, D]`` the head read, from the same pass."""
     out = model.predict_long(source, sampler=sampler, chunk_frames=chunk_frames,
                              offload_dir=offload_dir, resume=resume, progress=progress)
     probs = out.logits.float().softmax(-1).cpu()
@@ -59,9 +61,12 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
     # finished (``extract.is_done``, and the CSV there) only when both are this run's. (Written
     # first, a run killed before its .safetensors left its CSV beside another run's.)
     segments_path(output).unlink(missing_ok=True)
+    tensors = {"labels": labels, "scores": probs, "frame_indices": out.frame_indices,
+               "timestamps": times}
+    if save_features:
+        tensors["frame_features"] = out.frame_features.float()
     atomic_save_safetensors(
-        {"labels": labels, "scores": probs, "frame_indices": out.frame_indices,
-         "timestamps": times}, output,
+        tensors, output,
         metadata={**metadata, "class_names": json.dumps(names), "num_frames": str(len(labels))})
     atomic_write_text(segments_path(output), buffer.getvalue())
 

@@ -182,3 +182,30 @@ def test_a_kill_between_the_two_writes_does_not_pair_another_runs_csv(
     (out / "v.segments.csv").write_text(mine + "# checked by hand\n")
     assert FeatureExtractor(classifier, FpsSampler(5)).run(jobs, progress=False).skipped == 1
     assert (out / "v.segments.csv").read_text().endswith("# checked by hand\n")
+
+
+@pytest.mark.parametrize("name", ["spool", "ms_tcn"])
+def test_save_features_writes_the_heads_features_beside_the_predictions(
+        tmp_path: Path, name: str) -> None:
+    """--save-features was refused with a frame classifier: features and predictions took two
+    passes (and two models' worth of setup). Now one pass gives both; the features are
+    predict_long's, the ones its head read, and a rerun with the flag changed is redone."""
+    from safetensors.torch import load_file
+
+    from spool.cli import main
+    from spool.models.frame_baselines import frame_classifier_class
+
+    model = frame_classifier_class(name)(tiny_config(class_names=["a", "b"])).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    video = _video(tmp_path / "v.mkv", 12)
+    args = ["extract", str(video), "--out", str(tmp_path / "o"), "--checkpoint",
+            str(tmp_path / "ckpt"), "--fps", "5", "--no-progress"]
+    assert main(args) == 0
+    assert "frame_features" not in load_file(tmp_path / "o" / "v.safetensors")
+    assert main([*args, "--save-features"]) == 0  # not "already done"
+    saved = load_file(tmp_path / "o" / "v.safetensors")
+    expected = model.predict_long(video, sampler=FpsSampler(5))
+    torch.testing.assert_close(saved["frame_features"], expected.frame_features)
+    assert saved["frame_features"].shape == (6, model.config.hidden_size)
+    torch.testing.assert_close(saved["scores"], expected.logits.softmax(-1))
+    assert expected.labels == [["a", "b"][i] for i in saved["labels"].tolist()]

@@ -41,7 +41,9 @@ Each video gives OUT/NAME.safetensors with 'context' [n_clips, 2D] (fp32),
 [n_clips, T, L, D] (fp16) are its tokens, with no 'context'. Without --checkpoint the
 temporal layers are random, so use --backbone-only for features. With --per-frame, one
 pass over each whole video: 'frame_features' [T, D], 'context' [2D], 'frame_indices' and
-'timestamps' [T]. Re-running the same command skips finished videos (outputs are redone
+'timestamps' [T]. A frame classifier checkpoint writes per-frame 'labels', 'scores' and
+'timestamps' (with --save-features its head's 'frame_features' [T, D]) and
+OUT/NAME.segments.csv. Re-running the same command skips finished videos (outputs are redone
 when the weights, the sampler, the preprocessing or the dtype change). Videos that cannot
 be read are listed in OUT/failures.csv (a video deleted since is dropped from it by the
 next job over its folder); the exit code is 1 if any failed. Several jobs may share OUT:
@@ -145,9 +147,6 @@ def check_flags(args: argparse.Namespace, frame_model: bool | None = False) -> N
         raise ValueError("--backbone-only: the backbone's tokens are saved per clip; it does "
                          "not apply to --per-frame" + (" or a frame classifier checkpoint"
                                                        if frame_model else ""))
-    if frame_model and args.save_features:
-        raise ValueError("--save-features: a frame classifier checkpoint writes per-frame "
-                         "predictions (labels, scores), not features")
     for key in ("chunk_frames", "offload_dir"):
         if getattr(args, key) is not None and not per_frame and frame_model is not None:
             raise ValueError(f"{_flag(key)}: applies to --per-frame (or a frame classifier "
@@ -320,7 +319,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    default="auto", help="autocast dtype; auto: bfloat16 on GPU, float32 on CPU")
     r.add_argument("--save-features", action="store_true",
-                   help="also save frame features [n_clips, T+2, L, D] in fp16")
+                   help="also save frame features [n_clips, T+2, L, D] in fp16 (a frame "
+                   "classifier: the frame_features [T, D] its head read)")
     r.add_argument("--backbone-only", action="store_true",
                    help="save the backbone's tokens as 'features' [n_clips, T, L, D] (fp16), "
                         "without the temporal layers (random without --checkpoint) or "

@@ -56,12 +56,15 @@ class FrameClassifierOutput(NamedTuple):
 
 class LongPrediction(NamedTuple):
     """A whole video's ``logits [T, C]``, for a file its ``frame_indices`` and ``timestamps
-    [T]`` (seconds), and the model's ``class_names`` (``C``)."""
+    [T]`` (seconds), the model's ``class_names`` (``C``) and the ``frame_features [T, D]``
+    its head read (a Spool's per-frame features; a baseline's, its backbone's tokens
+    averaged)."""
 
     logits: torch.Tensor
     frame_indices: torch.Tensor | None
     timestamps: torch.Tensor | None
     class_names: tuple[str, ...] = ()
+    frame_features: torch.Tensor | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -218,7 +221,7 @@ class FrameClassifier(SpoolPreTrainedModel):
         return LongPrediction(logits,
                               None if indices is None else torch.from_numpy(indices),
                               None if stamps is None else torch.from_numpy(stamps),
-                              tuple(self.class_names))
+                              tuple(self.class_names), features)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """Per-frame backbone features ``[B, T, D]`` -> logits ``[B, T, C]`` (the baselines)."""
@@ -385,4 +388,4 @@ class SpoolForFrameClassification(FrameClassifier):
         for stage in self.refinements:  # one token per frame: the whole video at once
             logits = stage(logits)
         return LongPrediction(logits[0].cpu(), out.frame_indices, out.timestamps,
-                              tuple(self.class_names))
+                              tuple(self.class_names), out.frame_features)
