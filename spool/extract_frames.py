@@ -2,8 +2,8 @@
 
 Each video gives ``NAME.safetensors`` with ``labels [T]`` (class indices), ``scores [T, C]``
 (class probabilities), ``frame_indices`` and ``timestamps [T]`` (the frames' pts, seconds),
-with ``--save-features`` the ``frame_features [T, D]`` the head read, the class names in its
-metadata, and ``NAME.segments.csv``: one row per run of equal labels
+with ``--save-features`` the per-frame ``frame_features [T, D]`` the head reads, the class
+names in its metadata, and ``NAME.segments.csv``: one row per run of equal labels
 (``start_s,end_s,label,score``, the end exclusive: the next frame's time, or the video's last
 frame's time plus one sampling step). The CSV counts seconds from the video's first frame, as
 a segments CSV of labels does, so it can be read back as one.
@@ -39,7 +39,8 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
                             resume: ResumableHiddenState | None = None,
                             progress: bool = False, save_features: bool = False) -> None:
     """Predict every sampled frame of ``source`` in one pass and write both files;
-    ``save_features``: with the ``frame_features [T, D]`` the head read, from the same pass."""
+    ``save_features``: with the per-frame ``frame_features [T, D]`` the head reads, from the
+    same pass."""
     out = model.predict_long(source, sampler=sampler, chunk_frames=chunk_frames,
                              offload_dir=offload_dir, resume=resume, progress=progress)
     probs = out.logits.float().softmax(-1).cpu()

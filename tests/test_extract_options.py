@@ -88,8 +88,9 @@ def test_frame_classifier_runs_at_its_training_rate(video, frame_model, tmp_path
     assert main([*run, "--out", str(tmp_path / "b"), "--fps", "2"]) == 0
     assert _sampler(tmp_path / "b")[0]["target_fps"] == 2.0
     assert "differs from the checkpoint's training sampling" in capsys.readouterr().err
-    assert main([*run, "--out", str(tmp_path / "c"), "--save-features"]) == 2
-    assert "--save-features" in capsys.readouterr().err
+    assert main([*run, "--out", str(tmp_path / "c"), "--save-features"]) == 0  # was refused
+    with safe_open(str(tmp_path / "c" / "v.safetensors"), "pt") as f:
+        assert f.get_tensor("frame_features").shape[0] == 8
 
 
 @pytest.mark.parametrize(("flags", "expected"), [

@@ -42,7 +42,7 @@ Each video gives OUT/NAME.safetensors with 'context' [n_clips, 2D] (fp32),
 temporal layers are random, so use --backbone-only for features. With --per-frame, one
 pass over each whole video: 'frame_features' [T, D], 'context' [2D], 'frame_indices' and
 'timestamps' [T]. A frame classifier checkpoint writes per-frame 'labels', 'scores' and
-'timestamps' (with --save-features its head's 'frame_features' [T, D]) and
+'timestamps' (with --save-features the 'frame_features' [T, D] its head reads) and
 OUT/NAME.segments.csv. Re-running the same command skips finished videos (outputs are redone
 when the weights, the sampler, the preprocessing or the dtype change). Videos that cannot
 be read are listed in OUT/failures.csv (a video deleted since is dropped from it by the
@@ -320,7 +320,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default="auto", help="autocast dtype; auto: bfloat16 on GPU, float32 on CPU")
     r.add_argument("--save-features", action="store_true",
                    help="also save frame features [n_clips, T+2, L, D] in fp16 (a frame "
-                   "classifier: the frame_features [T, D] its head read)")
+                   "classifier: the frame_features [T, D] its head reads)")
     r.add_argument("--backbone-only", action="store_true",
                    help="save the backbone's tokens as 'features' [n_clips, T, L, D] (fp16), "
                         "without the temporal layers (random without --checkpoint) or "

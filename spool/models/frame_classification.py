@@ -56,9 +56,9 @@ class FrameClassifierOutput(NamedTuple):
 
 class LongPrediction(NamedTuple):
     """A whole video's ``logits [T, C]``, for a file its ``frame_indices`` and ``timestamps
-    [T]`` (seconds), the model's ``class_names`` (``C``) and the ``frame_features [T, D]``
-    its head read (a Spool's per-frame features; a baseline's, its backbone's tokens
-    averaged)."""
+    [T]`` (seconds), the model's ``class_names`` (``C``) and the per-frame features
+    ``frame_features [T, D]`` its head reads (beside the pooled context with
+    ``context_in_head``): a Spool's, or a baseline's backbone tokens averaged."""
 
     logits: torch.Tensor
     frame_indices: torch.Tensor | None
@@ -183,7 +183,7 @@ class FrameClassifier(SpoolPreTrainedModel):
         return self(tokens=tokens, labels=labels, mask=mask)
 
     def _long_features(self, tokens: torch.Tensor | None, video: str | None,
-                       sampler: FrameSampler, chunk_frames: int, progress: bool = False
+                       sampler: FrameSampler | None, chunk_frames: int, progress: bool = False
                        ) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
         """Per-frame backbone features ``[T, D]`` (tokens averaged), chunk by chunk."""
         if tokens is not None:
@@ -213,9 +213,11 @@ class FrameClassifier(SpoolPreTrainedModel):
         (:meth:`Spool.forward_long`); the baselines keep one feature per frame in RAM."""
         check_long_call(self, "predict_long", chunk_frames)
         tokens = video if isinstance(video, torch.Tensor) else None
+        if tokens is None:  # (a default for files only: its note says how they are sampled)
+            sampler = sampler or default_sampler(self.config)
         features, indices, stamps = self._long_features(
-            tokens, None if tokens is not None else os.fspath(video),
-            sampler or default_sampler(self.config), chunk_frames, progress)
+            tokens, None if tokens is not None else os.fspath(video), sampler, chunk_frames,
+            progress)
         device = next(self.parameters()).device  # the features come back on the CPU
         logits = self.head(features[None].to(device))[0].cpu()
         return LongPrediction(logits,
@@ -378,7 +380,9 @@ class SpoolForFrameClassification(FrameClassifier):
                      resume: ResumableHiddenState | None = None,
                      progress: bool = False) -> LongPrediction:
         check_long_call(self, "predict_long", chunk_frames)  # (not named forward_long's)
-        out = self.spool.forward_long(video, sampler=sampler or default_sampler(self.config),
+        if not isinstance(video, torch.Tensor):  # (a default for files only, as above)
+            sampler = sampler or default_sampler(self.config)
+        out = self.spool.forward_long(video, sampler=sampler,
                                       chunk_frames=chunk_frames, offload_dir=offload_dir,
                                       resume=resume, progress=progress)
         device = self.classifier.weight.device  # forward_long's outputs are on the CPU
