@@ -92,6 +92,7 @@ def load_feature_model(checkpoint: str | None, overrides: dict | None = None, *,
     temporal stack on the backbone that ``overrides`` (SpoolConfig fields) name (with
     ``backbone_only``, only its backbone is used: no warning about the random layers)."""
     from spool.config import SpoolConfig
+    from spool.layers.backbone import backbone_weights_follow
     from spool.models.pretrained import load_pretrained
 
     overrides = dict(overrides or {})
@@ -100,7 +101,8 @@ def load_feature_model(checkpoint: str | None, overrides: dict | None = None, *,
         if isinstance(model, FrameClassifier):
             return model
         if backbone_only and isinstance(model, FrameEncoderModel):  # a cache's backbone/
-            spool = Spool(model.config)  # no temporal layers: its backbone is all that runs
+            with backbone_weights_follow():  # the cache's weights are loaded next
+                spool = Spool(model.config)  # no temporal layers: its backbone is all that runs
             loaded = spool.load_state_dict(model.state_dict(), strict=False)
             if loaded.unexpected_keys or any(k.startswith("backbone.")
                                              for k in loaded.missing_keys):  # else random

@@ -142,3 +142,91 @@ def test_transformers_keywords_are_named_with_what_to_do(tmp_path, keyword, advi
     config = SpoolConfig(backbone_config=tiny_backbone(), **TEMPORAL)
     with pytest.raises(ValueError, match="'config': the config goes first, positionally"):
         Spool(config=config)
+
+
+def test_class_names_that_rename_a_classifiers_classes_are_said(tmp_path, spool_log):
+    """from_pretrained(ckpt, class_names=[...]) of as many classes renamed them silently."""
+    model = SpoolForFrameClassification(backbone_config=tiny_backbone(), class_names=["a", "b"],
+                                        **TEMPORAL)
+    model.save_pretrained(tmp_path)
+    assert SpoolForFrameClassification.from_pretrained(tmp_path, class_names=["a", "b"])
+    assert "rename" not in spool_log.text
+    renamed = SpoolForFrameClassification.from_pretrained(tmp_path, class_names=["b", "a"])
+    assert renamed.class_names == ["b", "a"]
+    assert f"{tmp_path}: class_names ['b', 'a'] rename the classes it was trained on, " \
+           "['a', 'b'], in order" in spool_log.text
+
+
+def _named_clip_cache(tmp_path: Path) -> tuple[Path, Path]:
+    """A token cache made by a classifier on a named backbone folder (then removed)."""
+    from train_helpers import TINY_MODEL, tiny_video_dataset
+
+    from spool.data.cache import build_cache
+    from spool.data.dataset import VideoClipDataset, read_annotations
+    from spool.models.classification import SpoolForVideoClassification
+    from spool.video.samplers import clip_sampler
+
+    source = _backbone_dir(tmp_path / "dino")
+    fields = {k: v for k, v in TINY_MODEL.items() if k != "backbone_config"}
+    samples, names = read_annotations(tiny_video_dataset() / "train.txt")
+    model = SpoolForVideoClassification(backbone_name=str(source), class_names=names, **fields)
+    build_cache(model, VideoClipDataset(samples[:2], names, clip_sampler(4),
+                                        model.config.preprocessing()), tmp_path / "cache")
+    return source, tmp_path / "cache"
+
+
+def test_a_caches_backbone_runs_offline_and_its_runs_name_their_backbone(tmp_path, capsys):
+    """Review: `spool extract --checkpoint CACHE/backbone --backbone-only` tried to load the
+    named folder again (gone: an error); a model trained on the cache saved
+    use_pretrained_backbone null, so one built from its config got a random backbone."""
+    from test_train_init import _config
+    from train_helpers import tiny_video_dataset
+
+    from spool.cli import main
+    from spool.train.builders import model_config
+
+    source, cache = _named_clip_cache(tmp_path)
+    pretrained = _backbone_state(Spool(backbone_name=str(source), **TEMPORAL))
+    shutil.rmtree(source)
+    video = next(tiny_video_dataset().rglob("*.mkv"))
+    assert main(["extract", str(video), "--out", str(tmp_path / "o"), "--checkpoint",
+                 str(cache / "backbone"), "--backbone-only", "--no-progress"]) == 0, \
+        capsys.readouterr().err
+    config = model_config(_config(tmp_path / "run", train_data=None, train_cache=str(cache),
+                                  model={}))
+    assert config.use_pretrained_backbone is True and config.backbone_name == str(source)
+    _backbone_dir(source)  # the folder back: a model built anew from the config takes it
+    assert _same(_backbone_state(Spool(config)), pretrained)
+
+
+def test_a_new_head_takes_none_of_the_old_heads_settings(tmp_path):
+    """Review: a frame classifier's Spool (saved alone) kept its background class and head
+    settings under the new head: a ValueError for classes without 'bg'. (architectures=
+    given too was a TypeError.)"""
+    old = SpoolForFrameClassification(backbone_config=tiny_backbone(), class_names=["bg", "a"],
+                                      background_classes=["bg"],
+                                      head_config={"context_in_head": True}, **TEMPORAL)
+    old.spool.save_pretrained(tmp_path)
+    new = SpoolForFrameClassification.from_pretrained(tmp_path, class_names=["sit", "stand"],
+                                                      architectures=["ignored"])
+    assert new.config.background_classes is None and new.config.head_config is None
+
+
+def test_predicting_from_tokens_says_nothing_about_a_sampling_rate(spool_log):
+    """Review: predict_long(tokens) said 'videos are sampled at 1 fps' (nothing is decoded)."""
+    from spool.models import long_video
+
+    long_video._note_once.cache_clear()
+    model = SpoolForFrameClassification(backbone_config=tiny_backbone(), class_names=["a", "b"],
+                                        **TEMPORAL).eval()
+    model.predict_long(torch.randn(5, model.config.num_spatial_tokens, 24))
+    assert "1 fps" not in spool_log.text
+
+
+def test_frozen_can_still_be_set():
+    """Review: FrameEncoder.frozen became a read-only property (an AttributeError)."""
+    encoder = Spool(backbone_config=tiny_backbone(), **TEMPORAL).backbone
+    encoder.frozen = False
+    assert all(p.requires_grad for p in encoder.model.parameters()) and not encoder.frozen
+    encoder.frozen = True
+    assert encoder.frozen and not encoder.model.training

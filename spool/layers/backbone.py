@@ -201,6 +201,11 @@ class FrameEncoder(nn.Module):
         the parameters, so ``requires_grad_(True)`` after building unfreezes it."""
         return not any(p.requires_grad for p in self.model.parameters())
 
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        self.model.requires_grad_(not value)
+        self._follow_frozen()
+
     @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size

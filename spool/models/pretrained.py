@@ -307,6 +307,11 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
                 "the model with its backbone through save_pretrained, which records the config")
         if new_head:
             return cls._with_new_head(directory, config, kwargs, init)
+        renamed = kwargs.get("class_names")
+        if config.class_names and renamed is not None and list(renamed) != config.class_names:
+            logger.warning("%s: class_names %s rename the classes it was trained on, %s, in "
+                           "order (each output still predicts the class it was trained on)",
+                           directory, list(renamed), config.class_names)
         with backbone_weights_follow():  # the checkpoint holds the backbone's weights
             model = cls(config.replace(**kwargs), **init)
         weights = directory / WEIGHTS_NAME
@@ -330,8 +335,10 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
         if not kwargs.get("class_names"):
             raise ValueError(f"{directory}: holds a Spool without a head; a {cls.__name__} "
                              "built on it needs class_names=[...] for its new head")
+        # The head's settings are this model's, not those of a head the Spool was saved from.
+        fresh = {"architectures": None, "background_classes": None, "head_config": None}
         with backbone_weights_follow():  # the checkpoint holds the backbone's weights
-            model = cls(config.replace(architectures=None, **kwargs), **init)
+            model = cls(config.replace(**{**fresh, **kwargs}), **init)
         weights = directory / WEIGHTS_NAME
         check_and_load_state_dict(model.spool, read_weights(weights), str(weights),
                                   ignore_backbone=not init.get("with_backbone", True))

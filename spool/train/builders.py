@@ -102,7 +102,7 @@ def model_config(cfg: TrainConfig, resumed: Path | None = None) -> SpoolConfig:
     # Only the frame encoder comes from the cache; the temporal part is this run's choice.
     # The run's values win: the fixed fields equal the cache's (checked above), and the
     # others (the chunk size of a later run of the backbone) do not change the tokens.
-    keep = (*fixed, "freeze_backbone", "backbone_chunk_size")
+    keep = (*fixed, "freeze_backbone", "backbone_chunk_size", "use_pretrained_backbone")
     return base.replace(**{**{k: getattr(cached, k) for k in keep}, **overrides})
 
 
