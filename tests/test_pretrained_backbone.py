@@ -4,6 +4,7 @@ cache) builds the recorded architecture offline and loads the saved weights."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -125,6 +126,11 @@ def test_a_spool_checkpoint_loads_under_a_new_head(tmp_path, cls, spool_log):
     assert _same(loaded.spool.state_dict(), model.state_dict())
     assert f"{cls}: its Spool is {tmp_path / 'spool'}'s; classifier newly initialised" \
         in spool_log.text
+    legacy = json.loads((tmp_path / "spool" / "config.json").read_text())
+    legacy.pop("architectures")  # a Spool saved before configs named their class
+    (tmp_path / "spool" / "config.json").write_text(json.dumps(legacy))
+    assert _same(task.from_pretrained(tmp_path / "spool", class_names=["a"]).spool.state_dict(),
+                 model.state_dict())
     loaded.save_pretrained(tmp_path / "task")  # then a classifier checkpoint of its own
     assert task.from_pretrained(tmp_path / "task").class_names == ["a", "b", "c"]
     temporal = task.from_pretrained(tmp_path / "spool", class_names=["a"], with_backbone=False)

@@ -290,7 +290,7 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
         held = checkpoint_architecture(config, directory)
         if config.sampling is None:  # how it was trained, where a legacy checkpoint says
             config = config.replace(sampling=_legacy_sampling(directory))
-        new_head = held == "Spool" and cls.wraps_spool
+        new_head = (held or "Spool") == "Spool" and cls.wraps_spool  # None: a legacy Spool
         if held is not None and held != cls.__name__ and not new_head:
             raise CheckpointMismatchError(
                 f"{directory}: holds a {held}, not a {cls.__name__}; load it with "
