@@ -22,7 +22,7 @@ from spool.layers.pooling import SpatialTokenPooling
 _DEFAULTS = SpoolConfig()  # what a config holds where the user set nothing
 logger = logging.getLogger(__name__)
 _WEIGHTS_FOLLOW = contextvars.ContextVar("spool_backbone_weights_follow", default=False)
-# Where a recorded architecture and the named backbone's may differ, and what that breaks.
+# What a recorded architecture and the named backbone it records must agree on.
 _ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                       "patch_size", "num_register_tokens")
 

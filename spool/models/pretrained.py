@@ -327,7 +327,6 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
                 "the one saved there") from err
         return model.eval()  # dropout off: two calls on the same input agree
 
-
     @classmethod
     def _with_new_head(cls, directory: Path, config: SpoolConfig, kwargs: dict[str, Any],
                        init: dict[str, Any]):
