@@ -117,7 +117,7 @@ def main() -> None:
                      "a 4x4 patch grid, 2 temporal layers) with the patch grid average-pooled k x "
                      "k before the temporal stack (the class token kept), on the same data, "
                      "backbone and training per seed. Held-out top-1 (%) on 800 videos. Every "
-                     "run is deterministic for its seed (k = 1, seed 0 gives the README's 96.4% "
+                     "run is deterministic for its seed (k = 1, seed 0 gives the README's 94.1% "
                      "again). The demo's grid is 4 x 4, so k = 2 leaves 2 x 2 patches (32 px "
                      "each) for shapes of radius 3-26 px whose position and size carry the "
                      "class, a far coarser grid than k = 2 leaves at 224 px (8 x 8).")
