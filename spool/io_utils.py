@@ -170,9 +170,9 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     # renames it: given one inside a folder of ours, a killed write leaves only that folder,
     # which remove_stale_temporaries_in recognises.
     folder = temporary_sibling(path)
-    folder.mkdir()
     written = folder / "w"  # short: the folder's name is as long as a temporary file's was
-    try:
+    try:  # from the mkdir on: a signal just after it left the empty folder behind
+        folder.mkdir()
         with atomic_path(written) as tmp:
             try:
                 save_file(tensors, tmp, metadata=metadata)

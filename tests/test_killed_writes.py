@@ -149,3 +149,24 @@ def test_resuming_a_run_removes_a_killed_writes_temporaries_in_its_folder(tmp_pa
     (tmp_path / "run" / "train_config.json").write_text("{}")
     recover_checkpoints(tmp_path / "run")
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["train_config.json"]
+
+
+def test_a_signal_right_after_the_temporary_folder_is_made_leaves_nothing(tmp_path: Path,
+                                                                          monkeypatch):
+    """A stop signal raised between the temporary folder's mkdir and the try that removes it
+    left the empty folder behind (crash audit)."""
+    import pytest
+
+    from spool.io_utils import atomic_save_safetensors
+
+    made = Path.mkdir
+
+    def mkdir_then_signal(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        if self.parent == tmp_path and self.name != "out":
+            raise KeyboardInterrupt  # as a handler raises on SIGINT / SIGTERM
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save_safetensors({"x": torch.zeros(2)}, tmp_path / "out.safetensors")
+    assert list(tmp_path.iterdir()) == []
