@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # VIDEO_EXTENSIONS is re-exported: spool extract names it when it finds no video.
+from spool.data.segmentation import csv_videos
 from spool.file_names import NAME_MAX, fit_name
 from spool.io_utils import read_text_file
 from spool.tensor_files import read_safetensors_metadata
@@ -100,13 +101,9 @@ def _listed_in_csv(table: Path) -> list[tuple[Path, Path]]:
         raise ValueError(f"{table}: expected a CSV with a 'video' column (a segments CSV's "
                          f"header is video,start_s,end_s,label), found "
                          f"{','.join(reader.fieldnames or ()) or 'nothing'!r}")
-    seen: dict[str, Path] = {}
-    for row in reader:
-        name = row["video"] or ""  # as training reads it: not stripped
-        if name.strip():
-            seen.setdefault(os.path.normpath(name), Path(name))
-    return [(video if video.is_absolute() else table.parent / video, Path(video.stem))
-            for video in seen.values()]
+    names = (row["video"] or "" for row in reader)  # as training reads them: not stripped
+    return [(where, Path(Path(name).stem))
+            for name, where in csv_videos(table, (n for n in names if n.strip())).items()]
 
 
 def _scan_directory(root: Path) -> list[Path]:

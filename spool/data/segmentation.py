@@ -24,7 +24,7 @@ import io
 import itertools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +173,16 @@ def read_ms_tcn(root: str | os.PathLike, split: str = "train.split1",
     return samples, classes
 
 
+def csv_videos(table: Path, names: Iterable[str]) -> dict[str, Path]:
+    """A CSV's ``video`` entries, each once under the spelling it first had (``a.mp4`` and
+    ``./a.mp4`` are one video) -> where each points: relative paths are relative to the CSV."""
+    seen: dict[str, str] = {}
+    for name in names:
+        seen.setdefault(os.path.normpath(name), name)
+    return {name: Path(name) if Path(name).is_absolute() else table.parent / name
+            for name in seen.values()}
+
+
 def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None = None
                       ) -> tuple[list[SegmentationSample], list[str]]:
     """A ``video,start_s,end_s,label`` CSV, other columns ignored (video paths relative to
@@ -202,7 +212,8 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
                                 for n in names))
     index = {n: i for i, n in enumerate(names)}
     per_video: dict[str, list[tuple[float, float, int]]] = {}
-    spelled: dict[str, str] = {}
+    where = csv_videos(path, (row["video"] for row in rows))
+    spelled = {os.path.normpath(name): name for name in where}
     first_line: dict[str, int] = {}
     for lineno, row in enumerate(rows, start=2):
         try:
@@ -218,8 +229,7 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
                       f"a {CLASSES_NAME} beside the training CSV lists every class, one per line")
             raise ValueError(f"{path}, line {lineno}: unknown class {row['label']!r}; the "
                              f"classes are {names[:20]} ({whence})")
-        # a.mp4 and ./a.mp4: one video, under the spelling it first had (its name's digest)
-        video = spelled.setdefault(os.path.normpath(row["video"]), row["video"])
+        video = spelled[os.path.normpath(row["video"])]  # its first spelling (its digest)
         per_video.setdefault(video, []).append((start, end, index[row["label"]]))
         first_line.setdefault(video, lineno)
     for video, segments in per_video.items():
@@ -231,7 +241,7 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
     stems = [Path(video).stem for video in per_video]
     samples = []
     for (video, segments), stem in zip(per_video.items(), stems, strict=True):
-        full = Path(video) if Path(video).is_absolute() else path.parent / video
+        full = where[video]
         if not full.is_file():  # a typo: no run should go on without it (a clips list's way)
             raise ValueError(f"{path}, line {first_line[video]}: video file not found: {full}")
         name = stem
