@@ -39,17 +39,14 @@ def backbone_weights_follow() -> Iterator[None]:
         _WEIGHTS_FOLLOW.reset(token)
 
 
-def uses_pretrained_weights(config: SpoolConfig) -> bool:
-    """Whether a backbone built for ``config`` here loads ``backbone_name``'s weights."""
-    if config.backbone_config is None:
-        return True
-    return bool(config.use_pretrained_backbone) and not _WEIGHTS_FOLLOW.get()
-
-
-def _load_recorded(config: SpoolConfig) -> nn.Module:
-    """``backbone_name``'s pretrained model where ``backbone_config`` records its architecture
-    (``use_pretrained_backbone=True``, as ``save_pretrained`` writes it); refused when the two
-    differ."""
+def build_backbone(config: SpoolConfig) -> nn.Module:
+    """The HF model of ``config``, as :func:`load_backbone` builds it, except that a
+    ``backbone_config`` recorded beside a named backbone (``use_pretrained_backbone``) takes
+    that backbone's pretrained weights unless weights follow (:func:`backbone_weights_follow`);
+    refused when the two architectures differ."""
+    recorded = config.backbone_config is not None and bool(config.use_pretrained_backbone)
+    if not recorded or _WEIGHTS_FOLLOW.get():
+        return load_backbone(config.backbone_name, config.backbone_config)
     try:
         model = load_backbone(config.backbone_name)
     except SpoolLoadError as err:
@@ -152,9 +149,7 @@ class FrameEncoder(nn.Module):
 
     def __init__(self, config: SpoolConfig) -> None:
         super().__init__()
-        self.model = (_load_recorded(config) if config.backbone_config is not None
-                      and uses_pretrained_weights(config)
-                      else load_backbone(config.backbone_name, config.backbone_config))
+        self.model = build_backbone(config)
         patch = getattr(self.model.config, "patch_size", None)
         if isinstance(patch, int) and config.image_size < patch:
             raise ValueError(f"image_size: expected at least the backbone's patch size "
