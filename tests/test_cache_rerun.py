@@ -157,6 +157,22 @@ def test_an_unreadable_video_is_reported_and_left_out(model, full, tmp_path: Pat
     assert not (out / "failures.csv").exists()
 
 
+def test_failures_csv_names_a_relative_video_by_its_resolved_path(model, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """A cache listed a bad video as the annotation file's relative path, which names nothing
+    from another working directory; `spool extract` lists resolved paths."""
+    monkeypatch.chdir(tmp_path)
+    Path("text.mp4").write_text("not a video\n")
+    dataset = _dataset(model)
+    dataset.samples = [*dataset.samples[:2], VideoSample("text.mp4", 0)]
+    summary = build_cache(model, dataset, tmp_path / "cache", batch_size=4)
+    with open(tmp_path / "cache" / "failures.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert [r[0] for r in rows[1:]] == [str(tmp_path.resolve() / "text.mp4")]
+    assert CachedTokenDataset(tmp_path / "cache").meta["failures"][0][0] == rows[1][0]
+    assert [f.path for f in summary.failures] == ["text.mp4"]  # as the caller named it
+
+
 def test_cli_cache_exits_1_naming_the_bad_video(tmp_path: Path, capsys) -> None:
     root = tiny_video_dataset()
     bad = tmp_path / "text.mp4"

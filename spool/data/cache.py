@@ -192,7 +192,7 @@ def _write_meta(out: Path, meta: dict, key: str, failures: list[SkippedVideo]) -
     rows = [i for i in range(len(meta["samples"])) if i not in failed]
     meta = dict(meta, samples=[meta["samples"][i] for i in rows], settings_key=key,
                 sources=[meta["sources"][i] for i in rows],
-                failures=[list(f[1:]) for f in failures])
+                failures=failure_rows(failures))
     if failures:
         meta["rows"] = rows
     write_cache_failures(out / FAILURES_NAME, failures)
@@ -255,9 +255,15 @@ def report_failure(entry: SkippedVideo) -> None:
     logger.warning(f"FAILED {entry.path}: {entry.error}: {entry.message}")
 
 
+def failure_rows(failures: list[SkippedVideo]) -> list[list[str]]:
+    """``path, error, message`` per video a cache leaves out, the path resolved as ``spool
+    extract`` lists it: a relative one would name nothing from another working directory."""
+    return [[str(Path(f.path).resolve()), f.error, f.message] for f in failures]
+
+
 def write_cache_failures(path: Path, failures: list[SkippedVideo]) -> None:
     """``failures.csv`` as ``spool extract`` writes it; none left when nothing failed."""
-    write_failures(path, [tuple(f[1:]) for f in failures])
+    write_failures(path, failure_rows(failures))
 
 
 def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,

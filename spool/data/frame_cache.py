@@ -35,6 +35,7 @@ from spool.data.cache import (
     FAILURES_NAME,
     LOCK_NAME,
     CacheSummary,
+    failure_rows,
     report_failure,
     write_cache_failures,
 )
@@ -210,7 +211,7 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
     meta = {"kind": "frames", "class_names": list(class_names), "videos": videos,
             "sampler": sampler.to_dict(), "dtype": dtype, "backbone_digest": digest,
             "frame_encoder": model.config.frame_encoder_fields(layout=False),
-            "failures": [list(f[1:]) for f in failures]}
+            "failures": failure_rows(failures)}
     write_cache_failures(out / FAILURES_NAME, failures)
     atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
     # The videos may be named otherwise (another working directory, a link): their tokens are
