@@ -1,4 +1,5 @@
-"""Process-wide settings: the device and dtype a job runs with, and glibc's allocator."""
+"""Process-wide settings: the device and dtype a job runs with, glibc's allocator, and the
+notes a process says once."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import os
 import platform
 import sys
 import warnings
+from collections.abc import Hashable, Iterator
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["DEVICES", "DTYPES", "available_memory_bytes", "configure_logging", "process_rank",
-           "resolve_device", "resolve_dtype", "tune_cpu_allocator"]
+           "notes_said", "resolve_device", "resolve_dtype", "tune_cpu_allocator", "warn_once"]
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -188,3 +190,28 @@ def configure_logging() -> None:
         warnings.simplefilter("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+_said: set[Hashable] = set()
+_muted: list[bool] = []
+
+
+def warn_once(log: logging.Logger, message: str, key: Hashable = None) -> None:
+    """Log ``message`` as a warning the first time ``key`` (the message itself by default)
+    comes up in this process: a loop over videos repeats the call. Silent within
+    :func:`notes_said`."""
+    key = message if key is None else key
+    if key not in _said and not _muted:
+        _said.add(key)
+        log.warning(message)
+
+
+@contextlib.contextmanager
+def notes_said() -> Iterator[None]:
+    """Within it, :func:`warn_once` says nothing: the notes were said already, e.g. by an
+    earlier epoch's DataLoader workers (each epoch's start afresh)."""
+    _muted.append(True)
+    try:
+        yield
+    finally:
+        _muted.pop()

@@ -145,9 +145,9 @@ def test_sampling_above_a_videos_rate_says_frames_repeat(monkeypatch, spool_log)
     rows in a per-frame output) without a word. Said once per process, with the count."""
     import logging
 
-    import spool.video.samplers as samplers
+    from spool import runtime
 
-    monkeypatch.setattr(samplers, "_said_repeats", [])
+    monkeypatch.setattr(runtime, "_said", set())
     spool_log.set_level(logging.WARNING, logger="spool")
     FpsSampler(5.0)(100, fps=10.0)  # below the rate: nothing repeats
     FpsSampler(15.0)(100, fps=14.99998)  # the same rate, rounded: one frame at most

@@ -122,21 +122,22 @@ def test_extract_computes_in_the_dtype_it_records(path, tmp_path, mode):
     torch.testing.assert_close(got[torch.bfloat16], got[torch.float32], atol=0.1, rtol=0.1)
 
 
-def test_long_calls_name_a_sampler_that_is_not_one_and_say_the_default_rate(path, spool_log):
+def test_long_calls_name_a_sampler_that_is_not_one_and_say_the_default_rate(path, spool_log,
+                                                                          monkeypatch):
     """``sampler="fps"`` failed deep inside with "'str' object is not callable"; a model that
     records no training rate sampled at 1 fps without a word."""
-    from spool.models import long_video
+    from spool import runtime
 
     model = Spool(tiny_config()).eval()
     with pytest.raises(ValueError, match=r"^sampler: expected a FrameSampler, e\.g\. "):
         model.forward_long(path, sampler="fps")
-    long_video._note_once.cache_clear()
+    monkeypatch.setattr(runtime, "_said", set())
     model.forward_long(path)
     model.forward_long(path)
     assert spool_log.text.count("videos are sampled at 1 fps") == 1
     model.config.sampling = {"name": "stride", "stride": 2}  # trained: nothing to say
     spool_log.clear()
-    long_video._note_once.cache_clear()
+    monkeypatch.setattr(runtime, "_said", set())
     model.forward_long(path)
     assert "1 fps" not in spool_log.text
 

@@ -218,11 +218,11 @@ def test_a_new_head_takes_none_of_the_old_heads_settings(tmp_path):
     assert new.config.background_classes is None and new.config.head_config is None
 
 
-def test_predicting_from_tokens_says_nothing_about_a_sampling_rate(spool_log):
+def test_predicting_from_tokens_says_nothing_about_a_sampling_rate(spool_log, monkeypatch):
     """Review: predict_long(tokens) said 'videos are sampled at 1 fps' (nothing is decoded)."""
-    from spool.models import long_video
+    from spool import runtime
 
-    long_video._note_once.cache_clear()
+    monkeypatch.setattr(runtime, "_said", set())
     model = SpoolForFrameClassification(backbone_config=tiny_backbone(), class_names=["a", "b"],
                                         **TEMPORAL).eval()
     model.predict_long(torch.randn(5, model.config.num_spatial_tokens, 24))

@@ -103,3 +103,22 @@ def test_messages_and_bars_sent_to_one_pipe_each_get_their_lines(tmp_path) -> No
     assert (tmp_path / "out.txt").read_text().splitlines() == [f"info line {i}"
                                                                 for i in range(50)]
 
+
+
+def test_a_note_is_said_once_per_key_and_not_within_notes_said(monkeypatch, spool_log) -> None:
+    """One mechanism says a note once per process (a loop over videos repeats the call), and
+    keeps it quiet where it was said already (a DataLoader worker of a later epoch)."""
+    import logging
+
+    from spool import runtime
+
+    monkeypatch.setattr(runtime, "_said", set())
+    log = logging.getLogger("spool.test")
+    with runtime.notes_said():
+        runtime.warn_once(log, "muted")
+    for video in ("a.mp4", "b.mp4", "a.mp4"):
+        runtime.warn_once(log, f"labels of {video}", key=("labels", video))
+        runtime.warn_once(log, "general note")
+    runtime.warn_once(log, "muted")  # muted calls are not counted as said
+    assert [r.getMessage() for r in spool_log.records] == [
+        "labels of a.mp4", "general note", "labels of b.mp4", "muted"]

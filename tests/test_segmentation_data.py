@@ -321,8 +321,7 @@ def test_a_video_is_noted_in_the_first_epoch_of_a_run_even_resumed(ntsc_video, m
     import logging
     import pickle
 
-    import spool.data.segmentation as segmentation
-    import spool.video.samplers as samplers
+    from spool import runtime
     from spool.data.segmentation import SegmentationSample
 
     _, video = ntsc_video
@@ -332,8 +331,7 @@ def test_a_video_is_noted_in_the_first_epoch_of_a_run_even_resumed(ntsc_video, m
     spool_log.set_level(logging.WARNING, logger="spool")
     said = []
     for epoch in (3, 4, 5):  # resumed at epoch 3; each epoch's worker gets a fresh copy
-        monkeypatch.setattr(segmentation, "_warned", set())
-        monkeypatch.setattr(samplers, "_said_repeats", [])
+        monkeypatch.setattr(runtime, "_said", set())
         dataset.set_epoch(epoch)
         pickle.loads(pickle.dumps(dataset))[0]
         said.append(len(spool_log.records))

@@ -64,9 +64,10 @@ from spool.io_utils import (
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.long_video import stream_tokens, whole_video_indices
 from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
+from spool.runtime import notes_said
 from spool.video.completeness import check_reader_complete
 from spool.video.io import VideoReader, probe_video
-from spool.video.samplers import FrameSampler, repeats_said
+from spool.video.samplers import FrameSampler
 from spool.video.transforms import FramePreprocessing
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -356,8 +357,9 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return first_readable(index, len(self), self.substitute, self._item,
-                              lambda i: self.samples[i].video)
+        with notes_said() if self._said_before else nullcontext():
+            return first_readable(index, len(self), self.substitute, self._item,
+                                  lambda i: self.samples[i].video)
 
     @property
     def _said_before(self) -> bool:
@@ -371,8 +373,7 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
         with VideoReader(sample.video) as reader:
             info = reader.info()
             check_reader_complete(Path(sample.video), reader, info)  # as the frame cache does
-            with repeats_said() if self._said_before else nullcontext():
-                indices = whole_video_indices(reader, self.sampler, "VideoFrameDataset")
+            indices = whole_video_indices(reader, self.sampler, "VideoFrameDataset")
             indices = indices[_crop(len(indices), self.crop_frames, rng)]
             # Decoded and preprocessed a chunk at a time: whole crops of full-size frames
             # would take GBs (512 frames of 1080p: 3 GB) for an output of MBs.
@@ -380,8 +381,7 @@ class VideoFrameDataset(FrameLabelMapping, Dataset):
             for chunk, times, positions in reader.get_chunks(indices, DECODE_CHUNK_FRAMES):
                 frames.append(self.preprocessing(torch.from_numpy(chunk))[positions])
                 stamps.append(times[positions])
-        if not self._said_before:
-            warn_if_labels_disagree(sample, info.num_frames, info.duration)
+        warn_if_labels_disagree(sample, info.num_frames, info.duration)
         labels = torch.from_numpy(sample.labels_at(indices, np.concatenate(stamps),
                                                    info.start_time))
         return {"video": torch.cat(frames), "labels": self.relabel(labels)}

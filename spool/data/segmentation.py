@@ -32,7 +32,7 @@ import numpy as np
 
 from spool.data.classes import read_class_names
 from spool.io_utils import read_text_file
-from spool.runtime import process_rank
+from spool.runtime import process_rank, warn_once
 from spool.video.formats import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -102,16 +102,13 @@ class SegmentationSample:
         return out
 
 
-_warned: set[str] = set()
-
-
 def warn_if_labels_disagree(sample: SegmentationSample, num_frames: int,
                             duration: float) -> None:
     """Log :meth:`SegmentationSample.disagreement` once per video and process."""
     why = sample.disagreement(num_frames, duration)
-    if why is not None and sample.video not in _warned:
-        _warned.add(sample.video)
-        logger.warning(f"labels do not fit the video: {why}")
+    if why is not None:
+        warn_once(logger, f"labels do not fit the video: {why}",
+                  key=("labels do not fit", sample.video))
 
 
 def read_mapping(path: str | os.PathLike) -> list[str]:

@@ -11,7 +11,6 @@ the plain forward's, to fp32 round-off.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from spool.io_utils import file_location, file_version, human_size
 from spool.layers.streaming import check_chunk_frames, stream_temporal_stack
 from spool.models.long_video_state import ResumableHiddenState, reserve
-from spool.runtime import available_memory_bytes
+from spool.runtime import available_memory_bytes, warn_once
 from spool.validation import check_tokens
 from spool.video.io import VideoReader
 from spool.video.samplers import FpsSampler, FrameSampler, make_sampler
@@ -56,16 +55,10 @@ def default_sampler(config) -> FrameSampler:
     if isinstance(trained, dict) and trained.get("name") in ("fps", "stride"):
         return make_sampler(**trained)
     if trained is None:
-        _note_once("note: no sampler given and the model records no training rate "
-                   "(config.sampling, which spool train writes): videos are sampled at 1 fps; "
-                   "pass sampler= (spool.video.make_sampler) or set config.sampling")
+        warn_once(logger, "note: no sampler given and the model records no training rate "
+                  "(config.sampling, which spool train writes): videos are sampled at 1 fps; "
+                  "pass sampler= (spool.video.make_sampler) or set config.sampling")
     return FpsSampler(1.0)
-
-
-@functools.cache
-def _note_once(message: str) -> None:
-    """Log ``message`` once per process: a loop over a folder of videos repeats the call."""
-    logger.warning(message)
 
 
 def memory_estimate(num_frames: int, num_tokens: int, hidden_size: int, chunk_frames: int,

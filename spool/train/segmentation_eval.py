@@ -36,6 +36,7 @@ from spool.metrics.ribbons import plot_ribbons
 from spool.metrics.segmentation import SegmentationMetrics
 from spool.models.frame_classification import FrameClassifier
 from spool.models.long_video_state import OUT_OF_MEMORY
+from spool.runtime import warn_once
 from spool.train.evaluate import skipped_fields, skipped_note
 from spool.train.metrics import json_text
 from spool.video.completeness import check_file_complete
@@ -170,15 +171,11 @@ def _cache_start_time(item: dict[str, Any], entry: dict[str, Any]) -> float | No
     try:
         return probe_video(entry["video"]).start_time
     except UNREADABLE as err:
-        if entry["video"] not in _warned_no_start:
-            _warned_no_start.add(entry["video"])
-            logger.warning(f"{entry['video']}: its frames' times are left out of the "
-                           f"predictions (the frame cache predates start times and the video "
-                           f"can't be read: {err}); rebuild the cache to have them")
+        warn_once(logger, f"{entry['video']}: its frames' times are left out of the "
+                  f"predictions (the frame cache predates start times and the video can't be "
+                  f"read: {err}); rebuild the cache to have them",
+                  key=("no start time", entry["video"]))
         return None
-
-
-_warned_no_start: set[str] = set()
 
 
 def write_segmentation_report(result: SegmentationResult, class_names: list[str],

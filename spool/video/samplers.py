@@ -14,17 +14,17 @@ import logging
 import math
 import operator
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+
+from spool.runtime import warn_once
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "SAMPLERS", "ClipSampler", "FpsSampler", "FrameSampler", "SlidingWindowSampler",
-    "StrideSampler", "UniformSampler", "clip_sampler", "make_sampler", "repeats_said",
+    "StrideSampler", "UniformSampler", "clip_sampler", "make_sampler",
     "sampler_settings",
 ]
 
@@ -99,30 +99,15 @@ class FrameSampler(ABC):
         return hash(tuple(sorted(self.to_dict().items())))
 
 
-_said_repeats: list[bool] = []
-
-
 def _note_repeats(indices: list[int], target_fps: float) -> None:
     """Say once per process that a video sampled above its own rate repeats frames: each
     repeat costs a frame's compute (and a row of a per-frame output) and adds nothing."""
     repeats = len(indices) - len(set(indices))
-    if repeats > max(1, 0.05 * len(indices)) and not _said_repeats:
-        _said_repeats.append(True)
-        logger.warning(f"sampling at {target_fps:g} fps repeats frames of a video with fewer "
-                       f"frames per second: {repeats} of {len(indices)} samples repeat the "
-                       "frame before (said once); an fps at or below the videos' own rates "
-                       "avoids the extra compute")
-
-
-@contextmanager
-def repeats_said() -> Iterator[None]:
-    """Within it, samplers do not say that frames repeat (said already: a DataLoader worker
-    after its dataset's first epoch)."""
-    _said_repeats.append(True)
-    try:
-        yield
-    finally:
-        _said_repeats.pop()
+    if repeats > max(1, 0.05 * len(indices)):
+        warn_once(logger, f"sampling at {target_fps:g} fps repeats frames of a video with fewer "
+                  f"frames per second: {repeats} of {len(indices)} samples repeat the frame "
+                  "before (said once); an fps at or below the videos' own rates avoids the "
+                  "extra compute", key="sampling repeats frames")
 
 
 def _cap(indices: list[int], max_frames: int | None) -> list[int]:
