@@ -53,35 +53,46 @@ class _GlobalRow:
 
 class _QKVCache:
     """q, k, v ``[H, n, L, hd]`` of frames ``[lo, hi)``, each frame projected once per layer
-    (in order, from frame 0); ``on_new`` sees the keys and values of every frame once."""
+    (in order, from frame 0), and the frames' inputs on the compute device, which the
+    residual reads again: each frame crosses to the device once per layer. ``on_new`` sees
+    the keys and values of every frame once."""
 
     def __init__(self, block: TemporalBlock, x: torch.Tensor, device: torch.device,
                  on_new: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
         self.block, self.x, self.device, self.on_new = block, x, device, on_new
         self.lo = self.hi = 0
-        self.qkv: list[torch.Tensor] | None = None
+        self.cached: list[torch.Tensor] | None = None  # inputs [n, L, D], q, k, v
 
     def frames(self, f0: int, f1: int) -> list[torch.Tensor]:
         """q, k, v of frames ``[f0, f1)``, ``[H, f1 - f0, L, hd]`` each."""
+        return [t[:, f0 - self.lo:f1 - self.lo] for t in self._span(f0, f1)[1:]]
+
+    def inputs(self, f0: int, f1: int) -> torch.Tensor:
+        """The layer's input ``[f1 - f0, L, D]`` of frames ``[f0, f1)``, on the device."""
+        return self._span(f0, f1)[0][0, f0 - self.lo:f1 - self.lo]
+
+    def _span(self, f0: int, f1: int) -> list[torch.Tensor]:
         self.compute_to(f1)
         if f0 < self.lo:
             raise AssertionError(f"frames {f0}..{self.lo} were dropped from the cache")
-        return [t[:, f0 - self.lo:f1 - self.lo] for t in self.qkv]
+        return self.cached
 
     def compute_to(self, f1: int) -> None:
         """Project every frame before ``f1`` not yet projected."""
         if f1 > self.hi:
-            h = self.block.norm1(self.x[self.hi:f1].to(self.device))[None]
+            inputs = self.x[self.hi:f1].to(self.device)
             positions = torch.arange(self.hi, f1, device=self.device)
-            new = [t[:, 0] for t in self.block.attn.project_qkv(h, positions)]
-            self.on_new(new[1], new[2])
-            self.qkv = new if self.qkv is None else [torch.cat(pair, 1) for pair in
-                                                     zip(self.qkv, new, strict=True)]
+            qkv = [t[:, 0] for t in
+                   self.block.attn.project_qkv(self.block.norm1(inputs)[None], positions)]
+            self.on_new(qkv[1], qkv[2])
+            new = [inputs[None], *qkv]  # frames along dim 1 in each
+            self.cached = new if self.cached is None else [
+                torch.cat(pair, 1) for pair in zip(self.cached, new, strict=True)]
             self.hi = f1
 
     def drop_before(self, frame: int) -> None:
-        if self.qkv is not None and frame > self.lo:
-            self.qkv = [t[:, frame - self.lo:] for t in self.qkv]
+        if self.cached is not None and frame > self.lo:
+            self.cached = [t[:, frame - self.lo:] for t in self.cached]
             self.lo = frame
 
 
@@ -93,12 +104,15 @@ def _project(block: TemporalBlock, x: torch.Tensor, frame: int, device: torch.de
     return [t[:, 0] for t in block.attn.project_qkv(h, positions)]
 
 
-def _finish(block: TemporalBlock, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+def _finish(block: TemporalBlock, x: torch.Tensor, attn_out: torch.Tensor,
+            x_on_device: torch.Tensor | None = None) -> torch.Tensor:
     """Residual, output projection and MLP of frames ``x: [n, L, D]`` (where the hidden state
-    lives) given their attention output ``[n, L, H, hd]`` (on the compute device); the result is
-    where ``x`` is."""
+    lives; ``x_on_device``: the same on the compute device, if there already) given their
+    attention output ``[n, L, H, hd]`` (on the compute device); the result is where ``x`` is."""
     n, L, D = x.shape
-    y = x.to(attn_out.device) + block.attn.proj(attn_out.reshape(n, L, D))
+    if x_on_device is None:
+        x_on_device = x.to(attn_out.device)
+    y = x_on_device + block.attn.proj(attn_out.reshape(n, L, D))
     return (y + block.mlp(block.norm2(y))).to(x.device)
 
 
@@ -147,14 +161,14 @@ def _stream_layer(block: TemporalBlock, x: torch.Tensor, chunk: int, device: tor
             result = torch.empty(H - Hb, 1, n_local, L, attn.head_dim, **like)
             run_plan(blocked_plan(n_local, w, c, n_local - (qe - a)), *local, result, True)
             out[:qe - a, :, Hb:] = result[:, 0, :qe - a].permute(1, 2, 0, 3)
-        cache.drop_before(max(0, b - w))  # what the next chunk's windows still read
         if a == 0:
             first_out[0, :, Hb:] = out[0, :, Hb:]
         if b == nF:
             last_out[0, :, :Hb] = out[-1, :, :Hb]
         f0, f1 = max(a, 1), min(b, last)
         if f0 < f1:
-            x[f0:f1] = _finish(block, x[f0:f1], out[f0 - a:f1 - a])
+            x[f0:f1] = _finish(block, x[f0:f1], out[f0 - a:f1 - a], cache.inputs(f0, f1))
+        cache.drop_before(max(0, b - w))  # what the next chunk's windows still read
         if progress is not None:
             progress(b - a)
     cache.compute_to(nF)  # the global rows need every frame's keys
