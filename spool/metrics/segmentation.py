@@ -14,16 +14,20 @@ reports on Breakfast, 50Salads and GTEA:
   segments are false negatives. TP/FP/FN are summed over videos before precision, recall and
   F1 (times 100) are computed.
 
-Two additions, both no-ops on data without them: frames whose true label is ``ignore_index``
-(unlabelled frames, padding) count for nothing: they are left out of the accuracy and treated
-as background in *both* sequences for the segmental scores, so a prediction there is neither
-rewarded nor penalised. And where MS-TCN's code divides 0 by 0 (no segment in either sequence
-of a video) the edit score is 100, the two empty sequences being identical; MS-TCN gets NaN.
+No class is background unless named (``background``, ``spool eval --background``), where
+MS-TCN's code always takes a class called ``background``: on data with one (GTEA), name it to
+compare with published figures.
 
-One difference from MS-TCN's code as published: every segment ends at its exclusive end
-here, including one that runs to the last frame, which MS-TCN's ``get_labels_start_end_time``
-closes at ``T - 1`` (a frame short; later forks use ``T``). Edit and accuracy are the same;
-F1@k can differ on short videos (a few points at 50 frames, none at thousands).
+Additions where MS-TCN's code has no value, no-ops on data without them: frames whose true
+label is ``ignore_index`` (unlabelled frames, padding) count for nothing: they are left out of
+the accuracy and treated as background in *both* sequences for the segmental scores, so a
+prediction there is neither rewarded nor penalised. Where no segment is in either sequence of
+a video, the edit score is 100, the two empty sequences being identical (MS-TCN divides 0 by
+0). Where only the prediction has segments, each is a false positive (MS-TCN's raises).
+
+A segment that runs to the last frame ends at ``T``, as in MS-TCN's code since its commit
+0e418c0 (its first version closed it at ``T - 1``). Agreement with ``eval.py`` as of commit
+33ed91c is tested (``tests/test_segmentation_metrics_reference.py``).
 """
 
 from __future__ import annotations
