@@ -111,3 +111,22 @@ def test_a_signal_saves_a_checkpoint_and_the_run_resumes(tmp_path: Path, uninter
     a, b = final_weights(uninterrupted), final_weights(run)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_stop_agreed_at_an_epochs_end_checkpoints_once(tmp_path: Path, monkeypatch) -> None:
+    """A signal the ranks agreed on at an epoch's end saved the epoch's checkpoint twice (the
+    epoch-end one, then the stop's, the same step)."""
+    from spool.train import checkpoint, signals
+
+    saved = []
+    real = checkpoint.save_checkpoint
+
+    def counted(path, *args, **kwargs):
+        saved.append(path.name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", counted)
+    monkeypatch.setattr(signals, "agreed_stop", lambda received, device: signal.SIGTERM)
+    with pytest.raises(signals.TrainingInterrupted):
+        Trainer(TrainConfig(**train_config_dict(tmp_path / "run", epochs=3))).fit()
+    assert saved == ["step_00000004"]

@@ -357,11 +357,11 @@ class Trainer:
                     self.save_checkpoint()  # kept if validation fails; a resume redoes it
                 with stopping.stop_on_failure(signals, self._checkpoint_or_stop):
                     self._end_epoch(time.perf_counter() - start)
-                if not cfg.save_every and self.epoch < cfg.epochs:  # a kill -9 keeps epochs
-                    self.save_checkpoint()
                 signum = stopping.agreed_stop(signals.received, self.device)  # in the epoch's end
                 if signum and self.epoch < cfg.epochs:
-                    self._checkpoint_or_stop(signum)
+                    self._checkpoint_or_stop(signum)  # saves, so the next one is not repeated
+                if not cfg.save_every and self.epoch < cfg.epochs:  # a kill -9 keeps epochs
+                    self.save_checkpoint()
             self.finish()
         return self.history
 
