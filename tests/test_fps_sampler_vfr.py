@@ -160,3 +160,17 @@ def test_sampling_above_a_videos_rate_says_frames_repeat(monkeypatch, spool_log)
     (said,) = [r.getMessage() for r in spool_log.records]
     assert said.startswith("sampling at 15 fps repeats frames of a video with fewer frames "
                            "per second: 50 of 150 samples repeat the frame before (said once)")
+
+
+@pytest.mark.parametrize("timestamps", [None, [i / 30 for i in range(60)],
+                                        [0.1 * i ** 1.5 for i in range(60)]])
+def test_an_absurd_fps_is_refused_not_sampled_forever(timestamps):
+    """`spool extract --fps 1e308` built a list of 1e308 frame indices: hours of CPU and GBs
+    of memory, never ending. More than 100 samples per frame of the video is refused;
+    max_frames caps the work first."""
+    for fps in (1e308, 3100.0):
+        with pytest.raises(ValueError, match=r"^fps: at .* fps each frame of this video would "
+                                             r"be taken more than 100 times"):
+            FpsSampler(fps)(60, fps=30.0, timestamps=timestamps)
+    assert len(FpsSampler(1e308, max_frames=16)(60, fps=30.0, timestamps=timestamps)[0]) == 16
+    assert len(FpsSampler(2900.0)(60, fps=30.0)[0]) == 5800

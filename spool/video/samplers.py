@@ -110,6 +110,9 @@ def _note_repeats(indices: list[int], target_fps: float) -> None:
                   "extra compute", key="sampling repeats frames")
 
 
+MAX_REPEATS = 100  # an FpsSampler's samples per frame of the video, at most
+
+
 def _cap(indices: list[int], max_frames: int | None) -> list[int]:
     return indices if max_frames is None else indices[:max_frames]
 
@@ -248,7 +251,7 @@ class FpsSampler(FrameSampler):
             duration = ts[-1] - ts[0] + float(np.median(np.diff(ts)))
         else:
             duration = n / _positive_float("fps", fps) if fps is not None else 0.0
-        count = max(1, math.ceil(duration * self.target_fps - 1e-9))
+        count = self._count(float(duration) * self.target_fps - 1e-9, n)
         tol = 1e-6 * (duration / n if duration else 0.0)  # as the index rule's epsilon
         times = ts[0] + np.arange(count) / self.target_fps + tol
         indices = (np.searchsorted(ts, times, side="right") - 1).clip(0, n - 1).tolist()
@@ -259,10 +262,22 @@ class FpsSampler(FrameSampler):
         if fps is None:
             raise ValueError("fps: FpsSampler needs the video's frame rate, got None")
         step = _snapped(_positive_float("fps", fps) / self.target_fps, num_frames / fps)
-        count = math.ceil(num_frames / step - 1e-9)  # step: source frames per output frame
+        count = self._count(num_frames / step - 1e-9, num_frames)  # step: frames per output
         # The epsilon keeps 30 -> 10 fps at 0, 3, 6, ... despite 3 * k not being exact in floats.
         indices = [min(int(math.floor(k * step + 1e-6)), num_frames - 1) for k in range(count)]
         return [_cap(indices, self.max_frames)]
+
+    def _count(self, samples: float, num_frames: int) -> int:
+        """``ceil(samples)`` frames to take (at least 1), at most ``max_frames``. More than
+        ``MAX_REPEATS`` per frame of the video is refused: an fps typed wrong (1e308 would
+        never end), not a sampling."""
+        if self.max_frames is not None and samples > self.max_frames:
+            return self.max_frames
+        if samples > MAX_REPEATS * num_frames:
+            raise ValueError(f"fps: at {self.target_fps:g} fps each frame of this video would "
+                             f"be taken more than {MAX_REPEATS} times; give an fps near the "
+                             f"video's own rate")
+        return max(1, math.ceil(samples))
 
     def step_seconds(self, fps: float) -> float:
         return 1.0 / self.target_fps
