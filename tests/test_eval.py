@@ -357,3 +357,21 @@ def test_the_report_is_printed_before_the_files_are_written(tmp_path: Path, caps
     captured = capsys.readouterr()
     assert "top-1" in captured.out and "videos: 8" in captured.out
     assert "No space left on device" in captured.err
+
+
+def test_a_rerun_stopped_before_its_files_leaves_no_metrics_beside_old_predictions(
+        tmp_path: Path, monkeypatch) -> None:
+    """metrics.json was written first: a rerun stopped after it left this run's metrics
+    beside the earlier run's predictions.csv. It is now written last, the earlier one gone."""
+    from spool.train import metrics
+
+    assert main(_eval_argv(tmp_path, tmp_path / "ev")) == 0
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(metrics, "plot_confusion_matrix", stopped)
+    assert main(_eval_argv(tmp_path, tmp_path / "ev")) == 130
+    assert not (tmp_path / "ev" / "metrics.json").exists()
+    monkeypatch.undo()
+    assert main(_eval_argv(tmp_path, tmp_path / "ev")) == 0
+    assert (tmp_path / "ev" / "metrics.json").is_file()

@@ -171,3 +171,37 @@ def test_eval_on_a_frame_cache_writes_each_frames_index_and_time(tmp_path: Path)
         assert all(row["frame_index"] and row["time_s"] for row in from_cache)
         assert ([(r["frame_index"], r["time_s"], r["label"]) for r in from_cache]
                 == [(r["frame_index"], r["time_s"], r["label"]) for r in from_data])
+
+
+def test_a_report_stopped_half_way_leaves_no_file_a_later_run_cannot_remove(
+        tmp_path: Path, monkeypatch) -> None:
+    """A rerun into the same folder, stopped after metrics.json was written, left the earlier
+    run's predictions/<video>.csv for good: the list in metrics.json no longer named them."""
+    import numpy as np
+    import pytest
+
+    from spool.metrics.segmentation import SegmentationMetrics
+    from spool.train import segmentation_eval
+    from spool.train.segmentation_eval import (
+        SegmentationResult,
+        VideoPrediction,
+        write_segmentation_report,
+    )
+
+    def result(*names: str) -> SegmentationResult:
+        one = VideoPrediction(np.zeros(3, np.int64), np.zeros(3, np.int64), np.ones(3))
+        return SegmentationResult(SegmentationMetrics(), videos=dict.fromkeys(names, one))
+
+    out = tmp_path / "ev"
+    write_segmentation_report(result("test_0", "test_1"), ["a", "b"], out, "model")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segmentation_eval, "plot_ribbons", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write_segmentation_report(result("train_0"), ["a", "b"], out, "model")
+    monkeypatch.undo()
+    write_segmentation_report(result("val_0"), ["a", "b"], out, "model")
+    assert sorted(p.stem for p in (out / "predictions").glob("*.csv")) == ["val_0"]
+    assert json.loads((out / "metrics.json").read_text())["predicted"] == ["val_0"]

@@ -208,7 +208,9 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
         on_report(report)
     if out_dir is not None:
         out = Path(out_dir)
-        atomic_write_text(out / "metrics.json", json_text(report))
+        # Written last, and an earlier run's removed first: a run stopped between the files
+        # leaves no metrics.json beside another run's predictions.
+        (out / "metrics.json").unlink(missing_ok=True)
         rows = [[dataset.samples[i].path, names[dataset.samples[i].label], names[int(c)],
                  f"{float(p[c]):.4f}"]
                 for i, p, c in zip(result.indices, result.scores, result.predictions,
@@ -218,4 +220,5 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
         atomic_write_text(out / "predictions.csv", buffer.getvalue())  # before the picture
         plot_confusion_matrix(confusion, names, out / "confusion_matrix.png",
                               title=f"{Path(model_dir).name}: top-1 {100 * metrics['top1']:.1f}%")
+        atomic_write_text(out / "metrics.json", json_text(report))
     return report

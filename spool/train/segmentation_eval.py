@@ -192,8 +192,10 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
         # earlier run's predictions stay, listed, for the next run that scores to replace
         atomic_write_text(out / "metrics.json", json_text({**report, "predicted": earlier}))
         return
-    atomic_write_text(out / "metrics.json", json_text({**report,
-                                                       "predicted": list(result.videos)}))
+    # Until this run's files are all written, the list keeps the earlier run's videos too:
+    # a run stopped half-way leaves no file that a later run would not know to remove.
+    both = list(dict.fromkeys([*earlier, *result.videos]))
+    atomic_write_text(out / "metrics.json", json_text({**report, "predicted": both}))
     shown = dict(list(result.videos.items())[:max_ribbons])
     if shown:
         plot_ribbons(out / "ribbons.png", {k: v.target for k, v in shown.items()},
@@ -214,6 +216,8 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
     # unreadable) would read as this run's; only files that run listed as its own go.
     for name in set(earlier) - set(result.videos):
         (out / "predictions" / f"{name}.csv").unlink(missing_ok=True)
+    atomic_write_text(out / "metrics.json", json_text({**report,
+                                                       "predicted": list(result.videos)}))
 
 
 def _predicted(metrics: Path) -> list[str]:
