@@ -10,6 +10,7 @@ Temporaries are judged the same way by their name's tag, a hash of the same thre
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spool.file_names import fit_name
+from spool.processes import boot_id, machine_id, pid_namespace, process_alive, process_start
 
 logger = logging.getLogger(__name__)
 
@@ -40,59 +42,13 @@ STALE_AFTER_S = 6 * 3600.0
 _GRACE_S = 60.0  # a claim file still being written, or a take-over lock left by a crash
 
 
-def _boot_id() -> str:
-    try:  # a process id from before a reboot names nothing
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _pid_namespace() -> str:
-    try:  # "pid:[4026531836]": containers, unshare -p: the same PID is another process there
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-
-
-def _machine_id() -> str:
-    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        try:  # stable across reboots, unlike the boot id: tells a reboot from a namesake
-            return Path(path).read_text().strip()
-        except OSError:
-            pass
-    return ""
-
-
-_BOOT = _boot_id()
-_PIDNS = _pid_namespace()
-_MACHINE = _machine_id()
+_BOOT = boot_id()
+_PIDNS = pid_namespace()
+_MACHINE = machine_id()
 # Where a PID names the same process as here: host name, boot (two machines may share a host
 # name) and PID namespace. A temporary's tag (of a hash of the host name alone before) and a
 # claim's "pidns" (absent before) that differ are judged by age alone.
 _HOST_TAG = hashlib.sha1(f"{_HOST}\n{_BOOT}\n{_PIDNS}".encode()).hexdigest()[:8]
-
-
-def process_start(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat``), or None:
-    tells a process from a later one given the same PID (a restarted container's PID 1)."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat_line.rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this machine exists (an unrelated process may reuse it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    except OSError:
-        return True  # cannot tell: assume it is alive, never delete what it may own
-    return True
 
 
 def _age_s(path: Path) -> float:
@@ -250,6 +206,24 @@ def _own_record() -> dict:
 def _create_claim(path: Path, extra: dict | None = None) -> Claim | None:
     token = secrets.token_hex(8)
     record = {**(extra or {}), **_own_record(), "token": token}
+    # Written beside it, then linked in (atomic and exclusive): a claim is never seen empty,
+    # which would read as another job's for a minute after a kill between create and write.
+    written = temporary_sibling(path)
+    try:
+        written.write_text(json.dumps(record))
+        os.link(written, path)
+    except FileExistsError:
+        return None
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV):
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        return _create_claim_in_place(path, record, token)  # no hard links here (FAT, SMB)
+    finally:
+        written.unlink(missing_ok=True)
+    return Claim(path, token)
+
+
+def _create_claim_in_place(path: Path, record: dict, token: str) -> Claim | None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
@@ -330,6 +304,7 @@ def _lock(path: Path, wait_s: float = 0.0) -> Path | None:
         except FileExistsError:
             if _age_s(lock) > _GRACE_S or _holder_gone(lock):
                 lock.unlink(missing_ok=True)
+                continue  # at once: with wait_s 0, a crash's lock cost the next job its turn
         else:
             with os.fdopen(fd, "w") as f:  # whose it is: a crash's is removed at once
                 f.write(json.dumps(_own_record()))

@@ -240,15 +240,21 @@ def test_a_claim_is_renewed_while_its_video_is_extracted(tmp_path: Path, monkeyp
 
 def test_a_claim_that_cannot_be_written_is_not_left_empty(tmp_path, monkeypatch):
     """A full disk: the empty claim file stayed, and a rerun within a minute (once room was
-    made) said the video was another job's and exited 0."""
+    made) said the video was another job's and exited 0. Also where files cannot be hard
+    linked (FAT, some SMB mounts), where the claim is written in place."""
     import errno
     import os
+    from pathlib import Path
 
-    real = os.fdopen
+    def full(self, *args, **kwargs):
+        with open(self, "w"):  # made, then the write fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_fdopen = os.fdopen
 
     class Full:
         def __init__(self, fd, *args, **kwargs):
-            self.file = real(fd, *args, **kwargs)
+            self.file = real_fdopen(fd, *args, **kwargs)
 
         def __enter__(self):
             return self
@@ -259,9 +265,41 @@ def test_a_claim_that_cannot_be_written_is_not_left_empty(tmp_path, monkeypatch)
         def write(self, text):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "fdopen", Full)
-    with pytest.raises(OSError, match="No space left"):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    for patches in ([(Path, "write_text", full)],
+                    [(os, "link", no_links), (os, "fdopen", Full)]):
+        for target, name, value in patches:
+            monkeypatch.setattr(target, name, value)
+        with pytest.raises(OSError, match="No space left"):
+            try_claim(tmp_path / "v.safetensors")
+        monkeypatch.undo()
+        assert list(tmp_path.iterdir()) == []
+        claim = try_claim(tmp_path / "v.safetensors")  # at once, not a minute later
+        assert claim is not None
+        release_claim(claim)
+    monkeypatch.setattr(os, "link", no_links)
+    claim = try_claim(tmp_path / "v.safetensors")
+    assert claim is not None and claims.claim_record(tmp_path / "v.safetensors")["token"]
+    assert try_claim(tmp_path / "v.safetensors") is None  # still exclusive
+    release_claim(claim)
+
+
+def test_a_claim_is_never_seen_empty(tmp_path, monkeypatch):
+    """The claim file was made empty and then written: a kill in between left an empty claim,
+    which read as another job's for a minute (spool extract: the video "claimed by another
+    job", exit 0, not extracted). It is written beside and linked in."""
+    real = claims.json.dumps
+
+    def killed(obj, *args, **kwargs):
+        if isinstance(obj, dict) and "token" in obj:
+            raise KeyboardInterrupt  # the process dies while writing its record
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(claims.json, "dumps", killed)
+    with pytest.raises(KeyboardInterrupt):
         try_claim(tmp_path / "v.safetensors")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
-    assert try_claim(tmp_path / "v.safetensors") is not None  # at once, not a minute later
+    assert try_claim(tmp_path / "v.safetensors") is not None

@@ -13,7 +13,7 @@ LAYERS = {
     "spool.errors": 0, "spool.config": 0, "spool.io_utils": 0, "spool.claims": 0,
     "spool.runtime": 0,
     "spool.validation": 0, "spool.cli_args": 0, "spool.distributed": 0, "spool.downloads": 0,
-    "spool.tensor_files": 0, "spool.file_names": 0,
+    "spool.tensor_files": 0, "spool.file_names": 0, "spool.processes": 0,
     "spool.video": 1, "spool.layers": 2, "spool.backbones": 2, "spool.models": 3,
     "spool.metrics": 3, "spool.data": 4, "spool.train": 5, "spool.extract": 5,
     "spool.extract_inputs": 5,
