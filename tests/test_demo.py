@@ -219,3 +219,19 @@ def test_a_signalled_training_ends_the_demo_with_its_signals_code(monkeypatch, c
     assert main(["demo"]) == 143
     err = capsys.readouterr().err
     assert "spool demo: terminated while training" in err and "Traceback" not in err
+
+
+def test_a_demo_stopped_early_leaves_no_earlier_results(tmp_path: Path, monkeypatch) -> None:
+    """A rerun stopped before its end (Ctrl-C) left the earlier run's results.json and
+    curves.png beside this run's data: another seed's figures read as this one's."""
+    from spool.data import synthetic
+
+    for name in ("results.json", "curves.png"):
+        (tmp_path / name).write_text("an earlier run's\n")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(synthetic, "make_synthetic_dataset", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path, DemoSettings(per_class=4, val_fraction=0.5), verbose=False)
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "curves.png").exists()

@@ -225,3 +225,23 @@ def test_the_order_task_needs_three_frames() -> None:
         altered(torch.tensor([[0, 1]]), "order", np.random.default_rng(0))
     three = altered(torch.tensor([[0, 1, 2]]), "order", np.random.default_rng(0))
     assert three[0].tolist() not in ([0, 1, 2], [2, 1, 0])
+
+
+def test_a_real_demo_stopped_early_leaves_no_earlier_results(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """As the synthetic demo: an earlier run's results.json and pictures went only at the
+    end, so a rerun stopped before it left them beside this run's tokens."""
+    from spool.demo import footage_tokens
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    for name in ("results.json", "curves.png", "clips.png"):
+        (out / name).write_text("an earlier run's\n")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(footage_tokens, "cached_tokens", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_real_demo(out, _settings(), jobs=1, verbose=False, videos=[], encoder=_encoder(),
+                      download=False)
+    assert sorted(p.name for p in out.iterdir()) == []

@@ -103,3 +103,22 @@ def test_a_reader_of_the_old_cache_is_stopped_after_the_swap(tmp_path):
     with pytest.raises(SpoolLoadError, match="made again since this run opened it"):
         reader[0]
     assert len(FrameTokenDataset(out)[0]["labels"]) > 0
+
+
+def test_a_killed_builds_temporary_beside_cache_json_is_removed(tmp_path):
+    """A kill just before cache.json's rename left its temporary in the cache's folder for
+    good: only videos/ was tidied (the clip cache tidies its folder)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "cache"
+    _build(out, 5.0)
+    script = ("import sys; from spool.claims import temporary_sibling; "
+              "p = temporary_sibling(sys.argv[1]); p.write_text('{'); print(p)")
+    left = Path(subprocess.run([sys.executable, "-c", script, str(out / "cache.json")],
+                               capture_output=True, text=True, check=True,
+                               env={**os.environ, "PYTHONPATH": str(Path.cwd())}).stdout.strip())
+    assert left.exists()  # its writer has exited
+    _build(out, 3.0)
+    assert not left.exists()

@@ -159,6 +159,7 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
     refuse_other_cache(out, "frames")
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_directory(out, "spool cache", LOCK_NAME)
+    remove_stale_temporaries_in(out)  # a killed run's cache.json (a rebuild's go with it)
     try:  # other tokens than a complete cache's are made aside (frame_cache_rebuild)
         staging = build_folder(out, {
             "sampler": sampler.to_dict(), "dtype": dtype,

@@ -114,6 +114,8 @@ def run_real_demo(out: Path, s: RealDemoSettings, jobs: int = 1, threads: int = 
             print(f"[{time.perf_counter() - t0:5.0f}s] {text}", flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "curves.png", "clips.png"):  # an earlier run's
+        (out / name).unlink(missing_ok=True)
     if encoder is None:
         from spool.models.frame_encoder import FrameEncoderModel
 

@@ -180,6 +180,8 @@ def run_demo(out: Path, s: DemoSettings, jobs: int = 1, threads: int = 1,
         if arch == "spool":
             Spool(encoder.config.replace(**fields), with_backbone=False)
     t0 = time.perf_counter()
+    for name in ("results.json", "curves.png"):  # an earlier run's, not to read as this one's
+        (out / name).unlink(missing_ok=True)
     data = out / "data"
     ds = make_synthetic_dataset(data, s.per_class, s.classes, num_frames=s.video_frames,
                                 size=s.video_size, seed=s.seed, val_fraction=s.val_fraction)
