@@ -206,35 +206,42 @@ def _own_record() -> dict:
 def _create_claim(path: Path, extra: dict | None = None) -> Claim | None:
     token = secrets.token_hex(8)
     record = {**(extra or {}), **_own_record(), "token": token}
-    # Written beside it, then linked in (atomic and exclusive): a claim is never seen empty,
-    # which would read as another job's for a minute after a kill between create and write.
+    return Claim(path, token) if _create_holding(path, json.dumps(record)) else None
+
+
+# Where a file system refuses hard links (FAT, some SMB mounts; macOS says EOPNOTSUPP).
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV,
+             errno.EMLINK}
+
+
+def _create_holding(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text``; False if it exists. Written beside it and linked in
+    (atomic and exclusive), so a claim or lock is never seen empty: a kill between making and
+    writing one left it to read as another job's for a minute. Written in place where hard
+    links are refused."""
     written = temporary_sibling(path)
     try:
-        written.write_text(json.dumps(record))
+        written.write_text(text)
         os.link(written, path)
+        return True
     except FileExistsError:
-        return None
+        return False
     except OSError as err:
-        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV):
+        if err.errno not in _NO_LINKS:
             raise OSError(err.errno, err.strerror, str(path)) from err
-        return _create_claim_in_place(path, record, token)  # no hard links here (FAT, SMB)
     finally:
         written.unlink(missing_ok=True)
-    return Claim(path, token)
-
-
-def _create_claim_in_place(path: Path, record: dict, token: str) -> Claim | None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
-        return None
+        return False
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(record))
+            f.write(text)
     except OSError as err:  # a full disk: left empty, it would read as another job's a minute
         path.unlink(missing_ok=True)
         raise OSError(err.errno, err.strerror, str(path)) from err
-    return Claim(path, token)
+    return True
 
 
 def _read_bytes(path: Path) -> bytes | None:
@@ -299,16 +306,11 @@ def _lock(path: Path, wait_s: float = 0.0) -> Path | None:
     lock = path.with_name(path.name + ".break")
     deadline = time.monotonic() + wait_s
     while True:
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            if _age_s(lock) > _GRACE_S or _holder_gone(lock):
-                lock.unlink(missing_ok=True)
-                continue  # at once: with wait_s 0, a crash's lock cost the next job its turn
-        else:
-            with os.fdopen(fd, "w") as f:  # whose it is: a crash's is removed at once
-                f.write(json.dumps(_own_record()))
+        if _create_holding(lock, json.dumps(_own_record())):  # whose: a crash's goes at once
             return lock
+        if _age_s(lock) > _GRACE_S or _holder_gone(lock):
+            lock.unlink(missing_ok=True)
+            continue  # at once: with wait_s 0, a crash's lock cost the next job its turn
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.01)
