@@ -122,3 +122,19 @@ def test_a_killed_builds_temporary_beside_cache_json_is_removed(tmp_path):
     assert left.exists()  # its writer has exited
     _build(out, 3.0)
     assert not left.exists()
+
+
+def test_a_cache_into_a_folder_whose_videos_are_a_datasets_is_refused(tmp_path):
+    """`spool cache --task frames --out DATASET_ROOT` wrote its tokens beside the dataset's
+    videos/*.mkv, and made again with another rate, replaced that folder: every source video
+    deleted, exit 0."""
+    out = tmp_path / "dataset"
+    (out / "videos").mkdir(parents=True)
+    (out / "videos" / "a.mkv").write_bytes(b"a user's video")
+    with pytest.raises(ValueError, match=r"videos holds files a cache of frames does not "
+                                         r"write \(a\.mkv\): .* give it a folder of its own"):
+        _build(out, 5.0)
+    assert [p.name for p in (out / "videos").iterdir()] == ["a.mkv"]
+    from spool.data.cached_tokens import cache_kind
+
+    assert cache_kind(out) is None  # the clip cache said "holds a cache of frames"

@@ -60,16 +60,29 @@ def cache_kind(cache_dir: str | os.PathLike) -> str | None:
         return "frames" if meta.get("kind") == "frames" else "clips"
     if any((out / name).exists() for name in (TOKENS_NAME, PARTIAL_NAME, PROGRESS_NAME)):
         return "clips"  # an interrupted one too, which the same command resumes
-    return "frames" if (out / "videos").is_dir() else None
+    return "frames" if (out / "videos").is_dir() and not _not_tokens(out / "videos") else None
+
+
+def _not_tokens(folder: Path) -> list[str]:
+    """The first names in ``folder`` that a frame cache does not write (a dataset's videos)."""
+    try:
+        names = sorted(p.name for p in folder.iterdir())
+    except OSError:
+        return []
+    return [n for n in names if not n.endswith(".safetensors") and not n.startswith(".")][:3]
 
 
 def refuse_other_cache(out_dir: str | os.PathLike, kind: str) -> None:
-    """``ValueError`` when ``out_dir`` holds a cache of the other kind: writing this one there
-    would delete it."""
+    """``ValueError`` when ``out_dir`` holds a cache of the other kind, or (a cache of frames)
+    other files in its ``videos/``: writing this one there would delete them."""
     found = cache_kind(out_dir)
     if found is not None and found != kind:
         raise ValueError(f"out: {out_dir} holds a cache of {found} (spool cache --task "
                          f"{found}); write the cache of {kind} to another folder")
+    if kind == "frames" and (others := _not_tokens(Path(out_dir) / "videos")):
+        raise ValueError(f"out: {Path(out_dir) / 'videos'} holds files a cache of frames does "
+                         f"not write ({', '.join(others)}): a cache keeps its tokens there and "
+                         "replaces the folder when made again; give it a folder of its own")
 
 
 def read_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
