@@ -130,3 +130,20 @@ def test_a_stop_agreed_at_an_epochs_end_checkpoints_once(tmp_path: Path, monkeyp
     with pytest.raises(signals.TrainingInterrupted):
         Trainer(TrainConfig(**train_config_dict(tmp_path / "run", epochs=3))).fit()
     assert saved == ["step_00000004"]
+
+
+def test_a_new_run_does_not_replace_a_finished_runs_model(tmp_path: Path) -> None:
+    """With its checkpoints deleted (for space), a finished run's model/, results.json and
+    logs were replaced by a new run into the same folder, exit 0; --resume auto said
+    "starting from scratch" and did the same."""
+    import shutil
+
+    run = tmp_path / "run"
+    Trainer(TrainConfig(**train_config_dict(run, epochs=1))).fit()
+    shutil.rmtree(run / "checkpoints")
+    weights = (run / "model" / "model.safetensors").read_bytes()
+    for resume in (None, "auto"):
+        with pytest.raises(ValueError, match=r"holds an earlier run's model and results\.json "
+                                             r"and no checkpoint to continue it from"):
+            Trainer(TrainConfig(**train_config_dict(run, epochs=1, resume=resume))).fit()
+    assert (run / "model" / "model.safetensors").read_bytes() == weights

@@ -31,7 +31,7 @@ from typing import Any
 
 from spool.config import CONFIG_NAME, SpoolConfig
 from spool.io_utils import atomic_write
-from spool.train.checkpoint import results_written
+from spool.train.checkpoint import list_checkpoints, results_written
 from spool.train.config import PATH_FIELDS, TrainConfig
 
 CONFIG_FILE = "train_config.json"
@@ -111,6 +111,22 @@ def _model_changes(path: Path, state: dict[str, Any], cfg: TrainConfig,
 
 def _describe(changes: dict[str, list]) -> str:
     return ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items())
+
+
+def refuse_earlier_run(out: Path, resume: str | None) -> None:
+    """``ValueError`` when a run starting afresh in ``out`` would replace an earlier run's
+    work: its checkpoints (pruned with this run's, newest step first) unless resumed, or
+    (no checkpoint to go on from, e.g. deleted for space) its saved ``model/`` and results."""
+    earlier = list_checkpoints(out)
+    if earlier and not resume:
+        raise ValueError(f"out_dir: {out} holds checkpoints of an earlier run (the newest: "
+                         f"{earlier[-1].name}); pass --resume auto to continue it, or another "
+                         "--out-dir")
+    finished = [n for n in ("model", "results.json") if (out / n).exists()]
+    if finished and not earlier:
+        raise ValueError(f"out_dir: {out} holds an earlier run's {' and '.join(finished)} and "
+                         "no checkpoint to continue it from; give another --out-dir (or "
+                         "remove them to start again there)")
 
 
 def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,

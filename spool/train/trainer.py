@@ -172,17 +172,15 @@ class Trainer:
         after a crash); the other ranks load its choice, so all resume from the same step."""
         cfg = self.cfg
         if not cfg.resume:
-            earlier = ckpt.list_checkpoints(self.out)
-            if earlier:  # its checkpoints would be pruned with this run's, newest step first
-                raise ValueError(f"out_dir: {self.out} holds checkpoints of an earlier run "
-                                 f"(the newest: {earlier[-1].name}); pass --resume auto to "
-                                 "continue it, or another --out-dir")
+            resume_settings.refuse_earlier_run(self.out, cfg.resume)
             return None
 
         def choose() -> tuple[Path, dict[str, Any]] | None:
             ckpt.recover_checkpoints(self.out)  # safe: this run holds the directory
             found = ckpt.resolve_resume(cfg.resume, cfg.out_dir)
-            if found is not None:  # a change of model or task is refused before anything
+            if found is None:  # "auto" with nothing to resume from
+                resume_settings.refuse_earlier_run(self.out, cfg.resume)
+            else:  # a change of model or task is refused before anything
                 builders.check_resumed_backbone(self.model, found[1]["weights"], cfg, found[0])
                 self.resumed = resume_settings.check_resume(*found, cfg, self.model.config,
                                                             self.info.world_size)
