@@ -167,3 +167,14 @@ def test_every_command_finds_the_same_video_files(tmp_path: Path) -> None:
         "".join(f"{Path(n).stem}.txt\n" for n in names))
     samples, _ = read_ms_tcn(tmp_path, "all")
     assert sorted(Path(s.video).name for s in samples) == names
+
+
+def test_a_datasets_root_is_not_read_as_one_class(tmp_path: Path) -> None:
+    """`--train-data clips` (the root: train.txt, classes.txt, videos/) read videos/ as the
+    only class: a one-class classifier at top-1 100%, train and val videos mixed, exit 0."""
+    root = tiny_video_dataset()
+    with pytest.raises(ValueError, match=r"1 class folder\(s\) \['videos'\] beside annotation "
+                                         r"files; did you mean .*train\.txt\? \(a folder of "):
+        scan_class_folders(root)
+    samples, names = scan_class_folders(root / "videos" / "..", ["videos"])  # named: allowed
+    assert names == ["videos"] and samples

@@ -127,6 +127,12 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
     root = Path(root)
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     names = list(class_names) if class_names is not None else folders
+    lists = sorted(p.name for p in root.iterdir() if p.suffix in (".txt", ".csv", ".lst")
+                   and p.name not in ("classes.txt", "mapping.txt"))
+    if class_names is None and len(folders) < 2 and lists:  # a dataset's root: one "class"
+        raise ValueError(f"{root}: {len(folders)} class folder(s) {folders} beside annotation "
+                         f"files; did you mean {root / lists[0]}? (a folder of classes holds "
+                         "a folder per class)")
     unknown = sorted(set(folders) - set(names))
     if unknown:
         raise ValueError(f"{root}: folders {unknown} are not among the classes {names}")
