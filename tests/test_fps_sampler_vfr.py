@@ -166,11 +166,19 @@ def test_sampling_above_a_videos_rate_says_frames_repeat(monkeypatch, spool_log)
                                         [0.1 * i ** 1.5 for i in range(60)]])
 def test_an_absurd_fps_is_refused_not_sampled_forever(timestamps):
     """`spool extract --fps 1e308` built a list of 1e308 frame indices: hours of CPU and GBs
-    of memory, never ending. More than 100 samples per frame of the video is refused;
-    max_frames caps the work first."""
+    of memory, never ending. A rate above 1000 fps taking each frame more than 100 times is
+    refused; max_frames caps the work first; slow videos at a usual rate are sampled."""
     for fps in (1e308, 3100.0):
-        with pytest.raises(ValueError, match=r"^fps: at .* fps each frame of this video would "
-                                             r"be taken more than 100 times"):
+        with pytest.raises(ValueError, match=r"^fps: .* fps would take each frame of this "
+                                             r"video more than 100 times"):
             FpsSampler(fps)(60, fps=30.0, timestamps=timestamps)
     assert len(FpsSampler(1e308, max_frames=16)(60, fps=30.0, timestamps=timestamps)[0]) == 16
     assert len(FpsSampler(2900.0)(60, fps=30.0)[0]) == 5800
+
+
+def test_a_slideshow_or_a_sparse_video_is_sampled_at_a_usual_rate():
+    """The first refusal counted repeats alone: a 0.25 fps slideshow at 30 fps, or a camera's
+    30 frames over an hour at 1 fps, stopped a whole cache or training run."""
+    assert len(FpsSampler(30.0)(8, fps=0.25)[0]) == 960
+    bursts = [t + 0.1 * i for t in (0, 1800, 3590) for i in range(10)]
+    assert len(FpsSampler(1.0)(30, fps=30 / 3591, timestamps=bursts)[0]) == 3591

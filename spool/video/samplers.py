@@ -110,7 +110,7 @@ def _note_repeats(indices: list[int], target_fps: float) -> None:
                   "extra compute", key="sampling repeats frames")
 
 
-MAX_REPEATS = 100  # an FpsSampler's samples per frame of the video, at most
+MAX_FPS, MAX_REPEATS = 1000.0, 100  # FpsSampler: above both, a typo (see FpsSampler._count)
 
 
 def _cap(indices: list[int], max_frames: int | None) -> list[int]:
@@ -268,15 +268,15 @@ class FpsSampler(FrameSampler):
         return [_cap(indices, self.max_frames)]
 
     def _count(self, samples: float, num_frames: int) -> int:
-        """``ceil(samples)`` frames to take (at least 1), at most ``max_frames``. More than
-        ``MAX_REPEATS`` per frame of the video is refused: an fps typed wrong (1e308 would
-        never end), not a sampling."""
+        """``ceil(samples)`` frames to take (at least 1), at most ``max_frames``. A rate above
+        ``MAX_FPS`` taking each frame more than ``MAX_REPEATS`` times is refused: an fps
+        typed wrong (1e308 would never end), where a slideshow at 30 fps is a sampling."""
         if self.max_frames is not None and samples > self.max_frames:
             return self.max_frames
-        if samples > MAX_REPEATS * num_frames:
-            raise ValueError(f"fps: at {self.target_fps:g} fps each frame of this video would "
-                             f"be taken more than {MAX_REPEATS} times; give an fps near the "
-                             f"video's own rate")
+        if self.target_fps > MAX_FPS and samples > MAX_REPEATS * num_frames:
+            raise ValueError(f"fps: {self.target_fps:g} fps would take each frame of this video "
+                             f"more than {MAX_REPEATS} times; give an fps near the videos' "
+                             "own rates")
         return max(1, math.ceil(samples))
 
     def step_seconds(self, fps: float) -> float:
