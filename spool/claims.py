@@ -10,7 +10,6 @@ Temporaries are judged the same way by their name's tag, a hash of the same thre
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -117,7 +116,7 @@ def claim_path(output: str | os.PathLike) -> Path:
 def try_claim(output: str | os.PathLike, stale_after_s: float = STALE_AFTER_S,
               source: str | None = None) -> Claim | None:
     """Claim ``output`` for this process, or None if another live job holds it. The claim
-    file is created with ``O_EXCL`` beside the output and holds host, process id, time and
+    file is created exclusively beside the output and holds host, process id, time and
     ``source`` (what the output is made from; :func:`claim_record` reads it). A claim whose
     process is gone (this machine and PID namespace) or older than ``stale_after_s``
     (anywhere else) is taken over."""
@@ -150,7 +149,11 @@ def lock_directory(directory: str | os.PathLike, what: str,
     from spool.errors import SpoolBusyError
 
     path = Path(directory) / name
-    if (claim := _claim_file(path, STALE_AFTER_S)) is None:
+    claim = _claim_file(path, STALE_AFTER_S)
+    if claim is None:  # once more: that attempt may have removed a crash's take-over lock
+        time.sleep(0.05)  # (and another job judging it stale too has removed it by now)
+        claim = _claim_file(path, STALE_AFTER_S)
+    if claim is None:
         raise SpoolBusyError(f"{directory}: another {what} is using it ({claim_holder(path)}); "
                              "wait for it to end or choose another directory")
     return claim
@@ -209,26 +212,24 @@ def _create_claim(path: Path, extra: dict | None = None) -> Claim | None:
     return Claim(path, token) if _create_holding(path, json.dumps(record)) else None
 
 
-# Where a file system refuses hard links (FAT, some SMB mounts; macOS says EOPNOTSUPP).
-_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV,
-             errno.EMLINK}
-
-
 def _create_holding(path: Path, text: str) -> bool:
     """Create ``path`` holding ``text``; False if it exists. Written beside it and linked in
     (atomic and exclusive), so a claim or lock is never seen empty: a kill between making and
     writing one left it to read as another job's for a minute. Written in place where hard
-    links are refused."""
+    links are refused (FAT, some SMB mounts: any error but "exists")."""
     written = temporary_sibling(path)
     try:
-        written.write_text(text)
-        os.link(written, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError as err:
-        if err.errno not in _NO_LINKS:
+        try:
+            written.write_text(text)
+        except OSError as err:  # a full disk
             raise OSError(err.errno, err.strerror, str(path)) from err
+        try:
+            os.link(written, path)
+            return True
+        except FileExistsError:  # NFS may say so of a link it made (a retried request)
+            return os.stat(written).st_nlink == 2
+        except OSError:
+            pass
     finally:
         written.unlink(missing_ok=True)
     try:
@@ -300,17 +301,18 @@ def _process_gone(record: dict) -> bool:
 
 
 def _lock(path: Path, wait_s: float = 0.0) -> Path | None:
-    """The lock (``NAME.break``, made with ``O_EXCL``) under which a claim file ``path`` is
+    """The lock (``NAME.break``, made exclusively) under which a claim file ``path`` is
     replaced or deleted, or None if another job holds it ``wait_s`` later; one left by a crash
-    is removed once old, for the next attempt. Delete it when done."""
+    (its process gone, or old) is removed, for the next attempt. Delete it when done."""
     lock = path.with_name(path.name + ".break")
     deadline = time.monotonic() + wait_s
     while True:
         if _create_holding(lock, json.dumps(_own_record())):  # whose: a crash's goes at once
             return lock
         if _age_s(lock) > _GRACE_S or _holder_gone(lock):
+            # Not retaken at once: another job that judged it stale too could be about to
+            # remove it, ours then, and both would go on. The next attempt takes it.
             lock.unlink(missing_ok=True)
-            continue  # at once: with wait_s 0, a crash's lock cost the next job its turn
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.01)

