@@ -245,3 +245,10 @@ def test_a_real_demo_stopped_early_leaves_no_earlier_results(tmp_path: Path,
         run_real_demo(out, _settings(), jobs=1, verbose=False, videos=[], encoder=_encoder(),
                       download=False)
     assert sorted(p.name for p in out.iterdir()) == []
+    for name in ("results.json", "curves.png", "clips.png"):
+        (out / name).write_text("an earlier run's\n")
+    monkeypatch.setattr(footage_tokens, "demo_videos", stopped)  # the footage not to be had
+    with pytest.raises(KeyboardInterrupt):
+        run_real_demo(out, _settings(), jobs=1, verbose=False, encoder=_encoder(),
+                      download=False)
+    assert len(list(out.iterdir())) == 3  # a finished run's results stay

@@ -27,9 +27,14 @@ def _temporal(w: int, lookback: int, heads: int = 4, layers: int = 2) -> Spool:
     (1, 2, 2, 1), (5, 2, 2, 2), (7, 3, 1, 3), (9, 0, 4, 4), (13, 4, 0, 5), (20, 16, 3, 4),
     (23, 2, 4, 64), (17, 5, 2, 1), (40, 3, 2, 7), (31, 8, 1, 6),
 ])
-def test_chunked_forward_equals_plain_forward(T, w, lookback, chunk):
+@pytest.mark.parametrize("keep_inputs", [False, True])
+def test_chunked_forward_equals_plain_forward(T, w, lookback, chunk, keep_inputs, monkeypatch):
     """Several T, w, chunk sizes (T not a multiple of the chunk), head splits with 0 heads of
-    either kind."""
+    either kind; with the layer's inputs kept in the cache too, as where the hidden state
+    lives off the compute device (a GPU's model, the video in RAM)."""
+    from spool.layers import streaming
+
+    monkeypatch.setattr(streaming, "_keep_inputs", lambda x, device: keep_inputs)
     model = _temporal(w, lookback)
     tokens = torch.randn(1, T, L, D)
     with torch.no_grad():

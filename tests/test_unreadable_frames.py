@@ -201,6 +201,7 @@ def test_a_report_stopped_half_way_leaves_no_file_a_later_run_cannot_remove(
     monkeypatch.setattr(segmentation_eval, "plot_ribbons", stopped)
     with pytest.raises(KeyboardInterrupt):
         write_segmentation_report(result("train_0"), ["a", "b"], out, "model")
+    assert "accuracy" not in json.loads((out / "metrics.json").read_text())  # no scores yet
     monkeypatch.undo()
     write_segmentation_report(result("val_0"), ["a", "b"], out, "model")
     assert sorted(p.stem for p in (out / "predictions").glob("*.csv")) == ["val_0"]

@@ -114,8 +114,6 @@ def run_real_demo(out: Path, s: RealDemoSettings, jobs: int = 1, threads: int = 
             print(f"[{time.perf_counter() - t0:5.0f}s] {text}", flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("results.json", "curves.png", "clips.png"):  # an earlier run's
-        (out / name).unlink(missing_ok=True)
     if encoder is None:
         from spool.models.frame_encoder import FrameEncoderModel
 
@@ -126,6 +124,8 @@ def run_real_demo(out: Path, s: RealDemoSettings, jobs: int = 1, threads: int = 
     if videos is None:
         videos = demo_videos(download)
         say(f"footage: {len(videos)} clips ({', '.join(n for n, _ in videos)})")
+    for name in ("results.json", "curves.png", "clips.png"):  # an earlier run's (kept if the
+        (out / name).unlink(missing_ok=True)  # weights or footage could not be had)
     say(f"caching backbone tokens at {s.fps:g} fps in {out / 'tokens'}")
     tokens = cached_tokens(encoder, videos, out / "tokens", s.fps, s.token_pooling, say)
     setup_seconds = time.perf_counter() - t0

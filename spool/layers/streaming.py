@@ -51,24 +51,34 @@ class _GlobalRow:
         return self.acc / self.sum[..., None]
 
 
+def _keep_inputs(x: torch.Tensor, device: torch.device) -> bool:
+    """Whether the cache keeps the frames' inputs: only where the hidden state lives off the
+    compute device (each frame then crosses to it once per layer, not twice)."""
+    return x.device != device
+
+
 class _QKVCache:
     """q, k, v ``[H, n, L, hd]`` of frames ``[lo, hi)``, each frame projected once per layer
-    (in order, from frame 0), and the frames' inputs on the compute device, which the
-    residual reads again: each frame crosses to the device once per layer. ``on_new`` sees
-    the keys and values of every frame once."""
+    (in order, from frame 0), and where :func:`_keep_inputs` the frames' inputs on the
+    compute device, which the residual reads again. ``on_new`` sees the keys and values of
+    every frame once."""
 
     def __init__(self, block: TemporalBlock, x: torch.Tensor, device: torch.device,
                  on_new: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
         self.block, self.x, self.device, self.on_new = block, x, device, on_new
+        self.keep_inputs = _keep_inputs(x, device)
         self.lo = self.hi = 0
-        self.cached: list[torch.Tensor] | None = None  # inputs [n, L, D], q, k, v
+        self.cached: list[torch.Tensor] | None = None  # (inputs [1, n, L, D],) q, k, v
 
     def frames(self, f0: int, f1: int) -> list[torch.Tensor]:
         """q, k, v of frames ``[f0, f1)``, ``[H, f1 - f0, L, hd]`` each."""
-        return [t[:, f0 - self.lo:f1 - self.lo] for t in self._span(f0, f1)[1:]]
+        return [t[:, f0 - self.lo:f1 - self.lo] for t in self._span(f0, f1)[-3:]]
 
-    def inputs(self, f0: int, f1: int) -> torch.Tensor:
-        """The layer's input ``[f1 - f0, L, D]`` of frames ``[f0, f1)``, on the device."""
+    def inputs(self, f0: int, f1: int) -> torch.Tensor | None:
+        """The layer's input ``[f1 - f0, L, D]`` of frames ``[f0, f1)`` on the device, if
+        kept."""
+        if not self.keep_inputs:
+            return None
         return self._span(f0, f1)[0][0, f0 - self.lo:f1 - self.lo]
 
     def _span(self, f0: int, f1: int) -> list[torch.Tensor]:
@@ -85,7 +95,7 @@ class _QKVCache:
             qkv = [t[:, 0] for t in
                    self.block.attn.project_qkv(self.block.norm1(inputs)[None], positions)]
             self.on_new(qkv[1], qkv[2])
-            new = [inputs[None], *qkv]  # frames along dim 1 in each
+            new = [inputs[None], *qkv] if self.keep_inputs else qkv  # frames along dim 1
             self.cached = new if self.cached is None else [
                 torch.cat(pair, 1) for pair in zip(self.cached, new, strict=True)]
             self.hi = f1

@@ -192,10 +192,11 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
         # earlier run's predictions stay, listed, for the next run that scores to replace
         atomic_write_text(out / "metrics.json", json_text({**report, "predicted": earlier}))
         return
-    # Until this run's files are all written, the list keeps the earlier run's videos too:
-    # a run stopped half-way leaves no file that a later run would not know to remove.
+    # Until this run's files are all written, metrics.json holds no scores and lists the
+    # earlier run's videos too: a run stopped half-way leaves no scores beside files of
+    # another run, and no file that a later run would not know to remove.
     both = list(dict.fromkeys([*earlier, *result.videos]))
-    atomic_write_text(out / "metrics.json", json_text({**report, "predicted": both}))
+    atomic_write_text(out / "metrics.json", json_text({"predicted": both}))
     shown = dict(list(result.videos.items())[:max_ribbons])
     if shown:
         plot_ribbons(out / "ribbons.png", {k: v.target for k, v in shown.items()},
