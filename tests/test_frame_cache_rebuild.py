@@ -138,3 +138,21 @@ def test_a_cache_into_a_folder_whose_videos_are_a_datasets_is_refused(tmp_path):
     from spool.data.cached_tokens import cache_kind
 
     assert cache_kind(out) is None  # the clip cache said "holds a cache of frames"
+
+
+def test_a_damaged_video_file_is_named_and_the_same_command_redoes_it(tmp_path):
+    """A file of the cache cut short stopped training or eval with safetensors' traceback
+    ("incomplete metadata"), naming no file."""
+    from spool.errors import SpoolLoadError
+
+    out = tmp_path / "cache"
+    _build(out, 5.0)
+    damaged = sorted((out / "videos").glob("*.safetensors"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:len(damaged.read_bytes()) // 2])
+    dataset = FrameTokenDataset(out)
+    index = [v["name"] for v in dataset.videos].index(damaged.stem)
+    with pytest.raises(SpoolLoadError, match=rf"^{damaged}: cannot be read \(.*\); run the "
+                                             "spool cache command that made the cache again"):
+        dataset[index]
+    assert _build(out, 5.0).cached == 4
+    assert len(FrameTokenDataset(out)[index]["labels"]) > 0

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -317,7 +317,16 @@ class FrameTokenDataset(FrameLabelMapping, Dataset):
         entry = self.videos[index]
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.augment else None
         rows = _crop(entry["num_frames"], self.crop_frames, rng)
-        with safe_open(str(_video_file(self.cache_dir, entry["name"])), framework="pt") as f:
+        path = _video_file(self.cache_dir, entry["name"])
+        try:
+            return self._read(path, entry, rows, index)
+        except SafetensorError as err:  # a copy cut short, say: its file named, no traceback
+            raise SpoolLoadError(f"{path}: cannot be read ({err}); run the spool cache "
+                                 "command that made the cache again to redo it") from err
+
+    def _read(self, path: Path, entry: dict[str, Any], rows: Any, index: int
+              ) -> dict[str, Any]:
+        with safe_open(str(path), framework="pt") as f:
             made = json.loads((f.metadata() or {}).get("settings") or "{}")
             if made and (made.get("digest"), made.get("sampler")) != (
                     self.meta["backbone_digest"], self.meta["sampler"]):
