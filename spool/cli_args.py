@@ -68,6 +68,14 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def seed(text: str) -> int:
+    """An argparse type: a seed, an integer in [0, 2**32) (what numpy and spool train take)."""
+    value = _int_at_least(text, 0)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {value}")
+    return value
+
+
 def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)

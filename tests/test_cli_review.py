@@ -178,3 +178,15 @@ def test_a_closed_pipe_without_a_descriptor_still_ends_quietly(monkeypatch, caps
     monkeypatch.setattr(eval_command, "run", run)
     assert main(["eval", "--checkpoint", "x", "--data", "y"]) == 141
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("command", [["cache", "--data", "x.txt", "--out", "o"], ["demo"]])
+@pytest.mark.parametrize("value", ["-1", "99999999999999999999"])
+def test_a_seed_out_of_range_is_refused_up_front(command, value, capsys):
+    """`spool cache --seed -1` failed after loading the model ("expected non-negative
+    integer"), `spool demo --seed 1e20` with "Overflow when unpacking long long"."""
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--seed", value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seed: expected an integer" in err and "Overflow" not in err

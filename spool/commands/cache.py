@@ -13,6 +13,7 @@ from spool.cli_args import (
     positive_float,
     positive_int,
     refuse_ignored,
+    seed,
 )
 from spool.config import SpoolConfig
 
@@ -176,6 +177,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="how the tokens are stored (%(default)s)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the backbone runs (auto: CUDA when available)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(func=run)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from spool.cli_args import positive_int
+from spool.cli_args import positive_int, seed
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
@@ -140,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="the synthetic demo (the default; offline, nothing to fetch)")
     parser.add_argument("--out", default=None,
                         help="output directory (spool-demo; --real: spool-demo-real)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help="training epochs per model")
     parser.add_argument("--per-class", type=positive_int, default=None,
