@@ -331,9 +331,12 @@ class SpoolConfig:
     def from_pretrained(cls, directory: str | os.PathLike) -> SpoolConfig:
         path = os.path.join(directory, CONFIG_NAME)
         if not os.path.isfile(path):
+            inner = os.path.join(directory, "model")  # a training run's folder, given whole
             raise CheckpointNotFoundError(
-                f"{path}: no {CONFIG_NAME}; is {directory} a Spool checkpoint written by "
-                "save_pretrained?")
+                f"{path}: no {CONFIG_NAME}; " + (
+                    f"did you mean {inner}, the model of the run in {directory}?"
+                    if os.path.isfile(os.path.join(inner, CONFIG_NAME)) else
+                    f"is {directory} a Spool checkpoint written by save_pretrained?"))
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)

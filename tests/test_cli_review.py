@@ -190,3 +190,17 @@ def test_a_seed_out_of_range_is_refused_up_front(command, value, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "--seed: expected an integer" in err and "Overflow" not in err
+
+
+def test_a_training_runs_folder_given_as_the_checkpoint_names_its_model(tmp_path, capsys):
+    """`spool eval --checkpoint RUN` (RUN/model meant) said only "no config.json; is RUN a
+    Spool checkpoint"."""
+    from train_helpers import TINY_MODEL
+
+    from spool.models.spool import Spool
+
+    Spool(**{k: v for k, v in TINY_MODEL.items() if k != "class_names"}).save_pretrained(
+        tmp_path / "run" / "model")
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", "x.txt"]) == 2
+    assert (f"no config.json; did you mean {tmp_path / 'run' / 'model'}, the model of the run "
+            f"in {tmp_path / 'run'}?") in capsys.readouterr().err
