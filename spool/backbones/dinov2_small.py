@@ -104,7 +104,8 @@ def find_onnx(onnx_path: str | os.PathLike | None = None, download: bool = True)
     if onnx_path is not None:
         path = Path(onnx_path)
         if not path.is_file():
-            raise FetchError(f"onnx_path: {path} does not exist. {_how_to_get()}")
+            what = "is a folder, not the .onnx file" if path.is_dir() else "does not exist"
+            raise FetchError(f"onnx_path: {path} {what}. {_how_to_get()}")
         check_sha256(path, ONNX_SHA256, f"{PACKAGE} {VERSION} ONNX", _how_to_get())
         return path
     installed = installed_onnx()
