@@ -25,3 +25,14 @@ class SpoolBusyError(OSError):
 
 class InsufficientSpaceError(OSError):
     """Not enough free disk space for an output, found before writing it."""
+
+
+class TrainingDivergedError(ValueError):
+    """The training loss is no longer finite (the learning rate too high, say): the run stops
+    at that step, before the optimizer writes NaN into the weights, its last checkpoint kept."""
+
+    @classmethod
+    def at(cls, step: int, loss: float, lr: float) -> TrainingDivergedError:
+        return cls(f"step {step}: the loss is {loss:g} at lr {lr:.2e}: training diverged; "
+                   "the weights were not updated with it and the last checkpoint is kept; "
+                   "lower --lr (or set --grad-clip) and start again or resume")

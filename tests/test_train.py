@@ -212,13 +212,16 @@ def test_clip_flags_are_refused_with_a_token_cache(tmp_path: Path, capsys, flag:
     TrainConfig.from_dict({"train_cache": str(tmp_path / "cache"), name: 8, "resume": "auto"})
 
 
-def test_a_diverged_loss_is_logged_as_it_is(tmp_path: Path, monkeypatch) -> None:
-    """A NaN loss shows in steps.csv (it must not be turned into 0.0 and a skipped step)."""
+def test_a_diverged_loss_stops_the_run_at_its_step(tmp_path: Path, monkeypatch) -> None:
+    """A NaN loss is not turned into 0.0 and a skipped step, nor trained on: the run stops
+    at that step, saying so, with no row for it in steps.csv."""
+    from spool.errors import TrainingDivergedError
     from spool.train.tasks import ClipTask
 
     loss = ClipTask.loss
     monkeypatch.setattr(ClipTask, "loss", lambda self, *a: (lambda out: (
         out[0] * float("nan"), *out[1:]))(loss(self, *a)))
     run = tmp_path / "run"
-    train(TrainConfig(**train_config_dict(run, epochs=1)))
-    assert all(x != x for _, x in read_steps(run))  # NaN
+    with pytest.raises(TrainingDivergedError, match="^step 1: the loss is nan"):
+        train(TrainConfig(**train_config_dict(run, epochs=1)))
+    assert read_steps(run) == []

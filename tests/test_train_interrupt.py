@@ -147,3 +147,19 @@ def test_a_new_run_does_not_replace_a_finished_runs_model(tmp_path: Path) -> Non
                                              r"and no checkpoint to continue it from"):
             Trainer(TrainConfig(**train_config_dict(run, epochs=1, resume=resume))).fit()
     assert (run / "model" / "model.safetensors").read_bytes() == weights
+
+
+def test_a_diverging_run_stops_before_nan_weights(tmp_path: Path, capsys) -> None:
+    """At --lr 1e10 the loss was NaN from step 2 and the run went on to exit 0, saving a
+    model with NaN weights that eval and extract then used."""
+    from spool.errors import TrainingDivergedError
+
+    run = tmp_path / "run"
+    config = train_config_dict(run, epochs=3, lr=1e10)
+    with pytest.raises(TrainingDivergedError, match=r"^step \d+: the loss is nan at lr .*: "
+                                                    r"training diverged"):
+        Trainer(TrainConfig(**config)).fit()
+    assert not (run / "model").exists()
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    assert main(["train", "--config", str(tmp_path / "run.json"), "--resume", "auto"]) == 2
+    assert "training diverged" in capsys.readouterr().err

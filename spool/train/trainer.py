@@ -266,6 +266,9 @@ class Trainer:
         sums = all_reduce_sum(torch.stack([torch.tensor(float(count)),
                                            loss.detach().float().cpu() * count]))
         total = max(float(sums[0]), 1.0)
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not torch.isfinite(sums[1]):  # the same sum on every rank: all stop here
+            raise stopping.diverged(self.step + 1, float(sums[1]) / total, lr)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * (count * self.info.world_size / total)).backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -273,7 +276,6 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
-        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
