@@ -204,3 +204,18 @@ def test_a_training_runs_folder_given_as_the_checkpoint_names_its_model(tmp_path
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", "x.txt"]) == 2
     assert (f"no config.json; did you mean {tmp_path / 'run' / 'model'}, the model of the run "
             f"in {tmp_path / 'run'}?") in capsys.readouterr().err
+
+
+def test_extract_into_a_folder_it_cannot_write_is_refused_up_front(tmp_path, monkeypatch,
+                                                                   capsys):
+    """Each video failed with PermissionError, as if it were a bad video, and the job then
+    ended on failures.csv's claim; eval refused such an --out up front."""
+    import os
+
+    out = tmp_path / "ro"
+    out.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(out)
+                        else real(p, mode))  # as a read-only folder is to a user (not root)
+    assert main(["extract", str(tmp_path / "v.mp4"), "--out", str(out)]) == 2
+    assert f"--out: {out} is not writable" in capsys.readouterr().err

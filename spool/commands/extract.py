@@ -155,6 +155,7 @@ def check_flags(args: argparse.Namespace, frame_model: bool | None = False) -> N
         raise ValueError("--batch-size: applies to clips; --per-frame (or a frame classifier "
                          "checkpoint) runs each video whole, --chunk-frames frames at a time")
     refuse_file_for_folder(args.offload_dir, "--offload-dir")
+    refuse_file_for_folder(args.out, "--out")  # else each video failed on it, one by one
     if args.checkpoint is None:  # nothing from training: the sampler is known already
         build_sampler(args, None, per_frame)
     else:
