@@ -219,3 +219,18 @@ def test_extract_into_a_folder_it_cannot_write_is_refused_up_front(tmp_path, mon
                         else real(p, mode))  # as a read-only folder is to a user (not root)
     assert main(["extract", str(tmp_path / "v.mp4"), "--out", str(out)]) == 2
     assert f"--out: {out} is not writable" in capsys.readouterr().err
+
+
+def test_another_backbone_beside_a_checkpoint_is_refused(tmp_path):
+    """`spool cache --init ENC --model backbone_name=OTHER` made tokens with ENC's backbone and
+    recorded OTHER in cache.json and backbone/config.json, exit 0."""
+    from train_helpers import TINY_MODEL
+
+    from spool.models.spool import Spool
+
+    Spool(**{k: v for k, v in TINY_MODEL.items() if k != "class_names"}).save_pretrained(
+        tmp_path / "m")
+    with pytest.raises(ValueError, match=r"^backbone_name: .* holds its backbone's weights; "
+                                         "another backbone needs a new model"):
+        Spool.from_pretrained(tmp_path / "m", backbone_name=str(tmp_path / "other"))
+    assert Spool.from_pretrained(tmp_path / "m", image_size=TINY_MODEL.get("image_size", 32))

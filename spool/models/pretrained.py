@@ -305,6 +305,11 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
                 f"fetch {config.backbone_name!r}; pass with_backbone=False for the temporal "
                 "part alone (a model saved without a backbone, run on cached tokens), or save "
                 "the model with its backbone through save_pretrained, which records the config")
+        swapped = [k for k in ("backbone_name", "backbone_config")
+                   if with_backbone and k in kwargs and kwargs[k] != getattr(config, k)]
+        if swapped:  # its weights are the saved backbone's: the new value would be a label
+            raise ValueError(f"{swapped[0]}: {directory} holds its backbone's weights; another "
+                             "backbone needs a new model (and its tokens a new cache)")
         if new_head:
             return cls._with_new_head(directory, config, kwargs, init)
         renamed = kwargs.get("class_names")
