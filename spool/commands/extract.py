@@ -155,7 +155,6 @@ def check_flags(args: argparse.Namespace, frame_model: bool | None = False) -> N
         raise ValueError("--batch-size: applies to clips; --per-frame (or a frame classifier "
                          "checkpoint) runs each video whole, --chunk-frames frames at a time")
     refuse_file_for_folder(args.offload_dir, "--offload-dir")
-    refuse_file_for_folder(args.out, "--out")  # else each video failed on it, one by one
     if args.checkpoint is None:  # nothing from training: the sampler is known already
         build_sampler(args, None, per_frame)
     else:
@@ -185,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
+        if not os.access(out_dir, os.W_OK | os.X_OK):  # else each video failed on it
+            raise ValueError(f"--out: {out_dir} is not writable")
         if dist.is_main:  # only files of processes that are gone: other jobs may share OUT
             remove_stale_temporaries(out_dir)
         every = plan_jobs(args.inputs, out_dir)
