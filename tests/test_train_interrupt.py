@@ -163,3 +163,21 @@ def test_a_diverging_run_stops_before_nan_weights(tmp_path: Path, capsys) -> Non
     (tmp_path / "run.json").write_text(json.dumps(config))
     assert main(["train", "--config", str(tmp_path / "run.json"), "--resume", "auto"]) == 2
     assert "training diverged" in capsys.readouterr().err
+
+
+def test_resuming_another_runs_checkpoint_into_a_run_of_its_own_is_refused(tmp_path):
+    """`--out-dir b --resume a/checkpoints/step_3` set b's own checkpoints aside and cut its
+    logs after step 3, leaving b's first steps in front of a's weights (exit 0, a note)."""
+    from spool.train.checkpoint import list_checkpoints
+
+    for name in ("a", "b"):
+        Trainer(TrainConfig(**train_config_dict(tmp_path / name, epochs=1))).fit()
+    theirs = list_checkpoints(tmp_path / "a")[-1]
+    mine = list_checkpoints(tmp_path / "b")
+    with pytest.raises(ValueError, match=r"is another run's checkpoint, and .* holds a run of "
+                                         r"its own .*: their histories would mix"):
+        Trainer(TrainConfig(**train_config_dict(tmp_path / "b", epochs=2,
+                                                resume=str(theirs))))
+    assert list_checkpoints(tmp_path / "b") == mine
+    Trainer(TrainConfig(**train_config_dict(tmp_path / "c", epochs=2,
+                                            resume=str(theirs)))).fit()  # a new folder: fine

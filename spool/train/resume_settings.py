@@ -113,20 +113,26 @@ def _describe(changes: dict[str, list]) -> str:
     return ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items())
 
 
-def refuse_earlier_run(out: Path, resume: str | None) -> None:
-    """``ValueError`` when a run starting afresh in ``out`` would replace an earlier run's
-    work: its checkpoints (pruned with this run's, newest step first) unless resumed, or
-    (no checkpoint to go on from, e.g. deleted for space) its saved ``model/`` and results."""
+def refuse_earlier_run(out: Path, resume: str | None,
+                       found: tuple[Path, Any] | None = None) -> None:
+    """``ValueError`` when a run in ``out`` would replace or mix with an earlier run's work:
+    its checkpoints (pruned with this run's, newest step first) unless resumed; (no
+    checkpoint to go on from, e.g. deleted for space) its saved ``model/`` and results; or
+    (resuming ``found``, another run's checkpoint) its own checkpoints and logs."""
     earlier = list_checkpoints(out)
     if earlier and not resume:
         raise ValueError(f"out_dir: {out} holds checkpoints of an earlier run (the newest: "
                          f"{earlier[-1].name}); pass --resume auto to continue it, or another "
                          "--out-dir")
     finished = [n for n in ("model", "results.json") if (out / n).exists()]
-    if finished and not earlier:
+    if finished and not earlier and found is None:
         raise ValueError(f"out_dir: {out} holds an earlier run's {' and '.join(finished)} and "
                          "no checkpoint to continue it from; give another --out-dir (or "
                          "remove them to start again there)")
+    if earlier and found is not None and found[0].resolve().parent != earlier[-1].parent.resolve():
+        raise ValueError(f"resume: {found[0]} is another run's checkpoint, and {out} holds a run "
+                         f"of its own (the newest: {earlier[-1].name}): their histories would "
+                         "mix; resume it into a new --out-dir")
 
 
 def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,

@@ -178,9 +178,8 @@ class Trainer:
         def choose() -> tuple[Path, dict[str, Any]] | None:
             ckpt.recover_checkpoints(self.out)  # safe: this run holds the directory
             found = ckpt.resolve_resume(cfg.resume, cfg.out_dir)
-            if found is None:  # "auto" with nothing to resume from
-                resume_settings.refuse_earlier_run(self.out, cfg.resume)
-            else:  # a change of model or task is refused before anything
+            resume_settings.refuse_earlier_run(self.out, cfg.resume, found)
+            if found is not None:  # a change of model or task is refused before anything
                 builders.check_resumed_backbone(self.model, found[1]["weights"], cfg, found[0])
                 self.resumed = resume_settings.check_resume(*found, cfg, self.model.config,
                                                             self.info.world_size)
