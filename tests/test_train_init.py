@@ -303,3 +303,17 @@ def test_clip_only_settings_are_refused_for_frames(name, value):
     with pytest.raises(ValueError, match=rf"{name} \({flag}\): applies to the clips task only"):
         TrainConfig(task="frames", train_data="x.csv", **{name: value})
     TrainConfig(task="clips", train_data="x.csv", **{name: value})
+
+
+def test_a_caches_frame_encoder_as_init_is_named_as_such(tmp_path: Path) -> None:
+    """`spool train --init CACHE/backbone` said "unknown SpoolConfig field(s)
+    ['with_backbone']; did you mean 'freeze_backbone'?", a keyword of Spool's own."""
+    from spool.models.frame_encoder import FrameEncoderModel
+    from spool.train.trainer import Trainer
+
+    FrameEncoderModel(**{k: v for k, v in TINY_MODEL.items()
+                         if k not in TEMPORAL_FIELDS}).save_pretrained(tmp_path / "backbone")
+    config = TrainConfig(**train_config_dict(tmp_path / "run", init=str(tmp_path / "backbone")))
+    with pytest.raises(ValueError, match=r"^init: .* holds a frame encoder \(a token cache's "
+                                         r"backbone\), not a model to start from"):
+        Trainer(config)

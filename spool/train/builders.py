@@ -29,6 +29,7 @@ from spool.models.pretrained import (
     _BACKBONE_KEY,
     backbone_digest,
     check_and_load_state_dict,
+    checkpoint_architecture,
     checkpoint_backbone_digest,
     load_pretrained,
     resolve_checkpoint,
@@ -236,9 +237,15 @@ def resolve_init(cfg: TrainConfig) -> Path:
     """``init``'s checkpoint directory (a folder, or a hub id's snapshot); the error names
     every folder it was looked for in (a config file's too) and the hub."""
     try:
-        return resolve_checkpoint(cfg.init, also_looked_in=cfg.init_looked_in)
+        directory = resolve_checkpoint(cfg.init, also_looked_in=cfg.init_looked_in)
     except CheckpointNotFoundError as err:
         raise CheckpointNotFoundError(f"init (--init): {err}") from err
+    if checkpoint_architecture(SpoolConfig.from_pretrained(directory), directory) == \
+            "FrameEncoderModel":  # a cache's backbone/: it has no temporal layers to start from
+        raise ValueError(f"init: {cfg.init} holds a frame encoder (a token cache's backbone), "
+                         "not a model to start from; train on that cache's tokens with "
+                         "--train-cache, or --init a Spool model (a run's model/)")
+    return directory
 
 
 def load_initial_weights(model: torch.nn.Module, cfg: TrainConfig) -> str:
