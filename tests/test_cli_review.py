@@ -221,7 +221,7 @@ def test_extract_into_a_folder_it_cannot_write_is_refused_up_front(tmp_path, mon
     assert f"--out: {out} is not writable" in capsys.readouterr().err
 
 
-def test_another_backbone_beside_a_checkpoint_is_refused(tmp_path):
+def test_another_backbone_beside_a_checkpoint_is_refused(tmp_path, monkeypatch):
     """`spool cache --init ENC --model backbone_name=OTHER` made tokens with ENC's backbone and
     recorded OTHER in cache.json and backbone/config.json, exit 0."""
     from train_helpers import TINY_MODEL
@@ -230,7 +230,21 @@ def test_another_backbone_beside_a_checkpoint_is_refused(tmp_path):
 
     Spool(**{k: v for k, v in TINY_MODEL.items() if k != "class_names"}).save_pretrained(
         tmp_path / "m")
-    with pytest.raises(ValueError, match=r"^backbone_name: .* holds its backbone's weights; "
-                                         "another backbone needs a new model"):
+    with pytest.raises(ValueError, match=r"^backbone_name: .* holds the weights of its "
+                                         r"backbone, .*, not .*other'; another backbone needs"):
         Spool.from_pretrained(tmp_path / "m", backbone_name=str(tmp_path / "other"))
     assert Spool.from_pretrained(tmp_path / "m", image_size=TINY_MODEL.get("image_size", 32))
+    # The same backbone spelled otherwise (a link, a relative path; a config's own entries)
+    # is the same: the review found it refused.
+    (tmp_path / "dino").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "dino")
+    saved = Spool(**{**{k: v for k, v in TINY_MODEL.items() if k != "class_names"},
+                     "backbone_name": str(tmp_path / "link")})
+    saved.save_pretrained(tmp_path / "m2")
+    monkeypatch.chdir(tmp_path)
+    for same in ("dino", "./link/", str(tmp_path / "dino")):
+        Spool.from_pretrained(tmp_path / "m2", backbone_name=same)
+    small = dict(TINY_MODEL["backbone_config"])
+    Spool.from_pretrained(tmp_path / "m2", backbone_config=small)
+    with pytest.raises(ValueError, match="^backbone_config: "):
+        Spool.from_pretrained(tmp_path / "m2", backbone_config={**small, "hidden_size": 48})

@@ -131,13 +131,16 @@ def test_a_cache_into_a_folder_whose_videos_are_a_datasets_is_refused(tmp_path):
     out = tmp_path / "dataset"
     (out / "videos").mkdir(parents=True)
     (out / "videos" / "a.mkv").write_bytes(b"a user's video")
-    with pytest.raises(ValueError, match=r"videos holds files a cache of frames does not "
-                                         r"write \(a\.mkv\): .* give it a folder of its own"):
+    with pytest.raises(ValueError, match=r"videos holds videos \(a\.mkv\): a cache of frames "
+                                         r"keeps its tokens there .* give it a folder of its own"):
         _build(out, 5.0)
     assert [p.name for p in (out / "videos").iterdir()] == ["a.mkv"]
     from spool.data.cached_tokens import cache_kind
 
     assert cache_kind(out) is None  # the clip cache said "holds a cache of frames"
+    (out / "videos" / "a.mkv").unlink()  # a stray Thumbs.db does not make it a dataset's
+    (out / "videos" / "Thumbs.db").write_bytes(b"")
+    assert _build(out, 5.0).cached == 4
 
 
 def test_a_damaged_video_file_is_named_and_the_same_command_redoes_it(tmp_path):

@@ -175,9 +175,15 @@ def test_resuming_another_runs_checkpoint_into_a_run_of_its_own_is_refused(tmp_p
     theirs = list_checkpoints(tmp_path / "a")[-1]
     mine = list_checkpoints(tmp_path / "b")
     with pytest.raises(ValueError, match=r"is another run's checkpoint, and .* holds a run of "
-                                         r"its own .*: their histories would mix"):
+                                         r"its own .*: their histories would mix; .* or "
+                                         r"--resume auto to continue the run in"):
         Trainer(TrainConfig(**train_config_dict(tmp_path / "b", epochs=2,
                                                 resume=str(theirs))))
     assert list_checkpoints(tmp_path / "b") == mine
     Trainer(TrainConfig(**train_config_dict(tmp_path / "c", epochs=2,
                                             resume=str(theirs)))).fit()  # a new folder: fine
+    import shutil  # b's own checkpoint, copied elsewhere and resumed into b: its own run
+
+    shutil.copytree(mine[-1], tmp_path / "scratch" / mine[-1].name)
+    Trainer(TrainConfig(**train_config_dict(tmp_path / "b", epochs=2, resume=str(
+        tmp_path / "scratch" / mine[-1].name)))).fit()

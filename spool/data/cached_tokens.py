@@ -23,6 +23,7 @@ from spool.data.dataset import VideoSample
 from spool.errors import CheckpointNotFoundError, SpoolLoadError
 from spool.io_utils import read_json
 from spool.models.pretrained import SpoolPreTrainedModel, check_and_load_state_dict, read_weights
+from spool.video.formats import is_video_name
 
 CACHE_META = "cache.json"
 TOKENS_NAME = "tokens.npy"
@@ -64,12 +65,13 @@ def cache_kind(cache_dir: str | os.PathLike) -> str | None:
 
 
 def _not_tokens(folder: Path) -> list[str]:
-    """The first names in ``folder`` that a frame cache does not write (a dataset's videos)."""
+    """The first videos in ``folder`` (a dataset's, which a frame cache replacing the folder
+    would delete; other strays, Thumbs.db say, are left to it)."""
     try:
         names = sorted(p.name for p in folder.iterdir())
     except OSError:
         return []
-    return [n for n in names if not n.endswith(".safetensors") and not n.startswith(".")][:3]
+    return [n for n in names if is_video_name(n) and not n.startswith(".")][:3]
 
 
 def refuse_other_cache(out_dir: str | os.PathLike, kind: str) -> None:
@@ -80,9 +82,9 @@ def refuse_other_cache(out_dir: str | os.PathLike, kind: str) -> None:
         raise ValueError(f"out: {out_dir} holds a cache of {found} (spool cache --task "
                          f"{found}); write the cache of {kind} to another folder")
     if kind == "frames" and (others := _not_tokens(Path(out_dir) / "videos")):
-        raise ValueError(f"out: {Path(out_dir) / 'videos'} holds files a cache of frames does "
-                         f"not write ({', '.join(others)}): a cache keeps its tokens there and "
-                         "replaces the folder when made again; give it a folder of its own")
+        raise ValueError(f"out: {Path(out_dir) / 'videos'} holds videos ({', '.join(others)}): "
+                         "a cache of frames keeps its tokens there and replaces the folder when "
+                         "made again; give it a folder of its own")
 
 
 def read_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:

@@ -8,13 +8,14 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from spool.config import DEFAULT_CROP_PCT, SpoolConfig
+from spool.config import DEFAULT_CROP_PCT, SpoolConfig, backbone_identity
 from spool.errors import SpoolLoadError
 from spool.io_utils import looks_like_path
 from spool.layers.pooling import SpatialTokenPooling
@@ -302,3 +303,13 @@ def build_frame_encoder(config: SpoolConfig) -> tuple[FrameEncoder, SpoolConfig]
     return encoder, config.replace(hidden_size=encoder.hidden_size,
                                    num_spatial_tokens=encoder.count_tokens(),
                                    num_prefix_tokens=prefix)
+
+
+def names_another_backbone(field: str, value: Any, config: SpoolConfig) -> bool:
+    """Whether ``backbone_name`` / ``backbone_config`` ``value`` names another backbone than
+    ``config``'s: a folder by its real path (``./dino`` and a link to it are one), a config by
+    the entries it gives (the saved one holds every default besides)."""
+    if field == "backbone_name":
+        return backbone_identity(str(value)) != backbone_identity(str(config.backbone_name))
+    saved = config.backbone_config or {}
+    return not isinstance(value, dict) or any(saved.get(k) != v for k, v in value.items())

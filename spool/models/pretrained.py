@@ -31,7 +31,7 @@ from spool.io_utils import (
     looks_like_path,
     remove_stale_temporaries_in,
 )
-from spool.layers.backbone import backbone_weights_follow
+from spool.layers.backbone import backbone_weights_follow, names_another_backbone
 from spool.validation import check_tokens, check_video
 
 logger = logging.getLogger(__name__)
@@ -306,9 +306,11 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
                 "part alone (a model saved without a backbone, run on cached tokens), or save "
                 "the model with its backbone through save_pretrained, which records the config")
         swapped = [k for k in ("backbone_name", "backbone_config")
-                   if with_backbone and k in kwargs and kwargs[k] != getattr(config, k)]
+                   if with_backbone and k in kwargs
+                   and names_another_backbone(k, kwargs[k], config)]
         if swapped:  # its weights are the saved backbone's: the new value would be a label
-            raise ValueError(f"{swapped[0]}: {directory} holds its backbone's weights; another "
+            raise ValueError(f"{swapped[0]}: {directory} holds the weights of its backbone, "
+                             f"{config.backbone_name!r}, not {kwargs[swapped[0]]!r}; another "
                              "backbone needs a new model (and its tokens a new cache)")
         if new_head:
             return cls._with_new_head(directory, config, kwargs, init)

@@ -129,10 +129,19 @@ def refuse_earlier_run(out: Path, resume: str | None,
         raise ValueError(f"out_dir: {out} holds an earlier run's {' and '.join(finished)} and "
                          "no checkpoint to continue it from; give another --out-dir (or "
                          "remove them to start again there)")
-    if earlier and found is not None and found[0].resolve().parent != earlier[-1].parent.resolve():
+    if earlier and found is not None and _another_runs(found, out, earlier[-1].parent):
         raise ValueError(f"resume: {found[0]} is another run's checkpoint, and {out} holds a run "
                          f"of its own (the newest: {earlier[-1].name}): their histories would "
-                         "mix; resume it into a new --out-dir")
+                         "mix; resume it into a new --out-dir, or --resume auto to continue the "
+                         f"run in {out}")
+
+
+def _another_runs(found: tuple[Path, Any], out: Path, own: Path) -> bool:
+    """Whether checkpoint ``found`` is of another run than ``out``'s: outside its checkpoints
+    and saved by a run into another folder (a copy of its own, or an old one, is not)."""
+    saved = (found[1].get("config") or {}).get("out_dir")
+    return found[0].resolve().parent != own.resolve() and saved is not None and \
+        Path(saved).resolve() != out.resolve()
 
 
 def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,
