@@ -195,7 +195,7 @@ def _write_meta(out: Path, meta: dict, key: str, failures: list[SkippedVideo]) -
                 failures=failure_rows(failures))
     if failures:
         meta["rows"] = rows
-    write_cache_failures(out / FAILURES_NAME, failures)
+    write_failures(out / FAILURES_NAME, meta["failures"])
     atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
     return rows
 
@@ -256,14 +256,10 @@ def report_failure(entry: SkippedVideo) -> None:
 
 
 def failure_rows(failures: list[SkippedVideo]) -> list[list[str]]:
-    """``path, error, message`` per video a cache leaves out, the path resolved as ``spool
-    extract`` lists it: a relative one would name nothing from another working directory."""
+    """``path, error, message`` per video a cache leaves out (``cache.json``'s ``failures``
+    and, through ``write_failures``, ``failures.csv`` as ``spool extract`` writes it), the
+    path resolved: a relative one would name nothing from another working directory."""
     return [[str(Path(f.path).resolve()), f.error, f.message] for f in failures]
-
-
-def write_cache_failures(path: Path, failures: list[SkippedVideo]) -> None:
-    """``failures.csv`` as ``spool extract`` writes it; none left when nothing failed."""
-    write_failures(path, failure_rows(failures))
 
 
 def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,

@@ -61,10 +61,10 @@ def cache_kind(cache_dir: str | os.PathLike) -> str | None:
         return "frames" if meta.get("kind") == "frames" else "clips"
     if any((out / name).exists() for name in (TOKENS_NAME, PARTIAL_NAME, PROGRESS_NAME)):
         return "clips"  # an interrupted one too, which the same command resumes
-    return "frames" if (out / "videos").is_dir() and not _not_tokens(out / "videos") else None
+    return "frames" if (out / "videos").is_dir() and not _videos_in(out / "videos") else None
 
 
-def _not_tokens(folder: Path) -> list[str]:
+def _videos_in(folder: Path) -> list[str]:
     """The first videos in ``folder`` (a dataset's, which a frame cache replacing the folder
     would delete; other strays, Thumbs.db say, are left to it)."""
     try:
@@ -76,12 +76,12 @@ def _not_tokens(folder: Path) -> list[str]:
 
 def refuse_other_cache(out_dir: str | os.PathLike, kind: str) -> None:
     """``ValueError`` when ``out_dir`` holds a cache of the other kind, or (a cache of frames)
-    other files in its ``videos/``: writing this one there would delete them."""
+    videos in its ``videos/`` (a dataset's): writing this one there would delete them."""
     found = cache_kind(out_dir)
     if found is not None and found != kind:
         raise ValueError(f"out: {out_dir} holds a cache of {found} (spool cache --task "
                          f"{found}); write the cache of {kind} to another folder")
-    if kind == "frames" and (others := _not_tokens(Path(out_dir) / "videos")):
+    if kind == "frames" and (others := _videos_in(Path(out_dir) / "videos")):
         raise ValueError(f"out: {Path(out_dir) / 'videos'} holds videos ({', '.join(others)}): "
                          "a cache of frames keeps its tokens there and replaces the folder when "
                          "made again; give it a folder of its own")

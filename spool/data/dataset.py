@@ -125,10 +125,11 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
     """``root/<class>/<video>`` -> (samples, class names); classes are the sorted folders.
     Hidden folders and files (a name starting with ".") are left out."""
     root = Path(root)
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = sorted(root.iterdir())
+    folders = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
     names = list(class_names) if class_names is not None else folders
-    lists = sorted(p.name for p in root.iterdir() if p.suffix in (".txt", ".csv", ".lst")
-                   and p.name not in ("classes.txt", "mapping.txt"))
+    lists = [p.name for p in entries if p.suffix in (".txt", ".csv", ".lst")
+             and p.name not in ("classes.txt", "mapping.txt")]
     if class_names is None and len(folders) < 2 and lists:  # a dataset's root: one "class"
         raise ValueError(f"{root}: {len(folders)} class folder(s) {folders} beside annotation "
                          f"files; did you mean {root / lists[0]}? (a folder of classes holds "

@@ -37,7 +37,6 @@ from spool.data.cache import (
     CacheSummary,
     failure_rows,
     report_failure,
-    write_cache_failures,
 )
 from spool.data.cached_tokens import (
     BACKBONE_DIR,
@@ -60,6 +59,7 @@ from spool.io_utils import (
     atomic_write_text,
     file_location,
     read_json,
+    write_failures,
 )
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.long_video import stream_tokens, whole_video_indices
@@ -214,7 +214,7 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
             "sampler": sampler.to_dict(), "dtype": dtype, "backbone_digest": digest,
             "frame_encoder": model.config.frame_encoder_fields(layout=False),
             "failures": failure_rows(failures)}
-    write_cache_failures(out / FAILURES_NAME, failures)
+    write_failures(out / FAILURES_NAME, meta["failures"])
     atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
     # The videos may be named otherwise (another working directory, a link): their tokens are
     # keyed on the files themselves, so nothing encoded means nothing changed.

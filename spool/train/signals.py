@@ -3,8 +3,7 @@
 While :class:`StopSignals` is active the two signals only set a flag; the trainer checks it
 after every step (under DDP every rank takes the maximum over all ranks, so they all stop
 after the same step), saves a checkpoint and raises :class:`TrainingInterrupted`, which the
-command line turns into exit code 130 (SIGINT) or 143 (SIGTERM). A loss that is no longer
-finite stops a run too (:func:`diverged`), before the step that would write NaN weights.
+command line turns into exit code 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -21,19 +20,12 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from spool.errors import TrainingDivergedError
-
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # torchrun passes a signal on to its workers, which may have had it already from the
 # terminal: a repeat this soon is the same request, not a second Ctrl-C.
 _REPEAT_S = 2.0
-
-
-def diverged(step: int, loss: float, lr: float) -> TrainingDivergedError:
-    """What stops a run whose loss is no longer finite (raised by the trainer)."""
-    return TrainingDivergedError.at(step, loss, lr)
 
 
 class TrainingInterrupted(Exception):

@@ -35,6 +35,7 @@ from spool.distributed import (
     on_rank0,
     setup_distributed,
 )
+from spool.errors import TrainingDivergedError
 from spool.io_utils import atomic_write
 from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
 from spool.train import builders, resume_settings
@@ -267,7 +268,7 @@ class Trainer:
         total = max(float(sums[0]), 1.0)
         lr = self.optimizer.param_groups[0]["lr"]
         if not torch.isfinite(sums[1]):  # the same sum on every rank: all stop here
-            raise stopping.diverged(self.step + 1, float(sums[1]) / total, lr)
+            raise TrainingDivergedError.at(self.step + 1, float(sums[1]) / total, lr)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * (count * self.info.world_size / total)).backward()
         params = [p for p in self.model.parameters() if p.grad is not None]

@@ -255,7 +255,7 @@ class FpsSampler(FrameSampler):
         tol = 1e-6 * (duration / n if duration else 0.0)  # as the index rule's epsilon
         times = ts[0] + np.arange(count) / self.target_fps + tol
         indices = (np.searchsorted(ts, times, side="right") - 1).clip(0, n - 1).tolist()
-        return [_cap(indices, self.max_frames)]
+        return [indices]  # count is at most max_frames
 
     def _sample(self, num_frames: int, fps: float | None,
                 rng: np.random.Generator | None) -> list[list[int]]:
@@ -265,7 +265,7 @@ class FpsSampler(FrameSampler):
         count = self._count(num_frames / step - 1e-9, num_frames)  # step: frames per output
         # The epsilon keeps 30 -> 10 fps at 0, 3, 6, ... despite 3 * k not being exact in floats.
         indices = [min(int(math.floor(k * step + 1e-6)), num_frames - 1) for k in range(count)]
-        return [_cap(indices, self.max_frames)]
+        return [indices]  # count is at most max_frames
 
     def _count(self, samples: float, num_frames: int) -> int:
         """``ceil(samples)`` frames to take (at least 1), at most ``max_frames``. A rate above
