@@ -422,3 +422,22 @@ def test_a_kill_while_changed_rows_are_redone_leaves_them_to_redo(model, tmp_pat
     again = build_cache(model, dataset, out, batch_size=4)
     assert again.changed == 1
     assert np.array_equal(np.load(out / "tokens.npy"), fresh)
+
+
+def test_a_partial_cache_of_other_settings_says_which(model, tmp_path: Path, monkeypatch,
+                                                      spool_log) -> None:
+    """A killed run's partial cache, continued with other settings, was dropped with "made with
+    other settings; starting over": hours of work gone, and no word of which setting did it."""
+    import logging
+
+    from spool.data import token_rows
+
+    spool_log.set_level(logging.INFO, logger="spool")
+    out = tmp_path / "cache"
+    monkeypatch.setattr(token_rows, "PROGRESS_EVERY_S", 0.0)
+    with monkeypatch.context() as patch, pytest.raises(Killed):  # spool_log's patch stays
+        _decoded(patch, die_at=9)
+        build_cache(model, _dataset(model, num_frames=4), out, batch_size=4)
+    build_cache(model, _dataset(model, num_frames=2), out, batch_size=4)
+    assert ("the partial cache there (8 of 16 videos done) was made with other settings "
+            "(num_frames, sampler, shape); starting over") in spool_log.text

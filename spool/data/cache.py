@@ -52,7 +52,7 @@ from spool.data.dataset import (
     worker_context,
     worker_init_fn,
 )
-from spool.data.token_rows import PartialTokens, RowsToRedo
+from spool.data.token_rows import PartialTokens, RowsToRedo, changed_settings
 from spool.errors import SpoolLoadError
 from spool.io_utils import (
     atomic_write_text,
@@ -139,13 +139,14 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             "frame_encoder": config.frame_encoder_fields(layout=False),
         }
         fixed = dataset.augmentation is None
+        settings = _tokens_of(meta, fixed)
         key = _settings_key(meta, fixed)
         # Keys of the same settings in earlier caches: the paths as typed, all of meta.
         keys = {key, _settings_key(meta, fixed, resolve=False), _digest(meta)}
         # Which version of each file: not part of the key, so a re-encoded or replaced video
         # costs its own row, not the whole cache.
         meta["sources"] = [file_version(s.path) for s in dataset.samples]
-        done = _complete_cache(out, keys, meta, fixed)
+        done = _complete_cache(out, keys, settings, fixed)
         if done is not None:
             cached = read_cache_meta(out)
             writer = RowsToRedo(out / TOKENS_NAME, cached, meta["sources"])
@@ -166,7 +167,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
                                 retried=len(writer.failed), changed=len(writer.changed),
                                 relabelled=relabelled)
         writer = PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), key, meta["sources"],
-                               keys)
+                               keys, settings)
         writer.heartbeat = lambda: refresh_claim(lock)  # other machines judge it by age
         try:
             failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
@@ -228,10 +229,10 @@ def _new_labels(cached: dict, meta: dict) -> bool:
             != [meta["samples"][i][1] for i in rows])
 
 
-def _complete_cache(out: Path, keys: set[str], meta: dict, fixed_clips: bool
+def _complete_cache(out: Path, keys: set[str], settings: dict, fixed_clips: bool
                     ) -> CacheSummary | None:
-    """A summary of the complete, readable cache in ``out`` made with settings of ``keys``
-    (today's, or the key an earlier version gave the same settings)."""
+    """A summary of the complete, readable cache in ``out`` made with ``settings`` (their
+    ``keys``: today's, or the key an earlier version gave the same settings)."""
     if not (out / CACHE_META).is_file() or not (out / BACKBONE_DIR).is_dir():
         return None
     try:
@@ -239,12 +240,9 @@ def _complete_cache(out: Path, keys: set[str], meta: dict, fixed_clips: bool
     except (SpoolLoadError, ValueError):
         return None  # damaged: made again
     if cached.meta.get("settings_key") not in keys:
-        theirs = _tokens_of(cached.meta, fixed_clips)
-        ours = json.loads(json.dumps(_tokens_of(meta, fixed_clips)))  # tuples as JSON has them
-        changed = sorted(k for k in ours if k != "sources" and theirs.get(k) != ours[k])
-        logger.info(f"{out}: the cache there was made with other settings "
-                    f"({', '.join(changed) or 'an earlier version'}); it stays until the new "
-                    "one replaces it")
+        changed = changed_settings(_tokens_of(cached.meta, fixed_clips), settings)
+        logger.info(f"{out}: the cache there was made with other settings ({changed}); it "
+                    "stays until the new one replaces it")
         return None
     failures = [SkippedVideo(-1, *f) for f in cached.meta.get("failures", [])]
     return CacheSummary(out, len(cached), reused=True, failures=failures)

@@ -34,11 +34,12 @@ class PartialTokens:
     changed = 0  # videos done by an earlier run whose files changed since
 
     def __init__(self, out: Path, shape: tuple[int, ...], dtype: np.dtype, key: str,
-                 sources: list[tuple[int, int] | None], earlier_keys: Iterable[str] = ()
-                 ) -> None:
+                 sources: list[tuple[int, int] | None], earlier_keys: Iterable[str] = (),
+                 settings: dict | None = None) -> None:
         self.path, self.record = out / PARTIAL_NAME, out / PROGRESS_NAME
         self.shape = shape
         self.key = key
+        self.settings = settings  # what ``key`` digests, kept to say what changed
         self.keys = {key, *earlier_keys}  # a partial file of an earlier version goes on
         self.sources = sources
         self.done = self._read_done(dtype)
@@ -80,10 +81,15 @@ class PartialTokens:
                     logger.info(f"{self.path.parent}: {self.changed} videos of the partial "
                                 "cache there changed since; encoding them again")
                 return done & same
+            logger.info(f"{self.path.parent}: the partial cache there ({_count(record)} of "
+                        f"{len(record['sources'])} videos done) was made with other settings "
+                        f"({changed_settings(record.get('settings'), self.settings)}); "
+                        "starting over")
+            return None
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable: as good as made with other settings
-        logger.info(f"{self.path.parent}: the partial cache there was made with other "
-                    "settings; starting over")
+        logger.info(f"{self.path.parent}: the partial cache there could not be read; "
+                    "starting over")
         return None
 
     def todo(self) -> list[int]:
@@ -105,7 +111,8 @@ class PartialTokens:
         ranges = edges.reshape(-1, 2).tolist()  # runs of done videos as [start, stop)
         atomic_write_text(self.record, json.dumps({"key": self.key, "done": ranges,
                                                    "sources": self.sources,
-                                                   "finished": finished}))
+                                                   "finished": finished,
+                                                   "settings": self.settings}))
         self.saved_at = time.monotonic()
 
     def close(self) -> None:
@@ -134,6 +141,20 @@ class PartialTokens:
         self.save_progress(finished=True)
         os.replace(self.path, final)
         fsync_directory(final.parent)
+
+
+def changed_settings(theirs: dict | None, ours: dict | None) -> str:
+    """The names of the settings that differ, for a message ("an earlier version" when the
+    earlier run did not record them)."""
+    if not theirs or not ours:
+        return "an earlier version"
+    ours = json.loads(json.dumps(ours))  # tuples as JSON has them
+    changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+    return ", ".join(changed) or "an earlier version"
+
+
+def _count(record: dict) -> int:
+    return sum(stop - start for start, stop in record["done"])
 
 
 class RowsToRedo:
