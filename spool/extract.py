@@ -37,8 +37,8 @@ from spool.models.frame_classification import FrameClassifier
 from spool.models.frame_encoder import FrameEncoderModel
 from spool.models.long_video import check_memory
 from spool.models.long_video_state import ResumableHiddenState, pass_folder, resumable_pass
-from spool.models.pretrained import weights_digest
 from spool.models.spool import Spool
+from spool.models.weights import weights_digest
 from spool.runtime import print_line
 from spool.tensor_files import (
     StreamedTensor,

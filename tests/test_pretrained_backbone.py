@@ -163,6 +163,38 @@ def test_class_names_that_rename_a_classifiers_classes_are_said(tmp_path, spool_
            "['a', 'b'], in order" in spool_log.text
 
 
+def test_fields_that_change_a_saved_network_are_said(tmp_path, spool_log):
+    """`spool eval --model local_frame_range=1` on a checkpoint ran another network than the
+    one trained, without a word; fields of how it runs change nothing and say nothing."""
+    model = SpoolForFrameClassification(backbone_config=tiny_backbone(), class_names=["a", "b"],
+                                        **TEMPORAL)
+    model.save_pretrained(tmp_path)
+    frames = torch.rand(1, 4, 32, 32, 3)
+    again = SpoolForFrameClassification.from_pretrained(tmp_path, attn_implementation="dense",
+                                                        backbone_chunk_size=1)
+    torch.testing.assert_close(again(frames).logits, model.eval()(frames).logits)
+    assert "another network" not in spool_log.text
+    narrow = SpoolForFrameClassification.from_pretrained(tmp_path, local_frame_range=1)
+    assert f"{tmp_path}: loaded with local_frame_range {model.config.local_frame_range!r} -> 1: "\
+           "another network than the one saved" in spool_log.text
+    assert not torch.allclose(narrow(frames).logits, again(frames).logits)
+
+
+def test_a_checkpoint_of_a_diverged_run_is_refused(tmp_path):
+    """Before spool train stopped at a non-finite loss, a run at a too high learning rate saved
+    NaN weights, and eval and extract used them (every output NaN)."""
+    from safetensors.torch import load_file, save_file
+
+    SpoolForFrameClassification(backbone_config=tiny_backbone(), class_names=["a", "b"],
+                                **TEMPORAL).save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    name = next(k for k in sorted(state) if k.startswith("spool.temporal"))
+    state[name][0] = float("nan")
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(SpoolLoadError, match=f"tensor '{name}' holds NaN or infinite values"):
+        SpoolForFrameClassification.from_pretrained(tmp_path)
+
+
 def _named_clip_cache(tmp_path: Path) -> tuple[Path, Path]:
     """A token cache made by a classifier on a named backbone folder (then removed)."""
     from train_helpers import TINY_MODEL, tiny_video_dataset

@@ -65,7 +65,8 @@ from spool.io_utils import (
     write_failures,
 )
 from spool.models.frame_encoder import save_frame_encoder
-from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
+from spool.models.pretrained import SpoolPreTrainedModel
+from spool.models.weights import weights_digest
 
 __all__ = ["BACKBONE_DIR", "CACHE_META", "TOKENS_NAME", "CacheSummary", "CachedTokenDataset",
            "build_cache", "cache_backbone_config", "load_cache_backbone", "read_cache_meta"]

@@ -22,7 +22,8 @@ from spool.data.classes import class_index_map
 from spool.data.dataset import VideoSample
 from spool.errors import CheckpointNotFoundError, SpoolLoadError
 from spool.io_utils import read_json
-from spool.models.pretrained import SpoolPreTrainedModel, check_and_load_state_dict, read_weights
+from spool.models.pretrained import SpoolPreTrainedModel
+from spool.models.weights import check_and_load_state_dict, read_weights
 from spool.video.formats import is_video_name
 
 CACHE_META = "cache.json"

@@ -63,7 +63,8 @@ from spool.io_utils import (
 )
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.long_video import stream_tokens, whole_video_indices
-from spool.models.pretrained import SpoolPreTrainedModel, weights_digest
+from spool.models.pretrained import SpoolPreTrainedModel
+from spool.models.weights import weights_digest
 from spool.runtime import notes_said
 from spool.video.completeness import check_reader_complete
 from spool.video.io import VideoReader, probe_video

@@ -9,19 +9,15 @@ model card.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from spool.config import CONFIG_NAME, SpoolConfig, check_known_fields
@@ -32,40 +28,19 @@ from spool.io_utils import (
     remove_stale_temporaries_in,
 )
 from spool.layers.backbone import backbone_weights_follow, names_another_backbone
+from spool.models.weights import (
+    WEIGHTS_NAME,
+    backbone_digest,
+    check_and_load_state_dict,
+    read_weights,
+    without_backbone,
+)
 from spool.validation import check_tokens, check_video
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
 LEGACY_CLASSIFIER_NAME = "classifier.json"  # written before config.json named architectures
 MODEL_CLASSES: dict[str, type[SpoolPreTrainedModel]] = {}
-_BACKBONE_KEY = re.compile(r"(^|\.)backbone\.")
-
-
-def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; a :class:`SpoolLoadError` naming a damaged file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointNotFoundError(f"{path}: missing weights file")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise SpoolLoadError(f"{path}: not a readable safetensors file ({err}); it may be "
-                             "damaged or half-written") from err
-
-
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """Short hash of tensor names and values: equal only for identical weights. Half-precision
-    values are hashed as the float32 they load as, so a checkpoint saved in bf16 and the model
-    it loads into (float32) have the same digest."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        value = state[key].detach().cpu()
-        if value.dtype in (torch.float16, torch.bfloat16):
-            value = value.float()
-        h.update(key.encode())
-        h.update(value.contiguous().view(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
 
 
 def checkpoint_backbone_digest(directory: str | os.PathLike) -> str | None:
@@ -73,49 +48,6 @@ def checkpoint_backbone_digest(directory: str | os.PathLike) -> str | None:
     ``backbone.``), comparable with the live module's ``frame_encoder.state_dict()``;
     ``directory``: a checkpoint directory or hub id."""
     return backbone_digest(read_weights(resolve_checkpoint(directory) / WEIGHTS_NAME))
-
-
-def backbone_digest(state: dict[str, torch.Tensor]) -> str | None:
-    """:func:`weights_digest` of the frame encoder's tensors in a model's ``state`` (keys
-    below its ``backbone.``); None when it holds none."""
-    found = {}
-    for key, value in state.items():
-        match = _BACKBONE_KEY.search(key)
-        if match is not None:
-            found[key[match.end():]] = value
-    return weights_digest(found) if found else None
-
-
-def without_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` less the frame encoder's tensors (keys below its ``backbone.``)."""
-    return {k: v for k, v in state.items() if not _BACKBONE_KEY.search(k)}
-
-
-def check_and_load_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
-                              ignore_backbone: bool = False) -> None:
-    """Load ``state`` strictly; a missing, unexpected or mis-shaped tensor is a
-    :class:`CheckpointMismatchError` naming it."""
-    own = module.state_dict()
-    if ignore_backbone:
-        state = without_backbone(state)
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing and all(_BACKBONE_KEY.search(k) for k in missing) and \
-            not any(_BACKBONE_KEY.search(k) for k in state):
-        raise CheckpointMismatchError(
-            f"{source}: holds no backbone weights (saved from a model built with "
-            "with_backbone=False); load it with with_backbone=False, for cached tokens")
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"{source}: checkpoint does not match the model built from its config: missing "
-            f"tensors {missing[:10]}, unexpected tensors {unexpected[:10]}")
-    mismatched = [f"{name!r} has shape {tuple(value.shape)} in the checkpoint but "
-                  f"{tuple(own[name].shape)} in the model"
-                  for name, value in state.items() if value.shape != own[name].shape]
-    if mismatched:
-        raise CheckpointMismatchError(f"{source}: tensors do not match the model built from "
-                                      "its config: " + "; ".join(mismatched[:10]))
-    module.load_state_dict(state)
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike, *,
@@ -332,6 +264,12 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
             raise CheckpointMismatchError(
                 f"{err}; the fields given ({', '.join(changed)}) build another network than "
                 "the one saved there") from err
+        # class_names have their note above; a backbone named another way is the same one
+        changed = _changed_fields(config, kwargs, ("class_names", "backbone_name",
+                                                   "backbone_config"))
+        if changed:
+            logger.warning("%s: loaded with %s: another network than the one saved, so its "
+                           "outputs are not the saved model's", directory, ", ".join(changed))
         return model.eval()  # dropout off: two calls on the same input agree
 
     @classmethod
@@ -354,20 +292,29 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
         return model.eval()
 
 
+def _as_saved(value: Any) -> Any:
+    """``value`` as ``config.json`` holds it ((1, 2) as [1, 2])."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return value
+
+
+def _changed_fields(config: SpoolConfig, kwargs: dict[str, Any], skip: Sequence[str] = ()
+                    ) -> list[str]:
+    """The fields in ``kwargs`` (``old -> new``) that change what the saved network computes
+    (not the ``RUNTIME_FIELDS``, nor ``skip``)."""
+    return [f"{k} {getattr(config, k)!r} -> {v!r}" for k, v in kwargs.items()
+            if k not in (*SpoolConfig.RUNTIME_FIELDS, *skip)
+            and _as_saved(getattr(config, k)) != _as_saved(v)]
+
+
 def _fields_behind(cls: type, config: SpoolConfig, init: dict[str, Any],
                    kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> list[str]:
     """The config fields in ``kwargs`` (``old -> new``) behind a checkpoint that does not
     load: none unless the saved ``config`` alone builds a network of ``state``'s tensors
     (built on the meta device: no memory, no weights)."""
-    def as_saved(value: Any) -> Any:  # (1, 2) as [1, 2]: as config.json holds it
-        try:
-            return json.loads(json.dumps(value))
-        except (TypeError, ValueError):
-            return value
-
-    changed = [f"{k} {getattr(config, k)!r} -> {v!r}" for k, v in kwargs.items()
-               if k not in SpoolConfig.RUNTIME_FIELDS
-               and as_saved(getattr(config, k)) != as_saved(v)]
+    changed = _changed_fields(config, kwargs)
     if not changed:
         return []
     try:

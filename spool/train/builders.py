@@ -26,17 +26,19 @@ from spool.errors import CheckpointNotFoundError
 from spool.layers.backbone import backbone_weights_follow
 from spool.models.classification import VideoClassifier, classifier_class
 from spool.models.pretrained import (
-    _BACKBONE_KEY,
-    backbone_digest,
-    check_and_load_state_dict,
     checkpoint_architecture,
     checkpoint_backbone_digest,
     load_pretrained,
     resolve_checkpoint,
+)
+from spool.models.spool import Spool
+from spool.models.weights import (
+    _BACKBONE_KEY,
+    backbone_digest,
+    check_and_load_state_dict,
     weights_digest,
     without_backbone,
 )
-from spool.models.spool import Spool
 from spool.train.config import TrainConfig
 from spool.video.samplers import clip_sampler
 from spool.video.transforms import RandomResizedCrop

@@ -40,7 +40,7 @@ from spool.io_utils import (
     remove_stale_temporaries_in,
     temporary_sibling,
 )
-from spool.models.pretrained import WEIGHTS_NAME, read_weights
+from spool.models.weights import WEIGHTS_NAME, read_weights
 
 logger = logging.getLogger(__name__)
 

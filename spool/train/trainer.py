@@ -37,7 +37,7 @@ from spool.distributed import (
 )
 from spool.errors import TrainingDivergedError
 from spool.io_utils import atomic_write
-from spool.models.pretrained import WEIGHTS_NAME, check_and_load_state_dict
+from spool.models.weights import WEIGHTS_NAME, check_and_load_state_dict
 from spool.train import builders, resume_settings
 from spool.train import checkpoint as ckpt
 from spool.train import signals as stopping
