@@ -267,6 +267,42 @@ def test_rotation_metadata_is_applied(tmp_path: Path, ext: str, rotation: int) -
         assert (info.height, info.width) == got.shape[1:3]
 
 
+
+def _as_displayed(image: np.ndarray, a: int, b: int, c: int, d: int) -> np.ndarray:
+    """``image`` moved as a display matrix ``[a b 0; c d 0; 0 0 1]`` says (libavutil's
+    display.h: a pixel ``(x, y)`` goes to ``(a x + c y, b x + d y)``, y pointing down)."""
+    ys, xs = np.mgrid[0:image.shape[0], 0:image.shape[1]]
+    x, y = a * xs + c * ys, b * xs + d * ys
+    out = np.zeros((np.ptp(y) + 1, np.ptp(x) + 1, 3), np.uint8)
+    out[y - y.min(), x - x.min()] = image[ys, xs]
+    return out
+
+
+@pytest.mark.parametrize("matrix", [(1, 0, 0, 1), (-1, 0, 0, 1), (1, 0, 0, -1), (-1, 0, 0, -1),
+                                    (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, -1, 0), (0, -1, -1, 0)])
+def test_a_display_matrix_that_mirrors_is_applied(tmp_path: Path, matrix) -> None:
+    """A mirroring display matrix (a front camera's) was read as a turn: left-right mirrored
+    frames came out upside down, top-bottom mirrored ones as stored."""
+    unit, one = 1 << 16, 1 << 30
+    a, b, c, d = matrix
+    image = np.kron(np.random.default_rng(0).integers(0, 256, (2, 4, 3)),
+                    np.ones((8, 8, 1))).astype(np.uint8)
+    path = tmp_path / "mirrored.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 16, "bgr0"
+        stream.set_display_matrix([a * unit, b * unit, 0, c * unit, d * unit, 0, 0, 0, one])
+        for pts in range(2):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = pts
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    got, _ = read_video_frames(path)
+    np.testing.assert_array_equal(got[0], _as_displayed(image, a, b, c, d))
+    info = probe_video(path, exact=False)
+    assert (info.height, info.width) == got.shape[1:3]
+    np.testing.assert_array_equal(apply_rotation(image, info.rotation, info.mirrored), got[0])
+
 # --- errors -------------------------------------------------------------------------------------
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -299,6 +335,69 @@ def test_audio_only_file(tmp_path: Path) -> None:
     with pytest.raises(VideoDecodeError, match="no video stream"):
         read_video_frames(path)
 
+
+
+def test_cover_art_is_not_a_video(tmp_path: Path) -> None:
+    """An .mp4 of audio and cover art (a podcast's, yt-dlp's thumbnail) was read as a 1-frame
+    video of the cover at 90000 fps, and its features saved as a success."""
+    path = tmp_path / "podcast.mp4"
+    with av.open(str(path), "w") as c:
+        audio = c.add_stream("aac", rate=8000)
+        cover = c.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        picture = picture.reformat(format="yuvj420p")
+        picture.pts = 0
+        c.mux(cover.encode(picture))
+        c.mux(cover.encode(None))
+        for k in range(4):
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                               layout="mono")
+            sound.sample_rate, sound.pts = 8000, 1024 * k
+            c.mux(audio.encode(sound))
+        c.mux(audio.encode(None))
+    for read in (read_video_frames, probe_video):
+        with pytest.raises(VideoDecodeError, match="no video stream in the file "
+                                                   r"\(only a still picture: cover art\)"):
+            read(path)
+
+
+def test_the_main_video_stream_is_read(tmp_path: Path) -> None:
+    """Of two video streams, the one ffmpeg picks (here the larger, flagged default), not the
+    first (a small preview track)."""
+    path = tmp_path / "two_tracks.mkv"
+    sizes = {"preview": (16, 16), "main": (48, 32)}
+    with av.open(str(path), "w") as c:
+        streams = {}
+        for name, (w, h) in sizes.items():
+            streams[name] = c.add_stream("ffv1", rate=5)
+            streams[name].width, streams[name].height, streams[name].pix_fmt = w, h, "bgr0"
+        streams["preview"].disposition = av.stream.Disposition(0)
+        streams["main"].disposition = av.stream.Disposition.default
+        for pts in range(3):
+            for name, (w, h) in sizes.items():
+                frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), 200, np.uint8), "rgb24")
+                frame.pts = pts
+                c.mux(streams[name].encode(frame))
+        for stream in streams.values():
+            c.mux(stream.encode(None))
+    frames, _ = read_video_frames(path)
+    assert frames.shape == (3, 32, 48, 3)
+    info = probe_video(path, exact=False)
+    assert (info.width, info.height, info.num_frames) == (48, 32, 3)
+
+
+@pytest.mark.parametrize("name", ["cam1:front.mkv", "2024-01-05T10:30:00.mkv", "file:b.mkv"])
+def test_a_colon_in_a_relative_path(tmp_path: Path, monkeypatch, name: str) -> None:
+    """FFmpeg took "cam1" in `cam1:front.mkv` for a protocol (Protocol not found), and read
+    `file:b.mkv` as the file b.mkv."""
+    monkeypatch.chdir(tmp_path)
+    write_video("b.mkv", np.zeros((2, 16, 16, 3), np.uint8), codec="ffv1")
+    frames = _noise(3, 16, 16)
+    write_video(name, frames, codec="ffv1")
+    assert Path(name).is_file()  # its own name, not a protocol's path
+    np.testing.assert_array_equal(read_video_frames(name)[0], frames)
 
 def test_tags_that_are_not_utf8_do_not_stop_reading(tmp_path: Path) -> None:
     """Some HMDB51 clips carry a Latin-1 title; PyAV's strict decoding of it raised a

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import av
 
-from spool.video.index import VideoDecodeError
+from spool.video.index import VideoDecodeError, main_video_stream, open_file
 from spool.video.io import VideoReader
 
 
 def _declared_end(container: av.container.InputContainer) -> float | None:
     """Where the header says the file ends, in seconds: the video stream's duration, else the
     container's (which covers every stream)."""
-    stream = container.streams.video[0]
+    stream = main_video_stream(container)
     if stream.duration and stream.time_base:
         return float((stream.start_time or 0) + stream.duration) * float(stream.time_base)
     if container.duration:
@@ -36,8 +36,8 @@ def check_complete(source: Path, num_frames: int, end_s: float | None = None,
     the video; ``discarded``: packets the header counts but an edit list leaves out (a file
     trimmed by ``-ss ... -c copy``, ``index.discarded``). The tolerance keeps normal files (an
     unknown last frame duration, B-frame delays, rounded timestamps) from being flagged."""
-    with av.open(str(source), metadata_errors="ignore") as container:
-        stream = container.streams.video[0]
+    with open_file(str(source), metadata_errors="ignore") as container:
+        stream = main_video_stream(container)
         announced, tb = stream.frames, stream.time_base
         declared = _declared_end(container) if not announced and end_s is not None else None
         avi = container.format.name == "avi"

@@ -84,22 +84,43 @@ def _check_regular_file(path: str) -> os.stat_result:
     return st
 
 
+def main_video_stream(container: av.container.InputContainer) -> av.VideoStream | None:
+    """The video stream ``ffmpeg`` would pick: the largest, a default one first unless another
+    is much larger; never a still picture (cover art) attached to an audio file."""
+    moving = [s for s in container.streams.video
+              if not s.disposition & av.stream.Disposition.attached_pic]
+
+    def score(stream: av.VideoStream) -> int:
+        context = stream.codec_context  # None where FFmpeg has no decoder for it
+        area = context.width * context.height if context is not None else 0
+        return area + 5_000_000 * bool(stream.disposition & av.stream.Disposition.default)
+
+    return max(moving, key=score, default=None)
+
+
+def open_file(path: str, **options) -> av.container.Container:
+    """``av.open`` of a file by its absolute path: FFmpeg takes a name such as ``cam1:a.mp4``
+    (a colon before any slash) for a protocol, and ``file:a.mp4`` for another file."""
+    return av.open(os.path.abspath(path), **options)
+
+
 def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool = False,
           thread_type: str = "AUTO") -> tuple[av.container.InputContainer, av.VideoStream]:
-    """Open the first video stream; refuse frames over ``max_pixels`` (0: no limit).
+    """Open the main video stream; refuse frames over ``max_pixels`` (0: no limit).
     ``thread_type``: the decoder's threading (FFmpeg's ``AUTO``: frame and slice threads)."""
     path = os.fspath(path)
     _check_regular_file(path)
     try:
         # Tags that are not UTF-8 (seen in HMDB51 clips) must not make a video unreadable.
-        container = av.open(path, mode="r", options=_HEADERS_ONLY if headers_only else None,
-                            metadata_errors="ignore")
+        container = open_file(path, mode="r", metadata_errors="ignore",
+                              options=_HEADERS_ONLY if headers_only else None)
     except av.FFmpegError as e:
         raise VideoDecodeError(f"{path}: cannot open as a video file: {e}") from e
-    if not container.streams.video:
+    stream = main_video_stream(container)
+    if stream is None:
+        still = " (only a still picture: cover art)" if container.streams.video else ""
         container.close()
-        raise VideoDecodeError(f"{path}: no video stream in the file")
-    stream = container.streams.video[0]
+        raise VideoDecodeError(f"{path}: no video stream in the file{still}")
     try:
         if stream.codec_context is None:  # FFmpeg has no decoder for it
             raise VideoDecodeError(f"{path}: no decoder for its video codec (this FFmpeg build "

@@ -30,6 +30,7 @@ from spool.video.index import (
     clear_index_cache,
 )
 from spool.video.limits import DEFAULT_MAX_PIXELS, check_frame_size, current_max_pixels
+from spool.video.orientation import apply_rotation, frame_orientation
 from spool.video.writer import SUPPORTED_CODECS, write_video
 
 __all__ = [
@@ -73,24 +74,12 @@ class VideoInfo:
     codec: str
     pix_fmt: str | None
     start_time: float  # pts of frame 0 in seconds
-
-
-def _rotation_of(frame: av.VideoFrame) -> int:
-    return int(round(frame.rotation / 90.0)) * 90 % 360
+    mirrored: bool = False  # mirrored left-right after the rotation (display matrix), as applied
 
 
 def _stream_fps(stream: av.VideoStream) -> float:
     rate = stream.average_rate or stream.guessed_rate
     return float(rate) if rate else 1.0
-
-
-def apply_rotation(image: np.ndarray, rotation: int) -> np.ndarray:
-    """Rotate ``image`` [H, W, C] counter-clockwise by ``rotation`` (a multiple of 90) degrees.
-
-    That is how a player shows a frame whose display matrix says ``rotation``.
-    """
-    k = int(round(rotation / 90.0)) % 4
-    return np.ascontiguousarray(np.rot90(image, k=k)) if k else image
 
 
 class VideoReader:
@@ -116,7 +105,7 @@ class VideoReader:
             raise VideoDecodeError(f"{self.path}: the video stream has no frames")
         self._pts_to_idx = {p: i for i, p in enumerate(self.index.pts.tolist())}
         self._container, self._stream = _open(self.path, self.max_pixels, thread_type=thread_type)
-        self.rotation = 0  # from the display matrix of the frames decoded so far
+        self.rotation, self.mirrored = 0, False  # the display matrix of the last frame decoded
         self._reformatter = VideoReformatter()
         self.num_seeks = 0
         self.num_fallbacks = 0  # passes redone from the start because a seek missed frames
@@ -212,7 +201,7 @@ class VideoReader:
     def _to_rgb(self, frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
         # The header passed, but the size may change mid-stream.
         check_frame_size(self.path, frame.width, frame.height, self.max_pixels)
-        self.rotation = _rotation_of(frame)
+        self.rotation, self.mirrored = frame_orientation(frame)
         # One reformatter per reader: frame.to_ndarray builds a new swscale context per frame.
         if size is None:
             rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
@@ -222,7 +211,7 @@ class VideoReader:
             height, width = size[::-1] if self.rotation in (90, 270) else size
             rgb = self._reformatter.reformat(frame, width=width, height=height, format="rgb24",
                                              interpolation="AREA").to_ndarray()
-        return apply_rotation(rgb, self.rotation)
+        return apply_rotation(rgb, self.rotation, self.mirrored)
 
     def _should_seek(self, t: int, strategy: Strategy) -> bool:
         if strategy == "sequential" or not self._can_seek:
@@ -359,7 +348,7 @@ class VideoReader:
             path=self.path, num_frames=n, num_frames_exact=self.index.exact, fps=fps,
             duration=duration, width=first.shape[2], height=first.shape[1],
             rotation=self.rotation, codec=ctx.name, pix_fmt=ctx.pix_fmt, start_time=start,
-        )
+            mirrored=self.mirrored)
 
 
 def probe_video(path: str | os.PathLike[str], exact: bool = True,
@@ -385,7 +374,7 @@ def probe_video(path: str | os.PathLike[str], exact: bool = True,
         if frame is None:
             raise VideoDecodeError(f"{path}: the video stream has no decodable frame")
         check_frame_size(os.fspath(path), frame.width, frame.height, max_pixels)
-        rotation, tb = _rotation_of(frame), stream.time_base or Fraction(1, 1)
+        (rotation, mirrored), tb = frame_orientation(frame), stream.time_base or Fraction(1, 1)
         h, w = (frame.width, frame.height) if rotation in (90, 270) else (frame.height, frame.width)
         fps = _stream_fps(stream)
         if stream.duration:
@@ -398,7 +387,7 @@ def probe_video(path: str | os.PathLike[str], exact: bool = True,
             rotation=rotation, codec=stream.codec_context.name,
             pix_fmt=stream.codec_context.pix_fmt,
             start_time=float(stream.start_time * tb) if stream.start_time is not None else 0.0,
-        )
+            mirrored=mirrored)
 
 
 def read_video_frames(

@@ -11,6 +11,8 @@ from typing import Any
 import av
 import numpy as np
 
+from spool.video.index import open_file
+
 __all__ = ["SUPPORTED_CODECS", "write_video"]
 
 # Default pixel format per encoder: the one every player and decoder accepts for that codec.
@@ -122,7 +124,7 @@ def write_video(
         muxer_opts["fflags"] = _add_flag(muxer_opts.get("fflags"), "+bitexact")
 
     written = 0
-    with av.open(str(path), mode="w", options=muxer_opts) as container:
+    with open_file(os.fspath(path), mode="w", options=muxer_opts) as container:
         stream = None
         for i, frame in enumerate(frames):
             arr = _as_frame_array(frame)
