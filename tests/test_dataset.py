@@ -145,11 +145,12 @@ def test_dataset_rejects_bad_settings() -> None:
 
 
 def test_every_command_finds_the_same_video_files(tmp_path: Path) -> None:
-    """spool extract folders, class folders and MS-TCN videos/ take the same extensions."""
+    """spool extract folders, class folders and MS-TCN videos/ take the same extensions (a
+    camcorder's .MTS files were left out of folders without a word)."""
     from spool.data.segmentation import read_ms_tcn
     from spool.extract_inputs import collect_inputs
 
-    names = ["a.3gp", "b.GIF", "c.ts", "d.wmv", "e.mp4"]
+    names = ["a.3gp", "b.GIF", "c.ts", "d.wmv", "e.mp4", "f.MTS", "g.m2ts", "h.vob", "i.mxf"]
     (tmp_path / "videos" / "cls").mkdir(parents=True)
     for name in [*names, "notes.txt"]:
         (tmp_path / "videos" / "cls" / name).write_bytes(b"")

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 # In order of preference where a name is looked up by stem (MS-TCN ``videos/<stem>.*``).
+# Camcorders write .mts/.m2ts (AVCHD), DVDs .vob, broadcast .mxf. Not .ogg: mostly audio.
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts",
-                    ".flv", ".wmv", ".3gp", ".ogv", ".gif")
+                    ".flv", ".wmv", ".3gp", ".ogv", ".gif", ".mts", ".m2ts", ".vob", ".mxf",
+                    ".dv", ".f4v", ".3g2", ".asf", ".divx", ".y4m")
 
 
 def is_video_name(path: str | Path) -> bool:
