@@ -161,13 +161,17 @@ def plan_jobs(inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
     # A broken link stays itself (resolving it would report its target instead).
     found = {(src.resolve() if src.exists() else src.absolute(), name)
              for src, name in collect_inputs(inputs)}
-    # A video found twice (in a folder and a list naming it) is one job, under the name that
-    # keeps the most of its folders.
-    pairs, seen = [], set()
-    for src, name in sorted(found, key=lambda p: (p[0], -len(p[1].parts), p[1])):
+    # A video found twice (in a folder and a list naming it, or through a link) is one job,
+    # under its own file name if found by it, else the name that keeps the most folders.
+    pairs, seen = [], {}
+    for src, name in sorted(found, key=lambda p: (p[0], p[1].name != p[0].stem,
+                                                  -len(p[1].parts), p[1])):
         if src not in seen:
-            seen.add(src)
+            seen[src] = name
             pairs.append((src, name))
+        elif name.name != seen[src].name and rank == 0:
+            logger.info(f"{name} and {seen[src]} name one video ({src}): its features are "
+                        f"saved once, as {seen[src]}")
     names: dict[Path, int] = {}
     for _, name in pairs:
         names[name] = names.get(name, 0) + 1

@@ -190,6 +190,20 @@ def test_dotted_names_keep_their_own_outputs(tmp_path):
                      "sub/v1.2.safetensors"]
 
 
+
+def test_a_link_to_a_video_beside_it_gives_the_videos_own_name(tmp_path, spool_log):
+    """A folder of zebra.mp4 and a link a_alias.mp4 to it gave one output, a_alias.safetensors
+    (the first name sorted), without a word; zebra.safetensors was never written."""
+    import logging
+
+    spool_log.set_level(logging.INFO, logger="spool")
+    (tmp_path / "zebra.mp4").touch()
+    (tmp_path / "a_alias.mp4").symlink_to("zebra.mp4")
+    jobs = plan_jobs([tmp_path], tmp_path / "out")
+    assert [job.output.name for job in jobs] == ["zebra.safetensors"]
+    assert (f"a_alias and zebra name one video ({tmp_path / 'zebra.mp4'}): its features are "
+            "saved once, as zebra") in spool_log.text
+
 def test_ranks_split_inputs_without_gaps_or_overlap(videos, tmp_path):
     root, _ = videos
     every = plan_jobs([root], tmp_path)
