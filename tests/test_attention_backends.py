@@ -219,3 +219,29 @@ def test_attention_compiles_whole_in_a_cuda_process(monkeypatch):
     torch.testing.assert_close(compiled(q), dense_attention(q, q, q, num_lookback_heads=2,
                                                             local_frame_range=2))
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("backend", ["blocked", "dense", "flex"])
+def test_a_trace_on_fake_tensors_leaves_later_outputs_alone(backend: str) -> None:
+    """A first call on fake tensors (torch.export's default, FakeTensorMode, the ONNX exporter)
+    left a fake mask in the process-wide cache: every later model of that shape gave wrong
+    outputs (max error 0.1 with blocked) or NaN (dense), with no error."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from spool.layers import attention_blocked, attention_dense, masks
+
+    model = Spool(tiny_config(num_hidden_layers=2, attn_implementation=backend)).eval()
+    tokens = torch.randn(1, 5, model.config.num_spatial_tokens, model.config.hidden_size)
+    caches = (attention_blocked._token_mask, attention_dense._cached_additive_mask,
+              masks.flex_block_mask)
+    for cache in caches:
+        cache.cache_clear()
+    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = model.temporal(model.context_frames(mode.from_tensor(tokens)))
+    assert fake.shape == (1, 7, *tokens.shape[2:])  # with the two context frames
+    with torch.no_grad():
+        after = model.forward_tokens(tokens).features
+        for cache in caches:
+            cache.cache_clear()
+        fresh = model.forward_tokens(tokens).features
+    torch.testing.assert_close(after, fresh, rtol=0, atol=0)

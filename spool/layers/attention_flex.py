@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from spool.layers.masks import flex_block_mask
+from spool.layers.masks import fake_tensors, flex_block_mask
 
 _compiled_flex = None
 # torch's Triton flex kernel refuses head_dim < 16 ("NYI: embedding dimension ... must be at
@@ -30,6 +30,12 @@ def compiled_flex_attention():
     return _compiled_flex
 
 
+def _flex_op():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention
+
+
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                    num_lookback_heads: int, local_frame_range: int, **_: object) -> torch.Tensor:
     """The ``flex`` backend: ``q, k, v: [H, B, F, L, hd]`` -> ``[B, F, L, H, hd]``."""
@@ -40,5 +46,7 @@ def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         # Zero columns add nothing to q.k (the scale stays the true head_dim's), and v's zero
         # columns come out as zero columns that are sliced off: the result is exact.
         q, k, v = (F.pad(x, (0, FLEX_MIN_HEAD_DIM - hd)) for x in (q, k, v))
-    out = compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=hd ** -0.5)
+    # Compiled code runs on real memory: a trace on fake tensors records torch's own op.
+    flex = _flex_op() if fake_tensors() else compiled_flex_attention()
+    out = flex(q, k, v, block_mask=block_mask, scale=hd ** -0.5)
     return out[..., :hd].unflatten(2, (nF, L)).permute(0, 2, 3, 1, 4)

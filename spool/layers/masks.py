@@ -56,9 +56,16 @@ def _capturing() -> bool:
             and torch.cuda.is_current_stream_capturing())
 
 
+def fake_tensors() -> bool:
+    """Whether tensors are fake here (``torch.export``, ``FakeTensorMode``, the ONNX exporter).
+    Not asked while dynamo traces (it cannot trace the query; its masks are real)."""
+    return not torch.compiler.is_dynamo_compiling() and torch._guards.detect_fake_mode() is not None
+
+
 def cached_mask(fn=None, *, maxsize: int = 64):
     """lru_cache that always stores normal tensors: a mask first built under
-    ``torch.inference_mode`` would otherwise be unusable in a later training step.
+    ``torch.inference_mode`` would otherwise be unusable in a later training step, and one
+    built on fake tensors (an export's trace) would give every later model wrong outputs.
 
     A mask used while a CUDA graph is captured is kept for good: the graph holds only its
     address, and an evicted mask's memory would be reused under the graph's replays.
@@ -71,6 +78,8 @@ def cached_mask(fn=None, *, maxsize: int = 64):
     def wrapper(*args):
         if args in pinned:
             return pinned[args]
+        if fake_tensors():
+            return fn(*args)
         with torch.inference_mode(False):
             mask = cached(*args)
         if _capturing():
