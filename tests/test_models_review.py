@@ -199,3 +199,45 @@ def test_a_loaded_model_is_in_eval_mode(tmp_path: Path):
         first = first[0] if isinstance(first, tuple) else first.logits
         second = second[0] if isinstance(second, tuple) else second.logits
         torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_a_config_changed_after_the_model_was_built_is_not_saved(tmp_path: Path):
+    """model.config.local_frame_range set after the build: the layers kept the old window, but
+    save_pretrained wrote the new one, so the reloaded model computed another function from
+    the same weights (max difference 0.155)."""
+    import pytest
+
+    from spool import Spool
+
+    model = Spool(tiny_config(local_frame_range=1)).eval()
+    model.config.local_frame_range = 3
+    with pytest.raises(ValueError, match=r"config: local_frame_range 1 -> 3 set after the model "
+                                         r"was built, which its layers do not follow"):
+        model.save_pretrained(tmp_path)
+    assert not (tmp_path / "model.safetensors").exists()
+    model.config.local_frame_range = 1
+    model.config.sampling = {"mode": "uniform"}  # how it runs or was trained: saved as it is
+    model.save_pretrained(tmp_path)
+
+
+def test_runtime_switches_reach_the_built_layers(tmp_path: Path):
+    """Setting config.attn_implementation or config.gradient_checkpointing on a built model
+    changed nothing; the setters do, and the saved config says so."""
+    from spool import Spool
+
+    model = Spool(tiny_config(num_hidden_layers=2)).eval()
+    tokens = torch.randn(1, 5, model.config.num_spatial_tokens, model.config.hidden_size)
+    with torch.no_grad():
+        before = model.forward_tokens(tokens).features
+    model.set_attn_implementation("reference")
+    assert {layer.attn.implementation for layer in model.temporal.layers} == {"reference"}
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_tokens(tokens).features, before)
+    model.gradient_checkpointing_enable()
+    assert model.temporal.gradient_checkpointing and model.config.gradient_checkpointing
+    model.save_pretrained(tmp_path)
+    again = Spool.from_pretrained(tmp_path)
+    assert again.config.attn_implementation == "reference"
+    assert again.temporal.gradient_checkpointing
+    model.gradient_checkpointing_disable()
+    assert not model.temporal.gradient_checkpointing

@@ -139,6 +139,45 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
         MODEL_CLASSES[cls.__name__] = cls
 
     @property
+    def config(self) -> SpoolConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: SpoolConfig) -> None:
+        self._config = config
+        self._built_from = config.to_dict()  # the layers read it once, when built
+
+    def _changed_since_built(self) -> list[str]:
+        """Fields of ``config`` (``old -> new``) set after the model was built: the layers
+        still compute what they were built as (the ``RUNTIME_FIELDS`` aside)."""
+        return [f"{k} {self._built_from[k]!r} -> {v!r}" for k, v in self.config.to_dict().items()
+                if k not in SpoolConfig.RUNTIME_FIELDS and v != self._built_from[k]]
+
+    def set_attn_implementation(self, name: str) -> None:
+        """Run temporal attention with backend ``name`` (``auto`` or a registered one) from
+        now on; setting ``config.attn_implementation`` alone changes nothing."""
+        from spool.layers.attention import TemporalAttention
+        from spool.layers.attention_backends import select_backend
+
+        select_backend(name, dropout=self.config.attention_dropout)  # a clear error first
+        self.config.attn_implementation = name
+        for module in self.modules():
+            if isinstance(module, TemporalAttention):
+                module.implementation = name
+
+    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
+        """Recompute each temporal layer in the backward pass (less memory, more time)."""
+        from spool.layers.transformer import TemporalTransformer
+
+        self.config.gradient_checkpointing = enable
+        for module in self.modules():
+            if isinstance(module, TemporalTransformer):
+                module.gradient_checkpointing = enable
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing_enable(False)
+
+    @property
     def frame_encoder(self) -> nn.Module | None:
         """The backbone module (``FrameEncoder``), or None for a temporal-only model."""
         return getattr(self, "backbone", None)
@@ -188,6 +227,12 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
                         model_card_kwargs: dict[str, Any] | None = None, **_: Any) -> None:
         """Write ``config.json`` and ``model.safetensors`` (each atomically); a model card
         (``README.md``) only on the way to the hub."""
+        changed = self._changed_since_built()
+        if changed:  # the saved config would describe another network than the weights'
+            raise ValueError(f"config: {', '.join(changed)} set after the model was built, "
+                             "which its layers do not follow; build a model from the new "
+                             f"config ({type(self).__name__}(config)) and load these weights "
+                             "into it, or set the field back")
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries_in(directory)  # a killed save's
