@@ -241,3 +241,34 @@ def test_runtime_switches_reach_the_built_layers(tmp_path: Path):
     assert again.temporal.gradient_checkpointing
     model.gradient_checkpointing_disable()
     assert not model.temporal.gradient_checkpointing
+
+
+def test_a_model_on_the_meta_device(tmp_path: Path):
+    """Deferred initialisation (accelerate's init_empty_weights, FSDP): .to('meta') and casts of
+    a meta model crashed in the rotary embedding (aten::equal), and a forward on meta tokens
+    for shapes in the input check (.item()), then in the backend choice ("expected 'auto' or
+    one of [...], got 'auto'")."""
+    from spool import Spool
+
+    config = Spool(tiny_config(num_hidden_layers=2)).config  # hidden_size etc. filled in
+    assert next(Spool(config, with_backbone=False).to("meta").parameters()).is_meta
+    with torch.device("meta"):
+        model = Spool(config, with_backbone=False)
+    assert next(model.half().parameters()).dtype == torch.float16
+    tokens = torch.empty(2, 4, config.num_spatial_tokens, config.hidden_size, device="meta")
+    out = model.float().forward_tokens(tokens)
+    assert out.features.shape == (2, 6, *tokens.shape[2:]) and out.features.is_meta
+    real = model.to_empty(device="cpu")
+    assert torch.equal(real.temporal.layers[0].attn.rotary.inv_freq,
+                       Spool(config, with_backbone=False).temporal.layers[0].attn.rotary.inv_freq)
+
+
+def test_auto_says_why_no_backend_serves_a_device():
+    import pytest
+
+    from spool.layers.attention_backends import select_backend
+
+    with pytest.raises(ValueError, match="attn_implementation='auto': no backend linear in the "
+                                         r"number of frames serves this call \(it does not run "
+                                         "on hpu\\)"):
+        select_backend("auto", "hpu")

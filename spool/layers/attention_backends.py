@@ -78,7 +78,7 @@ def register_backend(backend: AttentionBackend) -> None:
     ATTENTION_BACKENDS[backend.name] = backend
 
 
-_ALL = frozenset({"cpu", "cuda", "mps", "xpu"})
+_ALL = frozenset({"cpu", "cuda", "mps", "xpu", "meta"})  # meta: shapes only
 register_backend(AttentionBackend("reference", reference_attention, _ALL, _ALL, dropout=True,
                                   linear=False))
 register_backend(AttentionBackend("blocked", blocked_attention, _ALL, _ALL, dropout=True))
@@ -109,6 +109,10 @@ def select_backend(name: str, device: torch.device | str | None = None, *,
             if backend.linear and backend.unsupported(device_type, backward=backward,
                                                       dropout=dropout, dtype=dtype) is None:
                 return backend
+        why = ATTENTION_BACKENDS["blocked"].unsupported(device_type, backward=backward,
+                                                        dropout=dropout, dtype=dtype)
+        raise ValueError(f"attn_implementation='auto': no backend linear in the number of "
+                         f"frames serves this call ({why})")
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"attn_implementation: expected 'auto' or one of "
                          f"{sorted(ATTENTION_BACKENDS)}, got {name!r}")

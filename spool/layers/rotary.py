@@ -32,7 +32,9 @@ class FrameRotaryEmbedding(nn.Module):
         # changes nothing keeps the tensor, which a CUDA graph captured before may still read.
         super()._apply(fn, recurse)
         exact = self._inv_freq(self.inv_freq.device, _rotation_dtype(self.inv_freq.dtype))
-        if not torch.equal(self.inv_freq, exact):  # also float64's values cast back to float32
+        if exact.is_meta:  # no values to compare (deferred initialisation)
+            self.inv_freq = exact
+        elif not torch.equal(self.inv_freq, exact):  # also float64's values back to float32
             self.inv_freq = exact
         return self
 
