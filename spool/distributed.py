@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import gc
+import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -15,6 +17,7 @@ import torch.distributed as dist
 from spool.runtime import resolve_device
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,28 @@ def cleanup_distributed() -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def wait_for_ranks(what: str, say_every_s: float = 600.0) -> None:
+    """A barrier that rank 0 waits at aloud: every ``say_every_s`` it logs which ranks have
+    not arrived (still at ``what``, or hung: a stopped process is not a dead one to torchrun).
+    Polled, so a signal stops the wait at once."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    store, rank = dist.distributed_c10d._get_default_store(), dist.get_rank()
+    store.set(f"spool/arrived/{what}/{rank}", "1")
+    work, start = dist.barrier(async_op=True), time.monotonic()
+    said = start
+    while not work.is_completed():
+        time.sleep(0.2)
+        if rank == 0 and time.monotonic() - said >= say_every_s:
+            said = time.monotonic()
+            late = [r for r in range(dist.get_world_size())
+                    if not store.check([f"spool/arrived/{what}/{r}"])]
+            if late:
+                logger.warning(f"rank 0 finished {what}; waiting {(said - start) / 60:.0f} min "
+                               f"for rank {', '.join(map(str, late))} (still working, or hung)")
+    work.wait()
 
 
 def on_rank0(is_main: bool, fn: Callable[[], T]) -> T | None:

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -204,6 +205,7 @@ def test_a_link_to_a_video_beside_it_gives_the_videos_own_name(tmp_path, spool_l
     assert (f"a_alias and zebra name one video ({tmp_path / 'zebra.mp4'}): its features are "
             "saved once, as zebra") in spool_log.text
 
+
 def test_ranks_split_inputs_without_gaps_or_overlap(videos, tmp_path):
     root, _ = videos
     every = plan_jobs([root], tmp_path)
@@ -229,6 +231,51 @@ def test_extract_under_torchrun_two_processes(videos, tmp_path):
     assert "(2 processes)" in proc.stdout
     assert len(list(out.rglob("*.safetensors"))) == 3
 
+
+
+_RANK_HAZARDS = """
+import functools, os, sys, time
+import spool.distributed, spool.extract, spool.extract_inputs
+if os.environ["RANK"] == "1":  # the folder changed between the ranks' listings
+    listed = spool.extract_inputs.plan_jobs
+    spool.extract_inputs.plan_jobs = lambda *a, **k: listed(*a, **k)[1:]
+    run = spool.extract.FeatureExtractor.run  # and this rank is slow
+    spool.extract.FeatureExtractor.run = lambda *a, **k: (time.sleep(3), run(*a, **k))[1]
+spool.distributed.wait_for_ranks = functools.partial(spool.distributed.wait_for_ranks,
+                                                     say_every_s=1.0)
+from spool.cli import main
+sys.exit(main())
+"""
+
+
+def test_torchrun_extract_lists_once_waits_aloud_and_reports_failures(videos, tmp_path):
+    """Under torchrun (DDP audit): each rank listed the inputs itself, so a folder that changed
+    in between left videos to no rank ("0 failed", exit 0, outputs missing); rank 0 waited for
+    a hung rank for 7 days without a word; and a failed video made every rank exit 1, so
+    torchrun stopped rank 0 (SIGTERM) in the middle of its report."""
+    root, config = videos
+    bad = root.parent / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    inputs = [root / "a.mp4", root / "sub" / "b.mkv", root / "c.avi", bad]
+    script = tmp_path / "hazards.py"
+    script.write_text(_RANK_HAZARDS)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), "extract", *map(str, inputs), "--out", str(out),
+           *tiny_model_args(config), "--no-progress", "--num-frames", "4", "--device", "cpu"]
+    import spool
+
+    repo = os.path.dirname(os.path.dirname(spool.__file__))  # the script runs outside it
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1",
+               PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "3 extracted, 0 already done, 1 failed of 4 videos" in proc.stdout, proc.stderr
+    assert len(list(out.rglob("*.safetensors"))) == 3 and (out / "failures.csv").is_file()
+    assert "rank 0 finished its share of the videos; waiting 1 min" not in proc.stderr
+    assert "waiting 0 min for rank 1 (still working, or hung)" in proc.stderr
+    # Rank 0 gave the exit status after its report, not killed in the middle of it (-15).
+    assert re.search(r"rank\s+: 0 \(local_rank: 0\)\s+exitcode\s+: 1 ", proc.stderr)
 
 def test_ranks_wait_for_each_other_for_days(videos, tmp_path, monkeypatch):
     """The ranks of spool extract meet only at the end: a rank done with its share hours

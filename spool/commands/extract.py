@@ -167,9 +167,11 @@ RANKS_WAIT = datetime.timedelta(days=7)  # torchrun stops the others if a rank d
 def run(args: argparse.Namespace) -> int:
     from spool.distributed import (
         all_gather_objects,
-        barrier,
+        broadcast_object,
         cleanup_distributed,
+        on_rank0,
         setup_distributed,
+        wait_for_ranks,
     )
     from spool.extract import FeatureExtractor, load_feature_model
     from spool.extract_inputs import VIDEO_EXTENSIONS, covered_by, plan_jobs
@@ -188,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--out: {out_dir} is not writable")
         if dist.is_main:  # only files of processes that are gone: other jobs may share OUT
             remove_stale_temporaries(out_dir)
-        every = plan_jobs(args.inputs, out_dir)
+        # Listed once: ranks listing a folder that changes in between would miss videos.
+        every = broadcast_object(on_rank0(dist.is_main, lambda: plan_jobs(args.inputs, out_dir)))
         if not every:  # the same on every rank: all return here
             if dist.is_main:  # the rows of videos deleted from the inputs since go all the same
                 merge_failures(out_dir / "failures.csv", [], [],
@@ -219,13 +222,13 @@ def run(args: argparse.Namespace) -> int:
                                      backbone_only=args.backbone_only)
         start = time.perf_counter()
         summary = extractor.run(jobs, progress=not args.no_progress, position=dist.local_rank)
+        wait_for_ranks("its share of the videos")
         summaries = all_gather_objects((summary.done, summary.skipped, summary.failures,
                                         summary.elsewhere, summary.settled))
-        barrier()
     finally:
         cleanup_distributed()
-    if not dist.is_main:
-        return 1 if any(s[2] for s in summaries) else 0
+    if not dist.is_main:  # rank 0 reports all and gives the exit status: a rank exiting 1
+        return 0  # first would have torchrun stop rank 0 in the middle of its report
     done = sum(s[0] for s in summaries)
     skipped = sum(s[1] for s in summaries)
     failures = [f for s in summaries for f in s[2]]
