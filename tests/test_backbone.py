@@ -123,3 +123,21 @@ def test_the_backbones_crop_is_read_in_every_form(tmp_path, processor, expected)
                   num_lookback_heads=1, image_size=32, backbone_name=str(tmp_path))
     config = Spool(**fields).config
     assert {k: getattr(config, k) for k in expected} == expected
+
+
+def test_pixels_get_gradients_through_a_frozen_backbone():
+    """Saliency maps: with the default frozen backbone, video.grad stayed None without a word
+    (the backbone ran without autograd); frozen weights in timm or transformers still pass
+    gradients to pixels that ask for them."""
+    frozen = Spool(tiny_config()).eval()
+    unfrozen = Spool(tiny_config(freeze_backbone=False)).eval()
+    unfrozen.load_state_dict(frozen.state_dict())
+    grads = []
+    for model in (frozen, unfrozen):
+        video = torch.rand(1, 3, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+        video.requires_grad_()
+        model(video).context.sum().backward()
+        grads.append(video.grad)
+    assert grads[0] is not None and grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+    assert all(p.grad is None for p in frozen.backbone.parameters())

@@ -272,3 +272,25 @@ def test_auto_says_why_no_backend_serves_a_device():
                                          r"number of frames serves this call \(it does not run "
                                          "on hpu\\)"):
         select_backend("auto", "hpu")
+
+
+def test_what_a_transformers_user_asks_of_a_model():
+    """model.dtype / .device / num_parameters() were missing, print(model) hid the heads, the
+    window and the backend, and flex in float64 failed deep inside inductor (API audit)."""
+    import pytest
+
+    from spool import Spool
+
+    model = Spool(tiny_config(num_hidden_layers=1))
+    assert (model.dtype, model.device) == (torch.float32, torch.device("cpu"))
+    assert model.double().dtype == torch.float64
+    frozen = sum(p.numel() for p in model.backbone.parameters())
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters())
+    assert model.num_parameters(only_trainable=True) == model.num_parameters() - frozen
+    text = str(model)
+    assert "heads=4 (lookback 2), head_dim=6, local_frame_range=2, implementation='auto'" in text
+    assert "start and end frames of" in text and "theta=10000" in text
+    with torch.no_grad(), pytest.raises(ValueError, match="attn_implementation='flex': it does "
+                                                          "not take torch.float64"):
+        Spool(tiny_config(attn_implementation="flex")).double().eval().forward_tokens(
+            torch.zeros(1, 2, model.config.num_spatial_tokens, 24, dtype=torch.float64))

@@ -27,6 +27,11 @@ class TemporalAttention(nn.Module):
         self.proj = nn.Linear(D, D)
         self.rotary = FrameRotaryEmbedding(self.head_dim, config.rope_theta)
 
+    def extra_repr(self) -> str:
+        return (f"heads={self.num_heads} (lookback {self.num_lookback_heads}), "
+                f"head_dim={self.head_dim}, local_frame_range={self.local_frame_range}, "
+                f"implementation={self.implementation!r}")
+
     def project_qkv(self, x: torch.Tensor, positions: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x: [B, F, L, D]`` at frame ``positions: [F]`` -> heads-first ``q, k, v``, each

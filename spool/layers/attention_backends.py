@@ -85,7 +85,8 @@ register_backend(AttentionBackend("blocked", blocked_attention, _ALL, _ALL, drop
 register_backend(AttentionBackend("dense", dense_attention, _ALL, _ALL, dropout=True,
                                   linear=False))
 register_backend(AttentionBackend("flex", flex_attention, frozenset({"cpu", "cuda"}),
-                                  frozenset({"cuda"}), dropout=False))
+                                  frozenset({"cuda"}), dropout=False,  # inductor: no float64
+                                  dtypes=_FLOATS - {torch.float64}))
 
 
 def select_backend(name: str, device: torch.device | str | None = None, *,

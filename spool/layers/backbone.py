@@ -246,7 +246,9 @@ class FrameEncoder(nn.Module):
         B, T = video.shape[:2]
         frames = video.reshape(B * T, *video.shape[2:])
         chunks = []
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._follow_frozen()):
+        # Frozen weights need no graph, unless the pixels want gradients (saliency maps).
+        frozen = self._follow_frozen() and not video.requires_grad
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             for start in range(0, B * T, self.chunk_size):
                 pixels = self.preprocess(frames[start:start + self.chunk_size].to(self.mean.device))
                 chunks.append(self.encode_pixels(pixels))

@@ -16,6 +16,9 @@ class ContextFrames(nn.Module):
         nn.init.trunc_normal_(self.start, std=std, a=-2 * std, b=2 * std)
         nn.init.trunc_normal_(self.end, std=std, a=-2 * std, b=2 * std)
 
+    def extra_repr(self) -> str:
+        return f"start and end frames of {tuple(self.start.shape)} tokens"
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens: [B, T, L, D]`` -> ``[B, T + 2, L, D]`` (frame 0 start, T+1 end)."""
         B = tokens.shape[0]

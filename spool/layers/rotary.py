@@ -24,6 +24,9 @@ class FrameRotaryEmbedding(nn.Module):
         steps = torch.arange(0, self.head_dim, 2, dtype=dtype, device=device)
         return 1.0 / (self.theta ** (steps / self.head_dim))
 
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, theta={self.theta:g}"
+
     def _apply(self, fn, recurse: bool = True):
         # A cast of the model (.half(), .to(bfloat16)) would round the frequencies, and the
         # rounding would stay after casting back (or in what save_pretrained writes): they are

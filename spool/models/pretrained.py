@@ -28,6 +28,7 @@ from spool.io_utils import (
     remove_stale_temporaries_in,
 )
 from spool.layers.backbone import backbone_weights_follow, names_another_backbone
+from spool.models.module_utils import ModuleUtilsMixin
 from spool.models.weights import (
     WEIGHTS_NAME,
     backbone_digest,
@@ -117,8 +118,8 @@ def _legacy_sampling(directory: Path) -> dict[str, Any] | None:
         return None  # none recorded (or unreadable: checkpoint_architecture says so)
 
 
-class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool",
-                           tags=["video", "video-classification", "spool"]):
+class SpoolPreTrainedModel(ModuleUtilsMixin, nn.Module, PyTorchModelHubMixin,
+                           library_name="spool", tags=["video", "video-classification", "spool"]):
     """Base of every saveable Spool model: a :class:`SpoolConfig` and strict safetensors.
 
     Subclasses register themselves by class name, which ``save_pretrained`` writes into
@@ -152,30 +153,6 @@ class SpoolPreTrainedModel(nn.Module, PyTorchModelHubMixin, library_name="spool"
         still compute what they were built as (the ``RUNTIME_FIELDS`` aside)."""
         return [f"{k} {self._built_from[k]!r} -> {v!r}" for k, v in self.config.to_dict().items()
                 if k not in SpoolConfig.RUNTIME_FIELDS and v != self._built_from[k]]
-
-    def set_attn_implementation(self, name: str) -> None:
-        """Run temporal attention with backend ``name`` (``auto`` or a registered one) from
-        now on; setting ``config.attn_implementation`` alone changes nothing."""
-        from spool.layers.attention import TemporalAttention
-        from spool.layers.attention_backends import select_backend
-
-        select_backend(name, dropout=self.config.attention_dropout)  # a clear error first
-        self.config.attn_implementation = name
-        for module in self.modules():
-            if isinstance(module, TemporalAttention):
-                module.implementation = name
-
-    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
-        """Recompute each temporal layer in the backward pass (less memory, more time)."""
-        from spool.layers.transformer import TemporalTransformer
-
-        self.config.gradient_checkpointing = enable
-        for module in self.modules():
-            if isinstance(module, TemporalTransformer):
-                module.gradient_checkpointing = enable
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.gradient_checkpointing_enable(False)
 
     @property
     def frame_encoder(self) -> nn.Module | None:
