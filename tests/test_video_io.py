@@ -498,3 +498,26 @@ def test_write_video_validates(tmp_path: Path) -> None:
         write_video(tmp_path / "a.mkv", _noise(2, 8, 8), codec="ffv1", timestamps=[0.0, 0.0])
     with pytest.raises(ValueError, match="at least one frame"):
         write_video(tmp_path / "a.mkv", [], codec="ffv1")
+
+
+def test_non_square_pixels_are_said(tmp_path: Path, spool_log, monkeypatch) -> None:
+    """An anamorphic video (a 16:9 DVD: 720x576, pixel aspect 64:45) is read as stored, as
+    torchvision and decord read it; a player shows it 1024x576. That was not said anywhere."""
+    from fractions import Fraction
+
+    from spool import runtime
+
+    monkeypatch.setattr(runtime, "_said", set())
+    path = tmp_path / "pal.mp4"
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 180, 144, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(64, 45)
+        for pts, frame in enumerate(_noise(2, 144, 180)):
+            frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            frame.pts = pts
+            c.mux(stream.encode(frame))
+        c.mux(stream.encode(None))
+    assert read_video_frames(path)[0].shape == (2, 144, 180, 3)
+    assert (f"{path}: pixels are not square (aspect 64/45): frames are read as stored, 180x144, "
+            "not as players show them, 256x144") in spool_log.text

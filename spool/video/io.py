@@ -11,6 +11,7 @@ order (checked when indexing) are read by counting decoded frames. Frames over t
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from spool.runtime import warn_once
 from spool.video.chunks import decode_chunks, distinct_frames
 from spool.video.index import (
     DEMUX_ERRORS,
@@ -46,6 +48,7 @@ __all__ = [
     "write_video",
 ]
 
+logger = logging.getLogger(__name__)
 Strategy = Literal["auto", "seek", "sequential"]
 # A seek plus decoder flush costs about as much as decoding a few frames.
 _SEEK_COST_FRAMES = 4
@@ -106,6 +109,11 @@ class VideoReader:
         self._pts_to_idx = {p: i for i, p in enumerate(self.index.pts.tolist())}
         self._container, self._stream = _open(self.path, self.max_pixels, thread_type=thread_type)
         self.rotation, self.mirrored = 0, False  # the display matrix of the last frame decoded
+        sar, (w, h) = self._stream.sample_aspect_ratio, (self._stream.width, self._stream.height)
+        if sar and sar != 1:  # anamorphic (DVD, DV, broadcast): what torchvision and decord do
+            warn_once(logger, f"{self.path}: pixels are not square (aspect {sar}): frames are "
+                      f"read as stored, {w}x{h}, not as players show them, {round(w * sar)}x{h} "
+                      "(said for the first such video only)", key="non-square pixels")
         self._reformatter = VideoReformatter()
         self.num_seeks = 0
         self.num_fallbacks = 0  # passes redone from the start because a seek missed frames
