@@ -167,6 +167,7 @@ class FeatureExtractor:
                  backbone_only: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+        model.check_config_as_built()  # outputs record model.config's fields
         self.model = model.eval().to(device)
         self.sampler = sampler
         self.batch_size = batch_size

@@ -294,3 +294,61 @@ def test_what_a_transformers_user_asks_of_a_model():
                                                           "not take torch.float64"):
         Spool(tiny_config(attn_implementation="flex")).double().eval().forward_tokens(
             torch.zeros(1, 2, model.config.num_spatial_tokens, 24, dtype=torch.float64))
+
+
+def test_a_config_replaced_or_changed_for_a_cache_is_refused_too(tmp_path: Path):
+    """Review of the refusal: assigning a new config took a new snapshot (the save went
+    through), save_frame_encoder and build_cache did not check, and fields that change
+    nothing were refused (an equal tuple) or warned about (initializer_range)."""
+    import pickle
+
+    import pytest
+
+    from spool import Spool
+    from spool.models.frame_encoder import save_frame_encoder
+
+    model = Spool(tiny_config(local_frame_range=2))
+    model.config = model.config.replace(local_frame_range=1)
+    with pytest.raises(ValueError, match="local_frame_range 2 -> 1 set after the model"):
+        model.save_pretrained(tmp_path / "a")
+    model = Spool(tiny_config())
+    model.config.resize_mode = "squash"
+    with pytest.raises(ValueError, match="resize_mode 'center_crop' -> 'squash'"):
+        save_frame_encoder(model, tmp_path / "b")
+    model.config.resize_mode = "center_crop"
+    model.config.image_mean = tuple(model.config.image_mean)  # the same values
+    model.config.initializer_range = 0.5  # init only: the weights are what is saved
+    model.save_pretrained(tmp_path / "c")
+    again = pickle.loads(pickle.dumps(model))
+    again.config.local_frame_range = 7
+    with pytest.raises(ValueError, match="local_frame_range 2 -> 7"):
+        again.save_pretrained(tmp_path / "d")
+
+
+def test_a_model_pickled_before_config_was_a_property_loads():
+    """Whole-model pickles of the earlier version hold ``config`` in the instance dict."""
+    from spool import Spool
+
+    model = Spool(tiny_config())
+    state = dict(model.__dict__)
+    state["config"] = state.pop("_config")
+    del state["_built_from"]
+    old = Spool.__new__(Spool)
+    old.__setstate__(state)
+    assert old.config is model.config
+    old.check_config_as_built()
+
+
+def test_a_compiled_model_still_checks_its_inputs():
+    """Review of the meta/fake change: under torch.compile no value was checked, so NaN
+    tokens gave NaN features without a word (a graph break is the price of the check)."""
+    import pytest
+
+    from spool import Spool
+
+    model = Spool(tiny_config()).eval()
+    compiled = torch.compile(model.forward_tokens, backend="eager")
+    tokens = torch.zeros(1, 2, model.config.num_spatial_tokens, model.config.hidden_size)
+    tokens[0, 1, 0, 0] = float("nan")
+    with torch.no_grad(), pytest.raises(ValueError, match="tokens: expected finite values"):
+        compiled(tokens)

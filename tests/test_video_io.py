@@ -279,10 +279,12 @@ def _as_displayed(image: np.ndarray, a: int, b: int, c: int, d: int) -> np.ndarr
 
 
 @pytest.mark.parametrize("matrix", [(1, 0, 0, 1), (-1, 0, 0, 1), (1, 0, 0, -1), (-1, 0, 0, -1),
-                                    (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, -1, 0), (0, -1, -1, 0)])
+                                    (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, -1, 0), (0, -1, -1, 0),
+                                    (0, 0, 0, 0)])
 def test_a_display_matrix_that_mirrors_is_applied(tmp_path: Path, matrix) -> None:
     """A mirroring display matrix (a front camera's) was read as a turn: left-right mirrored
-    frames came out upside down, top-bottom mirrored ones as stored."""
+    frames came out upside down, top-bottom mirrored ones as stored. A degenerate (all-zero)
+    matrix is shown as stored (it turned frames by 270: PyAV gives INT_MIN as its angle)."""
     unit, one = 1 << 16, 1 << 30
     a, b, c, d = matrix
     image = np.kron(np.random.default_rng(0).integers(0, 256, (2, 4, 3)),
@@ -298,7 +300,8 @@ def test_a_display_matrix_that_mirrors_is_applied(tmp_path: Path, matrix) -> Non
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     got, _ = read_video_frames(path)
-    np.testing.assert_array_equal(got[0], _as_displayed(image, a, b, c, d))
+    expected = image if matrix == (0, 0, 0, 0) else _as_displayed(image, a, b, c, d)
+    np.testing.assert_array_equal(got[0], expected)
     info = probe_video(path, exact=False)
     assert (info.height, info.width) == got.shape[1:3]
     np.testing.assert_array_equal(apply_rotation(image, info.rotation, info.mirrored), got[0])
@@ -387,6 +390,43 @@ def test_the_main_video_stream_is_read(tmp_path: Path) -> None:
     info = probe_video(path, exact=False)
     assert (info.width, info.height, info.num_frames) == (48, 32, 3)
 
+
+def test_a_stream_without_a_decoder_is_picked_last(tmp_path: Path) -> None:
+    """The larger or default stream was picked even where FFmpeg has no decoder for it, so a
+    file whose other stream decodes was refused (review of the stream choice)."""
+    path = tmp_path / "two.mkv"
+    with av.open(str(path), "w") as c:
+        streams = [c.add_stream("mpeg4", rate=25) for _ in range(2)]
+        for stream in streams:
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        streams[0].disposition = av.stream.Disposition(0)
+        streams[1].disposition = av.stream.Disposition.default
+        for pts in range(3):
+            for stream in streams:
+                frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 100, np.uint8), "rgb24")
+                frame.pts = pts
+                c.mux(stream.encode(frame))
+        for stream in streams:
+            c.mux(stream.encode(None))
+    data = bytearray(path.read_bytes())
+    second = data.index(b"V_MPEG4/ISO/ASP", data.index(b"V_MPEG4/ISO/ASP") + 1)
+    data[second:second + 15] = b"V_MPEG4/ISO/XSP"  # a codec id FFmpeg does not know
+    path.write_bytes(bytes(data))
+    assert read_video_frames(path)[0].shape == (3, 48, 64, 3)
+
+
+def test_a_path_through_a_link_and_dotdot_is_the_files(tmp_path: Path, monkeypatch) -> None:
+    """``L/../a.mkv`` with L a link into another folder is the file the OS opens there; made
+    absolute lexically, it was ./a.mkv (review of the colon fix)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    Path("L").symlink_to("real/sub")
+    write_video("a.mkv", np.zeros((2, 16, 16, 3), np.uint8), codec="ffv1")
+    frames = _noise(3, 16, 16)
+    write_video("L/../b.mkv", frames, codec="ffv1")
+    assert (tmp_path / "real" / "b.mkv").is_file()
+    write_video("real/a.mkv", frames, codec="ffv1")
+    np.testing.assert_array_equal(read_video_frames("L/../a.mkv")[0], frames)
 
 @pytest.mark.parametrize("name", ["cam1:front.mkv", "2024-01-05T10:30:00.mkv", "file:b.mkv"])
 def test_a_colon_in_a_relative_path(tmp_path: Path, monkeypatch, name: str) -> None:

@@ -192,10 +192,11 @@ def run(args: argparse.Namespace) -> int:
             remove_stale_temporaries(out_dir)
         # Listed once: ranks listing a folder that changes in between would miss videos.
         every = broadcast_object(on_rank0(dist.is_main, lambda: plan_jobs(args.inputs, out_dir)))
-        if not every:  # the same on every rank: all return here
-            if dist.is_main:  # the rows of videos deleted from the inputs since go all the same
-                merge_failures(out_dir / "failures.csv", [], [],
-                               covers=covered_by(args.inputs, []))
+        if not every:  # the same on every rank: all return here, rank 0 last (as below)
+            if not dist.is_main:
+                return 0
+            # The rows of videos deleted from the inputs since go all the same.
+            merge_failures(out_dir / "failures.csv", [], [], covers=covered_by(args.inputs, []))
             print(f"spool extract: no videos in {' '.join(args.inputs)}: folders are searched "
                   f"for {' '.join(sorted(VIDEO_EXTENSIONS))} files, list files name one "
                   f"video per line and a CSV its video column; nothing to do", file=sys.stderr)

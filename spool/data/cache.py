@@ -167,8 +167,10 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             return CacheSummary(out, len(rows), reused=True, failures=failures,
                                 retried=len(writer.failed), changed=len(writer.changed),
                                 relabelled=relabelled)
+        # The record names the videos by a digest: it is rewritten every PROGRESS_EVERY_S.
+        recorded = dict(settings, samples=_digest(settings["samples"]))
         writer = PartialTokens(out, shape, np.dtype(_DTYPES[dtype]), key, meta["sources"],
-                               keys, settings)
+                               keys, recorded)
         writer.heartbeat = lambda: refresh_claim(lock)  # other machines judge it by age
         try:
             failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
@@ -202,8 +204,8 @@ def _write_meta(out: Path, meta: dict, key: str, failures: list[SkippedVideo]) -
     return rows
 
 
-def _digest(meta: dict) -> str:
-    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _tokens_of(meta: dict, fixed_clips: bool, resolve: bool = True) -> dict:

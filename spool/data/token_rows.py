@@ -144,10 +144,10 @@ class PartialTokens:
 
 
 def changed_settings(theirs: dict | None, ours: dict | None) -> str:
-    """The names of the settings that differ, for a message ("an earlier version" when the
-    earlier run did not record them)."""
+    """The names of the settings that differ, for a message (what an earlier version did not
+    record cannot be named)."""
     if not theirs or not ours:
-        return "an earlier version"
+        return "which ones: not recorded by the earlier version that made it"
     ours = json.loads(json.dumps(ours))  # tuples as JSON has them
     changed = sorted(k for k in ours if theirs.get(k) != ours[k])
     return ", ".join(changed) or "an earlier version"

@@ -146,13 +146,28 @@ class SpoolPreTrainedModel(ModuleUtilsMixin, nn.Module, PyTorchModelHubMixin,
     @config.setter
     def config(self, config: SpoolConfig) -> None:
         self._config = config
-        self._built_from = config.to_dict()  # the layers read it once, when built
+        if "_built_from" not in self.__dict__:  # the layers read it once, when built
+            self._built_from = _as_saved(config.to_dict())
 
-    def _changed_since_built(self) -> list[str]:
-        """Fields of ``config`` (``old -> new``) set after the model was built: the layers
-        still compute what they were built as (the ``RUNTIME_FIELDS`` aside)."""
-        return [f"{k} {self._built_from[k]!r} -> {v!r}" for k, v in self.config.to_dict().items()
-                if k not in SpoolConfig.RUNTIME_FIELDS and v != self._built_from[k]]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "config" in state:  # pickled before ``config`` was a property
+            state["_config"] = state.pop("config")
+            state["_built_from"] = _as_saved(state["_config"].to_dict())
+        super().__setstate__(state)
+
+    def check_config_as_built(self) -> None:
+        """Raise if a field of ``config`` that changes what the network computes was set after
+        the model was built: its layers still compute the old value, so a config saved from
+        it would describe another network than its weights."""
+        changed = [f"{k} {self._built_from[k]!r} -> {v!r}"
+                   for k, v in _as_saved(self.config.to_dict()).items()
+                   if k not in (*SpoolConfig.RUNTIME_FIELDS, "initializer_range")
+                   and v != self._built_from[k]]
+        if changed:
+            raise ValueError(f"config: {', '.join(changed)} set after the model was built, "
+                             "which its layers do not follow; build a model from the new "
+                             f"config ({type(self).__name__}(config)) and load these weights "
+                             "into it, or set the field back")
 
     @property
     def frame_encoder(self) -> nn.Module | None:
@@ -164,6 +179,7 @@ class SpoolPreTrainedModel(ModuleUtilsMixin, nn.Module, PyTorchModelHubMixin,
         hold the backbone, its architecture (so loading never needs the hub). A named
         backbone stays named: a model built anew from this config takes its pretrained
         weights (``use_pretrained_backbone``), not random ones."""
+        self.check_config_as_built()
         config = self.config.replace(architectures=[type(self).__name__])
         encoder = self.frame_encoder
         if encoder is not None and config.backbone_config is None:
@@ -204,18 +220,13 @@ class SpoolPreTrainedModel(ModuleUtilsMixin, nn.Module, PyTorchModelHubMixin,
                         model_card_kwargs: dict[str, Any] | None = None, **_: Any) -> None:
         """Write ``config.json`` and ``model.safetensors`` (each atomically); a model card
         (``README.md``) only on the way to the hub."""
-        changed = self._changed_since_built()
-        if changed:  # the saved config would describe another network than the weights'
-            raise ValueError(f"config: {', '.join(changed)} set after the model was built, "
-                             "which its layers do not follow; build a model from the new "
-                             f"config ({type(self).__name__}(config)) and load these weights "
-                             "into it, or set the field back")
+        config = self.config_for_saving()  # first: it refuses a config changed since built
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries_in(directory)  # a killed save's
         atomic_save_safetensors(self.state_dict(), directory / WEIGHTS_NAME,
                                 metadata={"format": "pt"})
-        self.config_for_saving().save_pretrained(directory)
+        config.save_pretrained(directory)
         if model_card_kwargs is not None:
             self.generate_model_card(**model_card_kwargs).save(directory / "README.md")
 
@@ -288,7 +299,7 @@ class SpoolPreTrainedModel(ModuleUtilsMixin, nn.Module, PyTorchModelHubMixin,
                 "the one saved there") from err
         # class_names have their note above; a backbone named another way is the same one
         changed = _changed_fields(config, kwargs, ("class_names", "backbone_name",
-                                                   "backbone_config"))
+                                                   "backbone_config", "initializer_range"))
         if changed:
             logger.warning("%s: loaded with %s: another network than the one saved, so its "
                            "outputs are not the saved model's", directory, ", ".join(changed))

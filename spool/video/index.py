@@ -90,18 +90,20 @@ def main_video_stream(container: av.container.InputContainer) -> av.VideoStream 
     moving = [s for s in container.streams.video
               if not s.disposition & av.stream.Disposition.attached_pic]
 
-    def score(stream: av.VideoStream) -> int:
-        context = stream.codec_context  # None where FFmpeg has no decoder for it
+    def score(stream: av.VideoStream) -> tuple[bool, int]:
+        context = stream.codec_context  # None where FFmpeg has no decoder for it: last
         area = context.width * context.height if context is not None else 0
-        return area + 5_000_000 * bool(stream.disposition & av.stream.Disposition.default)
+        default = bool(stream.disposition & av.stream.Disposition.default)
+        return context is not None, area + 5_000_000 * default
 
     return max(moving, key=score, default=None)
 
 
 def open_file(path: str, **options) -> av.container.Container:
-    """``av.open`` of a file by its absolute path: FFmpeg takes a name such as ``cam1:a.mp4``
-    (a colon before any slash) for a protocol, and ``file:a.mp4`` for another file."""
-    return av.open(os.path.abspath(path), **options)
+    """``av.open`` of a file, through FFmpeg's file protocol: a bare name such as
+    ``cam1:a.mp4`` (a colon before any slash) is taken for a protocol, and ``file:a.mp4`` for
+    another file."""
+    return av.open("file:" + path, **options)
 
 
 def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool = False,

@@ -1,5 +1,5 @@
-"""How a player shows a decoded frame: the turn and the mirroring its display matrix asks
-for (a phone's rotation tag; a front camera's or an EXIF orientation's mirroring)."""
+"""How a player shows a decoded frame: the turn and the mirroring its display matrix asks for
+(a phone's rotation tag, a front camera's mirroring)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,24 @@ import numpy as np
 def frame_orientation(frame: av.VideoFrame) -> tuple[int, bool]:
     """``(rotation, mirrored)`` of ``frame``: turn it counter-clockwise by ``rotation`` degrees
     (a multiple of 90), then mirror it left-right if ``mirrored``. As ``ffmpeg``'s autorotate
-    reads the display matrix, with angles rounded to a multiple of 90."""
-    if math.isnan(frame.rotation):  # a degenerate matrix
-        return 0, False
+    reads the display matrix, with angles rounded to a multiple of 90.
+
+    Where PyAV cannot list a frame's side data (FFmpeg 8's EXIF orientation of a JPEG, which
+    it does not know), only the turn is read: an EXIF orientation that mirrors is not applied.
+    """
     try:
         data = frame.side_data.get("DISPLAYMATRIX")
-    except ValueError:  # side data newer than PyAV (FFmpeg 8's EXIF): the turn alone
-        return round(frame.rotation / 90.0) * 90 % 360, False
+    except ValueError:  # side data newer than PyAV: the turn alone (int, INT_MIN if none)
+        turn = frame.rotation
+        return (round(turn / 90.0) * 90 % 360 if abs(turn) <= 360 else 0), False
     if data is None:
         return 0, False
-    m = np.frombuffer(bytes(data), dtype=np.int32)
-    clockwise = round(-frame.rotation / 90.0) * 90 % 360
+    m = np.frombuffer(bytes(data), dtype=np.int32).astype(np.float64)
+    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if not scale0 or not scale1:  # a degenerate matrix: shown as stored
+        return 0, False
+    # av_display_rotation_get, negated: the clockwise angle FFmpeg's autorotate turns by.
+    clockwise = round(math.degrees(math.atan2(m[1] / scale1, m[0] / scale0)) / 90.0) * 90 % 360
     # FFmpeg's choices (fftools): transpose cclock_flip or clock at 90, clock_flip or cclock
     # at 270, hflip and/or vflip at 180, vflip at 0; each written as a turn, then a mirror.
     if clockwise == 90:
