@@ -7,7 +7,7 @@ from torch import nn
 
 from spool.config import SpoolConfig
 from spool.layers.attention_backends import select_backend
-from spool.layers.rotary import FrameRotaryEmbedding, apply_rotary
+from spool.layers.rotary import FrameRotaryEmbedding, apply_rotary, apply_rotary_real
 
 
 class TemporalAttention(nn.Module):
@@ -40,6 +40,9 @@ class TemporalAttention(nn.Module):
         qkv = self.qkv(x).view(B, nF, L, 3, self.num_heads, self.head_dim)
         # One copy to heads first, after which every head group is a contiguous batch.
         q, k, v = qkv.permute(3, 4, 0, 1, 2, 5).contiguous().unbind(0)
+        if torch.onnx.is_in_onnx_export():  # ONNX has no complex numbers (aten::polar)
+            cos, sin = self.rotary.cos_sin_at(positions)
+            return apply_rotary_real(q, cos, sin), apply_rotary_real(k, cos, sin), v
         freqs = self.rotary.freqs_at(positions)
         return apply_rotary(q, freqs), apply_rotary(k, freqs), v
 

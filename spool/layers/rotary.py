@@ -48,6 +48,13 @@ class FrameRotaryEmbedding(nn.Module):
         angles = torch.outer(positions.to(inv_freq.dtype), inv_freq)
         return torch.polar(torch.ones_like(angles), angles)[:, None, :]
 
+    def cos_sin_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotations of :meth:`freqs_at` as real ``cos, sin``, each ``[F, 1, head_dim / 2]``
+        (for :func:`apply_rotary_real`: ONNX has no complex numbers)."""
+        inv_freq = self.inv_freq.to(positions.device)
+        angles = torch.outer(positions.to(inv_freq.dtype), inv_freq)[:, None, :]
+        return angles.cos(), angles.sin()
+
 
 def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs of ``x: [..., F, L, head_dim]`` by their frame's angles.
@@ -56,6 +63,17 @@ def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """
     pairs = torch.view_as_complex(x.to(_rotation_dtype(x.dtype)).unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * freqs).flatten(-2).to(x.dtype)
+
+
+def apply_rotary_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rotary` in real arithmetic, for exporters that take no complex numbers:
+    ``x: [..., F, L, head_dim]`` with ``cos, sin: [F, 1, head_dim / 2]`` from
+    :meth:`FrameRotaryEmbedding.cos_sin_at`. The same products and sums as the complex
+    multiply, so the same values to round-off; a few more passes over ``x``."""
+    pairs = x.to(_rotation_dtype(x.dtype)).unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
 
 
 def _rotation_dtype(dtype: torch.dtype) -> torch.dtype:
