@@ -12,10 +12,13 @@ def _shape(x: torch.Tensor) -> str:
 
 def values_checkable(x: torch.Tensor) -> bool:
     """False while ``x``'s values cannot be read: on the meta device or as a fake tensor (shape
-    inference, ``torch.export``: a read would be data-dependent), and during CUDA graph
-    capture (kernels are recorded, not run, and a host sync would abort the capture). Under
-    ``torch.compile`` they are read (a graph break). Shapes and dtypes are checked always."""
-    if x.is_meta or isinstance(x, FakeTensor) or torch.compiler.is_exporting():
+    inference, ``torch.export``: a read would be data-dependent), while ``torch.jit`` traces
+    (the ONNX exporter: a read would be frozen into the graph as a constant), and during CUDA
+    graph capture (kernels are recorded, not run, and a host sync would abort the capture).
+    Under ``torch.compile`` they are read (a graph break). Shapes and dtypes are checked
+    always."""
+    if (x.is_meta or isinstance(x, FakeTensor) or torch.compiler.is_exporting()
+            or torch.jit.is_tracing()):
         return False
     return not (x.is_cuda and torch.cuda.is_current_stream_capturing())
 

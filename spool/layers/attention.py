@@ -53,7 +53,8 @@ class TemporalAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         backend = select_backend(self.implementation, x.device,
                                  backward=torch.is_grad_enabled() and x.requires_grad,
-                                 dropout=dropout_p, dtype=q.dtype, shape=(B, nF, L))
+                                 dropout=dropout_p, dtype=q.dtype, shape=(B, nF, L),
+                                 tracing=torch.jit.is_tracing())
         out = backend.function(q, k, v, num_lookback_heads=self.num_lookback_heads,
                                local_frame_range=self.local_frame_range,
                                chunk_frames=self.chunk_frames, dropout_p=dropout_p)

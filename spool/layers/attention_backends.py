@@ -33,7 +33,8 @@ class AttentionBackend:
 
     ``devices``: device types it runs on; ``backward_devices``: those with a backward pass;
     ``dropout``: whether it applies attention dropout; ``linear``: memory and time linear in
-    the number of frames (only the reference is not).
+    the number of frames (only the reference is not); ``traces``: ``torch.jit.trace`` (the
+    TorchScript ONNX exporter) records it for any number of frames.
     """
 
     name: str
@@ -43,6 +44,7 @@ class AttentionBackend:
     dropout: bool
     dtypes: frozenset[torch.dtype] = _FLOATS
     linear: bool = True
+    traces: bool = False
 
     def unsupported(self, device: str | None = None, *, backward: bool = False,
                     dropout: float = 0.0, dtype: torch.dtype | None = None) -> str | None:
@@ -83,7 +85,7 @@ register_backend(AttentionBackend("reference", reference_attention, _ALL, _ALL, 
                                   linear=False))
 register_backend(AttentionBackend("blocked", blocked_attention, _ALL, _ALL, dropout=True))
 register_backend(AttentionBackend("dense", dense_attention, _ALL, _ALL, dropout=True,
-                                  linear=False))
+                                  linear=False, traces=True))
 register_backend(AttentionBackend("flex", flex_attention, frozenset({"cpu", "cuda"}),
                                   frozenset({"cuda"}), dropout=False,  # inductor: no float64
                                   dtypes=_FLOATS - {torch.float64}))
@@ -92,14 +94,21 @@ register_backend(AttentionBackend("flex", flex_attention, frozenset({"cpu", "cud
 def select_backend(name: str, device: torch.device | str | None = None, *,
                    backward: bool = False, dropout: float = 0.0,
                    dtype: torch.dtype | None = None,
-                   shape: tuple[int, int, int] | None = None) -> AttentionBackend:
+                   shape: tuple[int, int, int] | None = None,
+                   tracing: bool = False) -> AttentionBackend:
     """The backend for ``attn_implementation=name`` under these conditions.
 
     ``auto`` takes the first backend of :data:`AUTO_ORDER` that is linear in the number of
     frames, can serve them and whose test the batch's ``shape`` ``(B, F, L)`` passes (an entry
     with a test is skipped when the shape is not given); a named one that cannot serve them
-    raises ``ValueError`` saying why.
+    raises ``ValueError`` saying why. ``tracing``: under ``torch.jit.trace``, where only a
+    backend that ``traces`` serves (``blocked``'s plan is Python over the frame count).
     """
+    if tracing and not (name in ATTENTION_BACKENDS and ATTENTION_BACKENDS[name].traces):
+        raise ValueError(f"attn_implementation={name!r}: torch.jit.trace (torch.onnx.export "
+                         "with dynamo=False) cannot record it for any number of frames; "
+                         "trace with 'dense' (model.set_attn_implementation('dense')), or "
+                         "export with spool.models.export_onnx, which does")
     device_type = None if device is None else torch.device(device).type
     if name == "auto":
         order = AUTO_ORDER.get(device_type or "cpu", (("blocked", None),))

@@ -46,11 +46,17 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                     dropout_p: float = 0.0, **_: object) -> torch.Tensor:
     """The ``dense`` backend: ``q, k, v: [H, B, F, L, hd]`` -> ``[B, F, L, H, hd]``."""
     H, B, nF, L, hd = q.shape
-    out = q.new_empty(B, nF, L, H, hd)
-    out_heads_first = out.permute(3, 0, 1, 2, 4)  # [H, B, F, L, hd], a view of ``out``
+    results = []  # (heads, [B, Hg, F*L, hd])
     for lookahead, heads in head_groups(H, num_lookback_heads):
         bias = dense_token_bias(nF, L, local_frame_range, lookahead, q.dtype, q.device)
         x = [t[heads].flatten(2, 3).transpose(0, 1) for t in (q, k, v)]  # [B, Hg, F*L, hd]
-        result = F.scaled_dot_product_attention(*x, attn_mask=bias, dropout_p=dropout_p)
+        results.append((heads, F.scaled_dot_product_attention(*x, attn_mask=bias,
+                                                              dropout_p=dropout_p)))
+    if torch.jit.is_tracing():  # the ONNX exporter's trace loses copies into a view
+        joined = torch.cat([result for _, result in results], dim=1)  # [B, H, F*L, hd]
+        return joined.unflatten(2, (nF, L)).permute(0, 2, 3, 1, 4)
+    out = q.new_empty(B, nF, L, H, hd)
+    out_heads_first = out.permute(3, 0, 1, 2, 4)  # [H, B, F, L, hd], a view of ``out``
+    for heads, result in results:
         out_heads_first[heads].copy_(result.transpose(0, 1).unflatten(2, (nF, L)))
     return out

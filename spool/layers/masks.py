@@ -27,7 +27,11 @@ def frame_mask(num_frames: int, local_frame_range: int, lookahead: bool,
 
 def window_within(num_frames: int, local_frame_range: int) -> int:
     """``local_frame_range`` capped at ``num_frames``: the same mask, and ``i + w`` fits in
-    int64 whatever the window (``sys.maxsize`` for "all frames" overflowed there)."""
+    int64 whatever the window (``sys.maxsize`` for "all frames" overflowed there). A traced
+    frame count (a 0-d tensor under ``torch.jit.trace``, as the ONNX exporter runs it) stays
+    traced: ``min`` would freeze the comparison at the example's length."""
+    if isinstance(num_frames, torch.Tensor):
+        return num_frames.clamp(max=local_frame_range)
     return min(local_frame_range, num_frames)
 
 
@@ -76,7 +80,7 @@ def cached_mask(fn=None, *, maxsize: int = 64):
     pinned: dict[tuple, torch.Tensor] = {}
 
     def wrapper(*args):
-        if fake_tensors():
+        if fake_tensors() or torch.jit.is_tracing():  # traced sizes: a mask for one trace
             return fn(*args)
         if args in pinned:
             return pinned[args]
