@@ -5,6 +5,7 @@ from spool.models.classification import (
     SpoolForVideoClassification,
     load_classifier,
 )
+from spool.models.export import OnnxExport, export_onnx
 from spool.models.frame_baselines import (
     FrameProbeForFrameClassification,
     MSTCNForFrameClassification,
@@ -18,12 +19,14 @@ __all__ = [
     "FrameEncoderModel",
     "FrameProbeForFrameClassification",
     "MSTCNForFrameClassification",
+    "OnnxExport",
     "FramePoolingForVideoClassification",
     "Spool",
     "SpoolForFrameClassification",
     "SpoolForVideoClassification",
     "SpoolOutput",
     "SpoolPreTrainedModel",
+    "export_onnx",
     "load_classifier",
     "load_pretrained",
 ]
