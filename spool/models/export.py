@@ -97,7 +97,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *,
     pair, so the exported graph's memory and time are quadratic in ``T``, not linear as the
     model's default: run long videos in clips, or eagerly with ``forward_long``.
 
-    ``example_tokens``: what the trace runs on (default: random ``[1, 4, L, D]``). ``check``:
+    Returns an :class:`OnnxExport`. ``example_tokens``: what the trace runs on (default:
+    seeded random ``[1, 4, L, D]``); any length serves, ``T`` stays dynamic. ``check``:
     run the file in onnxruntime on the example and on a ``2T + 1``-frame clip made from it,
     and raise ``RuntimeError`` when an output differs from eager by more than ``atol``. The
     model is run in eval mode (no dropout) and left in the mode it was in. A ``ValueError``
@@ -108,7 +109,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *,
     config = model.config
     if example_tokens is None:
         shape = (1, 4, config.num_spatial_tokens, config.hidden_size)
-        example_tokens = torch.randn(shape, device=next(model.parameters()).device)
+        example_tokens = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(
+            next(model.parameters()).device)  # (the caller's random state left alone)
     path = os.fspath(path)
     own = [m.implementation for m in attention]
     was_training = model.training
