@@ -119,3 +119,26 @@ def test_a_killed_main_process_takes_its_dataloader_workers_with_it(tmp_path: Pa
     finally:
         with contextlib.suppress(ProcessLookupError):  # whatever is left: the suite leaks none
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_stalled_training_step_is_said(monkeypatch, spool_log):
+    """Under torchrun a hung rank left the others in a collective for torch's 30 minutes
+    without a word (DDP audit); a beat per step keeps the watch quiet, and outside a loop it
+    says nothing."""
+    import time
+
+    from spool.train import stall
+
+    monkeypatch.setattr(stall, "STALL_AFTER_S", 0.2)
+    monkeypatch.setattr(stall, "_state", {"loops": 0, "last": time.monotonic(), "thread": None})
+    with stall.watching():
+        for _ in range(12):
+            time.sleep(0.05)
+            stall.beat()
+    time.sleep(0.4)  # out of the loop: nothing to watch
+    assert "no training step finished" not in spool_log.text
+    with stall.watching():
+        time.sleep(0.6)
+    assert "rank 0: no training step finished for 0 min: waiting for another rank (still " \
+           "working, or hung)" in spool_log.text
+    assert spool_log.text.count("no training step finished") == 1  # once per stall

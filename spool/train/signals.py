@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from spool.train import stall
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -101,10 +103,18 @@ def until_stopped(loader: Iterable[T], signals: StopSignals, stop: Callable[[int
     has run out takes part in the agreements until every rank has."""
     def check(more: bool) -> bool:
         signum, any_more = _agree(signals.received, more, device)
+        stall.beat()
         if signum:
             stop(signum)
         return any_more
 
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    with stall.watching() if distributed else contextlib.nullcontext():
+        yield from _agreed_batches(loader, signals, check)
+
+
+def _agreed_batches(loader: Iterable[T], signals: StopSignals, check: Callable[[bool], bool]
+                    ) -> Iterator[T]:
     batches, more = None, True
     while True:
         if more:
