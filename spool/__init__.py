@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 _MODELS = ("Spool", "SpoolOutput", "SpoolPreTrainedModel", "SpoolForVideoClassification",
            "SpoolForFrameClassification", "FramePoolingForVideoClassification",
            "FrameProbeForFrameClassification", "MSTCNForFrameClassification",
-           "FrameEncoderModel", "load_pretrained", "load_classifier")
+           "FrameEncoderModel", "load_pretrained", "load_classifier", "export_onnx",
+           "OnnxExport")
 __all__ = ["SpoolConfig", *_MODELS, "__version__"]
 
 

@@ -352,3 +352,25 @@ def test_a_compiled_model_still_checks_its_inputs():
     tokens[0, 1, 0, 0] = float("nan")
     with torch.no_grad(), pytest.raises(ValueError, match="tokens: expected finite values"):
         compiled(tokens)
+
+
+def test_renaming_classes_or_a_temporal_field_is_checked_where_it_matters(tmp_path: Path):
+    """Review: renaming a classifier's classes in place (as many) was refused at save, though
+    from_pretrained(class_names=...) allows it; a temporal field changed was refused by a
+    frame encoder's save, which does not write it."""
+    import pytest
+
+    from spool import SpoolForVideoClassification
+    from spool.models.frame_encoder import save_frame_encoder
+
+    model = SpoolForVideoClassification(tiny_config(class_names=["a", "b"]))
+    model.config.class_names = ["b", "a"]
+    model.save_pretrained(tmp_path / "renamed")
+    model.config.local_frame_range = 5
+    save_frame_encoder(model, tmp_path / "encoder")
+    with pytest.raises(ValueError, match="local_frame_range"):
+        model.save_pretrained(tmp_path / "other")
+    model.config.local_frame_range = 2
+    model.config.class_names = ["a", "b", "c"]
+    with pytest.raises(ValueError, match="class_names"):
+        model.save_pretrained(tmp_path / "more")

@@ -33,6 +33,8 @@ MODELS = {  # a model, and the outputs its graph has
     # a window wider than the example's T + 2 frames: it must not be frozen at their count
     "wide_window": (lambda: Spool(tiny_config(local_frame_range=8)), SPOOL),
     "token_merging": (lambda: Spool(tiny_config(token_merging=2)), SPOOL),
+    # dropout: the check compared with eager in training mode (the exporter's doing)
+    "dropout": (lambda: Spool(tiny_config(hidden_dropout=0.1, attention_dropout=0.1)), SPOOL),
     "clip_classifier": (lambda: SpoolForVideoClassification(tiny_config(class_names=CLASSES)),
                         ("logits",)),
     "frame_classifier": (lambda: SpoolForFrameClassification(tiny_config(
@@ -98,6 +100,23 @@ def test_refuses_what_it_cannot_export(tmp_path):
         export_onnx(pooling, tmp_path / "pooling.onnx")
     with pytest.raises(ValueError, match="float32"):
         export_onnx(Spool(tiny_config()).double(), tmp_path / "double.onnx")
+    with torch.device("meta"):
+        empty = Spool(tiny_config())
+    with pytest.raises(ValueError, match="meta device"):
+        export_onnx(empty, tmp_path / "meta.onnx")
+
+
+def test_the_graph_takes_float32_whatever_the_example_and_backbone(tmp_path):
+    """A float16 example (a float16 token cache's) made a float16-input graph, and a float16
+    backbone, never exported, was refused as the model's dtype (review)."""
+    ort = pytest.importorskip("onnxruntime")
+    model = Spool(tiny_config()).eval()
+    model.backbone.half()
+    L, D = model.config.num_spatial_tokens, model.config.hidden_size
+    exported = export_onnx(model, tmp_path / "m.onnx",
+                           example_tokens=torch.randn(1, 3, L, D, dtype=torch.float16))
+    session = ort.InferenceSession(exported.path, providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)"
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")

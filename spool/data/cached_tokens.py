@@ -47,7 +47,7 @@ def _encoder_of(model: SpoolPreTrainedModel) -> torch.nn.Module:
 def encoder_on(model: SpoolPreTrainedModel, device: str | torch.device) -> torch.nn.Module:
     """``model``'s frame encoder on ``device``, in eval mode: where a cache runs it (each
     cache brings its outputs back to the CPU)."""
-    model.check_config_as_built()  # the cache records model.config's fields
+    model.check_config_as_built(SpoolConfig.FRAME_ENCODER_FIELDS)  # the cache records them
     return _encoder_of(model).to(device).eval()
 
 

@@ -82,7 +82,7 @@ def register_backend(backend: AttentionBackend) -> None:
 
 _ALL = frozenset({"cpu", "cuda", "mps", "xpu", "meta"})  # meta: shapes only
 register_backend(AttentionBackend("reference", reference_attention, _ALL, _ALL, dropout=True,
-                                  linear=False))
+                                  linear=False, traces=True))
 register_backend(AttentionBackend("blocked", blocked_attention, _ALL, _ALL, dropout=True))
 register_backend(AttentionBackend("dense", dense_attention, _ALL, _ALL, dropout=True,
                                   linear=False, traces=True))

@@ -50,10 +50,13 @@ def _check_exportable(model: nn.Module) -> list[TemporalAttention]:
     if not hasattr(model, "forward_tokens") or not attention:
         raise ValueError(f"model: export_onnx exports a temporal stack (forward_tokens on "
                          f"cached tokens); {type(model).__name__} has none")
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    if dtype != torch.float32:
-        raise ValueError(f"model: export_onnx exports float32 models, got {dtype}; export "
-                         "a float32 copy (model.float())")
+    stack = list(attention[0].parameters())  # the backbone, if any, is not exported
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("model: its weights are on the meta device (no values to export); "
+                         "load them first (to_empty, then load_state_dict)")
+    if stack[0].dtype != torch.float32:
+        raise ValueError(f"model: export_onnx exports float32 temporal stacks, got "
+                         f"{stack[0].dtype}; export a float32 copy (model.float())")
     return attention
 
 
@@ -98,12 +101,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *,
     model's default: run long videos in clips, or eagerly with ``forward_long``.
 
     Returns an :class:`OnnxExport`. ``example_tokens``: what the trace runs on (default:
-    seeded random ``[1, 4, L, D]``); any length serves, ``T`` stays dynamic. ``check``:
+    seeded random ``[1, 4, L, D]``, cast to float32); any length serves, ``T`` stays dynamic
+    (keep it short: the check runs eager ``dense`` at ``2T + 1`` frames). ``check``:
     run the file in onnxruntime on the example and on a ``2T + 1``-frame clip made from it,
     and raise ``RuntimeError`` when an output differs from eager by more than ``atol``. The
     model is run in eval mode (no dropout) and left in the mode it was in. A ``ValueError``
     refuses what cannot be exported: a model without a temporal stack (the frame-pooling and
-    frame baselines), a dtype other than float32.
+    frame baselines), a temporal stack in another dtype than float32, weights on the meta
+    device.
     """
     attention = _check_exportable(model)
     config = model.config
@@ -111,6 +116,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *,
         shape = (1, 4, config.num_spatial_tokens, config.hidden_size)
         example_tokens = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(
             next(model.parameters()).device)  # (the caller's random state left alone)
+    example_tokens = example_tokens.float()  # the graph takes what it was traced with
     path = os.fspath(path)
     own = [m.implementation for m in attention]
     was_training = model.training
@@ -136,6 +142,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *,
             torch.onnx.export(run, (example_tokens,), path, input_names=["tokens"],
                               output_names=list(fields), dynamic_axes=axes,
                               opset_version=opset, dynamo=False)
+        run.eval()  # the exporter put the wrapper, and so the model, back in training mode
         diff = _onnxruntime_diff(path, example_tokens, run) if check else float("nan")
     finally:
         for module, name in zip(attention, own, strict=True):

@@ -71,7 +71,8 @@ def save_frame_encoder(model: SpoolPreTrainedModel, directory: str | os.PathLike
     encoder = model.frame_encoder
     if encoder is None:
         raise ValueError("model: has no frame encoder (built with with_backbone=False?)")
-    config = model.config_for_saving().replace(
+    model.check_config_as_built(SpoolConfig.FRAME_ENCODER_FIELDS)  # the rest is not written
+    config = model.config_for_saving(check=False).replace(
         architectures=[FrameEncoderModel.__name__], **FrameEncoderModel.DROPPED)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -155,14 +155,16 @@ class SpoolPreTrainedModel(ModuleUtilsMixin, nn.Module, PyTorchModelHubMixin,
             state["_built_from"] = _as_saved(state["_config"].to_dict())
         super().__setstate__(state)
 
-    def check_config_as_built(self) -> None:
-        """Raise if a field of ``config`` that changes what the network computes was set after
-        the model was built: its layers still compute the old value, so a config saved from
-        it would describe another network than its weights."""
-        changed = [f"{k} {self._built_from[k]!r} -> {v!r}"
-                   for k, v in _as_saved(self.config.to_dict()).items()
-                   if k not in (*SpoolConfig.RUNTIME_FIELDS, "initializer_range")
-                   and v != self._built_from[k]]
+    def check_config_as_built(self, fields: Sequence[str] | None = None) -> None:
+        """Raise if a field of ``config`` (of ``fields``, default all) that changes what the
+        network computes was set after the model was built: its layers still compute the old
+        value, so a config saved from it would describe another network than its weights.
+        Renaming the classes (as many) is a rename, not another network."""
+        built, now = self._built_from, _as_saved(self.config.to_dict())
+        changed = [f"{k} {built[k]!r} -> {v!r}" for k, v in now.items()
+                   if (fields is None or k in fields) and v != built[k]
+                   and k not in (*SpoolConfig.RUNTIME_FIELDS, "initializer_range")
+                   and not (k == "class_names" and len(v or ()) == len(built[k] or ()))]
         if changed:
             raise ValueError(f"config: {', '.join(changed)} set after the model was built, "
                              "which its layers do not follow; build a model from the new "
@@ -174,12 +176,14 @@ class SpoolPreTrainedModel(ModuleUtilsMixin, nn.Module, PyTorchModelHubMixin,
         """The backbone module (``FrameEncoder``), or None for a temporal-only model."""
         return getattr(self, "backbone", None)
 
-    def config_for_saving(self) -> SpoolConfig:
+    def config_for_saving(self, check: bool = True) -> SpoolConfig:
         """The config written with the weights: it names the class and, since the weights
         hold the backbone, its architecture (so loading never needs the hub). A named
         backbone stays named: a model built anew from this config takes its pretrained
-        weights (``use_pretrained_backbone``), not random ones."""
-        self.check_config_as_built()
+        weights (``use_pretrained_backbone``), not random ones. ``check``: refuse a config
+        changed since the model was built (:meth:`check_config_as_built`)."""
+        if check:
+            self.check_config_as_built()
         config = self.config.replace(architectures=[type(self).__name__])
         encoder = self.frame_encoder
         if encoder is not None and config.backbone_config is None:
