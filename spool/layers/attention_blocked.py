@@ -69,12 +69,16 @@ def _band(c: int, w: int) -> tuple[tuple[bool, ...], ...]:
 
 @lru_cache(maxsize=256)
 def blocked_plan(num_frames: int, local_frame_range: int, chunk_frames: int,
-                 query_start: int = 0) -> tuple[BlockCall, ...]:
+                 query_start: int = 0, split_prefix: bool = False) -> tuple[BlockCall, ...]:
     """The calls that compute query frames ``query_start .. num_frames - 1`` of a sequence whose
     frame 0 is the (lookback) context frame.
 
     ``query_start = 0``: the whole sequence, context row included. A later start serves the
     chunked long-video forward, which computes a suffix of a local window of frames.
+    ``split_prefix``: the first ``local_frame_range`` frames (whose windows the context frame
+    cuts) in calls of ``chunk_frames`` queries, each reading keys up to its last frame, not
+    one call under a triangle mask: fewer masked scores for more calls (the CPU's choice;
+    a GPU's small calls are launch-bound).
     """
     nF, w = num_frames, local_frame_range
     calls: list[BlockCall] = []
@@ -82,10 +86,11 @@ def blocked_plan(num_frames: int, local_frame_range: int, chunk_frames: int,
         calls.append(BlockCall(0, 1, 0, nF))  # the context frame sees everything
     num_prefix = min(w, nF - 1)  # frames 1..P: windows cut by the context frame
     first = max(1, query_start)
-    if first <= num_prefix:
-        mask = tuple(tuple(j <= i for j in range(num_prefix + 1))
-                     for i in range(first, num_prefix + 1))
-        calls.append(BlockCall(first, num_prefix + 1 - first, 0, num_prefix + 1, mask=mask))
+    step = chunk_frames if split_prefix else max(1, num_prefix)
+    for start in range(first, num_prefix + 1, step):
+        stop = min(start + step, num_prefix + 1)
+        mask = tuple(tuple(j <= i for j in range(stop)) for i in range(start, stop))
+        calls.append(BlockCall(start, stop - start, 0, stop, mask=mask))
     first = max(num_prefix + 1, query_start)  # windows wholly inside the real frames
     num_rest = nF - first
     if num_rest <= 0:
@@ -163,7 +168,7 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     """
     H, B, nF, L, hd = q.shape
     c = chunk_frames or default_chunk_frames(local_frame_range)
-    plan = blocked_plan(nF, local_frame_range, c)
+    plan = blocked_plan(nF, local_frame_range, c, split_prefix=q.device.type == "cpu")
     out = q.new_empty(B, nF, L, H, hd)
     out_heads_first = out.permute(3, 0, 1, 2, 4)
     for lookahead, heads in head_groups(H, num_lookback_heads):
