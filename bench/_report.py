@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: machine description and docs/benchmarks.md sections."""
+"""Shared benchmark helpers: machine description, alternating timings and docs/benchmarks.md
+sections."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import os
 import platform
 import re
 import resource
+import time
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
+K = TypeVar("K", bound=Hashable)
 HEADER = "# Benchmarks\n\nEvery table below was produced by the command given with it.\n"
 
 
@@ -50,6 +55,21 @@ def available_mb() -> float:
 NOTES_START = "<!-- notes: written by hand, kept when the section is regenerated -->"
 NOTES_END = "<!-- /notes -->"
 _NOTES = re.compile(rf"^{re.escape(NOTES_START)}\n.*?^{re.escape(NOTES_END)}\n?", re.S | re.M)
+
+
+def alternate(runs: dict[K, Callable[[], object]], rounds: int) -> dict[K, list[float]]:
+    """Seconds each of ``runs`` took per round, timed in turn in one process with the order
+    flipping every round, so that load from other processes falls on each alike; round 0
+    warms up and is dropped."""
+    times: dict[K, list[float]] = {name: [] for name in runs}
+    order = list(runs)
+    for r in range(rounds + 1):
+        for name in (order if r % 2 else order[::-1]):
+            start = time.perf_counter()
+            runs[name]()
+            if r:
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def update_section(path: str | os.PathLike, heading: str, body: str) -> None:

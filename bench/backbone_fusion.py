@@ -25,7 +25,7 @@ from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine, update_section  # noqa: E402
+from _report import alternate, machine, update_section  # noqa: E402
 
 HEADING = "Backbone: fused QKV and folded LayerScale"
 BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=518,
@@ -100,14 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         diff = (ref - out).abs().max().item()
         if diff > 1e-3 * ref.abs().max().item():
             sys.exit(f"fused backbone differs from HF's: max abs diff {diff:.3g}")
-        times: dict[str, list[float]] = {"HF Dinov2Model": [], "fused QKV + folded LayerScale": []}
-        pair = list(zip(times, (model, fused), strict=True))
-        for r in range(args.rounds + 1):  # round 0 warms up; the order alternates
-            for name, m in (pair if r % 2 else pair[::-1]):
-                start = time.perf_counter()
-                m(pixel_values=x)
-                if r:
-                    times[name].append(time.perf_counter() - start)
+        times = alternate({"HF Dinov2Model": lambda: model(pixel_values=x),
+                           "fused QKV + folded LayerScale": lambda: fused(pixel_values=x)},
+                          args.rounds)
         ops = breakdown(model, x)
     base = statistics.median(times["HF Dinov2Model"])
     lines = ["| backbone | ms/frame (median) | min | vs HF |", "| --- | --: | --: | --: |"]

@@ -13,9 +13,9 @@ Same process, the two plans alternating round by round, on a DINOv2-S-wide tempo
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ import spool.layers.attention_blocked as blocked
 from spool import Spool, SpoolConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine, update_section  # noqa: E402
+from _report import alternate, machine, publish  # noqa: E402
 
 HEADING = "Blocked attention on the CPU: the prefix in chunks"
 PLAN = blocked.blocked_plan
@@ -51,10 +51,13 @@ def _model(layers: int, width: int, tokens: int, window: int) -> Spool:
     return Spool(config, with_backbone=False)
 
 
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _with_plan(split: bool, step) -> None:
+    """``step()`` with the prefix split or not (:func:`_plan`)."""
+    blocked.blocked_plan = _plan(split)
+    try:
+        step()
+    finally:
+        blocked.blocked_plan = PLAN
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,16 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         c = blocked.default_chunk_frames(window)
         for name, step in (("forward, B = 1 (extract)", forward),
                            ("forward + backward, B = 2 (train)", train_step)):
-            times = {False: [], True: []}
-            for r in range(args.rounds + 1):  # round 0 warms up
-                for split in ((False, True) if r % 2 else (True, False)):
-                    blocked.blocked_plan = _plan(split)
-                    try:
-                        took = _time(step)
-                    finally:
-                        blocked.blocked_plan = PLAN
-                    if r:
-                        times[split].append(took)
+            times = alternate({split: functools.partial(_with_plan, split, step)
+                               for split in (False, True)}, args.rounds)
             one, split = (statistics.median(times[s]) for s in (False, True))
             ratios = [b / a for a, b in zip(times[False], times[True], strict=True)]
             rows.append((T, name, _computed(PLAN(T + 2, window, c)),
@@ -117,10 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     for T, name, p1, p2, a, b, ratio, lo, hi in rows:
         lines.append(f"| {T} | {name} | {p1} | {p2} | {a:.0f} | {b:.0f} | {ratio:.3f} | "
                      f"{lo:.3f}-{hi:.3f} |")
-    body = "\n".join(lines)
-    print(body)
-    if args.out:
-        update_section(args.out, HEADING, body)
+    publish(args.out, HEADING, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ Same process, float32 and bfloat16 alternating round by round.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from spool.downloads import cache_dir
 from spool.models.frame_encoder import FrameEncoderModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine, update_section  # noqa: E402
+from _report import alternate, machine, publish  # noqa: E402
 
 HEADING = "CPU: bfloat16 autocast against float32"
 
@@ -36,16 +36,15 @@ def _cpu_flags() -> str:
     return ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none"
 
 
+def _run(step, bf16: bool) -> None:
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        step()
+
+
 def _rounds(step, rounds: int) -> tuple[float, float, list[float]]:
-    """Median seconds of ``step(bf16)`` for float32 and bfloat16, and the per-round ratios."""
-    times = {False: [], True: []}
-    for r in range(rounds + 1):  # round 0 warms up
-        for bf16 in ((False, True) if r % 2 else (True, False)):
-            start = time.perf_counter()
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                step()
-            if r:
-                times[bf16].append(time.perf_counter() - start)
+    """Median seconds of ``step`` in float32 and in bfloat16, and the per-round ratios."""
+    times = alternate({bf16: functools.partial(_run, step, bf16) for bf16 in (False, True)},
+                      rounds)
     ratios = [b / a for a, b in zip(times[False], times[True], strict=True)]
     return statistics.median(times[False]), statistics.median(times[True]), ratios
 
@@ -97,10 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, a, b, ratio, lo, hi, err, cos in rows:
         lines.append(f"| {name} | {a:.1f} | {b:.1f} | {ratio:.2f} | {lo:.2f}-{hi:.2f} | "
                      f"{err:.4f} | {cos:.5f} |")
-    body = "\n".join(lines)
-    print(body)
-    if args.out:
-        update_section(args.out, HEADING, body)
+    publish(args.out, HEADING, "\n".join(lines))
 
 
 if __name__ == "__main__":
