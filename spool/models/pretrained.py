@@ -160,11 +160,11 @@ class SpoolPreTrainedModel(ModuleUtilsMixin, nn.Module, PyTorchModelHubMixin,
         network computes was set after the model was built: its layers still compute the old
         value, so a config saved from it would describe another network than its weights.
         Renaming the classes (as many) is a rename, not another network."""
-        built, now = self._built_from, _as_saved(self.config.to_dict())
-        changed = [f"{k} {built[k]!r} -> {v!r}" for k, v in now.items()
-                   if (fields is None or k in fields) and v != built[k]
-                   and k not in (*SpoolConfig.RUNTIME_FIELDS, "initializer_range")
-                   and not (k == "class_names" and len(v or ()) == len(built[k] or ()))]
+        built = self._built_from
+        now = {k: v for k, v in self.config.to_dict().items() if fields is None or k in fields}
+        renamed = len(now.get("class_names") or ()) == len(built["class_names"] or ())
+        changed = _changed_fields(built, now, ("initializer_range",
+                                               *(("class_names",) if renamed else ())))
         if changed:
             raise ValueError(f"config: {', '.join(changed)} set after the model was built, "
                              "which its layers do not follow; build a model from the new "
@@ -302,7 +302,7 @@ class SpoolPreTrainedModel(ModuleUtilsMixin, nn.Module, PyTorchModelHubMixin,
                 f"{err}; the fields given ({', '.join(changed)}) build another network than "
                 "the one saved there") from err
         # class_names have their note above; a backbone named another way is the same one
-        changed = _changed_fields(config, kwargs, ("class_names", "backbone_name",
+        changed = _changed_fields(config.to_dict(), kwargs, ("class_names", "backbone_name",
                                                    "backbone_config", "initializer_range"))
         if changed:
             logger.warning("%s: loaded with %s: another network than the one saved, so its "
@@ -337,13 +337,14 @@ def _as_saved(value: Any) -> Any:
         return value
 
 
-def _changed_fields(config: SpoolConfig, kwargs: dict[str, Any], skip: Sequence[str] = ()
+def _changed_fields(old: dict[str, Any], new: dict[str, Any], skip: Sequence[str] = ()
                     ) -> list[str]:
-    """The fields in ``kwargs`` (``old -> new``) that change what the saved network computes
-    (not the ``RUNTIME_FIELDS``, nor ``skip``)."""
-    return [f"{k} {getattr(config, k)!r} -> {v!r}" for k, v in kwargs.items()
+    """The config fields of ``new`` (``old -> new``) whose value is not ``old``'s, as
+    ``config.json`` holds them, and changes what the network computes (not the
+    ``RUNTIME_FIELDS``, nor ``skip``)."""
+    return [f"{k} {old[k]!r} -> {v!r}" for k, v in new.items()
             if k not in (*SpoolConfig.RUNTIME_FIELDS, *skip)
-            and _as_saved(getattr(config, k)) != _as_saved(v)]
+            and _as_saved(old[k]) != _as_saved(v)]
 
 
 def _fields_behind(cls: type, config: SpoolConfig, init: dict[str, Any],
@@ -351,7 +352,7 @@ def _fields_behind(cls: type, config: SpoolConfig, init: dict[str, Any],
     """The config fields in ``kwargs`` (``old -> new``) behind a checkpoint that does not
     load: none unless the saved ``config`` alone builds a network of ``state``'s tensors
     (built on the meta device: no memory, no weights)."""
-    changed = _changed_fields(config, kwargs)
+    changed = _changed_fields(config.to_dict(), kwargs)
     if not changed:
         return []
     try:
