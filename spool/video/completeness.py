@@ -11,10 +11,10 @@ from spool.video.index import VideoDecodeError, main_video_stream, open_file
 from spool.video.io import VideoReader
 
 
-def _declared_end(container: av.container.InputContainer) -> float | None:
-    """Where the header says the file ends, in seconds: the video stream's duration, else the
+def _declared_end(container: av.container.InputContainer, stream: av.VideoStream
+                  ) -> float | None:
+    """Where the header says the file ends, in seconds: ``stream``'s duration, else the
     container's (which covers every stream)."""
-    stream = main_video_stream(container)
     if stream.duration and stream.time_base:
         return float((stream.start_time or 0) + stream.duration) * float(stream.time_base)
     if container.duration:
@@ -39,7 +39,7 @@ def check_complete(source: Path, num_frames: int, end_s: float | None = None,
     with open_file(str(source), metadata_errors="ignore") as container:
         stream = main_video_stream(container)
         announced, tb = stream.frames, stream.time_base
-        declared = _declared_end(container) if not announced and end_s is not None else None
+        declared = _declared_end(container, stream) if not announced and end_s is not None else None
         avi = container.format.name == "avi"
         listed = float(stream.duration * tb) if stream.duration and tb else None
         rate = float(stream.guessed_rate or 0) or fps  # nominal: fps averages what is there
