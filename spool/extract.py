@@ -39,7 +39,7 @@ from spool.models.long_video import check_memory
 from spool.models.long_video_state import ResumableHiddenState, pass_folder, resumable_pass
 from spool.models.spool import Spool
 from spool.models.weights import weights_digest
-from spool.runtime import print_line
+from spool.runtime import autocast_to, print_line
 from spool.tensor_files import (
     StreamedTensor,
     read_safetensors_metadata,
@@ -287,8 +287,7 @@ class FeatureExtractor:
 
     def _autocast(self) -> torch.autocast:
         """The model's forward in ``dtype`` (a no-op in float32)."""
-        return torch.autocast(self.device.type, dtype=self.dtype,
-                              enabled=self.dtype != torch.float32)
+        return autocast_to(self.dtype, self.device)
 
     def _extract(self, job: VideoJob, metadata: dict[str, str]) -> None:
         from spool.extract_frames import write_frame_predictions

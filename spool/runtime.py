@@ -78,6 +78,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
 
+
+def autocast_to(dtype: torch.dtype, device: torch.device) -> torch.autocast:
+    """A forward under ``torch.autocast`` in ``dtype`` on ``device`` (a no-op in float32)."""
+    import torch
+
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
 _applied = False

@@ -403,6 +403,7 @@ def test_frame_cache_relabels_without_the_backbone(tmp_path, encoder, monkeypatc
     from safetensors.torch import save_file
 
     from spool.data import frame_cache
+    from spool.data.frame_cache_keys import video_keys
 
     video = _video(tmp_path / "clip.mkv", 0)
     out = tmp_path / "cache"
@@ -424,7 +425,7 @@ def test_frame_cache_relabels_without_the_backbone(tmp_path, encoder, monkeypatc
     path = out / "videos" / "clip.safetensors"
     with safe_open(str(path), framework="pt") as f:
         tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-    keys = frame_cache._keys(fixed, json.loads(meta["settings"]), ["b", "a"])
+    keys = video_keys(fixed, json.loads(meta["settings"]), ["b", "a"])
     save_file(tensors, str(path), metadata={"settings": keys.legacy_settings,
                                             "source": keys.legacy_source, "video": str(video)})
     build_frame_cache(encoder, [fixed], ["b", "a"], out, FpsSampler(10), dtype="float32")

@@ -16,6 +16,7 @@ from spool.cli_args import (
     seed,
 )
 from spool.config import SpoolConfig
+from spool.runtime import DTYPES
 
 # Flags of one task (name -> its default): given for the other task, they would be ignored.
 CLIP_FLAGS = {"views": 1, "num_frames": 16, "frame_stride": None, "crop_scale": (0.4, 1.0),
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from spool.data.segmentation import check_segmentation_source
     from spool.models.frame_encoder import FrameEncoderModel
     from spool.models.pretrained import load_pretrained
-    from spool.runtime import refuse_torchrun, resolve_device
+    from spool.runtime import refuse_torchrun, resolve_device, resolve_dtype
     from spool.video.samplers import clip_sampler
     from spool.video.transforms import RandomResizedCrop
 
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
                          f"encoder's tokens: {', '.join(CACHE_FIELDS)}); give them to spool "
                          "train")
     device = resolve_device(args.device)  # a GPU that is not there: said before the work
+    args.compute_dtype = resolve_dtype(args.compute_dtype, device)
     if frames:  # a mistyped root is said before a backbone is loaded
         check_segmentation_source(args.data, "data (--data)")
         if not Path(args.data).is_dir() and args.split != FRAME_FLAGS["split"]:
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     summary = build_cache(model, dataset, args.out, views=args.views,
                           batch_size=args.batch_size, num_workers=args.num_workers,
                           dtype=args.dtype, device=device,
-                          progress=not args.quiet)
+                          compute_dtype=args.compute_dtype, progress=not args.quiet)
     what = f"{summary.cached} videos x {args.views} view(s) of {args.num_frames} frames"
     if summary.reused:
         redone = []
@@ -112,7 +114,8 @@ def _cache_frames(args: argparse.Namespace, model, device) -> int:
     samples, names = read_segmentation(args.data, args.split, class_names)
     start = time.perf_counter()
     summary = build_frame_cache(model, samples, names, args.out, FpsSampler(args.fps),
-                                dtype=args.dtype, device=device, progress=not args.quiet)
+                                dtype=args.dtype, device=device,
+                                compute_dtype=args.compute_dtype, progress=not args.quiet)
     what = f"every frame at {args.fps:g} fps of {summary.cached} videos"
     if summary.reused:
         print(f"spool cache: already done: {summary.path} holds {what} made with these "
@@ -177,6 +180,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="how the tokens are stored (%(default)s)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the backbone runs (auto: CUDA when available)")
+    parser.add_argument("--compute-dtype", choices=DTYPES, default="auto",
+                        help="the backbone's autocast dtype, as spool extract's --dtype (auto: "
+                             "bfloat16 on GPU, float32 on CPU); tokens made in another dtype "
+                             "are made again")
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(func=run)

@@ -67,6 +67,7 @@ from spool.io_utils import (
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel
 from spool.models.weights import weights_digest
+from spool.runtime import autocast_to
 
 __all__ = ["BACKBONE_DIR", "CACHE_META", "TOKENS_NAME", "CacheSummary", "CachedTokenDataset",
            "build_cache", "cache_backbone_config", "load_cache_backbone", "read_cache_meta"]
@@ -97,7 +98,8 @@ class CacheSummary:
 def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
                 out_dir: str | os.PathLike, *, views: int = 1, batch_size: int = 8,
                 num_workers: int = 0, dtype: str = "float32", device: str | torch.device = "cpu",
-                progress: bool = False) -> CacheSummary:
+                compute_dtype: torch.dtype = torch.float32, progress: bool = False
+                ) -> CacheSummary:
     """Encode every video of ``dataset`` with ``model``'s frame encoder into ``out_dir``.
 
     ``dataset``'s sampler must give single clips. View 0 is always the evaluation clip, views
@@ -112,6 +114,9 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
     over. An earlier complete cache stays valid until the new one replaces it at the end
     (unless the disk cannot hold both: then it is removed first, and a warning says so). The
     disk space the tokens need is checked, and reserved, before the first video.
+
+    The frame encoder runs under ``torch.autocast`` in ``compute_dtype`` (float32: none); the
+    tokens are stored as ``dtype``.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -138,6 +143,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             # What the weights' digest misses: the normalisation (non-persistent buffers),
             # the backbone's config, token pooling.
             "frame_encoder": config.frame_encoder_fields(layout=False),
+            **compute_record(compute_dtype),
         }
         fixed = dataset.augmentation is None
         settings = _tokens_of(meta, fixed)
@@ -160,7 +166,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
                 return dataclasses.replace(done, relabelled=relabelled)
             try:  # files fixed since may read now; changed files are other tokens
                 failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
-                                   device, progress)
+                                   device, compute_dtype, progress)
             finally:
                 writer.close()
             rows = _write_meta(out, meta, key, failures)
@@ -174,7 +180,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
         writer.heartbeat = lambda: refresh_claim(lock)  # other machines judge it by age
         try:
             failures = _encode(encoder, dataset, views, writer, batch_size, num_workers,
-                               device, progress)
+                               device, compute_dtype, progress)
         finally:
             writer.close()
         # The new cache replaces the old: cache.json goes first and comes back last, so that
@@ -187,6 +193,14 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
     finally:
         release_claim(lock)
     return CacheSummary(out, len(rows), failures=failures)
+
+
+def compute_record(compute_dtype: torch.dtype) -> dict[str, str]:
+    """The compute dtype as a cache's settings hold it: nothing for float32, so that the keys
+    of caches made before it could be chosen stay the same."""
+    if compute_dtype == torch.float32:
+        return {}
+    return {"compute_dtype": str(compute_dtype).removeprefix("torch.")}
 
 
 def _write_meta(out: Path, meta: dict, key: str, failures: list[SkippedVideo]) -> list[int]:
@@ -265,7 +279,8 @@ def failure_rows(failures: list[SkippedVideo]) -> list[list[str]]:
 
 def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
             writer: PartialTokens | RowsToRedo, batch_size: int, num_workers: int,
-            device: str | torch.device, progress: bool) -> list[SkippedVideo]:
+            device: str | torch.device, compute_dtype: torch.dtype, progress: bool
+            ) -> list[SkippedVideo]:
     """Run ``encoder`` over the videos ``writer`` still lacks, recording them as done;
     returns the videos that could not be read (each reported on one line)."""
     todo = writer.todo()
@@ -287,7 +302,9 @@ def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
         if "video" not in batch:
             continue
         video = batch["video"].to(device)  # [B, V, T, S, S, 3]
-        tokens = encoder(video.flatten(0, 1)).float().cpu()
+        with autocast_to(compute_dtype, video.device):
+            tokens = encoder(video.flatten(0, 1))
+        tokens = tokens.float().cpu()
         writer.write(batch["index"].numpy(),
                      tokens.view(len(video), *writer.shape[1:]).numpy())
     return sorted(failures)

@@ -17,7 +17,6 @@ epoch, index)``); evaluation takes whole videos.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from contextlib import nullcontext
@@ -35,6 +34,7 @@ from spool.data.cache import (
     FAILURES_NAME,
     LOCK_NAME,
     CacheSummary,
+    compute_record,
     failure_rows,
     report_failure,
 )
@@ -46,10 +46,10 @@ from spool.data.cached_tokens import (
 )
 from spool.data.classes import FrameLabelMapping
 from spool.data.dataset import UNREADABLE, first_readable, skipped_video, split_readable
+from spool.data.frame_cache_keys import Keys, cached_state, video_keys
 from spool.data.frame_cache_rebuild import build_folder, replace_cache
 from spool.data.segmentation import (
     IGNORE_INDEX,
-    LABEL_RULES_REVISION,
     SegmentationSample,
     warn_if_labels_disagree,
 )
@@ -57,7 +57,6 @@ from spool.errors import SpoolLoadError
 from spool.io_utils import (
     atomic_save_safetensors,
     atomic_write_text,
-    file_location,
     read_json,
     write_failures,
 )
@@ -65,7 +64,7 @@ from spool.models.frame_encoder import save_frame_encoder
 from spool.models.long_video import stream_tokens, whole_video_indices
 from spool.models.pretrained import SpoolPreTrainedModel
 from spool.models.weights import weights_digest
-from spool.runtime import notes_said
+from spool.runtime import autocast_to, notes_said
 from spool.video.completeness import check_reader_complete
 from spool.video.io import VideoReader, probe_video
 from spool.video.samplers import FrameSampler
@@ -79,74 +78,20 @@ def _video_file(out: Path, name: str) -> Path:
     return out / "videos" / f"{name}.safetensors"
 
 
-@dataclasses.dataclass(frozen=True)
-class _Keys:
-    """What one video's file depends on: the shared settings of its tokens (``settings``),
-    its video file (``source``: path, size, modification time) and what its labels come from
-    (``labels``: the classes, the label rules, its annotations). Files of an earlier version
-    held all of it in ``settings`` and ``source`` (``legacy_*``)."""
-
-    settings: str
-    source: str
-    labels: str
-    legacy_settings: str
-    legacy_source: str
-
-
-def _keys(sample: SegmentationSample, settings: dict[str, Any], class_names: list[str]
-          ) -> _Keys:
-    st = os.stat(sample.video)
-    version = {"video": file_location(sample.video), "size": st.st_size,
-               "mtime_ns": st.st_mtime_ns}
-    labels = (None if sample.frame_labels is None
-              else hashlib.sha256(np.ascontiguousarray(sample.frame_labels, np.int64)
-                                  .tobytes()).hexdigest())
-    annotations = {"frame_labels": labels, "segments": None if sample.segments is None else
-                   [list(s) for s in sample.segments]}
-    rules = {"classes": class_names, "label_rules": LABEL_RULES_REVISION}
-    return _Keys(json.dumps(settings, sort_keys=True), json.dumps(version, sort_keys=True),
-                 json.dumps({**annotations, **rules}, sort_keys=True),
-                 json.dumps({**settings, **rules}, sort_keys=True),
-                 json.dumps({**version, **annotations}, sort_keys=True))
-
-
-def _cached(path: Path, keys: _Keys) -> str | None:
-    """``"done"``, ``"labels"`` (its tokens hold, its labels are to be redone) or None."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception:  # missing or damaged: redo
-        return None
-    source = _resolved(meta.get("source"))
-    if meta.get("settings") == keys.settings and source == keys.source:
-        return "done" if meta.get("labels") == keys.labels else "labels"
-    if (meta.get("settings"), source) == (keys.legacy_settings, keys.legacy_source):
-        return "done"
-    return None
-
-
-def _resolved(source: str | None) -> str | None:
-    """A ``source`` key with its video's :func:`file_location`: the same file however its
-    path was typed (earlier files hold it as typed, relative to the working directory)."""
-    try:
-        found = json.loads(source)
-        return json.dumps({**found, "video": file_location(found["video"])}, sort_keys=True)
-    except (TypeError, ValueError, KeyError):
-        return None
-
-
 @torch.no_grad()
 def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSample],
                       class_names: list[str], out_dir: str | os.PathLike,
                       sampler: FrameSampler, *, dtype: str = "float16",
-                      device: str | torch.device = "cpu", progress: bool = False
+                      device: str | torch.device = "cpu",
+                      compute_dtype: torch.dtype = torch.float32, progress: bool = False
                       ) -> CacheSummary:
     """Encode every sampled frame of each video with ``model``'s frame encoder, with its
     label at its own time. Videos already cached with the same settings, from the same video
     file (path, size, modification time) and with the same labels are kept. A video that
     cannot be read is reported on one line, left out and listed in ``failures.csv`` (and
     ``cache.json``'s ``failures``), as :func:`~spool.data.cache.build_cache` does. The frame
-    encoder runs on ``device``; the tokens are stored as ``dtype``."""
+    encoder runs on ``device`` under ``torch.autocast`` in ``compute_dtype`` (float32: none);
+    the tokens are stored as ``dtype``."""
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
     model.eval()
@@ -165,9 +110,11 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
         staging = build_folder(out, {
             "sampler": sampler.to_dict(), "dtype": dtype,
             "backbone_digest": weights_digest(encoder.state_dict()),
-            "frame_encoder": model.config.frame_encoder_fields(layout=False)})
-        summary = _encode_videos(model, encoder, samples, class_names, staging or out,
-                                 sampler, dtype, progress)
+            "frame_encoder": model.config.frame_encoder_fields(layout=False),
+            **compute_record(compute_dtype)})
+        with autocast_to(compute_dtype, next(encoder.parameters()).device):
+            summary = _encode_videos(model, encoder, samples, class_names, staging or out,
+                                     sampler, dtype, compute_dtype, progress)
         if staging is not None:
             replace_cache(out, staging)
         return dataclasses.replace(summary, path=out)
@@ -177,7 +124,8 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
 
 def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
                    samples: list[SegmentationSample], class_names: list[str], out: Path,
-                   sampler: FrameSampler, dtype: str, progress: bool) -> CacheSummary:
+                   sampler: FrameSampler, dtype: str, compute_dtype: torch.dtype,
+                   progress: bool) -> CacheSummary:
     """:func:`build_frame_cache`'s work, in ``out`` (which it holds)."""
     try:  # a complete cache of these settings, untouched by this run, was "already done"
         before = json.loads((out / CACHE_META).read_text(encoding="utf-8"))
@@ -189,13 +137,14 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
     # The preprocessing record names its rules' revision: tokens made by older rules are redone.
     settings = {"sampler": sampler.to_dict(), "dtype": dtype, "digest": digest,
                 "frame_encoder": model.config.frame_encoder_fields(layout=False),
-                "preprocessing": dataclasses.asdict(model.config.preprocessing())}
+                "preprocessing": dataclasses.asdict(model.config.preprocessing()),
+                **compute_record(compute_dtype)}
     videos, failures, written = [], [], 0
     for i, sample in enumerate(tqdm(samples, desc="frame cache", unit="video",
                                     disable=not progress)):
         path = _video_file(out, sample.name)
         try:  # only reading the video: an error writing the cache still stops the job
-            keys = _keys(sample, settings, class_names)
+            keys = video_keys(sample, settings, class_names)
             encoded = _encode_video(model, sample, sampler, path, keys, dtype, progress)
         except UNREADABLE as err:
             failures.append(skipped_video(i, sample.video, err))
@@ -214,7 +163,7 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
     meta = {"kind": "frames", "class_names": list(class_names), "videos": videos,
             "sampler": sampler.to_dict(), "dtype": dtype, "backbone_digest": digest,
             "frame_encoder": model.config.frame_encoder_fields(layout=False),
-            "failures": failure_rows(failures)}
+            **compute_record(compute_dtype), "failures": failure_rows(failures)}
     write_failures(out / FAILURES_NAME, meta["failures"])
     atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
     # The videos may be named otherwise (another working directory, a link): their tokens are
@@ -233,12 +182,12 @@ def _without_paths(meta: dict | None) -> dict | None:
 
 
 def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
-                  sampler: FrameSampler, path: Path, keys: _Keys, dtype: str,
+                  sampler: FrameSampler, path: Path, keys: Keys, dtype: str,
                   progress: bool = False) -> dict[str, torch.Tensor] | None:
     """The tokens and labels of ``sample``'s sampled frames (``progress``: a bar of its
     frames, as a long video takes long); None when ``path`` holds them already. New labels
     for tokens ``path`` holds are made without the backbone."""
-    cached = _cached(path, keys)
+    cached = cached_state(path, keys)
     if cached == "done":
         return None
     if cached == "labels":
