@@ -122,3 +122,30 @@ def test_an_unknown_compute_dtype_is_refused(tmp_path: Path, capsys) -> None:
         main(_clips(tmp_path / "c", "--compute-dtype", "int8"))
     assert "--compute-dtype: invalid choice: 'int8'" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_a_cache_killed_before_its_cache_json_then_other_settings(tmp_path: Path, spool_log,
+                                                                  monkeypatch) -> None:
+    """Killed between the move of its tokens and cache.json, then run with another compute
+    dtype: the message said the partial cache "could not be read"; it was made with other
+    settings, and says which."""
+    import logging
+
+    from spool.data import cache
+
+    spool_log.set_level(logging.INFO, logger="spool")
+    out = tmp_path / "c"
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(cache, "save_frame_encoder", killed)
+        with pytest.raises(Killed):
+            main(_clips(out))
+    assert main(_clips(out, "--compute-dtype", "bfloat16")) == 0
+    assert "(8 of 8 videos done) was made with other settings (compute_dtype)" in spool_log.text
+    assert "could not be read" not in spool_log.text

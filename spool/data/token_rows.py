@@ -65,12 +65,13 @@ class PartialTokens:
             return None
         try:
             record = json.loads(self.record.read_text(encoding="utf-8"))
+            if record["key"] not in self.keys:  # (finished: its tokens.npy stays until replaced)
+                return self._other_settings(record)
             final = self.path.parent / TOKENS_NAME
-            if record.get("finished") and record["key"] in self.keys and not self.path.exists():
+            if record.get("finished") and not self.path.exists():
                 os.replace(final, self.path)  # killed while it replaced the old cache
             header = np.load(self.path, mmap_mode="r")
-            if (record["key"] in self.keys and header.shape == self.shape
-                    and header.dtype == dtype):
+            if header.shape == self.shape and header.dtype == dtype:
                 done = np.zeros(self.shape[0], dtype=bool)
                 for start, stop in record["done"]:
                     done[start:stop] = True
@@ -81,16 +82,18 @@ class PartialTokens:
                     logger.info(f"{self.path.parent}: {self.changed} videos of the partial "
                                 "cache there changed since; encoding them again")
                 return done & same
-            logger.info(f"{self.path.parent}: the partial cache there ({_count(record)} of "
-                        f"{len(record['sources'])} videos done) was made with other settings "
-                        f"({changed_settings(record.get('settings'), self.settings)}); "
-                        "starting over")
-            return None
+            return self._other_settings(record)
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable: as good as made with other settings
         logger.info(f"{self.path.parent}: the partial cache there could not be read; "
                     "starting over")
         return None
+
+    def _other_settings(self, record: dict) -> None:
+        logger.info(f"{self.path.parent}: the partial cache there ({_count(record)} of "
+                    f"{len(record['sources'])} videos done) was made with other settings "
+                    f"({changed_settings(record.get('settings'), self.settings)}); "
+                    "starting over")
 
     def todo(self) -> list[int]:
         return np.flatnonzero(~self.done).tolist()
