@@ -54,10 +54,7 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["start_s", "end_s", "label", "score"])
-    segments = to_segments(labels.numpy())
-    for label, a, b in zip(segments.labels, segments.starts, segments.ends, strict=True):
-        writer.writerow([f"{starts[a]:.4f}", f"{ends[b - 1]:.4f}", names[int(label)],
-                         f"{float(score[a:b].mean()):.4f}"])
+    writer.writerows(segment_rows(labels, score, starts, ends, names))
     # An earlier run's CSV goes first and this one's comes last: a re-run takes the pair as
     # finished (``extract.is_done``, and the CSV there) only when both are this run's. (Written
     # first, a run killed before its .safetensors left its CSV beside another run's.)
@@ -70,6 +67,20 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
         tensors, output,
         metadata={**metadata, "class_names": json.dumps(names), "num_frames": str(len(labels))})
     atomic_write_text(segments_path(output), buffer.getvalue())
+
+
+def segment_rows(labels: torch.Tensor, score: torch.Tensor, starts: torch.Tensor,
+                 ends: torch.Tensor, names: list[str]) -> list[list[str]]:
+    """``start_s, end_s, label, score`` per run of equal labels of the frames ``[starts,
+    ends)``. Where frames repeat (sampled above the video's rate), a copy followed by another
+    of the same time spans nothing: the time's last copy holds it, so that no row is empty."""
+    spans = ends > starts
+    spans[-1] = True
+    labels, score, starts, ends = labels[spans], score[spans], starts[spans], ends[spans]
+    segments = to_segments(labels.numpy())
+    return [[f"{starts[a]:.4f}", f"{ends[b - 1]:.4f}", names[int(label)],
+             f"{float(score[a:b].mean()):.4f}"]
+            for label, a, b in zip(segments.labels, segments.starts, segments.ends, strict=True)]
 
 
 def last_end(times: torch.Tensor, sampler: FrameSampler, info: VideoInfo) -> float:

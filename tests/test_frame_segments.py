@@ -68,3 +68,52 @@ def test_repeated_frames_do_not_shorten_the_last_segment(tmp_path: Path, sampler
     with open(tmp_path / "out" / "v.segments.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["start_s"], float(r["end_s"])) for r in rows] == [("0.0000", pytest.approx(end))]
+
+
+def test_copies_of_a_frame_predicted_apart_leave_no_empty_segment() -> None:
+    """Sampled above the video's rate, frame 0.1 s comes twice; its first copy predicted "b"
+    gave the row 0.1000,0.1000,b (refused by read_segments_csv when read back). The time's
+    last copy holds it, and the runs on either side join."""
+    from spool.extract_frames import segment_rows
+
+    times = torch.tensor([0.0, 0.1, 0.1, 0.2], dtype=torch.float64)
+    ends = torch.tensor([0.1, 0.1, 0.2, 0.3], dtype=torch.float64)
+    score = torch.tensor([0.9, 0.5, 0.7, 0.8])
+    rows = segment_rows(torch.tensor([0, 1, 0, 0]), score, times, ends, ["a", "b"])
+    assert rows == [["0.0000", "0.3000", "a", "0.8000"]]  # (0.9 + 0.7 + 0.8) / 3
+    # The last copy's label is the time's; a run that holds only a first copy is gone.
+    rows = segment_rows(torch.tensor([0, 0, 1, 1]), score, times, ends, ["a", "b"])
+    assert rows == [["0.0000", "0.1000", "a", "0.9000"], ["0.1000", "0.3000", "b", "0.7500"]]
+
+
+def test_a_copy_predicted_apart_reads_back(tmp_path: Path, monkeypatch) -> None:
+    """End to end: frames repeated at 30 fps of a 10 fps video, one copy predicted apart;
+    the CSV reads back as a segments CSV and covers the video once."""
+    from spool.data.segmentation import read_segments_csv
+
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "v.mkv", frames, fps=10, codec="ffv1")
+    torch.manual_seed(0)
+    model = SpoolForFrameClassification(tiny_config(class_names=["a", "b"])).eval()
+    real = model.predict_long
+
+    def one_copy_apart(*args, **kwargs):
+        out = real(*args, **kwargs)
+        logits = torch.zeros_like(out.logits)
+        logits[:, 0] = 1.0
+        logits[int((out.frame_indices == 2).nonzero()[0]), :] = torch.tensor([0.0, 1.0])
+        return out._replace(logits=logits)
+
+    monkeypatch.setattr(model, "predict_long", one_copy_apart)
+    FeatureExtractor(model, FpsSampler(30)).run(plan_jobs([video], tmp_path / "out"),
+                                                progress=False)
+    with open(tmp_path / "out" / "v.segments.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["end_s"]) > float(r["start_s"]) for r in rows)
+    assert [r["label"] for r in rows] == ["a"]
+    with open(tmp_path / "back.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video", "start_s", "end_s", "label"])
+        writer.writerows([str(video), r["start_s"], r["end_s"], r["label"]] for r in rows)
+    samples, _ = read_segments_csv(tmp_path / "back.csv", ["a", "b"])
+    assert samples[0].segments == ((0.0, 0.6, 0),)
