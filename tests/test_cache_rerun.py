@@ -316,8 +316,8 @@ def test_the_same_videos_typed_another_way_are_the_same_cache(tmp_path: Path, ca
                 + task_args) == 0
     capsys.readouterr()
     seen = _decoded(monkeypatch)
-    from spool.data import frame_cache
-    monkeypatch.setattr(frame_cache, "VideoReader", lambda path: seen.append(path))
+    from spool.data import frame_cache_video
+    monkeypatch.setattr(frame_cache_video, "VideoReader", lambda path: seen.append(path))
     assert main(["cache", "--data", str(data)] + common + task_args) == 0
     assert seen == []  # no video decoded again
     assert "spool cache: already done: " in capsys.readouterr().out  # frames: "cached in 0.0s"

@@ -36,7 +36,7 @@ def test_an_interrupted_rebuild_keeps_the_old_cache_and_goes_on(tmp_path, monkey
     out = tmp_path / "cache"
     _build(out, 5.0)
     old_lengths = [len(FrameTokenDataset(out)[i]["labels"]) for i in range(4)]
-    real, encoded = frame_cache._encode_video, []
+    real, encoded = frame_cache.write_video_file, []
 
     def stopped(model, sample, *args, **kwargs):
         if len(encoded) == 1:
@@ -44,21 +44,21 @@ def test_an_interrupted_rebuild_keeps_the_old_cache_and_goes_on(tmp_path, monkey
         encoded.append(sample.name)
         return real(model, sample, *args, **kwargs)
 
-    monkeypatch.setattr(frame_cache, "_encode_video", stopped)
+    monkeypatch.setattr(frame_cache, "write_video_file", stopped)
     with pytest.raises(KeyboardInterrupt):
         _build(out, 3.0)
     assert _rate(out) == 5.0  # the old cache, whole and usable
     assert [len(FrameTokenDataset(out)[i]["labels"]) for i in range(4)] == old_lengths
-    monkeypatch.setattr(frame_cache, "_encode_video", real)
+    monkeypatch.setattr(frame_cache, "write_video_file", real)
     redone = []
 
     def counted(model, sample, *args, **kwargs):
-        tokens = real(model, sample, *args, **kwargs)
-        if tokens is not None:
+        written = real(model, sample, *args, **kwargs)
+        if written:
             redone.append(sample.name)
-        return tokens
+        return written
 
-    monkeypatch.setattr(frame_cache, "_encode_video", counted)
+    monkeypatch.setattr(frame_cache, "write_video_file", counted)
     summary = _build(out, 3.0)
     assert summary.path == out and summary.cached == 4 and _rate(out) == 3.0
     assert len(redone) == 3 and encoded[0] not in redone  # the first went on from before

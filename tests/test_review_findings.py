@@ -402,7 +402,7 @@ def test_frame_cache_relabels_without_the_backbone(tmp_path, encoder, monkeypatc
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from spool.data import frame_cache
+    from spool.data import frame_cache_video
     from spool.data.frame_cache_keys import video_keys
 
     video = _video(tmp_path / "clip.mkv", 0)
@@ -411,8 +411,8 @@ def test_frame_cache_relabels_without_the_backbone(tmp_path, encoder, monkeypatc
     build_frame_cache(encoder, [first], ["a", "b"], out, FpsSampler(10), dtype="float32")
     tokens = FrameTokenDataset(out)[0]["tokens"]
     runs = []
-    real = frame_cache.stream_tokens
-    monkeypatch.setattr(frame_cache, "stream_tokens",
+    real = frame_cache_video.stream_tokens
+    monkeypatch.setattr(frame_cache_video, "stream_tokens",
                         lambda *a, **k: runs.append(1) or real(*a, **k))
     fixed = SegmentationSample("clip", str(video), segments=((0.0, 0.5, 0), (0.5, 2.0, 1)))
     build_frame_cache(encoder, [fixed], ["a", "b"], out, FpsSampler(10), dtype="float32")

@@ -45,9 +45,10 @@ from spool.data.cached_tokens import (
     refuse_other_cache,
 )
 from spool.data.classes import FrameLabelMapping
-from spool.data.dataset import UNREADABLE, first_readable, skipped_video, split_readable
-from spool.data.frame_cache_keys import Keys, cached_state, video_keys
+from spool.data.dataset import first_readable, skipped_video, split_readable
+from spool.data.frame_cache_keys import video_keys
 from spool.data.frame_cache_rebuild import build_folder, replace_cache
+from spool.data.frame_cache_video import ReadFailed, reading, write_video_file
 from spool.data.segmentation import (
     IGNORE_INDEX,
     SegmentationSample,
@@ -55,18 +56,17 @@ from spool.data.segmentation import (
 )
 from spool.errors import SpoolLoadError
 from spool.io_utils import (
-    atomic_save_safetensors,
     atomic_write_text,
     read_json,
     write_failures,
 )
 from spool.models.frame_encoder import save_frame_encoder
-from spool.models.long_video import stream_tokens, whole_video_indices
+from spool.models.long_video import whole_video_indices
 from spool.models.pretrained import SpoolPreTrainedModel
 from spool.models.weights import weights_digest
 from spool.runtime import autocast_to, notes_said
 from spool.video.completeness import check_reader_complete
-from spool.video.io import VideoReader, probe_video
+from spool.video.io import VideoReader
 from spool.video.samplers import FrameSampler
 from spool.video.transforms import FramePreprocessing
 
@@ -144,18 +144,15 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
                                     disable=not progress)):
         path = _video_file(out, sample.name)
         try:  # only reading the video: an error writing the cache still stops the job
-            keys = video_keys(sample, settings, class_names)
-            encoded = _encode_video(model, sample, sampler, path, keys, dtype, progress)
-        except UNREADABLE as err:
-            failures.append(skipped_video(i, sample.video, err))
+            with reading():
+                keys = video_keys(sample, settings, class_names)
+            written += write_video_file(model, sample, sampler, path, keys, _DTYPES[dtype],
+                                        progress)
+        except ReadFailed as failed:
+            failures.append(skipped_video(i, sample.video, failed.error))
             report_failure(failures[-1])
             path.unlink(missing_ok=True)  # tokens of an earlier version of the file
             continue
-        if encoded is not None:
-            written += 1
-            atomic_save_safetensors(encoded, path, metadata={
-                "settings": keys.settings, "source": keys.source, "labels": keys.labels,
-                "video": sample.video})
         with safe_open(str(path), framework="pt") as f:
             num = f.get_slice("labels").get_shape()[0]
         videos.append({"name": sample.name, "video": sample.video, "num_frames": num})
@@ -179,47 +176,6 @@ def _without_paths(meta: dict | None) -> dict | None:
     return {**meta, "videos": [{k: v for k, v in video.items() if k != "video"}
                                if isinstance(video, dict) else video
                                for video in meta["videos"]]}
-
-
-def _encode_video(model: SpoolPreTrainedModel, sample: SegmentationSample,
-                  sampler: FrameSampler, path: Path, keys: Keys, dtype: str,
-                  progress: bool = False) -> dict[str, torch.Tensor] | None:
-    """The tokens and labels of ``sample``'s sampled frames (``progress``: a bar of its
-    frames, as a long video takes long); None when ``path`` holds them already. New labels
-    for tokens ``path`` holds are made without the backbone."""
-    cached = cached_state(path, keys)
-    if cached == "done":
-        return None
-    if cached == "labels":
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if "start_time" not in tensors:  # written before it was kept
-            tensors["start_time"] = torch.tensor([probe_video(sample.video).start_time],
-                                                 dtype=torch.float64)
-        tensors["labels"] = torch.from_numpy(sample.labels_at(
-            tensors["frame_indices"].numpy(), tensors["timestamps"].numpy(),
-            float(tensors["start_time"][0])))
-        return tensors
-    with VideoReader(sample.video) as reader:
-        info = reader.info()
-        # A file cut short is unreadable here as in spool extract: its labelled tail is gone.
-        check_reader_complete(Path(sample.video), reader, info)
-        indices = whole_video_indices(reader, sampler, "a frame cache")
-        # Each chunk back to the CPU at once: a whole video's tokens need not fit the GPU.
-        chunks = []
-        with tqdm(total=len(indices), desc=sample.name, unit="frame", leave=False,
-                  disable=not progress, dynamic_ncols=True) as bar:
-            for t, s in stream_tokens(model, reader, indices):
-                chunks.append((t.to("cpu", _DTYPES[dtype]), s))
-                bar.update(len(t))
-    tokens = torch.cat([t for t, _ in chunks])
-    timestamps = np.concatenate([s for _, s in chunks])
-    warn_if_labels_disagree(sample, info.num_frames, info.duration)
-    labels = sample.labels_at(indices, timestamps, info.start_time)
-    return {"tokens": tokens, "labels": torch.from_numpy(labels),
-            "frame_indices": torch.tensor(indices, dtype=torch.int64),
-            "timestamps": torch.from_numpy(timestamps),
-            "start_time": torch.tensor([info.start_time], dtype=torch.float64)}
 
 
 def read_frame_cache_meta(cache_dir: str | os.PathLike) -> dict[str, Any]:
