@@ -97,6 +97,11 @@ def positive_float(text: str) -> float:
     return value
 
 
+def positive_float_or_none(text: str) -> float | None:
+    """An argparse type: a finite number > 0, or ``none``."""
+    return None if text.strip().lower() == "none" else positive_float(text)
+
+
 def refuse_ignored(args: argparse.Namespace, flags: dict[str, Any], why: str) -> None:
     """``ValueError`` naming the first of ``flags`` (name -> its parser default) given with
     another value: the command would ignore it. ``why``: to what it applies, instead."""

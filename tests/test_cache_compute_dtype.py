@@ -149,3 +149,14 @@ def test_a_cache_killed_before_its_cache_json_then_other_settings(tmp_path: Path
     assert main(_clips(out, "--compute-dtype", "bfloat16")) == 0
     assert "(8 of 8 videos done) was made with other settings (compute_dtype)" in spool_log.text
     assert "could not be read" not in spool_log.text
+
+
+def test_back_to_float32_names_the_compute_dtype(tmp_path: Path, capsys) -> None:
+    """float32 records no compute_dtype (older caches' keys hold): a cache made in bfloat16,
+    made again in float32, was said to be "made with other settings (an earlier version)"."""
+    out = tmp_path / "c"
+    assert main(_clips(out, "--compute-dtype", "bfloat16")) == 0
+    capsys.readouterr()
+    assert main([a for a in _clips(out) if a != "--quiet"]) == 0
+    said = capsys.readouterr()
+    assert "the cache there was made with other settings (compute_dtype)" in said.out + said.err

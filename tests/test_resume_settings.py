@@ -120,3 +120,24 @@ def test_a_relative_backbone_folder_resumes_from_another_directory(tmp_path: Pat
     assert main(["train", "--config", str(start / "run" / "train_config.json"),
                  "--resume", "auto", "--stop-after-steps", "3"]) == 0
     assert [s for s, _ in read_steps(start / "run")] == [1, 2, 3]
+
+
+def test_grad_clip_none_turns_clipping_off_from_the_cli(tmp_path: Path, monkeypatch) -> None:
+    """`--grad-clip 0` was refused and nothing else turned clipping off from the command line
+    (TrainConfig takes None); `--grad-clip none` does, and the run records it."""
+    import torch
+
+    run = tmp_path / "run"
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(train_config_dict(run, epochs=1)))
+    clipped = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda *a, **k: clipped.append(1) or real(*a, **k))
+    assert main(["train", "--config", str(config), "--grad-clip", "none"]) == 0
+    assert json.loads((run / "train_config.json").read_text())["grad_clip"] is None
+    assert clipped == []
+    assert main(["train", "--config", str(config), "--out-dir", str(tmp_path / "b"),
+                 "--grad-clip", "0.5"]) == 0
+    assert json.loads((tmp_path / "b" / "train_config.json").read_text())["grad_clip"] == 0.5
+    assert len(clipped) == 4  # every step

@@ -76,6 +76,7 @@ logger = logging.getLogger(__name__)
 FAILURES_NAME = "failures.csv"
 LOCK_NAME = ".spool-cache.lock"
 _DTYPES = {"float32": np.float32, "float16": np.float16}
+_WRITTEN_AFTER = ("settings_key", "sources", "failures", "rows")  # cache.json's, not settings
 
 
 @dataclass
@@ -257,7 +258,8 @@ def _complete_cache(out: Path, keys: set[str], settings: dict, fixed_clips: bool
     except (SpoolLoadError, ValueError):
         return None  # damaged: made again
     if cached.meta.get("settings_key") not in keys:
-        changed = changed_settings(_tokens_of(cached.meta, fixed_clips), settings)
+        made_with = {k: v for k, v in cached.meta.items() if k not in _WRITTEN_AFTER}
+        changed = changed_settings(_tokens_of(made_with, fixed_clips), settings)
         logger.info(f"{out}: the cache there was made with other settings ({changed}); it "
                     "stays until the new one replaces it")
         return None

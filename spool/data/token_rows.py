@@ -152,7 +152,8 @@ def changed_settings(theirs: dict | None, ours: dict | None) -> str:
     if not theirs or not ours:
         return "which ones: not recorded by the earlier version that made it"
     ours = json.loads(json.dumps(ours))  # tuples as JSON has them
-    changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+    # A setting only one side records (compute_dtype: absent for float32) changed too.
+    changed = sorted(k for k in ours.keys() | theirs.keys() if theirs.get(k) != ours.get(k))
     return ", ".join(changed) or "an earlier version"
 
 

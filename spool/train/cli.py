@@ -7,7 +7,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from spool.cli_args import add_model_argument, nonnegative_int, positive_float, positive_int
+from spool.cli_args import (
+    add_model_argument,
+    nonnegative_int,
+    positive_float,
+    positive_float_or_none,
+    positive_int,
+)
 from spool.errors import SpoolLoadError
 from spool.runtime import process_rank
 from spool.train.checkpoint import CHECKPOINT_DIR
@@ -87,7 +93,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             ("--weight-decay", float, "AdamW weight decay (0.05)"),
             ("--warmup-epochs", float, "linear warm-up (1.0)"),
             ("--min-lr-ratio", float, "final lr / peak lr of the cosine (0.01)"),
-            ("--grad-clip", float, "max gradient norm (1.0)"),
+            ("--grad-clip", positive_float_or_none,
+             "max gradient norm (1.0; none: no clipping)"),
             ("--label-smoothing", float, "(0.0)"), ("--seed", int, "(0)")):
         g.add_argument(flag, type=kind, default=S, help=text)
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S)
