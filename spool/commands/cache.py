@@ -150,7 +150,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="clips: annotation file ('path label' lines) or class-folder "
                              "directory; frames: a segments CSV (video,start_s,end_s,label) or "
                              "an MS-TCN root (mapping.txt, groundTruth/, splits/, videos/)")
-    frames = parser.add_argument_group("frames task only (refused with --task clips)")
+    frames = parser.add_argument_group("frames task only (refused with --task clips, unless at "
+                                       "their defaults)")
     frames.add_argument("--split", default=FRAME_FLAGS["split"],
                         help="MS-TCN root: the split bundle (train.split1)")
     frames.add_argument("--fps", type=positive_float, default=FRAME_FLAGS["fps"],
@@ -162,20 +163,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "image_size=224, backbone_config=@hf_config.json (repeatable)")
     parser.add_argument("--classes-from", help="annotation file whose class list to use "
                         "(for a val split that lacks some classes)")
-    clips = parser.add_argument_group("clips task only (refused with --task frames)")
+    clips = parser.add_argument_group("clips task only (refused with --task frames, unless at "
+                                      "their defaults)")
     clips.add_argument("--num-frames", type=positive_int, default=CLIP_FLAGS["num_frames"],
                        help="frames per clip (%(default)s)")
-    clips.add_argument("--frame-stride", type=positive_int, default=CLIP_FLAGS["frame_stride"])
+    clips.add_argument("--frame-stride", type=positive_int, default=CLIP_FLAGS["frame_stride"],
+                       help="frames between sampled frames (default: spread over the video)")
     clips.add_argument("--views", type=positive_int, default=CLIP_FLAGS["views"],
                        help="clips per video: view 0 the evaluation clip, 1.. augmented "
                        "training clips (%(default)s: no augmentation to train on)")
     clips.add_argument("--crop-scale", type=positive_float, nargs=2,
-                       default=CLIP_FLAGS["crop_scale"])
+                       default=CLIP_FLAGS["crop_scale"], metavar=("MIN", "MAX"),
+                       help="area range of augmented views' random crops (0.4 1.0)")
     clips.add_argument("--hflip", action="store_true", help="flip augmented views at random")
     clips.add_argument("--batch-size", type=positive_int, default=CLIP_FLAGS["batch_size"],
                        help="clips per backbone call (%(default)s)")
     clips.add_argument("--num-workers", type=nonnegative_int,
-                       default=CLIP_FLAGS["num_workers"])
+                       default=CLIP_FLAGS["num_workers"],
+                       help="decoding processes (%(default)s; 0: in this one)")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                         help="how the tokens are stored (%(default)s)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -184,6 +189,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="the backbone's autocast dtype, as spool extract's --dtype (auto: "
                              "bfloat16 on GPU, float32 on CPU); tokens made in another dtype "
                              "are made again")
-    parser.add_argument("--seed", type=seed, default=0)
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--seed", type=seed, default=0,
+                        help="draws a random backbone's weights and the augmented views (0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)

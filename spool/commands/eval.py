@@ -147,7 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="clips per video, softmax scores averaged (videos only)")
     parser.add_argument("--num-frames", type=positive_int, default=None,
                         help="frames per clip (default: as in training)")
-    parser.add_argument("--frame-stride", type=positive_int, default=None)
+    parser.add_argument("--frame-stride", type=positive_int, default=None,
+                        help="frames between sampled frames (default: as in training)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="clip classifiers (default: 8)")
     parser.add_argument("--num-workers", type=nonnegative_int, default=None,
