@@ -17,7 +17,7 @@ LAYERS = {
     "spool.video": 1, "spool.layers": 2, "spool.backbones": 2, "spool.models": 3,
     "spool.metrics": 3, "spool.data": 4, "spool.train": 5, "spool.extract": 5,
     "spool.extract_inputs": 5,
-    "spool.long_video": 5, "spool.extract_frames": 5, "spool.demo": 6, "spool.commands": 7,
+    "spool.extract_frames": 5, "spool.demo": 6, "spool.commands": 7,
     "spool.cli": 7,
 }
 # The config describes every part, so validating it asks the parts (imports at call time).
