@@ -206,3 +206,30 @@ def test_a_report_stopped_half_way_leaves_no_file_a_later_run_cannot_remove(
     write_segmentation_report(result("val_0"), ["a", "b"], out, "model")
     assert sorted(p.stem for p in (out / "predictions").glob("*.csv")) == ["val_0"]
     assert json.loads((out / "metrics.json").read_text())["predicted"] == ["val_0"]
+
+
+def test_eval_says_which_videos_had_no_labelled_frame(tmp_path: Path, capsys) -> None:
+    """A video whose segments all lie after its end was predicted (its predictions/ CSV
+    written) but left out of the scores without a word: "videos: 1" for 2 videos given."""
+    root = _segments()
+    rows = (root / "test.csv").read_text().splitlines()
+    second = rows[-1].split(",")[0]
+    late = [",".join([second, "1000.0", "1010.0", r.split(",")[3]])
+            for r in rows[1:] if r.startswith(second + ",")][:1]
+    data = tmp_path / "test.csv"
+    data.write_text("\n".join([rows[0], *[r.replace("videos/", f"{root}/videos/", 1)
+                                          for r in rows[1:] if not r.startswith(second + ",")],
+                               *[r.replace("videos/", f"{root}/videos/", 1) for r in late]])
+                    + "\n")
+    _, names = read_segments_csv(root / "train.csv")
+    model = SpoolForFrameClassification(**TINY_MODEL, class_names=names)
+    model.config.sampling = {"name": "fps", "target_fps": 5.0}
+    model.save_pretrained(tmp_path / "model")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(data),
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert capsys.readouterr().out.startswith(
+        "videos: 1 (1 more without a labelled frame, not scored)   frame accuracy: ")
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert report["videos"] == 1 and report["unlabelled"] == 1
+    assert len(list((tmp_path / "ev" / "predictions").glob("test_*.csv"))) == 2

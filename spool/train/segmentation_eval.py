@@ -65,6 +65,7 @@ class SegmentationResult:
     videos: dict[str, VideoPrediction] = field(default_factory=dict)
     skipped: list[SkippedVideo] = field(default_factory=list)  # this rank's unreadable videos
     num_skipped: int = 0  # over every rank
+    unlabelled: int = 0  # videos predicted without a labelled frame to score, over every rank
 
     @property
     def scores(self) -> dict[str, float]:
@@ -73,7 +74,7 @@ class SegmentationResult:
     def report(self, class_names: list[str], background: tuple[str, ...]) -> dict[str, Any]:
         """What ``metrics.json`` holds: the scores, the classes, the unreadable videos."""
         return {**self.scores, "class_names": class_names, "background": list(background),
-                **skipped_fields(self.num_skipped, self.skipped)}
+                "unlabelled": self.unlabelled, **skipped_fields(self.num_skipped, self.skipped)}
 
 
 TOO_LONG = OUT_OF_MEMORY  # one video too long: the rest go on
@@ -115,6 +116,7 @@ def evaluate_segmentation(model: FrameClassifier,
     result = SegmentationResult(metrics)
     rank, world = _rank_world()
     seen: set[str] = set()
+    unlabelled = 0
     for i in iterate(tqdm(range(rank, len(data), world), desc="eval", unit="video",
                           disable=not progress, dynamic_ncols=True)):
         if isinstance(data, FrameTokenDataset):
@@ -151,6 +153,7 @@ def evaluate_segmentation(model: FrameClassifier,
         probs = out.logits.float().softmax(-1).cpu()
         score, pred = probs.max(-1)
         metrics.update(pred.numpy(), target)
+        unlabelled += not (np.asarray(target) != metrics.ignore_index).any()
         if keep:
             result.videos[name] = VideoPrediction(
                 pred.numpy(), target, score.numpy(),
@@ -159,6 +162,7 @@ def evaluate_segmentation(model: FrameClassifier,
                 else out.timestamps.numpy() - start)
     metrics.all_reduce()
     result.num_skipped = int(all_reduce_sum(torch.tensor(len(result.skipped))))
+    result.unlabelled = int(all_reduce_sum(torch.tensor(unlabelled)))
     model.train(was_training)
     return result
 
@@ -238,7 +242,9 @@ def format_segmentation(scores: dict[str, Any]) -> str:
     """One line: videos (and the unreadable ones skipped), frame accuracy, edit,
     F1@{10,25,50} (and the background classes)."""
     background = scores.get("background")
-    return (f"videos: {scores['videos']}{skipped_note(scores)}   "
+    unscored = scores.get("unlabelled")
+    unscored = f" ({unscored} more without a labelled frame, not scored)" if unscored else ""
+    return (f"videos: {scores['videos']}{skipped_note(scores)}{unscored}   "
             f"frame accuracy: {scores['accuracy']:.1f}   edit: {scores['edit']:.1f}   "
             f"F1@10: {scores['f1@10']:.1f}   "
             f"F1@25: {scores['f1@25']:.1f}   F1@50: {scores['f1@50']:.1f}"
