@@ -159,3 +159,38 @@ def test_a_damaged_video_file_is_named_and_the_same_command_redoes_it(tmp_path):
         dataset[index]
     assert _build(out, 5.0).cached == 4
     assert len(FrameTokenDataset(out)[index]["labels"]) > 0
+
+
+def test_another_compute_dtype_is_built_aside(tmp_path, monkeypatch, spool_log):
+    """Only the compute dtype changed: the cache was made again in place (not a token
+    setting of the rebuild's), so a run killed half-way left neither cache."""
+    import logging
+
+    spool_log.set_level(logging.INFO, logger="spool")
+    root = segmentation_videos((320, 360), (15, 30))
+    samples, names = read_segments_csv(root / "train.csv")
+    torch.manual_seed(0)
+    model = SpoolForFrameClassification(**TINY_MODEL, class_names=names)
+    out = tmp_path / "cache"
+    build_frame_cache(model, samples, names, out, FpsSampler(5.0), dtype="float32")
+    old = [FrameTokenDataset(out)[i]["tokens"] for i in range(4)]
+    real, encoded = frame_cache.write_video_file, []
+
+    def stopped(*args, **kwargs):
+        if len(encoded) == 2:
+            raise KeyboardInterrupt
+        encoded.append(1)
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(frame_cache, "write_video_file", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            build_frame_cache(model, samples, names, out, FpsSampler(5.0), dtype="float32",
+                              compute_dtype=torch.bfloat16)
+    assert "made with other settings (compute_dtype)" in spool_log.text
+    assert all(torch.equal(FrameTokenDataset(out)[i]["tokens"], old[i]) for i in range(4))
+    build_frame_cache(model, samples, names, out, FpsSampler(5.0), dtype="float32",
+                      compute_dtype=torch.bfloat16)
+    assert json.loads((out / "cache.json").read_text())["compute_dtype"] == "bfloat16"
+    assert not torch.equal(FrameTokenDataset(out)[0]["tokens"], old[0])
+    assert not (out / rebuild.REBUILD_DIR).exists()

@@ -11,6 +11,7 @@ the swap finishes it the next time. The disk must hold both meanwhile.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,9 +21,12 @@ from spool.data.cache import FAILURES_NAME
 from spool.data.cached_tokens import BACKBONE_DIR, CACHE_META
 from spool.io_utils import write_failures
 
+logger = logging.getLogger(__name__)
+
 REBUILD_DIR = ".spool-rebuild"
 PARTS = ("videos", BACKBONE_DIR)
-TOKEN_SETTINGS = ("sampler", "dtype", "backbone_digest", "frame_encoder")  # of cache.json
+# Of cache.json; compute_dtype is absent for float32 (as in caches made before it was kept).
+TOKEN_SETTINGS = ("sampler", "dtype", "backbone_digest", "frame_encoder", "compute_dtype")
 
 
 def build_folder(out: Path, settings: dict[str, Any]) -> Path | None:
@@ -37,9 +41,13 @@ def build_folder(out: Path, settings: dict[str, Any]) -> Path | None:
     except (OSError, ValueError):
         old = None
     settings = json.loads(json.dumps(settings))  # as cache.json holds them
-    if not isinstance(old, dict) or all(old.get(k) == settings[k] for k in TOKEN_SETTINGS):
+    changed = [k for k in TOKEN_SETTINGS if isinstance(old, dict)
+               and old.get(k) != settings.get(k)]
+    if not changed:
         shutil.rmtree(staging, ignore_errors=True)  # nothing to keep, or no new tokens to make
         return None
+    logger.info(f"{out}: the cache there was made with other settings ({', '.join(changed)}); "
+                f"it stays until the new one, built in {REBUILD_DIR}, replaces it")
     return staging
 
 
