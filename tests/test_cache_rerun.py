@@ -390,6 +390,27 @@ def test_the_settings_named_as_changed_are_those_that_changed(tmp_path: Path, ca
     assert "made with other settings (dtype)" in capsys.readouterr().out
 
 
+def test_a_cache_with_a_failed_video_names_only_what_changed(tmp_path: Path, capsys) -> None:
+    """cache.json's samples leave out the video that could not be read: 'samples' was named
+    as changed for every new setting ('(num_frames, sampler, samples, shape)')."""
+    root = tiny_video_dataset()
+    broken = tmp_path / "broken.mkv"
+    broken.write_bytes(b"not a video" * 100)
+    lines = [f"{root / p} {label}" for p, label in
+             (line.split() for line in (root / "val.txt").read_text().splitlines())]
+    lines.insert(3, f"{broken} grow")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    run = ["cache", "--data", str(tmp_path / "list.txt"), "--out", str(tmp_path / "c"),
+           "--model", "image_size=32", "--model", "backbone_config=" + _TINY_BACKBONE,
+           "--num-workers", "0"]
+    assert main(run + ["--num-frames", "4"]) == 1
+    capsys.readouterr()
+    assert main(run + ["--num-frames", "2"]) == 1
+    assert "made with other settings (num_frames, sampler, shape)" in capsys.readouterr().out
+    assert main(run + ["--num-frames", "2", "--dtype", "float16"]) == 1
+    assert "made with other settings (dtype)" in capsys.readouterr().out
+
+
 def test_a_kill_while_changed_rows_are_redone_leaves_them_to_redo(model, tmp_path: Path,
                                                                    monkeypatch) -> None:
     """Rows of a changed video were overwritten in place while cache.json still vouched for

@@ -259,12 +259,27 @@ def _complete_cache(out: Path, keys: set[str], settings: dict, fixed_clips: bool
         return None  # damaged: made again
     if cached.meta.get("settings_key") not in keys:
         made_with = {k: v for k, v in cached.meta.items() if k not in _WRITTEN_AFTER}
+        made_with["samples"] = _samples_asked(cached.meta)
         changed = changed_settings(_tokens_of(made_with, fixed_clips), settings)
         logger.info(f"{out}: the cache there was made with other settings ({changed}); it "
                     "stays until the new one replaces it")
         return None
     failures = [SkippedVideo(-1, *f) for f in cached.meta.get("failures", [])]
     return CacheSummary(out, len(cached), reused=True, failures=failures)
+
+
+def _samples_asked(meta: dict) -> list:
+    """The videos a cache was asked for, in their rows: ``cache.json``'s ``samples`` leave out
+    those that could not be read (``failures``, in row order; their labels are not kept)."""
+    if "rows" not in meta:
+        return meta["samples"]
+    asked: list = [None] * meta["shape"][0]
+    for row, sample in zip(meta["rows"], meta["samples"], strict=True):
+        asked[row] = sample
+    failed = [i for i, sample in enumerate(asked) if sample is None]
+    for row, (path, *_) in zip(failed, meta.get("failures", []), strict=False):
+        asked[row] = [path, None]
+    return asked
 
 
 def report_failure(entry: SkippedVideo) -> None:
