@@ -160,3 +160,26 @@ def test_back_to_float32_names_the_compute_dtype(tmp_path: Path, capsys) -> None
     assert main([a for a in _clips(out) if a != "--quiet"]) == 0
     said = capsys.readouterr()
     assert "the cache there was made with other settings (compute_dtype)" in said.out + said.err
+
+
+def test_training_on_caches_of_two_compute_dtypes_warns(tmp_path: Path, capsys) -> None:
+    from train_helpers import TINY_MODEL
+
+    from spool.train.config import TrainConfig
+    from spool.train.trainer import train
+
+    assert main(_clips(tmp_path / "f32")) == 0
+    assert main(_clips(tmp_path / "bf16", "--compute-dtype", "bfloat16")) == 0
+    fields = dict(out_dir=str(tmp_path / "run"), train_cache=str(tmp_path / "f32"),
+                  model={k: v for k, v in TINY_MODEL.items() if k not in (
+                      "image_size", "backbone_config")},
+                  epochs=1, batch_size=4, warmup_epochs=0, num_workers=0, tensorboard=False,
+                  quiet=True)
+    capsys.readouterr()
+    train(TrainConfig(**fields, val_cache=str(tmp_path / "f32")))
+    assert "compute-dtype" not in capsys.readouterr().err
+    train(TrainConfig(**dict(fields, out_dir=str(tmp_path / "run2")),
+                      val_cache=str(tmp_path / "bf16")))
+    assert (f"val_cache: {tmp_path / 'bf16'} was made in bfloat16, train_cache "
+            f"{tmp_path / 'f32'} in float32 (spool cache --compute-dtype)"
+            ) in capsys.readouterr().err

@@ -184,7 +184,20 @@ def build_model(cfg: TrainConfig, config: SpoolConfig, class_names: list[str],
                              "run fine-tunes it (freeze_backbone=false); validate on the "
                              "videos instead (--val-data)")
         check_cache_backbone(model, cfg.val_cache, "val_cache")
+        if cfg.train_cache is not None:
+            _note_compute_dtypes(cfg.train_cache, cfg.val_cache)
     return model
+
+
+def _note_compute_dtypes(train_cache: str, val_cache: str) -> None:
+    """A warning when the two caches' backbones ran in other dtypes (``spool cache
+    --compute-dtype``): the same frames give tokens apart by the lower one's precision."""
+    made_in = [json.loads((Path(c) / CACHE_META).read_text()).get("compute_dtype", "float32")
+               for c in (train_cache, val_cache)]
+    if made_in[0] != made_in[1]:
+        logger.warning(f"val_cache: {val_cache} was made in {made_in[1]}, train_cache "
+                       f"{train_cache} in {made_in[0]} (spool cache --compute-dtype): their "
+                       "tokens differ by the lower precision, and so may the scores")
 
 
 def check_cache_source(meta: dict[str, Any], digest: str | None, config: SpoolConfig,
