@@ -73,9 +73,11 @@ def segment_rows(labels: torch.Tensor, score: torch.Tensor, starts: torch.Tensor
                  ends: torch.Tensor, names: list[str]) -> list[list[str]]:
     """``start_s, end_s, label, score`` per run of equal labels of the frames ``[starts,
     ends)``. Where frames repeat (sampled above the video's rate), a copy followed by another
-    of the same time spans nothing: the time's last copy holds it, so that no row is empty."""
+    of the same time spans nothing: the time's last copy holds it, so that no row is empty
+    (nor one for a last frame at the video's declared end)."""
     spans = ends > starts
-    spans[-1] = True
+    if not spans.any():  # one frame whose time is the video's end: the row says which
+        spans[-1] = True
     labels, score, starts, ends = labels[spans], score[spans], starts[spans], ends[spans]
     segments = to_segments(labels.numpy())
     return [[f"{starts[a]:.4f}", f"{ends[b - 1]:.4f}", names[int(label)],

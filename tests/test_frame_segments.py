@@ -84,6 +84,10 @@ def test_copies_of_a_frame_predicted_apart_leave_no_empty_segment() -> None:
     # The last copy's label is the time's; a run that holds only a first copy is gone.
     rows = segment_rows(torch.tensor([0, 0, 1, 1]), score, times, ends, ["a", "b"])
     assert rows == [["0.0000", "0.1000", "a", "0.9000"], ["0.1000", "0.3000", "b", "0.7500"]]
+    # A last frame at the video's declared end (its segment cut to nothing) gives no row.
+    at_end = torch.tensor([0.1, 0.1, 0.2, 0.2], dtype=torch.float64)
+    rows = segment_rows(torch.tensor([0, 0, 0, 1]), score, times, at_end, ["a", "b"])
+    assert rows == [["0.0000", "0.2000", "a", "0.8000"]]
 
 
 def test_a_copy_predicted_apart_reads_back(tmp_path: Path, monkeypatch) -> None:
