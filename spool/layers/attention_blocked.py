@@ -96,7 +96,8 @@ def blocked_plan(num_frames: int, local_frame_range: int, chunk_frames: int,
     if num_rest <= 0:
         return tuple(calls)
     c = min(chunk_frames, num_rest)
-    num_blocks, num_tail = divmod(num_rest, c)
+    num_blocks = num_rest // c  # not divmod: torch.compile traces // and - with symbolic T
+    num_tail = num_rest - num_blocks * c
     calls.append(BlockCall(first, c, first - w, c + w, num_blocks, True,
                            None if c == 1 else _band(c, w)))
     end = first + num_blocks * c

@@ -97,7 +97,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
              "max gradient norm (1.0; none: no clipping)"),
             ("--label-smoothing", float, "(0.0)"), ("--seed", int, "(0)")):
         g.add_argument(flag, type=kind, default=S, help=text)
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S)
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S,
+                   help="where it trains (auto: CUDA when available)")
     g.add_argument("--amp", action=ON_OFF, default=S, help="bf16 autocast on GPU (on)")
     g = parser.add_argument_group("output")
     g.add_argument("--out-dir", default=S, help="run directory (runs/spool)")
@@ -114,7 +115,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "not saved with the run)")
     g.add_argument("--log-every", type=positive_int, default=S, help="print every N steps (10)")
     g.add_argument("--tensorboard", action=ON_OFF, default=S, help="TensorBoard logs (on)")
-    g.add_argument("--quiet", action=ON_OFF, default=S)
+    g.add_argument("--quiet", action=ON_OFF, default=S,
+                   help="no progress lines, only what must be said (off)")
     g.add_argument("--name", default=S, help="prefix of the printed lines (several runs at once)")
 
 
