@@ -120,7 +120,12 @@ def _key_windows(x: torch.Tensor, call: BlockCall, keys: slice, context: int,
     context frame added when the call asks: ``[N, num_blocks, (ctx + key_frames) * L, hd]``."""
     N, _, L, hd = x.shape
     nb = call.num_blocks
-    win = x[:, keys].unfold(1, call.key_frames, call.query_frames).permute(0, 1, 4, 2, 3)
+    if torch.compiler.is_compiling():  # unfold's shape rule would pin T to a constant
+        starts = torch.arange(nb, device=x.device) * call.query_frames
+        frames = starts[:, None] + torch.arange(call.key_frames, device=x.device)
+        win = x[:, keys][:, frames]  # [N, nb, key_frames, L, hd]
+    else:
+        win = x[:, keys].unfold(1, call.key_frames, call.query_frames).permute(0, 1, 4, 2, 3)
     if call.context_key:
         ctx = x[:, context:context + 1, None].expand(N, nb, 1, L, hd)
         win = torch.cat((win, ctx) if lookahead else (ctx, win), dim=2)
