@@ -277,7 +277,9 @@ def _samples_asked(meta: dict) -> list:
     for row, sample in zip(meta["rows"], meta["samples"], strict=True):
         asked[row] = sample
     failed = [i for i, sample in enumerate(asked) if sample is None]
-    for row, (path, *_) in zip(failed, meta.get("failures", []), strict=False):
+    if len(failed) != len(meta.get("failures", [])):  # not as written: compared as it is
+        return meta["samples"]
+    for row, (path, *_) in zip(failed, meta["failures"], strict=True):
         asked[row] = [path, None]
     return asked
 
