@@ -38,6 +38,7 @@ class ReadFailed(Exception):
 
 @contextmanager
 def reading() -> Iterator[None]:
+    """Where only the video is read: its errors come out as :class:`ReadFailed`."""
     try:
         yield
     except UNREADABLE as err:
