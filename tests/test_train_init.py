@@ -172,6 +172,9 @@ def test_val_and_eval_caches_of_other_sampling_are_refused(tmp_path: Path) -> No
      "crop_scale (--crop-scale): does not apply to --train-cache"),
     (["--task", "frames", "--train-cache", "C", "--fps", "1"],
      "fps (--fps): does not apply to --train-cache"),
+    # Its default value too: accepted, train_config.json recorded 15 fps for any cache.
+    (["--task", "frames", "--train-cache", "C", "--fps", "15"],
+     "fps (--fps): does not apply to --train-cache"),
     (["--task", "frames", "--train-cache", "C", "--train-split", "s9"],
      "train_split (--train-split): does not apply to --train-cache"),
     (["--task", "frames", "--no-augment", "--crop-frames", "64"],

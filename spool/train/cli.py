@@ -153,6 +153,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         base = data.get("model", {})
         flags["model"] = {**(base if isinstance(base, dict) else {}), **dict(flags["model"])}
     data.update(flags)
+    if "fps" in flags and data.get("train_cache") and "resume" not in flags:
+        # TrainConfig sees only values: --fps at its default would pass unsaid
+        raise ValueError("fps (--fps): does not apply to --train-cache, whose tokens were made "
+                         "already (spool cache --fps)")
     try:
         cfg = TrainConfig.from_dict(data)
     except ValueError as err:
