@@ -106,15 +106,17 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_directory(out, "spool cache", LOCK_NAME)
     remove_stale_temporaries_in(out)  # a killed run's cache.json (a rebuild's go with it)
+    # What the tokens depend on, as cache.json records it (the weights hashed once: it is
+    # every parameter of the backbone).
+    made_with = {"sampler": sampler.to_dict(), "dtype": dtype,
+                 "backbone_digest": weights_digest(encoder.state_dict()),
+                 "frame_encoder": model.config.frame_encoder_fields(layout=False),
+                 **compute_record(compute_dtype)}
     try:  # other tokens than a complete cache's are made aside (frame_cache_rebuild)
-        staging = build_folder(out, {
-            "sampler": sampler.to_dict(), "dtype": dtype,
-            "backbone_digest": weights_digest(encoder.state_dict()),
-            "frame_encoder": model.config.frame_encoder_fields(layout=False),
-            **compute_record(compute_dtype)})
+        staging = build_folder(out, made_with)
         with autocast_to(compute_dtype, next(encoder.parameters()).device):
-            summary = _encode_videos(model, encoder, samples, class_names, staging or out,
-                                     sampler, dtype, compute_dtype, progress)
+            summary = _encode_videos(model, samples, class_names, staging or out, sampler,
+                                     made_with, progress)
         if staging is not None:
             replace_cache(out, staging)
         return dataclasses.replace(summary, path=out)
@@ -122,23 +124,23 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
         release_claim(lock)
 
 
-def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
-                   samples: list[SegmentationSample], class_names: list[str], out: Path,
-                   sampler: FrameSampler, dtype: str, compute_dtype: torch.dtype,
-                   progress: bool) -> CacheSummary:
-    """:func:`build_frame_cache`'s work, in ``out`` (which it holds)."""
+def _encode_videos(model: SpoolPreTrainedModel, samples: list[SegmentationSample],
+                   class_names: list[str], out: Path, sampler: FrameSampler,
+                   made_with: dict[str, Any], progress: bool) -> CacheSummary:
+    """:func:`build_frame_cache`'s work, in ``out`` (which it holds); ``made_with``: the
+    token settings ``cache.json`` records."""
     try:  # a complete cache of these settings, untouched by this run, was "already done"
         before = json.loads((out / CACHE_META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         before = None
     (out / CACHE_META).unlink(missing_ok=True)  # incomplete until rewritten
     remove_stale_temporaries_in(out / "videos")  # a killed run's half-written video
-    digest = weights_digest(encoder.state_dict())
-    # The preprocessing record names its rules' revision: tokens made by older rules are redone.
-    settings = {"sampler": sampler.to_dict(), "dtype": dtype, "digest": digest,
-                "frame_encoder": model.config.frame_encoder_fields(layout=False),
-                "preprocessing": dataclasses.asdict(model.config.preprocessing()),
-                **compute_record(compute_dtype)}
+    dtype = made_with["dtype"]
+    # Each video's key (its names kept: files made before hold them). The preprocessing
+    # record names its rules' revision: tokens made by older rules are redone.
+    settings = {**{k: v for k, v in made_with.items() if k != "backbone_digest"},
+                "digest": made_with["backbone_digest"],
+                "preprocessing": dataclasses.asdict(model.config.preprocessing())}
     videos, failures, written = [], [], 0
     for i, sample in enumerate(tqdm(samples, desc="frame cache", unit="video",
                                     disable=not progress)):
@@ -158,9 +160,7 @@ def _encode_videos(model: SpoolPreTrainedModel, encoder: torch.nn.Module,
         videos.append({"name": sample.name, "video": sample.video, "num_frames": num})
     save_frame_encoder(model, out / BACKBONE_DIR)
     meta = {"kind": "frames", "class_names": list(class_names), "videos": videos,
-            "sampler": sampler.to_dict(), "dtype": dtype, "backbone_digest": digest,
-            "frame_encoder": model.config.frame_encoder_fields(layout=False),
-            **compute_record(compute_dtype), "failures": failure_rows(failures)}
+            **made_with, "failures": failure_rows(failures)}
     write_failures(out / FAILURES_NAME, meta["failures"])
     atomic_write_text(out / CACHE_META, json.dumps(meta, indent=1))
     # The videos may be named otherwise (another working directory, a link): their tokens are
