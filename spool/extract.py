@@ -33,6 +33,7 @@ from spool.io_utils import (
     release_claim,
     try_claim,
 )
+from spool.layers.backbone import architecture_record
 from spool.models.frame_classification import FrameClassifier
 from spool.models.frame_encoder import FrameEncoderModel
 from spool.models.long_video import check_memory
@@ -68,7 +69,8 @@ class ExtractSummary:
 def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool,
                        dtype: torch.dtype, backbone_only: bool = False) -> dict[str, str]:
     """What an output depends on: the weights (a digest of every tensor), the config (which
-    holds the preprocessing policy), the sampler, the compute dtype and what is saved. The
+    holds the preprocessing policy; a named backbone's architecture besides), the sampler, the
+    compute dtype and what is saved. The
     backbone's tokens (``backbone_only``) depend on the frame encoder alone."""
     if backbone_only:  # the temporal layers and their settings play no part
         config_hash = settings_hash(model.config.frame_encoder_fields(layout=False))
@@ -76,8 +78,11 @@ def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool,
     else:
         config_hash = model.config.outputs_hash()  # not memory/speed settings
         weights = model.state_dict()
+    architecture = {k: json.dumps(v, sort_keys=True)
+                    for k, v in architecture_record(model).items()}
     return {"format": "pt", "spool_version": __version__,
             "model_config_hash": config_hash, "weights_digest": weights_digest(weights),
+            **architecture,
             "preprocessing": json.dumps(dataclasses.asdict(model.config.preprocessing()),
                                         sort_keys=True),
             "sampler": json.dumps(sampler.to_dict(), sort_keys=True),

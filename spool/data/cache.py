@@ -64,6 +64,7 @@ from spool.io_utils import (
     remove_stale_temporaries_in,
     write_failures,
 )
+from spool.layers.backbone import architecture_record
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel
 from spool.models.weights import weights_digest
@@ -142,9 +143,9 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             "shape": list(shape), "num_frames": dataset.num_frames, **dataset.settings(),
             "backbone_digest": weights_digest(encoder.state_dict()),
             # What the weights' digest misses: the normalisation (non-persistent buffers),
-            # the backbone's config, token pooling.
+            # the backbone's config (a named one's architecture: next), token pooling.
             "frame_encoder": config.frame_encoder_fields(layout=False),
-            **compute_record(compute_dtype),
+            **architecture_record(model), **compute_record(compute_dtype),
         }
         fixed = dataset.augmentation is None
         settings = _tokens_of(meta, fixed)

@@ -60,6 +60,7 @@ from spool.io_utils import (
     read_json,
     write_failures,
 )
+from spool.layers.backbone import architecture_record
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.long_video import whole_video_indices
 from spool.models.pretrained import SpoolPreTrainedModel
@@ -111,7 +112,7 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
     made_with = {"sampler": sampler.to_dict(), "dtype": dtype,
                  "backbone_digest": weights_digest(encoder.state_dict()),
                  "frame_encoder": model.config.frame_encoder_fields(layout=False),
-                 **compute_record(compute_dtype)}
+                 **architecture_record(model), **compute_record(compute_dtype)}
     try:  # other tokens than a complete cache's are made aside (frame_cache_rebuild)
         staging = build_folder(out, made_with)
         with autocast_to(compute_dtype, next(encoder.parameters()).device):

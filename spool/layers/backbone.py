@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig
 
 from spool.config import DEFAULT_CROP_PCT, SpoolConfig, backbone_identity
 from spool.errors import SpoolLoadError
@@ -26,6 +26,9 @@ _WEIGHTS_FOLLOW = contextvars.ContextVar("spool_backbone_weights_follow", defaul
 # What a recorded architecture and the named backbone it records must agree on.
 _ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                       "patch_size", "num_register_tokens")
+# Fields every transformers config has (names, dtype, output switches, the library's
+# version): none of them changes the tokens a backbone computes.
+_GENERIC_CONFIG_KEYS = frozenset(PretrainedConfig().to_dict()) - {"model_type"}
 
 
 @contextlib.contextmanager
@@ -315,3 +318,20 @@ def names_another_backbone(field: str, value: Any, config: SpoolConfig) -> bool:
         return backbone_identity(str(value)) != backbone_identity(str(config.backbone_name))
     saved = config.backbone_config or {}
     return not isinstance(value, dict) or any(saved.get(k) != v for k, v in value.items())
+
+
+def architecture_record(model: nn.Module) -> dict[str, Any]:
+    """What the outputs of a model with a named backbone depend on besides its weights: the
+    architecture its ``config.json`` gives (a local folder's can be edited without touching
+    the weights: the heads, a norm's eps), as ``{"backbone_architecture": {...}}``. Empty
+    where ``backbone_config`` gives the architecture (the config's fields hold it, so keys
+    made before it was recorded stay), or for a model without a frame encoder."""
+    if getattr(model.config, "backbone_config", None) is not None:
+        return {}
+    encoder = next((m for m in model.modules() if isinstance(m, FrameEncoder)), None)
+    if encoder is None:
+        return {}
+    found = encoder.model.config.to_dict()
+    return {"backbone_architecture": {k: v for k, v in sorted(found.items())
+                                      if k not in _GENERIC_CONFIG_KEYS
+                                      and not k.startswith("_")}}
