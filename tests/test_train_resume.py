@@ -57,6 +57,25 @@ def test_a_resume_without_the_runs_flags_goes_on_with_its_settings(tmp_path: Pat
     assert "give exactly one of an annotation file" in capsys.readouterr().err
 
 
+def test_a_resume_with_another_cpu_thread_count_is_said(tmp_path: Path, capsys) -> None:
+    """CPU kernels sum in another order with another thread count (the weights of a resumed
+    run then differ from the uninterrupted run's by round-off): the checkpoint records the
+    count, and a resume with another says so."""
+    run, threads = tmp_path / "run", torch.get_num_threads()
+    assert main(["train", *_flags(train_config_dict(run)), "--stop-after-steps", "3"]) == 0
+    state = json.loads((run / "checkpoints" / "step_00000003" / "trainer_state.json")
+                       .read_text())
+    assert state["threads"] == threads
+    capsys.readouterr()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert main(["train", "--out-dir", str(run), "--resume", "auto",
+                     "--stop-after-steps", "5"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert f"note: resuming with threads {threads} -> {threads + 1}" in capsys.readouterr().out
+
+
 def test_a_checkpoint_named_without_out_dir_resumes_its_own_run(tmp_path: Path,
                                                                 monkeypatch) -> None:
     """``--resume RUN/checkpoints/step_N`` alone went on in the default --out-dir

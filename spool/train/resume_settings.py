@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from spool.config import CONFIG_NAME, SpoolConfig
 from spool.io_utils import atomic_write
 from spool.train.checkpoint import list_checkpoints, results_written
@@ -179,6 +181,9 @@ def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,
         cfg.init = init_unused[0]
     if state.get("world_size", world_size) != world_size:
         changed["world_size"] = [state["world_size"], world_size]
+    threads = torch.get_num_threads()  # CPU kernels sum in another order with another count
+    if state.get("threads", threads) != threads:
+        changed["threads"] = [state["threads"], threads]
     if state["epoch"] >= cfg.epochs and results_written(Path(cfg.out_dir), state["step"]):
         # A finished run: nothing is trained, or written, with the new values.
         return {"step": state["step"], "checkpoint": str(Path(path).resolve()), "changed": {},

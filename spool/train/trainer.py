@@ -1,9 +1,9 @@
 """The training loop: AdamW, warm-up + cosine, clipping, bf16 on GPU, DDP, exact resume.
 
-Exactness: batch ``k`` of epoch ``e`` is a function of ``(seed, e)`` only, every augmentation
-of ``(seed, e, sample)``, and the global torch RNG (dropout) is re-seeded from
-``(seed, step, rank)`` before every step. So a run resumed from any checkpoint repeats the
-uninterrupted run's steps, and N ranks with batch B/N see what one rank with batch B sees.
+Exactness: batch ``k`` of epoch ``e`` depends on ``(seed, e)`` only, every augmentation of
+``(seed, e, sample)``, and the global torch RNG (dropout) is re-seeded from ``(seed, step,
+rank)`` before every step. So a run resumed from any checkpoint repeats the uninterrupted run's
+steps (with as many CPU threads), and N ranks with batch B/N see one rank's batch B.
 """
 
 from __future__ import annotations
@@ -230,8 +230,8 @@ class Trainer:
             state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                      "scheduler": self.scheduler.state_dict(), "tracker": summed.state_dict(),
                      "history": self.history, "metrics_revision": METRICS_REVISION,
-                     "config": self.cfg.to_saved_dict(),
-                     "world_size": self.info.world_size, "class_names": self.class_names}
+                     "config": self.cfg.to_saved_dict(), "world_size": self.info.world_size,
+                     "threads": torch.get_num_threads(), "class_names": self.class_names}
             path = self.checkpoint_path()
             ckpt.save_checkpoint(path, self.model, self.optimizer, state, rngs, update=True)
             ckpt.prune_checkpoints(self.out, self.cfg.keep_checkpoints)
@@ -341,8 +341,8 @@ class Trainer:
             self.log(f"already at step {self.step} (stop_after_steps): nothing to do", always=True)
             return self.history
         self.log(f"training {type(self.model).__name__} on {len(self.train_set)} "
-                 f"{'cached token' if self.cached else 'video'} samples, "
-                 f"{self.info.world_size} process(es) on {self.device}, "
+                 f"{'cached token' if self.cached else 'video'} samples, {self.info.world_size}"
+                 f" process(es) on {self.device} ({torch.get_num_threads()} threads each), "
                  f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
         with stopping.StopSignals() as signals:
             self._signals = signals
