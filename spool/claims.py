@@ -28,6 +28,7 @@ from pathlib import Path
 
 from spool.file_names import fit_name
 from spool.processes import boot_id, machine_id, pid_namespace, process_alive, process_start
+from spool.runtime import EVERY_RANK
 
 logger = logging.getLogger(__name__)
 
@@ -352,16 +353,18 @@ def refresh_claim(claim: Claim) -> bool:
     try:
         lock = _lock(claim.path, _LOCK_WAIT_S)
     except OSError as err:
-        logger.warning(f"{claim.path}: could not renew it ({err}); trying again later")
+        logger.warning(f"{claim.path}: could not renew it ({err}); trying again later",
+                       extra=EVERY_RANK)
         return False
     if lock is None:
-        logger.warning(f"{claim.path}: another job is taking it over; trying again later")
+        logger.warning(f"{claim.path}: another job is taking it over; trying again later",
+                       extra=EVERY_RANK)
         return False
     try:
         record = _parse(_read_bytes(claim.path) or b"")
         if record.get("token") != claim.token:
             logger.warning(f"{claim.path}: held by another job now "
-                           f"({claim_holder(claim.path)})")
+                           f"({claim_holder(claim.path)})", extra=EVERY_RANK)
             return False
         tmp = temporary_sibling(claim.path)  # a crash's leftover is cleaned up as any temporary
         try:
@@ -369,7 +372,8 @@ def refresh_claim(claim: Claim) -> bool:
             os.replace(tmp, claim.path)  # whole or not at all: never seen half-written
         except OSError as err:
             tmp.unlink(missing_ok=True)
-            logger.warning(f"{claim.path}: could not renew it ({err}); trying again later")
+            logger.warning(f"{claim.path}: could not renew it ({err}); trying again later",
+                       extra=EVERY_RANK)
             return False
         return True
     finally:

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Commands that report some errors themselves read it too.
     args.debug = debug = args.debug or os.environ.get("SPOOL_DEBUG", "") not in ("", "0")
-    from spool.runtime import configure_logging, tune_cpu_allocator
+    from spool.errors import RankZeroStopped
+    from spool.runtime import configure_logging, process_rank, tune_cpu_allocator
 
     configure_logging()
     tune_cpu_allocator()  # before the first large tensor (see its docstring)
@@ -76,11 +77,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.command in RESUMABLE else "")
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print(f"spool {args.command}: interrupted{kept}", file=sys.stderr)
+    except KeyboardInterrupt:  # under torchrun every rank gets it: rank 0 says so
+        if not process_rank():
+            print(f"spool {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
     except Terminated:
-        print(f"spool {args.command}: terminated (SIGTERM){kept}", file=sys.stderr)
+        if not process_rank():
+            print(f"spool {args.command}: terminated (SIGTERM){kept}", file=sys.stderr)
         return 128 + signal.SIGTERM
     except BrokenPipeError:  # `spool eval ... | head`: the reader has what it wanted
         with contextlib.suppress(OSError, ValueError):  # stdout may have no descriptor
@@ -90,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, MemoryError) as err:
         if debug:
             raise
-        print(f"spool {args.command}: error: {one_line(err) or type(err).__name__}",
-              file=sys.stderr)
+        rank = process_rank()
+        if rank and isinstance(err, RankZeroStopped):
+            return 2  # rank 0 says why
+        print(f"spool {args.command}: error{f' (rank {rank})' if rank else ''}: "
+              f"{one_line(err) or type(err).__name__}", file=sys.stderr)
         return 2
     finally:
         if in_main:

@@ -14,6 +14,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from spool.errors import RankZeroStopped
 from spool.runtime import resolve_device
 
 T = TypeVar("T")
@@ -106,7 +107,7 @@ def on_rank0(is_main: bool, fn: Callable[[], T]) -> T | None:
     if error is not None:
         raise error
     if message is not None:
-        raise OSError(f"rank 0 stopped: {message}")
+        raise RankZeroStopped(f"rank 0 stopped: {message}")
     return result
 
 

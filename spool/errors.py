@@ -23,6 +23,10 @@ class SpoolBusyError(OSError):
     """A directory that another live Spool process is writing (a training run, a cache)."""
 
 
+class RankZeroStopped(OSError):
+    """Under torchrun, on ranks > 0: rank 0 failed at a step it runs for all (and says why)."""
+
+
 class InsufficientSpaceError(OSError):
     """Not enough free disk space for an output, found before writing it."""
 

@@ -327,12 +327,11 @@ class FeatureExtractor:
             return False
         return self.settings["mode"] != "frame_predictions" or segments_path(job.output).is_file()
 
-    def run(self, jobs: list[VideoJob], *, progress: bool = True, position: int = 0,
+    def run(self, jobs: list[VideoJob], *, progress: bool = True, desc: str = "extract",
             failure_log: Path | None = None) -> ExtractSummary:
         summary = ExtractSummary()
         self.progress = progress  # a whole-video mode's bars for its frames and layers too
-        bar = tqdm(jobs, unit="video", disable=not progress, position=position,
-                   dynamic_ncols=True, desc="extract")
+        bar = tqdm(jobs, unit="video", disable=not progress, dynamic_ncols=True, desc=desc)
         for job in bar:
             expected = dict(self.settings, **source_metadata(job.source))
             try:  # an output or claim name too long for the file system fails this video

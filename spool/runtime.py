@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEVICES", "DTYPES", "available_memory_bytes", "configure_logging", "process_rank",
-           "notes_said", "resolve_device", "resolve_dtype", "tune_cpu_allocator", "warn_once"]
+__all__ = ["DEVICES", "DTYPES", "EVERY_RANK", "available_memory_bytes", "configure_logging",
+           "process_rank", "notes_said", "resolve_device", "resolve_dtype", "tune_cpu_allocator",
+           "warn_once"]
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -184,33 +185,55 @@ def refuse_torchrun(command: str, advice: str) -> int | None:
     raise ValueError(f"{command} runs in a single process; run it without torchrun ({advice})")
 
 
+_ON = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's truthy values
+# ``extra=`` of a message that each rank has its own of (about a video it read, a claim of
+# its own, itself stalled): said by every rank under torchrun, where other messages (notes
+# on the settings, which every rank reaches alike) are rank 0's alone.
+EVERY_RANK = {"every_rank": True}
+
+
+def _own_messages(record: logging.LogRecord) -> bool:
+    """A rank > 0's filter: its errors and the messages marked :data:`EVERY_RANK`."""
+    return record.levelno >= logging.ERROR or getattr(record, "every_rank", False)
+
+
 def configure_logging() -> None:
-    """Spool's library messages as terse lines; transformers' loading chatter off."""
+    """Spool's library messages as terse lines, once under torchrun (rank 0's, and each
+    rank's own: :data:`EVERY_RANK`, prefixed with its rank); transformers' chatter off."""
     logger = logging.getLogger("spool")
+    rank = process_rank()
     if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
         handler = _ConsoleHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s" if rank else
+                                               "%(message)s"))
+        if rank:
+            handler.addFilter(_own_messages)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    if process_rank() > 0:  # under torchrun, library warnings once (rank 0's), not per rank
+    if rank > 0:  # under torchrun, library warnings once (rank 0's), not per rank
         warnings.simplefilter("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1").upper() in _ON:
+        # transformers read it when imported, before this: its "Loading weights" bar stayed
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
 
 _said: set[Hashable] = set()
 _muted: list[bool] = []
 
 
-def warn_once(log: logging.Logger, message: str, key: Hashable = None) -> None:
+def warn_once(log: logging.Logger, message: str, key: Hashable = None,
+              every_rank: bool = False) -> None:
     """Log ``message`` as a warning the first time ``key`` (the message itself by default)
     comes up in this process: a loop over videos repeats the call. Silent within
-    :func:`notes_said`."""
+    :func:`notes_said`. ``every_rank``: a note on this rank's own video (:data:`EVERY_RANK`)."""
     key = message if key is None else key
     if key not in _said and not _muted:
         _said.add(key)
-        log.warning(message)
+        log.warning(message, extra=EVERY_RANK if every_rank else None)
 
 
 @contextlib.contextmanager

@@ -122,3 +122,65 @@ def test_a_note_is_said_once_per_key_and_not_within_notes_said(monkeypatch, spoo
     runtime.warn_once(log, "muted")  # muted calls are not counted as said
     assert [r.getMessage() for r in spool_log.records] == [
         "labels of a.mp4", "general note", "labels of b.mp4", "muted"]
+
+
+def _console(monkeypatch, rank: str):
+    """The spool logger as `main` sets it up on torchrun rank ``rank`` (its handler made
+    afresh, the test's own put back after)."""
+    import logging
+
+    from spool.runtime import configure_logging
+
+    logger = logging.getLogger("spool")
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setenv("RANK", rank)
+    configure_logging()
+    return logger
+
+
+def test_notes_come_from_rank_0_and_each_ranks_own_messages_from_every_rank(
+        monkeypatch, capsys) -> None:
+    """Under torchrun every rank said every note on the settings ("no --checkpoint: the
+    temporal layers are random", "labels are mapped by name"): 8 GPUs, 8 copies. A rank > 0
+    says only its errors and its own messages (a video it skipped), with its rank."""
+    from spool.runtime import EVERY_RANK
+
+    for rank in ("0", "1"):
+        logger = _console(monkeypatch, rank)
+        logger.warning("note: the same on every rank")
+        logger.info("progress of the job")
+        logger.warning("skipping a.mp4: VideoDecodeError", extra=EVERY_RANK)
+        logger.error("out of memory")
+        said = capsys.readouterr()
+        lines = said.out.splitlines() + said.err.splitlines()
+        if rank == "0":
+            assert sorted(lines) == sorted(["note: the same on every rank", "out of memory",
+                                            "progress of the job",
+                                            "skipping a.mp4: VideoDecodeError"]), lines
+        else:
+            assert sorted(lines) == ["[rank 1] out of memory",
+                                     "[rank 1] skipping a.mp4: VideoDecodeError"], lines
+
+
+def test_a_rank_stopped_by_rank_0_leaves_the_error_to_it(monkeypatch, capsys) -> None:
+    """Rank 0's error at a step it runs for all (``on_rank0``) reached rank 1 as "rank 0
+    stopped: ...": the one error said twice, in two wordings. Another error of rank 1 is said
+    with its rank."""
+    import logging
+
+    from spool.cli import main
+    from spool.commands import cache
+    from spool.errors import RankZeroStopped
+
+    monkeypatch.setattr(logging.getLogger("spool"), "handlers", [])
+    monkeypatch.setenv("RANK", "1")
+    for error, said in ((RankZeroStopped("rank 0 stopped: SpoolBusyError: busy"), ""),
+                        (ValueError("--out: not writable"),
+                         "spool cache: error (rank 1): --out: not writable\n")):
+        def fail(args, error=error):
+            raise error
+
+        monkeypatch.setattr(cache, "run", fail)
+        assert main(["cache", "--data", "x.txt", "--out", "y"]) == 2
+        assert capsys.readouterr().err == said

@@ -222,7 +222,10 @@ def run(args: argparse.Namespace) -> int:
                                      offload_dir=args.offload_dir,
                                      backbone_only=args.backbone_only)
         start = time.perf_counter()
-        summary = extractor.run(jobs, progress=not args.no_progress, position=dist.local_rank)
+        # One bar, rank 0's (a bar per rank interleaves in a log file), its share said.
+        share = f" (rank 0: 1/{dist.world_size} of the videos)" if dist.world_size > 1 else ""
+        summary = extractor.run(jobs, progress=not args.no_progress and dist.is_main,
+                                desc=f"extract{share}")
         wait_for_ranks("its share of the videos")
         summaries = all_gather_objects((summary.done, summary.skipped, summary.failures,
                                         summary.elsewhere, summary.settled))

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, default_collate
 
 from spool.data.classes import read_class_names
 from spool.io_utils import read_text_file
+from spool.runtime import EVERY_RANK
 from spool.video.completeness import check_reader_complete
 from spool.video.formats import VIDEO_EXTENSIONS, is_video_name
 from spool.video.index import VideoDecodeError
@@ -284,7 +285,8 @@ def report_skipped(skipped: Sequence[SkippedVideo], seen: set[str]) -> None:
     for entry in skipped:
         if entry.path not in seen:
             seen.add(entry.path)
-            logger.warning(f"skipping {entry.path}: {entry.error}: {entry.message}")
+            logger.warning(f"skipping {entry.path}: {entry.error}: {entry.message}",
+                           extra=EVERY_RANK)
 
 
 def first_readable(index: int, count: int, substitute: bool,

@@ -108,7 +108,7 @@ def warn_if_labels_disagree(sample: SegmentationSample, num_frames: int,
     why = sample.disagreement(num_frames, duration)
     if why is not None:
         warn_once(logger, f"labels do not fit the video: {why}",
-                  key=("labels do not fit", sample.video))
+                  key=("labels do not fit", sample.video), every_rank=True)
 
 
 def read_mapping(path: str | os.PathLike) -> list[str]:

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import torch.distributed as dist
 
+from spool.runtime import EVERY_RANK
+
 logger = logging.getLogger(__name__)
 STALL_AFTER_S = 300.0
 _state = {"loops": 0, "last": time.monotonic(), "thread": None}
@@ -51,4 +53,4 @@ def _watch() -> None:
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
             logger.warning(f"rank {rank}: no training step finished for {idle / 60:.0f} min: "
                            "waiting for another rank (still working, or hung); torch stops "
-                           "the job when its collective timeout runs out")
+                           "the job when its collective timeout runs out", extra=EVERY_RANK)

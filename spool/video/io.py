@@ -113,7 +113,8 @@ class VideoReader:
         if sar and sar != 1:  # anamorphic (DVD, DV, broadcast): what torchvision and decord do
             warn_once(logger, f"{self.path}: pixels are not square (aspect {sar}): frames are "
                       f"read as stored, {w}x{h}, not as players show them, {round(w * sar)}x{h} "
-                      "(said for the first such video only)", key="non-square pixels")
+                      "(said for the first such video only)", key="non-square pixels",
+                      every_rank=True)
         self._reformatter = VideoReformatter()
         self.num_seeks = 0
         self.num_fallbacks = 0  # passes redone from the start because a seek missed frames
