@@ -184,3 +184,23 @@ def test_a_rank_stopped_by_rank_0_leaves_the_error_to_it(monkeypatch, capsys) ->
         monkeypatch.setattr(cache, "run", fail)
         assert main(["cache", "--data", "x.txt", "--out", "y"]) == 2
         assert capsys.readouterr().err == said
+
+
+def test_transformers_loading_bar_is_off_as_the_hubs_are(monkeypatch) -> None:
+    """transformers reads HF_HUB_DISABLE_PROGRESS_BARS when imported, before `main` sets it:
+    its "Loading weights" bar was drawn by every command that loads a named backbone."""
+    from transformers.utils import logging as transformers_logging
+
+    from spool.runtime import configure_logging
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    transformers_logging.enable_progress_bar()
+    try:
+        configure_logging()
+        assert not transformers_logging.is_progress_bar_enabled()
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")  # asked for: kept
+        transformers_logging.enable_progress_bar()
+        configure_logging()
+        assert transformers_logging.is_progress_bar_enabled()
+    finally:
+        transformers_logging.disable_progress_bar()
