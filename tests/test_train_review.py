@@ -454,3 +454,15 @@ def test_the_stop_is_announced_by_rank_0_alone(monkeypatch, spool_log) -> None:
             signals._handle(signal.SIGTERM, None)
         assert signals.received == signal.SIGTERM
         assert ("SIGTERM: stopping after this step" in spool_log.text) is said
+
+
+def test_the_stop_says_ctrl_c_again_only_after_a_ctrl_c(spool_log) -> None:
+    """A scheduler's SIGTERM was answered with "(Ctrl-C again to quit at once)"."""
+    from spool.train import signals as stopping
+
+    for signum, hint in ((signal.SIGTERM, "(Ctrl-C to quit at once)"),
+                         (signal.SIGINT, "(Ctrl-C again to quit at once)")):
+        spool_log.clear()
+        with stopping.StopSignals() as signals:
+            signals._handle(signum, None)
+        assert hint in spool_log.text

@@ -68,8 +68,9 @@ class StopSignals:
         if self.received is None:
             self.received, self._at = signum, time.monotonic()
             if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+                again = " again" if signum == signal.SIGINT else ""  # a scheduler's SIGTERM
                 logger.warning(f"{signal.Signals(signum).name}: stopping after this step and "
-                               "saving a checkpoint (Ctrl-C again to quit at once)")
+                               f"saving a checkpoint (Ctrl-C{again} to quit at once)")
         elif signum == signal.SIGINT and time.monotonic() - self._at > _REPEAT_S:
             raise KeyboardInterrupt
 
