@@ -248,3 +248,13 @@ def test_another_backbone_beside_a_checkpoint_is_refused(tmp_path, monkeypatch):
     Spool.from_pretrained(tmp_path / "m2", backbone_config=small)
     with pytest.raises(ValueError, match="^backbone_config: "):
         Spool.from_pretrained(tmp_path / "m2", backbone_config={**small, "hidden_size": 48})
+
+
+def test_cache_and_extract_take_each_others_progress_flag() -> None:
+    """The same script flags for both: `spool cache --no-progress` was an error (exit 2)."""
+    from spool.cli import build_parser
+
+    parser = build_parser()
+    for flag in ("--quiet", "--no-progress"):
+        assert parser.parse_args(["cache", "--data", "a.txt", "--out", "c", flag]).quiet
+        assert parser.parse_args(["extract", "v.mp4", "--out", "o", flag]).no_progress

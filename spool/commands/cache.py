@@ -191,5 +191,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "are made again")
     parser.add_argument("--seed", type=seed, default=0,
                         help="draws a random backbone's weights and the augmented views (0)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                        help="no progress bars")
     parser.set_defaults(func=run)

@@ -339,7 +339,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "limit); a video with larger frames (from its header, before decoding) "
                         "is reported as failed instead of exhausting memory (default: "
                         "%(default)s)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                   help="no progress bar")
     g = p.add_argument_group("long videos")
     g.add_argument("--per-frame", action="store_true",
                    help="each whole video in one pass (memory linear in its length; implied "
