@@ -17,6 +17,8 @@ import signal
 import sys
 import threading
 
+from spool import __version__
+
 COMMANDS = ("demo", "extract", "cache", "train", "eval", "backbone")
 
 
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'spool COMMAND --help' for a command's options.")
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks (also SPOOL_DEBUG=1)")
+    parser.add_argument("--version", action="version", version=f"spool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module_name = f"spool.commands.{name}"

