@@ -373,7 +373,7 @@ def refresh_claim(claim: Claim) -> bool:
         except OSError as err:
             tmp.unlink(missing_ok=True)
             logger.warning(f"{claim.path}: could not renew it ({err}); trying again later",
-                       extra=EVERY_RANK)
+                           extra=EVERY_RANK)
             return False
         return True
     finally:

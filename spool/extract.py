@@ -40,7 +40,7 @@ from spool.models.long_video import check_memory
 from spool.models.long_video_state import ResumableHiddenState, pass_folder, resumable_pass
 from spool.models.spool import Spool
 from spool.models.weights import weights_digest
-from spool.runtime import autocast_to, print_line
+from spool.runtime import autocast_to, print_line, rank_prefix
 from spool.tensor_files import (
     StreamedTensor,
     read_safetensors_metadata,
@@ -406,7 +406,7 @@ def _other_source(output: Path, source: str) -> str | None:
 def _report_failure(summary: ExtractSummary, job: VideoJob, err: BaseException) -> None:
     message = str(err).replace("\n", " ")
     summary.failures.append((str(job.source), type(err).__name__, message))
-    print_line(f"FAILED {job.source}: {type(err).__name__}: {message}")
+    print_line(f"{rank_prefix()}FAILED {job.source}: {type(err).__name__}: {message}")
 
 
 def _remove_outputs(output: Path, keep_main: bool = False) -> None:

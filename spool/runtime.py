@@ -192,6 +192,12 @@ _ON = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's truthy values
 EVERY_RANK = {"every_rank": True}
 
 
+def rank_prefix() -> str:
+    """``"[rank N] "`` on a torchrun rank N > 0, else nothing: what starts its own lines."""
+    rank = process_rank()
+    return f"[rank {rank}] " if rank else ""
+
+
 def _own_messages(record: logging.LogRecord) -> bool:
     """A rank > 0's filter: its errors and the messages marked :data:`EVERY_RANK`."""
     return record.levelno >= logging.ERROR or getattr(record, "every_rank", False)
@@ -204,8 +210,7 @@ def configure_logging() -> None:
     rank = process_rank()
     if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
         handler = _ConsoleHandler()
-        handler.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s" if rank else
-                                               "%(message)s"))
+        handler.setFormatter(logging.Formatter(f"{rank_prefix()}%(message)s"))
         if rank:
             handler.addFilter(_own_messages)
         logger.addHandler(handler)

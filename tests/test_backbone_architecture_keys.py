@@ -56,6 +56,39 @@ def test_extract_redoes_outputs_when_the_backbones_config_changes(
     assert main(run) == 0 and _done(capsys.readouterr().out) == (0, 1)
 
 
+def test_a_recorded_backbone_config_beside_the_named_backbone_does_not_hide_an_edit(
+        tmp_path: Path, backbone: Path, capsys) -> None:
+    """A checkpoint's config names its backbone and records its architecture beside it
+    (use_pretrained_backbone): the weights then come from the folder, built as its
+    config.json says, which the recorded config did not catch when edited."""
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "v.mkv", frames, fps=5, codec="ffv1")
+    (tmp_path / "recorded.json").write_text((backbone / "config.json").read_text())
+    run = ["extract", str(video), "--out", str(tmp_path / "o"), "--num-frames", "2",
+           "--no-progress", "--backbone-only", "--model", "image_size=32",
+           "--model", f"backbone_name={backbone}", "--model", "use_pretrained_backbone=true",
+           "--model", f"backbone_config=@{tmp_path / 'recorded.json'}"]
+    assert main(run) == 0 and _done(capsys.readouterr().out) == (1, 0)
+    assert main(run) == 0 and _done(capsys.readouterr().out) == (0, 1)
+    _edit(backbone, layer_norm_eps=0.1)
+    assert main(run) == 0 and _done(capsys.readouterr().out) == (1, 0)
+
+
+def test_fields_that_compute_nothing_from_given_weights_are_not_in_the_key(
+        tmp_path: Path, backbone: Path, capsys) -> None:
+    """Dropout and initialisation settings (the README: dropout changes no output) redid
+    every output when edited."""
+    frames = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "v.mkv", frames, fps=5, codec="ffv1")
+    run = ["extract", str(video), "--out", str(tmp_path / "o"), "--num-frames", "2",
+           "--no-progress", "--backbone-only", "--model", "image_size=32",
+           "--model", f"backbone_name={backbone}"]
+    assert main(run) == 0 and _done(capsys.readouterr().out) == (1, 0)
+    _edit(backbone, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+          drop_path_rate=0.2, initializer_range=0.5, layerscale_value=0.1)
+    assert main(run) == 0 and _done(capsys.readouterr().out) == (0, 1)
+
+
 def test_a_clip_cache_is_made_again_when_the_backbones_config_changes(
         tmp_path: Path, backbone: Path, capsys) -> None:
     out = tmp_path / "c"
@@ -88,3 +121,25 @@ def test_a_frame_cache_is_made_again_when_the_backbones_config_changes(
     assert "other settings (backbone_architecture)" in spool_log.text  # named
     assert json.loads((out / "cache.json").read_text())["backbone_architecture"][
         "num_attention_heads"] == 4
+
+
+@pytest.mark.parametrize("task", ["clips", "frames"])
+def test_a_cache_made_before_the_record_is_said_to_lack_it(tmp_path: Path, backbone: Path,
+                                                            task: str, spool_log) -> None:
+    """A named backbone's cache from before the record is made once more: the message said
+    it was "made with other settings (backbone_architecture)", which nobody changed."""
+    out = tmp_path / "c"
+    data = (tiny_video_dataset() / "val.txt" if task == "clips"
+            else segmentation_videos((300, 320), (10, 20)) / "test.csv")
+    run = ["cache", "--task", task, "--data", str(data), "--out", str(out), "--quiet",
+           "--model", "image_size=32", "--model", f"backbone_name={backbone}",
+           *(["--num-frames", "4", "--num-workers", "0"] if task == "clips" else ["--fps", "1"])]
+    assert main(run) == 0
+    meta = json.loads((out / "cache.json").read_text())
+    del meta["backbone_architecture"]  # as the earlier version wrote it, and keyed it
+    meta["settings_key"] = "the key of the settings without it"
+    (out / "cache.json").write_text(json.dumps(meta))
+    spool_log.clear()
+    assert main(run) == 0
+    assert "other settings (backbone_architecture, not recorded by the earlier version that " \
+           "made it)" in spool_log.text

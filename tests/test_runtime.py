@@ -204,3 +204,24 @@ def test_transformers_loading_bar_is_off_as_the_hubs_are(monkeypatch) -> None:
         assert transformers_logging.is_progress_bar_enabled()
     finally:
         transformers_logging.disable_progress_bar()
+
+
+def test_a_video_a_rank_skipped_is_its_own_message(spool_log) -> None:
+    """Ranks read different videos: what one of them could not read is said by that rank
+    (marked EVERY_RANK), not dropped as a note every rank would repeat."""
+    from spool.data.dataset import SkippedVideo, report_skipped
+    from spool.runtime import warn_once
+
+    report_skipped([SkippedVideo(0, "a.mp4", "VideoDecodeError", "not a video")], set())
+    warn_once(logging_getter(), "b.mp4: pixels are not square", every_rank=True)
+    warn_once(logging_getter(), "note: the same settings on every rank")
+    marked = {r.getMessage(): getattr(r, "every_rank", False) for r in spool_log.records}
+    assert marked == {"skipping a.mp4: VideoDecodeError: not a video": True,
+                      "b.mp4: pixels are not square": True,
+                      "note: the same settings on every rank": False}
+
+
+def logging_getter():
+    import logging
+
+    return logging.getLogger("spool.test")

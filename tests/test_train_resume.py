@@ -57,7 +57,8 @@ def test_a_resume_without_the_runs_flags_goes_on_with_its_settings(tmp_path: Pat
     assert "give exactly one of an annotation file" in capsys.readouterr().err
 
 
-def test_a_resume_with_another_cpu_thread_count_is_said(tmp_path: Path, capsys) -> None:
+def test_a_resume_with_another_cpu_thread_count_is_said(tmp_path: Path, capsys,
+                                                        monkeypatch) -> None:
     """CPU kernels sum in another order with another thread count (the weights of a resumed
     run then differ from the uninterrupted run's by round-off): the checkpoint records the
     count, and a resume with another says so."""
@@ -74,6 +75,14 @@ def test_a_resume_with_another_cpu_thread_count_is_said(tmp_path: Path, capsys) 
     finally:
         torch.set_num_threads(threads)
     assert f"note: resuming with threads {threads} -> {threads + 1}" in capsys.readouterr().out
+    # On a GPU the CPU's threads compute none of it: not recorded, not compared.
+    from spool.train.resume_settings import cpu_threads, device_said
+
+    assert cpu_threads(torch.device("cuda")) is None and device_said(torch.device("cuda")) \
+        == "cuda"
+    with monkeypatch.context() as m:
+        m.setattr(torch, "get_num_threads", lambda: 1)
+        assert device_said(torch.device("cpu")) == "cpu (1 thread each)"
 
 
 def test_a_checkpoint_named_without_out_dir_resumes_its_own_run(tmp_path: Path,

@@ -19,6 +19,7 @@ from typing import Any
 
 from spool.data.cache import FAILURES_NAME
 from spool.data.cached_tokens import BACKBONE_DIR, CACHE_META
+from spool.data.token_rows import unrecorded_name
 from spool.io_utils import write_failures
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def build_folder(out: Path, settings: dict[str, Any]) -> Path | None:
     if not changed:
         shutil.rmtree(staging, ignore_errors=True)  # nothing to keep, or no new tokens to make
         return None
+    changed = [unrecorded_name(k, old) for k in changed]
     logger.info(f"{out}: the cache there was made with other settings ({', '.join(changed)}); "
                 f"it stays until the new one, built in {REBUILD_DIR}, replaces it")
     return staging

@@ -154,7 +154,15 @@ def changed_settings(theirs: dict | None, ours: dict | None) -> str:
     ours = json.loads(json.dumps(ours))  # tuples as JSON has them
     # A setting only one side records (compute_dtype: absent for float32) changed too.
     changed = sorted(k for k in ours.keys() | theirs.keys() if theirs.get(k) != ours.get(k))
-    return ", ".join(changed) or "an earlier version"
+    return ", ".join(unrecorded_name(k, theirs) for k in changed) or "an earlier version"
+
+
+def unrecorded_name(key: str, theirs: dict) -> str:
+    """``key`` for a message of changed settings, said to be new where an earlier version
+    made the cache without recording it (a named backbone's architecture)."""
+    if key == "backbone_architecture" and key not in theirs:
+        return f"{key}, not recorded by the earlier version that made it"
+    return key
 
 
 def _count(record: dict) -> int:

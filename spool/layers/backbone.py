@@ -29,6 +29,9 @@ _ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_att
 # Fields every transformers config has (names, dtype, output switches, the library's
 # version): none of them changes the tokens a backbone computes.
 _GENERIC_CONFIG_KEYS = frozenset(PretrainedConfig().to_dict()) - {"model_type"}
+# Nor do these: weights are drawn, or dropped, by them; features of other stages are asked.
+_NOT_COMPUTED = frozenset({"initializer_range", "initializer_factor", "layerscale_value",
+                           "drop_path_rate", "stage_names", "out_features", "out_indices"})
 
 
 @contextlib.contextmanager
@@ -320,18 +323,28 @@ def names_another_backbone(field: str, value: Any, config: SpoolConfig) -> bool:
     return not isinstance(value, dict) or any(saved.get(k) != v for k, v in value.items())
 
 
+def _architecture(found: dict[str, Any]) -> dict[str, Any]:
+    """A backbone config's fields that shape what it computes from given weights: not the
+    ones every transformers config has, nor its training and initialisation settings."""
+    return {k: v for k, v in sorted(found.items()) if not (
+        k in _GENERIC_CONFIG_KEYS or k in _NOT_COMPUTED or k.startswith("_")
+        or k.endswith(("dropout", "dropout_prob", "dropout_rate")))}
+
+
 def architecture_record(model: nn.Module) -> dict[str, Any]:
     """What the outputs of a model with a named backbone depend on besides its weights: the
     architecture its ``config.json`` gives (a local folder's can be edited without touching
     the weights: the heads, a norm's eps), as ``{"backbone_architecture": {...}}``. Empty
-    where ``backbone_config`` gives the architecture (the config's fields hold it, so keys
-    made before it was recorded stay), or for a model without a frame encoder."""
-    if getattr(model.config, "backbone_config", None) is not None:
-        return {}
+    where the backbone was built as ``backbone_config`` says (the config's fields hold it,
+    so keys made before it was recorded stay), or for a model without a frame encoder."""
     encoder = next((m for m in model.modules() if isinstance(m, FrameEncoder)), None)
     if encoder is None:
         return {}
-    found = encoder.model.config.to_dict()
-    return {"backbone_architecture": {k: v for k, v in sorted(found.items())
-                                      if k not in _GENERIC_CONFIG_KEYS
-                                      and not k.startswith("_")}}
+    found = _architecture(encoder.model.config.to_dict())
+    given = getattr(model.config, "backbone_config", None)
+    if given is not None:  # built from it, or loaded by name beside it (a checkpoint's)
+        given = dict(given)
+        if _architecture(AutoConfig.for_model(given.pop("model_type"), **given).to_dict()) \
+                == found:
+            return {}
+    return {"backbone_architecture": found}

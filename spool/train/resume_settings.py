@@ -146,8 +146,21 @@ def _another_runs(found: tuple[Path, Any], out: Path, own: Path) -> bool:
         Path(saved).resolve() != out.resolve()
 
 
+def cpu_threads(device: torch.device) -> int | None:
+    """The CPU thread count a CPU run's weights depend on (kernels sum in another order with
+    another count); None on a GPU."""
+    return torch.get_num_threads() if device.type == "cpu" else None
+
+
+def device_said(device: torch.device) -> str:
+    threads = cpu_threads(device)
+    return f"{device} ({threads} thread{'s' if threads > 1 else ''} each)" if threads \
+        else str(device)
+
+
 def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,
-                 model_config: SpoolConfig, world_size: int) -> dict[str, Any]:
+                 model_config: SpoolConfig, world_size: int,
+                 device: torch.device | None = None) -> dict[str, Any]:
     """Compare the checkpoint at ``path`` (its ``state``) with the run ``cfg`` that resumes it
     (``model_config``: the model the run built). A ``ValueError`` naming every change of the
     model or task; else the record of the resume, with the changes to note under
@@ -181,8 +194,8 @@ def check_resume(path: Path, state: dict[str, Any], cfg: TrainConfig,
         cfg.init = init_unused[0]
     if state.get("world_size", world_size) != world_size:
         changed["world_size"] = [state["world_size"], world_size]
-    threads = torch.get_num_threads()  # CPU kernels sum in another order with another count
-    if state.get("threads", threads) != threads:
+    threads = None if device is None else cpu_threads(device)
+    if None not in (threads, state.get("threads")) and state["threads"] != threads:
         changed["threads"] = [state["threads"], threads]
     if state["epoch"] >= cfg.epochs and results_written(Path(cfg.out_dir), state["step"]):
         # A finished run: nothing is trained, or written, with the new values.

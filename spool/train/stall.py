@@ -51,6 +51,7 @@ def _watch() -> None:
         if _state["loops"] and idle >= STALL_AFTER_S and said != _state["last"]:
             said = _state["last"]
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            logger.warning(f"rank {rank}: no training step finished for {idle / 60:.0f} min: "
-                           "waiting for another rank (still working, or hung); torch stops "
-                           "the job when its collective timeout runs out", extra=EVERY_RANK)
+            who = "" if rank else "rank 0: "  # another rank's lines start with its rank
+            logger.warning(f"{who}no training step finished for {idle / 60:.0f} min: waiting "
+                           "for another rank (still working, or hung); torch stops the job "
+                           "when its collective timeout runs out", extra=EVERY_RANK)

@@ -152,7 +152,6 @@ class Trainer:
         self._lock = lock_directory(self.out, "training run", LOCK_NAME)
         self._lock_renewed = time.monotonic()
 
-    # ----------------------------------------------------------------------------- output
     def log(self, message: str, level: int = logging.INFO, always: bool = False) -> None:
         """Rank 0 logs ``message``; progress (not ``always``) is silenced by ``quiet``."""
         if self.info.is_main and (always or not self.cfg.quiet):
@@ -183,7 +182,7 @@ class Trainer:
             if found is not None:  # a change of model or task is refused before anything
                 builders.check_resumed_backbone(self.model, found[1]["weights"], cfg, found[0])
                 self.resumed = resume_settings.check_resume(*found, cfg, self.model.config,
-                                                            self.info.world_size)
+                                                            self.info.world_size, self.device)
             return found
 
         found = on_rank0(self.info.is_main, choose)
@@ -230,8 +229,9 @@ class Trainer:
             state = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                      "scheduler": self.scheduler.state_dict(), "tracker": summed.state_dict(),
                      "history": self.history, "metrics_revision": METRICS_REVISION,
-                     "config": self.cfg.to_saved_dict(), "world_size": self.info.world_size,
-                     "threads": torch.get_num_threads(), "class_names": self.class_names}
+                     "class_names": self.class_names, "config": self.cfg.to_saved_dict(),
+                     "world_size": self.info.world_size,
+                     "threads": resume_settings.cpu_threads(self.device)}
             path = self.checkpoint_path()
             ckpt.save_checkpoint(path, self.model, self.optimizer, state, rngs, update=True)
             ckpt.prune_checkpoints(self.out, self.cfg.keep_checkpoints)
@@ -342,7 +342,7 @@ class Trainer:
             return self.history
         self.log(f"training {type(self.model).__name__} on {len(self.train_set)} "
                  f"{'cached token' if self.cached else 'video'} samples, {self.info.world_size}"
-                 f" process(es) on {self.device} ({torch.get_num_threads()} threads each), "
+                 f" process(es) on {resume_settings.device_said(self.device)}, "
                  f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
         with stopping.StopSignals() as signals:
             self._signals = signals

@@ -107,7 +107,7 @@ def _note_repeats(indices: list[int], target_fps: float) -> None:
         warn_once(logger, f"sampling at {target_fps:g} fps repeats frames of a video with fewer "
                   f"frames per second: {repeats} of {len(indices)} samples repeat the frame "
                   "before (said once); an fps at or below the videos' own rates avoids the "
-                  "extra compute", key="sampling repeats frames", every_rank=True)
+                  "extra compute", key="sampling repeats frames")
 
 
 MAX_FPS, MAX_REPEATS = 1000.0, 100  # FpsSampler: above both, a typo (see FpsSampler._count)
