@@ -102,9 +102,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spool {args.command}: error{f' (rank {rank})' if rank else ''}: "
               f"{one_line(err) or type(err).__name__}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if debug or not _peer_gone(err):
+            raise
+        first = str(err).splitlines()[0] if str(err) else ""
+        print(f"spool {args.command}: error (rank {process_rank()}): a collective of the "
+              f"torchrun job failed ({type(err).__name__}: {first}), most likely because "
+              "another process of it is gone: its own output, and torchrun's summary, say "
+              "which and why (--debug: the traceback)", file=sys.stderr)
+        return 1
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _peer_gone(err: RuntimeError) -> bool:
+    """Whether ``err`` came out of torch.distributed (a collective whose peer was killed or
+    crashed: gloo's "Connection closed by peer"), for one line instead of 40 of traceback."""
+    tb = err.__traceback__
+    while tb is not None:
+        if "torch/distributed/" in tb.tb_frame.f_code.co_filename.replace(os.sep, "/"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def one_line(err: BaseException) -> str:

@@ -271,3 +271,28 @@ def test_python_dash_m_spool_and_version() -> None:
     out = subprocess.run([sys.executable, "-m", "spool", "--version"], capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == f"spool {__version__}"
+
+
+def test_a_collective_that_fails_is_one_line_not_a_traceback(monkeypatch, capsys) -> None:
+    """A rank killed under torchrun left the others with gloo's 40-line traceback ("Connection
+    closed by peer"); an error of Spool's own code still raises."""
+    import pytest
+    import torch.distributed as dist
+
+    from spool.cli import main
+    from spool.commands import cache
+
+    def collective(args):  # an error raised inside torch.distributed, as gloo's is
+        dist.all_reduce(None)
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_group",
+                        lambda: (_ for _ in ()).throw(RuntimeError("Connection closed by peer")))
+    monkeypatch.setattr(cache, "run", collective)
+    assert main(["cache", "--data", "x.txt", "--out", "y"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("spool cache: error (rank 0): a collective of the torchrun job "
+                          "failed (RuntimeError: Connection closed by peer), most likely")
+    monkeypatch.setattr(cache, "run", lambda args: (_ for _ in ()).throw(RuntimeError("bug")))
+    with pytest.raises(RuntimeError, match="bug"):
+        main(["cache", "--data", "x.txt", "--out", "y"])
