@@ -320,7 +320,8 @@ class SpoolConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SpoolConfig:
-        return cls(**data)  # the constructor names unknown keys
+        """A config from its fields; a ``ValueError`` names unknown keys and bad values."""
+        return cls(**data)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         from spool.io_utils import atomic_write_text
@@ -329,6 +330,8 @@ class SpoolConfig:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> SpoolConfig:
+        """The config ``save_pretrained`` wrote in ``directory``: ``CheckpointNotFoundError``
+        when there is none, ``SpoolLoadError`` when it cannot be read (spool.errors)."""
         path = os.path.join(directory, CONFIG_NAME)
         if not os.path.isfile(path):
             inner = os.path.join(directory, "model")  # a training run's folder, given whole

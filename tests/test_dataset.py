@@ -179,3 +179,13 @@ def test_a_datasets_root_is_not_read_as_one_class(tmp_path: Path) -> None:
         scan_class_folders(root)
     samples, names = scan_class_folders(root / "videos" / "..", ["videos"])  # named: allowed
     assert names == ["videos"] and samples
+
+
+def test_num_frames_is_none_for_a_whole_video_sampler() -> None:
+    """Any sampler of spool.video.samplers serves, but num_frames raised AttributeError for
+    those that sample the whole video."""
+    samples, names = read_annotations(tiny_video_dataset() / "val.txt")
+    pre = FramePreprocessing(32)
+    assert VideoClipDataset(samples, names, make_sampler("fps", target_fps=2),
+                            pre).num_frames is None
+    assert VideoClipDataset(samples, names, clip_sampler(4, None), pre).num_frames == 4

@@ -251,6 +251,15 @@ def test_apply_rotation_is_counter_clockwise() -> None:
     assert apply_rotation(img, 360) is img
 
 
+def test_apply_rotation_refuses_an_angle_between_right_angles() -> None:
+    """45 degrees was rounded to 0 (the image came back as it was), 135 to 180."""
+    img = np.zeros((2, 3, 1), dtype=np.uint8)
+    for angle in (45, 135, -10):
+        with pytest.raises(ValueError, match="multiple of 90"):
+            apply_rotation(img, angle)
+    assert apply_rotation(img, -90).shape == (3, 2, 1)  # a right angle either way
+
+
 @pytest.mark.parametrize("ext", ["mp4", "mkv"])
 @pytest.mark.parametrize("rotation", [90, 180, 270])
 def test_rotation_metadata_is_applied(tmp_path: Path, ext: str, rotation: int) -> None:

@@ -193,8 +193,9 @@ class VideoClipDataset(Dataset):
         return cls(samples, names, **kwargs)
 
     @property
-    def num_frames(self) -> int:
-        return self.sampler.num_frames
+    def num_frames(self) -> int | None:
+        """Frames per clip; None for a sampler of the whole video (fps, stride, sliding)."""
+        return getattr(self.sampler, "num_frames", None)
 
     @property
     def image_size(self) -> int:

@@ -1,6 +1,6 @@
 """Synthetic long videos for temporal action segmentation, whose labels need time.
 
-Every video (2,000-4,000 frames at 15 fps, small frames) is a sequence of segments:
+Every video (2,400-3,000 frames at 15 fps by default, small frames) is a sequence of segments:
 
 - ``left_to_right`` / ``right_to_left``: a shape crossing the frame (leaving on one side,
   coming back on the other, about once a second); ``grow`` / ``shrink``: a shape swelling
@@ -206,8 +206,10 @@ def check_video_settings(num_frames: int, size: int, min_cue_distance: int,
 def render_segmentation_video(rng: np.random.Generator, num_frames: int, cue: str,
                               size: int = 32, min_cue_distance: int = 1600,
                               segment_frames: tuple[int, int] = (150, 300)) -> SegmentVideo:
-    """One video of ``num_frames`` frames ``[S, S]`` whose delayed segment follows ``cue``
-    (``"a"`` or ``"b"``). Nothing but the cue and the two labels depends on ``cue``."""
+    """One video of ``num_frames`` frames whose delayed segment follows ``cue`` (``"a"`` or
+    ``"b"``): a :class:`SegmentVideo` with ``frames [T, S, S, 3]`` uint8, ``labels [T]`` and
+    ``segments`` as ``(label, start, end)`` frame ranges (not a segments CSV's ``start_s,
+    end_s, label``). Nothing but the cue and the two labels depends on ``cue``."""
     if cue not in _CUE_COLOURS:
         raise ValueError(f"cue: expected 'a' or 'b', got {cue!r}")
     check_video_settings(num_frames, size, min_cue_distance, segment_frames)
@@ -264,7 +266,8 @@ def make_segmentation_dataset(
 ) -> SegmentationDataset:
     """Write ``num_train`` + ``num_test`` videos of ``frames`` = (min, max) frames.
 
-    Layout (MS-TCN's, plus videos and CSVs): ``videos/<split>_<i>.mkv``,
+    Layout (MS-TCN's, plus videos and CSVs): ``videos/<split>_<iiii><ext>`` (``.mkv`` for
+    the default ffv1, the codec's container otherwise),
     ``groundTruth/<name>.txt`` (one class name per frame), ``mapping.txt`` (``index name``),
     ``splits/{train,test}.split1.bundle`` (``<name>.txt`` per line, as MS-TCN's loaders
     expect), and ``{train,test}.csv`` with ``video,start_s,end_s,label`` segment rows (video

@@ -180,6 +180,8 @@ class FrameClassifier(SpoolPreTrainedModel):
 
     def forward_tokens(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
                        mask: torch.Tensor | None = None) -> FrameClassifierOutput:
+        """``tokens [B, T, L, D]``, optional ``labels [B, T]`` and ``mask [B, T]`` -> logits
+        ``[B, T, C]`` (and the loss with labels): :meth:`forward` on backbone tokens."""
         return self(tokens=tokens, labels=labels, mask=mask)
 
     def _long_features(self, tokens: torch.Tensor | None, video: str | None,
@@ -262,6 +264,7 @@ class SpoolRefinementStage(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """The previous stage's ``logits [B, T, C]`` -> refined logits ``[B, T, C]``."""
         tokens = self.embed(logits.softmax(dim=-1))[:, :, None]
         out = self.spool.forward_tokens(tokens)
         features = out.features[:, 1:-1, 0]

@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 class LongVideoOutput:
     """``frame_features [T, D]`` (each frame's final features averaged over its tokens),
     ``context [2D]`` (the clip representation), and, for a video file, ``frame_indices [T]``
-    and ``timestamps [T]`` (seconds) of the sampled frames. ``features [T + 2, L, D]`` (the
+    and ``timestamps [T]`` (seconds, the file's pts: not 0 first where the stream starts later)
+    of the sampled frames. ``features [T + 2, L, D]`` (the
     hidden state itself, no copy) only with ``keep_features=True``."""
 
     frame_features: torch.Tensor

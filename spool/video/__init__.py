@@ -13,6 +13,7 @@ from spool.video.io import (
     write_video,
 )
 from spool.video.samplers import (
+    ClipSampler,
     FpsSampler,
     FrameSampler,
     SlidingWindowSampler,
@@ -22,6 +23,7 @@ from spool.video.samplers import (
 )
 
 __all__ = [
+    "ClipSampler",
     "FpsSampler",
     "FrameSampler",
     "SlidingWindowSampler",

@@ -45,8 +45,10 @@ def frame_orientation(frame: av.VideoFrame) -> tuple[int, bool]:
 def apply_rotation(image: np.ndarray, rotation: int, mirrored: bool = False) -> np.ndarray:
     """Turn ``image`` [H, W, C] counter-clockwise by ``rotation`` (a multiple of 90) degrees,
     then mirror it left-right if ``mirrored``: how a player shows a frame whose display
-    matrix says so (:func:`frame_orientation`)."""
-    k = int(round(rotation / 90.0)) % 4
+    matrix says so (:func:`frame_orientation`). A ``ValueError`` for another angle."""
+    if rotation % 90:
+        raise ValueError(f"rotation: expected a multiple of 90 degrees, got {rotation}")
+    k = int(rotation // 90) % 4
     if not k and not mirrored:
         return image
     turned = np.rot90(image, k=k)

@@ -280,6 +280,7 @@ class FpsSampler(FrameSampler):
         return max(1, math.ceil(samples))
 
     def step_seconds(self, fps: float) -> float:
+        """``1 / target_fps``, whatever the video's rate."""
         return 1.0 / self.target_fps
 
     def _settings(self) -> dict[str, Any]:
@@ -324,6 +325,7 @@ class StrideSampler(FrameSampler):
         return [_cap(list(range(0, num_frames, self.stride)), self.max_frames)]
 
     def step_seconds(self, fps: float) -> float:
+        """``stride`` frames of a video at ``fps``."""
         return self.stride / _positive_float("fps", fps)
 
     def _settings(self) -> dict[str, Any]:
@@ -390,7 +392,8 @@ def sampler_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_sampler(name: str, **kwargs: Any) -> FrameSampler:
-    """Build a sampler by name: "uniform", "fps", "stride" or "sliding" (kwargs: its settings)."""
+    """Build a sampler by name: "uniform", "clip", "fps", "stride" or "sliding" (kwargs: its
+    settings)."""
     if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"name: expected one of {sorted(SAMPLERS)}, got {name!r}")
     cls = SAMPLERS[name]
