@@ -235,3 +235,58 @@ def test_a_demo_stopped_early_leaves_no_earlier_results(tmp_path: Path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         run_demo(tmp_path, DemoSettings(per_class=4, val_fraction=0.5), verbose=False)
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "curves.png").exists()
+
+
+ORPHAN_PARENT = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from test_demo import _pid_then_sleep
+from spool.demo.processes import map_in_processes
+map_in_processes(_pid_then_sleep, [{a!r}, {b!r}], 2)
+"""
+
+
+def _pid_then_sleep(path: str) -> None:
+    import os
+    import time
+    from pathlib import Path
+
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def test_workers_end_with_a_parent_killed_outright(tmp_path: Path) -> None:
+    """kill -9 of `spool demo` (or the out-of-memory killer) left its workers training on,
+    orphaned, beside the rerun."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    a, b = str(tmp_path / "a.pid"), str(tmp_path / "b.pid")
+    script = ORPHAN_PARENT.format(tests=str(Path(__file__).parent), a=a, b=b)
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
+    while not (os.path.exists(a) and os.path.exists(b)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    workers = [int(Path(p).read_text()) for p in (a, b)]
+    parent.kill()
+    parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:  # a zombie is gone, not yet reaped by init
+            return f.read().split(")")[-1].split()[0] != "Z"
+
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "workers outlived their parent"

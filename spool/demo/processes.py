@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,7 +20,8 @@ def map_in_processes(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int
     from concurrent.futures.process import BrokenProcessPool
 
     # spawn: a fresh interpreter per worker, no inherited thread pools.
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
     futures = [pool.submit(fn, job) for job in jobs]
     try:
         wait(futures, return_when=FIRST_EXCEPTION)  # the first failure, not the first job's end
@@ -33,6 +39,27 @@ def map_in_processes(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int
         raise
     finally:
         pool.shutdown(wait=True)
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker: end when process ``parent`` does. A parent killed outright (kill -9, the
+    out-of-memory killer) cannot stop its workers, which trained on, orphaned, beside the
+    rerun. Linux: the kernel's parent-death signal; elsewhere a thread that watches."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # gone before the signal was asked for
+            os._exit(1)
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="spool-parent-watch").start()
 
 
 def _stop(pool: Any) -> None:
