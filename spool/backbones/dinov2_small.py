@@ -32,6 +32,7 @@ from spool.downloads import (
     pip_download,
     temp_file_beside,
 )
+from spool.tensor_files import read_safetensors_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,16 @@ def _partial_import(out: Path) -> bool:
                          and MARKER not in names)
 
 
+class IncompleteImport(FileExistsError):
+    """A folder marked as an import whose files are not all there, or not whole
+    (``problem``: which)."""
+
+    def __init__(self, out: Path, problem: str) -> None:
+        super().__init__(f"{out} is an incomplete DINOv2-S import ({problem}); delete it and "
+                         "run again")
+        self.problem = problem
+
+
 def _finished_import(out: Path) -> bool:
     """Whether ``out`` holds a whole import from the same ONNX file (``FileExistsError`` when
     its marker says so but a file is missing)."""
@@ -236,13 +247,13 @@ def _finished_import(out: Path) -> bool:
         if json.loads(marker.read_text(encoding="utf-8")) != _marker(ONNX_SHA256):
             return False
     except (ValueError, UnicodeDecodeError) as err:  # the bare JSON error named no file
-        raise FileExistsError(f"--out: {marker} is damaged ({err}); delete {out} and run "
-                              "again") from err
+        raise IncompleteImport(out, f"{MARKER} is damaged: {err}") from err
     missing = [name for name in IMPORT_FILES
                if not (out / name).is_file() or not (out / name).stat().st_size]
+    if not missing and read_safetensors_metadata(out / "model.safetensors") is None:
+        missing = ["model.safetensors (cut short or damaged)"]
     if missing:
-        raise FileExistsError(f"--out: {out} is an incomplete DINOv2-S import (missing or "
-                              f"empty: {', '.join(missing)}); delete it and run again")
+        raise IncompleteImport(out, f"missing or damaged: {', '.join(missing)}")
     return True
 
 

