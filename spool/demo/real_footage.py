@@ -163,7 +163,9 @@ def run_real_demo(out: Path, s: RealDemoSettings, jobs: int = 1, threads: int = 
 
         plot_curves({f"{TASK_TITLES[t]}: {name}": r["history"] for t in s.tasks
                      for name, r in results[t].items() if r["history"]}, out / "curves.png",
-                    label="accuracy")
+                    label="accuracy", val_name="held-out",
+                    note=f"held-out: the tokens as they are (the table averages "
+                         f"{s.test_rotations} rotations where training rotated them)")
         plot_clips(tokens, lengths, data, results, out / "clips.png")
     summary = {"settings": asdict(s), "videos": [v.name for v in tokens],
                "frames": lengths, "clips": {t: {k: v for k, v in d.items()

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -130,17 +131,22 @@ def plot_confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str],
 
 
 def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.PathLike,
-                metric: str = "top1", label: str = "top-1", scale: float = 100.0) -> None:
+                metric: str = "top1", label: str = "top-1", scale: float = 100.0,
+                val_name: str = "val", note: str | None = None) -> None:
     """Loss and an accuracy per epoch for one or several runs (``{run name: epoch rows}``), as
-    a PNG. Rows hold ``epoch``, ``train_loss``, ``train_<metric>`` and, on the epochs that were
-    evaluated, ``val_<metric>`` (and ``val_loss`` where there is one); ``scale`` takes the
-    accuracies to percent (100: fractions)."""
+    a PNG. Rows hold ``epoch``, ``train_<metric>``, ``train_loss`` and, on the epochs that were
+    evaluated, ``val_<metric>`` (and ``val_loss`` where there is one), drawn as ``val_name``;
+    ``scale`` takes the accuracies to percent (100: fractions); ``note``: a line under the
+    accuracy's title. Many runs share one legend below the plots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    rows_of_legend = len(histories)  # train and val of each, in 2 columns
+    below = len(histories) > 2
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4 + (0.25 * rows_of_legend
+                                                                  if below else 0)))
     for i, (name, rows) in enumerate(histories.items()):
         colour = f"C{i}"
         for split, style in (("train", "--"), ("val", "o-")):
@@ -149,13 +155,23 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
                 have = [r for r in rows if r.get(key) not in (None, "")]  # val: some epochs
                 if have:
                     ax.plot([r["epoch"] for r in have], [factor * float(r[key]) for r in have],
-                            style, color=colour, label=f"{name} {split}", markersize=3)
+                            style, color=colour, markersize=3,
+                            label=f"{name} {'train' if split == 'train' else val_name}")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_acc.set(xlabel="epoch", ylabel=f"{label} (%)", title=label.capitalize(), ylim=(0, 100))
+    title = "\n".join([label.capitalize(), *textwrap.wrap(note or "", 60)])
+    ax_acc.set(xlabel="epoch", ylabel=f"{label} (%)", title=title, ylim=(0, 100))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        if not below:
+            ax.legend(fontsize=7)
+    if below:
+        handles = {}
+        for ax in (ax_acc, ax_loss):
+            for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(name, handle)
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, fontsize=7)
+    fig.tight_layout(rect=(0, 0.2 * rows_of_legend / (4 + 0.25 * rows_of_legend) if below
+                           else 0, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
