@@ -116,15 +116,20 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+# What the transports say when the process at the other end is gone (gloo; NCCL's abort).
+_PEER_GONE = ("closed by peer", "reset by peer", "Read error", "Broken pipe",
+              "communicator was aborted")
+
+
 def _peer_gone(err: RuntimeError) -> bool:
-    """Whether ``err`` came out of torch.distributed (a collective whose peer was killed or
-    crashed: gloo's "Connection closed by peer"), for one line instead of 40 of traceback."""
-    tb = err.__traceback__
-    while tb is not None:
-        if "torch/distributed/" in tb.tb_frame.f_code.co_filename.replace(os.sep, "/"):
-            return True
-        tb = tb.tb_next
-    return False
+    """Whether ``err`` says that another process of the job is gone (gloo's "Connection closed
+    by peer", in a collective or in DDP's backward pass), for one line instead of 40 of
+    traceback; not a rendezvous that failed (a port in use) nor any other error."""
+    import torch.distributed as dist
+
+    if isinstance(err, (dist.DistNetworkError, dist.DistStoreError)):
+        return False
+    return any(words in str(err) for words in _PEER_GONE)
 
 
 def one_line(err: BaseException) -> str:

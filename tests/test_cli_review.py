@@ -293,6 +293,11 @@ def test_a_collective_that_fails_is_one_line_not_a_traceback(monkeypatch, capsys
     err = capsys.readouterr().err
     assert err.startswith("spool cache: error (rank 0): a collective of the torchrun job "
                           "failed (RuntimeError: Connection closed by peer), most likely")
-    monkeypatch.setattr(cache, "run", lambda args: (_ for _ in ()).throw(RuntimeError("bug")))
-    with pytest.raises(RuntimeError, match="bug"):
-        main(["cache", "--data", "x.txt", "--out", "y"])
+    # Spool's own errors, in torch.distributed or out of it, and a rendezvous that failed
+    # (no peer was ever there) still raise as they are.
+    for error in (RuntimeError("bug"), RuntimeError("Tensors must have the same shape"),
+                  dist.DistNetworkError("EADDRINUSE; Connection reset by peer")):
+        monkeypatch.setattr(dist.distributed_c10d, "_get_default_group",
+                            lambda error=error: (_ for _ in ()).throw(error))
+        with pytest.raises(RuntimeError, match=str(error).split(";")[0]):
+            main(["cache", "--data", "x.txt", "--out", "y"])

@@ -122,7 +122,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
-    if views < 1 or getattr(dataset.sampler, "num_clips", 1) != 1:
+    if views < 1 or getattr(dataset.sampler, "num_clips", 1) != 1 or dataset.num_frames is None:
         raise ValueError(f"views >= 1 and a single-clip sampler expected, got {views} and "
                          f"{dataset.sampler!r}")
     if views > 1 and dataset.augmentation is None:

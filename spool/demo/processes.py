@@ -49,10 +49,15 @@ def die_with_parent(parent: int) -> None:
         import ctypes
 
         pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        try:
+            asked = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig,
+                                                            signal.SIGKILL) == 0
+        except (AttributeError, OSError):  # a libc without it: the thread below
+            asked = False
         if os.getppid() != parent:  # gone before the signal was asked for
             os._exit(1)
-        return
+        if asked:
+            return
 
     def watch() -> None:
         while os.getppid() == parent:
