@@ -294,3 +294,36 @@ def test_the_curves_say_held_out_and_how_it_differs_from_the_table(monkeypatch,
     assert "run 0 held-out" in labels and not any(x.endswith(" val") for x in labels)
     assert "the table averages 16 rotations" in fig.axes[1].get_title()
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_training_says_its_epochs(tmp_path: Path, capsys) -> None:
+    """The demo went quiet for minutes between "training 6 models" and "done": the workers'
+    epoch lines went to a logger no process had set up (and read as raw dicts)."""
+    videos = _videos(tmp_path)
+    run_real_demo(tmp_path / "demo", _settings(tasks=("arrow",), epochs=1), jobs=1,
+                  videos=videos, encoder=_encoder(), download=False, figures=False)
+    said = capsys.readouterr().out
+    assert "arrow, spool: epoch 1/1: train loss " in said and ", held-out " in said
+
+
+def test_quiet_silences_the_librarys_lines_for_the_run_only(monkeypatch, capsys) -> None:
+    """`spool demo --real --quiet` still printed the fetches' and the import's lines."""
+    import logging
+
+    from spool.cli import main
+    from spool.demo import real_footage
+    from spool.downloads import FetchError
+
+    def fake(out, s, **kwargs):
+        logging.getLogger("spool.downloads").info("running pip download ...")
+        logging.getLogger("spool.downloads").warning("a warning stays")
+        raise FetchError("stop here")
+
+    monkeypatch.setattr(real_footage, "run_real_demo", fake)
+    level = logging.getLogger("spool").level
+    assert main(["demo", "--real", "--out", "unused", "--quiet"]) == 2
+    said = capsys.readouterr()
+    assert "running pip download" not in said.out + said.err and "a warning stays" in said.err
+    assert logging.getLogger("spool").level == level  # left as it was
+    assert main(["demo", "--real", "--out", "unused"]) == 2
+    assert "running pip download" in capsys.readouterr().out

@@ -108,8 +108,14 @@ def run(args: argparse.Namespace) -> int:
                          "one downloads nothing")
     if args.out is None:
         args.out = "spool-demo-real" if args.real else "spool-demo"
+    import logging
+
     from spool.train.signals import TrainingInterrupted
 
+    library = logging.getLogger("spool")
+    level = library.level
+    if args.quiet:  # the library's lines too (the fetches, the import): warnings only
+        library.setLevel(logging.WARNING)
     try:
         return run_real(args) if args.real else run_synthetic(args)
     except TrainingInterrupted as err:  # a model's training stopped by a signal
@@ -117,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"spool demo: {how} while training (a rerun starts its models over)",
               file=sys.stderr)
         return err.exit_code
+    finally:
+        library.setLevel(level)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -155,5 +163,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "are 2 cores)")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch intra-op threads per process (1)")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true",
+                        help="warnings, errors and the results only")
     parser.set_defaults(func=run)

@@ -175,6 +175,10 @@ def train_model(job: dict[str, Any]) -> dict[str, Any]:
     order shown), ``threads``, ``out_dir``. Returns the history, accuracies, and each figure
     clip's probability of being altered."""
     torch.set_num_threads(job["threads"])
+    if job.get("verbose"):  # a worker process's spool logger says its epochs, as the main's
+        from spool.runtime import configure_logging
+
+        configure_logging()
     s, kind = job["settings"], job["kind"]
     task, seed = s["task"], s["seed"]
     torch.manual_seed(seed)
@@ -186,7 +190,7 @@ def train_model(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     history: list[dict[str, Any]] = []
     if kind != "frame_pooling" or s["train_frame_pooling"]:
-        history = _fit(model, frames, train, test, s, rng, gen)
+        history = _fit(model, kind, frames, train, test, s, rng, gen)
     seconds = time.perf_counter() - start
     # Trained under random rotations: the final answers average over test_rotations of them
     # (the per-epoch validation in the history uses the tokens as they are, to stay cheap).
@@ -234,7 +238,7 @@ def train_step(model, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimiz
     return float(out.loss.detach()) * len(y), int((out.logits.argmax(-1) == y).sum())
 
 
-def _fit(model, frames: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
+def _fit(model, kind: str, frames: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
          s: dict[str, Any], rng: np.random.Generator, gen: torch.Generator) -> list[dict]:
     task, bs = s["task"], s["batch_size"]
     opt, sched = make_optimizer(model, s, len(train))
@@ -252,5 +256,7 @@ def _fit(model, frames: torch.Tensor, train: torch.Tensor, test: torch.Tensor,
             row["val_top1"], row["val_loss"], _ = evaluate(model, frames, test, task,
                                                            s["seed"] + 1)
         history.append(row)
-        logger.info("%s/%s epoch %d: %s", task, type(model).__name__, epoch, row)
+        held_out = f", held-out {row['val_top1']:.1%}" if "val_top1" in row else ""
+        logger.info(f"{task}, {kind}: epoch {epoch}/{s['epochs']}: train loss "
+                    f"{row['train_loss']:.3f}, top-1 {row['train_top1']:.1%}{held_out}")
     return history

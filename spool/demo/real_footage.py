@@ -149,7 +149,7 @@ def run_real_demo(out: Path, s: RealDemoSettings, jobs: int = 1, threads: int = 
             f"of {ts['clip_len']} frames (each in both classes)")
         for kind in MODELS:
             todo.append(dict(kind=kind, settings=ts, frames=frames, train=train, test=test,
-                             figure=figure, threads=threads,
+                             figure=figure, threads=threads, verbose=verbose,
                              out_dir=str(out / "runs" / f"{task}_{kind}" / "model")))
     todo.sort(key=lambda j: j["kind"] == "frame_pooling")  # the long jobs first
     say(f"training {len(todo)} models ({len(s.tasks)} tasks x {len(MODELS)}), {jobs} at a time")
