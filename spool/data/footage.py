@@ -202,13 +202,19 @@ def _from_archive(specs: list[ClipSpec], root: Path, fetch: Callable[[], Path],
 def fetch_footage(names: list[str] | None = None, root: str | os.PathLike | None = None,
                   download: bool = True) -> list[Clip]:
     """The clips ``names`` (default: all of ``CLIPS``), fetched into ``root`` (default
-    ``cache_dir("footage")``) if missing. Raises ``FetchError`` saying what to run by hand
-    when a registry cannot be reached, ``apt-get`` is missing, or a checksum differs."""
+    ``cache_dir("footage")``) if missing or damaged. Raises ``FetchError`` saying what to run
+    by hand when a registry cannot be reached, ``apt-get`` is missing, or a checksum differs
+    (a fetched clip's, or without ``download`` a cached one's)."""
     specs = list(CLIPS) if names is None else [_spec(n) for n in names]
     root = Path(root) if root is not None else cache_dir("footage")
-    for spec in specs:  # a damaged copy (cut, changed) is fetched again; cheap (17 MB)
+    for spec in specs:  # a damaged copy (cut, changed): fetched again; cheap (17 MB)
         path = root / spec.name
-        if download and path.is_file() and sha256_of(path) != spec.sha256:
+        if not path.is_file():
+            continue
+        if not download:  # nothing to fetch it with: said
+            check_sha256(path, spec.sha256, f"footage clip {spec.name}",
+                         f"Delete {path} and rerun to fetch it again.")
+        elif sha256_of(path) != spec.sha256:
             logger.warning("footage: %s is damaged (another sha256 than the clip's); fetching "
                            "it again", path)
             path.unlink()
@@ -228,10 +234,6 @@ def fetch_footage(names: list[str] | None = None, root: str | os.PathLike | None
                       _extract_from_deb)
     if missing:
         logger.info("footage: fetched %d clip(s) into %s", len(missing), root)
-    for spec in specs:
-        if spec not in missing and not download:  # (with download, checked above)
-            check_sha256(root / spec.name, spec.sha256, f"footage clip {spec.name}",
-                         f"Delete {root / spec.name} and rerun to fetch it again.")
     return [Clip(s.name, root / s.name, s.source, s.licence, s.note) for s in specs]
 
 

@@ -143,8 +143,10 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows_of_legend = len(histories) * (1 if len(histories) % 2 == 0 else 2)  # (ncol: below)
-    below = len(histories) > 2
+    below = len(histories) > 2  # one legend below the plots
+    # Columns fill first: an odd number of runs in 2 would split a run's pair of lines.
+    columns = 2 if len(histories) % 2 == 0 else 1
+    rows_of_legend = 2 * len(histories) // columns
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4 + (0.25 * rows_of_legend
                                                                   if below else 0)))
     for i, (name, rows) in enumerate(histories.items()):
@@ -169,9 +171,8 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
         for ax in (ax_acc, ax_loss):
             for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
                 handles.setdefault(name, handle)
-        # Columns fill first: an odd number of runs in 2 would split a run's pair of lines.
-        fig.legend(handles.values(), handles.keys(), loc="lower center",
-                   ncol=2 if len(histories) % 2 == 0 else 1, fontsize=7)
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=columns,
+                   fontsize=7)
     fig.tight_layout(rect=(0, 0.2 * rows_of_legend / (4 + 0.25 * rows_of_legend) if below
                            else 0, 1, 1))
     with atomic_path(path) as tmp:
