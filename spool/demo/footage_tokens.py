@@ -106,9 +106,13 @@ def _backbone_digest(encoder: torch.nn.Module) -> str:
 
 
 def encode_video(encoder: torch.nn.Module, path: Path, fps: float, pooling: int,
-                 batch: int = 16) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+                 batch: int = 16, progress: bool = False
+                 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Tokens ``[N, L, D]`` (fp16), times and thumbnails of ``path``'s frames at ``fps``
-    (``FpsSampler``: the frame shown at each ``k / fps`` seconds)."""
+    (``FpsSampler``: the frame shown at each ``k / fps`` seconds); ``progress``: a bar of
+    the frames encoded (a long clip takes minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
     from spool.video import VideoReader
     from spool.video.samplers import FpsSampler
 
@@ -116,19 +120,24 @@ def encode_video(encoder: torch.nn.Module, path: Path, fps: float, pooling: int,
         info = reader.info()
         indices = FpsSampler(fps)(len(reader), fps=info.fps, timestamps=reader.frame_times())[0]
         chunks, times, thumbs = [], [], []
-        for frames, t, positions in reader.get_chunks(indices, batch):  # each frame once
-            with torch.inference_mode():
-                tokens = encoder.encode_frames(torch.from_numpy(frames)[None])[0]
-            chunks.append(reduce_tokens(tokens.float(), pooling).to(torch.float16)[positions])
-            times.append(t[positions])
-            thumbs.append(_thumbnails(frames)[positions])
+        with tqdm(total=len(indices), desc=f"  {path.name}", unit="frame", leave=False,
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for frames, t, positions in reader.get_chunks(indices, batch):  # each frame once
+                with torch.inference_mode():
+                    tokens = encoder.encode_frames(torch.from_numpy(frames)[None])[0]
+                chunks.append(reduce_tokens(tokens.float(), pooling).to(torch.float16)[positions])
+                times.append(t[positions])
+                thumbs.append(_thumbnails(frames)[positions])
+                bar.update(len(positions))
     return torch.cat(chunks), np.concatenate(times), np.concatenate(thumbs)
 
 
 def cached_tokens(encoder: torch.nn.Module, videos: list[tuple[str, Path]], out: Path,
-                  fps: float, pooling: int, say=lambda text: None) -> list[VideoTokens]:
+                  fps: float, pooling: int, say=lambda text: None,
+                  progress: bool = False) -> list[VideoTokens]:
     """Every video's tokens at ``fps``, from ``out`` when already computed by this encoder
-    with these settings, else computed and written there (temporary name, then renamed)."""
+    with these settings, else computed and written there (temporary name, then renamed);
+    ``progress``: a bar of each computed clip's frames."""
     from safetensors import safe_open
 
     from spool.claims import remove_stale_temporaries_in
@@ -152,7 +161,8 @@ def cached_tokens(encoder: torch.nn.Module, videos: list[tuple[str, Path]], out:
                                           f.get_tensor("times").numpy(),
                                           f.get_tensor("thumbs").numpy()))
             continue
-        tokens, times, thumbs = encode_video(encoder, path, fps, pooling)
+        tokens, times, thumbs = encode_video(encoder, path, fps, pooling,
+                                             progress=progress)
         atomic_save_safetensors({"tokens": tokens, "times": torch.from_numpy(times),
                                  "thumbs": torch.from_numpy(thumbs)}, file,
                                 metadata={"key": key})

@@ -127,7 +127,8 @@ def run_real_demo(out: Path, s: RealDemoSettings, jobs: int = 1, threads: int = 
     for name in ("results.json", "curves.png", "clips.png"):  # an earlier run's (kept if the
         (out / name).unlink(missing_ok=True)  # weights or footage could not be had)
     say(f"caching backbone tokens at {s.fps:g} fps in {out / 'tokens'}")
-    tokens = cached_tokens(encoder, videos, out / "tokens", s.fps, s.token_pooling, say)
+    tokens = cached_tokens(encoder, videos, out / "tokens", s.fps, s.token_pooling, say,
+                           progress=verbose)
     setup_seconds = time.perf_counter() - t0
     frames = torch.cat([v.tokens for v in tokens])
     lengths = [len(v.tokens) for v in tokens]
