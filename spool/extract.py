@@ -24,7 +24,7 @@ from tqdm import tqdm
 from spool import __version__
 from spool.claims import claim_record, kept_alive
 from spool.config import settings_hash
-from spool.extract_inputs import VideoJob, as_recorded, output_source
+from spool.extract_inputs import VideoJob, as_recorded, name_clash, other_source
 from spool.io_utils import (
     OUT_OF_ROOM,
     atomic_save_safetensors,
@@ -37,7 +37,12 @@ from spool.layers.backbone import architecture_record
 from spool.models.frame_classification import FrameClassifier
 from spool.models.frame_encoder import FrameEncoderModel
 from spool.models.long_video import check_memory
-from spool.models.long_video_state import ResumableHiddenState, pass_folder, resumable_pass
+from spool.models.long_video_state import (
+    OUT_OF_MEMORY,
+    ResumableHiddenState,
+    pass_folder,
+    resumable_pass,
+)
 from spool.models.spool import Spool
 from spool.models.weights import weights_digest
 from spool.runtime import autocast_to, print_line, rank_prefix
@@ -48,6 +53,7 @@ from spool.tensor_files import (
 )
 from spool.video import FrameSampler, VideoReader
 from spool.video.completeness import check_file_complete, check_reader_complete
+from spool.video.index import UNREADABLE
 from spool.video.limits import DEFAULT_MAX_PIXELS, pixel_budget
 
 logger = logging.getLogger(__name__)
@@ -354,27 +360,29 @@ class FeatureExtractor:
                 if other == expected["source"]:
                     summary.elsewhere += 1
                 else:  # the same output name from another folder: it would never be written
-                    _report_failure(summary, job, _name_clash(job.output, other, "is writing"))
+                    _report_failure(summary, job, name_clash(job.output, other, "is writing"))
                 continue
             try:
                 if self._finished(job, expected):  # finished since the first look
                     summary.skipped += 1
                     summary.settled.append(str(job.source))
                     continue
-                other = _other_source(job.output, expected["source"])
+                other = other_source(job.output, expected["source"])
                 if other is not None:  # not overwritten: they are another video's features
-                    _report_failure(summary, job, _name_clash(job.output, other, "holds"))
+                    _report_failure(summary, job, name_clash(job.output, other, "holds"))
                     continue
                 try:
                     with kept_alive(claim):
                         self._extract(job, expected)
-                except Exception as err:  # one bad video must not stop the job
+                except (*UNREADABLE, *OUT_OF_MEMORY) as err:  # one bad or too long video
                     if isinstance(err, OSError) and err.errno in OUT_OF_ROOM:
                         raise  # a full disk is no bad video: the next would fail alike
                     if "source_size" in expected:  # not when the video is gone: kept
                         _remove_outputs(job.output)  # of another version, or settings
                     _report_failure(summary, job, err)
                     continue
+                except ValueError as err:  # a setting this video can't take: stop, say which
+                    raise ValueError(f"{job.source}: {err}") from err
                 if self.settings["mode"] != "frame_predictions":  # a classifier's, earlier
                     _remove_outputs(job.output, keep_main=True)
                 summary.done += 1
@@ -389,18 +397,6 @@ class FeatureExtractor:
 def _state_key(metadata: dict[str, str]) -> str:
     """What a long video's hidden state depends on: not what is written of it."""
     return settings_hash({k: v for k, v in metadata.items() if k != "save_features"})
-
-
-def _name_clash(output: Path, other: str, verb: str) -> FileExistsError:
-    return FileExistsError(f"{output} {verb} the features of {other}, another video of the "
-                           "same name; extract both in one run (it keeps the name, this one gets "
-                           "a digest of its path) or into another --out")
-
-
-def _other_source(output: Path, source: str) -> str | None:
-    """The video ``output`` was made from, when that is another file that still exists."""
-    other = output_source(output)
-    return other if other not in (None, source) and Path(other).is_file() else None
 
 
 def _report_failure(summary: ExtractSummary, job: VideoJob, err: BaseException) -> None:

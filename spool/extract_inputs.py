@@ -206,6 +206,19 @@ def output_source(output: Path) -> str | None:
     return (meta or {}).get("source")
 
 
+def other_source(output: Path, source: str) -> str | None:
+    """The video ``output`` was made from, when that is another file that still exists."""
+    other = output_source(output)
+    return other if other not in (None, source) and Path(other).is_file() else None
+
+
+def name_clash(output: Path, other: str, verb: str) -> FileExistsError:
+    """The error for ``output``, which ``verb`` (holds, is writing) the features of ``other``."""
+    return FileExistsError(f"{output} {verb} the features of {other}, another video of the "
+                           "same name; extract both in one run (it keeps the name, this one gets "
+                           "a digest of its path) or into another --out")
+
+
 def as_recorded(source: Path) -> str:
     """``source`` as an output's metadata records it: UTF-8, other bytes escaped."""
     return os.fsencode(source).decode("utf-8", errors="backslashreplace")

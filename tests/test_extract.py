@@ -445,3 +445,57 @@ def test_a_full_disk_stops_the_job_with_one_line(videos, tmp_path, capsys, monke
     assert _extract([root / "a.mp4", root / "c.avi"], tmp_path / "out", config,
                     "--num-frames", "2") == 2
     assert "FAILED" not in capsys.readouterr().out
+
+
+def test_a_setting_no_video_can_take_stops_the_job_and_keeps_earlier_outputs(
+        videos, tmp_path, capsys):
+    """`--fps 5000` (for 5) was reported as a failure of every video, and each one's features
+    from the run before were deleted as stale: a setting is no bad video."""
+    root, config = videos
+    out = tmp_path / "out"
+    inputs = [root / "a.mp4", root / "c.avi"]
+    assert _extract(inputs, out, config, "--fps", "2") == 0
+    before = {p.name: p.read_bytes() for p in out.glob("*.safetensors")}
+    capsys.readouterr()
+    assert _extract(inputs, out, config, "--fps", "5000") == 2
+    said = capsys.readouterr()
+    assert "FAILED" not in said.out
+    assert said.err.strip().splitlines()[-1].startswith(
+        f"spool extract: error: {root / 'a.mp4'}: fps: 5000 fps would take each frame")
+    assert {p.name: p.read_bytes() for p in out.glob("*.safetensors")} == before
+    assert not (out / "failures.csv").exists() or not _failures(out)
+
+
+def test_a_bug_is_no_bad_video(videos, tmp_path, capsys, monkeypatch):
+    """Any exception counted as a bad video, so a bug printed one FAILED line per video and
+    never its traceback, even with --debug."""
+    import spool.extract as extract
+
+    def bug(self, job, metadata):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(extract.FeatureExtractor, "_extract", bug)
+    root, config = videos
+    with pytest.raises(TypeError, match="unsupported operand"):
+        _extract([root / "a.mp4", root / "c.avi"], tmp_path / "out", config)
+    assert "FAILED" not in capsys.readouterr().out
+
+
+def test_a_video_too_long_for_memory_is_skipped(videos, tmp_path, capsys, monkeypatch):
+    """Out of memory on one video (a long one at --per-frame, say): reported, and the rest of
+    the job goes on, as in spool eval."""
+    import spool.extract as extract
+
+    extract_one = extract.FeatureExtractor._extract
+
+    def short_of_memory(self, job, metadata):
+        if job.source.name == "a.mp4":
+            raise MemoryError("the pass needs about 90 GB")
+        return extract_one(self, job, metadata)
+
+    monkeypatch.setattr(extract.FeatureExtractor, "_extract", short_of_memory)
+    root, config = videos
+    out = tmp_path / "out"
+    assert _extract([root / "a.mp4", root / "c.avi"], out, config, "--num-frames", "2") == 1
+    assert _failures(out) == {"a.mp4": "the pass needs about 90 GB"}
+    assert (out / "c.safetensors").is_file() and not (out / "a.safetensors").exists()

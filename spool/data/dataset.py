@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import av
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
@@ -32,7 +31,7 @@ from spool.io_utils import read_text_file
 from spool.runtime import EVERY_RANK
 from spool.video.completeness import check_reader_complete
 from spool.video.formats import VIDEO_EXTENSIONS, is_video_name
-from spool.video.index import VideoDecodeError
+from spool.video.index import UNREADABLE
 from spool.video.io import VideoReader
 from spool.video.samplers import FrameSampler
 from spool.video.transforms import FramePreprocessing, RandomResizedCrop
@@ -259,12 +258,6 @@ class VideoClipDataset(Dataset):
     def _item(self, i: int) -> dict[str, object]:
         video = self.views(i, [(self.epoch, self.augmentation is not None)])[0]
         return {"video": video, "label": self.samples[i].label}
-
-
-# What a file that is no readable video raises: Spool's reader errors, file-system errors and
-# FFmpeg's own. Anything else (a ValueError from a shape, say) is a bug, not bad input, and
-# still stops the job.
-UNREADABLE = (VideoDecodeError, OSError, av.FFmpegError)
 
 
 class SkippedVideo(NamedTuple):

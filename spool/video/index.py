@@ -35,6 +35,12 @@ class VideoDecodeError(ValueError):
     """A file that is not a readable video, or a frame that cannot be decoded from it."""
 
 
+# What a file that is no readable video raises: Spool's reader errors, file-system errors and
+# FFmpeg's own. Anything else (a ValueError from a setting or a shape, say) is a bad setting
+# or a bug, not bad input, and stops a batch job rather than failing each of its videos.
+UNREADABLE = (VideoDecodeError, OSError, av.FFmpegError)
+
+
 @dataclass(frozen=True)
 class _FrameIndex:
     """Per frame, in presentation order: pts, decode position, and where to seek from."""
