@@ -69,6 +69,27 @@ def test_bad_line_reports_its_line_number(tmp_path: Path, bad: str, message: str
     assert str(path) in str(err.value)
 
 
+def test_one_video_under_two_labels_is_an_error(tmp_path: Path, spool_log) -> None:
+    """A video listed with two labels trained under both (and was scored twice): the lines
+    are named. Listed twice with one label, it is kept (a sample per line), with a warning."""
+    root = tiny_video_dataset()
+    named, names = read_annotation_file(root / "train.txt")
+    a, b = named[0], named[1]
+    other = names[(a.label + 1) % len(names)]
+    path = tmp_path / "ann.txt"
+    path.write_text(f"{a.path} {names[a.label]}\n{b.path} {names[b.label]}\n"
+                    f"{Path(a.path).parent / '.' / Path(a.path).name} {other}\n")
+    (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
+    with pytest.raises(ValueError, match=rf"ann.txt, lines 1 and 3: .* is labelled "
+                                         rf"'{names[a.label]}' and '{other}'"):
+        read_annotation_file(path)
+    path.write_text(f"{a.path} {names[a.label]}\n{b.path} {names[b.label]}\n"
+                    f"{a.path} {names[a.label]}\n")
+    samples, _ = read_annotation_file(path)
+    assert samples == [a, b, a]
+    assert "1 line(s) list a video listed before (lines 1 and 3" in spool_log.text
+
+
 def test_byte_order_mark_is_ignored(tmp_path: Path) -> None:
     root = tiny_video_dataset()
     named, names = read_annotation_file(root / "train.txt")

@@ -359,7 +359,8 @@ def test_integer_labels_follow_their_own_classes_txt_when_class_names_are_given(
 
     (tmp_path / "classes.txt").write_text("b\na\n")
     _video(tmp_path / "v.mkv", 0)
-    (tmp_path / "val.txt").write_text("v.mkv 0\nv.mkv a\n")
+    _video(tmp_path / "w.mkv", 0)  # (one video under two labels is refused)
+    (tmp_path / "val.txt").write_text("v.mkv 0\nw.mkv a\n")
     samples, names = read_annotations(tmp_path / "val.txt", ["a", "b"])
     assert names == ["a", "b"] and [s.label for s in samples] == [1, 0]
     samples, names = read_annotations(tmp_path / "val.txt")  # its own classes

@@ -55,8 +55,9 @@ def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | N
     Class names come from ``class_names``, else a ``classes.txt`` beside the file, else the
     sorted label names (integer labels: ``"0" .. "max"``). Blank lines and lines starting with
     ``#`` are skipped; a byte-order mark is ignored. A malformed line, an unknown class, a
-    negative or out-of-range index or a missing video raises ``ValueError`` naming the file
-    and the line number.
+    negative or out-of-range index, a missing video or one video under two labels raises
+    ``ValueError`` naming the file and the line number; a video listed twice with one label
+    is a warning (a sample per line).
     """
     path = Path(path)
     if not path.is_file():
@@ -95,7 +96,8 @@ def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | N
     index = {name: i for i, name in enumerate(names)}
     labelled_by = list(own) if own is not None else names
     own_index = {name: i for i, name in enumerate(labelled_by)}
-    samples = []
+    samples, repeated = [], []
+    listed: dict[str, tuple[int, int]] = {}  # video -> (first line, label)
     for lineno, rel, label in rows:
         if label in own_index:
             target = own_index[label]
@@ -116,7 +118,18 @@ def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | N
         video = Path(rel) if Path(rel).is_absolute() else base / rel
         if check_files and not video.is_file():
             raise ValueError(f"{path}, line {lineno}: video file not found: {video}")
+        first = listed.setdefault(os.path.normpath(video), (lineno, target))
+        if first[1] != target:  # one video, two labels: training would pull both ways
+            raise ValueError(f"{path}, lines {first[0]} and {lineno}: {rel} is labelled "
+                             f"{names[first[1]]!r} and {names[target]!r}; one label per video")
+        if first[0] != lineno:
+            repeated.append((first[0], lineno, rel))
         samples.append(VideoSample(str(video), target))
+    if repeated:  # kept (some lists weight videos so), but a concatenation's leftovers too
+        first, again, rel = repeated[0]
+        logger.warning(f"{path}: {len(repeated)} line(s) list a video listed before (lines "
+                       f"{first} and {again}: {rel}); each line is one sample, so such a "
+                       "video counts as often as it is listed")
     return samples, names
 
 
