@@ -166,6 +166,32 @@ def test_a_backbone_without_tokens_is_refused_by_name():
         Spool(tiny_config(backbone_config=convnext))
 
 
+def test_a_backbone_that_cannot_encode_a_frame_is_a_one_line_error(monkeypatch):
+    """A text model as backbone_config raised transformers' "You must specify exactly one of
+    input_ids or inputs_embeds", and image_size=100000 the allocator's RuntimeError (a
+    traceback from the CLI): both are a ValueError naming the backbone and the size."""
+    import pytest
+    import transformers
+
+    from spool import Spool
+
+    bert = {"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 16, "vocab_size": 10}
+    with pytest.raises(ValueError, match=r"^backbone: BertModel could not encode one blank "
+                                         r"32x32 frame \(image_size 32\): ValueError: You must"):
+        Spool(tiny_config(backbone_config=bert))
+
+    def no_memory(self, *args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                           "120000000000 bytes.\nError code 12")
+
+    monkeypatch.setattr(transformers.Dinov2Model, "forward", no_memory)
+    with pytest.raises(ValueError, match=r"^backbone: Dinov2Model could not encode one blank "
+                                         r"32x32 frame \(image_size 32\): RuntimeError: "
+                                         r"DefaultCPUAllocator: can't allocate memory: .* bytes.$"):
+        Spool(tiny_config())
+
+
 def test_rotary_frequencies_return_exact_after_a_float64_round_trip():
     """Review of my change: ``.double().float()`` left float64's frequencies rounded to
     float32 (up to 6e-8 off; 2.4e-4 in the rotation at frame 4000)."""

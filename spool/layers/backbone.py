@@ -271,9 +271,17 @@ class FrameEncoder(nn.Module):
         patches)."""
         was_training = self.model.training
         self.model.eval()
-        dummy = torch.zeros(1, 3, self.image_size, self.image_size, device=self.mean.device)
-        shape = tuple(self.model(pixel_values=dummy).last_hidden_state.shape)
-        self.model.train(was_training)
+        size = self.image_size
+        try:
+            dummy = torch.zeros(1, 3, size, size, device=self.mean.device)
+            shape = tuple(self.model(pixel_values=dummy).last_hidden_state.shape)
+        except (RuntimeError, TypeError, ValueError, MemoryError) as err:  # an allocator's
+            first = (str(err).strip().splitlines() or [""])[0]  # limit, a text model, ...
+            raise ValueError(f"backbone: {type(self.model).__name__} could not encode one "
+                             f"blank {size}x{size} frame (image_size {size}): "
+                             f"{type(err).__name__}: {first}") from err
+        finally:
+            self.model.train(was_training)
         width = getattr(self.model.config, "hidden_size", None)
         if len(shape) != 3 or shape[-1] != width:  # a ConvNet's [B, C, H, W] feature map
             raise ValueError(
