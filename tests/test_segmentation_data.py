@@ -19,6 +19,7 @@ from spool.data.frame_cache import (
 )
 from spool.data.segmentation import (
     IGNORE_INDEX,
+    read_mapping,
     read_ms_tcn,
     read_segmentation,
     read_segments_csv,
@@ -92,11 +93,31 @@ def test_ms_tcn_layout(tmp_path, ntsc_video):
     # Overlaps were taken, the later segment winning inside them.
     ("video,start_s,end_s,label\nclip.mkv,0,2,a\n./clip.mkv,1,3,b\n",
      "segments 0.0-2.0 s and 1.0-3.0 s of clip.mkv overlap"),
+    # An empty label became a class named ''.
+    ("video,start_s,end_s,label\nclip.mkv,0,1,a\nclip.mkv,1,2, \n", "line 3: the label is empty"),
 ])
 def test_bad_segment_csv(tmp_path, text, message):
     (tmp_path / "s.csv").write_text(text)
     with pytest.raises(ValueError, match=message):
         read_segments_csv(tmp_path / "s.csv")
+
+
+def test_spaces_around_a_segments_csv_label_are_not_part_of_it(tmp_path):
+    """`a.mkv,0,1.5, walk` (a space after the comma) made a class " walk" beside "walk"."""
+    (tmp_path / "a.mkv").write_bytes(b"")
+    (tmp_path / "s.csv").write_text("video,start_s,end_s,label\na.mkv,0,1.5,walk\n"
+                                    "a.mkv,1.5,3, walk \n")
+    (sample,), names = read_segments_csv(tmp_path / "s.csv")
+    assert names == ["walk"] and [c for _, _, c in sample.segments] == [0, 0]
+
+
+def test_a_class_named_twice_in_mapping_txt_is_an_error(tmp_path):
+    """`0 walk` and `1 walk` were taken: every walk frame labelled 1, and the train run then
+    refused the class names without naming mapping.txt."""
+    (tmp_path / "mapping.txt").write_text("0 walk\n1 run\n2 walk\n")
+    with pytest.raises(ValueError, match=r"mapping.txt, lines 1 and 3: the class 'walk' is "
+                                         r"named twice"):
+        read_mapping(tmp_path / "mapping.txt")
 
 
 def test_other_columns_of_a_segments_csv_are_ignored(tmp_path):

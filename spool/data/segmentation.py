@@ -119,7 +119,12 @@ def read_mapping(path: str | os.PathLike) -> list[str]:
         if len(row) != 2 or row[0] != str(i):
             raise ValueError(f"{path}, line {i + 1}: expected '{i} <name>', got "
                              f"{' '.join(row)!r}")
-    return [name for _, name in rows]
+    names = [name for _, name in rows]
+    for i, name in enumerate(names):  # else its frames all get the later index
+        if names.index(name) != i:
+            raise ValueError(f"{path}, lines {names.index(name) + 1} and {i + 1}: the class "
+                             f"{name!r} is named twice")
+    return names
 
 
 def read_ground_truth(path: str | os.PathLike, classes: Sequence[str]) -> np.ndarray:
@@ -198,6 +203,9 @@ def read_segments_csv(path: str | os.PathLike, class_names: Sequence[str] | None
         if None in row or None in row.values():  # csv's marks of extra or missing fields
             raise ValueError(f"{path}, line {lineno}: expected {len(reader.fieldnames)} "
                              f"fields ({','.join(reader.fieldnames)})")
+        row["label"] = row["label"].strip()  # "walk" and " walk" (after ", ") are one class
+        if not row["label"]:
+            raise ValueError(f"{path}, line {lineno}: the label is empty")
     listed = path.parent / CLASSES_NAME
     names = (list(class_names) if class_names is not None else read_class_names(listed)
              if listed.is_file() else sorted({r["label"] for r in rows}))
