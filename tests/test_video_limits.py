@@ -31,7 +31,7 @@ def test_budget_refuses_large_frames_from_the_header(tmp_path: Path) -> None:
                  lambda: VideoReader(path, max_pixels=100)):
         with pytest.raises(VideoDecodeError, match=r"64x48 .*--max-pixels 64x48"):
             read()
-    with pixel_budget(1000), pytest.raises(VideoDecodeError, match="pixel budget of 0.0 MP"):
+    with pixel_budget(1000), pytest.raises(VideoDecodeError, match="pixel budget of 1,000 pixels;"):
         read_video_frames(path)
     assert read_video_frames(path, max_pixels=48 * 64)[0].shape == (3, 48, 64, 3)
     with pixel_budget(0):  # no limit
@@ -46,7 +46,8 @@ def test_size_change_mid_stream(tmp_path: Path) -> None:
     both.write_bytes(small.read_bytes() + large.read_bytes())
     with pytest.raises(VideoDecodeError, match="96x128"):  # checked on every decoded frame
         read_video_frames(both, max_pixels=40 * 40)
-    with pytest.raises(VideoDecodeError, match="frame size changes.*size="):
+    with pytest.raises(VideoDecodeError, match=r"frame size changes.*Spool's commands read one "
+                                               r"size per video; in Python, .*get\(size="):
         read_video_frames(both, max_pixels=0)
     frames, _ = read_video_frames(both, size=(16, 24), max_pixels=0)
     assert frames.shape == (8, 16, 24, 3)
@@ -111,3 +112,41 @@ def test_extract_refuses_a_decompression_bomb_in_little_memory(tmp_path: Path) -
     assert "8192x8192" in output and "--max-pixels" in output
     assert "0 extracted, 0 already done, 1 failed of 1 videos" in output
     assert peak_kib < 1024**2, f"peak RSS {peak_kib / 1024:.0f} MiB"  # was > 4 GiB (killed)
+
+
+@pytest.mark.parametrize("size, message", [
+    (10, r"size: expected \(height, width\) in whole pixels, got 10"),
+    ("ab", r"size: expected \(height, width\) in whole pixels, got 'ab'"),
+    ((16.5, 24), r"got \(16.5, 24\)"),
+    ((16, 24, 3), r"got \(16, 24, 3\)"),
+    ((0, 24), r"size: expected \(height, width\) >= 1, got \(0, 24\)"),
+    ((100_000, 100_000), r"size: 100000x100000 is over the pixel budget of 8.8 MP"),
+])
+def test_bad_sizes_are_named(tmp_path: Path, size, message) -> None:
+    """size=10 or "ab" was a bare TypeError, (100000, 100000) PyAV's 'Invalid argument'."""
+    path = write_video(tmp_path / "v.mp4", _gradient(3, 48, 64), fps=10)
+    with pytest.raises(ValueError, match=message):
+        read_video_frames(path, [0], size=size)
+    assert read_video_frames(path, [0], size=(16, 24))[0].shape == (1, 16, 24, 3)
+
+
+def test_frame_numbers_are_whole_numbers(tmp_path: Path) -> None:
+    """A float index was truncated ([1.7] read frame 1) and a string parsed (["1"])."""
+    import torch
+
+    path = write_video(tmp_path / "v.mp4", _gradient(3, 48, 64), fps=10)
+    for bad in ([1.7], ["1"], [np.float32(1)]):
+        with pytest.raises(ValueError, match=r"indices: expected whole frame numbers, got "):
+            read_video_frames(path, bad)
+    frames, _ = read_video_frames(path, [1])
+    for good in (np.array([1]), [np.int64(1)], torch.tensor([1]), range(1, 2)):
+        assert np.array_equal(read_video_frames(path, good)[0], frames)
+
+
+def test_an_empty_file_is_said_to_be_empty(tmp_path: Path) -> None:
+    """FFmpeg's "Invalid data found when processing input" for a 0-byte file."""
+    path = tmp_path / "v.mp4"
+    path.write_bytes(b"")
+    for read in (lambda: read_video_frames(path), lambda: probe_video(path, exact=False)):
+        with pytest.raises(VideoDecodeError, match=r"v.mp4: the file is empty \(0 bytes\)$"):
+            read()

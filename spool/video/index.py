@@ -7,9 +7,11 @@ is cached, so a reader opened again on the same file does not demux it again.
 
 from __future__ import annotations
 
+import operator
 import os
 import stat
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -87,6 +89,8 @@ def _check_regular_file(path: str) -> os.stat_result:
         if stat.S_ISDIR(st.st_mode) and not os.access(path, os.R_OK | os.X_OK):
             kind += " that cannot be read, so the videos in it could not be listed"
         raise VideoDecodeError(f"{path}: not a video file: {kind}")
+    if st.st_size == 0:  # FFmpeg says "Invalid data found when processing input"
+        raise VideoDecodeError(f"{path}: the file is empty (0 bytes)")
     return st
 
 
@@ -110,6 +114,15 @@ def open_file(path: str, **options) -> av.container.Container:
     ``cam1:a.mp4`` (a colon before any slash) is taken for a protocol, and ``file:a.mp4`` for
     another file."""
     return av.open("file:" + path, **options)
+
+
+def frame_numbers(indices: Sequence[int]) -> list[int]:
+    """``indices`` as whole frame numbers (ints, NumPy or 0-d tensor integers); a float or a
+    string is a ``ValueError`` rather than truncated or parsed."""
+    try:
+        return [operator.index(i) for i in indices]
+    except TypeError:
+        raise ValueError(f"indices: expected whole frame numbers, got {indices!r:.200}") from None
 
 
 def _open(path: str | os.PathLike[str], max_pixels: int = 0, headers_only: bool = False,

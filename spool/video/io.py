@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
@@ -30,8 +29,15 @@ from spool.video.index import (
     _cached_index,
     _open,
     clear_index_cache,
+    frame_numbers,
 )
-from spool.video.limits import DEFAULT_MAX_PIXELS, check_frame_size, current_max_pixels
+from spool.video.info import VideoInfo
+from spool.video.limits import (
+    DEFAULT_MAX_PIXELS,
+    check_frame_size,
+    check_output_size,
+    current_max_pixels,
+)
 from spool.video.orientation import apply_rotation, frame_orientation
 from spool.video.writer import SUPPORTED_CODECS, write_video
 
@@ -58,26 +64,6 @@ _SEEK_COST_FRAMES = 4
 # missed anyway). Such files are decoded from the start.
 _UNSEEKABLE_FORMATS = frozenset({"mpeg"})
 
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What ``probe_video`` finds. ``width``/``height`` are those of the upright output frames."""
-
-    path: str
-    num_frames: int
-    # True: counted from packets with distinct timestamps, one per frame (a damaged file may
-    # still decode fewer). False: an estimate (headers, or packets without usable timestamps).
-    num_frames_exact: bool
-    fps: float  # average frame rate
-    duration: float  # seconds
-    width: int
-    height: int
-    rotation: int  # display rotation in degrees counter-clockwise, applied by the readers
-    codec: str
-    pix_fmt: str | None
-    start_time: float  # pts of frame 0 in seconds
-    mirrored: bool = False  # mirrored left-right after the rotation (display matrix), as applied
 
 
 def _stream_fps(stream: av.VideoStream) -> float:
@@ -265,8 +251,7 @@ class VideoReader:
         ``(H, W)``: scale the upright frames to it while converting them to RGB (area
         averaging), cheaper in time and memory than resizing full frames afterwards.
         """
-        if size is not None and (len(size) != 2 or min(size) < 1):
-            raise ValueError(f"size: expected (height, width) >= 1, got {size}")
+        size = check_output_size(size, self.max_pixels)
         if strategy not in ("auto", "seek", "sequential"):
             raise ValueError(f"strategy: expected 'auto', 'seek' or 'sequential', "
                              f"got {strategy!r}")
@@ -274,7 +259,7 @@ class VideoReader:
         if indices is None:
             wanted, strict = list(range(n)), False
         else:
-            wanted, strict = [int(i) for i in indices], True
+            wanted, strict = frame_numbers(indices), True
             for i in wanted:
                 if i < 0:
                     raise ValueError(f"indices: expected frame numbers >= 0, got {i}")
@@ -319,7 +304,9 @@ class VideoReader:
         if len(shapes) > 1:
             raise VideoDecodeError(f"{self.path}: the frame size changes within the video "
                                    f"({', '.join(sorted(f'{w}x{h}' for h, w, _ in shapes))}); "
-                                   f"pass size=(height, width) to scale every frame to one")
+                                   f"Spool's commands read one size per video; in Python, "
+                                   f"VideoReader.get(size=(height, width)) scales every "
+                                   f"frame to one")
         return np.stack([got[i] for i in out]), np.asarray(times, np.float64)
 
     def get_chunks(self, indices: Sequence[int], size: int

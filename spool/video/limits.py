@@ -8,6 +8,7 @@ may change mid-stream).
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,9 +47,9 @@ def check_frame_size(path: str, width: int, height: int, max_pixels: int) -> Non
     from spool.video.io import VideoDecodeError  # io imports this module
 
     raise VideoDecodeError(
-        f"{path}: the frames are {width}x{height} ({width * height / 1e6:.1f} MP, "
+        f"{path}: the frames are {width}x{height} ({_pixels(width * height)}, "
         f"{width * height * 3 / 1e6:.0f} MB per decoded RGB frame), over the pixel budget of "
-        f"{max_pixels / 1e6:.1f} MP; if the file is genuine, raise the budget "
+        f"{_pixels(max_pixels)}; if the file is genuine, raise the budget "
         f"(spool extract --max-pixels {width}x{height}; max_pixels= in Python)")
 
 
@@ -60,3 +61,25 @@ def parse_max_pixels(text: str) -> int:
         raise ValueError(f"expected WIDTHxHEIGHT (e.g. 3840x2160), a pixel count or 0 for no "
                          f"limit, got {text!r}")
     return value
+
+
+def check_output_size(size: object, max_pixels: int) -> tuple[int, int] | None:
+    """``size`` as a reader takes it: None, or ``(height, width)`` in whole pixels >= 1 within
+    ``max_pixels`` (0: no limit); else ``ValueError`` naming it."""
+    if size is None:
+        return None
+    try:
+        height, width = (operator.index(x) for x in size)  # type: ignore[union-attr]
+    except (TypeError, ValueError):  # not a pair, or not of whole numbers
+        raise ValueError(f"size: expected (height, width) in whole pixels, got {size!r}") from None
+    if min(height, width) < 1:
+        raise ValueError(f"size: expected (height, width) >= 1, got {size!r}")
+    if max_pixels and height * width > max_pixels:
+        raise ValueError(f"size: {height}x{width} is over the pixel budget of "
+                         f"{_pixels(max_pixels)} (max_pixels)")
+    return height, width
+
+
+def _pixels(count: int) -> str:
+    """A pixel count for people: megapixels, or pixels where that would read 0.0 MP."""
+    return f"{count / 1e6:.1f} MP" if count >= 100_000 else f"{count:,} pixels"
