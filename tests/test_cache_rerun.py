@@ -462,3 +462,30 @@ def test_a_partial_cache_of_other_settings_says_which(model, tmp_path: Path, mon
     build_cache(model, _dataset(model, num_frames=2), out, batch_size=4)
     assert ("the partial cache there (8 of 16 videos done) was made with other settings "
             "(num_frames, sampler, shape); starting over") in spool_log.text
+
+
+def test_a_complete_cache_reused_beside_a_partial_one_says_it_is_there(
+        model, tmp_path: Path, monkeypatch, spool_log) -> None:
+    """A run with other settings killed over a complete cache, then the complete cache's own
+    command: "already done", while the killed run's partial file (as large as the cache)
+    stayed beside it unmentioned."""
+    import logging
+
+    from spool.data import token_rows
+
+    spool_log.set_level(logging.INFO, logger="spool")
+    out = tmp_path / "cache"
+    build_cache(model, _dataset(model, num_frames=2), out, batch_size=4)
+    monkeypatch.setattr(token_rows, "PROGRESS_EVERY_S", 0.0)
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        _decoded(patch, die_at=9)
+        build_cache(model, _dataset(model, num_frames=4), out, batch_size=4)
+    partial = out / token_rows.PARTIAL_NAME
+    assert partial.is_file()
+    spool_log.clear()
+    assert build_cache(model, _dataset(model, num_frames=2), out, batch_size=4).reused
+    assert (f"{out}: {token_rows.PARTIAL_NAME} (" in spool_log.text
+            and "holds an unfinished cache of other settings, kept so that their command "
+                "resumes it; delete it and .tokens.progress.json to free the space"
+            in spool_log.text)
+    assert partial.is_file()  # the killed command still resumes it

@@ -34,6 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 from spool.data.cached_tokens import (  # the reading side, re-exported
     BACKBONE_DIR,
     CACHE_META,
+    PARTIAL_NAME,
+    PROGRESS_NAME,
     TOKENS_NAME,
     CachedTokenDataset,
     cache_backbone_config,
@@ -58,6 +60,7 @@ from spool.io_utils import (
     atomic_write_text,
     file_location,
     file_version,
+    human_size,
     lock_directory,
     refresh_claim,
     release_claim,
@@ -157,6 +160,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
         meta["sources"] = [file_version(s.path) for s in dataset.samples]
         done = _complete_cache(out, keys, settings, fixed)
         if done is not None:
+            _note_partial_of_other_settings(out)
             cached = read_cache_meta(out)
             writer = RowsToRedo(out / TOKENS_NAME, cached, meta["sources"])
             writer.heartbeat = lambda: refresh_claim(lock)  # redoing every row may take hours
@@ -195,6 +199,16 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
     finally:
         release_claim(lock)
     return CacheSummary(out, len(rows), failures=failures)
+
+
+def _note_partial_of_other_settings(out: Path) -> None:
+    """Say that a killed run with other settings left its unfinished cache (as large as a
+    whole one), kept so that its command resumes it; a run with a third set replaces it."""
+    partial = out / PARTIAL_NAME
+    if partial.is_file():
+        logger.info(f"{out}: {PARTIAL_NAME} ({human_size(partial.stat().st_size)}) holds an "
+                    "unfinished cache of other settings, kept so that their command resumes "
+                    f"it; delete it and {PROGRESS_NAME} to free the space")
 
 
 def compute_record(compute_dtype: torch.dtype) -> dict[str, str]:
