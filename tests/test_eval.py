@@ -372,6 +372,8 @@ def test_a_rerun_stopped_before_its_files_leaves_no_metrics_beside_old_predictio
     monkeypatch.setattr(metrics, "plot_confusion_matrix", stopped)
     assert main(_eval_argv(tmp_path, tmp_path / "ev")) == 130
     assert not (tmp_path / "ev" / "metrics.json").exists()
+    # Nor the earlier run's picture (crash-safety audit: it stayed beside new predictions).
+    assert not (tmp_path / "ev" / "confusion_matrix.png").exists()
     monkeypatch.undo()
     assert main(_eval_argv(tmp_path, tmp_path / "ev")) == 0
     assert (tmp_path / "ev" / "metrics.json").is_file()

@@ -208,9 +208,10 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
         on_report(report)
     if out_dir is not None:
         out = Path(out_dir)
-        # Written last, and an earlier run's removed first: a run stopped between the files
-        # leaves no metrics.json beside another run's predictions.
-        (out / "metrics.json").unlink(missing_ok=True)
+        # Written last, and an earlier run's removed first (its picture too): a run stopped
+        # between the files leaves no metrics.json or picture beside another run's files.
+        for name in ("metrics.json", "confusion_matrix.png"):
+            (out / name).unlink(missing_ok=True)
         rows = [[dataset.samples[i].path, names[dataset.samples[i].label], names[int(c)],
                  f"{float(p[c]):.4f}"]
                 for i, p, c in zip(result.indices, result.scores, result.predictions,
