@@ -351,6 +351,26 @@ def test_a_fine_tuned_backbones_tokens_and_position_embeddings_are_not_decayed()
             assert id(params["context_frames.start"]) in no_decay
 
 
+def test_siglip_and_clip_position_embeddings_are_not_decayed_either():
+    """SigLIP's and CLIP's position embeddings are an Embedding's table
+    (``embeddings.position_embedding.weight``, a matrix): a fine-tuned one was decayed, where
+    the README says position embeddings are not."""
+    from spool.models.classification import SpoolForVideoClassification
+    from spool.train.builders import parameter_groups
+
+    vision = dict(hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=48, patch_size=8, image_size=32)
+    for model_type in ("siglip_vision_model", "clip_vision_model"):
+        config = tiny_config(freeze_backbone=False,
+                             backbone_config=dict(model_type=model_type, **vision))
+        model = SpoolForVideoClassification(config, class_names=["a", "b"])
+        decay, no_decay = ({id(p) for p in g["params"]} for g in parameter_groups(model, 0.05))
+        params = dict(model.named_parameters())
+        embeddings = "spool.backbone.model.embeddings."
+        assert id(params[embeddings + "position_embedding.weight"]) in no_decay, model_type
+        assert id(params[embeddings + "patch_embedding.weight"]) in decay, model_type
+
+
 def test_integer_labels_follow_their_own_classes_txt_when_class_names_are_given(tmp_path):
     """With --classes-from or as --val-data, the training classes are given: integer labels,
     which index the file's own classes.txt, were read as indices into the given list (``0``

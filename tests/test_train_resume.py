@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import final_weights, read_steps, train_config_dict
+from train_helpers import final_weights, read_epochs, read_steps, train_config_dict
 
 from spool.cli import main
 from spool.train.builders import warmup_cosine
@@ -407,6 +407,12 @@ def test_resume_with_another_batch_size_goes_on_from_the_samples_seen(tmp_path: 
     assert [epoch for epoch, _ in seen] == [0, 1, 1]  # the rest of epoch 1, all of epoch 2
     assert sorted(seen[1][1] + seen[2][1]) == list(range(16))
     assert [s for s, _ in read_steps(run)] == [1, 2, 3, 4, 5, 6, 7, 8, 9]  # in order
+    # Each epoch's rate is its last step's (metrics.csv gave the one a step later: the
+    # schedule's count no longer equals the optimizer steps taken).
+    with open(run / "steps.csv", newline="") as f:
+        used = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f)}
+    epochs = {int(r["step"]): float(r["lr"]) for r in read_epochs(run)}
+    assert epochs == pytest.approx({7: used[7], 9: used[9]}, rel=1e-6)
 
 
 def test_resume_with_epochs_below_the_checkpoint_is_refused(tmp_path: Path, spool_log) -> None:

@@ -301,9 +301,11 @@ def load_initial_weights(model: torch.nn.Module, cfg: TrainConfig) -> str:
     return f"init: the Spool of {cfg.init} ({parts}){where}; a new head for {len(names)} classes"
 
 
-# A fine-tuned backbone's learned tokens and position embeddings, by their last name
-# (transformers' Dinov2Embeddings): not decayed, as timm, MAE and VideoMAE fine-tune ViTs.
-_EMBEDDINGS = frozenset({"cls_token", "mask_token", "register_tokens", "position_embeddings"})
+# A fine-tuned backbone's learned tokens and position embeddings, by the end of their names
+# (transformers' DINOv2 and ViT embeddings; SigLIP's and CLIP's positions are an Embedding's
+# table): not decayed, as timm, MAE and VideoMAE fine-tune ViTs.
+_EMBEDDINGS = (".cls_token", ".mask_token", ".register_tokens", ".position_embeddings",
+               ".position_embedding.weight")
 
 
 def parameter_groups(model: VideoClassifier, weight_decay: float) -> list[dict]:
@@ -315,10 +317,16 @@ def parameter_groups(model: VideoClassifier, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        embedding = ".backbone." in f".{name}" and name.rsplit(".", 1)[-1] in _EMBEDDINGS
+        embedding = ".backbone." in f".{name}" and f".{name}".endswith(_EMBEDDINGS)
         (no_decay if p.ndim < 2 or name in skip or embedding else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+def last_step_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> float:
+    """The first group's rate at the last step taken, by the schedule's own count of steps (a
+    resume with another batch size sets that apart from the optimizer steps taken)."""
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch - 1)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int,

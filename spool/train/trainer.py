@@ -289,7 +289,7 @@ class Trainer:
         if self.val_set is not None and ((self.epoch + 1) % self.cfg.eval_every == 0 or last):
             val = self.evaluate()
         self.tracker.all_reduce()
-        lr = self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](self.step - 1)  # last step's
+        lr = builders.last_step_lr(self.scheduler)  # by its count, which may differ from step's
         row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "lr": lr,
                                **self.task.train_row(self.tracker), "epoch_seconds": seconds,
                                **val}
