@@ -11,6 +11,7 @@ import platform
 import sys
 import warnings
 from collections.abc import Hashable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
@@ -45,27 +46,37 @@ def resolve_device(name: str = "auto", index: int | None = None) -> torch.device
     return torch.device("cuda", index if index is not None else torch.cuda.current_device())
 
 
+MEMINFO = Path("/proc/meminfo")
+CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: this container's memory limit
+
+
 def available_memory_bytes() -> int | None:
     """Memory this process can still take: the kernel's ``MemAvailable``, capped by a cgroup
     limit where there is one; None where neither can be read."""
     found = []
+    with contextlib.suppress(OSError):
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        with open("/sys/fs/cgroup/memory.current") as f:
-            used = int(f.read().strip())
+        limit = (CGROUP / "memory.max").read_text().strip()
         if limit != "max":
-            found.append(int(limit) - used)
+            used = int((CGROUP / "memory.current").read_text())
+            found.append(int(limit) - used + _inactive_file_bytes())
     except (OSError, ValueError):
         pass
     return min(found) if found else None
+
+
+def _inactive_file_bytes() -> int:
+    """The cgroup's page cache that the kernel drops first (what offloaded states and decoded
+    files fill): not in use, as kubelet's working set counts memory; 0 where unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in (CGROUP / "memory.stat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "inactive_file":
+                return int(value)
+    return 0
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

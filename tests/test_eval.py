@@ -377,3 +377,21 @@ def test_a_rerun_stopped_before_its_files_leaves_no_metrics_beside_old_predictio
     monkeypatch.undo()
     assert main(_eval_argv(tmp_path, tmp_path / "ev")) == 0
     assert (tmp_path / "ev" / "metrics.json").is_file()
+
+
+def test_the_skipped_note_says_why_videos_were_skipped() -> None:
+    """A video skipped for a full offload disk or memory was counted as unreadable ("2
+    unreadable, skipped"; "every one was unreadable"), though the file was fine."""
+    from spool.train.evaluate import skipped_note
+
+    def report(*errors, count=None):
+        rows = [[f"v{i}.mp4", e, "..."] for i, e in enumerate(errors)]
+        return {"skipped": len(errors) if count is None else count, "skipped_videos": rows}
+
+    assert skipped_note(report()) == ""
+    assert skipped_note(report("VideoDecodeError")) == " (1 unreadable, skipped)"
+    assert skipped_note(report("MemoryError", "OutOfMemoryError")) == \
+        " (2 out of memory or disk, skipped)"
+    assert skipped_note(report("FileNotFoundError", "MemoryError")) == \
+        " (1 unreadable, 1 out of memory or disk, skipped)"
+    assert skipped_note(report("MemoryError", count=3)) == " (3 skipped)"  # other ranks' too

@@ -225,3 +225,27 @@ def logging_getter():
     import logging
 
     return logging.getLogger("spool.test")
+
+
+def test_a_containers_page_cache_counts_as_available(tmp_path, monkeypatch) -> None:
+    """Under a cgroup limit, available memory was memory.max - memory.current, which counts
+    the page cache an offloaded pass fills: the next long video could be refused for memory
+    the kernel would give back. Its inactive file pages count as available now."""
+    import spool.runtime as runtime
+
+    gib = 2**30
+    monkeypatch.setattr(runtime, "CGROUP", tmp_path)
+    monkeypatch.setattr(runtime, "MEMINFO", tmp_path / "meminfo")
+    (tmp_path / "meminfo").write_text(f"MemTotal: {64 * gib // 1024} kB\n"
+                                      f"MemAvailable: {20 * gib // 1024} kB\n")
+    (tmp_path / "memory.max").write_text(f"{8 * gib}\n")
+    (tmp_path / "memory.current").write_text(f"{6 * gib}\n")  # 3 GiB of it page cache
+    (tmp_path / "memory.stat").write_text(f"anon {3 * gib}\nfile {3 * gib}\n"
+                                          f"active_file {gib}\ninactive_file {2 * gib}\n")
+    assert runtime.available_memory_bytes() == 4 * gib  # 8 - 6 + 2
+    (tmp_path / "memory.stat").unlink()  # unknown: the limit less all it uses, as before
+    assert runtime.available_memory_bytes() == 2 * gib
+    (tmp_path / "memory.max").write_text("max\n")  # no limit: the machine's
+    assert runtime.available_memory_bytes() == 20 * gib
+    (tmp_path / "meminfo").unlink()
+    assert runtime.available_memory_bytes() is None

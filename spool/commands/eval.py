@@ -111,7 +111,8 @@ def _nothing_scored(count: int) -> int:
     checks it must not take them for a result."""
     if count:
         return 0
-    print("spool eval: no video could be scored (every one was unreadable)", file=sys.stderr)
+    print("spool eval: no video could be scored (each was skipped; the lines above say why)",
+          file=sys.stderr)
     return 1
 
 

@@ -139,8 +139,19 @@ def skipped_fields(count: int, skipped: list[SkippedVideo]) -> dict[str, Any]:
 
 
 def skipped_note(report: dict[str, Any]) -> str:
-    """What follows the video count in a printed report: `` (1 unreadable, skipped)``."""
-    return f" ({report['skipped']} unreadable, skipped)" if report.get("skipped") else ""
+    """What follows the video count in a printed report: `` (1 unreadable, skipped)``, ``(1
+    unreadable, 2 out of memory or disk, skipped)``; `` (3 skipped)`` when other ranks skipped
+    some (their reasons are theirs)."""
+    count = report.get("skipped")
+    if not count:
+        return ""
+    errors = [error for _, error, _ in report.get("skipped_videos", [])]
+    if len(errors) != count:
+        return f" ({count} skipped)"
+    short = sum(error in ("MemoryError", "OutOfMemoryError") for error in errors)
+    why = [f"{count - short} unreadable"] * (count > short) + \
+        [f"{short} out of memory or disk"] * (short > 0)
+    return f" ({', '.join(why)}, skipped)"
 
 
 def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
