@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -395,3 +396,14 @@ def test_the_skipped_note_says_why_videos_were_skipped() -> None:
     assert skipped_note(report("FileNotFoundError", "MemoryError")) == \
         " (1 unreadable, 1 out of memory or disk, skipped)"
     assert skipped_note(report("MemoryError", count=3)) == " (3 skipped)"  # other ranks' too
+
+
+def test_eval_shows_its_progress_unless_quiet(tmp_path: Path, capsys) -> None:
+    """A clip classifier's evaluation showed nothing until its report (hours on a large
+    set), and `spool eval` had no --quiet for the frame classifiers' bars."""
+    argv = _eval_argv(tmp_path, tmp_path / "ev")
+    assert main(argv) == 0
+    assert re.search(r"eval: 100%\|.*\| 8/8 \[", capsys.readouterr().err)
+    assert main([*argv, "--quiet"]) == 0
+    said = capsys.readouterr()
+    assert said.err == "" and "top-1" in said.out

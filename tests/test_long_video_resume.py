@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -41,7 +42,8 @@ def _interrupt_layer(monkeypatch, at: int, error: BaseException | None = None) -
 
 @pytest.mark.parametrize("at", [0, 1, 2])  # in the first, the middle, the last layer
 def test_a_pass_interrupted_in_a_layer_goes_on_from_the_last_finished_one(
-        tmp_path, monkeypatch, at):
+        tmp_path, monkeypatch, at, spool_log):
+    spool_log.set_level(logging.INFO, logger="spool")
     model = Spool(tiny_config(num_hidden_layers=3, local_frame_range=2, **TOKENS),
                   with_backbone=False).eval()
     tokens = torch.randn(23, model.config.num_spatial_tokens, model.config.hidden_size)
@@ -56,6 +58,9 @@ def test_a_pass_interrupted_in_a_layer_goes_on_from_the_last_finished_one(
     got = model.forward_long(tokens, chunk_frames=4, keep_features=True,
                              resume=ResumableHiddenState(tmp_path / "state", "k"))
     assert len(calls) == 3 - at  # the layers done before are not run again
+    # Said (long-video audit: only a bar starting part-way showed it, none with --quiet).
+    assert (f"{tmp_path / 'state'}: resuming the pass: 23 of 23 frames encoded, {at} temporal "
+            f"layer(s) done") in spool_log.text
     torch.testing.assert_close(got.features, want.features, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.context, want.context, atol=1e-5, rtol=1e-5)
 
@@ -87,9 +92,10 @@ def test_a_pass_on_the_gpu_interrupted_goes_on_to_the_cpus_result(
     torch.testing.assert_close(got.context.cpu(), want.context, atol=1e-4, rtol=1e-4)
 
 
-def test_another_key_starts_afresh(tmp_path, monkeypatch):
+def test_another_key_starts_afresh(tmp_path, monkeypatch, spool_log):
     """What the state depends on changed (the weights, the video, the settings): its folder
     is emptied and the pass starts from the first frame."""
+    spool_log.set_level(logging.INFO, logger="spool")
     model = Spool(tiny_config(num_hidden_layers=2, **TOKENS), with_backbone=False).eval()
     tokens = torch.randn(9, model.config.num_spatial_tokens, model.config.hidden_size)
     calls = _interrupt_layer(monkeypatch, 1)
@@ -101,6 +107,8 @@ def test_another_key_starts_afresh(tmp_path, monkeypatch):
     calls.clear()
     got = model.forward_long(other, resume=ResumableHiddenState(folder, "new"))
     assert len(calls) == 2 and not (folder / "stray").exists()
+    assert (f"{folder}: the state saved there is of another pass (other weights, settings, "
+            "video or length); starting afresh") in spool_log.text
     monkeypatch.undo()
     torch.testing.assert_close(got.context, model.forward_long(other).context)
 

@@ -56,7 +56,8 @@ def test_eval_skips_and_counts_an_unreadable_video(tmp_path: Path, capsys) -> No
     model.config.sampling = {"name": "uniform", "num_frames": 4}
     model.save_pretrained(tmp_path / "model")
     assert main(["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(data),
-                 "--num-workers", "2", "--batch-size", "4", "--out", str(tmp_path / "ev")]) == 0
+                 "--num-workers", "2", "--batch-size", "4", "--out", str(tmp_path / "ev"),
+                 "--quiet"]) == 0  # (no bar: stderr holds the skip alone)
     printed = capsys.readouterr()
     assert "videos: 8 (1 unreadable, skipped)" in printed.out
     assert printed.err.startswith(f"skipping {bad}: VideoDecodeError: ")

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size or 8,
                                  num_workers=2 if args.num_workers is None else args.num_workers,
                                  device=args.device, out_dir=args.out,
-                                 on_report=lambda r: print(format_report(r), flush=True))
+                                 on_report=lambda r: print(format_report(r), flush=True),
+                                 progress=not args.quiet)
     if args.out:
         print(f"\nwrote {args.out}/metrics.json, confusion_matrix.png, predictions.csv")
     return _nothing_scored(report["count"])
@@ -100,7 +101,8 @@ def _run_frames(args: argparse.Namespace) -> int:
         background=None if args.background is None else tuple(args.background),
         overrides=dict(args.model or []), device=args.device, out_dir=args.out,
         chunk_frames=args.chunk_frames or 32, offload_dir=args.offload_dir,
-        on_report=lambda s: print(format_segmentation(s), flush=True), progress=True)
+        on_report=lambda s: print(format_segmentation(s), flush=True),
+        progress=not args.quiet)
     if args.out and scores["videos"]:
         print(f"\nwrote {args.out}/metrics.json, ribbons.png, predictions/<video>.csv")
     return _nothing_scored(scores["videos"])
@@ -160,4 +162,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "confusion_matrix.png and predictions.csv (score: probability of the "
                         "predicted class); frames: ribbons.png and predictions/VIDEO.csv "
                         "(without it, the metrics are printed and nothing is written)")
+    parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                        help="no progress bars")
     parser.set_defaults(func=run)

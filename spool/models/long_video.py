@@ -291,7 +291,8 @@ def forward_long(model, video: str | os.PathLike | torch.Tensor, *,
     # Counted in frames through layers: a layer over a long video takes minutes.
     layers = tqdm(total=config.num_hidden_layers * (num_frames + 2), unit="frame",
                   initial=first * (num_frames + 2), disable=not progress, leave=False,
-                  desc=f"temporal ({config.num_hidden_layers} layers)")
+                  desc=f"temporal ({config.num_hidden_layers} "
+                       f"layer{'s' * (config.num_hidden_layers != 1)})")
     work = stream_temporal_stack(model.temporal, work, chunk_frames, layers.update,
                                  start_layer=first,
                                  before_layer=None if resume is None else resume.before_layer)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -31,6 +32,9 @@ import numpy as np
 import torch
 
 from spool.io_utils import OUT_OF_ROOM, atomic_write_text, file_location, human_size
+from spool.runtime import EVERY_RANK
+
+logger = logging.getLogger(__name__)
 
 RECORD_NAME = "state.json"
 # A video too long for RAM (the up-front check's MemoryError) or for a device's memory.
@@ -69,6 +73,10 @@ class ResumableHiddenState:
                  or any(not _has_size(self.folder / n, s) for n, s in zip(names, sizes,
                                                                            strict=True)))
         if fresh:
+            if record is not None:  # said: hours of work may go with it
+                logger.info(f"{self.folder}: the state saved there is of another pass (other "
+                            "weights, settings, video or length); starting afresh",
+                            extra=EVERY_RANK)
             self.remove()
             self.folder.mkdir(parents=True)
             free = shutil.disk_usage(self.folder).free
@@ -90,6 +98,10 @@ class ResumableHiddenState:
         self.buffers = [torch.from_numpy(a) for a in self._arrays[:2]]
         if fresh:
             self._write_record()
+        elif self.encoded or self.layers_done:  # else only the bars would show it
+            logger.info(f"{self.folder}: resuming the pass: {self.encoded} of {shape[0] - 2} "
+                        f"frames encoded, {self.layers_done} temporal layer(s) done",
+                        extra=EVERY_RANK)  # each rank's own video
         return self
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from spool.data.dataset import (
     SkippedVideo,
@@ -154,15 +155,26 @@ def skipped_note(report: dict[str, Any]) -> str:
     return f" ({', '.join(why)}, skipped)"
 
 
+def _counted_on(bar: tqdm) -> Callable[[DataLoader], Iterator[dict]]:
+    """``evaluate``'s ``iterate``: the loader, each batch's videos (scored or skipped)
+    counted on ``bar``."""
+    def iterate(loader: DataLoader) -> Iterator[dict]:
+        for batch in loader:
+            yield batch
+            bar.update(len(batch.get("label", ())) + len(batch["skipped"]))
+    return iterate
+
+
 def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
                         cache: str | None = None, *, overrides: dict[str, Any] | None = None,
                         num_clips: int = 1,
                         num_frames: int | None = None, frame_stride: int | None = None,
                         batch_size: int = 8, num_workers: int = 2, device: str = "auto",
                         out_dir: str | os.PathLike | None = None,
-                        on_report: Callable[[dict[str, Any]], object] | None = None
-                        ) -> dict[str, Any]:
-    """Evaluate a saved classifier on videos (``data``) or a token ``cache``.
+                        on_report: Callable[[dict[str, Any]], object] | None = None,
+                        progress: bool = False) -> dict[str, Any]:
+    """Evaluate a saved classifier on videos (``data``) or a token ``cache`` (``progress``: a
+    bar of its videos).
 
     Videos are sampled as in training (the checkpoint's ``config.sampling``) unless
     ``num_frames`` / ``frame_stride`` say otherwise. Returns ``{"top1", "top5", "loss",
@@ -207,9 +219,11 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
         samples, _ = read_annotations(data, names)
         dataset = VideoClipDataset(samples, names, clip_sampler(frames, stride, num_clips),
                                    model.config.preprocessing())
-    result = evaluate(model, dataset, len(names), batch_size=batch_size,
-                      num_workers=num_workers if cache is None else 0, device=dev,
-                      keep_scores=True)
+    with tqdm(total=len(dataset), desc="eval", unit="video", disable=not progress,
+              dynamic_ncols=True) as bar:
+        result = evaluate(model, dataset, len(names), batch_size=batch_size,
+                          num_workers=num_workers if cache is None else 0, device=dev,
+                          keep_scores=True, iterate=_counted_on(bar))
     metrics, confusion = result.metrics, result.tracker.confusion
     report = {**metrics, "per_class": dict(zip(names, per_class_accuracy(confusion),
                                                strict=True)),
