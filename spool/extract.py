@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import os
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +24,11 @@ from tqdm import tqdm
 from spool import __version__
 from spool.claims import claim_record, kept_alive
 from spool.config import settings_hash
-from spool.extract_inputs import VideoJob, as_recorded, name_clash, other_source
+from spool.extract_inputs import VideoJob, name_clash, other_source
+from spool.extract_outputs import is_done, remove_outputs, source_metadata
 from spool.io_utils import (
     OUT_OF_ROOM,
     atomic_save_safetensors,
-    file_version,
     merge_failures,
     release_claim,
     try_claim,
@@ -38,9 +38,10 @@ from spool.models.frame_classification import FrameClassifier
 from spool.models.frame_encoder import FrameEncoderModel
 from spool.models.long_video import check_memory
 from spool.models.long_video_state import (
-    OUT_OF_MEMORY,
     ResumableHiddenState,
+    out_of_memory,
     pass_folder,
+    release_device_memory,
     resumable_pass,
 )
 from spool.models.spool import Spool
@@ -48,13 +49,13 @@ from spool.models.weights import weights_digest
 from spool.runtime import autocast_to, print_line, rank_prefix
 from spool.tensor_files import (
     StreamedTensor,
-    read_safetensors_metadata,
     write_streamed_safetensors,
 )
 from spool.video import FrameSampler, VideoReader
 from spool.video.completeness import check_file_complete, check_reader_complete
 from spool.video.index import UNREADABLE
 from spool.video.limits import DEFAULT_MAX_PIXELS, pixel_budget
+from spool.video.samplers import SamplingError
 
 logger = logging.getLogger(__name__)
 
@@ -131,28 +132,6 @@ def load_feature_model(checkpoint: str | None, overrides: dict | None = None, *,
                        "so 'context' and 'features' are not meaningful features; "
                        "--backbone-only saves the backbone's own tokens as 'features'")
     return Spool(SpoolConfig(**overrides))
-
-
-def source_metadata(source: Path) -> dict[str, str]:
-    """Which video an output was made from: its path, size and modification time (an output
-    of another file, or of an earlier version of this one, is redone)."""
-    version = file_version(source)
-    name = as_recorded(source)  # safetensors metadata is UTF-8
-    if version is None:  # reported as a failure when it is read
-        return {"source": name}
-    return {"source": name, "source_size": str(version[0]),
-            "source_mtime_ns": str(version[1])}
-
-
-def is_done(output: Path, settings: dict[str, str]) -> bool:
-    """An output that opens and was made with the same weights and settings (an output missing
-    any of today's keys was made by an older version and is redone)."""
-    if not output.is_file():
-        return False
-    meta = read_safetensors_metadata(output)
-    if meta is None:  # a damaged file is simply redone
-        return False
-    return all(meta.get(k) == v for k, v in settings.items() if k != "spool_version")
 
 
 class FeatureExtractor:
@@ -335,63 +314,81 @@ class FeatureExtractor:
 
     def run(self, jobs: list[VideoJob], *, progress: bool = True, desc: str = "extract",
             failure_log: Path | None = None) -> ExtractSummary:
+        """Extract each job's video (``progress``: a bar of them, ``desc`` its label); with
+        ``failure_log``, its rows are merged into that ``failures.csv`` when the run ends, or
+        stops on an error or a signal (what it found is kept)."""
         summary = ExtractSummary()
         self.progress = progress  # a whole-video mode's bars for its frames and layers too
-        bar = tqdm(jobs, unit="video", disable=not progress, dynamic_ncols=True, desc=desc)
-        for job in bar:
-            expected = dict(self.settings, **source_metadata(job.source))
-            try:  # an output or claim name too long for the file system fails this video
-                if self._finished(job, expected):
-                    summary.skipped += 1
-                    summary.settled.append(str(job.source))
-                    if self.offload_dir is not None:  # killed between writing and tidying
-                        ResumableHiddenState(pass_folder(self.offload_dir, str(job.output)),
-                                             "").remove()
-                    continue
-                # Jobs sharing the output folder split the videos: one claim file per output.
-                claim = try_claim(job.output, source=expected["source"])
-            except (OSError, UnicodeError) as err:
-                if isinstance(err, OSError) and err.errno in OUT_OF_ROOM:
-                    raise  # no room for a claim: none for the features either
-                _report_failure(summary, job, err)
-                continue
-            if claim is None:
-                other = claim_record(job.output).get("source", expected["source"])
-                if other == expected["source"]:
-                    summary.elsewhere += 1
-                else:  # the same output name from another folder: it would never be written
-                    _report_failure(summary, job, name_clash(job.output, other, "is writing"))
-                continue
-            try:
-                if self._finished(job, expected):  # finished since the first look
-                    summary.skipped += 1
-                    summary.settled.append(str(job.source))
-                    continue
-                other = other_source(job.output, expected["source"])
-                if other is not None:  # not overwritten: they are another video's features
-                    _report_failure(summary, job, name_clash(job.output, other, "holds"))
-                    continue
-                try:
-                    with kept_alive(claim):
-                        self._extract(job, expected)
-                except (*UNREADABLE, *OUT_OF_MEMORY) as err:  # one bad or too long video
-                    if isinstance(err, OSError) and err.errno in OUT_OF_ROOM:
-                        raise  # a full disk is no bad video: the next would fail alike
-                    if "source_size" in expected:  # not when the video is gone: kept
-                        _remove_outputs(job.output)  # of another version, or settings
-                    _report_failure(summary, job, err)
-                    continue
-                except ValueError as err:  # a setting this video can't take: stop, say which
-                    raise ValueError(f"{job.source}: {err}") from err
-                if self.settings["mode"] != "frame_predictions":  # a classifier's, earlier
-                    _remove_outputs(job.output, keep_main=True)
-                summary.done += 1
-                summary.settled.append(str(job.source))
-            finally:
-                release_claim(claim)
-        if failure_log is not None:
-            merge_failures(failure_log, summary.failures, summary.settled)
+        stopped = True
+        try:
+            for job in tqdm(jobs, unit="video", disable=not progress, dynamic_ncols=True,
+                            desc=desc):
+                self._run_job(job, summary)
+            stopped = False
+        finally:
+            if failure_log is not None:  # on a stop, the stop's own error comes first
+                with suppress(OSError) if stopped else nullcontext():
+                    merge_failures(failure_log, summary.failures, summary.settled)
         return summary
+
+    def _run_job(self, job: VideoJob, summary: ExtractSummary) -> None:
+        """One video: skipped when done, claimed, extracted, or reported as failed."""
+        expected = dict(self.settings, **source_metadata(job.source))
+        try:  # an output or claim name too long for the file system fails this video
+            if self._finished(job, expected):
+                summary.skipped += 1
+                summary.settled.append(str(job.source))
+                if self.offload_dir is not None:  # killed between writing and tidying
+                    ResumableHiddenState(pass_folder(self.offload_dir, str(job.output)),
+                                         "").remove()
+                return
+            # Jobs sharing the output folder split the videos: one claim file per output.
+            claim = try_claim(job.output, source=expected["source"])
+        except (OSError, UnicodeError) as err:
+            if isinstance(err, OSError) and err.errno in OUT_OF_ROOM:
+                raise  # no room for a claim: none for the features either
+            _report_failure(summary, job, err)
+            return
+        if claim is None:
+            other = claim_record(job.output).get("source", expected["source"])
+            if other == expected["source"]:
+                summary.elsewhere += 1
+            else:  # the same output name from another folder: it would never be written
+                _report_failure(summary, job, name_clash(job.output, other, "is writing"))
+            return
+        try:
+            if self._finished(job, expected):  # finished since the first look
+                summary.skipped += 1
+                summary.settled.append(str(job.source))
+                return
+            other = other_source(job.output, expected["source"])
+            if other is not None:  # not overwritten: they are another video's features
+                _report_failure(summary, job, name_clash(job.output, other, "holds"))
+                return
+            try:
+                with kept_alive(claim):
+                    self._extract(job, expected)
+            except Exception as err:
+                if isinstance(err, OSError) and err.errno in OUT_OF_ROOM:
+                    raise  # a full disk is no bad video: the next would fail alike
+                if isinstance(err, UNREADABLE):
+                    if "source_size" in expected:  # not when the video is gone: kept
+                        remove_outputs(job.output)  # of another version of the file
+                elif isinstance(err, SamplingError) or out_of_memory(err):
+                    release_device_memory(err)  # a video at odds with the settings (its rate,
+                    # its length): kept, as the file is what it was, and the others go on
+                elif isinstance(err, ValueError):  # a setting no video takes: stop, say which
+                    raise ValueError(f"{job.source}: {err}") from err
+                else:  # a bug: its traceback
+                    raise
+                _report_failure(summary, job, err)
+                return
+            if self.settings["mode"] != "frame_predictions":  # a classifier's, earlier
+                remove_outputs(job.output, keep_main=True)
+            summary.done += 1
+            summary.settled.append(str(job.source))
+        finally:
+            release_claim(claim)
 
 
 def _state_key(metadata: dict[str, str]) -> str:
@@ -403,13 +400,3 @@ def _report_failure(summary: ExtractSummary, job: VideoJob, err: BaseException) 
     message = str(err).replace("\n", " ")
     summary.failures.append((str(job.source), type(err).__name__, message))
     print_line(f"{rank_prefix()}FAILED {job.source}: {type(err).__name__}: {message}")
-
-
-def _remove_outputs(output: Path, keep_main: bool = False) -> None:
-    """What an earlier run wrote for this video: not done (``is_done``), so it is of another
-    version of the file or other settings, and would be read as this run's otherwise
-    (``keep_main``: all but ``output``, which this run has just written)."""
-    from spool.extract_frames import segments_path
-
-    for path in (segments_path(output),) if keep_main else (output, segments_path(output)):
-        path.unlink(missing_ok=True)

@@ -56,8 +56,8 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
     writer.writerow(["start_s", "end_s", "label", "score"])
     writer.writerows(segment_rows(labels, score, starts, ends, names))
     # An earlier run's CSV goes first and this one's comes last: a re-run takes the pair as
-    # finished (``extract.is_done``, and the CSV there) only when both are this run's. (Written
-    # first, a run killed before its .safetensors left its CSV beside another run's.)
+    # finished (``extract_outputs.is_done``, and the CSV there) only when both are this run's.
+    # (Written first, a run killed before its .safetensors left its CSV beside another run's.)
     segments_path(output).unlink(missing_ok=True)
     tensors = {"labels": labels, "scores": probs, "frame_indices": out.frame_indices,
                "timestamps": times}

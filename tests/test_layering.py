@@ -16,7 +16,7 @@ LAYERS = {
     "spool.tensor_files": 0, "spool.file_names": 0, "spool.processes": 0,
     "spool.video": 1, "spool.layers": 2, "spool.backbones": 2, "spool.models": 3,
     "spool.metrics": 3, "spool.data": 4, "spool.train": 5, "spool.extract": 5,
-    "spool.extract_inputs": 5,
+    "spool.extract_inputs": 5, "spool.extract_outputs": 5,
     "spool.extract_frames": 5, "spool.demo": 6, "spool.commands": 7,
     "spool.cli": 7, "spool.__main__": 7,
 }

@@ -237,7 +237,8 @@ def test_spool_extract_per_frame_goes_on_with_the_video_it_was_interrupted_in(
 
 
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory"),
-                                   MemoryError("no room in RAM")])
+                                   MemoryError("no room in RAM"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory")])
 def test_running_out_of_memory_keeps_the_layers_done(tmp_path, monkeypatch, capsys, error):
     """An OOM in a layer failed the video and removed its state: the rerun with smaller
     chunks, or the state in RAM, encoded the video again from its first frame. It is kept
@@ -298,6 +299,25 @@ def test_a_damaged_record_or_folder_starts_afresh(tmp_path, record):
         folder.mkdir()
         (folder / "state.json").write_text(json.dumps(record))
     got = model.forward_long(tokens, resume=ResumableHiddenState(folder, "k"))
+    torch.testing.assert_close(got.context, model.forward_long(tokens).context)
+
+
+def test_a_cut_state_is_said_to_be_damaged_not_of_another_pass(tmp_path, monkeypatch,
+                                                                spool_log):
+    """A state whose files were cut (its record this pass's) was said to be "of another pass
+    (other weights, settings, video or length)"."""
+    spool_log.set_level(logging.INFO, logger="spool")
+    model = Spool(tiny_config(num_hidden_layers=2, **TOKENS), with_backbone=False).eval()
+    tokens = torch.randn(9, 5, 24)
+    folder = tmp_path / "state"
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # (spool_log's
+        _interrupt_layer(patch, 1)  # patch stays)
+        model.forward_long(tokens, resume=ResumableHiddenState(folder, "k"))
+    with open(folder / "hidden1.f32", "r+b") as f:
+        f.truncate(100)
+    got = model.forward_long(tokens, resume=ResumableHiddenState(folder, "k"))
+    assert f"{folder}: the state saved there is cut short or damaged; starting afresh" in \
+        spool_log.text
     torch.testing.assert_close(got.context, model.forward_long(tokens).context)
 
 

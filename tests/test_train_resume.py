@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import final_weights, read_epochs, read_steps, train_config_dict
+from train_helpers import (
+    TINY_MODEL,
+    final_weights,
+    read_epochs,
+    read_steps,
+    train_config_dict,
+)
 
 from spool.cli import main
 from spool.train.builders import warmup_cosine
@@ -496,3 +502,28 @@ def test_by_default_each_epoch_ends_with_a_checkpoint(tmp_path: Path) -> None:
     train(TrainConfig(**train_config_dict(run, val_data=None, resume="auto")))
     resumed = final_weights(run)
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_checkpoint_with_the_earlier_weight_decay_groups_resumes_with_them(
+        tmp_path: Path, monkeypatch, spool_log) -> None:
+    """A fine-tuned SigLIP's position table moved to the undecayed group: a checkpoint made
+    before, with it decayed, failed to resume ("loaded state dict contains a parameter group
+    that doesn't match the size of optimizer's group"). It goes on with its own groups."""
+    from spool.train import builders
+
+    siglip = dict(model_type="siglip_vision_model", hidden_size=16, num_hidden_layers=1,
+                  num_attention_heads=2, intermediate_size=32, patch_size=8, image_size=32)
+    model = {**TINY_MODEL, "backbone_config": siglip, "freeze_backbone": False}
+    fields = dict(model=model, val_data=None, epochs=1)
+    real = builders.parameter_groups
+    with monkeypatch.context() as patch:  # as an earlier version grouped them
+        patch.setattr(builders, "parameter_groups", lambda m, wd, embeddings=None: real(
+            m, wd, builders._EMBEDDINGS_BEFORE))
+        train(TrainConfig(**train_config_dict(tmp_path / "whole", **fields)))
+        train(TrainConfig(**train_config_dict(tmp_path / "run", stop_after_steps=2, **fields)))
+    spool_log.set_level(logging.INFO, logger="spool")
+    train(TrainConfig(**train_config_dict(tmp_path / "run", resume="auto", **fields)))
+    assert "goes on with the weight-decay groups it began with" in spool_log.text
+    assert read_steps(tmp_path / "run") == read_steps(tmp_path / "whole")
+    for key, value in final_weights(tmp_path / "whole").items():
+        torch.testing.assert_close(final_weights(tmp_path / "run")[key], value)

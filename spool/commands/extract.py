@@ -225,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
         # One bar, rank 0's (a bar per rank interleaves in a log file), its share said.
         share = f" (rank 0: 1/{dist.world_size} of the videos)" if dist.world_size > 1 else ""
         summary = extractor.run(jobs, progress=not args.no_progress and dist.is_main,
-                                desc=f"extract{share}")
+                                desc=f"extract{share}",  # (its rows kept if it stops too)
+                                failure_log=out_dir / "failures.csv")
         wait_for_ranks("its share of the videos")
         summaries = all_gather_objects((summary.done, summary.skipped, summary.failures,
                                         summary.elsewhere, summary.settled))

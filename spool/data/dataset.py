@@ -118,7 +118,7 @@ def read_annotation_file(path: str | os.PathLike, class_names: Sequence[str] | N
         video = Path(rel) if Path(rel).is_absolute() else base / rel
         if check_files and not video.is_file():
             raise ValueError(f"{path}, line {lineno}: video file not found: {video}")
-        first = listed.setdefault(os.path.normpath(video), (lineno, target))
+        first = listed.setdefault(os.path.realpath(video), (lineno, target))  # any spelling
         if first[1] != target:  # one video, two labels: training would pull both ways
             raise ValueError(f"{path}, lines {first[0]} and {lineno}: {rel} is labelled "
                              f"{names[first[1]]!r} and {names[target]!r}; one label per video")

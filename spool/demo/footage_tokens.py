@@ -111,7 +111,7 @@ def encode_video(encoder: torch.nn.Module, path: Path, fps: float, pooling: int,
     """Tokens ``[N, L, D]`` (fp16), times and thumbnails of ``path``'s frames at ``fps``
     (``FpsSampler``: the frame shown at each ``k / fps`` seconds); ``progress``: a bar of
     the frames encoded (a long clip takes minutes on a CPU)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from spool.video import VideoReader
     from spool.video.samplers import FpsSampler

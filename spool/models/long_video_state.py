@@ -74,8 +74,9 @@ class ResumableHiddenState:
                                                                            strict=True)))
         if fresh:
             if record is not None:  # said: hours of work may go with it
-                logger.info(f"{self.folder}: the state saved there is of another pass (other "
-                            "weights, settings, video or length); starting afresh",
+                why = ("is of another pass (other weights, settings, video or length)"
+                       if not _valid(record, key, shape) else "is cut short or damaged")
+                logger.info(f"{self.folder}: the state saved there {why}; starting afresh",
                             extra=EVERY_RANK)
             self.remove()
             self.folder.mkdir(parents=True)
@@ -287,5 +288,19 @@ def resumable_pass(folder: str | os.PathLike, name: str, key: str
 def _out_of_room(err: Exception) -> bool:
     """No fault of the input: the same pass goes on with smaller chunks, the state in RAM
     rather than on the device, or after room is made on the disk."""
-    return (isinstance(err, OUT_OF_MEMORY)
-            or isinstance(err, OSError) and err.errno in OUT_OF_ROOM)
+    return out_of_memory(err) or isinstance(err, OSError) and err.errno in OUT_OF_ROOM
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is memory running out: RAM (``MemoryError``, or the ``RuntimeError``
+    of torch's CPU allocator, which the up-front estimate can miss) or a device's."""
+    return isinstance(err, OUT_OF_MEMORY) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+
+
+def release_device_memory(err: BaseException) -> None:
+    """After a GPU out-of-memory error, the failed pass's tensors (held by the traceback's
+    frames) and the cached blocks go back for the next video."""
+    if isinstance(err, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
+        err.__traceback__ = None
+        torch.cuda.empty_cache()

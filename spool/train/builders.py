@@ -308,19 +308,48 @@ _EMBEDDINGS = (".cls_token", ".mask_token", ".register_tokens", ".position_embed
                ".position_embedding.weight")
 
 
-def parameter_groups(model: VideoClassifier, weight_decay: float) -> list[dict]:
+_EMBEDDINGS_BEFORE = _EMBEDDINGS[:-1]  # checkpoints of earlier versions: SigLIP's decayed
+
+
+def parameter_groups(model: VideoClassifier, weight_decay: float,
+                     embeddings: tuple[str, ...] = _EMBEDDINGS) -> list[dict]:
     """Weight decay on matrices only: not on biases, norms, a fine-tuned backbone's learned
-    tokens and position embeddings, or what the model declares in ``no_weight_decay()``
-    (the learned context frames)."""
+    tokens and position embeddings (``embeddings``: their names' ends), or what the model
+    declares in ``no_weight_decay()`` (the learned context frames)."""
     skip = model.no_weight_decay()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        embedding = ".backbone." in f".{name}" and f".{name}".endswith(_EMBEDDINGS)
+        embedding = ".backbone." in f".{name}" and f".{name}".endswith(embeddings)
         (no_decay if p.ndim < 2 or name in skip or embedding else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: VideoClassifier, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups` at ``cfg.lr``."""
+    return torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+
+
+def regroup_as_saved(optimizer: torch.optim.Optimizer, model: VideoClassifier,
+                     cfg: TrainConfig, saved: dict) -> None:
+    """Resuming: a run whose checkpoint an earlier version made with other weight-decay groups
+    (it decayed a SigLIP's or CLIP's position table) keeps them to its end, said; a
+    ``ValueError`` when no grouping Spool made matches ``saved`` (an optimizer state)."""
+    sizes = [len(group["params"]) for group in saved["param_groups"]]
+    if sizes == [len(group["params"]) for group in optimizer.param_groups]:
+        return
+    before = parameter_groups(model, cfg.weight_decay, _EMBEDDINGS_BEFORE)
+    if sizes != [len(group["params"]) for group in before]:
+        raise ValueError(f"resume: the checkpoint's optimizer holds groups of {sizes} "
+                         "parameters, which no grouping of this model's gives; start a new "
+                         "run (--init the checkpoint's model)")
+    for group, old in zip(optimizer.param_groups, before, strict=True):
+        group["params"] = old["params"]
+    logger.info("resume: the run goes on with the weight-decay groups it began with, made by "
+                "an earlier version: its backbone's position table is decayed, which a new run "
+                "would leave undecayed")
 
 
 def last_step_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> float:

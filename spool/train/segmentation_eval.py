@@ -35,7 +35,7 @@ from spool.io_utils import atomic_write_text
 from spool.metrics.ribbons import plot_ribbons
 from spool.metrics.segmentation import SegmentationMetrics
 from spool.models.frame_classification import FrameClassifier
-from spool.models.long_video_state import OUT_OF_MEMORY
+from spool.models.long_video_state import out_of_memory, release_device_memory
 from spool.runtime import warn_once
 from spool.train.evaluate import skipped_fields, skipped_note
 from spool.train.metrics import json_text
@@ -77,17 +77,6 @@ class SegmentationResult:
                 "unlabelled": self.unlabelled, **skipped_fields(self.num_skipped, self.skipped)}
 
 
-TOO_LONG = OUT_OF_MEMORY  # one video too long: the rest go on
-
-
-def _release_device_memory(err: BaseException) -> None:
-    """After a GPU out-of-memory error, the failed pass's tensors (held by the traceback's
-    frames) and the cached blocks go back for the next video."""
-    if isinstance(err, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
-        err.__traceback__ = None
-        torch.cuda.empty_cache()
-
-
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -124,8 +113,10 @@ def evaluate_segmentation(model: FrameClassifier,
             try:  # the tokens stay in RAM: the pass takes them to the device a chunk at a time
                 out = model.predict_long(item["tokens"], chunk_frames=chunk_frames,
                                          offload_dir=offload_dir)
-            except TOO_LONG as err:  # one video too long: the rest go on
-                _release_device_memory(err)
+            except Exception as err:  # one video too long: the rest go on
+                if not out_of_memory(err):
+                    raise
+                release_device_memory(err)
                 result.skipped.append(skipped_video(i, data.videos[i].get("video", name), err))
                 report_skipped(result.skipped[-1:], seen)
                 continue
@@ -144,8 +135,10 @@ def evaluate_segmentation(model: FrameClassifier,
                 info = probe_video(sample.video)
                 start = info.start_time
                 warn_if_labels_disagree(sample, info.num_frames, info.duration)
-            except (*UNREADABLE, *TOO_LONG) as err:  # one video too long: the rest go on
-                _release_device_memory(err)
+            except Exception as err:  # one video unreadable or too long: the rest go on
+                if not (isinstance(err, UNREADABLE) or out_of_memory(err)):
+                    raise
+                release_device_memory(err)
                 result.skipped.append(skipped_video(i, sample.video, err))
                 report_skipped(result.skipped[-1:], seen)
                 continue

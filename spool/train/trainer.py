@@ -92,8 +92,7 @@ class Trainer:
                 warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated")
                 self.module = DistributedDataParallel(self.model, device_ids=ids,
                                                       broadcast_buffers=False)
-        groups = builders.parameter_groups(self.model, cfg.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.optimizer = builders.build_optimizer(self.model, cfg)
         self.steps_per_epoch = len(builders.epoch_batches(len(self.train_set), self.local_batch,
                                                           world, rank, cfg.seed, 0))
         if self.steps_per_epoch == 0:
@@ -194,6 +193,7 @@ class Trainer:
     def _resume(self, path: Path, state: dict[str, Any]) -> None:
         check_and_load_state_dict(self.model, state["weights"], str(path / WEIGHTS_NAME))
         decays = [group["weight_decay"] for group in self.optimizer.param_groups]
+        builders.regroup_as_saved(self.optimizer, self.model, self.cfg, state["optimizer"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch = state["step"], state["epoch"]

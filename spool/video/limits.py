@@ -75,7 +75,7 @@ def check_output_size(size: object, max_pixels: int) -> tuple[int, int] | None:
     if min(height, width) < 1:
         raise ValueError(f"size: expected (height, width) >= 1, got {size!r}")
     if max_pixels and height * width > max_pixels:
-        raise ValueError(f"size: {height}x{width} is over the pixel budget of "
+        raise ValueError(f"size: (height, width) = ({height}, {width}) is over the pixel budget of "
                          f"{_pixels(max_pixels)} (max_pixels)")
     return height, width
 

@@ -113,6 +113,11 @@ def _note_repeats(indices: list[int], target_fps: float) -> None:
 MAX_FPS, MAX_REPEATS = 1000.0, 100  # FpsSampler: above both, a typo (see FpsSampler._count)
 
 
+class SamplingError(ValueError):
+    """A sampler that cannot take this video's frames (for its frame rate): a batch job fails
+    the video, not the job, as other videos may take the same settings."""
+
+
 def _cap(indices: list[int], max_frames: int | None) -> list[int]:
     return indices if max_frames is None else indices[:max_frames]
 
@@ -274,7 +279,7 @@ class FpsSampler(FrameSampler):
         if self.max_frames is not None and samples > self.max_frames:
             return self.max_frames
         if self.target_fps > MAX_FPS and samples > MAX_REPEATS * num_frames:
-            raise ValueError(f"fps: {self.target_fps:g} fps would take each frame of this video "
+            raise SamplingError(f"fps: {self.target_fps:g} fps would take each frame of this video "
                              f"more than {MAX_REPEATS} times; give an fps near the videos' "
                              "own rates")
         return max(1, math.ceil(samples))
