@@ -279,12 +279,12 @@ def test_the_curves_say_held_out_and_how_it_differs_from_the_table(monkeypatch,
     """curves.png drew 12 legend entries over the accuracy panel, called the held-out clips
     "val" (the table says held-out) and did not say that its last point is not the table's
     (the table averages rotations)."""
-    import matplotlib.pyplot as plt
-
+    from spool.metrics import figures as spool_figures
     from spool.train.metrics import plot_curves
 
-    figures = []
-    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
+    figures, save = [], spool_figures.save_png
+    monkeypatch.setattr(spool_figures, "save_png",
+                        lambda fig, *args, **kw: (figures.append(fig), save(fig, *args, **kw)))
     rows = [{"epoch": 1, "train_loss": 0.7, "train_top1": 0.5, "val_top1": 0.5,
              "val_loss": 0.7}]
     plot_curves({f"run {i}": rows for i in range(6)}, tmp_path / "c.png", label="accuracy",

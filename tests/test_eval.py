@@ -407,3 +407,12 @@ def test_eval_shows_its_progress_unless_quiet(tmp_path: Path, capsys) -> None:
     assert main([*argv, "--quiet"]) == 0
     said = capsys.readouterr()
     assert said.err == "" and "top-1" in said.out
+
+
+def test_figures_name_a_runs_checkpoint_after_its_run() -> None:
+    """Every run saves to RUN/model, so the confusion matrix and ribbons said "model"."""
+    from spool.train.evaluate import checkpoint_label
+
+    assert checkpoint_label("runs/kinetics-k4/model") == "kinetics-k4"
+    assert checkpoint_label("exported/my-classifier") == "my-classifier"
+    assert checkpoint_label("model") == "model"

@@ -55,3 +55,67 @@ def test_errors_name_the_argument(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"ground_truth\['a'\]: expected class indices"):
         plot_ribbons(tmp_path / "x.png", {"a": np.full(10, 7)}, {}, CLASSES)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_long_ribbon_shows_each_columns_most_frequent_label() -> None:
+    """Drawn a pixel per frame, 400 one-frame errors in 20,000 frames showed as 20 evenly
+    spaced lines (every n-th frame). Each of at most COLUMNS columns now shows its run of
+    frames' most frequent label, unlabelled frames included."""
+    from spool.metrics.ribbons import COLUMNS, _downsampled
+
+    labels = np.zeros(20_000, np.int64)
+    labels[::50] = 1
+    labels[10_000:12_000] = 2
+    labels[15_000:] = -100
+    got = _downsampled(labels, COLUMNS, -100)
+    assert len(got) == COLUMNS and set(got.tolist()) == {0, 2, -100}
+    assert (got[600:720] == 2).all() and (got[900:] == -100).all()
+    short = np.array([0, 1, 1, -100])
+    assert _downsampled(short, COLUMNS, -100) is short
+
+
+def test_figures_leave_the_users_backend_and_carry_no_version(tmp_path: Path) -> None:
+    """matplotlib.use("Agg") inside the library switched a notebook's or a GUI's backend for
+    good; the PNGs held "Software: Matplotlib version...", so bytes differed by version."""
+    import matplotlib
+    import torch
+    from PIL import Image
+
+    from spool.train.metrics import plot_confusion_matrix, plot_curves
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        plot_confusion_matrix(torch.tensor([[3, 1], [0, 2]]), ["a", "b"], tmp_path / "m.png")
+        plot_curves({"run": [{"epoch": 1, "train_loss": 0.5, "train_top1": 0.5}]},
+                    tmp_path / "c.png")
+        plot_ribbons(tmp_path / "r.png", {"v": [0, 1, 1]}, {"m": {"v": [0, 0, 1]}},
+                     ["a", "b"])
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    for name in ("m.png", "c.png", "r.png"):
+        with Image.open(tmp_path / name) as image:
+            assert "Software" not in image.info, name
+
+
+def test_curves_leave_out_what_is_not_finite_and_mark_a_single_epoch(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """A run's first epoch drew nothing for training (a dashed line of one point), and a NaN
+    or inf loss was dropped without a word."""
+    from spool.metrics import figures as spool_figures
+    from spool.train.metrics import plot_curves
+
+    drawn, save = [], spool_figures.save_png
+    monkeypatch.setattr(spool_figures, "save_png",
+                        lambda fig, *args, **kw: (drawn.append(fig), save(fig, *args, **kw)))
+    rows = [{"epoch": 1, "train_loss": 0.8, "train_top1": 0.6},
+            {"epoch": 2, "train_loss": float("nan"), "train_top1": 0.6, "val_loss": "inf",
+             "val_top1": 0.5}]
+    plot_curves({"a run": rows[:1]}, tmp_path / "one.png")
+    loss = drawn[0].axes[0]
+    assert [line.get_marker() for line in loss.get_lines()] == ["o"]
+    plot_curves({"a run": rows}, tmp_path / "two.png")
+    loss = drawn[1].axes[0]
+    assert loss.get_title() == "Loss (2 values not finite, left out)"
+    assert [list(line.get_xdata()) for line in loss.get_lines()] == [[1]]

@@ -185,19 +185,14 @@ def plot_clips(tokens: list, lengths: list[int], data: dict[str, dict], results:
                path: Path, frames_shown: int = 8) -> None:
     """``path``: a PNG of the figure clips of every task, one row each: the frames as shown
     and what Spool says (altered or not, with its probability), right or wrong."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from spool.io_utils import atomic_path
+    from spool.metrics.figures import new_figure, save_png
 
     thumbs = np.concatenate([v.thumbs for v in tokens])
     times = np.concatenate([v.times for v in tokens])
     starts = np.cumsum([0] + lengths)
     rows = [(t, i) for t, d in data.items() for i in range(len(d["figure"]))]
-    fig, axes = plt.subplots(max(1, len(rows)), 1, figsize=(12, 1.9 * max(1, len(rows))),
-                             squeeze=False)
+    fig = new_figure(12, 1.9 * max(1, len(rows)))
+    axes = fig.subplots(max(1, len(rows)), 1, squeeze=False)
     for ax, (task, i) in zip(axes[:, 0], rows, strict=False):
         d = data[task]
         clip = d["figure"][i].numpy()
@@ -219,9 +214,7 @@ def plot_clips(tokens: list, lengths: list[int], data: dict[str, dict], results:
     if not rows:
         axes[0, 0].set_axis_off()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:

@@ -132,6 +132,13 @@ def evaluate(model: VideoClassifier, dataset: Dataset, num_classes: int, *,
     return result
 
 
+def checkpoint_label(model_dir: str | os.PathLike) -> str:
+    """A checkpoint's name in figures: its run's folder for a run's ``model/`` (every run
+    saves there, so "model" named them all alike)."""
+    path = Path(model_dir)
+    return path.parent.name or path.name if path.name == "model" else path.name
+
+
 def skipped_fields(count: int, skipped: list[SkippedVideo]) -> dict[str, Any]:
     """The report's ``skipped`` (unreadable videos over every rank, not in the metrics) and
     ``skipped_videos`` (this rank's: path, error, message)."""
@@ -245,6 +252,7 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
         csv.writer(buffer).writerows([["path", "label", "prediction", "score"], *rows])
         atomic_write_text(out / "predictions.csv", buffer.getvalue())  # before the picture
         plot_confusion_matrix(confusion, names, out / "confusion_matrix.png",
-                              title=f"{Path(model_dir).name}: top-1 {100 * metrics['top1']:.1f}%")
+                              title=f"{checkpoint_label(model_dir)}: top-1 "
+                                    f"{100 * metrics['top1']:.1f}%")
         atomic_write_text(out / "metrics.json", json_text(report))
     return report

@@ -99,35 +99,35 @@ class MetricTracker:
 
 def plot_confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str],
                           path: str | os.PathLike, title: str = "Confusion matrix") -> None:
-    """Row-normalised confusion matrix with counts, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Row-normalised confusion matrix (colour: share of the true class) with counts, as a
+    PNG; names past 30 characters are shortened (metrics.json has them whole)."""
+    from spool.metrics.figures import new_figure, save_png
 
     C = confusion.shape[0]
     rates = confusion.double() / confusion.sum(dim=1, keepdim=True).clamp(min=1)
     # Capped: 0.45 in per class made 400 classes a 20,000-pixel PNG that took 16 GB to draw.
     size = min(max(4.0, 0.45 * C + 2), 24.0)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig = new_figure(size + 1, size)
+    ax = fig.subplots()
     im = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-    if C <= 60:  # class names stop being legible beyond that
-        ticks = range(C)
-        ax.set_xticks(ticks, list(class_names), rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(ticks, list(class_names), fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    named = C <= 60  # class names stop being legible beyond that
+    if named:
+        names = [textwrap.shorten(str(n), 30, placeholder="...") for n in class_names]
+        ax.set_xticks(range(C), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(C), names, fontsize=8)
+    index = "" if named else " (class index; names in order in metrics.json)"
+    ax.set_xlabel(f"predicted class{index}")
+    ax.set_ylabel(f"true class{index}")
     ax.set_title(title)
     if C <= 30:  # counts stop being legible beyond that
         for i in range(C):
             for j in range(C):
                 ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if rates[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.colorbar(im, ax=ax, fraction=0.046).set_label(
+        "share of the true class" + (" (numbers: counts)" if C <= 30 else ""))
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.PathLike,
@@ -137,47 +137,55 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
     a PNG. Rows hold ``epoch``, ``train_<metric>``, ``train_loss`` and, on the epochs that were
     evaluated, ``val_<metric>`` (and ``val_loss`` where there is one), drawn as ``val_name``;
     ``scale`` takes the accuracies to percent (100: fractions); ``note``: a line under the
-    accuracy's title. Many runs share one legend below the plots."""
+    accuracy's title. Many runs share one legend below the plots. Values that are not finite
+    (a diverged run) are left out, and the title says so."""
     import matplotlib
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from spool.metrics.figures import new_figure, save_png
 
     below = len(histories) > 2  # one legend below the plots
     # Columns fill first: an odd number of runs in 2 would split a run's pair of lines.
     columns = 2 if len(histories) % 2 == 0 else 1
     rows_of_legend = 2 * len(histories) // columns
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4 + (0.25 * rows_of_legend
-                                                                  if below else 0)))
+    fig = new_figure(11, 4 + (0.25 * rows_of_legend if below else 0))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    table = matplotlib.colormaps["tab10" if len(histories) <= 10 else "tab20"].colors
+    dropped = 0
     for i, (name, rows) in enumerate(histories.items()):
-        colour = f"C{i}"
-        for split, style in (("train", "--"), ("val", "o-")):
+        name = textwrap.shorten(str(name), 40, placeholder="...")
+        for split, style in (("train", "--"), ("val", "-")):
             for key, ax, factor in ((f"{split}_loss", ax_loss, 1),
                                     (f"{split}_{metric}", ax_acc, scale)):
                 have = [r for r in rows if r.get(key) not in (None, "")]  # val: some epochs
-                if have:
-                    ax.plot([r["epoch"] for r in have], [factor * float(r[key]) for r in have],
-                            style, color=colour, markersize=3,
+                finite = [r for r in have if math.isfinite(float(r[key]))]
+                dropped += len(have) - len(finite)
+                if finite:  # markers: a run's first epoch is a point, not a line
+                    ax.plot([r["epoch"] for r in finite],
+                            [factor * float(r[key]) for r in finite], style, marker="o",
+                            color=table[i % len(table)], markersize=3,
                             label=f"{name} {'train' if split == 'train' else val_name}")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    gaps = f" ({dropped} values not finite, left out)" if dropped else ""
+    ax_loss.set(xlabel="epoch", ylabel="loss", title=f"Loss{gaps}")
     title = "\n".join([label.capitalize(), *textwrap.wrap(note or "", 60)])
     ax_acc.set(xlabel="epoch", ylabel=f"{label} (%)", title=title, ylim=(0, 100))
+    last = max((int(r["epoch"]) for rows in histories.values() for r in rows), default=1)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        if not below:
-            ax.legend(fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # not 0.96, 1.04
+        ax.set_xlim(0.5, last + 0.5)
+        if not below and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, handlelength=3)  # long enough to show train's dashes
     if below:
         handles = {}
         for ax in (ax_acc, ax_loss):
             for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
                 handles.setdefault(name, handle)
         fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=columns,
-                   fontsize=7)
+                   fontsize=7, handlelength=3)
     fig.tight_layout(rect=(0, 0.2 * rows_of_legend / (4 + 0.25 * rows_of_legend) if below
                            else 0, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
 
 
 def rewrite_csv(path: Path, fields: tuple[str, ...], keep: Any = None,

@@ -37,7 +37,7 @@ from spool.metrics.segmentation import SegmentationMetrics
 from spool.models.frame_classification import FrameClassifier
 from spool.models.long_video_state import out_of_memory, release_device_memory
 from spool.runtime import warn_once
-from spool.train.evaluate import skipped_fields, skipped_note
+from spool.train.evaluate import checkpoint_label, skipped_fields, skipped_note
 from spool.train.metrics import json_text
 from spool.video.completeness import check_file_complete
 from spool.video.io import probe_video
@@ -198,7 +198,9 @@ def write_segmentation_report(result: SegmentationResult, class_names: list[str]
     if shown:
         plot_ribbons(out / "ribbons.png", {k: v.target for k, v in shown.items()},
                      {title: {k: v.pred for k, v in shown.items()}}, class_names,
-                     background=[class_names.index(b) for b in background], fps=fps)
+                     background=[class_names.index(b) for b in background], fps=fps,
+                     title=f"{title}: the first {len(shown)} of {len(result.videos)} videos"
+                     if len(shown) < len(result.videos) else None)
     for name, video in result.videos.items():
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -311,6 +313,6 @@ def evaluate_frame_checkpoint(model_dir: str | os.PathLike, data: str | None = N
         # Seconds on the ribbons' axis where the frames came at a fixed rate (the CSVs'
         # frame_index counts the video's frames, not the sampled ones).
         rate = (dataset.sampling if sampler is None else sampler.to_dict()) or {}
-        write_segmentation_report(result, names, out_dir, Path(model_dir).name,
+        write_segmentation_report(result, names, out_dir, checkpoint_label(model_dir),
                                   background=background, fps=rate.get("target_fps"))
     return report

@@ -294,7 +294,6 @@ class Trainer:
                                **self.task.train_row(self.tracker), "epoch_seconds": seconds,
                                **val}
         self.history.append(row)
-        metric, label, scale = self.task.accuracy
         if self.info.is_main:
             append_csv(self.out / "metrics.csv", self.task.epoch_fields, row)
             if self.tb is not None:
@@ -302,7 +301,8 @@ class Trainer:
                     if key not in ("epoch", "step"):
                         self.tb.add_scalar(key.replace("_", "/", 1), value, self.epoch + 1)
                 self.tb.flush()
-            plot_curves({"run": self.history}, self.out / "curves.png", metric, label, scale)
+            plot_curves({self.cfg.name or self.out.name: self.history}, self.out / "curves.png",
+                        *self.task.accuracy)  # (metric, label, scale)
         self.log(f"epoch {self.epoch + 1}/{self.cfg.epochs}: {self.task.describe(row)} "
                  f"({seconds:.1f}s)")
         self.epoch += 1
