@@ -153,7 +153,7 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
     table = matplotlib.colormaps["tab10" if len(histories) <= 10 else "tab20"].colors
     dropped = 0
     for i, (name, rows) in enumerate(histories.items()):
-        name = textwrap.shorten(str(name), 40, placeholder="...")
+        name = textwrap.shorten(str(name), 60, placeholder="...")
         for split, style in (("train", "--"), ("val", "-")):
             for key, ax, factor in ((f"{split}_loss", ax_loss, 1),
                                     (f"{split}_{metric}", ax_acc, scale)):
