@@ -119,3 +119,19 @@ def test_curves_leave_out_what_is_not_finite_and_mark_a_single_epoch(tmp_path: P
     loss = drawn[1].axes[0]
     assert loss.get_title() == "Loss (2 values not finite, left out)"
     assert [list(line.get_xdata()) for line in loss.get_lines()] == [[1]]
+
+
+def test_background_classes_are_drawn_grey(tmp_path: Path, monkeypatch) -> None:
+    """A background class (no segment) had an ordinary colour, blue for class 0, as if it
+    were an action."""
+    from spool.metrics import figures as spool_figures
+
+    drawn, save = [], spool_figures.save_png
+    monkeypatch.setattr(spool_figures, "save_png",
+                        lambda fig, *args, **kw: (drawn.append(fig), save(fig, *args, **kw)))
+    plot_ribbons(tmp_path / "r.png", {"v": [0, 0, 1, 2]}, {"m": {"v": [0, 1, 1, 2]}},
+                 ["bg", "pour", "stir"], background=[0])
+    image = np.asarray(drawn[0].axes[0].images[0].get_array())
+    grey = np.array([0.85, 0.85, 0.85, 1.0])
+    assert np.allclose(image[0, 0], grey) and np.allclose(image[1, 0], grey)
+    assert np.allclose(image[0, 2], class_colours(3)[1])  # the actions keep their colours

@@ -17,6 +17,7 @@ from spool.metrics.segmentation import IGNORE_INDEX, _as_labels, video_scores
 __all__ = ["class_colours", "plot_ribbons"]
 
 _UNLABELLED = np.array([1.0, 1.0, 1.0, 1.0])  # white (no colour): frames without a label
+_BACKGROUND = np.array([0.85, 0.85, 0.85, 1.0])  # light grey: classes that are no segments
 COLUMNS = 1200  # frames drawn at most per ribbon: about the figure's width in pixels
 
 
@@ -71,7 +72,7 @@ def plot_ribbons(path: str | os.PathLike, ground_truth: Mapping[str, Any],
     ``ground_truth``: ``{video: [T] class indices}`` (``ignore_index`` = unlabelled);
     ``predictions``: ``{model: {video: [T] class indices}}``, every model covering every
     video. ``show_scores`` adds each row's edit and F1@50 (``background`` classes are not
-    segments) to its label. Written atomically.
+    segments; drawn light grey) to its label. Written atomically.
     """
     from matplotlib.patches import Patch
 
@@ -81,6 +82,7 @@ def plot_ribbons(path: str | os.PathLike, ground_truth: Mapping[str, Any],
         raise ValueError("ground_truth: expected at least one video, got none")
     colours = class_colours(len(class_names))
     background = list(background)
+    colours[[b for b in background if 0 <= b < len(colours)]] = _BACKGROUND  # not segments
     panels, any_unlabelled, shown = [], False, set()
     for video, target in ground_truth.items():
         target = _as_labels(target, f"ground_truth[{video!r}]").astype(np.int64)
