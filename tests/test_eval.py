@@ -396,6 +396,11 @@ def test_the_skipped_note_says_why_videos_were_skipped() -> None:
     assert skipped_note(report("FileNotFoundError", "MemoryError")) == \
         " (1 unreadable, 1 out of memory or disk, skipped)"
     assert skipped_note(report("MemoryError", count=3)) == " (3 skipped)"  # other ranks' too
+    # torch's CPU allocator runs out in a RuntimeError, which eval skips as out of memory
+    allocator = {"skipped": 2, "skipped_videos": [
+        ["a.mp4", "RuntimeError", "DefaultCPUAllocator: can't allocate memory: you tried"],
+        ["b.mp4", "RuntimeError", "shape mismatch"]]}
+    assert skipped_note(allocator) == " (1 unreadable, 1 out of memory or disk, skipped)"
 
 
 def test_eval_shows_its_progress_unless_quiet(tmp_path: Path, capsys) -> None:

@@ -119,10 +119,8 @@ def plot_ribbons(path: str | os.PathLike, ground_truth: Mapping[str, Any],
     heights = [0.42 * len(names) + 0.55 for _, _, names in panels]
     fig = new_figure(12, sum(heights) + 1.0 + legend)
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
-    longest_video = 0
     for ax, (video, image, names) in zip(axes[:, 0], panels, strict=True):
         T = len(ground_truth[video])
-        longest_video = max(longest_video, T)
         end = T / fps if fps else T
         # One image per panel: a 10,000-frame ribbon is one draw call, not thousands of bars.
         ax.imshow(image, aspect="auto", interpolation="nearest", extent=(0, end, len(names), 0))
@@ -133,7 +131,7 @@ def plot_ribbons(path: str | os.PathLike, ground_truth: Mapping[str, Any],
         ax.set_title(video, fontsize=8, loc="left")
     # Without fps the x axis counts the sampled frames (at 1 fps, 40 is 40 s, not frame 40).
     merged = ("; a longer video's columns each show its most frequent label"
-              if longest_video > COLUMNS else "")
+              if max(map(len, ground_truth.values())) > COLUMNS else "")
     axes[-1, 0].set_xlabel(("time (s)" if fps else "sampled frame") + merged, fontsize=8)
     fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=7, frameon=False)
     if title:

@@ -291,11 +291,21 @@ def _out_of_room(err: Exception) -> bool:
     return out_of_memory(err) or isinstance(err, OSError) and err.errno in OUT_OF_ROOM
 
 
+_ALLOCATOR_FAILED = "can't allocate memory"  # torch's CPU allocator, in a RuntimeError
+
+
 def out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` is memory running out: RAM (``MemoryError``, or the ``RuntimeError``
     of torch's CPU allocator, which the up-front estimate can miss) or a device's."""
     return isinstance(err, OUT_OF_MEMORY) or (
-        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+        isinstance(err, RuntimeError) and _ALLOCATOR_FAILED in str(err))
+
+
+def said_out_of_memory(error: str, message: str) -> bool:
+    """:func:`out_of_memory` of an error known by its type's name and its message (a
+    report's row of a skipped video)."""
+    return error in {kind.__name__ for kind in OUT_OF_MEMORY} or (
+        error == "RuntimeError" and _ALLOCATOR_FAILED in message)
 
 
 def release_device_memory(err: BaseException) -> None:

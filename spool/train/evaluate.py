@@ -26,6 +26,7 @@ from spool.data.dataset import (
 )
 from spool.io_utils import atomic_write_text
 from spool.models.classification import VideoClassifier
+from spool.models.long_video_state import said_out_of_memory
 from spool.train.metrics import MetricTracker, average_clip_scores
 
 
@@ -136,7 +137,7 @@ def checkpoint_label(model_dir: str | os.PathLike) -> str:
     """A checkpoint's name in figures: its run's folder for a run's ``model/`` (every run
     saves there, so "model" named them all alike)."""
     path = Path(model_dir)
-    return path.parent.name or path.name if path.name == "model" else path.name
+    return (path.parent.name or path.name) if path.name == "model" else path.name
 
 
 def skipped_fields(count: int, skipped: list[SkippedVideo]) -> dict[str, Any]:
@@ -153,10 +154,10 @@ def skipped_note(report: dict[str, Any]) -> str:
     count = report.get("skipped")
     if not count:
         return ""
-    errors = [error for _, error, _ in report.get("skipped_videos", [])]
-    if len(errors) != count:
+    rows = report.get("skipped_videos", [])
+    if len(rows) != count:
         return f" ({count} skipped)"
-    short = sum(error in ("MemoryError", "OutOfMemoryError") for error in errors)
+    short = sum(said_out_of_memory(error, message) for _, error, message in rows)
     why = [f"{count - short} unreadable"] * (count > short) + \
         [f"{short} out of memory or disk"] * (short > 0)
     return f" ({', '.join(why)}, skipped)"

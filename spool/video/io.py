@@ -65,7 +65,6 @@ _SEEK_COST_FRAMES = 4
 _UNSEEKABLE_FORMATS = frozenset({"mpeg"})
 
 
-
 def _stream_fps(stream: av.VideoStream) -> float:
     rate = stream.average_rate or stream.guessed_rate
     return float(rate) if rate else 1.0

@@ -279,9 +279,9 @@ class FpsSampler(FrameSampler):
         if self.max_frames is not None and samples > self.max_frames:
             return self.max_frames
         if self.target_fps > MAX_FPS and samples > MAX_REPEATS * num_frames:
-            raise SamplingError(f"fps: {self.target_fps:g} fps would take each frame of this video "
-                             f"more than {MAX_REPEATS} times; give an fps near the videos' "
-                             "own rates")
+            raise SamplingError(f"fps: {self.target_fps:g} fps would take each frame of this "
+                                f"video more than {MAX_REPEATS} times; give an fps near the "
+                                "videos' own rates")
         return max(1, math.ceil(samples))
 
     def step_seconds(self, fps: float) -> float:
