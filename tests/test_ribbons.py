@@ -135,3 +135,24 @@ def test_background_classes_are_drawn_grey(tmp_path: Path, monkeypatch) -> None:
     grey = np.array([0.85, 0.85, 0.85, 1.0])
     assert np.allclose(image[0, 0], grey) and np.allclose(image[1, 0], grey)
     assert np.allclose(image[0, 2], class_colours(3)[1])  # the actions keep their colours
+
+
+def test_a_loss_spanning_decades_is_drawn_on_a_log_axis(tmp_path: Path, monkeypatch) -> None:
+    """A loss falling from 2.3 to 0.004 was a flat line at 0 from the third epoch on; a loss
+    that stays within a small range keeps a linear axis."""
+    from spool.metrics import figures as spool_figures
+    from spool.train.metrics import plot_curves
+
+    drawn, save = [], spool_figures.save_png
+    monkeypatch.setattr(spool_figures, "save_png",
+                        lambda fig, *args, **kw: (drawn.append(fig), save(fig, *args, **kw)))
+    falling = [{"epoch": e, "train_loss": loss, "train_top1": 0.5}
+               for e, loss in enumerate([2.3, 0.2, 0.02, 0.004], start=1)]
+    plot_curves({"a run": falling}, tmp_path / "log.png")
+    assert drawn[0].axes[0].get_yscale() == "log"
+    assert drawn[0].axes[0].get_ylabel() == "loss (log scale)"
+    flat = [{**r, "train_loss": loss}
+            for r, loss in zip(falling, [0.9, 0.7, 0.6, 0.5], strict=True)]
+    plot_curves({"a run": flat, "zero": [{"epoch": 1, "train_loss": 0.0}]},
+                tmp_path / "linear.png")
+    assert drawn[1].axes[0].get_yscale() == "linear"

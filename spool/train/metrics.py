@@ -130,6 +130,10 @@ def plot_confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str],
     save_png(fig, path, dpi=110)
 
 
+# The loss axis is logarithmic when the largest loss drawn is this many times the smallest.
+LOG_LOSS_SPAN = 30.0
+
+
 def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.PathLike,
                 metric: str = "top1", label: str = "top-1", scale: float = 100.0,
                 val_name: str = "val", note: str | None = None) -> None:
@@ -138,7 +142,8 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
     evaluated, ``val_<metric>`` (and ``val_loss`` where there is one), drawn as ``val_name``;
     ``scale`` takes the accuracies to percent (100: fractions); ``note``: a line under the
     accuracy's title. Many runs share one legend below the plots. Values that are not finite
-    (a diverged run) are left out, and the title says so."""
+    (a diverged run) are left out, and the title says so; losses spanning a factor of
+    ``LOG_LOSS_SPAN`` or more are drawn on a log axis."""
     import matplotlib
     from matplotlib.ticker import MaxNLocator
 
@@ -151,7 +156,7 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
     fig = new_figure(11, 4 + (0.25 * rows_of_legend if below else 0))
     ax_loss, ax_acc = fig.subplots(1, 2)
     table = matplotlib.colormaps["tab10" if len(histories) <= 10 else "tab20"].colors
-    dropped = 0
+    dropped, losses = 0, []
     for i, (name, rows) in enumerate(histories.items()):
         name = textwrap.shorten(str(name), 60, placeholder="...")
         for split, style in (("train", "--"), ("val", "-")):
@@ -160,13 +165,18 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: str | os.Pat
                 have = [r for r in rows if r.get(key) not in (None, "")]  # val: some epochs
                 finite = [r for r in have if math.isfinite(float(r[key]))]
                 dropped += len(have) - len(finite)
+                if ax is ax_loss:
+                    losses += [float(r[key]) for r in finite]
                 if finite:  # markers: a run's first epoch is a point, not a line
                     ax.plot([r["epoch"] for r in finite],
                             [factor * float(r[key]) for r in finite], style, marker="o",
                             color=table[i % len(table)], markersize=3,
                             label=f"{name} {'train' if split == 'train' else val_name}")
     gaps = f" ({dropped} values not finite, left out)" if dropped else ""
-    ax_loss.set(xlabel="epoch", ylabel="loss", title=f"Loss{gaps}")
+    # A loss falling from 2 to 0.005 is a flat line at 0 on a linear axis after epoch 3.
+    log = bool(losses) and min(losses) > 0 and max(losses) / min(losses) >= LOG_LOSS_SPAN
+    ax_loss.set(xlabel="epoch", ylabel="loss (log scale)" if log else "loss",
+                title=f"Loss{gaps}", yscale="log" if log else "linear")
     title = "\n".join([label.capitalize(), *textwrap.wrap(note or "", 60)])
     ax_acc.set(xlabel="epoch", ylabel=f"{label} (%)", title=title, ylim=(0, 100))
     last = max((int(r["epoch"]) for rows in histories.values() for r in rows), default=1)
