@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -401,6 +402,11 @@ def test_the_skipped_note_says_why_videos_were_skipped() -> None:
         ["a.mp4", "RuntimeError", "DefaultCPUAllocator: can't allocate memory: you tried"],
         ["b.mp4", "RuntimeError", "shape mismatch"]]}
     assert skipped_note(allocator) == " (1 unreadable, 1 out of memory or disk, skipped)"
+    # a full disk (the offloaded state of a long video) is no fault of the video
+    full = {"skipped": 2, "skipped_videos": [
+        ["a.mp4", "OSError", str(OSError(errno.ENOSPC, "No space left on device", "/t/x"))],
+        ["b.mp4", "OSError", str(OSError(errno.EIO, "Input/output error", "b.mp4"))]]}
+    assert skipped_note(full) == " (1 unreadable, 1 out of memory or disk, skipped)"
 
 
 def test_eval_shows_its_progress_unless_quiet(tmp_path: Path, capsys) -> None:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -301,11 +302,14 @@ def out_of_memory(err: BaseException) -> bool:
         isinstance(err, RuntimeError) and _ALLOCATOR_FAILED in str(err))
 
 
-def said_out_of_memory(error: str, message: str) -> bool:
-    """:func:`out_of_memory` of an error known by its type's name and its message (a
-    report's row of a skipped video)."""
+def said_out_of_room(error: str, message: str) -> bool:
+    """Memory or disk space running out (:func:`out_of_memory`, or an ``OSError`` of a full
+    disk), of an error known by its type's name and its message (a report's row of a skipped
+    video)."""
+    code = re.match(r"\[Errno (\d+)\]", message)  # OSError's str() when it has an errno
     return error in {kind.__name__ for kind in OUT_OF_MEMORY} or (
-        error == "RuntimeError" and _ALLOCATOR_FAILED in message)
+        error == "RuntimeError" and _ALLOCATOR_FAILED in message) or (
+        code is not None and int(code.group(1)) in OUT_OF_ROOM)
 
 
 def release_device_memory(err: BaseException) -> None:

@@ -26,7 +26,7 @@ from spool.data.dataset import (
 )
 from spool.io_utils import atomic_write_text
 from spool.models.classification import VideoClassifier
-from spool.models.long_video_state import said_out_of_memory
+from spool.models.long_video_state import said_out_of_room
 from spool.train.metrics import MetricTracker, average_clip_scores
 
 
@@ -157,7 +157,7 @@ def skipped_note(report: dict[str, Any]) -> str:
     rows = report.get("skipped_videos", [])
     if len(rows) != count:
         return f" ({count} skipped)"
-    short = sum(said_out_of_memory(error, message) for _, error, message in rows)
+    short = sum(said_out_of_room(error, message) for _, error, message in rows)
     why = [f"{count - short} unreadable"] * (count > short) + \
         [f"{short} out of memory or disk"] * (short > 0)
     return f" ({', '.join(why)}, skipped)"
