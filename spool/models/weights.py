@@ -60,10 +60,16 @@ def without_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not _BACKBONE_KEY.search(k)}
 
 
+def _kind(tensor: torch.Tensor) -> str:
+    return "complex" if tensor.is_complex() else "float" if tensor.is_floating_point() else \
+        "bool" if tensor.dtype == torch.bool else "integer"
+
+
 def check_and_load_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str,
                               ignore_backbone: bool = False) -> None:
-    """Load ``state`` strictly; a missing, unexpected or mis-shaped tensor is a
-    :class:`CheckpointMismatchError` naming it."""
+    """Load ``state`` strictly; a missing, unexpected or mis-shaped tensor, or one of another
+    kind of dtype (integers for floats), is a :class:`CheckpointMismatchError` naming it.
+    Floats of another precision load cast, as ``load_state_dict`` does."""
     own = module.state_dict()
     if ignore_backbone:
         state = without_backbone(state)
@@ -81,11 +87,15 @@ def check_and_load_state_dict(module: nn.Module, state: dict[str, torch.Tensor],
     mismatched = [f"{name!r} has shape {tuple(value.shape)} in the checkpoint but "
                   f"{tuple(own[name].shape)} in the model"
                   for name, value in state.items() if value.shape != own[name].shape]
+    # load_state_dict casts: integer or boolean weights in a float slot load without a word
+    mismatched += [f"{name!r} is {str(value.dtype).removeprefix('torch.')} in the checkpoint "
+                   f"but {str(own[name].dtype).removeprefix('torch.')} in the model"
+                   for name, value in state.items() if _kind(value) != _kind(own[name])]
     if mismatched:
         raise CheckpointMismatchError(f"{source}: tensors do not match the model built from "
                                       "its config: " + "; ".join(mismatched[:10]))
-    diverged = next((k for k, v in state.items()
-                     if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    diverged = next((k for k, v in state.items()  # (float8 has no isfinite of its own)
+                     if v.is_floating_point() and not torch.isfinite(v.float()).all()), None)
     if diverged is not None:  # every output would be NaN
         raise SpoolLoadError(f"{source}: tensor {diverged!r} holds NaN or infinite values: "
                              "saved by a training run that diverged; train it again (a lower "
