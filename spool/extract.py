@@ -51,6 +51,7 @@ from spool.tensor_files import (
     StreamedTensor,
     write_streamed_safetensors,
 )
+from spool.validation import check_storable
 from spool.video import FrameSampler, VideoReader
 from spool.video.completeness import check_file_complete, check_reader_complete
 from spool.video.index import UNREADABLE
@@ -217,13 +218,14 @@ class FeatureExtractor:
                 video = torch.stack([torch.stack([frames[i] for i in clip]) for clip in batch])
                 with autocast:
                     if self.backbone_only:
-                        features.append(self.model.encode_frames(video.to(self.device))
-                                        .to(torch.float16).cpu())
+                        features.append(_half(self.model.encode_frames(
+                            video.to(self.device)), source))
                     else:
                         out = self.model(video.to(self.device))
-                        contexts.append(out.context.float().cpu())
+                        contexts.append(check_storable(out.context.float(), torch.float32,
+                                                       str(source)).cpu())
                         if self.save_features:
-                            features.append(out.features.to(torch.float16).cpu())
+                            features.append(_half(out.features, source))
                 rest = start + self.batch_size
                 needed = first_needed[rest] if rest < len(clips) else info.num_frames
                 for i in [i for i in frames if i < needed]:
@@ -271,8 +273,8 @@ class FeatureExtractor:
             feats = out.features
             tensors.append(StreamedTensor(
                 "features", torch.float16, tuple(feats.shape),
-                (feats[i:i + self.chunk_frames] for i in range(0, len(feats),
-                                                               self.chunk_frames))))
+                (_half(feats[i:i + self.chunk_frames], source)
+                 for i in range(0, len(feats), self.chunk_frames))))
         write_streamed_safetensors(output, tensors, dict(metadata, num_frames=str(T)))
 
     def _autocast(self) -> torch.autocast:
@@ -389,6 +391,12 @@ class FeatureExtractor:
             summary.settled.append(str(job.source))
         finally:
             release_claim(claim)
+
+
+def _half(features: torch.Tensor, source: Path) -> torch.Tensor:
+    """``features`` as the float16 they are stored in, on the CPU (an overflow is an error)."""
+    return check_storable(features, torch.float16, str(source),
+                          "check the model's weights").to(torch.float16).cpu()
 
 
 def _state_key(metadata: dict[str, str]) -> str:

@@ -74,6 +74,28 @@ def check_tokens(tokens: torch.Tensor, num_tokens: int, hidden_size: int) -> Non
         raise ValueError("tokens: expected finite values, got NaN or Inf")
 
 
+# check_storable's advice for a token cache's float16 (spool cache --dtype float16)
+STORE_AS_FLOAT32 = "store them as float32 (spool cache --dtype float32)"
+
+
+def check_storable(tokens: torch.Tensor, dtype: torch.dtype, where: str,
+                   advice: str = "") -> torch.Tensor:
+    """``tokens`` (floating point) if they are finite and within ``dtype``'s range, else a
+    ``ValueError`` naming ``where`` (a video) and giving ``advice``: stored as they are, they
+    would be inf or NaN in a cache or features file and fail only when read, naming neither."""
+    if not torch.isfinite(tokens).all():
+        raise ValueError(f"{where}: the model gave NaN or infinite values (are its weights "
+                         "damaged, or does it overflow in a lower compute dtype?)")
+    peak = float(tokens.abs().max()) if tokens.numel() else 0.0
+    largest = torch.finfo(dtype).max
+    if peak > largest:
+        name = str(dtype).removeprefix("torch.")
+        raise ValueError(f"{where}: the model's outputs reach {peak:.4g}, past {name}'s "
+                         f"largest value {largest:.6g}: stored as {name} they would be "
+                         f"infinite{'; ' + advice if advice else ''}")
+    return tokens
+
+
 def parameter_dtype(*modules: torch.nn.Module) -> torch.dtype:
     """The floating dtype of the first parameter of ``modules`` (float32 if they have none):
     what input tokens are cast to, since a matmul of float16 tokens with float32 weights

@@ -270,3 +270,75 @@ def test_classes_in_another_order_are_mapped_by_name(full, tmp_path: Path) -> No
                                          "the training classes"):
         build_datasets(TrainConfig(out_dir=str(tmp_path / "run"), train_cache=str(full),
                                    val_cache=str(tmp_path / "other")), None)
+
+
+@pytest.mark.parametrize("kind", ["clips", "frames"])
+def test_tokens_a_float16_cache_cannot_hold_are_refused_naming_the_video(
+        tmp_path: Path, kind: str) -> None:
+    """Tokens past float16's range were stored as inf (numpy warned of an overflow in a
+    cast); the cache was called complete and training failed later with `tokens: expected
+    finite values`, naming neither the cache nor the video."""
+    import torch
+
+    from spool.data.frame_cache import build_frame_cache
+    from spool.data.segmentation import SegmentationSample
+    from spool.video.samplers import FpsSampler
+
+    loud = FrameEncoderModel(image_size=32, backbone_config=TINY_MODEL["backbone_config"])
+    dataset = _dataset(loud)
+    first = dataset.samples[0].path
+
+    def build(out: Path, dtype: str):
+        if kind == "clips":
+            return build_cache(loud, dataset, out, batch_size=4, dtype=dtype)
+        return build_frame_cache(loud, [SegmentationSample("v", first, segments=((0, 1, 0),))],
+                                 ["a"], out, FpsSampler(4), dtype=dtype)
+
+    with torch.no_grad():
+        loud.backbone.model.layernorm.weight.mul_(1e6)
+    with pytest.raises(ValueError, match=rf"{first}: the model's outputs reach .*, past "
+                       r"float16's largest value 65504: .* \(spool cache --dtype float32\)"):
+        build(tmp_path / "half", "float16")
+    assert not (tmp_path / "half" / "cache.json").exists()
+    assert build(tmp_path / "full", "float32").cached >= 1  # float32 holds them
+    with torch.no_grad():
+        loud.backbone.model.layernorm.weight[0] = float("nan")
+    with pytest.raises(ValueError, match=f"{first}: the model gave NaN or infinite values"):
+        build(tmp_path / "nan", "float32")
+
+
+def test_a_damaged_cache_with_nan_tokens_names_the_cache_and_video(model, full,
+                                                                   tmp_path: Path) -> None:
+    """A NaN in a cache's tokens surfaced after an epoch of training as the model's
+    `tokens: expected finite values`, naming neither the cache nor the video."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from spool.data.frame_cache import FrameTokenDataset, build_frame_cache
+    from spool.data.segmentation import SegmentationSample
+    from spool.video.samplers import FpsSampler
+
+    copy = tmp_path / "clips"
+    shutil.copytree(full, copy)
+    dataset = CachedTokenDataset(copy)
+    tokens = np.load(copy / "tokens.npy", mmap_mode="r+")
+    tokens[dataset.rows[1], 0, 0, 0, 0] = np.nan
+    tokens.flush()
+    del tokens
+    assert torch.isfinite(dataset[0]["tokens"]).all()
+    with pytest.raises(SpoolLoadError, match=rf"{copy}: the tokens of {dataset.samples[1].path} "
+                       r"\(row \d+, view 0\) hold NaN or infinite values: the cache is damaged"):
+        dataset[1]
+
+    video = _dataset(model).samples[0].path
+    frames = build_frame_cache(model, [SegmentationSample("v", video, segments=((0, 1, 0),))],
+                               ["a"], tmp_path / "frames", FpsSampler(4)).path
+    assert torch.isfinite(FrameTokenDataset(frames)[0]["tokens"]).all()
+    (file,) = (frames / "videos").iterdir()
+    with safe_open(str(file), framework="pt") as f:
+        saved, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    saved["tokens"][0, 0, 0] = float("inf")
+    save_file(saved, file, metadata=metadata)
+    with pytest.raises(SpoolLoadError, match=rf"{file}: the tokens of v hold NaN or infinite"):
+        FrameTokenDataset(frames)[0]

@@ -193,3 +193,25 @@ def test_a_refused_command_makes_no_offload_folder(video, tmp_path, capsys):
     assert _extract(path, tmp_path / "o", config, "--per-frame", "--sampler", "sliding",
                     "--offload-dir", str(new)) == 2
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("flags", [["--backbone-only"], ["--save-features"],
+                                   ["--save-features", "--per-frame"]])
+def test_features_past_float16s_range_stop_the_job_naming_the_video(video, tmp_path, capsys,
+                                                                     flags):
+    """Features are stored as float16: values past 65504 were written as inf without a word."""
+    from spool.extract import FeatureExtractor, VideoJob
+    from spool.video.samplers import FpsSampler, make_sampler
+
+    path, _ = video
+    model = Spool(tiny_config()).eval()
+    with torch.no_grad():  # the backbone's tokens and, normalised again, the stack's features
+        model.backbone.model.layernorm.weight.mul_(1e6)
+        model.temporal.norm.weight.mul_(1e6)
+    sampler = FpsSampler(5) if "--per-frame" in flags else make_sampler("uniform", num_frames=4)
+    extractor = FeatureExtractor(model, sampler, backbone_only="--backbone-only" in flags,
+                                 save_features=True, per_frame="--per-frame" in flags)
+    with pytest.raises(ValueError, match=rf"{path}: the model's outputs reach .* past "
+                                         "float16's largest value 65504"):
+        extractor.run([VideoJob(path, tmp_path / "o" / "v.safetensors")], progress=False)
+    assert not (tmp_path / "o" / "v.safetensors").exists()

@@ -72,6 +72,7 @@ from spool.models.frame_encoder import save_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel
 from spool.models.weights import weights_digest
 from spool.runtime import autocast_to
+from spool.validation import STORE_AS_FLOAT32, check_storable
 
 __all__ = ["BACKBONE_DIR", "CACHE_META", "TOKENS_NAME", "CacheSummary", "CachedTokenDataset",
            "build_cache", "cache_backbone_config", "load_cache_backbone", "read_cache_meta"]
@@ -339,6 +340,10 @@ def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
         with autocast_to(compute_dtype, video.device):
             tokens = encoder(video.flatten(0, 1))
         tokens = tokens.float().cpu()
+        stored = torch.float16 if writer.tokens.dtype == np.float16 else torch.float32
+        for index, clip in zip(batch["index"].tolist(), tokens.view(len(video), -1),
+                               strict=True):
+            check_storable(clip, stored, dataset.samples[index].path, STORE_AS_FLOAT32)
         writer.write(batch["index"].numpy(),
                      tokens.view(len(video), *writer.shape[1:]).numpy())
     return sorted(failures)

@@ -203,4 +203,9 @@ class CachedTokenDataset(Dataset):
                        .integers(self.views))
         tokens = torch.from_numpy(np.array(self.tokens[self.rows[index], view],
                                            dtype=np.float32))
+        if not torch.isfinite(tokens).all():  # else the model's check, naming no file
+            raise SpoolLoadError(f"{self.cache_dir}: the tokens of {self.samples[index].path} "
+                                 f"(row {self.rows[index]}, view {view}) hold NaN or infinite "
+                                 "values: the cache is damaged; run the spool cache command "
+                                 "that made it again")
         return {"tokens": tokens, "label": self.samples[index].label, "index": index}

@@ -240,6 +240,10 @@ class FrameTokenDataset(FrameLabelMapping, Dataset):
                 raise SpoolLoadError(f"{self.cache_dir}: made again since this run opened it "
                                      f"({entry['name']} holds other tokens); start it again")
             tokens = f.get_slice("tokens")[rows].float()
+            if not torch.isfinite(tokens).all():  # else the model's check, naming no file
+                raise SpoolLoadError(f"{path}: the tokens of {entry['name']} hold NaN or "
+                                     "infinite values: the cache is damaged; run the spool "
+                                     "cache command that made it again")
             labels = f.get_slice("labels")[rows]
             where = {k: f.get_slice(k)[rows] for k in ("frame_indices", "timestamps")
                      if k in f.keys()}  # what spool eval --cache writes beside each frame
