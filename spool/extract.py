@@ -51,7 +51,7 @@ from spool.tensor_files import (
     StreamedTensor,
     write_streamed_safetensors,
 )
-from spool.validation import check_storable
+from spool.validation import check_storable, parameter_dtype
 from spool.video import FrameSampler, VideoReader
 from spool.video.completeness import check_file_complete, check_reader_complete
 from spool.video.index import UNREADABLE
@@ -78,7 +78,7 @@ def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool,
                        dtype: torch.dtype, backbone_only: bool = False) -> dict[str, str]:
     """What an output depends on: the weights (a digest of every tensor), the config (which
     holds the preprocessing policy; a named backbone's architecture besides), the sampler, the
-    compute dtype and what is saved. The
+    compute dtype, the weights' dtype when not float32, and what is saved. The
     backbone's tokens (``backbone_only``) depend on the frame encoder alone."""
     if backbone_only:  # the temporal layers and their settings play no part
         config_hash = settings_hash(model.config.frame_encoder_fields(layout=False))
@@ -88,6 +88,10 @@ def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool,
         weights = model.state_dict()
     architecture = {k: json.dumps(v, sort_keys=True)
                     for k, v in architecture_record(model).items()}
+    # The digest hashes half-precision weights as float32; a model cast to them is recorded.
+    held = str(parameter_dtype(model.backbone if backbone_only else model))
+    if held != "torch.float32":
+        architecture["weights_dtype"] = held.removeprefix("torch.")
     return {"format": "pt", "spool_version": __version__,
             "model_config_hash": config_hash, "weights_digest": weights_digest(weights),
             **architecture,

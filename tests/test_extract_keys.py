@@ -127,3 +127,34 @@ def test_a_frame_encoder_that_does_not_fit_is_refused(tmp_path: Path, monkeypatc
     monkeypatch.setattr(pretrained, "load_pretrained", lambda path, **kwargs: encoder)
     with pytest.raises(ValueError, match="does not fit a Spool backbone"):
         load_feature_model(str(tmp_path / "backbone"), backbone_only=True)
+
+
+def test_a_model_cast_to_half_precision_is_keyed_apart(tmp_path: Path, video: Path) -> None:
+    """FeatureExtractor recorded only the compute dtype, and the weights' digest hashes bf16
+    values as float32: a bf16 copy of a model whose weights bf16 holds exactly reused the
+    float32 model's output (and its own were labelled float32)."""
+    import torch
+    from conftest import tiny_config
+    from safetensors import safe_open
+
+    from spool.extract import FeatureExtractor, VideoJob
+    from spool.models.spool import Spool
+    from spool.video.samplers import make_sampler
+
+    model = Spool(tiny_config()).eval()
+    with torch.no_grad():  # values bf16 holds exactly: the digest cannot tell the two apart
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    out = tmp_path / "o" / "v.safetensors"
+
+    def run(m: Spool) -> tuple[int, dict[str, str]]:
+        done = FeatureExtractor(m, make_sampler("uniform", num_frames=2)).run(
+            [VideoJob(video, out)], progress=False).done
+        with safe_open(str(out), framework="pt") as f:
+            return done, f.metadata()
+
+    done, plain = run(model)
+    assert done == 1 and "weights_dtype" not in plain
+    done, half = run(model.to(torch.bfloat16))
+    assert done == 1 and half["weights_dtype"] == "bfloat16"
+    assert half["weights_digest"] == plain["weights_digest"]
