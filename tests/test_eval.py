@@ -427,3 +427,21 @@ def test_figures_name_a_runs_checkpoint_after_its_run() -> None:
     assert checkpoint_label("runs/kinetics-k4/model") == "kinetics-k4"
     assert checkpoint_label("exported/my-classifier") == "my-classifier"
     assert checkpoint_label("model") == "model"
+
+
+def test_eval_says_which_dtype_it_ran_in_and_takes_no_amp(tmp_path: Path, monkeypatch) -> None:
+    """A clip classifier was evaluated under bf16 autocast on a GPU with no way to turn it
+    off, and metrics.json did not say so."""
+    from spool.train import evaluate
+
+    asked = []
+    real = evaluate.evaluate
+    monkeypatch.setattr(evaluate, "evaluate",
+                        lambda *a, **k: asked.append(k["amp"]) or real(*a, **k))
+    argv = _eval_argv(tmp_path, tmp_path / "ev")
+    assert main([*argv, "--quiet"]) == 0 and main([*argv, "--quiet", "--no-amp"]) == 0
+    assert asked == [True, False]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["dtype"] == "float32"  # on the CPU, with or without --amp
+    report = evaluate.evaluate_checkpoint(argv[2], data=argv[4], num_workers=0)
+    assert report["dtype"] == "float32"

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
                                  num_frames=args.num_frames, frame_stride=args.frame_stride,
                                  batch_size=args.batch_size or 8,
                                  num_workers=2 if args.num_workers is None else args.num_workers,
-                                 device=args.device, out_dir=args.out,
+                                 device=args.device, amp=args.amp is not False,
+                                 out_dir=args.out,
                                  on_report=lambda r: print(format_report(r), flush=True),
                                  progress=not args.quiet)
     if args.out:
@@ -65,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
     return _nothing_scored(report["count"])
 
 
-# Flags of one kind of classifier: given for the other kind, they would be ignored.
+# Flags of one kind of classifier: given for the other kind, they would be ignored (a frame
+# classifier runs each video whole, one by one, in float32).
 CLIP_FLAGS = {"num_frames": None, "frame_stride": None, "num_clips": 1, "batch_size": None,
-              "num_workers": None}  # a frame classifier runs each video whole, one by one
+              "num_workers": None, "amp": None}
 FRAME_FLAGS = {"fps": None, "background": None, "split": None, "chunk_frames": None,
                "offload_dir": None}
 
@@ -158,6 +160,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="clip classifiers: decoding processes (default: 2)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the model runs (auto: CUDA when available)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="clip classifiers: bf16 autocast on GPU, as training validates "
+                             "(on); --no-amp: float32 (metrics.json's dtype says which)")
     parser.add_argument("--out", help="directory for metrics.json and, clips: "
                         "confusion_matrix.png and predictions.csv (score: probability of the "
                         "predicted class); frames: ribbons.png and predictions/VIDEO.csv "

@@ -178,7 +178,7 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
                         num_clips: int = 1,
                         num_frames: int | None = None, frame_stride: int | None = None,
                         batch_size: int = 8, num_workers: int = 2, device: str = "auto",
-                        out_dir: str | os.PathLike | None = None,
+                        amp: bool = True, out_dir: str | os.PathLike | None = None,
                         on_report: Callable[[dict[str, Any]], object] | None = None,
                         progress: bool = False) -> dict[str, Any]:
     """Evaluate a saved classifier on videos (``data``) or a token ``cache`` (``progress``: a
@@ -189,7 +189,8 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
     "count", "per_class": {name: accuracy}, "confusion": [[...]], "class_names"}``; with
     ``out_dir``, also writes ``metrics.json``, ``confusion_matrix.png`` and
     ``predictions.csv`` (``score``: the predicted class's probability) there, after calling
-    ``on_report`` with the report (which a failed write then does not lose).
+    ``on_report`` with the report (which a failed write then does not lose). ``amp``: bf16
+    autocast on a GPU, as training validates (the report's ``dtype`` says what ran).
     """
     from spool.data.cache import CachedTokenDataset
     from spool.data.dataset import VideoClipDataset, read_annotations
@@ -231,11 +232,12 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
               dynamic_ncols=True) as bar:
         result = evaluate(model, dataset, len(names), batch_size=batch_size,
                           num_workers=num_workers if cache is None else 0, device=dev,
-                          keep_scores=True, iterate=_counted_on(bar))
+                          amp=amp, keep_scores=True, iterate=_counted_on(bar))
     metrics, confusion = result.metrics, result.tracker.confusion
     report = {**metrics, "per_class": dict(zip(names, per_class_accuracy(confusion),
                                                strict=True)),
               "confusion": confusion.tolist(), "class_names": names,
+              "dtype": "bfloat16" if amp and dev.type == "cuda" else "float32",
               **skipped_fields(result.num_skipped, result.skipped)}
     if on_report is not None:
         on_report(report)
