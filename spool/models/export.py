@@ -50,14 +50,25 @@ def _check_exportable(model: nn.Module) -> list[TemporalAttention]:
     if not hasattr(model, "forward_tokens") or not attention:
         raise ValueError(f"model: export_onnx exports a temporal stack (forward_tokens on "
                          f"cached tokens); {type(model).__name__} has none")
-    stack = list(attention[0].parameters())  # the backbone, if any, is not exported
     if any(p.is_meta for p in model.parameters()):
         raise ValueError("model: its weights are on the meta device (no values to export); "
                          "load them first (to_empty, then load_state_dict)")
-    if stack[0].dtype != torch.float32:
+    backbone = getattr(model, "backbone", None)  # not exported
+    skip = set() if backbone is None else {id(p) for p in backbone.parameters()}
+    other = next(((name, p.dtype) for name, p in model.named_parameters()
+                  if id(p) not in skip and p.dtype != torch.float32), None)
+    if other is not None:  # (onnxruntime has no float16 or bfloat16 MatMul on the CPU)
         raise ValueError(f"model: export_onnx exports float32 temporal stacks, got "
-                         f"{stack[0].dtype}; export a float32 copy (model.float())")
+                         f"{str(other[1]).removeprefix('torch.')} for {other[0]}; export a "
+                         "float32 copy (model.float())")
     return attention
+
+
+def _time_axes(output: torch.Tensor) -> dict[int, str]:
+    """An output's dynamic axes, named: ``features [B, T+2, L, D]``, a frame classifier's
+    ``logits [B, T, C]``, else ``[B, ...]`` (else the exporter names them after graph nodes)."""
+    return {0: "batch", **({1: "frames_plus_2"} if output.ndim == 4 else
+                           {1: "frames"} if output.ndim == 3 else {})}
 
 
 def _longer_clip(tokens: torch.Tensor) -> torch.Tensor:
@@ -140,7 +151,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *,
         fields = tuple(name for name, value in result._asdict().items()
                        if isinstance(value, torch.Tensor))
         run = _TokensToTensors(model, fields)
-        axes = {"tokens": {0: "batch", 1: "frames"}, **{name: {0: "batch"} for name in fields}}
+        axes = {"tokens": {0: "batch", 1: "frames"},
+                **{name: _time_axes(getattr(result, name)) for name in fields}}
         with torch.no_grad(), warnings.catch_warnings():
             # Python comparisons of traced sizes are frozen, and said to be: the input
             # checks' (passed), the head count's and dense's choice to cache its mask; the
