@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
+# Floating dtypes the models compute in; float8 ones have no isfinite, LayerNorm or matmul.
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 def _shape(x: torch.Tensor) -> str:
     return str(tuple(x.shape))
@@ -31,17 +34,20 @@ def check_video(video: torch.Tensor) -> None:
         raise ValueError(f"video: expected a 5-D tensor [B, T, H, W, 3], got {video.ndim}-D "
                          f"with shape {_shape(video)}")
     if video.shape[-1] != 3:
+        hint = "; channels first? video.permute(0, 2, 3, 4, 1) makes [B, C, T, H, W] " \
+            "channels last" if video.shape[1] == 3 else ""
         raise ValueError(f"video: expected 3 (RGB) channels in the last dimension of "
-                         f"[B, T, H, W, C], got C={video.shape[-1]} (shape {_shape(video)})")
+                         f"[B, T, H, W, C], got C={video.shape[-1]} (shape {_shape(video)}"
+                         f"{hint})")
     B, T, H, W, _ = video.shape
     if B == 0 or T == 0 or H == 0 or W == 0:
         raise ValueError(f"video: expected B, T, H, W >= 1, got shape {_shape(video)} "
                          "(T is the number of frames)")
     if video.dtype == torch.uint8:
         return
-    if not video.is_floating_point():
-        raise ValueError(f"video: expected dtype uint8 (0..255) or floating point in [0, 1], "
-                         f"got {video.dtype}")
+    if video.dtype not in FLOATS:
+        raise ValueError(f"video: expected dtype uint8 (0..255) or floating point in [0, 1] "
+                         f"(float16, bfloat16, float32, float64), got {video.dtype}")
     if not values_checkable(video):
         return
     if not torch.isfinite(video).all():
@@ -68,8 +74,9 @@ def check_tokens(tokens: torch.Tensor, num_tokens: int, hidden_size: int) -> Non
     if L != num_tokens:
         raise ValueError(f"tokens: expected L={num_tokens} tokens per frame in [B, T, L, D], "
                          f"got L={L} (shape {_shape(tokens)})")
-    if not tokens.is_floating_point():
-        raise ValueError(f"tokens: expected a floating point dtype, got {tokens.dtype}")
+    if tokens.dtype not in FLOATS:
+        raise ValueError(f"tokens: expected a floating point dtype (float16, bfloat16, "
+                         f"float32, float64), got {tokens.dtype}")
     if values_checkable(tokens) and not torch.isfinite(tokens).all():
         raise ValueError("tokens: expected finite values, got NaN or Inf")
 

@@ -63,6 +63,11 @@ def test_a_misspelt_keyword_is_a_value_error_that_says_what_it_looks_like():
     (torch.full((1, 2, 32, 32, 3), float("inf")), "video: expected finite values"),
     (torch.rand(1, 2, 32, 32, 3) * 255, r"video: expected floating point values in \[0, 1\]"),
     (torch.zeros(1, 2, 32, 32, 3, dtype=torch.int64), "video: expected dtype uint8"),
+    # float8 has no isfinite: torch's NotImplementedError, not this error
+    (torch.zeros(1, 2, 32, 32, 3).to(torch.float8_e4m3fn),
+     r"video: expected dtype uint8 .* got torch.float8_e4m3fn"),
+    # [B, C, T, H, W] (torchvision's video layout): the way to channels last is said
+    (torch.rand(1, 3, 2, 32, 32), r"C=32 .*channels first\? video.permute\(0, 2, 3, 4, 1\)"),
     ([[1, 2]], "video: expected a torch.Tensor"),
 ])
 def test_bad_video(tiny_model, video, match):
@@ -86,6 +91,9 @@ def test_non_finite_tokens(tiny_model):
     tokens[0, 1, 3, 4] = float("nan")
     with pytest.raises(ValueError, match="tokens: expected finite values"):
         tiny_model.forward_tokens(tokens)
+    with pytest.raises(ValueError, match=r"tokens: expected a floating point dtype .* got "
+                                         r"torch.float8_e5m2"):
+        tiny_model.forward_tokens(torch.zeros(1, 2, 17, 24).to(torch.float8_e5m2))
 
 
 def test_model_without_backbone_needs_sizes_and_rejects_video():
