@@ -128,3 +128,48 @@ def test_reference_equals_explicit_softmax():
             values = torch.cat([v[0, h, j] for j in range(nF) if allowed[i, j]])
             probs = (q[0, h, i] @ keys.T / hd**0.5).softmax(-1)
             torch.testing.assert_close(out[0, h, i], probs @ values, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["blocked", "dense", "reference"])
+def test_the_attention_module_is_spec_attention_with_rotary_on_queries_and_keys(impl):
+    """SPEC §3 end to end through ``TemporalAttention``: fused QKV, rotary over the frame index
+    on queries *and* keys (standard RoPE on consecutive pairs, written out here), the masked
+    softmax per head, the output projection. The backend tests above start from rotated
+    q, k and so cannot see a module that rotates only one of them."""
+    import math
+
+    from conftest import tiny_config
+
+    from spool.layers.attention import TemporalAttention
+
+    config = tiny_config(hidden_size=16, num_attention_heads=4, num_lookback_heads=1,
+                         num_lookahead_heads=3, local_frame_range=1, attn_implementation=impl)
+    attn = TemporalAttention(config).eval()
+    B, nF, L, D, H, hd = 1, 6, 2, 16, 4, 4
+    x = torch.randn(B, nF, L, D)
+    with torch.no_grad():
+        got = attn(x)
+        qkv = attn.qkv(x).view(B, nF, L, 3, H, hd)
+
+    def rope(t, pos):  # t: [L, hd] of frame ``pos``
+        out = t.clone()
+        for m in range(hd // 2):
+            angle = pos / config.rope_theta ** (2 * m / hd)
+            c, s = math.cos(angle), math.sin(angle)
+            a, b = t[:, 2 * m], t[:, 2 * m + 1]
+            out[:, 2 * m], out[:, 2 * m + 1] = a * c - b * s, a * s + b * c
+        return out
+
+    want = torch.zeros(B, nF, L, H, hd)
+    for h in range(H):
+        allowed = frame_mask(nF, 1, lookahead=h >= 1)
+        q = [rope(qkv[0, i, :, 0, h], i) for i in range(nF)]
+        k = [rope(qkv[0, j, :, 1, h], j) for j in range(nF)]
+        for i in range(nF):
+            js = [j for j in range(nF) if allowed[i, j]]
+            keys = torch.cat([k[j] for j in js])
+            values = torch.cat([qkv[0, j, :, 2, h] for j in js])
+            want[0, i, :, h] = (q[i] @ keys.T / math.sqrt(hd)).softmax(-1) @ values
+    with torch.no_grad():
+        want = attn.proj(want.reshape(B, nF, L, D))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -214,3 +214,21 @@ def test_a_block_in_training_is_the_spec_formula_with_its_two_dropouts():
     mlp = block.mlp
     want = h + F.dropout(mlp.fc2(F.gelu(mlp.fc1(block.norm2(h)))), 0.5, training=True)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_context_frames_are_the_start_and_end_parameters_at_the_boundaries():
+    """Frame 0 is the learnt ``start`` frame and frame T+1 the ``end`` one (a checkpoint's
+    ``start`` must not turn up at the end), both shared over the batch, initialised as SPEC
+    §4 says: truncated normal of std 0.02 (cut at two std, so a spread of 0.88 * 0.02)."""
+    from spool.layers.context import ContextFrames
+
+    frames = ContextFrames(num_tokens=200, hidden_size=500)
+    tokens = torch.randn(3, 4, 200, 500)
+    out = frames(tokens)
+    assert out.shape == (3, 6, 200, 500)
+    for b in range(3):
+        assert torch.equal(out[b, 0], frames.start) and torch.equal(out[b, -1], frames.end)
+        assert torch.equal(out[b, 1:-1], tokens[b])
+    for param in (frames.start, frames.end):
+        assert param.abs().max() <= 0.04
+        assert abs(param.std().item() - 0.88 * 0.02) < 0.001
