@@ -135,3 +135,35 @@ def test_random_clip_starts_are_uniform() -> None:
     share = np.bincount(starts, minlength=5) / len(starts)
     assert share.shape == (5,) and np.abs(share - 0.2).max() < 0.015, share
     assert ClipSampler(8, 2)(10, rng=rng) == [[0, 2, 4, 6, 8, 9, 9, 9]]  # too short: no choice
+
+
+def test_uniform_random_draws_one_frame_of_each_segment() -> None:
+    """TSN's sampling: position i draws from exactly the frames of segment i (8 frames in 4
+    segments: {0, 1}, {2, 3}, {4, 5}, {6, 7}), the last frame of the video included."""
+    rng = np.random.default_rng(0)
+    draws = [UniformSampler(4)(8, rng=rng)[0] for _ in range(400)]
+    for i in range(4):
+        assert {d[i] for d in draws} == {2 * i, 2 * i + 1}
+
+
+def test_several_clips_start_at_the_first_frame_and_end_on_the_last() -> None:
+    """num_clips clips spread evenly over the free range, the first from frame 0 and the last
+    ending on the last frame (21 frames, clips of 4 frames 2 apart: starts 0, 7, 14)."""
+    assert ClipSampler(4, 2, num_clips=3)(21) == [
+        [0, 2, 4, 6], [7, 9, 11, 13], [14, 16, 18, 20]]
+    assert ClipSampler(3, 1)(11) == [[4, 5, 6]]  # one clip: the middle
+
+
+def test_sliding_pad_tail_starts_at_the_next_stride() -> None:
+    """tail="pad" with stride < clip_len: the extra clip starts one stride after the last
+    whole window (9), not right after its end (10)."""
+    assert SlidingWindowSampler(4, 3, tail="pad")(12) == [
+        [0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9], [9, 10, 11, 11]]
+    assert SlidingWindowSampler(4, 3, tail="align")(12)[-1] == [8, 9, 10, 11]
+
+
+def test_fps_max_frames_is_a_cap_also_just_below_one_more_frame() -> None:
+    """max_frames=5 of a 6-frame video at its own rate: 5 frames, by index and by time."""
+    assert FpsSampler(10, max_frames=5)(6, fps=10) == [[0, 1, 2, 3, 4]]
+    vfr = [0.0, 0.1, 0.25, 0.3, 0.4, 0.5]  # not evenly spaced: picked by time
+    assert len(FpsSampler(10, max_frames=5)(6, fps=10, timestamps=vfr)[0]) == 5

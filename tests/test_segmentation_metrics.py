@@ -12,6 +12,7 @@ from spool.metrics.segmentation import (
     SegmentationMetrics,
     edit_score,
     f1_counts,
+    f1_from_counts,
     frame_accuracy,
     levenshtein,
     segmentation_scores,
@@ -153,3 +154,17 @@ def test_a_video_without_labelled_frames_is_not_scored() -> None:
     assert total["videos"] == 1 and total["frames"] == 4
     assert total["edit"] == pytest.approx(scored["edit"]) == pytest.approx(50.0)
     assert total["accuracy"] == pytest.approx(50.0)
+
+
+def test_a_video_with_no_segment_on_either_side_scores_edit_100_and_f1_0() -> None:
+    """The accumulator's own edit (not edit_score's) for two empty segment lists: identical
+    sequences, 100 (MS-TCN divides 0 by 0). F1 has no true positive there: 0, as for any
+    video without one (MS-TCN's nan_to_num), not 100 for having no error either."""
+    metrics = SegmentationMetrics(background=[0])
+    scores = metrics.update([0, 0, 0], [0, 0, 0])
+    assert scores["edit"] == 100.0 and scores["accuracy"] == 100.0
+    assert scores["f1@10"] == scores["f1@50"] == 0.0
+    total = metrics.compute()
+    assert total["edit"] == 100.0 and total["f1@50"] == 0.0 and total["videos"] == 1
+    assert f1_from_counts(0, 0, 0) == 0.0 and f1_from_counts(0, 2, 3) == 0.0
+    assert f1_from_counts(1, 1, 0) == pytest.approx(200 / 3)
