@@ -159,3 +159,73 @@ def test_no_checkpoints_and_stray_folders_only(run) -> None:
     (run.root / "step_abc").mkdir(parents=True)
     shutil.copytree(run.root / "step_abc", run.root / "step_12x")
     assert run.resume() is None
+
+
+def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path: Path) -> None:
+    """``step_<digits>`` need not be zero-padded to 8 digits (a hand-made folder, a run past
+    10^8 steps): step 10 is newer than step 9 whatever the names sort as."""
+    for name in ("step_9", "step_100", "step_10", "step_000000011", "notes", "step_x"):
+        (tmp_path / ckpt.CHECKPOINT_DIR / name).mkdir(parents=True)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
+        "step_9", "step_10", "step_000000011", "step_100"]
+
+
+def test_each_rank_loads_its_own_python_and_numpy_rng_state(run) -> None:
+    """rng_per_rank[r] is what rank r gets back: a run resumed on two ranks must not give
+    rank 1 the Python / NumPy streams of rank 0 (both would draw the same augmentations)."""
+    import random
+
+    import numpy as np
+
+    states = []
+    for seed in (1, 2):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        states.append(ckpt.capture_rng())
+    model = SpoolForVideoClassification(
+        tiny_config(hidden_size=24, num_spatial_tokens=17, class_names=["a", "b"]),
+        with_backbone=False)
+    optimizer = torch.optim.AdamW(model.parameters())
+    state = {"step": 3, "epoch": 0, "step_in_epoch": 3, "scheduler": {}, "config": {}}
+    path = ckpt.save_checkpoint(run.root / "step_00000003", model, optimizer, state, states)
+    for rank in (0, 1):
+        loaded = ckpt.load_checkpoint(path, rank)["rng"]
+        assert loaded["python"] == states[rank]["python"]
+        assert loaded["numpy"] == states[rank]["numpy"]
+        assert torch.equal(loaded["tensors"]["torch"], states[rank]["tensors"]["torch"])
+    assert ckpt.load_checkpoint(path, 2)["rng"] is None  # written by fewer ranks
+
+
+def test_a_resume_sets_aside_a_checkpoint_of_its_own_step_from_elsewhere(tmp_path: Path
+                                                                          ) -> None:
+    """Resuming from step 10 of another folder: this run's own step 10 (and later ones)
+    belong to the abandoned branch and are moved aside; earlier ones stay."""
+    root = tmp_path / ckpt.CHECKPOINT_DIR
+    for step in (5, 10, 15):
+        (root / f"step_{step:08d}").mkdir(parents=True)
+    elsewhere = tmp_path / "other" / "step_00000010"
+    elsewhere.mkdir(parents=True)
+    note = ckpt.set_aside_later_checkpoints(tmp_path, elsewhere, 10)
+    assert note is not None
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000005"]
+    assert _names(root / "abandoned_from_step_00000010") == ["step_00000010", "step_00000015"]
+    # Resuming from one of its own: that one stays, the later ones move.
+    (root / "step_00000020").mkdir()
+    ckpt.set_aside_later_checkpoints(tmp_path, root / "step_00000005", 5)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000005"]
+
+
+def test_a_state_without_a_whole_step_is_an_incomplete_checkpoint(run) -> None:
+    """Valid JSON is not enough: a state with no step, or a step that is no integer, makes
+    the checkpoint one to skip (and prune), not one to resume from."""
+    import json
+
+    path = run.save(1)
+    assert ckpt.checkpoint_problem(path) is None
+    state_file = path / ckpt.STATE_NAME
+    state = json.loads(state_file.read_text())
+    for bad in ({k: v for k, v in state.items() if k != "step"}, {**state, "step": "1"},
+                [state]):
+        state_file.write_text(json.dumps(bad))
+        assert "holds no step" in ckpt.checkpoint_problem(path)
