@@ -73,3 +73,22 @@ def test_errors_name_the_argument() -> None:
         model(torch.randn(1, 10, 6), torch.ones(1, 9, dtype=torch.bool))
     with pytest.raises(ValueError, match="num_stages"):
         MultiStageTCN(6, 3, num_stages=0)
+
+
+def test_loss_smoothing_pulls_only_the_later_frame_and_skips_padding() -> None:
+    """MS-TCN detaches the earlier frame of each pair: the smoothing term's gradient reaches
+    frame t only through the pair (t-1, t). A padded frame (mask False) takes part in no pair
+    and no cross-entropy, whatever label it holds."""
+    logits = torch.randn(1, 4, 3, requires_grad=True)  # [B, T, C]
+    unlabelled = torch.full((1, 4), -100)
+    smooth = ms_tcn_loss(logits, unlabelled, smoothing_weight=1.0)
+    (grad,) = torch.autograd.grad(smooth, logits)
+    assert (grad[0, 0] == 0).all() and (grad[0, 1:] != 0).any(dim=-1).all()
+
+    labels = torch.tensor([[0, 1, 2, 1]])
+    mask = torch.tensor([[True, True, False, True]])  # frame 2 padded, its label still 2
+    got = ms_tcn_loss(logits, labels, mask, smoothing_weight=0.5)
+    logp = logits.log_softmax(-1)[0]
+    ce = F.cross_entropy(logits[0, [0, 1, 3]], labels[0, [0, 1, 3]])
+    pair = (logp[1] - logp[0]).pow(2).mean()  # the only pair of two real frames
+    torch.testing.assert_close(got, ce + 0.5 * pair)

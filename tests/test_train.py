@@ -225,3 +225,13 @@ def test_a_diverged_loss_stops_the_run_at_its_step(tmp_path: Path, monkeypatch) 
     with pytest.raises(TrainingDivergedError, match="^step 1: the loss is nan"):
         train(TrainConfig(**train_config_dict(run, epochs=1)))
     assert read_steps(run) == []
+
+
+def test_warmup_cosine_stays_at_its_floor_after_the_last_step() -> None:
+    """Past ``total_steps`` (a resume that runs longer than the schedule it saved) the factor
+    stays at ``min_ratio``: the cosine must not climb back up; no warm-up: 1 at step 0."""
+    f = warmup_cosine(4, 20, 0.1)
+    for step in (20, 21, 30, 36, 100):
+        assert f(step) == pytest.approx(0.1)
+    g = warmup_cosine(0, 10, 0.0)
+    assert g(0) == 1.0 and g(5) == pytest.approx(0.5) and g(15) == pytest.approx(0.0)
