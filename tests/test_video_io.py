@@ -570,3 +570,68 @@ def test_non_square_pixels_are_said(tmp_path: Path, spool_log, monkeypatch) -> N
     assert read_video_frames(path)[0].shape == (2, 144, 180, 3)
     assert (f"{path}: pixels are not square (aspect 64/45): frames are read as stored, 180x144, "
             "not as players show them, 256x144") in spool_log.text
+
+
+# --- the frame index: seek points, repeated pts, a rewritten file -------------------------------
+
+def test_leading_pictures_of_an_open_gop_seek_from_the_keyframe_before(tmp_path: Path) -> None:
+    """Open GOPs: the B-frames after an I-frame in the file are shown before it, so they must
+    be decoded from the keyframe before, whose pts is not after theirs. Seeking from the I-frame
+    would miss them and fall back to decoding the file from its start."""
+    frames = _smooth(60, 48, 64)
+    path = write_video(tmp_path / "open.mkv", frames, fps=25, codec="libx264", gop_size=20,
+                       max_b_frames=3, options={"x264-params": "open-gop=1:b-adapt=0"})
+    with VideoReader(path) as reader:
+        index = reader.index
+        assert index.exact and (index.seek_pts <= index.pts).all()
+        full, _ = reader.get(strategy="sequential")
+        for t in reversed(range(len(reader))):  # every frame behind the last: a seek each
+            np.testing.assert_array_equal(reader.get([t], strategy="seek")[0][0], full[t])
+        assert reader.num_seeks > 0 and reader.num_fallbacks == 0
+
+
+def test_repeated_pts_are_read_by_count(tmp_path: Path) -> None:
+    """Two frames with the same pts, past the first packets whose display order is checked
+    (H.264 with B-frames): pts cannot number the frames, so they are counted in the decoder's
+    order, every one of them read (by pts one was lost)."""
+    src = write_video(tmp_path / "src.mp4", _smooth(40, 48, 64), fps=25, codec="libx264",
+                      gop_size=8, max_b_frames=2)
+    path = tmp_path / "dup.mkv"
+    with av.open(str(src)) as inp, av.open(str(path), "w") as out:
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        packets = [p for p in inp.demux(stream) if p.size]
+        pts = sorted(p.pts for p in packets)
+        for packet in packets:
+            if packet.pts == pts[30]:
+                packet.pts = pts[29]  # frames 29 and 30 share a pts
+            packet.stream = copy
+            out.mux(packet)
+    with av.open(str(path)) as container:
+        shown = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert len(shown) == 40
+    got, _ = read_video_frames(path)
+    np.testing.assert_array_equal(got, shown)
+    np.testing.assert_array_equal(read_video_frames(path, [30, 29, 39])[0], shown[[30, 29, 39]])
+    assert not probe_video(path).num_frames_exact
+
+
+def test_a_file_rewritten_at_the_same_size_is_indexed_again(tmp_path: Path) -> None:
+    """The cached index is of a file version: a file replaced by another of the same byte
+    size (a re-export) is demuxed again, not read with the old file's frame count."""
+    import os
+    import shutil
+
+    a = write_video(tmp_path / "a.mkv", _noise(6, 16, 16, seed=1), fps=25, codec="ffv1")
+    b = write_video(tmp_path / "b.mkv", _noise(9, 16, 16, seed=2), fps=25, codec="ffv1")
+    with open(a, "ab") as f:  # trailing bytes the demuxer ignores: the same size as b
+        f.write(b"\0" * (b.stat().st_size - a.stat().st_size))
+    assert a.stat().st_size == b.stat().st_size
+    path = tmp_path / "v.mkv"
+    shutil.copyfile(a, path)
+    assert len(read_video_frames(path)[0]) == 6
+    mtime = path.stat().st_mtime_ns
+    shutil.copyfile(b, path)
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))
+    got, _ = read_video_frames(path)
+    np.testing.assert_array_equal(got, read_video_frames(b)[0])
