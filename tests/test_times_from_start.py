@@ -119,3 +119,24 @@ def test_validation_on_an_older_cache_does_not_probe_the_videos(tmp_path: Path, 
     assert probes == []
     result = se.evaluate_segmentation(model, FrameTokenDataset(cache), keep=True)
     assert len(probes) == 1 and result.videos["v"].times[0] == pytest.approx(0.0)
+
+
+def test_eval_labels_frames_on_the_videos_clock_and_predicts_the_most_likely_class(
+        tmp_path: Path, late_video) -> None:
+    """`spool eval` on video files: a frame shown at pts 1.5 + t is labelled with the CSV's
+    label at t (6 frames of a, then 6 of b at 5 fps), and each frame's prediction is the
+    class of highest probability, with that probability as its score."""
+    from spool.train.segmentation_eval import evaluate_segmentation
+
+    torch.manual_seed(3)
+    model = SpoolForFrameClassification(**TINY_MODEL, class_names=["a", "b"]).eval()
+    samples, _ = read_segments_csv(tmp_path / "labels.csv", ["a", "b"])
+    sampler = FpsSampler(5)
+    result = evaluate_segmentation(model, samples, sampler=sampler, keep=True)
+    (video,) = result.videos.values()
+    assert video.target.tolist() == [0] * 6 + [1] * 6
+    probs = model.predict_long(late_video, sampler=sampler).logits.softmax(-1)
+    assert video.pred.tolist() == probs.argmax(-1).tolist()
+    np.testing.assert_allclose(video.score, probs.amax(-1).numpy(), rtol=1e-6)
+    accuracy = 100 * np.mean(video.pred == video.target)
+    assert result.scores["accuracy"] == pytest.approx(accuracy)
