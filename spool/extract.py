@@ -25,7 +25,13 @@ from spool import __version__
 from spool.claims import claim_record, kept_alive
 from spool.config import settings_hash
 from spool.extract_inputs import VideoJob, name_clash, other_source
-from spool.extract_outputs import is_done, remove_outputs, source_metadata
+from spool.extract_outputs import (
+    is_done,
+    remove_outputs,
+    source_metadata,
+    stored_float32,
+    stored_half,
+)
 from spool.io_utils import (
     OUT_OF_ROOM,
     atomic_save_safetensors,
@@ -45,13 +51,12 @@ from spool.models.long_video_state import (
     resumable_pass,
 )
 from spool.models.spool import Spool
-from spool.models.weights import weights_digest
+from spool.models.weights import weights_digest, weights_dtype_record
 from spool.runtime import autocast_to, print_line, rank_prefix
 from spool.tensor_files import (
     StreamedTensor,
     write_streamed_safetensors,
 )
-from spool.validation import check_storable, parameter_dtype
 from spool.video import FrameSampler, VideoReader
 from spool.video.completeness import check_file_complete, check_reader_complete
 from spool.video.index import UNREADABLE
@@ -88,10 +93,7 @@ def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool,
         weights = model.state_dict()
     architecture = {k: json.dumps(v, sort_keys=True)
                     for k, v in architecture_record(model).items()}
-    # The digest hashes half-precision weights as float32; a model cast to them is recorded.
-    held = str(parameter_dtype(model.backbone if backbone_only else model))
-    if held != "torch.float32":
-        architecture["weights_dtype"] = held.removeprefix("torch.")
+    architecture.update(weights_dtype_record(model.backbone if backbone_only else model))
     return {"format": "pt", "spool_version": __version__,
             "model_config_hash": config_hash, "weights_digest": weights_digest(weights),
             **architecture,
@@ -222,14 +224,13 @@ class FeatureExtractor:
                 video = torch.stack([torch.stack([frames[i] for i in clip]) for clip in batch])
                 with autocast:
                     if self.backbone_only:
-                        features.append(_half(self.model.encode_frames(
-                            video.to(self.device)), source))
+                        features.append(stored_half(self.model.encode_frames(
+                            video.to(self.device))))
                     else:
                         out = self.model(video.to(self.device))
-                        contexts.append(check_storable(out.context.float(), torch.float32,
-                                                       str(source)).cpu())
+                        contexts.append(stored_float32(out.context))
                         if self.save_features:
-                            features.append(_half(out.features, source))
+                            features.append(stored_half(out.features))
                 rest = start + self.batch_size
                 needed = first_needed[rest] if rest < len(clips) else info.num_frames
                 for i in [i for i in frames if i < needed]:
@@ -269,15 +270,17 @@ class FeatureExtractor:
                                       keep_features=self.save_features, resume=resume,
                                       offload_dir=self.offload_dir, progress=self.progress)
         T, D = out.frame_features.shape
-        tensors = [StreamedTensor("frame_features", torch.float32, (T, D), [out.frame_features]),
-                   StreamedTensor("context", torch.float32, (2 * D,), [out.context]),
+        tensors = [StreamedTensor("frame_features", torch.float32, (T, D),
+                                  [stored_float32(out.frame_features)]),
+                   StreamedTensor("context", torch.float32, (2 * D,),
+                                  [stored_float32(out.context)]),
                    StreamedTensor("frame_indices", torch.int64, (T,), [out.frame_indices]),
                    StreamedTensor("timestamps", torch.float64, (T,), [out.timestamps])]
         if self.save_features:
             feats = out.features
             tensors.append(StreamedTensor(
                 "features", torch.float16, tuple(feats.shape),
-                (_half(feats[i:i + self.chunk_frames], source)
+                (stored_half(feats[i:i + self.chunk_frames])
                  for i in range(0, len(feats), self.chunk_frames))))
         write_streamed_safetensors(output, tensors, dict(metadata, num_frames=str(T)))
 
@@ -395,12 +398,6 @@ class FeatureExtractor:
             summary.settled.append(str(job.source))
         finally:
             release_claim(claim)
-
-
-def _half(features: torch.Tensor, source: Path) -> torch.Tensor:
-    """``features`` as the float16 they are stored in, on the CPU (an overflow is an error)."""
-    return check_storable(features, torch.float16, str(source),
-                          "check the model's weights").to(torch.float16).cpu()
 
 
 def _state_key(metadata: dict[str, str]) -> str:

@@ -23,6 +23,7 @@ from spool.io_utils import atomic_save_safetensors, atomic_write_text
 from spool.metrics.segmentation import to_segments
 from spool.models.frame_classification import FrameClassifier
 from spool.models.long_video_state import ResumableHiddenState
+from spool.validation import EXTRACT_IN_FLOAT32, check_storable
 from spool.video.io import VideoInfo, probe_video
 from spool.video.samplers import FrameSampler
 
@@ -43,7 +44,8 @@ def write_frame_predictions(model: FrameClassifier, source: str | os.PathLike,
     same pass."""
     out = model.predict_long(source, sampler=sampler, chunk_frames=chunk_frames,
                              offload_dir=offload_dir, resume=resume, progress=progress)
-    probs = out.logits.float().softmax(-1).cpu()
+    probs = check_storable(out.logits.float(), torch.float32,  # (the job names the video)
+                           compute_flag=EXTRACT_IN_FLOAT32).softmax(-1).cpu()
     score, labels = probs.max(-1)
     times = out.timestamps.double()
     names = model.class_names

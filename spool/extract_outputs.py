@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from spool.extract_frames import segments_path
 from spool.extract_inputs import as_recorded
 from spool.io_utils import file_version
 from spool.tensor_files import read_safetensors_metadata
+from spool.validation import EXTRACT_IN_FLOAT32, check_storable
 
 
 def source_metadata(source: Path) -> dict[str, str]:
@@ -40,3 +43,15 @@ def remove_outputs(output: Path, keep_main: bool = False) -> None:
     (``keep_main``: all but ``output``, which this run has just written)."""
     for path in (segments_path(output),) if keep_main else (output, segments_path(output)):
         path.unlink(missing_ok=True)
+
+
+def stored_half(features: torch.Tensor) -> torch.Tensor:
+    """``features`` as the float16 they are stored in, on the CPU (an overflow is an error;
+    the job names the video)."""
+    return check_storable(features, torch.float16, advice="check the model's weights",
+                          compute_flag=EXTRACT_IN_FLOAT32).to(torch.float16).cpu()
+
+
+def stored_float32(values: torch.Tensor) -> torch.Tensor:
+    """``values`` as float32 on the CPU, if finite (else an error; the job names the video)."""
+    return check_storable(values.float(), torch.float32, compute_flag=EXTRACT_IN_FLOAT32).cpu()

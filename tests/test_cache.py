@@ -297,7 +297,8 @@ def test_tokens_a_float16_cache_cannot_hold_are_refused_naming_the_video(
     with torch.no_grad():
         loud.backbone.model.layernorm.weight.mul_(1e6)
     with pytest.raises(ValueError, match=rf"{first}: the model's outputs reach .*, past "
-                       r"float16's largest value 65504: .* \(spool cache --dtype float32\)"):
+                       r"float16's largest value 65504: .* \(spool cache --dtype float32; "
+                       r"dtype='float32'\)"):
         build(tmp_path / "half", "float16")
     assert not (tmp_path / "half" / "cache.json").exists()
     assert build(tmp_path / "full", "float32").cached >= 1  # float32 holds them
@@ -328,7 +329,8 @@ def test_a_damaged_cache_with_nan_tokens_names_the_cache_and_video(model, full,
     del tokens
     assert torch.isfinite(dataset[0]["tokens"]).all()
     with pytest.raises(SpoolLoadError, match=rf"{copy}: the tokens of {dataset.samples[1].path} "
-                       r"\(row \d+, view 0\) hold NaN or infinite values: the cache is damaged"):
+                       r"\(row \d+, view 0\) hold NaN or infinite values: the cache is damaged "
+                       rf".*; delete {copy} and make it again"):
         dataset[1]
 
     video = _dataset(model).samples[0].path
@@ -340,5 +342,49 @@ def test_a_damaged_cache_with_nan_tokens_names_the_cache_and_video(model, full,
         saved, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     saved["tokens"][0, 0, 0] = float("inf")
     save_file(saved, file, metadata=metadata)
-    with pytest.raises(SpoolLoadError, match=rf"{file}: the tokens of v hold NaN or infinite"):
+    with pytest.raises(SpoolLoadError, match=rf"{file}: the tokens of v hold NaN or infinite "
+                                             r"values: .*; delete it and run the spool cache"):
         FrameTokenDataset(frames)[0]
+
+
+@pytest.mark.parametrize("kind", ["clips", "frames"])
+def test_a_backbone_cast_to_bfloat16_makes_its_own_tokens(tmp_path: Path, kind: str) -> None:
+    """The weights' digest hashes bf16 values as float32: a bf16 copy of a backbone whose
+    float32 weights bf16 holds exactly reused the float32 tokens (up to 0.03 apart)."""
+    import torch
+
+    from spool.data.frame_cache import build_frame_cache
+    from spool.data.segmentation import SegmentationSample
+    from spool.video.samplers import FpsSampler
+
+    encoder = FrameEncoderModel(image_size=32, backbone_config=TINY_MODEL["backbone_config"])
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    dataset = _dataset(encoder)
+
+    def build(model):
+        if kind == "clips":
+            return build_cache(model, dataset, tmp_path / "c", batch_size=4)
+        return build_frame_cache(model, [SegmentationSample(
+            "v", dataset.samples[0].path, segments=((0, 1, 0),))], ["a"], tmp_path / "c",
+            FpsSampler(4), dtype="float32")
+
+    assert not build(encoder).reused
+    assert build(encoder).reused
+    assert not build(encoder.to(torch.bfloat16)).reused
+    meta = json.loads((tmp_path / "c" / "cache.json").read_text())
+    assert meta["weights_dtype"] == "bfloat16"
+
+
+def test_weights_below_float32_hash_as_the_float32_they_load_as() -> None:
+    """float8 weights (now loadable) hashed as their bytes: a cache made by the model they
+    load into was refused as another backbone's."""
+    import torch
+
+    from spool.models.weights import weights_digest
+
+    w = torch.randn(4, 4)
+    for dtype in (torch.float16, torch.bfloat16, torch.float8_e4m3fn):
+        assert weights_digest({"w": w.to(dtype)}) == weights_digest({"w": w.to(dtype).float()})
+    assert weights_digest({"w": w}) != weights_digest({"w": w.double()})

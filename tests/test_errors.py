@@ -68,6 +68,7 @@ def test_a_misspelt_keyword_is_a_value_error_that_says_what_it_looks_like():
      r"video: expected dtype uint8 .* got torch.float8_e4m3fn"),
     # [B, C, T, H, W] (torchvision's video layout): the way to channels last is said
     (torch.rand(1, 3, 2, 32, 32), r"C=32 .*channels first\? video.permute\(0, 2, 3, 4, 1\)"),
+    (torch.rand(1, 3, 32, 32, 4), r"C=4 \(shape \(1, 3, 32, 32, 4\)\)$"),  # RGBA: no permute
     ([[1, 2]], "video: expected a torch.Tensor"),
 ])
 def test_bad_video(tiny_model, video, match):
@@ -91,9 +92,14 @@ def test_non_finite_tokens(tiny_model):
     tokens[0, 1, 3, 4] = float("nan")
     with pytest.raises(ValueError, match="tokens: expected finite values"):
         tiny_model.forward_tokens(tokens)
-    with pytest.raises(ValueError, match=r"tokens: expected a floating point dtype .* got "
-                                         r"torch.float8_e5m2"):
-        tiny_model.forward_tokens(torch.zeros(1, 2, 17, 24).to(torch.float8_e5m2))
+    # float8 tokens are cast as any others (e4m3 has no isfinite: torch's error, before)
+    for dtype in (torch.float8_e5m2, torch.float8_e4m3fn):
+        tokens = torch.randn(1, 2, 17, 24).to(dtype)
+        torch.testing.assert_close(tiny_model.forward_tokens(tokens).context,
+                                   tiny_model.forward_tokens(tokens.float()).context)
+        tokens[0, 1, 3, 4] = float("nan")
+        with pytest.raises(ValueError, match="tokens: expected finite values"):
+            tiny_model.forward_tokens(tokens)
 
 
 def test_model_without_backbone_needs_sizes_and_rejects_video():
@@ -149,3 +155,15 @@ def test_the_config_class_itself_names_a_misspelt_field():
         from spool.models.pretrained import check_known_fields
 
         check_known_fields(["with_backbon"], "x", also=("with_backbone",))
+
+
+@pytest.mark.parametrize("frames,match", [
+    (torch.rand(2, 40, 40, 3).to(torch.float8_e4m3fn),
+     r"frames: expected uint8 or floating point \(float16, .*\), got torch.float8_e4m3fn"),
+    (torch.zeros(2, 40, 40, 3, dtype=torch.int16), "frames: expected uint8 or floating point"),
+    (torch.zeros(2, 40, 40), r"frames: expected a tensor \[T, H, W, 3\], got \(2, 40, 40\)"),
+])
+def test_preprocessing_refuses_frames_it_cannot_resize(frames, match):
+    """float8 frames gave torch's `compute_index_ranges_weights not implemented`."""
+    with pytest.raises(ValueError, match=match):
+        tiny_config().preprocessing()(frames)

@@ -209,3 +209,18 @@ def test_save_features_writes_the_heads_features_beside_the_predictions(
     assert saved["frame_features"].shape == (6, model.config.hidden_size)
     torch.testing.assert_close(saved["scores"], expected.logits.softmax(-1))
     assert expected.labels == [["a", "b"][i] for i in saved["labels"].tolist()]
+
+
+def test_nan_predictions_stop_the_job_naming_the_video(tmp_path: Path) -> None:
+    """A model giving NaN logits wrote NaN scores and a segments CSV of class 0."""
+    import pytest
+    import torch
+
+    model = SpoolForFrameClassification(tiny_config(class_names=["a", "b"])).eval()
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    video = _video(tmp_path / "v.mkv", 12)
+    with pytest.raises(ValueError, match=rf"^{video}: the model gave NaN or infinite values"):
+        FeatureExtractor(model, FpsSampler(5)).run(plan_jobs([video], tmp_path / "out"),
+                                                   progress=False)
+    assert not list((tmp_path / "out").glob("v*"))

@@ -155,6 +155,9 @@ def test_a_model_cast_to_half_precision_is_keyed_apart(tmp_path: Path, video: Pa
 
     done, plain = run(model)
     assert done == 1 and "weights_dtype" not in plain
+    model.temporal.to(torch.bfloat16)  # the stack alone (tokens are cast to its dtype)
+    done, mixed = run(model)
+    assert done == 1 and mixed["weights_dtype"] == "bfloat16,float32"
     done, half = run(model.to(torch.bfloat16))
     assert done == 1 and half["weights_dtype"] == "bfloat16"
     assert half["weights_digest"] == plain["weights_digest"]

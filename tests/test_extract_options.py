@@ -211,7 +211,16 @@ def test_features_past_float16s_range_stop_the_job_naming_the_video(video, tmp_p
     sampler = FpsSampler(5) if "--per-frame" in flags else make_sampler("uniform", num_frames=4)
     extractor = FeatureExtractor(model, sampler, backbone_only="--backbone-only" in flags,
                                  save_features=True, per_frame="--per-frame" in flags)
-    with pytest.raises(ValueError, match=rf"{path}: the model's outputs reach .* past "
-                                         "float16's largest value 65504"):
-        extractor.run([VideoJob(path, tmp_path / "o" / "v.safetensors")], progress=False)
-    assert not (tmp_path / "o" / "v.safetensors").exists()
+    job = VideoJob(path, tmp_path / "o" / "v.safetensors")
+    with pytest.raises(ValueError, match=rf"^{path}: the model's outputs reach .* past "
+                                         "float16's largest value 65504"):  # named once
+        extractor.run([job], progress=False)
+    assert not job.output.exists()
+    # NaN in what is stored as float32 too (--per-frame wrote NaN features and context)
+    with torch.no_grad():
+        model.backbone.model.layernorm.weight[0] = float("nan")
+    extractor.save_features = False
+    with pytest.raises(ValueError, match=rf"^{path}: the model gave NaN or infinite values: "
+                       r".* \(try spool extract --dtype float32\)\?"):
+        extractor.run([job], progress=False)
+    assert not job.output.exists()

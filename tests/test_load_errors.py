@@ -207,7 +207,6 @@ def test_fields_that_build_another_network_are_named(tmp_path) -> None:
     assert "fields given" not in str(raised.value)
 
 
-
 def test_weights_of_another_kind_of_dtype_are_refused(tmp_path) -> None:
     """Integer or boolean tensors in a float slot loaded cast without a word (outputs off by
     up to 4.5), and float8 ones gave torch's `isfinite not implemented` instead of an error

@@ -153,6 +153,9 @@ def test_a_loss_spanning_decades_is_drawn_on_a_log_axis(tmp_path: Path, monkeypa
     assert drawn[0].axes[0].get_ylabel() == "loss (log scale)"
     flat = [{**r, "train_loss": loss}
             for r, loss in zip(falling, [0.9, 0.7, 0.6, 0.5], strict=True)]
-    plot_curves({"a run": flat, "zero": [{"epoch": 1, "train_loss": 0.0}]},
-                tmp_path / "linear.png")
+    plot_curves({"a run": flat}, tmp_path / "linear.png")
     assert drawn[1].axes[0].get_yscale() == "linear"
+    # a loss of exactly 0 has no place on a log axis
+    plot_curves({"a run": falling, "zero": [{"epoch": 1, "train_loss": 0.0}]},
+                tmp_path / "zero.png")
+    assert drawn[2].axes[0].get_yscale() == "linear"

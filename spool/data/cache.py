@@ -70,9 +70,9 @@ from spool.io_utils import (
 from spool.layers.backbone import architecture_record
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel
-from spool.models.weights import weights_digest
+from spool.models.weights import weights_digest, weights_dtype_record
 from spool.runtime import autocast_to
-from spool.validation import STORE_AS_FLOAT32, check_storable
+from spool.validation import COMPUTE_IN_FLOAT32, STORE_AS_FLOAT32, check_storable
 
 __all__ = ["BACKBONE_DIR", "CACHE_META", "TOKENS_NAME", "CacheSummary", "CachedTokenDataset",
            "build_cache", "cache_backbone_config", "load_cache_backbone", "read_cache_meta"]
@@ -150,6 +150,7 @@ def build_cache(model: SpoolPreTrainedModel, dataset: VideoClipDataset,
             # the backbone's config (a named one's architecture: next), token pooling.
             "frame_encoder": config.frame_encoder_fields(layout=False),
             **architecture_record(model), **compute_record(compute_dtype),
+            **weights_dtype_record(encoder),
         }
         fixed = dataset.augmentation is None
         settings = _tokens_of(meta, fixed)
@@ -339,11 +340,17 @@ def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
         video = batch["video"].to(device)  # [B, V, T, S, S, 3]
         with autocast_to(compute_dtype, video.device):
             tokens = encoder(video.flatten(0, 1))
-        tokens = tokens.float().cpu()
         stored = torch.float16 if writer.tokens.dtype == np.float16 else torch.float32
+        try:  # one pass over the batch; the video is found only when it fails
+            check_storable(tokens, stored)
+            bad = False
+        except ValueError:
+            bad = True
         for index, clip in zip(batch["index"].tolist(), tokens.view(len(video), -1),
-                               strict=True):
-            check_storable(clip, stored, dataset.samples[index].path, STORE_AS_FLOAT32)
+                               strict=True) if bad else ():
+            check_storable(clip, stored, dataset.samples[index].path,
+                           advice=STORE_AS_FLOAT32, compute_flag=COMPUTE_IN_FLOAT32)
+        tokens = tokens.float().cpu()
         writer.write(batch["index"].numpy(),
                      tokens.view(len(video), *writer.shape[1:]).numpy())
     return sorted(failures)

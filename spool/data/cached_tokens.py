@@ -24,6 +24,7 @@ from spool.errors import CheckpointNotFoundError, SpoolLoadError
 from spool.io_utils import read_json
 from spool.models.pretrained import SpoolPreTrainedModel
 from spool.models.weights import check_and_load_state_dict, read_weights
+from spool.validation import all_finite
 from spool.video.formats import is_video_name
 
 CACHE_META = "cache.json"
@@ -203,9 +204,10 @@ class CachedTokenDataset(Dataset):
                        .integers(self.views))
         tokens = torch.from_numpy(np.array(self.tokens[self.rows[index], view],
                                            dtype=np.float32))
-        if not torch.isfinite(tokens).all():  # else the model's check, naming no file
+        if not all_finite(tokens):  # else the model's check, naming no file
             raise SpoolLoadError(f"{self.cache_dir}: the tokens of {self.samples[index].path} "
                                  f"(row {self.rows[index]}, view {view}) hold NaN or infinite "
-                                 "values: the cache is damaged; run the spool cache command "
-                                 "that made it again")
+                                 f"values: the cache is damaged (or its float16 overflowed); "
+                                 f"delete {self.cache_dir} and make it again with spool cache "
+                                 "(which would reuse it as it is)")
         return {"tokens": tokens, "label": self.samples[index].label, "index": index}

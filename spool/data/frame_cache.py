@@ -64,8 +64,9 @@ from spool.layers.backbone import architecture_record
 from spool.models.frame_encoder import save_frame_encoder
 from spool.models.long_video import whole_video_indices
 from spool.models.pretrained import SpoolPreTrainedModel
-from spool.models.weights import weights_digest
+from spool.models.weights import weights_digest, weights_dtype_record
 from spool.runtime import autocast_to, notes_said
+from spool.validation import all_finite
 from spool.video.completeness import check_reader_complete
 from spool.video.io import VideoReader
 from spool.video.samplers import FrameSampler
@@ -112,7 +113,8 @@ def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSam
     made_with = {"sampler": sampler.to_dict(), "dtype": dtype,
                  "backbone_digest": weights_digest(encoder.state_dict()),
                  "frame_encoder": model.config.frame_encoder_fields(layout=False),
-                 **architecture_record(model), **compute_record(compute_dtype)}
+                 **architecture_record(model), **compute_record(compute_dtype),
+                 **weights_dtype_record(encoder)}
     try:  # other tokens than a complete cache's are made aside (frame_cache_rebuild)
         staging = build_folder(out, made_with)
         with autocast_to(compute_dtype, next(encoder.parameters()).device):
@@ -240,10 +242,11 @@ class FrameTokenDataset(FrameLabelMapping, Dataset):
                 raise SpoolLoadError(f"{self.cache_dir}: made again since this run opened it "
                                      f"({entry['name']} holds other tokens); start it again")
             tokens = f.get_slice("tokens")[rows].float()
-            if not torch.isfinite(tokens).all():  # else the model's check, naming no file
+            if not all_finite(tokens):  # else the model's check, naming no file
                 raise SpoolLoadError(f"{path}: the tokens of {entry['name']} hold NaN or "
-                                     "infinite values: the cache is damaged; run the spool "
-                                     "cache command that made it again")
+                                     "infinite values: the file is damaged (or its float16 "
+                                     "overflowed); delete it and run the spool cache "
+                                     "command again (which would reuse it as it is)")
             labels = f.get_slice("labels")[rows]
             where = {k: f.get_slice(k)[rows] for k in ("frame_indices", "timestamps")
                      if k in f.keys()}  # what spool eval --cache writes beside each frame

@@ -26,10 +26,10 @@ logger = logging.getLogger(__name__)
 
 REBUILD_DIR = ".spool-rebuild"
 PARTS = ("videos", BACKBONE_DIR)
-# Of cache.json; compute_dtype is absent for float32 (as in caches made before it was kept),
-# backbone_architecture where backbone_config gives it (within frame_encoder).
+# Of cache.json; compute_dtype and weights_dtype are absent for float32 (as in caches made
+# before they were kept), backbone_architecture where backbone_config gives it.
 TOKEN_SETTINGS = ("sampler", "dtype", "backbone_digest", "frame_encoder",
-                  "backbone_architecture", "compute_dtype")
+                  "backbone_architecture", "compute_dtype", "weights_dtype")
 
 
 def build_folder(out: Path, settings: dict[str, Any]) -> Path | None:

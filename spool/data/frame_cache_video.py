@@ -19,7 +19,7 @@ from spool.data.segmentation import SegmentationSample, warn_if_labels_disagree
 from spool.models.long_video import stream_tokens, whole_video_indices
 from spool.models.pretrained import SpoolPreTrainedModel
 from spool.tensor_files import StreamedTensor, write_streamed_safetensors
-from spool.validation import STORE_AS_FLOAT32, check_storable
+from spool.validation import COMPUTE_IN_FLOAT32, STORE_AS_FLOAT32, check_storable
 from spool.video.completeness import check_reader_complete
 from spool.video.io import VideoReader, probe_video
 from spool.video.samplers import FrameSampler
@@ -82,7 +82,9 @@ def write_video_file(model: SpoolPreTrainedModel, sample: SegmentationSample,
                         return
                     times.append(chunk[1])
                     bar.update(len(chunk[0]))
-                    yield check_storable(chunk[0], dtype, sample.video, STORE_AS_FLOAT32)
+                    yield check_storable(chunk[0], dtype, sample.video,
+                                         advice=STORE_AS_FLOAT32,
+                                         compute_flag=COMPUTE_IN_FLOAT32)
 
         def labels() -> torch.Tensor:  # once the tokens are written: their times are known
             warn_if_labels_disagree(sample, info.num_frames, info.duration)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from spool.errors import CheckpointMismatchError, CheckpointNotFoundError, SpoolLoadError
+from spool.validation import all_finite
 
 WEIGHTS_NAME = "model.safetensors"
 _BACKBONE_KEY = re.compile(r"(^|\.)backbone\.")
@@ -31,17 +32,26 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """Short hash of tensor names and values: equal only for identical weights. Half-precision
-    values are hashed as the float32 they load as, so a checkpoint saved in bf16 and the model
-    it loads into (float32) have the same digest."""
+    """Short hash of tensor names and values: equal only for identical weights. Values of less
+    than float32's precision are hashed as the float32 they load as, so a checkpoint saved in
+    bf16 and the model it loads into (float32) have the same digest."""
     h = hashlib.sha256()
     for key in sorted(state):
         value = state[key].detach().cpu()
-        if value.dtype in (torch.float16, torch.bfloat16):
+        if value.is_floating_point() and value.element_size() < 4:  # float16, bf16, float8
             value = value.float()
         h.update(key.encode())
         h.update(value.contiguous().view(-1).view(torch.uint8).numpy())
     return h.hexdigest()[:16]
+
+
+def weights_dtype_record(module: nn.Module) -> dict[str, str]:
+    """``{"weights_dtype": "bfloat16"}`` (names joined by commas when mixed) where a floating
+    parameter of ``module`` is not float32, else ``{}``: :func:`weights_digest` hashes
+    half-precision values as float32, so outputs of a cast model are keyed apart by this."""
+    held = sorted({str(p.dtype).removeprefix("torch.") for p in module.parameters()
+                   if p.is_floating_point()})
+    return {} if held in ([], ["float32"]) else {"weights_dtype": ",".join(held)}
 
 
 def backbone_digest(state: dict[str, torch.Tensor]) -> str | None:
@@ -94,8 +104,9 @@ def check_and_load_state_dict(module: nn.Module, state: dict[str, torch.Tensor],
     if mismatched:
         raise CheckpointMismatchError(f"{source}: tensors do not match the model built from "
                                       "its config: " + "; ".join(mismatched[:10]))
-    diverged = next((k for k, v in state.items()  # (float8 has no isfinite of its own)
-                     if v.is_floating_point() and not torch.isfinite(v.float()).all()), None)
+    diverged = next((k for k, v in state.items()  # (float8 has no aminmax of its own)
+                     if v.is_floating_point() and not all_finite(
+                         v if v.element_size() > 1 else v.float())), None)
     if diverged is not None:  # every output would be NaN
         raise SpoolLoadError(f"{source}: tensor {diverged!r} holds NaN or infinite values: "
                              "saved by a training run that diverged; train it again (a lower "

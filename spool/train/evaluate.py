@@ -48,9 +48,15 @@ class EvalResult:
         return self.tracker.compute()
 
 
+def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype:
+    """What :func:`autocast_context` computes in: bf16 on CUDA when enabled, else float32
+    (bf16 matmuls are slow on the CPU)."""
+    return torch.bfloat16 if enabled and device.type == "cuda" else torch.float32
+
+
 def autocast_context(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA when enabled; nothing on CPU (bf16 matmuls there are slow)."""
-    if enabled and device.type == "cuda":
+    if autocast_dtype(device, enabled) == torch.bfloat16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
@@ -237,7 +243,7 @@ def evaluate_checkpoint(model_dir: str | os.PathLike, data: str | None = None,
     report = {**metrics, "per_class": dict(zip(names, per_class_accuracy(confusion),
                                                strict=True)),
               "confusion": confusion.tolist(), "class_names": names,
-              "dtype": "bfloat16" if amp and dev.type == "cuda" else "float32",
+              "dtype": str(autocast_dtype(dev, amp)).removeprefix("torch."),
               **skipped_fields(result.num_skipped, result.skipped)}
     if on_report is not None:
         on_report(report)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spool.validation import FLOATS
+
 RESIZE_MODES = ("center_crop", "squash", "pad")
 PREPROCESSING_REVISION = 2
 
@@ -37,8 +39,9 @@ def check_frames(frames: torch.Tensor) -> None:
         raise ValueError(f"frames: expected a tensor [T, H, W, 3], got {shape}")
     if 0 in frames.shape:
         raise ValueError(f"frames: expected T, H, W >= 1, got shape {tuple(frames.shape)}")
-    if frames.dtype != torch.uint8 and not frames.is_floating_point():
-        raise ValueError(f"frames: expected uint8 or floating point, got {frames.dtype}")
+    if frames.dtype != torch.uint8 and frames.dtype not in FLOATS:
+        raise ValueError(f"frames: expected uint8 or floating point (float16, bfloat16, "
+                         f"float32, float64), got {frames.dtype}")
 
 
 @dataclass(frozen=True)
