@@ -445,3 +445,26 @@ def test_eval_says_which_dtype_it_ran_in_and_takes_no_amp(tmp_path: Path, monkey
     assert metrics["dtype"] == "float32"  # on the CPU, with or without --amp
     report = evaluate.evaluate_checkpoint(argv[2], data=argv[4], num_workers=0)
     assert report["dtype"] == "float32"
+
+
+def test_the_loss_of_several_clips_per_video_is_the_mean_nll_of_their_mean_probabilities(
+        ) -> None:
+    """Batches of several videos of K clips each: the loss is each video's NLL of its clips'
+    mean softmax, averaged over the videos (a per-batch mean where a sum was due went
+    unnoticed)."""
+    from conftest import tiny_config
+
+    from spool.train.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = SpoolForVideoClassification(tiny_config(class_names=["a", "b", "c"])).eval()
+    videos = torch.randint(0, 256, (5, 2, 3, 32, 32, 3), dtype=torch.uint8)  # [N, K, T, ...]
+    labels = [0, 2, 1, 1, 0]
+    items = [{"video": v, "label": y, "index": i}
+             for i, (v, y) in enumerate(zip(videos, labels, strict=True))]
+    metrics = evaluate(model, items, 3, batch_size=3).metrics
+    with torch.no_grad():
+        probs = model(videos.flatten(0, 1)).logits.softmax(-1).view(5, 2, 3).mean(1)
+    expected = -probs[torch.arange(5), torch.tensor(labels)].log().mean()
+    assert metrics["count"] == 5
+    assert metrics["loss"] == pytest.approx(float(expected), rel=1e-5)
