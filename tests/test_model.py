@@ -156,6 +156,25 @@ def test_save_load_round_trip(tmp_path, tiny_model):
         assert torch.equal(temporal_only.forward_tokens(tokens).features, a.features)
 
 
+def test_loading_draws_no_initial_weights(tmp_path, monkeypatch) -> None:
+    """from_pretrained drew every weight of the temporal stack at random (truncated normals:
+    85% of a load's time) and then overwrote each one with the checkpoint's; a new head is
+    still drawn."""
+    from spool import SpoolForVideoClassification
+
+    Spool(tiny_config(num_hidden_layers=2)).save_pretrained(tmp_path / "m")
+    drawn, draw = [], torch.nn.init.trunc_normal_
+    monkeypatch.setattr(torch.nn.init, "trunc_normal_",
+                        lambda t, *a, **k: (drawn.append(tuple(t.shape)), draw(t, *a, **k))[1])
+    loaded = Spool.from_pretrained(tmp_path / "m")
+    assert drawn == []
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), Spool
+               .from_pretrained(tmp_path / "m").state_dict().values(), strict=True))
+    head = SpoolForVideoClassification.from_pretrained(tmp_path / "m", class_names=["a", "b"])
+    assert tuple(head.classifier.weight.shape) in drawn
+    assert 0 < float(head.classifier.weight.detach().std()) < 0.1
+
+
 def test_load_with_mismatched_shapes_names_the_tensor(tmp_path, tiny_model):
     tiny_model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
