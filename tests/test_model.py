@@ -251,3 +251,21 @@ def test_context_frames_are_the_start_and_end_parameters_at_the_boundaries():
     for param in (frames.start, frames.end):
         assert param.abs().max() <= 0.04
         assert abs(param.std().item() - 0.88 * 0.02) < 0.001
+
+
+def test_loads_in_threads_leave_torch_nn_init_working(tmp_path) -> None:
+    """transformers' no_init_weights swaps torch.nn.init's functions process-wide and puts
+    back what it found: loads in several threads at once left them switched off for good
+    (every model built afterwards held uninitialised memory; a std of 8.5e+32)."""
+    import threading
+
+    Spool(tiny_config(num_hidden_layers=4)).save_pretrained(tmp_path)
+    real = torch.nn.init.trunc_normal_
+    threads = [threading.Thread(target=Spool.from_pretrained, args=(tmp_path,))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.nn.init.trunc_normal_ is real
+    assert 0 < float(Spool(tiny_config()).context_frames.start.detach().std()) < 0.05

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,6 +43,7 @@ from spool.validation import check_tokens, check_video
 logger = logging.getLogger(__name__)
 
 LEGACY_CLASSIFIER_NAME = "classifier.json"  # written before config.json named architectures
+_NO_INIT_LOCK = threading.Lock()  # one load at a time inside no_init_weights
 MODEL_CLASSES: dict[str, type[SpoolPreTrainedModel]] = {}
 
 
@@ -251,7 +253,8 @@ class SpoolPreTrainedModel(ModuleUtilsMixin, nn.Module, PyTorchModelHubMixin,
         ``kwargs`` override config fields (e.g. ``attn_implementation``) or are constructor
         keywords (``with_backbone=False``: the temporal part only, for cached tokens). A
         classifier class on a plain Spool's checkpoint loads it under a new head, given
-        ``class_names``.
+        ``class_names``. The weights are not drawn before they are loaded: while the model is
+        built, ``torch.nn.init`` does nothing, in every thread (as in transformers).
         """
         directory = resolve_checkpoint(
             pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
@@ -291,7 +294,9 @@ class SpoolPreTrainedModel(ModuleUtilsMixin, nn.Module, PyTorchModelHubMixin,
                            directory, list(renamed), config.class_names)
         # The checkpoint holds every weight (loaded strictly, next): none is drawn first (the
         # stack's truncated normals were 85% of a load), nor the backbone's fetched.
-        with backbone_weights_follow(), no_init_weights():
+        # no_init_weights swaps torch.nn.init's functions process-wide and puts back what it
+        # found: two loads at once in threads could leave them switched off for good.
+        with _NO_INIT_LOCK, backbone_weights_follow(), no_init_weights():
             model = cls(config.replace(**kwargs), **init)
         weights = directory / WEIGHTS_NAME
         state = read_weights(weights)
