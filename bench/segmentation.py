@@ -138,7 +138,7 @@ def build_data(args: argparse.Namespace) -> tuple[Path, Path]:
                                      patch_size=args.size, image_size=args.size), args.size)
     for split, cache in zip(("train", "test"), caches, strict=True):
         samples, names = read_segmentation(data, f"{split}.split1")
-        build_frame_cache(encoder, samples, names, cache, FpsSampler(15.0))
+        build_frame_cache(encoder, samples, names, cache, FpsSampler(15.0), dtype="float16")
     stamp.write_text(json.dumps(settings))
     log(f"cached every frame's tokens in {caches[0].parent}")
     return caches

@@ -83,7 +83,7 @@ def _video_file(out: Path, name: str) -> Path:
 @torch.no_grad()
 def build_frame_cache(model: SpoolPreTrainedModel, samples: list[SegmentationSample],
                       class_names: list[str], out_dir: str | os.PathLike,
-                      sampler: FrameSampler, *, dtype: str = "float16",
+                      sampler: FrameSampler, *, dtype: str = "float32",
                       device: str | torch.device = "cpu",
                       compute_dtype: torch.dtype = torch.float32, progress: bool = False
                       ) -> CacheSummary:
