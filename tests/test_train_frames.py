@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 from pathlib import Path
 
@@ -184,13 +185,21 @@ def test_a_signal_during_validation_stops_it_at_the_next_video(tmp_path: Path, m
     assert spool_log.text.count("interrupted at step 2;") == 1
 
 
-@pytest.mark.parametrize("error", [MemoryError, torch.cuda.OutOfMemoryError])
+class DiskFull(OSError):
+    """The offloaded hidden state's disk filling up."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+
+@pytest.mark.parametrize("error", [MemoryError, torch.cuda.OutOfMemoryError, DiskFull])
 @pytest.mark.parametrize("source", ["videos", "cache"])
 def test_a_video_too_long_for_memory_is_skipped_in_evaluation(tmp_path: Path, monkeypatch,
                                                                source: str, error) -> None:
     """One video whose hidden state would not fit ended `spool eval` (exit 2, no metrics for
     any video); it is skipped and counted as an unreadable one is, from a cache too. So is a
-    video that runs the GPU out of memory (a RuntimeError, not a MemoryError)."""
+    video that runs the GPU out of memory (a RuntimeError, not a MemoryError), and one whose
+    offloaded state fills the disk (it ended an evaluation of a cache)."""
     from spool.data.frame_cache import FrameTokenDataset
     from spool.models import long_video
     from spool.train.segmentation_eval import evaluate_segmentation

@@ -279,14 +279,14 @@ def resumable_pass(folder: str | os.PathLike, name: str, key: str
     try:
         yield state
     except Exception as err:
-        if not (_out_of_room(err) and state.record
+        if not (out_of_room(err) and state.record
                 and (state.encoded or state.layers_done)):
             state.remove()
         raise
     state.remove()
 
 
-def _out_of_room(err: Exception) -> bool:
+def out_of_room(err: BaseException) -> bool:
     """No fault of the input: the same pass goes on with smaller chunks, the state in RAM
     rather than on the device, or after room is made on the disk."""
     return out_of_memory(err) or isinstance(err, OSError) and err.errno in OUT_OF_ROOM

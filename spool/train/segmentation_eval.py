@@ -35,7 +35,7 @@ from spool.io_utils import atomic_write_text
 from spool.metrics.ribbons import plot_ribbons
 from spool.metrics.segmentation import SegmentationMetrics
 from spool.models.frame_classification import FrameClassifier
-from spool.models.long_video_state import out_of_memory, release_device_memory
+from spool.models.long_video_state import out_of_memory, out_of_room, release_device_memory
 from spool.runtime import warn_once
 from spool.train.evaluate import checkpoint_label, skipped_fields, skipped_note
 from spool.train.metrics import json_text
@@ -113,8 +113,8 @@ def evaluate_segmentation(model: FrameClassifier,
             try:  # the tokens stay in RAM: the pass takes them to the device a chunk at a time
                 out = model.predict_long(item["tokens"], chunk_frames=chunk_frames,
                                          offload_dir=offload_dir)
-            except Exception as err:  # one video too long: the rest go on
-                if not out_of_memory(err):
+            except Exception as err:  # one video too long (or its offload's disk full)
+                if not out_of_room(err):
                     raise
                 release_device_memory(err)
                 result.skipped.append(skipped_video(i, data.videos[i].get("video", name), err))
