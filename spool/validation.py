@@ -100,7 +100,7 @@ def check_tokens(tokens: torch.Tensor, num_tokens: int, hidden_size: int) -> Non
 # check_storable's advice: a token cache stored as float16; a float32 compute dtype
 STORE_AS_FLOAT32 = "store them as float32 (spool cache --dtype float32; dtype='float32')"
 COMPUTE_IN_FLOAT32 = "spool cache --compute-dtype float32"
-EXTRACT_IN_FLOAT32 = "spool extract --dtype float32"
+EXTRACT_IN_FLOAT32 = "spool extract --compute-dtype float32"
 
 
 def check_storable(values: torch.Tensor, dtype: torch.dtype, where: str = "", *,

@@ -221,6 +221,6 @@ def test_features_past_float16s_range_stop_the_job_naming_the_video(video, tmp_p
         model.backbone.model.layernorm.weight[0] = float("nan")
     extractor.save_features = False
     with pytest.raises(ValueError, match=rf"^{path}: the model gave NaN or infinite values: "
-                       r".* \(try spool extract --dtype float32\)\?"):
+                       r".* \(try spool extract --compute-dtype float32\)\?"):
         extractor.run([job], progress=False)
     assert not job.output.exists()

@@ -101,3 +101,5 @@ def test_re_extraction_follows_weights_and_dtype(wide_video, tmp_path, capsys):
     second = load_file(out / "wide.safetensors")["context"]
     assert not torch.allclose(first, second)
     assert "1 extracted" in extract("--dtype", "bfloat16")  # another compute dtype
+    # spool cache's name for it is spool extract's too
+    assert "1 already done" in extract("--compute-dtype", "bfloat16")

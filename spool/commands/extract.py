@@ -326,8 +326,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"clips per forward (default: {BATCH_SIZE}; not with --per-frame)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CUDA when available, one GPU per torchrun process")
-    r.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
-                   default="auto", help="autocast dtype; auto: bfloat16 on GPU, float32 on CPU")
+    r.add_argument("--dtype", "--compute-dtype", dest="dtype",
+                   choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="autocast dtype (spool cache's --compute-dtype; outputs are stored as "
+                        "said above); auto: bfloat16 on GPU, float32 on CPU")
     r.add_argument("--save-features", action="store_true",
                    help="also save frame features [n_clips, T+2, L, D] in fp16 (a frame "
                    "classifier: the frame_features [T, D] its head reads)")
