@@ -346,10 +346,11 @@ def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
             bad = False
         except ValueError:
             bad = True
-        for index, clip in zip(batch["index"].tolist(), tokens.view(len(video), -1),
-                               strict=True) if bad else ():
-            check_storable(clip, stored, dataset.samples[index].path,
-                           advice=STORE_AS_FLOAT32, compute_flag=COMPUTE_IN_FLOAT32)
+        if bad:  # (outside the except: the error names the video, not "during handling")
+            for index, clip in zip(batch["index"].tolist(), tokens.view(len(video), -1),
+                                   strict=True):
+                check_storable(clip, stored, dataset.samples[index].path,
+                               advice=STORE_AS_FLOAT32, compute_flag=COMPUTE_IN_FLOAT32)
         tokens = tokens.float().cpu()
         writer.write(batch["index"].numpy(),
                      tokens.view(len(video), *writer.shape[1:]).numpy())
