@@ -93,9 +93,9 @@ def _settings_metadata(model: Spool, sampler: FrameSampler, save_features: bool,
         weights = model.state_dict()
     architecture = {k: json.dumps(v, sort_keys=True)
                     for k, v in architecture_record(model).items()}
-    architecture.update(weights_dtype_record(model.backbone if backbone_only else model))
     return {"format": "pt", "spool_version": __version__,
             "model_config_hash": config_hash, "weights_digest": weights_digest(weights),
+            **weights_dtype_record(model.backbone if backbone_only else model),
             **architecture,
             "preprocessing": json.dumps(dataclasses.asdict(model.config.preprocessing()),
                                         sort_keys=True),

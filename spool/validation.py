@@ -14,8 +14,9 @@ FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def value_range(x: torch.Tensor) -> tuple[float, float]:
     """``(min, max)`` of a non-empty floating ``x`` in one pass: NaN if any value is NaN, and
     an infinity shows as one (``isfinite(x).all()`` makes a bool tensor as large as ``x``
-    first: far slower on the CPU)."""
-    lo, hi = x.detach().aminmax()
+    first: far slower on the CPU). float8 values, which have no ``aminmax``, are upcast."""
+    x = x.detach()
+    lo, hi = (x if x.element_size() > 1 else x.float()).aminmax()
     return float(lo), float(hi)
 
 
@@ -91,9 +92,7 @@ def check_tokens(tokens: torch.Tensor, num_tokens: int, hidden_size: int) -> Non
                          f"got L={L} (shape {_shape(tokens)})")
     if not tokens.is_floating_point():
         raise ValueError(f"tokens: expected a floating point dtype, got {tokens.dtype}")
-    # (float8 tokens, cast to the stack's dtype as any others, have no aminmax of their own)
-    if values_checkable(tokens) and not all_finite(
-            tokens if tokens.element_size() > 1 else tokens.float()):
+    if values_checkable(tokens) and not all_finite(tokens):  # float8 too: cast as any others
         raise ValueError("tokens: expected finite values, got NaN or Inf")
 
 
@@ -103,25 +102,33 @@ COMPUTE_IN_FLOAT32 = "spool cache --compute-dtype float32"
 EXTRACT_IN_FLOAT32 = "spool extract --compute-dtype float32"
 
 
+def storage_problem(values: torch.Tensor, dtype: torch.dtype, *, advice: str = "",
+                    compute_flag: str = "") -> str | None:
+    """Why ``values`` (floating point) cannot be stored as ``dtype``: NaN or infinite values
+    (with ``compute_flag``, the flag of a float32 compute dtype) or values past ``dtype``'s
+    range (with ``advice``); None when they can. One pass (NaN propagates through
+    ``aminmax``)."""
+    if not values.numel():
+        return None
+    lo, hi = value_range(values)
+    name = str(dtype).removeprefix("torch.")
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return ("the model gave NaN or infinite values: are its weights damaged, or does it "
+                "overflow in its compute dtype" +
+                (f" (try {compute_flag})?" if compute_flag else "?"))
+    if max(-lo, hi) > torch.finfo(dtype).max:
+        return (f"the model's outputs reach {max(-lo, hi):.4g}, past {name}'s largest value "
+                f"{torch.finfo(dtype).max:.6g}: stored as {name} they would be infinite"
+                f"{'; ' + advice if advice else ''}")
+    return None
+
+
 def check_storable(values: torch.Tensor, dtype: torch.dtype, where: str = "", *,
                    advice: str = "", compute_flag: str = "") -> torch.Tensor:
-    """``values`` (floating point) if they are finite and within ``dtype``'s range, else a
-    ``ValueError`` after ``where`` (a video): stored as they are, they would be inf or NaN in
-    a cache or features file and fail only when read, naming neither. ``advice`` follows an
-    overflow of ``dtype``, ``compute_flag`` (the flag of a float32 compute dtype) NaN. One
-    pass over the values (NaN propagates through ``aminmax``)."""
-    problem = None
-    if values.numel():
-        lo, hi = value_range(values)
-        name = str(dtype).removeprefix("torch.")
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            problem = ("the model gave NaN or infinite values: are its weights damaged, or "
-                       "does it overflow in its compute dtype" +
-                       (f" (try {compute_flag})?" if compute_flag else "?"))
-        elif max(-lo, hi) > torch.finfo(dtype).max:
-            problem = (f"the model's outputs reach {max(-lo, hi):.4g}, past {name}'s largest "
-                       f"value {torch.finfo(dtype).max:.6g}: stored as {name} they would be "
-                       f"infinite{'; ' + advice if advice else ''}")
+    """``values`` if :func:`storage_problem` finds none, else a ``ValueError`` saying it after
+    ``where`` (a video): stored as they are, they would be inf or NaN in a cache or features
+    file and fail only when read, naming neither."""
+    problem = storage_problem(values, dtype, advice=advice, compute_flag=compute_flag)
     if problem is not None:
         raise ValueError(f"{where}: {problem}" if where else problem)
     return values

@@ -72,7 +72,12 @@ from spool.models.frame_encoder import save_frame_encoder
 from spool.models.pretrained import SpoolPreTrainedModel
 from spool.models.weights import weights_digest, weights_dtype_record
 from spool.runtime import autocast_to
-from spool.validation import COMPUTE_IN_FLOAT32, STORE_AS_FLOAT32, check_storable
+from spool.validation import (
+    COMPUTE_IN_FLOAT32,
+    STORE_AS_FLOAT32,
+    check_storable,
+    storage_problem,
+)
 
 __all__ = ["BACKBONE_DIR", "CACHE_META", "TOKENS_NAME", "CacheSummary", "CachedTokenDataset",
            "build_cache", "cache_backbone_config", "load_cache_backbone", "read_cache_meta"]
@@ -341,12 +346,7 @@ def _encode(encoder: torch.nn.Module, dataset: VideoClipDataset, views: int,
         with autocast_to(compute_dtype, video.device):
             tokens = encoder(video.flatten(0, 1))
         stored = torch.float16 if writer.tokens.dtype == np.float16 else torch.float32
-        try:  # one pass over the batch; the video is found only when it fails
-            check_storable(tokens, stored)
-            bad = False
-        except ValueError:
-            bad = True
-        if bad:  # (outside the except: the error names the video, not "during handling")
+        if storage_problem(tokens, stored) is not None:  # one pass; then find the video
             for index, clip in zip(batch["index"].tolist(), tokens.view(len(video), -1),
                                    strict=True):
                 check_storable(clip, stored, dataset.samples[index].path,

@@ -104,9 +104,8 @@ def check_and_load_state_dict(module: nn.Module, state: dict[str, torch.Tensor],
     if mismatched:
         raise CheckpointMismatchError(f"{source}: tensors do not match the model built from "
                                       "its config: " + "; ".join(mismatched[:10]))
-    diverged = next((k for k, v in state.items()  # (float8 has no aminmax of its own)
-                     if v.is_floating_point() and not all_finite(
-                         v if v.element_size() > 1 else v.float())), None)
+    diverged = next((k for k, v in state.items()
+                     if v.is_floating_point() and not all_finite(v)), None)
     if diverged is not None:  # every output would be NaN
         raise SpoolLoadError(f"{source}: tensor {diverged!r} holds NaN or infinite values: "
                              "saved by a training run that diverged; train it again (a lower "
