@@ -67,6 +67,17 @@ def spool_log(caplog, monkeypatch):
 
 
 @pytest.fixture
+def drawn_figures(monkeypatch) -> list:
+    """The matplotlib figures Spool saves from here on, in order (still written to disk)."""
+    from spool.metrics import figures
+
+    drawn, save = [], figures.save_png
+    monkeypatch.setattr(figures, "save_png",
+                        lambda fig, *args, **kw: (drawn.append(fig), save(fig, *args, **kw)))
+    return drawn
+
+
+@pytest.fixture
 def tiny_model() -> Spool:
     return Spool(tiny_config(num_hidden_layers=2)).eval()
 

@@ -274,22 +274,18 @@ def test_a_real_demo_stopped_early_leaves_no_earlier_results(tmp_path: Path,
     assert len(list(out.iterdir())) == 3  # a finished run's results stay
 
 
-def test_the_curves_say_held_out_and_how_it_differs_from_the_table(monkeypatch,
+def test_the_curves_say_held_out_and_how_it_differs_from_the_table(drawn_figures,
                                                                    tmp_path) -> None:
     """curves.png drew 12 legend entries over the accuracy panel, called the held-out clips
     "val" (the table says held-out) and did not say that its last point is not the table's
     (the table averages rotations)."""
-    from spool.metrics import figures as spool_figures
     from spool.train.metrics import plot_curves
 
-    figures, save = [], spool_figures.save_png
-    monkeypatch.setattr(spool_figures, "save_png",
-                        lambda fig, *args, **kw: (figures.append(fig), save(fig, *args, **kw)))
     rows = [{"epoch": 1, "train_loss": 0.7, "train_top1": 0.5, "val_top1": 0.5,
              "val_loss": 0.7}]
     plot_curves({f"run {i}": rows for i in range(6)}, tmp_path / "c.png", label="accuracy",
                 val_name="held-out", note="the table averages 16 rotations")
-    fig = figures[0]
+    fig = drawn_figures[0]
     assert all(not ax.get_legend() for ax in fig.axes)  # one legend, below the plots
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "run 0 held-out" in labels and not any(x.endswith(" val") for x in labels)

@@ -99,63 +99,52 @@ def test_figures_leave_the_users_backend_and_carry_no_version(tmp_path: Path) ->
             assert "Software" not in image.info, name
 
 
-def test_curves_leave_out_what_is_not_finite_and_mark_a_single_epoch(tmp_path: Path,
-                                                                      monkeypatch) -> None:
+def test_curves_leave_out_what_is_not_finite_and_mark_a_single_epoch(
+        tmp_path: Path, drawn_figures: list) -> None:
     """A run's first epoch drew nothing for training (a dashed line of one point), and a NaN
     or inf loss was dropped without a word."""
-    from spool.metrics import figures as spool_figures
     from spool.train.metrics import plot_curves
 
-    drawn, save = [], spool_figures.save_png
-    monkeypatch.setattr(spool_figures, "save_png",
-                        lambda fig, *args, **kw: (drawn.append(fig), save(fig, *args, **kw)))
     rows = [{"epoch": 1, "train_loss": 0.8, "train_top1": 0.6},
             {"epoch": 2, "train_loss": float("nan"), "train_top1": 0.6, "val_loss": "inf",
              "val_top1": 0.5}]
     plot_curves({"a run": rows[:1]}, tmp_path / "one.png")
-    loss = drawn[0].axes[0]
+    loss = drawn_figures[0].axes[0]
     assert [line.get_marker() for line in loss.get_lines()] == ["o"]
     plot_curves({"a run": rows}, tmp_path / "two.png")
-    loss = drawn[1].axes[0]
+    loss = drawn_figures[1].axes[0]
     assert loss.get_title() == "Loss (2 values not finite, left out)"
     assert [list(line.get_xdata()) for line in loss.get_lines()] == [[1]]
 
 
-def test_background_classes_are_drawn_grey(tmp_path: Path, monkeypatch) -> None:
+def test_background_classes_are_drawn_grey(tmp_path: Path, drawn_figures: list) -> None:
     """A background class (no segment) had an ordinary colour, blue for class 0, as if it
     were an action."""
-    from spool.metrics import figures as spool_figures
 
-    drawn, save = [], spool_figures.save_png
-    monkeypatch.setattr(spool_figures, "save_png",
-                        lambda fig, *args, **kw: (drawn.append(fig), save(fig, *args, **kw)))
     plot_ribbons(tmp_path / "r.png", {"v": [0, 0, 1, 2]}, {"m": {"v": [0, 1, 1, 2]}},
                  ["bg", "pour", "stir"], background=[0])
-    image = np.asarray(drawn[0].axes[0].images[0].get_array())
+    image = np.asarray(drawn_figures[0].axes[0].images[0].get_array())
     grey = np.array([0.85, 0.85, 0.85, 1.0])
     assert np.allclose(image[0, 0], grey) and np.allclose(image[1, 0], grey)
     assert np.allclose(image[0, 2], class_colours(3)[1])  # the actions keep their colours
 
 
-def test_a_loss_spanning_decades_is_drawn_on_a_log_axis(tmp_path: Path, monkeypatch) -> None:
+def test_a_loss_spanning_decades_is_drawn_on_a_log_axis(tmp_path: Path,
+                                                        drawn_figures: list) -> None:
     """A loss falling from 2.3 to 0.004 was a flat line at 0 from the third epoch on; a loss
     that stays within a small range keeps a linear axis."""
-    from spool.metrics import figures as spool_figures
     from spool.train.metrics import plot_curves
 
-    drawn, save = [], spool_figures.save_png
-    monkeypatch.setattr(spool_figures, "save_png",
-                        lambda fig, *args, **kw: (drawn.append(fig), save(fig, *args, **kw)))
     falling = [{"epoch": e, "train_loss": loss, "train_top1": 0.5}
                for e, loss in enumerate([2.3, 0.2, 0.02, 0.004], start=1)]
     plot_curves({"a run": falling}, tmp_path / "log.png")
-    assert drawn[0].axes[0].get_yscale() == "log"
-    assert drawn[0].axes[0].get_ylabel() == "loss (log scale)"
+    assert drawn_figures[0].axes[0].get_yscale() == "log"
+    assert drawn_figures[0].axes[0].get_ylabel() == "loss (log scale)"
     flat = [{**r, "train_loss": loss}
             for r, loss in zip(falling, [0.9, 0.7, 0.6, 0.5], strict=True)]
     plot_curves({"a run": flat}, tmp_path / "linear.png")
-    assert drawn[1].axes[0].get_yscale() == "linear"
+    assert drawn_figures[1].axes[0].get_yscale() == "linear"
     # a loss of exactly 0 has no place on a log axis
     plot_curves({"a run": falling, "zero": [{"epoch": 1, "train_loss": 0.0}]},
                 tmp_path / "zero.png")
-    assert drawn[2].axes[0].get_yscale() == "linear"
+    assert drawn_figures[2].axes[0].get_yscale() == "linear"
